@@ -1,0 +1,1027 @@
+//! Client commands of the `nexus` binary: `nexus run submit|get|wait|cancel|list`.
+//!
+//! They talk to a running Nexus (standalone or receiver/scheduler deployment) over the
+//! v1 HTTP API (`/algorithm/v1/...`), which is wire-compatible with the Go Nexus.
+
+use std::fmt::Write as _;
+use std::io::{IsTerminal as _, Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail};
+use nexus_proto::v1::{
+    AlgorithmRequest, CancellationRequest, RequestResult, RunCreated, TaggedRequestResult,
+};
+use reqwest::{Method, StatusCode, Url};
+
+/// Stages after which a run never changes again.
+pub const TERMINAL_STATUSES: [&str; 5] = [
+    "COMPLETED",
+    "FAILED",
+    "SCHEDULING_FAILED",
+    "DEADLINE_EXCEEDED",
+    "CANCELLED",
+];
+
+/// Exit code of `wait` when the run completed.
+pub const EXIT_COMPLETED: u8 = 0;
+/// Exit code of `wait` when the run ended in any other terminal stage.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit code of `wait` when `--timeout` elapsed before the run finished.
+pub const EXIT_TIMEOUT: u8 = 2;
+
+const SPINNER: [char; 10] = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+const RESULT_COLUMN_WIDTH: usize = 60;
+
+/// Where the Nexus server is and how to authenticate to it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientOpts {
+    /// Base URL of the Nexus HTTP API (plain http).
+    #[arg(
+        long,
+        env = "NEXUS_SERVER",
+        default_value = "http://127.0.0.1:8090",
+        global = true
+    )]
+    pub server: String,
+    /// Bearer token sent as `Authorization: Bearer <TOKEN>` (when the server requires auth).
+    #[arg(long, env = "NEXUS_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// How the cluster deletes the run's workload when it is cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CancelPolicy {
+    /// Delete the workload; its pods are removed in the background (default).
+    #[value(name = "Background")]
+    Background,
+    /// Delete the workload after its pods are gone.
+    #[value(name = "Foreground")]
+    Foreground,
+    /// Delete the workload and leave its pods running.
+    #[value(name = "Orphan")]
+    Orphan,
+}
+
+impl CancelPolicy {
+    /// The wire name (`cancellationPolicy`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Background => "Background",
+            Self::Foreground => "Foreground",
+            Self::Orphan => "Orphan",
+        }
+    }
+}
+
+/// Submit, inspect, wait for, cancel and list runs on a Nexus server.
+#[derive(Debug, clap::Subcommand)]
+pub enum RunCommand {
+    /// Submit a run of an algorithm and print its request id.
+    ///
+    /// The parameters (the algorithm's payload) are read from a JSON file, or from
+    /// stdin with `--params -`. Only the request id is printed on stdout, so the
+    /// command composes well in scripts; with `--wait` it then waits like `nexus run wait`
+    /// (and exits with the same codes).
+    #[command(after_help = "Examples:\n  \
+        nexus run submit knapsack --params examples/payloads/knapsack.json --wait\n  \
+        ID=$(nexus run submit knapsack --params payload.json --tag nightly)\n  \
+        echo '{\"items\": []}' | nexus run submit knapsack --params - --idempotency-key job-42")]
+    Submit {
+        /// Name of the algorithm (its template) to run.
+        algorithm: String,
+        /// JSON file with the algorithm parameters, or `-` to read them from stdin.
+        #[arg(long, short = 'p', value_name = "FILE|-")]
+        params: PathBuf,
+        /// Client tag stored with the run; find tagged runs with `nexus run list --tag`.
+        #[arg(long)]
+        tag: Option<String>,
+        /// Submitting again with the same key returns the existing run instead of a new one.
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
+        /// How long the payload URL handed to the algorithm stays valid (e.g. `6h`, `90m`).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        payload_valid_for: Option<Duration>,
+        /// JSON file with per-run overrides of the template spec (`customConfiguration`).
+        #[arg(long = "override", value_name = "FILE")]
+        custom_configuration: Option<PathBuf>,
+        /// After submitting, wait for the run to finish (exit 0 completed, 1 failed, 2 timeout).
+        #[arg(long)]
+        wait: bool,
+        /// With `--wait`: give up waiting after this long (e.g. `30s`, `10m`, `1h`).
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration, requires = "wait")]
+        timeout: Duration,
+        /// With `--wait`: time between two status polls.
+        #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration, requires = "wait")]
+        interval: Duration,
+    },
+    /// Show the status and result (or error) of a run.
+    ///
+    /// Prints the stage, the result URI when the run completed and the error message when
+    /// it failed. `--json` prints the raw `RequestResult` answer; `--metadata` prints the
+    /// full run record (stage, attempts, receivedAt, failureCause, failureDetails, ...).
+    #[command(after_help = "Examples:\n  \
+        nexus run get knapsack 2f1c0a9e-6b1d-4f5e-9d51-0c8a3e7f4b21\n  \
+        nexus run get knapsack $ID --json | jq -r .resultUri\n  \
+        nexus run get knapsack $ID --metadata")]
+    Get {
+        /// Name of the algorithm the run belongs to.
+        algorithm: String,
+        /// Request id printed by `nexus run submit`.
+        id: String,
+        /// Print the raw `RequestResult` JSON instead of a human summary.
+        #[arg(long, conflicts_with = "metadata")]
+        json: bool,
+        /// Print the full run record (metadata) as JSON.
+        #[arg(long)]
+        metadata: bool,
+    },
+    /// Wait until a run reaches a terminal stage.
+    ///
+    /// Polls the run's status; progress goes to stderr (a live line on a terminal, one
+    /// line per stage change otherwise). The final status and result URI / error go to
+    /// stdout. Exit code: 0 when COMPLETED, 1 for any other terminal stage (FAILED,
+    /// SCHEDULING_FAILED, DEADLINE_EXCEEDED, CANCELLED), 2 when `--timeout` elapsed first.
+    #[command(after_help = "Examples:\n  \
+        nexus run wait knapsack $ID\n  \
+        nexus run wait knapsack $ID --timeout 1h --interval 5s && echo done")]
+    Wait {
+        /// Name of the algorithm the run belongs to.
+        algorithm: String,
+        /// Request id printed by `nexus run submit`.
+        id: String,
+        /// Give up waiting after this long (e.g. `30s`, `10m`, `1h`); the run keeps going.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// Time between two status polls.
+        #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+        interval: Duration,
+    },
+    /// Cancel a run that has not finished yet.
+    ///
+    /// Fails (with the server's message) when the run already reached a terminal stage.
+    #[command(after_help = "Examples:\n  \
+        nexus run cancel knapsack $ID --reason \"wrong input\"\n  \
+        nexus run cancel knapsack $ID --policy Foreground --initiator ci-bot")]
+    Cancel {
+        /// Name of the algorithm the run belongs to.
+        algorithm: String,
+        /// Request id printed by `nexus run submit`.
+        id: String,
+        /// Why the run is cancelled (stored with the run).
+        #[arg(long, default_value = "cancelled from nexus-cli")]
+        reason: String,
+        /// Who cancels the run [default: $USER, else "nexus-cli"].
+        #[arg(long)]
+        initiator: Option<String>,
+        /// How the run's workload is deleted.
+        #[arg(long, value_enum, ignore_case = true)]
+        policy: Option<CancelPolicy>,
+    },
+    /// List the runs submitted with a tag.
+    ///
+    /// Prints a table (id, algorithm, status, result URI or error, truncated) or, with
+    /// `--json`, the raw array of `TaggedRequestResult`.
+    #[command(after_help = "Examples:\n  \
+        nexus run list --tag nightly\n  \
+        nexus run list --tag nightly --json | jq '.[] | select(.status == \"FAILED\")'")]
+    List {
+        /// The tag given to `nexus run submit --tag`.
+        #[arg(long)]
+        tag: String,
+        /// Print the raw JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs one client command against the server described by `opts`.
+pub async fn run(opts: &ClientOpts, cmd: RunCommand) -> anyhow::Result<ExitCode> {
+    let client = Client::new(opts)?;
+    match cmd {
+        RunCommand::Submit {
+            algorithm,
+            params,
+            tag,
+            idempotency_key,
+            payload_valid_for,
+            custom_configuration,
+            wait,
+            timeout,
+            interval,
+        } => {
+            let parameters = read_json_source(&params, "parameters")?;
+            let custom_configuration = custom_configuration
+                .as_deref()
+                .map(|p| read_json_source(p, "override"))
+                .transpose()?;
+            let request = AlgorithmRequest {
+                algorithm_parameters: Some(parameters),
+                custom_configuration,
+                tag,
+                payload_valid_for: payload_valid_for.map(go_duration),
+                ..AlgorithmRequest::default()
+            };
+            let created = client
+                .submit(&algorithm, &request, idempotency_key.as_deref())
+                .await?;
+            println!("{}", created.request_id);
+            flush_stdout();
+            if wait {
+                client
+                    .wait(&algorithm, &created.request_id, timeout, interval)
+                    .await
+            } else {
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+        RunCommand::Get {
+            algorithm,
+            id,
+            json,
+            metadata,
+        } => {
+            if metadata {
+                let value = client.metadata(&algorithm, &id).await?;
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                let result = client.result(&algorithm, &id).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&result)?);
+                } else {
+                    print!("{}", format_result(&result));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RunCommand::Wait {
+            algorithm,
+            id,
+            timeout,
+            interval,
+        } => client.wait(&algorithm, &id, timeout, interval).await,
+        RunCommand::Cancel {
+            algorithm,
+            id,
+            reason,
+            initiator,
+            policy,
+        } => {
+            let request = CancellationRequest {
+                reason,
+                initiator: initiator.unwrap_or_else(default_initiator),
+                cancellation_policy: policy.map(|p| p.as_str().to_owned()),
+            };
+            client.cancel(&algorithm, &id, &request).await?;
+            println!("cancellation of run {id} ({algorithm}) requested");
+            Ok(ExitCode::SUCCESS)
+        }
+        RunCommand::List { tag, json } => {
+            let runs = client.by_tag(&tag).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&runs)?);
+            } else if runs.is_empty() {
+                eprintln!("no runs tagged {tag:?}");
+            } else {
+                print!("{}", format_table(&runs));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// A thin HTTP client of the v1 API.
+#[derive(Debug)]
+struct Client {
+    http: reqwest::Client,
+    base: Url,
+    token: Option<String>,
+}
+
+impl Client {
+    fn new(opts: &ClientOpts) -> anyhow::Result<Self> {
+        let base = parse_server_url(&opts.server)?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .user_agent(concat!("nexus-cli/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("cannot build the HTTP client")?;
+        Ok(Self {
+            http,
+            base,
+            token: opts.token.clone().filter(|t| !t.is_empty()),
+        })
+    }
+
+    /// Sends a request and returns the successful response, or an actionable error.
+    async fn send(
+        &self,
+        method: Method,
+        segments: &[&str],
+        body: Option<&impl serde::Serialize>,
+        headers: &[(&str, &str)],
+        what: &str,
+    ) -> anyhow::Result<reqwest::Response> {
+        let url = endpoint(&self.base, segments)?;
+        let mut req = self.http.request(method, url.clone());
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = req.send().await.map_err(|e| self.transport_error(e))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let message = resp.text().await.unwrap_or_default();
+        Err(http_error(
+            status,
+            message.trim(),
+            what,
+            self.token.is_some(),
+        ))
+    }
+
+    fn transport_error(&self, e: reqwest::Error) -> anyhow::Error {
+        let server = self.base.as_str().trim_end_matches('/');
+        if e.is_connect() {
+            anyhow!(e).context(format!(
+                "cannot reach Nexus at {server} — is `nexus standalone` running? \
+                 (set --server or NEXUS_SERVER to point elsewhere)"
+            ))
+        } else if e.is_timeout() {
+            anyhow!(e).context(format!("Nexus at {server} did not answer in time"))
+        } else {
+            anyhow!(e).context(format!("request to Nexus at {server} failed"))
+        }
+    }
+
+    async fn submit(
+        &self,
+        algorithm: &str,
+        request: &AlgorithmRequest,
+        idempotency_key: Option<&str>,
+    ) -> anyhow::Result<RunCreated> {
+        let headers: Vec<(&str, &str)> = idempotency_key
+            .map(|k| vec![("Idempotency-Key", k)])
+            .unwrap_or_default();
+        let what = format!("submitting a run of algorithm {algorithm:?}");
+        let resp = self
+            .send(
+                Method::POST,
+                &["algorithm", "v1", "run", algorithm],
+                Some(request),
+                &headers,
+                &what,
+            )
+            .await?;
+        resp.json::<RunCreated>()
+            .await
+            .with_context(|| format!("unexpected answer when {what}"))
+    }
+
+    async fn result(&self, algorithm: &str, id: &str) -> anyhow::Result<RequestResult> {
+        let what = format!("fetching run {id} of algorithm {algorithm:?}");
+        let resp = self
+            .send(
+                Method::GET,
+                &["algorithm", "v1", "results", algorithm, "requests", id],
+                None::<&()>,
+                &[],
+                &what,
+            )
+            .await?;
+        resp.json::<RequestResult>()
+            .await
+            .with_context(|| format!("unexpected answer when {what}"))
+    }
+
+    async fn metadata(&self, algorithm: &str, id: &str) -> anyhow::Result<serde_json::Value> {
+        let what = format!("fetching metadata of run {id} of algorithm {algorithm:?}");
+        let resp = self
+            .send(
+                Method::GET,
+                &["algorithm", "v1", "metadata", algorithm, "requests", id],
+                None::<&()>,
+                &[],
+                &what,
+            )
+            .await?;
+        resp.json::<serde_json::Value>()
+            .await
+            .with_context(|| format!("unexpected answer when {what}"))
+    }
+
+    async fn by_tag(&self, tag: &str) -> anyhow::Result<Vec<TaggedRequestResult>> {
+        let what = format!("listing runs tagged {tag:?}");
+        let resp = self
+            .send(
+                Method::GET,
+                &["algorithm", "v1", "results", "tags", tag],
+                None::<&()>,
+                &[],
+                &what,
+            )
+            .await?;
+        resp.json::<Vec<TaggedRequestResult>>()
+            .await
+            .with_context(|| format!("unexpected answer when {what}"))
+    }
+
+    async fn cancel(
+        &self,
+        algorithm: &str,
+        id: &str,
+        request: &CancellationRequest,
+    ) -> anyhow::Result<()> {
+        let what = format!("cancelling run {id} of algorithm {algorithm:?}");
+        self.send(
+            Method::POST,
+            &["algorithm", "v1", "cancel", algorithm, "requests", id],
+            Some(request),
+            &[],
+            &what,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Polls the run until it is terminal or `timeout` elapses; returns the exit code.
+    async fn wait(
+        &self,
+        algorithm: &str,
+        id: &str,
+        timeout: Duration,
+        interval: Duration,
+    ) -> anyhow::Result<ExitCode> {
+        let interval = interval.max(Duration::from_millis(50));
+        let start = Instant::now();
+        let live = std::io::stderr().is_terminal();
+        let mut progress = Progress::new(live);
+        let last_status = loop {
+            let result = match self.result(algorithm, id).await {
+                Ok(r) => r,
+                Err(e) => {
+                    progress.finish();
+                    return Err(e);
+                }
+            };
+            let elapsed = start.elapsed();
+            if let Some(code) = exit_code_for_status(&result.status) {
+                progress.finish();
+                print!("{}", format_final(&result, elapsed));
+                flush_stdout();
+                return Ok(ExitCode::from(code));
+            }
+            progress.update(id, &result.status, elapsed);
+            if elapsed >= timeout {
+                break result.status;
+            }
+            let remaining = timeout.saturating_sub(elapsed);
+            tokio::time::sleep(interval.min(remaining)).await;
+        };
+        progress.finish();
+        eprintln!("{}", timeout_message(algorithm, id, &last_status, timeout));
+        Ok(ExitCode::from(EXIT_TIMEOUT))
+    }
+}
+
+/// Live progress of `wait` on stderr.
+#[derive(Debug)]
+struct Progress {
+    live: bool,
+    tick: usize,
+    last_status: Option<String>,
+    drawn: bool,
+}
+
+impl Progress {
+    fn new(live: bool) -> Self {
+        Self {
+            live,
+            tick: 0,
+            last_status: None,
+            drawn: false,
+        }
+    }
+
+    fn update(&mut self, id: &str, status: &str, elapsed: Duration) {
+        let mut err = std::io::stderr().lock();
+        if self.live {
+            let line = progress_line(self.tick, id, status, elapsed);
+            self.tick = self.tick.wrapping_add(1);
+            // \x1b[2K clears the line, so a shorter status leaves no residue.
+            let _ = write!(err, "\r\x1b[2K{line}");
+            let _ = err.flush();
+            self.drawn = true;
+        } else if self.last_status.as_deref() != Some(status) {
+            let _ = writeln!(err, "{id} {status} ({})", format_elapsed(elapsed));
+        }
+        self.last_status = Some(status.to_owned());
+    }
+
+    fn finish(&mut self) {
+        if self.live && self.drawn {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[2K");
+            let _ = err.flush();
+            self.drawn = false;
+        }
+    }
+}
+
+fn flush_stdout() {
+    let _ = std::io::stdout().flush();
+}
+
+/// The default `initiator` of a cancellation: `$USER`, else `nexus-cli`.
+fn default_initiator() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| "nexus-cli".to_owned())
+}
+
+/// Parses and checks `--server`.
+fn parse_server_url(server: &str) -> anyhow::Result<Url> {
+    let url = Url::parse(server).with_context(|| {
+        format!(
+            "invalid --server / NEXUS_SERVER {server:?}: expected a URL like http://127.0.0.1:8090"
+        )
+    })?;
+    match url.scheme() {
+        "http" => {}
+        "https" => bail!(
+            "--server {server}: this nexus build speaks plain http only; \
+             use an http:// URL (e.g. through a local TLS-terminating proxy)"
+        ),
+        other => bail!("--server {server}: unsupported scheme {other:?}, expected http://"),
+    }
+    if url.cannot_be_a_base() {
+        bail!("invalid --server {server:?}: expected a URL like http://127.0.0.1:8090");
+    }
+    Ok(url)
+}
+
+/// `base` + percent-encoded path segments (an algorithm name or id can never escape its segment).
+fn endpoint(base: &Url, segments: &[&str]) -> anyhow::Result<Url> {
+    let mut url = base.clone();
+    url.set_query(None);
+    url.set_fragment(None);
+    url.path_segments_mut()
+        .map_err(|()| anyhow!("server URL {base} cannot carry a path"))?
+        .pop_if_empty()
+        .extend(segments);
+    Ok(url)
+}
+
+/// Turns a non-2xx answer into an error a person can act on.
+fn http_error(status: StatusCode, message: &str, what: &str, has_token: bool) -> anyhow::Error {
+    let message = if message.is_empty() {
+        status.canonical_reason().unwrap_or("no message").to_owned()
+    } else {
+        message.to_owned()
+    };
+    let hint = match status {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN if !has_token => {
+            " (the server requires a token: pass --token or set NEXUS_TOKEN)"
+        }
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+            " (check the token given by --token / NEXUS_TOKEN)"
+        }
+        StatusCode::NOT_FOUND => " (check the algorithm name and the request id)",
+        StatusCode::CONFLICT => " (a finished run can no longer be cancelled)",
+        _ => "",
+    };
+    anyhow!(
+        "{what}: server answered {} {}: {message}{hint}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    )
+}
+
+/// Reads a JSON document from a file, or from stdin when `path` is `-`.
+fn read_json_source(path: &Path, kind: &str) -> anyhow::Result<serde_json::Value> {
+    let (name, text) = if path.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .with_context(|| format!("cannot read the {kind} from stdin"))?;
+        ("<stdin>".to_owned(), text)
+    } else {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the {kind} file {}", path.display()))?;
+        (path.display().to_string(), text)
+    };
+    parse_json(&name, kind, &text)
+}
+
+/// Parses `text` as JSON; the error names the source and the position.
+fn parse_json(source: &str, kind: &str, text: &str) -> anyhow::Result<serde_json::Value> {
+    if text.trim().is_empty() {
+        bail!("the {kind} in {source} are empty: expected a JSON document");
+    }
+    serde_json::from_str(text).map_err(|e| {
+        anyhow!(
+            "the {kind} in {source} are not valid JSON: line {}, column {}: {}",
+            e.line(),
+            e.column(),
+            json_error_reason(&e)
+        )
+    })
+}
+
+/// serde_json's message without its trailing " at line L column C".
+fn json_error_reason(e: &serde_json::Error) -> String {
+    let full = e.to_string();
+    match full.rfind(" at line ") {
+        Some(i) => full[..i].to_owned(),
+        None => full,
+    }
+}
+
+/// Formats a duration the way Go's `time.ParseDuration` reads it (`6h`, `1h30m`, `1.5s`).
+fn go_duration(d: Duration) -> String {
+    let total_ms = d.as_millis();
+    if total_ms == 0 {
+        return "0s".to_owned();
+    }
+    let h = total_ms / 3_600_000;
+    let m = (total_ms / 60_000) % 60;
+    let s = (total_ms / 1_000) % 60;
+    let ms = total_ms % 1_000;
+    let mut out = String::new();
+    if h > 0 {
+        let _ = write!(out, "{h}h");
+    }
+    if m > 0 {
+        let _ = write!(out, "{m}m");
+    }
+    if s > 0 {
+        let _ = write!(out, "{s}s");
+    }
+    if ms > 0 {
+        let _ = write!(out, "{ms}ms");
+    }
+    out
+}
+
+/// Whether a status is terminal.
+pub fn is_terminal(status: &str) -> bool {
+    TERMINAL_STATUSES.contains(&status)
+}
+
+/// The exit code of `wait` for a status: `None` while the run is not terminal.
+pub fn exit_code_for_status(status: &str) -> Option<u8> {
+    if status == "COMPLETED" {
+        Some(EXIT_COMPLETED)
+    } else if is_terminal(status) {
+        Some(EXIT_FAILED)
+    } else {
+        None
+    }
+}
+
+fn format_elapsed(d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs < 60.0 {
+        format!("{secs:.1}s")
+    } else {
+        let whole = d.as_secs();
+        format!("{}m{:02}s", whole / 60, whole % 60)
+    }
+}
+
+/// One frame of the live `wait` line: `⠋ <id> RUNNING  12.3s`.
+fn progress_line(tick: usize, id: &str, status: &str, elapsed: Duration) -> String {
+    let frame = SPINNER[tick % SPINNER.len()];
+    format!("{frame} {id} {status}  {}", format_elapsed(elapsed))
+}
+
+/// Human summary of a `RequestResult` (`get`).
+fn format_result(r: &RequestResult) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "request: {}", r.request_id);
+    let _ = writeln!(out, "status:  {}", r.status);
+    if !r.result_uri.is_empty() {
+        let _ = writeln!(out, "result:  {}", r.result_uri);
+    }
+    if !r.run_error_message.is_empty() {
+        let _ = writeln!(out, "error:   {}", r.run_error_message);
+    }
+    out
+}
+
+/// Final report of `wait` on stdout.
+fn format_final(r: &RequestResult, elapsed: Duration) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} {} after {}",
+        r.request_id,
+        r.status,
+        format_elapsed(elapsed)
+    );
+    if !r.result_uri.is_empty() {
+        let _ = writeln!(out, "result: {}", r.result_uri);
+    }
+    if !r.run_error_message.is_empty() {
+        let _ = writeln!(out, "error:  {}", r.run_error_message);
+    }
+    out
+}
+
+fn timeout_message(algorithm: &str, id: &str, last_status: &str, timeout: Duration) -> String {
+    let last = if last_status.is_empty() {
+        String::new()
+    } else {
+        format!(" (last status {last_status})")
+    };
+    format!(
+        "timed out after {} waiting for run {id}{last}; the run keeps going. \
+         Keep waiting with `nexus run wait {algorithm} {id} --timeout 30m`, \
+         or check it with `nexus run get {algorithm} {id}`",
+        humantime::format_duration(timeout)
+    )
+}
+
+/// Cuts `s` to at most `max` characters, marking the cut with `…`.
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_owned();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// Table of tagged runs (`list`).
+fn format_table(runs: &[TaggedRequestResult]) -> String {
+    const HEADERS: [&str; 4] = ["ID", "ALGORITHM", "STATUS", "RESULT/ERROR"];
+    let rows: Vec<[String; 4]> = runs
+        .iter()
+        .map(|r| {
+            let detail = if r.run_error_message.is_empty() {
+                &r.result_uri
+            } else {
+                &r.run_error_message
+            };
+            // Keep each run on one line.
+            let detail = detail.replace(['\n', '\r', '\t'], " ");
+            [
+                r.request_id.clone(),
+                r.algorithm_name.clone(),
+                r.status.clone(),
+                truncate(&detail, RESULT_COLUMN_WIDTH),
+            ]
+        })
+        .collect();
+    let mut widths = HEADERS.map(|h| h.chars().count());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut push_row = |cells: [&str; 4]| {
+        let mut line = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                line.push_str(cell);
+            } else {
+                let pad = widths[i].saturating_sub(cell.chars().count()) + 2;
+                line.push_str(cell);
+                line.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    };
+    push_row(HEADERS);
+    for row in &rows {
+        push_row([&row[0], &row[1], &row[2], &row[3]]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct TestCli {
+        #[command(flatten)]
+        opts: ClientOpts,
+        #[command(subcommand)]
+        cmd: RunCommand,
+    }
+
+    fn tagged(id: &str, status: &str, uri: &str, err: &str) -> TaggedRequestResult {
+        TaggedRequestResult {
+            request_id: id.to_owned(),
+            algorithm_name: "knapsack".to_owned(),
+            status: status.to_owned(),
+            result_uri: uri.to_owned(),
+            run_error_message: err.to_owned(),
+        }
+    }
+
+    #[test]
+    fn clap_definition_is_valid() {
+        use clap::CommandFactory;
+        TestCli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_submit_with_wait() {
+        let cli = TestCli::try_parse_from([
+            "nexus",
+            "submit",
+            "knapsack",
+            "--params",
+            "p.json",
+            "--payload-valid-for",
+            "6h",
+            "--wait",
+            "--timeout",
+            "30s",
+            "--server",
+            "http://h:1",
+        ])
+        .expect("parses");
+        assert_eq!(cli.opts.server, "http://h:1");
+        match cli.cmd {
+            RunCommand::Submit {
+                algorithm,
+                params,
+                payload_valid_for,
+                wait,
+                timeout,
+                ..
+            } => {
+                assert_eq!(algorithm, "knapsack");
+                assert_eq!(params, PathBuf::from("p.json"));
+                assert_eq!(payload_valid_for, Some(Duration::from_secs(6 * 3600)));
+                assert!(wait);
+                assert_eq!(timeout, Duration::from_secs(30));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_cancel_policy_case_insensitively() {
+        let cli = TestCli::try_parse_from(["nexus", "cancel", "a", "id", "--policy", "orphan"])
+            .expect("parses");
+        match cli.cmd {
+            RunCommand::Cancel { policy, .. } => assert_eq!(policy, Some(CancelPolicy::Orphan)),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(CancelPolicy::Foreground.as_str(), "Foreground");
+    }
+
+    #[test]
+    fn get_json_conflicts_with_metadata() {
+        assert!(
+            TestCli::try_parse_from(["nexus", "get", "a", "id", "--json", "--metadata"]).is_err()
+        );
+    }
+
+    #[test]
+    fn parse_json_accepts_documents() {
+        let v = parse_json("p.json", "parameters", r#"{"items": [1, 2]}"#).expect("valid");
+        assert_eq!(v["items"][1], 2);
+    }
+
+    #[test]
+    fn parse_json_error_names_file_and_position() {
+        let err =
+            parse_json("p.json", "parameters", "{\n  \"a\": 1,\n  oops\n}").expect_err("invalid");
+        let msg = err.to_string();
+        assert!(msg.contains("p.json"), "{msg}");
+        assert!(msg.contains("line 3, column 3"), "{msg}");
+        assert!(!msg.contains(" at line "), "{msg}");
+    }
+
+    #[test]
+    fn parse_json_rejects_empty_input() {
+        let err = parse_json("<stdin>", "parameters", "  \n").expect_err("empty");
+        assert!(err.to_string().contains("<stdin>"));
+    }
+
+    #[test]
+    fn read_json_source_reports_missing_file() {
+        let err = read_json_source(Path::new("/nonexistent/params.json"), "parameters")
+            .expect_err("missing");
+        assert!(format!("{err:#}").contains("/nonexistent/params.json"));
+    }
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(go_duration(Duration::from_secs(6 * 3600)), "6h");
+        assert_eq!(go_duration(Duration::from_secs(5400)), "1h30m");
+        assert_eq!(go_duration(Duration::from_millis(1500)), "1s500ms");
+        assert_eq!(go_duration(Duration::ZERO), "0s");
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(exit_code_for_status("COMPLETED"), Some(0));
+        for s in [
+            "FAILED",
+            "SCHEDULING_FAILED",
+            "DEADLINE_EXCEEDED",
+            "CANCELLED",
+        ] {
+            assert_eq!(exit_code_for_status(s), Some(1), "{s}");
+        }
+        for s in ["NEW", "BUFFERED", "RUNNING", ""] {
+            assert_eq!(exit_code_for_status(s), None, "{s}");
+        }
+    }
+
+    #[test]
+    fn table_aligns_and_truncates() {
+        let long = "x".repeat(100);
+        let table = format_table(&[
+            tagged("id-1", "COMPLETED", "http://r/1", ""),
+            tagged("id-22", "FAILED", "", &format!("boom\n{long}")),
+        ]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("ID     ALGORITHM  STATUS     RESULT/ERROR"));
+        assert!(lines[1].starts_with("id-1   knapsack   COMPLETED  http://r/1"));
+        assert!(lines[2].contains("boom x"));
+        assert!(lines[2].ends_with('…'));
+        let detail = lines[2].split("FAILED").nth(1).unwrap_or_default().trim();
+        assert_eq!(detail.chars().count(), RESULT_COLUMN_WIDTH);
+    }
+
+    #[test]
+    fn truncate_is_char_aware() {
+        assert_eq!(truncate("héllo", 5), "héllo");
+        assert_eq!(truncate("héllo wörld", 5), "héll…");
+    }
+
+    #[test]
+    fn endpoints_encode_segments() {
+        let base = parse_server_url("http://127.0.0.1:8090/").expect("url");
+        let url = endpoint(&base, &["algorithm", "v1", "results", "tags", "a b/c"]).expect("url");
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:8090/algorithm/v1/results/tags/a%20b%2Fc"
+        );
+        let prefixed = parse_server_url("http://h:1/nexus").expect("url");
+        let url = endpoint(&prefixed, &["algorithm", "v1"]).expect("url");
+        assert_eq!(url.as_str(), "http://h:1/nexus/algorithm/v1");
+    }
+
+    #[test]
+    fn server_url_validation() {
+        assert!(parse_server_url("https://h").is_err());
+        assert!(parse_server_url("not a url").is_err());
+        assert!(parse_server_url("http://h:8090").is_ok());
+    }
+
+    #[test]
+    fn http_errors_are_actionable() {
+        let e = http_error(
+            StatusCode::CONFLICT,
+            "run already COMPLETED",
+            "cancelling run x",
+            false,
+        );
+        let msg = e.to_string();
+        assert!(msg.contains("409"), "{msg}");
+        assert!(msg.contains("run already COMPLETED"), "{msg}");
+        let e = http_error(StatusCode::UNAUTHORIZED, "", "fetching", false);
+        assert!(e.to_string().contains("NEXUS_TOKEN"));
+    }
+
+    #[test]
+    fn progress_and_final_lines() {
+        let line = progress_line(0, "abc", "RUNNING", Duration::from_millis(12_300));
+        assert_eq!(line, "⠋ abc RUNNING  12.3s");
+        assert_eq!(format_elapsed(Duration::from_secs(125)), "2m05s");
+        let r = RequestResult {
+            request_id: "abc".into(),
+            status: "FAILED".into(),
+            result_uri: String::new(),
+            run_error_message: "OOMKilled".into(),
+        };
+        let out = format_final(&r, Duration::from_secs(3));
+        assert!(out.starts_with("abc FAILED after 3.0s\n"));
+        assert!(out.contains("error:  OOMKilled"));
+        let msg = timeout_message("knapsack", "abc", "RUNNING", Duration::from_secs(600));
+        assert!(msg.contains("nexus run wait knapsack abc"));
+        assert!(msg.contains("10m"));
+    }
+}

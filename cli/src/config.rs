@@ -1,0 +1,177 @@
+//! Configuration of `nexus standalone`: defaults in code → YAML file (`--config`) →
+//! `NEXUS__SECTION__KEY` environment variables → command-line flags, then [`StandaloneConfig::validate`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Yaml};
+use nexus_receiver::ReceiverConfig;
+use nexus_scheduler::SchedulerConfig;
+use nexus_supervisor::SupervisorConfig;
+use serde::{Deserialize, Serialize};
+
+/// Local-process executor settings (section `executor`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecutorSection {
+    /// Directories prepended to `PATH` for algorithm processes. Empty: the directory of the
+    /// `nexus` binary (where `cargo build` also puts the demo algorithms).
+    pub extra_path: Vec<PathBuf>,
+    /// Concurrent runs per workgroup when the workgroup sets no `maxConcurrentRuns`.
+    pub default_max_concurrent: u32,
+    /// Captured stdout+stderr per run (the tail is kept).
+    pub max_log_bytes: usize,
+}
+
+impl Default for ExecutorSection {
+    fn default() -> Self {
+        Self { extra_path: Vec::new(), default_max_concurrent: 8, max_log_bytes: 1024 * 1024 }
+    }
+}
+
+/// Configuration of `nexus standalone`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StandaloneConfig {
+    /// Address of the HTTP API (scheduler and receiver on one port). Loopback by default: there is
+    /// no API authentication in standalone.
+    pub listen: SocketAddr,
+    /// URL algorithms and clients use to reach this process; default `http://<listen>`.
+    pub public_url: Option<String>,
+    /// Run store, payloads, results, logs and the signing key live here.
+    pub data_dir: PathBuf,
+    /// Directory of `NexusAlgorithmTemplate` / `NexusAlgorithmWorkgroup` YAML manifests.
+    pub templates_dir: PathBuf,
+    /// How often the templates directory is checked for changes.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+    /// `text` or `json` logs.
+    pub log_format: String,
+    /// Scheduler settings.
+    pub scheduler: SchedulerConfig,
+    /// Receiver settings.
+    pub receiver: ReceiverConfig,
+    /// Supervisor settings.
+    pub supervisor: SupervisorConfig,
+    /// Executor settings.
+    pub executor: ExecutorSection,
+}
+
+impl Default for StandaloneConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
+            public_url: None,
+            data_dir: PathBuf::from(".nexus-data"),
+            templates_dir: PathBuf::from("examples/templates"),
+            reload_interval: Duration::from_secs(2),
+            log_format: "text".into(),
+            scheduler: SchedulerConfig::default(),
+            receiver: ReceiverConfig::default(),
+            supervisor: SupervisorConfig { exclusive_store: true, ..SupervisorConfig::default() },
+            executor: ExecutorSection::default(),
+        }
+    }
+}
+
+/// Flag overrides (only the ones given).
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    /// `--listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// `--data`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// `--templates`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub templates_dir: Option<PathBuf>,
+    /// `--public-url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+}
+
+impl StandaloneConfig {
+    /// Loads the layered configuration.
+    ///
+    /// # Errors
+    /// Unreadable file, unknown keys, wrong types, invalid values — each naming the key.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, String> {
+        let mut fig = Figment::from(Serialized::defaults(StandaloneConfig::default()));
+        if let Some(f) = file {
+            if !f.is_file() {
+                return Err(format!("config file {} does not exist", f.display()));
+            }
+            fig = fig.merge(Yaml::file(f));
+        }
+        fig = fig.merge(Env::prefixed("NEXUS__").split("__")).merge(Serialized::defaults(overrides));
+        let c: StandaloneConfig = fig.extract().map_err(|e| {
+            e.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
+        })?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks every value.
+    ///
+    /// # Errors
+    /// All problems, each naming its key.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut e = Vec::new();
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            e.push(format!("log_format: '{}' must be text or json", self.log_format));
+        }
+        if let Some(u) = &self.public_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                e.push(format!("public_url: '{u}' must start with http:// or https://"));
+            }
+        }
+        if self.reload_interval < Duration::from_millis(10) {
+            e.push("reload_interval: must be at least 10ms".into());
+        }
+        if self.executor.default_max_concurrent == 0 {
+            e.push("executor.default_max_concurrent: must be at least 1".into());
+        }
+        for r in [self.scheduler.validate(), self.receiver.validate()] {
+            if let Err(m) = r {
+                e.push(m);
+            }
+        }
+        if e.is_empty() { Ok(()) } else { Err(e.join("; ")) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_and_flags_layer_over_defaults() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("nexus.yaml");
+        std::fs::write(&f, "listen: 127.0.0.1:9000\nscheduler:\n  queue_bound: 7\n  retry_base_delay: 1s\n").unwrap();
+        let o = Overrides { data_dir: Some("/tmp/x".into()), ..Overrides::default() };
+        let c = StandaloneConfig::load(Some(&f), &o).unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.scheduler.queue_bound, 7);
+        assert_eq!(c.scheduler.retry_base_delay, Duration::from_secs(1));
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("nexus.yaml");
+        std::fs::write(&f, "scheduler:\n  queue_bund: 7\n").unwrap();
+        let e = StandaloneConfig::load(Some(&f), &Overrides::default()).unwrap_err();
+        assert!(e.contains("queue_bund"), "{e}");
+        std::fs::write(&f, "scheduler:\n  retry_base_delay: soon\n").unwrap();
+        let e = StandaloneConfig::load(Some(&f), &Overrides::default()).unwrap_err();
+        assert!(e.contains("retry_base_delay"), "{e}");
+        std::fs::write(&f, "log_format: xml\n").unwrap();
+        let e = StandaloneConfig::load(Some(&f), &Overrides::default()).unwrap_err();
+        assert!(e.contains("log_format"), "{e}");
+    }
+}

@@ -1,0 +1,7 @@
+//! nexus-cli: wiring of the `nexus` binary (configuration, standalone mode, client commands).
+//! `main.rs` only parses arguments and calls into this library.
+
+pub mod client;
+pub mod config;
+pub mod objects;
+pub mod standalone;

@@ -1,0 +1,209 @@
+//! `nexus standalone`: scheduler, receiver and supervisor in one process, with the embedded run
+//! store, the filesystem payload store and the local-process executor.
+//!
+//! [`start`] wires the components on a listener it is given (port 0 in tests) and returns a
+//! handle; `main` only parses flags and waits for signals.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use anyhow::Context;
+use axum::Router;
+use axum::routing::get;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use nexus_core::catalog::{Catalog, load_dir, watch_dir};
+use nexus_core::executor::{Executor, LocalExecutorConfig, LocalProcessExecutor};
+use nexus_core::http::{Readiness, health_routes, negotiate_errors};
+use nexus_core::payload::{FsPayloadStore, PayloadStore};
+use nexus_core::sign::Signer;
+use nexus_core::store::{RunStore, SqliteRunStore};
+use nexus_receiver::{LocalShard, Receiver};
+use nexus_scheduler::{Deps, Scheduler, ShardMap};
+use nexus_supervisor::Supervisor;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::StandaloneConfig;
+use crate::objects;
+
+/// A running standalone instance.
+#[derive(Debug)]
+pub struct Handle {
+    /// The address it serves on.
+    pub addr: SocketAddr,
+    /// Its public URL.
+    pub url: String,
+    /// Cancel to shut it down gracefully.
+    pub shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Handle {
+    /// Shuts down gracefully and waits until everything stopped.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.wait().await;
+    }
+
+    /// Waits until the instance stopped (after `shutdown` was cancelled).
+    pub async fn wait(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+fn prometheus() -> &'static PrometheusHandle {
+    static H: OnceLock<PrometheusHandle> = OnceLock::new();
+    H.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        // Only the first instance in a process installs the global recorder (tests start several).
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+fn load_or_create_secret(path: &Path) -> anyhow::Result<Signer> {
+    if let Ok(bytes) = std::fs::read(path) {
+        anyhow::ensure!(bytes.len() >= 32, "signing key {} is shorter than 32 bytes; delete it to create a new one", path.display());
+        return Ok(Signer::new(&bytes));
+    }
+    let key: Vec<u8> = uuid::Uuid::new_v4().as_bytes().iter().chain(uuid::Uuid::new_v4().as_bytes()).copied().collect();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, &key).with_context(|| format!("cannot write {}", tmp.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    }
+    std::fs::rename(&tmp, path)?;
+    Ok(Signer::new(&key))
+}
+
+fn instance_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "localhost".into());
+    format!("{host}-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..6])
+}
+
+fn default_extra_path() -> Vec<PathBuf> {
+    std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)).into_iter().collect()
+}
+
+/// Starts standalone Nexus on `listener`.
+///
+/// # Errors
+/// Data directory, run store (e.g. locked by another process), templates (every invalid
+/// manifest is listed), signing key.
+pub async fn start(mut config: StandaloneConfig, listener: TcpListener) -> anyhow::Result<Handle> {
+    let addr = listener.local_addr()?;
+    let url = config.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+    config.scheduler.public_url.clone_from(&url);
+    config.receiver.public_url.clone_from(&url);
+    let data = config.data_dir.clone();
+    std::fs::create_dir_all(&data).with_context(|| format!("cannot create data directory {}", data.display()))?;
+
+    let db = data.join("runs.db");
+    let store: Arc<dyn RunStore> = Arc::new(
+        tokio::task::spawn_blocking(move || SqliteRunStore::open(&db))
+            .await?
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .context("cannot open the run store")?,
+    );
+    let signer = load_or_create_secret(&data.join("signing.key"))?;
+    let fs = Arc::new(
+        FsPayloadStore::open(data.join("objects"), url.clone(), signer.clone())
+            .map_err(|e| anyhow::anyhow!("cannot open the payload store: {e}"))?,
+    );
+    let payloads: Arc<dyn PayloadStore> = fs.clone();
+    let templates = config.templates_dir.clone();
+    let snap = load_dir(&templates).map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("cannot load templates from {}", templates.display()))?;
+    tracing::info!(templates = snap.templates.len(), workgroups = snap.workgroups.len(), dir = %templates.display(), "templates loaded");
+    let catalog = Catalog::new(snap);
+
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let extra_path = if config.executor.extra_path.is_empty() { default_extra_path() } else { config.executor.extra_path.clone() };
+    let executor: Arc<dyn Executor> = Arc::new(LocalProcessExecutor::new(
+        LocalExecutorConfig {
+            extra_path,
+            work_dir: data.join("work"),
+            default_max_concurrent: config.executor.default_max_concurrent,
+            max_log_bytes: config.executor.max_log_bytes,
+        },
+        payloads.clone(),
+        tx,
+    ));
+    let id = instance_id();
+    let readiness = Readiness::default();
+    let receiver = Receiver::new(config.receiver.clone(), store.clone(), payloads.clone(), executor.clone(), signer.clone());
+    let scheduler = Scheduler::new(
+        config.scheduler.clone(),
+        Deps {
+            store: store.clone(),
+            payloads: payloads.clone(),
+            catalog: catalog.clone(),
+            shards: ShardMap { fallback: Some(Arc::new(LocalShard(receiver.clone()))), ..ShardMap::default() },
+            signer: signer.clone(),
+            instance_id: id.clone(),
+            readiness: readiness.clone(),
+        },
+    );
+    let supervisor = Arc::new(Supervisor {
+        config: config.supervisor.clone(),
+        store: store.clone(),
+        executor: executor.clone(),
+        instance_id: id.clone(),
+    });
+    // Take the lease before recovery, so this instance is the live owner from the start.
+    store
+        .heartbeat(&id, nexus_core::run::now_millis(), i64::try_from(config.scheduler.lease_ttl.as_millis()).unwrap_or(15_000))
+        .await
+        .map_err(|e| anyhow::anyhow!("run store: {e}"))?;
+    let s2 = scheduler.clone();
+    let requeue: Arc<dyn Fn(&nexus_core::run::Run) + Send + Sync> = Arc::new(move |r| s2.enqueue_recovered(r));
+    let recovered = supervisor.recover(requeue.as_ref()).await.map_err(|e| anyhow::anyhow!("recovery: {e}"))?;
+    if recovered > 0 {
+        tracing::info!(recovered, "picked up runs left by a previous nexus process");
+    }
+
+    let prom = prometheus().clone();
+    let app = Router::new()
+        .merge(nexus_scheduler::api::router(scheduler.clone()))
+        .merge(nexus_receiver::api::router(receiver.clone()))
+        .merge(objects::router(fs))
+        .merge(health_routes(readiness.clone()))
+        .route("/metrics", get(move || std::future::ready(prom.render())))
+        .layer(axum::middleware::from_fn(negotiate_errors));
+
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    tasks.spawn(watch_dir(catalog, templates, config.reload_interval, shutdown.clone()));
+    let sched_stop = CancellationToken::new();
+    let sched_task = tasks.spawn(nexus_scheduler::run(scheduler, sched_stop.clone()));
+    let sup_stop = CancellationToken::new();
+    tasks.spawn(nexus_supervisor::run(supervisor, rx, requeue, sup_stop.clone()));
+    let http_stop = CancellationToken::new();
+    let http_stop2 = http_stop.clone();
+    tasks.spawn(async move {
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(http_stop2.cancelled_owned()).await {
+            tracing::error!("http server failed: {e}");
+        }
+    });
+    // Ordered shutdown: readiness off and queue drained (scheduler), then HTTP (completions keep
+    // arriving while the queue drains), then the supervisor.
+    let sd = shutdown.clone();
+    let r2 = readiness.clone();
+    tasks.spawn(async move {
+        sd.cancelled().await;
+        r2.set(false);
+        sched_stop.cancel();
+        let _ = sched_task.await;
+        http_stop.cancel();
+        sup_stop.cancel();
+    });
+    readiness.set(true);
+    tracing::info!(%url, instance = %id, "nexus standalone is ready");
+    Ok(Handle { addr, url, shutdown, tasks })
+}

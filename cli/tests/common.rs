@@ -1,0 +1,90 @@
+//! Shared helpers of the standalone end-to-end tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nexus_cli::config::StandaloneConfig;
+use nexus_cli::standalone::{Handle, start};
+
+/// Returns target/<profile>, where cargo puts the `nexus` and `nexus-demo` binaries.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent().and_then(Path::parent).expect("target/<profile>/deps/..").to_path_buf()
+}
+
+/// Returns the directory holding `nexus-demo`, building it when `cargo test` was run for this
+/// package alone.
+pub fn demo_dir() -> PathBuf {
+    let dir = bin_dir();
+    if !dir.join("nexus-demo").exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = std::process::Command::new(cargo)
+            .args(["build", "-p", "nexus-examples", "--bin", "nexus-demo"])
+            .status()
+            .expect("run cargo build for the demo algorithm");
+        assert!(st.success(), "building nexus-demo failed");
+    }
+    assert!(dir.join("nexus-demo").exists(), "nexus-demo not found in {}", dir.display());
+    dir
+}
+
+/// Path of the repository's example templates.
+pub fn templates() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/templates")
+}
+
+/// Starts standalone Nexus in-process on a free loopback port with a fresh data directory.
+pub async fn start_standalone(data: &Path) -> Handle {
+    let mut c = StandaloneConfig::default();
+    c.data_dir = data.to_path_buf();
+    c.templates_dir = templates();
+    c.executor.extra_path = vec![demo_dir()];
+    c.scheduler.retry_base_delay = Duration::from_millis(20);
+    c.scheduler.drain_grace = Duration::from_millis(200);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start(c, l).await.expect("standalone starts")
+}
+
+/// Polls `GET results` until the run is terminal; panics after `limit`.
+pub async fn wait_terminal(http: &reqwest::Client, base: &str, alg: &str, id: &str, limit: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let r: serde_json::Value = http
+            .get(format!("{base}/algorithm/v1/results/{alg}/requests/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let st = r["status"].as_str().unwrap_or_default().to_owned();
+        if ["COMPLETED", "FAILED", "SCHEDULING_FAILED", "DEADLINE_EXCEEDED", "CANCELLED"].contains(&st.as_str()) {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "run {id} still {st} after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls until `cond` holds; panics after `limit`.
+pub async fn eventually<F: FnMut() -> Fut, Fut: std::future::Future<Output = bool>>(limit: Duration, what: &str, mut cond: F) {
+    let deadline = Instant::now() + limit;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Submits a run and returns its id.
+pub async fn submit(http: &reqwest::Client, base: &str, alg: &str, params: serde_json::Value) -> String {
+    let r = http
+        .post(format!("{base}/algorithm/v1/run/{alg}"))
+        .json(&serde_json::json!({ "algorithmParameters": params }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    let v: serde_json::Value = r.json().await.unwrap();
+    v["requestId"].as_str().unwrap().to_owned()
+}

@@ -1,0 +1,125 @@
+//! End to end in-process: the demo algorithms run as real local processes under standalone Nexus.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn knapsack_completes_and_result_is_downloadable() {
+    let data = tempfile::tempdir().unwrap();
+    let h = start_standalone(data.path()).await;
+    let http = reqwest::Client::new();
+    let params: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(templates().join("../payloads/knapsack.json")).unwrap()).unwrap();
+    let id = submit(&http, &h.url, "knapsack", params).await;
+    let r = wait_terminal(&http, &h.url, "knapsack", &id, Duration::from_secs(60)).await;
+    assert_eq!(r["status"], "COMPLETED", "{r}");
+    let uri = r["resultUri"].as_str().unwrap();
+    assert!(uri.contains("/data/v1/objects/results/knapsack/"), "{uri}");
+    let result: serde_json::Value = http.get(uri).send().await.unwrap().json().await.unwrap();
+    assert_eq!(result["totalValue"], 90, "{result}");
+    // The signed URL is refused once tampered with.
+    let tampered = uri.replace("sig=", "sig=A");
+    assert_eq!(http.get(&tampered).send().await.unwrap().status(), 403);
+    // Metadata links the captured logs.
+    let md: serde_json::Value = http
+        .get(format!("{}/algorithm/v1/metadata/knapsack/requests/{id}", h.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(md["attempts"], 1);
+    let logs_uri = md["logsUri"].as_str().expect("logs are linked from metadata");
+    let logs = http.get(logs_uri).send().await.unwrap().text().await.unwrap();
+    assert!(!logs.is_empty());
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_demos_end_with_their_causes() {
+    let data = tempfile::tempdir().unwrap();
+    let h = start_standalone(data.path()).await;
+    let http = reqwest::Client::new();
+    let cases = [
+        (json!({"mode": "exit", "code": 2}), "FAILED", "fatalExitCodes"),
+        (json!({"mode": "exit", "code": 3}), "FAILED", "exited with code 3"),
+        (json!({"mode": "sleep", "seconds": 30}), "DEADLINE_EXCEEDED", "max allowed run time"),
+        (json!({"mode": "crash"}), "FAILED", "SIGABRT"),
+        (json!({"mode": "error"}), "FAILED", "demo failure requested"),
+        (json!({"mode": "no-complete"}), "FAILED", "without reporting a result"),
+    ];
+    let mut ids = Vec::new();
+    for (p, _, _) in &cases {
+        ids.push(submit(&http, &h.url, "chaos", p.clone()).await);
+    }
+    for ((p, stage, text), id) in cases.iter().zip(&ids) {
+        let r = wait_terminal(&http, &h.url, "chaos", id, Duration::from_secs(60)).await;
+        assert_eq!(r["status"], *stage, "{p}: {r}");
+        let md: serde_json::Value = http
+            .get(format!("{}/algorithm/v1/metadata/chaos/requests/{id}", h.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let cause = format!("{} {}", md["failureCause"], md["failureDetails"]);
+        assert!(cause.contains(text), "{p}: cause {cause} lacks '{text}'");
+        assert!(!r["runErrorMessage"].as_str().unwrap().is_empty());
+    }
+    // Retries: flaky succeeds on its third attempt.
+    let id = submit(&http, &h.url, "chaos", json!({"mode": "flaky", "failUntilAttempt": 3})).await;
+    let r = wait_terminal(&http, &h.url, "chaos", &id, Duration::from_secs(60)).await;
+    assert_eq!(r["status"], "COMPLETED", "{r}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_running_run_kills_it() {
+    let data = tempfile::tempdir().unwrap();
+    let h = start_standalone(data.path()).await;
+    let http = reqwest::Client::new();
+    let id = submit(&http, &h.url, "chaos", json!({"mode": "sleep", "seconds": 4})).await;
+    let md_url = format!("{}/algorithm/v1/metadata/chaos/requests/{id}", h.url);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let pid = loop {
+        let md: serde_json::Value = http.get(&md_url).send().await.unwrap().json().await.unwrap();
+        if md["stage"] == "RUNNING" {
+            break md["executorRef"].as_str().unwrap_or_default().to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "run never started: {md}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let r = http
+        .post(format!("{}/algorithm/v1/cancel/chaos/requests/{id}", h.url))
+        .json(&json!({"reason": "test", "initiator": "e2e"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = wait_terminal(&http, &h.url, "chaos", &id, Duration::from_secs(5)).await;
+    assert_eq!(r["status"], "CANCELLED");
+    assert_eq!(r["runErrorMessage"], "Cancelled by 'e2e'");
+    eventually(Duration::from_secs(2), "process killed", || {
+        let gone = !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "));
+        async move { gone }
+    })
+    .await;
+    // A second cancel of the finished run is a conflict and changes nothing.
+    let r = http
+        .post(format!("{}/algorithm/v1/cancel/chaos/requests/{id}", h.url))
+        .json(&json!({"reason": "again", "initiator": "someone-else"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let r = wait_terminal(&http, &h.url, "chaos", &id, Duration::from_secs(5)).await;
+    assert_eq!(r["runErrorMessage"], "Cancelled by 'e2e'");
+    h.stop().await;
+}

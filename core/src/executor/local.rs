@@ -1,0 +1,598 @@
+//! [`LocalProcessExecutor`]: runs each run as a local child process, the local analogue of a
+//! Kubernetes Job.
+//!
+//! * Each launch gets a tokio task that first waits for a permit of its workgroup's semaphore
+//!   (limit = [`LaunchSpec::max_concurrent`] or [`LocalExecutorConfig::default_max_concurrent`]),
+//!   then runs attempts until one succeeds, a fatal exit code is seen, retries run out, the
+//!   deadline passes or the run is cancelled.
+//! * Every attempt runs in its own process group with a minimal environment (`PATH` with
+//!   [`LocalExecutorConfig::extra_path`] prepended, `HOME`, `LANG`, `TMPDIR`, then the spec's
+//!   variables). When an attempt ends, whatever is left of its process group is killed (like a
+//!   pod's containers going away with the pod), so background children never outlive it.
+//! * The deadline covers the whole run, from the first start (time spent waiting for a permit
+//!   does not count). On expiry the process group gets `SIGKILL`.
+//! * Cancel sends `SIGTERM` to the process group, then `SIGKILL` after 500 ms. All three
+//!   [`CancellationPolicy`] values behave the same: for local processes there is no Job object to
+//!   delete separately from its pods, so `Orphan` is treated like `Background` (the processes are
+//!   killed, never left running).
+//! * stdout and stderr are read concurrently into one bounded buffer that keeps the tail
+//!   ([`LocalExecutorConfig::max_log_bytes`]); attempts are separated by `--- attempt N ---` lines
+//!   and a truncation note is prepended when bytes were dropped. When the spec has a
+//!   [`LaunchSpec::logs_key`], the buffer is stored in the [`PayloadStore`] after the run finishes.
+//! * The concurrency limit of a workgroup is taken from the first launch that names it; a later
+//!   launch with a larger limit raises it, a smaller one lowers it as far as free permits allow.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+use tokio::sync::Semaphore;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+
+use super::{Executor, ExecutorError, ExecutorEvent, ExitInfo, LaunchSpec, Outcome};
+use crate::error::ErrorKind;
+use crate::payload::PayloadStore;
+use crate::run::{CancellationPolicy, RunId};
+
+/// Grace period between `SIGTERM` and `SIGKILL` on cancel.
+const TERM_GRACE: Duration = Duration::from_millis(500);
+/// How long to wait for the output readers after a normal exit.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+/// How long to wait for the output readers after a kill (cancel, deadline).
+const DRAIN_AFTER_KILL: Duration = Duration::from_millis(200);
+/// Back-off unit between attempts (multiplied by the attempt number).
+const BACKOFF_UNIT: Duration = Duration::from_millis(200);
+/// Extra attempts allowed beyond `max_retries` for transient exit codes.
+const TRANSIENT_SLACK: u32 = 10;
+/// Environment variables inherited from the executor's own environment (besides `PATH`).
+const INHERITED_ENV: [&str; 3] = ["HOME", "LANG", "TMPDIR"];
+
+/// Configuration of a [`LocalProcessExecutor`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalExecutorConfig {
+    /// Directories prepended to `PATH` for algorithm processes (e.g. the directory of the nexus
+    /// binary, where demo algorithms are installed).
+    pub extra_path: Vec<PathBuf>,
+    /// Processes run with this working directory (created if missing).
+    pub work_dir: PathBuf,
+    /// Per-workgroup concurrency limit when [`LaunchSpec::max_concurrent`] is `None`.
+    pub default_max_concurrent: u32,
+    /// Cap on the captured stdout+stderr of a run (the tail is kept; truncation is noted).
+    pub max_log_bytes: usize,
+}
+
+impl Default for LocalExecutorConfig {
+    fn default() -> Self {
+        Self {
+            extra_path: Vec::new(),
+            work_dir: std::env::temp_dir().join("nexus-work"),
+            default_max_concurrent: 4,
+            max_log_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Runs runs as local child processes; see the module docs.
+#[derive(Debug, Clone)]
+pub struct LocalProcessExecutor {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: LocalExecutorConfig,
+    payloads: Arc<dyn PayloadStore>,
+    events: UnboundedSender<ExecutorEvent>,
+    /// Active runs and their cancellation tokens.
+    runs: Mutex<HashMap<RunId, CancellationToken>>,
+    /// Per-workgroup semaphores with their current limit.
+    groups: Mutex<HashMap<String, (u32, Arc<Semaphore>)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section is a single map operation: a panic cannot leave it half-updated.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl LocalProcessExecutor {
+    /// Builds an executor that reports on `events` and stores logs in `payloads`.
+    pub fn new(
+        config: LocalExecutorConfig,
+        payloads: Arc<dyn PayloadStore>,
+        events: UnboundedSender<ExecutorEvent>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                payloads,
+                events,
+                runs: Mutex::new(HashMap::new()),
+                groups: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl Executor for LocalProcessExecutor {
+    async fn launch(&self, spec: LaunchSpec) -> Result<(), ExecutorError> {
+        if spec.command.trim().is_empty() {
+            return Err(ExecutorError::new(ErrorKind::InvalidInput, "empty command"));
+        }
+        if spec.max_concurrent == Some(0) {
+            return Err(ExecutorError::new(
+                ErrorKind::InvalidInput,
+                format!("workgroup '{}' has maxConcurrent 0: the run can never start", spec.workgroup),
+            ));
+        }
+        let token = {
+            let mut runs = lock(&self.inner.runs);
+            if runs.contains_key(&spec.run_id) {
+                return Ok(());
+            }
+            let token = CancellationToken::new();
+            runs.insert(spec.run_id, token.clone());
+            token
+        };
+        let inner = Arc::clone(&self.inner);
+        tokio::spawn(async move { inner.run(spec, token).await });
+        Ok(())
+    }
+
+    async fn cancel(&self, run_id: RunId, _policy: CancellationPolicy) -> Result<(), ExecutorError> {
+        // All policies kill the process group (see the module docs); the run task does the killing
+        // and reports `Cancelled`.
+        if let Some(token) = lock(&self.inner.runs).get(&run_id) {
+            token.cancel();
+        }
+        Ok(())
+    }
+
+    async fn active(&self) -> Vec<RunId> {
+        lock(&self.inner.runs).keys().copied().collect()
+    }
+}
+
+/// How one attempt's wait ended.
+enum AttemptEnd {
+    Exited(std::io::Result<ExitStatus>),
+    Deadline,
+    Cancelled,
+}
+
+impl Inner {
+    /// The semaphore of `spec`'s workgroup, created or resized to its limit.
+    fn semaphore(&self, spec: &LaunchSpec) -> Arc<Semaphore> {
+        let limit = spec.max_concurrent.unwrap_or(self.config.default_max_concurrent).max(1);
+        let mut groups = lock(&self.groups);
+        let entry = groups
+            .entry(spec.workgroup.clone())
+            .or_insert_with(|| (limit, Arc::new(Semaphore::new(limit as usize))));
+        if limit > entry.0 {
+            entry.1.add_permits((limit - entry.0) as usize);
+            entry.0 = limit;
+        } else if limit < entry.0 {
+            let forgotten = entry.1.forget_permits((entry.0 - limit) as usize);
+            // `forgotten` <= entry.0 - limit, so this cannot underflow.
+            entry.0 -= u32::try_from(forgotten).unwrap_or(0);
+        }
+        Arc::clone(&entry.1)
+    }
+
+    fn emit(&self, event: ExecutorEvent) {
+        // A dropped receiver means nobody listens any more (shutdown): nothing to do.
+        let _ = self.events.send(event);
+    }
+
+    /// The whole life of one accepted launch; emits exactly one `Finished`.
+    async fn run(self: Arc<Self>, spec: LaunchSpec, cancel: CancellationToken) {
+        let logs = Arc::new(Mutex::new(LogBuffer::new(self.config.max_log_bytes)));
+        let semaphore = self.semaphore(&spec);
+        let permit = tokio::select! {
+            biased;
+            () = cancel.cancelled() => None,
+            permit = semaphore.acquire_owned() => Some(permit),
+        };
+        let outcome = match &permit {
+            None => Outcome::Cancelled,
+            Some(Err(_)) => Outcome::LaunchFailed {
+                message: format!("concurrency limiter of workgroup '{}' closed", spec.workgroup),
+            },
+            Some(Ok(_)) => self.attempts(&spec, &cancel, &logs).await,
+        };
+        if let Outcome::LaunchFailed { message } = &outcome {
+            lock(&logs).push(format!("{message}\n").as_bytes());
+        }
+        let logs_stored = match &spec.logs_key {
+            Some(key) => {
+                let bytes = std::mem::replace(&mut *lock(&logs), LogBuffer::new(0)).into_bytes();
+                match self.payloads.put(key, Bytes::from(bytes)).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(run_id = %spec.run_id, key, error = %e, "storing logs failed");
+                        false
+                    }
+                }
+            }
+            None => false,
+        };
+        // Forget the run before reporting, so that a relaunch after `Finished` is accepted; keep
+        // the permit until after `Finished`, so the next run of the workgroup starts after it.
+        lock(&self.runs).remove(&spec.run_id);
+        self.emit(ExecutorEvent::Finished { run_id: spec.run_id, outcome, logs_stored });
+        drop(permit);
+    }
+
+    /// `PATH` for algorithm processes: `extra_path`, then the executor's own `PATH`.
+    fn path_var(&self) -> OsString {
+        let mut dirs: Vec<PathBuf> = self.config.extra_path.clone();
+        if let Some(path) = std::env::var_os("PATH") {
+            dirs.extend(std::env::split_paths(&path));
+        }
+        std::env::join_paths(dirs).unwrap_or_else(|_| std::env::var_os("PATH").unwrap_or_default())
+    }
+
+    /// Runs attempts until the run has an outcome.
+    async fn attempts(
+        &self,
+        spec: &LaunchSpec,
+        cancel: &CancellationToken,
+        logs: &Arc<Mutex<LogBuffer>>,
+    ) -> Outcome {
+        let work_dir = &self.config.work_dir;
+        if let Err(e) = tokio::fs::create_dir_all(work_dir).await {
+            return Outcome::LaunchFailed {
+                message: format!("cannot create work directory {}: {e}", work_dir.display()),
+            };
+        }
+        let path = self.path_var();
+        let started = Instant::now();
+        // A deadline too large to represent is as good as none: use a far-away instant.
+        let deadline_at = started
+            .checked_add(spec.deadline)
+            .unwrap_or_else(|| started + Duration::from_secs(100 * 365 * 24 * 3600));
+        let attempt_cap = spec.max_retries.saturating_add(TRANSIENT_SLACK).max(1);
+        let mut attempt: u32 = 0;
+        let mut retries_used: u32 = 0;
+        loop {
+            attempt += 1;
+            lock(logs).push(format!("--- attempt {attempt} ---\n").as_bytes());
+            let mut cmd = Command::new(&spec.command);
+            cmd.args(&spec.args)
+                .env_clear()
+                .env("PATH", &path)
+                .current_dir(work_dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .process_group(0);
+            for name in INHERITED_ENV {
+                if let Some(value) = std::env::var_os(name) {
+                    cmd.env(name, value);
+                }
+            }
+            cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
+            let mut child = match cmd.spawn() {
+                Ok(child) => child,
+                Err(e) => {
+                    return Outcome::LaunchFailed {
+                        message: format!(
+                            "cannot start '{}': {e} (PATH={})",
+                            spec.command,
+                            path.to_string_lossy()
+                        ),
+                    };
+                }
+            };
+            let pid = child.id();
+            self.emit(ExecutorEvent::Started {
+                run_id: spec.run_id,
+                attempt,
+                executor_ref: pid.map(|p| p.to_string()).unwrap_or_default(),
+            });
+            let mut readers: Vec<JoinHandle<()>> = Vec::with_capacity(2);
+            if let Some(out) = child.stdout.take() {
+                readers.push(tokio::spawn(pump(out, Arc::clone(logs))));
+            }
+            if let Some(err) = child.stderr.take() {
+                readers.push(tokio::spawn(pump(err, Arc::clone(logs))));
+            }
+            let end = tokio::select! {
+                status = child.wait() => AttemptEnd::Exited(status),
+                () = sleep_until(deadline_at) => AttemptEnd::Deadline,
+                () = cancel.cancelled() => AttemptEnd::Cancelled,
+            };
+            match end {
+                AttemptEnd::Exited(_) => {}
+                AttemptEnd::Deadline => {
+                    signal_group(pid, Signal::SIGKILL);
+                    let _ = child.wait().await;
+                }
+                AttemptEnd::Cancelled => {
+                    signal_group(pid, Signal::SIGTERM);
+                    if timeout(TERM_GRACE, child.wait()).await.is_err() {
+                        signal_group(pid, Signal::SIGKILL);
+                        let _ = child.wait().await;
+                    }
+                }
+            }
+            // Whatever is left of the attempt's process group goes with it.
+            signal_group(pid, Signal::SIGKILL);
+            let drain_for =
+                if matches!(end, AttemptEnd::Exited(_)) { DRAIN_AFTER_EXIT } else { DRAIN_AFTER_KILL };
+            drain(readers, drain_for).await;
+
+            let status = match end {
+                AttemptEnd::Deadline => return Outcome::DeadlineExceeded { deadline: spec.deadline },
+                AttemptEnd::Cancelled => return Outcome::Cancelled,
+                AttemptEnd::Exited(Err(e)) => {
+                    tracing::warn!(run_id = %spec.run_id, error = %e, "waiting for the process failed");
+                    return Outcome::Failed {
+                        exit: ExitInfo { code: None, signal: None },
+                        attempts: attempt,
+                        fatal: false,
+                    };
+                }
+                AttemptEnd::Exited(Ok(status)) => status,
+            };
+            if status.success() {
+                return Outcome::Succeeded;
+            }
+            let exit = ExitInfo { code: status.code(), signal: status.signal() };
+            lock(logs).push(format!("--- attempt {attempt} exited: {status} ---\n").as_bytes());
+            let code_in = |codes: &[i32]| exit.code.is_some_and(|c| codes.contains(&c));
+            if code_in(&spec.fatal_exit_codes) {
+                return Outcome::Failed { exit, attempts: attempt, fatal: true };
+            }
+            if attempt >= attempt_cap {
+                return Outcome::Failed { exit, attempts: attempt, fatal: false };
+            }
+            if !code_in(&spec.transient_exit_codes) {
+                if retries_used >= spec.max_retries {
+                    return Outcome::Failed { exit, attempts: attempt, fatal: false };
+                }
+                retries_used += 1;
+            }
+            tokio::select! {
+                () = sleep(BACKOFF_UNIT * attempt) => {}
+                () = sleep_until(deadline_at) => {
+                    return Outcome::DeadlineExceeded { deadline: spec.deadline };
+                }
+                () = cancel.cancelled() => return Outcome::Cancelled,
+            }
+        }
+    }
+}
+
+/// Sends `signal` to the process group led by `pid` (each attempt is its own group leader).
+/// A group that is already gone (`ESRCH`) is fine.
+fn signal_group(pid: Option<u32>, signal: Signal) {
+    let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) else { return };
+    if pid <= 1 {
+        return;
+    }
+    match killpg(Pid::from_raw(pid), signal) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => tracing::warn!(pgid = pid, ?signal, error = %e, "signalling process group failed"),
+    }
+}
+
+/// Waits up to `limit` for the output readers, then abandons them.
+async fn drain(mut readers: Vec<JoinHandle<()>>, limit: Duration) {
+    let all = async {
+        for reader in &mut readers {
+            let _ = reader.await;
+        }
+    };
+    if timeout(limit, all).await.is_err() {
+        for reader in &readers {
+            reader.abort();
+        }
+    }
+}
+
+/// Copies a child's output stream into the shared log buffer until EOF.
+async fn pump<R: AsyncRead + Unpin>(mut stream: R, logs: Arc<Mutex<LogBuffer>>) {
+    let mut chunk = vec![0u8; 8192];
+    loop {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => lock(&logs).push(&chunk[..n]),
+        }
+    }
+}
+
+/// A byte buffer that keeps the last `max` bytes and counts the dropped ones.
+#[derive(Debug)]
+struct LogBuffer {
+    max: usize,
+    buf: Vec<u8>,
+    dropped: u64,
+}
+
+impl LogBuffer {
+    fn new(max: usize) -> Self {
+        Self { max, buf: Vec::new(), dropped: 0 }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+        // Trim lazily (amortised O(1) per byte): only once the buffer holds twice the cap.
+        if self.buf.len() > self.max.saturating_mul(2).max(self.max.saturating_add(8192)) {
+            self.trim();
+        }
+    }
+
+    fn trim(&mut self) {
+        if self.buf.len() > self.max {
+            let excess = self.buf.len() - self.max;
+            self.buf.drain(..excess);
+            self.dropped += excess as u64;
+        }
+    }
+
+    fn into_bytes(mut self) -> Vec<u8> {
+        self.trim();
+        if self.dropped == 0 {
+            return self.buf;
+        }
+        let mut out =
+            format!("[nexus: log truncated, {} earlier bytes dropped]\n", self.dropped).into_bytes();
+        out.extend_from_slice(&self.buf);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::executor::test_suite::{self, Capabilities};
+    use crate::payload::InMemoryPayloadStore;
+
+    fn make(
+        events: UnboundedSender<ExecutorEvent>,
+        payloads: Arc<dyn PayloadStore>,
+        work_dir: &Path,
+    ) -> Arc<dyn Executor> {
+        let config = LocalExecutorConfig {
+            extra_path: Vec::new(),
+            work_dir: work_dir.to_path_buf(),
+            default_max_concurrent: 4,
+            max_log_bytes: 64 * 1024,
+        };
+        Arc::new(LocalProcessExecutor::new(config, payloads, events))
+    }
+
+    const CAPS: Capabilities = Capabilities { real_processes: true };
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn succeeds() {
+        test_suite::success(&make).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retries_then_fails() {
+        test_suite::retries_then_fails(&make).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fatal_code_stops() {
+        test_suite::fatal_code_stops(&make).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn transient_code_relaunches() {
+        test_suite::transient_code_relaunches(&make).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deadline_kills_group() {
+        test_suite::deadline_kills_group(&make).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cancel_running() {
+        test_suite::cancel_active(&make, CAPS).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrency_limit() {
+        test_suite::concurrency_limit(&make).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cancel_waiting_for_permit() {
+        test_suite::cancel_waiting_for_permit(&make).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn env_and_args() {
+        test_suite::env_and_args(&make).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn logs_captured() {
+        test_suite::logs_captured(&make).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn missing_program() {
+        test_suite::missing_program(&make).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn double_launch() {
+        test_suite::double_launch(&make, CAPS).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cancel_unknown() {
+        test_suite::cancel_unknown(&make).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn extra_path_and_log_truncation() {
+        let dir = test_suite::TempDir::new();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let algo = bin.join("nexus-test-algo");
+        std::fs::write(&algo, "#!/bin/sh\nhead -c 5000 /dev/zero | tr '\\0' x\necho END\n").unwrap();
+        std::fs::set_permissions(&algo, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let payloads = Arc::new(InMemoryPayloadStore::new());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let config = LocalExecutorConfig {
+            extra_path: vec![bin],
+            work_dir: dir.path().join("work"),
+            default_max_concurrent: 1,
+            max_log_bytes: 100,
+        };
+        let exec = LocalProcessExecutor::new(config, payloads.clone(), tx);
+        let mut spec = test_suite::spec(&["ignored"]);
+        spec.command = "nexus-test-algo".into();
+        spec.args.clear();
+        spec.logs_key = Some("logs/t/1".into());
+        exec.launch(spec.clone()).await.unwrap();
+        let events = test_suite::collect_until_finished(&mut rx, spec.run_id, 20).await;
+        let fin = events.last().unwrap();
+        assert_eq!(
+            fin,
+            &ExecutorEvent::Finished { run_id: spec.run_id, outcome: Outcome::Succeeded, logs_stored: true }
+        );
+        let logs = payloads.get("logs/t/1").await.unwrap().unwrap();
+        let text = String::from_utf8_lossy(&logs);
+        assert!(text.starts_with("[nexus: log truncated"), "{text}");
+        assert!(text.ends_with("xxxxEND\n"), "{text}");
+        assert!(logs.len() < 200, "{}", logs.len());
+    }
+
+    #[test]
+    fn log_buffer_keeps_tail() {
+        let mut b = LogBuffer::new(4);
+        for _ in 0..10_000 {
+            b.push(b"ab");
+        }
+        b.push(b"cd");
+        let out = b.into_bytes();
+        assert!(out.ends_with(b"\nabcd"));
+        assert!(String::from_utf8_lossy(&out).contains("19998 earlier bytes dropped"));
+    }
+}

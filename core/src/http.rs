@@ -1,0 +1,137 @@
+//! HTTP plumbing shared by the scheduler and the receiver: the API error type, content
+//! negotiation of error bodies, and health probes.
+//!
+//! Errors are `text/plain` by default (as in the reference, whose SDKs read the text) and
+//! `application/problem+json` (RFC 9457) when the client's `Accept` asks for JSON. The conversion
+//! is one middleware, so it also covers the framework's own rejections (413, 415, 405, …).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::body::{Body, to_bytes};
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::error::ErrorKind;
+
+/// An error answer: a status and a message a person can act on.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Message (becomes the text/plain body or the problem `detail`).
+    pub message: String,
+    /// Seconds for a `Retry-After` header (429/503).
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    /// Builds an error with a status.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, message: message.into(), retry_after: None }
+    }
+    /// 400.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+    /// 404.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+    /// 409.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, message)
+    }
+    /// 401.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, message)
+    }
+    /// Maps an error kind through the one kind → status table.
+    pub fn from_kind(kind: ErrorKind, message: impl Into<String>) -> Self {
+        let status = StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut e = Self::new(status, message);
+        if kind.is_retryable() {
+            e.retry_after = Some(1);
+        }
+        e
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], self.message).into_response();
+        if let Some(s) = self.retry_after {
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        r
+    }
+}
+
+fn wants_json(req: &Request) -> bool {
+    req.headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/json") || v.contains("application/problem+json"))
+}
+
+/// Middleware: rewrites error responses (status ≥ 400) as `application/problem+json` when the
+/// request's `Accept` asks for JSON; leaves everything else untouched.
+pub async fn negotiate_errors(req: Request, next: Next) -> Response {
+    let json = wants_json(&req);
+    let instance = req.uri().path().to_owned();
+    let resp = next.run(req).await;
+    if !json || resp.status().as_u16() < 400 {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let detail = match to_bytes(body, 64 * 1024).await {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(_) => String::new(),
+    };
+    let problem = serde_json::json!({
+        "type": "about:blank",
+        "title": parts.status.canonical_reason().unwrap_or("Error"),
+        "status": parts.status.as_u16(),
+        "detail": detail,
+        "instance": instance,
+    });
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(problem.to_string()))
+}
+
+/// Readiness of a component: true while it accepts work.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    /// Marks the component ready or not.
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::SeqCst);
+    }
+    /// Returns true when ready.
+    #[must_use]
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Returns the `/health/livez` and `/health/readyz` routes.
+pub fn health_routes(ready: Readiness) -> axum::Router {
+    axum::Router::new().route("/health/livez", axum::routing::get(|| async { "ok" })).route(
+        "/health/readyz",
+        axum::routing::get(move || {
+            let ready = ready.clone();
+            async move {
+                if ready.is_ready() {
+                    (StatusCode::OK, "ready")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready: starting or shutting down")
+                }
+            }
+        }),
+    )
+}

@@ -1,0 +1,15 @@
+//! nexus-core: the domain model of Nexus (runs, stages, templates, workgroups), the seams
+//! (`RunStore`, `PayloadStore`, `Executor`, `Shard`) with their fakes, real backends and
+//! conformance suites, signed URLs and run tokens, and the error kinds shared by every component.
+
+pub mod catalog;
+pub mod error;
+pub mod executor;
+pub mod http;
+pub mod payload;
+pub mod render;
+pub mod run;
+pub mod shard;
+pub mod sign;
+pub mod spec;
+pub mod store;

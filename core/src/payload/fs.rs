@@ -1,0 +1,288 @@
+//! Filesystem [`PayloadStore`], whose signed URLs are served by Nexus itself.
+//!
+//! Objects are files under a root directory, one per key (key segments become directories).
+//! Writes are durable: the bytes go to a temporary file in the same directory, which is
+//! `sync_all`ed, renamed over the target, and the directory is fsynced. All blocking work runs on
+//! tokio's blocking pool.
+//!
+//! Signed URLs have the form `{base_url}/data/v1/objects/{key}?exp=<secs>&sig=<sig>`; the MAC
+//! covers the HTTP method and the path `/data/v1/objects/{key}`. The HTTP routes call
+//! [`FsPayloadStore::verify`] and then [`PayloadStore::get`] / [`PayloadStore::put`].
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{PayloadError, PayloadStore};
+use crate::error::ErrorKind;
+use crate::sign::{Signer, Subject, now_secs, parse_exp};
+
+/// Path prefix of the object routes; the key follows it.
+pub const ROUTE_PREFIX: &str = "/data/v1/objects/";
+
+/// Filesystem payload store; see the module docs.
+#[derive(Debug, Clone)]
+pub struct FsPayloadStore {
+    root: PathBuf,
+    base_url: String,
+    signer: Signer,
+}
+
+/// Checks a key: non-empty `/`-separated segments of `[A-Za-z0-9._-]`, none `.` or `..`.
+fn validate_key(key: &str) -> Result<(), PayloadError> {
+    let bad = |why: &str| PayloadError::new(ErrorKind::InvalidInput, format!("invalid object key {key:?}: {why}"));
+    if key.is_empty() {
+        return Err(bad("empty"));
+    }
+    if key.starts_with('/') {
+        return Err(bad("must not start with '/'"));
+    }
+    for seg in key.split('/') {
+        if seg.is_empty() {
+            return Err(bad("empty path segment"));
+        }
+        if seg == "." || seg == ".." {
+            return Err(bad("'.' and '..' segments are not allowed"));
+        }
+        if !seg.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+            return Err(bad("segments may only contain A-Z, a-z, 0-9, '.', '_' and '-'"));
+        }
+    }
+    Ok(())
+}
+
+/// Maps an I/O error to a [`PayloadError`]; the one place where that mapping happens.
+fn io_error(what: &str, path: &Path, e: &io::Error) -> PayloadError {
+    let kind = match e.kind() {
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => ErrorKind::ResourceExhausted,
+        io::ErrorKind::TimedOut => ErrorKind::Timeout,
+        io::ErrorKind::NotADirectory | io::ErrorKind::IsADirectory | io::ErrorKind::AlreadyExists => {
+            ErrorKind::Conflict
+        }
+        _ => ErrorKind::Internal,
+    };
+    PayloadError::new(kind, format!("{what} {}: {e}", path.display()))
+}
+
+/// Writes `bytes` to `path` durably (temp file, `sync_all`, rename, fsync of the directory).
+fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), PayloadError> {
+    use std::io::Write as _;
+    let dir = path
+        .parent()
+        .ok_or_else(|| PayloadError::new(ErrorKind::Internal, "object path has no parent directory"))?;
+    std::fs::create_dir_all(dir).map_err(|e| io_error("creating directory", dir, &e))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    // '~' never occurs in a valid key, so a temp file can never be mistaken for an object.
+    let tmp = dir.join(format!("{name}~tmp~{}", uuid::Uuid::new_v4().simple()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp).map_err(|e| io_error("creating", &tmp, &e))?;
+        f.write_all(bytes).map_err(|e| io_error("writing", &tmp, &e))?;
+        f.sync_all().map_err(|e| io_error("syncing", &tmp, &e))?;
+        drop(f);
+        std::fs::rename(&tmp, path).map_err(|e| io_error("renaming onto", path, &e))?;
+        let d = std::fs::File::open(dir).map_err(|e| io_error("opening directory", dir, &e))?;
+        d.sync_all().map_err(|e| io_error("syncing directory", dir, &e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Expiry in Unix seconds for a URL valid for `valid_for` from now (rounded up).
+fn expiry(valid_for: Duration) -> i64 {
+    let secs = valid_for.as_secs() + u64::from(valid_for.subsec_nanos() > 0);
+    now_secs().saturating_add(i64::try_from(secs).unwrap_or(i64::MAX))
+}
+
+impl FsPayloadStore {
+    /// Opens (creating if needed) a store under `root`, minting URLs under `base_url`
+    /// (e.g. `http://127.0.0.1:8090`; a trailing slash is stripped).
+    ///
+    /// # Errors
+    /// When the root directory cannot be created.
+    pub fn open(root: PathBuf, base_url: String, signer: Signer) -> Result<Self, PayloadError> {
+        std::fs::create_dir_all(&root).map_err(|e| io_error("creating payload root", &root, &e))?;
+        let base_url = base_url.trim_end_matches('/').to_owned();
+        Ok(Self { root, base_url, signer })
+    }
+
+    /// Root directory of the store.
+    #[must_use]
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path_of(&self, key: &str) -> Result<PathBuf, PayloadError> {
+        validate_key(key)?;
+        Ok(key.split('/').fold(self.root.clone(), |p, seg| p.join(seg)))
+    }
+
+    /// The signed route path of `key`: `/data/v1/objects/{key}`.
+    fn route_path(key: &str) -> String {
+        format!("{ROUTE_PREFIX}{key}")
+    }
+
+    /// Mints a signed URL for `method` on `key` with an explicit expiry (Unix seconds).
+    #[must_use]
+    pub fn signed_url_at(&self, method: &str, key: &str, expires_at_secs: i64) -> String {
+        let path = Self::route_path(key);
+        let query = self.signer.sign_url(method, &path, expires_at_secs);
+        format!("{}{path}?{query}", self.base_url)
+    }
+
+    /// Checks a request to the object route: `exp` and `sig` are the query parameters.
+    ///
+    /// # Errors
+    /// `InvalidInput` for an invalid key; `Forbidden` (with a message for the 403 body) when the
+    /// signature is missing, malformed, forged (altered URL, other method, other key) or expired.
+    pub fn verify(&self, method: &str, key: &str, exp: Option<&str>, sig: Option<&str>) -> Result<(), PayloadError> {
+        validate_key(key)?;
+        let forbidden = |m: String| PayloadError::new(ErrorKind::Forbidden, m);
+        let (Some(exp), Some(sig)) = (exp, sig) else {
+            return Err(forbidden("missing exp or sig query parameter: use a signed URL issued by Nexus".to_owned()));
+        };
+        let exp = parse_exp(Subject::Url, exp).map_err(|e| forbidden(e.to_string()))?;
+        self.signer
+            .verify_url(method, &Self::route_path(key), exp, sig, now_secs())
+            .map_err(|e| forbidden(e.to_string()))
+    }
+}
+
+#[async_trait]
+impl PayloadStore for FsPayloadStore {
+    async fn put(&self, key: &str, bytes: Bytes) -> Result<(), PayloadError> {
+        let path = self.path_of(key)?;
+        tokio::task::spawn_blocking(move || write_durably(&path, &bytes))
+            .await
+            .map_err(|e| PayloadError::new(ErrorKind::Internal, format!("write task failed: {e}")))?
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, PayloadError> {
+        let path = self.path_of(key)?;
+        match tokio::fs::read(&path).await {
+            Ok(v) => Ok(Some(Bytes::from(v))),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory | io::ErrorKind::IsADirectory
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(io_error("reading", &path, &e)),
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), PayloadError> {
+        let path = self.path_of(key)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => Ok(()),
+            Err(e) => Err(io_error("deleting", &path, &e)),
+        }
+    }
+
+    async fn signed_get_url(&self, key: &str, valid_for: Duration) -> Result<String, PayloadError> {
+        validate_key(key)?;
+        Ok(self.signed_url_at("GET", key, expiry(valid_for)))
+    }
+
+    async fn signed_put_url(&self, key: &str, valid_for: Duration) -> Result<String, PayloadError> {
+        validate_key(key)?;
+        Ok(self.signed_url_at("PUT", key, expiry(valid_for)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payload::test_suite;
+
+    fn store(dir: &Path) -> FsPayloadStore {
+        FsPayloadStore::open(dir.join("objects"), "http://127.0.0.1:8090/".to_owned(), Signer::random()).unwrap()
+    }
+
+    /// Splits a minted URL into (key, exp, sig).
+    fn parse(s: &FsPayloadStore, url: &str) -> (String, String, String) {
+        let rest = url.strip_prefix(&format!("{}{ROUTE_PREFIX}", s.base_url)).unwrap();
+        let (key, query) = rest.split_once('?').unwrap();
+        let mut exp = String::new();
+        let mut sig = String::new();
+        for kv in query.split('&') {
+            let (k, v) = kv.split_once('=').unwrap();
+            match k {
+                "exp" => exp = v.to_owned(),
+                "sig" => sig = v.to_owned(),
+                _ => panic!("unexpected {k}"),
+            }
+        }
+        (key.to_owned(), exp, sig)
+    }
+
+    #[tokio::test]
+    async fn conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        test_suite::run_all(&store(dir.path())).await;
+    }
+
+    #[tokio::test]
+    async fn verify_accepts_minted_and_rejects_tampering() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let url = s.signed_get_url("payloads/algo/1", Duration::from_secs(60)).await.unwrap();
+        assert!(url.starts_with("http://127.0.0.1:8090/data/v1/objects/payloads/algo/1?exp="), "{url}");
+        let (key, exp, sig) = parse(&s, &url);
+        assert_eq!(key, "payloads/algo/1");
+        s.verify("GET", &key, Some(&exp), Some(&sig)).unwrap();
+
+        let forbidden = |r: Result<(), PayloadError>| matches!(r, Err(e) if e.kind == ErrorKind::Forbidden);
+        assert!(forbidden(s.verify("GET", "payloads/algo/2", Some(&exp), Some(&sig))));
+        assert!(forbidden(s.verify("PUT", &key, Some(&exp), Some(&sig))));
+        assert!(forbidden(s.verify("GET", &key, Some("99999999999"), Some(&sig))));
+        assert!(forbidden(s.verify("GET", &key, Some("abc"), Some(&sig))));
+        assert!(forbidden(s.verify("GET", &key, None, Some(&sig))));
+        assert!(forbidden(s.verify("GET", &key, Some(&exp), None)));
+        assert!(forbidden(s.verify("GET", &key, Some(&exp), Some("garbage"))));
+
+        let past = s.signed_url_at("GET", &key, now_secs() - 10);
+        let (_, exp, sig) = parse(&s, &past);
+        let err = s.verify("GET", &key, Some(&exp), Some(&sig)).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Forbidden);
+        assert!(err.message.contains("expired at"), "{}", err.message);
+
+        let put = s.signed_put_url(&key, Duration::from_secs(60)).await.unwrap();
+        let (_, exp, sig) = parse(&s, &put);
+        s.verify("PUT", &key, Some(&exp), Some(&sig)).unwrap();
+    }
+
+    #[tokio::test]
+    async fn bad_keys_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        for key in ["../etc/passwd", "/etc/passwd", "a//b", "", "a/./b", "a/..", "a b", "a/b/", "a~tmp", "a\\b"] {
+            let inv = |r: Result<(), PayloadError>| matches!(r, Err(e) if e.kind == ErrorKind::InvalidInput);
+            assert!(inv(s.put(key, Bytes::from_static(b"x")).await), "{key:?}");
+            assert!(inv(s.get(key).await.map(|_| ())), "{key:?}");
+            assert!(inv(s.delete(key).await), "{key:?}");
+            assert!(inv(s.signed_get_url(key, Duration::from_secs(1)).await.map(|_| ())), "{key:?}");
+            assert!(inv(s.verify("GET", key, Some("1"), Some("x"))), "{key:?}");
+        }
+        assert!(!dir.path().join("etc").exists());
+    }
+
+    #[tokio::test]
+    async fn no_temp_files_left_and_reopen_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        s.put("a/b", Bytes::from_static(b"one")).await.unwrap();
+        s.put("a/b", Bytes::from_static(b"two")).await.unwrap();
+        let names: Vec<_> = std::fs::read_dir(s.root().join("a")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("b")]);
+        let again = store(dir.path());
+        assert_eq!(again.get("a/b").await.unwrap().unwrap(), Bytes::from_static(b"two"));
+    }
+}

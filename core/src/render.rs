@@ -1,0 +1,107 @@
+//! Rendering a run into what an executor launches: command, arguments, environment.
+//!
+//! Argument placeholders are explicit (fix of the reference's substring matching): an argument
+//! that is exactly `--sas-uri=%s` or `--request-id=%s` (the reference's conventional forms) is
+//! filled in, and `{payload_uri}` / `{request_id}` are replaced anywhere in an argument. Nothing
+//! else is touched, so an argument that merely mentions "request-id" stays as written.
+
+use std::time::Duration;
+
+use nexus_proto::v1::env;
+
+use crate::executor::LaunchSpec;
+use crate::payload::Keys;
+use crate::run::Run;
+use crate::spec::WorkgroupSpec;
+
+/// What the receiver adds to a launch besides the run itself.
+#[derive(Debug, Clone)]
+pub struct LaunchContext<'a> {
+    /// Signed GET URL of the payload.
+    pub payload_url: &'a str,
+    /// Run-scoped token.
+    pub run_token: &'a str,
+    /// Receiver base URL the algorithm completes through.
+    pub receiver_url: &'a str,
+    /// Signed PUT URL for the result.
+    pub result_upload_url: &'a str,
+}
+
+/// Substitutes the payload URL and run id into the template's arguments.
+#[must_use]
+pub fn render_args(args: &[String], payload_url: &str, request_id: &str) -> Vec<String> {
+    args.iter()
+        .map(|a| match a.as_str() {
+            "--sas-uri=%s" => format!("--sas-uri={payload_url}"),
+            "--request-id=%s" => format!("--request-id={request_id}"),
+            _ => a.replace("{payload_uri}", payload_url).replace("{request_id}", request_id),
+        })
+        .collect()
+}
+
+/// Renders the executor launch of `run`.
+///
+/// # Errors
+/// Returns a message when the template uses something the local executor cannot honour
+/// (`valueFrom` environment variables).
+pub fn launch_spec(run: &Run, workgroup: &WorkgroupSpec, ctx: &LaunchContext<'_>) -> Result<LaunchSpec, String> {
+    let spec = &run.applied_configuration;
+    let id = run.id.to_string();
+    let mut parts = spec.command.split(' ').filter(|s| !s.is_empty()).map(str::to_owned);
+    let command = parts.next().ok_or_else(|| "spec.command is empty".to_owned())?;
+    let mut args: Vec<String> = parts.collect();
+    args.extend(render_args(&spec.args, ctx.payload_url, &id));
+    let mut envs: Vec<(String, String)> = Vec::new();
+    if let Some(rt) = &spec.runtime_environment {
+        for e in &rt.environment_variables {
+            if e.value_from.is_some() {
+                return Err(format!(
+                    "environment variable {} uses valueFrom, which needs the Kubernetes executor",
+                    e.name
+                ));
+            }
+            envs.push((e.name.clone(), e.value.clone().unwrap_or_default()));
+        }
+    }
+    envs.push((env::ALGORITHM_NAME.into(), run.algorithm.clone()));
+    envs.push((env::SHARD_NAME.into(), run.shard.clone()));
+    envs.push((env::REQUEST_ID.into(), id.clone()));
+    if let Some(p) = &run.parent {
+        envs.push((env::PARENT_REQUEST_ID.into(), p.request_id.to_string()));
+        envs.push((env::PARENT_ALGORITHM_NAME.into(), p.algorithm_name.clone()));
+    }
+    envs.push((env::RUN_TOKEN.into(), ctx.run_token.into()));
+    envs.push((env::RECEIVER_URL.into(), ctx.receiver_url.into()));
+    envs.push((env::RESULT_UPLOAD_URL.into(), ctx.result_upload_url.into()));
+    envs.push((env::PAYLOAD_URL.into(), ctx.payload_url.into()));
+    let eh = spec.error_handling_behaviour.clone().unwrap_or_default();
+    Ok(LaunchSpec {
+        run_id: run.id,
+        algorithm: run.algorithm.clone(),
+        workgroup: run.workgroup.clone(),
+        max_concurrent: workgroup.max_concurrent_runs,
+        command,
+        args,
+        env: envs,
+        deadline: Duration::from_secs(u64::from(spec.deadline_seconds())),
+        max_retries: spec.maximum_retries(),
+        transient_exit_codes: eh.transient_exit_codes,
+        fatal_exit_codes: eh.fatal_exit_codes,
+        logs_key: Some(Keys::logs(&run.algorithm, &id)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_explicit() {
+        let args: Vec<String> =
+            ["main.py", "--sas-uri=%s", "--request-id=%s", "--note=request-id", "in={payload_uri}&id={request_id}"]
+                .map(String::from)
+                .to_vec();
+        let r = render_args(&args, "http://u", "42");
+        assert_eq!(r, ["main.py", "--sas-uri=http://u", "--request-id=42", "--note=request-id", "in=http://u&id=42"]);
+    }
+}

@@ -1,0 +1,165 @@
+//! `RunStore`: the durable home of run records, stage transitions and owner leases.
+//!
+//! Contract (held by [`test_suite`], run against every backend):
+//! * [`RunStore::insert`] is durable when it returns; with an idempotency key already used for the
+//!   same algorithm it stores nothing and returns the existing run ([`Inserted::Existing`]).
+//! * [`RunStore::transition`] is a compare-and-set on the stored stage: it succeeds only when the
+//!   stored stage equals `from` and `from → to` is legal ([`crate::run::Stage::can_transition_to`]);
+//!   otherwise it changes nothing and returns [`StoreError::Conflict`] with the stored stage.
+//!   Unknown ids return [`StoreError::NotFound`]. A terminal stage is never left.
+//! * Lookups by tag, by owner+stage and by parent return runs in acceptance order.
+//! * Leases: [`RunStore::heartbeat`] creates or extends an owner's lease; [`RunStore::leases`] lists
+//!   them with their expiry; [`RunStore::release_lease`] removes one.
+
+use async_trait::async_trait;
+
+use crate::error::ErrorKind;
+use crate::run::{Millis, Run, RunId, RunPatch, Stage};
+
+pub mod memory;
+pub mod sqlite;
+#[cfg(any(test, feature = "testsuite"))]
+pub mod test_suite;
+
+pub use memory::InMemoryRunStore;
+pub use sqlite::SqliteRunStore;
+
+/// Errors of a [`RunStore`].
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// No run with this id.
+    #[error("run {0} not found")]
+    NotFound(RunId),
+    /// The compare-and-set precondition did not hold; nothing changed.
+    #[error("run {id} is {current}, expected {expected}")]
+    Conflict {
+        /// The run.
+        id: RunId,
+        /// Its stored stage.
+        current: Stage,
+        /// The stage the caller expected.
+        expected: Stage,
+    },
+    /// The transition is not in the legal table.
+    #[error("illegal transition {from} -> {to}")]
+    IllegalTransition {
+        /// From.
+        from: Stage,
+        /// To.
+        to: Stage,
+    },
+    /// The backend failed.
+    #[error("run store {kind:?}: {message}")]
+    Backend {
+        /// What kind of failure.
+        kind: ErrorKind,
+        /// Details.
+        message: String,
+    },
+}
+
+impl StoreError {
+    /// Returns the error kind.
+    #[must_use]
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::NotFound(_) => ErrorKind::NotFound,
+            StoreError::Conflict { .. } | StoreError::IllegalTransition { .. } => ErrorKind::Conflict,
+            StoreError::Backend { kind, .. } => *kind,
+        }
+    }
+
+    /// Builds a backend error.
+    pub fn backend(kind: ErrorKind, message: impl Into<String>) -> Self {
+        StoreError::Backend { kind, message: message.into() }
+    }
+}
+
+/// Result of [`RunStore::insert`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inserted {
+    /// The run was stored.
+    Created,
+    /// A run with the same (algorithm, idempotency key) exists; nothing was written.
+    Existing(Run),
+}
+
+/// An owner's lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// Owner (instance) id.
+    pub owner: String,
+    /// When the lease lapses unless renewed.
+    pub expires_at: Millis,
+}
+
+/// Durable store of run records. See the module docs for the contract.
+#[async_trait]
+pub trait RunStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Stores a new run durably.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`]; a duplicate id is `Conflict`.
+    async fn insert(&self, run: Run) -> Result<Inserted, StoreError>;
+
+    /// Returns the run, or `None` when unknown.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] only: an unreachable store is never reported as "not found".
+    async fn get(&self, id: RunId) -> Result<Option<Run>, StoreError>;
+
+    /// Compare-and-set: moves the run from `from` to `to` and applies `patch`, stamping
+    /// `last_modified` (and `finished_at` when `to` is terminal). Returns the updated run.
+    ///
+    /// # Errors
+    /// `NotFound`, `Conflict` (stored stage differs), `IllegalTransition`, `Backend`.
+    async fn transition(&self, id: RunId, from: Stage, to: Stage, patch: RunPatch) -> Result<Run, StoreError>;
+
+    /// Sets or clears the client tag (any stage, including terminal ones). Returns the run.
+    ///
+    /// # Errors
+    /// `NotFound`, `Backend`.
+    async fn set_tag(&self, id: RunId, tag: Option<String>) -> Result<Run, StoreError>;
+
+    /// Returns the runs carrying `tag`, oldest first, at most `limit`.
+    ///
+    /// # Errors
+    /// `Backend`.
+    async fn by_tag(&self, tag: &str, limit: usize) -> Result<Vec<Run>, StoreError>;
+
+    /// Returns the runs owned by `owner` in `stage`, oldest first, at most `limit`.
+    ///
+    /// # Errors
+    /// `Backend`.
+    async fn by_owner_stage(&self, owner: &str, stage: Stage, limit: usize) -> Result<Vec<Run>, StoreError>;
+
+    /// Returns the direct children of `parent`, oldest first, at most `limit`.
+    ///
+    /// # Errors
+    /// `Backend`.
+    async fn by_parent(&self, parent: RunId, limit: usize) -> Result<Vec<Run>, StoreError>;
+
+    /// Returns the distinct owners of runs in `stage` (used to find orphans of lapsed owners).
+    ///
+    /// # Errors
+    /// `Backend`.
+    async fn owners_in_stage(&self, stage: Stage) -> Result<Vec<String>, StoreError>;
+
+    /// Creates or extends `owner`'s lease to `now + ttl_ms`.
+    ///
+    /// # Errors
+    /// `Backend`.
+    async fn heartbeat(&self, owner: &str, now: Millis, ttl_ms: i64) -> Result<Lease, StoreError>;
+
+    /// Lists all leases.
+    ///
+    /// # Errors
+    /// `Backend`.
+    async fn leases(&self) -> Result<Vec<Lease>, StoreError>;
+
+    /// Removes `owner`'s lease (graceful shutdown). Unknown owners are not an error.
+    ///
+    /// # Errors
+    /// `Backend`.
+    async fn release_lease(&self, owner: &str) -> Result<(), StoreError>;
+}

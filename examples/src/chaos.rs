@@ -1,0 +1,241 @@
+//! Deliberate failure paths, for watching how Nexus handles each of them.
+//!
+//! Payload: `{"mode": "..."}` plus per-mode fields; see [`Action`].
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::nexus::Outcome;
+
+pub const MODES: &str = "exit, sleep, crash, error, no-complete, succeed, flaky";
+
+/// Exit code meaning "transient failure, retry me" (the chaos template lists it
+/// under `errorHandlingBehaviour.transientExitCodes`).
+pub const TRANSIENT_EXIT_CODE: i32 = 75;
+
+/// What a payload asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// `{"mode": "exit", "code": n}`: exit with `n` without completing.
+    Exit(i32),
+    /// `{"mode": "sleep", "seconds": n}`: sleep, then succeed with `{"slept": n}`.
+    Sleep(u64),
+    /// `{"mode": "crash"}`: abort (SIGABRT).
+    Crash,
+    /// `{"mode": "error"}`: complete with an error cause.
+    Error,
+    /// `{"mode": "no-complete"}`: exit 0 without completing.
+    NoComplete,
+    /// `{"mode": "succeed"}`: complete with `{"ok": true}`.
+    Succeed,
+    /// `{"mode": "flaky", "failUntilAttempt": n}`: exit 75 on attempts `1..n`, succeed on attempt `n`.
+    Flaky(u64),
+    /// Anything else: complete with an error naming the valid modes.
+    Unknown(String),
+}
+
+fn field_u64(v: &Value, name: &str, default: u64) -> Result<u64, String> {
+    match v.get(name) {
+        None | Some(Value::Null) => Ok(default),
+        Some(x) => x
+            .as_u64()
+            .ok_or_else(|| format!("`{name}` must be a non-negative integer, got {x}")),
+    }
+}
+
+/// Interprets the payload; `Err` is an invalid-input message.
+pub fn plan(payload: &[u8]) -> Result<Action, String> {
+    let v: Value =
+        serde_json::from_slice(payload).map_err(|e| format!("payload is not JSON: {e}"))?;
+    let mode = match v.get("mode") {
+        Some(Value::String(m)) => m.as_str(),
+        Some(other) => return Err(format!("`mode` must be a string, got {other}")),
+        None => return Err(format!("missing `mode` (one of: {MODES})")),
+    };
+    Ok(match mode {
+        "exit" => {
+            let code = field_u64(&v, "code", 1)?;
+            if code > 255 {
+                return Err(format!("`code` must be between 0 and 255, got {code}"));
+            }
+            Action::Exit(code as i32)
+        }
+        "sleep" => Action::Sleep(field_u64(&v, "seconds", 30)?),
+        "crash" => Action::Crash,
+        "error" => Action::Error,
+        "no-complete" => Action::NoComplete,
+        "succeed" => Action::Succeed,
+        "flaky" => Action::Flaky(field_u64(&v, "failUntilAttempt", 3)?.max(1)),
+        other => Action::Unknown(other.to_owned()),
+    })
+}
+
+/// Marker file `flaky-<request id>` (request id sanitised for the file system).
+pub fn marker_path(dir: &Path, request_id: &str) -> PathBuf {
+    let safe: String = request_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    dir.join(format!("flaky-{safe}"))
+}
+
+/// Increments and returns the attempt counter stored in `path` (1 on the first attempt).
+pub fn record_attempt(path: &Path) -> std::io::Result<u64> {
+    let previous = match std::fs::read_to_string(path) {
+        Ok(text) => text.trim().parse::<u64>().unwrap_or(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e),
+    };
+    let attempt = previous + 1;
+    std::fs::write(path, format!("{attempt}\n"))?;
+    Ok(attempt)
+}
+
+/// Entry point used by `main`. May not return (exit / crash modes).
+pub fn run(payload: &[u8], request_id: &str) -> Outcome {
+    let action = match plan(payload) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("[chaos] invalid payload: {e}");
+            return Outcome::invalid_input(e);
+        }
+    };
+    println!("[chaos] action: {action:?}");
+    match action {
+        Action::Exit(code) => {
+            eprintln!("[chaos] exiting with code {code} without reporting completion");
+            std::process::exit(code);
+        }
+        Action::Sleep(seconds) => {
+            println!(
+                "[chaos] sleeping {seconds}s (a deadline shorter than this should kill the run)"
+            );
+            std::thread::sleep(Duration::from_secs(seconds));
+            println!("[chaos] woke up after {seconds}s");
+            Outcome::Success(json!({ "slept": seconds }))
+        }
+        Action::Crash => {
+            eprintln!("[chaos] aborting (SIGABRT)");
+            std::process::abort();
+        }
+        Action::Error => Outcome::failure(
+            "demo failure requested",
+            "the chaos algorithm was asked (mode \"error\") to report a failure through the completion API",
+        ),
+        Action::NoComplete => {
+            println!("[chaos] exiting 0 without reporting completion");
+            std::process::exit(0);
+        }
+        Action::Succeed => Outcome::Success(json!({ "ok": true })),
+        Action::Flaky(fail_until) => {
+            let dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+            let path = marker_path(&dir, request_id);
+            let attempt = match record_attempt(&path) {
+                Ok(n) => n,
+                Err(e) => {
+                    return Outcome::failure(
+                        "flaky marker unavailable",
+                        format!("cannot update attempt counter {}: {e}", path.display()),
+                    );
+                }
+            };
+            if attempt < fail_until {
+                eprintln!(
+                    "[chaos] flaky attempt {attempt} of {fail_until}: failing transiently (exit {TRANSIENT_EXIT_CODE})"
+                );
+                std::process::exit(TRANSIENT_EXIT_CODE);
+            }
+            println!("[chaos] flaky attempt {attempt} of {fail_until}: succeeding");
+            let _ = std::fs::remove_file(&path);
+            Outcome::Success(json!({ "ok": true, "attempts": attempt }))
+        }
+        Action::Unknown(mode) => Outcome::failure(
+            format!("invalid input: unknown chaos mode \"{mode}\" (valid modes: {MODES})"),
+            format!("valid modes: {MODES}"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_every_mode() {
+        assert_eq!(plan(br#"{"mode": "exit", "code": 3}"#), Ok(Action::Exit(3)));
+        assert_eq!(plan(br#"{"mode": "exit"}"#), Ok(Action::Exit(1)));
+        assert_eq!(
+            plan(br#"{"mode": "sleep", "seconds": 30}"#),
+            Ok(Action::Sleep(30))
+        );
+        assert_eq!(plan(br#"{"mode": "crash"}"#), Ok(Action::Crash));
+        assert_eq!(plan(br#"{"mode": "error"}"#), Ok(Action::Error));
+        assert_eq!(plan(br#"{"mode": "no-complete"}"#), Ok(Action::NoComplete));
+        assert_eq!(plan(br#"{"mode": "succeed"}"#), Ok(Action::Succeed));
+        assert_eq!(
+            plan(br#"{"mode": "flaky", "failUntilAttempt": 3}"#),
+            Ok(Action::Flaky(3))
+        );
+        assert_eq!(
+            plan(br#"{"mode": "dance"}"#),
+            Ok(Action::Unknown("dance".into()))
+        );
+    }
+
+    #[test]
+    fn rejects_bad_payloads() {
+        assert!(plan(b"nope").is_err());
+        assert!(plan(br#"{}"#).is_err());
+        assert!(plan(br#"{"mode": 1}"#).is_err());
+        assert!(plan(br#"{"mode": "exit", "code": 256}"#).is_err());
+        assert!(plan(br#"{"mode": "sleep", "seconds": -1}"#).is_err());
+        match run(b"nope", "x") {
+            Outcome::Failure { cause, .. } => assert!(cause.starts_with("invalid input: ")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn non_exiting_modes() {
+        assert_eq!(
+            run(br#"{"mode": "succeed"}"#, "x"),
+            Outcome::Success(json!({"ok": true}))
+        );
+        assert_eq!(
+            run(br#"{"mode": "sleep", "seconds": 0}"#, "x"),
+            Outcome::Success(json!({"slept": 0}))
+        );
+        match run(br#"{"mode": "error"}"#, "x") {
+            Outcome::Failure { cause, details } => {
+                assert_eq!(cause, "demo failure requested");
+                assert!(!details.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        match run(br#"{"mode": "dance"}"#, "x") {
+            Outcome::Failure { cause, .. } => assert!(cause.contains("no-complete")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn flaky_marker_counts_attempts() {
+        let dir = std::env::temp_dir().join(format!("nexus-demo-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = marker_path(&dir, "run/1");
+        assert_eq!(path.file_name().unwrap(), "flaky-run_1");
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(record_attempt(&path).unwrap(), 1);
+        assert_eq!(record_attempt(&path).unwrap(), 2);
+        assert_eq!(record_attempt(&path).unwrap(), 3);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

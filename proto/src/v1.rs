@@ -1,0 +1,127 @@
+//! JSON models of the HTTP v1 API (`/algorithm/v1/...`).
+
+use serde::{Deserialize, Serialize};
+
+/// Body of `POST /algorithm/v1/run/{algorithmName}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AlgorithmRequest {
+    /// Arbitrary JSON handed to the algorithm as its payload (required).
+    pub algorithm_parameters: Option<serde_json::Value>,
+    /// Per-run overrides of the template spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_configuration: Option<serde_json::Value>,
+    /// Stored verbatim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_api_version: Option<String>,
+    /// Client tag, for lookup by tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Parent run of an execution tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_request: Option<AlgorithmRequestRef>,
+    /// Validity of the payload URL handed to the algorithm (Go duration, e.g. `6h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_valid_for: Option<String>,
+}
+
+/// A reference to a run: `{requestId, algorithmName}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AlgorithmRequestRef {
+    /// Run id.
+    pub request_id: String,
+    /// Algorithm name.
+    pub algorithm_name: String,
+}
+
+/// `202` answer of `POST /run`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunCreated {
+    /// The new (or, for a repeated idempotency key, the existing) run id.
+    pub request_id: String,
+}
+
+/// `GET /results/{alg}/requests/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestResult {
+    /// Run id.
+    pub request_id: String,
+    /// Stage name.
+    pub status: String,
+    /// Signed URL of the result (COMPLETED), else empty.
+    pub result_uri: String,
+    /// Failure cause (terminal failures), else empty.
+    pub run_error_message: String,
+}
+
+/// An element of `GET /results/tags/{tag}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaggedRequestResult {
+    /// Run id.
+    pub request_id: String,
+    /// Algorithm name.
+    pub algorithm_name: String,
+    /// Stage name.
+    pub status: String,
+    /// Result URL, if any.
+    pub result_uri: String,
+    /// Failure cause, if any.
+    pub run_error_message: String,
+}
+
+/// Body of `POST /cancel/{alg}/requests/{id}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CancellationRequest {
+    /// Why.
+    #[serde(default)]
+    pub reason: String,
+    /// Who.
+    #[serde(default)]
+    pub initiator: String,
+    /// `Background` (default), `Foreground` or `Orphan`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancellation_policy: Option<String>,
+}
+
+/// Body of the receiver's `POST /algorithm/v1/complete/{alg}/requests/{id}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AlgorithmResult {
+    /// Where the result is. Empty when the result was uploaded through the run's
+    /// `NEXUS__RESULT_UPLOAD_URL`.
+    #[serde(default)]
+    pub result_uri: String,
+    /// Set when the run failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_cause: Option<String>,
+    /// Details of the failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_details: Option<String>,
+}
+
+/// Environment variable names of the algorithm-container contract.
+pub mod env {
+    /// The run's algorithm name (reference).
+    pub const ALGORITHM_NAME: &str = "NEXUS__ALGORITHM_NAME";
+    /// The shard name (reference).
+    pub const SHARD_NAME: &str = "NEXUS__SHARD_NAME";
+    /// The parent run id (reference, when the run has a parent).
+    pub const PARENT_REQUEST_ID: &str = "NEXUS__PARENT_REQUEST_ID";
+    /// The parent algorithm (reference, when the run has a parent).
+    pub const PARENT_ALGORITHM_NAME: &str = "NEXUS__PARENT_ALGORITHM_NAME";
+    /// The run id (Nexus addition).
+    pub const REQUEST_ID: &str = "NEXUS__REQUEST_ID";
+    /// The run-scoped token to present as `Authorization: Bearer …` (Nexus addition).
+    pub const RUN_TOKEN: &str = "NEXUS__RUN_TOKEN";
+    /// Base URL of the receiver (Nexus addition).
+    pub const RECEIVER_URL: &str = "NEXUS__RECEIVER_URL";
+    /// Signed PUT URL for the result bytes (Nexus addition).
+    pub const RESULT_UPLOAD_URL: &str = "NEXUS__RESULT_UPLOAD_URL";
+    /// Signed GET URL of the payload (Nexus addition; same as `--sas-uri`).
+    pub const PAYLOAD_URL: &str = "NEXUS__PAYLOAD_URL";
+}

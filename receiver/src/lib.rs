@@ -1,0 +1,185 @@
+//! nexus-receiver: the shard side. Accepts runs from schedulers (the [`nexus_core::shard::Shard`]
+//! seam; in standalone through [`LocalShard`]), launches them through its executor with a
+//! run-scoped token and a signed result-upload URL, and serves the completion endpoint the
+//! algorithm calls when it is done.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nexus_core::error::ErrorKind;
+use nexus_core::executor::Executor;
+use nexus_core::payload::{Keys, PayloadStore};
+use nexus_core::render::{LaunchContext, launch_spec};
+use nexus_core::run::{CancellationPolicy, RunId, RunPatch, Stage};
+use nexus_core::shard::{Dispatch, Shard, ShardError};
+use nexus_core::sign::{Signer, now_secs};
+use nexus_core::store::RunStore;
+use serde::{Deserialize, Serialize};
+
+pub mod api;
+
+/// Receiver configuration (section `receiver`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReceiverConfig {
+    /// Base URL algorithms use to reach this receiver (`NEXUS__RECEIVER_URL`).
+    pub public_url: String,
+    /// Extra validity of a run token beyond the run's own deadline × attempts.
+    #[serde(with = "humantime_serde")]
+    pub token_grace: Duration,
+    /// Maximum body of a completion request, in bytes.
+    pub max_completion_bytes: usize,
+}
+
+impl Default for ReceiverConfig {
+    fn default() -> Self {
+        Self {
+            public_url: "http://127.0.0.1:8090".into(),
+            token_grace: Duration::from_secs(15 * 60),
+            max_completion_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl ReceiverConfig {
+    /// Checks the values.
+    ///
+    /// # Errors
+    /// A message naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.public_url.starts_with("http://") || self.public_url.starts_with("https://")) {
+            return Err(format!("receiver.public_url: '{}' must start with http:// or https://", self.public_url));
+        }
+        if self.max_completion_bytes < 1024 {
+            return Err("receiver.max_completion_bytes: must be at least 1024".into());
+        }
+        Ok(())
+    }
+}
+
+/// The receiver's shared state.
+#[derive(Debug)]
+pub struct Receiver {
+    /// Config.
+    pub config: ReceiverConfig,
+    /// Run store.
+    pub store: Arc<dyn RunStore>,
+    /// Payload store (results, logs).
+    pub payloads: Arc<dyn PayloadStore>,
+    /// Executor.
+    pub executor: Arc<dyn Executor>,
+    /// Signs run tokens (and verifies them on completion).
+    pub signer: Signer,
+}
+
+impl Receiver {
+    /// Builds the receiver.
+    #[must_use]
+    pub fn new(
+        config: ReceiverConfig,
+        store: Arc<dyn RunStore>,
+        payloads: Arc<dyn PayloadStore>,
+        executor: Arc<dyn Executor>,
+        signer: Signer,
+    ) -> Arc<Self> {
+        Arc::new(Self { config, store, payloads, executor, signer })
+    }
+
+    /// Launches a dispatched run: mints its token and result-upload URL, renders the launch and
+    /// hands it to the executor. Idempotent: a run that is no longer BUFFERED is not launched.
+    ///
+    /// # Errors
+    /// Retryable kinds when the store or executor is unavailable; `InvalidInput` for a run whose
+    /// launch can never work.
+    #[tracing::instrument(skip_all, fields(run_id = %d.run.id))]
+    pub async fn submit(&self, d: Dispatch) -> Result<(), ShardError> {
+        let run = match self.store.get(d.run.id).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err(ShardError::new(ErrorKind::NotFound, format!("run {} is not in the store", d.run.id))),
+            Err(e) => return Err(ShardError::new(e.kind(), e.to_string())),
+        };
+        if run.stage != Stage::Buffered {
+            return Ok(());
+        }
+        let spec = &run.applied_configuration;
+        let attempts = u64::from(spec.maximum_retries()) + 1;
+        let lifetime = u64::from(spec.deadline_seconds()).saturating_mul(attempts) + self.config.token_grace.as_secs();
+        let exp = now_secs() + i64::try_from(lifetime).unwrap_or(i64::MAX / 4);
+        let token = self.signer.run_token(run.id, exp);
+        let key = Keys::result(&run.algorithm, &run.id.to_string());
+        let upload = self
+            .payloads
+            .signed_put_url(&key, Duration::from_secs(lifetime))
+            .await
+            .map_err(|e| ShardError::new(e.kind, e.message))?;
+        let ctx = LaunchContext {
+            payload_url: &d.payload_url,
+            run_token: &token,
+            receiver_url: self.config.public_url.trim_end_matches('/'),
+            result_upload_url: &upload,
+        };
+        let spec = match launch_spec(&run, &d.workgroup, &ctx) {
+            Ok(s) => s,
+            Err(msg) => return Err(ShardError::new(ErrorKind::InvalidInput, msg)),
+        };
+        self.executor.launch(spec).await.map_err(|e| ShardError::new(e.kind, e.message))
+    }
+
+    /// Stops a run's process (idempotent).
+    ///
+    /// # Errors
+    /// Executor failures.
+    pub async fn cancel(&self, id: RunId, policy: CancellationPolicy) -> Result<(), ShardError> {
+        self.executor.cancel(id, policy).await.map_err(|e| ShardError::new(e.kind, e.message))
+    }
+
+    /// Applies a completion to the store (compare-and-set; a BUFFERED run whose start has not
+    /// been recorded yet is moved through RUNNING first).
+    ///
+    /// # Errors
+    /// `NotFound`, `Conflict` (already finished), store failures.
+    pub async fn complete(&self, id: RunId, target: Stage, patch: RunPatch) -> Result<(), nexus_core::store::StoreError> {
+        use nexus_core::store::StoreError;
+        let mut stage = match self.store.get(id).await? {
+            Some(r) => r.stage,
+            None => return Err(StoreError::NotFound(id)),
+        };
+        for _ in 0..8 {
+            if stage.is_terminal() {
+                return Err(StoreError::Conflict { id, current: stage, expected: Stage::Running });
+            }
+            let from = stage;
+            if from == Stage::Buffered || from == Stage::New {
+                match self.store.transition(id, from, Stage::Running, RunPatch::default()).await {
+                    Ok(_) | Err(StoreError::Conflict { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+                stage = Stage::Running;
+                continue;
+            }
+            match self.store.transition(id, from, target, patch.clone()).await {
+                Ok(_) => return Ok(()),
+                Err(StoreError::Conflict { current, .. }) => stage = current,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StoreError::backend(ErrorKind::Unavailable, "run changed stage repeatedly; retry"))
+    }
+}
+
+/// The in-process [`Shard`]: a scheduler in the same process hands runs straight to this
+/// receiver (standalone mode).
+#[derive(Debug, Clone)]
+pub struct LocalShard(pub Arc<Receiver>);
+
+#[async_trait]
+impl Shard for LocalShard {
+    async fn submit(&self, dispatch: Dispatch) -> Result<(), ShardError> {
+        self.0.submit(dispatch).await
+    }
+
+    async fn cancel(&self, run_id: RunId, policy: CancellationPolicy) -> Result<(), ShardError> {
+        self.0.cancel(run_id, policy).await
+    }
+}

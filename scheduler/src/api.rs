@@ -1,0 +1,432 @@
+//! The scheduler's HTTP v1 API, wire-compatible with the reference (paths, methods, JSON field
+//! names, status codes), with its defects fixed: 202 only once the run is durable, 404 for an
+//! unknown run, cancel of queued runs and 409 on finished ones, body limits (413), content-type
+//! checks (415), and errors negotiated between text/plain and problem+json.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use nexus_core::http::ApiError;
+use nexus_core::payload::Keys;
+use nexus_core::render::{LaunchContext, launch_spec};
+use nexus_core::run::{CancellationPolicy, PayloadLocation, Run, RunId, RunPatch, Stage, now_millis};
+use nexus_core::sign::now_secs;
+use nexus_core::spec::{SpecOverride, parse_duration};
+use nexus_core::store::{Inserted, StoreError};
+use nexus_proto::v1;
+use serde::Deserialize;
+use sha2::Digest;
+
+use crate::queue::Queued;
+use crate::{Scheduler, metrics};
+
+type S = State<Arc<Scheduler>>;
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Returns the scheduler's routes (v1 API, payload data route, OpenAPI document).
+pub fn router(s: Arc<Scheduler>) -> Router {
+    let limit = s.config.max_request_bytes;
+    Router::new()
+        .route("/algorithm/v1/run/{alg}", post(create_run).layer(DefaultBodyLimit::max(limit)))
+        .route("/algorithm/v1/results/{alg}/requests/{id}", get(get_result))
+        .route("/algorithm/v1/results/tags/{tag}", get(get_by_tag))
+        .route("/algorithm/v1/metadata/{alg}/requests/{id}", get(get_metadata))
+        .route("/algorithm/v1/metadata/tags/{alg}/requests/{id}", post(update_tag))
+        .route("/algorithm/v1/buffer/{alg}/requests/{id}", get(get_buffer))
+        .route("/algorithm/v1/payload/{alg}/requests/{id}", get(get_payload_redirect))
+        .route("/algorithm/v1/cancel/{alg}/requests/{id}", post(cancel_run))
+        .route("/algorithm/v1/children/{alg}/requests/{id}", get(get_children))
+        .route("/data/v1/payloads/{alg}/{id}", get(serve_payload))
+        .route("/openapi.json", get(openapi))
+        .layer(DefaultBodyLimit::max(1024 * 1024))
+        .with_state(s)
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], include_str!("../openapi.json")).into_response()
+}
+
+fn store_err(e: &StoreError) -> ApiError {
+    ApiError::from_kind(e.kind(), format!("run store unavailable, try again: {e}"))
+}
+
+fn parse_id(id: &str) -> ApiResult<RunId> {
+    id.parse().map_err(|_| ApiError::bad_request(format!("'{id}' is not a valid request id (expected a UUID)")))
+}
+
+/// Loads a run addressed by (algorithm, id); 404 when unknown or under another algorithm.
+async fn load(s: &Scheduler, alg: &str, id: &str) -> ApiResult<Run> {
+    let rid = parse_id(id)?;
+    match s.store.get(rid).await {
+        Ok(Some(r)) if r.algorithm == alg => Ok(r),
+        Ok(_) => Err(ApiError::not_found(format!("Provided request with identifier '{id}' not found for algorithm '{alg}'"))),
+        Err(e) => Err(store_err(&e)),
+    }
+}
+
+fn require_json(headers: &HeaderMap) -> ApiResult<()> {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    if mime.eq_ignore_ascii_case("application/json") || mime.to_ascii_lowercase().ends_with("+json") {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("expected Content-Type: application/json, got '{}'", if ct.is_empty() { "(none)" } else { ct }),
+        ))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct RunQuery {
+    #[serde(rename = "dryRun")]
+    dry_run: Option<String>,
+}
+
+#[tracing::instrument(skip_all, fields(alg = %alg))]
+async fn create_run(
+    State(s): S,
+    Path(alg): Path<String>,
+    Query(q): Query<RunQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let started = Instant::now();
+    require_json(&headers)?;
+    let req: v1::AlgorithmRequest = serde_json::from_slice(&body).map_err(|e| {
+        metrics::rejected("invalid_body");
+        ApiError::bad_request(format!("Algorithm payload is invalid: {e}"))
+    })?;
+    let Some(params) = req.algorithm_parameters.as_ref().filter(|v| !v.is_null()) else {
+        metrics::rejected("invalid_body");
+        return Err(ApiError::bad_request("Algorithm payload is invalid: algorithmParameters is required (any JSON object)"));
+    };
+    let dry_run = q.dry_run.as_deref() == Some("true");
+    let snap = s.catalog.snapshot();
+    let Some(template) = snap.templates.get(&alg) else {
+        metrics::accepted(false);
+        return Err(ApiError::bad_request(format!(
+            "No valid configuration found for: {alg}. Please check that algorithm name is spelled correctly and try again."
+        )));
+    };
+    let overrides = match &req.custom_configuration {
+        Some(v) if !v.is_null() => Some(
+            SpecOverride::from_json(v).map_err(|e| ApiError::bad_request(format!("Algorithm payload is invalid: {e}")))?,
+        ),
+        _ => None,
+    };
+    let applied = overrides.as_ref().map_or_else(|| template.spec.clone(), |o| o.apply(&template.spec));
+    let wg_name = applied.workgroup_name().unwrap_or_default().to_owned();
+    let Some(workgroup) = snap.workgroups.get(&wg_name) else {
+        return Err(ApiError::bad_request(format!(
+            "Cannot assign requested workgroup {wg_name} to the algorithm {alg}: the workgroup does not exist"
+        )));
+    };
+    let valid_for = match &req.payload_valid_for {
+        Some(d) => parse_duration(d).map_err(|e| ApiError::bad_request(format!("payloadValidFor: {e}")))?,
+        None => applied
+            .payload_configuration
+            .as_ref()
+            .and_then(|p| p.payload_valid_for.as_deref())
+            .and_then(|d| parse_duration(d).ok())
+            .unwrap_or(s.config.payload_valid_for),
+    };
+    if let Some(tag) = &req.tag {
+        if tag.len() > 256 || tag.chars().any(char::is_control) {
+            return Err(ApiError::bad_request("tag: must be at most 256 characters without control characters"));
+        }
+    }
+    let idem = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    if idem.as_ref().is_some_and(|k| k.is_empty() || k.len() > 256) {
+        return Err(ApiError::bad_request("Idempotency-Key: must be 1 to 256 characters"));
+    }
+    let (parent, root, depth) = match &req.parent_request {
+        None => (None, None, 0),
+        Some(p) => {
+            let pr = load(&s, &p.algorithm_name, &p.request_id)
+                .await
+                .map_err(|e| if e.status == StatusCode::NOT_FOUND { ApiError::bad_request(format!("parentRequest: {}", e.message)) } else { e })?;
+            (Some(pr.as_ref()), Some(pr.root), pr.depth + 1)
+        }
+    };
+    if !dry_run && !s.queue.has_room() {
+        metrics::rejected("queue_full");
+        let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "the scheduler's queue is full; retry later");
+        e.retry_after = Some(1);
+        return Err(e);
+    }
+    let bytes = serde_json::to_vec(params).map_err(|e| ApiError::bad_request(format!("Algorithm payload is invalid: {e}")))?;
+    let id = RunId::new();
+    let content_hash = hex(&sha2::Sha256::digest(&bytes));
+    let size = bytes.len() as u64;
+    let payload = if bytes.len() <= s.config.inline_payload_bytes {
+        PayloadLocation::Inline { bytes }
+    } else {
+        let key = Keys::payload(&alg, &id.to_string());
+        s.payloads
+            .put(&key, bytes.into())
+            .await
+            .map_err(|e| ApiError::from_kind(e.kind, format!("payload store unavailable, try again: {}", e.message)))?;
+        PayloadLocation::Stored { key }
+    };
+    let now = now_millis();
+    let run = Run {
+        id,
+        algorithm: alg.clone(),
+        stage: if dry_run { Stage::Completed } else { Stage::Buffered },
+        workgroup: wg_name,
+        shard: workgroup.spec.cluster.clone(),
+        tag: req.tag.clone(),
+        api_version: req.request_api_version.clone(),
+        parent,
+        root: root.unwrap_or(id),
+        depth,
+        idempotency_key: idem,
+        owner: if dry_run { None } else { Some(s.instance_id.clone()) },
+        attempts: 0,
+        applied_configuration: applied,
+        configuration_overrides: req.custom_configuration.clone().filter(|v| !v.is_null()),
+        payload,
+        content_hash,
+        payload_size: size,
+        payload_valid_for: valid_for,
+        result_uri: None,
+        result_stored: false,
+        logs_stored: false,
+        failure_cause: None,
+        failure_details: None,
+        executor_ref: dry_run.then(|| "dry-run".to_owned()),
+        received_at: now,
+        started_at: None,
+        finished_at: dry_run.then_some(now),
+        last_modified: now,
+    };
+    let shard = run.shard.clone();
+    let final_id = match s.store.insert(run).await {
+        Ok(Inserted::Created) => {
+            if !dry_run {
+                s.queue.push(Queued { id, shard, attempt: 0 });
+            }
+            id
+        }
+        Ok(Inserted::Existing(existing)) => existing.id,
+        Err(e) => return Err(store_err(&e)),
+    };
+    metrics::accepted(true);
+    metrics::accept_latency(started.elapsed().as_secs_f64());
+    Ok((StatusCode::ACCEPTED, axum::Json(v1::RunCreated { request_id: final_id.to_string() })).into_response())
+}
+
+fn hex(b: &[u8]) -> String {
+    use std::fmt::Write;
+    b.iter().fold(String::with_capacity(b.len() * 2), |mut s, x| {
+        let _ = write!(s, "{x:02x}");
+        s
+    })
+}
+
+/// The result URI a client sees: a fresh signed URL for uploaded results, else what the
+/// algorithm reported.
+async fn result_uri(s: &Scheduler, run: &Run) -> String {
+    if run.stage != Stage::Completed {
+        return String::new();
+    }
+    if run.result_stored {
+        let key = Keys::result(&run.algorithm, &run.id.to_string());
+        return s.payloads.signed_get_url(&key, s.config.payload_valid_for).await.unwrap_or_default();
+    }
+    run.result_uri.clone().unwrap_or_default()
+}
+
+fn error_message(run: &Run) -> String {
+    if run.stage.is_terminal() && run.stage != Stage::Completed {
+        run.failure_cause.clone().unwrap_or_default()
+    } else {
+        String::new()
+    }
+}
+
+async fn get_result(State(s): S, Path((alg, id)): Path<(String, String)>) -> ApiResult<axum::Json<v1::RequestResult>> {
+    let run = load(&s, &alg, &id).await?;
+    Ok(axum::Json(v1::RequestResult {
+        request_id: run.id.to_string(),
+        status: run.stage.to_string(),
+        result_uri: result_uri(&s, &run).await,
+        run_error_message: error_message(&run),
+    }))
+}
+
+async fn get_by_tag(State(s): S, Path(tag): Path<String>) -> ApiResult<axum::Json<Vec<v1::TaggedRequestResult>>> {
+    let runs = s.store.by_tag(&tag, 10_000).await.map_err(|e| store_err(&e))?;
+    let mut out = Vec::with_capacity(runs.len());
+    for run in runs {
+        out.push(v1::TaggedRequestResult {
+            request_id: run.id.to_string(),
+            algorithm_name: run.algorithm.clone(),
+            status: run.stage.to_string(),
+            result_uri: result_uri(&s, &run).await,
+            run_error_message: error_message(&run),
+        });
+    }
+    Ok(axum::Json(out))
+}
+
+async fn get_children(State(s): S, Path((alg, id)): Path<(String, String)>) -> ApiResult<axum::Json<Vec<v1::TaggedRequestResult>>> {
+    let run = load(&s, &alg, &id).await?;
+    let kids = s.store.by_parent(run.id, 10_000).await.map_err(|e| store_err(&e))?;
+    let mut out = Vec::with_capacity(kids.len());
+    for k in kids {
+        out.push(v1::TaggedRequestResult {
+            request_id: k.id.to_string(),
+            algorithm_name: k.algorithm.clone(),
+            status: k.stage.to_string(),
+            result_uri: result_uri(&s, &k).await,
+            run_error_message: error_message(&k),
+        });
+    }
+    Ok(axum::Json(out))
+}
+
+async fn get_metadata(State(s): S, Path((alg, id)): Path<(String, String)>) -> ApiResult<axum::Json<serde_json::Value>> {
+    let run = load(&s, &alg, &id).await?;
+    let mut v = serde_json::to_value(&run).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    if let Some(o) = v.as_object_mut() {
+        // Payload bytes are served by URL, never inlined into metadata.
+        o.remove("payload");
+        o.insert("lifecycleStage".into(), run.stage.to_string().into());
+        o.insert("resultUri".into(), result_uri(&s, &run).await.into());
+        if run.logs_stored {
+            let key = Keys::logs(&run.algorithm, &run.id.to_string());
+            if let Ok(u) = s.payloads.signed_get_url(&key, Duration::from_secs(3600)).await {
+                o.insert("logsUri".into(), u.into());
+            }
+        }
+        o.insert("receivedAtRfc3339".into(), nexus_core::run::format_millis(run.received_at).into());
+    }
+    Ok(axum::Json(v))
+}
+
+async fn update_tag(State(s): S, Path((alg, id)): Path<(String, String)>, body: Bytes) -> ApiResult<StatusCode> {
+    let run = load(&s, &alg, &id).await?;
+    let text = std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("tag must be UTF-8 text"))?;
+    // Accept a raw tag or a JSON string (`"tag"`), as generated clients send either.
+    let tag = serde_json::from_str::<String>(text).unwrap_or_else(|_| text.trim().to_owned());
+    if tag.len() > 256 || tag.chars().any(char::is_control) {
+        return Err(ApiError::bad_request("tag: must be at most 256 characters without control characters"));
+    }
+    s.store.set_tag(run.id, (!tag.is_empty()).then_some(tag)).await.map_err(|e| store_err(&e))?;
+    Ok(StatusCode::OK)
+}
+
+async fn get_buffer(State(s): S, Path((alg, id)): Path<(String, String)>) -> ApiResult<axum::Json<serde_json::Value>> {
+    let run = load(&s, &alg, &id).await?;
+    let snap = s.catalog.snapshot();
+    let wg = snap.workgroups.get(&run.workgroup).map(|w| w.spec.clone()).unwrap_or_default();
+    let ctx = LaunchContext {
+        payload_url: &s.payload_url(&run),
+        run_token: "<minted at launch>",
+        receiver_url: "<receiver url>",
+        result_upload_url: "<minted at launch>",
+    };
+    let l = launch_spec(&run, &wg, &ctx).map_err(ApiError::bad_request)?;
+    Ok(axum::Json(serde_json::json!({
+        "requestId": run.id.to_string(),
+        "algorithm": run.algorithm,
+        "shard": run.shard,
+        "workgroup": run.workgroup,
+        "command": l.command,
+        "args": l.args,
+        "env": l.env.into_iter().map(|(k, v)| serde_json::json!({"name": k, "value": v})).collect::<Vec<_>>(),
+        "deadlineSeconds": l.deadline.as_secs(),
+        "maximumRetries": l.max_retries,
+        "transientExitCodes": l.transient_exit_codes,
+        "fatalExitCodes": l.fatal_exit_codes,
+        "maxConcurrentRuns": l.max_concurrent,
+    })))
+}
+
+async fn get_payload_redirect(State(s): S, Path((alg, id)): Path<(String, String)>) -> ApiResult<Redirect> {
+    let run = load(&s, &alg, &id).await?;
+    Ok(Redirect::to(&s.payload_url(&run)))
+}
+
+#[derive(Debug, Deserialize)]
+struct SigQuery {
+    exp: Option<String>,
+    sig: Option<String>,
+}
+
+async fn serve_payload(State(s): S, Path((alg, id)): Path<(String, String)>, Query(q): Query<SigQuery>) -> ApiResult<Response> {
+    let path = format!("/data/v1/payloads/{alg}/{id}");
+    let (Some(exp), Some(sig)) = (q.exp.as_deref(), q.sig.as_deref()) else {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "missing signature: use the signed URL handed to the run"));
+    };
+    let exp: i64 = exp.parse().map_err(|_| ApiError::new(StatusCode::FORBIDDEN, "malformed signature expiry"))?;
+    s.signer
+        .verify_url("GET", &path, exp, sig, now_secs())
+        .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e.to_string()))?;
+    let run = load(&s, &alg, &id).await?;
+    let bytes = match &run.payload {
+        PayloadLocation::Inline { bytes } => Bytes::from(bytes.clone()),
+        PayloadLocation::Stored { key } => s
+            .payloads
+            .get(key)
+            .await
+            .map_err(|e| ApiError::from_kind(e.kind, e.message))?
+            .ok_or_else(|| ApiError::not_found("payload object is missing from the payload store"))?,
+    };
+    Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
+}
+
+#[tracing::instrument(skip_all, fields(alg = %alg, run_id = %id))]
+async fn cancel_run(
+    State(s): S,
+    Path((alg, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let req: v1::CancellationRequest = if body.is_empty() {
+        v1::CancellationRequest::default()
+    } else {
+        require_json(&headers)?;
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("Cancellation payload is invalid: {e}")))?
+    };
+    let policy: CancellationPolicy = match req.cancellation_policy.as_deref() {
+        None | Some("") => CancellationPolicy::default(),
+        Some(p) => p.parse().map_err(|e: String| ApiError::bad_request(format!("Invalid cancellation request: {e}")))?,
+    };
+    let mut run = load(&s, &alg, &id).await?;
+    let initiator = if req.initiator.is_empty() { "anonymous".to_owned() } else { req.initiator.clone() };
+    let patch = RunPatch::failure(
+        format!("Cancelled by '{initiator}'"),
+        format!("Run cancelled, reason: '{}'", req.reason),
+    );
+    // Compare-and-set loop: the stage may move (BUFFERED → RUNNING) between read and write.
+    for _ in 0..8 {
+        if run.stage.is_terminal() {
+            return Err(ApiError::conflict(format!(
+                "run {} already finished as {}; nothing was changed",
+                run.id, run.stage
+            )));
+        }
+        match s.store.transition(run.id, run.stage, Stage::Cancelled, patch.clone()).await {
+            Ok(_) => {
+                if let Some(shard) = s.shards.route(&run.shard) {
+                    if let Err(e) = shard.cancel(run.id, policy).await {
+                        tracing::warn!("run cancelled in the store, but its process could not be stopped yet: {e}");
+                    }
+                }
+                return Ok(StatusCode::OK.into_response());
+            }
+            Err(StoreError::Conflict { current, .. }) => run.stage = current,
+            Err(e) => return Err(store_err(&e)),
+        }
+    }
+    Err(ApiError::conflict("the run changed stage repeatedly while cancelling; retry"))
+}

@@ -1,0 +1,253 @@
+//! nexus-scheduler: the HTTP v1 API, admission, the virtual queue and the dispatcher.
+//!
+//! [`run`] takes everything it needs as parameters (config, seams, listener, shutdown), so tests
+//! start it in-process with fakes on port 0 and `main` stays thin.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nexus_core::catalog::Catalog;
+use nexus_core::http::Readiness;
+use nexus_core::payload::PayloadStore;
+use nexus_core::run::{Run, Stage, now_millis};
+use nexus_core::shard::Shard;
+use nexus_core::sign::Signer;
+use nexus_core::store::RunStore;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+pub mod api;
+pub mod dispatch;
+pub mod metrics;
+pub mod queue;
+
+pub use queue::{Queued, VirtualQueue};
+
+/// Scheduler configuration (section `scheduler`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    /// Public base URL under which this scheduler's `/data/v1/payloads` route is reachable by
+    /// algorithms (e.g. `http://127.0.0.1:8090`).
+    pub public_url: String,
+    /// Maximum body of `POST /run`, in bytes (413 above).
+    pub max_request_bytes: usize,
+    /// Payloads up to this size live inline in the run record (one durable write per accept);
+    /// larger ones go to the payload store.
+    pub inline_payload_bytes: usize,
+    /// Queue bound: past it, `POST /run` answers 429 with `Retry-After`.
+    pub queue_bound: usize,
+    /// Dispatches in flight.
+    pub dispatch_concurrency: usize,
+    /// Dispatch attempts before SCHEDULING_FAILED.
+    pub dispatch_max_attempts: u32,
+    /// First retry delay.
+    #[serde(with = "humantime_serde")]
+    pub retry_base_delay: Duration,
+    /// Longest retry delay.
+    #[serde(with = "humantime_serde")]
+    pub retry_max_delay: Duration,
+    /// Default validity of payload URLs.
+    #[serde(with = "humantime_serde")]
+    pub payload_valid_for: Duration,
+    /// How long a queued run may wait after shutdown starts before it is handed over.
+    #[serde(with = "humantime_serde")]
+    pub drain_grace: Duration,
+    /// Lease time-to-live (heartbeat every third of it).
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            public_url: "http://127.0.0.1:8090".into(),
+            max_request_bytes: 64 * 1024 * 1024,
+            inline_payload_bytes: 256 * 1024,
+            queue_bound: 100_000,
+            dispatch_concurrency: 64,
+            dispatch_max_attempts: 8,
+            retry_base_delay: Duration::from_millis(200),
+            retry_max_delay: Duration::from_secs(30),
+            payload_valid_for: Duration::from_secs(24 * 3600),
+            drain_grace: Duration::from_secs(10),
+            lease_ttl: Duration::from_secs(15),
+        }
+    }
+}
+
+impl SchedulerConfig {
+    /// Checks the values.
+    ///
+    /// # Errors
+    /// A message naming the key and what would be valid.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut e = Vec::new();
+        if !(self.public_url.starts_with("http://") || self.public_url.starts_with("https://")) {
+            e.push(format!("scheduler.public_url: '{}' must start with http:// or https://", self.public_url));
+        }
+        if self.max_request_bytes < 1024 {
+            e.push("scheduler.max_request_bytes: must be at least 1024".to_owned());
+        }
+        if self.queue_bound == 0 {
+            e.push("scheduler.queue_bound: must be at least 1".to_owned());
+        }
+        if self.dispatch_concurrency == 0 {
+            e.push("scheduler.dispatch_concurrency: must be at least 1".to_owned());
+        }
+        if self.dispatch_max_attempts == 0 {
+            e.push("scheduler.dispatch_max_attempts: must be at least 1".to_owned());
+        }
+        if self.retry_base_delay > self.retry_max_delay {
+            e.push("scheduler.retry_base_delay: must not exceed retry_max_delay".to_owned());
+        }
+        if self.lease_ttl < Duration::from_secs(1) {
+            e.push("scheduler.lease_ttl: must be at least 1s".to_owned());
+        }
+        if e.is_empty() { Ok(()) } else { Err(e.join("; ")) }
+    }
+}
+
+/// Shard name → receiver. A `fallback` takes every shard not named (standalone: the one local
+/// receiver runs every workgroup's runs).
+#[derive(Debug, Clone, Default)]
+pub struct ShardMap {
+    /// Named shards.
+    pub shards: HashMap<String, Arc<dyn Shard>>,
+    /// Shard used for names not in `shards`.
+    pub fallback: Option<Arc<dyn Shard>>,
+}
+
+impl ShardMap {
+    /// Returns the receiver of `shard`.
+    #[must_use]
+    pub fn route(&self, shard: &str) -> Option<Arc<dyn Shard>> {
+        self.shards.get(shard).cloned().or_else(|| self.fallback.clone())
+    }
+}
+
+/// Everything the scheduler needs from outside.
+#[derive(Debug, Clone)]
+pub struct Deps {
+    /// Run records.
+    pub store: Arc<dyn RunStore>,
+    /// Payloads and results.
+    pub payloads: Arc<dyn PayloadStore>,
+    /// Templates and workgroups.
+    pub catalog: Catalog,
+    /// Receivers by shard.
+    pub shards: ShardMap,
+    /// Signs payload URLs.
+    pub signer: Signer,
+    /// This instance's owner id (written on the runs it accepts; its lease in the store).
+    pub instance_id: String,
+    /// Readiness flag (turned off at shutdown).
+    pub readiness: Readiness,
+}
+
+/// The scheduler's shared state.
+#[derive(Debug)]
+pub struct Scheduler {
+    /// Config.
+    pub config: SchedulerConfig,
+    /// Run store.
+    pub store: Arc<dyn RunStore>,
+    /// Payload store.
+    pub payloads: Arc<dyn PayloadStore>,
+    /// Catalog.
+    pub catalog: Catalog,
+    /// Shards.
+    pub shards: ShardMap,
+    /// URL signer.
+    pub signer: Signer,
+    /// Owner id.
+    pub instance_id: String,
+    /// The queue.
+    pub queue: VirtualQueue,
+    /// Readiness.
+    pub readiness: Readiness,
+}
+
+impl Scheduler {
+    /// Builds the shared state.
+    #[must_use]
+    pub fn new(config: SchedulerConfig, deps: Deps) -> Arc<Self> {
+        Arc::new(Self {
+            queue: VirtualQueue::new(config.queue_bound),
+            config,
+            store: deps.store,
+            payloads: deps.payloads,
+            catalog: deps.catalog,
+            shards: deps.shards,
+            signer: deps.signer,
+            instance_id: deps.instance_id,
+            readiness: deps.readiness,
+        })
+    }
+
+    /// Returns a signed GET URL of the run's payload, served by [`api::router`] at
+    /// `/data/v1/payloads/{alg}/{id}`, valid for the run's `payload_valid_for` from now.
+    #[must_use]
+    pub fn payload_url(&self, run: &Run) -> String {
+        let path = format!("/data/v1/payloads/{}/{}", run.algorithm, run.id);
+        let secs = i64::try_from(run.payload_valid_for.as_secs()).unwrap_or(i64::MAX / 2);
+        let exp = now_millis() / 1000 + secs;
+        format!("{}{path}?{}", self.config.public_url.trim_end_matches('/'), self.signer.sign_url("GET", &path, exp))
+    }
+
+    /// Enqueues a recovered run ahead of the queue (used by the supervisor's orphan recovery).
+    pub fn enqueue_recovered(&self, run: &Run) {
+        self.queue.push_priority(Queued { id: run.id, shard: run.shard.clone(), attempt: 0 });
+    }
+}
+
+/// Runs the scheduler's background work (dispatcher and lease heartbeat) until `shutdown`, then
+/// drains: queued runs get `drain_grace` to be dispatched, the rest stay BUFFERED and the lease is
+/// released so a successor takes them over at once. The HTTP router is [`api::router`]; the caller
+/// serves it (standalone merges several routers on one listener).
+pub async fn run(s: Arc<Scheduler>, shutdown: CancellationToken) {
+    let dispatch_stop = CancellationToken::new();
+    let dispatcher = tokio::spawn(dispatch::run(s.clone(), dispatch_stop.clone()));
+    let hb = tokio::spawn(heartbeat(s.clone(), shutdown.clone()));
+    shutdown.cancelled().await;
+    s.readiness.set(false);
+    let deadline = tokio::time::Instant::now() + s.config.drain_grace;
+    while !s.queue.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    dispatch_stop.cancel();
+    let _ = dispatcher.await;
+    let _ = hb.await;
+    let left = s.queue.drain().len();
+    if let Err(e) = s.store.release_lease(&s.instance_id).await {
+        tracing::warn!("could not release lease at shutdown (runs are recovered when it expires): {e}");
+    }
+    tracing::info!(handed_over = left, "scheduler stopped");
+}
+
+async fn heartbeat(s: Arc<Scheduler>, shutdown: CancellationToken) {
+    let ttl = i64::try_from(s.config.lease_ttl.as_millis()).unwrap_or(i64::MAX);
+    loop {
+        if let Err(e) = s.store.heartbeat(&s.instance_id, now_millis(), ttl).await {
+            tracing::warn!("lease heartbeat failed: {e}");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(s.config.lease_ttl / 3) => {}
+        }
+    }
+}
+
+/// Returns the runs this instance owns in BUFFERED (startup: re-queue what a previous life of the
+/// same instance id left).
+///
+/// # Errors
+/// Store failures.
+pub async fn requeue_own(s: &Scheduler) -> Result<usize, nexus_core::store::StoreError> {
+    let runs = s.store.by_owner_stage(&s.instance_id, Stage::Buffered, usize::MAX).await?;
+    for r in &runs {
+        s.enqueue_recovered(r);
+    }
+    Ok(runs.len())
+}
