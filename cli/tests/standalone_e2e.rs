@@ -24,17 +24,19 @@ async fn knapsack_completes_and_result_is_downloadable() {
     // The signed URL is refused once tampered with.
     let tampered = uri.replace("sig=", "sig=A");
     assert_eq!(http.get(&tampered).send().await.unwrap().status(), 403);
-    // Metadata links the captured logs.
-    let md: serde_json::Value = http
-        .get(format!("{}/algorithm/v1/metadata/knapsack/requests/{id}", h.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // Metadata links the captured logs (written when the process exits, just after it reported).
+    let md_url = format!("{}/algorithm/v1/metadata/knapsack/requests/{id}", h.url);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let md: serde_json::Value = loop {
+        let md: serde_json::Value = http.get(&md_url).send().await.unwrap().json().await.unwrap();
+        if md["logsUri"].is_string() {
+            break md;
+        }
+        assert!(std::time::Instant::now() < deadline, "logs never linked: {md}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(md["attempts"], 1);
-    let logs_uri = md["logsUri"].as_str().expect("logs are linked from metadata");
+    let logs_uri = md["logsUri"].as_str().unwrap();
     let logs = http.get(logs_uri).send().await.unwrap().text().await.unwrap();
     assert!(!logs.is_empty());
     h.stop().await;

@@ -90,8 +90,9 @@ pub fn load_dir(dir: &Path) -> Result<Snapshot, CatalogError> {
                 Ok(serde_yaml::Value::Null) => continue,
                 Ok(v) => v,
                 Err(e) => {
+                    // A syntax error ends the file: the document stream cannot resync after it.
                     errors.push(format!("{at}: not valid YAML: {e}"));
-                    continue;
+                    break;
                 }
             };
             let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_owned();
@@ -177,7 +178,9 @@ pub async fn watch_dir(
     interval: Duration,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let mut last = fingerprint(&dir);
+    // Start from "unknown" so that a change made between the initial load and this task's start
+    // is picked up on the first tick (a reload of an unchanged directory is harmless).
+    let mut last = Vec::new();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -225,7 +228,9 @@ mod tests {
         std::fs::write(d.path().join("bad.yaml"), T.replace("command: echo", "command: ''").replace("local}", "nowhere}"))
             .unwrap();
         std::fs::write(d.path().join("typo.yml"), "kind: NexusAlgorithmTemplat\n").unwrap();
+        std::fs::write(d.path().join("broken.yaml"), "kind: [").unwrap();
         let e = load_dir(d.path()).unwrap_err().to_string();
+        assert!(e.contains("broken.yaml: not valid YAML"), "{e}");
         assert!(e.contains("bad.yaml: spec.command: is required"), "{e}");
         assert!(e.contains("typo.yml: kind: must be"), "{e}");
     }

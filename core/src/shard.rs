@@ -1,6 +1,6 @@
 //! `Shard`: hands a run to a shard's receiver.
 //!
-//! Standalone uses [`InProcessShard`]-style implementations that call the receiver directly; the
+//! Standalone uses in-process implementations (`nexus_receiver::LocalShard`) that call the receiver directly; the
 //! distributed mode (gRPC) implements the same trait. Contract: `submit` is idempotent per run id
 //! (a receiver that already launched the run answers `Ok`); an `Err` with a retryable kind means
 //! "try again later" and the dispatcher backs off; `cancel` of an unknown run is `Ok`.
@@ -54,4 +54,94 @@ pub trait Shard: Send + Sync + std::fmt::Debug + 'static {
     /// # Errors
     /// Backend failures.
     async fn cancel(&self, run_id: RunId, policy: CancellationPolicy) -> Result<(), ShardError>;
+}
+
+/// A recording [`Shard`] for unit tests: remembers submissions and cancels, and can be told to
+/// fail the next submissions with a given error kind.
+#[derive(Debug, Default)]
+pub struct RecordingShard {
+    inner: std::sync::Mutex<RecordingState>,
+}
+
+#[derive(Debug, Default)]
+struct RecordingState {
+    submitted: Vec<RunId>,
+    cancelled: Vec<RunId>,
+    fail_next: Vec<ErrorKind>,
+}
+
+impl RecordingShard {
+    fn state(&self) -> std::sync::MutexGuard<'_, RecordingState> {
+        // Every mutation is a single push/pop: a poisoned lock still holds consistent data.
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Makes the next submissions fail, one per kind, in order.
+    pub fn fail_next(&self, kinds: impl IntoIterator<Item = ErrorKind>) {
+        self.state().fail_next.extend(kinds);
+    }
+
+    /// Returns the ids submitted successfully, in order (repeats included).
+    #[must_use]
+    pub fn submitted(&self) -> Vec<RunId> {
+        self.state().submitted.clone()
+    }
+
+    /// Returns the ids cancelled, in order.
+    #[must_use]
+    pub fn cancelled(&self) -> Vec<RunId> {
+        self.state().cancelled.clone()
+    }
+}
+
+#[async_trait]
+impl Shard for RecordingShard {
+    async fn submit(&self, dispatch: Dispatch) -> Result<(), ShardError> {
+        let mut s = self.state();
+        if !s.fail_next.is_empty() {
+            let kind = s.fail_next.remove(0);
+            return Err(ShardError::new(kind, format!("injected {kind:?}")));
+        }
+        if !s.submitted.contains(&dispatch.run.id) {
+            s.submitted.push(dispatch.run.id);
+        }
+        Ok(())
+    }
+
+    async fn cancel(&self, run_id: RunId, _policy: CancellationPolicy) -> Result<(), ShardError> {
+        self.state().cancelled.push(run_id);
+        Ok(())
+    }
+}
+
+/// Conformance suite of the [`Shard`] contract.
+#[cfg(any(test, feature = "testsuite"))]
+pub mod test_suite {
+    use super::{Dispatch, Shard};
+    use crate::run::{CancellationPolicy, Run, RunId};
+    use crate::spec::WorkgroupSpec;
+
+    /// Runs every check: `run` must be a BUFFERED run the shard may launch.
+    ///
+    /// # Panics
+    /// When the shard breaks the contract.
+    pub async fn run_all(shard: &dyn Shard, run: Run) {
+        let d = Dispatch { run: run.clone(), workgroup: WorkgroupSpec { cluster: run.shard.clone(), ..Default::default() }, payload_url: "http://127.0.0.1:1/p".into() };
+        shard.submit(d.clone()).await.expect("first submit");
+        shard.submit(d).await.expect("submit is idempotent per run id");
+        shard.cancel(run.id, CancellationPolicy::Background).await.expect("cancel");
+        shard.cancel(run.id, CancellationPolicy::Background).await.expect("cancel is idempotent");
+        shard.cancel(RunId::new(), CancellationPolicy::Orphan).await.expect("cancel of an unknown run is Ok");
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[tokio::test]
+        async fn recording_shard_conforms() {
+            let s = super::super::RecordingShard::default();
+            let run = crate::store::test_suite::sample_run("alg");
+            super::run_all(&s, run.clone()).await;
+            assert_eq!(s.submitted(), vec![run.id]);
+        }
+    }
 }

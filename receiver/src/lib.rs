@@ -183,3 +183,32 @@ impl Shard for LocalShard {
         self.0.cancel(run_id, policy).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nexus_core::executor::RecordingExecutor;
+    use nexus_core::payload::InMemoryPayloadStore;
+    use nexus_core::store::{InMemoryRunStore, RunStore, test_suite::sample_run};
+
+    #[tokio::test]
+    async fn local_shard_conforms_and_launches_with_token_and_urls() {
+        let store = Arc::new(InMemoryRunStore::default());
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let exec = Arc::new(RecordingExecutor::new(tx));
+        let signer = Signer::random();
+        let r = Receiver::new(ReceiverConfig::default(), store.clone(), Arc::new(InMemoryPayloadStore::default()), exec.clone(), signer.clone());
+        let mut run = sample_run("alg");
+        run.applied_configuration.args = vec!["--sas-uri=%s".into(), "--request-id=%s".into()];
+        store.insert(run.clone()).await.unwrap();
+        nexus_core::shard::test_suite::run_all(&LocalShard(r), run.clone()).await;
+        let launches = exec.launches();
+        assert!(!launches.is_empty());
+        let l = &launches[0];
+        assert_eq!(l.args, vec!["--sas-uri=http://127.0.0.1:1/p".to_owned(), format!("--request-id={}", run.id)]);
+        let env: std::collections::HashMap<_, _> = l.env.iter().cloned().collect();
+        let token = &env[nexus_proto::v1::env::RUN_TOKEN];
+        signer.verify_run_token(run.id, token, now_secs()).expect("the launch carries a valid run token");
+        assert!(env[nexus_proto::v1::env::RESULT_UPLOAD_URL].contains("results/alg/"));
+    }
+}

@@ -33,7 +33,12 @@ type ApiResult<T> = Result<T, ApiError>;
 pub fn router(s: Arc<Scheduler>) -> Router {
     let limit = s.config.max_request_bytes;
     Router::new()
-        .route("/algorithm/v1/run/{alg}", post(create_run).layer(DefaultBodyLimit::max(limit)))
+        .route(
+            "/algorithm/v1/run/{alg}",
+            post(create_run)
+                .layer(DefaultBodyLimit::max(limit))
+                .layer(axum::middleware::from_fn(move |req, next| refuse_declared_oversize(limit, req, next))),
+        )
         .route("/algorithm/v1/results/{alg}/requests/{id}", get(get_result))
         .route("/algorithm/v1/results/tags/{tag}", get(get_by_tag))
         .route("/algorithm/v1/metadata/{alg}/requests/{id}", get(get_metadata))
@@ -46,6 +51,25 @@ pub fn router(s: Arc<Scheduler>) -> Router {
         .route("/openapi.json", get(openapi))
         .layer(DefaultBodyLimit::max(1024 * 1024))
         .with_state(s)
+}
+
+/// Answers 413 at once when the declared `Content-Length` is over the limit, without reading the
+/// body (bodies without a length are cut off by `DefaultBodyLimit` while being read).
+async fn refuse_declared_oversize(limit: usize, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = declared.filter(|n| *n > limit as u64) {
+        metrics::rejected("too_large");
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is {n} bytes; the limit is {limit} bytes (scheduler.max_request_bytes)"),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 async fn openapi() -> Response {
@@ -301,8 +325,11 @@ async fn get_metadata(State(s): S, Path((alg, id)): Path<(String, String)>) -> A
         o.remove("payload");
         o.insert("lifecycleStage".into(), run.stage.to_string().into());
         o.insert("resultUri".into(), result_uri(&s, &run).await.into());
-        if run.logs_stored {
-            let key = Keys::logs(&run.algorithm, &run.id.to_string());
+        // Logs are written when the process ends, which may be after the run completed (the
+        // algorithm reports, then exits), so look for the object rather than a flag.
+        let key = Keys::logs(&run.algorithm, &run.id.to_string());
+        if run.logs_stored || (run.stage.is_terminal() && matches!(s.payloads.get(&key).await, Ok(Some(_)))) {
+            o.insert("logsStored".into(), true.into());
             if let Ok(u) = s.payloads.signed_get_url(&key, Duration::from_secs(3600)).await {
                 o.insert("logsUri".into(), u.into());
             }

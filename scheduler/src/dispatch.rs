@@ -113,3 +113,137 @@ async fn fail(s: &Scheduler, run: &nexus_core::run::Run, cause: &str, details: &
         tracing::warn!(run_id = %run.id, "could not mark run SCHEDULING_FAILED: {e}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use nexus_core::catalog::{Catalog, Snapshot};
+    use nexus_core::error::ErrorKind;
+    use nexus_core::payload::InMemoryPayloadStore;
+    use nexus_core::run::Stage;
+    use nexus_core::shard::RecordingShard;
+    use nexus_core::sign::Signer;
+    use nexus_core::spec::{API_VERSION, ObjectMeta, WORKGROUP_KIND, Workgroup, WorkgroupSpec};
+    use nexus_core::store::{InMemoryRunStore, RunStore, test_suite::sample_run};
+    use tokio_util::sync::CancellationToken;
+
+    use crate::{Deps, Queued, Scheduler, SchedulerConfig, ShardMap};
+
+    fn scheduler(shard: std::sync::Arc<RecordingShard>, store: std::sync::Arc<InMemoryRunStore>) -> std::sync::Arc<Scheduler> {
+        let mut snap = Snapshot::default();
+        let wg = Workgroup {
+            api_version: API_VERSION.into(),
+            kind: WORKGROUP_KIND.into(),
+            metadata: ObjectMeta { name: "wg".into(), ..Default::default() },
+            spec: WorkgroupSpec { cluster: "local".into(), ..Default::default() },
+        };
+        snap.workgroups.insert("wg".into(), wg);
+        let config = SchedulerConfig {
+            retry_base_delay: Duration::from_millis(1),
+            retry_max_delay: Duration::from_millis(5),
+            dispatch_max_attempts: 3,
+            ..SchedulerConfig::default()
+        };
+        Scheduler::new(
+            config,
+            Deps {
+                store,
+                payloads: std::sync::Arc::new(InMemoryPayloadStore::default()),
+                catalog: Catalog::new(snap),
+                shards: ShardMap { fallback: Some(shard), ..ShardMap::default() },
+                signer: Signer::random(),
+                instance_id: "me".into(),
+                readiness: nexus_core::http::Readiness::default(),
+            },
+        )
+    }
+
+    async fn wait_for(store: &InMemoryRunStore, id: nexus_core::run::RunId, want: impl Fn(Stage) -> bool) -> nexus_core::run::Run {
+        for _ in 0..500 {
+            let r = store.get(id).await.unwrap().unwrap();
+            if want(r.stage) {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("run {id} never reached the expected stage");
+    }
+
+    fn queued_run(alg: &str) -> nexus_core::run::Run {
+        let mut r = sample_run(alg);
+        r.workgroup = "wg".into();
+        r.shard = "local".into();
+        r
+    }
+
+    #[tokio::test]
+    async fn retryable_failures_are_retried_then_dispatched() {
+        let shard = std::sync::Arc::new(RecordingShard::default());
+        let store = std::sync::Arc::new(InMemoryRunStore::default());
+        let s = scheduler(shard.clone(), store.clone());
+        shard.fail_next([ErrorKind::Unavailable, ErrorKind::Timeout]);
+        let run = queued_run("a");
+        store.insert(run.clone()).await.unwrap();
+        s.queue.push(Queued { id: run.id, shard: "local".into(), attempt: 0 });
+        let stop = CancellationToken::new();
+        let h = tokio::spawn(super::run(s.clone(), stop.clone()));
+        for _ in 0..500 {
+            if shard.submitted() == vec![run.id] {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(shard.submitted(), vec![run.id], "dispatched after two retryable failures");
+        assert_eq!(store.get(run.id).await.unwrap().unwrap().stage, Stage::Buffered);
+        stop.cancel();
+        h.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn exhausted_or_final_failures_end_scheduling_failed_with_cause() {
+        let shard = std::sync::Arc::new(RecordingShard::default());
+        let store = std::sync::Arc::new(InMemoryRunStore::default());
+        let s = scheduler(shard.clone(), store.clone());
+        shard.fail_next([ErrorKind::Unavailable; 3]);
+        let a = queued_run("a");
+        store.insert(a.clone()).await.unwrap();
+        s.queue.push(Queued { id: a.id, shard: "local".into(), attempt: 0 });
+        let stop = CancellationToken::new();
+        let h = tokio::spawn(super::run(s.clone(), stop.clone()));
+        let r = wait_for(&store, a.id, |st| st == Stage::SchedulingFailed).await;
+        assert!(r.failure_details.unwrap().contains("after 3 attempt(s)"));
+        shard.fail_next([ErrorKind::InvalidInput]);
+        let b = queued_run("b");
+        store.insert(b.clone()).await.unwrap();
+        s.queue.push(Queued { id: b.id, shard: "local".into(), attempt: 0 });
+        let r = wait_for(&store, b.id, |st| st == Stage::SchedulingFailed).await;
+        assert!(r.failure_details.unwrap().contains("after 1 attempt(s)"));
+        assert!(shard.submitted().is_empty());
+        stop.cancel();
+        h.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn runs_cancelled_while_queued_are_skipped() {
+        let shard = std::sync::Arc::new(RecordingShard::default());
+        let store = std::sync::Arc::new(InMemoryRunStore::default());
+        let s = scheduler(shard.clone(), store.clone());
+        let run = queued_run("a");
+        store.insert(run.clone()).await.unwrap();
+        store.transition(run.id, Stage::Buffered, Stage::Cancelled, Default::default()).await.unwrap();
+        s.queue.push(Queued { id: run.id, shard: "local".into(), attempt: 0 });
+        let stop = CancellationToken::new();
+        let h = tokio::spawn(super::run(s.clone(), stop.clone()));
+        for _ in 0..50 {
+            if s.queue.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(shard.submitted().is_empty());
+        stop.cancel();
+        h.await.unwrap();
+    }
+}

@@ -58,12 +58,13 @@ impl InMemoryRunStore {
 impl RunStore for InMemoryRunStore {
     async fn insert(&self, run: Run) -> Result<Inserted, StoreError> {
         let mut st = self.lock();
-        if let Some(key) = &run.idempotency_key {
-            if let Some(existing) = st.idem.get(&(run.algorithm.clone(), key.clone())) {
-                if let Some((_, r)) = st.runs.get(existing) {
-                    return Ok(Inserted::Existing(r.clone()));
-                }
-            }
+        let existing = run
+            .idempotency_key
+            .as_ref()
+            .and_then(|key| st.idem.get(&(run.algorithm.clone(), key.clone())))
+            .and_then(|id| st.runs.get(id));
+        if let Some((_, r)) = existing {
+            return Ok(Inserted::Existing(r.clone()));
         }
         if st.runs.contains_key(&run.id) {
             return Err(StoreError::backend(ErrorKind::Conflict, format!("run {} already exists", run.id)));
