@@ -30,7 +30,10 @@ const SERIAL_LIMIT: Duration = Duration::from_secs(20);
 const MAX_REQUESTS: usize = 50_000_000;
 
 #[derive(Debug, Parser)]
-#[command(name = "nexus-bench", about = "Nexus benchmark scenarios (loopback only by default)")]
+#[command(
+    name = "nexus-bench",
+    about = "Nexus benchmark scenarios (loopback only by default)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -81,8 +84,12 @@ enum Cmd {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let (num, unit) = s.find(|c: char| !c.is_ascii_digit() && c != '.').map_or((s, "s"), |i| s.split_at(i));
-    let v: f64 = num.parse().map_err(|_| format!("'{s}' is not a duration (e.g. 10s, 500ms, 1m)"))?;
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((s, "s"), |i| s.split_at(i));
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (e.g. 10s, 500ms, 1m)"))?;
     let secs = match unit {
         "ms" => v / 1000.0,
         "s" | "" => v,
@@ -90,7 +97,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => return Err(format!("'{s}': unit must be ms, s or m")),
     };
     if !(secs > 0.0 && secs <= PHASE_LIMIT.as_secs_f64()) {
-        return Err(format!("'{s}': must be above 0 and at most {}s", PHASE_LIMIT.as_secs()));
+        return Err(format!(
+            "'{s}': must be above 0 and at most {}s",
+            PHASE_LIMIT.as_secs()
+        ));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -109,12 +119,24 @@ fn print_table(title: &str, header: &[&str], rows: &[Vec<String>]) {
         let s: Vec<String> = cells
             .iter()
             .enumerate()
-            .map(|(i, c)| if i == 0 { format!("{c:<width$}", width = w[i]) } else { format!("{c:>width$}", width = w[i]) })
+            .map(|(i, c)| {
+                if i == 0 {
+                    format!("{c:<width$}", width = w[i])
+                } else {
+                    format!("{c:>width$}", width = w[i])
+                }
+            })
             .collect();
         println!("| {} |", s.join(" | "));
     };
     line(header.iter().map(|s| (*s).to_owned()).collect());
-    println!("|{}|", w.iter().map(|n| "-".repeat(n + 2)).collect::<Vec<_>>().join("|"));
+    println!(
+        "|{}|",
+        w.iter()
+            .map(|n| "-".repeat(n + 2))
+            .collect::<Vec<_>>()
+            .join("|")
+    );
     for r in rows {
         line(r.clone());
     }
@@ -122,7 +144,10 @@ fn print_table(title: &str, header: &[&str], rows: &[Vec<String>]) {
 
 fn footer() {
     let cmd: Vec<String> = std::env::args().collect();
-    let cmd = std::iter::once("nexus-bench".to_owned()).chain(cmd.into_iter().skip(1)).collect::<Vec<_>>().join(" ");
+    let cmd = std::iter::once("nexus-bench".to_owned())
+        .chain(cmd.into_iter().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
     let date = std::process::Command::new("date")
         .arg("-u")
         .output()
@@ -132,7 +157,12 @@ fn footer() {
     let nproc = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_owned()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
         .unwrap_or_else(|| "unknown CPU".to_owned());
     println!("\n{cmd} / {date} / machine: nproc={nproc}, {cpu}");
 }
@@ -168,7 +198,12 @@ struct StoreResult {
     transition: Phase,
 }
 
-async fn insert_phase(store: &Arc<SqliteRunStore>, n: usize, concurrency: usize, limit: Duration) -> (Phase, Vec<RunId>) {
+async fn insert_phase(
+    store: &Arc<SqliteRunStore>,
+    n: usize,
+    concurrency: usize,
+    limit: Duration,
+) -> (Phase, Vec<RunId>) {
     let template = sample_run("knapsack");
     let next = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + limit.min(PHASE_LIMIT);
@@ -197,10 +232,21 @@ async fn insert_phase(store: &Arc<SqliteRunStore>, n: usize, concurrency: usize,
         all.extend(ids);
         errors += e;
     }
-    (Phase { ops: all.len(), errors, elapsed: start.elapsed() }, all)
+    (
+        Phase {
+            ops: all.len(),
+            errors,
+            elapsed: start.elapsed(),
+        },
+        all,
+    )
 }
 
-async fn transition_phase(store: &Arc<SqliteRunStore>, ids: Arc<Vec<RunId>>, concurrency: usize) -> Phase {
+async fn transition_phase(
+    store: &Arc<SqliteRunStore>,
+    ids: Arc<Vec<RunId>>,
+    concurrency: usize,
+) -> Phase {
     let next = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + PHASE_LIMIT;
     let start = Instant::now();
@@ -214,8 +260,15 @@ async fn transition_phase(store: &Arc<SqliteRunStore>, ids: Arc<Vec<RunId>>, con
                 if i >= ids.len() || Instant::now() >= deadline {
                     break;
                 }
-                let patch = RunPatch { owner: Some(Some("bench".into())), attempts: Some(1), ..RunPatch::default() };
-                match store.transition(ids[i], Stage::Buffered, Stage::Running, patch).await {
+                let patch = RunPatch {
+                    owner: Some(Some("bench".into())),
+                    attempts: Some(1),
+                    ..RunPatch::default()
+                };
+                match store
+                    .transition(ids[i], Stage::Buffered, Stage::Running, patch)
+                    .await
+                {
                     Ok(_) => ok += 1,
                     Err(_) => errors += 1,
                 }
@@ -229,46 +282,87 @@ async fn transition_phase(store: &Arc<SqliteRunStore>, ids: Arc<Vec<RunId>>, con
         ops += o;
         errors += e;
     }
-    Phase { ops, errors, elapsed: start.elapsed() }
+    Phase {
+        ops,
+        errors,
+        elapsed: start.elapsed(),
+    }
 }
 
 async fn open_store(dir: &std::path::Path) -> anyhow::Result<Arc<SqliteRunStore>> {
     let db = dir.join("runs.db");
-    let s = tokio::task::spawn_blocking(move || SqliteRunStore::open(&db)).await?.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let s = tokio::task::spawn_blocking(move || SqliteRunStore::open(&db))
+        .await?
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(Arc::new(s))
 }
 
 async fn bench_store(runs: usize, concurrency: usize) -> anyhow::Result<StoreResult> {
-    anyhow::ensure!(runs > 0 && runs <= 10_000_000, "--runs must be between 1 and 10000000");
-    anyhow::ensure!(concurrency > 0 && concurrency <= 4096, "--concurrency must be between 1 and 4096");
+    anyhow::ensure!(
+        runs > 0 && runs <= 10_000_000,
+        "--runs must be between 1 and 10000000"
+    );
+    anyhow::ensure!(
+        concurrency > 0 && concurrency <= 4096,
+        "--concurrency must be between 1 and 4096"
+    );
     // Serial baseline first, in its own database, so it does not run against a bigger table.
     let dir = tempfile::tempdir()?;
     let serial_store = open_store(&dir.path().join("serial")).await?;
-    eprintln!("store: up to {runs} inserts in at most {}s, concurrency 1 (one commit per insert) …", SERIAL_LIMIT.as_secs());
+    eprintln!(
+        "store: up to {runs} inserts in at most {}s, concurrency 1 (one commit per insert) …",
+        SERIAL_LIMIT.as_secs()
+    );
     let (insert_serial, _) = insert_phase(&serial_store, runs, 1, SERIAL_LIMIT).await;
     drop(serial_store);
     let store = open_store(&dir.path().join("concurrent")).await?;
     eprintln!("store: {runs} inserts, concurrency {concurrency} …");
     let (insert, ids) = insert_phase(&store, runs, concurrency, PHASE_LIMIT).await;
-    eprintln!("store: {} BUFFERED→RUNNING transitions, concurrency {concurrency} …", ids.len());
+    eprintln!(
+        "store: {} BUFFERED→RUNNING transitions, concurrency {concurrency} …",
+        ids.len()
+    );
     let transition = transition_phase(&store, Arc::new(ids), concurrency).await;
-    Ok(StoreResult { concurrency, insert, insert_serial, transition })
+    Ok(StoreResult {
+        concurrency,
+        insert,
+        insert_serial,
+        transition,
+    })
 }
 
 fn print_store(r: &StoreResult) {
     let row = |name: &str, c: usize, p: &Phase| {
-        vec![name.to_owned(), c.to_string(), p.ops.to_string(), p.errors.to_string(), format!("{:.2}", p.elapsed.as_secs_f64()), f0(p.rate())]
+        vec![
+            name.to_owned(),
+            c.to_string(),
+            p.ops.to_string(),
+            p.errors.to_string(),
+            format!("{:.2}", p.elapsed.as_secs_f64()),
+            f0(p.rate()),
+        ]
     };
     print_table(
         "run store (SQLite, in-process)",
-        &["operation", "concurrency", "ops", "errors", "seconds", "ops/s"],
+        &[
+            "operation",
+            "concurrency",
+            "ops",
+            "errors",
+            "seconds",
+            "ops/s",
+        ],
         &[
             row("insert (one at a time)", 1, &r.insert_serial),
             row("insert (group commit)", r.concurrency, &r.insert),
             row("transition BUFFERED→RUNNING", r.concurrency, &r.transition),
         ],
     );
-    println!("group-commit gain: {:.1}× (insert at concurrency {} / concurrency 1)", r.insert.rate() / r.insert_serial.rate().max(1e-9), r.concurrency);
+    println!(
+        "group-commit gain: {:.1}× (insert at concurrency {} / concurrency 1)",
+        r.insert.rate() / r.insert_serial.rate().max(1e-9),
+        r.concurrency
+    );
 }
 
 // ---------------------------------------------------------------- HTTP load
@@ -318,8 +412,16 @@ fn accept_body() -> String {
 }
 
 /// Closed loop: `concurrency` tasks, each sending the next request when the previous one answered.
-async fn drive(name: &str, url: &str, concurrency: usize, duration: Duration) -> anyhow::Result<Load> {
-    anyhow::ensure!(concurrency > 0 && concurrency <= 4096, "--concurrency must be between 1 and 4096");
+async fn drive(
+    name: &str,
+    url: &str,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<Load> {
+    anyhow::ensure!(
+        concurrency > 0 && concurrency <= 4096,
+        "--concurrency must be between 1 and 4096"
+    );
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .tcp_nodelay(true)
@@ -372,7 +474,15 @@ async fn drive(name: &str, url: &str, concurrency: usize, duration: Duration) ->
     }
     let elapsed = start.elapsed();
     latencies.sort_unstable();
-    Ok(Load { name: name.to_owned(), concurrency, ok: latencies.len(), non_202, errors, elapsed, latencies })
+    Ok(Load {
+        name: name.to_owned(),
+        concurrency,
+        ok: latencies.len(),
+        non_202,
+        errors,
+        elapsed,
+        latencies,
+    })
 }
 
 fn print_loads(title: &str, loads: &[&Load]) {
@@ -395,15 +505,23 @@ fn print_loads(title: &str, loads: &[&Load]) {
         .collect();
     print_table(
         title,
-        &["scenario", "conc", "seconds", "202s", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "non-202", "errors"],
+        &[
+            "scenario", "conc", "seconds", "202s", "req/s", "p50 ms", "p99 ms", "p99.9 ms",
+            "non-202", "errors",
+        ],
         &rows,
     );
 }
 
 async fn bench_baseline(concurrency: usize, duration: Duration) -> anyhow::Result<Load> {
     use axum::routing::post;
-    async fn handler(_body: axum::body::Bytes) -> (axum::http::StatusCode, axum::Json<serde_json::Value>) {
-        (axum::http::StatusCode::ACCEPTED, axum::Json(serde_json::json!({ "requestId": "x" })))
+    async fn handler(
+        _body: axum::body::Bytes,
+    ) -> (axum::http::StatusCode, axum::Json<serde_json::Value>) {
+        (
+            axum::http::StatusCode::ACCEPTED,
+            axum::Json(serde_json::json!({ "requestId": "x" })),
+        )
     }
     let app = axum::Router::new().route("/algorithm/v1/run/{alg}", post(handler));
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
@@ -417,7 +535,13 @@ async fn bench_baseline(concurrency: usize, duration: Duration) -> anyhow::Resul
             .await;
     });
     eprintln!("baseline: bare axum on {addr}, concurrency {concurrency}, {duration:?} …");
-    let r = drive("baseline (bare axum 202)", &format!("http://{addr}/algorithm/v1/run/knapsack"), concurrency, duration).await;
+    let r = drive(
+        "baseline (bare axum 202)",
+        &format!("http://{addr}/algorithm/v1/run/knapsack"),
+        concurrency,
+        duration,
+    )
+    .await;
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     r
@@ -444,7 +568,11 @@ spec:
   command: \"true\"
 ";
 
-async fn bench_accept(concurrency: usize, duration: Duration, url: Option<String>) -> anyhow::Result<Load> {
+async fn bench_accept(
+    concurrency: usize,
+    duration: Duration,
+    url: Option<String>,
+) -> anyhow::Result<Load> {
     if let Some(u) = url {
         let target = format!("{}/algorithm/v1/run/knapsack", u.trim_end_matches('/'));
         eprintln!("accept: {target}, concurrency {concurrency}, {duration:?} …");
@@ -462,9 +590,20 @@ async fn bench_accept(concurrency: usize, duration: Duration, url: Option<String
     };
     config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-    let handle = nexus_cli::standalone::start(config, listener).await.context("cannot start standalone nexus")?;
-    eprintln!("accept: standalone nexus on {}, concurrency {concurrency}, {duration:?} …", handle.url);
-    let r = drive("accept (standalone nexus)", &format!("{}/algorithm/v1/run/knapsack", handle.url), concurrency, duration).await;
+    let handle = nexus_cli::standalone::start(config, listener)
+        .await
+        .context("cannot start standalone nexus")?;
+    eprintln!(
+        "accept: standalone nexus on {}, concurrency {concurrency}, {duration:?} …",
+        handle.url
+    );
+    let r = drive(
+        "accept (standalone nexus)",
+        &format!("{}/algorithm/v1/run/knapsack", handle.url),
+        concurrency,
+        duration,
+    )
+    .await;
     // Bounded shutdown: the queue may still hold accepted runs; do not wait for all of them.
     handle.shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(15), handle.wait()).await;
@@ -481,11 +620,18 @@ async fn main() -> anyhow::Result<()> {
             let r = bench_store(runs, concurrency).await?;
             print_store(&r);
         }
-        Cmd::Baseline { concurrency, duration } => {
+        Cmd::Baseline {
+            concurrency,
+            duration,
+        } => {
             let b = bench_baseline(concurrency, duration).await?;
             print_loads("HTTP baseline", &[&b]);
         }
-        Cmd::Accept { concurrency, duration, url } => {
+        Cmd::Accept {
+            concurrency,
+            duration,
+            url,
+        } => {
             let a = bench_accept(concurrency, duration, url).await?;
             print_loads("accept", &[&a]);
         }
@@ -501,14 +647,37 @@ async fn main() -> anyhow::Result<()> {
                 "summary",
                 &["metric", "value"],
                 &[
-                    vec!["store insert, concurrency 1 (ops/s)".into(), f0(s.insert_serial.rate())],
-                    vec!["store insert, concurrency 64 (ops/s)".into(), f0(s.insert.rate())],
-                    vec!["group-commit gain".into(), format!("{:.1}×", s.insert.rate() / s.insert_serial.rate().max(1e-9))],
-                    vec!["store BUFFERED→RUNNING, concurrency 64 (ops/s)".into(), f0(s.transition.rate())],
+                    vec![
+                        "store insert, concurrency 1 (ops/s)".into(),
+                        f0(s.insert_serial.rate()),
+                    ],
+                    vec![
+                        "store insert, concurrency 64 (ops/s)".into(),
+                        f0(s.insert.rate()),
+                    ],
+                    vec![
+                        "group-commit gain".into(),
+                        format!("{:.1}×", s.insert.rate() / s.insert_serial.rate().max(1e-9)),
+                    ],
+                    vec![
+                        "store BUFFERED→RUNNING, concurrency 64 (ops/s)".into(),
+                        f0(s.transition.rate()),
+                    ],
                     vec!["baseline HTTP 202 (req/s)".into(), f0(b.throughput())],
                     vec!["accept (runs/s)".into(), f0(a.throughput())],
-                    vec!["accept p50 / p99 / p99.9 (ms)".into(), format!("{} / {} / {}", ms(a.pct(0.5)), ms(a.pct(0.99)), ms(a.pct(0.999)))],
-                    vec!["accept non-202 / errors".into(), format!("{} / {}", a.non_202, a.errors)],
+                    vec![
+                        "accept p50 / p99 / p99.9 (ms)".into(),
+                        format!(
+                            "{} / {} / {}",
+                            ms(a.pct(0.5)),
+                            ms(a.pct(0.99)),
+                            ms(a.pct(0.999))
+                        ),
+                    ],
+                    vec![
+                        "accept non-202 / errors".into(),
+                        format!("{} / {}", a.non_202, a.errors),
+                    ],
                     vec!["accept/baseline".into(), format!("{ratio:.2}×")],
                 ],
             );

@@ -27,7 +27,11 @@ pub struct ExecutorSection {
 
 impl Default for ExecutorSection {
     fn default() -> Self {
-        Self { extra_path: Vec::new(), default_max_concurrent: 8, max_log_bytes: 1024 * 1024 }
+        Self {
+            extra_path: Vec::new(),
+            default_max_concurrent: 8,
+            max_log_bytes: 1024 * 1024,
+        }
     }
 }
 
@@ -70,7 +74,10 @@ impl Default for StandaloneConfig {
             log_format: "text".into(),
             scheduler: SchedulerConfig::default(),
             receiver: ReceiverConfig::default(),
-            supervisor: SupervisorConfig { exclusive_store: true, ..SupervisorConfig::default() },
+            supervisor: SupervisorConfig {
+                exclusive_store: true,
+                ..SupervisorConfig::default()
+            },
             executor: ExecutorSection::default(),
         }
     }
@@ -106,9 +113,14 @@ impl StandaloneConfig {
             }
             fig = fig.merge(Yaml::file(f));
         }
-        fig = fig.merge(Env::prefixed("NEXUS__").split("__")).merge(Serialized::defaults(overrides));
+        fig = fig
+            .merge(Env::prefixed("NEXUS__").split("__"))
+            .merge(Serialized::defaults(overrides));
         let c: StandaloneConfig = fig.extract().map_err(|e| {
-            e.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
+            e.into_iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
         })?;
         c.validate()?;
         Ok(c)
@@ -121,12 +133,17 @@ impl StandaloneConfig {
     pub fn validate(&self) -> Result<(), String> {
         let mut e = Vec::new();
         if !matches!(self.log_format.as_str(), "text" | "json") {
-            e.push(format!("log_format: '{}' must be text or json", self.log_format));
+            e.push(format!(
+                "log_format: '{}' must be text or json",
+                self.log_format
+            ));
         }
-        if let Some(u) = &self.public_url {
-            if !(u.starts_with("http://") || u.starts_with("https://")) {
-                e.push(format!("public_url: '{u}' must start with http:// or https://"));
-            }
+        if let Some(u) = &self.public_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            e.push(format!(
+                "public_url: '{u}' must start with http:// or https://"
+            ));
         }
         if self.reload_interval < Duration::from_millis(10) {
             e.push("reload_interval: must be at least 10ms".into());
@@ -139,7 +156,11 @@ impl StandaloneConfig {
                 e.push(m);
             }
         }
-        if e.is_empty() { Ok(()) } else { Err(e.join("; ")) }
+        if e.is_empty() {
+            Ok(())
+        } else {
+            Err(e.join("; "))
+        }
     }
 }
 
@@ -151,8 +172,15 @@ mod tests {
     fn file_and_flags_layer_over_defaults() {
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("nexus.yaml");
-        std::fs::write(&f, "listen: 127.0.0.1:9000\nscheduler:\n  queue_bound: 7\n  retry_base_delay: 1s\n").unwrap();
-        let o = Overrides { data_dir: Some("/tmp/x".into()), ..Overrides::default() };
+        std::fs::write(
+            &f,
+            "listen: 127.0.0.1:9000\nscheduler:\n  queue_bound: 7\n  retry_base_delay: 1s\n",
+        )
+        .unwrap();
+        let o = Overrides {
+            data_dir: Some("/tmp/x".into()),
+            ..Overrides::default()
+        };
         let c = StandaloneConfig::load(Some(&f), &o).unwrap();
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.scheduler.queue_bound, 7);

@@ -13,7 +13,11 @@ use nexus_cli::config::{Overrides, StandaloneConfig};
 /// executes each run (as a local process in standalone mode) and hands the result back through a
 /// signed URL.
 #[derive(Debug, Parser)]
-#[command(name = "nexus", version, after_help = "Start here:\n  nexus standalone --templates examples/templates\n  nexus run submit knapsack --params examples/payloads/knapsack.json --wait")]
+#[command(
+    name = "nexus",
+    version,
+    after_help = "Start here:\n  nexus standalone --templates examples/templates\n  nexus run submit knapsack --params examples/payloads/knapsack.json --wait"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -26,7 +30,9 @@ enum Command {
     /// Configuration is layered: defaults, then the YAML file given with --config, then
     /// NEXUS__SECTION__KEY environment variables (e.g. NEXUS__SCHEDULER__QUEUE_BOUND=1000), then
     /// these flags. Use --dump-config to see the result.
-    #[command(after_help = "Example:\n  nexus standalone --templates examples/templates --data .nexus-data --listen 127.0.0.1:8090")]
+    #[command(
+        after_help = "Example:\n  nexus standalone --templates examples/templates --data .nexus-data --listen 127.0.0.1:8090"
+    )]
     Standalone {
         /// YAML configuration file.
         #[arg(long, short)]
@@ -59,16 +65,26 @@ enum Command {
 fn init_logs(json: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("NEXUS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json { b.json().init() } else { b.init() }
 }
 
 async fn standalone(config: StandaloneConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e} (is another nexus running? use --listen)", config.listen))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {}: {e} (is another nexus running? use --listen)",
+                config.listen
+            )
+        })?;
     let handle = nexus_cli::standalone::start(config, listener).await?;
-    eprintln!("nexus standalone serving on {} (Ctrl-C to stop)", handle.url);
+    eprintln!(
+        "nexus standalone serving on {} (Ctrl-C to stop)",
+        handle.url
+    );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
@@ -86,7 +102,10 @@ async fn standalone(config: StandaloneConfig) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -94,8 +113,20 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Standalone { config, templates, listen, data, public_url, dump_config } => {
-            let o = Overrides { listen, data_dir: data, templates_dir: templates, public_url };
+        Command::Standalone {
+            config,
+            templates,
+            listen,
+            data,
+            public_url,
+            dump_config,
+        } => {
+            let o = Overrides {
+                listen,
+                data_dir: data,
+                templates_dir: templates,
+                public_url,
+            };
             let cfg = match StandaloneConfig::load(config.as_deref(), &o) {
                 Ok(c) => c,
                 Err(e) => {
@@ -119,7 +150,8 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { opts, command } => match rt.block_on(nexus_cli::client::run(&opts, command)) {
+        Command::Run { opts, command } => match rt.block_on(nexus_cli::client::run(&opts, command))
+        {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("error: {e:#}");

@@ -28,10 +28,17 @@ pub fn router(fs: Arc<FsPayloadStore>) -> Router {
         .with_state(fs)
 }
 
-async fn get_object(State(fs): State<Arc<FsPayloadStore>>, Path(key): Path<String>, Query(q): Query<Sig>) -> Result<Response, ApiError> {
-    fs.verify("GET", &key, q.exp.as_deref(), q.sig.as_deref()).map_err(|e| ApiError::from_kind(e.kind, e.message))?;
+async fn get_object(
+    State(fs): State<Arc<FsPayloadStore>>,
+    Path(key): Path<String>,
+    Query(q): Query<Sig>,
+) -> Result<Response, ApiError> {
+    fs.verify("GET", &key, q.exp.as_deref(), q.sig.as_deref())
+        .map_err(|e| ApiError::from_kind(e.kind, e.message))?;
     match fs.get(&key).await {
-        Ok(Some(b)) => Ok(([(header::CONTENT_TYPE, "application/octet-stream")], b).into_response()),
+        Ok(Some(b)) => {
+            Ok(([(header::CONTENT_TYPE, "application/octet-stream")], b).into_response())
+        }
         Ok(None) => Err(ApiError::not_found(format!("object {key} not found"))),
         Err(e) => Err(ApiError::from_kind(e.kind, e.message)),
     }
@@ -43,7 +50,10 @@ async fn put_object(
     Query(q): Query<Sig>,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    fs.verify("PUT", &key, q.exp.as_deref(), q.sig.as_deref()).map_err(|e| ApiError::from_kind(e.kind, e.message))?;
-    fs.put(&key, body).await.map_err(|e| ApiError::from_kind(e.kind, e.message))?;
+    fs.verify("PUT", &key, q.exp.as_deref(), q.sig.as_deref())
+        .map_err(|e| ApiError::from_kind(e.kind, e.message))?;
+    fs.put(&key, body)
+        .await
+        .map_err(|e| ApiError::from_kind(e.kind, e.message))?;
     Ok(StatusCode::CREATED)
 }

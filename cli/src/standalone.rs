@@ -67,10 +67,19 @@ fn prometheus() -> &'static PrometheusHandle {
 
 fn load_or_create_secret(path: &Path) -> anyhow::Result<Signer> {
     if let Ok(bytes) = std::fs::read(path) {
-        anyhow::ensure!(bytes.len() >= 32, "signing key {} is shorter than 32 bytes; delete it to create a new one", path.display());
+        anyhow::ensure!(
+            bytes.len() >= 32,
+            "signing key {} is shorter than 32 bytes; delete it to create a new one",
+            path.display()
+        );
         return Ok(Signer::new(&bytes));
     }
-    let key: Vec<u8> = uuid::Uuid::new_v4().as_bytes().iter().chain(uuid::Uuid::new_v4().as_bytes()).copied().collect();
+    let key: Vec<u8> = uuid::Uuid::new_v4()
+        .as_bytes()
+        .iter()
+        .chain(uuid::Uuid::new_v4().as_bytes())
+        .copied()
+        .collect();
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, &key).with_context(|| format!("cannot write {}", tmp.display()))?;
     #[cfg(unix)]
@@ -83,12 +92,22 @@ fn load_or_create_secret(path: &Path) -> anyhow::Result<Signer> {
 }
 
 fn instance_id() -> String {
-    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "localhost".into());
-    format!("{host}-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..6])
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    )
 }
 
 fn default_extra_path() -> Vec<PathBuf> {
-    std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)).into_iter().collect()
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .into_iter()
+        .collect()
 }
 
 /// Starts standalone Nexus on `listener`.
@@ -98,11 +117,15 @@ fn default_extra_path() -> Vec<PathBuf> {
 /// manifest is listed), signing key.
 pub async fn start(mut config: StandaloneConfig, listener: TcpListener) -> anyhow::Result<Handle> {
     let addr = listener.local_addr()?;
-    let url = config.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
     config.scheduler.public_url.clone_from(&url);
     config.receiver.public_url.clone_from(&url);
     let data = config.data_dir.clone();
-    std::fs::create_dir_all(&data).with_context(|| format!("cannot create data directory {}", data.display()))?;
+    std::fs::create_dir_all(&data)
+        .with_context(|| format!("cannot create data directory {}", data.display()))?;
 
     let db = data.join("runs.db");
     let store: Arc<dyn RunStore> = Arc::new(
@@ -118,13 +141,18 @@ pub async fn start(mut config: StandaloneConfig, listener: TcpListener) -> anyho
     );
     let payloads: Arc<dyn PayloadStore> = fs.clone();
     let templates = config.templates_dir.clone();
-    let snap = load_dir(&templates).map_err(|e| anyhow::anyhow!("{e}"))
+    let snap = load_dir(&templates)
+        .map_err(|e| anyhow::anyhow!("{e}"))
         .with_context(|| format!("cannot load templates from {}", templates.display()))?;
     tracing::info!(templates = snap.templates.len(), workgroups = snap.workgroups.len(), dir = %templates.display(), "templates loaded");
     let catalog = Catalog::new(snap);
 
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let extra_path = if config.executor.extra_path.is_empty() { default_extra_path() } else { config.executor.extra_path.clone() };
+    let extra_path = if config.executor.extra_path.is_empty() {
+        default_extra_path()
+    } else {
+        config.executor.extra_path.clone()
+    };
     let executor: Arc<dyn Executor> = Arc::new(LocalProcessExecutor::new(
         LocalExecutorConfig {
             extra_path,
@@ -137,14 +165,23 @@ pub async fn start(mut config: StandaloneConfig, listener: TcpListener) -> anyho
     ));
     let id = instance_id();
     let readiness = Readiness::default();
-    let receiver = Receiver::new(config.receiver.clone(), store.clone(), payloads.clone(), executor.clone(), signer.clone());
+    let receiver = Receiver::new(
+        config.receiver.clone(),
+        store.clone(),
+        payloads.clone(),
+        executor.clone(),
+        signer.clone(),
+    );
     let scheduler = Scheduler::new(
         config.scheduler.clone(),
         Deps {
             store: store.clone(),
             payloads: payloads.clone(),
             catalog: catalog.clone(),
-            shards: ShardMap { fallback: Some(Arc::new(LocalShard(receiver.clone()))), ..ShardMap::default() },
+            shards: ShardMap {
+                fallback: Some(Arc::new(LocalShard(receiver.clone()))),
+                ..ShardMap::default()
+            },
             signer: signer.clone(),
             instance_id: id.clone(),
             readiness: readiness.clone(),
@@ -158,12 +195,20 @@ pub async fn start(mut config: StandaloneConfig, listener: TcpListener) -> anyho
     });
     // Take the lease before recovery, so this instance is the live owner from the start.
     store
-        .heartbeat(&id, nexus_core::run::now_millis(), i64::try_from(config.scheduler.lease_ttl.as_millis()).unwrap_or(15_000))
+        .heartbeat(
+            &id,
+            nexus_core::run::now_millis(),
+            i64::try_from(config.scheduler.lease_ttl.as_millis()).unwrap_or(15_000),
+        )
         .await
         .map_err(|e| anyhow::anyhow!("run store: {e}"))?;
     let s2 = scheduler.clone();
-    let requeue: Arc<dyn Fn(&nexus_core::run::Run) + Send + Sync> = Arc::new(move |r| s2.enqueue_recovered(r));
-    let recovered = supervisor.recover(requeue.as_ref()).await.map_err(|e| anyhow::anyhow!("recovery: {e}"))?;
+    let requeue: Arc<dyn Fn(&nexus_core::run::Run) + Send + Sync> =
+        Arc::new(move |r| s2.enqueue_recovered(r));
+    let recovered = supervisor
+        .recover(requeue.as_ref())
+        .await
+        .map_err(|e| anyhow::anyhow!("recovery: {e}"))?;
     if recovered > 0 {
         tracing::info!(recovered, "picked up runs left by a previous nexus process");
     }
@@ -179,15 +224,28 @@ pub async fn start(mut config: StandaloneConfig, listener: TcpListener) -> anyho
 
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
-    tasks.spawn(watch_dir(catalog, templates, config.reload_interval, shutdown.clone()));
+    tasks.spawn(watch_dir(
+        catalog,
+        templates,
+        config.reload_interval,
+        shutdown.clone(),
+    ));
     let sched_stop = CancellationToken::new();
     let sched_task = tasks.spawn(nexus_scheduler::run(scheduler, sched_stop.clone()));
     let sup_stop = CancellationToken::new();
-    tasks.spawn(nexus_supervisor::run(supervisor, rx, requeue, sup_stop.clone()));
+    tasks.spawn(nexus_supervisor::run(
+        supervisor,
+        rx,
+        requeue,
+        sup_stop.clone(),
+    ));
     let http_stop = CancellationToken::new();
     let http_stop2 = http_stop.clone();
     tasks.spawn(async move {
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(http_stop2.cancelled_owned()).await {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(http_stop2.cancelled_owned())
+            .await
+        {
             tracing::error!("http server failed: {e}");
         }
     });
@@ -205,5 +263,10 @@ pub async fn start(mut config: StandaloneConfig, listener: TcpListener) -> anyho
     });
     readiness.set(true);
     tracing::info!(%url, instance = %id, "nexus standalone is ready");
-    Ok(Handle { addr, url, shutdown, tasks })
+    Ok(Handle {
+        addr,
+        url,
+        shutdown,
+        tasks,
+    })
 }

@@ -13,9 +13,11 @@ use serde_json::json;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_table() {
     let data = tempfile::tempdir().unwrap();
-    let mut c = nexus_cli::config::StandaloneConfig::default();
-    c.data_dir = data.path().to_path_buf();
-    c.templates_dir = templates();
+    let mut c = nexus_cli::config::StandaloneConfig {
+        data_dir: data.path().to_path_buf(),
+        templates_dir: templates(),
+        ..Default::default()
+    };
     c.executor.extra_path = vec![demo_dir()];
     c.scheduler.max_request_bytes = 1024 * 1024;
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -31,35 +33,182 @@ async fn bad_input_table() {
         text: &'static str,
     }
     let json_post = |url: &str, body: &str| {
-        http.post(url).header("content-type", "application/json").body(body.to_owned())
+        http.post(url)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
     };
     let cases = vec![
-        Case { name: "malformed json", req: json_post(&run_url, "{nope"), status: 400, text: "Algorithm payload is invalid" },
-        Case { name: "wrong type", req: json_post(&run_url, r#"{"algorithmParameters": {}, "tag": 5}"#), status: 400, text: "invalid type" },
-        Case { name: "missing parameters", req: json_post(&run_url, r#"{"tag": "t"}"#), status: 400, text: "algorithmParameters is required" },
-        Case { name: "unknown algorithm", req: json_post(&format!("{base}/algorithm/v1/run/nope"), r#"{"algorithmParameters": {}}"#), status: 400, text: "No valid configuration found for: nope" },
-        Case { name: "wrong content type", req: http.post(&run_url).header("content-type", "text/plain").body("{}"), status: 415, text: "expected Content-Type: application/json" },
-        Case { name: "bad duration", req: json_post(&run_url, r#"{"algorithmParameters": {}, "payloadValidFor": "soon"}"#), status: 400, text: "'soon' is not a valid duration" },
-        Case { name: "invalid workgroup name", req: json_post(&run_url, r#"{"algorithmParameters": {}, "customConfiguration": {"workgroupRef": {"name": "Bad_Name"}}}"#), status: 400, text: "customConfiguration.workgroupRef.name" },
-        Case { name: "bad quantity", req: json_post(&run_url, r#"{"algorithmParameters": {}, "customConfiguration": {"computeResources": {"cpuLimit": "lots"}}}"#), status: 400, text: "'lots' is not a valid quantity" },
-        Case { name: "non-overridable field", req: json_post(&run_url, r#"{"algorithmParameters": {}, "customConfiguration": {"command": "rm"}}"#), status: 400, text: "cannot be overridden per run" },
-        Case { name: "unknown workgroup", req: json_post(&run_url, r#"{"algorithmParameters": {}, "customConfiguration": {"workgroupRef": {"name": "elsewhere"}}}"#), status: 400, text: "Cannot assign requested workgroup elsewhere" },
-        Case { name: "unknown parent", req: json_post(&run_url, &format!(r#"{{"algorithmParameters": {{}}, "parentRequest": {{"requestId": "{}", "algorithmName": "knapsack"}}}}"#, RunId::new())), status: 400, text: "parentRequest" },
-        Case { name: "invalid request id", req: http.get(format!("{base}/algorithm/v1/results/knapsack/requests/not-a-uuid")), status: 400, text: "not a valid request id" },
-        Case { name: "unknown run", req: http.get(format!("{base}/algorithm/v1/results/knapsack/requests/{}", RunId::new())), status: 404, text: "not found" },
-        Case { name: "unknown run metadata", req: http.get(format!("{base}/algorithm/v1/metadata/knapsack/requests/{}", RunId::new())), status: 404, text: "not found" },
-        Case { name: "unknown run buffer", req: http.get(format!("{base}/algorithm/v1/buffer/knapsack/requests/{}", RunId::new())), status: 404, text: "not found" },
-        Case { name: "unknown run payload", req: http.get(format!("{base}/algorithm/v1/payload/knapsack/requests/{}", RunId::new())), status: 404, text: "not found" },
-        Case { name: "unknown run cancel", req: json_post(&format!("{base}/algorithm/v1/cancel/knapsack/requests/{}", RunId::new()), "{}"), status: 404, text: "not found" },
+        Case {
+            name: "malformed json",
+            req: json_post(&run_url, "{nope"),
+            status: 400,
+            text: "Algorithm payload is invalid",
+        },
+        Case {
+            name: "wrong type",
+            req: json_post(&run_url, r#"{"algorithmParameters": {}, "tag": 5}"#),
+            status: 400,
+            text: "invalid type",
+        },
+        Case {
+            name: "missing parameters",
+            req: json_post(&run_url, r#"{"tag": "t"}"#),
+            status: 400,
+            text: "algorithmParameters is required",
+        },
+        Case {
+            name: "unknown algorithm",
+            req: json_post(
+                &format!("{base}/algorithm/v1/run/nope"),
+                r#"{"algorithmParameters": {}}"#,
+            ),
+            status: 400,
+            text: "No valid configuration found for: nope",
+        },
+        Case {
+            name: "wrong content type",
+            req: http
+                .post(&run_url)
+                .header("content-type", "text/plain")
+                .body("{}"),
+            status: 415,
+            text: "expected Content-Type: application/json",
+        },
+        Case {
+            name: "bad duration",
+            req: json_post(
+                &run_url,
+                r#"{"algorithmParameters": {}, "payloadValidFor": "soon"}"#,
+            ),
+            status: 400,
+            text: "'soon' is not a valid duration",
+        },
+        Case {
+            name: "invalid workgroup name",
+            req: json_post(
+                &run_url,
+                r#"{"algorithmParameters": {}, "customConfiguration": {"workgroupRef": {"name": "Bad_Name"}}}"#,
+            ),
+            status: 400,
+            text: "customConfiguration.workgroupRef.name",
+        },
+        Case {
+            name: "bad quantity",
+            req: json_post(
+                &run_url,
+                r#"{"algorithmParameters": {}, "customConfiguration": {"computeResources": {"cpuLimit": "lots"}}}"#,
+            ),
+            status: 400,
+            text: "'lots' is not a valid quantity",
+        },
+        Case {
+            name: "non-overridable field",
+            req: json_post(
+                &run_url,
+                r#"{"algorithmParameters": {}, "customConfiguration": {"command": "rm"}}"#,
+            ),
+            status: 400,
+            text: "cannot be overridden per run",
+        },
+        Case {
+            name: "unknown workgroup",
+            req: json_post(
+                &run_url,
+                r#"{"algorithmParameters": {}, "customConfiguration": {"workgroupRef": {"name": "elsewhere"}}}"#,
+            ),
+            status: 400,
+            text: "Cannot assign requested workgroup elsewhere",
+        },
+        Case {
+            name: "unknown parent",
+            req: json_post(
+                &run_url,
+                &format!(
+                    r#"{{"algorithmParameters": {{}}, "parentRequest": {{"requestId": "{}", "algorithmName": "knapsack"}}}}"#,
+                    RunId::new()
+                ),
+            ),
+            status: 400,
+            text: "parentRequest",
+        },
+        Case {
+            name: "invalid request id",
+            req: http.get(format!(
+                "{base}/algorithm/v1/results/knapsack/requests/not-a-uuid"
+            )),
+            status: 400,
+            text: "not a valid request id",
+        },
+        Case {
+            name: "unknown run",
+            req: http.get(format!(
+                "{base}/algorithm/v1/results/knapsack/requests/{}",
+                RunId::new()
+            )),
+            status: 404,
+            text: "not found",
+        },
+        Case {
+            name: "unknown run metadata",
+            req: http.get(format!(
+                "{base}/algorithm/v1/metadata/knapsack/requests/{}",
+                RunId::new()
+            )),
+            status: 404,
+            text: "not found",
+        },
+        Case {
+            name: "unknown run buffer",
+            req: http.get(format!(
+                "{base}/algorithm/v1/buffer/knapsack/requests/{}",
+                RunId::new()
+            )),
+            status: 404,
+            text: "not found",
+        },
+        Case {
+            name: "unknown run payload",
+            req: http.get(format!(
+                "{base}/algorithm/v1/payload/knapsack/requests/{}",
+                RunId::new()
+            )),
+            status: 404,
+            text: "not found",
+        },
+        Case {
+            name: "unknown run cancel",
+            req: json_post(
+                &format!(
+                    "{base}/algorithm/v1/cancel/knapsack/requests/{}",
+                    RunId::new()
+                ),
+                "{}",
+            ),
+            status: 404,
+            text: "not found",
+        },
     ];
     for c in cases {
         let r = c.req.send().await.unwrap();
         let status = r.status().as_u16();
-        let ct = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        let ct = r
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
         let body = r.text().await.unwrap();
         assert_eq!(status, c.status, "{}: {body}", c.name);
-        assert!(ct.starts_with("text/plain"), "{}: content-type {ct}", c.name);
-        assert!(body.contains(c.text), "{}: body '{body}' lacks '{}'", c.name, c.text);
+        assert!(
+            ct.starts_with("text/plain"),
+            "{}: content-type {ct}",
+            c.name
+        );
+        assert!(
+            body.contains(c.text),
+            "{}: body '{body}' lacks '{}'",
+            c.name,
+            c.text
+        );
     }
 
     // Oversize body: the server answers 413 from the declared length, without reading the body
@@ -73,31 +222,53 @@ async fn bad_input_table() {
         );
         sock.write_all(head.as_bytes()).await.unwrap();
         let mut buf = vec![0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(10), sock.read(&mut buf)).await.unwrap().unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(10), sock.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         let resp = String::from_utf8_lossy(&buf[..n]);
         assert!(resp.starts_with("HTTP/1.1 413"), "oversize body: {resp}");
     }
 
     // Errors as problem+json when the client asks for JSON.
-    let r = json_post(&format!("{base}/algorithm/v1/run/nope"), r#"{"algorithmParameters": {}}"#)
-        .header("accept", "application/json")
-        .send()
-        .await
-        .unwrap();
+    let r = json_post(
+        &format!("{base}/algorithm/v1/run/nope"),
+        r#"{"algorithmParameters": {}}"#,
+    )
+    .header("accept", "application/json")
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
     let p: serde_json::Value = r.json().await.unwrap();
     assert_eq!(p["status"], 400);
-    assert!(p["detail"].as_str().unwrap().contains("No valid configuration found for: nope"));
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("No valid configuration found for: nope")
+    );
 
     // Cancellation policy message matches the reference.
-    let id = submit(&http, &base, "chaos", json!({"mode": "sleep", "seconds": 2})).await;
-    let r = json_post(&format!("{base}/algorithm/v1/cancel/chaos/requests/{id}"), r#"{"cancellationPolicy": "Sideways"}"#)
-        .send()
-        .await
-        .unwrap();
+    let id = submit(
+        &http,
+        &base,
+        "chaos",
+        json!({"mode": "sleep", "seconds": 2}),
+    )
+    .await;
+    let r = json_post(
+        &format!("{base}/algorithm/v1/cancel/chaos/requests/{id}"),
+        r#"{"cancellationPolicy": "Sideways"}"#,
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), 400);
-    assert!(r.text().await.unwrap().contains("invalid CancellationPolicy: 'Sideways', accepted values: Orphan, Foreground or Background"));
+    assert!(r.text().await.unwrap().contains(
+        "invalid CancellationPolicy: 'Sideways', accepted values: Orphan, Foreground or Background"
+    ));
 
     // Completion tokens.
     let key = std::fs::read(data.path().join("signing.key")).unwrap();
@@ -113,20 +284,80 @@ async fn bad_input_table() {
         .await
         .unwrap();
     let done_id: RunId = dry["requestId"].as_str().unwrap().parse().unwrap();
-    let complete_url = |alg: &str, id: &RunId| format!("{base}/algorithm/v1/complete/{alg}/requests/{id}");
+    let complete_url =
+        |alg: &str, id: &RunId| format!("{base}/algorithm/v1/complete/{alg}/requests/{id}");
     let unknown = RunId::new();
     let token_cases = vec![
-        ("missing token", None, done_id, r#"{"resultUri": "x"}"#, 401, "missing run token"),
-        ("forged token", Some(other.run_token(done_id, now_secs() + 600)), done_id, r#"{"resultUri": "x"}"#, 401, "run token refused"),
-        ("expired token", Some(signer.run_token(done_id, now_secs() - 5)), done_id, r#"{"resultUri": "x"}"#, 401, "expired"),
-        ("token of another run", Some(signer.run_token(unknown, now_secs() + 600)), done_id, r#"{"resultUri": "x"}"#, 401, "run token refused"),
-        ("garbage token", Some("v1.abc.def".to_owned()), done_id, r#"{"resultUri": "x"}"#, 401, "run token refused"),
-        ("unknown run", Some(signer.run_token(unknown, now_secs() + 600)), unknown, r#"{"resultUri": "x"}"#, 404, "not found"),
-        ("terminal run", Some(signer.run_token(done_id, now_secs() + 600)), done_id, r#"{"resultUri": "x"}"#, 409, "already finished as COMPLETED"),
-        ("malformed result", Some(signer.run_token(done_id, now_secs() + 600)), done_id, r#"{"resultUri": 5}"#, 400, "Submitted result is invalid"),
+        (
+            "missing token",
+            None,
+            done_id,
+            r#"{"resultUri": "x"}"#,
+            401,
+            "missing run token",
+        ),
+        (
+            "forged token",
+            Some(other.run_token(done_id, now_secs() + 600)),
+            done_id,
+            r#"{"resultUri": "x"}"#,
+            401,
+            "run token refused",
+        ),
+        (
+            "expired token",
+            Some(signer.run_token(done_id, now_secs() - 5)),
+            done_id,
+            r#"{"resultUri": "x"}"#,
+            401,
+            "expired",
+        ),
+        (
+            "token of another run",
+            Some(signer.run_token(unknown, now_secs() + 600)),
+            done_id,
+            r#"{"resultUri": "x"}"#,
+            401,
+            "run token refused",
+        ),
+        (
+            "garbage token",
+            Some("v1.abc.def".to_owned()),
+            done_id,
+            r#"{"resultUri": "x"}"#,
+            401,
+            "run token refused",
+        ),
+        (
+            "unknown run",
+            Some(signer.run_token(unknown, now_secs() + 600)),
+            unknown,
+            r#"{"resultUri": "x"}"#,
+            404,
+            "not found",
+        ),
+        (
+            "terminal run",
+            Some(signer.run_token(done_id, now_secs() + 600)),
+            done_id,
+            r#"{"resultUri": "x"}"#,
+            409,
+            "already finished as COMPLETED",
+        ),
+        (
+            "malformed result",
+            Some(signer.run_token(done_id, now_secs() + 600)),
+            done_id,
+            r#"{"resultUri": 5}"#,
+            400,
+            "Submitted result is invalid",
+        ),
     ];
     for (name, token, id, body, status, text) in token_cases {
-        let mut req = http.post(complete_url("knapsack", &id)).header("content-type", "application/json").body(body);
+        let mut req = http
+            .post(complete_url("knapsack", &id))
+            .header("content-type", "application/json")
+            .body(body);
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -137,27 +368,71 @@ async fn bad_input_table() {
         assert!(b.contains(text), "{name}: '{b}' lacks '{text}'");
     }
     // Nothing changed on the finished run.
-    let r = wait_terminal(&http, &base, "knapsack", &done_id.to_string(), Duration::from_secs(1)).await;
+    let r = wait_terminal(
+        &http,
+        &base,
+        "knapsack",
+        &done_id.to_string(),
+        Duration::from_secs(1),
+    )
+    .await;
     assert_eq!(r["status"], "COMPLETED");
 
     // Forged and expired URL signatures.
-    let r = http.get(format!("{base}/algorithm/v1/payload/knapsack/requests/{done_id}")).send().await.unwrap();
+    let r = http
+        .get(format!(
+            "{base}/algorithm/v1/payload/knapsack/requests/{done_id}"
+        ))
+        .send()
+        .await
+        .unwrap();
     let signed = r.url().to_string();
-    assert_eq!(r.status(), 200, "the payload redirect is followed to the signed URL");
+    assert_eq!(
+        r.status(),
+        200,
+        "the payload redirect is followed to the signed URL"
+    );
     let forged = signed.replace(&done_id.to_string(), &RunId::new().to_string());
     assert_eq!(http.get(&forged).send().await.unwrap().status(), 403);
     let path = format!("/data/v1/payloads/knapsack/{done_id}");
-    let expired = format!("{base}{path}?{}", signer.sign_url("GET", &path, now_secs() - 1));
+    let expired = format!(
+        "{base}{path}?{}",
+        signer.sign_url("GET", &path, now_secs() - 1)
+    );
     let r = http.get(&expired).send().await.unwrap();
     assert_eq!(r.status(), 403);
     assert!(r.text().await.unwrap().contains("expired"));
     let unsigned = format!("{base}/data/v1/objects/results/knapsack/{done_id}");
-    assert_eq!(http.put(&unsigned).body("x").send().await.unwrap().status(), 403);
+    assert_eq!(
+        http.put(&unsigned).body("x").send().await.unwrap().status(),
+        403
+    );
 
     // Still healthy.
-    assert_eq!(http.get(format!("{base}/health/livez")).send().await.unwrap().status(), 200);
-    assert_eq!(http.get(format!("{base}/health/readyz")).send().await.unwrap().status(), 200);
-    let m = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(
+        http.get(format!("{base}/health/livez"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        http.get(format!("{base}/health/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let m = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(m.contains("nexus_scheduler_requests_rejected_total"), "{m}");
     h.stop().await;
 }

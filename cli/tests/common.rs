@@ -10,7 +10,10 @@ use nexus_cli::standalone::{Handle, start};
 /// Returns target/<profile>, where cargo puts the `nexus` and `nexus-demo` binaries.
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    exe.parent().and_then(Path::parent).expect("target/<profile>/deps/..").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/..")
+        .to_path_buf()
 }
 
 /// Returns the directory holding `nexus-demo`, building it when `cargo test` was run for this
@@ -25,7 +28,11 @@ pub fn demo_dir() -> PathBuf {
             .expect("run cargo build for the demo algorithm");
         assert!(st.success(), "building nexus-demo failed");
     }
-    assert!(dir.join("nexus-demo").exists(), "nexus-demo not found in {}", dir.display());
+    assert!(
+        dir.join("nexus-demo").exists(),
+        "nexus-demo not found in {}",
+        dir.display()
+    );
     dir
 }
 
@@ -36,9 +43,11 @@ pub fn templates() -> PathBuf {
 
 /// Starts standalone Nexus in-process on a free loopback port with a fresh data directory.
 pub async fn start_standalone(data: &Path) -> Handle {
-    let mut c = StandaloneConfig::default();
-    c.data_dir = data.to_path_buf();
-    c.templates_dir = templates();
+    let mut c = StandaloneConfig {
+        data_dir: data.to_path_buf(),
+        templates_dir: templates(),
+        ..StandaloneConfig::default()
+    };
     c.executor.extra_path = vec![demo_dir()];
     c.scheduler.retry_base_delay = Duration::from_millis(20);
     c.scheduler.drain_grace = Duration::from_millis(200);
@@ -47,7 +56,13 @@ pub async fn start_standalone(data: &Path) -> Handle {
 }
 
 /// Polls `GET results` until the run is terminal; panics after `limit`.
-pub async fn wait_terminal(http: &reqwest::Client, base: &str, alg: &str, id: &str, limit: Duration) -> serde_json::Value {
+pub async fn wait_terminal(
+    http: &reqwest::Client,
+    base: &str,
+    alg: &str,
+    id: &str,
+    limit: Duration,
+) -> serde_json::Value {
     let deadline = Instant::now() + limit;
     loop {
         let r: serde_json::Value = http
@@ -59,16 +74,31 @@ pub async fn wait_terminal(http: &reqwest::Client, base: &str, alg: &str, id: &s
             .await
             .unwrap();
         let st = r["status"].as_str().unwrap_or_default().to_owned();
-        if ["COMPLETED", "FAILED", "SCHEDULING_FAILED", "DEADLINE_EXCEEDED", "CANCELLED"].contains(&st.as_str()) {
+        if [
+            "COMPLETED",
+            "FAILED",
+            "SCHEDULING_FAILED",
+            "DEADLINE_EXCEEDED",
+            "CANCELLED",
+        ]
+        .contains(&st.as_str())
+        {
             return r;
         }
-        assert!(Instant::now() < deadline, "run {id} still {st} after {limit:?}");
+        assert!(
+            Instant::now() < deadline,
+            "run {id} still {st} after {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 /// Polls until `cond` holds; panics after `limit`.
-pub async fn eventually<F: FnMut() -> Fut, Fut: std::future::Future<Output = bool>>(limit: Duration, what: &str, mut cond: F) {
+pub async fn eventually<F: FnMut() -> Fut, Fut: std::future::Future<Output = bool>>(
+    limit: Duration,
+    what: &str,
+    mut cond: F,
+) {
     let deadline = Instant::now() + limit;
     while !cond().await {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
@@ -77,7 +107,12 @@ pub async fn eventually<F: FnMut() -> Fut, Fut: std::future::Future<Output = boo
 }
 
 /// Submits a run and returns its id.
-pub async fn submit(http: &reqwest::Client, base: &str, alg: &str, params: serde_json::Value) -> String {
+pub async fn submit(
+    http: &reqwest::Client,
+    base: &str,
+    alg: &str,
+    params: serde_json::Value,
+) -> String {
     let r = http
         .post(format!("{base}/algorithm/v1/run/{alg}"))
         .json(&serde_json::json!({ "algorithmParameters": params }))

@@ -11,9 +11,18 @@ use serde_json::json;
 
 fn spawn_nexus(data: &std::path::Path, port: u16) -> Child {
     let cfg = data.join("nexus.yaml");
-    std::fs::write(&cfg, format!("executor:\n  extra_path: [\"{}\"]\n", demo_dir().display())).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("executor:\n  extra_path: [\"{}\"]\n", demo_dir().display()),
+    )
+    .unwrap();
     Command::new(env!("CARGO_BIN_EXE_nexus"))
-        .args(["standalone", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+        .args([
+            "standalone",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data",
+        ])
         .arg(data)
         .arg("--templates")
         .arg(templates())
@@ -38,7 +47,11 @@ async fn ready(http: &reqwest::Client, base: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_no_accepted_run() {
     let data = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     let mut nexus = spawn_nexus(data.path(), port);
@@ -54,8 +67,11 @@ async fn kill_9_loses_no_accepted_run() {
         let alg = if i % 2 == 0 { "chaos" } else { "knapsack" };
         ids.push((alg, submit(&http, &base, alg, params).await));
     }
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(nexus.id()).unwrap()), nix::sys::signal::Signal::SIGKILL)
-        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(nexus.id()).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     nexus.wait().unwrap();
 
     let mut nexus = spawn_nexus(data.path(), port);
@@ -68,10 +84,17 @@ async fn kill_9_loses_no_accepted_run() {
         } else {
             // Only runs whose process was lost with the killed nexus may fail, and they say so.
             assert_eq!(r["status"], "FAILED", "{r}");
-            assert!(r["runErrorMessage"].as_str().unwrap().contains("lost"), "{r}");
+            assert!(
+                r["runErrorMessage"].as_str().unwrap().contains("lost"),
+                "{r}"
+            );
         }
     }
-    assert!(completed >= ids.len() - 4, "runs waiting in the queue are recovered and completed: {completed}/{}", ids.len());
+    assert!(
+        completed >= ids.len() - 4,
+        "runs waiting in the queue are recovered and completed: {completed}/{}",
+        ids.len()
+    );
     nexus.kill().unwrap();
     nexus.wait().unwrap();
 }

@@ -12,8 +12,10 @@ async fn knapsack_completes_and_result_is_downloadable() {
     let data = tempfile::tempdir().unwrap();
     let h = start_standalone(data.path()).await;
     let http = reqwest::Client::new();
-    let params: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(templates().join("../payloads/knapsack.json")).unwrap()).unwrap();
+    let params: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(templates().join("../payloads/knapsack.json")).unwrap(),
+    )
+    .unwrap();
     let id = submit(&http, &h.url, "knapsack", params).await;
     let r = wait_terminal(&http, &h.url, "knapsack", &id, Duration::from_secs(60)).await;
     assert_eq!(r["status"], "COMPLETED", "{r}");
@@ -28,16 +30,33 @@ async fn knapsack_completes_and_result_is_downloadable() {
     let md_url = format!("{}/algorithm/v1/metadata/knapsack/requests/{id}", h.url);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let md: serde_json::Value = loop {
-        let md: serde_json::Value = http.get(&md_url).send().await.unwrap().json().await.unwrap();
+        let md: serde_json::Value = http
+            .get(&md_url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if md["logsUri"].is_string() {
             break md;
         }
-        assert!(std::time::Instant::now() < deadline, "logs never linked: {md}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "logs never linked: {md}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(md["attempts"], 1);
     let logs_uri = md["logsUri"].as_str().unwrap();
-    let logs = http.get(logs_uri).send().await.unwrap().text().await.unwrap();
+    let logs = http
+        .get(logs_uri)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(!logs.is_empty());
     h.stop().await;
 }
@@ -48,12 +67,28 @@ async fn failure_demos_end_with_their_causes() {
     let h = start_standalone(data.path()).await;
     let http = reqwest::Client::new();
     let cases = [
-        (json!({"mode": "exit", "code": 2}), "FAILED", "fatalExitCodes"),
-        (json!({"mode": "exit", "code": 3}), "FAILED", "exited with code 3"),
-        (json!({"mode": "sleep", "seconds": 30}), "DEADLINE_EXCEEDED", "max allowed run time"),
+        (
+            json!({"mode": "exit", "code": 2}),
+            "FAILED",
+            "fatalExitCodes",
+        ),
+        (
+            json!({"mode": "exit", "code": 3}),
+            "FAILED",
+            "exited with code 3",
+        ),
+        (
+            json!({"mode": "sleep", "seconds": 30}),
+            "DEADLINE_EXCEEDED",
+            "max allowed run time",
+        ),
         (json!({"mode": "crash"}), "FAILED", "SIGABRT"),
         (json!({"mode": "error"}), "FAILED", "demo failure requested"),
-        (json!({"mode": "no-complete"}), "FAILED", "without reporting a result"),
+        (
+            json!({"mode": "no-complete"}),
+            "FAILED",
+            "without reporting a result",
+        ),
     ];
     let mut ids = Vec::new();
     for (p, _, _) in &cases {
@@ -63,7 +98,10 @@ async fn failure_demos_end_with_their_causes() {
         let r = wait_terminal(&http, &h.url, "chaos", id, Duration::from_secs(60)).await;
         assert_eq!(r["status"], *stage, "{p}: {r}");
         let md: serde_json::Value = http
-            .get(format!("{}/algorithm/v1/metadata/chaos/requests/{id}", h.url))
+            .get(format!(
+                "{}/algorithm/v1/metadata/chaos/requests/{id}",
+                h.url
+            ))
             .send()
             .await
             .unwrap()
@@ -75,7 +113,13 @@ async fn failure_demos_end_with_their_causes() {
         assert!(!r["runErrorMessage"].as_str().unwrap().is_empty());
     }
     // Retries: flaky succeeds on its third attempt.
-    let id = submit(&http, &h.url, "chaos", json!({"mode": "flaky", "failUntilAttempt": 3})).await;
+    let id = submit(
+        &http,
+        &h.url,
+        "chaos",
+        json!({"mode": "flaky", "failUntilAttempt": 3}),
+    )
+    .await;
     let r = wait_terminal(&http, &h.url, "chaos", &id, Duration::from_secs(60)).await;
     assert_eq!(r["status"], "COMPLETED", "{r}");
     h.stop().await;
@@ -86,15 +130,31 @@ async fn cancelling_a_running_run_kills_it() {
     let data = tempfile::tempdir().unwrap();
     let h = start_standalone(data.path()).await;
     let http = reqwest::Client::new();
-    let id = submit(&http, &h.url, "chaos", json!({"mode": "sleep", "seconds": 4})).await;
+    let id = submit(
+        &http,
+        &h.url,
+        "chaos",
+        json!({"mode": "sleep", "seconds": 4}),
+    )
+    .await;
     let md_url = format!("{}/algorithm/v1/metadata/chaos/requests/{id}", h.url);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let pid = loop {
-        let md: serde_json::Value = http.get(&md_url).send().await.unwrap().json().await.unwrap();
+        let md: serde_json::Value = http
+            .get(&md_url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if md["stage"] == "RUNNING" {
             break md["executorRef"].as_str().unwrap_or_default().to_owned();
         }
-        assert!(std::time::Instant::now() < deadline, "run never started: {md}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "run never started: {md}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let r = http
@@ -109,7 +169,8 @@ async fn cancelling_a_running_run_kills_it() {
     assert_eq!(r["runErrorMessage"], "Cancelled by 'e2e'");
     eventually(Duration::from_secs(2), "process killed", || {
         let gone = !std::path::Path::new(&format!("/proc/{pid}")).exists()
-            || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "));
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z "));
         async move { gone }
     })
     .await;

@@ -38,29 +38,43 @@ impl Catalog {
     /// Returns a catalog holding `snapshot`.
     #[must_use]
     pub fn new(snapshot: Snapshot) -> Self {
-        Self { inner: Arc::new(RwLock::new(Arc::new(snapshot))) }
+        Self {
+            inner: Arc::new(RwLock::new(Arc::new(snapshot))),
+        }
     }
 
     /// Returns the current snapshot.
     #[must_use]
     pub fn snapshot(&self) -> Arc<Snapshot> {
         // A poisoned lock only means a writer panicked mid-swap of an Arc: the value is intact.
-        self.inner.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.inner
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Replaces the snapshot.
     pub fn replace(&self, snapshot: Snapshot) {
-        *self.inner.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(snapshot);
+        *self
+            .inner
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(snapshot);
     }
 }
 
 fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>, CatalogError> {
-    let rd = std::fs::read_dir(dir)
-        .map_err(|e| CatalogError(vec![format!("{}: cannot read the templates directory: {e}", dir.display())]))?;
+    let rd = std::fs::read_dir(dir).map_err(|e| {
+        CatalogError(vec![format!(
+            "{}: cannot read the templates directory: {e}",
+            dir.display()
+        )])
+    })?;
     let mut files: Vec<PathBuf> = rd
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .filter(|p| {
+            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+        })
         .collect();
     files.sort();
     Ok(files)
@@ -85,7 +99,11 @@ pub fn load_dir(dir: &Path) -> Result<Snapshot, CatalogError> {
             }
         };
         for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-            let at = if i == 0 { fname.clone() } else { format!("{fname} (document {})", i + 1) };
+            let at = if i == 0 {
+                fname.clone()
+            } else {
+                format!("{fname} (document {})", i + 1)
+            };
             let value = match serde_yaml::Value::deserialize(doc) {
                 Ok(serde_yaml::Value::Null) => continue,
                 Ok(v) => v,
@@ -95,14 +113,23 @@ pub fn load_dir(dir: &Path) -> Result<Snapshot, CatalogError> {
                     break;
                 }
             };
-            let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_owned();
+            let kind = value
+                .get("kind")
+                .and_then(|k| k.as_str())
+                .unwrap_or_default()
+                .to_owned();
             let (name, result) = match kind.as_str() {
-                TEMPLATE_KIND => parse_and_insert(value, &mut snap.templates, AlgorithmTemplate::validate, |t| {
-                    t.metadata.name.clone()
-                }),
-                WORKGROUP_KIND => parse_and_insert(value, &mut snap.workgroups, Workgroup::validate, |w| {
-                    w.metadata.name.clone()
-                }),
+                TEMPLATE_KIND => parse_and_insert(
+                    value,
+                    &mut snap.templates,
+                    AlgorithmTemplate::validate,
+                    |t| t.metadata.name.clone(),
+                ),
+                WORKGROUP_KIND => {
+                    parse_and_insert(value, &mut snap.workgroups, Workgroup::validate, |w| {
+                        w.metadata.name.clone()
+                    })
+                }
                 other => (
                     String::new(),
                     Err(format!(
@@ -114,24 +141,37 @@ pub fn load_dir(dir: &Path) -> Result<Snapshot, CatalogError> {
                 Err(e) => errors.push(format!("{at}: {e}")),
                 Ok(()) => {
                     if let Some(prev) = origin.insert((kind.clone(), name.clone()), at.clone()) {
-                        errors.push(format!("{at}: {kind} '{name}' is already defined in {prev}"));
+                        errors.push(format!(
+                            "{at}: {kind} '{name}' is already defined in {prev}"
+                        ));
                     }
                 }
             }
         }
     }
     for t in snap.templates.values() {
-        if let Some(wg) = t.spec.workgroup_name() {
-            if !snap.workgroups.contains_key(wg) {
-                let at = origin.get(&(TEMPLATE_KIND.to_owned(), t.metadata.name.clone())).cloned().unwrap_or_default();
-                errors.push(format!(
-                    "{at}: spec.workgroupRef.name: workgroup '{wg}' is not defined (known: {})",
-                    snap.workgroups.keys().cloned().collect::<Vec<_>>().join(", ")
-                ));
-            }
+        if let Some(wg) = t.spec.workgroup_name()
+            && !snap.workgroups.contains_key(wg)
+        {
+            let at = origin
+                .get(&(TEMPLATE_KIND.to_owned(), t.metadata.name.clone()))
+                .cloned()
+                .unwrap_or_default();
+            errors.push(format!(
+                "{at}: spec.workgroupRef.name: workgroup '{wg}' is not defined (known: {})",
+                snap.workgroups
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
         }
     }
-    if errors.is_empty() { Ok(snap) } else { Err(CatalogError(errors)) }
+    if errors.is_empty() {
+        Ok(snap)
+    } else {
+        Err(CatalogError(errors))
+    }
 }
 
 fn parse_and_insert<T: serde::de::DeserializeOwned>(
@@ -187,7 +227,9 @@ pub async fn watch_dir(
             () = tokio::time::sleep(interval) => {}
         }
         let dir2 = dir.clone();
-        let Ok(now) = tokio::task::spawn_blocking(move || fingerprint(&dir2)).await else { continue };
+        let Ok(now) = tokio::task::spawn_blocking(move || fingerprint(&dir2)).await else {
+            continue;
+        };
         if now == last {
             continue;
         }
@@ -198,7 +240,9 @@ pub async fn watch_dir(
                 tracing::info!(templates = snap.templates.len(), workgroups = snap.workgroups.len(), dir = %dir.display(), "templates reloaded");
                 catalog.replace(snap);
             }
-            Ok(Err(e)) => tracing::error!(dir = %dir.display(), "templates not reloaded, keeping the previous set: {e}"),
+            Ok(Err(e)) => {
+                tracing::error!(dir = %dir.display(), "templates not reloaded, keeping the previous set: {e}")
+            }
             Err(e) => tracing::error!("template reload task failed: {e}"),
         }
     }
@@ -225,8 +269,12 @@ mod tests {
     fn errors_name_file_and_field() {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("wg.yaml"), WG).unwrap();
-        std::fs::write(d.path().join("bad.yaml"), T.replace("command: echo", "command: ''").replace("local}", "nowhere}"))
-            .unwrap();
+        std::fs::write(
+            d.path().join("bad.yaml"),
+            T.replace("command: echo", "command: ''")
+                .replace("local}", "nowhere}"),
+        )
+        .unwrap();
         std::fs::write(d.path().join("typo.yml"), "kind: NexusAlgorithmTemplat\n").unwrap();
         std::fs::write(d.path().join("broken.yaml"), "kind: [").unwrap();
         let e = load_dir(d.path()).unwrap_err().to_string();
@@ -249,7 +297,12 @@ mod tests {
         std::fs::write(d.path().join("wg.yaml"), WG).unwrap();
         let cat = Catalog::new(load_dir(d.path()).unwrap());
         let stop = tokio_util::sync::CancellationToken::new();
-        let h = tokio::spawn(watch_dir(cat.clone(), d.path().to_owned(), Duration::from_millis(20), stop.clone()));
+        let h = tokio::spawn(watch_dir(
+            cat.clone(),
+            d.path().to_owned(),
+            Duration::from_millis(20),
+            stop.clone(),
+        ));
         std::fs::write(d.path().join("t.yaml"), T).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !cat.snapshot().templates.contains_key("hello") {
@@ -258,7 +311,10 @@ mod tests {
         }
         std::fs::write(d.path().join("t.yaml"), "kind: [").unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(cat.snapshot().templates.contains_key("hello"), "bad reload must keep the old set");
+        assert!(
+            cat.snapshot().templates.contains_key("hello"),
+            "bad reload must keep the old set"
+        );
         stop.cancel();
         h.await.unwrap();
     }

@@ -46,6 +46,9 @@ impl ErrorKind {
     /// Returns true when retrying the same call later may succeed.
     #[must_use]
     pub fn is_retryable(self) -> bool {
-        matches!(self, ErrorKind::Unavailable | ErrorKind::Timeout | ErrorKind::ResourceExhausted)
+        matches!(
+            self,
+            ErrorKind::Unavailable | ErrorKind::Timeout | ErrorKind::ResourceExhausted
+        )
     }
 }

@@ -26,7 +26,7 @@ pub mod local;
 pub mod test_suite;
 
 pub use fake::RecordingExecutor;
-pub use local::{LocalProcessExecutor, LocalExecutorConfig};
+pub use local::{LocalExecutorConfig, LocalProcessExecutor};
 
 /// Everything an executor needs to launch one run (already rendered: no templating left).
 #[derive(Debug, Clone, PartialEq)]
@@ -131,7 +131,10 @@ pub struct ExecutorError {
 impl ExecutorError {
     /// Builds an error.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self {
+            kind,
+            message: message.into(),
+        }
     }
 }
 

@@ -30,7 +30,11 @@ pub struct ApiError {
 impl ApiError {
     /// Builds an error with a status.
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self { status, message: message.into(), retry_after: None }
+        Self {
+            status,
+            message: message.into(),
+            retry_after: None,
+        }
     }
     /// 400.
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -50,7 +54,8 @@ impl ApiError {
     }
     /// Maps an error kind through the one kind → status table.
     pub fn from_kind(kind: ErrorKind, message: impl Into<String>) -> Self {
-        let status = StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut e = Self::new(status, message);
         if kind.is_retryable() {
             e.retry_after = Some(1);
@@ -61,9 +66,15 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut r = (self.status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], self.message).into_response();
+        let mut r = (
+            self.status,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            self.message,
+        )
+            .into_response();
         if let Some(s) = self.retry_after {
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         r
     }
@@ -98,7 +109,10 @@ pub async fn negotiate_errors(req: Request, next: Next) -> Response {
         "detail": detail,
         "instance": instance,
     });
-    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, Body::from(problem.to_string()))
 }
@@ -121,17 +135,22 @@ impl Readiness {
 
 /// Returns the `/health/livez` and `/health/readyz` routes.
 pub fn health_routes(ready: Readiness) -> axum::Router {
-    axum::Router::new().route("/health/livez", axum::routing::get(|| async { "ok" })).route(
-        "/health/readyz",
-        axum::routing::get(move || {
-            let ready = ready.clone();
-            async move {
-                if ready.is_ready() {
-                    (StatusCode::OK, "ready")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "not ready: starting or shutting down")
+    axum::Router::new()
+        .route("/health/livez", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/health/readyz",
+            axum::routing::get(move || {
+                let ready = ready.clone();
+                async move {
+                    if ready.is_ready() {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "not ready: starting or shutting down",
+                        )
+                    }
                 }
-            }
-        }),
-    )
+            }),
+        )
 }

@@ -34,7 +34,9 @@ pub fn render_args(args: &[String], payload_url: &str, request_id: &str) -> Vec<
         .map(|a| match a.as_str() {
             "--sas-uri=%s" => format!("--sas-uri={payload_url}"),
             "--request-id=%s" => format!("--request-id={request_id}"),
-            _ => a.replace("{payload_uri}", payload_url).replace("{request_id}", request_id),
+            _ => a
+                .replace("{payload_uri}", payload_url)
+                .replace("{request_id}", request_id),
         })
         .collect()
 }
@@ -44,11 +46,21 @@ pub fn render_args(args: &[String], payload_url: &str, request_id: &str) -> Vec<
 /// # Errors
 /// Returns a message when the template uses something the local executor cannot honour
 /// (`valueFrom` environment variables).
-pub fn launch_spec(run: &Run, workgroup: &WorkgroupSpec, ctx: &LaunchContext<'_>) -> Result<LaunchSpec, String> {
+pub fn launch_spec(
+    run: &Run,
+    workgroup: &WorkgroupSpec,
+    ctx: &LaunchContext<'_>,
+) -> Result<LaunchSpec, String> {
     let spec = &run.applied_configuration;
     let id = run.id.to_string();
-    let mut parts = spec.command.split(' ').filter(|s| !s.is_empty()).map(str::to_owned);
-    let command = parts.next().ok_or_else(|| "spec.command is empty".to_owned())?;
+    let mut parts = spec
+        .command
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned);
+    let command = parts
+        .next()
+        .ok_or_else(|| "spec.command is empty".to_owned())?;
     let mut args: Vec<String> = parts.collect();
     args.extend(render_args(&spec.args, ctx.payload_url, &id));
     let mut envs: Vec<(String, String)> = Vec::new();
@@ -97,11 +109,25 @@ mod tests {
 
     #[test]
     fn placeholders_are_explicit() {
-        let args: Vec<String> =
-            ["main.py", "--sas-uri=%s", "--request-id=%s", "--note=request-id", "in={payload_uri}&id={request_id}"]
-                .map(String::from)
-                .to_vec();
+        let args: Vec<String> = [
+            "main.py",
+            "--sas-uri=%s",
+            "--request-id=%s",
+            "--note=request-id",
+            "in={payload_uri}&id={request_id}",
+        ]
+        .map(String::from)
+        .to_vec();
         let r = render_args(&args, "http://u", "42");
-        assert_eq!(r, ["main.py", "--sas-uri=http://u", "--request-id=42", "--note=request-id", "in=http://u&id=42"]);
+        assert_eq!(
+            r,
+            [
+                "main.py",
+                "--sas-uri=http://u",
+                "--request-id=42",
+                "--note=request-id",
+                "in=http://u&id=42"
+            ]
+        );
     }
 }

@@ -54,7 +54,9 @@ pub type Millis = i64;
 /// Returns the current wall-clock time in milliseconds since the Unix epoch.
 #[must_use]
 pub fn now_millis() -> Millis {
-    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
@@ -273,7 +275,10 @@ impl Run {
     /// Returns this run as a parent reference.
     #[must_use]
     pub fn as_ref(&self) -> RunRef {
-        RunRef { request_id: self.id, algorithm_name: self.algorithm.clone() }
+        RunRef {
+            request_id: self.id,
+            algorithm_name: self.algorithm.clone(),
+        }
     }
 }
 
@@ -398,7 +403,10 @@ mod tests {
     fn terminal_stages_are_never_left() {
         for from in Stage::ALL.into_iter().filter(|s| s.is_terminal()) {
             for to in Stage::ALL {
-                assert!(!from.can_transition_to(to), "{from} -> {to} must be illegal");
+                assert!(
+                    !from.can_transition_to(to),
+                    "{from} -> {to} must be illegal"
+                );
             }
         }
     }
@@ -422,7 +430,10 @@ mod tests {
     fn stage_names_round_trip() {
         for s in Stage::ALL {
             assert_eq!(s.as_str().parse::<Stage>().unwrap(), s);
-            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{}\"", s.as_str()));
+            assert_eq!(
+                serde_json::to_string(&s).unwrap(),
+                format!("\"{}\"", s.as_str())
+            );
         }
         assert!("nope".parse::<Stage>().unwrap_err().contains("BUFFERED"));
     }

@@ -36,7 +36,10 @@ pub struct ShardError {
 impl ShardError {
     /// Builds an error.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self {
+            kind,
+            message: message.into(),
+        }
     }
 }
 
@@ -73,7 +76,9 @@ struct RecordingState {
 impl RecordingShard {
     fn state(&self) -> std::sync::MutexGuard<'_, RecordingState> {
         // Every mutation is a single push/pop: a poisoned lock still holds consistent data.
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Makes the next submissions fail, one per kind, in order.
@@ -126,12 +131,31 @@ pub mod test_suite {
     /// # Panics
     /// When the shard breaks the contract.
     pub async fn run_all(shard: &dyn Shard, run: Run) {
-        let d = Dispatch { run: run.clone(), workgroup: WorkgroupSpec { cluster: run.shard.clone(), ..Default::default() }, payload_url: "http://127.0.0.1:1/p".into() };
+        let d = Dispatch {
+            run: run.clone(),
+            workgroup: WorkgroupSpec {
+                cluster: run.shard.clone(),
+                ..Default::default()
+            },
+            payload_url: "http://127.0.0.1:1/p".into(),
+        };
         shard.submit(d.clone()).await.expect("first submit");
-        shard.submit(d).await.expect("submit is idempotent per run id");
-        shard.cancel(run.id, CancellationPolicy::Background).await.expect("cancel");
-        shard.cancel(run.id, CancellationPolicy::Background).await.expect("cancel is idempotent");
-        shard.cancel(RunId::new(), CancellationPolicy::Orphan).await.expect("cancel of an unknown run is Ok");
+        shard
+            .submit(d)
+            .await
+            .expect("submit is idempotent per run id");
+        shard
+            .cancel(run.id, CancellationPolicy::Background)
+            .await
+            .expect("cancel");
+        shard
+            .cancel(run.id, CancellationPolicy::Background)
+            .await
+            .expect("cancel is idempotent");
+        shard
+            .cancel(RunId::new(), CancellationPolicy::Orphan)
+            .await
+            .expect("cancel of an unknown run is Ok");
     }
 
     #[cfg(test)]

@@ -42,7 +42,9 @@ pub type UrlSigner = Signer;
 /// Seconds since the Unix epoch (0 if the clock is before the epoch).
 #[must_use]
 pub fn now_secs() -> i64 {
-    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
@@ -65,7 +67,9 @@ impl Subject {
     fn forged_hint(self) -> &'static str {
         match self {
             Subject::Url => "URL was altered or signed by another key",
-            Subject::RunToken => "token was altered, issued for another run, or signed by another key",
+            Subject::RunToken => {
+                "token was altered, issued for another run, or signed by another key"
+            }
         }
     }
     fn renew_hint(self) -> &'static str {
@@ -120,7 +124,9 @@ pub struct Signer {
 
 impl fmt::Debug for Signer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Signer").field("key", &"<redacted>").finish()
+        f.debug_struct("Signer")
+            .field("key", &"<redacted>")
+            .finish()
     }
 }
 
@@ -128,7 +134,9 @@ impl Signer {
     /// Builds a signer from a secret key.
     #[must_use]
     pub fn new(secret: &[u8]) -> Self {
-        Self { key: Arc::from(secret) }
+        Self {
+            key: Arc::from(secret),
+        }
     }
 
     /// Builds a signer with a fresh random 32-byte key (from the OS random source, via uuid).
@@ -155,7 +163,10 @@ impl Signer {
 
     fn url_mac(&self, method: &str, path: &str, exp: i64) -> [u8; TAG_LEN] {
         let exp = exp.to_string();
-        self.mac(URL_LABEL, &[method.as_bytes(), path.as_bytes(), exp.as_bytes()])
+        self.mac(
+            URL_LABEL,
+            &[method.as_bytes(), path.as_bytes(), exp.as_bytes()],
+        )
     }
 
     fn token_mac(&self, run_id: RunId, exp: i64) -> [u8; TAG_LEN] {
@@ -202,11 +213,20 @@ impl Signer {
     /// # Errors
     /// [`SignError::Malformed`] when the token cannot be parsed, [`SignError::Forged`] when it
     /// was not issued for this run by this key, [`SignError::Expired`] when it has expired.
-    pub fn verify_run_token(&self, run_id: RunId, token: &str, now_secs: i64) -> Result<(), SignError> {
+    pub fn verify_run_token(
+        &self,
+        run_id: RunId,
+        token: &str,
+        now_secs: i64,
+    ) -> Result<(), SignError> {
         let subject = Subject::RunToken;
-        let malformed = |reason: &str| SignError::Malformed { subject, reason: reason.to_owned() };
+        let malformed = |reason: &str| SignError::Malformed {
+            subject,
+            reason: reason.to_owned(),
+        };
         let mut parts = token.split('.');
-        let (Some(version), Some(exp), Some(sig), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(version), Some(exp), Some(sig), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(malformed("expected the form v1.<expiry>.<signature>"));
         };
@@ -236,7 +256,9 @@ fn decode_tag(subject: Subject, sig: &str) -> Result<[u8; TAG_LEN], SignError> {
         subject,
         reason: "signature is not a 32-byte base64url (unpadded) value".to_owned(),
     };
-    let bytes = URL_SAFE_NO_PAD.decode(sig.as_bytes()).map_err(|_| malformed())?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(sig.as_bytes())
+        .map_err(|_| malformed())?;
     <[u8; TAG_LEN]>::try_from(bytes.as_slice()).map_err(|_| malformed())
 }
 
@@ -281,7 +303,8 @@ mod tests {
         let s = Signer::new(b"secret");
         let (exp, sig) = parse(&s.sign_url("GET", "/data/v1/objects/a", NOW + 60));
         assert_eq!(exp, NOW + 60);
-        s.verify_url("GET", "/data/v1/objects/a", exp, &sig, NOW).unwrap();
+        s.verify_url("GET", "/data/v1/objects/a", exp, &sig, NOW)
+            .unwrap();
     }
 
     #[test]
@@ -305,8 +328,17 @@ mod tests {
         let s = Signer::new(b"secret");
         let (exp, sig) = parse(&s.sign_url("GET", "/p", NOW));
         let err = s.verify_url("GET", "/p", exp, &sig, NOW).unwrap_err();
-        assert_eq!(err, SignError::Expired { subject: Subject::Url, at: NOW });
-        assert!(err.to_string().contains("expired at 2023-11-14T22:13:20Z"), "{err}");
+        assert_eq!(
+            err,
+            SignError::Expired {
+                subject: Subject::Url,
+                at: NOW
+            }
+        );
+        assert!(
+            err.to_string().contains("expired at 2023-11-14T22:13:20Z"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -314,7 +346,10 @@ mod tests {
         let s = Signer::new(b"secret");
         for sig in ["", "!!!", "abc", "AAAA", &"A".repeat(100), "é"] {
             assert!(
-                matches!(s.verify_url("GET", "/p", NOW + 5, sig, NOW), Err(SignError::Malformed { .. })),
+                matches!(
+                    s.verify_url("GET", "/p", NOW + 5, sig, NOW),
+                    Err(SignError::Malformed { .. })
+                ),
                 "{sig:?}"
             );
         }
@@ -325,10 +360,16 @@ mod tests {
         let a = Signer::new(b"a");
         let b = Signer::random();
         let (exp, sig) = parse(&a.sign_url("GET", "/p", NOW + 60));
-        assert!(matches!(b.verify_url("GET", "/p", exp, &sig, NOW), Err(SignError::Forged { .. })));
+        assert!(matches!(
+            b.verify_url("GET", "/p", exp, &sig, NOW),
+            Err(SignError::Forged { .. })
+        ));
         let run = RunId::new();
         let t = a.run_token(run, NOW + 60);
-        assert!(matches!(b.verify_run_token(run, &t, NOW), Err(SignError::Forged { .. })));
+        assert!(matches!(
+            b.verify_run_token(run, &t, NOW),
+            Err(SignError::Forged { .. })
+        ));
         assert!(matches!(
             Signer::random().verify_run_token(run, &Signer::random().run_token(run, NOW + 60), NOW),
             Err(SignError::Forged { .. })
@@ -343,12 +384,21 @@ mod tests {
         let t = s.run_token(a, NOW + 60);
         assert!(t.starts_with("v1."));
         s.verify_run_token(a, &t, NOW).unwrap();
-        assert!(matches!(s.verify_run_token(b, &t, NOW), Err(SignError::Forged { .. })));
-        assert!(matches!(s.verify_run_token(a, &t, NOW + 60), Err(SignError::Expired { .. })));
+        assert!(matches!(
+            s.verify_run_token(b, &t, NOW),
+            Err(SignError::Forged { .. })
+        ));
+        assert!(matches!(
+            s.verify_run_token(a, &t, NOW + 60),
+            Err(SignError::Expired { .. })
+        ));
         // Altered expiry is forged, not accepted.
         let sig = t.rsplit('.').next().unwrap();
         let altered = format!("v1.{}.{sig}", NOW + 6000);
-        assert!(matches!(s.verify_run_token(a, &altered, NOW), Err(SignError::Forged { .. })));
+        assert!(matches!(
+            s.verify_run_token(a, &altered, NOW),
+            Err(SignError::Forged { .. })
+        ));
         let err = s.verify_run_token(b, &t, NOW).unwrap_err();
         assert!(err.to_string().contains("another run"), "{err}");
     }
@@ -374,7 +424,10 @@ mod tests {
         ];
         for c in &cases {
             assert!(
-                matches!(s.verify_run_token(run, c, NOW), Err(SignError::Malformed { .. })),
+                matches!(
+                    s.verify_run_token(run, c, NOW),
+                    Err(SignError::Malformed { .. })
+                ),
                 "{c:?}"
             );
         }

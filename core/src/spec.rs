@@ -50,11 +50,18 @@ struct Collector {
 
 impl Collector {
     fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(FieldError { path: path.into(), message: message.into() });
+        self.errors.push(FieldError {
+            path: path.into(),
+            message: message.into(),
+        });
     }
 
     fn finish(self) -> Result<(), ValidationErrors> {
-        if self.errors.is_empty() { Ok(()) } else { Err(ValidationErrors(self.errors)) }
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ValidationErrors(self.errors))
+        }
     }
 }
 
@@ -219,13 +226,19 @@ impl AlgorithmSpec {
     /// Returns the number of relaunches allowed after a failure (default 0).
     #[must_use]
     pub fn maximum_retries(&self) -> u32 {
-        self.runtime_environment.as_ref().and_then(|r| r.maximum_retries).unwrap_or(0)
+        self.runtime_environment
+            .as_ref()
+            .and_then(|r| r.maximum_retries)
+            .unwrap_or(0)
     }
 
     /// Returns the workgroup name, if any.
     #[must_use]
     pub fn workgroup_name(&self) -> Option<&str> {
-        self.workgroup_ref.as_ref().map(|w| w.name.as_str()).filter(|n| !n.is_empty())
+        self.workgroup_ref
+            .as_ref()
+            .map(|w| w.name.as_str())
+            .filter(|n| !n.is_empty())
     }
 
     /// Validates the spec; `prefix` is the path of the spec itself (e.g. `spec`).
@@ -240,7 +253,10 @@ impl AlgorithmSpec {
 
     fn check(&self, p: &str, c: &mut Collector) {
         if self.command.trim().is_empty() {
-            c.push(format!("{p}.command"), "is required: the program to run, e.g. `python3`");
+            c.push(
+                format!("{p}.command"),
+                "is required: the program to run, e.g. `python3`",
+            );
         }
         match &self.workgroup_ref {
             Some(w) if !w.name.is_empty() => {
@@ -248,18 +264,21 @@ impl AlgorithmSpec {
                     c.push(format!("{p}.workgroupRef.name"), e);
                 }
             }
-            _ => c.push(format!("{p}.workgroupRef.name"), "is required: the workgroup runs are placed with"),
+            _ => c.push(
+                format!("{p}.workgroupRef.name"),
+                "is required: the workgroup runs are placed with",
+            ),
         }
         if let Some(cr) = &self.compute_resources {
-            if !cr.cpu_limit.is_empty() {
-                if let Err(e) = parse_quantity(&cr.cpu_limit) {
-                    c.push(format!("{p}.computeResources.cpuLimit"), e);
-                }
+            if !cr.cpu_limit.is_empty()
+                && let Err(e) = parse_quantity(&cr.cpu_limit)
+            {
+                c.push(format!("{p}.computeResources.cpuLimit"), e);
             }
-            if !cr.memory_limit.is_empty() {
-                if let Err(e) = parse_quantity(&cr.memory_limit) {
-                    c.push(format!("{p}.computeResources.memoryLimit"), e);
-                }
+            if !cr.memory_limit.is_empty()
+                && let Err(e) = parse_quantity(&cr.memory_limit)
+            {
+                c.push(format!("{p}.computeResources.memoryLimit"), e);
             }
             for (k, v) in &cr.custom_resources {
                 if let Err(e) = parse_quantity(v) {
@@ -269,7 +288,10 @@ impl AlgorithmSpec {
         }
         if let Some(rt) = &self.runtime_environment {
             if rt.deadline_seconds == Some(0) {
-                c.push(format!("{p}.runtimeEnvironment.deadlineSeconds"), "must be at least 1");
+                c.push(
+                    format!("{p}.runtimeEnvironment.deadlineSeconds"),
+                    "must be at least 1",
+                );
             }
             for (i, e) in rt.environment_variables.iter().enumerate() {
                 if !is_env_name(&e.name) {
@@ -286,27 +308,29 @@ impl AlgorithmSpec {
                 }
             }
         }
-        if let Some(pc) = &self.payload_configuration {
-            if let Some(v) = &pc.payload_valid_for {
-                if let Err(e) = parse_duration(v) {
-                    c.push(format!("{p}.payloadConfiguration.payloadValidFor"), e);
-                }
-            }
+        if let Some(pc) = &self.payload_configuration
+            && let Some(v) = &pc.payload_valid_for
+            && let Err(e) = parse_duration(v)
+        {
+            c.push(format!("{p}.payloadConfiguration.payloadValidFor"), e);
         }
         if let Some(eh) = &self.error_handling_behaviour {
-            for code in eh.transient_exit_codes.iter().filter(|c| eh.fatal_exit_codes.contains(c)) {
+            for code in eh
+                .transient_exit_codes
+                .iter()
+                .filter(|c| eh.fatal_exit_codes.contains(c))
+            {
                 c.push(
                     format!("{p}.errorHandlingBehaviour"),
                     format!("exit code {code} is listed as both transient and fatal"),
                 );
             }
         }
-        if let Some(ct) = &self.container {
-            if let Some(sa) = &ct.service_account_name {
-                if let Err(e) = validate_dns1123_subdomain(sa) {
-                    c.push(format!("{p}.container.serviceAccountName"), e);
-                }
-            }
+        if let Some(ct) = &self.container
+            && let Some(sa) = &ct.service_account_name
+            && let Err(e) = validate_dns1123_subdomain(sa)
+        {
+            c.push(format!("{p}.container.serviceAccountName"), e);
         }
     }
 }
@@ -344,12 +368,18 @@ impl WorkgroupSpec {
     pub fn validate(&self, prefix: &str) -> Result<(), ValidationErrors> {
         let mut c = Collector::default();
         if self.cluster.is_empty() {
-            c.push(format!("{prefix}.cluster"), "is required: the shard (cluster) that runs this workgroup");
+            c.push(
+                format!("{prefix}.cluster"),
+                "is required: the shard (cluster) that runs this workgroup",
+            );
         } else if let Err(e) = validate_dns1123_subdomain(&self.cluster) {
             c.push(format!("{prefix}.cluster"), e);
         }
         if self.max_concurrent_runs == Some(0) {
-            c.push(format!("{prefix}.maxConcurrentRuns"), "must be at least 1 when set");
+            c.push(
+                format!("{prefix}.maxConcurrentRuns"),
+                "must be at least 1 when set",
+            );
         }
         c.finish()
     }
@@ -407,7 +437,13 @@ impl AlgorithmTemplate {
     /// Returns every problem found, each with its field path.
     pub fn validate(&self) -> Result<(), ValidationErrors> {
         let mut c = Collector::default();
-        check_header(&self.api_version, &self.kind, TEMPLATE_KIND, &self.metadata, &mut c);
+        check_header(
+            &self.api_version,
+            &self.kind,
+            TEMPLATE_KIND,
+            &self.metadata,
+            &mut c,
+        );
         self.spec.check("spec", &mut c);
         c.finish()
     }
@@ -420,7 +456,13 @@ impl Workgroup {
     /// Returns every problem found, each with its field path.
     pub fn validate(&self) -> Result<(), ValidationErrors> {
         let mut c = Collector::default();
-        check_header(&self.api_version, &self.kind, WORKGROUP_KIND, &self.metadata, &mut c);
+        check_header(
+            &self.api_version,
+            &self.kind,
+            WORKGROUP_KIND,
+            &self.metadata,
+            &mut c,
+        );
         if let Err(e) = self.spec.validate("spec") {
             c.errors.extend(e.0);
         }
@@ -428,9 +470,18 @@ impl Workgroup {
     }
 }
 
-fn check_header(api_version: &str, kind: &str, want_kind: &str, meta: &ObjectMeta, c: &mut Collector) {
+fn check_header(
+    api_version: &str,
+    kind: &str,
+    want_kind: &str,
+    meta: &ObjectMeta,
+    c: &mut Collector,
+) {
     if api_version != API_VERSION {
-        c.push("apiVersion", format!("must be '{API_VERSION}', found '{api_version}'"));
+        c.push(
+            "apiVersion",
+            format!("must be '{API_VERSION}', found '{api_version}'"),
+        );
     }
     if kind != want_kind {
         c.push("kind", format!("must be '{want_kind}', found '{kind}'"));
@@ -485,14 +536,20 @@ impl SpecOverride {
     /// Returns field-path errors for unknown or non-overridable fields and bad values.
     pub fn from_json(v: &serde_json::Value) -> Result<Self, ValidationErrors> {
         let o: SpecOverride = serde_json::from_value(v.clone()).map_err(|e| {
-            ValidationErrors(vec![FieldError { path: "customConfiguration".into(), message: e.to_string() }])
+            ValidationErrors(vec![FieldError {
+                path: "customConfiguration".into(),
+                message: e.to_string(),
+            }])
         })?;
         let mut c = Collector::default();
         let p = "customConfiguration";
         let refuse = |c: &mut Collector, f: &str| {
             c.push(
                 format!("{p}.{f}"),
-                format!("cannot be overridden per run; overridable fields are: {}", Self::OVERRIDABLE.join(", ")),
+                format!(
+                    "cannot be overridden per run; overridable fields are: {}",
+                    Self::OVERRIDABLE.join(", ")
+                ),
             );
         };
         if o.command.as_deref().is_some_and(|s| !s.is_empty()) {
@@ -501,10 +558,17 @@ impl SpecOverride {
         if o.args.as_ref().is_some_and(|a| !a.is_empty()) {
             refuse(&mut c, "args");
         }
-        if o.container.as_ref().and_then(|x| x.service_account_name.as_ref()).is_some_and(|s| !s.is_empty()) {
+        if o.container
+            .as_ref()
+            .and_then(|x| x.service_account_name.as_ref())
+            .is_some_and(|s| !s.is_empty())
+        {
             refuse(&mut c, "container.serviceAccountName");
         }
-        if o.compute_resources.as_ref().is_some_and(|x| !x.custom_resources.is_empty()) {
+        if o.compute_resources
+            .as_ref()
+            .is_some_and(|x| !x.custom_resources.is_empty())
+        {
             refuse(&mut c, "computeResources.customResources");
         }
         if let Some(rt) = &o.runtime_environment {
@@ -518,33 +582,50 @@ impl SpecOverride {
                 refuse(&mut c, "runtimeEnvironment.annotations");
             }
             if rt.deadline_seconds == Some(0) {
-                c.push(format!("{p}.runtimeEnvironment.deadlineSeconds"), "must be at least 1");
+                c.push(
+                    format!("{p}.runtimeEnvironment.deadlineSeconds"),
+                    "must be at least 1",
+                );
             }
         }
-        if o.error_handling_behaviour.as_ref().is_some_and(|e| *e != ErrorHandlingBehaviour::default()) {
+        if o.error_handling_behaviour
+            .as_ref()
+            .is_some_and(|e| *e != ErrorHandlingBehaviour::default())
+        {
             refuse(&mut c, "errorHandlingBehaviour");
         }
-        if o.datadog_integration_settings.as_ref().is_some_and(|d| d.mount_datadog_socket) {
+        if o.datadog_integration_settings
+            .as_ref()
+            .is_some_and(|d| d.mount_datadog_socket)
+        {
             refuse(&mut c, "datadogIntegrationSettings");
         }
-        if o.payload_configuration.as_ref().is_some_and(|x| x.payload_valid_for.is_some()) {
-            refuse(&mut c, "payloadConfiguration (use the request's payloadValidFor)");
+        if o.payload_configuration
+            .as_ref()
+            .is_some_and(|x| x.payload_valid_for.is_some())
+        {
+            refuse(
+                &mut c,
+                "payloadConfiguration (use the request's payloadValidFor)",
+            );
         }
         if let Some(cr) = &o.compute_resources {
-            for (f, v) in [("cpuLimit", &cr.cpu_limit), ("memoryLimit", &cr.memory_limit)] {
-                if !v.is_empty() {
-                    if let Err(e) = parse_quantity(v) {
-                        c.push(format!("{p}.computeResources.{f}"), e);
-                    }
+            for (f, v) in [
+                ("cpuLimit", &cr.cpu_limit),
+                ("memoryLimit", &cr.memory_limit),
+            ] {
+                if !v.is_empty()
+                    && let Err(e) = parse_quantity(v)
+                {
+                    c.push(format!("{p}.computeResources.{f}"), e);
                 }
             }
         }
-        if let Some(w) = &o.workgroup_ref {
-            if !w.name.is_empty() {
-                if let Err(e) = validate_dns1123_subdomain(&w.name) {
-                    c.push(format!("{p}.workgroupRef.name"), e);
-                }
-            }
+        if let Some(w) = &o.workgroup_ref
+            && !w.name.is_empty()
+            && let Err(e) = validate_dns1123_subdomain(&w.name)
+        {
+            c.push(format!("{p}.workgroupRef.name"), e);
         }
         c.finish().map(|()| o)
     }
@@ -561,7 +642,9 @@ impl SpecOverride {
             set_nonempty(&mut c.version_tag, &o.version_tag);
         }
         if let Some(o) = &self.compute_resources {
-            let c = s.compute_resources.get_or_insert_with(ComputeResources::default);
+            let c = s
+                .compute_resources
+                .get_or_insert_with(ComputeResources::default);
             set_nonempty(&mut c.cpu_limit, &o.cpu_limit);
             set_nonempty(&mut c.memory_limit, &o.memory_limit);
         }
@@ -572,7 +655,9 @@ impl SpecOverride {
             set_nonempty(&mut w.kind, &o.kind);
         }
         if let Some(o) = &self.runtime_environment {
-            let r = s.runtime_environment.get_or_insert_with(RuntimeEnvironment::default);
+            let r = s
+                .runtime_environment
+                .get_or_insert_with(RuntimeEnvironment::default);
             if o.deadline_seconds.is_some() {
                 r.deadline_seconds = o.deadline_seconds;
             }
@@ -602,7 +687,9 @@ pub fn validate_dns1123_subdomain(name: &str) -> Result<(), String> {
     if name.len() > 253 {
         return Err(format!("'{name}' is longer than 253 characters"));
     }
-    let ok_chars = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
     let bytes = name.as_bytes();
     let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
     if !ok_chars || !alnum(bytes[0]) || !alnum(bytes[bytes.len() - 1]) {
@@ -654,9 +741,18 @@ pub fn parse_quantity(q: &str) -> Result<f64, String> {
         .find_map(|(suf, m)| s.strip_suffix(suf).map(|n| (n, *m)))
         .unwrap_or((s, 1.0));
     let valid_num = !num.is_empty()
-        && num.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
-        && num.bytes().next().is_some_and(|b| b.is_ascii_digit() || b == b'.' || b == b'+');
-    let v: f64 = if valid_num { num.parse().map_err(|_| err())? } else { return Err(err()) };
+        && num
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
+        && num
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_digit() || b == b'.' || b == b'+');
+    let v: f64 = if valid_num {
+        num.parse().map_err(|_| err())?
+    } else {
+        return Err(err());
+    };
     if !v.is_finite() || v < 0.0 {
         return Err(err());
     }
@@ -668,8 +764,9 @@ pub fn parse_quantity(q: &str) -> Result<f64, String> {
 /// # Errors
 /// Returns a message with an example of the accepted form.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let d = humantime::parse_duration(s)
-        .map_err(|e| format!("'{s}' is not a valid duration ({e}): use e.g. 30s, 15m, 6h or 1h30m"))?;
+    let d = humantime::parse_duration(s).map_err(|e| {
+        format!("'{s}' is not a valid duration ({e}): use e.g. 30s, 15m, 6h or 1h30m")
+    })?;
     if d.is_zero() {
         return Err(format!("'{s}' must be longer than zero"));
     }
@@ -715,7 +812,11 @@ spec:
         t.metadata.name = "Bad_Name".into();
         t.spec.command = String::new();
         t.spec.compute_resources.as_mut().unwrap().memory_limit = "lots".into();
-        t.spec.runtime_environment.as_mut().unwrap().deadline_seconds = Some(0);
+        t.spec
+            .runtime_environment
+            .as_mut()
+            .unwrap()
+            .deadline_seconds = Some(0);
         let e = t.validate().unwrap_err();
         let paths: Vec<_> = e.0.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(
@@ -734,7 +835,10 @@ spec:
     fn override_merge_decides_workgroup_and_survives_missing_objects() {
         let base = AlgorithmSpec {
             command: "x".into(),
-            workgroup_ref: Some(WorkgroupRef { name: "a".into(), ..Default::default() }),
+            workgroup_ref: Some(WorkgroupRef {
+                name: "a".into(),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let o = SpecOverride::from_json(&serde_json::json!({
@@ -754,7 +858,8 @@ spec:
 
     #[test]
     fn override_refuses_non_overridable_fields() {
-        let e = SpecOverride::from_json(&serde_json::json!({"command": "rm -rf /", "args": []})).unwrap_err();
+        let e = SpecOverride::from_json(&serde_json::json!({"command": "rm -rf /", "args": []}))
+            .unwrap_err();
         assert_eq!(e.0.len(), 1);
         assert_eq!(e.0[0].path, "customConfiguration.command");
         let e = SpecOverride::from_json(&serde_json::json!({"bogus": 1})).unwrap_err();

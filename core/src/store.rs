@@ -64,18 +64,25 @@ impl StoreError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             StoreError::NotFound(_) => ErrorKind::NotFound,
-            StoreError::Conflict { .. } | StoreError::IllegalTransition { .. } => ErrorKind::Conflict,
+            StoreError::Conflict { .. } | StoreError::IllegalTransition { .. } => {
+                ErrorKind::Conflict
+            }
             StoreError::Backend { kind, .. } => *kind,
         }
     }
 
     /// Builds a backend error.
     pub fn backend(kind: ErrorKind, message: impl Into<String>) -> Self {
-        StoreError::Backend { kind, message: message.into() }
+        StoreError::Backend {
+            kind,
+            message: message.into(),
+        }
     }
 }
 
 /// Result of [`RunStore::insert`].
+// Short-lived return value: boxing the rare `Existing` case buys nothing measurable.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Inserted {
     /// The run was stored.
@@ -113,7 +120,13 @@ pub trait RunStore: Send + Sync + std::fmt::Debug + 'static {
     ///
     /// # Errors
     /// `NotFound`, `Conflict` (stored stage differs), `IllegalTransition`, `Backend`.
-    async fn transition(&self, id: RunId, from: Stage, to: Stage, patch: RunPatch) -> Result<Run, StoreError>;
+    async fn transition(
+        &self,
+        id: RunId,
+        from: Stage,
+        to: Stage,
+        patch: RunPatch,
+    ) -> Result<Run, StoreError>;
 
     /// Sets or clears the client tag (any stage, including terminal ones). Returns the run.
     ///
@@ -131,7 +144,12 @@ pub trait RunStore: Send + Sync + std::fmt::Debug + 'static {
     ///
     /// # Errors
     /// `Backend`.
-    async fn by_owner_stage(&self, owner: &str, stage: Stage, limit: usize) -> Result<Vec<Run>, StoreError>;
+    async fn by_owner_stage(
+        &self,
+        owner: &str,
+        stage: Stage,
+        limit: usize,
+    ) -> Result<Vec<Run>, StoreError>;
 
     /// Returns the direct children of `parent`, oldest first, at most `limit`.
     ///

@@ -41,13 +41,18 @@ async fn complete(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let rid: RunId = id
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("'{id}' is not a valid request id (expected a UUID)")))?;
+    let rid: RunId = id.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "'{id}' is not a valid request id (expected a UUID)"
+        ))
+    })?;
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim)
         .filter(|t| !t.is_empty());
     let Some(token) = token else {
@@ -60,26 +65,48 @@ async fn complete(
         metric("unauthorized");
         return Err(ApiError::unauthorized(format!("run token refused: {e}")));
     }
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json") {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .eq_ignore_ascii_case("application/json")
+    {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("expected Content-Type: application/json, got '{}'", if ct.is_empty() { "(none)" } else { ct }),
+            format!(
+                "expected Content-Type: application/json, got '{}'",
+                if ct.is_empty() { "(none)" } else { ct }
+            ),
         ));
     }
-    let result: v1::AlgorithmResult =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("Submitted result is invalid: {e}")))?;
+    let result: v1::AlgorithmResult = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("Submitted result is invalid: {e}")))?;
     let run = match r.store.get(rid).await {
         Ok(Some(run)) if run.algorithm == alg => run,
-        Ok(_) => return Err(ApiError::not_found(format!("run {id} of algorithm {alg} not found"))),
+        Ok(_) => {
+            return Err(ApiError::not_found(format!(
+                "run {id} of algorithm {alg} not found"
+            )));
+        }
         Err(e) => return Err(ApiError::from_kind(e.kind(), e.to_string())),
     };
     if run.stage.is_terminal() {
         metric("conflict");
-        return Err(ApiError::conflict(format!("run {id} already finished as {}; nothing was changed", run.stage)));
+        return Err(ApiError::conflict(format!(
+            "run {id} already finished as {}; nothing was changed",
+            run.stage
+        )));
     }
     let (target, patch) = match result.error_cause.as_deref().filter(|c| !c.is_empty()) {
-        Some(cause) => (Stage::Failed, RunPatch::failure(cause, result.error_details.clone().unwrap_or_default())),
+        Some(cause) => (
+            Stage::Failed,
+            RunPatch::failure(cause, result.error_details.clone().unwrap_or_default()),
+        ),
         None => {
             let uploaded = r
                 .payloads
@@ -102,14 +129,22 @@ async fn complete(
     };
     match r.complete(rid, target, patch).await {
         Ok(()) => {
-            metric(if target == Stage::Completed { "completed" } else { "failed" });
+            metric(if target == Stage::Completed {
+                "completed"
+            } else {
+                "failed"
+            });
             Ok((StatusCode::ACCEPTED, axum::Json(serde_json::json!({}))).into_response())
         }
         Err(StoreError::Conflict { current, .. }) => {
             metric("conflict");
-            Err(ApiError::conflict(format!("run {id} already finished as {current}; nothing was changed")))
+            Err(ApiError::conflict(format!(
+                "run {id} already finished as {current}; nothing was changed"
+            )))
         }
-        Err(StoreError::NotFound(_)) => Err(ApiError::not_found(format!("run {id} of algorithm {alg} not found"))),
+        Err(StoreError::NotFound(_)) => Err(ApiError::not_found(format!(
+            "run {id} of algorithm {alg} not found"
+        ))),
         Err(e) => Err(ApiError::from_kind(e.kind(), e.to_string())),
     }
 }

@@ -49,7 +49,10 @@ impl ReceiverConfig {
     /// A message naming the key.
     pub fn validate(&self) -> Result<(), String> {
         if !(self.public_url.starts_with("http://") || self.public_url.starts_with("https://")) {
-            return Err(format!("receiver.public_url: '{}' must start with http:// or https://", self.public_url));
+            return Err(format!(
+                "receiver.public_url: '{}' must start with http:// or https://",
+                self.public_url
+            ));
         }
         if self.max_completion_bytes < 1024 {
             return Err("receiver.max_completion_bytes: must be at least 1024".into());
@@ -83,7 +86,13 @@ impl Receiver {
         executor: Arc<dyn Executor>,
         signer: Signer,
     ) -> Arc<Self> {
-        Arc::new(Self { config, store, payloads, executor, signer })
+        Arc::new(Self {
+            config,
+            store,
+            payloads,
+            executor,
+            signer,
+        })
     }
 
     /// Launches a dispatched run: mints its token and result-upload URL, renders the launch and
@@ -96,7 +105,12 @@ impl Receiver {
     pub async fn submit(&self, d: Dispatch) -> Result<(), ShardError> {
         let run = match self.store.get(d.run.id).await {
             Ok(Some(r)) => r,
-            Ok(None) => return Err(ShardError::new(ErrorKind::NotFound, format!("run {} is not in the store", d.run.id))),
+            Ok(None) => {
+                return Err(ShardError::new(
+                    ErrorKind::NotFound,
+                    format!("run {} is not in the store", d.run.id),
+                ));
+            }
             Err(e) => return Err(ShardError::new(e.kind(), e.to_string())),
         };
         if run.stage != Stage::Buffered {
@@ -104,7 +118,8 @@ impl Receiver {
         }
         let spec = &run.applied_configuration;
         let attempts = u64::from(spec.maximum_retries()) + 1;
-        let lifetime = u64::from(spec.deadline_seconds()).saturating_mul(attempts) + self.config.token_grace.as_secs();
+        let lifetime = u64::from(spec.deadline_seconds()).saturating_mul(attempts)
+            + self.config.token_grace.as_secs();
         let exp = now_secs() + i64::try_from(lifetime).unwrap_or(i64::MAX / 4);
         let token = self.signer.run_token(run.id, exp);
         let key = Keys::result(&run.algorithm, &run.id.to_string());
@@ -123,7 +138,10 @@ impl Receiver {
             Ok(s) => s,
             Err(msg) => return Err(ShardError::new(ErrorKind::InvalidInput, msg)),
         };
-        self.executor.launch(spec).await.map_err(|e| ShardError::new(e.kind, e.message))
+        self.executor
+            .launch(spec)
+            .await
+            .map_err(|e| ShardError::new(e.kind, e.message))
     }
 
     /// Stops a run's process (idempotent).
@@ -131,7 +149,10 @@ impl Receiver {
     /// # Errors
     /// Executor failures.
     pub async fn cancel(&self, id: RunId, policy: CancellationPolicy) -> Result<(), ShardError> {
-        self.executor.cancel(id, policy).await.map_err(|e| ShardError::new(e.kind, e.message))
+        self.executor
+            .cancel(id, policy)
+            .await
+            .map_err(|e| ShardError::new(e.kind, e.message))
     }
 
     /// Applies a completion to the store (compare-and-set; a BUFFERED run whose start has not
@@ -139,7 +160,12 @@ impl Receiver {
     ///
     /// # Errors
     /// `NotFound`, `Conflict` (already finished), store failures.
-    pub async fn complete(&self, id: RunId, target: Stage, patch: RunPatch) -> Result<(), nexus_core::store::StoreError> {
+    pub async fn complete(
+        &self,
+        id: RunId,
+        target: Stage,
+        patch: RunPatch,
+    ) -> Result<(), nexus_core::store::StoreError> {
         use nexus_core::store::StoreError;
         let mut stage = match self.store.get(id).await? {
             Some(r) => r.stage,
@@ -147,11 +173,19 @@ impl Receiver {
         };
         for _ in 0..8 {
             if stage.is_terminal() {
-                return Err(StoreError::Conflict { id, current: stage, expected: Stage::Running });
+                return Err(StoreError::Conflict {
+                    id,
+                    current: stage,
+                    expected: Stage::Running,
+                });
             }
             let from = stage;
             if from == Stage::Buffered || from == Stage::New {
-                match self.store.transition(id, from, Stage::Running, RunPatch::default()).await {
+                match self
+                    .store
+                    .transition(id, from, Stage::Running, RunPatch::default())
+                    .await
+                {
                     Ok(_) | Err(StoreError::Conflict { .. }) => {}
                     Err(e) => return Err(e),
                 }
@@ -164,7 +198,10 @@ impl Receiver {
                 Err(e) => return Err(e),
             }
         }
-        Err(StoreError::backend(ErrorKind::Unavailable, "run changed stage repeatedly; retry"))
+        Err(StoreError::backend(
+            ErrorKind::Unavailable,
+            "run changed stage repeatedly; retry",
+        ))
     }
 }
 
@@ -197,7 +234,13 @@ mod tests {
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
         let exec = Arc::new(RecordingExecutor::new(tx));
         let signer = Signer::random();
-        let r = Receiver::new(ReceiverConfig::default(), store.clone(), Arc::new(InMemoryPayloadStore::default()), exec.clone(), signer.clone());
+        let r = Receiver::new(
+            ReceiverConfig::default(),
+            store.clone(),
+            Arc::new(InMemoryPayloadStore::default()),
+            exec.clone(),
+            signer.clone(),
+        );
         let mut run = sample_run("alg");
         run.applied_configuration.args = vec!["--sas-uri=%s".into(), "--request-id=%s".into()];
         store.insert(run.clone()).await.unwrap();
@@ -205,10 +248,18 @@ mod tests {
         let launches = exec.launches();
         assert!(!launches.is_empty());
         let l = &launches[0];
-        assert_eq!(l.args, vec!["--sas-uri=http://127.0.0.1:1/p".to_owned(), format!("--request-id={}", run.id)]);
+        assert_eq!(
+            l.args,
+            vec![
+                "--sas-uri=http://127.0.0.1:1/p".to_owned(),
+                format!("--request-id={}", run.id)
+            ]
+        );
         let env: std::collections::HashMap<_, _> = l.env.iter().cloned().collect();
         let token = &env[nexus_proto::v1::env::RUN_TOKEN];
-        signer.verify_run_token(run.id, token, now_secs()).expect("the launch carries a valid run token");
+        signer
+            .verify_run_token(run.id, token, now_secs())
+            .expect("the launch carries a valid run token");
         assert!(env[nexus_proto::v1::env::RESULT_UPLOAD_URL].contains("results/alg/"));
     }
 }

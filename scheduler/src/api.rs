@@ -15,7 +15,9 @@ use axum::routing::{get, post};
 use nexus_core::http::ApiError;
 use nexus_core::payload::Keys;
 use nexus_core::render::{LaunchContext, launch_spec};
-use nexus_core::run::{CancellationPolicy, PayloadLocation, Run, RunId, RunPatch, Stage, now_millis};
+use nexus_core::run::{
+    CancellationPolicy, PayloadLocation, Run, RunId, RunPatch, Stage, now_millis,
+};
 use nexus_core::sign::now_secs;
 use nexus_core::spec::{SpecOverride, parse_duration};
 use nexus_core::store::{Inserted, StoreError};
@@ -37,16 +39,30 @@ pub fn router(s: Arc<Scheduler>) -> Router {
             "/algorithm/v1/run/{alg}",
             post(create_run)
                 .layer(DefaultBodyLimit::max(limit))
-                .layer(axum::middleware::from_fn(move |req, next| refuse_declared_oversize(limit, req, next))),
+                .layer(axum::middleware::from_fn(move |req, next| {
+                    refuse_declared_oversize(limit, req, next)
+                })),
         )
         .route("/algorithm/v1/results/{alg}/requests/{id}", get(get_result))
         .route("/algorithm/v1/results/tags/{tag}", get(get_by_tag))
-        .route("/algorithm/v1/metadata/{alg}/requests/{id}", get(get_metadata))
-        .route("/algorithm/v1/metadata/tags/{alg}/requests/{id}", post(update_tag))
+        .route(
+            "/algorithm/v1/metadata/{alg}/requests/{id}",
+            get(get_metadata),
+        )
+        .route(
+            "/algorithm/v1/metadata/tags/{alg}/requests/{id}",
+            post(update_tag),
+        )
         .route("/algorithm/v1/buffer/{alg}/requests/{id}", get(get_buffer))
-        .route("/algorithm/v1/payload/{alg}/requests/{id}", get(get_payload_redirect))
+        .route(
+            "/algorithm/v1/payload/{alg}/requests/{id}",
+            get(get_payload_redirect),
+        )
         .route("/algorithm/v1/cancel/{alg}/requests/{id}", post(cancel_run))
-        .route("/algorithm/v1/children/{alg}/requests/{id}", get(get_children))
+        .route(
+            "/algorithm/v1/children/{alg}/requests/{id}",
+            get(get_children),
+        )
         .route("/data/v1/payloads/{alg}/{id}", get(serve_payload))
         .route("/openapi.json", get(openapi))
         .layer(DefaultBodyLimit::max(1024 * 1024))
@@ -55,7 +71,11 @@ pub fn router(s: Arc<Scheduler>) -> Router {
 
 /// Answers 413 at once when the declared `Content-Length` is over the limit, without reading the
 /// body (bodies without a length are cut off by `DefaultBodyLimit` while being read).
-async fn refuse_declared_oversize(limit: usize, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+async fn refuse_declared_oversize(
+    limit: usize,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -73,7 +93,11 @@ async fn refuse_declared_oversize(limit: usize, req: axum::extract::Request, nex
 }
 
 async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], include_str!("../openapi.json")).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("../openapi.json"),
+    )
+        .into_response()
 }
 
 fn store_err(e: &StoreError) -> ApiError {
@@ -81,7 +105,11 @@ fn store_err(e: &StoreError) -> ApiError {
 }
 
 fn parse_id(id: &str) -> ApiResult<RunId> {
-    id.parse().map_err(|_| ApiError::bad_request(format!("'{id}' is not a valid request id (expected a UUID)")))
+    id.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "'{id}' is not a valid request id (expected a UUID)"
+        ))
+    })
 }
 
 /// Loads a run addressed by (algorithm, id); 404 when unknown or under another algorithm.
@@ -89,20 +117,29 @@ async fn load(s: &Scheduler, alg: &str, id: &str) -> ApiResult<Run> {
     let rid = parse_id(id)?;
     match s.store.get(rid).await {
         Ok(Some(r)) if r.algorithm == alg => Ok(r),
-        Ok(_) => Err(ApiError::not_found(format!("Provided request with identifier '{id}' not found for algorithm '{alg}'"))),
+        Ok(_) => Err(ApiError::not_found(format!(
+            "Provided request with identifier '{id}' not found for algorithm '{alg}'"
+        ))),
         Err(e) => Err(store_err(&e)),
     }
 }
 
 fn require_json(headers: &HeaderMap) -> ApiResult<()> {
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let mime = ct.split(';').next().unwrap_or("").trim();
-    if mime.eq_ignore_ascii_case("application/json") || mime.to_ascii_lowercase().ends_with("+json") {
+    if mime.eq_ignore_ascii_case("application/json") || mime.to_ascii_lowercase().ends_with("+json")
+    {
         Ok(())
     } else {
         Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("expected Content-Type: application/json, got '{}'", if ct.is_empty() { "(none)" } else { ct }),
+            format!(
+                "expected Content-Type: application/json, got '{}'",
+                if ct.is_empty() { "(none)" } else { ct }
+            ),
         ))
     }
 }
@@ -129,7 +166,9 @@ async fn create_run(
     })?;
     let Some(params) = req.algorithm_parameters.as_ref().filter(|v| !v.is_null()) else {
         metrics::rejected("invalid_body");
-        return Err(ApiError::bad_request("Algorithm payload is invalid: algorithmParameters is required (any JSON object)"));
+        return Err(ApiError::bad_request(
+            "Algorithm payload is invalid: algorithmParameters is required (any JSON object)",
+        ));
     };
     let dry_run = q.dry_run.as_deref() == Some("true");
     let snap = s.catalog.snapshot();
@@ -141,11 +180,14 @@ async fn create_run(
     };
     let overrides = match &req.custom_configuration {
         Some(v) if !v.is_null() => Some(
-            SpecOverride::from_json(v).map_err(|e| ApiError::bad_request(format!("Algorithm payload is invalid: {e}")))?,
+            SpecOverride::from_json(v)
+                .map_err(|e| ApiError::bad_request(format!("Algorithm payload is invalid: {e}")))?,
         ),
         _ => None,
     };
-    let applied = overrides.as_ref().map_or_else(|| template.spec.clone(), |o| o.apply(&template.spec));
+    let applied = overrides
+        .as_ref()
+        .map_or_else(|| template.spec.clone(), |o| o.apply(&template.spec));
     let wg_name = applied.workgroup_name().unwrap_or_default().to_owned();
     let Some(workgroup) = snap.workgroups.get(&wg_name) else {
         return Err(ApiError::bad_request(format!(
@@ -153,7 +195,9 @@ async fn create_run(
         )));
     };
     let valid_for = match &req.payload_valid_for {
-        Some(d) => parse_duration(d).map_err(|e| ApiError::bad_request(format!("payloadValidFor: {e}")))?,
+        Some(d) => {
+            parse_duration(d).map_err(|e| ApiError::bad_request(format!("payloadValidFor: {e}")))?
+        }
         None => applied
             .payload_configuration
             .as_ref()
@@ -161,31 +205,48 @@ async fn create_run(
             .and_then(|d| parse_duration(d).ok())
             .unwrap_or(s.config.payload_valid_for),
     };
-    if let Some(tag) = &req.tag {
-        if tag.len() > 256 || tag.chars().any(char::is_control) {
-            return Err(ApiError::bad_request("tag: must be at most 256 characters without control characters"));
-        }
+    if let Some(tag) = &req.tag
+        && (tag.len() > 256 || tag.chars().any(char::is_control))
+    {
+        return Err(ApiError::bad_request(
+            "tag: must be at most 256 characters without control characters",
+        ));
     }
-    let idem = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let idem = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     if idem.as_ref().is_some_and(|k| k.is_empty() || k.len() > 256) {
-        return Err(ApiError::bad_request("Idempotency-Key: must be 1 to 256 characters"));
+        return Err(ApiError::bad_request(
+            "Idempotency-Key: must be 1 to 256 characters",
+        ));
     }
     let (parent, root, depth) = match &req.parent_request {
         None => (None, None, 0),
         Some(p) => {
             let pr = load(&s, &p.algorithm_name, &p.request_id)
                 .await
-                .map_err(|e| if e.status == StatusCode::NOT_FOUND { ApiError::bad_request(format!("parentRequest: {}", e.message)) } else { e })?;
+                .map_err(|e| {
+                    if e.status == StatusCode::NOT_FOUND {
+                        ApiError::bad_request(format!("parentRequest: {}", e.message))
+                    } else {
+                        e
+                    }
+                })?;
             (Some(pr.as_ref()), Some(pr.root), pr.depth + 1)
         }
     };
     if !dry_run && !s.queue.has_room() {
         metrics::rejected("queue_full");
-        let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "the scheduler's queue is full; retry later");
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "the scheduler's queue is full; retry later",
+        );
         e.retry_after = Some(1);
         return Err(e);
     }
-    let bytes = serde_json::to_vec(params).map_err(|e| ApiError::bad_request(format!("Algorithm payload is invalid: {e}")))?;
+    let bytes = serde_json::to_vec(params)
+        .map_err(|e| ApiError::bad_request(format!("Algorithm payload is invalid: {e}")))?;
     let id = RunId::new();
     let content_hash = hex(&sha2::Sha256::digest(&bytes));
     let size = bytes.len() as u64;
@@ -193,17 +254,23 @@ async fn create_run(
         PayloadLocation::Inline { bytes }
     } else {
         let key = Keys::payload(&alg, &id.to_string());
-        s.payloads
-            .put(&key, bytes.into())
-            .await
-            .map_err(|e| ApiError::from_kind(e.kind, format!("payload store unavailable, try again: {}", e.message)))?;
+        s.payloads.put(&key, bytes.into()).await.map_err(|e| {
+            ApiError::from_kind(
+                e.kind,
+                format!("payload store unavailable, try again: {}", e.message),
+            )
+        })?;
         PayloadLocation::Stored { key }
     };
     let now = now_millis();
     let run = Run {
         id,
         algorithm: alg.clone(),
-        stage: if dry_run { Stage::Completed } else { Stage::Buffered },
+        stage: if dry_run {
+            Stage::Completed
+        } else {
+            Stage::Buffered
+        },
         workgroup: wg_name,
         shard: workgroup.spec.cluster.clone(),
         tag: req.tag.clone(),
@@ -212,7 +279,11 @@ async fn create_run(
         root: root.unwrap_or(id),
         depth,
         idempotency_key: idem,
-        owner: if dry_run { None } else { Some(s.instance_id.clone()) },
+        owner: if dry_run {
+            None
+        } else {
+            Some(s.instance_id.clone())
+        },
         attempts: 0,
         applied_configuration: applied,
         configuration_overrides: req.custom_configuration.clone().filter(|v| !v.is_null()),
@@ -235,7 +306,11 @@ async fn create_run(
     let final_id = match s.store.insert(run).await {
         Ok(Inserted::Created) => {
             if !dry_run {
-                s.queue.push(Queued { id, shard, attempt: 0 });
+                s.queue.push(Queued {
+                    id,
+                    shard,
+                    attempt: 0,
+                });
             }
             id
         }
@@ -244,15 +319,22 @@ async fn create_run(
     };
     metrics::accepted(true);
     metrics::accept_latency(started.elapsed().as_secs_f64());
-    Ok((StatusCode::ACCEPTED, axum::Json(v1::RunCreated { request_id: final_id.to_string() })).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(v1::RunCreated {
+            request_id: final_id.to_string(),
+        }),
+    )
+        .into_response())
 }
 
 fn hex(b: &[u8]) -> String {
     use std::fmt::Write;
-    b.iter().fold(String::with_capacity(b.len() * 2), |mut s, x| {
-        let _ = write!(s, "{x:02x}");
-        s
-    })
+    b.iter()
+        .fold(String::with_capacity(b.len() * 2), |mut s, x| {
+            let _ = write!(s, "{x:02x}");
+            s
+        })
 }
 
 /// The result URI a client sees: a fresh signed URL for uploaded results, else what the
@@ -263,7 +345,11 @@ async fn result_uri(s: &Scheduler, run: &Run) -> String {
     }
     if run.result_stored {
         let key = Keys::result(&run.algorithm, &run.id.to_string());
-        return s.payloads.signed_get_url(&key, s.config.payload_valid_for).await.unwrap_or_default();
+        return s
+            .payloads
+            .signed_get_url(&key, s.config.payload_valid_for)
+            .await
+            .unwrap_or_default();
     }
     run.result_uri.clone().unwrap_or_default()
 }
@@ -276,7 +362,10 @@ fn error_message(run: &Run) -> String {
     }
 }
 
-async fn get_result(State(s): S, Path((alg, id)): Path<(String, String)>) -> ApiResult<axum::Json<v1::RequestResult>> {
+async fn get_result(
+    State(s): S,
+    Path((alg, id)): Path<(String, String)>,
+) -> ApiResult<axum::Json<v1::RequestResult>> {
     let run = load(&s, &alg, &id).await?;
     Ok(axum::Json(v1::RequestResult {
         request_id: run.id.to_string(),
@@ -286,8 +375,15 @@ async fn get_result(State(s): S, Path((alg, id)): Path<(String, String)>) -> Api
     }))
 }
 
-async fn get_by_tag(State(s): S, Path(tag): Path<String>) -> ApiResult<axum::Json<Vec<v1::TaggedRequestResult>>> {
-    let runs = s.store.by_tag(&tag, 10_000).await.map_err(|e| store_err(&e))?;
+async fn get_by_tag(
+    State(s): S,
+    Path(tag): Path<String>,
+) -> ApiResult<axum::Json<Vec<v1::TaggedRequestResult>>> {
+    let runs = s
+        .store
+        .by_tag(&tag, 10_000)
+        .await
+        .map_err(|e| store_err(&e))?;
     let mut out = Vec::with_capacity(runs.len());
     for run in runs {
         out.push(v1::TaggedRequestResult {
@@ -301,9 +397,16 @@ async fn get_by_tag(State(s): S, Path(tag): Path<String>) -> ApiResult<axum::Jso
     Ok(axum::Json(out))
 }
 
-async fn get_children(State(s): S, Path((alg, id)): Path<(String, String)>) -> ApiResult<axum::Json<Vec<v1::TaggedRequestResult>>> {
+async fn get_children(
+    State(s): S,
+    Path((alg, id)): Path<(String, String)>,
+) -> ApiResult<axum::Json<Vec<v1::TaggedRequestResult>>> {
     let run = load(&s, &alg, &id).await?;
-    let kids = s.store.by_parent(run.id, 10_000).await.map_err(|e| store_err(&e))?;
+    let kids = s
+        .store
+        .by_parent(run.id, 10_000)
+        .await
+        .map_err(|e| store_err(&e))?;
     let mut out = Vec::with_capacity(kids.len());
     for k in kids {
         out.push(v1::TaggedRequestResult {
@@ -317,9 +420,13 @@ async fn get_children(State(s): S, Path((alg, id)): Path<(String, String)>) -> A
     Ok(axum::Json(out))
 }
 
-async fn get_metadata(State(s): S, Path((alg, id)): Path<(String, String)>) -> ApiResult<axum::Json<serde_json::Value>> {
+async fn get_metadata(
+    State(s): S,
+    Path((alg, id)): Path<(String, String)>,
+) -> ApiResult<axum::Json<serde_json::Value>> {
     let run = load(&s, &alg, &id).await?;
-    let mut v = serde_json::to_value(&run).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let mut v = serde_json::to_value(&run)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     if let Some(o) = v.as_object_mut() {
         // Payload bytes are served by URL, never inlined into metadata.
         o.remove("payload");
@@ -328,33 +435,59 @@ async fn get_metadata(State(s): S, Path((alg, id)): Path<(String, String)>) -> A
         // Logs are written when the process ends, which may be after the run completed (the
         // algorithm reports, then exits), so look for the object rather than a flag.
         let key = Keys::logs(&run.algorithm, &run.id.to_string());
-        if run.logs_stored || (run.stage.is_terminal() && matches!(s.payloads.get(&key).await, Ok(Some(_)))) {
+        if run.logs_stored
+            || (run.stage.is_terminal() && matches!(s.payloads.get(&key).await, Ok(Some(_))))
+        {
             o.insert("logsStored".into(), true.into());
-            if let Ok(u) = s.payloads.signed_get_url(&key, Duration::from_secs(3600)).await {
+            if let Ok(u) = s
+                .payloads
+                .signed_get_url(&key, Duration::from_secs(3600))
+                .await
+            {
                 o.insert("logsUri".into(), u.into());
             }
         }
-        o.insert("receivedAtRfc3339".into(), nexus_core::run::format_millis(run.received_at).into());
+        o.insert(
+            "receivedAtRfc3339".into(),
+            nexus_core::run::format_millis(run.received_at).into(),
+        );
     }
     Ok(axum::Json(v))
 }
 
-async fn update_tag(State(s): S, Path((alg, id)): Path<(String, String)>, body: Bytes) -> ApiResult<StatusCode> {
+async fn update_tag(
+    State(s): S,
+    Path((alg, id)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
     let run = load(&s, &alg, &id).await?;
-    let text = std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("tag must be UTF-8 text"))?;
+    let text =
+        std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("tag must be UTF-8 text"))?;
     // Accept a raw tag or a JSON string (`"tag"`), as generated clients send either.
     let tag = serde_json::from_str::<String>(text).unwrap_or_else(|_| text.trim().to_owned());
     if tag.len() > 256 || tag.chars().any(char::is_control) {
-        return Err(ApiError::bad_request("tag: must be at most 256 characters without control characters"));
+        return Err(ApiError::bad_request(
+            "tag: must be at most 256 characters without control characters",
+        ));
     }
-    s.store.set_tag(run.id, (!tag.is_empty()).then_some(tag)).await.map_err(|e| store_err(&e))?;
+    s.store
+        .set_tag(run.id, (!tag.is_empty()).then_some(tag))
+        .await
+        .map_err(|e| store_err(&e))?;
     Ok(StatusCode::OK)
 }
 
-async fn get_buffer(State(s): S, Path((alg, id)): Path<(String, String)>) -> ApiResult<axum::Json<serde_json::Value>> {
+async fn get_buffer(
+    State(s): S,
+    Path((alg, id)): Path<(String, String)>,
+) -> ApiResult<axum::Json<serde_json::Value>> {
     let run = load(&s, &alg, &id).await?;
     let snap = s.catalog.snapshot();
-    let wg = snap.workgroups.get(&run.workgroup).map(|w| w.spec.clone()).unwrap_or_default();
+    let wg = snap
+        .workgroups
+        .get(&run.workgroup)
+        .map(|w| w.spec.clone())
+        .unwrap_or_default();
     let ctx = LaunchContext {
         payload_url: &s.payload_url(&run),
         run_token: "<minted at launch>",
@@ -378,7 +511,10 @@ async fn get_buffer(State(s): S, Path((alg, id)): Path<(String, String)>) -> Api
     })))
 }
 
-async fn get_payload_redirect(State(s): S, Path((alg, id)): Path<(String, String)>) -> ApiResult<Redirect> {
+async fn get_payload_redirect(
+    State(s): S,
+    Path((alg, id)): Path<(String, String)>,
+) -> ApiResult<Redirect> {
     let run = load(&s, &alg, &id).await?;
     Ok(Redirect::to(&s.payload_url(&run)))
 }
@@ -389,12 +525,21 @@ struct SigQuery {
     sig: Option<String>,
 }
 
-async fn serve_payload(State(s): S, Path((alg, id)): Path<(String, String)>, Query(q): Query<SigQuery>) -> ApiResult<Response> {
+async fn serve_payload(
+    State(s): S,
+    Path((alg, id)): Path<(String, String)>,
+    Query(q): Query<SigQuery>,
+) -> ApiResult<Response> {
     let path = format!("/data/v1/payloads/{alg}/{id}");
     let (Some(exp), Some(sig)) = (q.exp.as_deref(), q.sig.as_deref()) else {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "missing signature: use the signed URL handed to the run"));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "missing signature: use the signed URL handed to the run",
+        ));
     };
-    let exp: i64 = exp.parse().map_err(|_| ApiError::new(StatusCode::FORBIDDEN, "malformed signature expiry"))?;
+    let exp: i64 = exp
+        .parse()
+        .map_err(|_| ApiError::new(StatusCode::FORBIDDEN, "malformed signature expiry"))?;
     s.signer
         .verify_url("GET", &path, exp, sig, now_secs())
         .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e.to_string()))?;
@@ -406,7 +551,9 @@ async fn serve_payload(State(s): S, Path((alg, id)): Path<(String, String)>, Que
             .get(key)
             .await
             .map_err(|e| ApiError::from_kind(e.kind, e.message))?
-            .ok_or_else(|| ApiError::not_found("payload object is missing from the payload store"))?,
+            .ok_or_else(|| {
+                ApiError::not_found("payload object is missing from the payload store")
+            })?,
     };
     Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
 }
@@ -422,14 +569,21 @@ async fn cancel_run(
         v1::CancellationRequest::default()
     } else {
         require_json(&headers)?;
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("Cancellation payload is invalid: {e}")))?
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("Cancellation payload is invalid: {e}")))?
     };
     let policy: CancellationPolicy = match req.cancellation_policy.as_deref() {
         None | Some("") => CancellationPolicy::default(),
-        Some(p) => p.parse().map_err(|e: String| ApiError::bad_request(format!("Invalid cancellation request: {e}")))?,
+        Some(p) => p.parse().map_err(|e: String| {
+            ApiError::bad_request(format!("Invalid cancellation request: {e}"))
+        })?,
     };
     let mut run = load(&s, &alg, &id).await?;
-    let initiator = if req.initiator.is_empty() { "anonymous".to_owned() } else { req.initiator.clone() };
+    let initiator = if req.initiator.is_empty() {
+        "anonymous".to_owned()
+    } else {
+        req.initiator.clone()
+    };
     let patch = RunPatch::failure(
         format!("Cancelled by '{initiator}'"),
         format!("Run cancelled, reason: '{}'", req.reason),
@@ -442,12 +596,18 @@ async fn cancel_run(
                 run.id, run.stage
             )));
         }
-        match s.store.transition(run.id, run.stage, Stage::Cancelled, patch.clone()).await {
+        match s
+            .store
+            .transition(run.id, run.stage, Stage::Cancelled, patch.clone())
+            .await
+        {
             Ok(_) => {
-                if let Some(shard) = s.shards.route(&run.shard) {
-                    if let Err(e) = shard.cancel(run.id, policy).await {
-                        tracing::warn!("run cancelled in the store, but its process could not be stopped yet: {e}");
-                    }
+                if let Some(shard) = s.shards.route(&run.shard)
+                    && let Err(e) = shard.cancel(run.id, policy).await
+                {
+                    tracing::warn!(
+                        "run cancelled in the store, but its process could not be stopped yet: {e}"
+                    );
                 }
                 return Ok(StatusCode::OK.into_response());
             }
@@ -455,5 +615,7 @@ async fn cancel_run(
             Err(e) => return Err(store_err(&e)),
         }
     }
-    Err(ApiError::conflict("the run changed stage repeatedly while cancelling; retry"))
+    Err(ApiError::conflict(
+        "the run changed stage repeatedly while cancelling; retry",
+    ))
 }

@@ -18,14 +18,18 @@ use crate::{Scheduler, metrics};
 
 /// Runs the dispatch loop until `shutdown`; up to `concurrency` dispatches in flight.
 pub async fn run(s: Arc<Scheduler>, shutdown: CancellationToken) {
-    let sem = Arc::new(tokio::sync::Semaphore::new(s.config.dispatch_concurrency.max(1)));
+    let sem = Arc::new(tokio::sync::Semaphore::new(
+        s.config.dispatch_concurrency.max(1),
+    ));
     let tracker = tokio_util::task::TaskTracker::new();
     loop {
         let q = tokio::select! {
             () = shutdown.cancelled() => break,
             q = s.queue.pop() => q,
         };
-        let Ok(permit) = sem.clone().acquire_owned().await else { break };
+        let Ok(permit) = sem.clone().acquire_owned().await else {
+            break;
+        };
         let s2 = s.clone();
         let stop = shutdown.clone();
         tracker.spawn(async move {
@@ -69,15 +73,34 @@ async fn dispatch_one(s: &Scheduler, q: Queued, shutdown: &CancellationToken) {
     }
     let snap = s.catalog.snapshot();
     let Some(wg) = snap.workgroups.get(&run.workgroup) else {
-        fail(s, &run, "Workgroup no longer exists", &format!("workgroup '{}' was deleted before the run could be dispatched", run.workgroup)).await;
+        fail(
+            s,
+            &run,
+            "Workgroup no longer exists",
+            &format!(
+                "workgroup '{}' was deleted before the run could be dispatched",
+                run.workgroup
+            ),
+        )
+        .await;
         return;
     };
     let payload_url = s.payload_url(&run);
     let Some(shard) = s.shards.route(&run.shard) else {
-        fail(s, &run, "Unknown shard", &format!("no receiver is configured for shard '{}'", run.shard)).await;
+        fail(
+            s,
+            &run,
+            "Unknown shard",
+            &format!("no receiver is configured for shard '{}'", run.shard),
+        )
+        .await;
         return;
     };
-    let d = Dispatch { run: run.clone(), workgroup: wg.spec.clone(), payload_url };
+    let d = Dispatch {
+        run: run.clone(),
+        workgroup: wg.spec.clone(),
+        payload_url,
+    };
     match shard.submit(d).await {
         Ok(()) => metrics::dispatched("ok"),
         Err(e) if e.kind.is_retryable() && q.attempt + 1 < s.config.dispatch_max_attempts => {
@@ -87,7 +110,13 @@ async fn dispatch_one(s: &Scheduler, q: Queued, shutdown: &CancellationToken) {
         }
         Err(e) => {
             metrics::dispatched("failed");
-            fail(s, &run, "Algorithm could not be launched", &format!("after {} attempt(s): {}", q.attempt + 1, e.message)).await;
+            fail(
+                s,
+                &run,
+                "Algorithm could not be launched",
+                &format!("after {} attempt(s): {}", q.attempt + 1, e.message),
+            )
+            .await;
         }
     }
 }
@@ -107,7 +136,12 @@ async fn fail(s: &Scheduler, run: &nexus_core::run::Run, cause: &str, details: &
     tracing::warn!(run_id = %run.id, "{cause}: {details}");
     if let Err(e) = s
         .store
-        .transition(run.id, Stage::Buffered, Stage::SchedulingFailed, RunPatch::failure(cause, details))
+        .transition(
+            run.id,
+            Stage::Buffered,
+            Stage::SchedulingFailed,
+            RunPatch::failure(cause, details),
+        )
         .await
     {
         tracing::warn!(run_id = %run.id, "could not mark run SCHEDULING_FAILED: {e}");
@@ -130,13 +164,22 @@ mod tests {
 
     use crate::{Deps, Queued, Scheduler, SchedulerConfig, ShardMap};
 
-    fn scheduler(shard: std::sync::Arc<RecordingShard>, store: std::sync::Arc<InMemoryRunStore>) -> std::sync::Arc<Scheduler> {
+    fn scheduler(
+        shard: std::sync::Arc<RecordingShard>,
+        store: std::sync::Arc<InMemoryRunStore>,
+    ) -> std::sync::Arc<Scheduler> {
         let mut snap = Snapshot::default();
         let wg = Workgroup {
             api_version: API_VERSION.into(),
             kind: WORKGROUP_KIND.into(),
-            metadata: ObjectMeta { name: "wg".into(), ..Default::default() },
-            spec: WorkgroupSpec { cluster: "local".into(), ..Default::default() },
+            metadata: ObjectMeta {
+                name: "wg".into(),
+                ..Default::default()
+            },
+            spec: WorkgroupSpec {
+                cluster: "local".into(),
+                ..Default::default()
+            },
         };
         snap.workgroups.insert("wg".into(), wg);
         let config = SchedulerConfig {
@@ -151,7 +194,10 @@ mod tests {
                 store,
                 payloads: std::sync::Arc::new(InMemoryPayloadStore::default()),
                 catalog: Catalog::new(snap),
-                shards: ShardMap { fallback: Some(shard), ..ShardMap::default() },
+                shards: ShardMap {
+                    fallback: Some(shard),
+                    ..ShardMap::default()
+                },
                 signer: Signer::random(),
                 instance_id: "me".into(),
                 readiness: nexus_core::http::Readiness::default(),
@@ -159,7 +205,11 @@ mod tests {
         )
     }
 
-    async fn wait_for(store: &InMemoryRunStore, id: nexus_core::run::RunId, want: impl Fn(Stage) -> bool) -> nexus_core::run::Run {
+    async fn wait_for(
+        store: &InMemoryRunStore,
+        id: nexus_core::run::RunId,
+        want: impl Fn(Stage) -> bool,
+    ) -> nexus_core::run::Run {
         for _ in 0..500 {
             let r = store.get(id).await.unwrap().unwrap();
             if want(r.stage) {
@@ -185,7 +235,11 @@ mod tests {
         shard.fail_next([ErrorKind::Unavailable, ErrorKind::Timeout]);
         let run = queued_run("a");
         store.insert(run.clone()).await.unwrap();
-        s.queue.push(Queued { id: run.id, shard: "local".into(), attempt: 0 });
+        s.queue.push(Queued {
+            id: run.id,
+            shard: "local".into(),
+            attempt: 0,
+        });
         let stop = CancellationToken::new();
         let h = tokio::spawn(super::run(s.clone(), stop.clone()));
         for _ in 0..500 {
@@ -194,8 +248,15 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(shard.submitted(), vec![run.id], "dispatched after two retryable failures");
-        assert_eq!(store.get(run.id).await.unwrap().unwrap().stage, Stage::Buffered);
+        assert_eq!(
+            shard.submitted(),
+            vec![run.id],
+            "dispatched after two retryable failures"
+        );
+        assert_eq!(
+            store.get(run.id).await.unwrap().unwrap().stage,
+            Stage::Buffered
+        );
         stop.cancel();
         h.await.unwrap();
     }
@@ -208,7 +269,11 @@ mod tests {
         shard.fail_next([ErrorKind::Unavailable; 3]);
         let a = queued_run("a");
         store.insert(a.clone()).await.unwrap();
-        s.queue.push(Queued { id: a.id, shard: "local".into(), attempt: 0 });
+        s.queue.push(Queued {
+            id: a.id,
+            shard: "local".into(),
+            attempt: 0,
+        });
         let stop = CancellationToken::new();
         let h = tokio::spawn(super::run(s.clone(), stop.clone()));
         let r = wait_for(&store, a.id, |st| st == Stage::SchedulingFailed).await;
@@ -216,7 +281,11 @@ mod tests {
         shard.fail_next([ErrorKind::InvalidInput]);
         let b = queued_run("b");
         store.insert(b.clone()).await.unwrap();
-        s.queue.push(Queued { id: b.id, shard: "local".into(), attempt: 0 });
+        s.queue.push(Queued {
+            id: b.id,
+            shard: "local".into(),
+            attempt: 0,
+        });
         let r = wait_for(&store, b.id, |st| st == Stage::SchedulingFailed).await;
         assert!(r.failure_details.unwrap().contains("after 1 attempt(s)"));
         assert!(shard.submitted().is_empty());
@@ -231,8 +300,20 @@ mod tests {
         let s = scheduler(shard.clone(), store.clone());
         let run = queued_run("a");
         store.insert(run.clone()).await.unwrap();
-        store.transition(run.id, Stage::Buffered, Stage::Cancelled, Default::default()).await.unwrap();
-        s.queue.push(Queued { id: run.id, shard: "local".into(), attempt: 0 });
+        store
+            .transition(
+                run.id,
+                Stage::Buffered,
+                Stage::Cancelled,
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        s.queue.push(Queued {
+            id: run.id,
+            shard: "local".into(),
+            attempt: 0,
+        });
         let stop = CancellationToken::new();
         let h = tokio::spawn(super::run(s.clone(), stop.clone()));
         for _ in 0..50 {

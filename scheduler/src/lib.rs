@@ -85,7 +85,10 @@ impl SchedulerConfig {
     pub fn validate(&self) -> Result<(), String> {
         let mut e = Vec::new();
         if !(self.public_url.starts_with("http://") || self.public_url.starts_with("https://")) {
-            e.push(format!("scheduler.public_url: '{}' must start with http:// or https://", self.public_url));
+            e.push(format!(
+                "scheduler.public_url: '{}' must start with http:// or https://",
+                self.public_url
+            ));
         }
         if self.max_request_bytes < 1024 {
             e.push("scheduler.max_request_bytes: must be at least 1024".to_owned());
@@ -105,7 +108,11 @@ impl SchedulerConfig {
         if self.lease_ttl < Duration::from_secs(1) {
             e.push("scheduler.lease_ttl: must be at least 1s".to_owned());
         }
-        if e.is_empty() { Ok(()) } else { Err(e.join("; ")) }
+        if e.is_empty() {
+            Ok(())
+        } else {
+            Err(e.join("; "))
+        }
     }
 }
 
@@ -123,7 +130,10 @@ impl ShardMap {
     /// Returns the receiver of `shard`.
     #[must_use]
     pub fn route(&self, shard: &str) -> Option<Arc<dyn Shard>> {
-        self.shards.get(shard).cloned().or_else(|| self.fallback.clone())
+        self.shards
+            .get(shard)
+            .cloned()
+            .or_else(|| self.fallback.clone())
     }
 }
 
@@ -193,12 +203,20 @@ impl Scheduler {
         let path = format!("/data/v1/payloads/{}/{}", run.algorithm, run.id);
         let secs = i64::try_from(run.payload_valid_for.as_secs()).unwrap_or(i64::MAX / 2);
         let exp = now_millis() / 1000 + secs;
-        format!("{}{path}?{}", self.config.public_url.trim_end_matches('/'), self.signer.sign_url("GET", &path, exp))
+        format!(
+            "{}{path}?{}",
+            self.config.public_url.trim_end_matches('/'),
+            self.signer.sign_url("GET", &path, exp)
+        )
     }
 
     /// Enqueues a recovered run ahead of the queue (used by the supervisor's orphan recovery).
     pub fn enqueue_recovered(&self, run: &Run) {
-        self.queue.push_priority(Queued { id: run.id, shard: run.shard.clone(), attempt: 0 });
+        self.queue.push_priority(Queued {
+            id: run.id,
+            shard: run.shard.clone(),
+            attempt: 0,
+        });
     }
 }
 
@@ -221,7 +239,9 @@ pub async fn run(s: Arc<Scheduler>, shutdown: CancellationToken) {
     let _ = hb.await;
     let left = s.queue.drain().len();
     if let Err(e) = s.store.release_lease(&s.instance_id).await {
-        tracing::warn!("could not release lease at shutdown (runs are recovered when it expires): {e}");
+        tracing::warn!(
+            "could not release lease at shutdown (runs are recovered when it expires): {e}"
+        );
     }
     tracing::info!(handed_over = left, "scheduler stopped");
 }
@@ -245,7 +265,10 @@ async fn heartbeat(s: Arc<Scheduler>, shutdown: CancellationToken) {
 /// # Errors
 /// Store failures.
 pub async fn requeue_own(s: &Scheduler) -> Result<usize, nexus_core::store::StoreError> {
-    let runs = s.store.by_owner_stage(&s.instance_id, Stage::Buffered, usize::MAX).await?;
+    let runs = s
+        .store
+        .by_owner_stage(&s.instance_id, Stage::Buffered, usize::MAX)
+        .await?;
     for r in &runs {
         s.enqueue_recovered(r);
     }

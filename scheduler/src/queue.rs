@@ -44,12 +44,18 @@ impl VirtualQueue {
     /// Returns an empty queue holding at most `bound` runs (admission checks it).
     #[must_use]
     pub fn new(bound: usize) -> Self {
-        Self { inner: Mutex::new(Lanes::default()), notify: Notify::new(), bound }
+        Self {
+            inner: Mutex::new(Lanes::default()),
+            notify: Notify::new(),
+            bound,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Lanes> {
         // Lanes stay consistent under a panic in another holder: every mutation is one push/pop.
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Returns true when admission may add a run.
@@ -148,7 +154,11 @@ mod tests {
     use super::*;
 
     fn q(shard: &str) -> Queued {
-        Queued { id: RunId::new(), shard: shard.into(), attempt: 0 }
+        Queued {
+            id: RunId::new(),
+            shard: shard.into(),
+            attempt: 0,
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nexus_core::executor::{ExecutorEvent, Executor, Outcome};
+use nexus_core::executor::{Executor, ExecutorEvent, Outcome};
 use nexus_core::run::{CancellationPolicy, Run, RunPatch, Stage, now_millis};
 use nexus_core::store::{RunStore, StoreError};
 use serde::{Deserialize, Serialize};
@@ -33,7 +33,10 @@ pub struct SupervisorConfig {
 
 impl Default for SupervisorConfig {
     fn default() -> Self {
-        Self { recovery_interval: Duration::from_secs(5), exclusive_store: false }
+        Self {
+            recovery_interval: Duration::from_secs(5),
+            exclusive_store: false,
+        }
     }
 }
 
@@ -49,7 +52,8 @@ pub struct Decision {
 }
 
 fn signal_name(sig: i32) -> String {
-    nix::sys::signal::Signal::try_from(sig).map_or_else(|_| format!("signal {sig}"), |s| format!("{s:?}"))
+    nix::sys::signal::Signal::try_from(sig)
+        .map_or_else(|_| format!("signal {sig}"), |s| format!("{s:?}"))
 }
 
 /// Decides what a finished execution means for a run currently in `stage`. Returns `None` when
@@ -59,7 +63,13 @@ pub fn classify(outcome: &Outcome, stage: Stage, run: &Run) -> Option<Decision> 
     if stage.is_terminal() {
         return None;
     }
-    let d = |to, cause: &str, details: String| Some(Decision { to, cause: cause.to_owned(), details });
+    let d = |to, cause: &str, details: String| {
+        Some(Decision {
+            to,
+            cause: cause.to_owned(),
+            details,
+        })
+    };
     match outcome {
         Outcome::Succeeded => d(
             Stage::Failed,
@@ -119,7 +129,11 @@ impl Supervisor {
     /// Applies one executor event to the store.
     pub async fn handle(&self, ev: ExecutorEvent) {
         match ev {
-            ExecutorEvent::Started { run_id, attempt, executor_ref } => {
+            ExecutorEvent::Started {
+                run_id,
+                attempt,
+                executor_ref,
+            } => {
                 let patch = RunPatch {
                     attempts: Some(attempt),
                     executor_ref: Some(executor_ref),
@@ -127,15 +141,24 @@ impl Supervisor {
                     ..RunPatch::default()
                 };
                 for _ in 0..4 {
-                    let Ok(Some(run)) = self.store.get(run_id).await else { return };
+                    let Ok(Some(run)) = self.store.get(run_id).await else {
+                        return;
+                    };
                     if run.stage.is_terminal() {
                         // Cancelled (or finished) while starting: make sure the process stops.
                         if run.stage == Stage::Cancelled {
-                            let _ = self.executor.cancel(run_id, CancellationPolicy::Background).await;
+                            let _ = self
+                                .executor
+                                .cancel(run_id, CancellationPolicy::Background)
+                                .await;
                         }
                         return;
                     }
-                    match self.store.transition(run_id, run.stage, Stage::Running, patch.clone()).await {
+                    match self
+                        .store
+                        .transition(run_id, run.stage, Stage::Running, patch.clone())
+                        .await
+                    {
                         Ok(_) => return,
                         Err(StoreError::Conflict { .. }) => {}
                         Err(e) => {
@@ -145,7 +168,11 @@ impl Supervisor {
                     }
                 }
             }
-            ExecutorEvent::Finished { run_id, outcome, logs_stored } => {
+            ExecutorEvent::Finished {
+                run_id,
+                outcome,
+                logs_stored,
+            } => {
                 metrics::counter!("nexus_supervisor_outcomes_total", "outcome" => outcome_label(&outcome)).increment(1);
                 for _ in 0..4 {
                     let run = match self.store.get(run_id).await {
@@ -159,16 +186,30 @@ impl Supervisor {
                     };
                     let Some(dec) = classify(&outcome, run.stage, &run) else {
                         if logs_stored && !run.logs_stored && !run.stage.is_terminal() {
-                            let p = RunPatch { logs_stored: Some(true), ..RunPatch::default() };
+                            let p = RunPatch {
+                                logs_stored: Some(true),
+                                ..RunPatch::default()
+                            };
                             let _ = self.store.transition(run_id, run.stage, run.stage, p).await;
                         }
                         return;
                     };
                     let mut patch = RunPatch::failure(dec.cause, dec.details);
                     patch.logs_stored = Some(logs_stored);
-                    let to = if run.stage == Stage::Buffered && dec.to != Stage::SchedulingFailed && dec.to != Stage::Cancelled {
+                    let to = if run.stage == Stage::Buffered
+                        && dec.to != Stage::SchedulingFailed
+                        && dec.to != Stage::Cancelled
+                    {
                         // The start was not recorded yet: record it, then finish.
-                        let _ = self.store.transition(run_id, Stage::Buffered, Stage::Running, RunPatch::default()).await;
+                        let _ = self
+                            .store
+                            .transition(
+                                run_id,
+                                Stage::Buffered,
+                                Stage::Running,
+                                RunPatch::default(),
+                            )
+                            .await;
                         continue;
                     } else {
                         dec.to
@@ -192,12 +233,17 @@ impl Supervisor {
     ///
     /// # Errors
     /// Store failures (nothing is decided on a store error).
-    pub async fn recover(&self, requeue: &(dyn Fn(&Run) + Send + Sync)) -> Result<usize, StoreError> {
+    pub async fn recover(
+        &self,
+        requeue: &(dyn Fn(&Run) + Send + Sync),
+    ) -> Result<usize, StoreError> {
         let now = now_millis();
         let leases = self.store.leases().await?;
         let alive: HashSet<String> = leases
             .iter()
-            .filter(|l| l.expires_at > now && (!self.config.exclusive_store || l.owner == self.instance_id))
+            .filter(|l| {
+                l.expires_at > now && (!self.config.exclusive_store || l.owner == self.instance_id)
+            })
             .map(|l| l.owner.clone())
             .collect();
         let active: HashSet<_> = self.executor.active().await.into_iter().collect();
@@ -208,9 +254,17 @@ impl Supervisor {
                     continue;
                 }
                 for run in self.store.by_owner_stage(&owner, stage, 10_000).await? {
-                    let claim = RunPatch { owner: Some(Some(self.instance_id.clone())), ..RunPatch::default() };
+                    let claim = RunPatch {
+                        owner: Some(Some(self.instance_id.clone())),
+                        ..RunPatch::default()
+                    };
                     if stage == Stage::Buffered {
-                        if self.store.transition(run.id, stage, stage, claim).await.is_ok() {
+                        if self
+                            .store
+                            .transition(run.id, stage, stage, claim)
+                            .await
+                            .is_ok()
+                        {
                             requeue(&run);
                             n += 1;
                         }
@@ -226,7 +280,12 @@ impl Supervisor {
                             ),
                         );
                         p.owner = claim.owner;
-                        if self.store.transition(run.id, stage, Stage::Failed, p).await.is_ok() {
+                        if self
+                            .store
+                            .transition(run.id, stage, Stage::Failed, p)
+                            .await
+                            .is_ok()
+                        {
                             n += 1;
                         }
                     }
@@ -253,11 +312,22 @@ fn outcome_label(o: &Outcome) -> &'static str {
 /// Stops the process group of a local run left behind by a dead nexus process, but only when
 /// `/proc/<pid>/environ` proves the pid still belongs to that run (pids are reused).
 fn stop_orphan_process(run: &Run) {
-    let Some(pid) = run.executor_ref.as_deref().and_then(|p| p.parse::<i32>().ok()) else { return };
-    let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { return };
+    let Some(pid) = run
+        .executor_ref
+        .as_deref()
+        .and_then(|p| p.parse::<i32>().ok())
+    else {
+        return;
+    };
+    let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return;
+    };
     let marker = format!("{}={}", nexus_proto::v1::env::REQUEST_ID, run.id);
     if environ.split(|b| *b == 0).any(|kv| kv == marker.as_bytes()) {
-        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 
@@ -304,22 +374,99 @@ mod tests {
     fn classification_table() {
         let r = run();
         let cases: Vec<(Outcome, Stage, Option<Stage>, &str)> = vec![
-            (Outcome::Succeeded, Stage::Running, Some(Stage::Failed), "never called the completion endpoint"),
+            (
+                Outcome::Succeeded,
+                Stage::Running,
+                Some(Stage::Failed),
+                "never called the completion endpoint",
+            ),
             (Outcome::Succeeded, Stage::Completed, None, ""),
-            (Outcome::Failed { exit: ExitInfo { code: Some(3), signal: None }, attempts: 3, fatal: false }, Stage::Running, Some(Stage::Failed), "exited with code 3; 3 attempt(s)"),
-            (Outcome::Failed { exit: ExitInfo { code: Some(2), signal: None }, attempts: 1, fatal: true }, Stage::Running, Some(Stage::Failed), "fatalExitCodes"),
-            (Outcome::Failed { exit: ExitInfo { code: None, signal: Some(9) }, attempts: 1, fatal: false }, Stage::Running, Some(Stage::Failed), "out-of-memory"),
-            (Outcome::Failed { exit: ExitInfo { code: None, signal: Some(6) }, attempts: 1, fatal: false }, Stage::Running, Some(Stage::Failed), "SIGABRT"),
-            (Outcome::DeadlineExceeded { deadline: Duration::from_secs(5) }, Stage::Running, Some(Stage::DeadlineExceeded), "after 5s"),
-            (Outcome::LaunchFailed { message: "no such program".into() }, Stage::Buffered, Some(Stage::SchedulingFailed), "no such program"),
+            (
+                Outcome::Failed {
+                    exit: ExitInfo {
+                        code: Some(3),
+                        signal: None,
+                    },
+                    attempts: 3,
+                    fatal: false,
+                },
+                Stage::Running,
+                Some(Stage::Failed),
+                "exited with code 3; 3 attempt(s)",
+            ),
+            (
+                Outcome::Failed {
+                    exit: ExitInfo {
+                        code: Some(2),
+                        signal: None,
+                    },
+                    attempts: 1,
+                    fatal: true,
+                },
+                Stage::Running,
+                Some(Stage::Failed),
+                "fatalExitCodes",
+            ),
+            (
+                Outcome::Failed {
+                    exit: ExitInfo {
+                        code: None,
+                        signal: Some(9),
+                    },
+                    attempts: 1,
+                    fatal: false,
+                },
+                Stage::Running,
+                Some(Stage::Failed),
+                "out-of-memory",
+            ),
+            (
+                Outcome::Failed {
+                    exit: ExitInfo {
+                        code: None,
+                        signal: Some(6),
+                    },
+                    attempts: 1,
+                    fatal: false,
+                },
+                Stage::Running,
+                Some(Stage::Failed),
+                "SIGABRT",
+            ),
+            (
+                Outcome::DeadlineExceeded {
+                    deadline: Duration::from_secs(5),
+                },
+                Stage::Running,
+                Some(Stage::DeadlineExceeded),
+                "after 5s",
+            ),
+            (
+                Outcome::LaunchFailed {
+                    message: "no such program".into(),
+                },
+                Stage::Buffered,
+                Some(Stage::SchedulingFailed),
+                "no such program",
+            ),
             (Outcome::Cancelled, Stage::Cancelled, None, ""),
-            (Outcome::DeadlineExceeded { deadline: Duration::from_secs(5) }, Stage::Completed, None, ""),
+            (
+                Outcome::DeadlineExceeded {
+                    deadline: Duration::from_secs(5),
+                },
+                Stage::Completed,
+                None,
+                "",
+            ),
         ];
         for (o, stage, want, text) in cases {
             let got = classify(&o, stage, &r);
             assert_eq!(got.as_ref().map(|d| d.to), want, "{o:?} in {stage}");
             if let Some(d) = got {
-                assert!(d.details.contains(text) || d.cause.contains(text), "{o:?}: {d:?} lacks '{text}'");
+                assert!(
+                    d.details.contains(text) || d.cause.contains(text),
+                    "{o:?}: {d:?} lacks '{text}'"
+                );
             }
         }
     }

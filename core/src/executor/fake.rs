@@ -38,13 +38,21 @@ impl RecordingExecutor {
     /// Builds a fake whose runs stay active until [`RecordingExecutor::finish`] or a cancel.
     #[must_use]
     pub fn new(events: UnboundedSender<ExecutorEvent>) -> Self {
-        Self { events, auto_succeed: false, state: Mutex::new(State::default()) }
+        Self {
+            events,
+            auto_succeed: false,
+            state: Mutex::new(State::default()),
+        }
     }
 
     /// Builds a fake that emits `Started` then `Finished(Succeeded)` at every accepted launch.
     #[must_use]
     pub fn instant(events: UnboundedSender<ExecutorEvent>) -> Self {
-        Self { events, auto_succeed: true, state: Mutex::new(State::default()) }
+        Self {
+            events,
+            auto_succeed: true,
+            state: Mutex::new(State::default()),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -59,7 +67,11 @@ impl RecordingExecutor {
 
     fn started_event(state: &mut State, run_id: RunId) -> ExecutorEvent {
         state.next_ref += 1;
-        ExecutorEvent::Started { run_id, attempt: 1, executor_ref: format!("fake-{}", state.next_ref) }
+        ExecutorEvent::Started {
+            run_id,
+            attempt: 1,
+            executor_ref: format!("fake-{}", state.next_ref),
+        }
     }
 
     /// Every `launch` call so far, in order (duplicates of active ids included).
@@ -78,7 +90,11 @@ impl RecordingExecutor {
     pub fn start(&self, run_id: RunId) -> bool {
         let event = {
             let mut state = self.lock();
-            let Some(pos) = state.active.iter().position(|(id, started)| *id == run_id && !started) else {
+            let Some(pos) = state
+                .active
+                .iter()
+                .position(|(id, started)| *id == run_id && !started)
+            else {
                 return false;
             };
             state.active[pos].1 = true;
@@ -102,7 +118,11 @@ impl RecordingExecutor {
         if let Some(ev) = started {
             self.emit(ev);
         }
-        self.emit(ExecutorEvent::Finished { run_id, outcome, logs_stored: false });
+        self.emit(ExecutorEvent::Finished {
+            run_id,
+            outcome,
+            logs_stored: false,
+        });
         true
     }
 }
@@ -129,7 +149,11 @@ impl Executor for RecordingExecutor {
         Ok(())
     }
 
-    async fn cancel(&self, run_id: RunId, _policy: CancellationPolicy) -> Result<(), ExecutorError> {
+    async fn cancel(
+        &self,
+        run_id: RunId,
+        _policy: CancellationPolicy,
+    ) -> Result<(), ExecutorError> {
         let was_active = {
             let mut state = self.lock();
             state.cancels.push(run_id);
@@ -137,7 +161,11 @@ impl Executor for RecordingExecutor {
             pos.map(|p| state.active.remove(p)).is_some()
         };
         if was_active {
-            self.emit(ExecutorEvent::Finished { run_id, outcome: Outcome::Cancelled, logs_stored: false });
+            self.emit(ExecutorEvent::Finished {
+                run_id,
+                outcome: Outcome::Cancelled,
+                logs_stored: false,
+            });
         }
         Ok(())
     }
@@ -168,7 +196,13 @@ mod tests {
 
     #[tokio::test]
     async fn conformance() {
-        test_suite::run_all(&make, Capabilities { real_processes: false }).await;
+        test_suite::run_all(
+            &make,
+            Capabilities {
+                real_processes: false,
+            },
+        )
+        .await;
     }
 
     #[tokio::test]
@@ -187,7 +221,9 @@ mod tests {
         assert_eq!(ev.len(), 2);
         assert!(matches!(&ev[0], ExecutorEvent::Started { attempt: 1, .. }));
         assert!(exec.active().await.is_empty());
-        exec.cancel(s.run_id, CancellationPolicy::Background).await.unwrap();
+        exec.cancel(s.run_id, CancellationPolicy::Background)
+            .await
+            .unwrap();
         assert_eq!(exec.cancels(), vec![s.run_id]);
         assert!(rx.try_recv().is_err());
         // Finishing emits Started first when the test did not.
@@ -208,7 +244,11 @@ mod tests {
         assert_eq!(ev.len(), 2);
         assert_eq!(
             ev[1],
-            ExecutorEvent::Finished { run_id: s.run_id, outcome: Outcome::Succeeded, logs_stored: false }
+            ExecutorEvent::Finished {
+                run_id: s.run_id,
+                outcome: Outcome::Succeeded,
+                logs_stored: false
+            }
         );
         assert!(exec.active().await.is_empty());
         // A finished id may be launched again.

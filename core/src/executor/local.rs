@@ -135,7 +135,10 @@ impl Executor for LocalProcessExecutor {
         if spec.max_concurrent == Some(0) {
             return Err(ExecutorError::new(
                 ErrorKind::InvalidInput,
-                format!("workgroup '{}' has maxConcurrent 0: the run can never start", spec.workgroup),
+                format!(
+                    "workgroup '{}' has maxConcurrent 0: the run can never start",
+                    spec.workgroup
+                ),
             ));
         }
         let token = {
@@ -152,7 +155,11 @@ impl Executor for LocalProcessExecutor {
         Ok(())
     }
 
-    async fn cancel(&self, run_id: RunId, _policy: CancellationPolicy) -> Result<(), ExecutorError> {
+    async fn cancel(
+        &self,
+        run_id: RunId,
+        _policy: CancellationPolicy,
+    ) -> Result<(), ExecutorError> {
         // All policies kill the process group (see the module docs); the run task does the killing
         // and reports `Cancelled`.
         if let Some(token) = lock(&self.inner.runs).get(&run_id) {
@@ -176,7 +183,10 @@ enum AttemptEnd {
 impl Inner {
     /// The semaphore of `spec`'s workgroup, created or resized to its limit.
     fn semaphore(&self, spec: &LaunchSpec) -> Arc<Semaphore> {
-        let limit = spec.max_concurrent.unwrap_or(self.config.default_max_concurrent).max(1);
+        let limit = spec
+            .max_concurrent
+            .unwrap_or(self.config.default_max_concurrent)
+            .max(1);
         let mut groups = lock(&self.groups);
         let entry = groups
             .entry(spec.workgroup.clone())
@@ -209,7 +219,10 @@ impl Inner {
         let outcome = match &permit {
             None => Outcome::Cancelled,
             Some(Err(_)) => Outcome::LaunchFailed {
-                message: format!("concurrency limiter of workgroup '{}' closed", spec.workgroup),
+                message: format!(
+                    "concurrency limiter of workgroup '{}' closed",
+                    spec.workgroup
+                ),
             },
             Some(Ok(_)) => self.attempts(&spec, &cancel, &logs).await,
         };
@@ -232,7 +245,11 @@ impl Inner {
         // Forget the run before reporting, so that a relaunch after `Finished` is accepted; keep
         // the permit until after `Finished`, so the next run of the workgroup starts after it.
         lock(&self.runs).remove(&spec.run_id);
-        self.emit(ExecutorEvent::Finished { run_id: spec.run_id, outcome, logs_stored });
+        self.emit(ExecutorEvent::Finished {
+            run_id: spec.run_id,
+            outcome,
+            logs_stored,
+        });
         drop(permit);
     }
 
@@ -332,17 +349,27 @@ impl Inner {
             }
             // Whatever is left of the attempt's process group goes with it.
             signal_group(pid, Signal::SIGKILL);
-            let drain_for =
-                if matches!(end, AttemptEnd::Exited(_)) { DRAIN_AFTER_EXIT } else { DRAIN_AFTER_KILL };
+            let drain_for = if matches!(end, AttemptEnd::Exited(_)) {
+                DRAIN_AFTER_EXIT
+            } else {
+                DRAIN_AFTER_KILL
+            };
             drain(readers, drain_for).await;
 
             let status = match end {
-                AttemptEnd::Deadline => return Outcome::DeadlineExceeded { deadline: spec.deadline },
+                AttemptEnd::Deadline => {
+                    return Outcome::DeadlineExceeded {
+                        deadline: spec.deadline,
+                    };
+                }
                 AttemptEnd::Cancelled => return Outcome::Cancelled,
                 AttemptEnd::Exited(Err(e)) => {
                     tracing::warn!(run_id = %spec.run_id, error = %e, "waiting for the process failed");
                     return Outcome::Failed {
-                        exit: ExitInfo { code: None, signal: None },
+                        exit: ExitInfo {
+                            code: None,
+                            signal: None,
+                        },
                         attempts: attempt,
                         fatal: false,
                     };
@@ -352,18 +379,33 @@ impl Inner {
             if status.success() {
                 return Outcome::Succeeded;
             }
-            let exit = ExitInfo { code: status.code(), signal: status.signal() };
+            let exit = ExitInfo {
+                code: status.code(),
+                signal: status.signal(),
+            };
             lock(logs).push(format!("--- attempt {attempt} exited: {status} ---\n").as_bytes());
             let code_in = |codes: &[i32]| exit.code.is_some_and(|c| codes.contains(&c));
             if code_in(&spec.fatal_exit_codes) {
-                return Outcome::Failed { exit, attempts: attempt, fatal: true };
+                return Outcome::Failed {
+                    exit,
+                    attempts: attempt,
+                    fatal: true,
+                };
             }
             if attempt >= attempt_cap {
-                return Outcome::Failed { exit, attempts: attempt, fatal: false };
+                return Outcome::Failed {
+                    exit,
+                    attempts: attempt,
+                    fatal: false,
+                };
             }
             if !code_in(&spec.transient_exit_codes) {
                 if retries_used >= spec.max_retries {
-                    return Outcome::Failed { exit, attempts: attempt, fatal: false };
+                    return Outcome::Failed {
+                        exit,
+                        attempts: attempt,
+                        fatal: false,
+                    };
                 }
                 retries_used += 1;
             }
@@ -381,13 +423,17 @@ impl Inner {
 /// Sends `signal` to the process group led by `pid` (each attempt is its own group leader).
 /// A group that is already gone (`ESRCH`) is fine.
 fn signal_group(pid: Option<u32>, signal: Signal) {
-    let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) else { return };
+    let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) else {
+        return;
+    };
     if pid <= 1 {
         return;
     }
     match killpg(Pid::from_raw(pid), signal) {
         Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-        Err(e) => tracing::warn!(pgid = pid, ?signal, error = %e, "signalling process group failed"),
+        Err(e) => {
+            tracing::warn!(pgid = pid, ?signal, error = %e, "signalling process group failed")
+        }
     }
 }
 
@@ -426,13 +472,22 @@ struct LogBuffer {
 
 impl LogBuffer {
     fn new(max: usize) -> Self {
-        Self { max, buf: Vec::new(), dropped: 0 }
+        Self {
+            max,
+            buf: Vec::new(),
+            dropped: 0,
+        }
     }
 
     fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
         // Trim lazily (amortised O(1) per byte): only once the buffer holds twice the cap.
-        if self.buf.len() > self.max.saturating_mul(2).max(self.max.saturating_add(8192)) {
+        if self.buf.len()
+            > self
+                .max
+                .saturating_mul(2)
+                .max(self.max.saturating_add(8192))
+        {
             self.trim();
         }
     }
@@ -450,8 +505,11 @@ impl LogBuffer {
         if self.dropped == 0 {
             return self.buf;
         }
-        let mut out =
-            format!("[nexus: log truncated, {} earlier bytes dropped]\n", self.dropped).into_bytes();
+        let mut out = format!(
+            "[nexus: log truncated, {} earlier bytes dropped]\n",
+            self.dropped
+        )
+        .into_bytes();
         out.extend_from_slice(&self.buf);
         out
     }
@@ -482,7 +540,9 @@ mod tests {
         Arc::new(LocalProcessExecutor::new(config, payloads, events))
     }
 
-    const CAPS: Capabilities = Capabilities { real_processes: true };
+    const CAPS: Capabilities = Capabilities {
+        real_processes: true,
+    };
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn succeeds() {
@@ -555,7 +615,11 @@ mod tests {
         let bin = dir.path().join("bin");
         std::fs::create_dir_all(&bin).unwrap();
         let algo = bin.join("nexus-test-algo");
-        std::fs::write(&algo, "#!/bin/sh\nhead -c 5000 /dev/zero | tr '\\0' x\necho END\n").unwrap();
+        std::fs::write(
+            &algo,
+            "#!/bin/sh\nhead -c 5000 /dev/zero | tr '\\0' x\necho END\n",
+        )
+        .unwrap();
         std::fs::set_permissions(&algo, std::fs::Permissions::from_mode(0o755)).unwrap();
         let payloads = Arc::new(InMemoryPayloadStore::new());
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -575,7 +639,11 @@ mod tests {
         let fin = events.last().unwrap();
         assert_eq!(
             fin,
-            &ExecutorEvent::Finished { run_id: spec.run_id, outcome: Outcome::Succeeded, logs_stored: true }
+            &ExecutorEvent::Finished {
+                run_id: spec.run_id,
+                outcome: Outcome::Succeeded,
+                logs_stored: true
+            }
         );
         let logs = payloads.get("logs/t/1").await.unwrap().unwrap();
         let text = String::from_utf8_lossy(&logs);

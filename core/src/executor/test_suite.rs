@@ -84,7 +84,12 @@ impl Harness {
         let payloads = Arc::new(InMemoryPayloadStore::new());
         let (tx, rx) = mpsc::unbounded_channel();
         let executor = make(tx, payloads.clone(), &dir.path().join("work"));
-        Self { executor, events: rx, payloads, dir }
+        Self {
+            executor,
+            events: rx,
+            payloads,
+            dir,
+        }
     }
 
     /// Waits for all events up to and including `run_id`'s `Finished`.
@@ -164,9 +169,11 @@ fn started(events: &[ExecutorEvent], run_id: RunId) -> Vec<(u32, String)> {
     events
         .iter()
         .filter_map(|e| match e {
-            ExecutorEvent::Started { run_id: r, attempt, executor_ref } if *r == run_id => {
-                Some((*attempt, executor_ref.clone()))
-            }
+            ExecutorEvent::Started {
+                run_id: r,
+                attempt,
+                executor_ref,
+            } if *r == run_id => Some((*attempt, executor_ref.clone())),
             _ => None,
         })
         .collect()
@@ -183,7 +190,9 @@ fn outcome(events: &[ExecutorEvent]) -> Outcome {
 fn process_gone(pid: &str) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')),
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
     }
 }
 
@@ -223,7 +232,11 @@ pub async fn success(make: &MakeExecutor) {
     let st = started(&ev, s.run_id);
     assert_eq!(st.len(), 1, "{ev:?}");
     assert_eq!(st[0].0, 1);
-    assert!(st[0].1.parse::<u32>().is_ok_and(|p| p > 0), "pid ref: {:?}", st[0].1);
+    assert!(
+        st[0].1.parse::<u32>().is_ok_and(|p| p > 0),
+        "pid ref: {:?}",
+        st[0].1
+    );
     assert_eq!(outcome(&ev), Outcome::Succeeded);
     assert!(h.executor.active().await.is_empty());
     h.assert_quiet(200).await;
@@ -240,7 +253,14 @@ pub async fn retries_then_fails(make: &MakeExecutor) {
     assert_eq!(attempts, vec![1, 2, 3], "{ev:?}");
     assert_eq!(
         outcome(&ev),
-        Outcome::Failed { exit: ExitInfo { code: Some(3), signal: None }, attempts: 3, fatal: false }
+        Outcome::Failed {
+            exit: ExitInfo {
+                code: Some(3),
+                signal: None
+            },
+            attempts: 3,
+            fatal: false
+        }
     );
 }
 
@@ -255,7 +275,14 @@ pub async fn fatal_code_stops(make: &MakeExecutor) {
     assert_eq!(started(&ev, s.run_id).len(), 1, "{ev:?}");
     assert_eq!(
         outcome(&ev),
-        Outcome::Failed { exit: ExitInfo { code: Some(4), signal: None }, attempts: 1, fatal: true }
+        Outcome::Failed {
+            exit: ExitInfo {
+                code: Some(4),
+                signal: None
+            },
+            attempts: 1,
+            fatal: true
+        }
     );
 }
 
@@ -285,8 +312,17 @@ pub async fn deadline_kills_group(make: &MakeExecutor) {
     let t0 = Instant::now();
     h.executor.launch(s.clone()).await.unwrap();
     let ev = h.until_finished(s.run_id, 10).await;
-    assert!(t0.elapsed() < Duration::from_secs(5), "took {:?}", t0.elapsed());
-    assert_eq!(outcome(&ev), Outcome::DeadlineExceeded { deadline: Duration::from_secs(1) });
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(
+        outcome(&ev),
+        Outcome::DeadlineExceeded {
+            deadline: Duration::from_secs(1)
+        }
+    );
     let st = started(&ev, s.run_id);
     assert_eq!(st.len(), 1, "{ev:?}");
     wait_gone(&st[0].1).await;
@@ -303,24 +339,41 @@ pub async fn cancel_active(make: &MakeExecutor, caps: Capabilities) {
     let mut pid = None;
     if caps.real_processes {
         match h.next(10).await {
-            ExecutorEvent::Started { run_id, executor_ref, .. } if run_id == s.run_id => {
+            ExecutorEvent::Started {
+                run_id,
+                executor_ref,
+                ..
+            } if run_id == s.run_id => {
                 pid = Some(executor_ref);
             }
             other => panic!("expected Started, got {other:?}"),
         }
     }
     let t0 = Instant::now();
-    h.executor.cancel(s.run_id, CancellationPolicy::Background).await.unwrap();
+    h.executor
+        .cancel(s.run_id, CancellationPolicy::Background)
+        .await
+        .unwrap();
     let ev = h.until_finished(s.run_id, 5).await;
-    assert!(t0.elapsed() < Duration::from_secs(2), "cancel took {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "cancel took {:?}",
+        t0.elapsed()
+    );
     assert_eq!(outcome(&ev), Outcome::Cancelled);
     assert!(h.executor.active().await.is_empty());
     if let Some(pid) = pid {
         wait_gone(&pid).await;
     }
     // Idempotent: cancelling again (any policy) is Ok and emits nothing.
-    h.executor.cancel(s.run_id, CancellationPolicy::Orphan).await.unwrap();
-    h.executor.cancel(s.run_id, CancellationPolicy::Foreground).await.unwrap();
+    h.executor
+        .cancel(s.run_id, CancellationPolicy::Orphan)
+        .await
+        .unwrap();
+    h.executor
+        .cancel(s.run_id, CancellationPolicy::Foreground)
+        .await
+        .unwrap();
     h.assert_quiet(300).await;
 }
 
@@ -350,7 +403,9 @@ pub async fn concurrency_limit(make: &MakeExecutor) {
                 assert!(running.is_none(), "two runs at once: {ev:?}");
                 running = Some(*run_id);
             }
-            ExecutorEvent::Finished { run_id, outcome, .. } => {
+            ExecutorEvent::Finished {
+                run_id, outcome, ..
+            } => {
                 assert_eq!(running, Some(*run_id), "{ev:?}");
                 assert_eq!(outcome, &Outcome::Succeeded);
                 running = None;
@@ -373,11 +428,17 @@ pub async fn cancel_waiting_for_permit(make: &MakeExecutor) {
     }
     h.executor.launch(b.clone()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    h.executor.cancel(b.run_id, CancellationPolicy::Background).await.unwrap();
+    h.executor
+        .cancel(b.run_id, CancellationPolicy::Background)
+        .await
+        .unwrap();
     let ev = h.until_finished(b.run_id, 5).await;
     assert_eq!(ev.len(), 1, "{ev:?}");
     assert_eq!(outcome(&ev), Outcome::Cancelled);
-    h.executor.cancel(a.run_id, CancellationPolicy::Background).await.unwrap();
+    h.executor
+        .cancel(a.run_id, CancellationPolicy::Background)
+        .await
+        .unwrap();
     let ev = h.until_finished(a.run_id, 5).await;
     assert_eq!(outcome(&ev), Outcome::Cancelled);
 }
@@ -386,17 +447,34 @@ pub async fn cancel_waiting_for_permit(make: &MakeExecutor) {
 pub async fn env_and_args(make: &MakeExecutor) {
     let mut h = Harness::new(make);
     let out = h.dir.path().join("out");
-    let mut s = spec(&["-c", r#"printf '%s|%s|%s' "$FOO" "$1" "$2" > "$OUT"; env > "$OUT.env""#, "sh", "arg one", "two"]);
-    s.env = vec![("FOO".into(), "bar baz".into()), ("OUT".into(), out.display().to_string())];
+    let mut s = spec(&[
+        "-c",
+        r#"printf '%s|%s|%s' "$FOO" "$1" "$2" > "$OUT"; env > "$OUT.env""#,
+        "sh",
+        "arg one",
+        "two",
+    ]);
+    s.env = vec![
+        ("FOO".into(), "bar baz".into()),
+        ("OUT".into(), out.display().to_string()),
+    ];
     h.executor.launch(s.clone()).await.unwrap();
     let ev = h.until_finished(s.run_id, 20).await;
     assert_eq!(outcome(&ev), Outcome::Succeeded);
-    assert_eq!(std::fs::read_to_string(&out).unwrap(), "bar baz|arg one|two");
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "bar baz|arg one|two"
+    );
     let env = std::fs::read_to_string(out.with_extension("env")).unwrap();
-    let allowed = ["PATH", "HOME", "LANG", "TMPDIR", "FOO", "OUT", "PWD", "OLDPWD", "SHLVL", "_"];
+    let allowed = [
+        "PATH", "HOME", "LANG", "TMPDIR", "FOO", "OUT", "PWD", "OLDPWD", "SHLVL", "_",
+    ];
     for line in env.lines() {
         let key = line.split('=').next().unwrap_or_default();
-        assert!(allowed.contains(&key), "unexpected env var {line:?} in {env}");
+        assert!(
+            allowed.contains(&key),
+            "unexpected env var {line:?} in {env}"
+        );
     }
     assert!(env.lines().any(|l| l.starts_with("PATH=")), "{env}");
 }
@@ -410,9 +488,18 @@ pub async fn logs_captured(make: &MakeExecutor) {
     let ev = h.until_finished(s.run_id, 20).await;
     assert_eq!(
         ev.last(),
-        Some(&ExecutorEvent::Finished { run_id: s.run_id, outcome: Outcome::Succeeded, logs_stored: true })
+        Some(&ExecutorEvent::Finished {
+            run_id: s.run_id,
+            outcome: Outcome::Succeeded,
+            logs_stored: true
+        })
     );
-    let logs = h.payloads.get("logs/test-algo/1").await.unwrap().expect("logs stored");
+    let logs = h
+        .payloads
+        .get("logs/test-algo/1")
+        .await
+        .unwrap()
+        .expect("logs stored");
     let text = String::from_utf8_lossy(&logs);
     assert!(text.contains("--- attempt 1 ---"), "{text}");
     assert!(text.contains("to-stdout"), "{text}");
@@ -421,7 +508,13 @@ pub async fn logs_captured(make: &MakeExecutor) {
     let s2 = sh("echo hi");
     h.executor.launch(s2.clone()).await.unwrap();
     let ev = h.until_finished(s2.run_id, 20).await;
-    assert!(matches!(ev.last(), Some(ExecutorEvent::Finished { logs_stored: false, .. })));
+    assert!(matches!(
+        ev.last(),
+        Some(ExecutorEvent::Finished {
+            logs_stored: false,
+            ..
+        })
+    ));
     assert_eq!(h.payloads.len(), 1);
 }
 
@@ -451,10 +544,16 @@ pub async fn double_launch(make: &MakeExecutor, caps: Capabilities) {
     h.executor.launch(s.clone()).await.unwrap();
     assert_eq!(h.executor.active().await, vec![s.run_id]);
     if caps.real_processes {
-        assert!(matches!(h.next(10).await, ExecutorEvent::Started { attempt: 1, .. }));
+        assert!(matches!(
+            h.next(10).await,
+            ExecutorEvent::Started { attempt: 1, .. }
+        ));
     }
     h.executor.launch(s.clone()).await.unwrap();
-    h.executor.cancel(s.run_id, CancellationPolicy::Background).await.unwrap();
+    h.executor
+        .cancel(s.run_id, CancellationPolicy::Background)
+        .await
+        .unwrap();
     let ev = h.until_finished(s.run_id, 5).await;
     assert_eq!(outcome(&ev), Outcome::Cancelled);
     assert!(started(&ev, s.run_id).is_empty(), "second Started: {ev:?}");
@@ -464,7 +563,11 @@ pub async fn double_launch(make: &MakeExecutor, caps: Capabilities) {
 /// Cancel of an unknown run is `Ok` and emits nothing.
 pub async fn cancel_unknown(make: &MakeExecutor) {
     let mut h = Harness::new(make);
-    for policy in [CancellationPolicy::Background, CancellationPolicy::Foreground, CancellationPolicy::Orphan] {
+    for policy in [
+        CancellationPolicy::Background,
+        CancellationPolicy::Foreground,
+        CancellationPolicy::Orphan,
+    ] {
         h.executor.cancel(RunId::new(), policy).await.unwrap();
     }
     assert!(h.executor.active().await.is_empty());

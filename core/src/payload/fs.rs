@@ -33,7 +33,12 @@ pub struct FsPayloadStore {
 
 /// Checks a key: non-empty `/`-separated segments of `[A-Za-z0-9._-]`, none `.` or `..`.
 fn validate_key(key: &str) -> Result<(), PayloadError> {
-    let bad = |why: &str| PayloadError::new(ErrorKind::InvalidInput, format!("invalid object key {key:?}: {why}"));
+    let bad = |why: &str| {
+        PayloadError::new(
+            ErrorKind::InvalidInput,
+            format!("invalid object key {key:?}: {why}"),
+        )
+    };
     if key.is_empty() {
         return Err(bad("empty"));
     }
@@ -47,8 +52,13 @@ fn validate_key(key: &str) -> Result<(), PayloadError> {
         if seg == "." || seg == ".." {
             return Err(bad("'.' and '..' segments are not allowed"));
         }
-        if !seg.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
-            return Err(bad("segments may only contain A-Z, a-z, 0-9, '.', '_' and '-'"));
+        if !seg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return Err(bad(
+                "segments may only contain A-Z, a-z, 0-9, '.', '_' and '-'",
+            ));
         }
     }
     Ok(())
@@ -59,9 +69,9 @@ fn io_error(what: &str, path: &Path, e: &io::Error) -> PayloadError {
     let kind = match e.kind() {
         io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => ErrorKind::ResourceExhausted,
         io::ErrorKind::TimedOut => ErrorKind::Timeout,
-        io::ErrorKind::NotADirectory | io::ErrorKind::IsADirectory | io::ErrorKind::AlreadyExists => {
-            ErrorKind::Conflict
-        }
+        io::ErrorKind::NotADirectory
+        | io::ErrorKind::IsADirectory
+        | io::ErrorKind::AlreadyExists => ErrorKind::Conflict,
         _ => ErrorKind::Internal,
     };
     PayloadError::new(kind, format!("{what} {}: {e}", path.display()))
@@ -70,21 +80,26 @@ fn io_error(what: &str, path: &Path, e: &io::Error) -> PayloadError {
 /// Writes `bytes` to `path` durably (temp file, `sync_all`, rename, fsync of the directory).
 fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), PayloadError> {
     use std::io::Write as _;
-    let dir = path
-        .parent()
-        .ok_or_else(|| PayloadError::new(ErrorKind::Internal, "object path has no parent directory"))?;
+    let dir = path.parent().ok_or_else(|| {
+        PayloadError::new(ErrorKind::Internal, "object path has no parent directory")
+    })?;
     std::fs::create_dir_all(dir).map_err(|e| io_error("creating directory", dir, &e))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     // '~' never occurs in a valid key, so a temp file can never be mistaken for an object.
     let tmp = dir.join(format!("{name}~tmp~{}", uuid::Uuid::new_v4().simple()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp).map_err(|e| io_error("creating", &tmp, &e))?;
-        f.write_all(bytes).map_err(|e| io_error("writing", &tmp, &e))?;
+        f.write_all(bytes)
+            .map_err(|e| io_error("writing", &tmp, &e))?;
         f.sync_all().map_err(|e| io_error("syncing", &tmp, &e))?;
         drop(f);
         std::fs::rename(&tmp, path).map_err(|e| io_error("renaming onto", path, &e))?;
         let d = std::fs::File::open(dir).map_err(|e| io_error("opening directory", dir, &e))?;
-        d.sync_all().map_err(|e| io_error("syncing directory", dir, &e))
+        d.sync_all()
+            .map_err(|e| io_error("syncing directory", dir, &e))
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -107,7 +122,11 @@ impl FsPayloadStore {
     pub fn open(root: PathBuf, base_url: String, signer: Signer) -> Result<Self, PayloadError> {
         std::fs::create_dir_all(&root).map_err(|e| io_error("creating payload root", &root, &e))?;
         let base_url = base_url.trim_end_matches('/').to_owned();
-        Ok(Self { root, base_url, signer })
+        Ok(Self {
+            root,
+            base_url,
+            signer,
+        })
     }
 
     /// Root directory of the store.
@@ -139,11 +158,19 @@ impl FsPayloadStore {
     /// # Errors
     /// `InvalidInput` for an invalid key; `Forbidden` (with a message for the 403 body) when the
     /// signature is missing, malformed, forged (altered URL, other method, other key) or expired.
-    pub fn verify(&self, method: &str, key: &str, exp: Option<&str>, sig: Option<&str>) -> Result<(), PayloadError> {
+    pub fn verify(
+        &self,
+        method: &str,
+        key: &str,
+        exp: Option<&str>,
+        sig: Option<&str>,
+    ) -> Result<(), PayloadError> {
         validate_key(key)?;
         let forbidden = |m: String| PayloadError::new(ErrorKind::Forbidden, m);
         let (Some(exp), Some(sig)) = (exp, sig) else {
-            return Err(forbidden("missing exp or sig query parameter: use a signed URL issued by Nexus".to_owned()));
+            return Err(forbidden(
+                "missing exp or sig query parameter: use a signed URL issued by Nexus".to_owned(),
+            ));
         };
         let exp = parse_exp(Subject::Url, exp).map_err(|e| forbidden(e.to_string()))?;
         self.signer
@@ -158,7 +185,9 @@ impl PayloadStore for FsPayloadStore {
         let path = self.path_of(key)?;
         tokio::task::spawn_blocking(move || write_durably(&path, &bytes))
             .await
-            .map_err(|e| PayloadError::new(ErrorKind::Internal, format!("write task failed: {e}")))?
+            .map_err(|e| {
+                PayloadError::new(ErrorKind::Internal, format!("write task failed: {e}"))
+            })?
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, PayloadError> {
@@ -168,7 +197,9 @@ impl PayloadStore for FsPayloadStore {
             Err(e)
                 if matches!(
                     e.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory | io::ErrorKind::IsADirectory
+                    io::ErrorKind::NotFound
+                        | io::ErrorKind::NotADirectory
+                        | io::ErrorKind::IsADirectory
                 ) =>
             {
                 Ok(None)
@@ -181,7 +212,14 @@ impl PayloadStore for FsPayloadStore {
         let path = self.path_of(key)?;
         match tokio::fs::remove_file(&path).await {
             Ok(()) => Ok(()),
-            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(io_error("deleting", &path, &e)),
         }
     }
@@ -203,12 +241,19 @@ mod tests {
     use crate::payload::test_suite;
 
     fn store(dir: &Path) -> FsPayloadStore {
-        FsPayloadStore::open(dir.join("objects"), "http://127.0.0.1:8090/".to_owned(), Signer::random()).unwrap()
+        FsPayloadStore::open(
+            dir.join("objects"),
+            "http://127.0.0.1:8090/".to_owned(),
+            Signer::random(),
+        )
+        .unwrap()
     }
 
     /// Splits a minted URL into (key, exp, sig).
     fn parse(s: &FsPayloadStore, url: &str) -> (String, String, String) {
-        let rest = url.strip_prefix(&format!("{}{ROUTE_PREFIX}", s.base_url)).unwrap();
+        let rest = url
+            .strip_prefix(&format!("{}{ROUTE_PREFIX}", s.base_url))
+            .unwrap();
         let (key, query) = rest.split_once('?').unwrap();
         let mut exp = String::new();
         let mut sig = String::new();
@@ -233,20 +278,42 @@ mod tests {
     async fn verify_accepts_minted_and_rejects_tampering() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
-        let url = s.signed_get_url("payloads/algo/1", Duration::from_secs(60)).await.unwrap();
-        assert!(url.starts_with("http://127.0.0.1:8090/data/v1/objects/payloads/algo/1?exp="), "{url}");
+        let url = s
+            .signed_get_url("payloads/algo/1", Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(
+            url.starts_with("http://127.0.0.1:8090/data/v1/objects/payloads/algo/1?exp="),
+            "{url}"
+        );
         let (key, exp, sig) = parse(&s, &url);
         assert_eq!(key, "payloads/algo/1");
         s.verify("GET", &key, Some(&exp), Some(&sig)).unwrap();
 
-        let forbidden = |r: Result<(), PayloadError>| matches!(r, Err(e) if e.kind == ErrorKind::Forbidden);
-        assert!(forbidden(s.verify("GET", "payloads/algo/2", Some(&exp), Some(&sig))));
+        let forbidden =
+            |r: Result<(), PayloadError>| matches!(r, Err(e) if e.kind == ErrorKind::Forbidden);
+        assert!(forbidden(s.verify(
+            "GET",
+            "payloads/algo/2",
+            Some(&exp),
+            Some(&sig)
+        )));
         assert!(forbidden(s.verify("PUT", &key, Some(&exp), Some(&sig))));
-        assert!(forbidden(s.verify("GET", &key, Some("99999999999"), Some(&sig))));
+        assert!(forbidden(s.verify(
+            "GET",
+            &key,
+            Some("99999999999"),
+            Some(&sig)
+        )));
         assert!(forbidden(s.verify("GET", &key, Some("abc"), Some(&sig))));
         assert!(forbidden(s.verify("GET", &key, None, Some(&sig))));
         assert!(forbidden(s.verify("GET", &key, Some(&exp), None)));
-        assert!(forbidden(s.verify("GET", &key, Some(&exp), Some("garbage"))));
+        assert!(forbidden(s.verify(
+            "GET",
+            &key,
+            Some(&exp),
+            Some("garbage")
+        )));
 
         let past = s.signed_url_at("GET", &key, now_secs() - 10);
         let (_, exp, sig) = parse(&s, &past);
@@ -254,7 +321,10 @@ mod tests {
         assert_eq!(err.kind, ErrorKind::Forbidden);
         assert!(err.message.contains("expired at"), "{}", err.message);
 
-        let put = s.signed_put_url(&key, Duration::from_secs(60)).await.unwrap();
+        let put = s
+            .signed_put_url(&key, Duration::from_secs(60))
+            .await
+            .unwrap();
         let (_, exp, sig) = parse(&s, &put);
         s.verify("PUT", &key, Some(&exp), Some(&sig)).unwrap();
     }
@@ -263,12 +333,29 @@ mod tests {
     async fn bad_keys_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
-        for key in ["../etc/passwd", "/etc/passwd", "a//b", "", "a/./b", "a/..", "a b", "a/b/", "a~tmp", "a\\b"] {
+        for key in [
+            "../etc/passwd",
+            "/etc/passwd",
+            "a//b",
+            "",
+            "a/./b",
+            "a/..",
+            "a b",
+            "a/b/",
+            "a~tmp",
+            "a\\b",
+        ] {
             let inv = |r: Result<(), PayloadError>| matches!(r, Err(e) if e.kind == ErrorKind::InvalidInput);
             assert!(inv(s.put(key, Bytes::from_static(b"x")).await), "{key:?}");
             assert!(inv(s.get(key).await.map(|_| ())), "{key:?}");
             assert!(inv(s.delete(key).await), "{key:?}");
-            assert!(inv(s.signed_get_url(key, Duration::from_secs(1)).await.map(|_| ())), "{key:?}");
+            assert!(
+                inv(s
+                    .signed_get_url(key, Duration::from_secs(1))
+                    .await
+                    .map(|_| ())),
+                "{key:?}"
+            );
             assert!(inv(s.verify("GET", key, Some("1"), Some("x"))), "{key:?}");
         }
         assert!(!dir.path().join("etc").exists());
@@ -280,9 +367,15 @@ mod tests {
         let s = store(dir.path());
         s.put("a/b", Bytes::from_static(b"one")).await.unwrap();
         s.put("a/b", Bytes::from_static(b"two")).await.unwrap();
-        let names: Vec<_> = std::fs::read_dir(s.root().join("a")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(s.root().join("a"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("b")]);
         let again = store(dir.path());
-        assert_eq!(again.get("a/b").await.unwrap().unwrap(), Bytes::from_static(b"two"));
+        assert_eq!(
+            again.get("a/b").await.unwrap().unwrap(),
+            Bytes::from_static(b"two")
+        );
     }
 }

@@ -35,7 +35,10 @@ impl InMemoryPayloadStore {
     /// Builds an empty store with a random signing key.
     #[must_use]
     pub fn new() -> Self {
-        Self { objects: Mutex::new(HashMap::new()), signer: Signer::random() }
+        Self {
+            objects: Mutex::new(HashMap::new()),
+            signer: Signer::random(),
+        }
     }
 
     /// Number of stored objects (for tests).
@@ -58,7 +61,10 @@ impl InMemoryPayloadStore {
     /// Mints a signed URL with an explicit expiry (Unix seconds).
     #[must_use]
     pub fn signed_url_at(&self, method: &str, key: &str, expires_at_secs: i64) -> String {
-        format!("{SCHEME}{key}?{}", self.signer.sign_url(method, key, expires_at_secs))
+        format!(
+            "{SCHEME}{key}?{}",
+            self.signer.sign_url(method, key, expires_at_secs)
+        )
     }
 
     /// Checks a URL minted by this store for `method`; returns its key.
@@ -68,10 +74,18 @@ impl InMemoryPayloadStore {
     /// expired.
     pub fn verify_url(&self, method: &str, url: &str) -> Result<String, SignError> {
         let subject = Subject::Url;
-        let malformed = |reason: &str| SignError::Malformed { subject, reason: reason.to_owned() };
-        let rest = url.strip_prefix(SCHEME).ok_or_else(|| malformed("not a memory:// URL"))?;
-        let (key, query) = rest.split_once('?').ok_or_else(|| malformed("missing query string"))?;
-        let (exp, sig) = parse_query(query).ok_or_else(|| malformed("missing exp or sig parameter"))?;
+        let malformed = |reason: &str| SignError::Malformed {
+            subject,
+            reason: reason.to_owned(),
+        };
+        let rest = url
+            .strip_prefix(SCHEME)
+            .ok_or_else(|| malformed("not a memory:// URL"))?;
+        let (key, query) = rest
+            .split_once('?')
+            .ok_or_else(|| malformed("missing query string"))?;
+        let (exp, sig) =
+            parse_query(query).ok_or_else(|| malformed("missing exp or sig parameter"))?;
         let exp = parse_exp(subject, exp)?;
         self.signer.verify_url(method, key, exp, sig, now_secs())?;
         Ok(key.to_owned())
@@ -137,19 +151,49 @@ mod tests {
     #[tokio::test]
     async fn urls_verify() {
         let store = InMemoryPayloadStore::new();
-        let get = store.signed_get_url("a/b", Duration::from_secs(60)).await.unwrap();
-        let put = store.signed_put_url("a/b", Duration::from_secs(60)).await.unwrap();
+        let get = store
+            .signed_get_url("a/b", Duration::from_secs(60))
+            .await
+            .unwrap();
+        let put = store
+            .signed_put_url("a/b", Duration::from_secs(60))
+            .await
+            .unwrap();
         assert_eq!(store.verify_url("GET", &get).unwrap(), "a/b");
         assert_eq!(store.verify_url("PUT", &put).unwrap(), "a/b");
-        assert!(matches!(store.verify_url("PUT", &get), Err(SignError::Forged { .. })));
+        assert!(matches!(
+            store.verify_url("PUT", &get),
+            Err(SignError::Forged { .. })
+        ));
         let tampered = get.replace("a/b", "a/c");
-        assert!(matches!(store.verify_url("GET", &tampered), Err(SignError::Forged { .. })));
+        assert!(matches!(
+            store.verify_url("GET", &tampered),
+            Err(SignError::Forged { .. })
+        ));
         let other = InMemoryPayloadStore::new();
-        assert!(matches!(other.verify_url("GET", &get), Err(SignError::Forged { .. })));
+        assert!(matches!(
+            other.verify_url("GET", &get),
+            Err(SignError::Forged { .. })
+        ));
         let past = store.signed_url_at("GET", "a/b", now_secs() - 1);
-        assert!(matches!(store.verify_url("GET", &past), Err(SignError::Expired { .. })));
-        for bad in ["", "http://x/a?exp=1&sig=2", "memory://a", "memory://a?exp=x&sig=y", "memory://a?sig=y"] {
-            assert!(matches!(store.verify_url("GET", bad), Err(SignError::Malformed { .. })), "{bad}");
+        assert!(matches!(
+            store.verify_url("GET", &past),
+            Err(SignError::Expired { .. })
+        ));
+        for bad in [
+            "",
+            "http://x/a?exp=1&sig=2",
+            "memory://a",
+            "memory://a?exp=x&sig=y",
+            "memory://a?sig=y",
+        ] {
+            assert!(
+                matches!(
+                    store.verify_url("GET", bad),
+                    Err(SignError::Malformed { .. })
+                ),
+                "{bad}"
+            );
         }
     }
 }

@@ -29,7 +29,11 @@ impl State {
     fn select(&self, limit: usize, pred: impl Fn(&Run) -> bool) -> Vec<Run> {
         let mut found: Vec<&(u64, Run)> = self.runs.values().filter(|(_, r)| pred(r)).collect();
         found.sort_by_key(|(seq, _)| *seq);
-        found.into_iter().take(limit).map(|(_, r)| r.clone()).collect()
+        found
+            .into_iter()
+            .take(limit)
+            .map(|(_, r)| r.clone())
+            .collect()
     }
 }
 
@@ -50,7 +54,9 @@ impl InMemoryRunStore {
         // A panic while holding the lock cannot leave the state half-updated in a way that
         // breaks the contract (every mutation is a single map operation), so a poisoned lock is
         // still usable.
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -67,7 +73,10 @@ impl RunStore for InMemoryRunStore {
             return Ok(Inserted::Existing(r.clone()));
         }
         if st.runs.contains_key(&run.id) {
-            return Err(StoreError::backend(ErrorKind::Conflict, format!("run {} already exists", run.id)));
+            return Err(StoreError::backend(
+                ErrorKind::Conflict,
+                format!("run {} already exists", run.id),
+            ));
         }
         if let Some(key) = &run.idempotency_key {
             st.idem.insert((run.algorithm.clone(), key.clone()), run.id);
@@ -82,11 +91,21 @@ impl RunStore for InMemoryRunStore {
         Ok(self.lock().runs.get(&id).map(|(_, r)| r.clone()))
     }
 
-    async fn transition(&self, id: RunId, from: Stage, to: Stage, patch: RunPatch) -> Result<Run, StoreError> {
+    async fn transition(
+        &self,
+        id: RunId,
+        from: Stage,
+        to: Stage,
+        patch: RunPatch,
+    ) -> Result<Run, StoreError> {
         let mut st = self.lock();
         let (_, run) = st.runs.get_mut(&id).ok_or(StoreError::NotFound(id))?;
         if run.stage != from {
-            return Err(StoreError::Conflict { id, current: run.stage, expected: from });
+            return Err(StoreError::Conflict {
+                id,
+                current: run.stage,
+                expected: from,
+            });
         }
         if !from.can_transition_to(to) {
             return Err(StoreError::IllegalTransition { from, to });
@@ -107,12 +126,21 @@ impl RunStore for InMemoryRunStore {
         Ok(self.lock().select(limit, |r| r.tag.as_deref() == Some(tag)))
     }
 
-    async fn by_owner_stage(&self, owner: &str, stage: Stage, limit: usize) -> Result<Vec<Run>, StoreError> {
-        Ok(self.lock().select(limit, |r| r.stage == stage && r.owner.as_deref() == Some(owner)))
+    async fn by_owner_stage(
+        &self,
+        owner: &str,
+        stage: Stage,
+        limit: usize,
+    ) -> Result<Vec<Run>, StoreError> {
+        Ok(self.lock().select(limit, |r| {
+            r.stage == stage && r.owner.as_deref() == Some(owner)
+        }))
     }
 
     async fn by_parent(&self, parent: RunId, limit: usize) -> Result<Vec<Run>, StoreError> {
-        Ok(self.lock().select(limit, |r| r.parent.as_ref().is_some_and(|p| p.request_id == parent)))
+        Ok(self.lock().select(limit, |r| {
+            r.parent.as_ref().is_some_and(|p| p.request_id == parent)
+        }))
     }
 
     async fn owners_in_stage(&self, stage: Stage) -> Result<Vec<String>, StoreError> {
@@ -131,7 +159,10 @@ impl RunStore for InMemoryRunStore {
     async fn heartbeat(&self, owner: &str, now: Millis, ttl_ms: i64) -> Result<Lease, StoreError> {
         let expires_at = now.saturating_add(ttl_ms);
         self.lock().leases.insert(owner.to_owned(), expires_at);
-        Ok(Lease { owner: owner.to_owned(), expires_at })
+        Ok(Lease {
+            owner: owner.to_owned(),
+            expires_at,
+        })
     }
 
     async fn leases(&self) -> Result<Vec<Lease>, StoreError> {
@@ -139,7 +170,10 @@ impl RunStore for InMemoryRunStore {
             .lock()
             .leases
             .iter()
-            .map(|(owner, expires_at)| Lease { owner: owner.clone(), expires_at: *expires_at })
+            .map(|(owner, expires_at)| Lease {
+                owner: owner.clone(),
+                expires_at: *expires_at,
+            })
             .collect())
     }
 

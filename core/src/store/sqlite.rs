@@ -77,9 +77,12 @@ fn sql_err(e: rusqlite::Error) -> StoreError {
     let kind = match e.sqlite_error_code() {
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => ErrorKind::Unavailable,
         Some(ErrorCode::ConstraintViolation) => ErrorKind::Conflict,
-        Some(ErrorCode::CannotOpen | ErrorCode::ReadOnly | ErrorCode::DiskFull | ErrorCode::SystemIoFailure) => {
-            ErrorKind::Unavailable
-        }
+        Some(
+            ErrorCode::CannotOpen
+            | ErrorCode::ReadOnly
+            | ErrorCode::DiskFull
+            | ErrorCode::SystemIoFailure,
+        ) => ErrorKind::Unavailable,
         _ => ErrorKind::Internal,
     };
     StoreError::backend(kind, format!("sqlite: {e}"))
@@ -90,11 +93,13 @@ fn io_err(what: &str, e: impl std::fmt::Display) -> StoreError {
 }
 
 fn decode(bytes: &[u8]) -> Result<Run, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::backend(ErrorKind::Internal, format!("corrupt run record: {e}")))
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::backend(ErrorKind::Internal, format!("corrupt run record: {e}")))
 }
 
 fn encode(run: &Run) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(run).map_err(|e| StoreError::backend(ErrorKind::Internal, format!("encoding run: {e}")))
+    serde_json::to_vec(run)
+        .map_err(|e| StoreError::backend(ErrorKind::Internal, format!("encoding run: {e}")))
 }
 
 /// Called after the batch commits (or fails to) with the commit error, if any.
@@ -114,8 +119,16 @@ impl Drop for Inner {
     fn drop(&mut self) {
         // Close the channel, then wait for the writer to finish its last batch, so that the lock
         // (dropped after this) is only released once no write can happen any more.
-        self.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-        if let Some(t) = self.thread.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+        self.writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(t) = self
+            .thread
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
             let _ = t.join();
         }
     }
@@ -129,13 +142,17 @@ pub struct SqliteRunStore {
 
 impl std::fmt::Debug for SqliteRunStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteRunStore").field("path", &self.inner.path).finish_non_exhaustive()
+        f.debug_struct("SqliteRunStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
     }
 }
 
 fn configure(conn: &Connection) -> Result<(), StoreError> {
-    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(sql_err)?;
-    conn.execute_batch("PRAGMA synchronous=FULL;").map_err(sql_err)
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(sql_err)?;
+    conn.execute_batch("PRAGMA synchronous=FULL;")
+        .map_err(sql_err)
 }
 
 fn lock_path(path: &Path) -> PathBuf {
@@ -156,10 +173,12 @@ fn take_lock(path: &Path) -> Result<Flock<File>, StoreError> {
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(mut lock) => {
             let pid = std::process::id();
-            lock.set_len(0).map_err(|e| io_err("writing lock file", e))?;
+            lock.set_len(0)
+                .map_err(|e| io_err("writing lock file", e))?;
             lock.rewind().map_err(|e| io_err("writing lock file", e))?;
             writeln!(&mut *lock, "{pid}").map_err(|e| io_err("writing lock file", e))?;
-            lock.sync_all().map_err(|e| io_err("writing lock file", e))?;
+            lock.sync_all()
+                .map_err(|e| io_err("writing lock file", e))?;
             Ok(lock)
         }
         Err((mut file, errno)) => {
@@ -193,25 +212,38 @@ impl SqliteRunStore {
 
     fn open_with(path: &Path, max_batch: usize) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| io_err(&format!("creating {}", dir.display()), e))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| io_err(&format!("creating {}", dir.display()), e))?;
         }
         let lock = take_lock(path)?;
         let conn = Connection::open(path).map_err(sql_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(sql_err)?;
-        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(sql_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(sql_err)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(sql_err)?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::backend(ErrorKind::Internal, format!("journal_mode is {mode}, expected wal")));
+            return Err(StoreError::backend(
+                ErrorKind::Internal,
+                format!("journal_mode is {mode}, expected wal"),
+            ));
         }
         configure(&conn)?;
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(sql_err)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(sql_err)?;
         if version > SCHEMA_VERSION {
             return Err(StoreError::backend(
                 ErrorKind::Internal,
-                format!("run store schema version {version} is newer than this binary ({SCHEMA_VERSION})"),
+                format!(
+                    "run store schema version {version} is newer than this binary ({SCHEMA_VERSION})"
+                ),
             ));
         }
-        conn.execute_batch(&format!("BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"))
-            .map_err(sql_err)?;
+        conn.execute_batch(&format!(
+            "BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+        ))
+        .map_err(sql_err)?;
 
         let (tx, rx) = mpsc::channel::<Job>();
         let max_batch = max_batch.max(1);
@@ -249,13 +281,24 @@ impl SqliteRunStore {
             (ok, finish)
         });
         {
-            let guard = self.inner.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let sender = guard.as_ref().ok_or_else(|| StoreError::backend(ErrorKind::Unavailable, "run store is closed"))?;
-            sender.send(job).map_err(|_| StoreError::backend(ErrorKind::Unavailable, "run store writer stopped"))?;
+            let guard = self
+                .inner
+                .writer
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let sender = guard.as_ref().ok_or_else(|| {
+                StoreError::backend(ErrorKind::Unavailable, "run store is closed")
+            })?;
+            sender.send(job).map_err(|_| {
+                StoreError::backend(ErrorKind::Unavailable, "run store writer stopped")
+            })?;
         }
-        answer
-            .await
-            .map_err(|_| StoreError::backend(ErrorKind::Unavailable, "run store write batch failed before commit"))?
+        answer.await.map_err(|_| {
+            StoreError::backend(
+                ErrorKind::Unavailable,
+                "run store write batch failed before commit",
+            )
+        })?
     }
 
     /// Runs a read on a blocking thread with a pooled read-only connection.
@@ -265,7 +308,11 @@ impl SqliteRunStore {
     ) -> Result<T, StoreError> {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
-            let pooled = inner.readers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
+            let pooled = inner
+                .readers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .pop();
             let conn = match pooled {
                 Some(c) => c,
                 None => {
@@ -274,12 +321,16 @@ impl SqliteRunStore {
                         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                     )
                     .map_err(sql_err)?;
-                    c.busy_timeout(std::time::Duration::from_secs(10)).map_err(sql_err)?;
+                    c.busy_timeout(std::time::Duration::from_secs(10))
+                        .map_err(sql_err)?;
                     c
                 }
             };
             let result = f(&conn);
-            let mut pool = inner.readers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut pool = inner
+                .readers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if pool.len() < READ_POOL {
                 pool.push(conn);
             }
@@ -289,13 +340,21 @@ impl SqliteRunStore {
         .map_err(|e| StoreError::backend(ErrorKind::Internal, format!("read task failed: {e}")))?
     }
 
-    async fn query_runs(&self, sql: &'static str, args: Vec<String>, limit: usize) -> Result<Vec<Run>, StoreError> {
+    async fn query_runs(
+        &self,
+        sql: &'static str,
+        args: Vec<String>,
+        limit: usize,
+    ) -> Result<Vec<Run>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(sql).map_err(sql_err)?;
-            let mut values: Vec<&dyn rusqlite::ToSql> = args.iter().map(|a| a as &dyn rusqlite::ToSql).collect();
+            let mut values: Vec<&dyn rusqlite::ToSql> =
+                args.iter().map(|a| a as &dyn rusqlite::ToSql).collect();
             values.push(&limit);
-            let rows = stmt.query_map(values.as_slice(), |r| r.get::<_, Vec<u8>>(0)).map_err(sql_err)?;
+            let rows = stmt
+                .query_map(values.as_slice(), |r| r.get::<_, Vec<u8>>(0))
+                .map_err(sql_err)?;
             let mut out = Vec::new();
             for row in rows {
                 out.push(decode(&row.map_err(sql_err)?)?);
@@ -329,7 +388,11 @@ fn writer_loop(conn: &Connection, rx: &mpsc::Receiver<Job>, max_batch: usize) {
                 continue;
             }
             let (ok, finish) = job(conn);
-            let end = if ok { "RELEASE cmd" } else { "ROLLBACK TO cmd; RELEASE cmd" };
+            let end = if ok {
+                "RELEASE cmd"
+            } else {
+                "ROLLBACK TO cmd; RELEASE cmd"
+            };
             if let Err(e) = conn.execute_batch(end) {
                 tracing::error!(error = %e, "run store: savepoint release failed");
             }
@@ -357,10 +420,18 @@ fn load(conn: &Connection, id: RunId) -> Result<Option<Run>, StoreError> {
 }
 
 fn update(conn: &Connection, run: &Run) -> Result<(), StoreError> {
-    conn.prepare_cached("UPDATE runs SET stage = ?2, tag = ?3, owner = ?4, record = ?5 WHERE id = ?1")
-        .map_err(sql_err)?
-        .execute(params![run.id.to_string(), run.stage.as_str(), run.tag, run.owner, encode(run)?])
-        .map_err(sql_err)?;
+    conn.prepare_cached(
+        "UPDATE runs SET stage = ?2, tag = ?3, owner = ?4, record = ?5 WHERE id = ?1",
+    )
+    .map_err(sql_err)?
+    .execute(params![
+        run.id.to_string(),
+        run.stage.as_str(),
+        run.tag,
+        run.owner,
+        encode(run)?
+    ])
+    .map_err(sql_err)?;
     Ok(())
 }
 
@@ -413,11 +484,21 @@ impl RunStore for SqliteRunStore {
         self.read(move |conn| load(conn, id)).await
     }
 
-    async fn transition(&self, id: RunId, from: Stage, to: Stage, patch: RunPatch) -> Result<Run, StoreError> {
+    async fn transition(
+        &self,
+        id: RunId,
+        from: Stage,
+        to: Stage,
+        patch: RunPatch,
+    ) -> Result<Run, StoreError> {
         self.write(move |conn| {
             let mut run = load(conn, id)?.ok_or(StoreError::NotFound(id))?;
             if run.stage != from {
-                return Err(StoreError::Conflict { id, current: run.stage, expected: from });
+                return Err(StoreError::Conflict {
+                    id,
+                    current: run.stage,
+                    expected: from,
+                });
             }
             if !from.can_transition_to(to) {
                 return Err(StoreError::IllegalTransition { from, to });
@@ -441,11 +522,20 @@ impl RunStore for SqliteRunStore {
     }
 
     async fn by_tag(&self, tag: &str, limit: usize) -> Result<Vec<Run>, StoreError> {
-        self.query_runs("SELECT record FROM runs WHERE tag = ?1 ORDER BY seq LIMIT ?2", vec![tag.to_owned()], limit)
-            .await
+        self.query_runs(
+            "SELECT record FROM runs WHERE tag = ?1 ORDER BY seq LIMIT ?2",
+            vec![tag.to_owned()],
+            limit,
+        )
+        .await
     }
 
-    async fn by_owner_stage(&self, owner: &str, stage: Stage, limit: usize) -> Result<Vec<Run>, StoreError> {
+    async fn by_owner_stage(
+        &self,
+        owner: &str,
+        stage: Stage,
+        limit: usize,
+    ) -> Result<Vec<Run>, StoreError> {
         self.query_runs(
             "SELECT record FROM runs WHERE owner = ?1 AND stage = ?2 ORDER BY seq LIMIT ?3",
             vec![owner.to_owned(), stage.as_str().to_owned()],
@@ -455,8 +545,12 @@ impl RunStore for SqliteRunStore {
     }
 
     async fn by_parent(&self, parent: RunId, limit: usize) -> Result<Vec<Run>, StoreError> {
-        self.query_runs("SELECT record FROM runs WHERE parent = ?1 ORDER BY seq LIMIT ?2", vec![parent.to_string()], limit)
-            .await
+        self.query_runs(
+            "SELECT record FROM runs WHERE parent = ?1 ORDER BY seq LIMIT ?2",
+            vec![parent.to_string()],
+            limit,
+        )
+        .await
     }
 
     async fn owners_in_stage(&self, stage: Stage) -> Result<Vec<String>, StoreError> {
@@ -488,9 +582,16 @@ impl RunStore for SqliteRunStore {
 
     async fn leases(&self) -> Result<Vec<Lease>, StoreError> {
         self.read(|conn| {
-            let mut stmt = conn.prepare_cached("SELECT owner, expires_at FROM leases ORDER BY owner").map_err(sql_err)?;
+            let mut stmt = conn
+                .prepare_cached("SELECT owner, expires_at FROM leases ORDER BY owner")
+                .map_err(sql_err)?;
             let rows = stmt
-                .query_map([], |r| Ok(Lease { owner: r.get(0)?, expires_at: r.get(1)? }))
+                .query_map([], |r| {
+                    Ok(Lease {
+                        owner: r.get(0)?,
+                        expires_at: r.get(1)?,
+                    })
+                })
                 .map_err(sql_err)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(sql_err)
         })
@@ -525,7 +626,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let n = AtomicUsize::new(0);
         run_all(|| {
-            let path = dir.path().join(format!("s{}/runs.db", n.fetch_add(1, Ordering::SeqCst)));
+            let path = dir
+                .path()
+                .join(format!("s{}/runs.db", n.fetch_add(1, Ordering::SeqCst)));
             SqliteRunStore::open(&path).unwrap()
         })
         .await;
@@ -539,13 +642,22 @@ mod tests {
         let mut run = sample_run("algo");
         run.tag = Some("t".into());
         store.insert(run.clone()).await.unwrap();
-        let run = store.transition(run.id, Stage::Buffered, Stage::Running, RunPatch::default()).await.unwrap();
+        let run = store
+            .transition(run.id, Stage::Buffered, Stage::Running, RunPatch::default())
+            .await
+            .unwrap();
         store.heartbeat("me", 10, 5).await.unwrap();
         drop(store);
         let store = SqliteRunStore::open(&path).unwrap();
         assert_eq!(store.get(run.id).await.unwrap(), Some(run.clone()));
         assert_eq!(store.by_tag("t", 10).await.unwrap(), vec![run]);
-        assert_eq!(store.leases().await.unwrap(), vec![Lease { owner: "me".into(), expires_at: 15 }]);
+        assert_eq!(
+            store.leases().await.unwrap(),
+            vec![Lease {
+                owner: "me".into(),
+                expires_at: 15
+            }]
+        );
     }
 
     #[tokio::test]
@@ -557,7 +669,10 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Unavailable);
         let msg = err.to_string();
         assert!(msg.contains("is locked by another nexus process"), "{msg}");
-        assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
         drop(first);
         SqliteRunStore::open(&path).unwrap();
     }
@@ -566,8 +681,14 @@ mod tests {
     #[test]
     #[ignore = "helper process for the kill -9 test"]
     fn crash_child_writer() {
-        let Ok(path) = std::env::var(CHILD_ENV) else { return };
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let Ok(path) = std::env::var(CHILD_ENV) else {
+            return;
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
             let store = Arc::new(SqliteRunStore::open(Path::new(&path)).unwrap());
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -598,7 +719,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("runs.db");
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--ignored", "--exact", "store::sqlite::tests::crash_child_writer", "--nocapture", "--test-threads=1"])
+            .args([
+                "--ignored",
+                "--exact",
+                "store::sqlite::tests::crash_child_writer",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, &path)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
@@ -619,11 +746,17 @@ mod tests {
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
         child.wait().unwrap();
         assert_eq!(ids.len(), 200, "child printed too few ids");
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
             let store = SqliteRunStore::open(&path).unwrap();
             for id in ids {
-                assert!(store.get(id).await.unwrap().is_some(), "run {id} lost after kill -9");
+                assert!(
+                    store.get(id).await.unwrap().is_some(),
+                    "run {id} lost after kill -9"
+                );
             }
         });
     }
@@ -655,6 +788,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let grouped = insert_rate(&dir.path().join("g.db"), MAX_BATCH, 64, 5_000).await;
         let single = insert_rate(&dir.path().join("s.db"), 1, 64, 5_000).await;
-        println!("group commit: {grouped:.0} inserts/s; one transaction per insert: {single:.0} inserts/s");
+        println!(
+            "group commit: {grouped:.0} inserts/s; one transaction per insert: {single:.0} inserts/s"
+        );
     }
 }

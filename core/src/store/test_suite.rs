@@ -29,9 +29,14 @@ pub fn sample_run(algorithm: &str) -> Run {
         idempotency_key: None,
         owner: None,
         attempts: 0,
-        applied_configuration: AlgorithmSpec { command: "true".into(), ..Default::default() },
+        applied_configuration: AlgorithmSpec {
+            command: "true".into(),
+            ..Default::default()
+        },
         configuration_overrides: None,
-        payload: PayloadLocation::Inline { bytes: b"{}".to_vec() },
+        payload: PayloadLocation::Inline {
+            bytes: b"{}".to_vec(),
+        },
         content_hash: "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a".into(),
         payload_size: 2,
         payload_valid_for: Duration::from_secs(3600),
@@ -66,7 +71,10 @@ pub async fn run_all<S: RunStore>(make: impl Fn() -> S) {
 }
 
 async fn insert<S: RunStore>(store: &S, run: &Run) {
-    assert_eq!(store.insert(run.clone()).await.expect("insert"), Inserted::Created);
+    assert_eq!(
+        store.insert(run.clone()).await.expect("insert"),
+        Inserted::Created
+    );
 }
 
 /// Insert then get returns the same record; an unknown id is `Ok(None)`.
@@ -114,7 +122,10 @@ pub async fn cas_success<S: RunStore>(store: S) {
         started_at: Some(42),
         ..RunPatch::default()
     };
-    let updated = store.transition(run.id, Stage::Buffered, Stage::Running, patch).await.expect("cas");
+    let updated = store
+        .transition(run.id, Stage::Buffered, Stage::Running, patch)
+        .await
+        .expect("cas");
     assert_eq!(updated.stage, Stage::Running);
     assert_eq!(updated.owner.as_deref(), Some("owner-1"));
     assert_eq!(updated.attempts, 1);
@@ -123,7 +134,15 @@ pub async fn cas_success<S: RunStore>(store: S) {
     assert!(updated.last_modified >= run.last_modified);
     assert_eq!(store.get(run.id).await.expect("get"), Some(updated.clone()));
     let done = store
-        .transition(run.id, Stage::Running, Stage::Completed, RunPatch { result_uri: Some("r".into()), ..RunPatch::default() })
+        .transition(
+            run.id,
+            Stage::Running,
+            Stage::Completed,
+            RunPatch {
+                result_uri: Some("r".into()),
+                ..RunPatch::default()
+            },
+        )
         .await
         .expect("complete");
     assert!(done.finished_at.is_some());
@@ -136,12 +155,27 @@ pub async fn cas_conflict<S: RunStore>(store: S) {
     let run = sample_run("algo");
     insert(&store, &run).await;
     let err = store
-        .transition(run.id, Stage::Running, Stage::Completed, RunPatch { result_uri: Some("x".into()), ..RunPatch::default() })
+        .transition(
+            run.id,
+            Stage::Running,
+            Stage::Completed,
+            RunPatch {
+                result_uri: Some("x".into()),
+                ..RunPatch::default()
+            },
+        )
         .await
         .expect_err("conflict");
     match err {
-        StoreError::Conflict { id, current, expected } => {
-            assert_eq!((id, current, expected), (run.id, Stage::Buffered, Stage::Running));
+        StoreError::Conflict {
+            id,
+            current,
+            expected,
+        } => {
+            assert_eq!(
+                (id, current, expected),
+                (run.id, Stage::Buffered, Stage::Running)
+            );
         }
         other => panic!("expected Conflict, got {other:?}"),
     }
@@ -152,9 +186,23 @@ pub async fn cas_conflict<S: RunStore>(store: S) {
 pub async fn illegal_transition<S: RunStore>(store: S) {
     let run = sample_run("algo");
     insert(&store, &run).await;
-    let err = store.transition(run.id, Stage::Buffered, Stage::Completed, RunPatch::default()).await.expect_err("illegal");
+    let err = store
+        .transition(
+            run.id,
+            Stage::Buffered,
+            Stage::Completed,
+            RunPatch::default(),
+        )
+        .await
+        .expect_err("illegal");
     assert!(
-        matches!(err, StoreError::IllegalTransition { from: Stage::Buffered, to: Stage::Completed }),
+        matches!(
+            err,
+            StoreError::IllegalTransition {
+                from: Stage::Buffered,
+                to: Stage::Completed
+            }
+        ),
         "{err:?}"
     );
     assert_eq!(store.get(run.id).await.expect("get"), Some(run));
@@ -168,8 +216,15 @@ pub async fn terminal_never_left<S: RunStore>(store: S) {
         run.finished_at = Some(1);
         insert(&store, &run).await;
         for to in Stage::ALL {
-            let err = store.transition(run.id, terminal, to, RunPatch::default()).await.expect_err("terminal left");
-            assert_eq!(err.kind(), crate::error::ErrorKind::Conflict, "{terminal} -> {to}: {err}");
+            let err = store
+                .transition(run.id, terminal, to, RunPatch::default())
+                .await
+                .expect_err("terminal left");
+            assert_eq!(
+                err.kind(),
+                crate::error::ErrorKind::Conflict,
+                "{terminal} -> {to}: {err}"
+            );
         }
         assert_eq!(store.get(run.id).await.expect("get"), Some(run));
     }
@@ -178,9 +233,15 @@ pub async fn terminal_never_left<S: RunStore>(store: S) {
 /// Transitions of an unknown id are `NotFound`, as is tagging it.
 pub async fn transition_unknown<S: RunStore>(store: S) {
     let id = RunId::new();
-    let err = store.transition(id, Stage::Buffered, Stage::Running, RunPatch::default()).await.expect_err("unknown");
+    let err = store
+        .transition(id, Stage::Buffered, Stage::Running, RunPatch::default())
+        .await
+        .expect_err("unknown");
     assert!(matches!(err, StoreError::NotFound(x) if x == id), "{err:?}");
-    let err = store.set_tag(id, Some("t".into())).await.expect_err("unknown tag");
+    let err = store
+        .set_tag(id, Some("t".into()))
+        .await
+        .expect_err("unknown tag");
     assert!(matches!(err, StoreError::NotFound(x) if x == id), "{err:?}");
 }
 
@@ -188,8 +249,19 @@ pub async fn transition_unknown<S: RunStore>(store: S) {
 pub async fn set_tag<S: RunStore>(store: S) {
     let run = sample_run("algo");
     insert(&store, &run).await;
-    store.transition(run.id, Stage::Buffered, Stage::Cancelled, RunPatch::default()).await.expect("cancel");
-    let tagged = store.set_tag(run.id, Some("late".into())).await.expect("tag terminal");
+    store
+        .transition(
+            run.id,
+            Stage::Buffered,
+            Stage::Cancelled,
+            RunPatch::default(),
+        )
+        .await
+        .expect("cancel");
+    let tagged = store
+        .set_tag(run.id, Some("late".into()))
+        .await
+        .expect("tag terminal");
     assert_eq!(tagged.tag.as_deref(), Some("late"));
     assert_eq!(tagged.stage, Stage::Cancelled);
     assert_eq!(store.by_tag("late", 10).await.expect("by_tag").len(), 1);
@@ -229,31 +301,112 @@ pub async fn lookups<S: RunStore>(store: S) {
         }
         insert(&store, &r).await;
     }
-    assert_eq!(ids(&store.by_tag("blue", 100).await.expect("by_tag")), tagged);
-    assert_eq!(ids(&store.by_tag("blue", 2).await.expect("by_tag")), tagged[..2].to_vec());
+    assert_eq!(
+        ids(&store.by_tag("blue", 100).await.expect("by_tag")),
+        tagged
+    );
+    assert_eq!(
+        ids(&store.by_tag("blue", 2).await.expect("by_tag")),
+        tagged[..2].to_vec()
+    );
     assert!(store.by_tag("green", 100).await.expect("by_tag").is_empty());
-    assert_eq!(ids(&store.by_parent(parent.id, 100).await.expect("by_parent")), children);
-    assert_eq!(ids(&store.by_parent(parent.id, 3).await.expect("by_parent")), children[..3].to_vec());
-    assert!(store.by_parent(RunId::new(), 10).await.expect("by_parent").is_empty());
-    assert_eq!(ids(&store.by_owner_stage("o1", Stage::Buffered, 100).await.expect("owner")), owned);
-    assert_eq!(ids(&store.by_owner_stage("o1", Stage::Buffered, 1).await.expect("owner")), owned[..1].to_vec());
-    assert!(store.by_owner_stage("o1", Stage::Running, 100).await.expect("owner").is_empty());
+    assert_eq!(
+        ids(&store.by_parent(parent.id, 100).await.expect("by_parent")),
+        children
+    );
+    assert_eq!(
+        ids(&store.by_parent(parent.id, 3).await.expect("by_parent")),
+        children[..3].to_vec()
+    );
+    assert!(
+        store
+            .by_parent(RunId::new(), 10)
+            .await
+            .expect("by_parent")
+            .is_empty()
+    );
+    assert_eq!(
+        ids(&store
+            .by_owner_stage("o1", Stage::Buffered, 100)
+            .await
+            .expect("owner")),
+        owned
+    );
+    assert_eq!(
+        ids(&store
+            .by_owner_stage("o1", Stage::Buffered, 1)
+            .await
+            .expect("owner")),
+        owned[..1].to_vec()
+    );
+    assert!(
+        store
+            .by_owner_stage("o1", Stage::Running, 100)
+            .await
+            .expect("owner")
+            .is_empty()
+    );
     // Moving one run out of the stage removes it from the owner+stage lookup.
-    store.transition(owned[0], Stage::Buffered, Stage::Running, RunPatch::default()).await.expect("cas");
-    assert_eq!(ids(&store.by_owner_stage("o1", Stage::Buffered, 100).await.expect("owner")), owned[1..].to_vec());
-    assert_eq!(ids(&store.by_owner_stage("o1", Stage::Running, 100).await.expect("owner")), owned[..1].to_vec());
+    store
+        .transition(
+            owned[0],
+            Stage::Buffered,
+            Stage::Running,
+            RunPatch::default(),
+        )
+        .await
+        .expect("cas");
+    assert_eq!(
+        ids(&store
+            .by_owner_stage("o1", Stage::Buffered, 100)
+            .await
+            .expect("owner")),
+        owned[1..].to_vec()
+    );
+    assert_eq!(
+        ids(&store
+            .by_owner_stage("o1", Stage::Running, 100)
+            .await
+            .expect("owner")),
+        owned[..1].to_vec()
+    );
     // Owner changes through a patch are reflected too.
     store
-        .transition(owned[0], Stage::Running, Stage::Running, RunPatch { owner: Some(Some("o3".into())), ..RunPatch::default() })
+        .transition(
+            owned[0],
+            Stage::Running,
+            Stage::Running,
+            RunPatch {
+                owner: Some(Some("o3".into())),
+                ..RunPatch::default()
+            },
+        )
         .await
         .expect("re-own");
-    assert_eq!(ids(&store.by_owner_stage("o3", Stage::Running, 100).await.expect("owner")), owned[..1].to_vec());
-    assert!(store.by_owner_stage("o1", Stage::Running, 100).await.expect("owner").is_empty());
+    assert_eq!(
+        ids(&store
+            .by_owner_stage("o3", Stage::Running, 100)
+            .await
+            .expect("owner")),
+        owned[..1].to_vec()
+    );
+    assert!(
+        store
+            .by_owner_stage("o1", Stage::Running, 100)
+            .await
+            .expect("owner")
+            .is_empty()
+    );
 }
 
 /// `owners_in_stage` lists distinct owners of runs in the stage.
 pub async fn owners_in_stage<S: RunStore>(store: S) {
-    for (owner, stage) in [("a", Stage::Running), ("a", Stage::Running), ("b", Stage::Running), ("c", Stage::Buffered)] {
+    for (owner, stage) in [
+        ("a", Stage::Running),
+        ("a", Stage::Running),
+        ("b", Stage::Running),
+        ("c", Stage::Buffered),
+    ] {
         let mut r = sample_run("algo");
         r.owner = Some(owner.into());
         r.stage = stage;
@@ -265,8 +418,20 @@ pub async fn owners_in_stage<S: RunStore>(store: S) {
     let mut running = store.owners_in_stage(Stage::Running).await.expect("owners");
     running.sort();
     assert_eq!(running, vec!["a".to_owned(), "b".to_owned()]);
-    assert_eq!(store.owners_in_stage(Stage::Buffered).await.expect("owners"), vec!["c".to_owned()]);
-    assert!(store.owners_in_stage(Stage::Failed).await.expect("owners").is_empty());
+    assert_eq!(
+        store
+            .owners_in_stage(Stage::Buffered)
+            .await
+            .expect("owners"),
+        vec!["c".to_owned()]
+    );
+    assert!(
+        store
+            .owners_in_stage(Stage::Failed)
+            .await
+            .expect("owners")
+            .is_empty()
+    );
 }
 
 /// Heartbeat creates and extends leases; `leases` lists them; release removes one.
@@ -279,11 +444,22 @@ pub async fn leases<S: RunStore>(store: S) {
     assert_eq!(l.expires_at, 2_500);
     let mut all = store.leases().await.expect("leases");
     all.sort_by(|x, y| x.owner.cmp(&y.owner));
-    assert_eq!(all.iter().map(|l| (l.owner.as_str(), l.expires_at)).collect::<Vec<_>>(), vec![("a", 2_500), ("b", 1_100)]);
+    assert_eq!(
+        all.iter()
+            .map(|l| (l.owner.as_str(), l.expires_at))
+            .collect::<Vec<_>>(),
+        vec![("a", 2_500), ("b", 1_100)]
+    );
     store.release_lease("a").await.expect("release");
-    store.release_lease("nobody").await.expect("release unknown");
+    store
+        .release_lease("nobody")
+        .await
+        .expect("release unknown");
     let all = store.leases().await.expect("leases");
-    assert_eq!(all.iter().map(|l| l.owner.as_str()).collect::<Vec<_>>(), vec!["b"]);
+    assert_eq!(
+        all.iter().map(|l| l.owner.as_str()).collect::<Vec<_>>(),
+        vec!["b"]
+    );
 }
 
 /// 50 running runs, three concurrent terminal transitions each: exactly one wins per run and the
@@ -299,14 +475,24 @@ pub async fn race<S: RunStore>(store: Arc<S>) {
     let mut handles = Vec::new();
     for id in &runs {
         for (to, patch) in [
-            (Stage::Completed, RunPatch { result_uri: Some("a".into()), ..RunPatch::default() }),
+            (
+                Stage::Completed,
+                RunPatch {
+                    result_uri: Some("a".into()),
+                    ..RunPatch::default()
+                },
+            ),
             (Stage::Cancelled, RunPatch::default()),
             (Stage::Failed, RunPatch::failure("boom", "details")),
         ] {
             let store = Arc::clone(&store);
             let id = *id;
             handles.push(tokio::spawn(async move {
-                (id, to, store.transition(id, Stage::Running, to, patch).await)
+                (
+                    id,
+                    to,
+                    store.transition(id, Stage::Running, to, patch).await,
+                )
             }));
         }
     }
@@ -322,7 +508,11 @@ pub async fn race<S: RunStore>(store: Arc<S>) {
             Err(other) => panic!("unexpected error {other:?}"),
         }
     }
-    assert_eq!(winners.len(), runs.len(), "every run has exactly one winner");
+    assert_eq!(
+        winners.len(),
+        runs.len(),
+        "every run has exactly one winner"
+    );
     for id in runs {
         let stored = store.get(id).await.expect("get").expect("present");
         let winner = &winners[&id];
