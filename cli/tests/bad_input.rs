@@ -408,6 +408,39 @@ async fn bad_input_table() {
         403
     );
 
+    // The OpenAPI document is served and describes every route.
+    let doc: serde_json::Value = http
+        .get(format!("{base}/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/algorithm/v1/run/{algorithmName}",
+        "/algorithm/v1/results/{algorithmName}/requests/{requestId}",
+        "/algorithm/v1/results/tags/{requestTag}",
+        "/algorithm/v1/metadata/{algorithmName}/requests/{requestId}",
+        "/algorithm/v1/metadata/tags/{algorithmName}/requests/{requestId}",
+        "/algorithm/v1/buffer/{algorithmName}/requests/{requestId}",
+        "/algorithm/v1/payload/{algorithmName}/requests/{requestId}",
+        "/algorithm/v1/cancel/{algorithmName}/requests/{requestId}",
+        "/algorithm/v1/children/{algorithmName}/requests/{requestId}",
+        "/algorithm/v1/complete/{algorithmName}/requests/{requestId}",
+        "/data/v1/objects/{key}",
+        "/data/v1/payloads/{algorithmName}/{requestId}",
+        "/health/livez",
+        "/health/readyz",
+        "/metrics",
+    ] {
+        assert!(
+            doc["paths"].get(path).is_some(),
+            "openapi.json lacks {path}"
+        );
+    }
+
     // Still healthy.
     assert_eq!(
         http.get(format!("{base}/health/livez"))

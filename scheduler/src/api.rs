@@ -375,6 +375,20 @@ async fn get_result(
     }))
 }
 
+async fn tagged(s: &Scheduler, runs: Vec<Run>) -> Vec<v1::TaggedRequestResult> {
+    let mut out = Vec::with_capacity(runs.len());
+    for run in runs {
+        out.push(v1::TaggedRequestResult {
+            request_id: run.id.to_string(),
+            algorithm_name: run.algorithm.clone(),
+            status: run.stage.to_string(),
+            result_uri: result_uri(s, &run).await,
+            run_error_message: error_message(&run),
+        });
+    }
+    out
+}
+
 async fn get_by_tag(
     State(s): S,
     Path(tag): Path<String>,
@@ -384,17 +398,7 @@ async fn get_by_tag(
         .by_tag(&tag, 10_000)
         .await
         .map_err(|e| store_err(&e))?;
-    let mut out = Vec::with_capacity(runs.len());
-    for run in runs {
-        out.push(v1::TaggedRequestResult {
-            request_id: run.id.to_string(),
-            algorithm_name: run.algorithm.clone(),
-            status: run.stage.to_string(),
-            result_uri: result_uri(&s, &run).await,
-            run_error_message: error_message(&run),
-        });
-    }
-    Ok(axum::Json(out))
+    Ok(axum::Json(tagged(&s, runs).await))
 }
 
 async fn get_children(
@@ -407,17 +411,7 @@ async fn get_children(
         .by_parent(run.id, 10_000)
         .await
         .map_err(|e| store_err(&e))?;
-    let mut out = Vec::with_capacity(kids.len());
-    for k in kids {
-        out.push(v1::TaggedRequestResult {
-            request_id: k.id.to_string(),
-            algorithm_name: k.algorithm.clone(),
-            status: k.stage.to_string(),
-            result_uri: result_uri(&s, &k).await,
-            run_error_message: error_message(&k),
-        });
-    }
-    Ok(axum::Json(out))
+    Ok(axum::Json(tagged(&s, kids).await))
 }
 
 async fn get_metadata(
