@@ -186,3 +186,45 @@ async fn cancelling_a_running_run_kills_it() {
     assert_eq!(r["runErrorMessage"], "Cancelled by 'e2e'");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_payloads_go_through_the_payload_store() {
+    let data = tempfile::tempdir().unwrap();
+    let h = start_standalone(data.path()).await;
+    let http = reqwest::Client::new();
+    // Over the 256 KiB inline limit: stored as an object, served through the signed payload URL.
+    let params = json!({
+        "capacity": 10,
+        "items": [{"name": "a", "weight": 5, "value": 10}, {"name": "x".repeat(400 * 1024), "weight": 4, "value": 40}],
+    });
+    let id = submit(&http, &h.url, "knapsack", params).await;
+    let md: serde_json::Value = http
+        .get(format!(
+            "{}/algorithm/v1/metadata/knapsack/requests/{id}",
+            h.url
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(md["payloadSize"].as_u64().unwrap() > 400 * 1024);
+    let r = wait_terminal(&http, &h.url, "knapsack", &id, Duration::from_secs(60)).await;
+    assert_eq!(r["status"], "COMPLETED", "{r}");
+    let result: serde_json::Value = http
+        .get(r["resultUri"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(result["totalValue"], 50, "{result}");
+    assert!(
+        data.path()
+            .join(format!("objects/payloads/knapsack/{id}"))
+            .exists()
+    );
+    h.stop().await;
+}
