@@ -554,6 +554,9 @@ metadata:
 spec:
   description: bench workgroup
   cluster: local
+  # One run executes at a time, the rest wait BUFFERED: accept is measured without
+  # process spawning competing for the two cores (that is the e2e scenario's business).
+  maxConcurrentRuns: 1
 ";
 
 const TEMPLATE: &str = "apiVersion: science.sneaksanddata.com/v1
@@ -565,7 +568,8 @@ spec:
     name: local
     group: science.sneaksanddata.com
     kind: NexusAlgorithmWorkgroup
-  command: \"true\"
+  command: sleep
+  args: [\"30\"]
 ";
 
 async fn bench_accept(
