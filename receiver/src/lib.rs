@@ -96,23 +96,18 @@ impl Receiver {
     }
 
     /// Launches a dispatched run: mints its token and result-upload URL, renders the launch and
-    /// hands it to the executor. Idempotent: a run that is no longer BUFFERED is not launched.
+    /// hands it to the executor. Idempotent: a run dispatched in a stage other than BUFFERED is
+    /// not launched, and the executor ignores a second launch of an active run.
     ///
     /// # Errors
     /// Retryable kinds when the store or executor is unavailable; `InvalidInput` for a run whose
     /// launch can never work.
     #[tracing::instrument(skip_all, fields(run_id = %d.run.id))]
     pub async fn submit(&self, d: Dispatch) -> Result<(), ShardError> {
-        let run = match self.store.get(d.run.id).await {
-            Ok(Some(r)) => r,
-            Ok(None) => {
-                return Err(ShardError::new(
-                    ErrorKind::NotFound,
-                    format!("run {} is not in the store", d.run.id),
-                ));
-            }
-            Err(e) => return Err(ShardError::new(e.kind(), e.to_string())),
-        };
+        // The dispatch carries the record as the scheduler just read it, so it is not read again
+        // here. A cancel that lands between that read and the launch is caught when the start is
+        // recorded: the supervisor sees CANCELLED and stops the process.
+        let run = &d.run;
         if run.stage != Stage::Buffered {
             return Ok(());
         }
@@ -134,7 +129,7 @@ impl Receiver {
             receiver_url: self.config.public_url.trim_end_matches('/'),
             result_upload_url: &upload,
         };
-        let spec = match launch_spec(&run, &d.workgroup, &ctx) {
+        let spec = match launch_spec(run, &d.workgroup, &ctx) {
             Ok(s) => s,
             Err(msg) => return Err(ShardError::new(ErrorKind::InvalidInput, msg)),
         };
