@@ -409,14 +409,7 @@ async fn bad_input_table() {
     );
 
     // The OpenAPI document is served and describes every route.
-    let doc: serde_json::Value = http
-        .get(format!("{base}/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: serde_json::Value = get_json(&http, &format!("{base}/openapi.json")).await;
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     for path in [
         "/algorithm/v1/run/{algorithmName}",

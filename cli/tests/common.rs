@@ -123,3 +123,8 @@ pub async fn submit(
     let v: serde_json::Value = r.json().await.unwrap();
     v["requestId"].as_str().unwrap().to_owned()
 }
+
+/// GETs `url` and decodes the JSON answer.
+pub async fn get_json(http: &reqwest::Client, url: &str) -> serde_json::Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}

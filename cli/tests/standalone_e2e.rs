@@ -21,7 +21,7 @@ async fn knapsack_completes_and_result_is_downloadable() {
     assert_eq!(r["status"], "COMPLETED", "{r}");
     let uri = r["resultUri"].as_str().unwrap();
     assert!(uri.contains("/data/v1/objects/results/knapsack/"), "{uri}");
-    let result: serde_json::Value = http.get(uri).send().await.unwrap().json().await.unwrap();
+    let result: serde_json::Value = get_json(&http, uri).await;
     assert_eq!(result["totalValue"], 90, "{result}");
     // The signed URL is refused once tampered with.
     let tampered = uri.replace("sig=", "sig=A");
@@ -30,14 +30,7 @@ async fn knapsack_completes_and_result_is_downloadable() {
     let md_url = format!("{}/algorithm/v1/metadata/knapsack/requests/{id}", h.url);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let md: serde_json::Value = loop {
-        let md: serde_json::Value = http
-            .get(&md_url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let md: serde_json::Value = get_json(&http, &md_url).await;
         if md["logsUri"].is_string() {
             break md;
         }
@@ -97,17 +90,11 @@ async fn failure_demos_end_with_their_causes() {
     for ((p, stage, text), id) in cases.iter().zip(&ids) {
         let r = wait_terminal(&http, &h.url, "chaos", id, Duration::from_secs(60)).await;
         assert_eq!(r["status"], *stage, "{p}: {r}");
-        let md: serde_json::Value = http
-            .get(format!(
-                "{}/algorithm/v1/metadata/chaos/requests/{id}",
-                h.url
-            ))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let md: serde_json::Value = get_json(
+            &http,
+            &format!("{}/algorithm/v1/metadata/chaos/requests/{id}", h.url),
+        )
+        .await;
         let cause = format!("{} {}", md["failureCause"], md["failureDetails"]);
         assert!(cause.contains(text), "{p}: cause {cause} lacks '{text}'");
         assert!(!r["runErrorMessage"].as_str().unwrap().is_empty());
@@ -140,14 +127,7 @@ async fn cancelling_a_running_run_kills_it() {
     let md_url = format!("{}/algorithm/v1/metadata/chaos/requests/{id}", h.url);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let pid = loop {
-        let md: serde_json::Value = http
-            .get(&md_url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let md: serde_json::Value = get_json(&http, &md_url).await;
         if md["stage"] == "RUNNING" {
             break md["executorRef"].as_str().unwrap_or_default().to_owned();
         }
@@ -198,28 +178,15 @@ async fn large_payloads_go_through_the_payload_store() {
         "items": [{"name": "a", "weight": 5, "value": 10}, {"name": "x".repeat(400 * 1024), "weight": 4, "value": 40}],
     });
     let id = submit(&http, &h.url, "knapsack", params).await;
-    let md: serde_json::Value = http
-        .get(format!(
-            "{}/algorithm/v1/metadata/knapsack/requests/{id}",
-            h.url
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let md: serde_json::Value = get_json(
+        &http,
+        &format!("{}/algorithm/v1/metadata/knapsack/requests/{id}", h.url),
+    )
+    .await;
     assert!(md["payloadSize"].as_u64().unwrap() > 400 * 1024);
     let r = wait_terminal(&http, &h.url, "knapsack", &id, Duration::from_secs(60)).await;
     assert_eq!(r["status"], "COMPLETED", "{r}");
-    let result: serde_json::Value = http
-        .get(r["resultUri"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let result: serde_json::Value = get_json(&http, r["resultUri"].as_str().unwrap()).await;
     assert_eq!(result["totalValue"], 50, "{result}");
     assert!(
         data.path()
