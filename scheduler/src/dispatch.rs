@@ -227,19 +227,37 @@ mod tests {
         r
     }
 
-    #[tokio::test]
-    async fn retryable_failures_are_retried_then_dispatched() {
+    type Fixture = (
+        std::sync::Arc<RecordingShard>,
+        std::sync::Arc<InMemoryRunStore>,
+        std::sync::Arc<Scheduler>,
+    );
+
+    fn fixture() -> Fixture {
         let shard = std::sync::Arc::new(RecordingShard::default());
         let store = std::sync::Arc::new(InMemoryRunStore::default());
         let s = scheduler(shard.clone(), store.clone());
-        shard.fail_next([ErrorKind::Unavailable, ErrorKind::Timeout]);
-        let run = queued_run("a");
-        store.insert(run.clone()).await.unwrap();
+        (shard, store, s)
+    }
+
+    /// Stores `run` BUFFERED and puts it in the queue, as admission does.
+    async fn enqueue(store: &InMemoryRunStore, s: &Scheduler, run: &nexus_core::run::Run) {
+        if store.get(run.id).await.unwrap().is_none() {
+            store.insert(run.clone()).await.unwrap();
+        }
         s.queue.push(Queued {
             id: run.id,
             shard: "local".into(),
             attempt: 0,
         });
+    }
+
+    #[tokio::test]
+    async fn retryable_failures_are_retried_then_dispatched() {
+        let (shard, store, s) = fixture();
+        shard.fail_next([ErrorKind::Unavailable, ErrorKind::Timeout]);
+        let run = queued_run("a");
+        enqueue(&store, &s, &run).await;
         let stop = CancellationToken::new();
         let h = tokio::spawn(super::run(s.clone(), stop.clone()));
         for _ in 0..500 {
@@ -263,29 +281,17 @@ mod tests {
 
     #[tokio::test]
     async fn exhausted_or_final_failures_end_scheduling_failed_with_cause() {
-        let shard = std::sync::Arc::new(RecordingShard::default());
-        let store = std::sync::Arc::new(InMemoryRunStore::default());
-        let s = scheduler(shard.clone(), store.clone());
+        let (shard, store, s) = fixture();
         shard.fail_next([ErrorKind::Unavailable; 3]);
         let a = queued_run("a");
-        store.insert(a.clone()).await.unwrap();
-        s.queue.push(Queued {
-            id: a.id,
-            shard: "local".into(),
-            attempt: 0,
-        });
+        enqueue(&store, &s, &a).await;
         let stop = CancellationToken::new();
         let h = tokio::spawn(super::run(s.clone(), stop.clone()));
         let r = wait_for(&store, a.id, |st| st == Stage::SchedulingFailed).await;
         assert!(r.failure_details.unwrap().contains("after 3 attempt(s)"));
         shard.fail_next([ErrorKind::InvalidInput]);
         let b = queued_run("b");
-        store.insert(b.clone()).await.unwrap();
-        s.queue.push(Queued {
-            id: b.id,
-            shard: "local".into(),
-            attempt: 0,
-        });
+        enqueue(&store, &s, &b).await;
         let r = wait_for(&store, b.id, |st| st == Stage::SchedulingFailed).await;
         assert!(r.failure_details.unwrap().contains("after 1 attempt(s)"));
         assert!(shard.submitted().is_empty());
@@ -295,9 +301,7 @@ mod tests {
 
     #[tokio::test]
     async fn runs_cancelled_while_queued_are_skipped() {
-        let shard = std::sync::Arc::new(RecordingShard::default());
-        let store = std::sync::Arc::new(InMemoryRunStore::default());
-        let s = scheduler(shard.clone(), store.clone());
+        let (shard, store, s) = fixture();
         let run = queued_run("a");
         store.insert(run.clone()).await.unwrap();
         store
@@ -309,11 +313,7 @@ mod tests {
             )
             .await
             .unwrap();
-        s.queue.push(Queued {
-            id: run.id,
-            shard: "local".into(),
-            attempt: 0,
-        });
+        enqueue(&store, &s, &run).await;
         let stop = CancellationToken::new();
         let h = tokio::spawn(super::run(s.clone(), stop.clone()));
         for _ in 0..50 {
