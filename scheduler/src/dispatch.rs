@@ -1,150 +1,303 @@
-//! The dispatcher: takes runs from the virtual queue and hands them to their shard.
+//! The dispatcher: one worker per lane of the virtual queue, each behind its shard's budget.
 //!
-//! For each run it re-reads the record (a run cancelled while queued is skipped), mints the
-//! payload URL (at dispatch, so a long wait never hands out an expired URL) and calls
-//! [`nexus_core::shard::Shard::submit`]. Retryable failures go back to the priority lane after an
-//! exponential back-off with jitter; after `max_attempts`, or on a final error, the run ends
-//! SCHEDULING_FAILED with the last error as its cause. Nothing is dropped silently.
+//! A worker waits for a ready run in its lane, takes a token from the shard's [`ShardBudget`]
+//! (this scheduler's share of the shard's rate, AIMD-adjusted), and dispatches the run with at
+//! most `dispatch_concurrency` dispatches of that lane in flight. Lanes never wait on each other:
+//! a shard that is down or slow delays its own runs only.
+//!
+//! For each run it re-reads the record (a run cancelled while queued is skipped, and its token
+//! given back), mints the payload URL (at dispatch, so a long wait never hands out an expired
+//! URL) and calls [`nexus_core::shard::Shard::submit`]. Outcomes:
+//! * retryable failure: back to the lane's delayed part after exponential back-off with jitter;
+//!   after `dispatch_max_attempts`, or on a final error, SCHEDULING_FAILED with the last error as
+//!   its cause. Nothing is dropped silently.
+//! * "slow down" (`RESOURCE_EXHAUSTED`): the shard's rate is halved (AIMD) and the run is retried
+//!   after a back-off without spending one of its attempts: an overloaded shard delays runs, it
+//!   does not fail them.
+//! * store unavailable while reading the record: retried after a back-off, no attempt spent.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use nexus_core::error::ErrorKind;
 use nexus_core::run::{RunPatch, Stage, now_millis};
 use nexus_core::shard::Dispatch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::queue::Queued;
+use crate::limiter::{BudgetConfig, ShardBudget};
+use crate::queue::{Entry, Lane};
 use crate::{Scheduler, metrics};
 
-/// Runs the dispatch loop until `shutdown`; up to `concurrency` dispatches in flight.
+/// The budgets of every shard this scheduler dispatches to.
+#[derive(Debug)]
+pub struct Budgets {
+    default: BudgetConfig,
+    overrides: HashMap<String, BudgetConfig>,
+    recovery: Duration,
+    replicas: Mutex<u32>,
+    map: Mutex<HashMap<String, Arc<Mutex<ShardBudget>>>>,
+}
+
+/// One shard's budget, shared by its lane worker and its in-flight dispatches.
+pub type SharedBudget = Arc<Mutex<ShardBudget>>;
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Budget state is plain numbers updated in one step: usable after a panic elsewhere.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Budgets {
+    /// Budgets from configuration: `default` for every shard not in `overrides`.
+    #[must_use]
+    pub fn new(
+        default: BudgetConfig,
+        overrides: HashMap<String, BudgetConfig>,
+        recovery: Duration,
+    ) -> Self {
+        Self {
+            default,
+            overrides,
+            recovery,
+            replicas: Mutex::new(1),
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The budget of `shard`, created on first use with the current replica count.
+    pub fn get(&self, shard: &str) -> SharedBudget {
+        let mut map = locked(&self.map);
+        if let Some(b) = map.get(shard) {
+            return b.clone();
+        }
+        let cfg = self.overrides.get(shard).copied().unwrap_or(self.default);
+        let now = Instant::now();
+        let mut b = ShardBudget::new(cfg, self.recovery, now);
+        b.set_replicas(*locked(&self.replicas), now);
+        let b = Arc::new(Mutex::new(b));
+        map.insert(shard.to_owned(), b.clone());
+        b
+    }
+
+    /// Sets the number of live schedulers sharing every shard's budget.
+    pub fn set_replicas(&self, n: u32) {
+        let n = n.max(1);
+        *locked(&self.replicas) = n;
+        let now = Instant::now();
+        for (shard, b) in locked(&self.map).iter() {
+            let mut b = locked(b);
+            b.set_replicas(n, now);
+            metrics::budget_rate(shard, b.current_rate());
+        }
+    }
+
+    /// Live schedulers sharing the budgets.
+    #[must_use]
+    pub fn replicas(&self) -> u32 {
+        *locked(&self.replicas)
+    }
+}
+
+/// Runs the dispatcher until `shutdown`: a worker per lane, started as lanes appear. In-flight
+/// dispatches finish before it returns; queued runs stay in the queue (the caller hands them over).
 pub async fn run(s: Arc<Scheduler>, shutdown: CancellationToken) {
-    let sem = Arc::new(tokio::sync::Semaphore::new(
-        s.config.dispatch_concurrency.max(1),
-    ));
-    let tracker = tokio_util::task::TaskTracker::new();
+    let tracker = TaskTracker::new();
+    let mut started: HashMap<String, ()> = HashMap::new();
     loop {
-        let q = tokio::select! {
+        let added = s.queue.lane_added();
+        tokio::pin!(added);
+        added.as_mut().enable();
+        for lane in s.queue.lanes() {
+            if started.insert(lane.name().to_owned(), ()).is_none() {
+                tracker.spawn(lane_worker(
+                    s.clone(),
+                    lane,
+                    shutdown.clone(),
+                    tracker.clone(),
+                ));
+            }
+        }
+        tokio::select! {
             () = shutdown.cancelled() => break,
-            q = s.queue.pop() => q,
-        };
-        let Ok(permit) = sem.clone().acquire_owned().await else {
-            break;
-        };
-        let s2 = s.clone();
-        let stop = shutdown.clone();
-        tracker.spawn(async move {
-            dispatch_one(&s2, q, &stop).await;
-            drop(permit);
-        });
+            () = added => {}
+        }
     }
     tracker.close();
     tracker.wait().await;
 }
 
+async fn sleep_until_or_forever(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn lane_worker(
+    s: Arc<Scheduler>,
+    lane: Arc<Lane>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let budget = s.budgets.get(lane.name());
+    metrics::budget_rate(lane.name(), locked(&budget).current_rate());
+    let waits = metrics::LimiterWaits::new(lane.name());
+    let inflight = Arc::new(Semaphore::new(s.config.dispatch_concurrency.max(1)));
+    loop {
+        if stop.is_cancelled() {
+            break;
+        }
+        let now = Instant::now();
+        if !lane.has_ready(now) {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = lane.pushed() => {}
+                () = sleep_until_or_forever(lane.next_due()) => {}
+            }
+            continue;
+        }
+        let token = locked(&budget).try_acquire(now);
+        if let Err(wait) = token {
+            waits.record(wait);
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(wait) => {}
+            }
+            continue;
+        }
+        let permit = tokio::select! {
+            () = stop.cancelled() => {
+                locked(&budget).refund();
+                break;
+            }
+            p = inflight.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let Some(entry) = lane.pop_ready(Instant::now()) else {
+            locked(&budget).refund();
+            continue;
+        };
+        tracker.spawn(dispatch_one(
+            s.clone(),
+            lane.clone(),
+            budget.clone(),
+            entry,
+            permit,
+        ));
+    }
+}
+
 fn backoff(cfg: &crate::SchedulerConfig, attempt: u32) -> Duration {
-    let base = cfg.retry_base_delay.as_millis() as u64;
-    let max = cfg.retry_max_delay.as_millis() as u64;
+    let base = u64::try_from(cfg.retry_base_delay.as_millis()).unwrap_or(u64::MAX);
+    let max = u64::try_from(cfg.retry_max_delay.as_millis()).unwrap_or(u64::MAX);
     let exp = base.saturating_mul(1u64 << attempt.min(20)).min(max);
-    // Full jitter in [exp/2, exp]: spreads retries of many runs hitting the same outage.
+    // Jitter in [exp/2, exp]: spreads retries of many runs hitting the same outage.
     Duration::from_millis(exp / 2 + fastrand::u64(0..=exp / 2))
 }
 
-async fn dispatch_one(s: &Scheduler, q: Queued, shutdown: &CancellationToken) {
-    let run = match s.store.get(q.id).await {
+async fn dispatch_one(
+    s: Arc<Scheduler>,
+    lane: Arc<Lane>,
+    budget: SharedBudget,
+    e: Entry,
+    permit: OwnedSemaphorePermit,
+) {
+    let run = match s.store.get(e.id).await {
         Ok(Some(r)) => r,
         Ok(None) => {
-            tracing::error!(run_id = %q.id, "queued run is missing from the store; dropping it from the queue");
+            tracing::error!(run_id = %e.id, "queued run is missing from the store; dropping it from the queue");
+            locked(&budget).refund();
             metrics::dispatched("skipped");
             return;
         }
-        Err(e) => {
-            tracing::warn!(run_id = %q.id, "store unavailable while dispatching, will retry: {e}");
-            requeue(s, q, shutdown).await;
+        Err(err) => {
+            tracing::warn!(run_id = %e.id, "store unavailable while dispatching, will retry: {err}");
+            locked(&budget).refund();
+            metrics::dispatched("retry");
+            lane.push_delayed(e, Instant::now() + backoff(&s.config, e.attempt));
             return;
         }
     };
     if run.stage != Stage::Buffered {
+        locked(&budget).refund();
         metrics::dispatched("skipped");
         return;
     }
-    if q.attempt == 0 {
+    if e.attempt == 0 {
         #[allow(clippy::cast_precision_loss)] // milliseconds since accept fit an f64
         metrics::time_in_queue((now_millis() - run.received_at).max(0) as f64 / 1000.0);
     }
     let snap = s.catalog.snapshot();
     let Some(wg) = snap.workgroups.get(&run.workgroup) else {
-        fail(
-            s,
-            &run,
-            "Workgroup no longer exists",
-            &format!(
-                "workgroup '{}' was deleted before the run could be dispatched",
-                run.workgroup
-            ),
-        )
-        .await;
+        let details = format!(
+            "workgroup '{}' was deleted before the run could be dispatched",
+            run.workgroup
+        );
+        locked(&budget).refund();
+        fail(&s, run.id, "Workgroup no longer exists", &details).await;
         return;
     };
-    let payload_url = s.payload_url(&run);
     let Some(shard) = s.shards.route(&run.shard) else {
-        fail(
-            s,
-            &run,
-            "Unknown shard",
-            &format!("no receiver is configured for shard '{}'", run.shard),
-        )
-        .await;
+        let details = format!("no receiver is configured for shard '{}'", run.shard);
+        locked(&budget).refund();
+        fail(&s, run.id, "Unknown shard", &details).await;
         return;
     };
+    let id = run.id;
     let d = Dispatch {
-        run: run.clone(),
+        payload_url: s.payload_url(&run),
         workgroup: wg.spec.clone(),
-        payload_url,
+        run,
     };
-    match shard.submit(d).await {
+    let result = shard.submit(d).await;
+    drop(permit);
+    match result {
         Ok(()) => metrics::dispatched("ok"),
-        Err(e) if e.kind.is_retryable() && q.attempt + 1 < s.config.dispatch_max_attempts => {
-            tracing::warn!(run_id = %q.id, attempt = q.attempt + 1, "dispatch failed, retrying: {e}");
+        Err(err) if err.kind == ErrorKind::ResourceExhausted => {
+            let halved = locked(&budget).slow_down(Instant::now());
+            if halved {
+                let rate = locked(&budget).current_rate();
+                tracing::warn!(shard = %lane.name(), rate, "shard asked to slow down: {}", err.message);
+                metrics::budget_rate(lane.name(), rate);
+            }
+            metrics::dispatched("slow_down");
+            lane.push_delayed(e, Instant::now() + backoff(&s.config, e.attempt));
+        }
+        Err(err) if err.kind.is_retryable() && e.attempt + 1 < s.config.dispatch_max_attempts => {
+            tracing::warn!(run_id = %e.id, attempt = e.attempt + 1, "dispatch failed, retrying: {err}");
             metrics::dispatched("retry");
-            requeue(s, q, shutdown).await;
+            let next = Entry {
+                id: e.id,
+                attempt: e.attempt + 1,
+            };
+            lane.push_delayed(next, Instant::now() + backoff(&s.config, e.attempt));
         }
-        Err(e) => {
+        Err(err) => {
             metrics::dispatched("failed");
-            fail(
-                s,
-                &run,
-                "Algorithm could not be launched",
-                &format!("after {} attempt(s): {}", q.attempt + 1, e.message),
-            )
-            .await;
+            let details = format!("after {} attempt(s): {}", e.attempt + 1, err.message);
+            fail(&s, id, "Algorithm could not be launched", &details).await;
         }
     }
 }
 
-async fn requeue(s: &Scheduler, mut q: Queued, shutdown: &CancellationToken) {
-    let delay = backoff(&s.config, q.attempt);
-    q.attempt += 1;
-    tokio::select! {
-        () = shutdown.cancelled() => {}
-        () = tokio::time::sleep(delay) => {}
-    }
-    // Even on shutdown the run goes back to the queue, so the hand-over sees it.
-    s.queue.push_priority(q);
-}
-
-async fn fail(s: &Scheduler, run: &nexus_core::run::Run, cause: &str, details: &str) {
-    tracing::warn!(run_id = %run.id, "{cause}: {details}");
+async fn fail(s: &Scheduler, id: nexus_core::run::RunId, cause: &str, details: &str) {
+    tracing::warn!(run_id = %id, "{cause}: {details}");
     if let Err(e) = s
         .store
         .transition(
-            run.id,
+            id,
             Stage::Buffered,
             Stage::SchedulingFailed,
             RunPatch::failure(cause, details),
         )
         .await
     {
-        tracing::warn!(run_id = %run.id, "could not mark run SCHEDULING_FAILED: {e}");
+        tracing::warn!(run_id = %id, "could not mark run SCHEDULING_FAILED: {e}");
     }
 }
 

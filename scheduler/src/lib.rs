@@ -19,9 +19,11 @@ use tokio_util::sync::CancellationToken;
 
 pub mod api;
 pub mod dispatch;
+pub mod limiter;
 pub mod metrics;
 pub mod queue;
 
+pub use limiter::BudgetConfig;
 pub use queue::{Queued, VirtualQueue};
 
 /// Scheduler configuration (section `scheduler`).
@@ -38,8 +40,17 @@ pub struct SchedulerConfig {
     pub inline_payload_bytes: usize,
     /// Queue bound: past it, `POST /run` answers 429 with `Retry-After`.
     pub queue_bound: usize,
-    /// Dispatches in flight.
+    /// Dispatches in flight per shard.
     pub dispatch_concurrency: usize,
+    /// Dispatch budget of every shard not listed in `shard_budgets`: a rate in runs per second
+    /// and a burst, for all schedulers together (each takes its share).
+    pub shard_budget: BudgetConfig,
+    /// Per-shard budgets, by shard name (a workgroup's `spec.cluster`).
+    pub shard_budgets: std::collections::BTreeMap<String, BudgetConfig>,
+    /// After a shard says "slow down" (its rate halves), how long the rate takes to climb back
+    /// from zero to the full budget (linear increase).
+    #[serde(with = "humantime_serde")]
+    pub slow_down_recovery: Duration,
     /// Dispatch attempts before SCHEDULING_FAILED.
     pub dispatch_max_attempts: u32,
     /// First retry delay.
@@ -67,6 +78,9 @@ impl Default for SchedulerConfig {
             inline_payload_bytes: 256 * 1024,
             queue_bound: 100_000,
             dispatch_concurrency: 64,
+            shard_budget: BudgetConfig::default(),
+            shard_budgets: std::collections::BTreeMap::new(),
+            slow_down_recovery: Duration::from_secs(20),
             dispatch_max_attempts: 8,
             retry_base_delay: Duration::from_millis(200),
             retry_max_delay: Duration::from_secs(30),
@@ -98,6 +112,17 @@ impl SchedulerConfig {
         }
         if self.dispatch_concurrency == 0 {
             e.push("scheduler.dispatch_concurrency: must be at least 1".to_owned());
+        }
+        if let Err(m) = self.shard_budget.validate("scheduler.shard_budget") {
+            e.push(m);
+        }
+        for (name, b) in &self.shard_budgets {
+            if let Err(m) = b.validate(&format!("scheduler.shard_budgets.{name}")) {
+                e.push(m);
+            }
+        }
+        if self.slow_down_recovery < Duration::from_millis(100) {
+            e.push("scheduler.slow_down_recovery: must be at least 100ms".to_owned());
         }
         if self.dispatch_max_attempts == 0 {
             e.push("scheduler.dispatch_max_attempts: must be at least 1".to_owned());
@@ -175,6 +200,8 @@ pub struct Scheduler {
     pub instance_id: String,
     /// The queue.
     pub queue: VirtualQueue,
+    /// Dispatch budgets per shard.
+    pub budgets: dispatch::Budgets,
     /// Readiness.
     pub readiness: Readiness,
 }
@@ -185,6 +212,15 @@ impl Scheduler {
     pub fn new(config: SchedulerConfig, deps: Deps) -> Arc<Self> {
         Arc::new(Self {
             queue: VirtualQueue::new(config.queue_bound),
+            budgets: dispatch::Budgets::new(
+                config.shard_budget,
+                config
+                    .shard_budgets
+                    .iter()
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect(),
+                config.slow_down_recovery,
+            ),
             config,
             store: deps.store,
             payloads: deps.payloads,
@@ -246,11 +282,32 @@ pub async fn run(s: Arc<Scheduler>, shutdown: CancellationToken) {
     tracing::info!(handed_over = left, "scheduler stopped");
 }
 
+/// Renews this scheduler's lease every third of its TTL and re-counts the live schedulers, so
+/// that each takes its share of every shard's budget. A scheduler that leaves gracefully releases
+/// its lease and the others take up its share at their next heartbeat (within a third of the
+/// TTL); one that crashes is counted until its lease expires (within one TTL).
 async fn heartbeat(s: Arc<Scheduler>, shutdown: CancellationToken) {
     let ttl = i64::try_from(s.config.lease_ttl.as_millis()).unwrap_or(i64::MAX);
     loop {
-        if let Err(e) = s.store.heartbeat(&s.instance_id, now_millis(), ttl).await {
+        let now = now_millis();
+        if let Err(e) = s.store.heartbeat(&s.instance_id, now, ttl).await {
             tracing::warn!("lease heartbeat failed: {e}");
+        }
+        match s.store.leases().await {
+            Ok(leases) => {
+                let live = leases.iter().filter(|l| l.expires_at > now).count();
+                let n = u32::try_from(live).unwrap_or(u32::MAX).max(1);
+                if n != s.budgets.replicas() {
+                    tracing::info!(
+                        schedulers = n,
+                        "live schedulers changed; re-balancing shard budgets"
+                    );
+                }
+                s.budgets.set_replicas(n);
+            }
+            Err(e) => {
+                tracing::warn!("cannot count live schedulers (keeping the current share): {e}")
+            }
         }
         tokio::select! {
             () = shutdown.cancelled() => return,

@@ -10,13 +10,39 @@ pub fn rejected(reason: &'static str) {
     metrics::counter!("nexus_scheduler_requests_rejected_total", "reason" => reason).increment(1);
 }
 
-/// Sets the queue depth.
-pub fn queue_depth(n: usize) {
-    #[allow(clippy::cast_precision_loss)] // a queue depth fits an f64 exactly up to 2^53
-    metrics::gauge!("nexus_scheduler_queue_depth").set(n as f64);
+// Queue depth per lane: `nexus_scheduler_queue_depth{shard}`, kept by each lane (queue.rs).
+
+/// Sets the dispatch rate currently in force toward `shard` (its share, AIMD-adjusted).
+pub fn budget_rate(shard: &str, rate: f64) {
+    metrics::gauge!("nexus_scheduler_shard_budget_rate", "shard" => shard.to_owned()).set(rate);
 }
 
-/// Counts a dispatch result (`ok`, `retry`, `failed`, `skipped`).
+/// Limiter waits of one lane: how often and how long its worker waited for a budget token.
+#[derive(Debug)]
+pub struct LimiterWaits {
+    count: metrics::Counter,
+    seconds: metrics::Counter,
+}
+
+impl LimiterWaits {
+    /// Handles for `shard` (looked up once, not per wait).
+    #[must_use]
+    pub fn new(shard: &str) -> Self {
+        Self {
+            count: metrics::counter!("nexus_scheduler_limiter_waits_total", "shard" => shard.to_owned()),
+            seconds: metrics::counter!("nexus_scheduler_limiter_wait_microseconds_total", "shard" => shard.to_owned()),
+        }
+    }
+
+    /// Records one wait.
+    pub fn record(&self, wait: std::time::Duration) {
+        self.count.increment(1);
+        self.seconds
+            .increment(u64::try_from(wait.as_micros()).unwrap_or(u64::MAX));
+    }
+}
+
+/// Counts a dispatch result (`ok`, `retry`, `slow_down`, `failed`, `skipped`).
 pub fn dispatched(result: &'static str) {
     metrics::counter!("nexus_scheduler_dispatch_total", "result" => result).increment(1);
 }

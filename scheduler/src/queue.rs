@@ -1,18 +1,26 @@
 //! The virtual queue: runs accepted by this scheduler and waiting for dispatch.
 //!
-//! One FIFO lane per shard plus a priority lane for recovered and delayed runs, which are
-//! dispatched ahead of everything else. It holds only ids and routing data, never payload bytes.
-//! Bounded: [`VirtualQueue::has_room`] lets admission refuse (429) before anything is written.
-//! The queue is not durable by design: every queued run is BUFFERED in the run store, owned by
-//! this scheduler, and recovered from there after a crash.
+//! One [`Lane`] per shard, each with three parts, served in this order:
+//! 1. **delayed** runs whose back-off has elapsed (retries),
+//! 2. the **priority** part (runs recovered from a dead or departed scheduler),
+//! 3. the **FIFO** part (runs accepted here, in order).
+//!
+//! Each lane has its own dispatcher worker and budget, so a shard that is slow or down delays its
+//! own lane and no other. An entry is a run id and an attempt count (24 bytes in a `VecDeque`):
+//! the queue never holds payload bytes. Bounded: [`VirtualQueue::has_room`] lets admission refuse
+//! (429) before anything is written. The queue is not durable by design: every queued run is
+//! BUFFERED in the run store, owned by this scheduler, and recovered from there after a crash.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::Mutex;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use nexus_core::run::RunId;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
-/// One queued run.
+/// One queued run, as admission and recovery hand it over.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Queued {
     /// The run.
@@ -23,127 +31,267 @@ pub struct Queued {
     pub attempt: u32,
 }
 
+/// A queued run inside a lane (the lane is its shard).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Entry {
+    /// The run.
+    pub id: RunId,
+    /// Dispatch attempts so far.
+    pub attempt: u32,
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Delayed {
+    due: Instant,
+    seq: u64,
+    entry: Entry,
+}
+
 #[derive(Debug, Default)]
-struct Lanes {
-    priority: VecDeque<Queued>,
-    lanes: BTreeMap<String, VecDeque<Queued>>,
-    /// Round-robin cursor over lanes, so one busy shard cannot starve the others.
-    next_lane: usize,
-    len: usize,
+struct Parts {
+    priority: VecDeque<Entry>,
+    fifo: VecDeque<Entry>,
+    delayed: BinaryHeap<Reverse<Delayed>>,
+    seq: u64,
 }
 
-/// The bounded, multi-lane queue.
+impl Parts {
+    fn len(&self) -> usize {
+        self.priority.len() + self.fifo.len() + self.delayed.len()
+    }
+}
+
+/// The queue of one shard. It has a single consumer (the shard's dispatcher worker).
 #[derive(Debug)]
-pub struct VirtualQueue {
-    inner: Mutex<Lanes>,
+pub struct Lane {
+    name: Arc<str>,
+    parts: Mutex<Parts>,
     notify: Notify,
-    bound: usize,
+    depth: metrics::Gauge,
+    total: Arc<AtomicUsize>,
 }
 
-impl VirtualQueue {
-    /// Returns an empty queue holding at most `bound` runs (admission checks it).
+impl Lane {
+    fn parts(&self) -> std::sync::MutexGuard<'_, Parts> {
+        // Every mutation is one push or pop, so the parts stay consistent after a panic elsewhere.
+        self.parts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The shard this lane feeds.
     #[must_use]
-    pub fn new(bound: usize) -> Self {
-        Self {
-            inner: Mutex::new(Lanes::default()),
-            notify: Notify::new(),
-            bound,
-        }
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Lanes> {
-        // Lanes stay consistent under a panic in another holder: every mutation is one push/pop.
-        self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Returns true when admission may add a run.
-    #[must_use]
-    pub fn has_room(&self) -> bool {
-        self.lock().len < self.bound
-    }
-
-    /// Returns the number of queued runs.
+    /// Runs in this lane (all parts).
     #[must_use]
     pub fn len(&self) -> usize {
-        self.lock().len
+        self.parts().len()
     }
 
-    /// Returns true when nothing is queued.
+    /// True when the lane holds nothing.
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Appends a run to its shard's lane.
-    pub fn push(&self, q: Queued) {
+    fn added(&self, parts: &Parts) {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        #[allow(clippy::cast_precision_loss)] // a depth fits an f64 exactly up to 2^53
+        self.depth.set(parts.len() as f64);
+    }
+
+    fn push_back(&self, e: Entry, priority: bool) {
         {
-            let mut l = self.lock();
-            l.lanes.entry(q.shard.clone()).or_default().push_back(q);
-            l.len += 1;
-            crate::metrics::queue_depth(l.len);
+            let mut p = self.parts();
+            if priority {
+                p.priority.push_back(e);
+            } else {
+                p.fifo.push_back(e);
+            }
+            self.added(&p);
         }
         self.notify.notify_one();
     }
 
-    /// Adds a run to the priority lane (recovered or retried runs).
-    pub fn push_priority(&self, q: Queued) {
+    /// Queues `e` to become ready at `due` (retries after back-off).
+    pub fn push_delayed(&self, e: Entry, due: Instant) {
         {
-            let mut l = self.lock();
-            l.priority.push_back(q);
-            l.len += 1;
-            crate::metrics::queue_depth(l.len);
+            let mut p = self.parts();
+            p.seq += 1;
+            let seq = p.seq;
+            p.delayed.push(Reverse(Delayed { due, seq, entry: e }));
+            self.added(&p);
         }
         self.notify.notify_one();
     }
 
-    /// Removes and returns the next run: the priority lane first, then the shard lanes in turn.
+    /// True when [`Lane::pop_ready`] would return a run at `now`.
     #[must_use]
-    pub fn try_pop(&self) -> Option<Queued> {
-        let mut l = self.lock();
-        let item = if let Some(q) = l.priority.pop_front() {
-            Some(q)
+    pub fn has_ready(&self, now: Instant) -> bool {
+        let p = self.parts();
+        !p.priority.is_empty()
+            || !p.fifo.is_empty()
+            || p.delayed.peek().is_some_and(|d| d.0.due <= now)
+    }
+
+    /// When the earliest delayed run becomes ready.
+    #[must_use]
+    pub fn next_due(&self) -> Option<Instant> {
+        self.parts().delayed.peek().map(|d| d.0.due)
+    }
+
+    /// Removes the next ready run: due delayed runs, then priority, then FIFO.
+    #[must_use]
+    pub fn pop_ready(&self, now: Instant) -> Option<Entry> {
+        let mut p = self.parts();
+        let e = if p.delayed.peek().is_some_and(|d| d.0.due <= now) {
+            p.delayed.pop().map(|d| d.0.entry)
+        } else if let Some(e) = p.priority.pop_front() {
+            Some(e)
         } else {
-            let n = l.lanes.len();
-            let start = l.next_lane;
-            let keys: Vec<String> = l.lanes.keys().cloned().collect();
-            let mut found = None;
-            for i in 0..n {
-                let idx = (start + i) % n;
-                if let Some(q) = l.lanes.get_mut(&keys[idx]).and_then(VecDeque::pop_front) {
-                    l.next_lane = idx + 1;
-                    found = Some(q);
-                    break;
-                }
-            }
-            l.lanes.retain(|_, v| !v.is_empty());
-            found
+            p.fifo.pop_front()
         };
-        if item.is_some() {
-            l.len -= 1;
-            crate::metrics::queue_depth(l.len);
+        if e.is_some() {
+            self.total.fetch_sub(1, Ordering::Relaxed);
+            #[allow(clippy::cast_precision_loss)]
+            self.depth.set(p.len() as f64);
         }
-        item
+        e
     }
 
-    /// Waits for and returns the next run.
-    pub async fn pop(&self) -> Queued {
-        loop {
-            let notified = self.notify.notified();
-            if let Some(q) = self.try_pop() {
-                return q;
-            }
-            notified.await;
+    /// Waits until something is pushed (a stored wake-up returns at once: single consumer).
+    pub async fn pushed(&self) {
+        self.notify.notified().await;
+    }
+
+    fn drain(&self) -> Vec<Entry> {
+        let mut p = self.parts();
+        let mut out: Vec<Entry> = p.delayed.drain().map(|d| d.0.entry).collect();
+        out.extend(p.priority.drain(..));
+        out.extend(p.fifo.drain(..));
+        self.total.fetch_sub(out.len(), Ordering::Relaxed);
+        self.depth.set(0.0);
+        out
+    }
+}
+
+/// The bounded set of lanes.
+#[derive(Debug)]
+pub struct VirtualQueue {
+    lanes: RwLock<HashMap<Arc<str>, Arc<Lane>>>,
+    lane_added: Notify,
+    total: Arc<AtomicUsize>,
+    bound: usize,
+}
+
+impl VirtualQueue {
+    /// An empty queue holding at most `bound` runs (admission checks it).
+    #[must_use]
+    pub fn new(bound: usize) -> Self {
+        Self {
+            lanes: RwLock::new(HashMap::new()),
+            lane_added: Notify::new(),
+            total: Arc::new(AtomicUsize::new(0)),
+            bound,
         }
     }
 
-    /// Removes and returns everything queued (shutdown hand-over).
+    /// True when admission may add a run.
+    #[must_use]
+    pub fn has_room(&self) -> bool {
+        self.len() < self.bound
+    }
+
+    /// Runs queued over all lanes.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// True when nothing is queued.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The lane of `shard`, created on first use.
+    pub fn lane(&self, shard: &str) -> Arc<Lane> {
+        if let Some(l) = self
+            .lanes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(shard)
+        {
+            return l.clone();
+        }
+        let mut lanes = self.lanes.write().unwrap_or_else(PoisonError::into_inner);
+        let lane = lanes
+            .entry(Arc::from(shard))
+            .or_insert_with(|| {
+                Arc::new(Lane {
+                    name: Arc::from(shard),
+                    parts: Mutex::new(Parts::default()),
+                    notify: Notify::new(),
+                    depth: metrics::gauge!("nexus_scheduler_queue_depth", "shard" => shard.to_owned()),
+                    total: self.total.clone(),
+                })
+            })
+            .clone();
+        drop(lanes);
+        self.lane_added.notify_waiters();
+        lane
+    }
+
+    /// Every lane so far.
+    #[must_use]
+    pub fn lanes(&self) -> Vec<Arc<Lane>> {
+        self.lanes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// A future that completes when a lane is created (the dispatcher starts a worker for it);
+    /// `enable` it before listing the lanes so no creation is missed.
+    pub fn lane_added(&self) -> tokio::sync::futures::Notified<'_> {
+        self.lane_added.notified()
+    }
+
+    /// Appends a run to its shard's FIFO.
+    pub fn push(&self, q: Queued) {
+        self.lane(&q.shard).push_back(
+            Entry {
+                id: q.id,
+                attempt: q.attempt,
+            },
+            false,
+        );
+    }
+
+    /// Adds a run to its shard's priority part (recovered runs).
+    pub fn push_priority(&self, q: Queued) {
+        self.lane(&q.shard).push_back(
+            Entry {
+                id: q.id,
+                attempt: q.attempt,
+            },
+            true,
+        );
+    }
+
+    /// Removes and returns everything queued (shutdown hand-over; tests).
     #[must_use]
     pub fn drain(&self) -> Vec<Queued> {
         let mut out = Vec::new();
-        while let Some(q) = self.try_pop() {
-            out.push(q);
+        for lane in self.lanes() {
+            out.extend(lane.drain().into_iter().map(|e| Queued {
+                id: e.id,
+                shard: lane.name().to_owned(),
+                attempt: e.attempt,
+            }));
         }
         out
     }
@@ -151,6 +299,8 @@ impl VirtualQueue {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn q(shard: &str) -> Queued {
@@ -162,16 +312,45 @@ mod tests {
     }
 
     #[test]
-    fn priority_first_then_round_robin_fifo() {
+    fn delayed_then_priority_then_fifo_within_a_lane() {
         let vq = VirtualQueue::new(10);
-        let (a1, a2, b1, p) = (q("a"), q("a"), q("b"), q("a"));
+        let now = Instant::now();
+        let (a1, a2, p) = (q("a"), q("a"), q("a"));
         vq.push(a1.clone());
         vq.push(a2.clone());
-        vq.push(b1.clone());
         vq.push_priority(p.clone());
-        let order: Vec<_> = std::iter::from_fn(|| vq.try_pop()).map(|x| x.id).collect();
-        assert_eq!(order, [p.id, a1.id, b1.id, a2.id]);
+        let lane = vq.lane("a");
+        let late = Entry {
+            id: RunId::new(),
+            attempt: 2,
+        };
+        let due = Entry {
+            id: RunId::new(),
+            attempt: 1,
+        };
+        lane.push_delayed(late, now + Duration::from_secs(60));
+        lane.push_delayed(due, now);
+        assert_eq!(vq.len(), 5);
+        let order: Vec<_> = std::iter::from_fn(|| lane.pop_ready(now))
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(order, [due.id, p.id, a1.id, a2.id]);
+        assert!(!lane.has_ready(now));
+        assert_eq!(lane.next_due(), Some(now + Duration::from_secs(60)));
+        assert_eq!(lane.pop_ready(now + Duration::from_secs(60)), Some(late));
         assert!(vq.is_empty());
+    }
+
+    #[test]
+    fn lanes_are_separate() {
+        let vq = VirtualQueue::new(10);
+        vq.push(q("a"));
+        vq.push(q("b"));
+        vq.push(q("b"));
+        assert_eq!(vq.lane("a").len(), 1);
+        assert_eq!(vq.lane("b").len(), 2);
+        assert_eq!(vq.lanes().len(), 2);
+        assert_eq!(vq.len(), 3);
     }
 
     #[test]
@@ -179,20 +358,25 @@ mod tests {
         let vq = VirtualQueue::new(2);
         vq.push(q("a"));
         assert!(vq.has_room());
-        vq.push(q("a"));
+        vq.push(q("b"));
         assert!(!vq.has_room());
         assert_eq!(vq.drain().len(), 2);
         assert!(vq.has_room());
+        assert!(vq.is_empty());
     }
 
     #[tokio::test]
-    async fn pop_waits_for_push() {
-        let vq = std::sync::Arc::new(VirtualQueue::new(2));
-        let v2 = vq.clone();
-        let h = tokio::spawn(async move { v2.pop().await });
+    async fn pushed_wakes_the_consumer() {
+        let vq = Arc::new(VirtualQueue::new(2));
+        let lane = vq.lane("s");
+        let l2 = lane.clone();
+        let h = tokio::spawn(async move {
+            l2.pushed().await;
+            l2.pop_ready(Instant::now())
+        });
         tokio::task::yield_now().await;
         let x = q("s");
         vq.push(x.clone());
-        assert_eq!(h.await.unwrap(), x);
+        assert_eq!(h.await.unwrap().map(|e| e.id), Some(x.id));
     }
 }
