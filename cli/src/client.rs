@@ -217,7 +217,10 @@ pub async fn run(opts: &ClientOpts, cmd: RunCommand) -> anyhow::Result<ExitCode>
                 .map(|p| read_json_source(p, "override"))
                 .transpose()?;
             let request = AlgorithmRequest {
-                algorithm_parameters: Some(parameters),
+                algorithm_parameters: Some(
+                    serde_json::value::to_raw_value(&parameters)
+                        .context("encoding the parameters")?,
+                ),
                 custom_configuration,
                 tag,
                 payload_valid_for: payload_valid_for.map(go_duration),

@@ -3,11 +3,13 @@
 use serde::{Deserialize, Serialize};
 
 /// Body of `POST /algorithm/v1/run/{algorithmName}`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AlgorithmRequest {
-    /// Arbitrary JSON handed to the algorithm as its payload (required).
-    pub algorithm_parameters: Option<serde_json::Value>,
+    /// Arbitrary JSON handed to the algorithm as its payload (required). Kept as the client's
+    /// own text: the scheduler stores and hashes these bytes without parsing them into a tree
+    /// and printing them again (build one with `serde_json::value::to_raw_value`).
+    pub algorithm_parameters: Option<Box<serde_json::value::RawValue>>,
     /// Per-run overrides of the template spec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom_configuration: Option<serde_json::Value>,

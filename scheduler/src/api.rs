@@ -164,7 +164,11 @@ async fn create_run(
         metrics::rejected("invalid_body");
         ApiError::bad_request(format!("Algorithm payload is invalid: {e}"))
     })?;
-    let Some(params) = req.algorithm_parameters.as_ref().filter(|v| !v.is_null()) else {
+    let Some(params) = req
+        .algorithm_parameters
+        .as_ref()
+        .filter(|v| v.get().trim() != "null")
+    else {
         metrics::rejected("invalid_body");
         return Err(ApiError::bad_request(
             "Algorithm payload is invalid: algorithmParameters is required (any JSON object)",
@@ -245,8 +249,7 @@ async fn create_run(
         e.retry_after = Some(1);
         return Err(e);
     }
-    let bytes = serde_json::to_vec(params)
-        .map_err(|e| ApiError::bad_request(format!("Algorithm payload is invalid: {e}")))?;
+    let bytes = params.get().as_bytes().to_vec();
     let id = RunId::new();
     let content_hash = hex(&sha2::Sha256::digest(&bytes));
     let size = bytes.len() as u64;
