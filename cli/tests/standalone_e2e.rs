@@ -51,6 +51,25 @@ async fn knapsack_completes_and_result_is_downloadable() {
         .await
         .unwrap();
     assert!(!logs.is_empty());
+    // The queue and dispatcher report what they did (issue #3's metrics).
+    let m = http
+        .get(format!("{}/metrics", h.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "nexus_scheduler_runs_accepted_total",
+        "nexus_scheduler_dispatch_total{result=\"ok\"}",
+        "nexus_scheduler_queue_depth{shard=",
+        "nexus_scheduler_time_in_queue_seconds",
+        "nexus_scheduler_shard_budget_rate{shard=",
+        "nexus_scheduler_accept_seconds",
+    ] {
+        assert!(m.contains(name), "metric {name} missing from /metrics:\n{m}");
+    }
     h.stop().await;
 }
 
