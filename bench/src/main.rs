@@ -4,12 +4,23 @@
 //!   inserts one at a time (one fsync each), and BUFFERED→RUNNING compare-and-sets.
 //! * `baseline` — a bare axum handler answering `202 {"requestId":"x"}`: the physical limit of
 //!   HTTP on this machine with this load generator.
-//! * `accept`   — closed-loop `POST /algorithm/v1/run/knapsack` against standalone Nexus
-//!   (started in-process unless `--url` is given).
-//! * `all`      — the three in sequence and a summary.
+//! * `accept`   — durable `POST /algorithm/v1/run/knapsack` (1 KiB payload) against standalone
+//!   Nexus (started in-process unless `--url` is given): closed loop at a fixed concurrency, or
+//!   open loop at fixed rates (`--rate`, `--rates`), latency from the scheduled send time.
+//! * `e2e`      — submit → COMPLETED → result read, with an in-process algorithm
+//!   ([`instant::InstantExecutor`]) that reports over HTTP: completions per second.
+//! * `limiter`  — a shard budget held by the dispatcher, alone and shared by 3 schedulers.
+//! * `queue-memory` — resident bytes per queued run.
+//! * `all`      — everything in sequence and a summary against the issue #3 targets.
 //!
 //! Every loop is bounded in time and in count; the HTTP scenarios only target loopback unless a
-//! URL is given explicitly.
+//! URL is given explicitly. Micro-benchmarks (criterion) live in `benches/micro.rs`.
+
+mod e2e;
+mod instant;
+mod limiter;
+mod memory;
+mod open_loop;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,16 +29,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use nexus_cli::config::StandaloneConfig;
+use nexus_core::executor::{Executor, ExecutorEvent};
+use nexus_core::payload::PayloadStore;
 use nexus_core::run::{RunId, RunPatch, Stage};
 use nexus_core::store::test_suite::sample_run;
 use nexus_core::store::{RunStore, SqliteRunStore};
+use tokio::sync::mpsc::UnboundedSender;
 
 /// Hard upper bound on any single phase, whatever the arguments.
-const PHASE_LIMIT: Duration = Duration::from_secs(300);
+pub(crate) const PHASE_LIMIT: Duration = Duration::from_secs(300);
 /// The one-at-a-time insert baseline stops after this long (it is reported as ops/s either way).
 const SERIAL_LIMIT: Duration = Duration::from_secs(20);
 /// Upper bound on requests per HTTP scenario (a safety net on top of the duration).
-const MAX_REQUESTS: usize = 50_000_000;
+pub(crate) const MAX_REQUESTS: usize = 50_000_000;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -59,26 +74,83 @@ enum Cmd {
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         duration: Duration,
     },
-    /// Closed-loop submissions to `/algorithm/v1/run/knapsack` with a 1 KiB payload.
+    /// Submissions to `/algorithm/v1/run/knapsack` with a 1 KiB payload: closed loop at
+    /// `--concurrency`, or open loop at `--rate`/`--rates`.
     Accept {
         /// Concurrent closed-loop clients.
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
-        /// Duration, e.g. `10s`, `500ms`, `1m`.
+        /// Duration of each phase, e.g. `10s`, `500ms`, `1m`.
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         duration: Duration,
         /// Nexus to target (e.g. `http://127.0.0.1:8090`); default: a standalone started in-process.
         #[arg(long)]
         url: Option<String>,
+        /// Open loop at this many requests per second (instead of the closed loop).
+        #[arg(long, conflicts_with = "rates")]
+        rate: Option<f64>,
+        /// Open loop at each of these rates in turn, e.g. `2000,5000,10000`.
+        #[arg(long, value_delimiter = ',')]
+        rates: Vec<f64>,
+        /// Open loop: most requests in flight; past it, due requests are dropped (and counted).
+        #[arg(long, default_value_t = 1024)]
+        max_outstanding: usize,
+        /// In-process standalone's executor: `parked` (launches accepted, never run) or `local`
+        /// (the real local-process executor: the template's `true` is spawned for every run).
+        #[arg(long, default_value = "parked", value_parser = ["parked", "local"])]
+        executor: String,
     },
-    /// store, baseline and accept (concurrency 64) in sequence, then a summary.
+    /// Submit → COMPLETED → result read with an instant in-process algorithm.
+    E2e {
+        /// Concurrent closed-loop clients.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Duration, e.g. `10s`.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+    },
+    /// Shard budget accuracy: dispatch rate alone and with 3 schedulers sharing the budget.
+    Limiter {
+        /// The shard budget, runs per second (all schedulers together).
+        #[arg(long, default_value_t = 500.0)]
+        rate: f64,
+        /// Its burst.
+        #[arg(long, default_value_t = 400)]
+        burst: u32,
+        /// Duration of each phase (the first 3 s are warm-up).
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Schedulers sharing the budget in the second phase.
+        #[arg(long, default_value_t = 3)]
+        schedulers: usize,
+    },
+    /// Resident memory per queued run.
+    QueueMemory {
+        /// Queue sizes to measure.
+        #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
+        runs: Vec<usize>,
+        /// Also measure an in-process standalone accepting this many runs (0: skip).
+        #[arg(long, default_value_t = 0)]
+        standalone_runs: usize,
+    },
+    /// (internal) One `queue-memory` measurement in a fresh process.
+    #[command(hide = true)]
+    QueueMemoryProbe {
+        /// Runs to queue.
+        #[arg(long)]
+        runs: usize,
+    },
+    /// Every scenario in sequence, then a summary against the issue #3 targets.
     All {
-        /// Duration of each HTTP scenario.
+        /// Duration of each HTTP phase.
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         duration: Duration,
         /// Runs inserted by the store scenario.
         #[arg(long, default_value_t = 20_000)]
         runs: usize,
+        /// Duration of each limiter phase.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        limiter_duration: Duration,
     },
 }
 
@@ -107,7 +179,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 // ---------------------------------------------------------------- output
 
-fn print_table(title: &str, header: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn print_table(title: &str, header: &[&str], rows: &[Vec<String>]) {
     let mut w: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -164,15 +236,30 @@ fn footer() {
                 .map(|s| s.trim().to_owned())
         })
         .unwrap_or_else(|| "unknown CPU".to_owned());
-    println!("\n{cmd} / {date} / machine: nproc={nproc}, {cpu}");
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".to_owned());
+    println!("\n{cmd} / {date} / machine: nproc={nproc}, {cpu} / load average {load}");
 }
 
-fn f0(x: f64) -> String {
+pub(crate) fn f0(x: f64) -> String {
     format!("{x:.0}")
 }
 
-fn ms(d: Duration) -> String {
+pub(crate) fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+/// The `p` quantile (0..=1) of sorted latencies (zero when there are none).
+pub(crate) fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let n = sorted.len();
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // p in 0..=1
+    let i = ((p * n as f64).ceil() as usize).clamp(1, n) - 1;
+    sorted[i]
 }
 
 // ---------------------------------------------------------------- store
@@ -383,18 +470,13 @@ impl Load {
         self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
     fn pct(&self, p: f64) -> Duration {
-        if self.latencies.is_empty() {
-            return Duration::ZERO;
-        }
-        let n = self.latencies.len();
-        let i = ((p * n as f64).ceil() as usize).clamp(1, n) - 1;
-        self.latencies[i]
+        pct(&self.latencies, p)
     }
 }
 
 /// The submission body: valid knapsack parameters padded with a `note` field so that
 /// `algorithmParameters` serializes to exactly 1 KiB.
-fn accept_body() -> String {
+pub(crate) fn accept_body() -> String {
     let mut params = serde_json::json!({
         "capacity": 10,
         "items": [
@@ -547,6 +629,8 @@ async fn bench_baseline(concurrency: usize, duration: Duration) -> anyhow::Resul
     r
 }
 
+// ---------------------------------------------------------------- standalone under test
+
 const WORKGROUP: &str = "apiVersion: science.sneaksanddata.com/v1
 kind: NexusAlgorithmWorkgroup
 metadata:
@@ -554,11 +638,9 @@ metadata:
 spec:
   description: bench workgroup
   cluster: local
-  # One run executes at a time, the rest wait BUFFERED: accept is measured without
-  # process spawning competing for the two cores (that is the e2e scenario's business).
-  maxConcurrentRuns: 1
 ";
 
+// The command is never run: the bench executors play the algorithm in-process.
 const TEMPLATE: &str = "apiVersion: science.sneaksanddata.com/v1
 kind: NexusAlgorithmTemplate
 metadata:
@@ -568,53 +650,260 @@ spec:
     name: local
     group: science.sneaksanddata.com
     kind: NexusAlgorithmWorkgroup
-  command: sleep
-  args: [\"30\"]
+  command: \"true\"
 ";
+
+/// A standalone Nexus started in-process, in a temporary directory.
+#[derive(Debug)]
+pub(crate) struct Nexus {
+    pub(crate) handle: nexus_cli::standalone::Handle,
+    _dir: tempfile::TempDir,
+    _work: Option<tempfile::TempDir>,
+}
+
+impl Nexus {
+    /// Shuts down, bounded: the queue may still hold accepted runs, do not wait for them.
+    pub(crate) async fn stop(self) {
+        self.handle.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(15), self.handle.wait()).await;
+    }
+}
+
+/// Starts a standalone Nexus on a loopback port with the bench templates, the queue bound raised
+/// to 2,000,000 (a long run never meets 429), `tune` applied to the config and the executor `make`
+/// builds.
+pub(crate) async fn start_nexus(
+    tune: impl FnOnce(&mut StandaloneConfig),
+    make: impl FnOnce(UnboundedSender<ExecutorEvent>, Arc<dyn PayloadStore>) -> Arc<dyn Executor>,
+) -> anyhow::Result<Nexus> {
+    let dir = tempfile::tempdir()?;
+    let templates = dir.path().join("templates");
+    std::fs::create_dir_all(&templates)?;
+    std::fs::write(templates.join("workgroup.yaml"), WORKGROUP)?;
+    std::fs::write(templates.join("knapsack.yaml"), TEMPLATE)?;
+    let mut config = StandaloneConfig {
+        data_dir: dir.path().join("data"),
+        templates_dir: templates,
+        ..StandaloneConfig::default()
+    };
+    config.scheduler.queue_bound = 2_000_000;
+    // Shutdown does not wait for the (huge) queue to drain.
+    config.scheduler.drain_grace = Duration::from_millis(100);
+    tune(&mut config);
+    config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let handle = nexus_cli::standalone::start_with_executor(config, listener, make)
+        .await
+        .context("cannot start standalone nexus")?;
+    Ok(Nexus {
+        handle,
+        _dir: dir,
+        _work: None,
+    })
+}
+
+/// Submits `n` runs to `url` with `concurrency` closed-loop clients; returns how many got 202.
+pub(crate) async fn submit_count(url: &str, n: usize, concurrency: usize) -> anyhow::Result<usize> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let body = Arc::new(accept_body());
+    let url = Arc::new(url.to_owned());
+    let next = Arc::new(AtomicUsize::new(0));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + PHASE_LIMIT;
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (client, body, url, next, ok) = (
+            client.clone(),
+            body.clone(),
+            url.clone(),
+            next.clone(),
+            ok.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < n && Instant::now() < deadline {
+                let r = client
+                    .post(url.as_str())
+                    .header("content-type", "application/json")
+                    .body(body.as_bytes().to_vec())
+                    .send()
+                    .await;
+                match r {
+                    Ok(resp) if resp.status().as_u16() == 202 => {
+                        let _ = resp.bytes().await;
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(resp) => {
+                        let _ = resp.bytes().await;
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.context("submit task panicked")?;
+    }
+    Ok(ok.load(Ordering::Relaxed))
+}
+
+/// The standalone `accept` measures: default shard budget (200 runs/s), so dispatch does its
+/// real work at that rate, and by default an executor that parks launches, so no process is
+/// spawned; `local` uses the real local-process executor instead (for comparison).
+async fn accept_nexus(local: bool) -> anyhow::Result<Nexus> {
+    if !local {
+        return start_nexus(|_| {}, |tx, _| Arc::new(instant::ParkedExecutor::new(tx))).await;
+    }
+    let work = tempfile::tempdir()?;
+    let work_dir = work.path().to_path_buf();
+    let mut nexus = start_nexus(
+        |_| {},
+        move |tx, payloads| {
+            Arc::new(nexus_core::executor::LocalProcessExecutor::new(
+                nexus_core::executor::LocalExecutorConfig {
+                    extra_path: Vec::new(),
+                    work_dir,
+                    default_max_concurrent: 8,
+                    max_log_bytes: 64 * 1024,
+                },
+                payloads,
+                tx,
+            ))
+        },
+    )
+    .await?;
+    nexus._work = Some(work);
+    Ok(nexus)
+}
 
 async fn bench_accept(
     concurrency: usize,
     duration: Duration,
     url: Option<String>,
+    local: bool,
 ) -> anyhow::Result<Load> {
     if let Some(u) = url {
         let target = format!("{}/algorithm/v1/run/knapsack", u.trim_end_matches('/'));
         eprintln!("accept: {target}, concurrency {concurrency}, {duration:?} …");
         return drive("accept (external nexus)", &target, concurrency, duration).await;
     }
-    let dir = tempfile::tempdir()?;
-    let templates = dir.path().join("templates");
-    std::fs::create_dir_all(&templates)?;
-    std::fs::write(templates.join("workgroup.yaml"), WORKGROUP)?;
-    std::fs::write(templates.join("knapsack.yaml"), TEMPLATE)?;
-    let config = nexus_cli::config::StandaloneConfig {
-        data_dir: dir.path().join("data"),
-        templates_dir: templates,
-        ..nexus_cli::config::StandaloneConfig::default()
-    };
-    config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-    let handle = nexus_cli::standalone::start(config, listener)
-        .await
-        .context("cannot start standalone nexus")?;
+    let nexus = accept_nexus(local).await?;
     eprintln!(
-        "accept: standalone nexus on {}, concurrency {concurrency}, {duration:?} …",
-        handle.url
+        "accept: standalone nexus on {}, closed loop, concurrency {concurrency}, {duration:?} …",
+        nexus.handle.url
     );
+    let name = if local {
+        "accept (standalone, local executor)"
+    } else {
+        "accept (standalone nexus)"
+    };
     let r = drive(
-        "accept (standalone nexus)",
-        &format!("{}/algorithm/v1/run/knapsack", handle.url),
+        name,
+        &format!("{}/algorithm/v1/run/knapsack", nexus.handle.url),
         concurrency,
         duration,
     )
     .await;
-    // Bounded shutdown: the queue may still hold accepted runs; do not wait for all of them.
-    handle.shutdown.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(15), handle.wait()).await;
+    nexus.stop().await;
     r
 }
 
+/// Open loop at each rate, each against a fresh standalone (or `url`).
+async fn bench_accept_open(
+    rates: &[f64],
+    duration: Duration,
+    max_outstanding: usize,
+    url: Option<&str>,
+    local: bool,
+) -> anyhow::Result<Vec<open_loop::OpenLoad>> {
+    let body = Arc::new(accept_body());
+    let mut out = Vec::new();
+    for &rate in rates {
+        let (nexus, target, name) = match url {
+            Some(u) => (
+                None,
+                format!("{}/algorithm/v1/run/knapsack", u.trim_end_matches('/')),
+                "accept open loop (external)",
+            ),
+            None => {
+                let n = accept_nexus(local).await?;
+                let t = format!("{}/algorithm/v1/run/knapsack", n.handle.url);
+                (Some(n), t, "accept open loop (standalone)")
+            }
+        };
+        eprintln!("accept: {target}, open loop at {rate}/s, {duration:?} …");
+        let r =
+            open_loop::drive(name, &target, body.clone(), rate, duration, max_outstanding).await;
+        if let Some(n) = nexus {
+            n.stop().await;
+        }
+        out.push(r?);
+    }
+    Ok(out)
+}
+
+/// The `e2e` standalone: the instant algorithm, and a shard budget (100,000 runs/s) high enough
+/// that the limiter is not what is measured.
+async fn bench_e2e(concurrency: usize, duration: Duration) -> anyhow::Result<e2e::E2e> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let nexus = start_nexus(
+        |c| {
+            c.scheduler.shard_budget = nexus_scheduler::BudgetConfig {
+                rate: 100_000.0,
+                burst: 1_000,
+            };
+        },
+        move |tx, _| Arc::new(instant::InstantExecutor::new(tx, http)),
+    )
+    .await?;
+    eprintln!(
+        "e2e: standalone nexus on {} (instant algorithm, shard budget 100000/s), concurrency {concurrency}, {duration:?} …",
+        nexus.handle.url
+    );
+    let r = e2e::drive(&nexus.handle.url, "knapsack", concurrency, duration).await;
+    nexus.stop().await;
+    r
+}
+
+async fn bench_limiter(
+    rate: f64,
+    burst: u32,
+    duration: Duration,
+    schedulers: usize,
+) -> anyhow::Result<Vec<limiter::Phase>> {
+    let warmup = limiter::LEASE_TTL;
+    let alone = limiter::phase(rate, burst, 1, duration, warmup).await?;
+    let shared = limiter::phase(rate, burst, schedulers, duration, warmup).await?;
+    Ok(vec![alone, shared])
+}
+
+async fn bench_queue_memory(
+    sizes: &[usize],
+    standalone_runs: usize,
+) -> anyhow::Result<Vec<memory::Row>> {
+    let mut rows = Vec::new();
+    for &n in sizes {
+        eprintln!("queue-memory: {n} runs into a VirtualQueue (child process) …");
+        rows.push(tokio::task::spawn_blocking(move || memory::queue_in_child(n)).await??);
+    }
+    if standalone_runs > 0 {
+        rows.push(memory::standalone(standalone_runs).await?);
+    }
+    Ok(rows)
+}
+
 // ---------------------------------------------------------------- main
+
+fn verdict(ok: bool) -> String {
+    if ok { "met" } else { "NOT met" }.to_owned()
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -635,59 +924,165 @@ async fn main() -> anyhow::Result<()> {
             concurrency,
             duration,
             url,
+            rate,
+            rates,
+            max_outstanding,
+            executor,
         } => {
-            let a = bench_accept(concurrency, duration, url).await?;
-            print_loads("accept", &[&a]);
+            let local = executor == "local";
+            let rates: Vec<f64> = rate.into_iter().chain(rates).collect();
+            if rates.is_empty() {
+                let a = bench_accept(concurrency, duration, url, local).await?;
+                print_loads("accept (closed loop)", &[&a]);
+            } else {
+                let o = bench_accept_open(&rates, duration, max_outstanding, url.as_deref(), local)
+                    .await?;
+                open_loop::print("accept (open loop)", &o);
+            }
         }
-        Cmd::All { duration, runs } => {
-            let s = bench_store(runs, 64).await?;
-            print_store(&s);
-            let b = bench_baseline(64, duration).await?;
-            print_loads("HTTP baseline", &[&b]);
-            let a = bench_accept(64, duration, None).await?;
-            print_loads("accept", &[&a]);
-            let ratio = a.throughput() / b.throughput().max(1e-9);
-            print_table(
-                "summary",
-                &["metric", "value"],
-                &[
-                    vec![
-                        "store insert, concurrency 1 (ops/s)".into(),
-                        f0(s.insert_serial.rate()),
-                    ],
-                    vec![
-                        "store insert, concurrency 64 (ops/s)".into(),
-                        f0(s.insert.rate()),
-                    ],
-                    vec![
-                        "group-commit gain".into(),
-                        format!("{:.1}×", s.insert.rate() / s.insert_serial.rate().max(1e-9)),
-                    ],
-                    vec![
-                        "store BUFFERED→RUNNING, concurrency 64 (ops/s)".into(),
-                        f0(s.transition.rate()),
-                    ],
-                    vec!["baseline HTTP 202 (req/s)".into(), f0(b.throughput())],
-                    vec!["accept (runs/s)".into(), f0(a.throughput())],
-                    vec![
-                        "accept p50 / p99 / p99.9 (ms)".into(),
-                        format!(
-                            "{} / {} / {}",
-                            ms(a.pct(0.5)),
-                            ms(a.pct(0.99)),
-                            ms(a.pct(0.999))
-                        ),
-                    ],
-                    vec![
-                        "accept non-202 / errors".into(),
-                        format!("{} / {}", a.non_202, a.errors),
-                    ],
-                    vec!["accept/baseline".into(), format!("{ratio:.2}×")],
-                ],
-            );
-            println!("accept/baseline: {ratio:.2}");
+        Cmd::E2e {
+            concurrency,
+            duration,
+        } => {
+            let r = bench_e2e(concurrency, duration).await?;
+            e2e::print(&r);
         }
+        Cmd::Limiter {
+            rate,
+            burst,
+            duration,
+            schedulers,
+        } => {
+            let p = bench_limiter(rate, burst, duration, schedulers).await?;
+            limiter::print(&p);
+        }
+        Cmd::QueueMemory {
+            runs,
+            standalone_runs,
+        } => {
+            let rows = bench_queue_memory(&runs, standalone_runs).await?;
+            memory::print(&rows);
+        }
+        Cmd::QueueMemoryProbe { runs } => {
+            return memory::probe(runs);
+        }
+        Cmd::All {
+            duration,
+            runs,
+            limiter_duration,
+        } => all(duration, runs, limiter_duration).await?,
     }
     footer();
+    Ok(())
+}
+
+async fn all(duration: Duration, runs: usize, limiter_duration: Duration) -> anyhow::Result<()> {
+    let s = bench_store(runs, 64).await?;
+    print_store(&s);
+    let b = bench_baseline(64, duration).await?;
+    print_loads("HTTP baseline", &[&b]);
+    let a = bench_accept(64, duration, None, false).await?;
+    print_loads("accept (closed loop)", &[&a]);
+    // Open loop at a quarter, half and three quarters of the closed-loop maximum just measured.
+    let max = a.throughput();
+    let rates: Vec<f64> = [0.25, 0.5, 0.75]
+        .iter()
+        .map(|f| ((max * f / 100.0).round() * 100.0).max(100.0))
+        .collect();
+    let o = bench_accept_open(&rates, duration, 1024, None, false).await?;
+    open_loop::print("accept (open loop)", &o);
+    let e = bench_e2e(64, duration).await?;
+    e2e::print(&e);
+    let l = bench_limiter(500.0, 400, limiter_duration, 3).await?;
+    limiter::print(&l);
+    let m = bench_queue_memory(&[100_000, 1_000_000], 100_000).await?;
+    memory::print(&m);
+
+    let ratio = a.throughput() / b.throughput().max(1e-9);
+    let half = &o[1];
+    let p99_half = pct(&half.latencies, 0.99);
+    let worst_queue = m
+        .iter()
+        .filter(|r| !r.name.starts_with("standalone"))
+        .map(memory::Row::per_run)
+        .fold(0.0, f64::max);
+    let rows = vec![
+        vec![
+            "store insert, concurrency 1 / 64 (ops/s)".into(),
+            format!("{} / {}", f0(s.insert_serial.rate()), f0(s.insert.rate())),
+            String::new(),
+            String::new(),
+        ],
+        vec![
+            "baseline HTTP 202 (req/s)".into(),
+            f0(b.throughput()),
+            String::new(),
+            String::new(),
+        ],
+        vec![
+            "accept, closed loop 64 (runs/s)".into(),
+            f0(a.throughput()),
+            "≥ 20000".into(),
+            verdict(a.throughput() >= 20_000.0),
+        ],
+        vec![
+            "accept/baseline".into(),
+            format!("{ratio:.2}×"),
+            "≥ 0.40×".into(),
+            verdict(ratio >= 0.4),
+        ],
+        vec![
+            "accept closed loop p50 / p99 / p99.9 (ms)".into(),
+            format!(
+                "{} / {} / {}",
+                ms(a.pct(0.5)),
+                ms(a.pct(0.99)),
+                ms(a.pct(0.999))
+            ),
+            String::new(),
+            String::new(),
+        ],
+        vec![
+            format!("accept open loop at {}/s (½ max): p99 (ms)", f0(half.rate)),
+            ms(p99_half),
+            "≤ 10".into(),
+            verdict(p99_half <= Duration::from_millis(10) && half.dropped == 0),
+        ],
+        vec![
+            "e2e completions/s (p50 / p99 ms)".into(),
+            format!(
+                "{} ({} / {})",
+                f0(e.throughput()),
+                ms(pct(&e.latencies, 0.5)),
+                ms(pct(&e.latencies, 0.99))
+            ),
+            "≥ 5000".into(),
+            verdict(e.throughput() >= 5_000.0),
+        ],
+        vec![
+            format!("limiter error alone ({}/s)", f0(l[0].rate)),
+            format!("{:.2} %", l[0].error() * 100.0),
+            "≤ 2 %".into(),
+            verdict(l[0].error() <= 0.02),
+        ],
+        vec![
+            format!("limiter error, {} schedulers sharing", l[1].schedulers),
+            format!("{:.2} %", l[1].error() * 100.0),
+            "≤ 5 %".into(),
+            verdict(l[1].error() <= 0.05),
+        ],
+        vec![
+            "queue memory (bytes/run, worst of 10^5, 10^6)".into(),
+            format!("{worst_queue:.1}"),
+            "≤ 512".into(),
+            verdict(worst_queue <= 512.0),
+        ],
+    ];
+    print_table(
+        "summary (issue #3 targets)",
+        &["metric", "value", "target", ""],
+        &rows,
+    );
+    println!("accept/baseline: {ratio:.2}");
     Ok(())
 }

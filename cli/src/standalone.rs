@@ -13,7 +13,7 @@ use axum::Router;
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use nexus_core::catalog::{Catalog, load_dir, watch_dir};
-use nexus_core::executor::{Executor, LocalExecutorConfig, LocalProcessExecutor};
+use nexus_core::executor::{Executor, ExecutorEvent, LocalExecutorConfig, LocalProcessExecutor};
 use nexus_core::http::{Readiness, health_routes, negotiate_errors};
 use nexus_core::payload::{FsPayloadStore, PayloadStore};
 use nexus_core::sign::Signer;
@@ -22,6 +22,7 @@ use nexus_receiver::{LocalShard, Receiver};
 use nexus_scheduler::{Deps, Scheduler, ShardMap};
 use nexus_supervisor::Supervisor;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -110,12 +111,38 @@ fn default_extra_path() -> Vec<PathBuf> {
         .collect()
 }
 
-/// Starts standalone Nexus on `listener`.
+/// Starts standalone Nexus on `listener`, with the local-process executor.
 ///
 /// # Errors
 /// Data directory, run store (e.g. locked by another process), templates (every invalid
 /// manifest is listed), signing key.
-pub async fn start(mut config: StandaloneConfig, listener: TcpListener) -> anyhow::Result<Handle> {
+pub async fn start(config: StandaloneConfig, listener: TcpListener) -> anyhow::Result<Handle> {
+    let exec_config = LocalExecutorConfig {
+        extra_path: if config.executor.extra_path.is_empty() {
+            default_extra_path()
+        } else {
+            config.executor.extra_path.clone()
+        },
+        work_dir: config.data_dir.join("work"),
+        default_max_concurrent: config.executor.default_max_concurrent,
+        max_log_bytes: config.executor.max_log_bytes,
+    };
+    start_with_executor(config, listener, move |events, payloads| {
+        Arc::new(LocalProcessExecutor::new(exec_config, payloads, events))
+    })
+    .await
+}
+
+/// Starts standalone Nexus on `listener` with the executor `make` builds from the event channel
+/// (read by the supervisor) and the payload store (benchmarks plug an in-process executor here).
+///
+/// # Errors
+/// As [`start`].
+pub async fn start_with_executor(
+    mut config: StandaloneConfig,
+    listener: TcpListener,
+    make: impl FnOnce(UnboundedSender<ExecutorEvent>, Arc<dyn PayloadStore>) -> Arc<dyn Executor>,
+) -> anyhow::Result<Handle> {
     let addr = listener.local_addr()?;
     let url = config
         .public_url
@@ -148,21 +175,7 @@ pub async fn start(mut config: StandaloneConfig, listener: TcpListener) -> anyho
     let catalog = Catalog::new(snap);
 
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let extra_path = if config.executor.extra_path.is_empty() {
-        default_extra_path()
-    } else {
-        config.executor.extra_path.clone()
-    };
-    let executor: Arc<dyn Executor> = Arc::new(LocalProcessExecutor::new(
-        LocalExecutorConfig {
-            extra_path,
-            work_dir: data.join("work"),
-            default_max_concurrent: config.executor.default_max_concurrent,
-            max_log_bytes: config.executor.max_log_bytes,
-        },
-        payloads.clone(),
-        tx,
-    ));
+    let executor = make(tx, payloads.clone());
     let id = instance_id();
     let readiness = Readiness::default();
     let receiver = Receiver::new(
