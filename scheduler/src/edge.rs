@@ -102,7 +102,6 @@ impl EdgeLimitConfig {
 ///
 /// # Panics
 /// When `config` does not pass [`EdgeLimitConfig::validate`].
-#[must_use]
 pub fn apply(config: &EdgeLimitConfig, router: Router, shutdown: CancellationToken) -> Router {
     if !config.enabled {
         return router;
