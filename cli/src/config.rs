@@ -9,6 +9,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Yaml};
 use nexus_receiver::ReceiverConfig;
 use nexus_scheduler::SchedulerConfig;
+use nexus_scheduler::edge::EdgeLimitConfig;
 use nexus_supervisor::SupervisorConfig;
 use serde::{Deserialize, Serialize};
 
@@ -61,6 +62,8 @@ pub struct StandaloneConfig {
     pub supervisor: SupervisorConfig,
     /// Executor settings.
     pub executor: ExecutorSection,
+    /// Per-client rate limiting of the scheduler API (off by default).
+    pub rate_limit: EdgeLimitConfig,
 }
 
 impl Default for StandaloneConfig {
@@ -79,6 +82,7 @@ impl Default for StandaloneConfig {
                 ..SupervisorConfig::default()
             },
             executor: ExecutorSection::default(),
+            rate_limit: EdgeLimitConfig::default(),
         }
     }
 }
@@ -151,7 +155,11 @@ impl StandaloneConfig {
         if self.executor.default_max_concurrent == 0 {
             e.push("executor.default_max_concurrent: must be at least 1".into());
         }
-        for r in [self.scheduler.validate(), self.receiver.validate()] {
+        for r in [
+            self.scheduler.validate(),
+            self.receiver.validate(),
+            self.rate_limit.validate(),
+        ] {
             if let Err(m) = r {
                 e.push(m);
             }
@@ -186,6 +194,10 @@ mod tests {
         assert_eq!(c.scheduler.queue_bound, 7);
         assert_eq!(c.scheduler.retry_base_delay, Duration::from_secs(1));
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        assert!(
+            !c.rate_limit.enabled,
+            "rate limiting is off unless asked for"
+        );
     }
 
     #[test]
@@ -198,6 +210,15 @@ mod tests {
         std::fs::write(&f, "scheduler:\n  retry_base_delay: soon\n").unwrap();
         let e = StandaloneConfig::load(Some(&f), &Overrides::default()).unwrap_err();
         assert!(e.contains("retry_base_delay"), "{e}");
+        std::fs::write(&f, "rate_limit:\n  enabled: true\n  per_second: 0\n").unwrap();
+        let e = StandaloneConfig::load(Some(&f), &Overrides::default()).unwrap_err();
+        assert!(
+            e.contains("rate_limit.per_second: must be at least 1"),
+            "{e}"
+        );
+        std::fs::write(&f, "rate_limit:\n  key: client_id\n").unwrap();
+        let e = StandaloneConfig::load(Some(&f), &Overrides::default()).unwrap_err();
+        assert!(e.contains("peer_ip"), "{e}");
         std::fs::write(&f, "log_format: xml\n").unwrap();
         let e = StandaloneConfig::load(Some(&f), &Overrides::default()).unwrap_err();
         assert!(e.contains("log_format"), "{e}");

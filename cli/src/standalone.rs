@@ -226,16 +226,22 @@ pub async fn start_with_executor(
         tracing::info!(recovered, "picked up runs left by a previous nexus process");
     }
 
+    let shutdown = CancellationToken::new();
     let prom = prometheus().clone();
+    // Limited before merging: the scheduler API only, not callbacks, object URLs, probes, metrics.
+    let api = nexus_scheduler::api::router(scheduler.clone());
     let app = Router::new()
-        .merge(nexus_scheduler::api::router(scheduler.clone()))
+        .merge(nexus_scheduler::edge::apply(
+            &config.rate_limit,
+            api,
+            shutdown.clone(),
+        ))
         .merge(nexus_receiver::api::router(receiver.clone()))
         .merge(objects::router(fs))
         .merge(health_routes(readiness.clone()))
         .route("/metrics", get(move || std::future::ready(prom.render())))
         .layer(axum::middleware::from_fn(negotiate_errors));
 
-    let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     tasks.spawn(watch_dir(
         catalog,
@@ -255,6 +261,8 @@ pub async fn start_with_executor(
     let http_stop = CancellationToken::new();
     let http_stop2 = http_stop.clone();
     tasks.spawn(async move {
+        // Connect info: the rate limiter keys on the peer address.
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(http_stop2.cancelled_owned())
             .await

@@ -462,3 +462,55 @@ async fn bad_input_table() {
     assert!(m.contains("nexus_scheduler_requests_rejected_total"), "{m}");
     h.stop().await;
 }
+
+/// With `rate_limit` on, a client past its burst gets 429 with `Retry-After` (the server is
+/// served with connect info, so the peer key works), and probes and metrics stay reachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_client_gets_429() {
+    let data = tempfile::tempdir().unwrap();
+    let mut c = nexus_cli::config::StandaloneConfig {
+        data_dir: data.path().to_path_buf(),
+        templates_dir: templates(),
+        ..Default::default()
+    };
+    c.executor.extra_path = vec![demo_dir()];
+    // 1 per second, bursts of 2: the third request within a second is refused.
+    c.rate_limit.enabled = true;
+    c.rate_limit.per_second = 1;
+    c.rate_limit.burst = 2;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let h = nexus_cli::standalone::start(c, l).await.unwrap();
+    let base = h.url.clone();
+    let http = reqwest::Client::new();
+    let url = format!(
+        "{base}/algorithm/v1/results/knapsack/requests/{}",
+        RunId::new()
+    );
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(http.get(&url).send().await.unwrap());
+    }
+    let statuses: Vec<u16> = got.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(statuses, [404, 404, 429]);
+    let r = got.pop().unwrap();
+    let after: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(after >= 1);
+    let b = r.text().await.unwrap();
+    assert!(b.contains("too many requests from this client"), "{b}");
+    for path in ["/health/livez", "/health/readyz", "/metrics"] {
+        let r = http.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        if path == "/metrics" {
+            let m = r.text().await.unwrap();
+            assert!(
+                m.contains(r#"nexus_scheduler_requests_rejected_total{reason="rate_limited"}"#),
+                "{m}"
+            );
+        }
+    }
+    h.stop().await;
+}
