@@ -262,6 +262,8 @@ impl Scheduler {
 /// released so a successor takes them over at once. The HTTP router is [`api::router`]; the caller
 /// serves it (standalone merges several routers on one listener).
 pub async fn run(s: Arc<Scheduler>, shutdown: CancellationToken) {
+    // Lease and share first, so the first dispatch already uses this scheduler's share.
+    beat(&s).await;
     let dispatch_stop = CancellationToken::new();
     let dispatcher = tokio::spawn(dispatch::run(s.clone(), dispatch_stop.clone()));
     let hb = tokio::spawn(heartbeat(s.clone(), shutdown.clone()));
@@ -283,39 +285,51 @@ pub async fn run(s: Arc<Scheduler>, shutdown: CancellationToken) {
     tracing::info!(handed_over = left, "scheduler stopped");
 }
 
-/// Renews this scheduler's lease every third of its TTL and re-counts the live schedulers, so
-/// that each takes its share of every shard's budget. A scheduler that leaves gracefully releases
-/// its lease and the others take up its share at their next heartbeat (within a third of the
-/// TTL); one that crashes is counted until its lease expires (within one TTL).
-async fn heartbeat(s: Arc<Scheduler>, shutdown: CancellationToken) {
+/// Renews this scheduler's lease and re-counts the live schedulers, so that each takes its share
+/// of every shard's budget. A scheduler that leaves gracefully releases its lease and the others
+/// take up its share at their next beat (within a third of the TTL); one that crashes is counted
+/// until its lease expires (within one TTL).
+async fn beat(s: &Scheduler) {
     let ttl = i64::try_from(s.config.lease_ttl.as_millis()).unwrap_or(i64::MAX);
-    loop {
-        let now = now_millis();
-        if let Err(e) = s.store.heartbeat(&s.instance_id, now, ttl).await {
-            tracing::warn!("lease heartbeat failed: {e}");
-        }
-        match s.store.leases().await {
-            Ok(leases) => {
-                let live = leases.iter().filter(|l| l.expires_at > now).count();
-                let n = u32::try_from(live).unwrap_or(u32::MAX).max(1);
-                if n != s.budgets.replicas() {
-                    tracing::info!(
-                        schedulers = n,
-                        "live schedulers changed; re-balancing shard budgets"
-                    );
-                }
-                s.budgets.set_replicas(n);
+    let now = now_millis();
+    if let Err(e) = s.store.heartbeat(&s.instance_id, now, ttl).await {
+        tracing::warn!("lease heartbeat failed: {e}");
+    }
+    match s.store.leases().await {
+        Ok(leases) => {
+            let live = leases.iter().filter(|l| l.expires_at > now).count();
+            let n = u32::try_from(live).unwrap_or(u32::MAX).max(1);
+            if n != s.budgets.replicas() {
+                tracing::info!(
+                    schedulers = n,
+                    "live schedulers changed; re-balancing shard budgets"
+                );
             }
-            Err(e) => {
-                tracing::warn!("cannot count live schedulers (keeping the current share): {e}")
-            }
+            s.budgets.set_replicas(n);
         }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(s.config.lease_ttl / 3) => {}
+        Err(e) => {
+            tracing::warn!("cannot count live schedulers (keeping the current share): {e}");
         }
     }
 }
+
+/// Beats every third of the lease TTL. The first re-count comes after [`FIRST_RECOUNT`] (or
+/// sooner with a short TTL): schedulers started together each saw only the leases taken before
+/// theirs, so the early ones briefly hold more than their share; the re-count ends that quickly.
+async fn heartbeat(s: Arc<Scheduler>, shutdown: CancellationToken) {
+    let mut wait = FIRST_RECOUNT.min(s.config.lease_ttl / 3);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        beat(&s).await;
+        wait = s.config.lease_ttl / 3;
+    }
+}
+
+/// Delay of the first re-count of live schedulers after start.
+const FIRST_RECOUNT: Duration = Duration::from_millis(500);
 
 /// Returns the runs this instance owns in BUFFERED (startup: re-queue what a previous life of the
 /// same instance id left).
