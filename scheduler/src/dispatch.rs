@@ -15,6 +15,10 @@
 //!   after a back-off without spending one of its attempts: an overloaded shard delays runs, it
 //!   does not fail them.
 //! * store unavailable while reading the record: retried after a back-off, no attempt spent.
+//! * no answer within `dispatch_timeout`: a retryable timeout. A retry of a dispatch that did
+//!   arrive launches nothing twice: the retry re-reads the record (a started run is no longer
+//!   BUFFERED and is skipped) and an executor ignores a launch of a run it already holds. The
+//!   timeout also bounds how long shutdown waits for in-flight dispatches.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -254,7 +258,18 @@ async fn dispatch_one(
         workgroup: wg.spec.clone(),
         run,
     };
-    let result = shard.submit(d).await;
+    let limit = s.config.dispatch_timeout;
+    let result = match tokio::time::timeout(limit, shard.submit(d)).await {
+        Ok(r) => r,
+        Err(_) => Err(nexus_core::shard::ShardError::new(
+            ErrorKind::Timeout,
+            format!(
+                "shard '{}' did not answer within {}",
+                lane.name(),
+                humantime::format_duration(limit)
+            ),
+        )),
+    };
     drop(permit);
     match result {
         Ok(()) => metrics::dispatched("ok"),
@@ -318,7 +333,7 @@ mod tests {
     use crate::{Deps, Queued, Scheduler, SchedulerConfig, ShardMap};
 
     fn scheduler(
-        shard: std::sync::Arc<RecordingShard>,
+        shard: std::sync::Arc<dyn nexus_core::shard::Shard>,
         store: std::sync::Arc<InMemoryRunStore>,
     ) -> std::sync::Arc<Scheduler> {
         let mut snap = Snapshot::default();
@@ -339,6 +354,8 @@ mod tests {
             retry_base_delay: Duration::from_millis(1),
             retry_max_delay: Duration::from_millis(5),
             dispatch_max_attempts: 3,
+            dispatch_timeout: Duration::from_secs(2),
+            drain_grace: Duration::from_millis(100),
             ..SchedulerConfig::default()
         };
         Scheduler::new(
@@ -479,5 +496,53 @@ mod tests {
         assert!(shard.submitted().is_empty());
         stop.cancel();
         h.await.unwrap();
+    }
+
+    /// A receiver that never answers.
+    #[derive(Debug, Default)]
+    struct HungShard {
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl nexus_core::shard::Shard for HungShard {
+        async fn submit(
+            &self,
+            _d: nexus_core::shard::Dispatch,
+        ) -> Result<(), nexus_core::shard::ShardError> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::future::pending().await
+        }
+        async fn cancel(
+            &self,
+            _id: nexus_core::run::RunId,
+            _p: nexus_core::run::CancellationPolicy,
+        ) -> Result<(), nexus_core::shard::ShardError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_receiver_times_out_and_cannot_hold_shutdown() {
+        let shard = std::sync::Arc::new(HungShard::default());
+        let store = std::sync::Arc::new(InMemoryRunStore::default());
+        let s = scheduler(shard.clone(), store.clone());
+        let run = queued_run("a");
+        enqueue(&store, &s, &run).await;
+        let stop = CancellationToken::new();
+        let h = tokio::spawn(crate::run(s.clone(), stop.clone()));
+        // One timeout (2 s, plus a back-off of milliseconds) and the second call in flight; the
+        // third attempt (the last of 3) is never reached, so the run is handed over BUFFERED.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(shard.calls.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), h)
+            .await
+            .expect("shutdown waits at most one dispatch timeout")
+            .unwrap();
+        // Handed over, not lost: still BUFFERED in the store, and the lease is released.
+        let r = store.get(run.id).await.unwrap().unwrap();
+        assert_eq!(r.stage, Stage::Buffered);
+        assert!(store.leases().await.unwrap().is_empty());
     }
 }

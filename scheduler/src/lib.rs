@@ -52,6 +52,10 @@ pub struct SchedulerConfig {
     /// from zero to the full budget (linear increase).
     #[serde(with = "humantime_serde")]
     pub slow_down_recovery: Duration,
+    /// Longest wait for a shard to answer one dispatch; past it the dispatch counts as a
+    /// retryable timeout (so a hung receiver can neither hold a lane's slots nor a shutdown).
+    #[serde(with = "humantime_serde")]
+    pub dispatch_timeout: Duration,
     /// Dispatch attempts before SCHEDULING_FAILED.
     pub dispatch_max_attempts: u32,
     /// First retry delay.
@@ -82,6 +86,7 @@ impl Default for SchedulerConfig {
             shard_budget: BudgetConfig::default(),
             shard_budgets: std::collections::BTreeMap::new(),
             slow_down_recovery: Duration::from_secs(20),
+            dispatch_timeout: Duration::from_secs(30),
             dispatch_max_attempts: 8,
             retry_base_delay: Duration::from_millis(200),
             retry_max_delay: Duration::from_secs(30),
@@ -121,6 +126,9 @@ impl SchedulerConfig {
             if let Err(m) = b.validate(&format!("scheduler.shard_budgets.{name}")) {
                 e.push(m);
             }
+        }
+        if self.dispatch_timeout < Duration::from_millis(100) {
+            e.push("scheduler.dispatch_timeout: must be at least 100ms".to_owned());
         }
         if self.slow_down_recovery < Duration::from_millis(100) {
             e.push("scheduler.slow_down_recovery: must be at least 100ms".to_owned());
