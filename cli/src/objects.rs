@@ -1,6 +1,7 @@
-//! `/data/v1/objects/{key}`: the signed GET/PUT routes of the filesystem payload store, through
-//! which algorithms upload results and clients read results and logs. Every request must carry a
-//! valid, unexpired signature minted by [`FsPayloadStore`]; anything else is 403.
+//! `/data/v1/objects/{key}`: the signed GET/PUT routes of the payload store, through which
+//! algorithms upload results and clients read results and logs. Every request must carry a
+//! valid, unexpired signature minted by the [`TieredPayloadStore`]'s file store; anything else is
+//! 403. The object itself is read from and written to the tiered store (small ones in SQLite).
 
 use std::sync::Arc;
 
@@ -11,7 +12,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use nexus_core::http::ApiError;
-use nexus_core::payload::{FsPayloadStore, PayloadStore};
+use nexus_core::payload::{PayloadStore, TieredPayloadStore};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -21,7 +22,7 @@ struct Sig {
 }
 
 /// Returns the object routes.
-pub fn router(fs: Arc<FsPayloadStore>) -> Router {
+pub fn router(fs: Arc<TieredPayloadStore>) -> Router {
     Router::new()
         .route("/data/v1/objects/{*key}", get(get_object).put(put_object))
         .layer(DefaultBodyLimit::max(1024 * 1024 * 1024))
@@ -29,7 +30,7 @@ pub fn router(fs: Arc<FsPayloadStore>) -> Router {
 }
 
 async fn get_object(
-    State(fs): State<Arc<FsPayloadStore>>,
+    State(fs): State<Arc<TieredPayloadStore>>,
     Path(key): Path<String>,
     Query(q): Query<Sig>,
 ) -> Result<Response, ApiError> {
@@ -45,7 +46,7 @@ async fn get_object(
 }
 
 async fn put_object(
-    State(fs): State<Arc<FsPayloadStore>>,
+    State(fs): State<Arc<TieredPayloadStore>>,
     Path(key): Path<String>,
     Query(q): Query<Sig>,
     body: Bytes,

@@ -1,5 +1,6 @@
 //! `nexus standalone`: scheduler, receiver and supervisor in one process, with the embedded run
-//! store, the filesystem payload store and the local-process executor.
+//! store, the tiered payload store (small objects in `objects.db`, big ones under `objects/`) and
+//! the local-process executor.
 //!
 //! [`start`] wires the components on a listener it is given (port 0 in tests) and returns a
 //! handle; `main` only parses flags and waits for signals.
@@ -15,7 +16,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use nexus_core::catalog::{Catalog, load_dir, watch_dir};
 use nexus_core::executor::{Executor, ExecutorEvent, LocalExecutorConfig, LocalProcessExecutor};
 use nexus_core::http::{Readiness, health_routes, negotiate_errors};
-use nexus_core::payload::{FsPayloadStore, PayloadStore};
+use nexus_core::payload::{FsPayloadStore, PayloadStore, SqliteObjectStore, TieredPayloadStore};
 use nexus_core::sign::Signer;
 use nexus_core::store::{RunStore, SqliteRunStore};
 use nexus_receiver::{LocalShard, Receiver};
@@ -166,7 +167,14 @@ pub async fn start_with_executor(
         FsPayloadStore::open(data.join("objects"), url.clone(), signer.clone())
             .map_err(|e| anyhow::anyhow!("cannot open the payload store: {e}"))?,
     );
-    let payloads: Arc<dyn PayloadStore> = fs.clone();
+    let objects_db = data.join("objects.db");
+    let small = tokio::task::spawn_blocking(move || SqliteObjectStore::open(&objects_db))
+        .await?
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("cannot open the object store")?;
+    // Small objects in SQLite (one fsync per batch), big ones and the signed URLs the file store's.
+    let tiered = Arc::new(TieredPayloadStore::new(small, fs));
+    let payloads: Arc<dyn PayloadStore> = tiered.clone();
     let templates = config.templates_dir.clone();
     let snap = load_dir(&templates)
         .map_err(|e| anyhow::anyhow!("{e}"))
@@ -237,7 +245,7 @@ pub async fn start_with_executor(
             shutdown.clone(),
         ))
         .merge(nexus_receiver::api::router(receiver.clone()))
-        .merge(objects::router(fs))
+        .merge(objects::router(tiered))
         .merge(health_routes(readiness.clone()))
         .route("/metrics", get(move || std::future::ready(prom.render())))
         .layer(axum::middleware::from_fn(negotiate_errors));

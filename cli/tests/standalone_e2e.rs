@@ -68,7 +68,10 @@ async fn knapsack_completes_and_result_is_downloadable() {
         "nexus_scheduler_shard_budget_rate{shard=",
         "nexus_scheduler_accept_seconds",
     ] {
-        assert!(m.contains(name), "metric {name} missing from /metrics:\n{m}");
+        assert!(
+            m.contains(name),
+            "metric {name} missing from /metrics:\n{m}"
+        );
     }
     h.stop().await;
 }

@@ -12,4 +12,5 @@ pub mod run;
 pub mod shard;
 pub mod sign;
 pub mod spec;
+mod sqlite_db;
 pub mod store;

@@ -9,6 +9,10 @@
 //!   with a plain HTTP client until they expire; a tampered or expired URL is refused (403).
 //!   For the filesystem store these URLs point at Nexus itself and are checked with
 //!   [`crate::sign::UrlSigner`].
+//!
+//! Backends: [`FsPayloadStore`] (a file per object), [`SqliteObjectStore`] (rows of one SQLite
+//! file with group commit; mints no URLs), [`TieredPayloadStore`] (small objects in the latter,
+//! big ones in the former: what standalone uses), [`InMemoryPayloadStore`] (test fake).
 
 use std::time::Duration;
 
@@ -19,11 +23,15 @@ use crate::error::ErrorKind;
 
 pub mod fs;
 pub mod memory;
+pub mod sqlite;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod test_suite;
+pub mod tiered;
 
 pub use fs::FsPayloadStore;
 pub use memory::InMemoryPayloadStore;
+pub use sqlite::SqliteObjectStore;
+pub use tiered::TieredPayloadStore;
 
 /// Errors of a [`PayloadStore`].
 #[derive(Debug, Clone, thiserror::Error)]

@@ -32,7 +32,7 @@ pub struct FsPayloadStore {
 }
 
 /// Checks a key: non-empty `/`-separated segments of `[A-Za-z0-9._-]`, none `.` or `..`.
-fn validate_key(key: &str) -> Result<(), PayloadError> {
+pub(super) fn validate_key(key: &str) -> Result<(), PayloadError> {
     let bad = |why: &str| {
         PayloadError::new(
             ErrorKind::InvalidInput,

@@ -25,28 +25,26 @@
 //! Reads never touch the writer: they run on `spawn_blocking` with a small pool of read-only
 //! connections (WAL lets readers proceed during a write). The file is guarded against a second
 //! process by an exclusive `flock` on `<path>.lock`, which holds the owner's pid.
+//!
+//! The writer, checkpointer, read pool and lock are [`crate::sqlite_db::Db`], shared with the
+//! SQLite object store; this module owns the schema and the commands.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, Write};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, mpsc};
-use std::thread::JoinHandle;
+use std::path::Path;
 
 use async_trait::async_trait;
-use nix::fcntl::{Flock, FlockArg};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use tokio::sync::oneshot;
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Inserted, Lease, RunStore, StoreError};
 use crate::error::ErrorKind;
 use crate::run::{Millis, Run, RunId, RunPatch, Stage, now_millis};
+use crate::sqlite_db::{Db, DbError, Options};
 
 /// Most write commands committed in one transaction.
 pub const MAX_BATCH: usize = 512;
-/// Read connections kept for reuse.
-const READ_POOL: usize = 8;
 /// Version of the schema below, kept in `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 1;
+/// Pages kept in the writer connection's cache, in KiB: 64 MiB.
+const WRITER_CACHE_KIB: i64 = 64 * 1024;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS runs (
@@ -72,25 +70,15 @@ CREATE TABLE IF NOT EXISTS leases (
 );
 ";
 
-/// Maps a SQLite error to a store error (the one mapping of this backend).
-fn sql_err(e: rusqlite::Error) -> StoreError {
-    use rusqlite::ErrorCode;
-    let kind = match e.sqlite_error_code() {
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => ErrorKind::Unavailable,
-        Some(ErrorCode::ConstraintViolation) => ErrorKind::Conflict,
-        Some(
-            ErrorCode::CannotOpen
-            | ErrorCode::ReadOnly
-            | ErrorCode::DiskFull
-            | ErrorCode::SystemIoFailure,
-        ) => ErrorKind::Unavailable,
-        _ => ErrorKind::Internal,
-    };
-    StoreError::backend(kind, format!("sqlite: {e}"))
+impl From<DbError> for StoreError {
+    fn from(e: DbError) -> Self {
+        StoreError::backend(e.kind, e.message)
+    }
 }
 
-fn io_err(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::backend(ErrorKind::Unavailable, format!("{what}: {e}"))
+/// Maps a SQLite error to a store error (the mapping itself lives in [`DbError`]).
+fn sql_err(e: rusqlite::Error) -> StoreError {
+    DbError::from(e).into()
 }
 
 fn decode(bytes: &[u8]) -> Result<Run, StoreError> {
@@ -103,164 +91,17 @@ fn encode(run: &Run) -> Result<Vec<u8>, StoreError> {
         .map_err(|e| StoreError::backend(ErrorKind::Internal, format!("encoding run: {e}")))
 }
 
-/// Called after the batch commits (or fails to) with the commit error, if any.
-type Finisher = Box<dyn FnOnce(Option<StoreError>) + Send>;
-/// A write command: runs inside the batch transaction (at most one modifying statement, see
-/// `writer_loop`), returns what answers its caller once the batch is committed.
-type Job = Box<dyn FnOnce(&Connection) -> Finisher + Send>;
-
-struct Inner {
-    path: PathBuf,
-    writer: Mutex<Option<mpsc::Sender<Job>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
-    checkpointer: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
-    readers: Mutex<Vec<Connection>>,
-    _lock: Flock<File>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        // Close the channel, then wait for the writer to finish its last batch, so that the lock
-        // (dropped after this) is only released once no write can happen any more.
-        self.writer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(t) = self
-            .thread
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
-        {
-            let _ = t.join();
-        }
-        if let Some((stop, t)) = self
-            .checkpointer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
-        {
-            drop(stop);
-            let _ = t.join();
-        }
-    }
-}
-
 /// The embedded durable [`RunStore`]: one SQLite file with group commit. See the module docs.
 #[derive(Clone)]
 pub struct SqliteRunStore {
-    inner: Arc<Inner>,
+    db: Db,
 }
 
 impl std::fmt::Debug for SqliteRunStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteRunStore")
-            .field("path", &self.inner.path)
+            .field("path", &self.db.path())
             .finish_non_exhaustive()
-    }
-}
-
-/// Pages kept in each connection's cache (negative: KiB): 64 MiB for the writer.
-const WRITER_CACHE_KIB: i64 = 64 * 1024;
-/// Memory-mapped reads: up to this many bytes of the file (no copy through the page cache).
-const MMAP_BYTES: i64 = 1 << 30;
-/// How often the checkpointer copies committed WAL frames into the database file.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
-/// WAL frames (pages) past which the checkpointer rewinds the WAL (≈ 64 MiB of 16 KiB pages).
-const RESTART_FRAMES: i64 = 4096;
-
-fn configure(conn: &Connection) -> Result<(), StoreError> {
-    conn.busy_timeout(std::time::Duration::from_secs(10))
-        .map_err(sql_err)?;
-    // Checkpoints run on their own thread (see `checkpointer`), never inside a commit.
-    conn.execute_batch(&format!(
-        "PRAGMA synchronous=FULL; PRAGMA wal_autocheckpoint=0; PRAGMA mmap_size={MMAP_BYTES};
-         PRAGMA temp_store=MEMORY;
-         PRAGMA journal_size_limit={};",
-        64 * 1024 * 1024
-    ))
-    .map_err(sql_err)
-}
-
-/// The checkpointer thread: every [`CHECKPOINT_EVERY`], a PASSIVE checkpoint on its own
-/// connection copies committed WAL frames into the database. PASSIVE never blocks the writer or
-/// readers, so commits never pay for checkpoints (with SQLite's default auto-checkpoint, the
-/// commit that crosses 1,000 WAL pages does the copying before its callers are answered). It
-/// stops when `stop` is dropped, after a last checkpoint.
-fn checkpointer(conn: &Connection, stop: &mpsc::Receiver<()>) {
-    loop {
-        let last = matches!(
-            stop.recv_timeout(CHECKPOINT_EVERY),
-            Err(mpsc::RecvTimeoutError::Disconnected)
-        );
-        // (busy, frames in the WAL, frames checkpointed)
-        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        }) {
-            // Under sustained writes a PASSIVE checkpoint never reaches the WAL's end, so the WAL
-            // is never rewound and grows without bound: past RESTART_FRAMES, a RESTART
-            // checkpoint briefly holds the writer back while it copies the (few) frames the
-            // passive ones did not, so the next commit starts the WAL from its beginning again.
-            Ok((_, log, _)) if log > RESTART_FRAMES => {
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
-                    tracing::warn!("run store checkpoint (restart) failed (retried): {e}");
-                }
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!("run store checkpoint failed (retried): {e}"),
-        }
-        if last {
-            return;
-        }
-    }
-}
-
-fn lock_path(path: &Path) -> PathBuf {
-    let mut p = path.as_os_str().to_owned();
-    p.push(".lock");
-    PathBuf::from(p)
-}
-
-fn take_lock(path: &Path) -> Result<Flock<File>, StoreError> {
-    let lp = lock_path(path);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&lp)
-        .map_err(|e| io_err(&format!("opening lock file {}", lp.display()), e))?;
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(mut lock) => {
-            let pid = std::process::id();
-            lock.set_len(0)
-                .map_err(|e| io_err("writing lock file", e))?;
-            lock.rewind().map_err(|e| io_err("writing lock file", e))?;
-            writeln!(&mut *lock, "{pid}").map_err(|e| io_err("writing lock file", e))?;
-            lock.sync_all()
-                .map_err(|e| io_err("writing lock file", e))?;
-            Ok(lock)
-        }
-        Err((mut file, errno)) => {
-            if errno != nix::errno::Errno::EWOULDBLOCK {
-                return Err(io_err(&format!("locking {}", lp.display()), errno));
-            }
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            let holder = holder.trim();
-            Err(StoreError::backend(
-                ErrorKind::Unavailable,
-                format!(
-                    "run store {} is locked by another nexus process (pid {})",
-                    path.display(),
-                    if holder.is_empty() { "unknown" } else { holder }
-                ),
-            ))
-        }
     }
 }
 
@@ -275,107 +116,28 @@ impl SqliteRunStore {
     }
 
     fn open_with(path: &Path, max_batch: usize) -> Result<Self, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| io_err(&format!("creating {}", dir.display()), e))?;
-        }
-        let lock = take_lock(path)?;
-        let conn = Connection::open(path).map_err(sql_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(sql_err)?;
-        // 16 KiB pages hold several ~2 KiB records (with 4 KiB pages one such record fills most
-        // of a page): half the file and half the WAL per run. Only takes effect on a new file.
-        conn.execute_batch("PRAGMA page_size=16384;")
-            .map_err(sql_err)?;
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-            .map_err(sql_err)?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::backend(
-                ErrorKind::Internal,
-                format!("journal_mode is {mode}, expected wal"),
-            ));
-        }
-        configure(&conn)?;
-        conn.execute_batch(&format!("PRAGMA cache_size=-{WRITER_CACHE_KIB};"))
-            .map_err(sql_err)?;
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(sql_err)?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::backend(
-                ErrorKind::Internal,
-                format!(
-                    "run store schema version {version} is newer than this binary ({SCHEMA_VERSION})"
-                ),
-            ));
-        }
-        conn.execute_batch(&format!(
-            "BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-        ))
-        .map_err(sql_err)?;
-
-        let (tx, rx) = mpsc::channel::<Job>();
-        let max_batch = max_batch.max(1);
-        let thread = std::thread::Builder::new()
-            .name("nexus-store-writer".into())
-            .spawn(move || writer_loop(&conn, &rx, max_batch))
-            .map_err(|e| io_err("spawning the store writer", e))?;
-        let ckpt_conn = Connection::open(path).map_err(sql_err)?;
-        configure(&ckpt_conn)?;
-        let (ckpt_tx, ckpt_rx) = mpsc::channel::<()>();
-        let ckpt = std::thread::Builder::new()
-            .name("nexus-store-ckpt".into())
-            .spawn(move || checkpointer(&ckpt_conn, &ckpt_rx))
-            .map_err(|e| io_err("spawning the store checkpointer", e))?;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                path: path.to_owned(),
-                writer: Mutex::new(Some(tx)),
-                thread: Mutex::new(Some(thread)),
-                checkpointer: Mutex::new(Some((ckpt_tx, ckpt))),
-                readers: Mutex::new(Vec::new()),
-                _lock: lock,
-            }),
-        })
+        let db = Db::open(
+            path,
+            &Options {
+                what: "run store",
+                writer_thread: "nexus-store-writer",
+                checkpoint_thread: "nexus-store-ckpt",
+                schema: SCHEMA,
+                schema_version: SCHEMA_VERSION,
+                max_batch,
+                writer_cache_kib: WRITER_CACHE_KIB,
+            },
+        )?;
+        Ok(Self { db })
     }
 
-    /// Queues a write command and waits for its batch to commit.
+    /// Queues a write command and waits for its batch to commit. Every command makes at most
+    /// one modifying statement after its checks (see `sqlite_db::writer_loop`).
     async fn write<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            let result = f(conn);
-            let finish: Finisher = Box::new(move |commit_err| {
-                let result = match commit_err {
-                    Some(e) if result.is_ok() => Err(e),
-                    _ => result,
-                };
-                let _ = reply.send(result);
-            });
-            finish
-        });
-        {
-            let guard = self
-                .inner
-                .writer
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let sender = guard.as_ref().ok_or_else(|| {
-                StoreError::backend(ErrorKind::Unavailable, "run store is closed")
-            })?;
-            sender.send(job).map_err(|_| {
-                StoreError::backend(ErrorKind::Unavailable, "run store writer stopped")
-            })?;
-        }
-        answer.await.map_err(|_| {
-            StoreError::backend(
-                ErrorKind::Unavailable,
-                "run store write batch failed before commit",
-            )
-        })?
+        self.db.write(f).await
     }
 
     /// Runs a read on a blocking thread with a pooled read-only connection.
@@ -383,40 +145,7 @@ impl SqliteRunStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
-            let pooled = inner
-                .readers
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .pop();
-            let conn = match pooled {
-                Some(c) => c,
-                None => {
-                    let c = Connection::open_with_flags(
-                        &inner.path,
-                        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                    )
-                    .map_err(sql_err)?;
-                    c.busy_timeout(std::time::Duration::from_secs(10))
-                        .map_err(sql_err)?;
-                    c.execute_batch(&format!("PRAGMA mmap_size={MMAP_BYTES};"))
-                        .map_err(sql_err)?;
-                    c
-                }
-            };
-            let result = f(&conn);
-            let mut pool = inner
-                .readers
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if pool.len() < READ_POOL {
-                pool.push(conn);
-            }
-            result
-        })
-        .await
-        .map_err(|e| StoreError::backend(ErrorKind::Internal, format!("read task failed: {e}")))?
+        self.db.read(f).await
     }
 
     async fn query_runs(
@@ -441,42 +170,6 @@ impl SqliteRunStore {
             Ok(out)
         })
         .await
-    }
-}
-
-/// The writer thread: drains queued commands into one transaction per batch.
-fn writer_loop(conn: &Connection, rx: &mpsc::Receiver<Job>, max_batch: usize) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            tracing::error!(error = %e, "run store: cannot begin a write transaction");
-            // Dropping the jobs answers their callers with an Unavailable error.
-            continue;
-        }
-        let mut finishers = Vec::with_capacity(batch.len());
-        for job in batch {
-            // No SAVEPOINT per command: every command checks its preconditions with reads and
-            // then issues at most ONE modifying statement, which SQLite applies atomically
-            // (a failing statement is rolled back alone, the transaction goes on). So a failed
-            // command leaves nothing behind without a savepoint, whose sub-journal copied every
-            // touched page (17 % of accept's CPU when profiled). Keep that invariant when adding
-            // a command.
-            finishers.push(job(conn));
-        }
-        let commit = conn.execute_batch("COMMIT").map_err(sql_err);
-        if commit.is_err() {
-            let _ = conn.execute_batch("ROLLBACK");
-        }
-        let err = commit.err();
-        for finish in finishers {
-            finish(err.clone());
-        }
     }
 }
 
@@ -699,7 +392,8 @@ impl RunStore for SqliteRunStore {
 
 #[cfg(test)]
 mod tests {
-    use std::io::{BufRead, BufReader};
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
