@@ -400,31 +400,53 @@ impl Db {
         E: From<DbError> + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
-            let pooled = inner
-                .readers
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .pop();
-            let conn = match pooled {
-                Some(c) => c,
-                None => open_reader(&inner.path).map_err(E::from)?,
-            };
-            let result = f(&conn);
-            let mut pool = inner.readers.lock().unwrap_or_else(PoisonError::into_inner);
-            if pool.len() < READ_POOL {
-                pool.push(conn);
-            }
-            result
-        })
-        .await
-        .map_err(|e| {
-            E::from(DbError::new(
-                ErrorKind::Internal,
-                format!("read task failed: {e}"),
-            ))
-        })?
+        tokio::task::spawn_blocking(move || with_reader(&inner, f))
+            .await
+            .map_err(|e| {
+                E::from(DbError::new(
+                    ErrorKind::Internal,
+                    format!("read task failed: {e}"),
+                ))
+            })?
     }
+
+    /// Runs a point read (one primary-key lookup) right on the calling task.
+    ///
+    /// A lookup by key in a WAL database takes microseconds and never waits for the writer, so
+    /// the hop to a blocking thread and back costs more than the read: in the `e2e` benchmark
+    /// those wake-ups were a third of the process's CPU (futex + task switches). Scans and
+    /// anything unbounded go through [`Db::read`].
+    ///
+    /// # Errors
+    /// `f`'s error, or (converted from [`DbError`]) a connection that cannot be opened.
+    pub(crate) fn read_point<T, E>(&self, f: impl FnOnce(&Connection) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<DbError>,
+    {
+        with_reader(&self.inner, f)
+    }
+}
+
+/// Runs `f` with a pooled read-only connection (opened on demand, returned to the pool after).
+fn with_reader<T, E>(inner: &Inner, f: impl FnOnce(&Connection) -> Result<T, E>) -> Result<T, E>
+where
+    E: From<DbError>,
+{
+    let pooled = inner
+        .readers
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .pop();
+    let conn = match pooled {
+        Some(c) => c,
+        None => open_reader(&inner.path).map_err(E::from)?,
+    };
+    let result = f(&conn);
+    let mut pool = inner.readers.lock().unwrap_or_else(PoisonError::into_inner);
+    if pool.len() < READ_POOL {
+        pool.push(conn);
+    }
+    result
 }
 
 fn open_reader(path: &Path) -> Result<Connection, DbError> {

@@ -121,17 +121,14 @@ impl PayloadStore for SqliteObjectStore {
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, PayloadError> {
         validate_key(key)?;
-        let key = key.to_owned();
-        self.db
-            .read(move |conn| {
-                conn.prepare_cached("SELECT bytes FROM objects WHERE key = ?1")
-                    .map_err(sql_err)?
-                    .query_row([key], |r| r.get::<_, Vec<u8>>(0))
-                    .optional()
-                    .map_err(sql_err)
-                    .map(|b| b.map(Bytes::from))
-            })
-            .await
+        self.db.read_point(|conn| {
+            conn.prepare_cached("SELECT bytes FROM objects WHERE key = ?1")
+                .map_err(sql_err)?
+                .query_row([key], |r| r.get::<_, Vec<u8>>(0))
+                .optional()
+                .map_err(sql_err)
+                .map(|b| b.map(Bytes::from))
+        })
     }
 
     async fn delete(&self, key: &str) -> Result<(), PayloadError> {

@@ -247,7 +247,7 @@ impl RunStore for SqliteRunStore {
     }
 
     async fn get(&self, id: RunId) -> Result<Option<Run>, StoreError> {
-        self.read(move |conn| load(conn, id)).await
+        self.db.read_point(|conn| load(conn, id))
     }
 
     async fn transition(
