@@ -44,6 +44,7 @@ pub struct Budgets {
     recovery: Duration,
     replicas: Mutex<u32>,
     map: Mutex<HashMap<String, Arc<Mutex<ShardBudget>>>>,
+    started_at: Instant,
 }
 
 /// One shard's budget, shared by its lane worker and its in-flight dispatches.
@@ -68,6 +69,7 @@ impl Budgets {
             recovery,
             replicas: Mutex::new(1),
             map: Mutex::new(HashMap::new()),
+            started_at: Instant::now(),
         }
     }
 
@@ -81,6 +83,11 @@ impl Budgets {
         let now = Instant::now();
         let mut b = ShardBudget::new(cfg, self.recovery, now);
         b.set_replicas(*locked(&self.replicas), now);
+        if self.started_at.elapsed() < self.recovery.min(Duration::from_secs(5)) {
+            // Just started: others sharing the shard may not be counted yet (their leases are
+            // taken at the same moment), so no burst before the share is known.
+            b.start_empty(now);
+        }
         let b = Arc::new(Mutex::new(b));
         map.insert(shard.to_owned(), b.clone());
         b

@@ -122,6 +122,12 @@ impl TokenBucket {
         self.tokens = (self.tokens + 1.0).min(self.burst);
     }
 
+    /// Spends every saved token (the next one comes after `1 / rate`).
+    pub fn empty(&mut self, now: Instant) {
+        self.refill(now);
+        self.tokens = 0.0;
+    }
+
     /// The current rate.
     #[must_use]
     pub fn rate(&self) -> f64 {
@@ -218,6 +224,12 @@ impl ShardBudget {
     /// Gives back a token taken for a dispatch that did not happen.
     pub fn refund(&mut self) {
         self.bucket.refund();
+    }
+
+    /// Starts from an empty bucket: a scheduler that has just started cannot know yet how many
+    /// others share the shard, so it spends no burst until it has run at its rate for a while.
+    pub fn start_empty(&mut self, now: Instant) {
+        self.bucket.empty(now);
     }
 
     /// The shard answered "slow down": halve the rate (once per [`DECREASE_WINDOW`]).
