@@ -134,11 +134,7 @@ pub async fn drive(
         (1..=4096).contains(&concurrency),
         "--concurrency must be between 1 and 4096"
     );
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency * 2)
-        .tcp_nodelay(true)
-        .timeout(Duration::from_secs(10))
-        .build()?;
+    let client = crate::load_client(concurrency * 2)?;
     let body = Arc::new(crate::accept_body());
     let (base, alg) = (Arc::new(base.to_owned()), Arc::new(alg.to_owned()));
     let started = Arc::new(AtomicUsize::new(0));

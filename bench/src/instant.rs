@@ -26,6 +26,17 @@ use tokio::sync::mpsc::UnboundedSender;
 
 type Active = Arc<Mutex<HashSet<RunId>>>;
 
+/// Ends an active run as Cancelled (a cancel of an unknown or finished run is a no-op).
+fn cancel_active(active: &Active, events: &UnboundedSender<ExecutorEvent>, run_id: RunId) {
+    if lock(active).remove(&run_id) {
+        let _ = events.send(ExecutorEvent::Finished {
+            run_id,
+            outcome: Outcome::Cancelled,
+            logs_stored: false,
+        });
+    }
+}
+
 fn lock(a: &Mutex<HashSet<RunId>>) -> MutexGuard<'_, HashSet<RunId>> {
     // Each critical section is one set operation: the set stays consistent after a panic.
     a.lock().unwrap_or_else(PoisonError::into_inner)
@@ -174,13 +185,7 @@ impl Executor for InstantExecutor {
         run_id: RunId,
         _policy: CancellationPolicy,
     ) -> Result<(), ExecutorError> {
-        if lock(&self.active).remove(&run_id) {
-            let _ = self.events.send(ExecutorEvent::Finished {
-                run_id,
-                outcome: Outcome::Cancelled,
-                logs_stored: false,
-            });
-        }
+        cancel_active(&self.active, &self.events, run_id);
         Ok(())
     }
 
@@ -219,13 +224,7 @@ impl Executor for ParkedExecutor {
         run_id: RunId,
         _policy: CancellationPolicy,
     ) -> Result<(), ExecutorError> {
-        if lock(&self.active).remove(&run_id) {
-            let _ = self.events.send(ExecutorEvent::Finished {
-                run_id,
-                outcome: Outcome::Cancelled,
-                logs_stored: false,
-            });
-        }
+        cancel_active(&self.active, &self.events, run_id);
         Ok(())
     }
 

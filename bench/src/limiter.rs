@@ -22,7 +22,7 @@ use nexus_core::payload::InMemoryPayloadStore;
 use nexus_core::run::{CancellationPolicy, RunId};
 use nexus_core::shard::{Dispatch, Shard, ShardError};
 use nexus_core::sign::Signer;
-use nexus_core::spec::{API_VERSION, ObjectMeta, WORKGROUP_KIND, Workgroup, WorkgroupSpec};
+use nexus_core::spec::Workgroup;
 use nexus_core::store::test_suite::sample_run;
 use nexus_core::store::{InMemoryRunStore, RunStore};
 use nexus_scheduler::{BudgetConfig, Deps, Queued, Scheduler, SchedulerConfig, ShardMap};
@@ -112,19 +112,8 @@ impl Phase {
 
 fn catalog() -> Catalog {
     let mut snap = Snapshot::default();
-    let wg = Workgroup {
-        api_version: API_VERSION.into(),
-        kind: WORKGROUP_KIND.into(),
-        metadata: ObjectMeta {
-            name: "wg".into(),
-            ..Default::default()
-        },
-        spec: WorkgroupSpec {
-            cluster: "local".into(),
-            ..Default::default()
-        },
-    };
-    snap.workgroups.insert("wg".into(), wg);
+    snap.workgroups
+        .insert("wg".into(), Workgroup::on_cluster("wg", "local"));
     Catalog::new(snap)
 }
 

@@ -493,6 +493,33 @@ pub(crate) fn accept_body() -> String {
     serde_json::to_string(&serde_json::json!({ "algorithmParameters": params })).expect("json")
 }
 
+/// A keep-alive HTTP client for up to `idle` pooled loopback connections.
+pub(crate) fn load_client(idle: usize) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .pool_max_idle_per_host(idle)
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(10))
+        .build()?)
+}
+
+/// Posts `body` as JSON and reads the whole answer (so the connection goes back to the pool);
+/// returns the status code.
+pub(crate) async fn post_json(
+    client: &reqwest::Client,
+    url: &str,
+    body: &str,
+) -> reqwest::Result<u16> {
+    let resp = client
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body.as_bytes().to_vec())
+        .send()
+        .await?;
+    let status = resp.status().as_u16();
+    let _ = resp.bytes().await;
+    Ok(status)
+}
+
 /// Closed loop: `concurrency` tasks, each sending the next request when the previous one answered.
 async fn drive(
     name: &str,
@@ -504,11 +531,7 @@ async fn drive(
         concurrency > 0 && concurrency <= 4096,
         "--concurrency must be between 1 and 4096"
     );
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
-        .tcp_nodelay(true)
-        .timeout(Duration::from_secs(10))
-        .build()?;
+    let client = load_client(concurrency)?;
     let body = Arc::new(accept_body());
     let url = Arc::new(url.to_owned());
     let sent = Arc::new(AtomicUsize::new(0));
@@ -521,17 +544,9 @@ async fn drive(
             let (mut lat, mut non_202, mut errors) = (Vec::with_capacity(1 << 14), 0usize, 0usize);
             while Instant::now() < deadline && sent.fetch_add(1, Ordering::Relaxed) < MAX_REQUESTS {
                 let t0 = Instant::now();
-                let r = client
-                    .post(url.as_str())
-                    .header("content-type", "application/json")
-                    .body(body.as_bytes().to_vec())
-                    .send()
-                    .await;
-                match r {
-                    Ok(resp) => {
-                        let status = resp.status();
-                        let _ = resp.bytes().await;
-                        if status.as_u16() == 202 {
+                match post_json(&client, &url, &body).await {
+                    Ok(status) => {
+                        if status == 202 {
                             lat.push(t0.elapsed());
                         } else {
                             non_202 += 1;
@@ -704,11 +719,7 @@ pub(crate) async fn start_nexus(
 
 /// Submits `n` runs to `url` with `concurrency` closed-loop clients; returns how many got 202.
 pub(crate) async fn submit_count(url: &str, n: usize, concurrency: usize) -> anyhow::Result<usize> {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
-        .tcp_nodelay(true)
-        .timeout(Duration::from_secs(10))
-        .build()?;
+    let client = load_client(concurrency)?;
     let body = Arc::new(accept_body());
     let url = Arc::new(url.to_owned());
     let next = Arc::new(AtomicUsize::new(0));
@@ -725,20 +736,11 @@ pub(crate) async fn submit_count(url: &str, n: usize, concurrency: usize) -> any
         );
         tasks.push(tokio::spawn(async move {
             while next.fetch_add(1, Ordering::Relaxed) < n && Instant::now() < deadline {
-                let r = client
-                    .post(url.as_str())
-                    .header("content-type", "application/json")
-                    .body(body.as_bytes().to_vec())
-                    .send()
-                    .await;
-                match r {
-                    Ok(resp) if resp.status().as_u16() == 202 => {
-                        let _ = resp.bytes().await;
+                match post_json(&client, &url, &body).await {
+                    Ok(202) => {
                         ok.fetch_add(1, Ordering::Relaxed);
                     }
-                    Ok(resp) => {
-                        let _ = resp.bytes().await;
-                    }
+                    Ok(_) => {}
                     Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
                 }
             }
@@ -848,11 +850,7 @@ async fn bench_accept_open(
 /// The `e2e` standalone: the instant algorithm, and a shard budget (100,000 runs/s) high enough
 /// that the limiter is not what is measured.
 async fn bench_e2e(concurrency: usize, duration: Duration) -> anyhow::Result<e2e::E2e> {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
-        .tcp_nodelay(true)
-        .timeout(Duration::from_secs(10))
-        .build()?;
+    let http = load_client(256)?;
     let nexus = start_nexus(
         |c| {
             c.scheduler.shard_budget = nexus_scheduler::BudgetConfig {

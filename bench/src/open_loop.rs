@@ -80,11 +80,7 @@ pub async fn drive(
         (1..=65_536).contains(&max_outstanding),
         "--max-outstanding must be between 1 and 65536"
     );
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(max_outstanding)
-        .tcp_nodelay(true)
-        .timeout(Duration::from_secs(10))
-        .build()?;
+    let client = crate::load_client(max_outstanding)?;
     let url = Arc::new(url.to_owned());
     let duration = duration.min(PHASE_LIMIT);
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // bounded above
@@ -116,18 +112,9 @@ pub async fn drive(
             let (client, url, body, shared) =
                 (client.clone(), url.clone(), body.clone(), shared.clone());
             tokio::spawn(async move {
-                let r = client
-                    .post(url.as_str())
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(body.as_bytes().to_vec())
-                    .send()
-                    .await;
-                match r {
-                    Ok(resp) => {
-                        let status = resp.status();
-                        // Read the answer so the connection goes back to the pool.
-                        let _ = resp.bytes().await;
-                        if status.as_u16() == 202 {
+                match crate::post_json(&client, &url, &body).await {
+                    Ok(status) => {
+                        if status == 202 {
                             shared.ok.fetch_add(1, Ordering::Relaxed);
                             shared
                                 .latencies

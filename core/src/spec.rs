@@ -450,6 +450,24 @@ impl AlgorithmTemplate {
 }
 
 impl Workgroup {
+    /// A workgroup manifest named `name` placing its runs on shard `cluster`, every other
+    /// field at its default.
+    #[must_use]
+    pub fn on_cluster(name: &str, cluster: &str) -> Self {
+        Self {
+            api_version: API_VERSION.into(),
+            kind: WORKGROUP_KIND.into(),
+            metadata: ObjectMeta {
+                name: name.into(),
+                ..Default::default()
+            },
+            spec: WorkgroupSpec {
+                cluster: cluster.into(),
+                ..Default::default()
+            },
+        }
+    }
+
     /// Validates apiVersion, kind, name and spec.
     ///
     /// # Errors

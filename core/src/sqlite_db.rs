@@ -419,7 +419,10 @@ impl Db {
     ///
     /// # Errors
     /// `f`'s error, or (converted from [`DbError`]) a connection that cannot be opened.
-    pub(crate) fn read_point<T, E>(&self, f: impl FnOnce(&Connection) -> Result<T, E>) -> Result<T, E>
+    pub(crate) fn read_point<T, E>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, E>,
+    ) -> Result<T, E>
     where
         E: From<DbError>,
     {

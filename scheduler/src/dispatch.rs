@@ -333,7 +333,7 @@ mod tests {
     use nexus_core::run::Stage;
     use nexus_core::shard::RecordingShard;
     use nexus_core::sign::Signer;
-    use nexus_core::spec::{API_VERSION, ObjectMeta, WORKGROUP_KIND, Workgroup, WorkgroupSpec};
+    use nexus_core::spec::Workgroup;
     use nexus_core::store::{InMemoryRunStore, RunStore, test_suite::sample_run};
     use tokio_util::sync::CancellationToken;
 
@@ -344,19 +344,8 @@ mod tests {
         store: std::sync::Arc<InMemoryRunStore>,
     ) -> std::sync::Arc<Scheduler> {
         let mut snap = Snapshot::default();
-        let wg = Workgroup {
-            api_version: API_VERSION.into(),
-            kind: WORKGROUP_KIND.into(),
-            metadata: ObjectMeta {
-                name: "wg".into(),
-                ..Default::default()
-            },
-            spec: WorkgroupSpec {
-                cluster: "local".into(),
-                ..Default::default()
-            },
-        };
-        snap.workgroups.insert("wg".into(), wg);
+        snap.workgroups
+            .insert("wg".into(), Workgroup::on_cluster("wg", "local"));
         let config = SchedulerConfig {
             retry_base_delay: Duration::from_millis(1),
             retry_max_delay: Duration::from_millis(5),

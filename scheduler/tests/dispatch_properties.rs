@@ -17,7 +17,7 @@ use nexus_core::payload::InMemoryPayloadStore;
 use nexus_core::run::{CancellationPolicy, Run, RunId, RunPatch, Stage, now_millis};
 use nexus_core::shard::{Dispatch, Shard, ShardError};
 use nexus_core::sign::Signer;
-use nexus_core::spec::{API_VERSION, ObjectMeta, WORKGROUP_KIND, Workgroup, WorkgroupSpec};
+use nexus_core::spec::Workgroup;
 use nexus_core::store::{InMemoryRunStore, RunStore, test_suite::sample_run};
 use nexus_scheduler::{BudgetConfig, Deps, Queued, Scheduler, SchedulerConfig, ShardMap};
 use proptest::prelude::*;
@@ -214,21 +214,8 @@ fn scheduler(
     store: Arc<InMemoryRunStore>,
 ) -> Arc<Scheduler> {
     let mut snap = Snapshot::default();
-    snap.workgroups.insert(
-        "wg".into(),
-        Workgroup {
-            api_version: API_VERSION.into(),
-            kind: WORKGROUP_KIND.into(),
-            metadata: ObjectMeta {
-                name: "wg".into(),
-                ..Default::default()
-            },
-            spec: WorkgroupSpec {
-                cluster: "s0".into(),
-                ..Default::default()
-            },
-        },
-    );
+    snap.workgroups
+        .insert("wg".into(), Workgroup::on_cluster("wg", "s0"));
     let shards = ShardMap {
         shards: shards
             .into_iter()
