@@ -16,11 +16,13 @@ use async_trait::async_trait;
 use crate::error::ErrorKind;
 use crate::run::{Millis, Run, RunId, RunPatch, Stage};
 
+pub mod cassandra;
 pub mod memory;
 pub mod sqlite;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod test_suite;
 
+pub use cassandra::CassandraRunStore;
 pub use memory::InMemoryRunStore;
 pub use sqlite::SqliteRunStore;
 

@@ -1,0 +1,369 @@
+#!/usr/bin/env bash
+# Run a throwaway single-node Apache Cassandra 5.0.x for local development and
+# integration tests, built only from Maven Central jars (no tarball, no docker).
+#
+#   scripts/cassandra.sh install   fetch the jars into a cache dir (idempotent)
+#   scripts/cassandra.sh start     start a node in the background, wait until CQL is up
+#   scripts/cassandra.sh stop      stop it (TERM, then KILL after 20 s; idempotent)
+#   scripts/cassandra.sh status    print whether it runs (exit 0 = running, 3 = not)
+#
+# Requires: java 17 and mvn on PATH. See usage() for the environment variables.
+set -euo pipefail
+
+CASSANDRA_VERSION="${NEXUS_CASSANDRA_VERSION:-5.0.9}"
+CACHE_DIR="${NEXUS_CASSANDRA_CACHE:-$HOME/.cache/nexus/cassandra-$CASSANDRA_VERSION}"
+DATA_DIR="${NEXUS_CASSANDRA_DIR:-/tmp/nexus-cassandra}"
+CQL_PORT="${NEXUS_CASSANDRA_PORT:-9042}"
+# Inter-node ports: kept off the defaults (7000/7001) so we never clash with a
+# "real" Cassandra on the same host. A single node still needs to bind them.
+STORAGE_PORT="${NEXUS_CASSANDRA_STORAGE_PORT:-7010}"
+SSL_STORAGE_PORT="${NEXUS_CASSANDRA_SSL_STORAGE_PORT:-7011}"
+JMX_PORT="${NEXUS_CASSANDRA_JMX_PORT:-}"          # empty = JMX off
+START_TIMEOUT="${NEXUS_CASSANDRA_START_TIMEOUT:-180}"
+KEEP="${NEXUS_CASSANDRA_KEEP:-0}"
+AUTH="${NEXUS_CASSANDRA_AUTH:-0}"
+HEAP_MIN="${NEXUS_CASSANDRA_HEAP_MIN:-512m}"
+HEAP_MAX="${NEXUS_CASSANDRA_HEAP_MAX:-1g}"
+
+LIB_DIR="$CACHE_DIR/lib"
+LIB_MARKER="$LIB_DIR/.complete"                    # written only after a full copy
+PID_FILE="$DATA_DIR/cassandra.pid"
+DIR_MARKER="$DATA_DIR/.nexus-cassandra"            # guards the rm -rf on start
+LOG_FILE="$DATA_DIR/logs/system.log"
+STDOUT_FILE="$DATA_DIR/logs/stdout.log"
+STDERR_FILE="$DATA_DIR/logs/stderr.log"
+
+usage() {
+  cat <<EOF
+usage: $(basename "$0") {install|start|stop|status}
+
+  install  download cassandra-all $CASSANDRA_VERSION + deps from Maven Central via mvn
+           into \$NEXUS_CASSANDRA_CACHE/lib (skipped if already complete)
+  start    (install if needed,) start a single node on 127.0.0.1 and wait for CQL
+  stop     stop the node started by 'start' (idempotent)
+  status   report whether the node runs (exit 0 if running, 3 if not)
+
+environment (defaults in brackets):
+  NEXUS_CASSANDRA_CACHE          jar cache dir [$HOME/.cache/nexus/cassandra-$CASSANDRA_VERSION]
+  NEXUS_CASSANDRA_DIR            data/log/conf dir, wiped on start [/tmp/nexus-cassandra]
+  NEXUS_CASSANDRA_KEEP=1         keep existing data on start instead of wiping [0]
+  NEXUS_CASSANDRA_PORT           native CQL port [9042]
+  NEXUS_CASSANDRA_STORAGE_PORT   inter-node port [7010] (SSL: NEXUS_CASSANDRA_SSL_STORAGE_PORT [7011])
+  NEXUS_CASSANDRA_JMX_PORT       enable JMX on 127.0.0.1:<port> (nodetool) [off]
+  NEXUS_CASSANDRA_AUTH=1         PasswordAuthenticator, superuser cassandra/cassandra [0]
+  NEXUS_CASSANDRA_START_TIMEOUT  seconds to wait for readiness [180]
+  NEXUS_CASSANDRA_HEAP_MIN/MAX   JVM heap [512m/1g]
+EOF
+}
+
+log() { printf 'cassandra: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# --------------------------------------------------------------------------- #
+# install                                                                      #
+# --------------------------------------------------------------------------- #
+cmd_install() {
+  if [[ -f "$LIB_MARKER" ]]; then
+    log "jars already present in $LIB_DIR"
+    return 0
+  fi
+  command -v mvn >/dev/null || die "mvn not found on PATH"
+  mkdir -p "$CACHE_DIR"
+  # Throwaway pom whose only purpose is to resolve cassandra-all's runtime
+  # dependency closure. Jars land in ~/.m2 first, then are copied to lib/.
+  cat >"$CACHE_DIR/pom.xml" <<EOF
+<?xml version="1.0" encoding="UTF-8"?>
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local.nexus</groupId>
+  <artifactId>cassandra-runtime</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.cassandra</groupId>
+      <artifactId>cassandra-all</artifactId>
+      <version>$CASSANDRA_VERSION</version>
+    </dependency>
+  </dependencies>
+  <build>
+    <plugins>
+      <plugin>
+        <groupId>org.apache.maven.plugins</groupId>
+        <artifactId>maven-dependency-plugin</artifactId>
+        <version>3.6.1</version>
+      </plugin>
+    </plugins>
+  </build>
+</project>
+EOF
+  log "fetching jars from Maven Central (first run only, ~95 MB into ~/.m2)…"
+  rm -rf "$LIB_DIR"
+  (cd "$CACHE_DIR" && mvn -q -B -Dstyle.color=never dependency:copy-dependencies \
+      -DincludeScope=runtime -DoutputDirectory="$LIB_DIR") \
+    || die "mvn dependency:copy-dependencies failed"
+  compgen -G "$LIB_DIR/cassandra-all-*.jar" >/dev/null || die "cassandra-all jar missing in $LIB_DIR"
+  compgen -G "$LIB_DIR/jamm-*.jar" >/dev/null || die "jamm jar missing in $LIB_DIR"
+  touch "$LIB_MARKER"
+  log "installed $(find "$LIB_DIR" -name '*.jar' | wc -l) jars ($(du -sh "$LIB_DIR" | cut -f1)) in $LIB_DIR"
+}
+
+# --------------------------------------------------------------------------- #
+# helpers                                                                      #
+# --------------------------------------------------------------------------- #
+
+# Prints the PID from the pid file if that process is alive and really is our
+# CassandraDaemon (guards against PID reuse); returns 1 otherwise.
+running_pid() {
+  local pid
+  [[ -f "$PID_FILE" ]] || return 1
+  pid="$(cat "$PID_FILE")"
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  kill -0 "$pid" 2>/dev/null || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q CassandraDaemon || return 1
+  echo "$pid"
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+dump_logs() {
+  local f
+  for f in "$LOG_FILE" "$STDOUT_FILE" "$STDERR_FILE"; do
+    [[ -s "$f" ]] || continue
+    printf '\n----- tail -n 60 %s -----\n' "$f" >&2
+    tail -n 60 "$f" >&2
+  done
+}
+
+write_config() {
+  local authn authz
+  if [[ "$AUTH" == 1 ]]; then
+    authn=PasswordAuthenticator authz=CassandraAuthorizer
+  else
+    authn=AllowAllAuthenticator authz=AllowAllAuthorizer
+  fi
+  # Minimal yaml; everything not listed uses Cassandra's built-in defaults.
+  cat >"$DATA_DIR/conf/cassandra.yaml" <<EOF
+# generated by scripts/cassandra.sh -- overwritten on every start
+cluster_name: nexus-dev
+num_tokens: 1
+initial_token: 0
+partitioner: org.apache.cassandra.dht.Murmur3Partitioner
+endpoint_snitch: SimpleSnitch
+seed_provider:
+  - class_name: org.apache.cassandra.locator.SimpleSeedProvider
+    parameters:
+      - seeds: "127.0.0.1:$STORAGE_PORT"
+listen_address: 127.0.0.1
+rpc_address: 127.0.0.1
+storage_port: $STORAGE_PORT
+ssl_storage_port: $SSL_STORAGE_PORT
+start_native_transport: true
+native_transport_port: $CQL_PORT
+authenticator: $authn
+authorizer: $authz
+role_manager: CassandraRoleManager
+data_file_directories:
+  - $DATA_DIR/data
+commitlog_directory: $DATA_DIR/commitlog
+saved_caches_directory: $DATA_DIR/saved_caches
+hints_directory: $DATA_DIR/hints
+cdc_raw_directory: $DATA_DIR/cdc_raw
+commitlog_sync: periodic
+commitlog_sync_period: 10000ms
+# dev node: no snapshot on DROP/TRUNCATE, so disk is freed immediately
+auto_snapshot: false
+EOF
+
+  cat >"$DATA_DIR/conf/logback.xml" <<EOF
+<configuration scan="false">
+  <appender name="FILE" class="ch.qos.logback.core.FileAppender">
+    <file>$LOG_FILE</file>
+    <encoder>
+      <pattern>%-5level [%thread] %date{ISO8601} %F:%L - %msg%n</pattern>
+    </encoder>
+  </appender>
+  <root level="INFO">
+    <appender-ref ref="FILE"/>
+  </root>
+</configuration>
+EOF
+}
+
+# --------------------------------------------------------------------------- #
+# start                                                                        #
+# --------------------------------------------------------------------------- #
+cmd_start() {
+  local pid
+  if pid="$(running_pid)"; then
+    log "already running (pid $pid, CQL 127.0.0.1:$CQL_PORT)"
+    return 0
+  fi
+  command -v java >/dev/null || die "java not found on PATH"
+  [[ -f "$LIB_MARKER" ]] || cmd_install
+  if port_open "$CQL_PORT"; then
+    die "port $CQL_PORT is already in use by another process"
+  fi
+
+  # Fresh data dir unless asked to keep it. Only wipe dirs we created ourselves.
+  if [[ "$KEEP" != 1 && -e "$DATA_DIR" ]]; then
+    if [[ -f "$DIR_MARKER" ]] || [[ -z "$(ls -A "$DATA_DIR")" ]]; then
+      rm -rf "${DATA_DIR:?}"
+    else
+      die "$DATA_DIR exists but was not created by this script; refusing to wipe it"
+    fi
+  fi
+  local fresh=1
+  [[ -d "$DATA_DIR/data/system_auth" ]] && fresh=0
+  mkdir -p "$DATA_DIR"/{conf,logs,data,commitlog,saved_caches,hints,cdc_raw,triggers}
+  touch "$DIR_MARKER"
+  # Start each run with an empty system.log so readiness checks only see this
+  # run's lines (with KEEP=1 the previous log is kept as system.log.1).
+  [[ -s "$LOG_FILE" ]] && mv -f "$LOG_FILE" "$LOG_FILE.1"
+  : >"$LOG_FILE"
+  write_config
+
+  local jamm
+  jamm="$(compgen -G "$LIB_DIR/jamm-*.jar" | head -n1)"
+
+  local -a jvm=(
+    -Xms"$HEAP_MIN" -Xmx"$HEAP_MAX" -Xss256k
+    -XX:+UseG1GC -XX:+ParallelRefProcEnabled -XX:MaxTenuringThreshold=1
+    -XX:+UseThreadPriorities -XX:+HeapDumpOnOutOfMemoryError -XX:+ExitOnOutOfMemoryError
+    -XX:HeapDumpPath="$DATA_DIR/logs"
+    -XX:+PerfDisableSharedMem
+    -ea -da:net.openhft...
+    -Djava.net.preferIPv4Stack=true
+    # jamm measures object sizes for memtable accounting; Cassandra requires the agent.
+    -javaagent:"$jamm"
+    # JPMS flags from Cassandra's conf/jvm17-server.options
+    -Djdk.attach.allowAttachSelf=true
+    --add-exports java.base/jdk.internal.misc=ALL-UNNAMED
+    --add-exports java.management.rmi/com.sun.jmx.remote.internal.rmi=ALL-UNNAMED
+    --add-exports java.rmi/sun.rmi.registry=ALL-UNNAMED
+    --add-exports java.rmi/sun.rmi.server=ALL-UNNAMED
+    --add-exports java.sql/java.sql=ALL-UNNAMED
+    --add-exports java.base/java.lang.ref=ALL-UNNAMED
+    --add-exports jdk.unsupported/sun.misc=ALL-UNNAMED
+    --add-exports jdk.compiler/com.sun.tools.javac.file=ALL-UNNAMED
+    --add-exports jdk.attach/sun.tools.attach=ALL-UNNAMED
+    --add-opens java.base/java.lang.module=ALL-UNNAMED
+    --add-opens java.base/jdk.internal.loader=ALL-UNNAMED
+    --add-opens java.base/jdk.internal.ref=ALL-UNNAMED
+    --add-opens java.base/jdk.internal.reflect=ALL-UNNAMED
+    --add-opens java.base/jdk.internal.math=ALL-UNNAMED
+    --add-opens java.base/jdk.internal.module=ALL-UNNAMED
+    --add-opens java.base/jdk.internal.util.jar=ALL-UNNAMED
+    --add-opens jdk.management/com.sun.management.internal=ALL-UNNAMED
+    --add-opens java.base/sun.nio.ch=ALL-UNNAMED
+    --add-opens java.base/java.io=ALL-UNNAMED
+    --add-opens java.base/java.lang.reflect=ALL-UNNAMED
+    --add-opens jdk.compiler/com.sun.tools.javac=ALL-UNNAMED
+    --add-opens java.base/java.lang=ALL-UNNAMED
+    --add-opens java.base/java.util=ALL-UNNAMED
+    -Dio.netty.tryReflectionSetAccessible=true
+    -Dio.netty.allocator.useCacheForAllThreads=true
+    -Dio.netty.allocator.maxOrder=11
+    # Cassandra config / locations
+    -Dcassandra.config="file://$DATA_DIR/conf/cassandra.yaml"
+    -Dlogback.configurationFile="file://$DATA_DIR/conf/logback.xml"
+    -Dcassandra.storagedir="$DATA_DIR"
+    -Dcassandra.logdir="$DATA_DIR/logs"
+    -Dcassandra.triggers_dir="$DATA_DIR/triggers"
+    # without this, CassandraDaemon closes stdout/stderr (and we lose crash output)
+    -Dcassandra-foreground=yes
+    # fast single-node startup
+    -Dcassandra.skip_wait_for_gossip_to_settle=0
+    -Dcassandra.ring_delay_ms=0
+    -Dcassandra.superuser_setup_delay_ms=0
+    -Dcassandra.consistent.rangemovement=false
+  )
+  if [[ -n "$JMX_PORT" ]]; then
+    # local.port => JMX bound to loopback only, no auth
+    jvm+=(-Dcassandra.jmx.local.port="$JMX_PORT")
+  fi
+
+  log "starting Cassandra $CASSANDRA_VERSION (data: $DATA_DIR, CQL: 127.0.0.1:$CQL_PORT)…"
+  local t0=$EPOCHREALTIME
+  # setsid + nohup: detach from our session so the node outlives this shell.
+  nohup setsid java "${jvm[@]}" -cp "$LIB_DIR/*" \
+    org.apache.cassandra.service.CassandraDaemon \
+    >"$STDOUT_FILE" 2>"$STDERR_FILE" </dev/null &
+  pid=$!
+  echo "$pid" >"$PID_FILE"
+
+  # Readiness: JVM alive, log says CQL is listening and startup finished, and
+  # the port accepts TCP.
+  # With auth on a fresh node, also wait until the default superuser exists.
+  local deadline=$((SECONDS + START_TIMEOUT))
+  while :; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      log "error: JVM (pid $pid) exited during startup"
+      dump_logs
+      rm -f "$PID_FILE"
+      exit 1
+    fi
+    if grep -q 'Starting listening for CQL clients' "$LOG_FILE" 2>/dev/null \
+       && grep -q 'Startup complete' "$LOG_FILE" \
+       && port_open "$CQL_PORT" \
+       && { [[ "$AUTH" != 1 || "$fresh" != 1 ]] || grep -q 'Created default superuser' "$LOG_FILE"; }; then
+      break
+    fi
+    if ((SECONDS >= deadline)); then
+      log "error: not ready after ${START_TIMEOUT}s; stopping pid $pid"
+      dump_logs
+      cmd_stop
+      exit 1
+    fi
+    sleep 0.5
+  done
+  local elapsed
+  elapsed="$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')"
+  log "ready in ${elapsed}s (pid $pid, CQL 127.0.0.1:$CQL_PORT, log $LOG_FILE)"
+}
+
+# --------------------------------------------------------------------------- #
+# stop / status                                                                #
+# --------------------------------------------------------------------------- #
+cmd_stop() {
+  local pid i
+  if ! pid="$(running_pid)"; then
+    log "not running"
+    rm -f "$PID_FILE"
+    return 0
+  fi
+  log "stopping pid $pid…"
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < 40; i++)); do                 # 40 x 0.5 s = 20 s grace
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.5
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    log "still alive after 20s; sending KILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
+  fi
+  rm -f "$PID_FILE"
+  log "stopped"
+}
+
+cmd_status() {
+  local pid
+  if pid="$(running_pid)"; then
+    local ready="not accepting CQL yet"
+    port_open "$CQL_PORT" && ready="CQL on 127.0.0.1:$CQL_PORT"
+    echo "cassandra: running (pid $pid, $ready, data $DATA_DIR)"
+    return 0
+  fi
+  echo "cassandra: not running"
+  return 3
+}
+
+case "${1:-}" in
+  install) cmd_install ;;
+  start) cmd_start ;;
+  stop) cmd_stop ;;
+  status) cmd_status ;;
+  -h | --help | help) usage ;;
+  *) usage >&2; exit 2 ;;
+esac
