@@ -47,6 +47,10 @@ pub struct StandaloneConfig {
     pub public_url: Option<String>,
     /// Run store, payloads, results, logs and the signing key live here.
     pub data_dir: PathBuf,
+    /// Where run records live: `embedded` (a SQLite file in `data_dir`, the default) or a
+    /// `cassandra://host:9042/keyspace?...` URL (Apache Cassandra, ScyllaDB; see
+    /// `nexus store --help`). Payloads stay in `data_dir` either way.
+    pub store: String,
     /// Directory of `NexusAlgorithmTemplate` / `NexusAlgorithmWorkgroup` YAML manifests.
     pub templates_dir: PathBuf,
     /// How often the templates directory is checked for changes.
@@ -72,6 +76,7 @@ impl Default for StandaloneConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
             public_url: None,
             data_dir: PathBuf::from(".nexus-data"),
+            store: "embedded".into(),
             templates_dir: PathBuf::from("examples/templates"),
             reload_interval: Duration::from_secs(2),
             log_format: "text".into(),
@@ -96,6 +101,9 @@ pub struct Overrides {
     /// `--data`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
+    /// `--store`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
     /// `--templates`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub templates_dir: Option<PathBuf>,
@@ -104,7 +112,34 @@ pub struct Overrides {
     pub public_url: Option<String>,
 }
 
+/// Which run store standalone uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreKind {
+    /// SQLite file in the data directory.
+    Embedded,
+    /// Cassandra / ScyllaDB.
+    Cassandra(nexus_core::store::cassandra::CassandraConfig),
+}
+
 impl StandaloneConfig {
+    /// Parses [`StandaloneConfig::store`].
+    ///
+    /// # Errors
+    /// What is wrong with the URL.
+    pub fn store_kind(&self) -> Result<StoreKind, String> {
+        let s = self.store.trim();
+        if s == "embedded" || s.is_empty() {
+            return Ok(StoreKind::Embedded);
+        }
+        if s.starts_with("cassandra://") || s.starts_with("scylla://") {
+            return nexus_core::store::cassandra::CassandraConfig::from_url(s)
+                .map(StoreKind::Cassandra);
+        }
+        Err(format!(
+            "'{s}' is neither 'embedded' nor a cassandra://host:9042/keyspace URL"
+        ))
+    }
+
     /// Loads the layered configuration.
     ///
     /// # Errors
@@ -148,6 +183,9 @@ impl StandaloneConfig {
             e.push(format!(
                 "public_url: '{u}' must start with http:// or https://"
             ));
+        }
+        if let Err(m) = self.store_kind() {
+            e.push(format!("store: {m}"));
         }
         if self.reload_interval < Duration::from_millis(10) {
             e.push("reload_interval: must be at least 10ms".into());

@@ -5,3 +5,4 @@ pub mod client;
 pub mod config;
 pub mod objects;
 pub mod standalone;
+pub mod store_cmd;

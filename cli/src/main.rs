@@ -46,12 +46,21 @@ enum Command {
         /// Directory for the run store, payloads, results, logs and the signing key.
         #[arg(long)]
         data: Option<PathBuf>,
+        /// Run store: `embedded` (SQLite in --data, default) or a Cassandra / ScyllaDB URL such as
+        /// cassandra://127.0.0.1:9042/nexus (see `nexus store --help` for its options).
+        #[arg(long)]
+        store: Option<String>,
         /// URL algorithms and clients use to reach this process (default http://<listen>).
         #[arg(long)]
         public_url: Option<String>,
         /// Print the effective configuration as YAML and exit.
         #[arg(long)]
         dump_config: bool,
+    },
+    /// Prints or applies the run store's schema (Cassandra / ScyllaDB).
+    Store {
+        #[command(subcommand)]
+        command: nexus_cli::store_cmd::StoreCommand,
     },
     /// Submits, inspects, waits for and cancels runs on a Nexus server.
     Run {
@@ -118,12 +127,14 @@ fn main() -> ExitCode {
             templates,
             listen,
             data,
+            store,
             public_url,
             dump_config,
         } => {
             let o = Overrides {
                 listen,
                 data_dir: data,
+                store,
                 templates_dir: templates,
                 public_url,
             };
@@ -150,6 +161,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Store { command } => match rt.block_on(nexus_cli::store_cmd::run(command)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run { opts, command } => match rt.block_on(nexus_cli::client::run(&opts, command))
         {
             Ok(code) => code,

@@ -18,7 +18,7 @@ use nexus_core::executor::{Executor, ExecutorEvent, LocalExecutorConfig, LocalPr
 use nexus_core::http::{Readiness, health_routes, negotiate_errors};
 use nexus_core::payload::{FsPayloadStore, PayloadStore, SqliteObjectStore, TieredPayloadStore};
 use nexus_core::sign::Signer;
-use nexus_core::store::{RunStore, SqliteRunStore};
+use nexus_core::store::{CassandraRunStore, RunStore, SqliteRunStore};
 use nexus_receiver::{LocalShard, Receiver};
 use nexus_scheduler::{Deps, Scheduler, ShardMap};
 use nexus_supervisor::Supervisor;
@@ -27,7 +27,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::StandaloneConfig;
+use crate::config::{StandaloneConfig, StoreKind};
 use crate::objects;
 
 /// A running standalone instance.
@@ -155,13 +155,29 @@ pub async fn start_with_executor(
     std::fs::create_dir_all(&data)
         .with_context(|| format!("cannot create data directory {}", data.display()))?;
 
-    let db = data.join("runs.db");
-    let store: Arc<dyn RunStore> = Arc::new(
-        tokio::task::spawn_blocking(move || SqliteRunStore::open(&db))
-            .await?
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .context("cannot open the run store")?,
-    );
+    let store: Arc<dyn RunStore> = match config.store_kind().map_err(|e| anyhow::anyhow!("{e}"))? {
+        StoreKind::Embedded => {
+            let db = data.join("runs.db");
+            Arc::new(
+                tokio::task::spawn_blocking(move || SqliteRunStore::open(&db))
+                    .await?
+                    .map_err(|e| anyhow::anyhow!("{e}"))
+                    .context("cannot open the run store")?,
+            )
+        }
+        StoreKind::Cassandra(c) => {
+            // A shared store: other processes may own runs in it, so only lapsed leases are
+            // recovered at start (not every owner but this one, as with the locked SQLite file).
+            config.supervisor.exclusive_store = false;
+            tracing::info!(keyspace = %c.keyspace, nodes = %c.contact_points.join(","), migrate = c.migrate, "opening the Cassandra run store");
+            Arc::new(
+                CassandraRunStore::open(&c)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))
+                    .context("cannot open the Cassandra run store")?,
+            )
+        }
+    };
     let signer = load_or_create_secret(&data.join("signing.key"))?;
     let fs = Arc::new(
         FsPayloadStore::open(data.join("objects"), url.clone(), signer.clone())
