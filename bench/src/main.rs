@@ -9,6 +9,8 @@
 //!   open loop at fixed rates (`--rate`, `--rates`), latency from the scheduled send time.
 //! * `e2e`      — submit → COMPLETED → result read, with an in-process algorithm
 //!   ([`instant::InstantExecutor`]) that reports over HTTP: completions per second.
+//! * `cassandra` — the run store on a real Cassandra node next to the raw insert rate of the
+//!   same driver on the same node, then `accept` (and `e2e` with `--e2e`) on that store.
 //! * `limiter`  — a shard budget held by the dispatcher, alone and shared by 3 schedulers.
 //! * `queue-memory` — resident bytes per queued run.
 //! * `all`      — everything in sequence and a summary against the issue #3 targets.
@@ -16,6 +18,7 @@
 //! Every loop is bounded in time and in count; the HTTP scenarios only target loopback unless a
 //! URL is given explicitly. Micro-benchmarks (criterion) live in `benches/micro.rs`.
 
+mod cassandra;
 mod e2e;
 mod instant;
 mod limiter;
@@ -99,6 +102,10 @@ enum Cmd {
         /// (the real local-process executor: the template's `true` is spawned for every run).
         #[arg(long, default_value = "parked", value_parser = ["parked", "local"])]
         executor: String,
+        /// Run store of the in-process Nexus: a cassandra://host:9042/keyspace URL (a scratch
+        /// keyspace `<keyspace>_<random>` is created and dropped). Default: embedded SQLite.
+        #[arg(long)]
+        store: Option<String>,
     },
     /// Submit → COMPLETED → result read with an instant in-process algorithm.
     E2e {
@@ -108,6 +115,26 @@ enum Cmd {
         /// Duration, e.g. `10s`.
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         duration: Duration,
+        /// Run store: a cassandra:// URL (scratch keyspace), default embedded SQLite.
+        #[arg(long)]
+        store: Option<String>,
+    },
+    /// Run store on a real Cassandra / ScyllaDB node: raw driver insert rate (the physical
+    /// limit), LWT insert, store insert and compare-and-set, then accept (and e2e) on that store.
+    Cassandra {
+        /// Store URL of the node, e.g. cassandra://127.0.0.1:9042/bench (scratch keyspaces
+        /// `bench_<random>` are created and dropped).
+        #[arg(long)]
+        store: String,
+        /// Requests in flight in every phase.
+        #[arg(long, default_value_t = 128)]
+        concurrency: usize,
+        /// Duration of each phase, e.g. `10s`.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Also run the end-to-end scenario on the store.
+        #[arg(long)]
+        e2e: bool,
     },
     /// Shard budget accuracy: dispatch rate alone and with 3 schedulers sharing the budget.
     Limiter {
@@ -755,14 +782,25 @@ pub(crate) async fn submit_count(url: &str, n: usize, concurrency: usize) -> any
 /// The standalone `accept` measures: default shard budget (200 runs/s), so dispatch does its
 /// real work at that rate, and by default an executor that parks launches, so no process is
 /// spawned; `local` uses the real local-process executor instead (for comparison).
-async fn accept_nexus(local: bool) -> anyhow::Result<Nexus> {
+/// Points `c` at `store` when given (a scratch keyspace is made by the caller).
+fn use_store(c: &mut StandaloneConfig, store: Option<&str>) {
+    if let Some(url) = store {
+        c.store = url.to_owned();
+    }
+}
+
+async fn accept_nexus(local: bool, store: Option<&str>) -> anyhow::Result<Nexus> {
     if !local {
-        return start_nexus(|_| {}, |tx, _| Arc::new(instant::ParkedExecutor::new(tx))).await;
+        return start_nexus(
+            |c| use_store(c, store),
+            |tx, _| Arc::new(instant::ParkedExecutor::new(tx)),
+        )
+        .await;
     }
     let work = tempfile::tempdir()?;
     let work_dir = work.path().to_path_buf();
     let mut nexus = start_nexus(
-        |_| {},
+        |c| use_store(c, store),
         move |tx, payloads| {
             Arc::new(nexus_core::executor::LocalProcessExecutor::new(
                 nexus_core::executor::LocalExecutorConfig {
@@ -786,21 +824,22 @@ async fn bench_accept(
     duration: Duration,
     url: Option<String>,
     local: bool,
+    store: Option<&str>,
 ) -> anyhow::Result<Load> {
     if let Some(u) = url {
         let target = format!("{}/algorithm/v1/run/knapsack", u.trim_end_matches('/'));
         eprintln!("accept: {target}, concurrency {concurrency}, {duration:?} …");
         return drive("accept (external nexus)", &target, concurrency, duration).await;
     }
-    let nexus = accept_nexus(local).await?;
+    let nexus = accept_nexus(local, store).await?;
     eprintln!(
         "accept: standalone nexus on {}, closed loop, concurrency {concurrency}, {duration:?} …",
         nexus.handle.url
     );
-    let name = if local {
-        "accept (standalone, local executor)"
-    } else {
-        "accept (standalone nexus)"
+    let name = match (local, store.is_some()) {
+        (true, _) => "accept (standalone, local executor)",
+        (false, true) => "accept (standalone, cassandra store)",
+        (false, false) => "accept (standalone nexus)",
     };
     let r = drive(
         name,
@@ -820,6 +859,7 @@ async fn bench_accept_open(
     max_outstanding: usize,
     url: Option<&str>,
     local: bool,
+    store: Option<&str>,
 ) -> anyhow::Result<Vec<open_loop::OpenLoad>> {
     let body = Arc::new(accept_body());
     let mut out = Vec::new();
@@ -831,7 +871,7 @@ async fn bench_accept_open(
                 "accept open loop (external)",
             ),
             None => {
-                let n = accept_nexus(local).await?;
+                let n = accept_nexus(local, store).await?;
                 let t = format!("{}/algorithm/v1/run/knapsack", n.handle.url);
                 (Some(n), t, "accept open loop (standalone)")
             }
@@ -849,10 +889,15 @@ async fn bench_accept_open(
 
 /// The `e2e` standalone: the instant algorithm, and a shard budget (100,000 runs/s) high enough
 /// that the limiter is not what is measured.
-async fn bench_e2e(concurrency: usize, duration: Duration) -> anyhow::Result<e2e::E2e> {
+async fn bench_e2e(
+    concurrency: usize,
+    duration: Duration,
+    store: Option<&str>,
+) -> anyhow::Result<e2e::E2e> {
     let http = load_client(256)?;
     let nexus = start_nexus(
         |c| {
+            use_store(c, store);
             c.scheduler.shard_budget = nexus_scheduler::BudgetConfig {
                 rate: 100_000.0,
                 burst: 1_000,
@@ -926,24 +971,79 @@ async fn main() -> anyhow::Result<()> {
             rates,
             max_outstanding,
             executor,
+            store,
         } => {
             let local = executor == "local";
             let rates: Vec<f64> = rate.into_iter().chain(rates).collect();
+            let scratch = match &store {
+                Some(u) => Some(cassandra::Scratch::new(u).await?),
+                None => None,
+            };
+            let store = scratch.as_ref().map(|s| s.url.as_str());
             if rates.is_empty() {
-                let a = bench_accept(concurrency, duration, url, local).await?;
+                let a = bench_accept(concurrency, duration, url, local, store).await?;
                 print_loads("accept (closed loop)", &[&a]);
             } else {
-                let o = bench_accept_open(&rates, duration, max_outstanding, url.as_deref(), local)
-                    .await?;
+                let o = bench_accept_open(
+                    &rates,
+                    duration,
+                    max_outstanding,
+                    url.as_deref(),
+                    local,
+                    store,
+                )
+                .await?;
                 open_loop::print("accept (open loop)", &o);
+            }
+            if let Some(s) = scratch {
+                s.drop().await;
             }
         }
         Cmd::E2e {
             concurrency,
             duration,
+            store,
         } => {
-            let r = bench_e2e(concurrency, duration).await?;
+            let scratch = match &store {
+                Some(u) => Some(cassandra::Scratch::new(u).await?),
+                None => None,
+            };
+            let r = bench_e2e(
+                concurrency,
+                duration,
+                scratch.as_ref().map(|s| s.url.as_str()),
+            )
+            .await?;
             e2e::print(&r);
+            if let Some(s) = scratch {
+                s.drop().await;
+            }
+        }
+        Cmd::Cassandra {
+            store,
+            concurrency,
+            duration,
+            e2e: with_e2e,
+        } => {
+            let scratch = cassandra::Scratch::new(&store).await?;
+            let mut phases = cassandra::store_phases(&scratch, concurrency, duration).await?;
+            let a = bench_accept(concurrency, duration, None, false, Some(&scratch.url)).await?;
+            phases.push(cassandra::from_load(&a));
+            let e = if with_e2e {
+                Some(bench_e2e(concurrency, duration, Some(&scratch.url)).await?)
+            } else {
+                None
+            };
+            scratch.drop().await;
+            cassandra::print(&phases);
+            if let Some(e) = &e {
+                e2e::print(e);
+            }
+            let raw = phases[0].rate().max(1e-9);
+            println!(
+                "accept/raw insert: {:.2} (target ≥ 0.50)",
+                a.throughput() / raw
+            );
         }
         Cmd::Limiter {
             rate,
@@ -979,7 +1079,7 @@ async fn all(duration: Duration, runs: usize, limiter_duration: Duration) -> any
     print_store(&s);
     let b = bench_baseline(64, duration).await?;
     print_loads("HTTP baseline", &[&b]);
-    let a = bench_accept(64, duration, None, false).await?;
+    let a = bench_accept(64, duration, None, false, None).await?;
     print_loads("accept (closed loop)", &[&a]);
     // Open loop at a quarter, half and three quarters of the closed-loop maximum just measured.
     let max = a.throughput();
@@ -987,9 +1087,9 @@ async fn all(duration: Duration, runs: usize, limiter_duration: Duration) -> any
         .iter()
         .map(|f| ((max * f / 100.0).round() * 100.0).max(100.0))
         .collect();
-    let o = bench_accept_open(&rates, duration, 1024, None, false).await?;
+    let o = bench_accept_open(&rates, duration, 1024, None, false, None).await?;
     open_loop::print("accept (open loop)", &o);
-    let e = bench_e2e(64, duration).await?;
+    let e = bench_e2e(64, duration, None).await?;
     e2e::print(&e);
     let l = bench_limiter(500.0, 400, limiter_duration, 3).await?;
     limiter::print(&l);
