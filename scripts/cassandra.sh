@@ -7,7 +7,8 @@
 #   scripts/cassandra.sh stop      stop it (TERM, then KILL after 20 s; idempotent)
 #   scripts/cassandra.sh status    print whether it runs (exit 0 = running, 3 = not)
 #
-# Requires: java 17 and mvn on PATH. See usage() for the environment variables.
+# Requires: java 17 and mvn on PATH (openssl too with NEXUS_CASSANDRA_TLS). See usage() for the
+# environment variables.
 set -euo pipefail
 
 CASSANDRA_VERSION="${NEXUS_CASSANDRA_VERSION:-5.0.9}"
@@ -22,6 +23,7 @@ JMX_PORT="${NEXUS_CASSANDRA_JMX_PORT:-}"          # empty = JMX off
 START_TIMEOUT="${NEXUS_CASSANDRA_START_TIMEOUT:-180}"
 KEEP="${NEXUS_CASSANDRA_KEEP:-0}"
 AUTH="${NEXUS_CASSANDRA_AUTH:-0}"
+TLS="${NEXUS_CASSANDRA_TLS:-0}"                    # 0 | 1 (TLS required) | mtls (+ client certs)
 HEAP_MIN="${NEXUS_CASSANDRA_HEAP_MIN:-512m}"
 HEAP_MAX="${NEXUS_CASSANDRA_HEAP_MAX:-1g}"
 
@@ -32,6 +34,10 @@ DIR_MARKER="$DATA_DIR/.nexus-cassandra"            # guards the rm -rf on start
 LOG_FILE="$DATA_DIR/logs/system.log"
 STDOUT_FILE="$DATA_DIR/logs/stdout.log"
 STDERR_FILE="$DATA_DIR/logs/stderr.log"
+TLS_DIR="$DATA_DIR/tls"
+# Name in the server certificate: deliberately not 127.0.0.1, so clients must verify against a
+# configured name (the run store's tls_server_name) rather than the node's address.
+TLS_SERVER_NAME=cassandra.test
 
 usage() {
   cat <<EOF
@@ -51,6 +57,11 @@ environment (defaults in brackets):
   NEXUS_CASSANDRA_STORAGE_PORT   inter-node port [7010] (SSL: NEXUS_CASSANDRA_SSL_STORAGE_PORT [7011])
   NEXUS_CASSANDRA_JMX_PORT       enable JMX on 127.0.0.1:<port> (nodetool) [off]
   NEXUS_CASSANDRA_AUTH=1         PasswordAuthenticator, superuser cassandra/cassandra [0]
+  NEXUS_CASSANDRA_TLS=1          TLS required on the CQL port; a throwaway CA and a server cert
+                                 for DNS:$TLS_SERVER_NAME (not the IP) are generated into
+                                 \$NEXUS_CASSANDRA_DIR/tls (ca.pem, client.pem, client.key; mode
+                                 holds 1 or mtls) [0]
+  NEXUS_CASSANDRA_TLS=mtls       as 1, and clients must present a certificate signed by that CA
   NEXUS_CASSANDRA_START_TIMEOUT  seconds to wait for readiness [180]
   NEXUS_CASSANDRA_HEAP_MIN/MAX   JVM heap [512m/1g]
 EOF
@@ -135,6 +146,68 @@ dump_logs() {
   done
 }
 
+# Throwaway CA, server certificate (SAN DNS:$TLS_SERVER_NAME only) and client certificate,
+# EC P-256, valid 30 days. Kept as is when all files exist (NEXUS_CASSANDRA_KEEP=1), so clients
+# holding the old CA keep working.
+gen_tls() {
+  local f missing=0
+  for f in ca.pem server.pem server-keystore.pem client.pem client.key; do
+    [[ -s "$TLS_DIR/$f" ]] || missing=1
+  done
+  if [[ "$missing" == 0 ]]; then
+    log "reusing TLS material in $TLS_DIR"
+    return 0
+  fi
+  command -v openssl >/dev/null || die "openssl not found on PATH (needed by NEXUS_CASSANDRA_TLS)"
+  rm -rf "${TLS_DIR:?}"
+  mkdir -p "$TLS_DIR"
+  cat >"$TLS_DIR/ext.cnf" <<EOF
+[ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[server]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = DNS:$TLS_SERVER_NAME
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+[client]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = clientAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+EOF
+  # -newkey writes PKCS#8 ("BEGIN PRIVATE KEY"), the form Cassandra's PEMReader expects.
+  local -a key=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
+  local -a sign=(-req -days 30 -CA "$TLS_DIR/ca.pem" -CAkey "$TLS_DIR/ca.key" -extfile "$TLS_DIR/ext.cnf")
+  # errexit does not apply inside a subshell tested by ||: the final verify is what fails when
+  # any step before it did.
+  (
+    cd "$TLS_DIR"
+    openssl req -x509 "${key[@]}" -keyout ca.key -out ca.pem -days 30 \
+      -subj "/CN=nexus throwaway test CA" -config ext.cnf -extensions ca
+    openssl req -new "${key[@]}" -keyout server.key -out server.csr -subj "/CN=$TLS_SERVER_NAME" -config /dev/null
+    openssl x509 "${sign[@]}" -extensions server -set_serial "0x$(openssl rand -hex 16)" \
+      -in server.csr -out server.pem
+    openssl req -new "${key[@]}" -keyout client.key -out client.csr -subj "/CN=nexus-test-client" -config /dev/null
+    openssl x509 "${sign[@]}" -extensions client -set_serial "0x$(openssl rand -hex 16)" \
+      -in client.csr -out client.pem
+    # PEMBasedSslContextFactory's keystore: private key followed by the certificate chain.
+    cat server.key server.pem >server-keystore.pem
+    rm -f server.csr client.csr
+    chmod 600 ./*.key server-keystore.pem
+    openssl verify -CAfile ca.pem server.pem client.pem >/dev/null
+  ) 2>"$TLS_DIR/openssl.log" || {
+    cat "$TLS_DIR/openssl.log" >&2
+    rm -rf "${TLS_DIR:?}"                          # never reused half-made
+    die "generating TLS material failed"
+  }
+  log "generated a throwaway CA and certificates in $TLS_DIR (server name $TLS_SERVER_NAME)"
+}
+
 write_config() {
   local authn authz
   if [[ "$AUTH" == 1 ]]; then
@@ -174,6 +247,25 @@ commitlog_sync_period: 10000ms
 # dev node: no snapshot on DROP/TRUNCATE, so disk is freed immediately
 auto_snapshot: false
 EOF
+  if [[ "$TLS" != 0 ]]; then
+    local client_auth=false
+    [[ "$TLS" == mtls ]] && client_auth=true
+    # Tells tests which mode the material in $TLS_DIR is served with.
+    echo "$TLS" >"$TLS_DIR/mode"
+    # Cassandra 5 reads PEM directly: keystore = key + chain, truststore = CA bundle.
+    cat >>"$DATA_DIR/conf/cassandra.yaml" <<EOF
+client_encryption_options:
+  enabled: true
+  optional: false
+  ssl_context_factory:
+    class_name: org.apache.cassandra.security.PEMBasedSslContextFactory
+  keystore: $TLS_DIR/server-keystore.pem
+  truststore: $TLS_DIR/ca.pem
+  require_client_auth: $client_auth
+EOF
+  else
+    rm -f "$TLS_DIR/mode"
+  fi
 
   cat >"$DATA_DIR/conf/logback.xml" <<EOF
 <configuration scan="false">
@@ -200,6 +292,10 @@ cmd_start() {
     return 0
   fi
   command -v java >/dev/null || die "java not found on PATH"
+  case "$TLS" in
+    0 | 1 | mtls) ;;
+    *) die "NEXUS_CASSANDRA_TLS='$TLS' is not 0, 1 or mtls" ;;
+  esac
   [[ -f "$LIB_MARKER" ]] || cmd_install
   if port_open "$CQL_PORT"; then
     die "port $CQL_PORT is already in use by another process"
@@ -221,6 +317,7 @@ cmd_start() {
   # run's lines (with KEEP=1 the previous log is kept as system.log.1).
   [[ -s "$LOG_FILE" ]] && mv -f "$LOG_FILE" "$LOG_FILE.1"
   : >"$LOG_FILE"
+  if [[ "$TLS" != 0 ]]; then gen_tls; fi
   write_config
 
   local jamm
@@ -320,6 +417,12 @@ cmd_start() {
   local elapsed
   elapsed="$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')"
   log "ready in ${elapsed}s (pid $pid, CQL 127.0.0.1:$CQL_PORT, log $LOG_FILE)"
+  if [[ "$TLS" != 0 ]]; then
+    log "TLS ($TLS) on the CQL port; server name $TLS_SERVER_NAME"
+    log "  CA:          $TLS_DIR/ca.pem"
+    log "  client cert: $TLS_DIR/client.pem"
+    log "  client key:  $TLS_DIR/client.key"
+  fi
 }
 
 # --------------------------------------------------------------------------- #

@@ -3,8 +3,10 @@
 #
 # * Apache Cassandra 5 (issue #4): jars from Maven Central into the user's Maven cache
 #   (scripts/cassandra.sh), one throwaway node on loopback; the RunStore conformance suite,
-#   cross-process races and migrations run against it (core/tests/cassandra_store.rs), then the
-#   README's run command is smoke-tested on the embedded store and on Cassandra.
+#   cross-process races and migrations run against it (core/tests/cassandra_store.rs); a second
+#   node with password authentication and mutual TLS checks credentials and TLS
+#   (core/tests/cassandra_secure.rs); then the README's run command is smoke-tested on the
+#   embedded store and on Cassandra.
 # * SeaweedFS (#5) and a Kubernetes test API server (#7) are added by their issues.
 #
 # Tests that need a service fail loudly when it is missing; nothing here is skipped.
@@ -17,10 +19,16 @@ export NEXUS_CASSANDRA_DIR="$cassandra_dir"
 export NEXUS_CASSANDRA_PORT="${NEXUS_CASSANDRA_PORT:-19042}"
 export NEXUS_CASSANDRA_STORAGE_PORT="${NEXUS_CASSANDRA_STORAGE_PORT:-7020}"
 export NEXUS_CASSANDRA_SSL_STORAGE_PORT="${NEXUS_CASSANDRA_SSL_STORAGE_PORT:-7021}"
+secure_dir="$work/cassandra-secure"
+# The second node (password authentication + mutual TLS) uses its own ports and directory.
+secure_env=(NEXUS_CASSANDRA_DIR="$secure_dir" NEXUS_CASSANDRA_PORT=19142
+  NEXUS_CASSANDRA_STORAGE_PORT=7030 NEXUS_CASSANDRA_SSL_STORAGE_PORT=7031
+  NEXUS_CASSANDRA_AUTH=1 NEXUS_CASSANDRA_TLS=mtls NEXUS_CASSANDRA_HEAP_MAX=512m)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   scripts/cassandra.sh stop || true
+  env "${secure_env[@]}" scripts/cassandra.sh stop || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -31,6 +39,15 @@ export NEXUS_TEST_CASSANDRA="127.0.0.1:$NEXUS_CASSANDRA_PORT"
 
 echo "integration: RunStore conformance, races and migrations on the real node"
 cargo test -p nexus-core --features cassandra-tests --test cassandra_store
+
+echo "integration: kill -9 of a standalone nexus on the Cassandra store loses no accepted run"
+cargo test -p nexus-cli --features cassandra-tests --test kill9 kill_9_loses_no_accepted_run_on_cassandra
+
+echo "integration: credentials and (mutual) TLS on a second node"
+env "${secure_env[@]}" scripts/cassandra.sh start
+NEXUS_TEST_CASSANDRA_SECURE=127.0.0.1:19142 NEXUS_TEST_CASSANDRA_TLS_DIR="$secure_dir/tls" \
+  cargo test -p nexus-core --features cassandra-tests --test cassandra_secure
+env "${secure_env[@]}" scripts/cassandra.sh stop
 
 echo "integration: building the release binary and smoke-testing the README run command"
 cargo build --release --quiet

@@ -208,6 +208,41 @@ pub async fn store_phases(
             .await,
         );
     }
+    // What coalescing writes would buy: unlogged batches of 16 rows (one request each).
+    {
+        use scylla::statement::batch::{Batch, BatchStatement, BatchType};
+        const ROWS: usize = 16;
+        let mut st = session
+            .prepare(format!(
+                "INSERT INTO {ks}.raw_insert (id, record) VALUES (?, ?)"
+            ))
+            .await?;
+        st.set_is_idempotent(true);
+        let batch = Arc::new(Batch::new_with_statements(
+            BatchType::Unlogged,
+            vec![BatchStatement::PreparedStatement(st); ROWS],
+        ));
+        eprintln!("cassandra: raw unlogged batches of {ROWS} rows …");
+        let (session, record) = (session.clone(), record.clone());
+        let mut p = closed_loop(
+            "raw insert, unlogged batches of 16 (rows)",
+            concurrency / 4,
+            duration,
+            usize::MAX,
+            move |_| {
+                let (session, batch, record) = (session.clone(), batch.clone(), record.clone());
+                async move {
+                    let values: Vec<_> = (0..ROWS)
+                        .map(|_| (RunId::new().0, record.as_slice()))
+                        .collect();
+                    session.batch(&batch, values).await.is_ok()
+                }
+            },
+        )
+        .await;
+        p.ok *= ROWS;
+        out.push(p);
+    }
     eprintln!("cassandra: store insert …");
     let ids = Arc::new(std::sync::Mutex::new(Vec::new()));
     let (store, ids2) = (scratch.store.clone(), ids.clone());

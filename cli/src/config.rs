@@ -118,7 +118,7 @@ pub enum StoreKind {
     /// SQLite file in the data directory.
     Embedded,
     /// Cassandra / ScyllaDB.
-    Cassandra(nexus_core::store::cassandra::CassandraConfig),
+    Cassandra(Box<nexus_core::store::cassandra::CassandraConfig>),
 }
 
 impl StandaloneConfig {
@@ -133,7 +133,7 @@ impl StandaloneConfig {
         }
         if s.starts_with("cassandra://") || s.starts_with("scylla://") {
             return nexus_core::store::cassandra::CassandraConfig::from_url(s)
-                .map(StoreKind::Cassandra);
+                .map(|c| StoreKind::Cassandra(Box::new(c)));
         }
         Err(format!(
             "'{s}' is neither 'embedded' nor a cassandra://host:9042/keyspace URL"
@@ -260,5 +260,25 @@ mod tests {
         std::fs::write(&f, "log_format: xml\n").unwrap();
         let e = StandaloneConfig::load(Some(&f), &Overrides::default()).unwrap_err();
         assert!(e.contains("log_format"), "{e}");
+    }
+
+    #[test]
+    fn store_url_is_checked() {
+        let mut c = StandaloneConfig::default();
+        assert_eq!(c.store_kind().unwrap(), StoreKind::Embedded);
+        c.store = "cassandra://127.0.0.1:9042/nexus?dc=dc1".into();
+        match c.store_kind().unwrap() {
+            StoreKind::Cassandra(cc) => {
+                assert_eq!(cc.keyspace, "nexus");
+                assert_eq!(cc.local_datacenter.as_deref(), Some("dc1"));
+            }
+            StoreKind::Embedded => panic!("not cassandra"),
+        }
+        c.store = "postgres://db/x".into();
+        let e = c.validate().unwrap_err();
+        assert!(e.contains("store: 'postgres://db/x' is neither"), "{e}");
+        c.store = "cassandra://h/ks?consistency=lots".into();
+        let e = c.validate().unwrap_err();
+        assert!(e.starts_with("store: consistency 'lots'"), "{e}");
     }
 }

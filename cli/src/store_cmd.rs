@@ -21,7 +21,9 @@ pub enum StoreCommand {
     /// Connects and applies the migrations the keyspace lacks (creating it if needed).
     ///
     /// Safe to run while servers start: every statement is idempotent and tables have fixed ids.
-    #[command(after_help = "Example:\n  nexus store migrate --url cassandra://127.0.0.1:9042/nexus")]
+    #[command(
+        after_help = "Example:\n  nexus store migrate --url cassandra://127.0.0.1:9042/nexus"
+    )]
     Migrate {
         /// Store URL, e.g. cassandra://user@db1:9042,db2:9042/nexus?dc=eu1 (password from
         /// NEXUS_CASSANDRA_PASSWORD).

@@ -1,5 +1,7 @@
 //! kill -9 a standalone process holding accepted runs, restart it on the same data directory, and
-//! see every accepted run reach a terminal stage.
+//! see every accepted run reach a terminal stage: on the embedded store, and (integration tier,
+//! feature `cassandra-tests`, `NEXUS_TEST_CASSANDRA=host:port`) on a real Cassandra node, where
+//! the restarted process takes the runs over once the killed one's lease lapses.
 
 mod common;
 
@@ -9,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
-fn spawn_nexus(data: &std::path::Path, port: u16) -> Child {
+fn spawn_nexus(data: &std::path::Path, port: u16, store: Option<&str>) -> Child {
     let cfg = data.join("nexus.yaml");
     std::fs::write(
         &cfg,
@@ -28,6 +30,7 @@ fn spawn_nexus(data: &std::path::Path, port: u16) -> Child {
         .arg(templates())
         .arg("--config")
         .arg(&cfg)
+        .args(store.map(|s| format!("--store={s}")))
         .env("NEXUS_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -46,6 +49,24 @@ async fn ready(http: &reqwest::Client, base: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_no_accepted_run() {
+    kill_9_scenario(None).await;
+}
+
+#[cfg(feature = "cassandra-tests")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_accepted_run_on_cassandra() {
+    let node = std::env::var("NEXUS_TEST_CASSANDRA").expect(
+        "NEXUS_TEST_CASSANDRA=host:port is not set: start a node with scripts/cassandra.sh start \
+         (scripts/integration.sh does it)",
+    );
+    let ks = format!(
+        "t_kill9_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    );
+    kill_9_scenario(Some(&format!("cassandra://{node}/{ks}"))).await;
+}
+
+async fn kill_9_scenario(store: Option<&str>) {
     let data = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -54,7 +75,7 @@ async fn kill_9_loses_no_accepted_run() {
         .port();
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let mut nexus = spawn_nexus(data.path(), port);
+    let mut nexus = spawn_nexus(data.path(), port, store);
     ready(&http, &base).await;
     let mut ids = Vec::new();
     // The workgroup runs 4 at once: most of these wait BUFFERED, a few are RUNNING at the kill.
@@ -74,7 +95,7 @@ async fn kill_9_loses_no_accepted_run() {
     .unwrap();
     nexus.wait().unwrap();
 
-    let mut nexus = spawn_nexus(data.path(), port);
+    let mut nexus = spawn_nexus(data.path(), port, store);
     ready(&http, &base).await;
     let mut completed = 0;
     for (alg, id) in &ids {

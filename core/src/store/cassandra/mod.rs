@@ -62,7 +62,10 @@ use futures::future::{join_all, try_join_all};
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
-use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
+use scylla::errors::{
+    ConnectionError, ConnectionPoolError, ConnectionSetupRequestErrorKind, DbError, ExecutionError,
+    MetadataError, NewSessionError, RequestAttemptError,
+};
 use scylla::policies::load_balancing::DefaultPolicy;
 use scylla::response::query_result::QueryResult;
 use scylla::serialize::row::SerializeRow;
@@ -90,6 +93,8 @@ const VERIFY_CONCURRENCY: usize = 64;
 const REGISTER_EVERY: Duration = Duration::from_secs(3600);
 /// Shortest lifetime of an owner registration or a lease row.
 const MIN_REGISTRATION_TTL: i32 = 24 * 3600;
+/// Shortest TTL of a finished run's rows, in seconds (capped by the retention).
+const MIN_TTL_SECS: u64 = 3600;
 /// The one partition of the `leases` table.
 const LEASE_SCOPE: &str = "leases";
 
@@ -126,6 +131,63 @@ fn classify_db(db: &DbError) -> ErrorKind {
     }
 }
 
+/// Maps a failure to open a session: `Unauthorized` when the node refused the login (wrong or
+/// missing credentials), `Unavailable` otherwise.
+fn connect_err(config: &CassandraConfig, e: &NewSessionError) -> StoreError {
+    use ConnectionSetupRequestErrorKind as K;
+    let at = config.contact_points.join(",");
+    // The control connection's set-up failure, which is where a node refuses a client.
+    let setup = match e {
+        NewSessionError::MetadataError(MetadataError::ConnectionPoolError(
+            ConnectionPoolError::Broken {
+                last_connection_error: ConnectionError::ConnectionSetupRequestError(s),
+            },
+        )) => Some(&s.error),
+        _ => None,
+    };
+    let no_client_cert = config.tls.as_ref().is_none_or(|t| t.cert.is_none());
+    match setup {
+        Some(K::MissingAuthentication) => StoreError::backend(
+            ErrorKind::Unauthorized,
+            format!(
+                "Cassandra at {at} requires authentication: put the user name in the store URL \
+                 (cassandra://<user>@host/...) and the password in NEXUS_CASSANDRA_PASSWORD"
+            ),
+        ),
+        Some(
+            K::DbError(DbError::AuthenticationError, _)
+            | K::StartAuthSessionError(_)
+            | K::AuthChallengeEvaluationError(_)
+            | K::AuthFinishError(_),
+        ) => StoreError::backend(
+            ErrorKind::Unauthorized,
+            format!(
+                "Cassandra at {at} refused the login of user '{}': {e}",
+                config.username.as_deref().unwrap_or_default()
+            ),
+        ),
+        // A TLS-only port resets a plain connection as soon as the driver speaks; a node
+        // requiring client certificates ends the handshake (with TLS 1.3 after the client
+        // already sent its first request, so the driver may only see a broken connection).
+        Some(K::BrokenConnection(_)) if no_client_cert => {
+            let hint = if config.tls.is_none() {
+                "if the nodes require TLS, add tls=true&ca=<CA bundle> to the store URL"
+            } else {
+                "if the nodes require client certificates, add cert=<PEM>&key=<PEM> to the \
+                 store URL"
+            };
+            StoreError::backend(
+                ErrorKind::Unavailable,
+                format!("cannot connect to Cassandra at {at}: {e} ({hint})"),
+            )
+        }
+        _ => StoreError::backend(
+            ErrorKind::Unavailable,
+            format!("cannot connect to Cassandra at {at}: {e}"),
+        ),
+    }
+}
+
 fn exec_err(what: &str, e: &ExecutionError) -> StoreError {
     StoreError::backend(classify(e), format!("cassandra {what}: {e}"))
 }
@@ -146,7 +208,8 @@ fn encode(run: &Run) -> Result<Vec<u8>, StoreError> {
 /// configured).
 ///
 /// # Errors
-/// `Unavailable` when no node can be reached; `InvalidInput` for unreadable TLS files.
+/// `Unavailable` when no node can be reached (TLS failures included); `Unauthorized` when the
+/// node refuses the credentials or requires some; `InvalidInput` for unreadable TLS files.
 pub async fn connect(config: &CassandraConfig) -> Result<Session, StoreError> {
     let mut policy = DefaultPolicy::builder().token_aware(true);
     if let Some(dc) = &config.local_datacenter {
@@ -170,15 +233,7 @@ pub async fn connect(config: &CassandraConfig) -> Result<Session, StoreError> {
     if let Some(t) = &config.tls {
         b = b.tls_context(Some(tls::client_config(t)?));
     }
-    b.build().await.map_err(|e| {
-        StoreError::backend(
-            ErrorKind::Unavailable,
-            format!(
-                "cannot connect to Cassandra at {}: {e}",
-                config.contact_points.join(",")
-            ),
-        )
-    })
+    b.build().await.map_err(|e| connect_err(config, &e))
 }
 
 /// Applies the schema migrations not yet recorded in `schema_migrations`. Safe to run from many
@@ -505,7 +560,7 @@ impl CassandraRunStore {
     }
 
     /// TTL in seconds for `run`'s rows: 0 (none) while it is live; the retention left after it
-    /// finished once it is terminal (at least 1 s).
+    /// finished once it is terminal (at least an hour, or the retention if shorter).
     fn ttl_for(&self, run: &Run) -> i32 {
         if !run.stage.is_terminal() {
             return 0;
@@ -514,7 +569,10 @@ impl CassandraRunStore {
         let left_ms = i64::try_from(self.retention.as_millis())
             .unwrap_or(i64::MAX)
             .saturating_sub(now_millis().saturating_sub(finished));
-        i32::try_from((left_ms / 1000).max(1)).unwrap_or(i32::MAX)
+        // A run imported with an old `finished_at` still lives a while (never a TTL of ~0).
+        let floor = self.retention.as_secs().min(MIN_TTL_SECS);
+        let left = u64::try_from(left_ms / 1000).unwrap_or(0).max(floor);
+        i32::try_from(left).unwrap_or(i32::MAX)
     }
 
     fn registration_ttl(&self) -> i32 {
@@ -689,10 +747,7 @@ impl CassandraRunStore {
     }
 
     /// Values of the `SET stage, owner, tag, version, record` part of the run updates.
-    fn row_values(
-        run: &Run,
-        version: i64,
-    ) -> Result<RowValues, StoreError> {
+    fn row_values(run: &Run, version: i64) -> Result<RowValues, StoreError> {
         Ok((
             run.stage.as_str().to_owned(),
             run.owner.clone(),
@@ -1066,7 +1121,10 @@ mod tests {
     fn driver_errors_map_to_kinds() {
         use scylla::statement::Consistency;
         let cases = [
-            (ExecutionError::RequestTimeout(Duration::from_secs(1)), ErrorKind::Timeout),
+            (
+                ExecutionError::RequestTimeout(Duration::from_secs(1)),
+                ErrorKind::Timeout,
+            ),
             (ExecutionError::EmptyPlan, ErrorKind::Unavailable),
             (
                 db(DbError::Unavailable {
