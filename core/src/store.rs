@@ -82,6 +82,31 @@ impl StoreError {
     }
 }
 
+/// The compare-and-set precondition every backend applies, in the contract's order: the stored
+/// stage must be `from` (else `Conflict`), and `from → to` must be legal (else
+/// `IllegalTransition`).
+///
+/// # Errors
+/// As above.
+pub fn check_transition(
+    id: RunId,
+    stored: Stage,
+    from: Stage,
+    to: Stage,
+) -> Result<(), StoreError> {
+    if stored != from {
+        return Err(StoreError::Conflict {
+            id,
+            current: stored,
+            expected: from,
+        });
+    }
+    if !from.can_transition_to(to) {
+        return Err(StoreError::IllegalTransition { from, to });
+    }
+    Ok(())
+}
+
 /// Result of [`RunStore::insert`].
 // Short-lived return value: boxing the rare `Existing` case buys nothing measurable.
 #[allow(clippy::large_enum_variant)]

@@ -100,16 +100,7 @@ impl RunStore for InMemoryRunStore {
     ) -> Result<Run, StoreError> {
         let mut st = self.lock();
         let (_, run) = st.runs.get_mut(&id).ok_or(StoreError::NotFound(id))?;
-        if run.stage != from {
-            return Err(StoreError::Conflict {
-                id,
-                current: run.stage,
-                expected: from,
-            });
-        }
-        if !from.can_transition_to(to) {
-            return Err(StoreError::IllegalTransition { from, to });
-        }
+        super::check_transition(id, run.stage, from, to)?;
         patch.apply(run, to, now_millis());
         Ok(run.clone())
     }

@@ -259,16 +259,7 @@ impl RunStore for SqliteRunStore {
     ) -> Result<Run, StoreError> {
         self.write(move |conn| {
             let mut run = load(conn, id)?.ok_or(StoreError::NotFound(id))?;
-            if run.stage != from {
-                return Err(StoreError::Conflict {
-                    id,
-                    current: run.stage,
-                    expected: from,
-                });
-            }
-            if !from.can_transition_to(to) {
-                return Err(StoreError::IllegalTransition { from, to });
-            }
+            super::check_transition(id, run.stage, from, to)?;
             patch.apply(&mut run, to, now_millis());
             update(conn, &run)?;
             Ok(run)

@@ -1005,16 +1005,7 @@ impl RunStore for CassandraRunStore {
         patch: RunPatch,
     ) -> Result<Run, StoreError> {
         self.update(id, |stored| {
-            if stored.stage != from {
-                return Err(StoreError::Conflict {
-                    id,
-                    current: stored.stage,
-                    expected: from,
-                });
-            }
-            if !from.can_transition_to(to) {
-                return Err(StoreError::IllegalTransition { from, to });
-            }
+            super::check_transition(id, stored.stage, from, to)?;
             let mut run = stored.clone();
             patch.apply(&mut run, to, now_millis());
             Ok(run)
