@@ -246,6 +246,9 @@ commitlog_sync: periodic
 commitlog_sync_period: 10000ms
 # dev node: no snapshot on DROP/TRUNCATE, so disk is freed immediately
 auto_snapshot: false
+# Paxos v2 (Cassandra 4.1+): 2 round trips instead of 4 for an uncontended lightweight
+# transaction and far fewer contention timeouts; what the Nexus docs recommend for production.
+paxos_variant: ${NEXUS_CASSANDRA_PAXOS:-v2}
 EOF
   if [[ "$TLS" != 0 ]]; then
     local client_auth=false

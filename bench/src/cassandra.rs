@@ -5,13 +5,14 @@
 //! (`<keyspace>_<random>`, dropped at the end):
 //! 1. **raw insert**: one prepared `INSERT INTO raw_insert (id, record)` per op, with a record of
 //!    the size an accepted run's record has: the limit of this driver on this node.
-//! 2. **LWT insert**: the same with `IF NOT EXISTS` (what a Paxos round costs, for reference).
-//! 3. **store insert**: `CassandraRunStore::insert` of a BUFFERED run with an owner, as the
+//! 2. **accept**: `POST /algorithm/v1/run/knapsack` (1 KiB payload) to standalone Nexus using
+//!    this store, closed loop (right after the raw phase: their ratio is the target).
+//! 3. **LWT insert**: the same with `IF NOT EXISTS` (what a Paxos round costs, for reference).
+//! 4. **unlogged batches**: the raw insert in batches of 16 rows (what coalescing would buy).
+//! 5. **store insert**: `CassandraRunStore::insert` of a BUFFERED run with an owner, as the
 //!    scheduler does on accept (id check + owner lookup row, then the run row).
-//! 4. **store transition**: BUFFERED → RUNNING compare-and-sets (LWT) on the runs just inserted.
-//! 5. **accept**: `POST /algorithm/v1/run/knapsack` (1 KiB payload) to standalone Nexus using
-//!    this store, closed loop.
-//! 6. **e2e** (with `--e2e`): submit → COMPLETED → result, instant in-process algorithm.
+//! 6. **store transition**: BUFFERED → RUNNING compare-and-sets (LWT) on the runs just inserted.
+//! 7. **e2e** (with `--e2e`): submit → COMPLETED → result, instant in-process algorithm.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -159,11 +160,16 @@ fn accepted_run() -> nexus_core::run::Run {
 }
 
 /// Phases 1–4 on `scratch`.
+/// `after_raw` (the accept phase) runs right after the raw insert phase, so that the two figures
+/// whose ratio is the target are measured back to back, before the node compacts what the
+/// other phases wrote.
 pub async fn store_phases(
     scratch: &Scratch,
     concurrency: usize,
     duration: Duration,
+    after_raw: impl std::future::Future<Output = anyhow::Result<Phase>>,
 ) -> anyhow::Result<Vec<Phase>> {
+    let mut after_raw = Some(after_raw);
     let session = scratch.store.session().clone();
     let ks = &scratch.keyspace;
     session
@@ -207,6 +213,9 @@ pub async fn store_phases(
             })
             .await,
         );
+        if let Some(f) = after_raw.take() {
+            out.push(f.await?);
+        }
     }
     // What coalescing writes would buy: unlogged batches of 16 rows (one request each).
     {
