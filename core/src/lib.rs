@@ -8,6 +8,7 @@ pub mod executor;
 pub mod http;
 pub mod payload;
 pub mod render;
+pub mod request_split;
 pub mod run;
 pub mod shard;
 pub mod sign;

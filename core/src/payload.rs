@@ -12,7 +12,9 @@
 //!
 //! Backends: [`FsPayloadStore`] (a file per object), [`SqliteObjectStore`] (rows of one SQLite
 //! file with group commit; mints no URLs), [`TieredPayloadStore`] (small objects in the latter,
-//! big ones in the former: what standalone uses), [`InMemoryPayloadStore`] (test fake).
+//! big ones in the former: what standalone uses), [`S3PayloadStore`] (AWS S3 or any
+//! S3-compatible store, SigV4 presigned URLs: distributed mode), [`InMemoryPayloadStore`] (test
+//! fake).
 
 use std::time::Duration;
 
@@ -23,6 +25,7 @@ use crate::error::ErrorKind;
 
 pub mod fs;
 pub mod memory;
+pub mod s3;
 pub mod sqlite;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod test_suite;
@@ -30,6 +33,7 @@ pub mod tiered;
 
 pub use fs::FsPayloadStore;
 pub use memory::InMemoryPayloadStore;
+pub use s3::{S3Config, S3PayloadStore};
 pub use sqlite::SqliteObjectStore;
 pub use tiered::TieredPayloadStore;
 

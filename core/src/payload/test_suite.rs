@@ -2,9 +2,14 @@
 //!
 //! Call [`run_all`] from a backend's tests (with a fresh, empty store), or the per-aspect
 //! functions one by one. Every function panics on a contract violation.
+//!
+//! [`signed_urls_over_http`] is not part of [`run_all`]: it needs the URLs to be served (by the
+//! object store itself, or by a Nexus HTTP server for the filesystem store) and a [`PlainHttp`]
+//! client to fetch them with.
 
 use std::time::Duration;
 
+use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{Keys, PayloadStore};
@@ -158,4 +163,90 @@ pub async fn signed_urls(store: &dyn PayloadStore) {
     assert!(!get.is_empty(), "empty GET URL");
     assert!(!put.is_empty(), "empty PUT URL");
     assert_ne!(get, put, "GET and PUT URLs must differ");
+}
+
+/// A plain HTTP client (no credentials, no retries), for [`signed_urls_over_http`].
+#[async_trait]
+pub trait PlainHttp: Send + Sync {
+    /// GETs `url`; returns the status and the body.
+    async fn get(&self, url: &str) -> (u16, Bytes);
+    /// PUTs `body` to `url`; returns the status.
+    async fn put(&self, url: &str, body: Bytes) -> u16;
+}
+
+/// Alters one character of a URL's signature, which both SigV4 presigned URLs and Nexus's own
+/// signed URLs end with (8 characters from the end lies inside a 64-hex or 43-base64 signature,
+/// where every character carries full bits).
+#[must_use]
+pub fn tamper_signature(url: &str) -> String {
+    let mut chars: Vec<char> = url.chars().collect();
+    let i = chars.len().saturating_sub(8);
+    chars[i] = if chars[i] == 'a' { 'b' } else { 'a' };
+    chars.into_iter().collect()
+}
+
+/// Signed URLs work with a plain HTTP client: a GET URL reads the object; a PUT URL writes it;
+/// an altered signature, another key, the other method or an expired URL is refused with 403.
+///
+/// Takes a few seconds: it waits for a one-second URL to expire.
+pub async fn signed_urls_over_http(store: &dyn PayloadStore, http: &dyn PlainHttp) {
+    let key = Keys::result("algo-1", &uuid::Uuid::new_v4().to_string());
+    let data = Bytes::from_static(b"{\"answer\": 42}");
+    store.put(&key, data.clone()).await.expect("put");
+
+    let get = store
+        .signed_get_url(&key, Duration::from_secs(300))
+        .await
+        .expect("signed get url");
+    assert_eq!(http.get(&get).await, (200, data.clone()), "GET {get}");
+
+    let forged = tamper_signature(&get);
+    assert_ne!(forged, get);
+    assert_eq!(
+        http.get(&forged).await.0,
+        403,
+        "altered signature: {forged}"
+    );
+
+    let other = Keys::result("algo-1", &uuid::Uuid::new_v4().to_string());
+    store
+        .put(&other, Bytes::from_static(b"other"))
+        .await
+        .expect("put other");
+    let moved = get.replacen(&key, &other, 1);
+    assert_ne!(moved, get, "the key must appear in the URL");
+    assert_eq!(
+        http.get(&moved).await.0,
+        403,
+        "URL moved to another key: {moved}"
+    );
+
+    let put = store
+        .signed_put_url(&key, Duration::from_secs(300))
+        .await
+        .expect("signed put url");
+    assert_eq!(http.get(&put).await.0, 403, "a PUT URL used to GET: {put}");
+    let uploaded = Bytes::from(vec![0xA5u8; 100 * 1024]);
+    let status = http.put(&put, uploaded.clone()).await;
+    assert!((200..300).contains(&status), "PUT {put}: {status}");
+    assert_eq!(
+        store.get(&key).await.expect("get after PUT"),
+        Some(uploaded)
+    );
+    assert_eq!(
+        http.put(&tamper_signature(&put), Bytes::from_static(b"x"))
+            .await,
+        403,
+        "PUT with an altered signature"
+    );
+
+    let short = store
+        .signed_get_url(&key, Duration::from_secs(1))
+        .await
+        .expect("short signed get url");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(http.get(&short).await.0, 403, "expired URL: {short}");
+
+    store.delete(&key).await.expect("delete");
+    store.delete(&other).await.expect("delete other");
 }

@@ -1,0 +1,735 @@
+//! S3 [`PayloadStore`] on `aws-sdk-s3`: AWS S3 or any S3-compatible store, presigned URLs.
+//!
+//! Configured by an `s3://bucket/prefix?...` URL ([`S3Config`], options in [`config`]'s docs).
+//!
+//! # Key layout
+//!
+//! The object of key `k` is stored at `<prefix>/<h>/<k>`, where `<h>` is the first byte of
+//! SHA-256(`k`) in two hex digits ([`object_key`]). S3 partitions a bucket by key prefix and
+//! scales request rates per partition (about 3 500 writes and 5 500 reads per second per
+//! prefix); Nexus's keys (`payloads/<algorithm>/<run id>`) share long prefixes and run ids are
+//! time-ordered UUIDv7, so without the hash every write of a busy algorithm would hit the same,
+//! newest partition. 256 hash prefixes spread the load from the first request, before S3 has
+//! split anything, and still leave the original key readable after the hash (an operator can
+//! find `results/knapsack/<id>` under `<prefix>/*/results/knapsack/<id>`, or compute `<h>`).
+//!
+//! # Writes
+//!
+//! An object of up to `multipart_threshold` bytes (16 MiB by default) is one `PutObject`.
+//! A bigger one is a multipart upload: `CreateMultipartUpload`, then `UploadPart`s of
+//! `part_size` (8 MiB by default, grown if an object would need more than 10 000 parts), at most
+//! [`PART_CONCURRENCY`] in flight, each a zero-copy slice of the caller's [`Bytes`], then
+//! `CompleteMultipartUpload`. Either way the object appears whole or not at all, and a `put`
+//! that returned is durable (S3 acknowledges only stored objects). When a part or the completion
+//! fails, the upload is aborted before the error is returned; when the `put` future is dropped
+//! midway (caller cancelled), the abort is sent from a spawned task. Buckets should still carry
+//! a lifecycle rule `AbortIncompleteMultipartUpload` (e.g. after 1 day) for uploads cut short by
+//! a crash.
+//!
+//! # Retries and time limits
+//!
+//! The SDK retries in its *standard* mode: `max_attempts` attempts per request (5 by default),
+//! exponential back-off from `retry_backoff` (1 s) with full jitter, capped at 20 s; it retries
+//! throttling (`503 SlowDown`, `Throttling`, `429`...), transient errors (`500`, `502`, `503`,
+//! `504`, `InternalError`, `RequestTimeout`) and I/O failures, within the SDK's retry quota.
+//! Every request is idempotent here (a part or an object is simply written again). `timeout`
+//! (30 s) limits one attempt, `connect_timeout` (5 s) a connection; the SDK's stalled-stream
+//! protection fails transfers that stop moving.
+//!
+//! # Errors
+//!
+//! One function, `kind_of`, gives every failure its [`ErrorKind`] (after the retries):
+//!
+//! | failure | kind |
+//! |---|---|
+//! | `NoSuchKey` | `NotFound` (`get`: `Ok(None)`; `delete`: success) |
+//! | `NoSuchBucket`, wrong region (`PermanentRedirect`, `AuthorizationHeaderMalformed`), `5xx`, `404` without `NoSuchKey`, connection/DNS/TLS failure | `Unavailable` |
+//! | `InvalidAccessKeyId`, `SignatureDoesNotMatch`, `ExpiredToken`, `InvalidToken`, `NotSignedUp`, no credentials found | `Unauthorized` |
+//! | `AccessDenied`, other `403` | `Forbidden` |
+//! | `SlowDown`, `Throttling`, `429`... | `ResourceExhausted` |
+//! | attempt timeout, connect timeout, `RequestTimeout` | `Timeout` |
+//! | `KeyTooLongError`, `InvalidArgument`, `EntityTooLarge`, an invalid key | `InvalidInput` |
+//! | anything else | `Internal` |
+//!
+//! Only `NoSuchKey` means "not found": a missing bucket, a refused credential or an unreachable
+//! endpoint is an error, never `Ok(None)`. Messages name the operation, the key and the bucket,
+//! say what to check (bucket name, region, credentials, permissions) and end with S3's status,
+//! error code and message, or the chain of causes of a failure without an answer.
+//!
+//! # Signed URLs
+//!
+//! [`PayloadStore::signed_get_url`] and [`PayloadStore::signed_put_url`] are SigV4 presigned
+//! `GetObject` / `PutObject` URLs, checked by S3 itself: a plain HTTP client can use them, an
+//! altered one is refused with `403`. SigV4 caps their validity at 7 days: a longer `valid_for`
+//! is clamped to 7 days (with a warning in the log), and a validity under a second is rounded
+//! up to one. A URL is also only as valid as the credentials that signed it: with temporary
+//! credentials (web identity, instance metadata, ECS) S3 refuses it once that session expires,
+//! which can be sooner; mint long-lived URLs with long-lived keys.
+//!
+//! What this module must not do: expose SDK types beyond it, or read an object's bytes more
+//! than once into memory (parts are slices of the caller's buffer; a `get` gathers the body
+//! once).
+
+pub mod config;
+#[cfg(test)]
+mod test_server;
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use bytes::Bytes;
+use futures::{StreamExt as _, TryStreamExt as _};
+use sha2::{Digest as _, Sha256};
+
+pub use config::{
+    ACCESS_KEY_ENV, DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PART_SIZE, MAX_PARTS, MAX_SINGLE_PUT,
+    MIN_PART_SIZE, S3Config, SECRET_KEY_ENV,
+};
+
+use super::fs::validate_key;
+use super::{PayloadError, PayloadStore};
+use crate::error::ErrorKind;
+
+/// Most parts of one multipart upload in flight at once.
+pub const PART_CONCURRENCY: usize = 4;
+/// Longest validity of a SigV4 presigned URL: 7 days.
+pub const MAX_URL_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Returns the S3 object key of payload key `key`: `<prefix>/<h>/<key>`, `<h>` being the first
+/// byte of SHA-256(`key`) in hex (see the module docs for why); `<h>/<key>` without a prefix.
+#[must_use]
+pub fn object_key(prefix: &str, key: &str) -> String {
+    let h = Sha256::digest(key.as_bytes())[0];
+    if prefix.is_empty() {
+        format!("{h:02x}/{key}")
+    } else {
+        format!("{prefix}/{h:02x}/{key}")
+    }
+}
+
+/// S3 payload store; see the module docs.
+#[derive(Clone)]
+pub struct S3PayloadStore {
+    client: Client,
+    bucket: String,
+    prefix: String,
+    multipart_threshold: u64,
+    part_size: u64,
+    /// For messages: the endpoint, or "AWS S3".
+    endpoint: String,
+    timeout: Duration,
+    max_attempts: u32,
+}
+
+impl fmt::Debug for S3PayloadStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3PayloadStore")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("multipart_threshold", &self.multipart_threshold)
+            .field("part_size", &self.part_size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an S3 call's failure looked like: just what decides its [`ErrorKind`] and its hint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure<'a> {
+    /// S3 answered with an error status and, usually, an error code.
+    Service { status: u16, code: Option<&'a str> },
+    /// An attempt or a connection ran out of time.
+    Timeout,
+    /// No credentials could be found (static ones absent, the default chain empty).
+    NoCredentials,
+    /// The request never got an answer: connection refused, DNS, TLS, I/O.
+    Dispatch,
+    /// The request could not be built.
+    Construction,
+    /// S3's answer could not be understood.
+    BadResponse { status: u16 },
+    /// The object's body broke off while being read.
+    Body,
+}
+
+/// Gives a failure its kind: the one mapping from S3 failures to [`ErrorKind`].
+fn kind_of(failure: Failure<'_>) -> ErrorKind {
+    match failure {
+        Failure::Service { status, code } => match code.unwrap_or_default() {
+            "NoSuchKey" => ErrorKind::NotFound,
+            "NoSuchBucket"
+            | "PermanentRedirect"
+            | "AuthorizationHeaderMalformed"
+            | "IllegalLocationConstraintException"
+            | "InternalError"
+            | "ServiceUnavailable" => ErrorKind::Unavailable,
+            "InvalidAccessKeyId"
+            | "SignatureDoesNotMatch"
+            | "ExpiredToken"
+            | "InvalidToken"
+            | "TokenRefreshRequired"
+            | "MissingSecurityHeader"
+            | "NotSignedUp" => ErrorKind::Unauthorized,
+            "AccessDenied" | "AllAccessDisabled" | "AccountProblem" => ErrorKind::Forbidden,
+            "SlowDown"
+            | "Throttling"
+            | "ThrottlingException"
+            | "RequestLimitExceeded"
+            | "RequestThrottled"
+            | "TooManyRequests"
+            | "TooManyRequestsException"
+            | "BandwidthLimitExceeded" => ErrorKind::ResourceExhausted,
+            "RequestTimeout" => ErrorKind::Timeout,
+            "KeyTooLongError" | "InvalidArgument" | "EntityTooLarge" | "InvalidBucketName" => {
+                ErrorKind::InvalidInput
+            }
+            _ => match status {
+                401 => ErrorKind::Unauthorized,
+                403 => ErrorKind::Forbidden,
+                408 => ErrorKind::Timeout,
+                409 | 412 => ErrorKind::Conflict,
+                429 => ErrorKind::ResourceExhausted,
+                // A 404 without NoSuchKey (a HEAD, a proxy, a wrong endpoint path) is not
+                // evidence that the object is missing.
+                301 | 307 | 404 | 500..=599 => ErrorKind::Unavailable,
+                _ => ErrorKind::Internal,
+            },
+        },
+        Failure::Timeout => ErrorKind::Timeout,
+        Failure::NoCredentials => ErrorKind::Unauthorized,
+        Failure::Dispatch | Failure::Body => ErrorKind::Unavailable,
+        Failure::BadResponse { status } if status >= 500 => ErrorKind::Unavailable,
+        Failure::Construction | Failure::BadResponse { .. } => ErrorKind::Internal,
+    }
+}
+
+/// Reduces an SDK error to a [`Failure`].
+fn failure_of<E>(err: &SdkError<E>) -> Failure<'_>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match err {
+        SdkError::ServiceError(e) => Failure::Service {
+            status: e.raw().status().as_u16(),
+            code: e.err().code(),
+        },
+        SdkError::TimeoutError(_) => Failure::Timeout,
+        SdkError::DispatchFailure(e) if e.is_timeout() => Failure::Timeout,
+        // Credentials are resolved just before sending: a failure there is a dispatch failure.
+        SdkError::DispatchFailure(_) if caused_by_credentials(err) => Failure::NoCredentials,
+        SdkError::DispatchFailure(_) => Failure::Dispatch,
+        SdkError::ResponseError(e) => Failure::BadResponse {
+            status: e.raw().status().as_u16(),
+        },
+        SdkError::ConstructionFailure(_) if caused_by_credentials(err) => Failure::NoCredentials,
+        _ => Failure::Construction,
+    }
+}
+
+/// True when a credentials provider error is in `err`'s source chain.
+fn caused_by_credentials(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if e.is::<aws_credential_types::provider::error::CredentialsError>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+/// `err` and its sources, joined by ": " (without the SDK's debug dump of the raw response).
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if parts.last() != Some(&s) {
+            parts.push(s);
+        }
+        cur = e.source();
+    }
+    parts.join(": ")
+}
+
+/// Validity of a presigned URL: S3's range, whole seconds (see the module docs).
+fn url_validity(valid_for: Duration) -> Duration {
+    let secs = valid_for.as_secs() + u64::from(valid_for.subsec_nanos() > 0);
+    let v = Duration::from_secs(secs.max(1));
+    if v > MAX_URL_VALIDITY {
+        tracing::warn!(
+            requested = %humantime::format_duration(valid_for),
+            "S3 presigned URLs are valid for at most 7 days: clamped"
+        );
+        MAX_URL_VALIDITY
+    } else {
+        v
+    }
+}
+
+impl S3PayloadStore {
+    /// Builds the client: credentials and region from the config or the AWS chains, retries and
+    /// time limits as described in the module docs. Sends no request (a missing bucket shows up
+    /// at the first operation).
+    ///
+    /// # Errors
+    /// `InvalidInput` when the config is invalid or no region can be found.
+    pub async fn open(config: &S3Config) -> Result<Self, PayloadError> {
+        config
+            .validate()
+            .map_err(|m| PayloadError::new(ErrorKind::InvalidInput, m))?;
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(config.max_attempts)
+                    .with_initial_backoff(config.retry_backoff),
+            )
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(config.connect_timeout)
+                    .operation_attempt_timeout(config.timeout)
+                    .build(),
+            );
+        if let Some(r) = &config.region {
+            loader = loader.region(Region::new(r.clone()));
+        }
+        if let (Some(a), Some(s)) = (&config.access_key, &config.secret_key) {
+            loader =
+                loader.credentials_provider(Credentials::new(a, s, None, None, "nexus-s3-config"));
+        }
+        let shared = loader.load().await;
+        if shared.region().is_none() {
+            return Err(PayloadError::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "no AWS region for bucket '{}': set the payload store URL's region option \
+                     or AWS_REGION",
+                    config.bucket
+                ),
+            ));
+        }
+        let mut builder =
+            aws_sdk_s3::config::Builder::from(&shared).force_path_style(config.path_style);
+        if let Some(e) = &config.endpoint {
+            builder = builder.endpoint_url(e);
+        }
+        Ok(Self {
+            client: Client::from_conf(builder.build()),
+            bucket: config.bucket.clone(),
+            prefix: config.prefix.clone(),
+            multipart_threshold: config.multipart_threshold,
+            part_size: config.part_size,
+            endpoint: config
+                .endpoint
+                .clone()
+                .unwrap_or_else(|| "AWS S3".to_owned()),
+            timeout: config.timeout,
+            max_attempts: config.max_attempts,
+        })
+    }
+
+    /// Bucket of the objects.
+    #[must_use]
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// Creates the bucket if it does not exist yet: for development and tests (production
+    /// buckets are provisioned with their lifecycle rules and permissions).
+    ///
+    /// # Errors
+    /// As any operation (see the module docs).
+    pub async fn create_bucket(&self) -> Result<(), PayloadError> {
+        match self
+            .client
+            .create_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("BucketAlreadyOwnedByYou") => Ok(()),
+            // Some S3-compatible stores say this for a bucket of the caller's too: usable if
+            // the credentials can reach it.
+            Err(e) if e.code() == Some("BucketAlreadyExists") => self
+                .client
+                .head_bucket()
+                .bucket(&self.bucket)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|_| self.sdk_error("create bucket", "", &e)),
+            Err(e) => Err(self.sdk_error("create bucket", "", &e)),
+        }
+    }
+
+    /// The S3 key of payload key `key` (validated).
+    fn object(&self, key: &str) -> Result<String, PayloadError> {
+        validate_key(key)?;
+        Ok(object_key(&self.prefix, key))
+    }
+
+    /// Builds the error of a failed `op` on `key`: kind from [`kind_of`], message with a hint.
+    fn error(
+        &self,
+        op: &str,
+        key: &str,
+        failure: Failure<'_>,
+        detail: &dyn fmt::Display,
+    ) -> PayloadError {
+        let kind = kind_of(failure);
+        let bucket = &self.bucket;
+        let code = match failure {
+            Failure::Service { code, .. } => code.unwrap_or_default(),
+            _ => "",
+        };
+        let hint = match (kind, code) {
+            (_, "NoSuchBucket") => format!(
+                "bucket '{bucket}' does not exist at {}: create it, or fix the bucket of the \
+                 payload store URL",
+                self.endpoint
+            ),
+            (
+                _,
+                "PermanentRedirect"
+                | "AuthorizationHeaderMalformed"
+                | "IllegalLocationConstraintException",
+            ) => format!(
+                "bucket '{bucket}' is in another region than requests are signed for: set the \
+                 payload store URL's region option"
+            ),
+            (ErrorKind::Unauthorized, _) if failure == Failure::NoCredentials => format!(
+                "no S3 credentials: set access_key and secret_key ({ACCESS_KEY_ENV}, \
+                 {SECRET_KEY_ENV}), or provide AWS credentials (environment, profile, web \
+                 identity, instance metadata)"
+            ),
+            (ErrorKind::Unauthorized, _) => format!(
+                "{} refused the credentials: check the access and secret key ({ACCESS_KEY_ENV}, \
+                 {SECRET_KEY_ENV}) or the AWS credential chain",
+                self.endpoint
+            ),
+            (ErrorKind::Forbidden, _) => format!(
+                "access to bucket '{bucket}' denied: the credentials need s3:GetObject, \
+                 s3:PutObject, s3:DeleteObject and s3:AbortMultipartUpload on it (and the \
+                 system clock must be right)"
+            ),
+            (ErrorKind::ResourceExhausted, _) => format!(
+                "S3 is throttling requests to bucket '{bucket}' (after {} attempts with \
+                 back-off)",
+                self.max_attempts
+            ),
+            (ErrorKind::Timeout, _) => format!(
+                "no answer from {} within {} (or the connection timeout)",
+                self.endpoint,
+                humantime::format_duration(self.timeout)
+            ),
+            (ErrorKind::Unavailable, _) if failure == Failure::Dispatch => {
+                format!("cannot reach {}", self.endpoint)
+            }
+            (ErrorKind::Unavailable, _) if failure == Failure::Body => {
+                "the object's body broke off while being read".to_owned()
+            }
+            (ErrorKind::Unavailable, _) => format!("{} is unavailable", self.endpoint),
+            (ErrorKind::NotFound, _) => "no such object".to_owned(),
+            _ => "unexpected failure".to_owned(),
+        };
+        let what = if key.is_empty() {
+            format!("s3 {op} of bucket '{bucket}'")
+        } else {
+            format!("s3 {op} of '{key}' in bucket '{bucket}'")
+        };
+        PayloadError::new(kind, format!("{what}: {hint}: {detail}"))
+    }
+
+    /// [`Self::error`] for an SDK error.
+    fn sdk_error<E>(&self, op: &str, key: &str, err: &SdkError<E>) -> PayloadError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let detail = match err {
+            SdkError::ServiceError(e) => {
+                let status = e.raw().status().as_u16();
+                let code = e.err().code().unwrap_or("no error code");
+                match e.err().message() {
+                    Some(m) => format!("{status} {code}: {m}"),
+                    None => format!("{status} {code}"),
+                }
+            }
+            _ => chain(err),
+        };
+        self.error(op, key, failure_of(err), &detail)
+    }
+
+    async fn put_single(&self, key: &str, object: &str, bytes: Bytes) -> Result<(), PayloadError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(object)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(|e| self.sdk_error("put", key, &e))?;
+        Ok(())
+    }
+
+    async fn put_multipart(
+        &self,
+        key: &str,
+        object: &str,
+        bytes: Bytes,
+    ) -> Result<(), PayloadError> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(object)
+            .send()
+            .await
+            .map_err(|e| self.sdk_error("create multipart upload", key, &e))?;
+        let upload_id = created.upload_id().unwrap_or_default().to_owned();
+        if upload_id.is_empty() {
+            return Err(PayloadError::new(
+                ErrorKind::Internal,
+                format!("s3 create multipart upload of '{key}': the answer has no upload id"),
+            ));
+        }
+        let mut guard = AbortOnDrop {
+            store: Some(self.clone()),
+            object: object.to_owned(),
+            upload_id: upload_id.clone(),
+        };
+        let result = self.upload_parts(key, object, &upload_id, bytes).await;
+        if result.is_err() {
+            self.abort(object, &upload_id).await;
+        }
+        // Completed or aborted: nothing left for the guard (if this future is dropped during
+        // the abort above, the guard sends a second one, which is harmless).
+        guard.store = None;
+        result
+    }
+
+    /// Uploads the parts and completes the upload.
+    async fn upload_parts(
+        &self,
+        key: &str,
+        object: &str,
+        upload_id: &str,
+        bytes: Bytes,
+    ) -> Result<(), PayloadError> {
+        let len = bytes.len() as u64;
+        let part_size = self.part_size.max(len.div_ceil(MAX_PARTS));
+        let step = usize::try_from(part_size).unwrap_or(usize::MAX);
+        let parts: Vec<CompletedPart> =
+            futures::stream::iter((0..bytes.len()).step_by(step).enumerate())
+                .map(|(i, start)| {
+                    // Zero-copy: a slice shares the caller's buffer.
+                    let body = bytes.slice(start..bytes.len().min(start.saturating_add(step)));
+                    // At most MAX_PARTS parts (part_size above), so the number fits.
+                    let number = i32::try_from(i + 1).unwrap_or(i32::MAX);
+                    async move {
+                        let out = self
+                            .client
+                            .upload_part()
+                            .bucket(&self.bucket)
+                            .key(object)
+                            .upload_id(upload_id)
+                            .part_number(number)
+                            .body(ByteStream::from(body))
+                            .send()
+                            .await
+                            .map_err(|e| self.sdk_error("upload part", key, &e))?;
+                        let e_tag = out.e_tag().ok_or_else(|| {
+                            PayloadError::new(
+                                ErrorKind::Internal,
+                                format!(
+                                    "s3 upload part {number} of '{key}': the answer has no ETag"
+                                ),
+                            )
+                        })?;
+                        Ok::<_, PayloadError>(
+                            CompletedPart::builder()
+                                .part_number(number)
+                                .e_tag(e_tag)
+                                .build(),
+                        )
+                    }
+                })
+                .buffered(PART_CONCURRENCY)
+                .try_collect()
+                .await?;
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(object)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| self.sdk_error("complete multipart upload", key, &e))?;
+        Ok(())
+    }
+
+    /// Aborts a multipart upload, best effort (a lifecycle rule catches what this misses).
+    async fn abort(&self, object: &str, upload_id: &str) {
+        if let Err(e) = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(object)
+            .upload_id(upload_id)
+            .send()
+            .await
+        {
+            tracing::warn!(
+                bucket = %self.bucket,
+                object,
+                error = %DisplayErrorContext(&e),
+                "cannot abort a failed multipart upload: its parts stay until the bucket's \
+                 lifecycle rule removes them"
+            );
+        }
+    }
+}
+
+/// Aborts a multipart upload when a `put` is dropped before it finished (the caller cancelled).
+struct AbortOnDrop {
+    /// `None` once the upload completed or was aborted.
+    store: Option<S3PayloadStore>,
+    object: String,
+    upload_id: String,
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        let Some(store) = self.store.take() else {
+            return;
+        };
+        let object = std::mem::take(&mut self.object);
+        let upload_id = std::mem::take(&mut self.upload_id);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { store.abort(&object, &upload_id).await });
+        }
+    }
+}
+
+#[async_trait]
+impl PayloadStore for S3PayloadStore {
+    async fn put(&self, key: &str, bytes: Bytes) -> Result<(), PayloadError> {
+        let object = self.object(key)?;
+        if bytes.len() as u64 <= self.multipart_threshold {
+            self.put_single(key, &object, bytes).await
+        } else {
+            self.put_multipart(key, &object, bytes).await
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, PayloadError> {
+        let object = self.object(key)?;
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&object)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => {
+                let err = self.sdk_error("get", key, &e);
+                // Only NoSuchKey maps to NotFound (see kind_of).
+                return if err.kind == ErrorKind::NotFound {
+                    Ok(None)
+                } else {
+                    Err(err)
+                };
+            }
+        };
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| self.error("get", key, Failure::Body, &chain(&e)))?;
+        Ok(Some(body.into_bytes()))
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), PayloadError> {
+        let object = self.object(key)?;
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(&object)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let err = self.sdk_error("delete", key, &e);
+                // S3 deletes unknown keys silently; some compatible stores say NoSuchKey.
+                if err.kind == ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    async fn signed_get_url(&self, key: &str, valid_for: Duration) -> Result<String, PayloadError> {
+        let object = self.object(key)?;
+        let presigning = presigning(valid_for)?;
+        match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&object)
+            .presigned(presigning)
+            .await
+        {
+            Ok(req) => Ok(req.uri().to_owned()),
+            Err(e) => Err(self.sdk_error("presign get", key, &e)),
+        }
+    }
+
+    async fn signed_put_url(&self, key: &str, valid_for: Duration) -> Result<String, PayloadError> {
+        let object = self.object(key)?;
+        let presigning = presigning(valid_for)?;
+        match self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&object)
+            .presigned(presigning)
+            .await
+        {
+            Ok(req) => Ok(req.uri().to_owned()),
+            Err(e) => Err(self.sdk_error("presign put", key, &e)),
+        }
+    }
+}
+
+/// The presigning config for `valid_for` (clamped, see [`url_validity`]).
+fn presigning(valid_for: Duration) -> Result<PresigningConfig, PayloadError> {
+    PresigningConfig::expires_in(url_validity(valid_for)).map_err(|e| {
+        PayloadError::new(
+            ErrorKind::Internal,
+            format!("presigning config: {}", DisplayErrorContext(&e)),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests;
