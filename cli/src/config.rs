@@ -150,7 +150,8 @@ impl StandaloneConfig {
             return Ok(PayloadsKind::Embedded);
         }
         if s.starts_with("s3://") || s.starts_with("s3a://") {
-            return nexus_core::payload::S3Config::from_url(s).map(|c| PayloadsKind::S3(Box::new(c)));
+            return nexus_core::payload::S3Config::from_url(s)
+                .map(|c| PayloadsKind::S3(Box::new(c)));
         }
         Err(format!(
             "'{s}' is neither 'embedded' nor an s3://bucket/prefix URL"
@@ -318,5 +319,19 @@ mod tests {
         c.store = "cassandra://h/ks?consistency=lots".into();
         let e = c.validate().unwrap_err();
         assert!(e.starts_with("store: consistency 'lots'"), "{e}");
+    }
+
+    #[test]
+    fn payloads_url_is_checked() {
+        let mut c = StandaloneConfig::default();
+        assert_eq!(c.payloads_kind().unwrap(), PayloadsKind::Embedded);
+        c.payloads = "s3a://bucket/pre?endpoint=http://127.0.0.1:8333".into();
+        match c.payloads_kind().unwrap() {
+            PayloadsKind::S3(s3) => assert_eq!(s3.bucket, "bucket"),
+            PayloadsKind::Embedded => panic!("not s3"),
+        }
+        c.payloads = "gs://bucket".into();
+        let e = c.validate().unwrap_err();
+        assert!(e.contains("payloads: 'gs://bucket' is neither"), "{e}");
     }
 }
