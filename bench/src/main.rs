@@ -11,6 +11,8 @@
 //!   ([`instant::InstantExecutor`]) that reports over HTTP: completions per second.
 //! * `cassandra` — the run store on a real Cassandra node next to the raw insert rate of the
 //!   same driver on the same node, then `accept` (and `e2e` with `--e2e`) on that store.
+//! * `big-payload` — one large payload (200 MiB by default) through submit → algorithm →
+//!   result on a `nexus standalone` child process, with its peak resident memory.
 //! * `limiter`  — a shard budget held by the dispatcher, alone and shared by 3 schedulers.
 //! * `queue-memory` — resident bytes per queued run.
 //! * `all`      — everything in sequence and a summary against the issue #3 targets.
@@ -18,6 +20,7 @@
 //! Every loop is bounded in time and in count; the HTTP scenarios only target loopback unless a
 //! URL is given explicitly. Micro-benchmarks (criterion) live in `benches/micro.rs`.
 
+mod big_payload;
 mod cassandra;
 mod e2e;
 mod instant;
@@ -135,6 +138,20 @@ enum Cmd {
         /// Also run the end-to-end scenario on the store.
         #[arg(long)]
         e2e: bool,
+    },
+    /// One large payload through submit → algorithm → result, with the server's peak memory
+    /// (needs `cargo build --release -p nexus-cli -p nexus-examples`).
+    BigPayload {
+        /// Payload store of the server: an s3://… URL (keys from NEXUS_S3_ACCESS_KEY_ID /
+        /// NEXUS_S3_SECRET_ACCESS_KEY) or `embedded`.
+        #[arg(long, value_delimiter = ' ', num_args = 1..)]
+        payloads: Vec<String>,
+        /// Run store of the server (default embedded).
+        #[arg(long)]
+        store: Option<String>,
+        /// Payload size in MiB.
+        #[arg(long, default_value_t = 200)]
+        mib: u64,
     },
     /// Shard budget accuracy: dispatch rate alone and with 3 schedulers sharing the budget.
     Limiter {
@@ -268,6 +285,10 @@ fn footer() {
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|| "unknown".to_owned());
     println!("\n{cmd} / {date} / machine: nproc={nproc}, {cpu} / load average {load}");
+}
+
+pub(crate) fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 pub(crate) fn f0(x: f64) -> String {
@@ -1052,6 +1073,17 @@ async fn main() -> anyhow::Result<()> {
                 "accept/raw insert: {:.2} (target ≥ 0.50)",
                 phases[1].rate() / raw
             );
+        }
+        Cmd::BigPayload {
+            payloads,
+            store,
+            mib,
+        } => {
+            let mut runs = Vec::new();
+            for p in &payloads {
+                runs.push(big_payload::run(p, store.as_deref(), mib).await?);
+            }
+            big_payload::print(&runs);
         }
         Cmd::Limiter {
             rate,

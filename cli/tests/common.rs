@@ -16,11 +16,11 @@ pub fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// Returns the directory holding `nexus-demo`, building it when `cargo test` was run for this
-/// package alone.
+/// Returns the directory holding `nexus-demo`, building it (a no-op when it is up to date: a
+/// stale demo from an older checkout would otherwise be used).
 pub fn demo_dir() -> PathBuf {
     let dir = bin_dir();
-    if !dir.join("nexus-demo").exists() {
+    {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let st = std::process::Command::new(cargo)
             .args(["build", "-p", "nexus-examples", "--bin", "nexus-demo"])

@@ -217,3 +217,64 @@ async fn large_payloads_go_through_the_payload_store() {
     );
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_request_without_length_is_spooled_and_reaches_the_algorithm_intact() {
+    use sha2::Digest as _;
+    let data = tempfile::tempdir().unwrap();
+    let h = start_standalone(data.path()).await;
+    let http = reqwest::Client::new();
+    // 3 MiB, sent chunked (no Content-Length): spooled to disk, split, validated, hashed and
+    // streamed to the payload store; the algorithm reports the size and hash it received.
+    let payload = format!(r#"{{"mode": "digest", "blob": "{}"}}"#, "y".repeat(3 << 20));
+    let expected = sha2::Sha256::digest(payload.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
+    let body = format!(r#"{{"tag": "big", "algorithmParameters": {payload}}}"#);
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = body
+        .into_bytes()
+        .chunks(64 * 1024)
+        .map(|c| Ok(c.to_vec()))
+        .collect();
+    let resp = http
+        .post(format!("{}/algorithm/v1/run/chaos", h.url))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let id = resp.json::<serde_json::Value>().await.unwrap()["requestId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let md = get_json(
+        &http,
+        &format!("{}/algorithm/v1/metadata/chaos/requests/{id}", h.url),
+    )
+    .await;
+    assert_eq!(md["payloadSize"].as_u64(), Some(payload.len() as u64), "{md}");
+    assert_eq!(md["tag"], "big", "{md}");
+    let r = wait_terminal(&http, &h.url, "chaos", &id, Duration::from_secs(60)).await;
+    assert_eq!(r["status"], "COMPLETED", "{r}");
+    let result = get_json(&http, r["resultUri"].as_str().unwrap()).await;
+    assert_eq!(result["bytes"].as_u64(), Some(payload.len() as u64), "{result}");
+    assert_eq!(result["sha256"].as_str(), Some(expected.as_str()), "{result}");
+    // A malformed large payload is refused with a message naming the field.
+    let bad = format!(
+        r#"{{"algorithmParameters": {{"blob": "{}", "x": tru}}}}"#,
+        "z".repeat(2 << 20)
+    );
+    let resp = http
+        .post(format!("{}/algorithm/v1/run/chaos", h.url))
+        .header("content-type", "application/json")
+        .body(bad)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let msg = resp.text().await.unwrap();
+    assert!(msg.contains("algorithmParameters"), "{msg}");
+    h.stop().await;
+}

@@ -89,6 +89,38 @@ async fn multipart_upload() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multipart_upload_from_a_reader() {
+    let s = open("mpr", |c| {
+        c.multipart_threshold = 5 * 1024 * 1024 + 1;
+        c.part_size = 5 * 1024 * 1024;
+    })
+    .await;
+    let big = test_suite::generated(12 * 1024 * 1024 + 7, 11);
+    s.put_reader(
+        "results/a/big",
+        test_suite::reader(&big, 65_536),
+        big.len() as u64,
+    )
+    .await
+    .expect("multipart put_reader");
+    let got = s.get("results/a/big").await.expect("get").expect("present");
+    assert!(got == big, "multipart object differs");
+    // One byte short: aborted, the object unchanged.
+    let err = s
+        .put_reader(
+            "results/a/big",
+            test_suite::reader(&big.slice(1..), 65_536),
+            big.len() as u64,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::InvalidInput, "{err}");
+    let got = s.get("results/a/big").await.expect("get").expect("present");
+    assert!(got == big, "a failed put_reader changed the object");
+    s.delete("results/a/big").await.expect("delete");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_secret_is_refused() {
     let mut c = S3Config::from_url(&url()).unwrap_or_else(|e| panic!("{ENV}: {e}"));
     c.secret_key = Some("certainly-not-the-secret".to_owned());

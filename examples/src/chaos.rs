@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::nexus::Outcome;
 
-pub const MODES: &str = "exit, sleep, crash, error, no-complete, succeed, flaky";
+pub const MODES: &str = "exit, sleep, crash, error, no-complete, succeed, digest, flaky";
 
 /// Exit code meaning "transient failure, retry me" (the chaos template lists it
 /// under `errorHandlingBehaviour.transientExitCodes`).
@@ -30,6 +30,9 @@ pub enum Action {
     NoComplete,
     /// `{"mode": "succeed"}`: complete with `{"ok": true}`.
     Succeed,
+    /// `{"mode": "digest", ...}`: complete with `{"bytes": n, "sha256": "<hex>"}` of the payload
+    /// as received, so a client can check that a large payload reached the algorithm intact.
+    Digest,
     /// `{"mode": "flaky", "failUntilAttempt": n}`: exit 75 on attempts `1..n`, succeed on attempt `n`.
     Flaky(u64),
     /// Anything else: complete with an error naming the valid modes.
@@ -67,6 +70,7 @@ pub fn plan(payload: &[u8]) -> Result<Action, String> {
         "error" => Action::Error,
         "no-complete" => Action::NoComplete,
         "succeed" => Action::Succeed,
+        "digest" => Action::Digest,
         "flaky" => Action::Flaky(field_u64(&v, "failUntilAttempt", 3)?.max(1)),
         other => Action::Unknown(other.to_owned()),
     })
@@ -135,6 +139,12 @@ pub fn run(payload: &[u8], request_id: &str) -> Outcome {
             std::process::exit(0);
         }
         Action::Succeed => Outcome::Success(json!({ "ok": true })),
+        Action::Digest => {
+            use sha2::Digest as _;
+            let hash = sha2::Sha256::digest(payload);
+            let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+            Outcome::Success(json!({ "bytes": payload.len(), "sha256": hex }))
+        }
         Action::Flaky(fail_until) => {
             let dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
             let path = marker_path(&dir, request_id);
@@ -171,6 +181,10 @@ mod tests {
     #[test]
     fn plans_every_mode() {
         assert_eq!(plan(br#"{"mode": "exit", "code": 3}"#), Ok(Action::Exit(3)));
+        assert_eq!(
+            plan(br#"{"mode": "digest", "blob": "x"}"#),
+            Ok(Action::Digest)
+        );
         assert_eq!(plan(br#"{"mode": "exit"}"#), Ok(Action::Exit(1)));
         assert_eq!(
             plan(br#"{"mode": "sleep", "seconds": 30}"#),

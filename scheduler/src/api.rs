@@ -26,9 +26,17 @@ use serde::Deserialize;
 use sha2::Digest;
 
 use crate::queue::Queued;
-use crate::{Scheduler, metrics};
+use crate::{Scheduler, metrics, spool};
 
 type S = State<Arc<Scheduler>>;
+
+/// A run's payload as it arrived.
+enum PayloadIn {
+    /// Parsed from a request read into memory.
+    Memory(Vec<u8>),
+    /// Located in a spooled request, validated and hashed.
+    Spooled(spool::SpooledPayload),
+}
 type ApiResult<T> = Result<T, ApiError>;
 
 /// Returns the scheduler's routes (v1 API, payload data route, OpenAPI document).
@@ -156,24 +164,41 @@ async fn create_run(
     Path(alg): Path<String>,
     Query(q): Query<RunQuery>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> ApiResult<Response> {
     let started = Instant::now();
     require_json(&headers)?;
-    let req: v1::AlgorithmRequest = serde_json::from_slice(&body).map_err(|e| {
+    let invalid = |e: serde_json::Error| {
         metrics::rejected("invalid_body");
         ApiError::bad_request(format!("Algorithm payload is invalid: {e}"))
-    })?;
-    let Some(params) = req
-        .algorithm_parameters
-        .as_ref()
-        .filter(|v| v.get().trim() != "null")
-    else {
+    };
+    // Small requests are parsed in memory; big ones are spooled and split (see `spool`).
+    let (req, mut payload_in) = match spool::read_body(&headers, body, s.config.max_request_bytes)
+        .await?
+    {
+        spool::Incoming::Memory(body) => {
+            let req: v1::AlgorithmRequest = serde_json::from_slice(&body).map_err(invalid)?;
+            let bytes = req
+                .algorithm_parameters
+                .as_ref()
+                .filter(|v| v.get().trim() != "null")
+                .map(|p| PayloadIn::Memory(p.get().as_bytes().to_vec()));
+            (req, bytes)
+        }
+        spool::Incoming::Spooled(file) => {
+            let split = tokio::task::spawn_blocking(move || spool::split_spooled(file))
+                .await
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}")))??;
+            let req: v1::AlgorithmRequest = serde_json::from_slice(&split.rest).map_err(invalid)?;
+            (req, split.payload.map(PayloadIn::Spooled))
+        }
+    };
+    if payload_in.is_none() {
         metrics::rejected("invalid_body");
         return Err(ApiError::bad_request(
             "Algorithm payload is invalid: algorithmParameters is required (any JSON object)",
         ));
-    };
+    }
     let dry_run = q.dry_run.as_deref() == Some("true");
     let snap = s.catalog.snapshot();
     let Some(template) = snap.templates.get(&alg) else {
@@ -249,21 +274,53 @@ async fn create_run(
         e.retry_after = Some(1);
         return Err(e);
     }
-    let bytes = params.get().as_bytes().to_vec();
     let id = RunId::new();
-    let content_hash = hex(&sha2::Sha256::digest(&bytes));
-    let size = bytes.len() as u64;
-    let payload = if bytes.len() <= s.config.inline_payload_bytes {
-        PayloadLocation::Inline { bytes }
-    } else {
-        let key = Keys::payload(&alg, &id.to_string());
-        s.payloads.put(&key, bytes.into()).await.map_err(|e| {
-            ApiError::from_kind(
-                e.kind,
-                format!("payload store unavailable, try again: {}", e.message),
-            )
-        })?;
-        PayloadLocation::Stored { key }
+    let unavailable = |e: nexus_core::payload::PayloadError| {
+        ApiError::from_kind(
+            e.kind,
+            format!("payload store unavailable, try again: {}", e.message),
+        )
+    };
+    let spool_err = |e: std::io::Error| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("spool file: {e}"),
+        )
+    };
+    let inline_max = s.config.inline_payload_bytes as u64;
+    let (payload, content_hash, size) = match payload_in.take().expect("checked above") {
+        PayloadIn::Memory(bytes) => {
+            let hash = hex(&sha2::Sha256::digest(&bytes));
+            let size = bytes.len() as u64;
+            if size <= inline_max {
+                (PayloadLocation::Inline { bytes }, hash, size)
+            } else {
+                let key = Keys::payload(&alg, &id.to_string());
+                s.payloads
+                    .put(&key, bytes.into())
+                    .await
+                    .map_err(unavailable)?;
+                (PayloadLocation::Stored { key }, hash, size)
+            }
+        }
+        PayloadIn::Spooled(mut p) => {
+            let (hash, size) = (p.sha256.clone(), p.span.len);
+            if size <= inline_max {
+                let bytes = tokio::task::spawn_blocking(move || p.read_all())
+                    .await
+                    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}")))?
+                    .map_err(spool_err)?;
+                (PayloadLocation::Inline { bytes }, hash, size)
+            } else {
+                let key = Keys::payload(&alg, &id.to_string());
+                let reader = p.into_reader().map_err(spool_err)?;
+                s.payloads
+                    .put_reader(&key, Box::new(reader), size)
+                    .await
+                    .map_err(unavailable)?;
+                (PayloadLocation::Stored { key }, hash, size)
+            }
+        }
     };
     let now = now_millis();
     let run = Run {
@@ -331,7 +388,7 @@ async fn create_run(
         .into_response())
 }
 
-fn hex(b: &[u8]) -> String {
+pub(crate) fn hex(b: &[u8]) -> String {
     use std::fmt::Write;
     b.iter()
         .fold(String::with_capacity(b.len() * 2), |mut s, x| {
@@ -543,14 +600,17 @@ async fn serve_payload(
     let run = load(&s, &alg, &id).await?;
     let bytes = match &run.payload {
         PayloadLocation::Inline { bytes } => Bytes::from(bytes.clone()),
-        PayloadLocation::Stored { key } => s
-            .payloads
-            .get(key)
-            .await
-            .map_err(|e| ApiError::from_kind(e.kind, e.message))?
-            .ok_or_else(|| {
-                ApiError::not_found("payload object is missing from the payload store")
-            })?,
+        PayloadLocation::Stored { key } => {
+            // Big payloads are not relayed: the algorithm is sent to the payload store itself
+            // (a presigned S3 GET, or the file store's signed URL), valid as long as this URL.
+            let left = u64::try_from(exp - now_secs()).unwrap_or(1).max(1);
+            let url = s
+                .payloads
+                .signed_get_url(key, Duration::from_secs(left))
+                .await
+                .map_err(|e| ApiError::from_kind(e.kind, e.message))?;
+            return Ok(Redirect::temporary(&url).into_response());
+        }
     };
     Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
 }

@@ -23,6 +23,7 @@ pub mod edge;
 pub mod limiter;
 pub mod metrics;
 pub mod queue;
+mod spool;
 
 pub use limiter::BudgetConfig;
 pub use queue::{Queued, VirtualQueue};

@@ -3,7 +3,10 @@
 //! Objects are files under a root directory, one per key (key segments become directories).
 //! Writes are durable: the bytes go to a temporary file in the same directory, which is
 //! `sync_all`ed, renamed over the target, and the directory is fsynced. All blocking work runs on
-//! tokio's blocking pool.
+//! tokio's blocking pool. [`PayloadStore::put_reader`] streams the body into the temporary file
+//! in chunks of [`COPY_BUF`] (reading the next while the previous is written: at most two in
+//! memory) and renames it only once the body ended at the announced length; otherwise, or if
+//! the put is cancelled, the temporary file is removed.
 //!
 //! Signed URLs have the form `{base_url}/data/v1/objects/{key}?exp=<secs>&sig=<sig>`; the MAC
 //! covers the HTTP method and the path `/data/v1/objects/{key}`. The HTTP routes call
@@ -15,8 +18,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use tokio::io::AsyncRead;
 
-use super::{PayloadError, PayloadStore};
+use super::{PayloadError, PayloadStore, expect_end, read_chunk};
 use crate::error::ErrorKind;
 use crate::sign::{Signer, Subject, now_secs, parse_exp};
 
@@ -77,34 +81,102 @@ fn io_error(what: &str, path: &Path, e: &io::Error) -> PayloadError {
     PayloadError::new(kind, format!("{what} {}: {e}", path.display()))
 }
 
-/// Writes `bytes` to `path` durably (temp file, `sync_all`, rename, fsync of the directory).
-fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), PayloadError> {
-    use std::io::Write as _;
-    let dir = path.parent().ok_or_else(|| {
-        PayloadError::new(ErrorKind::Internal, "object path has no parent directory")
-    })?;
-    std::fs::create_dir_all(dir).map_err(|e| io_error("creating directory", dir, &e))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    // '~' never occurs in a valid key, so a temp file can never be mistaken for an object.
-    let tmp = dir.join(format!("{name}~tmp~{}", uuid::Uuid::new_v4().simple()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp).map_err(|e| io_error("creating", &tmp, &e))?;
+/// Bytes per write of [`PayloadStore::put_reader`]: one chunk is read from the body while the
+/// previous one is written, so a streamed put holds at most twice this much.
+pub const COPY_BUF: u64 = 256 * 1024;
+
+/// A temporary file next to an object's path, written on tokio's blocking pool and renamed over
+/// the object by [`TempFile::commit`]. Dropped before that (a write failed, a body of the wrong
+/// length, a cancelled put), it removes itself: a failed write stores nothing.
+struct TempFile {
+    /// `None` once closed by [`TempFile::commit`].
+    file: Option<std::fs::File>,
+    tmp: PathBuf,
+    path: PathBuf,
+    /// Set once renamed over `path`: nothing to remove any more.
+    renamed: bool,
+}
+
+impl TempFile {
+    /// Creates the temporary file of `path` (and `path`'s directory if needed).
+    fn create(path: &Path) -> Result<Self, PayloadError> {
+        let dir = path.parent().ok_or_else(|| {
+            PayloadError::new(ErrorKind::Internal, "object path has no parent directory")
+        })?;
+        std::fs::create_dir_all(dir).map_err(|e| io_error("creating directory", dir, &e))?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        // '~' never occurs in a valid key, so a temp file can never be mistaken for an object.
+        let tmp = dir.join(format!("{name}~tmp~{}", uuid::Uuid::new_v4().simple()));
+        let file = std::fs::File::create(&tmp).map_err(|e| io_error("creating", &tmp, &e))?;
+        Ok(Self {
+            file: Some(file),
+            tmp,
+            path: path.to_owned(),
+            renamed: false,
+        })
+    }
+
+    /// Appends `bytes`.
+    fn write(&mut self, bytes: &[u8]) -> Result<(), PayloadError> {
+        use std::io::Write as _;
+        let Some(f) = self.file.as_mut() else {
+            return Err(PayloadError::new(
+                ErrorKind::Internal,
+                "write to a closed temp file",
+            ));
+        };
         f.write_all(bytes)
-            .map_err(|e| io_error("writing", &tmp, &e))?;
-        f.sync_all().map_err(|e| io_error("syncing", &tmp, &e))?;
-        drop(f);
-        std::fs::rename(&tmp, path).map_err(|e| io_error("renaming onto", path, &e))?;
+            .map_err(|e| io_error("writing", &self.tmp, &e))
+    }
+
+    /// Makes the file the object, durably: `sync_all`, rename over the object, fsync of the
+    /// directory.
+    fn commit(mut self) -> Result<(), PayloadError> {
+        if let Some(f) = self.file.take() {
+            f.sync_all()
+                .map_err(|e| io_error("syncing", &self.tmp, &e))?;
+        }
+        std::fs::rename(&self.tmp, &self.path)
+            .map_err(|e| io_error("renaming onto", &self.path, &e))?;
+        self.renamed = true;
+        let dir = self.path.parent().unwrap_or(Path::new("/"));
         let d = std::fs::File::open(dir).map_err(|e| io_error("opening directory", dir, &e))?;
         d.sync_all()
             .map_err(|e| io_error("syncing directory", dir, &e))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
     }
-    result
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.renamed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Writes `bytes` to `path` durably (temp file, `sync_all`, rename, fsync of the directory).
+fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), PayloadError> {
+    let mut file = TempFile::create(path)?;
+    file.write(bytes)?;
+    file.commit()
+}
+
+/// Runs blocking file work on tokio's blocking pool.
+fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, PayloadError> + Send + 'static,
+) -> tokio::task::JoinHandle<Result<T, PayloadError>> {
+    tokio::task::spawn_blocking(work)
+}
+
+/// The outcome of [`blocking`] work.
+async fn joined<T>(
+    task: tokio::task::JoinHandle<Result<T, PayloadError>>,
+) -> Result<T, PayloadError> {
+    task.await
+        .map_err(|e| PayloadError::new(ErrorKind::Internal, format!("write task failed: {e}")))?
 }
 
 /// Expiry in Unix seconds for a URL valid for `valid_for` from now (rounded up).
@@ -183,11 +255,53 @@ impl FsPayloadStore {
 impl PayloadStore for FsPayloadStore {
     async fn put(&self, key: &str, bytes: Bytes) -> Result<(), PayloadError> {
         let path = self.path_of(key)?;
-        tokio::task::spawn_blocking(move || write_durably(&path, &bytes))
-            .await
-            .map_err(|e| {
-                PayloadError::new(ErrorKind::Internal, format!("write task failed: {e}"))
-            })?
+        joined(blocking(move || write_durably(&path, &bytes))).await
+    }
+
+    async fn put_reader(
+        &self,
+        key: &str,
+        mut body: Box<dyn AsyncRead + Send + Unpin>,
+        len: u64,
+    ) -> Result<(), PayloadError> {
+        let path = self.path_of(key)?;
+        // The pending blocking work (creating the file, then writing the previous chunk) runs
+        // while the next chunk is read; it hands the file back when done.
+        let mut file = blocking(move || TempFile::create(&path));
+        let mut done = 0u64;
+        let fed = loop {
+            if done == len {
+                break expect_end(key, &mut *body, len).await;
+            }
+            let n = COPY_BUF.min(len - done);
+            let chunk = match read_chunk(key, &mut *body, n, done, len).await {
+                Ok(chunk) => chunk,
+                Err(e) => break Err(e),
+            };
+            done += n;
+            // A failed write returns its error here (its temp file already removed).
+            let mut f = joined(file).await?;
+            file = blocking(move || {
+                f.write(&chunk)?;
+                Ok(f)
+            });
+        };
+        match (fed, joined(file).await) {
+            (Ok(()), Ok(f)) => joined(blocking(move || f.commit())).await,
+            (Ok(()), Err(e)) => Err(e),
+            (Err(e), f) => {
+                // Nothing stored: the temp file is removed (off the async thread) before the
+                // error is returned. (A dropped future leaves it to the pending task's drop.)
+                if let Ok(f) = f {
+                    let _ = blocking(move || {
+                        drop(f);
+                        Ok(())
+                    })
+                    .await;
+                }
+                Err(e)
+            }
+        }
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, PayloadError> {
@@ -359,6 +473,82 @@ mod tests {
             assert!(inv(s.verify("GET", key, Some("1"), Some("x"))), "{key:?}");
         }
         assert!(!dir.path().join("etc").exists());
+    }
+
+    /// Names of the entries of `dir`, sorted.
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Waits until `cond` holds, for at most 10 s.
+    async fn eventually(what: &str, cond: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting until {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn put_reader_streams_and_leaves_no_temp_files() {
+        use tokio::io::AsyncWriteExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let a = s.root().join("a");
+        // Several copy buffers' worth, in reads not aligned with them.
+        let len = 3 * COPY_BUF as usize + 12_345;
+        let data = test_suite::generated(len, 9);
+        s.put_reader("a/b", test_suite::reader(&data, 10_000), len as u64)
+            .await
+            .unwrap();
+        assert!(s.get("a/b").await.unwrap().unwrap() == data);
+        assert_eq!(names(&a), ["b"]);
+
+        // A body of the wrong length: the temp file is gone when the error returns.
+        for sent in [len - 1, len + 1] {
+            let body = test_suite::generated(sent, 10);
+            let err = s
+                .put_reader("a/b", test_suite::reader(&body, 10_000), len as u64)
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind, ErrorKind::InvalidInput, "{err}");
+            assert_eq!(names(&a), ["b"], "{sent} bytes sent");
+        }
+        assert!(s.get("a/b").await.unwrap().unwrap() == data);
+
+        // A put cancelled midway (its body stalls after a few chunks): the temp file goes too.
+        let (mut tx, rx) = tokio::io::duplex(64 * 1024);
+        let feeder = tokio::spawn(async move {
+            tx.write_all(&vec![1u8; 2 * COPY_BUF as usize])
+                .await
+                .unwrap();
+            std::future::pending::<()>().await;
+            drop(tx);
+        });
+        let put = {
+            let s = s.clone();
+            tokio::spawn(async move { s.put_reader("a/b", Box::new(rx), len as u64).await })
+        };
+        eventually("a temp file holds the streamed chunks", || {
+            std::fs::read_dir(&a).unwrap().any(|e| {
+                let e = e.unwrap();
+                e.file_name().to_string_lossy().contains("~tmp~")
+                    && e.metadata().unwrap().len() >= COPY_BUF
+            })
+        })
+        .await;
+        put.abort();
+        eventually("the temp file is removed", || names(&a) == ["b"]).await;
+        feeder.abort();
+        assert!(s.get("a/b").await.unwrap().unwrap() == data);
     }
 
     #[tokio::test]

@@ -26,6 +26,15 @@
 //! a lifecycle rule `AbortIncompleteMultipartUpload` (e.g. after 1 day) for uploads cut short by
 //! a crash.
 //!
+//! [`PayloadStore::put_reader`] takes the same two paths by the announced length. Up to the
+//! threshold it reads the body into memory (checking its length), then one `PutObject`. Above,
+//! it is the same multipart upload, its parts read from the body one after the other, each only
+//! when fewer than [`PART_CONCURRENCY`] parts are in flight: at most `part_size` ×
+//! [`PART_CONCURRENCY`] bytes of the body are in memory at once (≈ 32 MiB by default), whatever
+//! the object's size. A body that ends early, runs past the announced length or fails to read
+//! aborts the upload (the completion is sent only after the body's end was seen), so nothing is
+//! stored.
+//!
 //! # Retries and time limits
 //!
 //! The SDK retries in its *standard* mode: `max_attempts` attempts per request (5 by default),
@@ -67,8 +76,8 @@
 //! which can be sooner; mint long-lived URLs with long-lived keys.
 //!
 //! What this module must not do: expose SDK types beyond it, or read an object's bytes more
-//! than once into memory (parts are slices of the caller's buffer; a `get` gathers the body
-//! once).
+//! than once into memory (parts are slices of the caller's buffer, or chunks read once from a
+//! `put_reader` body; a `get` gathers the body once).
 
 pub mod config;
 #[cfg(test)]
@@ -87,8 +96,9 @@ use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
-use futures::{StreamExt as _, TryStreamExt as _};
+use futures::{Stream, StreamExt as _, TryStreamExt as _};
 use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncRead;
 
 pub use config::{
     ACCESS_KEY_ENV, DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PART_SIZE, MAX_PARTS, MAX_SINGLE_PUT,
@@ -96,7 +106,7 @@ pub use config::{
 };
 
 use super::fs::validate_key;
-use super::{PayloadError, PayloadStore};
+use super::{PayloadError, PayloadStore, expect_end, read_chunk, read_exactly};
 use crate::error::ErrorKind;
 
 /// Most parts of one multipart upload in flight at once.
@@ -481,11 +491,19 @@ impl S3PayloadStore {
         Ok(())
     }
 
+    /// Size of the parts of an object of `len` bytes: `part_size`, grown if the object would
+    /// need more than [`MAX_PARTS`] parts.
+    fn part_size_for(&self, len: u64) -> u64 {
+        self.part_size.max(len.div_ceil(MAX_PARTS))
+    }
+
+    /// Stores the object as a multipart upload of `parts` (in order, at most [`MAX_PARTS`]):
+    /// aborted if a part, the completion or `parts` itself fails, or if this future is dropped.
     async fn put_multipart(
         &self,
         key: &str,
         object: &str,
-        bytes: Bytes,
+        parts: impl Stream<Item = Result<Bytes, PayloadError>> + Send,
     ) -> Result<(), PayloadError> {
         let created = self
             .client
@@ -507,7 +525,7 @@ impl S3PayloadStore {
             object: object.to_owned(),
             upload_id: upload_id.clone(),
         };
-        let result = self.upload_parts(key, object, &upload_id, bytes).await;
+        let result = self.upload_parts(key, object, &upload_id, parts).await;
         if result.is_err() {
             self.abort(object, &upload_id).await;
         }
@@ -517,55 +535,52 @@ impl S3PayloadStore {
         result
     }
 
-    /// Uploads the parts and completes the upload.
+    /// Uploads the parts, at most [`PART_CONCURRENCY`] at once, and completes the upload.
+    ///
+    /// `parts` is polled for the next part only while fewer than [`PART_CONCURRENCY`] parts are
+    /// in flight (`try_buffered`), so a reader behind it is read no faster than parts go out.
     async fn upload_parts(
         &self,
         key: &str,
         object: &str,
         upload_id: &str,
-        bytes: Bytes,
+        parts: impl Stream<Item = Result<Bytes, PayloadError>> + Send,
     ) -> Result<(), PayloadError> {
-        let len = bytes.len() as u64;
-        let part_size = self.part_size.max(len.div_ceil(MAX_PARTS));
-        let step = usize::try_from(part_size).unwrap_or(usize::MAX);
-        let parts: Vec<CompletedPart> =
-            futures::stream::iter((0..bytes.len()).step_by(step).enumerate())
-                .map(|(i, start)| {
-                    // Zero-copy: a slice shares the caller's buffer.
-                    let body = bytes.slice(start..bytes.len().min(start.saturating_add(step)));
-                    // At most MAX_PARTS parts (part_size above), so the number fits.
-                    let number = i32::try_from(i + 1).unwrap_or(i32::MAX);
-                    async move {
-                        let out = self
-                            .client
-                            .upload_part()
-                            .bucket(&self.bucket)
-                            .key(object)
-                            .upload_id(upload_id)
-                            .part_number(number)
-                            .body(ByteStream::from(body))
-                            .send()
-                            .await
-                            .map_err(|e| self.sdk_error("upload part", key, &e))?;
-                        let e_tag = out.e_tag().ok_or_else(|| {
-                            PayloadError::new(
-                                ErrorKind::Internal,
-                                format!(
-                                    "s3 upload part {number} of '{key}': the answer has no ETag"
-                                ),
-                            )
-                        })?;
-                        Ok::<_, PayloadError>(
-                            CompletedPart::builder()
-                                .part_number(number)
-                                .e_tag(e_tag)
-                                .build(),
+        let parts: Vec<CompletedPart> = parts
+            .enumerate()
+            .map(|(i, part)| part.map(|body| (i, body)))
+            .map_ok(|(i, body)| {
+                // At most MAX_PARTS parts (part_size_for), so the number fits.
+                let number = i32::try_from(i + 1).unwrap_or(i32::MAX);
+                async move {
+                    let out = self
+                        .client
+                        .upload_part()
+                        .bucket(&self.bucket)
+                        .key(object)
+                        .upload_id(upload_id)
+                        .part_number(number)
+                        .body(ByteStream::from(body))
+                        .send()
+                        .await
+                        .map_err(|e| self.sdk_error("upload part", key, &e))?;
+                    let e_tag = out.e_tag().ok_or_else(|| {
+                        PayloadError::new(
+                            ErrorKind::Internal,
+                            format!("s3 upload part {number} of '{key}': the answer has no ETag"),
                         )
-                    }
-                })
-                .buffered(PART_CONCURRENCY)
-                .try_collect()
-                .await?;
+                    })?;
+                    Ok::<_, PayloadError>(
+                        CompletedPart::builder()
+                            .part_number(number)
+                            .e_tag(e_tag)
+                            .build(),
+                    )
+                }
+            })
+            .try_buffered(PART_CONCURRENCY)
+            .try_collect()
+            .await?;
         self.client
             .complete_multipart_upload()
             .bucket(&self.bucket)
@@ -629,11 +644,32 @@ impl Drop for AbortOnDrop {
 impl PayloadStore for S3PayloadStore {
     async fn put(&self, key: &str, bytes: Bytes) -> Result<(), PayloadError> {
         let object = self.object(key)?;
-        if bytes.len() as u64 <= self.multipart_threshold {
-            self.put_single(key, &object, bytes).await
-        } else {
-            self.put_multipart(key, &object, bytes).await
+        let len = bytes.len() as u64;
+        if len <= self.multipart_threshold {
+            return self.put_single(key, &object, bytes).await;
         }
+        let step = usize::try_from(self.part_size_for(len)).unwrap_or(usize::MAX);
+        // Zero-copy: each part is a slice sharing the caller's buffer.
+        let parts =
+            futures::stream::iter((0..bytes.len()).step_by(step).map(move |start| {
+                Ok(bytes.slice(start..bytes.len().min(start.saturating_add(step))))
+            }));
+        self.put_multipart(key, &object, parts).await
+    }
+
+    async fn put_reader(
+        &self,
+        key: &str,
+        mut body: Box<dyn AsyncRead + Send + Unpin>,
+        len: u64,
+    ) -> Result<(), PayloadError> {
+        let object = self.object(key)?;
+        if len <= self.multipart_threshold {
+            let bytes = read_exactly(key, &mut *body, len).await?;
+            return self.put_single(key, &object, bytes).await;
+        }
+        let parts = body_parts(key, body, len, self.part_size_for(len));
+        self.put_multipart(key, &object, parts).await
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, PayloadError> {
@@ -719,6 +755,26 @@ impl PayloadStore for S3PayloadStore {
             Err(e) => Err(self.sdk_error("presign put", key, &e)),
         }
     }
+}
+
+/// The parts of a `put_reader` body of `len` bytes: chunks of `part_size` bytes read one after
+/// the other (each when the consumer asks for it), then a check that the body ends there, so an
+/// upload is completed only after its body's end was seen.
+fn body_parts(
+    key: &str,
+    body: Box<dyn AsyncRead + Send + Unpin>,
+    len: u64,
+    part_size: u64,
+) -> impl Stream<Item = Result<Bytes, PayloadError>> + Send + '_ {
+    futures::stream::try_unfold((body, 0u64), move |(mut body, done)| async move {
+        if done == len {
+            expect_end(key, &mut *body, len).await?;
+            return Ok(None);
+        }
+        let n = part_size.min(len - done);
+        let part = read_chunk(key, &mut *body, n, done, len).await?;
+        Ok(Some((part, (body, done + n))))
+    })
 }
 
 /// The presigning config for `valid_for` (clamped, see [`url_validity`]).

@@ -12,6 +12,10 @@
 //!   older file under the key in place: it is shadowed (never served) and removed by `delete`.
 //!   (Removing it at every small put would cost a blocking-pool round trip per object for a case
 //!   that only arises when an object is rewritten with a different size class.)
+//! * `put_reader` chooses the tier by the announced length, with the same rules: up to
+//!   `small_max` bytes it reads the body into memory and puts it in SQLite; above, it streams it
+//!   into the file store ([`FsPayloadStore`]'s `put_reader`) and then deletes the key from
+//!   SQLite. A body of the wrong length stores nothing in either tier.
 //! * `get` looks in the SQLite store, then the file store, so files written by older versions
 //!   are still served.
 //! * `delete` deletes from both.
@@ -24,8 +28,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use tokio::io::AsyncRead;
 
-use super::{FsPayloadStore, PayloadError, PayloadStore, SqliteObjectStore};
+use super::{FsPayloadStore, PayloadError, PayloadStore, SqliteObjectStore, read_exactly};
 
 /// Largest object kept in SQLite by default: 256 KiB.
 pub const DEFAULT_SMALL_MAX: usize = 256 * 1024;
@@ -88,6 +93,24 @@ impl PayloadStore for TieredPayloadStore {
             self.large.put(key, bytes).await?;
             // After the file is durable: until this delete commits, `get` still serves the old
             // small object, which is fine for a put that has not returned yet.
+            self.small.delete(key).await
+        }
+    }
+
+    async fn put_reader(
+        &self,
+        key: &str,
+        mut body: Box<dyn AsyncRead + Send + Unpin>,
+        len: u64,
+    ) -> Result<(), PayloadError> {
+        if len <= self.small_max as u64 {
+            // At most `small_max` bytes in memory; then exactly as `put` of a small object.
+            let bytes = read_exactly(key, &mut *body, len).await?;
+            self.small.put(key, bytes).await
+        } else {
+            // Streamed into a file; nothing stored (the small row stays) if the body is wrong.
+            self.large.put_reader(key, body, len).await?;
+            // As in `put`: the row is deleted after the file is durable.
             self.small.delete(key).await
         }
     }
@@ -197,6 +220,35 @@ mod tests {
             s.get("k/old").await.unwrap(),
             Some(Bytes::from_static(b"old"))
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn put_reader_picks_the_tier_by_the_announced_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), &Signer::random()).with_small_max(16);
+        let small = Bytes::from_static(b"sixteen bytes!!!");
+        let big = test_suite::generated(100_000, 1);
+        s.put_reader("k/1", test_suite::reader(&small, 3), 16)
+            .await
+            .unwrap();
+        assert!(!file_of(dir.path(), "k/1").exists());
+        assert_eq!(s.small.get("k/1").await.unwrap(), Some(small.clone()));
+        // Big over small: streamed into a file, the row deleted.
+        s.put_reader("k/1", test_suite::reader(&big, 4096), 100_000)
+            .await
+            .unwrap();
+        assert!(file_of(dir.path(), "k/1").exists());
+        assert_eq!(s.small.get("k/1").await.unwrap(), None);
+        assert_eq!(s.get("k/1").await.unwrap(), Some(big.clone()));
+        // A wrong big body changes neither tier.
+        s.put("k/2", small.clone()).await.unwrap();
+        let err = s
+            .put_reader("k/2", test_suite::reader(&big, 4096), 100_001)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidInput, "{err}");
+        assert_eq!(s.small.get("k/2").await.unwrap(), Some(small));
+        assert!(!file_of(dir.path(), "k/2").exists());
     }
 
     #[tokio::test]

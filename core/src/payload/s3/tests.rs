@@ -199,6 +199,130 @@ async fn big_objects_go_as_multipart_uploads() {
     );
 }
 
+/// A `put_reader` body over `data` that counts the bytes it has handed out.
+struct Counted {
+    data: Bytes,
+    read: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Counted {
+    fn new(data: Bytes) -> (Box<Self>, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        let read = std::sync::Arc::default();
+        let body = Box::new(Self {
+            data,
+            read: std::sync::Arc::clone(&read),
+        });
+        (body, read)
+    }
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let at = self.read.load(Ordering::SeqCst);
+        // Network-sized reads.
+        let n = buf.remaining().min(self.data.len() - at).min(64 * 1024);
+        buf.put_slice(&self.data[at..at + n]);
+        self.read.fetch_add(n, Ordering::SeqCst);
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_reader_streams_big_objects_as_multipart_uploads() {
+    let (server, s) = ready("&multipart_threshold=5242881&part_size=5MiB").await;
+    let f = &server.faults;
+    let big = data(12 * MIB + 7);
+    let (body, read) = Counted::new(big.clone());
+    s.put_reader("results/a/big", body, big.len() as u64)
+        .await
+        .unwrap();
+    assert_eq!(f.parts.load(Ordering::SeqCst), 3, "5 + 5 + 2 MiB");
+    assert_eq!(f.completes.load(Ordering::SeqCst), 1);
+    assert_eq!(f.puts.load(Ordering::SeqCst), 0);
+    assert_eq!(read.load(Ordering::SeqCst), big.len(), "read to its end");
+    let got = s.get("results/a/big").await.unwrap().unwrap();
+    assert!(got == big, "multipart object differs");
+    // At the threshold: one PutObject.
+    let at = data(5 * MIB + 1);
+    s.put_reader(
+        "results/a/at",
+        test_suite::reader(&at, 65_536),
+        at.len() as u64,
+    )
+    .await
+    .unwrap();
+    assert_eq!(f.puts.load(Ordering::SeqCst), 1);
+    assert_eq!(f.parts.load(Ordering::SeqCst), 3);
+    assert!(s.get("results/a/at").await.unwrap().unwrap() == at);
+}
+
+/// The memory bound: while part 1 hangs, the body is read no further than the parts in flight
+/// (`PART_CONCURRENCY` × `part_size`), although the object is much bigger; cancelled, the
+/// upload is aborted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_reader_reads_no_further_than_the_parts_in_flight() {
+    let (server, s) = ready("&multipart_threshold=5242881&part_size=5MiB").await;
+    let f = std::sync::Arc::clone(&server.faults);
+    f.stall_part.store(1, Ordering::SeqCst);
+    let parts = PART_CONCURRENCY as u32;
+    let big = data((PART_CONCURRENCY + 3) * 5 * MIB);
+    let (body, read) = Counted::new(big.clone());
+    let task = {
+        let s = s.clone();
+        tokio::spawn(async move { s.put_reader("results/a/big", body, big.len() as u64).await })
+    };
+    eventually("part 1 stalls and the others in flight arrive", || {
+        f.stalled.load(Ordering::SeqCst) == 1 && f.parts.load(Ordering::SeqCst) == parts
+    })
+    .await;
+    // Time to read further, were it allowed to.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        read.load(Ordering::SeqCst),
+        PART_CONCURRENCY * 5 * MIB,
+        "the body was read ahead of the parts in flight"
+    );
+    assert_eq!(f.parts.load(Ordering::SeqCst), parts);
+    task.abort();
+    eventually("the upload is aborted", || {
+        f.aborts.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(f.completes.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_reader_of_the_wrong_length_aborts_the_multipart_upload() {
+    let (server, s) = ready("&multipart_threshold=5242881&part_size=5MiB").await;
+    let f = &server.faults;
+    s.put("results/a/big", Bytes::from_static(b"before"))
+        .await
+        .unwrap();
+    let body = data(12 * MIB);
+    for (aborts, announced) in [(1, 12 * MIB + 1), (2, 12 * MIB - 1)] {
+        let err = s
+            .put_reader(
+                "results/a/big",
+                test_suite::reader(&body, 65_536),
+                announced as u64,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidInput, "{err}");
+        assert!(err.message.contains("announced"), "{err}");
+        assert_eq!(f.aborts.load(Ordering::SeqCst), aborts, "{announced}");
+        assert_eq!(f.completes.load(Ordering::SeqCst), 0, "{announced}");
+    }
+    assert_eq!(
+        s.get("results/a/big").await.unwrap(),
+        Some(Bytes::from_static(b"before"))
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_part_aborts_the_upload() {
     let (server, s) = ready("&multipart_threshold=5242881&part_size=5MiB").await;
@@ -385,6 +509,8 @@ async fn invalid_keys_are_refused_before_any_request() {
         let inv =
             |r: Result<(), PayloadError>| matches!(r, Err(e) if e.kind == ErrorKind::InvalidInput);
         assert!(inv(s.put(key, Bytes::new()).await), "{key:?}");
+        let body = test_suite::reader(&Bytes::from_static(b"x"), 1);
+        assert!(inv(s.put_reader(key, body, 1).await), "{key:?}");
         assert!(inv(s.get(key).await.map(|_| ())), "{key:?}");
         assert!(inv(s.delete(key).await), "{key:?}");
         assert!(
