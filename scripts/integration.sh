@@ -29,7 +29,7 @@ secure_env=(NEXUS_CASSANDRA_DIR="$secure_dir" NEXUS_CASSANDRA_PORT=19142
   NEXUS_CASSANDRA_STORAGE_PORT=7030 NEXUS_CASSANDRA_SSL_STORAGE_PORT=7031
   NEXUS_CASSANDRA_AUTH=1 NEXUS_CASSANDRA_TLS=mtls NEXUS_CASSANDRA_HEAP_MAX=512m)
 export NEXUS_SEAWEED_DIR="$work/seaweedfs"
-export NEXUS_SEAWEED_S3_PORT="${NEXUS_SEAWEED_S3_PORT:-18333}"
+export NEXUS_SEAWEED_S3_PORT="${NEXUS_SEAWEED_S3_PORT:-28333}"
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -104,5 +104,6 @@ smoke embedded 18090
 smoke cassandra 18091 --store "cassandra://127.0.0.1:$NEXUS_CASSANDRA_PORT/nexus_smoke"
 smoke cassandra-s3 18092 --store "cassandra://127.0.0.1:$NEXUS_CASSANDRA_PORT/nexus_smoke_s3" \
   --payloads "$s3_url"
+./target/release/nexus payloads lifecycle --url "$s3_url" --retention 7d --apply
 ./target/release/nexus store schema --url "cassandra://127.0.0.1:$NEXUS_CASSANDRA_PORT/nexus_smoke" | grep -q "CREATE TABLE IF NOT EXISTS nexus_smoke.runs "
 echo "3 passed, 0 failed"

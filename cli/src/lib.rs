@@ -4,5 +4,6 @@
 pub mod client;
 pub mod config;
 pub mod objects;
+pub mod payloads_cmd;
 pub mod standalone;
 pub mod store_cmd;

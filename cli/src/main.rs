@@ -62,6 +62,11 @@ enum Command {
         #[arg(long)]
         dump_config: bool,
     },
+    /// Payload store maintenance (the S3 bucket's retention rule).
+    Payloads {
+        #[command(subcommand)]
+        command: nexus_cli::payloads_cmd::PayloadsCommand,
+    },
     /// Prints or applies the run store's schema (Cassandra / ScyllaDB).
     Store {
         #[command(subcommand)]
@@ -161,6 +166,15 @@ fn main() -> ExitCode {
             }
             init_logs(cfg.log_format == "json");
             match rt.block_on(standalone(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Payloads { command } => {
+            match rt.block_on(nexus_cli::payloads_cmd::run(command)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");

@@ -158,3 +158,22 @@ async fn missing_bucket_is_an_error() {
         .unwrap_err();
     assert!(err.message.contains(&c.bucket), "{err}");
 }
+
+/// The retention rule is installed next to the bucket's other rules, replaced (not duplicated)
+/// when applied again, and read back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_lifecycle_rule_is_installed_and_replaced() {
+    let store = open("lifecycle", |_| {}).await;
+    assert_eq!(store.installed_lifecycle_days().await.unwrap(), None);
+    let days = store
+        .apply_lifecycle(std::time::Duration::from_secs(7 * 24 * 3600))
+        .await
+        .unwrap();
+    assert_eq!(days, 7);
+    assert_eq!(store.installed_lifecycle_days().await.unwrap(), Some(7));
+    store
+        .apply_lifecycle(std::time::Duration::from_secs(30 * 24 * 3600))
+        .await
+        .unwrap();
+    assert_eq!(store.installed_lifecycle_days().await.unwrap(), Some(30));
+}

@@ -114,6 +114,14 @@ pub const PART_CONCURRENCY: usize = 4;
 /// Longest validity of a SigV4 presigned URL: 7 days.
 pub const MAX_URL_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// Whole days of a retention for an S3 expiration rule: rounded up, at least 1 (S3 expires by
+/// days only).
+#[must_use]
+pub fn lifecycle_days(retention: Duration) -> i32 {
+    let days = retention.as_secs().div_ceil(24 * 3600).max(1);
+    i32::try_from(days).unwrap_or(i32::MAX)
+}
+
 /// Returns the S3 object key of payload key `key`: `<prefix>/<h>/<key>`, `<h>` being the first
 /// byte of SHA-256(`key`) in hex (see the module docs for why); `<h>/<key>` without a prefix.
 #[must_use]
@@ -351,6 +359,121 @@ impl S3PayloadStore {
     #[must_use]
     pub fn bucket(&self) -> &str {
         &self.bucket
+    }
+
+    /// Id of the retention rule Nexus installs for this store's prefix.
+    #[must_use]
+    pub fn lifecycle_rule_id(&self) -> String {
+        if self.prefix.is_empty() {
+            "nexus-retention".to_owned()
+        } else {
+            format!("nexus-retention-{}", self.prefix.replace('/', "-"))
+        }
+    }
+
+    /// The retention rule as the JSON `aws s3api put-bucket-lifecycle-configuration` takes, for
+    /// deployments that manage bucket rules themselves (see [`lifecycle_days`]).
+    #[must_use]
+    pub fn lifecycle_json(&self, retention: Duration) -> String {
+        let prefix = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let doc = serde_json::json!({
+            "Rules": [{
+                "ID": self.lifecycle_rule_id(),
+                "Status": "Enabled",
+                "Filter": { "Prefix": prefix },
+                "Expiration": { "Days": lifecycle_days(retention) },
+                "AbortIncompleteMultipartUpload": { "DaysAfterInitiation": 1 },
+            }]
+        });
+        serde_json::to_string_pretty(&doc).unwrap_or_default()
+    }
+
+    /// Installs (or updates) the retention rule on the bucket, keeping every other rule: objects
+    /// under this store's prefix expire [`lifecycle_days`]`(retention)` days after they were
+    /// written, and incomplete multipart uploads are aborted after a day. Returns the days.
+    ///
+    /// # Errors
+    /// As the store's other operations (`Forbidden` without `s3:PutLifecycleConfiguration`).
+    pub async fn apply_lifecycle(&self, retention: Duration) -> Result<i32, PayloadError> {
+        use aws_sdk_s3::types::{
+            AbortIncompleteMultipartUpload, BucketLifecycleConfiguration, ExpirationStatus,
+            LifecycleExpiration, LifecycleRule, LifecycleRuleFilter,
+        };
+        let id = self.lifecycle_rule_id();
+        let mut rules: Vec<LifecycleRule> = self
+            .current_rules()
+            .await?
+            .into_iter()
+            .filter(|r| r.id() != Some(id.as_str()))
+            .collect();
+        let days = lifecycle_days(retention);
+        let prefix = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let bad = |e: aws_sdk_s3::error::BuildError| {
+            PayloadError::new(ErrorKind::Internal, format!("lifecycle rule: {e}"))
+        };
+        rules.push(
+            LifecycleRule::builder()
+                .id(&id)
+                .status(ExpirationStatus::Enabled)
+                .filter(LifecycleRuleFilter::builder().prefix(prefix).build())
+                .expiration(LifecycleExpiration::builder().days(days).build())
+                .abort_incomplete_multipart_upload(
+                    AbortIncompleteMultipartUpload::builder()
+                        .days_after_initiation(1)
+                        .build(),
+                )
+                .build()
+                .map_err(bad)?,
+        );
+        let config = BucketLifecycleConfiguration::builder()
+            .set_rules(Some(rules))
+            .build()
+            .map_err(bad)?;
+        self.client
+            .put_bucket_lifecycle_configuration()
+            .bucket(&self.bucket)
+            .lifecycle_configuration(config)
+            .send()
+            .await
+            .map_err(|e| self.sdk_error("put lifecycle configuration", "", &e))?;
+        Ok(days)
+    }
+
+    /// Days after which the installed retention rule expires objects; `None` when it is not
+    /// installed.
+    ///
+    /// # Errors
+    /// As the store's other operations.
+    pub async fn installed_lifecycle_days(&self) -> Result<Option<i32>, PayloadError> {
+        let id = self.lifecycle_rule_id();
+        Ok(self
+            .current_rules()
+            .await?
+            .iter()
+            .find(|r| r.id() == Some(id.as_str()))
+            .and_then(|r| r.expiration().and_then(aws_sdk_s3::types::LifecycleExpiration::days)))
+    }
+
+    async fn current_rules(&self) -> Result<Vec<aws_sdk_s3::types::LifecycleRule>, PayloadError> {
+        match self
+            .client
+            .get_bucket_lifecycle_configuration()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out.rules().to_vec()),
+            Err(e) if e.code() == Some("NoSuchLifecycleConfiguration") => Ok(Vec::new()),
+            Err(e) => Err(self.sdk_error("get lifecycle configuration", "", &e)),
+        }
     }
 
     /// Creates the bucket if it does not exist yet: for development and tests (production

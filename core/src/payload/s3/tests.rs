@@ -638,3 +638,30 @@ async fn web_identity_credentials_from_the_default_chain() {
         "the child's put"
     );
 }
+
+#[test]
+fn retention_rounds_up_to_whole_days() {
+    use std::time::Duration;
+    assert_eq!(super::lifecycle_days(Duration::from_secs(60)), 1);
+    assert_eq!(super::lifecycle_days(Duration::from_secs(24 * 3600)), 1);
+    assert_eq!(super::lifecycle_days(Duration::from_secs(24 * 3600 + 1)), 2);
+    assert_eq!(super::lifecycle_days(Duration::from_secs(7 * 24 * 3600)), 7);
+}
+
+#[tokio::test]
+async fn lifecycle_rule_covers_the_prefix_for_the_retention() {
+    let store = S3PayloadStore::open(&config(
+        "s3://b/nexus/prod?endpoint=http://127.0.0.1:1&access_key=k&secret_key=s",
+    ))
+    .await
+    .unwrap();
+    assert_eq!(store.lifecycle_rule_id(), "nexus-retention-nexus-prod");
+    let doc: serde_json::Value =
+        serde_json::from_str(&store.lifecycle_json(std::time::Duration::from_secs(36 * 3600)))
+            .unwrap();
+    let rule = &doc["Rules"][0];
+    assert_eq!(rule["Filter"]["Prefix"], "nexus/prod/");
+    assert_eq!(rule["Expiration"]["Days"], 2);
+    assert_eq!(rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"], 1);
+    assert_eq!(rule["Status"], "Enabled");
+}
