@@ -173,15 +173,13 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Payloads { command } => {
-            match rt.block_on(nexus_cli::payloads_cmd::run(command)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
+        Command::Payloads { command } => match rt.block_on(nexus_cli::payloads_cmd::run(command)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
             }
-        }
+        },
         Command::Store { command } => match rt.block_on(nexus_cli::store_cmd::run(command)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -254,13 +254,25 @@ async fn streamed_request_without_length_is_spooled_and_reaches_the_algorithm_in
         &format!("{}/algorithm/v1/metadata/chaos/requests/{id}", h.url),
     )
     .await;
-    assert_eq!(md["payloadSize"].as_u64(), Some(payload.len() as u64), "{md}");
+    assert_eq!(
+        md["payloadSize"].as_u64(),
+        Some(payload.len() as u64),
+        "{md}"
+    );
     assert_eq!(md["tag"], "big", "{md}");
     let r = wait_terminal(&http, &h.url, "chaos", &id, Duration::from_secs(60)).await;
     assert_eq!(r["status"], "COMPLETED", "{r}");
     let result = get_json(&http, r["resultUri"].as_str().unwrap()).await;
-    assert_eq!(result["bytes"].as_u64(), Some(payload.len() as u64), "{result}");
-    assert_eq!(result["sha256"].as_str(), Some(expected.as_str()), "{result}");
+    assert_eq!(
+        result["bytes"].as_u64(),
+        Some(payload.len() as u64),
+        "{result}"
+    );
+    assert_eq!(
+        result["sha256"].as_str(),
+        Some(expected.as_str()),
+        "{result}"
+    );
     // A malformed large payload is refused with a message naming the field.
     let bad = format!(
         r#"{{"algorithmParameters": {{"blob": "{}", "x": tru}}}}"#,

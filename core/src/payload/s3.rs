@@ -459,7 +459,10 @@ impl S3PayloadStore {
             .await?
             .iter()
             .find(|r| r.id() == Some(id.as_str()))
-            .and_then(|r| r.expiration().and_then(aws_sdk_s3::types::LifecycleExpiration::days)))
+            .and_then(|r| {
+                r.expiration()
+                    .and_then(aws_sdk_s3::types::LifecycleExpiration::days)
+            }))
     }
 
     async fn current_rules(&self) -> Result<Vec<aws_sdk_s3::types::LifecycleRule>, PayloadError> {

@@ -662,6 +662,9 @@ async fn lifecycle_rule_covers_the_prefix_for_the_retention() {
     let rule = &doc["Rules"][0];
     assert_eq!(rule["Filter"]["Prefix"], "nexus/prod/");
     assert_eq!(rule["Expiration"]["Days"], 2);
-    assert_eq!(rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"], 1);
+    assert_eq!(
+        rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"],
+        1
+    );
     assert_eq!(rule["Status"], "Enabled");
 }
