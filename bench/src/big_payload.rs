@@ -51,18 +51,14 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
 fn write_payload(path: &Path, mib: u64) -> anyhow::Result<(u64, String)> {
     let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
     let mut hash = sha2::Sha256::new();
-    let mut put = |b: &[u8]| -> anyhow::Result<()> {
+    let chunk = vec![b'x'; 1024 * 1024];
+    let parts = std::iter::once(&br#"{"mode": "digest", "blob": ""#[..])
+        .chain((0..mib).map(|_| chunk.as_slice()))
+        .chain(std::iter::once(&br#""}"#[..]));
+    for b in parts {
         hash.update(b);
         f.write_all(b)?;
-        Ok(())
-    };
-    put(br#"{"mode": "digest", "blob": ""#)?;
-    let chunk = vec![b'x'; 1024 * 1024];
-    for _ in 0..mib {
-        put(&chunk)?;
     }
-    put(br#""}"#)?;
-    drop(put);
     f.flush()?;
     let size = std::fs::metadata(path)?.len();
     Ok((size, crate::hex(&hash.finalize())))
