@@ -651,7 +651,7 @@ fn retention_rounds_up_to_whole_days() {
 #[tokio::test]
 async fn lifecycle_rule_covers_the_prefix_for_the_retention() {
     let store = S3PayloadStore::open(&config(
-        "s3://b/nexus/prod?endpoint=http://127.0.0.1:1&access_key=k&secret_key=s",
+        "s3://nexus-bucket/nexus/prod?endpoint=http://127.0.0.1:1&access_key=k&secret_key=s",
     ))
     .await
     .unwrap();
