@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod error;
 pub mod executor;
 pub mod http;
+pub mod limiter;
 pub mod payload;
 pub mod render;
 pub mod request_split;

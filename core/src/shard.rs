@@ -21,6 +21,9 @@ pub struct Dispatch {
     /// Signed GET URL of the payload, minted at dispatch time (never at accept time, so a run that
     /// waited in the queue never receives an expired URL).
     pub payload_url: String,
+    /// True when the supervisor launches again a RUNNING run whose receiver was lost (otherwise
+    /// only BUFFERED runs are launched).
+    pub relaunch: bool,
 }
 
 /// Errors of a [`Shard`].
@@ -138,6 +141,7 @@ pub mod test_suite {
                 ..Default::default()
             },
             payload_url: "http://127.0.0.1:1/p".into(),
+            relaunch: false,
         };
         shard.submit(d.clone()).await.expect("first submit");
         shard

@@ -30,6 +30,10 @@ pub struct ReceiverConfig {
     pub token_grace: Duration,
     /// Maximum body of a completion request, in bytes.
     pub max_completion_bytes: usize,
+    /// Safety-net launch limit of this receiver (runs per second, burst), behind the schedulers'
+    /// shard budgets: submissions over it are answered `RESOURCE_EXHAUSTED` with a retry hint and
+    /// the schedulers slow down. Applies to gRPC submissions (distributed mode).
+    pub launch_limit: nexus_core::limiter::BudgetConfig,
 }
 
 impl Default for ReceiverConfig {
@@ -38,6 +42,10 @@ impl Default for ReceiverConfig {
             public_url: "http://127.0.0.1:8090".into(),
             token_grace: Duration::from_secs(15 * 60),
             max_completion_bytes: 1024 * 1024,
+            launch_limit: nexus_core::limiter::BudgetConfig {
+                rate: 500.0,
+                burst: 1000,
+            },
         }
     }
 }
@@ -57,7 +65,7 @@ impl ReceiverConfig {
         if self.max_completion_bytes < 1024 {
             return Err("receiver.max_completion_bytes: must be at least 1024".into());
         }
-        Ok(())
+        self.launch_limit.validate("receiver.launch_limit")
     }
 }
 
@@ -74,6 +82,12 @@ pub struct Receiver {
     pub executor: Arc<dyn Executor>,
     /// Signs run tokens (and verifies them on completion).
     pub signer: Signer,
+    /// The shard this receiver serves (empty in standalone: every shard).
+    pub shard: String,
+    /// This receiver's instance id (its lease in the run store, the owner of the runs it runs).
+    pub instance_id: String,
+    /// The safety-net launch limiter (`config.launch_limit`).
+    pub limiter: std::sync::Mutex<nexus_core::limiter::TokenBucket>,
 }
 
 impl Receiver {
@@ -86,7 +100,29 @@ impl Receiver {
         executor: Arc<dyn Executor>,
         signer: Signer,
     ) -> Arc<Self> {
+        Self::for_shard(config, "", "", store, payloads, executor, signer)
+    }
+
+    /// Builds the receiver of one shard (distributed mode), with its instance id.
+    #[must_use]
+    pub fn for_shard(
+        config: ReceiverConfig,
+        shard: &str,
+        instance_id: &str,
+        store: Arc<dyn RunStore>,
+        payloads: Arc<dyn PayloadStore>,
+        executor: Arc<dyn Executor>,
+        signer: Signer,
+    ) -> Arc<Self> {
+        let limiter = nexus_core::limiter::TokenBucket::new(
+            config.launch_limit.rate,
+            f64::from(config.launch_limit.burst),
+            tokio::time::Instant::now(),
+        );
         Arc::new(Self {
+            shard: shard.to_owned(),
+            instance_id: instance_id.to_owned(),
+            limiter: std::sync::Mutex::new(limiter),
             config,
             store,
             payloads,
@@ -108,7 +144,7 @@ impl Receiver {
         // here. A cancel that lands between that read and the launch is caught when the start is
         // recorded: the supervisor sees CANCELLED and stops the process.
         let run = &d.run;
-        if run.stage != Stage::Buffered {
+        if !(run.stage == Stage::Buffered || d.relaunch && run.stage == Stage::Running) {
             return Ok(());
         }
         let spec = &run.applied_configuration;

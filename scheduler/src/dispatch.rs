@@ -264,6 +264,7 @@ async fn dispatch_one(
         payload_url: s.payload_url(&run),
         workgroup: wg.spec.clone(),
         run,
+        relaunch: false,
     };
     let limit = s.config.dispatch_timeout;
     let result = match tokio::time::timeout(limit, shard.submit(d)).await {
