@@ -5,6 +5,7 @@
 pub mod catalog;
 pub mod error;
 pub mod executor;
+pub mod grpc;
 pub mod http;
 pub mod limiter;
 pub mod payload;

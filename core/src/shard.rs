@@ -5,6 +5,8 @@
 //! (a receiver that already launched the run answers `Ok`); an `Err` with a retryable kind means
 //! "try again later" and the dispatcher backs off; `cancel` of an unknown run is `Ok`.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 
 use crate::error::ErrorKind;
@@ -28,21 +30,36 @@ pub struct Dispatch {
 
 /// Errors of a [`Shard`].
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("shard {kind:?}: {message}")]
+#[error("shard {kind:?}: {message}{}", retry_hint(*.retry_after))]
 pub struct ShardError {
     /// What kind of failure.
     pub kind: ErrorKind,
     /// Details.
     pub message: String,
+    /// When a retry may succeed (set with `ResourceExhausted` when the shard said so).
+    pub retry_after: Option<Duration>,
+}
+
+fn retry_hint(d: Option<Duration>) -> String {
+    d.map(|d| format!(" (retry after {} ms)", d.as_millis()))
+        .unwrap_or_default()
 }
 
 impl ShardError {
-    /// Builds an error.
+    /// Builds an error without a retry hint.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Self {
             kind,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// Returns the error with a retry hint: the shard asked callers to wait `d` before retrying.
+    #[must_use]
+    pub fn with_retry_after(mut self, d: Duration) -> Self {
+        self.retry_after = Some(d);
+        self
     }
 }
 
