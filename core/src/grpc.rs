@@ -14,7 +14,7 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -751,6 +751,8 @@ struct Inner {
     next: AtomicUsize,
     opts: GrpcShardOptions,
     in_flight: Arc<Semaphore>,
+    /// `Submit` calls attempted (every endpoint tried counts).
+    submit_calls: AtomicU64,
 }
 
 impl fmt::Debug for Inner {
@@ -843,6 +845,7 @@ impl GrpcShard {
             next: AtomicUsize::new(0),
             opts,
             in_flight: Arc::new(Semaphore::new(opts.max_in_flight)),
+            submit_calls: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel(opts.batch_max * opts.max_in_flight * 4);
         tokio::spawn(batcher(inner.clone(), rx));
@@ -853,6 +856,13 @@ impl GrpcShard {
     #[must_use]
     pub fn shard(&self) -> &str {
         &self.inner.shard
+    }
+
+    /// Returns how many `Submit` calls were attempted so far (each endpoint tried counts): with
+    /// batching, fewer than the runs submitted under load.
+    #[must_use]
+    pub fn submit_calls(&self) -> u64 {
+        self.inner.submit_calls.load(Ordering::Relaxed)
     }
 
     /// Asks every endpoint for its capacity, concurrently; one answer per endpoint, in order.
@@ -993,6 +1003,7 @@ impl Inner {
             tried[i] = true;
             let ep = &self.endpoints[i];
             let mut client = ep.client.clone();
+            self.submit_calls.fetch_add(1, Ordering::Relaxed);
             match client.submit(req.clone()).await {
                 Ok(resp) => {
                     let results = resp.into_inner().results;

@@ -3,6 +3,10 @@
 //! Fixes over the reference: the caller must present the run-scoped token handed to that run
 //! (401 otherwise); an unknown run is 404 and a finished one 409, and neither changes anything;
 //! the answer comes after the completion is durable.
+//!
+//! The completion logic itself ([`Receiver::authorize_completion`], [`Receiver::apply_completion`])
+//! is shared with the gRPC twin (`crate::grpc`), so the two transports cannot drift; each maps
+//! [`CompletionError`] to its own status codes in one place.
 
 use std::sync::Arc;
 
@@ -12,6 +16,7 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use nexus_core::error::ErrorKind;
 use nexus_core::http::ApiError;
 use nexus_core::payload::Keys;
 use nexus_core::run::{RunId, RunPatch, Stage};
@@ -34,6 +39,165 @@ fn metric(outcome: &'static str) {
     metrics::counter!("nexus_receiver_completions_total", "outcome" => outcome).increment(1);
 }
 
+/// Why a completion was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CompletionError {
+    /// No run token, or one that does not open this run (HTTP 401, gRPC UNAUTHENTICATED).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A malformed id or result (HTTP 400, gRPC INVALID_ARGUMENT).
+    #[error("{0}")]
+    InvalidInput(String),
+    /// No such run of that algorithm (HTTP 404, gRPC NOT_FOUND).
+    #[error("{0}")]
+    NotFound(String),
+    /// The run already finished; nothing was changed (HTTP 409, gRPC FAILED_PRECONDITION).
+    #[error("run {id} already finished as {stage}; nothing was changed")]
+    AlreadyFinished {
+        /// The run.
+        id: RunId,
+        /// Its final stage.
+        stage: Stage,
+    },
+    /// The store or payload store failed (mapped through the kind: retryable ones say so).
+    #[error("{message}")]
+    Backend {
+        /// What kind of failure.
+        kind: ErrorKind,
+        /// Details.
+        message: String,
+    },
+}
+
+impl CompletionError {
+    /// Returns the error kind (drives the HTTP status and the gRPC code).
+    #[must_use]
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            CompletionError::Unauthorized(_) => ErrorKind::Unauthorized,
+            CompletionError::InvalidInput(_) => ErrorKind::InvalidInput,
+            CompletionError::NotFound(_) => ErrorKind::NotFound,
+            CompletionError::AlreadyFinished { .. } => ErrorKind::Conflict,
+            CompletionError::Backend { kind, .. } => *kind,
+        }
+    }
+}
+
+impl From<CompletionError> for ApiError {
+    fn from(e: CompletionError) -> Self {
+        ApiError::from_kind(e.kind(), e.to_string())
+    }
+}
+
+impl Receiver {
+    /// Checks the run token presented for a completion of run `id` (text, as received).
+    ///
+    /// # Errors
+    /// `InvalidInput` for an id that is not a UUID; `Unauthorized` for a missing token or one
+    /// that does not open this run.
+    pub fn authorize_completion(
+        &self,
+        id: &str,
+        token: Option<&str>,
+    ) -> Result<RunId, CompletionError> {
+        let rid: RunId = id.parse().map_err(|_| {
+            CompletionError::InvalidInput(format!(
+                "'{id}' is not a valid request id (expected a UUID)"
+            ))
+        })?;
+        let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) else {
+            metric("unauthorized");
+            return Err(CompletionError::Unauthorized(
+                "missing run token: send 'Authorization: Bearer <NEXUS__RUN_TOKEN>' as given to the run"
+                    .into(),
+            ));
+        };
+        if let Err(e) = self.signer.verify_run_token(rid, token, now_secs()) {
+            metric("unauthorized");
+            return Err(CompletionError::Unauthorized(format!(
+                "run token refused: {e}"
+            )));
+        }
+        Ok(rid)
+    }
+
+    /// Records the outcome of an authorized run (see [`Receiver::authorize_completion`]):
+    /// FAILED when `error_cause` is set, else COMPLETED (a result URI, or bytes uploaded to the
+    /// run's result URL, is required). Durable when it returns.
+    ///
+    /// # Errors
+    /// `NotFound` (unknown run of that algorithm), `AlreadyFinished` (nothing changed),
+    /// `InvalidInput` (no result), `Backend` (store failures; retryable kinds mean "retry").
+    pub async fn apply_completion(
+        &self,
+        alg: &str,
+        rid: RunId,
+        result: &v1::AlgorithmResult,
+    ) -> Result<Stage, CompletionError> {
+        let id = rid.to_string();
+        let not_found =
+            || CompletionError::NotFound(format!("run {id} of algorithm {alg} not found"));
+        let backend = |kind: ErrorKind, message: String| CompletionError::Backend { kind, message };
+        let run = match self.store.get(rid).await {
+            Ok(Some(run)) if run.algorithm == alg => run,
+            Ok(_) => return Err(not_found()),
+            Err(e) => return Err(backend(e.kind(), e.to_string())),
+        };
+        if run.stage.is_terminal() {
+            metric("conflict");
+            return Err(CompletionError::AlreadyFinished {
+                id: rid,
+                stage: run.stage,
+            });
+        }
+        let (target, patch) = match result.error_cause.as_deref().filter(|c| !c.is_empty()) {
+            Some(cause) => (
+                Stage::Failed,
+                RunPatch::failure(cause, result.error_details.clone().unwrap_or_default()),
+            ),
+            None => {
+                let uploaded = self
+                    .payloads
+                    .get(&Keys::result(alg, &id))
+                    .await
+                    .map_err(|e| backend(e.kind, e.message))?
+                    .is_some();
+                if result.result_uri.is_empty() && !uploaded {
+                    return Err(CompletionError::InvalidInput(
+                        "Submitted result is invalid: resultUri is empty and nothing was uploaded to NEXUS__RESULT_UPLOAD_URL"
+                            .into(),
+                    ));
+                }
+                let patch = RunPatch {
+                    result_uri: (!result.result_uri.is_empty()).then(|| result.result_uri.clone()),
+                    result_stored: Some(uploaded && result.result_uri.is_empty()),
+                    ..RunPatch::default()
+                };
+                (Stage::Completed, patch)
+            }
+        };
+        match self.complete(rid, target, patch).await {
+            Ok(()) => {
+                metric(if target == Stage::Completed {
+                    "completed"
+                } else {
+                    "failed"
+                });
+                Ok(target)
+            }
+            Err(StoreError::Conflict { current, .. }) => {
+                metric("conflict");
+                Err(CompletionError::AlreadyFinished {
+                    id: rid,
+                    stage: current,
+                })
+            }
+            Err(StoreError::NotFound(_)) => Err(not_found()),
+            Err(e) => Err(backend(e.kind(), e.to_string())),
+        }
+    }
+}
+
 #[tracing::instrument(skip_all, fields(alg = %alg, run_id = %id))]
 async fn complete(
     State(r): State<Arc<Receiver>>,
@@ -41,30 +205,14 @@ async fn complete(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let rid: RunId = id.parse().map_err(|_| {
-        ApiError::bad_request(format!(
-            "'{id}' is not a valid request id (expected a UUID)"
-        ))
-    })?;
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .filter(|t| !t.is_empty());
-    let Some(token) = token else {
-        metric("unauthorized");
-        return Err(ApiError::unauthorized(
-            "missing run token: send 'Authorization: Bearer <NEXUS__RUN_TOKEN>' as given to the run",
-        ));
-    };
-    if let Err(e) = r.signer.verify_run_token(rid, token, now_secs()) {
-        metric("unauthorized");
-        return Err(ApiError::unauthorized(format!("run token refused: {e}")));
-    }
+        });
+    let rid = r.authorize_completion(&id, token)?;
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -86,65 +234,6 @@ async fn complete(
     }
     let result: v1::AlgorithmResult = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("Submitted result is invalid: {e}")))?;
-    let run = match r.store.get(rid).await {
-        Ok(Some(run)) if run.algorithm == alg => run,
-        Ok(_) => {
-            return Err(ApiError::not_found(format!(
-                "run {id} of algorithm {alg} not found"
-            )));
-        }
-        Err(e) => return Err(ApiError::from_kind(e.kind(), e.to_string())),
-    };
-    if run.stage.is_terminal() {
-        metric("conflict");
-        return Err(ApiError::conflict(format!(
-            "run {id} already finished as {}; nothing was changed",
-            run.stage
-        )));
-    }
-    let (target, patch) = match result.error_cause.as_deref().filter(|c| !c.is_empty()) {
-        Some(cause) => (
-            Stage::Failed,
-            RunPatch::failure(cause, result.error_details.clone().unwrap_or_default()),
-        ),
-        None => {
-            let uploaded = r
-                .payloads
-                .get(&Keys::result(&alg, &id))
-                .await
-                .map_err(|e| ApiError::from_kind(e.kind, e.message))?
-                .is_some();
-            if result.result_uri.is_empty() && !uploaded {
-                return Err(ApiError::bad_request(
-                    "Submitted result is invalid: resultUri is empty and nothing was uploaded to NEXUS__RESULT_UPLOAD_URL",
-                ));
-            }
-            let patch = RunPatch {
-                result_uri: (!result.result_uri.is_empty()).then(|| result.result_uri.clone()),
-                result_stored: Some(uploaded && result.result_uri.is_empty()),
-                ..RunPatch::default()
-            };
-            (Stage::Completed, patch)
-        }
-    };
-    match r.complete(rid, target, patch).await {
-        Ok(()) => {
-            metric(if target == Stage::Completed {
-                "completed"
-            } else {
-                "failed"
-            });
-            Ok((StatusCode::ACCEPTED, axum::Json(serde_json::json!({}))).into_response())
-        }
-        Err(StoreError::Conflict { current, .. }) => {
-            metric("conflict");
-            Err(ApiError::conflict(format!(
-                "run {id} already finished as {current}; nothing was changed"
-            )))
-        }
-        Err(StoreError::NotFound(_)) => Err(ApiError::not_found(format!(
-            "run {id} of algorithm {alg} not found"
-        ))),
-        Err(e) => Err(ApiError::from_kind(e.kind(), e.to_string())),
-    }
+    r.apply_completion(&alg, rid, &result).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(serde_json::json!({}))).into_response())
 }

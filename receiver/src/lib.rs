@@ -18,6 +18,7 @@ use nexus_core::store::RunStore;
 use serde::{Deserialize, Serialize};
 
 pub mod api;
+pub mod grpc;
 
 /// Receiver configuration (section `receiver`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
