@@ -191,24 +191,35 @@ pub async fn drive(
         ..E2e::default()
     };
     for t in tasks {
-        let r = t.await.expect("e2e client task panicked");
-        all.ok += r.ok;
-        all.failed += r.failed;
-        all.timeouts += r.timeouts;
-        all.bad_result += r.bad_result;
-        all.errors += r.errors;
-        all.polls += r.polls;
-        all.latencies.extend(r.latencies);
-        for (all, part) in all.parts.iter_mut().zip(r.parts) {
-            all.extend(part);
-        }
+        all = merge(all, t.await.expect("e2e client task panicked"));
     }
+    all.concurrency = concurrency;
     all.elapsed = start.elapsed();
     all.latencies.sort_unstable();
     for part in &mut all.parts {
         part.sort_unstable();
     }
     Ok(all)
+}
+
+/// Adds up two measurements of the same period (clients, counts, samples; the longer elapsed).
+#[must_use]
+pub fn merge(mut all: E2e, r: E2e) -> E2e {
+    all.concurrency += r.concurrency;
+    all.ok += r.ok;
+    all.failed += r.failed;
+    all.timeouts += r.timeouts;
+    all.bad_result += r.bad_result;
+    all.errors += r.errors;
+    all.polls += r.polls;
+    all.elapsed = all.elapsed.max(r.elapsed);
+    all.latencies.extend(r.latencies);
+    all.latencies.sort_unstable();
+    for (a, part) in all.parts.iter_mut().zip(r.parts) {
+        a.extend(part);
+        a.sort_unstable();
+    }
+    all
 }
 
 /// Prints the `e2e` table.

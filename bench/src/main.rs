@@ -22,6 +22,7 @@
 
 mod big_payload;
 mod cassandra;
+mod distributed;
 mod e2e;
 mod instant;
 mod limiter;
@@ -121,6 +122,23 @@ enum Cmd {
         /// Run store: a cassandra:// URL (scratch keyspace), default embedded SQLite.
         #[arg(long)]
         store: Option<String>,
+    },
+    /// The `e2e` scenario in distributed mode (2 schedulers, 2 receivers of one shard, a
+    /// supervisor, gRPC on loopback) against standalone on the same Cassandra + S3 stores.
+    Distributed {
+        /// Run store URL, e.g. cassandra://127.0.0.1:9042/bench (scratch keyspaces are made and
+        /// dropped).
+        #[arg(long)]
+        store: String,
+        /// Payload store URL, e.g. s3://bucket/bench?endpoint=http://127.0.0.1:8333&region=us-east-1
+        #[arg(long)]
+        payloads: String,
+        /// Concurrent closed-loop clients (split between the two schedulers).
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Duration of each phase, e.g. `10s`.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
     },
     /// Run store on a real Cassandra / ScyllaDB node: raw driver insert rate (the physical
     /// limit), LWT insert, store insert and compare-and-set, then accept (and e2e) on that store.
@@ -694,7 +712,7 @@ async fn bench_baseline(concurrency: usize, duration: Duration) -> anyhow::Resul
 
 // ---------------------------------------------------------------- standalone under test
 
-const WORKGROUP: &str = "apiVersion: science.sneaksanddata.com/v1
+pub(crate) const WORKGROUP: &str = "apiVersion: science.sneaksanddata.com/v1
 kind: NexusAlgorithmWorkgroup
 metadata:
   name: local
@@ -704,7 +722,7 @@ spec:
 ";
 
 // The command is never run: the bench executors play the algorithm in-process.
-const TEMPLATE: &str = "apiVersion: science.sneaksanddata.com/v1
+pub(crate) const TEMPLATE: &str = "apiVersion: science.sneaksanddata.com/v1
 kind: NexusAlgorithmTemplate
 metadata:
   name: knapsack
@@ -1019,6 +1037,15 @@ async fn main() -> anyhow::Result<()> {
             if let Some(s) = scratch {
                 s.drop().await;
             }
+        }
+        Cmd::Distributed {
+            store,
+            payloads,
+            concurrency,
+            duration,
+        } => {
+            let d = distributed::run(&store, &payloads, concurrency, duration).await?;
+            distributed::print(&d);
         }
         Cmd::E2e {
             concurrency,

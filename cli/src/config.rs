@@ -181,22 +181,7 @@ impl StandaloneConfig {
     /// # Errors
     /// Unreadable file, unknown keys, wrong types, invalid values — each naming the key.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, String> {
-        let mut fig = Figment::from(Serialized::defaults(StandaloneConfig::default()));
-        if let Some(f) = file {
-            if !f.is_file() {
-                return Err(format!("config file {} does not exist", f.display()));
-            }
-            fig = fig.merge(Yaml::file(f));
-        }
-        fig = fig
-            .merge(Env::prefixed("NEXUS__").split("__"))
-            .merge(Serialized::defaults(overrides));
-        let c: StandaloneConfig = fig.extract().map_err(|e| {
-            e.into_iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("; ")
-        })?;
+        let c: StandaloneConfig = load_layered(StandaloneConfig::default(), file, overrides)?;
         c.validate()?;
         Ok(c)
     }
@@ -247,6 +232,34 @@ impl StandaloneConfig {
             Err(e.join("; "))
         }
     }
+}
+
+/// Layers `defaults` → the YAML `file` → `NEXUS__SECTION__KEY` environment variables →
+/// `overrides` (flags) and extracts the result (every command's configuration loads this way).
+///
+/// # Errors
+/// Missing file, unknown keys, wrong types — each naming the key.
+pub fn load_layered<T: Serialize + serde::de::DeserializeOwned>(
+    defaults: T,
+    file: Option<&Path>,
+    overrides: &impl Serialize,
+) -> Result<T, String> {
+    let mut fig = Figment::from(Serialized::defaults(defaults));
+    if let Some(f) = file {
+        if !f.is_file() {
+            return Err(format!("config file {} does not exist", f.display()));
+        }
+        fig = fig.merge(Yaml::file(f));
+    }
+    fig = fig
+        .merge(Env::prefixed("NEXUS__").split("__"))
+        .merge(Serialized::defaults(overrides));
+    fig.extract().map_err(|e| {
+        e.into_iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod config;
+pub mod distributed;
 pub mod objects;
 pub mod payloads_cmd;
 pub mod standalone;

@@ -6,6 +6,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use nexus_cli::client::{ClientOpts, RunCommand};
 use nexus_cli::config::{Overrides, StandaloneConfig};
+use nexus_cli::distributed::{
+    self, DistOverrides, ReceiverProcess, SchedulerProcess, SupervisorProcess,
+};
 
 /// Nexus: a run scheduler for machine-learning, optimization and AI algorithms.
 ///
@@ -62,6 +65,65 @@ enum Command {
         #[arg(long)]
         dump_config: bool,
     },
+    /// Distributed mode: the HTTP v1 API, virtual queue and dispatcher, sending runs over gRPC to
+    /// the receivers of each shard.
+    ///
+    /// Shares with every other component a Cassandra run store (--store), an S3 payload store
+    /// (--payloads), a signing key (signing_key_file or NEXUS_SIGNING_KEY) and gRPC credentials
+    /// (section `grpc`: a shared secret from NEXUS_GRPC_SECRET or secret_file, or mutual TLS).
+    /// Several schedulers run behind a round-robin load balancer and share each shard's budget.
+    #[command(
+        after_help = "Example (scheduler.yaml):\n  store: cassandra://10.0.0.7:9042/nexus\n  payloads: s3://nexus-payloads/runs?region=eu-west-1\n  signing_key_file: /etc/nexus/signing.key\n  grpc: {auth: shared-secret, secret_file: /etc/nexus/grpc.secret}\n  templates_dir: /etc/nexus/templates\n  shards:\n    shard-a: {endpoints: ['http://receiver-a-0:9091', 'http://receiver-a-1:9091']}\n\n  nexus scheduler --config scheduler.yaml --listen 0.0.0.0:8080 --public-url http://nexus.internal"
+    )]
+    Scheduler {
+        #[command(flatten)]
+        common: DistFlags,
+        /// Directory of NexusAlgorithmTemplate / NexusAlgorithmWorkgroup manifests (reloaded on change).
+        #[arg(long)]
+        templates: Option<PathBuf>,
+        /// Payload store URL (s3://bucket/prefix?...).
+        #[arg(long)]
+        payloads: Option<String>,
+        /// URL algorithms use to reach the schedulers (their load balancer).
+        #[arg(long)]
+        public_url: Option<String>,
+    },
+    /// Distributed mode: serves one shard, takes runs over gRPC (nexus.v1.ShardService), launches
+    /// them (local processes), and takes their completions (HTTP and gRPC).
+    #[command(
+        after_help = "Example:\n  nexus receiver --config receiver.yaml --shard shard-a --listen 0.0.0.0:8091 --grpc-listen 0.0.0.0:9091"
+    )]
+    Receiver {
+        #[command(flatten)]
+        common: DistFlags,
+        /// The shard (workgroup spec.cluster) this receiver serves.
+        #[arg(long)]
+        shard: Option<String>,
+        /// gRPC address (ShardService, CompletionService, grpc.health.v1).
+        #[arg(long)]
+        grpc_listen: Option<std::net::SocketAddr>,
+        /// Payload store URL (s3://bucket/prefix?...).
+        #[arg(long)]
+        payloads: Option<String>,
+        /// URL algorithms use to reach this receiver's HTTP completion endpoint.
+        #[arg(long)]
+        public_url: Option<String>,
+    },
+    /// Distributed mode: hands runs orphaned by lost schedulers (BUFFERED) and lost receivers
+    /// (RUNNING) to their shard again.
+    #[command(
+        after_help = "Example:\n  nexus supervisor --config supervisor.yaml --scheduler-url http://nexus.internal"
+    )]
+    Supervisor {
+        #[command(flatten)]
+        common: DistFlags,
+        /// Directory of template / workgroup manifests.
+        #[arg(long)]
+        templates: Option<PathBuf>,
+        /// Base URL of the schedulers (payload URLs of resubmitted runs point there).
+        #[arg(long)]
+        scheduler_url: Option<String>,
+    },
     /// Payload store maintenance (the S3 bucket's retention rule).
     Payloads {
         #[command(subcommand)]
@@ -79,6 +141,104 @@ enum Command {
         #[command(subcommand)]
         command: RunCommand,
     },
+}
+
+/// Flags shared by the distributed commands.
+#[derive(Debug, clap::Args)]
+struct DistFlags {
+    /// YAML configuration file (then NEXUS__SECTION__KEY environment variables, then flags).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// HTTP address (API or completion endpoint, /health/livez, /health/readyz, /metrics).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Run store URL (cassandra://host:9042/keyspace?...).
+    #[arg(long)]
+    store: Option<String>,
+    /// Print the effective configuration as YAML and exit.
+    #[arg(long)]
+    dump_config: bool,
+}
+
+fn dump<T: serde::Serialize>(c: &T) -> ExitCode {
+    match serde_yaml::to_string(c) {
+        Ok(y) => {
+            print!("{y}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn until_signal(
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> std::io::Result<tokio::signal::unix::Signal> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down gracefully (a second signal exits at once)");
+    shutdown.cancel();
+    Ok(term)
+}
+
+async fn wait_or_exit(
+    handle: &nexus_cli::standalone::Handle,
+    mut term: tokio::signal::unix::Signal,
+) {
+    tokio::select! {
+        () = handle.wait() => {}
+        _ = tokio::signal::ctrl_c() => std::process::exit(130),
+        _ = term.recv() => std::process::exit(143),
+    }
+}
+
+async fn run_scheduler(c: SchedulerProcess) -> anyhow::Result<()> {
+    let l = distributed::bind(c.listen, "listen").await?;
+    let h = distributed::start_scheduler(c, l).await?;
+    eprintln!("nexus scheduler serving on {} (Ctrl-C to stop)", h.url);
+    let term = until_signal(&h.shutdown).await?;
+    wait_or_exit(&h, term).await;
+    Ok(())
+}
+
+async fn run_receiver(c: ReceiverProcess) -> anyhow::Result<()> {
+    let http = distributed::bind(c.listen, "listen").await?;
+    let grpc = distributed::bind(c.grpc_listen, "grpc_listen").await?;
+    let h = distributed::start_receiver(c, http, grpc).await?;
+    eprintln!(
+        "nexus receiver {} serving HTTP on {} and gRPC on {} (Ctrl-C to stop)",
+        h.id, h.http.url, h.grpc_addr
+    );
+    let term = until_signal(&h.http.shutdown).await?;
+    wait_or_exit(&h.http, term).await;
+    Ok(())
+}
+
+async fn run_supervisor(c: SupervisorProcess) -> anyhow::Result<()> {
+    let l = distributed::bind(c.listen, "listen").await?;
+    let h = distributed::start_supervisor(c, l).await?;
+    eprintln!(
+        "nexus supervisor serving health and metrics on {} (Ctrl-C to stop)",
+        h.url
+    );
+    let term = until_signal(&h.shutdown).await?;
+    wait_or_exit(&h, term).await;
+    Ok(())
+}
+
+fn finish(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn init_logs(json: bool) {
@@ -172,6 +332,87 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Scheduler {
+            common,
+            templates,
+            payloads,
+            public_url,
+        } => {
+            let o = DistOverrides {
+                listen: common.listen,
+                store: common.store,
+                payloads,
+                templates_dir: templates,
+                public_url,
+                ..DistOverrides::default()
+            };
+            let c = match SchedulerProcess::load(common.config.as_deref(), &o) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: invalid configuration: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if common.dump_config {
+                return dump(&c);
+            }
+            init_logs(c.log_format == "json");
+            finish(rt.block_on(run_scheduler(c)))
+        }
+        Command::Receiver {
+            common,
+            shard,
+            grpc_listen,
+            payloads,
+            public_url,
+        } => {
+            let o = DistOverrides {
+                listen: common.listen,
+                store: common.store,
+                grpc_listen,
+                shard,
+                payloads,
+                public_url,
+                ..DistOverrides::default()
+            };
+            let c = match ReceiverProcess::load(common.config.as_deref(), &o) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: invalid configuration: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if common.dump_config {
+                return dump(&c);
+            }
+            init_logs(c.log_format == "json");
+            finish(rt.block_on(run_receiver(c)))
+        }
+        Command::Supervisor {
+            common,
+            templates,
+            scheduler_url,
+        } => {
+            let o = DistOverrides {
+                listen: common.listen,
+                store: common.store,
+                templates_dir: templates,
+                scheduler_url,
+                ..DistOverrides::default()
+            };
+            let c = match SupervisorProcess::load(common.config.as_deref(), &o) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: invalid configuration: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if common.dump_config {
+                return dump(&c);
+            }
+            init_logs(c.log_format == "json");
+            finish(rt.block_on(run_supervisor(c)))
         }
         Command::Payloads { command } => match rt.block_on(nexus_cli::payloads_cmd::run(command)) {
             Ok(()) => ExitCode::SUCCESS,

@@ -45,6 +45,20 @@ pub struct Handle {
 }
 
 impl Handle {
+    pub(crate) fn new(
+        addr: SocketAddr,
+        url: String,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Self {
+        Self {
+            addr,
+            url,
+            shutdown,
+            tasks,
+        }
+    }
+
     /// Shuts down gracefully and waits until everything stopped.
     pub async fn stop(self) {
         self.shutdown.cancel();
@@ -58,7 +72,7 @@ impl Handle {
     }
 }
 
-fn prometheus() -> &'static PrometheusHandle {
+pub(crate) fn prometheus() -> &'static PrometheusHandle {
     static H: OnceLock<PrometheusHandle> = OnceLock::new();
     H.get_or_init(|| {
         let recorder = PrometheusBuilder::new().build_recorder();
@@ -95,7 +109,7 @@ fn load_or_create_secret(path: &Path) -> anyhow::Result<Signer> {
     Ok(Signer::new(&key))
 }
 
-fn instance_id() -> String {
+pub(crate) fn instance_id() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "localhost".into());

@@ -278,6 +278,22 @@ fn check(
     Ok(())
 }
 
+/// Returns the signed GET URL of a run's payload as the scheduler serves it at
+/// `{base}/data/v1/payloads/{alg}/{id}` (inline payloads from the record, stored ones by a
+/// redirect), valid for the run's `payload_valid_for` from now. Minted at dispatch time, by the
+/// scheduler or by the supervisor when it resubmits a run.
+#[must_use]
+pub fn payload_url(base: &str, signer: &Signer, run: &crate::run::Run) -> String {
+    let path = format!("/data/v1/payloads/{}/{}", run.algorithm, run.id);
+    let secs = i64::try_from(run.payload_valid_for.as_secs()).unwrap_or(i64::MAX / 2);
+    let exp = now_secs().saturating_add(secs);
+    format!(
+        "{}{path}?{}",
+        base.trim_end_matches('/'),
+        signer.sign_url("GET", &path, exp)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -184,26 +184,47 @@ impl Client {
         Ok(())
     }
 
-    /// POST the completion call.
+    /// POST the completion call, retrying (with back-off, for about a minute) while the receiver
+    /// is unreachable or answers 5xx/429: a receiver restarting must not lose a finished run.
+    /// 4xx answers are final (wrong token, run already finished).
     pub fn complete(&self, ctx: &RunContext, outcome: &Outcome) -> Result<(), String> {
         let url = ctx.completion_url();
-        println!("[nexus-demo] POST completion to {url}");
-        let resp = self
-            .http
-            .post(&url)
-            .bearer_auth(&ctx.run_token)
-            .json(&completion_body(outcome))
-            .send()
-            .map_err(|e| format!("cannot report completion to {url}: {e}"))?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(format!(
-                "completion call to {url} failed with HTTP {status}{}",
-                body_snippet(resp)
-            ));
+        let body = completion_body(outcome);
+        let mut delay = std::time::Duration::from_millis(200);
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            println!("[nexus-demo] POST completion to {url}");
+            let resp = self
+                .http
+                .post(&url)
+                .bearer_auth(&ctx.run_token)
+                .json(&body)
+                .send();
+            let err = match resp {
+                Ok(resp) => {
+                    let status = resp.status();
+                    if status.is_success() {
+                        println!("[nexus-demo] completion accepted (HTTP {status})");
+                        return Ok(());
+                    }
+                    let e = format!(
+                        "completion call to {url} failed with HTTP {status}{}",
+                        body_snippet(resp)
+                    );
+                    if !(status.is_server_error() || status.as_u16() == 429) {
+                        return Err(e);
+                    }
+                    e
+                }
+                Err(e) => format!("cannot report completion to {url}: {e}"),
+            };
+            if std::time::Instant::now() + delay > give_up {
+                return Err(err);
+            }
+            eprintln!("[nexus-demo] {err}; retrying in {delay:?}");
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(std::time::Duration::from_secs(5));
         }
-        println!("[nexus-demo] completion accepted (HTTP {status})");
-        Ok(())
     }
 
     /// Upload (on success) and complete.

@@ -173,7 +173,40 @@ impl Receiver {
         self.executor
             .launch(spec)
             .await
-            .map_err(|e| ShardError::new(e.kind, e.message))
+            .map_err(|e| ShardError::new(e.kind, e.message))?;
+        if !self.instance_id.is_empty() {
+            self.record_launch(run).await?;
+        }
+        Ok(())
+    }
+
+    /// Distributed mode: records the run as RUNNING and owned by this receiver *before* the
+    /// scheduler hears "accepted". From then on a lost receiver is visible (its lease lapses and
+    /// the supervisor launches the run again); a receiver lost before this point never answered,
+    /// so the scheduler dispatches the run again.
+    async fn record_launch(&self, run: &nexus_core::run::Run) -> Result<(), ShardError> {
+        use nexus_core::store::StoreError;
+        let patch = RunPatch {
+            owner: Some(Some(self.instance_id.clone())),
+            ..RunPatch::default()
+        };
+        match self
+            .store
+            .transition(run.id, run.stage, Stage::Running, patch)
+            .await
+        {
+            // Conflict: already recorded (a repeated submission, or the executor's start event
+            // won), or cancelled meanwhile (the start event then stops the process).
+            Ok(_) | Err(StoreError::Conflict { .. }) => Ok(()),
+            Err(StoreError::NotFound(id)) => Err(ShardError::new(
+                ErrorKind::NotFound,
+                format!("run {id} is not in the run store"),
+            )),
+            Err(e) => Err(ShardError::new(
+                e.kind(),
+                format!("could not record the launch: {e}"),
+            )),
+        }
     }
 
     /// Stops a run's process (idempotent).

@@ -14,6 +14,8 @@
 //! * "slow down" (`RESOURCE_EXHAUSTED`): the shard's rate is halved (AIMD) and the run is retried
 //!   after a back-off without spending one of its attempts: an overloaded shard delays runs, it
 //!   does not fail them.
+//! * shard unreachable (`UNAVAILABLE`: no receiver of the shard answers): the lane pauses with a
+//!   growing back-off and the run keeps its place and its attempts; other lanes go on.
 //! * store unavailable while reading the record: retried after a back-off, no attempt spent.
 //! * no answer within `dispatch_timeout`: a retryable timeout. A retry of a dispatch that did
 //!   arrive launches nothing twice: the retry re-reads the record (a started run is no longer
@@ -162,6 +164,14 @@ async fn lane_worker(
             break;
         }
         let now = Instant::now();
+        if let Some(until) = lane.paused_until(now) {
+            // The shard was unreachable: wait out the pause (its runs keep their place).
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep_until(until) => {}
+            }
+            continue;
+        }
         if !lane.has_ready(now) {
             tokio::select! {
                 () = stop.cancelled() => break,
@@ -280,7 +290,20 @@ async fn dispatch_one(
     };
     drop(permit);
     match result {
-        Ok(()) => metrics::dispatched("ok"),
+        Ok(()) => {
+            lane.mark_up();
+            metrics::dispatched("ok");
+        }
+        Err(err) if err.kind == ErrorKind::Unavailable => {
+            // The shard is down (no receiver reachable): pause the whole lane with a growing
+            // back-off and keep the run's place and attempts. A shard outage delays its own runs;
+            // it neither fails them nor touches other lanes.
+            let now = Instant::now();
+            let until = lane.mark_down(now, |streak| backoff(&s.config, streak.min(16)));
+            tracing::warn!(shard = %lane.name(), pause_ms = until.saturating_duration_since(now).as_millis(), "shard unreachable, pausing its lane: {}", err.message);
+            metrics::dispatched("shard_down");
+            lane.push_delayed(e, until);
+        }
         Err(err) if err.kind == ErrorKind::ResourceExhausted => {
             let halved = locked(&budget).slow_down(Instant::now());
             if halved {
@@ -289,7 +312,10 @@ async fn dispatch_one(
                 metrics::budget_rate(lane.name(), rate);
             }
             metrics::dispatched("slow_down");
-            lane.push_delayed(e, Instant::now() + backoff(&s.config, e.attempt));
+            let wait = err
+                .retry_after
+                .unwrap_or_else(|| backoff(&s.config, e.attempt));
+            lane.push_delayed(e, Instant::now() + wait);
         }
         Err(err) if err.kind.is_retryable() && e.attempt + 1 < s.config.dispatch_max_attempts => {
             tracing::warn!(run_id = %e.id, attempt = e.attempt + 1, "dispatch failed, retrying: {err}");
@@ -449,7 +475,7 @@ mod tests {
     #[tokio::test]
     async fn exhausted_or_final_failures_end_scheduling_failed_with_cause() {
         let (shard, store, s) = fixture();
-        shard.fail_next([ErrorKind::Unavailable; 3]);
+        shard.fail_next([ErrorKind::Timeout; 3]);
         let a = queued_run("a");
         enqueue(&store, &s, &a).await;
         let stop = CancellationToken::new();
@@ -464,6 +490,54 @@ mod tests {
         assert!(shard.submitted().is_empty());
         stop.cancel();
         h.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_shard_that_is_down_pauses_its_lane_without_spending_attempts() {
+        let (shard, store, s) = fixture();
+        // Twice dispatch_max_attempts "down" answers: the run must still be dispatched.
+        shard.fail_next([ErrorKind::Unavailable; 6]);
+        let run = queued_run("a");
+        enqueue(&store, &s, &run).await;
+        let stop = CancellationToken::new();
+        let h = tokio::spawn(super::run(s.clone(), stop.clone()));
+        for _ in 0..500 {
+            if shard.submitted() == vec![run.id] {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            shard.submitted(),
+            vec![run.id],
+            "dispatched once the shard is back"
+        );
+        assert_eq!(
+            store.get(run.id).await.unwrap().unwrap().stage,
+            Stage::Buffered
+        );
+        let lane = s.queue.lane("local");
+        assert!(
+            lane.paused_until(tokio::time::Instant::now()).is_none(),
+            "a successful dispatch ends the pause"
+        );
+        stop.cancel();
+        h.await.unwrap();
+    }
+
+    #[test]
+    fn lane_pause_grows_with_the_streak_and_ends_on_success() {
+        let q = crate::VirtualQueue::new(10);
+        let lane = q.lane("x");
+        let now = tokio::time::Instant::now();
+        let a = lane.mark_down(now, |n| Duration::from_secs(u64::from(n)));
+        let b = lane.mark_down(now, |n| Duration::from_secs(u64::from(n)));
+        assert_eq!(a - now, Duration::from_secs(1));
+        assert_eq!(b - now, Duration::from_secs(2));
+        assert_eq!(lane.paused_until(now), Some(b));
+        assert_eq!(lane.paused_until(b), None, "the pause ends by itself");
+        lane.mark_up();
+        assert_eq!(lane.paused_until(now), None);
     }
 
     #[tokio::test]

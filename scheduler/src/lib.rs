@@ -246,14 +246,7 @@ impl Scheduler {
     /// `/data/v1/payloads/{alg}/{id}`, valid for the run's `payload_valid_for` from now.
     #[must_use]
     pub fn payload_url(&self, run: &Run) -> String {
-        let path = format!("/data/v1/payloads/{}/{}", run.algorithm, run.id);
-        let secs = i64::try_from(run.payload_valid_for.as_secs()).unwrap_or(i64::MAX / 2);
-        let exp = now_millis() / 1000 + secs;
-        format!(
-            "{}{path}?{}",
-            self.config.public_url.trim_end_matches('/'),
-            self.signer.sign_url("GET", &path, exp)
-        )
+        nexus_core::sign::payload_url(&self.config.public_url, &self.signer, run)
     }
 
     /// Enqueues a recovered run ahead of the queue (used by the supervisor's orphan recovery).
@@ -306,7 +299,10 @@ async fn beat(s: &Scheduler) {
     }
     match s.store.leases().await {
         Ok(leases) => {
-            let live = leases.iter().filter(|l| l.expires_at > now).count();
+            let live = leases
+                .iter()
+                .filter(|l| l.expires_at > now && is_scheduler_lease(&l.owner))
+                .count();
             let n = u32::try_from(live).unwrap_or(u32::MAX).max(1);
             if n != s.budgets.replicas() {
                 tracing::info!(
@@ -335,6 +331,13 @@ async fn heartbeat(s: Arc<Scheduler>, shutdown: CancellationToken) {
         beat(&s).await;
         wait = s.config.lease_ttl / 3;
     }
+}
+
+/// Receivers and supervisors hold leases in the same table (their ids start with `receiver/` and
+/// `supervisor/`); only schedulers share the shard budgets.
+#[must_use]
+pub fn is_scheduler_lease(owner: &str) -> bool {
+    !(owner.starts_with("receiver/") || owner.starts_with("supervisor/"))
 }
 
 /// Delay of the first re-count of live schedulers after start.

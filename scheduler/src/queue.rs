@@ -15,6 +15,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
 
 use nexus_core::run::RunId;
 use tokio::sync::Notify;
@@ -69,6 +70,14 @@ pub struct Lane {
     notify: Notify,
     depth: metrics::Gauge,
     total: Arc<AtomicUsize>,
+    down: Mutex<Down>,
+}
+
+/// A shard found unreachable: its lane pauses until `until`; `streak` grows the pause.
+#[derive(Debug, Default, Clone, Copy)]
+struct Down {
+    until: Option<Instant>,
+    streak: u32,
 }
 
 impl Lane {
@@ -160,6 +169,28 @@ impl Lane {
         e
     }
 
+    /// Marks the shard unreachable: the lane pauses for `pause(streak)` (the streak counts
+    /// consecutive "down" answers, so the pause can grow) and returns when it ends.
+    pub fn mark_down(&self, now: Instant, pause: impl FnOnce(u32) -> Duration) -> Instant {
+        let mut d = self.down.lock().unwrap_or_else(PoisonError::into_inner);
+        d.streak = d.streak.saturating_add(1);
+        let until = now + pause(d.streak);
+        d.until = Some(d.until.map_or(until, |u| u.max(until)));
+        until
+    }
+
+    /// Marks the shard reachable again (a dispatch went through).
+    pub fn mark_up(&self) {
+        *self.down.lock().unwrap_or_else(PoisonError::into_inner) = Down::default();
+    }
+
+    /// When the shard was found unreachable: the end of the lane's pause, if it is still paused.
+    #[must_use]
+    pub fn paused_until(&self, now: Instant) -> Option<Instant> {
+        let d = self.down.lock().unwrap_or_else(PoisonError::into_inner);
+        d.until.filter(|u| *u > now)
+    }
+
     /// Waits until something is pushed (a stored wake-up returns at once: single consumer).
     pub async fn pushed(&self) {
         self.notify.notified().await;
@@ -235,6 +266,7 @@ impl VirtualQueue {
                     notify: Notify::new(),
                     depth: metrics::gauge!("nexus_scheduler_queue_depth", "shard" => shard.to_owned()),
                     total: self.total.clone(),
+                    down: Mutex::new(Down::default()),
                 })
             })
             .clone();

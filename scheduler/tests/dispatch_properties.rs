@@ -55,12 +55,10 @@ impl Answer {
         }
     }
 
-    /// Failures that use up one of the run's dispatch attempts ("slow down" does not).
+    /// Failures that use up one of the run's dispatch attempts ("slow down" does not, nor "shard
+    /// down": an unreachable shard pauses its lane and its runs keep their attempts).
     fn spends_attempt(self) -> bool {
-        matches!(
-            self,
-            Answer::Unavailable | Answer::Timeout | Answer::Invalid
-        )
+        matches!(self, Answer::Timeout | Answer::Invalid)
     }
 }
 

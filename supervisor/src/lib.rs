@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
+pub mod resubmit;
+
 /// Supervisor configuration (section `supervisor`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -134,7 +136,10 @@ impl Supervisor {
                 attempt,
                 executor_ref,
             } => {
+                // The process that launched it owns a RUNNING run (in distributed mode the
+                // receiver: when its lease lapses, the supervisor launches the run again).
                 let patch = RunPatch {
+                    owner: Some(Some(self.instance_id.clone())),
                     attempts: Some(attempt),
                     executor_ref: Some(executor_ref),
                     started_at: Some(now_millis()),
@@ -335,12 +340,38 @@ fn stop_orphan_process(run: &Run) {
 /// orphans every `recovery_interval` (and once at start).
 pub async fn run(
     sup: Arc<Supervisor>,
-    mut events: UnboundedReceiver<ExecutorEvent>,
+    events: UnboundedReceiver<ExecutorEvent>,
     requeue: Arc<dyn Fn(&Run) + Send + Sync>,
     shutdown: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(sup.config.recovery_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let s2 = sup.clone();
+    let stop = shutdown.clone();
+    let recovery = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(s2.config.recovery_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = tick.tick() => {
+                    if let Err(e) = s2.recover(requeue.as_ref()).await {
+                        tracing::warn!("orphan recovery skipped, store unavailable: {e}");
+                    }
+                }
+            }
+        }
+    });
+    apply_events(sup, events, shutdown).await;
+    let _ = recovery.await;
+}
+
+/// Applies executor events to the store until `shutdown` (or until the executor is gone), then
+/// applies what is already reported, so outcomes are not lost at shutdown. A receiver process runs
+/// this for its own executor (a local process can only be watched by its parent).
+pub async fn apply_events(
+    sup: Arc<Supervisor>,
+    mut events: UnboundedReceiver<ExecutorEvent>,
+    shutdown: CancellationToken,
+) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -348,14 +379,8 @@ pub async fn run(
                 Some(ev) => sup.handle(ev).await,
                 None => break,
             },
-            _ = tick.tick() => {
-                if let Err(e) = sup.recover(requeue.as_ref()).await {
-                    tracing::warn!("orphan recovery skipped, store unavailable: {e}");
-                }
-            }
         }
     }
-    // Apply what is already reported so outcomes are not lost at shutdown.
     while let Ok(ev) = events.try_recv() {
         sup.handle(ev).await;
     }

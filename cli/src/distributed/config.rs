@@ -1,0 +1,515 @@
+//! Configuration of `nexus scheduler`, `nexus receiver` and `nexus supervisor`: defaults in code →
+//! YAML file (`--config`) → `NEXUS__SECTION__KEY` environment variables → flags, then `validate`.
+//!
+//! Every component of one deployment shares the run store (Cassandra / ScyllaDB), the payload
+//! store (S3), the signing key and the gRPC credentials; each has its own listen addresses and
+//! its own section.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nexus_core::grpc::GrpcLinkConfig;
+use nexus_receiver::ReceiverConfig;
+use nexus_scheduler::SchedulerConfig;
+use nexus_scheduler::edge::EdgeLimitConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ExecutorSection, load_layered};
+
+/// The receivers of one shard (section `shards.<name>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardEntry {
+    /// gRPC endpoints of the shard's receivers (`http://host:port`, or `https://` with TLS); runs
+    /// are balanced across them, and a receiver that does not answer is skipped for a while.
+    pub endpoints: Vec<String>,
+}
+
+/// Configuration of `nexus scheduler`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerProcess {
+    /// HTTP v1 API, `/data/v1/payloads`, health probes and `/metrics`.
+    pub listen: SocketAddr,
+    /// URL algorithms use to reach the schedulers (the load balancer); payload URLs point here.
+    /// Default `http://<listen>`.
+    pub public_url: Option<String>,
+    /// Owner id of this scheduler (its lease). Default: `<hostname>-<pid>-<random>`; set a stable
+    /// one (e.g. the pod name of a StatefulSet) to pick up this scheduler's own queue on restart.
+    pub instance_id: Option<String>,
+    /// Run store URL (`cassandra://…`), shared by every component.
+    pub store: String,
+    /// Payload store URL (`s3://bucket/prefix?…`), shared by every component.
+    pub payloads: String,
+    /// Directory of template / workgroup manifests.
+    pub templates_dir: PathBuf,
+    /// How often the templates directory is checked for changes.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+    /// File holding the signing key shared by every component (≥ 32 bytes). `NEXUS_SIGNING_KEY`
+    /// (the key itself) takes precedence.
+    pub signing_key_file: Option<PathBuf>,
+    /// `text` or `json` logs.
+    pub log_format: String,
+    /// How components authenticate each other over gRPC.
+    pub grpc: GrpcLinkConfig,
+    /// Shard name (a workgroup's `spec.cluster`) → its receivers.
+    pub shards: BTreeMap<String, ShardEntry>,
+    /// Scheduler settings (queue, budgets, retries, lease).
+    pub scheduler: SchedulerConfig,
+    /// Per-client rate limiting of the API.
+    pub rate_limit: EdgeLimitConfig,
+}
+
+impl Default for SchedulerProcess {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: None,
+            instance_id: None,
+            store: String::new(),
+            payloads: String::new(),
+            templates_dir: PathBuf::from("examples/templates"),
+            reload_interval: Duration::from_secs(2),
+            signing_key_file: None,
+            log_format: "text".into(),
+            grpc: GrpcLinkConfig::default(),
+            shards: BTreeMap::new(),
+            scheduler: SchedulerConfig::default(),
+            rate_limit: EdgeLimitConfig::default(),
+        }
+    }
+}
+
+/// Configuration of `nexus receiver`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReceiverProcess {
+    /// HTTP completion endpoint, health probes and `/metrics`.
+    pub listen: SocketAddr,
+    /// gRPC `nexus.v1.ShardService` and `CompletionService`.
+    pub grpc_listen: SocketAddr,
+    /// URL algorithms use to reach this receiver's HTTP completion endpoint. Default
+    /// `http://<listen>`.
+    pub public_url: Option<String>,
+    /// The shard this receiver serves (required): the `spec.cluster` of its workgroups.
+    pub shard: String,
+    /// Instance part of the owner id `receiver/<shard>/<instance>`. Default:
+    /// `<hostname>-<pid>-<random>`.
+    pub instance_id: Option<String>,
+    /// Run store URL (`cassandra://…`).
+    pub store: String,
+    /// Payload store URL (`s3://…`).
+    pub payloads: String,
+    /// Working directories of local algorithm processes.
+    pub work_dir: PathBuf,
+    /// File holding the shared signing key (or `NEXUS_SIGNING_KEY`).
+    pub signing_key_file: Option<PathBuf>,
+    /// `text` or `json` logs.
+    pub log_format: String,
+    /// How schedulers and the supervisor authenticate to this receiver.
+    pub grpc: GrpcLinkConfig,
+    /// Lease time-to-live: when this receiver stops renewing it (killed, lost), the supervisor
+    /// launches its RUNNING runs again after this long.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// On shutdown, how long running runs get to finish before the receiver leaves (the
+    /// supervisor launches the rest again elsewhere).
+    #[serde(with = "humantime_serde")]
+    pub drain_grace: Duration,
+    /// Receiver settings (token validity, completion size, launch limit).
+    pub receiver: ReceiverConfig,
+    /// Local-process executor settings.
+    pub executor: ExecutorSection,
+}
+
+impl Default for ReceiverProcess {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8091)),
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
+            public_url: None,
+            shard: String::new(),
+            instance_id: None,
+            store: String::new(),
+            payloads: String::new(),
+            work_dir: PathBuf::from(".nexus-receiver"),
+            signing_key_file: None,
+            log_format: "text".into(),
+            grpc: GrpcLinkConfig::default(),
+            lease_ttl: Duration::from_secs(15),
+            drain_grace: Duration::from_secs(30),
+            receiver: ReceiverConfig::default(),
+            executor: ExecutorSection::default(),
+        }
+    }
+}
+
+/// The supervisor's recovery settings (section `supervisor`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResubmitSection {
+    /// How often to look for orphaned runs.
+    #[serde(with = "humantime_serde")]
+    pub recovery_interval: Duration,
+    /// The supervisor's own lease (a standby takes over its pending claims when it lapses).
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// Launches of a run beyond its algorithm's retries after its receiver was lost.
+    pub max_relaunches: u32,
+    /// Longest wait for a shard to answer one resubmission.
+    #[serde(with = "humantime_serde")]
+    pub submit_timeout: Duration,
+}
+
+impl Default for ResubmitSection {
+    fn default() -> Self {
+        Self {
+            recovery_interval: Duration::from_secs(5),
+            lease_ttl: Duration::from_secs(15),
+            max_relaunches: 3,
+            submit_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Configuration of `nexus supervisor`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisorProcess {
+    /// Health probes and `/metrics`.
+    pub listen: SocketAddr,
+    /// Base URL of the schedulers (their load balancer): payload URLs of resubmitted runs point
+    /// to its `/data/v1/payloads` route.
+    pub scheduler_url: String,
+    /// Instance part of the owner id `supervisor/<instance>`.
+    pub instance_id: Option<String>,
+    /// Run store URL (`cassandra://…`).
+    pub store: String,
+    /// Directory of template / workgroup manifests.
+    pub templates_dir: PathBuf,
+    /// How often the templates directory is checked for changes.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+    /// File holding the shared signing key (or `NEXUS_SIGNING_KEY`).
+    pub signing_key_file: Option<PathBuf>,
+    /// `text` or `json` logs.
+    pub log_format: String,
+    /// How the supervisor authenticates to receivers.
+    pub grpc: GrpcLinkConfig,
+    /// Shard name → its receivers.
+    pub shards: BTreeMap<String, ShardEntry>,
+    /// Recovery settings.
+    pub supervisor: ResubmitSection,
+}
+
+impl Default for SupervisorProcess {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8095)),
+            scheduler_url: "http://127.0.0.1:8080".into(),
+            instance_id: None,
+            store: String::new(),
+            templates_dir: PathBuf::from("examples/templates"),
+            reload_interval: Duration::from_secs(2),
+            signing_key_file: None,
+            log_format: "text".into(),
+            grpc: GrpcLinkConfig::default(),
+            shards: BTreeMap::new(),
+            supervisor: ResubmitSection::default(),
+        }
+    }
+}
+
+/// Flag overrides of the distributed commands (only the ones given; each command exposes its own).
+#[derive(Debug, Default, Serialize)]
+pub struct DistOverrides {
+    /// `--listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// `--grpc-listen` (receiver).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_listen: Option<SocketAddr>,
+    /// `--shard` (receiver).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
+    /// `--store`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+    /// `--payloads` (scheduler, receiver).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payloads: Option<String>,
+    /// `--templates` (scheduler, supervisor).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub templates_dir: Option<PathBuf>,
+    /// `--public-url` (scheduler, receiver).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+    /// `--scheduler-url` (supervisor).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheduler_url: Option<String>,
+}
+
+fn check_store(url: &str, e: &mut Vec<String>) {
+    let s = url.trim();
+    if s.is_empty() || s == "embedded" {
+        e.push(
+            "store: distributed components share one run store; set a cassandra://host:9042/keyspace URL \
+             (the embedded store is a file locked by one process: use `nexus standalone` for that)"
+                .into(),
+        );
+    } else if s.starts_with("cassandra://") || s.starts_with("scylla://") {
+        if let Err(m) = nexus_core::store::cassandra::CassandraConfig::from_url(s) {
+            e.push(format!("store: {m}"));
+        }
+    } else {
+        e.push(format!(
+            "store: '{s}' is not a cassandra://host:9042/keyspace URL"
+        ));
+    }
+}
+
+fn check_payloads(url: &str, e: &mut Vec<String>) {
+    let s = url.trim();
+    if s.starts_with("s3://") || s.starts_with("s3a://") {
+        if let Err(m) = nexus_core::payload::S3Config::from_url(s) {
+            e.push(format!("payloads: {m}"));
+        }
+    } else {
+        e.push(format!(
+            "payloads: distributed components share one payload store; set an s3://bucket/prefix URL (got '{s}')"
+        ));
+    }
+}
+
+fn check_common(log_format: &str, grpc: &GrpcLinkConfig, e: &mut Vec<String>) {
+    if !matches!(log_format, "text" | "json") {
+        e.push(format!("log_format: '{log_format}' must be text or json"));
+    }
+    if let Err(m) = grpc.validate() {
+        e.push(format!("grpc: {m}"));
+    }
+}
+
+fn check_url(key: &str, u: &str, e: &mut Vec<String>) {
+    if !(u.starts_with("http://") || u.starts_with("https://")) {
+        e.push(format!("{key}: '{u}' must start with http:// or https://"));
+    }
+}
+
+fn check_shards(shards: &BTreeMap<String, ShardEntry>, e: &mut Vec<String>) {
+    if shards.is_empty() {
+        e.push(
+            "shards: no shard configured; add `shards: {<cluster name>: {endpoints: [http://receiver:9091]}}`"
+                .into(),
+        );
+    }
+    for (name, s) in shards {
+        if s.endpoints.is_empty() {
+            e.push(format!(
+                "shards.{name}.endpoints: list at least one receiver"
+            ));
+        }
+        for ep in &s.endpoints {
+            check_url(&format!("shards.{name}.endpoints"), ep, e);
+        }
+    }
+}
+
+fn done(e: Vec<String>) -> Result<(), String> {
+    if e.is_empty() {
+        Ok(())
+    } else {
+        Err(e.join("; "))
+    }
+}
+
+impl SchedulerProcess {
+    /// Loads the layered configuration.
+    ///
+    /// # Errors
+    /// Unreadable file, unknown keys, wrong types, invalid values, each naming the key.
+    pub fn load(file: Option<&Path>, o: &DistOverrides) -> Result<Self, String> {
+        let c: Self = load_layered(Self::default(), file, o)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks every value.
+    ///
+    /// # Errors
+    /// All problems, each naming its key.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut e = Vec::new();
+        check_common(&self.log_format, &self.grpc, &mut e);
+        check_store(&self.store, &mut e);
+        check_payloads(&self.payloads, &mut e);
+        check_shards(&self.shards, &mut e);
+        if let Some(u) = &self.public_url {
+            check_url("public_url", u, &mut e);
+        }
+        for r in [self.scheduler.validate(), self.rate_limit.validate()] {
+            if let Err(m) = r {
+                e.push(m);
+            }
+        }
+        done(e)
+    }
+}
+
+impl ReceiverProcess {
+    /// Loads the layered configuration.
+    ///
+    /// # Errors
+    /// As [`SchedulerProcess::load`].
+    pub fn load(file: Option<&Path>, o: &DistOverrides) -> Result<Self, String> {
+        let c: Self = load_layered(Self::default(), file, o)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks every value.
+    ///
+    /// # Errors
+    /// All problems, each naming its key.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut e = Vec::new();
+        check_common(&self.log_format, &self.grpc, &mut e);
+        check_store(&self.store, &mut e);
+        check_payloads(&self.payloads, &mut e);
+        if let Err(m) = nexus_core::spec::validate_dns1123_subdomain(&self.shard) {
+            e.push(format!(
+                "shard: {m} (the shard is the spec.cluster of the workgroups it runs)"
+            ));
+        }
+        if let Some(u) = &self.public_url {
+            check_url("public_url", u, &mut e);
+        }
+        if self.lease_ttl < Duration::from_secs(1) {
+            e.push("lease_ttl: must be at least 1s".into());
+        }
+        if self.executor.default_max_concurrent == 0 {
+            e.push("executor.default_max_concurrent: must be at least 1".into());
+        }
+        if self.listen == self.grpc_listen && self.listen.port() != 0 {
+            e.push(format!(
+                "grpc_listen: {} is also `listen`; give gRPC its own port",
+                self.grpc_listen
+            ));
+        }
+        if let Err(m) = self.receiver.validate() {
+            e.push(m);
+        }
+        done(e)
+    }
+}
+
+impl SupervisorProcess {
+    /// Loads the layered configuration.
+    ///
+    /// # Errors
+    /// As [`SchedulerProcess::load`].
+    pub fn load(file: Option<&Path>, o: &DistOverrides) -> Result<Self, String> {
+        let c: Self = load_layered(Self::default(), file, o)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks every value.
+    ///
+    /// # Errors
+    /// All problems, each naming its key.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut e = Vec::new();
+        check_common(&self.log_format, &self.grpc, &mut e);
+        check_store(&self.store, &mut e);
+        check_shards(&self.shards, &mut e);
+        check_url("scheduler_url", &self.scheduler_url, &mut e);
+        let s = &self.supervisor;
+        if s.recovery_interval < Duration::from_millis(100) {
+            e.push("supervisor.recovery_interval: must be at least 100ms".into());
+        }
+        if s.lease_ttl < Duration::from_secs(1) {
+            e.push("supervisor.lease_ttl: must be at least 1s".into());
+        }
+        if s.submit_timeout < Duration::from_millis(100) {
+            e.push("supervisor.submit_timeout: must be at least 100ms".into());
+        }
+        done(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn yaml(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("c.yaml");
+        std::fs::write(&f, text).unwrap();
+        (d, f)
+    }
+
+    const COMMON: &str = "store: cassandra://127.0.0.1:9042/nexus\npayloads: s3://b/p?endpoint=http://127.0.0.1:8333&region=us-east-1\ngrpc:\n  auth: none\n";
+
+    #[test]
+    fn a_complete_scheduler_config_loads_and_flags_win() {
+        let (_d, f) = yaml(&format!(
+            "{COMMON}shards:\n  shard-a:\n    endpoints: [http://127.0.0.1:9091]\nscheduler:\n  queue_bound: 9\n"
+        ));
+        let o = DistOverrides {
+            listen: Some("127.0.0.1:7000".parse().unwrap()),
+            ..DistOverrides::default()
+        };
+        let c = SchedulerProcess::load(Some(&f), &o).unwrap();
+        assert_eq!(c.listen.port(), 7000);
+        assert_eq!(c.scheduler.queue_bound, 9);
+        assert_eq!(c.shards["shard-a"].endpoints.len(), 1);
+    }
+
+    #[test]
+    fn missing_shared_stores_and_shards_are_named() {
+        let (_d, f) = yaml("grpc:\n  auth: none\n");
+        let e = SchedulerProcess::load(Some(&f), &DistOverrides::default()).unwrap_err();
+        assert!(
+            e.contains("store: distributed components share one run store"),
+            "{e}"
+        );
+        assert!(e.contains("payloads: distributed components"), "{e}");
+        assert!(e.contains("shards: no shard configured"), "{e}");
+        let (_d, f) = yaml(&format!(
+            "{COMMON}shards:\n  a:\n    endpoints: [grpc://x]\n"
+        ));
+        let e = SupervisorProcess::load(Some(&f), &DistOverrides::default()).unwrap_err();
+        assert!(
+            e.contains("shards.a.endpoints: 'grpc://x' must start with http://"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn receiver_needs_a_valid_shard_name_and_distinct_ports() {
+        let (_d, f) = yaml(&format!(
+            "{COMMON}shard: Shard_A\nlisten: 127.0.0.1:9000\ngrpc_listen: 127.0.0.1:9000\n"
+        ));
+        let e = ReceiverProcess::load(Some(&f), &DistOverrides::default()).unwrap_err();
+        assert!(e.contains("shard: 'Shard_A'"), "{e}");
+        assert!(e.contains("give gRPC its own port"), "{e}");
+        let o = DistOverrides {
+            shard: Some("shard-a".into()),
+            grpc_listen: Some("127.0.0.1:9001".parse().unwrap()),
+            ..DistOverrides::default()
+        };
+        let c = ReceiverProcess::load(Some(&f), &o).unwrap();
+        assert_eq!(c.shard, "shard-a");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let (_d, f) = yaml(&format!("{COMMON}shard: a\nqueue_bound: 3\n"));
+        let e = ReceiverProcess::load(Some(&f), &DistOverrides::default()).unwrap_err();
+        assert!(e.contains("queue_bound"), "{e}");
+    }
+}

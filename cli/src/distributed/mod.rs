@@ -1,0 +1,531 @@
+//! Distributed mode: `nexus scheduler`, `nexus receiver` and `nexus supervisor` as separate
+//! processes sharing a Cassandra / ScyllaDB run store, an S3 payload store and a signing key, and
+//! talking gRPC (`nexus.v1.ShardService`) with shared-secret or mutual-TLS authentication.
+//!
+//! Each `start_*` wires one component on listeners it is given (port 0 in tests) and returns a
+//! [`Handle`]; the `*_with` variants take the stores (tests pass in-memory ones, shared by the
+//! components of one process).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::routing::get;
+use nexus_core::catalog::{Catalog, load_dir, watch_dir};
+use nexus_core::executor::{Executor, ExecutorEvent, LocalExecutorConfig, LocalProcessExecutor};
+use nexus_core::grpc::{GrpcLinkConfig, GrpcShard, GrpcShardOptions, LinkCredentials};
+use nexus_core::http::{Readiness, health_routes, negotiate_errors};
+use nexus_core::payload::{PayloadStore, S3PayloadStore};
+use nexus_core::run::now_millis;
+use nexus_core::shard::Shard;
+use nexus_core::sign::Signer;
+use nexus_core::store::cassandra::CassandraConfig;
+use nexus_core::store::{CassandraRunStore, RunStore};
+use nexus_receiver::Receiver;
+use nexus_scheduler::{Deps, Scheduler, ShardMap};
+use nexus_supervisor::Supervisor;
+use nexus_supervisor::resubmit::Resubmitter;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub mod config;
+
+pub use config::{
+    DistOverrides, ReceiverProcess, ResubmitSection, SchedulerProcess, ShardEntry,
+    SupervisorProcess,
+};
+
+use crate::standalone::{Handle, instance_id, prometheus};
+
+/// The stores every component of a deployment shares.
+#[derive(Debug, Clone)]
+pub struct SharedStores {
+    /// Run records.
+    pub store: Arc<dyn RunStore>,
+    /// Payloads, results and logs (receivers and schedulers; the supervisor does not need it).
+    pub payloads: Option<Arc<dyn PayloadStore>>,
+}
+
+/// Opens the Cassandra run store named by `url`.
+///
+/// # Errors
+/// Bad URL, unreachable or misconfigured cluster.
+pub async fn open_store(url: &str) -> anyhow::Result<Arc<dyn RunStore>> {
+    let c = CassandraConfig::from_url(url.trim()).map_err(|e| anyhow::anyhow!("store: {e}"))?;
+    tracing::info!(keyspace = %c.keyspace, nodes = %c.contact_points.join(","), "opening the Cassandra run store");
+    Ok(Arc::new(
+        CassandraRunStore::open(&c)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .context("cannot open the Cassandra run store")?,
+    ))
+}
+
+/// Opens the S3 payload store named by `url`.
+///
+/// # Errors
+/// Bad URL, unreachable endpoint, missing bucket, credentials.
+pub async fn open_payloads(url: &str) -> anyhow::Result<Arc<dyn PayloadStore>> {
+    let c = nexus_core::payload::S3Config::from_url(url.trim())
+        .map_err(|e| anyhow::anyhow!("payloads: {e}"))?;
+    tracing::info!(bucket = %c.bucket, "payloads, results and logs in S3");
+    Ok(Arc::new(
+        S3PayloadStore::open(&c)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .context("cannot open the S3 payload store")?,
+    ))
+}
+
+/// Loads the signing key every component shares: `NEXUS_SIGNING_KEY` (the key itself) or the
+/// file `path`; at least 32 bytes. Schedulers sign payload URLs with it, receivers run tokens.
+///
+/// # Errors
+/// No key configured, unreadable file, key too short.
+pub fn load_signing_key(path: Option<&Path>) -> anyhow::Result<Signer> {
+    let key = if let Ok(k) = std::env::var("NEXUS_SIGNING_KEY") {
+        k.trim().as_bytes().to_vec()
+    } else if let Some(p) = path {
+        std::fs::read(p).with_context(|| {
+            format!(
+                "cannot read the signing key file {} (signing_key_file)",
+                p.display()
+            )
+        })?
+    } else {
+        anyhow::bail!(
+            "no signing key: set signing_key_file (a file of at least 32 random bytes, the same for every component) or NEXUS_SIGNING_KEY; e.g. `head -c 48 /dev/urandom | base64 > signing.key`"
+        );
+    };
+    let trimmed: Vec<u8> = key.trim_ascii().to_vec();
+    anyhow::ensure!(
+        trimmed.len() >= 32,
+        "the signing key is {} bytes; use at least 32 random bytes",
+        trimmed.len()
+    );
+    Ok(Signer::new(&trimmed))
+}
+
+fn credentials(grpc: &GrpcLinkConfig) -> anyhow::Result<LinkCredentials> {
+    grpc.load().map_err(|e| anyhow::anyhow!("grpc: {e}"))
+}
+
+/// Builds the gRPC clients of every configured shard.
+///
+/// # Errors
+/// A bad endpoint.
+pub fn shard_clients(
+    shards: &std::collections::BTreeMap<String, ShardEntry>,
+    creds: &LinkCredentials,
+) -> anyhow::Result<HashMap<String, Arc<dyn Shard>>> {
+    let mut out: HashMap<String, Arc<dyn Shard>> = HashMap::new();
+    for (name, entry) in shards {
+        let s = GrpcShard::new(name, &entry.endpoints, creds, GrpcShardOptions::default())
+            .map_err(|e| anyhow::anyhow!("shards.{name}: {e}"))?;
+        out.insert(name.clone(), Arc::new(s));
+    }
+    Ok(out)
+}
+
+fn metrics_and_health(readiness: Readiness) -> Router {
+    let prom = prometheus().clone();
+    health_routes(readiness).route("/metrics", get(move || std::future::ready(prom.render())))
+}
+
+fn serve_http(tasks: &TaskTracker, listener: TcpListener, app: Router, stop: CancellationToken) {
+    tasks.spawn(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+        {
+            tracing::error!("http server failed: {e}");
+        }
+    });
+}
+
+fn load_catalog(dir: &Path) -> anyhow::Result<Catalog> {
+    let snap = load_dir(dir)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("cannot load templates from {}", dir.display()))?;
+    tracing::info!(templates = snap.templates.len(), workgroups = snap.workgroups.len(), dir = %dir.display(), "templates loaded");
+    Ok(Catalog::new(snap))
+}
+
+/// Starts `nexus scheduler`, opening the stores from its configuration.
+///
+/// # Errors
+/// Stores, templates, signing key, gRPC credentials, shard endpoints.
+pub async fn start_scheduler(c: SchedulerProcess, listener: TcpListener) -> anyhow::Result<Handle> {
+    let stores = SharedStores {
+        store: open_store(&c.store).await?,
+        payloads: Some(open_payloads(&c.payloads).await?),
+    };
+    start_scheduler_with(c, listener, stores).await
+}
+
+/// Starts a scheduler on the given stores.
+///
+/// # Errors
+/// As [`start_scheduler`].
+pub async fn start_scheduler_with(
+    mut c: SchedulerProcess,
+    listener: TcpListener,
+    stores: SharedStores,
+) -> anyhow::Result<Handle> {
+    let addr = listener.local_addr()?;
+    let url = c
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    c.scheduler.public_url.clone_from(&url);
+    let signer = load_signing_key(c.signing_key_file.as_deref())?;
+    let creds = credentials(&c.grpc)?;
+    let payloads = stores
+        .payloads
+        .clone()
+        .context("the scheduler needs a payload store")?;
+    let catalog = load_catalog(&c.templates_dir)?;
+    let id = c.instance_id.clone().unwrap_or_else(instance_id);
+    anyhow::ensure!(
+        nexus_scheduler::is_scheduler_lease(&id),
+        "instance_id '{id}' must not start with receiver/ or supervisor/"
+    );
+    let readiness = Readiness::default();
+    let scheduler = Scheduler::new(
+        c.scheduler.clone(),
+        Deps {
+            store: stores.store.clone(),
+            payloads,
+            catalog: catalog.clone(),
+            shards: ShardMap {
+                shards: shard_clients(&c.shards, &creds)?,
+                fallback: None,
+            },
+            signer,
+            instance_id: id.clone(),
+            readiness: readiness.clone(),
+        },
+    );
+    // A stable instance id picks up the BUFFERED runs its previous life left queued.
+    let own = nexus_scheduler::requeue_own(&scheduler)
+        .await
+        .map_err(|e| anyhow::anyhow!("run store: {e}"))?;
+    if own > 0 {
+        tracing::info!(requeued = own, "picked up this scheduler's queued runs");
+    }
+    let shutdown = CancellationToken::new();
+    let api = nexus_scheduler::api::router(scheduler.clone());
+    let app = Router::new()
+        .merge(nexus_scheduler::edge::apply(
+            &c.rate_limit,
+            api,
+            shutdown.clone(),
+        ))
+        .merge(metrics_and_health(readiness.clone()))
+        .layer(axum::middleware::from_fn(negotiate_errors));
+    let tasks = TaskTracker::new();
+    tasks.spawn(watch_dir(
+        catalog,
+        c.templates_dir.clone(),
+        c.reload_interval,
+        shutdown.clone(),
+    ));
+    let sched_stop = CancellationToken::new();
+    let sched_task = tasks.spawn(nexus_scheduler::run(scheduler, sched_stop.clone()));
+    let http_stop = CancellationToken::new();
+    serve_http(&tasks, listener, app, http_stop.clone());
+    // Readiness off and queue drained (runs left are handed over by releasing the lease), then
+    // the HTTP server stops.
+    let sd = shutdown.clone();
+    let r2 = readiness.clone();
+    tasks.spawn(async move {
+        sd.cancelled().await;
+        r2.set(false);
+        sched_stop.cancel();
+        let _ = sched_task.await;
+        http_stop.cancel();
+    });
+    readiness.set(true);
+    tracing::info!(%url, instance = %id, shards = c.shards.len(), "nexus scheduler is ready");
+    Ok(Handle::new(addr, url, shutdown, tasks))
+}
+
+/// A running receiver: its HTTP handle plus the gRPC address.
+#[derive(Debug)]
+pub struct ReceiverHandle {
+    /// HTTP address, URL, shutdown and tasks.
+    pub http: Handle,
+    /// gRPC address.
+    pub grpc_addr: SocketAddr,
+    /// Owner id (`receiver/<shard>/<instance>`).
+    pub id: String,
+}
+
+/// Starts `nexus receiver` with the local-process executor, opening the stores from its
+/// configuration.
+///
+/// # Errors
+/// Stores, signing key, gRPC credentials.
+pub async fn start_receiver(
+    c: ReceiverProcess,
+    http: TcpListener,
+    grpc: TcpListener,
+) -> anyhow::Result<ReceiverHandle> {
+    let stores = SharedStores {
+        store: open_store(&c.store).await?,
+        payloads: Some(open_payloads(&c.payloads).await?),
+    };
+    start_receiver_with(c, http, grpc, stores, local_executor).await
+}
+
+fn local_executor(
+    c: &ReceiverProcess,
+    events: UnboundedSender<ExecutorEvent>,
+    payloads: Arc<dyn PayloadStore>,
+) -> Arc<dyn Executor> {
+    let extra_path = if c.executor.extra_path.is_empty() {
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .into_iter()
+            .collect()
+    } else {
+        c.executor.extra_path.clone()
+    };
+    let cfg = LocalExecutorConfig {
+        extra_path,
+        work_dir: c.work_dir.join("work"),
+        default_max_concurrent: c.executor.default_max_concurrent,
+        max_log_bytes: c.executor.max_log_bytes,
+    };
+    Arc::new(LocalProcessExecutor::new(cfg, payloads, events))
+}
+
+/// Starts a receiver on the given stores, with the executor `make` builds.
+///
+/// # Errors
+/// As [`start_receiver`].
+pub async fn start_receiver_with(
+    mut c: ReceiverProcess,
+    http: TcpListener,
+    grpc: TcpListener,
+    stores: SharedStores,
+    make: impl FnOnce(
+        &ReceiverProcess,
+        UnboundedSender<ExecutorEvent>,
+        Arc<dyn PayloadStore>,
+    ) -> Arc<dyn Executor>,
+) -> anyhow::Result<ReceiverHandle> {
+    let addr = http.local_addr()?;
+    let grpc_addr = grpc.local_addr()?;
+    let url = c
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    c.receiver.public_url.clone_from(&url);
+    let signer = load_signing_key(c.signing_key_file.as_deref())?;
+    let creds = credentials(&c.grpc)?;
+    let payloads = stores
+        .payloads
+        .clone()
+        .context("the receiver needs a payload store")?;
+    std::fs::create_dir_all(&c.work_dir)
+        .with_context(|| format!("cannot create work_dir {}", c.work_dir.display()))?;
+    let id = format!(
+        "{}{}/{}",
+        nexus_supervisor::resubmit::RECEIVER_PREFIX,
+        c.shard,
+        c.instance_id.clone().unwrap_or_else(instance_id)
+    );
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let executor = make(&c, tx, payloads.clone());
+    let receiver = Receiver::for_shard(
+        c.receiver.clone(),
+        &c.shard,
+        &id,
+        stores.store.clone(),
+        payloads,
+        executor.clone(),
+        signer,
+    );
+    // The receiver's own executor events: only the parent of a local process can watch it.
+    let watcher = Arc::new(Supervisor {
+        config: nexus_supervisor::SupervisorConfig::default(),
+        store: stores.store.clone(),
+        executor: executor.clone(),
+        instance_id: id.clone(),
+    });
+    let ttl = i64::try_from(c.lease_ttl.as_millis()).unwrap_or(15_000);
+    stores
+        .store
+        .heartbeat(&id, now_millis(), ttl)
+        .await
+        .map_err(|e| anyhow::anyhow!("run store: {e}"))?;
+
+    let readiness = Readiness::default();
+    let app = Router::new()
+        .merge(nexus_receiver::api::router(receiver.clone()))
+        .merge(metrics_and_health(readiness.clone()))
+        .layer(axum::middleware::from_fn(negotiate_errors));
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let grpc_stop = CancellationToken::new();
+    {
+        let (r, rd, stop) = (receiver.clone(), readiness.clone(), grpc_stop.clone());
+        tasks.spawn(async move {
+            if let Err(e) = nexus_receiver::grpc::serve(r, creds, grpc, rd, stop).await {
+                tracing::error!("grpc server failed: {e}");
+            }
+        });
+    }
+    let http_stop = CancellationToken::new();
+    serve_http(&tasks, http, app, http_stop.clone());
+    let events_stop = CancellationToken::new();
+    tasks.spawn(nexus_supervisor::apply_events(
+        watcher,
+        rx,
+        events_stop.clone(),
+    ));
+    let beat_stop = CancellationToken::new();
+    {
+        let (store, id, stop) = (stores.store.clone(), id.clone(), beat_stop.clone());
+        let every = c.lease_ttl / 3;
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(every) => {}
+                }
+                if let Err(e) = store.heartbeat(&id, now_millis(), ttl).await {
+                    tracing::warn!("receiver lease heartbeat failed: {e}");
+                }
+            }
+        });
+    }
+    // Shutdown: not ready (schedulers go elsewhere), gRPC stops taking runs, running runs get
+    // `drain_grace` to finish (completions still arrive over HTTP), then the lease is released so
+    // the supervisor launches what is left again at once.
+    let (sd, rd, store, exec, grace, id2) = (
+        shutdown.clone(),
+        readiness.clone(),
+        stores.store.clone(),
+        executor.clone(),
+        c.drain_grace,
+        id.clone(),
+    );
+    tasks.spawn(async move {
+        sd.cancelled().await;
+        rd.set(false);
+        grpc_stop.cancel();
+        let deadline = tokio::time::Instant::now() + grace;
+        while !exec.active().await.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        beat_stop.cancel();
+        events_stop.cancel();
+        http_stop.cancel();
+        let left = exec.active().await.len();
+        if let Err(e) = store.release_lease(&id2).await {
+            tracing::warn!(
+                "could not release the receiver lease (its runs are relaunched when it lapses): {e}"
+            );
+        }
+        tracing::info!(left_running = left, "receiver stopped");
+    });
+    readiness.set(true);
+    tracing::info!(%url, grpc = %grpc_addr, shard = %c.shard, id = %id, "nexus receiver is ready");
+    Ok(ReceiverHandle {
+        http: Handle::new(addr, url, shutdown, tasks),
+        grpc_addr,
+        id,
+    })
+}
+
+/// Starts `nexus supervisor`, opening the run store from its configuration.
+///
+/// # Errors
+/// Store, templates, signing key, gRPC credentials, shard endpoints.
+pub async fn start_supervisor(
+    c: SupervisorProcess,
+    listener: TcpListener,
+) -> anyhow::Result<Handle> {
+    let store = open_store(&c.store).await?;
+    start_supervisor_with(c, listener, store).await
+}
+
+/// Starts a supervisor on the given run store.
+///
+/// # Errors
+/// As [`start_supervisor`].
+pub async fn start_supervisor_with(
+    c: SupervisorProcess,
+    listener: TcpListener,
+    store: Arc<dyn RunStore>,
+) -> anyhow::Result<Handle> {
+    let addr = listener.local_addr()?;
+    let signer = load_signing_key(c.signing_key_file.as_deref())?;
+    let creds = credentials(&c.grpc)?;
+    let catalog = load_catalog(&c.templates_dir)?;
+    let id = format!(
+        "supervisor/{}",
+        c.instance_id.clone().unwrap_or_else(instance_id)
+    );
+    let resubmitter = Arc::new(Resubmitter {
+        store,
+        catalog: catalog.clone(),
+        shards: shard_clients(&c.shards, &creds)?,
+        signer,
+        payload_base: c.scheduler_url.clone(),
+        instance_id: id.clone(),
+        max_relaunches: c.supervisor.max_relaunches,
+        submit_timeout: c.supervisor.submit_timeout,
+    });
+    let readiness = Readiness::default();
+    let app =
+        metrics_and_health(readiness.clone()).layer(axum::middleware::from_fn(negotiate_errors));
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    tasks.spawn(watch_dir(
+        catalog,
+        c.templates_dir.clone(),
+        c.reload_interval,
+        shutdown.clone(),
+    ));
+    let loop_stop = CancellationToken::new();
+    let main = tasks.spawn(resubmitter.run(
+        c.supervisor.recovery_interval,
+        c.supervisor.lease_ttl,
+        loop_stop.clone(),
+    ));
+    let http_stop = CancellationToken::new();
+    serve_http(&tasks, listener, app, http_stop.clone());
+    let (sd, rd) = (shutdown.clone(), readiness.clone());
+    tasks.spawn(async move {
+        sd.cancelled().await;
+        rd.set(false);
+        loop_stop.cancel();
+        let _ = main.await;
+        http_stop.cancel();
+    });
+    readiness.set(true);
+    let url = format!("http://{addr}");
+    tracing::info!(%url, id = %id, shards = c.shards.len(), "nexus supervisor is ready");
+    Ok(Handle::new(addr, url, shutdown, tasks))
+}
+
+/// Binds `addr` with an error that says what to do.
+///
+/// # Errors
+/// The address is taken or not local.
+pub async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({what}): {e}"))
+}

@@ -1,0 +1,259 @@
+//! Distributed mode in one test process (tier 1): two schedulers, two receivers (shards `shard-a`
+//! and `shard-b`) and a supervisor, wired as `nexus scheduler|receiver|supervisor` wire them, but
+//! on a shared in-memory run store and an HTTP-served file payload store (the integration tier runs
+//! the same topology as separate processes on Cassandra and SeaweedFS). Real gRPC on loopback with
+//! a shared secret, real algorithm processes.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nexus_cli::distributed::{
+    self, ReceiverProcess, SchedulerProcess, ShardEntry, SharedStores, SupervisorProcess,
+};
+use nexus_core::grpc::{GrpcLinkConfig, LinkAuth};
+use nexus_core::payload::{FsPayloadStore, PayloadStore, SqliteObjectStore, TieredPayloadStore};
+use nexus_core::run::RunId;
+use nexus_core::sign::Signer;
+use nexus_core::store::{InMemoryRunStore, RunStore};
+use tokio::net::TcpListener;
+
+const KEY: &[u8] = b"0123456789abcdef0123456789abcdef-distributed-test";
+const SECRET: &str = "a-shared-grpc-secret-for-tests";
+
+fn templates(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for shard in ["a", "b"] {
+        std::fs::write(
+            dir.join(format!("wg-{shard}.yaml")),
+            format!(
+                "apiVersion: science.sneaksanddata.com/v1\nkind: NexusAlgorithmWorkgroup\nmetadata:\n  name: wg-{shard}\nspec:\n  cluster: shard-{shard}\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join(format!("knapsack-{shard}.yaml")),
+            format!(
+                "apiVersion: science.sneaksanddata.com/v1\nkind: NexusAlgorithmTemplate\nmetadata:\n  name: knapsack-{shard}\nspec:\n  container:\n    image: nexus-demo\n    registry: local\n    versionTag: latest\n  computeResources:\n    cpuLimit: \"1\"\n    memoryLimit: 256Mi\n  workgroupRef:\n    name: wg-{shard}\n    group: science.sneaksanddata.com\n    kind: NexusAlgorithmWorkgroup\n  command: nexus-demo\n  args: [knapsack, --sas-uri=%s, --request-id=%s]\n  runtimeEnvironment:\n    deadlineSeconds: 60\n    maximumRetries: 0\n"
+            ),
+        )
+        .unwrap();
+    }
+}
+
+fn grpc(secret: bool) -> GrpcLinkConfig {
+    GrpcLinkConfig {
+        auth: if secret {
+            LinkAuth::SharedSecret
+        } else {
+            LinkAuth::None
+        },
+        ..GrpcLinkConfig::default()
+    }
+}
+
+async fn port0() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").await.unwrap()
+}
+
+/// A file payload store whose signed URLs are served by a small HTTP server (in production the
+/// distributed components share S3 instead).
+async fn payloads(dir: &Path) -> Arc<dyn PayloadStore> {
+    let l = port0().await;
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let fs = Arc::new(FsPayloadStore::open(dir.join("objects"), url, Signer::new(KEY)).unwrap());
+    let small = SqliteObjectStore::open(&dir.join("objects.db")).unwrap();
+    let tiered = Arc::new(TieredPayloadStore::new(small, fs));
+    let app = nexus_cli::objects::router(tiered.clone());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    tiered
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_schedulers_two_shards_runs_reach_their_shard_and_complete() {
+    let demo = common::demo_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let key_file = tmp.path().join("signing.key");
+    std::fs::write(&key_file, KEY).unwrap();
+    let tpl = tmp.path().join("templates");
+    templates(&tpl);
+    let store: Arc<dyn RunStore> = Arc::new(InMemoryRunStore::default());
+    let stores = SharedStores {
+        store: store.clone(),
+        payloads: Some(payloads(tmp.path()).await),
+    };
+    let secret_file = tmp.path().join("grpc.secret");
+    std::fs::write(&secret_file, SECRET).unwrap();
+    let mut link = grpc(true);
+    link.secret_file = Some(secret_file);
+
+    // Two receivers.
+    let mut receivers = Vec::new();
+    let mut shards = BTreeMap::new();
+    for s in ["a", "b"] {
+        let mut c = ReceiverProcess {
+            shard: format!("shard-{s}"),
+            signing_key_file: Some(key_file.clone()),
+            grpc: link.clone(),
+            work_dir: tmp.path().join(format!("recv-{s}")),
+            lease_ttl: Duration::from_secs(3),
+            drain_grace: Duration::from_secs(5),
+            ..ReceiverProcess::default()
+        };
+        c.executor.extra_path = vec![demo.clone()];
+        let h = distributed::start_receiver_with(
+            c,
+            port0().await,
+            port0().await,
+            stores.clone(),
+            |c, tx, p| {
+                let cfg = nexus_core::executor::LocalExecutorConfig {
+                    extra_path: c.executor.extra_path.clone(),
+                    work_dir: c.work_dir.join("work"),
+                    default_max_concurrent: 8,
+                    max_log_bytes: 1 << 20,
+                };
+                Arc::new(nexus_core::executor::LocalProcessExecutor::new(cfg, p, tx))
+            },
+        )
+        .await
+        .expect("receiver starts");
+        shards.insert(
+            format!("shard-{s}"),
+            ShardEntry {
+                endpoints: vec![format!("http://{}", h.grpc_addr)],
+            },
+        );
+        receivers.push(h);
+    }
+
+    // Two schedulers and a supervisor.
+    let mut schedulers = Vec::new();
+    for _ in 0..2 {
+        let mut c = SchedulerProcess {
+            templates_dir: tpl.clone(),
+            signing_key_file: Some(key_file.clone()),
+            grpc: link.clone(),
+            shards: shards.clone(),
+            ..SchedulerProcess::default()
+        };
+        c.scheduler.lease_ttl = Duration::from_secs(3);
+        c.scheduler.retry_base_delay = Duration::from_millis(20);
+        c.scheduler.drain_grace = Duration::from_millis(300);
+        schedulers.push(
+            distributed::start_scheduler_with(c, port0().await, stores.clone())
+                .await
+                .expect("scheduler starts"),
+        );
+    }
+    let sup = distributed::start_supervisor_with(
+        SupervisorProcess {
+            scheduler_url: schedulers[0].url.clone(),
+            templates_dir: tpl.clone(),
+            signing_key_file: Some(key_file.clone()),
+            grpc: link.clone(),
+            shards: shards.clone(),
+            ..SupervisorProcess::default()
+        },
+        port0().await,
+        store.clone(),
+    )
+    .await
+    .expect("supervisor starts");
+
+    let http = reqwest::Client::new();
+    let body: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/payloads/knapsack.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut submitted = Vec::new();
+    for i in 0..8 {
+        let base = &schedulers[i % 2].url;
+        let alg = if i % 4 < 2 {
+            "knapsack-a"
+        } else {
+            "knapsack-b"
+        };
+        let r = http
+            .post(format!("{base}/algorithm/v1/run/{alg}"))
+            .json(&serde_json::json!({ "algorithmParameters": body }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+        let id = r.json::<serde_json::Value>().await.unwrap()["requestId"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        submitted.push((alg, id));
+    }
+    for (i, (alg, id)) in submitted.iter().enumerate() {
+        // Read through the other scheduler: every scheduler answers for every run.
+        let base = &schedulers[(i + 1) % 2].url;
+        let r = common::wait_terminal(&http, base, alg, id, Duration::from_secs(60)).await;
+        assert_eq!(r["status"], "COMPLETED", "{alg} {id}: {r}");
+        let result: serde_json::Value = http
+            .get(r["resultUri"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(result["totalValue"], 90, "{result}");
+        let run = store
+            .get(id.parse::<RunId>().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        let shard = alg.trim_start_matches("knapsack-");
+        assert!(
+            run.owner
+                .as_deref()
+                .unwrap_or_default()
+                .starts_with(&format!("receiver/shard-{shard}/")),
+            "{alg} ran on {:?}",
+            run.owner
+        );
+    }
+
+    // A wrong secret is refused: a scheduler configured with it cannot dispatch.
+    let bad_file = tmp.path().join("bad.secret");
+    std::fs::write(&bad_file, "not-the-shared-secret-at-all").unwrap();
+    let mut bad = grpc(true);
+    bad.secret_file = Some(bad_file);
+    let creds = bad.load().unwrap();
+    let client = nexus_core::grpc::GrpcShard::new(
+        "shard-a",
+        &shards["shard-a"].endpoints,
+        &creds,
+        nexus_core::grpc::GrpcShardOptions::default(),
+    )
+    .unwrap();
+    let err = nexus_core::shard::Shard::cancel(
+        &client,
+        RunId::new(),
+        nexus_core::run::CancellationPolicy::Background,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err.kind,
+        nexus_core::error::ErrorKind::Unauthorized,
+        "{err}"
+    );
+
+    for h in schedulers {
+        h.stop().await;
+    }
+    sup.stop().await;
+    for r in receivers {
+        r.http.stop().await;
+    }
+}
