@@ -396,3 +396,19 @@ async fn completion_service_completes_with_the_run_token_only_once() {
     let e = c.complete(req(Some(&tokens[&run.id]))).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{}", e.message());
 }
+
+#[tokio::test]
+async fn a_run_for_another_shard_is_invalid_input_naming_both() {
+    let h = start(secret(), ReceiverConfig::default(), "http").await;
+    let shard = client(std::slice::from_ref(&h.url), &secret());
+    let mut run = sample_run("alg");
+    run.shard = "elsewhere".into();
+    h.store.insert(run.clone()).await.unwrap();
+    let e = shard.submit(dispatch(&run)).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidInput, "{e}");
+    assert!(
+        e.message.contains("'elsewhere'") && e.message.contains("'local'"),
+        "{e}"
+    );
+    assert!(h.exec.launches().is_empty());
+}
