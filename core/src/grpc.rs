@@ -99,6 +99,11 @@ impl GrpcLinkConfig {
     /// # Errors
     /// A message naming the key and what to do.
     pub fn validate(&self) -> Result<(), String> {
+        self.validate_with(std::env::var_os(SECRET_ENV).is_some_and(|v| !v.is_empty()))
+    }
+
+    /// [`GrpcLinkConfig::validate`], told whether `NEXUS_GRPC_SECRET` holds a value.
+    fn validate_with(&self, env_secret: bool) -> Result<(), String> {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(
                 "grpc.tls_cert and grpc.tls_key: set both (the certificate and its private key) or neither"
@@ -113,7 +118,7 @@ impl GrpcLinkConfig {
         }
         match self.auth {
             LinkAuth::SharedSecret => {
-                if self.secret_file.is_none() && std::env::var_os(SECRET_ENV).is_none() {
+                if self.secret_file.is_none() && !env_secret {
                     return Err(format!(
                         "grpc.secret_file: required with grpc.auth: shared-secret; point it at a file holding \
                          at least {MIN_SECRET_LEN} bytes, set {SECRET_ENV}, or choose grpc.auth: mtls"
@@ -161,14 +166,7 @@ impl GrpcLinkConfig {
     /// As [`GrpcLinkConfig::load`].
     pub fn load_with_env(&self, env_secret: Option<String>) -> Result<LinkCredentials, String> {
         let env_secret = env_secret.filter(|s| !s.trim().is_empty());
-        if self.auth == LinkAuth::SharedSecret && self.secret_file.is_none() && env_secret.is_none()
-        {
-            return Err(format!(
-                "grpc.secret_file: required with grpc.auth: shared-secret; point it at a file holding \
-                 at least {MIN_SECRET_LEN} bytes, set {SECRET_ENV}, or choose grpc.auth: mtls"
-            ));
-        }
-        self.validate_shape()?;
+        self.validate_with(env_secret.is_some())?;
         let secret = match self.auth {
             LinkAuth::SharedSecret => Some(match env_secret {
                 Some(s) => check_secret(s.trim(), SECRET_ENV)?,
@@ -226,15 +224,6 @@ impl GrpcLinkConfig {
             key_pem,
             server_name: self.tls_server_name.clone(),
         })))
-    }
-
-    /// [`GrpcLinkConfig::validate`] without the environment check (`load` has the env value).
-    fn validate_shape(&self) -> Result<(), String> {
-        let mut probe = self.clone();
-        if probe.auth == LinkAuth::SharedSecret && probe.secret_file.is_none() {
-            probe.secret_file = Some(PathBuf::new());
-        }
-        probe.validate()
     }
 }
 
