@@ -1228,4 +1228,33 @@ mod tests {
         );
         GrpcShard::new("s", &["http://127.0.0.1:1".into()], &creds, o).unwrap();
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_endpoint_is_left_alone_longer_each_time_up_to_the_cap() {
+        let creds = LinkCredentials::none();
+        let s = GrpcShard::new(
+            "s",
+            &["http://127.0.0.1:1".into(), "http://127.0.0.1:2".into()],
+            &creds,
+            GrpcShardOptions::default(),
+        )
+        .unwrap();
+        let inner = &s.inner;
+        let ep = &inner.endpoints[0];
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            inner.mark_down(ep);
+            seen.push(ep.health().backoff.as_secs());
+        }
+        assert_eq!(seen, vec![2, 4, 8, 16, 30, 30]);
+        assert!(ep.is_down(Instant::now()));
+        // Only the other endpoint is picked while the first is down.
+        assert_eq!(inner.pick(&[false, false]), Some(1));
+        assert_eq!(inner.pick(&[false, true]), None);
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert!(!ep.is_down(Instant::now()));
+        ep.mark_up();
+        inner.mark_down(ep);
+        assert_eq!(ep.health().backoff, Duration::from_secs(2));
+    }
 }
