@@ -452,7 +452,7 @@ mod tests {
         (d, f)
     }
 
-    const COMMON: &str = "store: cassandra://127.0.0.1:9042/nexus\npayloads: s3://b/p?endpoint=http://127.0.0.1:8333&region=us-east-1\ngrpc:\n  auth: none\n";
+    const COMMON: &str = "store: cassandra://127.0.0.1:9042/nexus\npayloads: s3://bkt/p?endpoint=http://127.0.0.1:8333&region=us-east-1\ngrpc:\n  auth: none\n";
 
     #[test]
     fn a_complete_scheduler_config_loads_and_flags_win() {
@@ -479,9 +479,9 @@ mod tests {
         );
         assert!(e.contains("payloads: distributed components"), "{e}");
         assert!(e.contains("shards: no shard configured"), "{e}");
-        let (_d, f) = yaml(&format!(
-            "{COMMON}shards:\n  a:\n    endpoints: [grpc://x]\n"
-        ));
+        let (_d, f) = yaml(
+            "store: cassandra://127.0.0.1:9042/nexus\ngrpc:\n  auth: none\nshards:\n  a:\n    endpoints: [grpc://x]\n",
+        );
         let e = SupervisorProcess::load(Some(&f), &DistOverrides::default()).unwrap_err();
         assert!(
             e.contains("shards.a.endpoints: 'grpc://x' must start with http://"),
