@@ -63,6 +63,10 @@ export NEXUS_S3_ACCESS_KEY_ID=nexus NEXUS_S3_SECRET_ACCESS_KEY=nexus-secret-key
 NEXUS_TEST_S3="$s3_url&access_key=nexus&secret_key=nexus-secret-key" \
   cargo test -p nexus-core --features s3-tests --test s3_store
 
+echo "integration: distributed mode end to end (2 schedulers, 2 receivers, a supervisor; kill -9 of a receiver)"
+NEXUS_TEST_S3="$s3_url&access_key=nexus&secret_key=nexus-secret-key" \
+  cargo test -p nexus-cli --features distributed-tests --test distributed_e2e -- --nocapture
+
 echo "integration: building the release binary and smoke-testing the README run command"
 cargo build --release --quiet
 

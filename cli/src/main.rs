@@ -231,6 +231,29 @@ async fn run_supervisor(c: SupervisorProcess) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs a distributed command: a configuration error exits 2, `--dump-config` prints it, otherwise
+/// logs start and `run` serves until a signal.
+fn launch<C: serde::Serialize, F: std::future::Future<Output = anyhow::Result<()>>>(
+    rt: &tokio::runtime::Runtime,
+    loaded: Result<C, String>,
+    dump_config: bool,
+    json_logs: impl FnOnce(&C) -> bool,
+    run: impl FnOnce(C) -> F,
+) -> ExitCode {
+    let c = match loaded {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if dump_config {
+        return dump(&c);
+    }
+    init_logs(json_logs(&c));
+    finish(rt.block_on(run(c)))
+}
+
 fn finish(r: anyhow::Result<()>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -347,18 +370,14 @@ fn main() -> ExitCode {
                 public_url,
                 ..DistOverrides::default()
             };
-            let c = match SchedulerProcess::load(common.config.as_deref(), &o) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error: invalid configuration: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            if common.dump_config {
-                return dump(&c);
-            }
-            init_logs(c.log_format == "json");
-            finish(rt.block_on(run_scheduler(c)))
+            let loaded = SchedulerProcess::load(common.config.as_deref(), &o);
+            launch(
+                &rt,
+                loaded,
+                common.dump_config,
+                |c| c.log_format == "json",
+                run_scheduler,
+            )
         }
         Command::Receiver {
             common,
@@ -376,18 +395,14 @@ fn main() -> ExitCode {
                 public_url,
                 ..DistOverrides::default()
             };
-            let c = match ReceiverProcess::load(common.config.as_deref(), &o) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error: invalid configuration: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            if common.dump_config {
-                return dump(&c);
-            }
-            init_logs(c.log_format == "json");
-            finish(rt.block_on(run_receiver(c)))
+            let loaded = ReceiverProcess::load(common.config.as_deref(), &o);
+            launch(
+                &rt,
+                loaded,
+                common.dump_config,
+                |c| c.log_format == "json",
+                run_receiver,
+            )
         }
         Command::Supervisor {
             common,
@@ -401,18 +416,14 @@ fn main() -> ExitCode {
                 scheduler_url,
                 ..DistOverrides::default()
             };
-            let c = match SupervisorProcess::load(common.config.as_deref(), &o) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error: invalid configuration: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            if common.dump_config {
-                return dump(&c);
-            }
-            init_logs(c.log_format == "json");
-            finish(rt.block_on(run_supervisor(c)))
+            let loaded = SupervisorProcess::load(common.config.as_deref(), &o);
+            launch(
+                &rt,
+                loaded,
+                common.dump_config,
+                |c| c.log_format == "json",
+                run_supervisor,
+            )
         }
         Command::Payloads { command } => match rt.block_on(nexus_cli::payloads_cmd::run(command)) {
             Ok(()) => ExitCode::SUCCESS,

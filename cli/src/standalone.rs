@@ -109,6 +109,24 @@ fn load_or_create_secret(path: &Path) -> anyhow::Result<Signer> {
     Ok(Signer::new(&key))
 }
 
+/// Serves `app` on `listener` (with the peer address: the rate limiter keys on it) until `stop`.
+pub(crate) fn serve_http(
+    tasks: &TaskTracker,
+    listener: TcpListener,
+    app: Router,
+    stop: CancellationToken,
+) {
+    tasks.spawn(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+        {
+            tracing::error!("http server failed: {e}");
+        }
+    });
+}
+
 pub(crate) fn instance_id() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_owned())
@@ -311,17 +329,7 @@ pub async fn start_with_executor(
         sup_stop.clone(),
     ));
     let http_stop = CancellationToken::new();
-    let http_stop2 = http_stop.clone();
-    tasks.spawn(async move {
-        // Connect info: the rate limiter keys on the peer address.
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(http_stop2.cancelled_owned())
-            .await
-        {
-            tracing::error!("http server failed: {e}");
-        }
-    });
+    serve_http(&tasks, listener, app, http_stop.clone());
     // Ordered shutdown: readiness off and queue drained (scheduler), then HTTP (completions keep
     // arriving while the queue drains), then the supervisor.
     let sd = shutdown.clone();

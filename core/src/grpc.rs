@@ -574,11 +574,13 @@ pub fn kind_of_status(code: tonic::Code) -> ErrorKind {
         C::InvalidArgument | C::OutOfRange => ErrorKind::InvalidInput,
         C::Unauthenticated => ErrorKind::Unauthorized,
         C::PermissionDenied => ErrorKind::Forbidden,
-        C::Unavailable => ErrorKind::Unavailable,
+        // `Unknown` is what tonic answers when the connection breaks mid-call (the receiver died):
+        // the endpoint failed, not the run, and a Submit may be repeated (it is idempotent).
+        C::Unavailable | C::Unknown => ErrorKind::Unavailable,
         // `Cancelled` is what tonic answers when the client-side request timeout expires.
         C::DeadlineExceeded | C::Cancelled => ErrorKind::Timeout,
         C::ResourceExhausted => ErrorKind::ResourceExhausted,
-        C::Ok | C::Unknown | C::Unimplemented | C::Internal | C::DataLoss => ErrorKind::Internal,
+        C::Ok | C::Unimplemented | C::Internal | C::DataLoss => ErrorKind::Internal,
     }
 }
 
@@ -934,7 +936,8 @@ impl Shard for GrpcShard {
 /// True when the endpoint itself failed (connection refused, reset, TLS handshake, receiver
 /// stopping): the call may be retried elsewhere at once.
 fn is_endpoint_failure(s: &tonic::Status) -> bool {
-    s.code() == tonic::Code::Unavailable
+    // `Unknown`: tonic's code for a call cut off by a broken connection ("transport error").
+    matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown)
 }
 
 impl Inner {
@@ -950,12 +953,18 @@ impl Inner {
 
     fn mark_down(&self, ep: &EndpointState) {
         let mut h = ep.health();
+        let now = Instant::now();
+        if h.down_until.is_some_and(|t| t > now) {
+            // Already down: other batches in flight when it failed do not grow the back-off;
+            // only a failed probe after the pause does.
+            return;
+        }
         h.backoff = if h.backoff.is_zero() {
             self.opts.down_for
         } else {
             (h.backoff * 2).min(self.opts.down_max)
         };
-        h.down_until = Some(Instant::now() + h.backoff);
+        h.down_until = Some(now + h.backoff);
         drop(h);
         tracing::warn!(shard = %self.shard, endpoint = %ep.url, "grpc endpoint marked down");
         metrics::counter!("nexus_grpc_endpoint_down_total", "shard" => self.shard.clone())
@@ -1244,9 +1253,16 @@ mod tests {
         let mut seen = Vec::new();
         for _ in 0..6 {
             inner.mark_down(ep);
+            // Failures of batches in flight while it is down do not grow the back-off.
+            inner.mark_down(ep);
+            inner.mark_down(ep);
             seen.push(ep.health().backoff.as_secs());
+            // The pause ends; the next probe fails again.
+            let left = ep.health().down_until.unwrap() - Instant::now();
+            tokio::time::advance(left + Duration::from_millis(1)).await;
         }
         assert_eq!(seen, vec![2, 4, 8, 16, 30, 30]);
+        inner.mark_down(ep);
         assert!(ep.is_down(Instant::now()));
         // Only the other endpoint is picked while the first is down.
         assert_eq!(inner.pick(&[false, false]), Some(1));

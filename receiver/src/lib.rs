@@ -175,7 +175,7 @@ impl Receiver {
             .await
             .map_err(|e| ShardError::new(e.kind, e.message))?;
         if !self.instance_id.is_empty() {
-            self.record_launch(run).await?;
+            self.record_launch(run, d.relaunch).await?;
         }
         Ok(())
     }
@@ -184,10 +184,16 @@ impl Receiver {
     /// scheduler hears "accepted". From then on a lost receiver is visible (its lease lapses and
     /// the supervisor launches the run again); a receiver lost before this point never answered,
     /// so the scheduler dispatches the run again.
-    async fn record_launch(&self, run: &nexus_core::run::Run) -> Result<(), ShardError> {
+    async fn record_launch(
+        &self,
+        run: &nexus_core::run::Run,
+        relaunch: bool,
+    ) -> Result<(), ShardError> {
         use nexus_core::store::StoreError;
         let patch = RunPatch {
             owner: Some(Some(self.instance_id.clone())),
+            // A launch again after a lost receiver is one more attempt (the supervisor caps them).
+            attempts: relaunch.then_some(run.attempts + 1),
             ..RunPatch::default()
         };
         match self

@@ -530,11 +530,21 @@ mod tests {
         let q = crate::VirtualQueue::new(10);
         let lane = q.lane("x");
         let now = tokio::time::Instant::now();
-        let a = lane.mark_down(now, |n| Duration::from_secs(u64::from(n)));
-        let b = lane.mark_down(now, |n| Duration::from_secs(u64::from(n)));
+        let secs = |n: u32| Duration::from_secs(u64::from(n));
+        let a = lane.mark_down(now, secs);
         assert_eq!(a - now, Duration::from_secs(1));
-        assert_eq!(b - now, Duration::from_secs(2));
-        assert_eq!(lane.paused_until(now), Some(b));
+        assert_eq!(
+            lane.mark_down(now, secs),
+            a,
+            "failures while paused do not lengthen the pause"
+        );
+        let b = lane.mark_down(a, secs);
+        assert_eq!(
+            b - a,
+            Duration::from_secs(2),
+            "a failure after the pause doubles it"
+        );
+        assert_eq!(lane.paused_until(a), Some(b));
         assert_eq!(lane.paused_until(b), None, "the pause ends by itself");
         lane.mark_up();
         assert_eq!(lane.paused_until(now), None);

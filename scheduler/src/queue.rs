@@ -169,13 +169,18 @@ impl Lane {
         e
     }
 
-    /// Marks the shard unreachable: the lane pauses for `pause(streak)` (the streak counts
-    /// consecutive "down" answers, so the pause can grow) and returns when it ends.
+    /// Marks the shard unreachable: the lane pauses for `pause(streak)` (the streak counts the
+    /// pauses that ended in another "down" answer, so the pause grows) and returns when it ends.
     pub fn mark_down(&self, now: Instant, pause: impl FnOnce(u32) -> Duration) -> Instant {
         let mut d = self.down.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(u) = d.until.filter(|u| *u > now) {
+            // Already paused: the other dispatches that were in flight when the shard went down
+            // do not lengthen the pause; only a failed dispatch after it does.
+            return u;
+        }
         d.streak = d.streak.saturating_add(1);
         let until = now + pause(d.streak);
-        d.until = Some(d.until.map_or(until, |u| u.max(until)));
+        d.until = Some(until);
         until
     }
 

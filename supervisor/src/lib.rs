@@ -159,9 +159,13 @@ impl Supervisor {
                         }
                         return;
                     }
+                    // Attempts never go down: a launch again after a lost receiver already
+                    // counted the attempts before it.
+                    let mut patch = patch.clone();
+                    patch.attempts = Some(attempt.max(run.attempts));
                     match self
                         .store
-                        .transition(run_id, run.stage, Stage::Running, patch.clone())
+                        .transition(run_id, run.stage, Stage::Running, patch)
                         .await
                     {
                         Ok(_) => return,

@@ -41,7 +41,7 @@ pub use config::{
     SupervisorProcess,
 };
 
-use crate::standalone::{Handle, instance_id, prometheus};
+use crate::standalone::{Handle, instance_id, prometheus, serve_http};
 
 /// The stores every component of a deployment shares.
 #[derive(Debug, Clone)]
@@ -136,18 +136,6 @@ pub fn shard_clients(
 fn metrics_and_health(readiness: Readiness) -> Router {
     let prom = prometheus().clone();
     health_routes(readiness).route("/metrics", get(move || std::future::ready(prom.render())))
-}
-
-fn serve_http(tasks: &TaskTracker, listener: TcpListener, app: Router, stop: CancellationToken) {
-    tasks.spawn(async move {
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-        {
-            tracing::error!("http server failed: {e}");
-        }
-    });
 }
 
 fn load_catalog(dir: &Path) -> anyhow::Result<Catalog> {
