@@ -188,8 +188,11 @@ async fn distributed_phase(
 
 /// Prints both phases and their ratio.
 pub fn print(d: &Distributed) {
-    e2e::print(&d.standalone);
-    e2e::print(&d.distributed);
+    e2e::print_labeled(&d.standalone, "e2e standalone (Cassandra + S3)");
+    e2e::print_labeled(
+        &d.distributed,
+        "e2e distributed (2 sched, 2 recv, 1 sup, gRPC)",
+    );
     let ratio = d.distributed.throughput() / d.standalone.throughput().max(1e-9);
     println!(
         "distributed / standalone e2e throughput on the same stores: {ratio:.2} ({:.0} vs {:.0} completions/s)",

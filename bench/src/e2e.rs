@@ -224,6 +224,11 @@ pub fn merge(mut all: E2e, r: E2e) -> E2e {
 
 /// Prints the `e2e` table.
 pub fn print(r: &E2e) {
+    print_labeled(r, "e2e (standalone nexus)");
+}
+
+/// Prints the `e2e` table with `label` naming the set-up.
+pub fn print_labeled(r: &E2e, label: &str) {
     print_table(
         "e2e (submit → COMPLETED → result read, instant in-process algorithm)",
         &[
@@ -242,7 +247,7 @@ pub fn print(r: &E2e) {
             "errors",
         ],
         &[vec![
-            "e2e (standalone nexus)".into(),
+            label.into(),
             r.concurrency.to_string(),
             format!("{:.1}", r.elapsed.as_secs_f64()),
             r.ok.to_string(),
