@@ -72,106 +72,174 @@ async fn payloads(dir: &Path) -> Arc<dyn PayloadStore> {
     tiered
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_schedulers_two_shards_runs_reach_their_shard_and_complete() {
-    let demo = common::demo_dir();
-    let tmp = tempfile::tempdir().unwrap();
-    let key_file = tmp.path().join("signing.key");
-    std::fs::write(&key_file, KEY).unwrap();
-    let tpl = tmp.path().join("templates");
-    templates(&tpl);
-    let store: Arc<dyn RunStore> = Arc::new(InMemoryRunStore::default());
-    let stores = SharedStores {
-        store: store.clone(),
-        payloads: Some(payloads(tmp.path()).await),
-    };
-    let secret_file = tmp.path().join("grpc.secret");
-    std::fs::write(&secret_file, SECRET).unwrap();
-    let mut link = grpc(true);
-    link.secret_file = Some(secret_file);
+/// The components of one in-process deployment.
+struct Cluster {
+    tmp: tempfile::TempDir,
+    store: Arc<dyn RunStore>,
+    shards: BTreeMap<String, ShardEntry>,
+    receivers: Vec<distributed::ReceiverHandle>,
+    schedulers: Vec<nexus_cli::standalone::Handle>,
+    supervisor: nexus_cli::standalone::Handle,
+}
 
-    // Two receivers.
-    let mut receivers = Vec::new();
-    let mut shards = BTreeMap::new();
-    for s in ["a", "b"] {
-        let mut c = ReceiverProcess {
-            shard: format!("shard-{s}"),
-            signing_key_file: Some(key_file.clone()),
-            grpc: link.clone(),
-            work_dir: tmp.path().join(format!("recv-{s}")),
-            lease_ttl: Duration::from_secs(3),
-            drain_grace: Duration::from_secs(5),
-            ..ReceiverProcess::default()
+impl Cluster {
+    /// Starts one receiver per shard name (with `limit` as its launch limit), `schedulers`
+    /// schedulers (with `budget` as the default shard budget) and a supervisor.
+    async fn start(
+        shard_names: &[&str],
+        limit: nexus_core::limiter::BudgetConfig,
+        schedulers: usize,
+        budget: nexus_scheduler::BudgetConfig,
+    ) -> Self {
+        let demo = common::demo_dir();
+        let tmp = tempfile::tempdir().unwrap();
+        let key_file = tmp.path().join("signing.key");
+        std::fs::write(&key_file, KEY).unwrap();
+        let tpl = tmp.path().join("templates");
+        templates(&tpl);
+        let store: Arc<dyn RunStore> = Arc::new(InMemoryRunStore::default());
+        let stores = SharedStores {
+            store: store.clone(),
+            payloads: Some(payloads(tmp.path()).await),
         };
-        c.executor.extra_path = vec![demo.clone()];
-        let h = distributed::start_receiver_with(
-            c,
-            port0().await,
-            port0().await,
-            stores.clone(),
-            |c, tx, p| {
-                let cfg = nexus_core::executor::LocalExecutorConfig {
-                    extra_path: c.executor.extra_path.clone(),
-                    work_dir: c.work_dir.join("work"),
-                    default_max_concurrent: 8,
-                    max_log_bytes: 1 << 20,
-                };
-                Arc::new(nexus_core::executor::LocalProcessExecutor::new(cfg, p, tx))
+        let secret_file = tmp.path().join("grpc.secret");
+        std::fs::write(&secret_file, SECRET).unwrap();
+        let mut link = grpc(true);
+        link.secret_file = Some(secret_file);
+
+        let mut receivers = Vec::new();
+        let mut shards = BTreeMap::new();
+        for s in shard_names {
+            let mut c = ReceiverProcess {
+                shard: format!("shard-{s}"),
+                signing_key_file: Some(key_file.clone()),
+                grpc: link.clone(),
+                work_dir: tmp.path().join(format!("recv-{s}")),
+                lease_ttl: Duration::from_secs(3),
+                drain_grace: Duration::from_secs(5),
+                ..ReceiverProcess::default()
+            };
+            c.receiver.launch_limit = limit;
+            c.executor.extra_path = vec![demo.clone()];
+            let h = distributed::start_receiver_with(
+                c,
+                port0().await,
+                port0().await,
+                stores.clone(),
+                |c, tx, p| {
+                    let cfg = nexus_core::executor::LocalExecutorConfig {
+                        extra_path: c.executor.extra_path.clone(),
+                        work_dir: c.work_dir.join("work"),
+                        default_max_concurrent: 8,
+                        max_log_bytes: 1 << 20,
+                    };
+                    Arc::new(nexus_core::executor::LocalProcessExecutor::new(cfg, p, tx))
+                },
+            )
+            .await
+            .expect("receiver starts");
+            shards.insert(
+                format!("shard-{s}"),
+                ShardEntry {
+                    endpoints: vec![format!("http://{}", h.grpc_addr)],
+                },
+            );
+            receivers.push(h);
+        }
+
+        let mut scheds = Vec::new();
+        for _ in 0..schedulers {
+            let mut c = SchedulerProcess {
+                templates_dir: tpl.clone(),
+                signing_key_file: Some(key_file.clone()),
+                grpc: link.clone(),
+                shards: shards.clone(),
+                ..SchedulerProcess::default()
+            };
+            c.scheduler.lease_ttl = Duration::from_secs(3);
+            c.scheduler.retry_base_delay = Duration::from_millis(20);
+            c.scheduler.drain_grace = Duration::from_millis(300);
+            c.scheduler.shard_budget = budget;
+            scheds.push(
+                distributed::start_scheduler_with(c, port0().await, stores.clone())
+                    .await
+                    .expect("scheduler starts"),
+            );
+        }
+        let supervisor = distributed::start_supervisor_with(
+            SupervisorProcess {
+                scheduler_url: scheds[0].url.clone(),
+                templates_dir: tpl.clone(),
+                signing_key_file: Some(key_file.clone()),
+                grpc: link.clone(),
+                shards: shards.clone(),
+                ..SupervisorProcess::default()
             },
+            port0().await,
+            store.clone(),
         )
         .await
-        .expect("receiver starts");
-        shards.insert(
-            format!("shard-{s}"),
-            ShardEntry {
-                endpoints: vec![format!("http://{}", h.grpc_addr)],
-            },
-        );
-        receivers.push(h);
+        .expect("supervisor starts");
+        Self {
+            tmp,
+            store,
+            shards,
+            receivers,
+            schedulers: scheds,
+            supervisor,
+        }
     }
 
-    // Two schedulers and a supervisor.
-    let mut schedulers = Vec::new();
-    for _ in 0..2 {
-        let mut c = SchedulerProcess {
-            templates_dir: tpl.clone(),
-            signing_key_file: Some(key_file.clone()),
-            grpc: link.clone(),
-            shards: shards.clone(),
-            ..SchedulerProcess::default()
-        };
-        c.scheduler.lease_ttl = Duration::from_secs(3);
-        c.scheduler.retry_base_delay = Duration::from_millis(20);
-        c.scheduler.drain_grace = Duration::from_millis(300);
-        schedulers.push(
-            distributed::start_scheduler_with(c, port0().await, stores.clone())
-                .await
-                .expect("scheduler starts"),
-        );
+    async fn stop(self) {
+        for h in self.schedulers {
+            h.stop().await;
+        }
+        self.supervisor.stop().await;
+        for r in self.receivers {
+            r.http.stop().await;
+        }
+        drop(self.tmp);
     }
-    let sup = distributed::start_supervisor_with(
-        SupervisorProcess {
-            scheduler_url: schedulers[0].url.clone(),
-            templates_dir: tpl.clone(),
-            signing_key_file: Some(key_file.clone()),
-            grpc: link.clone(),
-            shards: shards.clone(),
-            ..SupervisorProcess::default()
-        },
-        port0().await,
-        store.clone(),
-    )
-    .await
-    .expect("supervisor starts");
+}
 
-    let http = reqwest::Client::new();
-    let body: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/payloads/knapsack.json"),
-        )
-        .unwrap(),
+fn knapsack_body() -> serde_json::Value {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/payloads/knapsack.json"),
     )
     .unwrap();
+    serde_json::json!({ "algorithmParameters": serde_json::from_str::<serde_json::Value>(&text).unwrap() })
+}
+
+async fn submit(http: &reqwest::Client, base: &str, alg: &str) -> String {
+    let r = http
+        .post(format!("{base}/algorithm/v1/run/{alg}"))
+        .json(&knapsack_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    r.json::<serde_json::Value>().await.unwrap()["requestId"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+const OPEN: nexus_core::limiter::BudgetConfig = nexus_core::limiter::BudgetConfig {
+    rate: 500.0,
+    burst: 1000,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_schedulers_two_shards_runs_reach_their_shard_and_complete() {
+    let c = Cluster::start(
+        &["a", "b"],
+        OPEN,
+        2,
+        nexus_scheduler::BudgetConfig::default(),
+    )
+    .await;
+    let (schedulers, store, shards) = (&c.schedulers, &c.store, &c.shards);
+    let http = reqwest::Client::new();
     let mut submitted = Vec::new();
     for i in 0..8 {
         let base = &schedulers[i % 2].url;
@@ -180,17 +248,7 @@ async fn two_schedulers_two_shards_runs_reach_their_shard_and_complete() {
         } else {
             "knapsack-b"
         };
-        let r = http
-            .post(format!("{base}/algorithm/v1/run/{alg}"))
-            .json(&serde_json::json!({ "algorithmParameters": body }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
-        let id = r.json::<serde_json::Value>().await.unwrap()["requestId"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let id = submit(&http, base, alg).await;
         submitted.push((alg, id));
     }
     for (i, (alg, id)) in submitted.iter().enumerate() {
@@ -224,7 +282,7 @@ async fn two_schedulers_two_shards_runs_reach_their_shard_and_complete() {
     }
 
     // A wrong secret is refused: a scheduler configured with it cannot dispatch.
-    let bad_file = tmp.path().join("bad.secret");
+    let bad_file = c.tmp.path().join("bad.secret");
     std::fs::write(&bad_file, "not-the-shared-secret-at-all").unwrap();
     let mut bad = grpc(true);
     bad.secret_file = Some(bad_file);
@@ -249,11 +307,49 @@ async fn two_schedulers_two_shards_runs_reach_their_shard_and_complete() {
         "{err}"
     );
 
-    for h in schedulers {
-        h.stop().await;
+    c.stop().await;
+}
+
+/// The receiver's own launch limit answers RESOURCE_EXHAUSTED with a retry hint; the scheduler
+/// slows down (AIMD) and retries without spending attempts, so every run still completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_receiver_over_its_launch_limit_slows_the_scheduler_down_and_loses_nothing() {
+    let tight = nexus_core::limiter::BudgetConfig {
+        rate: 4.0,
+        burst: 2,
+    };
+    let generous = nexus_scheduler::BudgetConfig {
+        rate: 1000.0,
+        burst: 100,
+    };
+    let c = Cluster::start(&["a"], tight, 1, generous).await;
+    let base = &c.schedulers[0].url;
+    let http = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for _ in 0..12 {
+        ids.push(submit(&http, base, "knapsack-a").await);
     }
-    sup.stop().await;
-    for r in receivers {
-        r.http.stop().await;
+    for id in &ids {
+        let r = common::wait_terminal(&http, base, "knapsack-a", id, Duration::from_secs(60)).await;
+        assert_eq!(r["status"], "COMPLETED", "{id}: {r}");
     }
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let slowed = metrics
+        .lines()
+        .find(|l| l.starts_with("nexus_scheduler_dispatch_total{result=\"slow_down\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(
+        slowed >= 1.0,
+        "the receiver's RESOURCE_EXHAUSTED reached the dispatcher: {slowed}"
+    );
+    c.stop().await;
 }

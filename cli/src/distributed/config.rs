@@ -284,7 +284,20 @@ fn check_payloads(url: &str, e: &mut Vec<String>) {
     }
 }
 
-fn check_common(log_format: &str, grpc: &GrpcLinkConfig, e: &mut Vec<String>) {
+fn check_common(
+    log_format: &str,
+    grpc: &GrpcLinkConfig,
+    signing_key_file: Option<&Path>,
+    e: &mut Vec<String>,
+) {
+    let env_key = std::env::var_os("NEXUS_SIGNING_KEY").is_some_and(|v| !v.is_empty());
+    if signing_key_file.is_none() && !env_key {
+        e.push(
+            "signing_key_file: required (a file of at least 32 random bytes, the same for every component), \
+             or set NEXUS_SIGNING_KEY; e.g. `head -c 48 /dev/urandom | base64 > signing.key`"
+                .into(),
+        );
+    }
     if !matches!(log_format, "text" | "json") {
         e.push(format!("log_format: '{log_format}' must be text or json"));
     }
@@ -343,7 +356,12 @@ impl SchedulerProcess {
     /// All problems, each naming its key.
     pub fn validate(&self) -> Result<(), String> {
         let mut e = Vec::new();
-        check_common(&self.log_format, &self.grpc, &mut e);
+        check_common(
+            &self.log_format,
+            &self.grpc,
+            self.signing_key_file.as_deref(),
+            &mut e,
+        );
         check_store(&self.store, &mut e);
         check_payloads(&self.payloads, &mut e);
         check_shards(&self.shards, &mut e);
@@ -376,7 +394,12 @@ impl ReceiverProcess {
     /// All problems, each naming its key.
     pub fn validate(&self) -> Result<(), String> {
         let mut e = Vec::new();
-        check_common(&self.log_format, &self.grpc, &mut e);
+        check_common(
+            &self.log_format,
+            &self.grpc,
+            self.signing_key_file.as_deref(),
+            &mut e,
+        );
         check_store(&self.store, &mut e);
         check_payloads(&self.payloads, &mut e);
         if let Err(m) = nexus_core::spec::validate_dns1123_subdomain(&self.shard) {
@@ -423,7 +446,12 @@ impl SupervisorProcess {
     /// All problems, each naming its key.
     pub fn validate(&self) -> Result<(), String> {
         let mut e = Vec::new();
-        check_common(&self.log_format, &self.grpc, &mut e);
+        check_common(
+            &self.log_format,
+            &self.grpc,
+            self.signing_key_file.as_deref(),
+            &mut e,
+        );
         check_store(&self.store, &mut e);
         check_shards(&self.shards, &mut e);
         check_url("scheduler_url", &self.scheduler_url, &mut e);
@@ -452,7 +480,7 @@ mod tests {
         (d, f)
     }
 
-    const COMMON: &str = "store: cassandra://127.0.0.1:9042/nexus\npayloads: s3://bkt/p?endpoint=http://127.0.0.1:8333&region=us-east-1\ngrpc:\n  auth: none\n";
+    const COMMON: &str = "signing_key_file: /etc/nexus/signing.key\nstore: cassandra://127.0.0.1:9042/nexus\npayloads: s3://bkt/p?endpoint=http://127.0.0.1:8333&region=us-east-1\ngrpc:\n  auth: none\n";
 
     #[test]
     fn a_complete_scheduler_config_loads_and_flags_win() {
