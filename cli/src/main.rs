@@ -124,6 +124,11 @@ enum Command {
         #[arg(long)]
         scheduler_url: Option<String>,
     },
+    /// Prints the NexusAlgorithmTemplate and NexusAlgorithmWorkgroup CustomResourceDefinitions
+    /// (YAML, generated from Nexus' own types, with schema validation of required fields,
+    /// quantities, durations and names).
+    #[command(after_help = "Example:\n  nexus crd | kubectl apply -f -")]
+    Crd,
     /// Payload store maintenance (the S3 bucket's retention rule).
     Payloads {
         #[command(subcommand)]
@@ -425,6 +430,16 @@ fn main() -> ExitCode {
                 run_supervisor,
             )
         }
+        Command::Crd => match nexus_core::crd::crds_yaml() {
+            Ok(y) => {
+                print!("{y}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Payloads { command } => match rt.block_on(nexus_cli::payloads_cmd::run(command)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -3,6 +3,7 @@
 //! conformance suites, signed URLs and run tokens, and the error kinds shared by every component.
 
 pub mod catalog;
+pub mod crd;
 pub mod error;
 pub mod executor;
 pub mod grpc;

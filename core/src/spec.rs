@@ -10,6 +10,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use kube::CustomResource;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// API group of the Nexus custom resources.
@@ -66,7 +68,7 @@ impl Collector {
 }
 
 /// `spec.container`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Container {
     /// Image name.
@@ -80,30 +82,35 @@ pub struct Container {
     pub version_tag: String,
     /// Service account of the pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::crd::DNS1123_PATTERN))]
     pub service_account_name: Option<String>,
 }
 
 /// `spec.computeResources`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ComputeResources {
     /// CPU limit (Kubernetes quantity, e.g. `500m`, `2`).
     #[serde(default)]
+    #[schemars(regex(pattern = crate::crd::QUANTITY_PATTERN))]
     pub cpu_limit: String,
     /// Memory limit (Kubernetes quantity, e.g. `512Mi`).
     #[serde(default)]
+    #[schemars(regex(pattern = crate::crd::QUANTITY_PATTERN))]
     pub memory_limit: String,
     /// Extra resources (e.g. `nvidia.com/gpu: "1"`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "crate::crd::quantity_map")]
     pub custom_resources: BTreeMap<String, String>,
 }
 
 /// `spec.workgroupRef`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkgroupRef {
     /// Workgroup name.
     #[serde(default)]
+    #[schemars(regex(pattern = crate::crd::DNS1123_PATTERN))]
     pub name: String,
     /// API group (informational).
     #[serde(default)]
@@ -114,7 +121,7 @@ pub struct WorkgroupRef {
 }
 
 /// A Kubernetes `EnvVar` (value or `valueFrom`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EnvVar {
     /// Variable name.
@@ -125,11 +132,12 @@ pub struct EnvVar {
     /// Kubernetes `valueFrom` source (secret/configmap key); honoured by the Kubernetes executor,
     /// reported as unsupported by the local one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::crd::free_object")]
     pub value_from: Option<serde_json::Value>,
 }
 
 /// `spec.runtimeEnvironment`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RuntimeEnvironment {
     /// Environment variables.
@@ -137,12 +145,14 @@ pub struct RuntimeEnvironment {
     pub environment_variables: Vec<EnvVar>,
     /// Kubernetes `envFrom` sources.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::crd::free_object_list")]
     pub mapped_environment_variables: Vec<serde_json::Value>,
     /// Annotations copied onto the Job and its pod.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
     /// Wall-clock limit of one run, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub deadline_seconds: Option<u32>,
     /// How many times a failed process is relaunched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -150,7 +160,7 @@ pub struct RuntimeEnvironment {
 }
 
 /// `spec.errorHandlingBehaviour`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorHandlingBehaviour {
     /// Exit codes after which the process is relaunched without counting against retries.
@@ -162,7 +172,7 @@ pub struct ErrorHandlingBehaviour {
 }
 
 /// `spec.datadogIntegrationSettings`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DatadogIntegrationSettings {
     /// Mount the DogStatsD socket into the pod.
@@ -171,16 +181,30 @@ pub struct DatadogIntegrationSettings {
 }
 
 /// `spec.payloadConfiguration`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PayloadConfiguration {
     /// Validity of signed payload URLs (`"6h"`, `"24h"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::crd::DURATION_PATTERN))]
     pub payload_valid_for: Option<String>,
 }
 
 /// `NexusAlgorithmSpec`: the spec of a template.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema, CustomResource)]
+#[kube(
+    group = "science.sneaksanddata.com",
+    version = "v1",
+    kind = "NexusAlgorithmTemplate",
+    doc = "An algorithm Nexus runs: its container, command, resources, retries and deadline.",
+    plural = "nexusalgorithmtemplates",
+    shortname = "nat",
+    namespaced,
+    status = "crate::crd::ResourceStatus",
+    printcolumn = r#"{"name":"Workgroup","type":"string","jsonPath":".spec.workgroupRef.name"}"#,
+    printcolumn = r#"{"name":"Command","type":"string","jsonPath":".spec.command"}"#,
+    printcolumn = r#"{"name":"Deadline","type":"integer","jsonPath":".spec.runtimeEnvironment.deadlineSeconds"}"#
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AlgorithmSpec {
     /// Container image (required on Kubernetes; unused by the local executor).
@@ -194,6 +218,7 @@ pub struct AlgorithmSpec {
     pub workgroup_ref: Option<WorkgroupRef>,
     /// Command to run (split on spaces).
     #[serde(default)]
+    #[schemars(length(min = 1))]
     pub command: String,
     /// Arguments; `--sas-uri=%s` / `--request-id=%s` (reference form) or `{payload_uri}` /
     /// `{request_id}` (explicit placeholders) are substituted.
@@ -336,7 +361,18 @@ impl AlgorithmSpec {
 }
 
 /// `NexusAlgorithmWorkgroup` spec.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema, CustomResource)]
+#[kube(
+    group = "science.sneaksanddata.com",
+    version = "v1",
+    kind = "NexusAlgorithmWorkgroup",
+    doc = "Where runs of the templates that name it are placed: the shard (cluster), tolerations, affinity.",
+    plural = "nexusalgorithmworkgroups",
+    shortname = "nawg",
+    namespaced,
+    status = "crate::crd::ResourceStatus",
+    printcolumn = r#"{"name":"Cluster","type":"string","jsonPath":".spec.cluster"}"#
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkgroupSpec {
     /// Free text.
@@ -347,16 +383,20 @@ pub struct WorkgroupSpec {
     pub capabilities: BTreeMap<String, bool>,
     /// Shard (cluster) the workgroup's runs go to.
     #[serde(default)]
+    #[schemars(regex(pattern = crate::crd::DNS1123_PATTERN))]
     pub cluster: String,
     /// Pod tolerations (Kubernetes executor).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::crd::free_object_list")]
     pub tolerations: Vec<serde_json::Value>,
     /// Pod affinity (Kubernetes executor).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::crd::free_object")]
     pub affinity: Option<serde_json::Value>,
     /// At most this many runs of the workgroup execute at once on one receiver (local executor);
     /// the rest wait BUFFERED. `None` uses the executor's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub max_concurrent_runs: Option<u32>,
 }
 
