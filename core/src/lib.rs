@@ -8,6 +8,8 @@ pub mod error;
 pub mod executor;
 pub mod grpc;
 pub mod http;
+pub mod kube_catalog;
+pub mod kube_client;
 pub mod limiter;
 pub mod payload;
 pub mod render;
