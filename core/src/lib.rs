@@ -10,6 +10,7 @@ pub mod grpc;
 pub mod http;
 pub mod kube_catalog;
 pub mod kube_client;
+pub mod kube_job;
 pub mod limiter;
 pub mod payload;
 pub mod render;

@@ -41,6 +41,43 @@ pub fn render_args(args: &[String], payload_url: &str, request_id: &str) -> Vec<
         .collect()
 }
 
+/// Splits a template `command` into its words: on single spaces, as the reference does, but
+/// without the empty words that repeated spaces would give (`"python3  main.py"` is two words).
+/// Shared by the local executor ([`launch_spec`]) and the Kubernetes Job
+/// ([`crate::kube_job::render_job`]).
+#[must_use]
+pub fn split_command(command: &str) -> Vec<String> {
+    command
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The environment variables of the algorithm-container contract that Nexus sets for a run,
+/// in this order: the reference's `NEXUS__ALGORITHM_NAME`, `NEXUS__SHARD_NAME` (= `shard`),
+/// `NEXUS__PARENT_REQUEST_ID` / `NEXUS__PARENT_ALGORITHM_NAME` (only when the run has a parent),
+/// then Nexus' additions `NEXUS__REQUEST_ID`, `NEXUS__RUN_TOKEN`, `NEXUS__RECEIVER_URL`,
+/// `NEXUS__RESULT_UPLOAD_URL`, `NEXUS__PAYLOAD_URL`. They come after the template's own
+/// variables in both executors.
+#[must_use]
+pub fn contract_env(run: &Run, shard: &str, ctx: &LaunchContext<'_>) -> Vec<(String, String)> {
+    let mut envs: Vec<(String, String)> = vec![
+        (env::ALGORITHM_NAME.into(), run.algorithm.clone()),
+        (env::SHARD_NAME.into(), shard.into()),
+    ];
+    if let Some(p) = &run.parent {
+        envs.push((env::PARENT_REQUEST_ID.into(), p.request_id.to_string()));
+        envs.push((env::PARENT_ALGORITHM_NAME.into(), p.algorithm_name.clone()));
+    }
+    envs.push((env::REQUEST_ID.into(), run.id.to_string()));
+    envs.push((env::RUN_TOKEN.into(), ctx.run_token.into()));
+    envs.push((env::RECEIVER_URL.into(), ctx.receiver_url.into()));
+    envs.push((env::RESULT_UPLOAD_URL.into(), ctx.result_upload_url.into()));
+    envs.push((env::PAYLOAD_URL.into(), ctx.payload_url.into()));
+    envs
+}
+
 /// Renders the executor launch of `run`.
 ///
 /// # Errors
@@ -53,11 +90,7 @@ pub fn launch_spec(
 ) -> Result<LaunchSpec, String> {
     let spec = &run.applied_configuration;
     let id = run.id.to_string();
-    let mut parts = spec
-        .command
-        .split(' ')
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned);
+    let mut parts = split_command(&spec.command).into_iter();
     let command = parts
         .next()
         .ok_or_else(|| "spec.command is empty".to_owned())?;
@@ -75,17 +108,7 @@ pub fn launch_spec(
             envs.push((e.name.clone(), e.value.clone().unwrap_or_default()));
         }
     }
-    envs.push((env::ALGORITHM_NAME.into(), run.algorithm.clone()));
-    envs.push((env::SHARD_NAME.into(), run.shard.clone()));
-    envs.push((env::REQUEST_ID.into(), id.clone()));
-    if let Some(p) = &run.parent {
-        envs.push((env::PARENT_REQUEST_ID.into(), p.request_id.to_string()));
-        envs.push((env::PARENT_ALGORITHM_NAME.into(), p.algorithm_name.clone()));
-    }
-    envs.push((env::RUN_TOKEN.into(), ctx.run_token.into()));
-    envs.push((env::RECEIVER_URL.into(), ctx.receiver_url.into()));
-    envs.push((env::RESULT_UPLOAD_URL.into(), ctx.result_upload_url.into()));
-    envs.push((env::PAYLOAD_URL.into(), ctx.payload_url.into()));
+    envs.extend(contract_env(run, &run.shard, ctx));
     let eh = spec.error_handling_behaviour.clone().unwrap_or_default();
     Ok(LaunchSpec {
         run_id: run.id,
