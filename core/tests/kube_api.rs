@@ -1,0 +1,331 @@
+//! The CRDs, the rendered Jobs and the catalog reflector against a real Kubernetes API server.
+//!
+//! Run by the integration tier, which builds and starts `tools/kube-apiserver` (k8s.io/kubernetes'
+//! own test API server on an embedded etcd, `scripts/kube-apiserver.sh`) and sets
+//! `NEXUS_TEST_KUBECONFIG` to the kubeconfig it writes. Each test works in a namespace of its own.
+//! Without the variable every test fails with a message saying how to start the server.
+
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client};
+use nexus_core::catalog::Catalog;
+use nexus_core::kube_client::{ApiBudget, KubeClientConfig};
+use nexus_core::kube_job::{JobOptions, render_job};
+use nexus_core::render::LaunchContext;
+use nexus_core::spec::{
+    AlgorithmSpec, NexusAlgorithmTemplate, NexusAlgorithmWorkgroup, WorkgroupSpec,
+};
+use tokio_util::sync::CancellationToken;
+
+const ENV: &str = "NEXUS_TEST_KUBECONFIG";
+
+async fn client() -> Client {
+    let path = std::env::var(ENV).unwrap_or_else(|_| {
+        panic!(
+            "{ENV} is not set: these tests need a real Kubernetes API server. Start one with \
+             `scripts/kube-apiserver.sh start` (it prints the kubeconfig path) and run them with \
+             {ENV}=<that path> (scripts/integration.sh does both)"
+        )
+    });
+    let config = KubeClientConfig {
+        kubeconfig: Some(path.into()),
+        ..KubeClientConfig::default()
+    };
+    nexus_core::kube_client::client(&config, &ApiBudget::new(config.api_budget))
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach the API server: {e}"))
+}
+
+/// Applies both CRDs (idempotent) and waits until they are Established.
+async fn install_crds(c: &Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(c.clone());
+    for crd in [
+        nexus_core::crd::template_crd(),
+        nexus_core::crd::workgroup_crd(),
+    ] {
+        let name = crd.metadata.name.clone().unwrap();
+        match api.create(&PostParams::default(), &crd).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => panic!("the API server refused CRD {name}: {e}"),
+        }
+        let mut established = false;
+        for _ in 0..100 {
+            let got = api.get(&name).await.unwrap();
+            established = got
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(established, "CRD {name} never became Established");
+    }
+}
+
+async fn namespace(c: &Client, test: &str) -> String {
+    let name = format!("{test}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
+    }))
+    .unwrap();
+    Api::<Namespace>::all(c.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    name
+}
+
+fn manifest<T: serde::de::DeserializeOwned>(yaml: &str) -> T {
+    serde_yaml::from_str(yaml).unwrap()
+}
+
+const TEMPLATE: &str = r#"
+apiVersion: science.sneaksanddata.com/v1
+kind: NexusAlgorithmTemplate
+metadata:
+  name: trainer
+spec:
+  container: {image: ml/trainer, registry: registry.example, versionTag: "2025.1", serviceAccountName: trainer-sa}
+  computeResources: {cpuLimit: "2", memoryLimit: 8Gi, customResources: {nvidia.com/gpu: "1"}}
+  workgroupRef: {name: gpu, group: science.sneaksanddata.com, kind: NexusAlgorithmWorkgroup}
+  command: python3 -m trainer
+  args: ["--sas-uri=%s", "--request-id=%s"]
+  runtimeEnvironment:
+    environmentVariables:
+      - {name: MODE, value: fast}
+      - {name: DB_PASSWORD, valueFrom: {secretKeyRef: {name: trainer-secrets, key: db-password}}}
+    mappedEnvironmentVariables: [{configMapRef: {name: trainer-config}}]
+    annotations: {team: ml}
+    deadlineSeconds: 7200
+    maximumRetries: 3
+  errorHandlingBehaviour: {transientExitCodes: [75], fatalExitCodes: [2]}
+  datadogIntegrationSettings: {mountDatadogSocket: true}
+  payloadConfiguration: {payloadValidFor: 6h}
+"#;
+
+const WORKGROUP: &str = r#"
+apiVersion: science.sneaksanddata.com/v1
+kind: NexusAlgorithmWorkgroup
+metadata:
+  name: gpu
+spec:
+  description: GPU nodes
+  cluster: gpu-cluster
+  tolerations: [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]
+  affinity:
+    nodeAffinity:
+      requiredDuringSchedulingIgnoredDuringExecution:
+        nodeSelectorTerms: [{matchExpressions: [{key: kubernetes.io/arch, operator: In, values: [amd64]}]}]
+"#;
+
+#[tokio::test]
+async fn the_crds_are_accepted_and_refuse_bad_manifests_at_apply_time() {
+    let c = client().await;
+    install_crds(&c).await;
+    let ns = namespace(&c, "crd").await;
+    let templates: Api<NexusAlgorithmTemplate> = Api::namespaced(c.clone(), &ns);
+    let workgroups: Api<NexusAlgorithmWorkgroup> = Api::namespaced(c.clone(), &ns);
+    workgroups
+        .create(&PostParams::default(), &manifest(WORKGROUP))
+        .await
+        .expect("a good workgroup is accepted");
+    let created = templates
+        .create(&PostParams::default(), &manifest(TEMPLATE))
+        .await
+        .expect("a good template is accepted");
+    assert_eq!(created.spec.command, "python3 -m trainer");
+    // The repository's example manifests are valid custom resources too.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/templates");
+    for e in std::fs::read_dir(dir).unwrap() {
+        let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+        if text.contains("kind: NexusAlgorithmTemplate") {
+            templates
+                .create(&PostParams::default(), &manifest(&text))
+                .await
+                .unwrap();
+        } else {
+            workgroups
+                .create(&PostParams::default(), &manifest(&text))
+                .await
+                .unwrap();
+        }
+    }
+    // Bad manifests are refused by the API server, naming the field.
+    let bad: Vec<(&str, &str, &str)> = vec![
+        (
+            "cpuLimit: \"2\"",
+            "cpuLimit: lots",
+            "spec.computeResources.cpuLimit",
+        ),
+        (
+            "payloadValidFor: 6h",
+            "payloadValidFor: soon",
+            "spec.payloadConfiguration.payloadValidFor",
+        ),
+        (
+            "command: python3 -m trainer",
+            "command: \"\"",
+            "spec.command",
+        ),
+        (
+            "deadlineSeconds: 7200",
+            "deadlineSeconds: 0",
+            "spec.runtimeEnvironment.deadlineSeconds",
+        ),
+        ("versionTag: \"2025.1\", ", "", "spec.container.versionTag"),
+        (
+            "nvidia.com/gpu: \"1\"",
+            "nvidia.com/gpu: one",
+            "spec.computeResources.customResources",
+        ),
+    ];
+    for (i, (from, to, field)) in bad.into_iter().enumerate() {
+        assert!(TEMPLATE.contains(from), "{from}");
+        let text = TEMPLATE
+            .replace(from, to)
+            .replace("name: trainer\n", &format!("name: bad-{i}\n"));
+        let t: NexusAlgorithmTemplate = serde_yaml::from_str(&text).unwrap_or_else(|e| {
+            // A manifest Nexus itself cannot read never reaches the server; that is a refusal too.
+            panic!("{field}: {e}")
+        });
+        match templates.create(&PostParams::default(), &t).await {
+            Err(kube::Error::Api(e)) => {
+                assert_eq!(e.code, 422, "{field}: {e:?}");
+                assert!(
+                    e.message.contains(field),
+                    "{field} not named in: {}",
+                    e.message
+                );
+            }
+            other => panic!("{field}: the API server accepted a bad manifest: {other:?}"),
+        }
+    }
+    let wg_bad: NexusAlgorithmWorkgroup = manifest(
+        &WORKGROUP
+            .replace("cluster: gpu-cluster", "cluster: Not_A_Name")
+            .replace("name: gpu", "name: bad-wg"),
+    );
+    let e = workgroups
+        .create(&PostParams::default(), &wg_bad)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("spec.cluster"), "{e}");
+}
+
+#[tokio::test]
+async fn a_rendered_job_passes_the_api_servers_validation() {
+    let c = client().await;
+    let ns = namespace(&c, "job").await;
+    let t: NexusAlgorithmTemplate = manifest(TEMPLATE);
+    let w: NexusAlgorithmWorkgroup = manifest(WORKGROUP);
+    let spec: AlgorithmSpec = t.spec;
+    let wg: WorkgroupSpec = w.spec;
+    let mut run = nexus_core::store::test_suite::sample_run("trainer");
+    run.applied_configuration = spec;
+    run.workgroup = "gpu".into();
+    run.shard = "gpu-cluster".into();
+    let ctx = LaunchContext {
+        payload_url: "https://nexus.example/data/v1/payloads/trainer/x?sig=p",
+        run_token: "token",
+        receiver_url: "https://receiver.example",
+        result_upload_url: "https://s3.example/results/x?sig=r",
+    };
+    let opts = JobOptions {
+        namespace: ns.clone(),
+        ..JobOptions::default()
+    };
+    let job = render_job(&run, &wg, &ctx, None, &opts).expect("renders");
+    let jobs: Api<Job> = Api::namespaced(c.clone(), &ns);
+    let created = jobs
+        .create(&PostParams::default(), &job)
+        .await
+        .unwrap_or_else(|e| panic!("the API server refused the rendered Job: {e}"));
+    let spec = created.spec.unwrap();
+    assert_eq!(spec.backoff_limit, Some(3));
+    assert_eq!(spec.active_deadline_seconds, Some(7200));
+    assert_eq!(spec.ttl_seconds_after_finished, Some(300));
+    assert_eq!(spec.pod_failure_policy.unwrap().rules.len(), 3);
+    // Server-side dry run of the child with a parent owner reference.
+    let parent = nexus_core::kube_job::ParentJob {
+        name: created.metadata.name.clone().unwrap(),
+        uid: created.metadata.uid.clone().unwrap(),
+    };
+    let mut child = nexus_core::store::test_suite::sample_run("trainer");
+    child.applied_configuration = run.applied_configuration.clone();
+    let child_job = render_job(&child, &wg, &ctx, Some(&parent), &opts).unwrap();
+    let made = jobs
+        .create(&PostParams::default(), &child_job)
+        .await
+        .unwrap();
+    assert_eq!(made.metadata.owner_references.unwrap()[0].uid, parent.uid);
+    jobs.delete(&child.id.to_string(), &DeleteParams::background())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_catalog_follows_templates_added_and_deleted_at_runtime() {
+    let c = client().await;
+    install_crds(&c).await;
+    let ns = namespace(&c, "catalog").await;
+    let templates: Api<NexusAlgorithmTemplate> = Api::namespaced(c.clone(), &ns);
+    let workgroups: Api<NexusAlgorithmWorkgroup> = Api::namespaced(c.clone(), &ns);
+    workgroups
+        .create(&PostParams::default(), &manifest(WORKGROUP))
+        .await
+        .unwrap();
+    let catalog = Catalog::default();
+    let (synced, stop) = (CancellationToken::new(), CancellationToken::new());
+    let task = tokio::spawn(nexus_core::kube_catalog::watch_cluster(
+        catalog.clone(),
+        c.clone(),
+        Some(ns.clone()),
+        synced.clone(),
+        stop.clone(),
+    ));
+    tokio::time::timeout(Duration::from_secs(20), synced.cancelled())
+        .await
+        .expect("the first list completes");
+    assert!(catalog.snapshot().workgroups.contains_key("gpu"));
+    assert!(catalog.snapshot().templates.is_empty());
+    let wait = |want: bool| {
+        let catalog = catalog.clone();
+        async move {
+            for _ in 0..100 {
+                if catalog.snapshot().templates.contains_key("trainer") == want {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!(
+                "the catalog never saw the template {}",
+                if want { "added" } else { "deleted" }
+            );
+        }
+    };
+    templates
+        .create(&PostParams::default(), &manifest(TEMPLATE))
+        .await
+        .unwrap();
+    wait(true).await;
+    assert_eq!(
+        catalog.snapshot().templates["trainer"].spec.command,
+        "python3 -m trainer"
+    );
+    templates
+        .delete("trainer", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait(false).await;
+    stop.cancel();
+    task.await.unwrap();
+}
