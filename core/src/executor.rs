@@ -21,11 +21,13 @@ use crate::error::ErrorKind;
 use crate::run::{CancellationPolicy, RunId};
 
 pub mod fake;
+pub mod kube;
 pub mod local;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod test_suite;
 
 pub use fake::RecordingExecutor;
+pub use kube::KubeExecutor;
 pub use local::{LocalExecutorConfig, LocalProcessExecutor};
 
 /// Everything an executor needs to launch one run (already rendered: no templating left).
@@ -55,6 +57,8 @@ pub struct LaunchSpec {
     pub fatal_exit_codes: Vec<i32>,
     /// Where to store captured stdout+stderr (a payload-store key), if anywhere.
     pub logs_key: Option<String>,
+    /// The rendered Kubernetes Job, for executors that ask for one ([`Executor::job_options`]).
+    pub job: Option<Box<k8s_openapi::api::batch::v1::Job>>,
 }
 
 /// How one process attempt ended.
@@ -155,4 +159,10 @@ pub trait Executor: Send + Sync + std::fmt::Debug + 'static {
 
     /// Returns the ids of runs launched and not yet finished.
     async fn active(&self) -> Vec<RunId>;
+
+    /// Executors that run Kubernetes Jobs return how to render them; the receiver then renders
+    /// the Job ([`crate::kube_job::render_job`]) into [`LaunchSpec::job`].
+    fn job_options(&self) -> Option<&crate::kube_job::JobOptions> {
+        None
+    }
 }

@@ -123,7 +123,31 @@ pub fn launch_spec(
         transient_exit_codes: eh.transient_exit_codes,
         fatal_exit_codes: eh.fatal_exit_codes,
         logs_key: Some(Keys::logs(&run.algorithm, &id)),
+        job: None,
     })
+}
+
+/// The launch of a run whose rendered Kubernetes Job carries everything (command, env,
+/// resources): the executor-independent fields, and the Job.
+#[must_use]
+pub fn job_launch_spec(run: &Run, job: k8s_openapi::api::batch::v1::Job) -> LaunchSpec {
+    let spec = &run.applied_configuration;
+    let eh = spec.error_handling_behaviour.clone().unwrap_or_default();
+    LaunchSpec {
+        run_id: run.id,
+        algorithm: run.algorithm.clone(),
+        workgroup: run.workgroup.clone(),
+        max_concurrent: None,
+        command: String::new(),
+        args: Vec::new(),
+        env: Vec::new(),
+        deadline: Duration::from_secs(u64::from(spec.deadline_seconds())),
+        max_retries: spec.maximum_retries(),
+        transient_exit_codes: eh.transient_exit_codes,
+        fatal_exit_codes: eh.fatal_exit_codes,
+        logs_key: None,
+        job: Some(Box::new(job)),
+    }
 }
 
 #[cfg(test)]

@@ -329,3 +329,169 @@ async fn the_catalog_follows_templates_added_and_deleted_at_runtime() {
     stop.cancel();
     task.await.unwrap();
 }
+
+/// Plays the Job controller: marks the Job finished the way the controller would.
+async fn finish_job(jobs: &Api<Job>, name: &str, complete: bool) {
+    let now = "2026-01-01T00:00:00Z";
+    let status = if complete {
+        serde_json::json!({"status": {
+            "startTime": now, "completionTime": now, "succeeded": 1,
+            "conditions": [
+                {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": now},
+                {"type": "Complete", "status": "True", "lastTransitionTime": now}
+            ]
+        }})
+    } else {
+        serde_json::json!({"status": {
+            "startTime": now, "failed": 1,
+            "conditions": [
+                {"type": "FailureTarget", "status": "True", "reason": "DeadlineExceeded", "lastTransitionTime": now},
+                {"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "lastTransitionTime": now}
+            ]
+        }})
+    };
+    jobs.patch_status(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&status),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("cannot patch the Job status: {e}"));
+}
+
+async fn next_event(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<nexus_core::executor::ExecutorEvent>,
+) -> nexus_core::executor::ExecutorEvent {
+    tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("an executor event in time")
+        .expect("the channel is open")
+}
+
+#[tokio::test]
+async fn the_kubernetes_executor_creates_follows_and_cancels_jobs() {
+    use nexus_core::executor::{Executor, ExecutorEvent, KubeExecutor, Outcome};
+    use nexus_core::run::CancellationPolicy;
+    let c = client().await;
+    let ns = namespace(&c, "exec").await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let opts = JobOptions {
+        namespace: ns.clone(),
+        ..JobOptions::default()
+    };
+    let exec = KubeExecutor::new(c.clone(), opts.clone(), tx, stop.clone());
+    let t: NexusAlgorithmTemplate = manifest(TEMPLATE);
+    let w: NexusAlgorithmWorkgroup = manifest(WORKGROUP);
+    let ctx = LaunchContext {
+        payload_url: "https://nexus.example/p",
+        run_token: "token",
+        receiver_url: "https://receiver.example",
+        result_upload_url: "https://s3.example/r",
+    };
+    let launch = |run: &nexus_core::run::Run| {
+        let job = render_job(run, &w.spec, &ctx, None, &opts).unwrap();
+        nexus_core::render::job_launch_spec(run, job)
+    };
+    let jobs: Api<Job> = Api::namespaced(c.clone(), &ns);
+    let mk = || {
+        let mut r = nexus_core::store::test_suite::sample_run("trainer");
+        r.applied_configuration = t.spec.clone();
+        r
+    };
+
+    // Launch (twice: idempotent), then the "controller" completes it.
+    let ok = mk();
+    exec.launch(launch(&ok)).await.unwrap();
+    exec.launch(launch(&ok)).await.unwrap();
+    match next_event(&mut rx).await {
+        ExecutorEvent::Started {
+            run_id,
+            executor_ref,
+            ..
+        } => {
+            assert_eq!(run_id, ok.id);
+            assert!(
+                executor_ref.starts_with(&format!("job/{ns}/")),
+                "{executor_ref}"
+            );
+        }
+        e => panic!("{e:?}"),
+    }
+    assert_eq!(exec.active().await, vec![ok.id]);
+    let got = jobs.get(&ok.id.to_string()).await.unwrap();
+    assert_eq!(got.spec.unwrap().active_deadline_seconds, Some(7200));
+    finish_job(&jobs, &ok.id.to_string(), true).await;
+    assert_eq!(
+        next_event(&mut rx).await,
+        ExecutorEvent::Finished {
+            run_id: ok.id,
+            outcome: Outcome::Succeeded,
+            logs_stored: false
+        }
+    );
+    assert!(exec.active().await.is_empty());
+
+    // Deadline exceeded, as the Job controller reports it.
+    let late = mk();
+    exec.launch(launch(&late)).await.unwrap();
+    let _ = next_event(&mut rx).await;
+    finish_job(&jobs, &late.id.to_string(), false).await;
+    match next_event(&mut rx).await {
+        ExecutorEvent::Finished {
+            run_id,
+            outcome: Outcome::DeadlineExceeded { deadline },
+            ..
+        } => {
+            assert_eq!(run_id, late.id);
+            assert_eq!(deadline, Duration::from_secs(7200));
+        }
+        e => panic!("{e:?}"),
+    }
+
+    // Cancel with each propagation policy. Without a garbage collector in this API server, a
+    // Foreground or Orphan delete leaves the Job with the finalizer that asks for it.
+    for (policy, finalizer) in [
+        (CancellationPolicy::Background, None),
+        (CancellationPolicy::Foreground, Some("foregroundDeletion")),
+        (CancellationPolicy::Orphan, Some("orphan")),
+    ] {
+        let r = mk();
+        exec.launch(launch(&r)).await.unwrap();
+        let _ = next_event(&mut rx).await;
+        exec.cancel(r.id, policy).await.unwrap();
+        assert_eq!(
+            next_event(&mut rx).await,
+            ExecutorEvent::Finished {
+                run_id: r.id,
+                outcome: Outcome::Cancelled,
+                logs_stored: false
+            }
+        );
+        match (jobs.get_opt(&r.id.to_string()).await.unwrap(), finalizer) {
+            (None, None) => {}
+            (Some(j), Some(f)) => {
+                assert!(
+                    j.metadata.deletion_timestamp.is_some(),
+                    "{policy:?}: being deleted"
+                );
+                assert!(
+                    j.metadata
+                        .finalizers
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|x| x == f),
+                    "{policy:?}: the {f} finalizer"
+                );
+            }
+            (j, f) => panic!(
+                "{policy:?}: job {:?}, expected finalizer {f:?}",
+                j.map(|j| j.metadata)
+            ),
+        }
+        exec.cancel(r.id, policy)
+            .await
+            .expect("cancel is idempotent");
+    }
+    stop.cancel();
+}

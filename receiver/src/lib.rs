@@ -166,7 +166,14 @@ impl Receiver {
             receiver_url: self.config.public_url.trim_end_matches('/'),
             result_upload_url: &upload,
         };
-        let spec = match launch_spec(run, &d.workgroup, &ctx) {
+        let spec = match self.executor.job_options() {
+            // A Kubernetes executor: the run is a rendered Job.
+            Some(opts) => nexus_core::kube_job::render_job(run, &d.workgroup, &ctx, None, opts)
+                .map(|job| nexus_core::render::job_launch_spec(run, job))
+                .map_err(|e| e.to_string()),
+            None => launch_spec(run, &d.workgroup, &ctx),
+        };
+        let spec = match spec {
             Ok(s) => s,
             Err(msg) => return Err(ShardError::new(ErrorKind::InvalidInput, msg)),
         };

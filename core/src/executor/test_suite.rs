@@ -156,6 +156,7 @@ pub fn spec(args: &[&str]) -> LaunchSpec {
         transient_exit_codes: Vec::new(),
         fatal_exit_codes: Vec::new(),
         logs_key: None,
+        job: None,
     }
 }
 
