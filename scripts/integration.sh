@@ -15,8 +15,10 @@
 #   on Cassandra + SeaweedFS, with a receiver killed -9 mid-load (cli/tests/distributed_e2e.rs).
 # * A real Kubernetes API server (issue #7): tools/kube-apiserver, k8s.io/kubernetes' own test API
 #   server on an embedded etcd 3.6, built with Go from the module proxy (scripts/kube-apiserver.sh;
-#   set NEXUS_KUBE_DIR to keep its ~3 GB of Go caches between runs); the CRDs, rendered Jobs and
-#   the catalog reflector run against it (core/tests/kube_api.rs).
+#   set NEXUS_KUBE_DIR to keep its ~3 GB of Go caches between runs); the CRDs, rendered Jobs, the
+#   Kubernetes executor, the kubelet helper and the catalog reflector run against it
+#   (core/tests/kube_api.rs), then a scheduler with the cluster catalog and a receiver running
+#   Jobs, the test playing the Job controller and kubelet (cli/tests/kubernetes.rs).
 #
 # Tests that need a service fail loudly when it is missing; nothing here is skipped.
 set -euo pipefail
@@ -76,8 +78,10 @@ NEXUS_TEST_S3="$s3_url&access_key=nexus&secret_key=nexus-secret-key" \
 
 echo "integration: building and starting a real Kubernetes API server (tools/kube-apiserver)"
 kubeconfig=$(scripts/kube-apiserver.sh start)
-echo "integration: CRDs, rendered Jobs and the catalog reflector against the API server"
+echo "integration: CRDs, rendered Jobs, the Kubernetes executor and the catalog against the API server"
 NEXUS_TEST_KUBECONFIG="$kubeconfig" cargo test -p nexus-core --features kube-tests --test kube_api
+echo "integration: scheduler + receiver on Kubernetes (runs as Jobs, templates from the cluster)"
+NEXUS_TEST_KUBECONFIG="$kubeconfig" cargo test -p nexus-cli --features kube-tests --test kubernetes
 scripts/kube-apiserver.sh stop
 
 echo "integration: building the release binary and smoke-testing the README run command"

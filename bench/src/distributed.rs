@@ -124,7 +124,7 @@ async fn distributed_phase(
             port0().await?,
             port0().await?,
             stores.clone(),
-            move |_, tx, _| Arc::new(instant::InstantExecutor::new(tx, http)),
+            move |_, tx, _, _| Arc::new(instant::InstantExecutor::new(tx, http)),
         )
         .await?;
         endpoints.push(format!("http://{}", h.grpc_addr));

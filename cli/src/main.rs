@@ -127,8 +127,21 @@ enum Command {
     /// Prints the NexusAlgorithmTemplate and NexusAlgorithmWorkgroup CustomResourceDefinitions
     /// (YAML, generated from Nexus' own types, with schema validation of required fields,
     /// quantities, durations and names).
-    #[command(after_help = "Example:\n  nexus crd | kubectl apply -f -")]
-    Crd,
+    #[command(
+        after_help = "Examples:\n  nexus crd | kubectl apply -f -\n  nexus crd --apply --kubeconfig ~/.kube/config --context prod-shard-1"
+    )]
+    Crd {
+        /// Install (or update) them in the cluster instead of printing them, and wait until the
+        /// API server serves them.
+        #[arg(long)]
+        apply: bool,
+        /// Kubeconfig for --apply (default: in-cluster, then $KUBECONFIG, then ~/.kube/config).
+        #[arg(long, requires = "apply")]
+        kubeconfig: Option<PathBuf>,
+        /// Context of the kubeconfig for --apply (default: its current context).
+        #[arg(long, requires = "apply")]
+        context: Option<String>,
+    },
     /// Payload store maintenance (the S3 bucket's retention rule).
     Payloads {
         #[command(subcommand)]
@@ -430,7 +443,35 @@ fn main() -> ExitCode {
                 run_supervisor,
             )
         }
-        Command::Crd => match nexus_core::crd::crds_yaml() {
+        Command::Crd {
+            apply: true,
+            kubeconfig,
+            context,
+        } => {
+            let config = nexus_core::kube_client::KubeClientConfig {
+                kubeconfig,
+                context,
+                ..nexus_core::kube_client::KubeClientConfig::default()
+            };
+            let result = rt.block_on(async {
+                let budget = nexus_core::kube_client::ApiBudget::new(config.api_budget);
+                let client = nexus_core::kube_client::client(&config, &budget).await?;
+                nexus_core::crd::install(&client, std::time::Duration::from_secs(30)).await
+            });
+            match result {
+                Ok(()) => {
+                    eprintln!(
+                        "installed nexusalgorithmtemplates and nexusalgorithmworkgroups (science.sneaksanddata.com/v1)"
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Crd { .. } => match nexus_core::crd::crds_yaml() {
             Ok(y) => {
                 print!("{y}");
                 ExitCode::SUCCESS

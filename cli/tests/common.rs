@@ -128,3 +128,27 @@ pub async fn submit(
 pub async fn get_json(http: &reqwest::Client, url: &str) -> serde_json::Value {
     http.get(url).send().await.unwrap().json().await.unwrap()
 }
+
+/// A listener on a free loopback port.
+pub async fn port0() -> tokio::net::TcpListener {
+    tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()
+}
+
+/// A file payload store signing with `key`, whose signed URLs are served by a small HTTP server
+/// (in production the distributed components share S3 instead).
+pub async fn http_payloads(
+    dir: &Path,
+    key: &[u8],
+) -> std::sync::Arc<dyn nexus_core::payload::PayloadStore> {
+    use nexus_core::payload::{FsPayloadStore, SqliteObjectStore, TieredPayloadStore};
+    let l = port0().await;
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let fs = std::sync::Arc::new(
+        FsPayloadStore::open(dir.join("objects"), url, nexus_core::sign::Signer::new(key)).unwrap(),
+    );
+    let small = SqliteObjectStore::open(&dir.join("objects.db")).unwrap();
+    let tiered = std::sync::Arc::new(TieredPayloadStore::new(small, fs));
+    let app = nexus_cli::objects::router(tiered.clone());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    tiered
+}

@@ -15,9 +15,8 @@ use nexus_cli::distributed::{
     self, ReceiverProcess, SchedulerProcess, ShardEntry, SharedStores, SupervisorProcess,
 };
 use nexus_core::grpc::{GrpcLinkConfig, LinkAuth};
-use nexus_core::payload::{FsPayloadStore, PayloadStore, SqliteObjectStore, TieredPayloadStore};
+use nexus_core::payload::PayloadStore;
 use nexus_core::run::RunId;
-use nexus_core::sign::Signer;
 use nexus_core::store::{InMemoryRunStore, RunStore};
 use tokio::net::TcpListener;
 
@@ -56,20 +55,11 @@ fn grpc(secret: bool) -> GrpcLinkConfig {
 }
 
 async fn port0() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0").await.unwrap()
+    common::port0().await
 }
 
-/// A file payload store whose signed URLs are served by a small HTTP server (in production the
-/// distributed components share S3 instead).
 async fn payloads(dir: &Path) -> Arc<dyn PayloadStore> {
-    let l = port0().await;
-    let url = format!("http://{}", l.local_addr().unwrap());
-    let fs = Arc::new(FsPayloadStore::open(dir.join("objects"), url, Signer::new(KEY)).unwrap());
-    let small = SqliteObjectStore::open(&dir.join("objects.db")).unwrap();
-    let tiered = Arc::new(TieredPayloadStore::new(small, fs));
-    let app = nexus_cli::objects::router(tiered.clone());
-    tokio::spawn(async move { axum::serve(l, app).await });
-    tiered
+    common::http_payloads(dir, KEY).await
 }
 
 /// The components of one in-process deployment.
@@ -126,7 +116,7 @@ impl Cluster {
                 port0().await,
                 port0().await,
                 stores.clone(),
-                |c, tx, p| {
+                |c, tx, p, _stop| {
                     let cfg = nexus_core::executor::LocalExecutorConfig {
                         extra_path: c.executor.extra_path.clone(),
                         work_dir: c.work_dir.join("work"),

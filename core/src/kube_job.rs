@@ -32,8 +32,8 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::render::{LaunchContext, contract_env, render_args, split_command};
@@ -61,12 +61,16 @@ pub const DATADOG_MOUNT_PATH: &str = "/var/run/datadog";
 /// Longest valid label value.
 pub const MAX_LABEL_VALUE_LEN: usize = 63;
 
-/// Rendering settings that do not come from the run, its template or its workgroup.
-#[derive(Debug, Clone, PartialEq)]
+/// Rendering settings that do not come from the run, its template or its workgroup (section
+/// `job` of `nexus receiver`; the namespace and version are filled in by the receiver).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct JobOptions {
     /// Namespace the Job is created in (the shard client's namespace).
+    #[serde(skip)]
     pub namespace: String,
     /// Version recorded in the [`LABEL_VERSION`] label (sanitised to a label value).
+    #[serde(skip)]
     pub nexus_version: String,
     /// `ttlSecondsAfterFinished` of the Job (reference: 300, hard-coded). Must be ≥ 0. Note that
     /// a finished parent Job deleted by this TTL garbage-collects its still-running children when
@@ -87,6 +91,34 @@ impl Default for JobOptions {
             image_pull_policy: "IfNotPresent".into(),
             default_cpu_request_fraction: 0.1,
         }
+    }
+}
+
+impl JobOptions {
+    /// Checks the configurable values.
+    ///
+    /// # Errors
+    /// A message naming the key (under `job.`).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.ttl_seconds_after_finished < 0 {
+            return Err(format!(
+                "job.ttl_seconds_after_finished: {} is negative; use 0 (delete at once) or more",
+                self.ttl_seconds_after_finished
+            ));
+        }
+        if !["Always", "IfNotPresent", "Never"].contains(&self.image_pull_policy.as_str()) {
+            return Err(format!(
+                "job.image_pull_policy: '{}' is not one of Always, IfNotPresent, Never",
+                self.image_pull_policy
+            ));
+        }
+        let f = self.default_cpu_request_fraction;
+        if !(f > 0.0 && f <= 1.0) {
+            return Err(format!(
+                "job.default_cpu_request_fraction: {f} must be in (0, 1] (the CPU request as a fraction of the limit)"
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -11,6 +11,8 @@ pub mod http;
 pub mod kube_catalog;
 pub mod kube_client;
 pub mod kube_job;
+#[cfg(any(test, feature = "testsuite"))]
+pub mod kube_testkit;
 pub mod limiter;
 pub mod payload;
 pub mod render;

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use nexus_core::catalog::Catalog;
 use nexus_core::kube_client::{ApiBudget, KubeClientConfig};
 use nexus_core::kube_job::{JobOptions, render_job};
+use nexus_core::kube_testkit::{JobEnd, PodState, create_pod, end_job, set_pod_state};
 use nexus_core::render::LaunchContext;
 use nexus_core::spec::{
     AlgorithmSpec, NexusAlgorithmTemplate, NexusAlgorithmWorkgroup, WorkgroupSpec,
@@ -42,33 +42,9 @@ async fn client() -> Client {
 
 /// Applies both CRDs (idempotent) and waits until they are Established.
 async fn install_crds(c: &Client) {
-    let api: Api<CustomResourceDefinition> = Api::all(c.clone());
-    for crd in [
-        nexus_core::crd::template_crd(),
-        nexus_core::crd::workgroup_crd(),
-    ] {
-        let name = crd.metadata.name.clone().unwrap();
-        match api.create(&PostParams::default(), &crd).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => panic!("the API server refused CRD {name}: {e}"),
-        }
-        let mut established = false;
-        for _ in 0..100 {
-            let got = api.get(&name).await.unwrap();
-            established = got
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            if established {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(established, "CRD {name} never became Established");
-    }
+    nexus_core::crd::install(c, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 async fn namespace(c: &Client, test: &str) -> String {
@@ -331,32 +307,15 @@ async fn the_catalog_follows_templates_added_and_deleted_at_runtime() {
 }
 
 /// Plays the Job controller: marks the Job finished the way the controller would.
-async fn finish_job(jobs: &Api<Job>, name: &str, complete: bool) {
-    let now = "2026-01-01T00:00:00Z";
-    let status = if complete {
-        serde_json::json!({"status": {
-            "startTime": now, "completionTime": now, "succeeded": 1,
-            "conditions": [
-                {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": now},
-                {"type": "Complete", "status": "True", "lastTransitionTime": now}
-            ]
-        }})
+async fn finish_job(c: &Client, ns: &str, name: &str, complete: bool) {
+    let end = if complete {
+        JobEnd::Complete
     } else {
-        serde_json::json!({"status": {
-            "startTime": now, "failed": 1,
-            "conditions": [
-                {"type": "FailureTarget", "status": "True", "reason": "DeadlineExceeded", "lastTransitionTime": now},
-                {"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "lastTransitionTime": now}
-            ]
-        }})
+        JobEnd::Failed("DeadlineExceeded".into())
     };
-    jobs.patch_status(
-        name,
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(&status),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("cannot patch the Job status: {e}"));
+    end_job(c, ns, name, &end)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 async fn next_event(
@@ -421,7 +380,7 @@ async fn the_kubernetes_executor_creates_follows_and_cancels_jobs() {
     assert_eq!(exec.active().await, vec![ok.id]);
     let got = jobs.get(&ok.id.to_string()).await.unwrap();
     assert_eq!(got.spec.unwrap().active_deadline_seconds, Some(7200));
-    finish_job(&jobs, &ok.id.to_string(), true).await;
+    finish_job(&c, &ns, &ok.id.to_string(), true).await;
     assert_eq!(
         next_event(&mut rx).await,
         ExecutorEvent::Finished {
@@ -436,7 +395,7 @@ async fn the_kubernetes_executor_creates_follows_and_cancels_jobs() {
     let late = mk();
     exec.launch(launch(&late)).await.unwrap();
     let _ = next_event(&mut rx).await;
-    finish_job(&jobs, &late.id.to_string(), false).await;
+    finish_job(&c, &ns, &late.id.to_string(), false).await;
     match next_event(&mut rx).await {
         ExecutorEvent::Finished {
             run_id,
@@ -494,4 +453,115 @@ async fn the_kubernetes_executor_creates_follows_and_cancels_jobs() {
             .expect("cancel is idempotent");
     }
     stop.cancel();
+}
+
+/// The kubelet helper: a Job's pod goes through every state the supervisor classifies, each
+/// accepted by the API server's pod status validation and read back as set.
+#[tokio::test]
+async fn the_kubelet_helper_sets_every_pod_state() {
+    use k8s_openapi::api::core::v1::Pod;
+    let c = client().await;
+    let ns = namespace(&c, "kubelet").await;
+    let t: NexusAlgorithmTemplate = manifest(TEMPLATE);
+    let w: NexusAlgorithmWorkgroup = manifest(WORKGROUP);
+    let mut run = nexus_core::store::test_suite::sample_run("trainer");
+    run.applied_configuration = t.spec.clone();
+    let ctx = LaunchContext {
+        payload_url: "https://nexus.example/p",
+        run_token: "token",
+        receiver_url: "https://receiver.example",
+        result_upload_url: "https://s3.example/r",
+    };
+    let opts = JobOptions {
+        namespace: ns.clone(),
+        ..JobOptions::default()
+    };
+    let job = render_job(&run, &w.spec, &ctx, None, &opts).unwrap();
+    let job = Api::<Job>::namespaced(c.clone(), &ns)
+        .create(&PostParams::default(), &job)
+        .await
+        .unwrap();
+    let pod = create_pod(&c, &job).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(c.clone(), &ns);
+    let got = pods.get(&pod).await.unwrap();
+    assert_eq!(
+        got.metadata.labels.as_ref().unwrap()["batch.kubernetes.io/job-name"],
+        run.id.to_string()
+    );
+    assert_eq!(
+        got.metadata.owner_references.as_ref().unwrap()[0].uid,
+        job.metadata.uid.clone().unwrap()
+    );
+    let reason = |p: &Pod| {
+        let cs = &p
+            .status
+            .as_ref()
+            .unwrap()
+            .container_statuses
+            .as_ref()
+            .unwrap()[0];
+        let st = cs.state.as_ref().unwrap();
+        st.waiting
+            .as_ref()
+            .and_then(|w| w.reason.clone())
+            .or_else(|| st.terminated.as_ref().and_then(|t| t.reason.clone()))
+            .unwrap_or_else(|| "running".into())
+    };
+    // The kubelet's order: scheduling trouble, pull trouble, running, then one ending per pod.
+    let p = set_pod_state(
+        &c,
+        &ns,
+        &pod,
+        &PodState::Unschedulable("0/3 nodes are available: 3 Insufficient memory.".into()),
+    )
+    .await
+    .unwrap();
+    let cond = &p.status.as_ref().unwrap().conditions.as_ref().unwrap()[0];
+    assert_eq!(
+        (cond.reason.as_deref(), cond.status.as_str()),
+        (Some("Unschedulable"), "False")
+    );
+    for (state, want) in [
+        (PodState::ErrImagePull, "ErrImagePull"),
+        (PodState::ImagePullBackOff, "ImagePullBackOff"),
+        (
+            PodState::ConfigError("secret \"trainer-secrets\" not found".into()),
+            "CreateContainerConfigError",
+        ),
+        (PodState::Running, "running"),
+    ] {
+        let p = set_pod_state(&c, &ns, &pod, &state).await.unwrap();
+        assert_eq!(reason(&p), want, "{state:?}");
+    }
+    let p = set_pod_state(&c, &ns, &pod, &PodState::OomKilled)
+        .await
+        .unwrap();
+    assert_eq!(reason(&p), "OOMKilled");
+    assert_eq!(p.status.as_ref().unwrap().phase.as_deref(), Some("Failed"));
+    // Terminal pods are final; fresh pods for the other endings.
+    for (state, want, code) in [
+        (PodState::Failed(2), "Error", 2),
+        (PodState::Succeeded, "Completed", 0),
+    ] {
+        let pod = create_pod(&c, &job).await.unwrap();
+        let p = set_pod_state(&c, &ns, &pod, &state).await.unwrap();
+        assert_eq!(reason(&p), want);
+        let cs = &p
+            .status
+            .as_ref()
+            .unwrap()
+            .container_statuses
+            .as_ref()
+            .unwrap()[0];
+        assert_eq!(
+            cs.state
+                .as_ref()
+                .unwrap()
+                .terminated
+                .as_ref()
+                .unwrap()
+                .exit_code,
+            code
+        );
+    }
 }

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nexus_core::grpc::GrpcLinkConfig;
+use nexus_core::kube_client::KubeClientConfig;
+use nexus_core::kube_job::JobOptions;
 use nexus_receiver::ReceiverConfig;
 use nexus_scheduler::SchedulerConfig;
 use nexus_scheduler::edge::EdgeLimitConfig;
@@ -25,6 +27,29 @@ pub struct ShardEntry {
     /// gRPC endpoints of the shard's receivers (`http://host:port`, or `https://` with TLS); runs
     /// are balanced across them, and a receiver that does not answer is skipped for a while.
     pub endpoints: Vec<String>,
+}
+
+/// Where the scheduler and the supervisor read templates and workgroups from (`catalog`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CatalogSource {
+    /// YAML manifests in `templates_dir`, checked every `reload_interval`.
+    #[default]
+    Directory,
+    /// `NexusAlgorithmTemplate` / `NexusAlgorithmWorkgroup` resources in the namespace of the
+    /// `kubernetes` section, followed by watch (install the CRDs with `nexus crd`).
+    Kubernetes,
+}
+
+/// Where a receiver runs algorithms (`runtime`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// Local processes on the receiver's machine (section `executor`).
+    #[default]
+    Local,
+    /// Kubernetes Jobs in the namespace of the `kubernetes` section (section `job`).
+    Kubernetes,
 }
 
 /// Configuration of `nexus scheduler`.
@@ -43,11 +68,15 @@ pub struct SchedulerProcess {
     pub store: String,
     /// Payload store URL (`s3://bucket/prefix?…`), shared by every component.
     pub payloads: String,
-    /// Directory of template / workgroup manifests.
+    /// Where templates and workgroups come from: `directory` or `kubernetes`.
+    pub catalog: CatalogSource,
+    /// Directory of template / workgroup manifests (`catalog: directory`).
     pub templates_dir: PathBuf,
     /// How often the templates directory is checked for changes.
     #[serde(with = "humantime_serde")]
     pub reload_interval: Duration,
+    /// The cluster holding the template resources (`catalog: kubernetes`).
+    pub kubernetes: KubeClientConfig,
     /// File holding the signing key shared by every component (≥ 32 bytes). `NEXUS_SIGNING_KEY`
     /// (the key itself) takes precedence.
     pub signing_key_file: Option<PathBuf>,
@@ -71,8 +100,10 @@ impl Default for SchedulerProcess {
             instance_id: None,
             store: String::new(),
             payloads: String::new(),
+            catalog: CatalogSource::Directory,
             templates_dir: PathBuf::from("examples/templates"),
             reload_interval: Duration::from_secs(2),
+            kubernetes: KubeClientConfig::default(),
             signing_key_file: None,
             log_format: "text".into(),
             grpc: GrpcLinkConfig::default(),
@@ -121,8 +152,14 @@ pub struct ReceiverProcess {
     pub drain_grace: Duration,
     /// Receiver settings (token validity, completion size, launch limit).
     pub receiver: ReceiverConfig,
-    /// Local-process executor settings.
+    /// Where algorithms run: `local` processes or `kubernetes` Jobs.
+    pub runtime: Runtime,
+    /// Local-process executor settings (`runtime: local`).
     pub executor: ExecutorSection,
+    /// The shard's cluster and the API budget toward it (`runtime: kubernetes`).
+    pub kubernetes: KubeClientConfig,
+    /// How runs are rendered into Jobs (`runtime: kubernetes`).
+    pub job: JobOptions,
 }
 
 impl Default for ReceiverProcess {
@@ -142,7 +179,10 @@ impl Default for ReceiverProcess {
             lease_ttl: Duration::from_secs(15),
             drain_grace: Duration::from_secs(30),
             receiver: ReceiverConfig::default(),
+            runtime: Runtime::Local,
             executor: ExecutorSection::default(),
+            kubernetes: KubeClientConfig::default(),
+            job: JobOptions::default(),
         }
     }
 }
@@ -188,11 +228,15 @@ pub struct SupervisorProcess {
     pub instance_id: Option<String>,
     /// Run store URL (`cassandra://…`).
     pub store: String,
-    /// Directory of template / workgroup manifests.
+    /// Where templates and workgroups come from: `directory` or `kubernetes`.
+    pub catalog: CatalogSource,
+    /// Directory of template / workgroup manifests (`catalog: directory`).
     pub templates_dir: PathBuf,
     /// How often the templates directory is checked for changes.
     #[serde(with = "humantime_serde")]
     pub reload_interval: Duration,
+    /// The cluster holding the template resources (`catalog: kubernetes`).
+    pub kubernetes: KubeClientConfig,
     /// File holding the shared signing key (or `NEXUS_SIGNING_KEY`).
     pub signing_key_file: Option<PathBuf>,
     /// `text` or `json` logs.
@@ -212,8 +256,10 @@ impl Default for SupervisorProcess {
             scheduler_url: "http://127.0.0.1:8080".into(),
             instance_id: None,
             store: String::new(),
+            catalog: CatalogSource::Directory,
             templates_dir: PathBuf::from("examples/templates"),
             reload_interval: Duration::from_secs(2),
+            kubernetes: KubeClientConfig::default(),
             signing_key_file: None,
             log_format: "text".into(),
             grpc: GrpcLinkConfig::default(),
@@ -331,6 +377,14 @@ fn check_shards(shards: &BTreeMap<String, ShardEntry>, e: &mut Vec<String>) {
     }
 }
 
+fn check_catalog(source: CatalogSource, kube: &KubeClientConfig, e: &mut Vec<String>) {
+    if source == CatalogSource::Kubernetes
+        && let Err(m) = kube.validate()
+    {
+        e.push(m);
+    }
+}
+
 fn done(e: Vec<String>) -> Result<(), String> {
     if e.is_empty() {
         Ok(())
@@ -365,6 +419,7 @@ impl SchedulerProcess {
         check_store(&self.store, &mut e);
         check_payloads(&self.payloads, &mut e);
         check_shards(&self.shards, &mut e);
+        check_catalog(self.catalog, &self.kubernetes, &mut e);
         if let Some(u) = &self.public_url {
             check_url("public_url", u, &mut e);
         }
@@ -425,6 +480,13 @@ impl ReceiverProcess {
         if let Err(m) = self.receiver.validate() {
             e.push(m);
         }
+        if self.runtime == Runtime::Kubernetes {
+            for r in [self.kubernetes.validate(), self.job.validate()] {
+                if let Err(m) = r {
+                    e.push(m);
+                }
+            }
+        }
         done(e)
     }
 }
@@ -454,6 +516,7 @@ impl SupervisorProcess {
         );
         check_store(&self.store, &mut e);
         check_shards(&self.shards, &mut e);
+        check_catalog(self.catalog, &self.kubernetes, &mut e);
         check_url("scheduler_url", &self.scheduler_url, &mut e);
         let s = &self.supervisor;
         if s.recovery_interval < Duration::from_millis(100) {
@@ -539,5 +602,42 @@ mod tests {
         let (_d, f) = yaml(&format!("{COMMON}shard: a\nqueue_bound: 3\n"));
         let e = ReceiverProcess::load(Some(&f), &DistOverrides::default()).unwrap_err();
         assert!(e.contains("queue_bound"), "{e}");
+    }
+
+    #[test]
+    fn kubernetes_sections_are_checked_only_when_used() {
+        // Local runtime: the kubernetes and job sections are not looked at.
+        let (_d, f) = yaml(&format!(
+            "{COMMON}shard: a\nkubernetes:\n  kubeconfig: /nonexistent/kubeconfig\njob:\n  image_pull_policy: Sometimes\n"
+        ));
+        ReceiverProcess::load(Some(&f), &DistOverrides::default()).unwrap();
+        let (_d, f) = yaml(&format!(
+            "{COMMON}shard: a\nruntime: kubernetes\nkubernetes:\n  kubeconfig: /nonexistent/kubeconfig\njob:\n  image_pull_policy: Sometimes\n  ttl_seconds_after_finished: -5\n"
+        ));
+        let e = ReceiverProcess::load(Some(&f), &DistOverrides::default()).unwrap_err();
+        assert!(
+            e.contains("kubernetes.kubeconfig: /nonexistent/kubeconfig does not exist"),
+            "{e}"
+        );
+        assert!(e.contains("job.ttl_seconds_after_finished: -5"), "{e}");
+        let (_d, f) = yaml(&format!(
+            "{COMMON}shard: a\nruntime: kubernetes\njob:\n  image_pull_policy: Sometimes\n"
+        ));
+        let e = ReceiverProcess::load(Some(&f), &DistOverrides::default()).unwrap_err();
+        assert!(e.contains("job.image_pull_policy: 'Sometimes'"), "{e}");
+        let (_d, f) = yaml(&format!("{COMMON}shard: a\nruntime: docker\n"));
+        let e = ReceiverProcess::load(Some(&f), &DistOverrides::default()).unwrap_err();
+        assert!(e.contains("docker"), "{e}");
+        // The namespace and version are not configuration.
+        let (_d, f) = yaml(&format!(
+            "{COMMON}shard: a\nruntime: kubernetes\njob:\n  namespace: x\n"
+        ));
+        let e = ReceiverProcess::load(Some(&f), &DistOverrides::default()).unwrap_err();
+        assert!(e.contains("namespace"), "{e}");
+        let (_d, f) = yaml(
+            "store: cassandra://127.0.0.1:9042/nexus\ngrpc:\n  auth: none\nshards:\n  a:\n    endpoints: [http://x:1]\ncatalog: kubernetes\nkubernetes:\n  namespace: Not_A_Namespace\n",
+        );
+        let e = SupervisorProcess::load(Some(&f), &DistOverrides::default()).unwrap_err();
+        assert!(e.contains("kubernetes.namespace"), "{e}");
     }
 }

@@ -15,10 +15,12 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::routing::get;
-use nexus_core::catalog::{Catalog, load_dir, watch_dir};
+use nexus_core::catalog::{Catalog, Snapshot, load_dir, watch_dir};
+use nexus_core::executor::kube::KubeExecutor;
 use nexus_core::executor::{Executor, ExecutorEvent, LocalExecutorConfig, LocalProcessExecutor};
 use nexus_core::grpc::{GrpcLinkConfig, GrpcShard, GrpcShardOptions, LinkCredentials};
 use nexus_core::http::{Readiness, health_routes, negotiate_errors};
+use nexus_core::kube_client::{ApiBudget, KubeClientConfig};
 use nexus_core::payload::{PayloadStore, S3PayloadStore};
 use nexus_core::run::now_millis;
 use nexus_core::shard::Shard;
@@ -37,8 +39,8 @@ use tokio_util::task::TaskTracker;
 pub mod config;
 
 pub use config::{
-    DistOverrides, ReceiverProcess, ResubmitSection, SchedulerProcess, ShardEntry,
-    SupervisorProcess,
+    CatalogSource, DistOverrides, ReceiverProcess, ResubmitSection, Runtime, SchedulerProcess,
+    ShardEntry, SupervisorProcess,
 };
 
 use crate::standalone::{Handle, instance_id, prometheus, serve_http};
@@ -138,12 +140,69 @@ fn metrics_and_health(readiness: Readiness) -> Router {
     health_routes(readiness).route("/metrics", get(move || std::future::ready(prom.render())))
 }
 
-fn load_catalog(dir: &Path) -> anyhow::Result<Catalog> {
-    let snap = load_dir(dir)
+/// How long a component waits for its first list of templates from the cluster.
+const CATALOG_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The client of the cluster `c` names, with its own API budget.
+async fn kube_client(c: &KubeClientConfig) -> anyhow::Result<kube::Client> {
+    nexus_core::kube_client::client(c, &ApiBudget::new(c.api_budget))
+        .await
         .map_err(|e| anyhow::anyhow!("{e}"))
-        .with_context(|| format!("cannot load templates from {}", dir.display()))?;
-    tracing::info!(templates = snap.templates.len(), workgroups = snap.workgroups.len(), dir = %dir.display(), "templates loaded");
-    Ok(Catalog::new(snap))
+}
+
+/// The catalog of templates and workgroups, kept current until `stop` by a task on `tasks`: a
+/// directory checked every `interval`, or the cluster's resources followed by watch (returned once
+/// both have been listed).
+async fn start_catalog(
+    source: CatalogSource,
+    dir: &Path,
+    interval: Duration,
+    kube: &KubeClientConfig,
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+) -> anyhow::Result<Catalog> {
+    match source {
+        CatalogSource::Directory => {
+            let snap = load_dir(dir)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .with_context(|| format!("cannot load templates from {}", dir.display()))?;
+            tracing::info!(templates = snap.templates.len(), workgroups = snap.workgroups.len(), dir = %dir.display(), "templates loaded");
+            let catalog = Catalog::new(snap);
+            tasks.spawn(watch_dir(
+                catalog.clone(),
+                dir.to_path_buf(),
+                interval,
+                stop.clone(),
+            ));
+            Ok(catalog)
+        }
+        CatalogSource::Kubernetes => {
+            let client = kube_client(kube).await?;
+            let ns = client.default_namespace().to_owned();
+            let catalog = Catalog::new(Snapshot::default());
+            let synced = CancellationToken::new();
+            tasks.spawn(nexus_core::kube_catalog::watch_cluster(
+                catalog.clone(),
+                client,
+                Some(ns.clone()),
+                synced.clone(),
+                stop.clone(),
+            ));
+            if tokio::time::timeout(CATALOG_SYNC_TIMEOUT, synced.cancelled())
+                .await
+                .is_err()
+            {
+                stop.cancel();
+                anyhow::bail!(
+                    "templates and workgroups could not be listed from namespace '{ns}' within {}s: are the CRDs installed (`nexus crd | kubectl apply -f -`) and may this service account list them? (see the warnings above)",
+                    CATALOG_SYNC_TIMEOUT.as_secs()
+                );
+            }
+            let snap = catalog.snapshot();
+            tracing::info!(templates = snap.templates.len(), workgroups = snap.workgroups.len(), namespace = %ns, "templates followed in the cluster");
+            Ok(catalog)
+        }
+    }
 }
 
 /// Starts `nexus scheduler`, opening the stores from its configuration.
@@ -179,7 +238,17 @@ pub async fn start_scheduler_with(
         .payloads
         .clone()
         .context("the scheduler needs a payload store")?;
-    let catalog = load_catalog(&c.templates_dir)?;
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let catalog = start_catalog(
+        c.catalog,
+        &c.templates_dir,
+        c.reload_interval,
+        &c.kubernetes,
+        &tasks,
+        &shutdown,
+    )
+    .await?;
     let id = c.instance_id.clone().unwrap_or_else(instance_id);
     anyhow::ensure!(
         nexus_scheduler::is_scheduler_lease(&id),
@@ -208,7 +277,6 @@ pub async fn start_scheduler_with(
     if own > 0 {
         tracing::info!(requeued = own, "picked up this scheduler's queued runs");
     }
-    let shutdown = CancellationToken::new();
     let api = nexus_scheduler::api::router(scheduler.clone());
     let app = Router::new()
         .merge(nexus_scheduler::edge::apply(
@@ -218,13 +286,6 @@ pub async fn start_scheduler_with(
         ))
         .merge(metrics_and_health(readiness.clone()))
         .layer(axum::middleware::from_fn(negotiate_errors));
-    let tasks = TaskTracker::new();
-    tasks.spawn(watch_dir(
-        catalog,
-        c.templates_dir.clone(),
-        c.reload_interval,
-        shutdown.clone(),
-    ));
     let sched_stop = CancellationToken::new();
     let sched_task = tasks.spawn(nexus_scheduler::run(scheduler, sched_stop.clone()));
     let http_stop = CancellationToken::new();
@@ -256,11 +317,11 @@ pub struct ReceiverHandle {
     pub id: String,
 }
 
-/// Starts `nexus receiver` with the local-process executor, opening the stores from its
+/// Starts `nexus receiver` with the executor of its `runtime`, opening the stores from its
 /// configuration.
 ///
 /// # Errors
-/// Stores, signing key, gRPC credentials.
+/// Stores, signing key, gRPC credentials, Kubernetes configuration.
 pub async fn start_receiver(
     c: ReceiverProcess,
     http: TcpListener,
@@ -270,13 +331,48 @@ pub async fn start_receiver(
         store: open_store(&c.store).await?,
         payloads: Some(open_payloads(&c.payloads).await?),
     };
-    start_receiver_with(c, http, grpc, stores, local_executor).await
+    match c.runtime {
+        Runtime::Local => start_receiver_with(c, http, grpc, stores, local_executor).await,
+        Runtime::Kubernetes => {
+            let make = kube_executor(&c).await?;
+            start_receiver_with(c, http, grpc, stores, make).await
+        }
+    }
+}
+
+/// The maker of a Kubernetes executor for the receiver `c`: its cluster client (with the API
+/// budget) and Job options in the client's namespace.
+///
+/// # Errors
+/// Kubernetes configuration.
+pub async fn kube_executor(
+    c: &ReceiverProcess,
+) -> anyhow::Result<
+    impl FnOnce(
+        &ReceiverProcess,
+        UnboundedSender<ExecutorEvent>,
+        Arc<dyn PayloadStore>,
+        CancellationToken,
+    ) -> Arc<dyn Executor>
+    + use<>,
+> {
+    let client = kube_client(&c.kubernetes).await?;
+    let mut opts = c.job.clone();
+    client.default_namespace().clone_into(&mut opts.namespace);
+    env!("CARGO_PKG_VERSION").clone_into(&mut opts.nexus_version);
+    tracing::info!(namespace = %opts.namespace, "runs execute as Kubernetes Jobs");
+    Ok(
+        move |_: &ReceiverProcess, events, _, stop| -> Arc<dyn Executor> {
+            Arc::new(KubeExecutor::new(client, opts, events, stop))
+        },
+    )
 }
 
 fn local_executor(
     c: &ReceiverProcess,
     events: UnboundedSender<ExecutorEvent>,
     payloads: Arc<dyn PayloadStore>,
+    _stop: CancellationToken,
 ) -> Arc<dyn Executor> {
     let extra_path = if c.executor.extra_path.is_empty() {
         std::env::current_exe()
@@ -296,7 +392,8 @@ fn local_executor(
     Arc::new(LocalProcessExecutor::new(cfg, payloads, events))
 }
 
-/// Starts a receiver on the given stores, with the executor `make` builds.
+/// Starts a receiver on the given stores, with the executor `make` builds (given the executor
+/// event channel, the payload store and a token cancelled once the receiver has drained).
 ///
 /// # Errors
 /// As [`start_receiver`].
@@ -309,6 +406,7 @@ pub async fn start_receiver_with(
         &ReceiverProcess,
         UnboundedSender<ExecutorEvent>,
         Arc<dyn PayloadStore>,
+        CancellationToken,
     ) -> Arc<dyn Executor>,
 ) -> anyhow::Result<ReceiverHandle> {
     let addr = http.local_addr()?;
@@ -333,7 +431,8 @@ pub async fn start_receiver_with(
         c.instance_id.clone().unwrap_or_else(instance_id)
     );
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let executor = make(&c, tx, payloads.clone());
+    let executor_stop = CancellationToken::new();
+    let executor = make(&c, tx, payloads.clone(), executor_stop.clone());
     let receiver = Receiver::for_shard(
         c.receiver.clone(),
         &c.shard,
@@ -420,6 +519,7 @@ pub async fn start_receiver_with(
         events_stop.cancel();
         http_stop.cancel();
         let left = exec.active().await.len();
+        executor_stop.cancel();
         if let Err(e) = store.release_lease(&id2).await {
             tracing::warn!(
                 "could not release the receiver lease (its runs are relaunched when it lapses): {e}"
@@ -460,7 +560,17 @@ pub async fn start_supervisor_with(
     let addr = listener.local_addr()?;
     let signer = load_signing_key(c.signing_key_file.as_deref())?;
     let creds = credentials(&c.grpc)?;
-    let catalog = load_catalog(&c.templates_dir)?;
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let catalog = start_catalog(
+        c.catalog,
+        &c.templates_dir,
+        c.reload_interval,
+        &c.kubernetes,
+        &tasks,
+        &shutdown,
+    )
+    .await?;
     let id = format!(
         "supervisor/{}",
         c.instance_id.clone().unwrap_or_else(instance_id)
@@ -478,14 +588,6 @@ pub async fn start_supervisor_with(
     let readiness = Readiness::default();
     let app =
         metrics_and_health(readiness.clone()).layer(axum::middleware::from_fn(negotiate_errors));
-    let shutdown = CancellationToken::new();
-    let tasks = TaskTracker::new();
-    tasks.spawn(watch_dir(
-        catalog,
-        c.templates_dir.clone(),
-        c.reload_interval,
-        shutdown.clone(),
-    ));
     let loop_stop = CancellationToken::new();
     let main = tasks.spawn(resubmitter.run(
         c.supervisor.recovery_interval,
