@@ -97,6 +97,60 @@ pub enum Outcome {
         /// Why.
         message: String,
     },
+    /// The executor diagnosed the failure from the platform's status (Kubernetes pods and Jobs,
+    /// [`crate::kube_classify`]).
+    Diagnosed {
+        /// Which failure.
+        kind: FailureKind,
+        /// Short cause.
+        cause: String,
+        /// What happened and what to do.
+        details: String,
+    },
+}
+
+/// A failure diagnosed from Kubernetes status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureKind {
+    /// The image could not be pulled (or its name is invalid).
+    ImagePull,
+    /// No node could take the pod.
+    Unschedulable,
+    /// The container could not be configured (missing Secret / ConfigMap).
+    ContainerConfig,
+    /// The container was OOM-killed at its memory limit.
+    OutOfMemory,
+    /// Every attempt failed (`BackoffLimitExceeded`).
+    BackoffLimitExceeded,
+    /// A fatal exit code matched the pod failure policy.
+    PodFailurePolicy,
+    /// Another Job failure reason.
+    JobFailed,
+}
+
+impl FailureKind {
+    /// The algorithm's container never ran: the run ends SCHEDULING_FAILED, not FAILED.
+    #[must_use]
+    pub fn never_started(self) -> bool {
+        matches!(
+            self,
+            Self::ImagePull | Self::Unschedulable | Self::ContainerConfig
+        )
+    }
+
+    /// Label value for metrics.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ImagePull => "image_pull",
+            Self::Unschedulable => "unschedulable",
+            Self::ContainerConfig => "container_config",
+            Self::OutOfMemory => "out_of_memory",
+            Self::BackoffLimitExceeded => "backoff_limit_exceeded",
+            Self::PodFailurePolicy => "pod_failure_policy",
+            Self::JobFailed => "job_failed",
+        }
+    }
 }
 
 /// What an executor reports.

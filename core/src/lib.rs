@@ -9,6 +9,7 @@ pub mod executor;
 pub mod grpc;
 pub mod http;
 pub mod kube_catalog;
+pub mod kube_classify;
 pub mod kube_client;
 pub mod kube_job;
 #[cfg(any(test, feature = "testsuite"))]

@@ -153,6 +153,7 @@ impl Stage {
                 | (Buffered, SchedulingFailed)
                 | (Buffered, Failed)
                 | (Running, Completed)
+                | (Running, SchedulingFailed)
                 | (Running, Failed)
                 | (Running, DeadlineExceeded)
         )
@@ -426,7 +427,8 @@ mod tests {
         assert!(Running.can_transition_to(Cancelled));
         assert!(Buffered.can_transition_to(Buffered));
         assert!(!Running.can_transition_to(Buffered));
-        assert!(!Running.can_transition_to(SchedulingFailed));
+        // A Job whose container never ran (image pull, unschedulable) ends SCHEDULING_FAILED.
+        assert!(Running.can_transition_to(SchedulingFailed));
         assert!(!Buffered.can_transition_to(Completed));
         assert!(!New.can_transition_to(Running));
     }

@@ -339,7 +339,13 @@ async fn the_kubernetes_executor_creates_follows_and_cancels_jobs() {
         namespace: ns.clone(),
         ..JobOptions::default()
     };
-    let exec = KubeExecutor::new(c.clone(), opts.clone(), tx, stop.clone());
+    let exec = KubeExecutor::new(
+        c.clone(),
+        opts.clone(),
+        nexus_core::kube_classify::FailureConfig::default(),
+        tx,
+        stop.clone(),
+    );
     let t: NexusAlgorithmTemplate = manifest(TEMPLATE);
     let w: NexusAlgorithmWorkgroup = manifest(WORKGROUP);
     let ctx = LaunchContext {
@@ -564,4 +570,153 @@ async fn the_kubelet_helper_sets_every_pod_state() {
             code
         );
     }
+}
+
+/// Failures diagnosed from pod and Job status through the real API server: image pull and
+/// scheduling problems past their grace end the run (and delete its Job); a failed Job's cause
+/// comes from its pods' last termination (OOM-killed at the memory limit, a fatal exit code).
+#[tokio::test]
+async fn the_kubernetes_executor_diagnoses_failures_from_status() {
+    use nexus_core::executor::{Executor, ExecutorEvent, FailureKind, KubeExecutor, Outcome};
+    use nexus_core::kube_classify::FailureConfig;
+    let c = client().await;
+    let ns = namespace(&c, "diagnose").await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let opts = JobOptions {
+        namespace: ns.clone(),
+        ..JobOptions::default()
+    };
+    let failures = FailureConfig {
+        image_pull_grace: Duration::from_millis(300),
+        unschedulable_limit: Duration::from_millis(300),
+        config_error_grace: Duration::from_secs(3600),
+    };
+    let exec = KubeExecutor::new(c.clone(), opts.clone(), failures, tx, stop.clone());
+    let t: NexusAlgorithmTemplate = manifest(TEMPLATE);
+    let w: NexusAlgorithmWorkgroup = manifest(WORKGROUP);
+    let ctx = LaunchContext {
+        payload_url: "https://nexus.example/p",
+        run_token: "token",
+        receiver_url: "https://receiver.example",
+        result_upload_url: "https://s3.example/r",
+    };
+    let jobs: Api<Job> = Api::namespaced(c.clone(), &ns);
+    // Launches a run, creates its pod as the Job controller would, returns (run id, pod).
+    let start = async |rx: &mut tokio::sync::mpsc::UnboundedReceiver<ExecutorEvent>| {
+        let mut run = nexus_core::store::test_suite::sample_run("trainer");
+        run.applied_configuration = t.spec.clone();
+        let job = render_job(&run, &w.spec, &ctx, None, &opts).unwrap();
+        exec.launch(nexus_core::render::job_launch_spec(&run, job))
+            .await
+            .unwrap();
+        assert!(matches!(
+            next_event(rx).await,
+            ExecutorEvent::Started { .. }
+        ));
+        let job = jobs.get(&run.id.to_string()).await.unwrap();
+        (run.id, create_pod(&c, &job).await.unwrap())
+    };
+    let diagnosis = |ev: ExecutorEvent| match ev {
+        ExecutorEvent::Finished {
+            run_id,
+            outcome:
+                Outcome::Diagnosed {
+                    kind,
+                    cause,
+                    details,
+                },
+            ..
+        } => (run_id, kind, cause, details),
+        e => panic!("expected a diagnosis, got {e:?}"),
+    };
+
+    // A configuration error within its (long) grace, then the container runs: nothing given up;
+    // then an image that cannot be pulled, past its grace: SCHEDULING_FAILED-class, Job deleted.
+    let (id, pod) = start(&mut rx).await;
+    set_pod_state(
+        &c,
+        &ns,
+        &pod,
+        &PodState::ConfigError("secret \"trainer-secrets\" not found".into()),
+    )
+    .await
+    .unwrap();
+    set_pod_state(&c, &ns, &pod, &PodState::ImagePullBackOff)
+        .await
+        .unwrap();
+    let (run_id, kind, cause, details) = diagnosis(next_event(&mut rx).await);
+    assert_eq!((run_id, kind), (id, FailureKind::ImagePull));
+    assert_eq!(cause, "Container image could not be pulled");
+    assert!(
+        details.contains("registry.example/ml/trainer:2025.1"),
+        "{details}"
+    );
+    for _ in 0..100 {
+        if jobs.get_opt(&id.to_string()).await.unwrap().is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        jobs.get_opt(&id.to_string()).await.unwrap().is_none(),
+        "the Job of a run given up is deleted"
+    );
+    assert!(exec.active().await.is_empty());
+
+    // No node fits: the scheduler's message reaches the cause.
+    let (id, pod) = start(&mut rx).await;
+    set_pod_state(
+        &c,
+        &ns,
+        &pod,
+        &PodState::Unschedulable("0/3 nodes are available: 3 Insufficient nvidia.com/gpu.".into()),
+    )
+    .await
+    .unwrap();
+    let (run_id, kind, _, details) = diagnosis(next_event(&mut rx).await);
+    assert_eq!((run_id, kind), (id, FailureKind::Unschedulable));
+    assert!(
+        details.contains("3 Insufficient nvidia.com/gpu"),
+        "{details}"
+    );
+
+    // OOM-killed, then the Job controller gives up: the cause names the memory limit.
+    let (id, pod) = start(&mut rx).await;
+    set_pod_state(&c, &ns, &pod, &PodState::Running)
+        .await
+        .unwrap();
+    set_pod_state(&c, &ns, &pod, &PodState::OomKilled)
+        .await
+        .unwrap();
+    end_job(
+        &c,
+        &ns,
+        &id.to_string(),
+        &JobEnd::Failed("BackoffLimitExceeded".into()),
+    )
+    .await
+    .unwrap();
+    let (run_id, kind, cause, details) = diagnosis(next_event(&mut rx).await);
+    assert_eq!((run_id, kind), (id, FailureKind::OutOfMemory));
+    assert_eq!(cause, "Algorithm ran out of memory");
+    assert!(details.contains("memory limit of 8Gi"), "{details}");
+
+    // A fatal exit code matched by the pod failure policy.
+    let (id, pod) = start(&mut rx).await;
+    set_pod_state(&c, &ns, &pod, &PodState::Failed(2))
+        .await
+        .unwrap();
+    end_job(
+        &c,
+        &ns,
+        &id.to_string(),
+        &JobEnd::Failed("PodFailurePolicy".into()),
+    )
+    .await
+    .unwrap();
+    let (run_id, kind, _, details) = diagnosis(next_event(&mut rx).await);
+    assert_eq!((run_id, kind), (id, FailureKind::PodFailurePolicy));
+    assert!(details.contains("exited with code 2"), "{details}");
+    stop.cancel();
 }

@@ -111,6 +111,13 @@ pub fn classify(outcome: &Outcome, stage: Stage, run: &Run) -> Option<Decision> 
             "Algorithm could not be launched",
             message.clone(),
         ),
+        // A container that never ran (image, placement, configuration) is a scheduling failure
+        // even though its Job was created (RUNNING); the diagnosis already says what to do.
+        Outcome::Diagnosed { kind, cause, details } => d(
+            if kind.never_started() { Stage::SchedulingFailed } else { Stage::Failed },
+            cause,
+            details.clone(),
+        ),
     }
 }
 
@@ -315,6 +322,7 @@ fn outcome_label(o: &Outcome) -> &'static str {
         Outcome::DeadlineExceeded { .. } => "deadline_exceeded",
         Outcome::Cancelled => "cancelled",
         Outcome::LaunchFailed { .. } => "launch_failed",
+        Outcome::Diagnosed { kind, .. } => kind.as_str(),
     }
 }
 
@@ -469,6 +477,36 @@ mod tests {
                 Stage::Running,
                 Some(Stage::DeadlineExceeded),
                 "after 5s",
+            ),
+            (
+                Outcome::Diagnosed {
+                    kind: nexus_core::executor::FailureKind::ImagePull,
+                    cause: "Container image could not be pulled".into(),
+                    details: "ImagePullBackOff for 'x': not found".into(),
+                },
+                Stage::Running,
+                Some(Stage::SchedulingFailed),
+                "ImagePullBackOff",
+            ),
+            (
+                Outcome::Diagnosed {
+                    kind: nexus_core::executor::FailureKind::Unschedulable,
+                    cause: "No node can run the algorithm".into(),
+                    details: "Insufficient memory".into(),
+                },
+                Stage::Running,
+                Some(Stage::SchedulingFailed),
+                "Insufficient memory",
+            ),
+            (
+                Outcome::Diagnosed {
+                    kind: nexus_core::executor::FailureKind::OutOfMemory,
+                    cause: "Algorithm ran out of memory".into(),
+                    details: "memory limit of 256Mi".into(),
+                },
+                Stage::Running,
+                Some(Stage::Failed),
+                "256Mi",
             ),
             (
                 Outcome::LaunchFailed {

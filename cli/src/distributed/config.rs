@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nexus_core::grpc::GrpcLinkConfig;
+use nexus_core::kube_classify::FailureConfig;
 use nexus_core::kube_client::KubeClientConfig;
 use nexus_core::kube_job::JobOptions;
 use nexus_receiver::ReceiverConfig;
@@ -160,6 +161,9 @@ pub struct ReceiverProcess {
     pub kubernetes: KubeClientConfig,
     /// How runs are rendered into Jobs (`runtime: kubernetes`).
     pub job: JobOptions,
+    /// How long a pod may be stuck before its container runs (image pull, unschedulable,
+    /// configuration) before the run is given up as SCHEDULING_FAILED (`runtime: kubernetes`).
+    pub failures: FailureConfig,
 }
 
 impl Default for ReceiverProcess {
@@ -183,6 +187,7 @@ impl Default for ReceiverProcess {
             executor: ExecutorSection::default(),
             kubernetes: KubeClientConfig::default(),
             job: JobOptions::default(),
+            failures: FailureConfig::default(),
         }
     }
 }

@@ -360,10 +360,11 @@ pub async fn kube_executor(
     let mut opts = c.job.clone();
     client.default_namespace().clone_into(&mut opts.namespace);
     env!("CARGO_PKG_VERSION").clone_into(&mut opts.nexus_version);
+    let failures = c.failures.clone();
     tracing::info!(namespace = %opts.namespace, "runs execute as Kubernetes Jobs");
     Ok(
         move |_: &ReceiverProcess, events, _, stop| -> Arc<dyn Executor> {
-            Arc::new(KubeExecutor::new(client, opts, events, stop))
+            Arc::new(KubeExecutor::new(client, opts, failures, events, stop))
         },
     )
 }

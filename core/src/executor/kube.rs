@@ -7,10 +7,13 @@
 //! layer, [`crate::kube_client::ApiBudgetLayer`]).
 //!
 //! Launch is idempotent: a Job that already exists (a repeated submission, a launch again after a
-//! lost receiver) is adopted, not created twice. Classification of *why* a pod failed (image pull,
-//! OOM, unschedulable) from pod status is the supervisor's (issue #8); here the Job's own
-//! conditions decide (`Complete`, `Failed` with reason `DeadlineExceeded`, `BackoffLimitExceeded`
-//! or `PodFailurePolicy`).
+//! lost receiver) is adopted, not created twice.
+//!
+//! *Why* a run failed comes from status, not Events ([`crate::kube_classify`]): a second watch
+//! follows the runs' pods; a pod stuck before its container runs (image pull, unschedulable,
+//! container configuration) past its grace ends the run SCHEDULING_FAILED and deletes its Job; a
+//! Job's `Failed` condition is refined by its pods' last termination (OOM-killed at the memory
+//! limit, the fatal exit code, the last exit code).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -19,6 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, PostParams, PropagationPolicy};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
@@ -27,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Executor, ExecutorError, ExecutorEvent, ExitInfo, LaunchSpec, Outcome};
 use crate::error::ErrorKind;
+use crate::kube_classify::{FailureConfig, PodProblem, job_failure, pod_problem};
 use crate::kube_job::{COMPONENT_ALGORITHM_RUN, JobOptions, LABEL_COMPONENT, LABEL_REQUEST_ID};
 use crate::run::{CancellationPolicy, RunId};
 
@@ -35,13 +40,29 @@ use crate::run::{CancellationPolicy, RunId};
 struct Tracked {
     /// `activeDeadlineSeconds`, for the outcome.
     deadline: Duration,
+    /// The latest status of each of its pods (for the cause of a Job failure).
+    pods: HashMap<String, Pod>,
+    /// A problem its latest pod shows before running, and since when.
+    problem: Option<(PodProblem, tokio::time::Instant)>,
+}
+
+impl Tracked {
+    fn new(deadline: Duration) -> Self {
+        Self {
+            deadline,
+            pods: HashMap::new(),
+            problem: None,
+        }
+    }
 }
 
 /// Runs runs as Kubernetes Jobs.
 #[derive(Debug, Clone)]
 pub struct KubeExecutor {
     jobs: Api<Job>,
+    pods: Api<Pod>,
     opts: JobOptions,
+    failures: FailureConfig,
     events: UnboundedSender<ExecutorEvent>,
     active: Arc<Mutex<HashMap<RunId, Tracked>>>,
 }
@@ -102,19 +123,24 @@ pub fn outcome_of(job: &Job, deadline: Duration) -> Option<Outcome> {
 }
 
 impl KubeExecutor {
-    /// An executor creating Jobs in `opts.namespace` through `client`, reporting on `events`.
-    /// Starts the watch that follows its Jobs until `shutdown`.
+    /// An executor creating Jobs in `opts.namespace` through `client`, reporting on `events`,
+    /// giving runs up after the graces of `failures`. Starts the watches that follow its Jobs
+    /// and their pods until `shutdown`.
     #[must_use]
     pub fn new(
         client: Client,
         opts: JobOptions,
+        failures: FailureConfig,
         events: UnboundedSender<ExecutorEvent>,
         shutdown: CancellationToken,
     ) -> Self {
-        let jobs: Api<Job> = Api::namespaced(client, &opts.namespace);
+        let jobs: Api<Job> = Api::namespaced(client.clone(), &opts.namespace);
+        let pods: Api<Pod> = Api::namespaced(client, &opts.namespace);
         let me = Self {
             jobs,
+            pods,
             opts,
+            failures,
             events,
             active: Arc::default(),
         };
@@ -126,46 +152,108 @@ impl KubeExecutor {
         self.active.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Watches the Jobs this executor labels and reports those that finished.
+    /// Watches the Jobs this executor labels and their pods, reports the runs that finished and
+    /// gives up the ones whose pods are stuck past their grace.
     async fn follow(self, shutdown: CancellationToken) {
-        let cfg = watcher::Config::default()
-            .labels(&format!("{LABEL_COMPONENT}={COMPONENT_ALGORITHM_RUN}"));
-        let mut stream = watcher(self.jobs.clone(), cfg)
-            .default_backoff()
-            .applied_objects()
-            .boxed();
+        let selector = format!("{LABEL_COMPONENT}={COMPONENT_ALGORITHM_RUN}");
+        let mut jobs = watcher(
+            self.jobs.clone(),
+            watcher::Config::default().labels(&selector),
+        )
+        .default_backoff()
+        .applied_objects()
+        .boxed();
+        let mut pods = watcher(
+            self.pods.clone(),
+            watcher::Config::default().labels(&selector),
+        )
+        .default_backoff()
+        .applied_objects()
+        .boxed();
+        let shortest = [
+            self.failures.image_pull_grace,
+            self.failures.unschedulable_limit,
+            self.failures.config_error_grace,
+        ]
+        .into_iter()
+        .min()
+        .unwrap_or(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(
+            (shortest / 4).clamp(Duration::from_millis(100), Duration::from_secs(5)),
+        );
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let next = tokio::select! {
+            tokio::select! {
                 () = shutdown.cancelled() => return,
-                n = stream.next() => n,
-            };
-            match next {
-                None => return,
-                Some(Err(e)) => {
-                    metrics::counter!("nexus_kube_job_watch_errors_total").increment(1);
-                    tracing::warn!("job watch failed, retrying: {e}");
-                }
-                Some(Ok(job)) => self.observe(&job),
+                n = jobs.next() => match n {
+                    None => return,
+                    Some(Err(e)) => {
+                        metrics::counter!("nexus_kube_job_watch_errors_total").increment(1);
+                        tracing::warn!("job watch failed, retrying: {e}");
+                    }
+                    Some(Ok(job)) => self.observe(&job),
+                },
+                n = pods.next() => match n {
+                    None => return,
+                    Some(Err(e)) => {
+                        metrics::counter!("nexus_kube_job_watch_errors_total").increment(1);
+                        tracing::warn!("pod watch failed, retrying: {e}");
+                    }
+                    Some(Ok(pod)) => self.observe_pod(pod),
+                },
+                _ = tick.tick() => self.give_up_expired(),
             }
         }
     }
 
-    fn observe(&self, job: &Job) {
-        let Some(id) = job
-            .metadata
-            .labels
+    fn run_of(meta: &kube::api::ObjectMeta) -> Option<RunId> {
+        meta.labels
             .as_ref()
             .and_then(|l| l.get(LABEL_REQUEST_ID))
             .and_then(|v| v.parse::<RunId>().ok())
-        else {
+    }
+
+    fn observe(&self, job: &Job) {
+        let Some(id) = Self::run_of(&job.metadata) else {
             return;
         };
-        let Some(tracked) = self.active().get(&id).cloned() else {
-            return;
+        let (outcome, deadline, seen) = {
+            let active = self.active();
+            let Some(tracked) = active.get(&id) else {
+                return;
+            };
+            let Some(outcome) = outcome_of(job, tracked.deadline) else {
+                return;
+            };
+            let seen: Vec<Pod> = tracked.pods.values().cloned().collect();
+            (outcome, tracked.deadline, seen)
         };
-        let Some(outcome) = outcome_of(job, tracked.deadline) else {
+        if matches!(
+            outcome,
+            Outcome::Succeeded | Outcome::DeadlineExceeded { .. }
+        ) {
+            self.finish(id, outcome);
             return;
-        };
+        }
+        // A failure: its cause is in the pods' last termination. The pod watch may not have
+        // delivered it yet, so read the pods now (falling back to what the watch saw).
+        let (me, job) = (self.clone(), job.clone());
+        tokio::spawn(async move {
+            let lp = kube::api::ListParams::default().labels(&format!("{LABEL_REQUEST_ID}={id}"));
+            let pods = match me.pods.list(&lp).await {
+                Ok(list) => list.items,
+                Err(e) => {
+                    tracing::warn!(run_id = %id, "cannot list the pods of a failed Job: {e}");
+                    seen
+                }
+            };
+            let outcome = job_failure(&job, &pods, deadline).unwrap_or(outcome);
+            me.finish(id, outcome);
+        });
+    }
+
+    /// Reports `id` finished once (whoever removes it from the active set reports it).
+    fn finish(&self, id: RunId, outcome: Outcome) {
         if self.active().remove(&id).is_some() {
             let _ = self.events.send(ExecutorEvent::Finished {
                 run_id: id,
@@ -173,6 +261,81 @@ impl KubeExecutor {
                 logs_stored: false,
             });
         }
+    }
+
+    fn observe_pod(&self, pod: Pod) {
+        let Some(id) = Self::run_of(&pod.metadata) else {
+            return;
+        };
+        let problem = pod_problem(&pod);
+        let immediate = {
+            let mut active = self.active();
+            let Some(tracked) = active.get_mut(&id) else {
+                return;
+            };
+            tracked
+                .pods
+                .insert(pod.metadata.name.clone().unwrap_or_default(), pod);
+            match problem {
+                None => {
+                    tracked.problem = None;
+                    None
+                }
+                Some(p) if p.immediate => Some(p),
+                Some(p) => {
+                    // The clock starts when the problem is first seen, and restarts when it
+                    // changes kind (pulled at last, then unschedulable: a new problem).
+                    if tracked
+                        .problem
+                        .as_ref()
+                        .is_none_or(|(old, _)| old.kind != p.kind)
+                    {
+                        tracked.problem = Some((p, tokio::time::Instant::now()));
+                    }
+                    None
+                }
+            }
+        };
+        if let Some(p) = immediate {
+            self.give_up(id, &p);
+        }
+    }
+
+    fn give_up_expired(&self) {
+        let now = tokio::time::Instant::now();
+        let expired: Vec<(RunId, PodProblem)> = self
+            .active()
+            .iter()
+            .filter_map(|(id, t)| {
+                let (p, since) = t.problem.as_ref()?;
+                (now.duration_since(*since) >= self.failures.grace(p.kind))
+                    .then(|| (*id, p.clone()))
+            })
+            .collect();
+        for (id, p) in expired {
+            self.give_up(id, &p);
+        }
+    }
+
+    /// Ends run `id` for a pod problem: reports it, then deletes its Job (its pods would
+    /// otherwise keep pulling or pending).
+    fn give_up(&self, id: RunId, p: &PodProblem) {
+        tracing::info!(run_id = %id, cause = %p.cause, "giving the run up: {}", p.details);
+        metrics::counter!("nexus_kube_runs_given_up_total", "kind" => p.kind.as_str()).increment(1);
+        self.finish(id, p.outcome());
+        let jobs = self.jobs.clone();
+        tokio::spawn(async move {
+            let dp = DeleteParams {
+                propagation_policy: Some(PropagationPolicy::Background),
+                ..DeleteParams::default()
+            };
+            match jobs.delete(&id.to_string(), &dp).await {
+                Ok(_) | Err(kube::Error::Api(kube::core::ErrorResponse { code: 404, .. })) => {}
+                Err(e) => {
+                    tracing::warn!(run_id = %id, "could not delete the Job of a run given up: {e}")
+                }
+            }
+        });
     }
 }
 
@@ -208,7 +371,9 @@ impl Executor for KubeExecutor {
                 .and_then(|s| u64::try_from(s).ok())
                 .unwrap_or(spec.deadline.as_secs()),
         );
-        self.active().insert(spec.run_id, Tracked { deadline });
+        self.active()
+            .entry(spec.run_id)
+            .or_insert_with(|| Tracked::new(deadline));
         metrics::counter!("nexus_kube_jobs_created_total").increment(1);
         let _ = self.events.send(ExecutorEvent::Started {
             run_id: spec.run_id,
@@ -238,13 +403,7 @@ impl Executor for KubeExecutor {
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(kube_err("cannot delete the Job", &e)),
         }
-        if self.active().remove(&run_id).is_some() {
-            let _ = self.events.send(ExecutorEvent::Finished {
-                run_id,
-                outcome: Outcome::Cancelled,
-                logs_stored: false,
-            });
-        }
+        self.finish(run_id, Outcome::Cancelled);
         Ok(())
     }
 

@@ -287,6 +287,7 @@ impl Inner {
         loop {
             attempt += 1;
             lock(logs).push(format!("--- attempt {attempt} ---\n").as_bytes());
+            let oom_before = oom_kills();
             let mut cmd = Command::new(&spec.command);
             cmd.args(&spec.args)
                 .env_clear()
@@ -383,7 +384,22 @@ impl Inner {
                 code: status.code(),
                 signal: status.signal(),
             };
-            lock(logs).push(format!("--- attempt {attempt} exited: {status} ---\n").as_bytes());
+            // SIGKILL while the kernel's OOM-kill counter rose: the OOM killer, most likely.
+            let oom_rise = match (exit.signal, oom_before, oom_kills()) {
+                (Some(9), Some(a), Some(b)) if b > a => Some(b - a),
+                _ => None,
+            };
+            lock(logs).push(
+                format!(
+                    "--- attempt {attempt} exited: {status}{} ---\n",
+                    if oom_rise.is_some() {
+                        " (the kernel's out-of-memory killer)"
+                    } else {
+                        ""
+                    }
+                )
+                .as_bytes(),
+            );
             let code_in = |codes: &[i32]| exit.code.is_some_and(|c| codes.contains(&c));
             if code_in(&spec.fatal_exit_codes) {
                 return Outcome::Failed {
@@ -393,19 +409,11 @@ impl Inner {
                 };
             }
             if attempt >= attempt_cap {
-                return Outcome::Failed {
-                    exit,
-                    attempts: attempt,
-                    fatal: false,
-                };
+                return failed(exit, attempt, oom_rise);
             }
             if !code_in(&spec.transient_exit_codes) {
                 if retries_used >= spec.max_retries {
-                    return Outcome::Failed {
-                        exit,
-                        attempts: attempt,
-                        fatal: false,
-                    };
+                    return failed(exit, attempt, oom_rise);
                 }
                 retries_used += 1;
             }
@@ -417,6 +425,34 @@ impl Inner {
                 () = cancel.cancelled() => return Outcome::Cancelled,
             }
         }
+    }
+}
+
+/// The system-wide count of processes the kernel's out-of-memory killer has killed
+/// (`oom_kill` in `/proc/vmstat`, Linux ≥ 4.13); `None` where it cannot be read.
+fn oom_kills() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/vmstat").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The outcome of a run whose last attempt failed; `oom_rise` is how many OOM kills the kernel
+/// counted while a SIGKILLed attempt ran.
+fn failed(exit: ExitInfo, attempts: u32, oom_rise: Option<u64>) -> Outcome {
+    match oom_rise {
+        Some(n) => Outcome::Diagnosed {
+            kind: super::FailureKind::OutOfMemory,
+            cause: "Algorithm ran out of memory".into(),
+            details: format!(
+                "the process was killed (SIGKILL) by the kernel's out-of-memory killer after {attempts} attempt(s) (the kernel counted {n} OOM kill(s) while it ran): the machine ran out of memory; run fewer algorithms at once (the workgroup's maxConcurrentRuns) or give the machine more memory"
+            ),
+        },
+        None => Outcome::Failed {
+            exit,
+            attempts,
+            fatal: false,
+        },
     }
 }
 
@@ -662,5 +698,34 @@ mod tests {
         let out = b.into_bytes();
         assert!(out.ends_with(b"\nabcd"));
         assert!(String::from_utf8_lossy(&out).contains("19998 earlier bytes dropped"));
+    }
+
+    #[test]
+    fn a_sigkill_during_an_oom_kill_is_diagnosed_as_out_of_memory() {
+        // The counter is readable on Linux (kernel >= 4.13).
+        assert!(oom_kills().is_some(), "/proc/vmstat has no oom_kill");
+        let killed = ExitInfo {
+            code: None,
+            signal: Some(9),
+        };
+        match failed(killed, 2, Some(1)) {
+            Outcome::Diagnosed { kind, details, .. } => {
+                assert_eq!(kind, crate::executor::FailureKind::OutOfMemory);
+                assert!(
+                    details.contains("out-of-memory killer after 2 attempt(s)"),
+                    "{details}"
+                );
+                assert!(details.contains("maxConcurrentRuns"), "{details}");
+            }
+            o => panic!("{o:?}"),
+        }
+        assert_eq!(
+            failed(killed, 1, None),
+            Outcome::Failed {
+                exit: killed,
+                attempts: 1,
+                fatal: false
+            }
+        );
     }
 }
