@@ -282,7 +282,8 @@ mod tests {
 
     #[test]
     fn problems_before_the_container_runs() {
-        let table: &[(PodState, Option<(FailureKind, bool, &str)>)] = &[
+        type Want = Option<(FailureKind, bool, &'static str)>;
+        let table: &[(PodState, Want)] = &[
             (PodState::Running, None),
             (PodState::Succeeded, None),
             (PodState::Failed(1), None),

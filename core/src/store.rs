@@ -10,6 +10,8 @@
 //! * Lookups by tag, by owner+stage and by parent return runs in acceptance order.
 //! * Leases: [`RunStore::heartbeat`] creates or extends an owner's lease; [`RunStore::leases`] lists
 //!   them with their expiry; [`RunStore::release_lease`] removes one.
+//! * Leadership: [`RunStore::lead`] takes or renews a named leadership by compare-and-set (several
+//!   supervisor replicas, one active); [`RunStore::resign`] gives it up.
 
 use async_trait::async_trait;
 
@@ -207,4 +209,25 @@ pub trait RunStore: Send + Sync + std::fmt::Debug + 'static {
     /// # Errors
     /// `Backend`.
     async fn release_lease(&self, owner: &str) -> Result<(), StoreError>;
+
+    /// Leader election: takes the leadership `name` for `holder` until `now + ttl_ms` when it is
+    /// free, lapsed (`expires_at <= now`) or already `holder`'s (renewal), atomically
+    /// (compare-and-set). Returns the leadership as it stands afterwards: `holder` leads iff the
+    /// returned lease's owner is `holder`.
+    ///
+    /// # Errors
+    /// Backend failures (never taken as "nobody leads").
+    async fn lead(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Millis,
+        ttl_ms: i64,
+    ) -> Result<Lease, StoreError>;
+
+    /// Gives up the leadership `name` if `holder` holds it (a standby takes over at once).
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn resign(&self, name: &str, holder: &str) -> Result<(), StoreError>;
 }

@@ -14,12 +14,14 @@
 //!   nothing claimed is dropped, and a supervisor that dies with claims is itself a lapsed owner.
 //!
 //! Every decision is a compare-and-set on the stored record; a store error skips the pass (it is
-//! never taken as "nothing to do" or "not found").
+//! never taken as "nothing to do" or "not found"). Several supervisors may run: they elect a
+//! leader through the run store ([`RunStore::lead`]) and only the leader makes passes.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use nexus_core::catalog::Catalog;
 use nexus_core::error::ErrorKind;
 use nexus_core::run::{Run, RunPatch, Stage, now_millis};
@@ -27,6 +29,9 @@ use nexus_core::shard::{Dispatch, Shard};
 use nexus_core::sign::Signer;
 use nexus_core::store::{RunStore, StoreError};
 use tokio_util::sync::CancellationToken;
+
+/// The leadership supervisors contend for: only its holder runs recovery passes.
+pub const LEADER: &str = "supervisor";
 
 /// Prefix of receiver lease / owner ids (`receiver/<shard>/<instance>`).
 pub const RECEIVER_PREFIX: &str = "receiver/";
@@ -43,6 +48,19 @@ pub struct PassReport {
     /// Runs ended with a cause (no workgroup / shard, relaunches exhausted, refused).
     pub failed: usize,
 }
+
+impl std::ops::AddAssign for PassReport {
+    fn add_assign(&mut self, o: Self) {
+        self.claimed += o.claimed;
+        self.submitted += o.submitted;
+        self.deferred += o.deferred;
+        self.failed += o.failed;
+    }
+}
+
+/// Runs settled concurrently in one pass (claims are independent compare-and-sets; the gRPC shard
+/// client gathers concurrent submissions into batches).
+pub const PASS_CONCURRENCY: usize = 64;
 
 /// The supervisor's resubmission of orphaned runs (distributed mode).
 #[derive(Debug)]
@@ -89,8 +107,11 @@ impl Resubmitter {
                     continue;
                 }
                 let runs = self.store.by_owner_stage(&owner, stage, 10_000).await?;
-                for run in runs {
-                    self.settle(run, &owner, mine, &mut report).await?;
+                let mut settled = futures::stream::iter(runs)
+                    .map(|run| self.settle(run, &owner, mine))
+                    .buffer_unordered(PASS_CONCURRENCY);
+                while let Some(r) = settled.next().await {
+                    report += r?;
                 }
             }
         }
@@ -100,18 +121,13 @@ impl Resubmitter {
         Ok(report)
     }
 
-    async fn settle(
-        &self,
-        run: Run,
-        owner: &str,
-        mine: bool,
-        report: &mut PassReport,
-    ) -> Result<(), StoreError> {
+    async fn settle(&self, run: Run, owner: &str, mine: bool) -> Result<PassReport, StoreError> {
+        let mut report = PassReport::default();
         let relaunch = run.stage == Stage::Running;
         if relaunch && !mine && !owner.starts_with(RECEIVER_PREFIX) {
             // RUNNING under an owner that is not a receiver: a standalone process's local run; it
             // is settled by that mode's recovery, not launched again here.
-            return Ok(());
+            return Ok(report);
         }
         let mut run = if mine {
             run
@@ -140,7 +156,7 @@ impl Resubmitter {
                     {
                         report.failed += 1;
                     }
-                    return Ok(());
+                    return Ok(report);
                 }
             }
             match self
@@ -153,13 +169,13 @@ impl Resubmitter {
                     r
                 }
                 // Someone else (a live owner, a cancel, a completion) changed it first.
-                Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => return Ok(()),
+                Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => return Ok(report),
                 Err(e) => return Err(e),
             }
         };
         run.owner = Some(self.instance_id.clone());
-        self.submit(run, relaunch, report).await;
-        Ok(())
+        self.submit(run, relaunch, &mut report).await;
+        Ok(report)
     }
 
     async fn submit(&self, run: Run, relaunch: bool, report: &mut PassReport) {
@@ -190,7 +206,23 @@ impl Resubmitter {
         };
         let stage = d.run.stage;
         let shard_name = d.run.shard.clone();
-        match tokio::time::timeout(self.submit_timeout, shard.submit(d)).await {
+        // A receiver over its launch limit answers RESOURCE_EXHAUSTED with a hint: wait it out
+        // within this pass (bounded by submit_timeout) rather than a whole recovery interval.
+        let give_up_at = tokio::time::Instant::now() + self.submit_timeout;
+        let submitted = loop {
+            let r = tokio::time::timeout_at(give_up_at, shard.submit(d.clone())).await;
+            match &r {
+                Ok(Err(e)) if e.kind == ErrorKind::ResourceExhausted => {
+                    let wait = e.retry_after.unwrap_or(Duration::from_millis(100));
+                    if tokio::time::Instant::now() + wait >= give_up_at {
+                        break r;
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+                _ => break r,
+            }
+        };
+        match submitted {
             Ok(Ok(())) => {
                 report.submitted += 1;
                 metrics::counter!("nexus_supervisor_resubmitted_total", "outcome" => if relaunch { "relaunched" } else { "dispatched" }).increment(1);
@@ -232,44 +264,108 @@ impl Resubmitter {
         }
     }
 
-    /// Holds this supervisor's lease and runs a pass every `interval` until `shutdown`, then
-    /// releases the lease (its pending claims are taken over by a successor at once).
+    /// Holds this supervisor's lease, contends for the leadership [`LEADER`] (every tick, a
+    /// compare-and-set in the run store), and while it leads runs a pass every `interval`, until
+    /// `shutdown`; then resigns and releases the lease, so a standby takes over (and takes over
+    /// this one's pending claims) at its next tick instead of after the lease lapses. Standbys
+    /// tick every `lease_ttl / 10` (at most `interval`), so a lost leader is replaced within
+    /// about 1.1 lease periods.
     pub async fn run(
         self: Arc<Self>,
         interval: Duration,
         lease_ttl: Duration,
         shutdown: CancellationToken,
     ) {
+        let tick = interval.min(lease_ttl / 10).max(Duration::from_millis(10));
+        // The lease and the leadership are renewed concurrently with the passes (in the same
+        // task, so nothing outlives this future), and a long pass (thousands of orphans) never
+        // lets them lapse under it.
+        let (lead_tx, mut lead_rx) = tokio::sync::watch::channel(false);
+        let keeper_stop = CancellationToken::new();
+        let keeper = self
+            .clone()
+            .keep_leadership(tick, lease_ttl, lead_tx, keeper_stop.clone());
+        let passes = async {
+            loop {
+                // Stand by until leading.
+                while !*lead_rx.borrow_and_update() {
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        r = lead_rx.changed() => if r.is_err() { break },
+                    }
+                }
+                if shutdown.is_cancelled() {
+                    break;
+                }
+                let started = tokio::time::Instant::now();
+                match self.pass().await {
+                    Ok(_) => {
+                        metrics::counter!("nexus_supervisor_passes_total", "outcome" => "ok")
+                            .increment(1);
+                    }
+                    Err(e) => {
+                        metrics::counter!("nexus_supervisor_passes_total", "outcome" => "store_error")
+                            .increment(1);
+                        tracing::warn!("recovery pass skipped, store unavailable: {e}");
+                    }
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep_until(started + interval) => {}
+                }
+            }
+            keeper_stop.cancel();
+        };
+        tokio::join!(keeper, passes);
+    }
+
+    /// Renews this supervisor's lease and contends for [`LEADER`] every `tick`, publishing
+    /// whether it leads; on `stop`, resigns (when leading) and releases the lease.
+    async fn keep_leadership(
+        self: Arc<Self>,
+        tick: Duration,
+        lease_ttl: Duration,
+        leading_tx: tokio::sync::watch::Sender<bool>,
+        stop: CancellationToken,
+    ) {
         let ttl = i64::try_from(lease_ttl.as_millis()).unwrap_or(i64::MAX);
-        let mut tick = tokio::time::interval(interval.min(lease_ttl / 3));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_pass = tokio::time::Instant::now() - interval;
+        let mut every = tokio::time::interval(tick);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut leading = false;
         loop {
             tokio::select! {
-                () = shutdown.cancelled() => break,
-                _ = tick.tick() => {}
+                () = stop.cancelled() => break,
+                _ = every.tick() => {}
             }
-            if let Err(e) = self
-                .store
-                .heartbeat(&self.instance_id, now_millis(), ttl)
-                .await
-            {
+            let now = now_millis();
+            if let Err(e) = self.store.heartbeat(&self.instance_id, now, ttl).await {
                 tracing::warn!("supervisor lease heartbeat failed: {e}");
                 continue;
             }
-            if last_pass.elapsed() < interval {
-                continue;
-            }
-            last_pass = tokio::time::Instant::now();
-            match self.pass().await {
-                Ok(_) => metrics::counter!("nexus_supervisor_passes_total", "outcome" => "ok")
-                    .increment(1),
+            let lead = match self.store.lead(LEADER, &self.instance_id, now, ttl).await {
+                Ok(l) => l.owner == self.instance_id,
                 Err(e) => {
-                    metrics::counter!("nexus_supervisor_passes_total", "outcome" => "store_error")
-                        .increment(1);
-                    tracing::warn!("recovery pass skipped, store unavailable: {e}");
+                    // Unknown: stand by (two leaders would still be safe, every claim is a
+                    // compare-and-set, but wasteful); if it lapses, another takes over.
+                    tracing::warn!("leader election failed, standing by: {e}");
+                    false
                 }
+            };
+            if lead != leading {
+                leading = lead;
+                metrics::gauge!("nexus_supervisor_leader").set(if lead { 1.0 } else { 0.0 });
+                if lead {
+                    tracing::info!(id = %self.instance_id, "this supervisor leads recovery");
+                } else {
+                    tracing::info!(id = %self.instance_id, "standing by (another supervisor leads)");
+                }
+                let _ = leading_tx.send(lead);
             }
+        }
+        if leading && let Err(e) = self.store.resign(LEADER, &self.instance_id).await {
+            tracing::warn!(
+                "could not resign the supervisor leadership (a standby takes over when it lapses): {e}"
+            );
         }
         if let Err(e) = self.store.release_lease(&self.instance_id).await {
             tracing::warn!("could not release the supervisor lease: {e}");
@@ -390,5 +486,107 @@ mod tests {
         let got = store.get(x.id).await.unwrap().unwrap();
         assert_eq!(got.stage, Stage::SchedulingFailed);
         assert!(got.failure_details.unwrap().contains("nowhere"));
+    }
+
+    fn supervisor(
+        store: &Arc<InMemoryRunStore>,
+        catalog: &Catalog,
+        id: &str,
+    ) -> (Arc<RecordingShard>, Arc<Resubmitter>) {
+        let shard = Arc::new(RecordingShard::default());
+        let mut shards: HashMap<String, Arc<dyn Shard>> = HashMap::new();
+        shards.insert("a".into(), shard.clone());
+        let r = Resubmitter {
+            store: store.clone(),
+            catalog: catalog.clone(),
+            shards,
+            signer: Signer::random(),
+            payload_base: "http://lb".into(),
+            instance_id: id.into(),
+            max_relaunches: 1,
+            submit_timeout: Duration::from_secs(2),
+        };
+        (shard, Arc::new(r))
+    }
+
+    /// Waits (at most 20 s, a liveness bound) until `shard` has `n` submissions.
+    async fn submitted(shard: &RecordingShard, n: usize) {
+        let t0 = tokio::time::Instant::now();
+        while shard.submitted().len() < n {
+            assert!(t0.elapsed() < Duration::from_secs(20), "not resubmitted");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn leader_is(store: &InMemoryRunStore, id: &str) {
+        // A renewal by `id` keeps the leadership if and only if `id` holds it.
+        while store
+            .lead(LEADER, id, now_millis(), 60_000)
+            .await
+            .unwrap()
+            .owner
+            != id
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Two supervisors on one store: only the leader resubmits; when it shuts down it resigns
+    /// and the standby takes over without waiting for the leadership to lapse (60 s here, longer
+    /// than the test's 20 s liveness bound).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_leader_resubmits_and_a_standby_takes_over_on_shutdown() {
+        let (store, _, first) = fixture();
+        let (shard_a, a) = supervisor(&store, &first.catalog, "supervisor/a");
+        let (shard_b, b) = supervisor(&store, &first.catalog, "supervisor/b");
+        let (ttl, every) = (Duration::from_secs(60), Duration::from_millis(20));
+        let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
+        let task_a = tokio::spawn(a.run(every, ttl, stop_a.clone()));
+        leader_is(&store, "supervisor/a").await;
+        let task_b = tokio::spawn(b.run(every, ttl, stop_b.clone()));
+        for _ in 0..3 {
+            put(&store, Stage::Buffered, "scheduler-dead", 0).await;
+        }
+        submitted(&shard_a, 3).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(shard_b.submitted().is_empty(), "the standby resubmitted");
+
+        stop_a.cancel();
+        task_a.await.unwrap();
+        put(&store, Stage::Buffered, "scheduler-dead-2", 0).await;
+        submitted(&shard_b, 1).await;
+        assert_eq!(shard_a.submitted().len(), 3);
+        stop_b.cancel();
+        task_b.await.unwrap();
+        assert_eq!(
+            store
+                .lead(LEADER, "probe", now_millis(), 1)
+                .await
+                .unwrap()
+                .owner,
+            "probe",
+            "a supervisor that stops resigns"
+        );
+    }
+
+    /// A leader lost without resigning is replaced once its leadership lapses.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_leader_is_replaced_after_its_leadership_lapses() {
+        let (store, _, first) = fixture();
+        let (_, a) = supervisor(&store, &first.catalog, "supervisor/a");
+        let (shard_b, b) = supervisor(&store, &first.catalog, "supervisor/b");
+        let (ttl, every) = (Duration::from_millis(500), Duration::from_millis(20));
+        let task_a = tokio::spawn(a.run(every, ttl, CancellationToken::new()));
+        while store.leases().await.unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        task_a.abort();
+        let _ = task_a.await;
+        let stop_b = CancellationToken::new();
+        let task_b = tokio::spawn(b.run(every, ttl, stop_b.clone()));
+        put(&store, Stage::Buffered, "scheduler-dead", 0).await;
+        submitted(&shard_b, 1).await;
+        stop_b.cancel();
+        task_b.await.unwrap();
     }
 }

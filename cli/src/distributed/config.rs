@@ -199,7 +199,9 @@ pub struct ResubmitSection {
     /// How often to look for orphaned runs.
     #[serde(with = "humantime_serde")]
     pub recovery_interval: Duration,
-    /// The supervisor's own lease (a standby takes over its pending claims when it lapses).
+    /// The supervisor's own lease and its leadership period: several supervisors may run, one
+    /// leads (through the run store) and the others stand by; a standby takes over (with the
+    /// leader's pending claims) at once when the leader stops, within ~1.1 × this when it is lost.
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
     /// Launches of a run beyond its algorithm's retries after its receiver was lost.

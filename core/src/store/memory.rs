@@ -22,6 +22,7 @@ struct State {
     idem: HashMap<(String, String), RunId>,
     /// Owner → lease expiry.
     leases: BTreeMap<String, Millis>,
+    leaders: HashMap<String, Lease>,
 }
 
 impl State {
@@ -170,6 +171,34 @@ impl RunStore for InMemoryRunStore {
 
     async fn release_lease(&self, owner: &str) -> Result<(), StoreError> {
         self.lock().leases.remove(owner);
+        Ok(())
+    }
+
+    async fn lead(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Millis,
+        ttl_ms: i64,
+    ) -> Result<Lease, StoreError> {
+        let mut g = self.lock();
+        let cur = g.leaders.get(name).cloned();
+        let lease = match cur {
+            Some(l) if l.owner != holder && l.expires_at > now => l,
+            _ => Lease {
+                owner: holder.to_owned(),
+                expires_at: now.saturating_add(ttl_ms),
+            },
+        };
+        g.leaders.insert(name.to_owned(), lease.clone());
+        Ok(lease)
+    }
+
+    async fn resign(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        if g.leaders.get(name).is_some_and(|l| l.owner == holder) {
+            g.leaders.remove(name);
+        }
         Ok(())
     }
 }

@@ -68,6 +68,11 @@ CREATE TABLE IF NOT EXISTS leases (
     owner TEXT PRIMARY KEY,
     expires_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS leaders (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+);
 ";
 
 impl From<DbError> for StoreError {
@@ -374,6 +379,59 @@ impl RunStore for SqliteRunStore {
             conn.prepare_cached("DELETE FROM leases WHERE owner = ?1")
                 .map_err(sql_err)?
                 .execute([owner])
+                .map_err(sql_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn lead(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Millis,
+        ttl_ms: i64,
+    ) -> Result<Lease, StoreError> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        let expires_at = now.saturating_add(ttl_ms);
+        // Commands of the single writer run in one transaction: read-then-write is atomic.
+        self.write(move |conn| {
+            let cur: Option<(String, i64)> = conn
+                .prepare_cached("SELECT holder, expires_at FROM leaders WHERE name = ?1")
+                .map_err(sql_err)?
+                .query_row([&name], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+                .map_err(sql_err)?;
+            if let Some((h, e)) = cur
+                && h != holder
+                && e > now
+            {
+                return Ok(Lease {
+                    owner: h,
+                    expires_at: e,
+                });
+            }
+            conn.prepare_cached(
+                "INSERT INTO leaders (name, holder, expires_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at",
+            )
+            .map_err(sql_err)?
+            .execute(params![name, holder, expires_at])
+            .map_err(sql_err)?;
+            Ok(Lease {
+                owner: holder,
+                expires_at,
+            })
+        })
+        .await
+    }
+
+    async fn resign(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.write(move |conn| {
+            conn.prepare_cached("DELETE FROM leaders WHERE name = ?1 AND holder = ?2")
+                .map_err(sql_err)?
+                .execute([name, holder])
                 .map_err(sql_err)?;
             Ok(())
         })

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Inserted, RunStore, StoreError};
-use crate::run::{PayloadLocation, Run, RunId, RunPatch, Stage, now_millis};
+use crate::run::{Millis, PayloadLocation, Run, RunId, RunPatch, Stage, now_millis};
 use crate::spec::AlgorithmSpec;
 
 /// Returns a valid run of `algorithm` in BUFFERED, a root with no owner, tag or key.
@@ -67,6 +67,8 @@ pub async fn run_all<S: RunStore>(make: impl Fn() -> S) {
     lookups(make()).await;
     owners_in_stage(make()).await;
     leases(make()).await;
+    leadership(make()).await;
+    leadership_race(Arc::new(make())).await;
     race(Arc::new(make())).await;
 }
 
@@ -525,4 +527,113 @@ pub async fn race<S: RunStore>(store: Arc<S>) {
         }
         assert!(stored.finished_at.is_some());
     }
+}
+
+/// Leadership: free → taken; renewed by its holder; refused to others until it lapses; taken
+/// over once lapsed; resign frees it (only by its holder).
+pub async fn leadership<S: RunStore>(store: S) {
+    let name = format!("supervisor-{}", RunId::new());
+    let t0: Millis = 1_000_000;
+    let a = store.lead(&name, "sup-a", t0, 10_000).await.expect("lead");
+    assert_eq!((a.owner.as_str(), a.expires_at), ("sup-a", t0 + 10_000));
+    let b = store
+        .lead(&name, "sup-b", t0 + 1, 10_000)
+        .await
+        .expect("lead");
+    assert_eq!(
+        (b.owner.as_str(), b.expires_at),
+        ("sup-a", t0 + 10_000),
+        "b must not take a live leadership"
+    );
+    let a = store
+        .lead(&name, "sup-a", t0 + 5_000, 10_000)
+        .await
+        .expect("renew");
+    assert_eq!((a.owner.as_str(), a.expires_at), ("sup-a", t0 + 15_000));
+    let b = store
+        .lead(&name, "sup-b", t0 + 14_999, 10_000)
+        .await
+        .expect("lead");
+    assert_eq!(b.owner, "sup-a");
+    let b = store
+        .lead(&name, "sup-b", t0 + 15_000, 10_000)
+        .await
+        .expect("take over");
+    assert_eq!(
+        (b.owner.as_str(), b.expires_at),
+        ("sup-b", t0 + 25_000),
+        "a lapsed leadership is taken over"
+    );
+    let a = store
+        .lead(&name, "sup-a", t0 + 15_001, 10_000)
+        .await
+        .expect("lead");
+    assert_eq!(
+        a.owner, "sup-b",
+        "the old holder does not get it back while the new one is live"
+    );
+    store
+        .resign(&name, "sup-a")
+        .await
+        .expect("resign by a non-holder");
+    assert_eq!(
+        store
+            .lead(&name, "sup-a", t0 + 15_002, 10_000)
+            .await
+            .unwrap()
+            .owner,
+        "sup-b"
+    );
+    store.resign(&name, "sup-b").await.expect("resign");
+    let a = store
+        .lead(&name, "sup-a", t0 + 15_003, 10_000)
+        .await
+        .expect("lead after resign");
+    assert_eq!(a.owner, "sup-a", "a resigned leadership is free at once");
+    // Leaderships are independent of each other and of owner leases.
+    let other = format!("other-{}", RunId::new());
+    assert_eq!(
+        store
+            .lead(&other, "sup-b", t0 + 15_004, 10_000)
+            .await
+            .unwrap()
+            .owner,
+        "sup-b"
+    );
+}
+
+/// Many contenders for a lapsed leadership at once: exactly one wins, and all agree on it.
+pub async fn leadership_race<S: RunStore>(store: Arc<S>) {
+    let name = format!("race-{}", RunId::new());
+    let now = now_millis();
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let s = store.clone();
+            let name = name.clone();
+            tokio::spawn(async move {
+                let me = format!("sup-{i}");
+                // Contention may exhaust a backend's retries: that is an error, never a false win.
+                let got = match s.lead(&name, &me, now, 30_000).await {
+                    Ok(l) => l.owner,
+                    Err(_) => s.lead(&name, &me, now, 30_000).await.expect("lead").owner,
+                };
+                (me, got)
+            })
+        })
+        .collect();
+    let mut winners = std::collections::HashSet::new();
+    let mut seen = std::collections::HashSet::new();
+    for t in tasks {
+        let (me, got) = t.await.expect("task");
+        if me == got {
+            winners.insert(me);
+        }
+        seen.insert(got);
+    }
+    assert_eq!(winners.len(), 1, "exactly one leader: {winners:?}");
+    assert_eq!(
+        seen.len(),
+        1,
+        "every contender sees the same leader: {seen:?}"
+    );
 }

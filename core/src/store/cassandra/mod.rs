@@ -337,6 +337,10 @@ struct Statements {
     heartbeat: PreparedStatement,
     leases: PreparedStatement,
     release: PreparedStatement,
+    lead_insert: PreparedStatement,
+    lead_get: PreparedStatement,
+    lead_cas: PreparedStatement,
+    resign: PreparedStatement,
 }
 
 impl Statements {
@@ -454,6 +458,30 @@ impl Statements {
             release: p(
                 format!("DELETE FROM {ks}.leases WHERE scope = '{LEASE_SCOPE}' AND owner = ?"),
                 true,
+            )
+            .await?,
+            lead_insert: p(
+                format!("INSERT INTO {ks}.leaders (name, holder, expires_at) VALUES (?, ?, ?) IF NOT EXISTS"),
+                false,
+            )
+            .await?,
+            lead_get: {
+                let mut st = p(
+                    format!("SELECT holder, expires_at FROM {ks}.leaders WHERE name = ?"),
+                    true,
+                )
+                .await?;
+                st.set_consistency(serial.as_read());
+                st
+            },
+            lead_cas: p(
+                format!("UPDATE {ks}.leaders SET holder = ?, expires_at = ? WHERE name = ? IF holder = ? AND expires_at = ?"),
+                false,
+            )
+            .await?,
+            resign: p(
+                format!("DELETE FROM {ks}.leaders WHERE name = ? IF holder = ?"),
+                false,
             )
             .await?,
         })
@@ -1093,6 +1121,71 @@ impl RunStore for CassandraRunStore {
 
     async fn release_lease(&self, owner: &str) -> Result<(), StoreError> {
         self.exec(&self.st.release, (owner,), "releasing a lease")
+            .await
+            .map(drop)
+    }
+
+    async fn lead(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Millis,
+        ttl_ms: i64,
+    ) -> Result<Lease, StoreError> {
+        let expires_at = now.saturating_add(ttl_ms);
+        let mine = || Lease {
+            owner: holder.to_owned(),
+            expires_at,
+        };
+        // Free: take it. Otherwise read it (serially) and replace it by compare-and-set on the
+        // values read when it is ours or lapsed; a lost race reads again.
+        for _ in 0..4 {
+            let r = self
+                .exec(
+                    &self.st.lead_insert,
+                    (name, holder, expires_at),
+                    "taking a leadership",
+                )
+                .await?;
+            if applied(r, "taking a leadership")? {
+                return Ok(mine());
+            }
+            let r = self
+                .exec(&self.st.lead_get, (name,), "reading a leadership")
+                .await?;
+            let cur = r
+                .into_rows_result()
+                .map_err(|e| internal(format!("cassandra reading a leadership: {e}")))?
+                .maybe_first_row::<(Option<String>, Option<i64>)>()
+                .map_err(|e| internal(format!("cassandra reading a leadership: {e}")))?;
+            let Some((Some(cur_holder), Some(cur_expiry))) = cur else {
+                continue; // resigned meanwhile: take it
+            };
+            if cur_holder != holder && cur_expiry > now {
+                return Ok(Lease {
+                    owner: cur_holder,
+                    expires_at: cur_expiry,
+                });
+            }
+            let r = self
+                .exec(
+                    &self.st.lead_cas,
+                    (holder, expires_at, name, cur_holder.as_str(), cur_expiry),
+                    "renewing a leadership",
+                )
+                .await?;
+            if applied(r, "renewing a leadership")? {
+                return Ok(mine());
+            }
+        }
+        Err(StoreError::backend(
+            ErrorKind::Unavailable,
+            format!("leadership '{name}' kept changing under contention; try again"),
+        ))
+    }
+
+    async fn resign(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        self.exec(&self.st.resign, (name, holder), "resigning a leadership")
             .await
             .map(drop)
     }

@@ -22,6 +22,7 @@
 //! * `owners_by_stage`: which owners may have runs in a stage (the orphan finder's entry point).
 //! * `idempotency_keys`: (algorithm, key) → run id and its first record, claimed by LWT.
 //! * `leases`: owner → expiry, all in one partition.
+//! * `leaders`: leadership name → holder and expiry, changed only by lightweight transactions.
 //! * `schema_migrations`: applied versions.
 
 use uuid::Uuid;
@@ -43,11 +44,12 @@ pub struct Migration {
 const HINT_GRACE: &str = "gc_grace_seconds = 10800";
 
 /// Every migration, oldest first. Never edit a released one: add a new one.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "runs, lookup tables, idempotency keys, leases",
-    statements: &[
-        "CREATE TABLE IF NOT EXISTS {ks}.runs (
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "runs, lookup tables, idempotency keys, leases",
+        statements: &[
+            "CREATE TABLE IF NOT EXISTS {ks}.runs (
     id uuid PRIMARY KEY,
     stage text,
     owner text,
@@ -55,43 +57,53 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
     version bigint,
     record blob
 ) WITH ID = {id:runs}",
-        "CREATE TABLE IF NOT EXISTS {ks}.runs_by_owner_stage (
+            "CREATE TABLE IF NOT EXISTS {ks}.runs_by_owner_stage (
     owner text,
     stage text,
     id blob,
     version bigint,
     PRIMARY KEY ((owner, stage), id)
 ) WITH ID = {id:runs_by_owner_stage} AND {hint_grace}",
-        "CREATE TABLE IF NOT EXISTS {ks}.runs_by_tag (
+            "CREATE TABLE IF NOT EXISTS {ks}.runs_by_tag (
     tag text,
     id blob,
     PRIMARY KEY ((tag), id)
 ) WITH ID = {id:runs_by_tag} AND {hint_grace}",
-        "CREATE TABLE IF NOT EXISTS {ks}.runs_by_parent (
+            "CREATE TABLE IF NOT EXISTS {ks}.runs_by_parent (
     parent uuid,
     id blob,
     PRIMARY KEY ((parent), id)
 ) WITH ID = {id:runs_by_parent} AND {hint_grace}",
-        "CREATE TABLE IF NOT EXISTS {ks}.owners_by_stage (
+            "CREATE TABLE IF NOT EXISTS {ks}.owners_by_stage (
     stage text,
     owner text,
     PRIMARY KEY ((stage), owner)
 ) WITH ID = {id:owners_by_stage}",
-        "CREATE TABLE IF NOT EXISTS {ks}.idempotency_keys (
+            "CREATE TABLE IF NOT EXISTS {ks}.idempotency_keys (
     algorithm text,
     idem_key text,
     id uuid,
     record blob,
     PRIMARY KEY ((algorithm, idem_key))
 ) WITH ID = {id:idempotency_keys}",
-        "CREATE TABLE IF NOT EXISTS {ks}.leases (
+            "CREATE TABLE IF NOT EXISTS {ks}.leases (
     scope text,
     owner text,
     expires_at bigint,
     PRIMARY KEY ((scope), owner)
 ) WITH ID = {id:leases}",
-    ],
-}];
+        ],
+    },
+    Migration {
+        version: 2,
+        description: "leaders (leader election by compare-and-set)",
+        statements: &["CREATE TABLE IF NOT EXISTS {ks}.leaders (
+    name text PRIMARY KEY,
+    holder text,
+    expires_at bigint
+) WITH ID = {id:leaders}"],
+    },
+];
 
 /// The table that records applied versions (created before any migration).
 const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS {ks}.schema_migrations (
@@ -224,6 +236,7 @@ mod tests {
             "owners_by_stage",
             "idempotency_keys",
             "leases",
+            "leaders",
             "schema_migrations",
         ] {
             assert!(
