@@ -28,6 +28,7 @@ mod instant;
 mod limiter;
 mod memory;
 mod open_loop;
+mod orphans;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -139,6 +140,26 @@ enum Cmd {
         /// Duration of each phase, e.g. `10s`.
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         duration: Duration,
+    },
+    /// Orphan recovery: a scheduler holding N BUFFERED runs is killed (-9); time until a
+    /// supervisor and two receivers (gRPC) have dispatched all of them (target: lease TTL + 10 s).
+    Orphans {
+        /// Run store: a cassandra:// URL (scratch keyspace), default in memory.
+        #[arg(long)]
+        store: Option<String>,
+        /// BUFFERED runs the killed scheduler holds.
+        #[arg(long, default_value_t = 10_000)]
+        runs: usize,
+        /// The killed scheduler's lease TTL (the default of `scheduler.lease_ttl`).
+        #[arg(long, default_value = "15s", value_parser = parse_duration)]
+        lease_ttl: Duration,
+        /// Each receiver's launch limit, runs/s (the receiver default is 500, burst 1000: the
+        /// cluster's safety net, which bounds recovery too).
+        #[arg(long, default_value_t = 500.0)]
+        launch_rate: f64,
+        /// Each receiver's launch burst.
+        #[arg(long, default_value_t = 1000)]
+        launch_burst: u32,
     },
     /// Run store on a real Cassandra / ScyllaDB node: raw driver insert rate (the physical
     /// limit), LWT insert, store insert and compare-and-set, then accept (and e2e) on that store.
@@ -1037,6 +1058,33 @@ async fn main() -> anyhow::Result<()> {
             if let Some(s) = scratch {
                 s.drop().await;
             }
+        }
+        Cmd::Orphans {
+            store,
+            runs,
+            lease_ttl,
+            launch_rate,
+            launch_burst,
+        } => {
+            let limit = nexus_core::limiter::BudgetConfig {
+                rate: launch_rate,
+                burst: launch_burst,
+            };
+            let (run_store, scratch): (Arc<dyn nexus_core::store::RunStore>, _) = match &store {
+                Some(u) => {
+                    let s = cassandra::Scratch::new(u).await?;
+                    (s.store.clone(), Some(s))
+                }
+                None => (
+                    Arc::new(nexus_core::store::InMemoryRunStore::default()),
+                    None,
+                ),
+            };
+            let r = orphans::run(run_store, runs, lease_ttl, limit).await;
+            if let Some(s) = scratch {
+                s.drop().await;
+            }
+            orphans::print(&r?);
         }
         Cmd::Distributed {
             store,

@@ -220,6 +220,7 @@ impl StandaloneConfig {
         for r in [
             self.scheduler.validate(),
             self.receiver.validate(),
+            self.supervisor.validate(),
             self.rate_limit.validate(),
         ] {
             if let Err(m) = r {

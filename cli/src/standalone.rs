@@ -321,6 +321,15 @@ pub async fn start_with_executor(
     ));
     let sched_stop = CancellationToken::new();
     let sched_task = tasks.spawn(nexus_scheduler::run(scheduler, sched_stop.clone()));
+    tasks.spawn(
+        Arc::new(nexus_supervisor::gc::Collector {
+            store: store.clone(),
+            payloads: Some(payloads.clone()),
+            retention: config.supervisor.retention,
+            batch: 1_000,
+        })
+        .run(config.supervisor.gc_interval, shutdown.clone()),
+    );
     let sup_stop = CancellationToken::new();
     tasks.spawn(nexus_supervisor::run(
         supervisor,

@@ -81,6 +81,24 @@ impl Cluster {
         schedulers: usize,
         budget: nexus_scheduler::BudgetConfig,
     ) -> Self {
+        Self::start_with_lease(
+            shard_names,
+            limit,
+            schedulers,
+            budget,
+            Duration::from_secs(3),
+        )
+        .await
+    }
+
+    /// As [`Cluster::start`], with the schedulers' lease TTL.
+    async fn start_with_lease(
+        shard_names: &[&str],
+        limit: nexus_core::limiter::BudgetConfig,
+        schedulers: usize,
+        budget: nexus_scheduler::BudgetConfig,
+        lease_ttl: Duration,
+    ) -> Self {
         let demo = common::demo_dir();
         let tmp = tempfile::tempdir().unwrap();
         let key_file = tmp.path().join("signing.key");
@@ -146,7 +164,7 @@ impl Cluster {
                 shards: shards.clone(),
                 ..SchedulerProcess::default()
             };
-            c.scheduler.lease_ttl = Duration::from_secs(3);
+            c.scheduler.lease_ttl = lease_ttl;
             c.scheduler.retry_base_delay = Duration::from_millis(20);
             c.scheduler.drain_grace = Duration::from_millis(300);
             c.scheduler.shard_budget = budget;
@@ -342,4 +360,84 @@ async fn a_receiver_over_its_launch_limit_slows_the_scheduler_down_and_loses_not
         "the receiver's RESOURCE_EXHAUSTED reached the dispatcher: {slowed}"
     );
     c.stop().await;
+}
+
+/// Graceful shutdown (what SIGTERM triggers) of a scheduler under load: readiness off, its queue
+/// drained for `drain_grace`, its lease released; the supervisor hands the runs still queued to
+/// their shard at once. The schedulers' lease TTL is 60 s, longer than this test's bound, so the
+/// handover cannot come from the lease lapsing. Nothing accepted is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scheduler_shut_down_under_load_hands_its_runs_over_without_waiting_for_its_lease() {
+    let slow = nexus_scheduler::BudgetConfig {
+        rate: 4.0,
+        burst: 1,
+    };
+    let c = Cluster::start_with_lease(&["a"], OPEN, 2, slow, Duration::from_secs(60)).await;
+    let http = reqwest::Client::new();
+    // The leaving scheduler is the second: the supervisor's payload URLs point to the first (in
+    // production, to the load balancer in front of all of them).
+    let (a, b) = (c.schedulers[1].url.clone(), c.schedulers[0].url.clone());
+    let mut ids = Vec::new();
+    for _ in 0..40 {
+        ids.push(submit(&http, &a, "knapsack-a").await);
+    }
+    // Load on the other scheduler while the first one leaves.
+    let load = {
+        let (http, b) = (http.clone(), b.clone());
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for _ in 0..20 {
+                ids.push(submit(&http, &b, "knapsack-a").await);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            ids
+        })
+    };
+    let scheduler_leases = |leases: Vec<nexus_core::store::Lease>| {
+        leases
+            .into_iter()
+            .filter(|l| nexus_scheduler::is_scheduler_lease(&l.owner))
+            .count()
+    };
+    assert_eq!(scheduler_leases(c.store.leases().await.unwrap()), 2);
+    let mut cluster = c;
+    let leaving = cluster.schedulers.remove(1);
+    leaving.stop().await;
+    let stopped = std::time::Instant::now();
+    let mut queued = 0;
+    for id in &ids {
+        let run = cluster
+            .store
+            .get(id.parse().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        if run.stage == nexus_core::run::Stage::Buffered {
+            queued += 1;
+        }
+    }
+    assert!(
+        queued > 0,
+        "the scheduler left with nothing queued: the test proves nothing"
+    );
+    assert_eq!(
+        scheduler_leases(cluster.store.leases().await.unwrap()),
+        1,
+        "the leaving scheduler released its lease"
+    );
+    ids.extend(load.await.unwrap());
+    for id in &ids {
+        let r = common::wait_terminal(&http, &b, "knapsack-a", id, Duration::from_secs(40)).await;
+        assert_eq!(r["status"], "COMPLETED", "{id}: {r}");
+    }
+    assert!(
+        stopped.elapsed() < Duration::from_secs(60),
+        "handed over only after the lease would have lapsed"
+    );
+    eprintln!(
+        "{queued} runs were still queued at shutdown; all {} completed {:.1}s after it",
+        ids.len(),
+        stopped.elapsed().as_secs_f64()
+    );
+    cluster.stop().await;
 }

@@ -230,4 +230,32 @@ pub trait RunStore: Send + Sync + std::fmt::Debug + 'static {
     /// # Errors
     /// Backend failures.
     async fn resign(&self, name: &str, holder: &str) -> Result<(), StoreError>;
+
+    /// Garbage collection: up to `limit` runs that reached a terminal stage before
+    /// `finished_before`, oldest first, for [`RunStore::purge`] once their objects are deleted.
+    /// Backends whose finished rows expire by themselves (Cassandra: a TTL of the remaining
+    /// retention) return none.
+    ///
+    /// # Errors
+    /// Backend failures (never taken as "nothing expired").
+    async fn expired(&self, finished_before: Millis, limit: usize) -> Result<Vec<Run>, StoreError>;
+
+    /// Deletes run `id` if it is terminal; `Ok(false)` (nothing deleted) when it is not, or is
+    /// unknown. A run that is not finished is never deleted.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn purge(&self, id: RunId) -> Result<bool, StoreError>;
+
+    /// Garbage collection of lookup rows that no longer match their run (left by a transition
+    /// that crashed between its steps), at most `limit` examined; returns how many were removed.
+    /// Only rows proven stale are removed (never because a read failed). Backends that keep
+    /// lookups in the run's own transaction have none and return 0.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn sweep_lookups(&self, limit: usize) -> Result<usize, StoreError> {
+        let _ = limit;
+        Ok(0)
+    }
 }

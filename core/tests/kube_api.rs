@@ -720,3 +720,92 @@ async fn the_kubernetes_executor_diagnoses_failures_from_status() {
     assert!(details.contains("exited with code 2"), "{details}");
     stop.cancel();
 }
+
+/// The Job garbage collector deletes only Jobs that finished longer than their TTL (+ slack) ago:
+/// not running ones, not recently finished ones, not Jobs of other components.
+#[tokio::test]
+async fn finished_jobs_past_their_ttl_are_collected() {
+    use nexus_core::executor::{Executor, KubeExecutor};
+    let c = client().await;
+    let ns = namespace(&c, "jobgc").await;
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let opts = JobOptions {
+        namespace: ns.clone(),
+        ..JobOptions::default()
+    };
+    let exec = KubeExecutor::new(
+        c.clone(),
+        opts.clone(),
+        nexus_core::kube_classify::FailureConfig::default(),
+        tx,
+        stop.clone(),
+    );
+    let t: NexusAlgorithmTemplate = manifest(TEMPLATE);
+    let w: NexusAlgorithmWorkgroup = manifest(WORKGROUP);
+    let ctx = LaunchContext {
+        payload_url: "https://nexus.example/p",
+        run_token: "token",
+        receiver_url: "https://receiver.example",
+        result_upload_url: "https://s3.example/r",
+    };
+    let jobs: Api<Job> = Api::namespaced(c.clone(), &ns);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let mut run = nexus_core::store::test_suite::sample_run("trainer");
+        run.applied_configuration = t.spec.clone();
+        let job = render_job(&run, &w.spec, &ctx, None, &opts).unwrap();
+        exec.launch(nexus_core::render::job_launch_spec(&run, job))
+            .await
+            .unwrap();
+        ids.push(run.id.to_string());
+    }
+    // Long finished (the kit's timestamps are in January), finished just now, still running.
+    end_job(&c, &ns, &ids[0], &JobEnd::Complete).await.unwrap();
+    let now = k8s_openapi::chrono::Utc::now()
+        .to_rfc3339_opts(k8s_openapi::chrono::SecondsFormat::Secs, true);
+    jobs.patch_status(
+        &ids[1],
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&serde_json::json!({"status": {
+            "startTime": now, "failed": 1,
+            "conditions": [
+                {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded", "lastTransitionTime": now},
+                {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "lastTransitionTime": now}
+            ]
+        }})),
+    )
+    .await
+    .unwrap();
+    // A finished Job that is not a Nexus run.
+    let foreign: Job = serde_json::from_value(serde_json::json!({
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "not-nexus"},
+        "spec": {"template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "c", "image": "busybox"}]}}}
+    }))
+    .unwrap();
+    jobs.create(&PostParams::default(), &foreign).await.unwrap();
+    end_job(&c, &ns, "not-nexus", &JobEnd::Complete)
+        .await
+        .unwrap();
+
+    assert_eq!(exec.collect_finished_jobs().await, 1);
+    assert!(
+        jobs.get_opt(&ids[0]).await.unwrap().is_none(),
+        "long finished: deleted"
+    );
+    assert!(
+        jobs.get_opt(&ids[1]).await.unwrap().is_some(),
+        "just finished: kept"
+    );
+    assert!(
+        jobs.get_opt(&ids[2]).await.unwrap().is_some(),
+        "running: kept"
+    );
+    assert!(
+        jobs.get_opt("not-nexus").await.unwrap().is_some(),
+        "not ours: kept"
+    );
+    assert_eq!(exec.collect_finished_jobs().await, 0);
+    stop.cancel();
+}

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
+pub mod gc;
 pub mod resubmit;
 
 /// Supervisor configuration (section `supervisor`).
@@ -31,6 +32,13 @@ pub struct SupervisorConfig {
     /// Treat every other owner as dead at once (standalone: the embedded store is locked by this
     /// process, so nobody else can be alive).
     pub exclusive_store: bool,
+    /// How long finished runs (records, payloads, results, logs) are kept before garbage
+    /// collection deletes them. Runs that are not finished are never collected.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// How often garbage collection runs.
+    #[serde(with = "humantime_serde")]
+    pub gc_interval: Duration,
 }
 
 impl Default for SupervisorConfig {
@@ -38,7 +46,31 @@ impl Default for SupervisorConfig {
         Self {
             recovery_interval: Duration::from_secs(5),
             exclusive_store: false,
+            retention: Duration::from_secs(7 * 24 * 3600),
+            gc_interval: Duration::from_secs(600),
         }
+    }
+}
+
+impl SupervisorConfig {
+    /// Checks the values.
+    ///
+    /// # Errors
+    /// A message naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.recovery_interval < Duration::from_millis(100) {
+            return Err("supervisor.recovery_interval: must be at least 100ms".into());
+        }
+        if self.retention < Duration::from_secs(60) {
+            return Err(format!(
+                "supervisor.retention: {:?} is too short; keep finished runs at least 1m (clients read results after they finish)",
+                self.retention
+            ));
+        }
+        if self.gc_interval < Duration::from_secs(1) {
+            return Err("supervisor.gc_interval: must be at least 1s".into());
+        }
+        Ok(())
     }
 }
 

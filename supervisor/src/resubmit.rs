@@ -17,14 +17,14 @@
 //! never taken as "nothing to do" or "not found"). Several supervisors may run: they elect a
 //! leader through the run store ([`RunStore::lead`]) and only the leader makes passes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use nexus_core::catalog::Catalog;
 use nexus_core::error::ErrorKind;
-use nexus_core::run::{Run, RunPatch, Stage, now_millis};
+use nexus_core::run::{Millis, Run, RunPatch, Stage, now_millis};
 use nexus_core::shard::{Dispatch, Shard};
 use nexus_core::sign::Signer;
 use nexus_core::store::{RunStore, StoreError};
@@ -47,6 +47,9 @@ pub struct PassReport {
     pub deferred: usize,
     /// Runs ended with a cause (no workgroup / shard, relaunches exhausted, refused).
     pub failed: usize,
+    /// The earliest expiry of a live lease whose owner has runs to take over if it lapses: the
+    /// next pass is due then rather than a whole interval later.
+    pub next_lapse: Option<Millis>,
 }
 
 impl std::ops::AddAssign for PassReport {
@@ -55,8 +58,25 @@ impl std::ops::AddAssign for PassReport {
         self.submitted += o.submitted;
         self.deferred += o.deferred;
         self.failed += o.failed;
+        self.next_lapse = match (self.next_lapse, o.next_lapse) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
     }
 }
+
+impl PassReport {
+    fn did_something(&self) -> bool {
+        self.claimed + self.submitted + self.deferred + self.failed > 0
+    }
+}
+
+/// How long after a lease's expiry the pass that takes its runs over starts (clock skew between
+/// components is absorbed by the lease TTL itself).
+const LAPSE_MARGIN: Duration = Duration::from_millis(50);
+
+/// Runs of one owner read per query (an owner with more is read again after these are claimed).
+const PAGE: usize = 10_000;
 
 /// Runs settled concurrently in one pass (claims are independent compare-and-sets; the gRPC shard
 /// client gathers concurrent submissions into batches).
@@ -91,31 +111,45 @@ impl Resubmitter {
     /// Store failures (the pass stops; nothing is decided on a store error).
     pub async fn pass(&self) -> Result<PassReport, StoreError> {
         let now = now_millis();
-        let alive: HashSet<String> = self
+        let alive: HashMap<String, Millis> = self
             .store
             .leases()
             .await?
             .into_iter()
             .filter(|l| l.expires_at > now)
-            .map(|l| l.owner)
+            .map(|l| (l.owner, l.expires_at))
             .collect();
         let mut report = PassReport::default();
         for stage in [Stage::Buffered, Stage::Running] {
             for owner in self.store.owners_in_stage(stage).await? {
                 let mine = owner == self.instance_id;
-                if !mine && alive.contains(&owner) {
+                if !mine && let Some(&expires_at) = alive.get(&owner) {
+                    report += PassReport {
+                        next_lapse: Some(expires_at),
+                        ..PassReport::default()
+                    };
                     continue;
                 }
-                let runs = self.store.by_owner_stage(&owner, stage, 10_000).await?;
-                let mut settled = futures::stream::iter(runs)
-                    .map(|run| self.settle(run, &owner, mine))
-                    .buffer_unordered(PASS_CONCURRENCY);
-                while let Some(r) = settled.next().await {
-                    report += r?;
+                loop {
+                    let runs = self.store.by_owner_stage(&owner, stage, PAGE).await?;
+                    let full = runs.len() == PAGE;
+                    let mut settled = futures::stream::iter(runs)
+                        .map(|run| self.settle(run, &owner, mine))
+                        .buffer_unordered(PASS_CONCURRENCY);
+                    let mut page = PassReport::default();
+                    while let Some(r) = settled.next().await {
+                        page += r?;
+                    }
+                    let progress = page.claimed + page.failed > 0;
+                    report += page;
+                    // A lapsed owner's runs leave it as they are claimed: read the next page.
+                    if !(full && !mine && progress) {
+                        break;
+                    }
                 }
             }
         }
-        if report != PassReport::default() {
+        if report.did_something() {
             tracing::info!(?report, "resubmitted orphaned runs");
         }
         Ok(report)
@@ -298,10 +332,19 @@ impl Resubmitter {
                     break;
                 }
                 let started = tokio::time::Instant::now();
+                let mut due = started + interval;
                 match self.pass().await {
-                    Ok(_) => {
+                    Ok(r) => {
                         metrics::counter!("nexus_supervisor_passes_total", "outcome" => "ok")
                             .increment(1);
+                        // An owner with runs whose lease lapses before the next pass is due:
+                        // wake just after it lapses, so its runs wait at most the lease TTL.
+                        if let Some(at) = r.next_lapse {
+                            let wait = Duration::from_millis(
+                                u64::try_from(at.saturating_sub(now_millis())).unwrap_or(0),
+                            ) + LAPSE_MARGIN;
+                            due = due.min(tokio::time::Instant::now() + wait);
+                        }
                     }
                     Err(e) => {
                         metrics::counter!("nexus_supervisor_passes_total", "outcome" => "store_error")
@@ -311,7 +354,7 @@ impl Resubmitter {
                 }
                 tokio::select! {
                     () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep_until(started + interval) => {}
+                    () = tokio::time::sleep_until(due) => {}
                 }
             }
             keeper_stop.cancel();

@@ -209,6 +209,10 @@ pub struct ResubmitSection {
     /// Longest wait for a shard to answer one resubmission.
     #[serde(with = "humantime_serde")]
     pub submit_timeout: Duration,
+    /// How often stale lookup rows are swept (finished runs expire by the store's retention TTL
+    /// and objects by the bucket's lifecycle rule, `nexus payloads lifecycle`).
+    #[serde(with = "humantime_serde")]
+    pub gc_interval: Duration,
 }
 
 impl Default for ResubmitSection {
@@ -218,6 +222,7 @@ impl Default for ResubmitSection {
             lease_ttl: Duration::from_secs(15),
             max_relaunches: 3,
             submit_timeout: Duration::from_secs(30),
+            gc_interval: Duration::from_secs(600),
         }
     }
 }
@@ -534,6 +539,9 @@ impl SupervisorProcess {
         }
         if s.submit_timeout < Duration::from_millis(100) {
             e.push("supervisor.submit_timeout: must be at least 100ms".into());
+        }
+        if s.gc_interval < Duration::from_secs(1) {
+            e.push("supervisor.gc_interval: must be at least 1s".into());
         }
         done(e)
     }

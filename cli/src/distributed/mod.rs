@@ -589,6 +589,15 @@ pub async fn start_supervisor_with(
     let readiness = Readiness::default();
     let app =
         metrics_and_health(readiness.clone()).layer(axum::middleware::from_fn(negotiate_errors));
+    tasks.spawn(
+        Arc::new(nexus_supervisor::gc::Collector {
+            store: resubmitter.store.clone(),
+            payloads: None,
+            retention: Duration::from_secs(7 * 24 * 3600),
+            batch: 1_000,
+        })
+        .run(c.supervisor.gc_interval, shutdown.clone()),
+    );
     let loop_stop = CancellationToken::new();
     let main = tasks.spawn(resubmitter.run(
         c.supervisor.recovery_interval,

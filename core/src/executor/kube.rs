@@ -67,6 +67,23 @@ pub struct KubeExecutor {
     active: Arc<Mutex<HashMap<RunId, Tracked>>>,
 }
 
+/// How often the executor looks for finished Jobs past their TTL.
+pub const JOB_GC_INTERVAL: Duration = Duration::from_secs(60);
+/// How long past `ttlSecondsAfterFinished` a finished Job is left to the TTL controller.
+pub const JOB_GC_SLACK: Duration = Duration::from_secs(60);
+
+/// When a Job finished: the transition time of its `Complete` or `Failed` condition.
+fn finished_at(job: &Job) -> Option<k8s_openapi::chrono::DateTime<k8s_openapi::chrono::Utc>> {
+    job.status
+        .as_ref()?
+        .conditions
+        .as_deref()?
+        .iter()
+        .find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+        .and_then(|c| c.last_transition_time.as_ref())
+        .map(|t| t.0)
+}
+
 /// Maps a Kubernetes API error to an executor error.
 fn kube_err(what: &str, e: &kube::Error) -> ExecutorError {
     let kind = match e {
@@ -182,9 +199,15 @@ impl KubeExecutor {
             (shortest / 4).clamp(Duration::from_millis(100), Duration::from_secs(5)),
         );
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut gc = tokio::time::interval(JOB_GC_INTERVAL);
+        gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
+                _ = gc.tick() => {
+                    let me = self.clone();
+                    tokio::spawn(async move { me.collect_finished_jobs().await });
+                }
                 n = jobs.next() => match n {
                     None => return,
                     Some(Err(e)) => {
@@ -204,6 +227,57 @@ impl KubeExecutor {
                 _ = tick.tick() => self.give_up_expired(),
             }
         }
+    }
+
+    /// Deletes this executor's Jobs that finished more than `ttlSecondsAfterFinished` +
+    /// [`JOB_GC_SLACK`] ago: a backstop for Jobs the TTL controller did not remove (a cluster
+    /// without it, a Job whose TTL was removed by hand, Jobs left by an orphaning cancel). Jobs
+    /// that have not finished are never touched. Returns how many were deleted.
+    pub async fn collect_finished_jobs(&self) -> usize {
+        let lp = kube::api::ListParams::default()
+            .labels(&format!("{LABEL_COMPONENT}={COMPONENT_ALGORITHM_RUN}"));
+        let list = match self.jobs.list(&lp).await {
+            Ok(l) => l.items,
+            Err(e) => {
+                tracing::warn!("job garbage collection skipped, cannot list Jobs: {e}");
+                return 0;
+            }
+        };
+        let now = k8s_openapi::chrono::Utc::now();
+        let mut deleted = 0;
+        for job in list {
+            if job.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let Some(finished) = finished_at(&job) else {
+                continue;
+            };
+            let ttl = job
+                .spec
+                .as_ref()
+                .and_then(|s| s.ttl_seconds_after_finished)
+                .unwrap_or(self.opts.ttl_seconds_after_finished);
+            let keep = Duration::from_secs(u64::try_from(ttl).unwrap_or(0)) + JOB_GC_SLACK;
+            let age = (now - finished).to_std().unwrap_or_default();
+            if age < keep {
+                continue;
+            }
+            let name = job.metadata.name.clone().unwrap_or_default();
+            let dp = DeleteParams {
+                propagation_policy: Some(PropagationPolicy::Background),
+                ..DeleteParams::default()
+            };
+            match self.jobs.delete(&name, &dp).await {
+                Ok(_) => deleted += 1,
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => tracing::warn!(job = %name, "could not delete a finished Job: {e}"),
+            }
+        }
+        if deleted > 0 {
+            metrics::counter!("nexus_kube_jobs_collected_total").increment(deleted as u64);
+            tracing::info!(deleted, "finished Jobs past their TTL deleted");
+        }
+        deleted
     }
 
     fn run_of(meta: &kube::api::ObjectMeta) -> Option<RunId> {

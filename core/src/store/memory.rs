@@ -194,6 +194,43 @@ impl RunStore for InMemoryRunStore {
         Ok(lease)
     }
 
+    async fn expired(&self, finished_before: Millis, limit: usize) -> Result<Vec<Run>, StoreError> {
+        let g = self.lock();
+        let mut out: Vec<(Millis, Run)> = g
+            .runs
+            .values()
+            .filter(|(_, r)| r.stage.is_terminal())
+            .filter_map(|(_, r)| {
+                r.finished_at
+                    .filter(|f| *f < finished_before)
+                    .map(|f| (f, r.clone()))
+            })
+            .collect();
+        out.sort_by_key(|(f, _)| *f);
+        Ok(out.into_iter().take(limit).map(|(_, r)| r).collect())
+    }
+
+    async fn purge(&self, id: RunId) -> Result<bool, StoreError> {
+        let mut g = self.lock();
+        let Some((_, run)) = g.runs.get(&id) else {
+            return Ok(false);
+        };
+        if !run.stage.is_terminal() {
+            return Ok(false);
+        }
+        let key = run
+            .idempotency_key
+            .clone()
+            .map(|k| (run.algorithm.clone(), k));
+        g.runs.remove(&id);
+        if let Some(k) = key
+            && g.idem.get(&k) == Some(&id)
+        {
+            g.idem.remove(&k);
+        }
+        Ok(true)
+    }
+
     async fn resign(&self, name: &str, holder: &str) -> Result<(), StoreError> {
         let mut g = self.lock();
         if g.leaders.get(name).is_some_and(|l| l.owner == holder) {
@@ -210,5 +247,6 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn conformance() {
         crate::store::test_suite::run_all(InMemoryRunStore::new).await;
+        crate::store::test_suite::expired_offers_finished_runs(InMemoryRunStore::new()).await;
     }
 }

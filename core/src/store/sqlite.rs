@@ -426,6 +426,48 @@ impl RunStore for SqliteRunStore {
         .await
     }
 
+    async fn expired(&self, finished_before: Millis, limit: usize) -> Result<Vec<Run>, StoreError> {
+        // Terminal runs oldest-accepted first; a scan window of a few times `limit` bounds the
+        // work when old runs finished late.
+        let window = i64::try_from(limit.saturating_mul(4)).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT record FROM runs WHERE stage IN ('COMPLETED', 'FAILED', 'SCHEDULING_FAILED', 'DEADLINE_EXCEEDED', 'CANCELLED') ORDER BY seq LIMIT ?1",
+                )
+                .map_err(sql_err)?;
+            let rows = stmt
+                .query_map([window], |r| r.get::<_, Vec<u8>>(0))
+                .map_err(sql_err)?;
+            let mut out = Vec::new();
+            for bytes in rows {
+                let run = decode(&bytes.map_err(sql_err)?)?;
+                if run.finished_at.is_some_and(|f| f < finished_before) {
+                    out.push(run);
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn purge(&self, id: RunId) -> Result<bool, StoreError> {
+        self.write(move |conn| {
+            let n = conn
+                .prepare_cached(
+                    "DELETE FROM runs WHERE id = ?1 AND stage IN ('COMPLETED', 'FAILED', 'SCHEDULING_FAILED', 'DEADLINE_EXCEEDED', 'CANCELLED')",
+                )
+                .map_err(sql_err)?
+                .execute([id.to_string()])
+                .map_err(sql_err)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
     async fn resign(&self, name: &str, holder: &str) -> Result<(), StoreError> {
         let (name, holder) = (name.to_owned(), holder.to_owned());
         self.write(move |conn| {
@@ -460,6 +502,10 @@ mod tests {
                 .join(format!("s{}/runs.db", n.fetch_add(1, Ordering::SeqCst)));
             SqliteRunStore::open(&path).unwrap()
         })
+        .await;
+        crate::store::test_suite::expired_offers_finished_runs(
+            SqliteRunStore::open(&dir.path().join("expired/runs.db")).unwrap(),
+        )
         .await;
     }
 

@@ -69,6 +69,7 @@ pub async fn run_all<S: RunStore>(make: impl Fn() -> S) {
     leases(make()).await;
     leadership(make()).await;
     leadership_race(Arc::new(make())).await;
+    garbage_collection(make()).await;
     race(Arc::new(make())).await;
 }
 
@@ -635,5 +636,78 @@ pub async fn leadership_race<S: RunStore>(store: Arc<S>) {
         seen.len(),
         1,
         "every contender sees the same leader: {seen:?}"
+    );
+}
+
+/// Garbage collection: `expired` offers only terminal runs finished before the cutoff (a backend
+/// whose rows expire by themselves may offer none); `purge` deletes terminal runs only.
+pub async fn garbage_collection<S: RunStore>(store: S) {
+    let done = sample_run("algo");
+    let live = sample_run("algo");
+    insert(&store, &done).await;
+    insert(&store, &live).await;
+    store
+        .transition(
+            done.id,
+            Stage::Buffered,
+            Stage::Cancelled,
+            RunPatch::default(),
+        )
+        .await
+        .expect("cancel");
+    let offered = store
+        .expired(now_millis() + 60_000, 100)
+        .await
+        .expect("expired");
+    assert!(offered.iter().all(|r| r.stage.is_terminal()), "{offered:?}");
+    assert!(
+        offered.iter().all(|r| r.id != live.id),
+        "a live run offered for deletion"
+    );
+    assert!(
+        store.expired(0, 100).await.expect("expired").is_empty(),
+        "nothing finished before the epoch"
+    );
+    assert!(
+        !store.purge(live.id).await.expect("purge live"),
+        "a live run was purged"
+    );
+    assert!(store.get(live.id).await.expect("get").is_some());
+    assert!(store.purge(done.id).await.expect("purge"));
+    assert_eq!(store.get(done.id).await.expect("get"), None);
+    assert!(!store.purge(done.id).await.expect("purge again"));
+    assert!(!store.purge(RunId::new()).await.expect("purge unknown"));
+    assert_eq!(
+        store.sweep_lookups(100).await.expect("sweep"),
+        0,
+        "no crashed transition, no stale lookup rows"
+    );
+}
+
+/// For backends that keep finished runs until collected (embedded, in memory): `expired` offers
+/// exactly the terminal runs finished before the cutoff, oldest first, at most `limit`.
+pub async fn expired_offers_finished_runs<S: RunStore>(store: S) {
+    let mut done = Vec::new();
+    for _ in 0..3 {
+        let r = sample_run("algo");
+        insert(&store, &r).await;
+        store
+            .transition(r.id, Stage::Buffered, Stage::Failed, RunPatch::default())
+            .await
+            .expect("fail");
+        done.push(r.id);
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let live = sample_run("algo");
+    insert(&store, &live).await;
+    let cutoff = now_millis() + 1;
+    let ids = |runs: Vec<Run>| runs.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.expired(cutoff, 100).await.expect("expired")),
+        done
+    );
+    assert_eq!(
+        ids(store.expired(cutoff, 2).await.expect("expired")),
+        done[..2]
     );
 }

@@ -341,6 +341,8 @@ struct Statements {
     lead_get: PreparedStatement,
     lead_cas: PreparedStatement,
     resign: PreparedStatement,
+    purge: PreparedStatement,
+    owner_candidates: PreparedStatement,
 }
 
 impl Statements {
@@ -482,6 +484,16 @@ impl Statements {
             resign: p(
                 format!("DELETE FROM {ks}.leaders WHERE name = ? IF holder = ?"),
                 false,
+            )
+            .await?,
+            purge: p(
+                format!("DELETE FROM {ks}.runs WHERE id = ? IF stage IN ('COMPLETED', 'FAILED', 'SCHEDULING_FAILED', 'DEADLINE_EXCEEDED', 'CANCELLED')"),
+                false,
+            )
+            .await?,
+            owner_candidates: p(
+                format!("SELECT owner FROM {ks}.owners_by_stage WHERE stage = ?"),
+                true,
             )
             .await?,
         })
@@ -1188,6 +1200,78 @@ impl RunStore for CassandraRunStore {
         self.exec(&self.st.resign, (name, holder), "resigning a leadership")
             .await
             .map(drop)
+    }
+
+    async fn expired(&self, _before: Millis, _limit: usize) -> Result<Vec<Run>, StoreError> {
+        // Finished rows carry a TTL of the remaining retention: they expire by themselves.
+        Ok(Vec::new())
+    }
+
+    async fn purge(&self, id: RunId) -> Result<bool, StoreError> {
+        let r = self.exec(&self.st.purge, (id.0,), "purging a run").await?;
+        applied(r, "purging a run")
+    }
+
+    async fn sweep_lookups(&self, limit: usize) -> Result<usize, StoreError> {
+        // Owner+stage rows of the non-terminal stages (what recovery scans): a row whose run
+        // exists under another owner or stage is stale. It is deleted with a client timestamp
+        // taken before the run was read, so a later move back (a newer upsert) survives. A row
+        // whose run cannot be read, or does not exist yet (hints are written before the run),
+        // is left alone.
+        let mut examined = 0;
+        let mut removed = 0;
+        for stage in [Stage::Buffered, Stage::Running] {
+            let r = self
+                .exec(
+                    &self.st.owner_candidates,
+                    (stage.as_str(),),
+                    "listing owners",
+                )
+                .await?;
+            let owners: Vec<String> = rows(r, "listing owners")?
+                .into_iter()
+                .filter_map(|row| match row.columns.into_iter().next() {
+                    Some(Some(CqlValue::Text(o))) => Some(o),
+                    _ => None,
+                })
+                .collect();
+            for owner in owners {
+                let lookup = Lookup::OwnerStage(owner.clone(), stage);
+                let mut after: Vec<u8> = Vec::new();
+                loop {
+                    if examined >= limit {
+                        return Ok(removed);
+                    }
+                    let ids = self.page(&lookup, &after, PAGE).await?;
+                    let Some(last) = ids.last() else { break };
+                    after.clone_from(last);
+                    let full = ids.len() == usize::try_from(PAGE).unwrap_or(usize::MAX);
+                    for raw in ids {
+                        examined += 1;
+                        let before = self.now_micros();
+                        let id = Uuid::from_slice(&raw)
+                            .map_err(|e| internal(format!("corrupt lookup row id: {e}")))?;
+                        let Some((_, run)) = self.load(RunId(id), false).await? else {
+                            continue;
+                        };
+                        if lookup.matches(&run) {
+                            continue;
+                        }
+                        self.exec(
+                            &self.st.unhint_owner,
+                            (before, owner.as_str(), stage.as_str(), raw),
+                            "deleting a stale owner lookup row",
+                        )
+                        .await?;
+                        removed += 1;
+                    }
+                    if !full {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(removed)
     }
 }
 
