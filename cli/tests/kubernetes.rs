@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use nexus_cli::distributed::{
@@ -62,16 +61,9 @@ async fn client() -> Client {
 }
 
 async fn namespace(c: &Client) -> String {
-    let name = format!("cli-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let ns: Namespace = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
-    }))
-    .unwrap();
-    Api::<Namespace>::all(c.clone())
-        .create(&PostParams::default(), &ns)
+    nexus_core::kube_testkit::create_namespace(c, "cli")
         .await
-        .unwrap();
-    name
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn template(name: &str) -> NexusAlgorithmTemplate {

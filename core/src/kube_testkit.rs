@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 
@@ -43,6 +43,26 @@ pub enum JobEnd {
     /// `FailureTarget` then `Failed` with this reason (`DeadlineExceeded`,
     /// `BackoffLimitExceeded`, `PodFailurePolicy`).
     Failed(String),
+}
+
+/// Creates a namespace `<prefix>-<random>` for one test and returns its name.
+///
+/// # Errors
+/// The API server refused it.
+pub async fn create_namespace(client: &Client, prefix: &str) -> Result<String, String> {
+    let name = format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
+    }))
+    .map_err(|e| e.to_string())?;
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .map_err(|e| format!("cannot create namespace {name}: {e}"))?;
+    Ok(name)
 }
 
 /// Creates the pod the Job controller would create for `job` (its template, the controller's

@@ -8,7 +8,6 @@
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use nexus_core::catalog::Catalog;
@@ -48,16 +47,9 @@ async fn install_crds(c: &Client) {
 }
 
 async fn namespace(c: &Client, test: &str) -> String {
-    let name = format!("{test}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let ns: Namespace = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
-    }))
-    .unwrap();
-    Api::<Namespace>::all(c.clone())
-        .create(&PostParams::default(), &ns)
+    nexus_core::kube_testkit::create_namespace(c, test)
         .await
-        .unwrap();
-    name
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn manifest<T: serde::de::DeserializeOwned>(yaml: &str) -> T {
@@ -306,6 +298,75 @@ async fn the_catalog_follows_templates_added_and_deleted_at_runtime() {
     task.await.unwrap();
 }
 
+/// A Kubernetes executor in a namespace of its own, with the test template and workgroup.
+struct ExecFixture {
+    c: Client,
+    ns: String,
+    exec: nexus_core::executor::KubeExecutor,
+    stop: CancellationToken,
+    jobs: Api<Job>,
+    opts: JobOptions,
+    template: NexusAlgorithmTemplate,
+    workgroup: NexusAlgorithmWorkgroup,
+}
+
+type Events = tokio::sync::mpsc::UnboundedReceiver<nexus_core::executor::ExecutorEvent>;
+
+impl ExecFixture {
+    /// The fixture and the executor's events.
+    async fn new(
+        prefix: &str,
+        failures: nexus_core::kube_classify::FailureConfig,
+    ) -> (Self, Events) {
+        let c = client().await;
+        let ns = namespace(&c, prefix).await;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        let opts = JobOptions {
+            namespace: ns.clone(),
+            ..JobOptions::default()
+        };
+        let exec = nexus_core::executor::KubeExecutor::new(
+            c.clone(),
+            opts.clone(),
+            failures,
+            tx,
+            stop.clone(),
+        );
+        let jobs = Api::namespaced(c.clone(), &ns);
+        let f = Self {
+            c,
+            ns,
+            exec,
+            stop,
+            jobs,
+            opts,
+            template: manifest(TEMPLATE),
+            workgroup: manifest(WORKGROUP),
+        };
+        (f, rx)
+    }
+
+    /// A run of the test template.
+    fn run(&self) -> nexus_core::run::Run {
+        let mut r = nexus_core::store::test_suite::sample_run("trainer");
+        r.applied_configuration = self.template.spec.clone();
+        r
+    }
+
+    /// The launch of `run`: its rendered Job.
+    fn launch(&self, run: &nexus_core::run::Run) -> nexus_core::executor::LaunchSpec {
+        let ctx = LaunchContext {
+            payload_url: "https://nexus.example/p",
+            run_token: "token",
+            receiver_url: "https://receiver.example",
+            result_upload_url: "https://s3.example/r",
+        };
+        let job = render_job(run, &self.workgroup.spec, &ctx, None, &self.opts).unwrap();
+        nexus_core::render::job_launch_spec(run, job)
+    }
+}
+
 /// Plays the Job controller: marks the Job finished the way the controller would.
 async fn finish_job(c: &Client, ns: &str, name: &str, complete: bool) {
     let end = if complete {
@@ -329,41 +390,14 @@ async fn next_event(
 
 #[tokio::test]
 async fn the_kubernetes_executor_creates_follows_and_cancels_jobs() {
-    use nexus_core::executor::{Executor, ExecutorEvent, KubeExecutor, Outcome};
+    use nexus_core::executor::{Executor, ExecutorEvent, Outcome};
     use nexus_core::run::CancellationPolicy;
-    let c = client().await;
-    let ns = namespace(&c, "exec").await;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let stop = CancellationToken::new();
-    let opts = JobOptions {
-        namespace: ns.clone(),
-        ..JobOptions::default()
-    };
-    let exec = KubeExecutor::new(
-        c.clone(),
-        opts.clone(),
-        nexus_core::kube_classify::FailureConfig::default(),
-        tx,
-        stop.clone(),
-    );
-    let t: NexusAlgorithmTemplate = manifest(TEMPLATE);
-    let w: NexusAlgorithmWorkgroup = manifest(WORKGROUP);
-    let ctx = LaunchContext {
-        payload_url: "https://nexus.example/p",
-        run_token: "token",
-        receiver_url: "https://receiver.example",
-        result_upload_url: "https://s3.example/r",
-    };
-    let launch = |run: &nexus_core::run::Run| {
-        let job = render_job(run, &w.spec, &ctx, None, &opts).unwrap();
-        nexus_core::render::job_launch_spec(run, job)
-    };
-    let jobs: Api<Job> = Api::namespaced(c.clone(), &ns);
-    let mk = || {
-        let mut r = nexus_core::store::test_suite::sample_run("trainer");
-        r.applied_configuration = t.spec.clone();
-        r
-    };
+    let (f, mut rx) =
+        ExecFixture::new("exec", nexus_core::kube_classify::FailureConfig::default()).await;
+    let (c, ns) = (f.c.clone(), f.ns.clone());
+    let (exec, jobs, stop) = (&f.exec, &f.jobs, &f.stop);
+    let launch = |run: &nexus_core::run::Run| f.launch(run);
+    let mk = || f.run();
 
     // Launch (twice: idempotent), then the "controller" completes it.
     let ok = mk();
@@ -577,39 +611,20 @@ async fn the_kubelet_helper_sets_every_pod_state() {
 /// comes from its pods' last termination (OOM-killed at the memory limit, a fatal exit code).
 #[tokio::test]
 async fn the_kubernetes_executor_diagnoses_failures_from_status() {
-    use nexus_core::executor::{Executor, ExecutorEvent, FailureKind, KubeExecutor, Outcome};
+    use nexus_core::executor::{Executor, ExecutorEvent, FailureKind, Outcome};
     use nexus_core::kube_classify::FailureConfig;
-    let c = client().await;
-    let ns = namespace(&c, "diagnose").await;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let stop = CancellationToken::new();
-    let opts = JobOptions {
-        namespace: ns.clone(),
-        ..JobOptions::default()
-    };
     let failures = FailureConfig {
         image_pull_grace: Duration::from_millis(300),
         unschedulable_limit: Duration::from_millis(300),
         config_error_grace: Duration::from_secs(3600),
     };
-    let exec = KubeExecutor::new(c.clone(), opts.clone(), failures, tx, stop.clone());
-    let t: NexusAlgorithmTemplate = manifest(TEMPLATE);
-    let w: NexusAlgorithmWorkgroup = manifest(WORKGROUP);
-    let ctx = LaunchContext {
-        payload_url: "https://nexus.example/p",
-        run_token: "token",
-        receiver_url: "https://receiver.example",
-        result_upload_url: "https://s3.example/r",
-    };
-    let jobs: Api<Job> = Api::namespaced(c.clone(), &ns);
+    let (f, mut rx) = ExecFixture::new("diagnose", failures).await;
+    let (c, ns) = (f.c.clone(), f.ns.clone());
+    let (exec, jobs, stop) = (&f.exec, &f.jobs, &f.stop);
     // Launches a run, creates its pod as the Job controller would, returns (run id, pod).
-    let start = async |rx: &mut tokio::sync::mpsc::UnboundedReceiver<ExecutorEvent>| {
-        let mut run = nexus_core::store::test_suite::sample_run("trainer");
-        run.applied_configuration = t.spec.clone();
-        let job = render_job(&run, &w.spec, &ctx, None, &opts).unwrap();
-        exec.launch(nexus_core::render::job_launch_spec(&run, job))
-            .await
-            .unwrap();
+    let start = async |rx: &mut Events| {
+        let run = f.run();
+        exec.launch(f.launch(&run)).await.unwrap();
         assert!(matches!(
             next_event(rx).await,
             ExecutorEvent::Started { .. }
@@ -718,6 +733,18 @@ async fn the_kubernetes_executor_diagnoses_failures_from_status() {
     let (run_id, kind, _, details) = diagnosis(next_event(&mut rx).await);
     assert_eq!((run_id, kind), (id, FailureKind::PodFailurePolicy));
     assert!(details.contains("exited with code 2"), "{details}");
+
+    // The Job vanishes (deleted outside Nexus) while running: the run fails with that cause.
+    let (id, pod) = start(&mut rx).await;
+    set_pod_state(&c, &ns, &pod, &PodState::Running)
+        .await
+        .unwrap();
+    jobs.delete(&id.to_string(), &DeleteParams::background())
+        .await
+        .unwrap();
+    let (run_id, kind, cause, _) = diagnosis(next_event(&mut rx).await);
+    assert_eq!((run_id, kind), (id, FailureKind::JobFailed));
+    assert_eq!(cause, "Algorithm Job was deleted");
     stop.cancel();
 }
 
@@ -725,39 +752,15 @@ async fn the_kubernetes_executor_diagnoses_failures_from_status() {
 /// not running ones, not recently finished ones, not Jobs of other components.
 #[tokio::test]
 async fn finished_jobs_past_their_ttl_are_collected() {
-    use nexus_core::executor::{Executor, KubeExecutor};
-    let c = client().await;
-    let ns = namespace(&c, "jobgc").await;
-    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let stop = CancellationToken::new();
-    let opts = JobOptions {
-        namespace: ns.clone(),
-        ..JobOptions::default()
-    };
-    let exec = KubeExecutor::new(
-        c.clone(),
-        opts.clone(),
-        nexus_core::kube_classify::FailureConfig::default(),
-        tx,
-        stop.clone(),
-    );
-    let t: NexusAlgorithmTemplate = manifest(TEMPLATE);
-    let w: NexusAlgorithmWorkgroup = manifest(WORKGROUP);
-    let ctx = LaunchContext {
-        payload_url: "https://nexus.example/p",
-        run_token: "token",
-        receiver_url: "https://receiver.example",
-        result_upload_url: "https://s3.example/r",
-    };
-    let jobs: Api<Job> = Api::namespaced(c.clone(), &ns);
+    use nexus_core::executor::Executor;
+    let (f, _rx) =
+        ExecFixture::new("jobgc", nexus_core::kube_classify::FailureConfig::default()).await;
+    let (c, ns) = (f.c.clone(), f.ns.clone());
+    let (exec, jobs, stop) = (&f.exec, &f.jobs, &f.stop);
     let mut ids = Vec::new();
     for _ in 0..3 {
-        let mut run = nexus_core::store::test_suite::sample_run("trainer");
-        run.applied_configuration = t.spec.clone();
-        let job = render_job(&run, &w.spec, &ctx, None, &opts).unwrap();
-        exec.launch(nexus_core::render::job_launch_spec(&run, job))
-            .await
-            .unwrap();
+        let run = f.run();
+        exec.launch(f.launch(&run)).await.unwrap();
         ids.push(run.id.to_string());
     }
     // Long finished (the kit's timestamps are in January), finished just now, still running.

@@ -44,6 +44,8 @@ struct Tracked {
     pods: HashMap<String, Pod>,
     /// A problem its latest pod shows before running, and since when.
     problem: Option<(PodProblem, tokio::time::Instant)>,
+    /// This executor is deleting the Job (a cancel): its deletion is expected.
+    cancelling: bool,
 }
 
 impl Tracked {
@@ -52,6 +54,7 @@ impl Tracked {
             deadline,
             pods: HashMap::new(),
             problem: None,
+            cancelling: false,
         }
     }
 }
@@ -178,7 +181,6 @@ impl KubeExecutor {
             watcher::Config::default().labels(&selector),
         )
         .default_backoff()
-        .applied_objects()
         .boxed();
         let mut pods = watcher(
             self.pods.clone(),
@@ -214,7 +216,11 @@ impl KubeExecutor {
                         metrics::counter!("nexus_kube_job_watch_errors_total").increment(1);
                         tracing::warn!("job watch failed, retrying: {e}");
                     }
-                    Some(Ok(job)) => self.observe(&job),
+                    Some(Ok(watcher::Event::Apply(job) | watcher::Event::InitApply(job))) => {
+                        self.observe(&job);
+                    }
+                    Some(Ok(watcher::Event::Delete(job))) => self.vanished(&job),
+                    Some(Ok(watcher::Event::Init | watcher::Event::InitDone)) => {}
                 },
                 n = pods.next() => match n {
                     None => return,
@@ -324,6 +330,34 @@ impl KubeExecutor {
             let outcome = job_failure(&job, &pods, deadline).unwrap_or(outcome);
             me.finish(id, outcome);
         });
+    }
+
+    /// A tracked run's Job was deleted before it finished, by someone other than this executor
+    /// (whose cancel and give-up remove the run from the active set first): the run fails with
+    /// that cause rather than staying RUNNING forever.
+    fn vanished(&self, job: &Job) {
+        let Some(id) = Self::run_of(&job.metadata) else {
+            return;
+        };
+        if outcome_of(job, Duration::ZERO).is_some() {
+            // Finished before it was deleted: its outcome was (or is being) reported.
+            self.observe(job);
+            return;
+        }
+        if self.active().get(&id).is_some_and(|t| t.cancelling) {
+            return;
+        }
+        self.finish(
+            id,
+            Outcome::Diagnosed {
+                kind: super::FailureKind::JobFailed,
+                cause: "Algorithm Job was deleted".into(),
+                details: format!(
+                    "Job {}/{} was deleted by something other than Nexus before it finished (kubectl delete, a namespace cleanup, an operator); submit the run again",
+                    self.opts.namespace, id
+                ),
+            },
+        );
     }
 
     /// Reports `id` finished once (whoever removes it from the active set reports it).
@@ -472,10 +506,18 @@ impl Executor for KubeExecutor {
             }),
             ..DeleteParams::default()
         };
+        if let Some(t) = self.active().get_mut(&run_id) {
+            t.cancelling = true;
+        }
         match self.jobs.delete(&run_id.to_string(), &dp).await {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(kube_err("cannot delete the Job", &e)),
+            Err(e) => {
+                if let Some(t) = self.active().get_mut(&run_id) {
+                    t.cancelling = false;
+                }
+                return Err(kube_err("cannot delete the Job", &e));
+            }
         }
         self.finish(run_id, Outcome::Cancelled);
         Ok(())
