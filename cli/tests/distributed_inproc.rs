@@ -34,6 +34,13 @@ fn templates(dir: &Path) {
         )
         .unwrap();
         std::fs::write(
+            dir.join(format!("sleeper-{shard}.yaml")),
+            format!(
+                "apiVersion: science.sneaksanddata.com/v1\nkind: NexusAlgorithmTemplate\nmetadata:\n  name: sleeper-{shard}\nspec:\n  container:\n    image: nexus-demo\n    registry: local\n    versionTag: latest\n  computeResources:\n    cpuLimit: \"1\"\n    memoryLimit: 256Mi\n  workgroupRef:\n    name: wg-{shard}\n    group: science.sneaksanddata.com\n    kind: NexusAlgorithmWorkgroup\n  command: nexus-demo\n  args: [chaos, --sas-uri=%s, --request-id=%s]\n  runtimeEnvironment:\n    deadlineSeconds: 120\n    maximumRetries: 0\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(
             dir.join(format!("knapsack-{shard}.yaml")),
             format!(
                 "apiVersion: science.sneaksanddata.com/v1\nkind: NexusAlgorithmTemplate\nmetadata:\n  name: knapsack-{shard}\nspec:\n  container:\n    image: nexus-demo\n    registry: local\n    versionTag: latest\n  computeResources:\n    cpuLimit: \"1\"\n    memoryLimit: 256Mi\n  workgroupRef:\n    name: wg-{shard}\n    group: science.sneaksanddata.com\n    kind: NexusAlgorithmWorkgroup\n  command: nexus-demo\n  args: [knapsack, --sas-uri=%s, --request-id=%s]\n  runtimeEnvironment:\n    deadlineSeconds: 60\n    maximumRetries: 0\n"
@@ -440,4 +447,136 @@ async fn a_scheduler_shut_down_under_load_hands_its_runs_over_without_waiting_fo
         stopped.elapsed().as_secs_f64()
     );
     cluster.stop().await;
+}
+
+/// Cancelling the root of a tree of 24 descendants spread over two shards (children and
+/// grandchildren alternate between them) cancels every one, each with a cause naming the root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancelling_a_root_cancels_its_descendants_on_every_shard() {
+    let c = Cluster::start(
+        &["a", "b"],
+        OPEN,
+        2,
+        nexus_scheduler::BudgetConfig::default(),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let base = c.schedulers[0].url.clone();
+    let create = |alg: String, parent: Option<(String, String)>| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let mut body =
+                serde_json::json!({"algorithmParameters": {"mode": "sleep", "seconds": 60}});
+            if let Some((pa, pid)) = parent {
+                body["parentRequest"] = serde_json::json!({"requestId": pid, "algorithmName": pa});
+            }
+            let r = http
+                .post(format!("{base}/algorithm/v1/run/{alg}"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+            r.json::<serde_json::Value>().await.unwrap()["requestId"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let shard = |i: usize| if i % 2 == 0 { "sleeper-a" } else { "sleeper-b" }.to_owned();
+    let root = create("sleeper-a".into(), None).await;
+    let mut descendants = Vec::new();
+    for i in 0..12 {
+        let child = create(shard(i), Some(("sleeper-a".into(), root.clone()))).await;
+        if i < 6 {
+            for j in 0..2 {
+                let g = create(shard(i + j + 1), Some((shard(i), child.clone()))).await;
+                descendants.push((shard(i + j + 1), g));
+            }
+        }
+        descendants.push((shard(i), child));
+    }
+    assert_eq!(descendants.len(), 24);
+    // Some are running on each shard by now.
+    common::eventually(
+        Duration::from_secs(20),
+        "runs running on both shards",
+        || async {
+            let mut shards = std::collections::HashSet::new();
+            for (_, id) in &descendants {
+                let run = c.store.get(id.parse().unwrap()).await.unwrap().unwrap();
+                if run.stage == nexus_core::run::Stage::Running {
+                    shards.insert(run.shard.clone());
+                }
+            }
+            shards.len() == 2
+        },
+    )
+    .await;
+
+    let cancelled_at = std::time::Instant::now();
+    let r = http
+        .post(format!(
+            "{base}/algorithm/v1/cancel/sleeper-a/requests/{root}"
+        ))
+        .json(&serde_json::json!({"initiator": "tree-test", "reason": "cascade"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let answered = cancelled_at.elapsed();
+    let all_cancelled = loop {
+        let mut done = true;
+        for (_, id) in &descendants {
+            let run = c.store.get(id.parse().unwrap()).await.unwrap().unwrap();
+            done &= run.stage == nexus_core::run::Stage::Cancelled;
+        }
+        if done {
+            break cancelled_at.elapsed();
+        }
+        assert!(
+            cancelled_at.elapsed() < Duration::from_secs(20),
+            "descendants still not CANCELLED after 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    for (alg, id) in &descendants {
+        let r = common::get_json(
+            &http,
+            &format!("{base}/algorithm/v1/metadata/{alg}/requests/{id}"),
+        )
+        .await;
+        let text = r.to_string();
+        assert!(
+            text.contains("Cancelled with its ancestor") && text.contains(&root),
+            "{r}"
+        );
+    }
+    // The processes are stopped too: no algorithm process of the tree is left.
+    let alive = || {
+        let mut n = 0;
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let cmd = String::from_utf8_lossy(&cmd);
+            n += descendants
+                .iter()
+                .filter(|(_, id)| cmd.contains(&format!("--request-id={id}")))
+                .count();
+        }
+        n
+    };
+    common::eventually(
+        Duration::from_secs(20),
+        "no process of the tree left",
+        || std::future::ready(alive() == 0),
+    )
+    .await;
+    eprintln!(
+        "cascade: 24 descendants on 2 shards; cancel answered in {:.0} ms, all CANCELLED after {:.0} ms",
+        answered.as_secs_f64() * 1000.0,
+        all_cancelled.as_secs_f64() * 1000.0
+    );
+    c.stop().await;
 }

@@ -231,6 +231,14 @@ pub trait RunStore: Send + Sync + std::fmt::Debug + 'static {
     /// Backend failures.
     async fn resign(&self, name: &str, holder: &str) -> Result<(), StoreError>;
 
+    /// How many children `parent` has, counting at most `limit` (fan-out limits).
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn count_children(&self, parent: RunId, limit: usize) -> Result<usize, StoreError> {
+        Ok(self.by_parent(parent, limit).await?.len())
+    }
+
     /// Garbage collection: up to `limit` runs that reached a terminal stage before
     /// `finished_before`, oldest first, for [`RunStore::purge`] once their objects are deleted.
     /// Backends whose finished rows expire by themselves (Cassandra: a TTL of the remaining

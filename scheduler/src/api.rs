@@ -262,6 +262,7 @@ async fn create_run(
                         e
                     }
                 })?;
+            check_can_have_child(&s, &pr).await?;
             (Some(pr.as_ref()), Some(pr.root), pr.depth + 1)
         }
     };
@@ -615,6 +616,37 @@ async fn serve_payload(
     Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
 }
 
+/// Execution-tree limits for a new child of `parent`: a clear 4xx naming the limit.
+async fn check_can_have_child(s: &Scheduler, parent: &Run) -> ApiResult<()> {
+    if parent.stage == Stage::Cancelled {
+        return Err(ApiError::conflict(format!(
+            "parentRequest: run {} was cancelled; it cannot have new children",
+            parent.id
+        )));
+    }
+    if parent.depth + 1 > s.config.max_tree_depth {
+        return Err(ApiError::bad_request(format!(
+            "parentRequest: a child of {} would be at depth {} of its execution tree; the limit is {} (scheduler.max_tree_depth)",
+            parent.id,
+            parent.depth + 1,
+            s.config.max_tree_depth
+        )));
+    }
+    let max = s.config.max_children_per_run;
+    let n = s
+        .store
+        .count_children(parent.id, max)
+        .await
+        .map_err(|e| store_err(&e))?;
+    if n >= max {
+        return Err(ApiError::bad_request(format!(
+            "parentRequest: run {} already has {n} children; the limit is {max} (scheduler.max_children_per_run)",
+            parent.id
+        )));
+    }
+    Ok(())
+}
+
 #[tracing::instrument(skip_all, fields(alg = %alg, run_id = %id))]
 async fn cancel_run(
     State(s): S,
@@ -648,6 +680,12 @@ async fn cancel_run(
     // Compare-and-set loop: the stage may move (BUFFERED → RUNNING) between read and write.
     for _ in 0..8 {
         if run.stage.is_terminal() {
+            if run.stage == Stage::Cancelled {
+                // Cancelled before: finish a cascade an earlier cancel may not have completed.
+                crate::tree::cancel_descendants(&s, &run, policy, &initiator, &req.reason)
+                    .await
+                    .map_err(|e| store_err(&e))?;
+            }
             return Err(ApiError::conflict(format!(
                 "run {} already finished as {}; nothing was changed",
                 run.id, run.stage
@@ -666,6 +704,10 @@ async fn cancel_run(
                         "run cancelled in the store, but its process could not be stopped yet: {e}"
                     );
                 }
+                // Every descendant, wherever it runs, is cancelled with a cause naming this run.
+                crate::tree::cancel_descendants(&s, &run, policy, &initiator, &req.reason)
+                    .await
+                    .map_err(|e| store_err(&e))?;
                 return Ok(StatusCode::OK.into_response());
             }
             Err(StoreError::Conflict { current, .. }) => run.stage = current,

@@ -24,6 +24,7 @@ pub mod limiter;
 pub mod metrics;
 pub mod queue;
 mod spool;
+pub mod tree;
 
 pub use limiter::BudgetConfig;
 pub use queue::{Queued, VirtualQueue};
@@ -74,6 +75,10 @@ pub struct SchedulerConfig {
     /// Lease time-to-live (heartbeat every third of it).
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
+    /// Deepest execution tree: a run at this depth (a root is 0) cannot create children.
+    pub max_tree_depth: u32,
+    /// Most children one run may create.
+    pub max_children_per_run: usize,
 }
 
 impl Default for SchedulerConfig {
@@ -94,6 +99,8 @@ impl Default for SchedulerConfig {
             payload_valid_for: Duration::from_secs(24 * 3600),
             drain_grace: Duration::from_secs(10),
             lease_ttl: Duration::from_secs(15),
+            max_tree_depth: 16,
+            max_children_per_run: 10_000,
         }
     }
 }
@@ -142,6 +149,15 @@ impl SchedulerConfig {
         }
         if self.lease_ttl < Duration::from_secs(1) {
             e.push("scheduler.lease_ttl: must be at least 1s".to_owned());
+        }
+        if self.max_tree_depth == 0 {
+            e.push(
+                "scheduler.max_tree_depth: must be at least 1 (runs could not have children)"
+                    .to_owned(),
+            );
+        }
+        if self.max_children_per_run == 0 {
+            e.push("scheduler.max_children_per_run: must be at least 1".to_owned());
         }
         if e.is_empty() {
             Ok(())

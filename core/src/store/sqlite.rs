@@ -426,6 +426,21 @@ impl RunStore for SqliteRunStore {
         .await
     }
 
+    async fn count_children(&self, parent: RunId, limit: usize) -> Result<usize, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            let n: i64 = conn
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM runs WHERE parent = ?1 LIMIT ?2)",
+                )
+                .map_err(sql_err)?
+                .query_row(params![parent.to_string(), limit], |r| r.get(0))
+                .map_err(sql_err)?;
+            Ok(usize::try_from(n).unwrap_or(0))
+        })
+        .await
+    }
+
     async fn expired(&self, finished_before: Millis, limit: usize) -> Result<Vec<Run>, StoreError> {
         // Terminal runs oldest-accepted first; a scan window of a few times `limit` bounds the
         // work when old runs finished late.
