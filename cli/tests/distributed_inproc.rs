@@ -483,7 +483,14 @@ async fn cancelling_a_root_cancels_its_descendants_on_every_shard() {
                 .to_owned()
         }
     };
-    let shard = |i: usize| if i % 2 == 0 { "sleeper-a" } else { "sleeper-b" }.to_owned();
+    let shard = |i: usize| {
+        if i.is_multiple_of(2) {
+            "sleeper-a"
+        } else {
+            "sleeper-b"
+        }
+        .to_owned()
+    };
     let root = create("sleeper-a".into(), None).await;
     let mut descendants = Vec::new();
     for i in 0..12 {
