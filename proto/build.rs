@@ -2,7 +2,11 @@
 //! system `protoc` is needed).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["nexus/v1/shard.proto", "nexus/v1/completion.proto"];
+    let protos = [
+        "nexus/v1/shard.proto",
+        "nexus/v1/completion.proto",
+        "nexus/v1/run.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

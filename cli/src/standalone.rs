@@ -185,6 +185,10 @@ pub async fn start_with_executor(
         .unwrap_or_else(|| format!("http://{addr}"));
     config.scheduler.public_url.clone_from(&url);
     config.receiver.public_url.clone_from(&url);
+    if config.receiver.scheduler_url.is_empty() {
+        // One process: algorithms create child runs on this same URL.
+        config.receiver.scheduler_url.clone_from(&url);
+    }
     let data = config.data_dir.clone();
     std::fs::create_dir_all(&data)
         .with_context(|| format!("cannot create data directory {}", data.display()))?;
@@ -307,6 +311,7 @@ pub async fn start_with_executor(
             shutdown.clone(),
         ))
         .merge(nexus_receiver::api::router(receiver.clone()))
+        .merge(nexus_scheduler::grpc::routes(scheduler.clone()))
         .merge(objects::router(tiered))
         .merge(health_routes(readiness.clone()))
         .route("/metrics", get(move || std::future::ready(prom.render())))
@@ -330,6 +335,18 @@ pub async fn start_with_executor(
         })
         .run(config.supervisor.gc_interval, shutdown.clone()),
     );
+    {
+        let local: Arc<dyn nexus_core::shard::Shard> = Arc::new(LocalShard(receiver.clone()));
+        tasks.spawn(
+            Arc::new(nexus_supervisor::tree_sweep::TreeSweep {
+                store: store.clone(),
+                route: Arc::new(move |_| Some(local.clone())),
+                on_parent_failure: config.supervisor.on_parent_failure,
+                max_children: config.scheduler.max_children_per_run,
+            })
+            .run(config.supervisor.recovery_interval, shutdown.clone()),
+        );
+    }
     let sup_stop = CancellationToken::new();
     tasks.spawn(nexus_supervisor::run(
         supervisor,

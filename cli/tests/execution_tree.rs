@@ -95,3 +95,106 @@ async fn limits_and_cascading_cancel() {
     assert!(r.text().await.unwrap().contains("was cancelled"));
     h.stop().await;
 }
+
+/// The fan-out demo solves a problem over a three-level tree (root → 2 children → 4
+/// grandchildren), each level created, awaited and read with the SDK over gRPC; the combined
+/// answer is right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_level_fanout_tree_completes_with_the_combined_answer() {
+    let data = tempfile::tempdir().unwrap();
+    let h = start_standalone(data.path()).await;
+    let http = reqwest::Client::new();
+    let numbers: Vec<i64> = (1..=40).collect();
+    let root = submit(
+        &http,
+        &h.url,
+        "fanout",
+        json!({ "numbers": numbers, "leaf": 10 }),
+    )
+    .await;
+    let r = wait_terminal(&http, &h.url, "fanout", &root, Duration::from_secs(60)).await;
+    assert_eq!(r["status"], "COMPLETED", "{r}");
+    let result = get_json(&http, r["resultUri"].as_str().unwrap()).await;
+    assert_eq!(
+        result,
+        json!({ "sumOfSquares": 22140, "runs": 7, "depth": 2 }),
+        "1² + … + 40² over 7 runs"
+    );
+    // The tree is in the store: 2 children, 2 grandchildren each, all COMPLETED.
+    let kids = get_json(
+        &http,
+        &format!("{}/algorithm/v1/children/fanout/requests/{root}", h.url),
+    )
+    .await;
+    let kids = kids.as_array().unwrap();
+    assert_eq!(kids.len(), 2, "{kids:?}");
+    h.stop().await;
+}
+
+/// A run acts as itself only: its children are its own (the parent is never taken from the
+/// request), it cannot cancel a run outside its subtree, and another run's token does not work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_cannot_act_as_another_run() {
+    let data = tempfile::tempdir().unwrap();
+    let h = start_standalone(data.path()).await;
+    let http = reqwest::Client::new();
+    let a = created(&http, &h.url, None).await;
+    let b = created(&http, &h.url, None).await;
+    let key = std::fs::read(data.path().join("signing.key")).unwrap();
+    let signer = nexus_core::sign::Signer::new(&key);
+    let exp = nexus_core::sign::now_secs() + 600;
+    let token = |id: &str| signer.run_token(id.parse().unwrap(), exp);
+    let as_run = |id: &str, token: String| {
+        let url = h.url.clone();
+        let id = id.to_owned();
+        async move {
+            nexus_sdk::Nexus::connect(
+                &url,
+                Some(nexus_sdk::RunIdentity {
+                    request_id: id,
+                    token,
+                }),
+            )
+            .await
+            .unwrap()
+            .with_retry_for(Duration::from_secs(2))
+        }
+    };
+    let sdk_a = as_run(&a, token(&a)).await;
+    let child = sdk_a
+        .create("chaos", &json!({ "mode": "sleep", "seconds": 30 }))
+        .await
+        .unwrap();
+    let st = sdk_a.get(&child).await.unwrap();
+    assert_eq!(st.parent_request_id, a, "the caller is the parent");
+    assert_eq!(st.depth, 1);
+    let b_ref = nexus_sdk::RunRef {
+        request_id: b.clone(),
+        algorithm: "chaos".into(),
+    };
+    let err = sdk_a.cancel(&b_ref, "not mine").await.unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::PermissionDenied), "{err}");
+    // A's id with B's token: refused.
+    let forged = as_run(&a, token(&b)).await;
+    let err = forged.get(&b_ref).await.unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::Unauthenticated), "{err}");
+    // Its own subtree: fine, and the child's descendants go with it.
+    assert_eq!(sdk_a.cancel(&child, "done").await.unwrap(), 0);
+    let r = wait_terminal(
+        &http,
+        &h.url,
+        "chaos",
+        &child.request_id,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(r["status"], "CANCELLED");
+    // B is untouched.
+    let r = get_json(
+        &http,
+        &format!("{}/algorithm/v1/results/chaos/requests/{b}", h.url),
+    )
+    .await;
+    assert_ne!(r["status"], "CANCELLED");
+    h.stop().await;
+}

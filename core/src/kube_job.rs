@@ -578,6 +578,7 @@ mod tests {
             run_token: "run-token-123",
             receiver_url: "https://receiver.example",
             result_upload_url: "https://nexus.example/results/knapsack/x?sig=r",
+            scheduler_url: "",
         }
     }
 

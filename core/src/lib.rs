@@ -24,3 +24,4 @@ pub mod sign;
 pub mod spec;
 mod sqlite_db;
 pub mod store;
+pub mod tree;

@@ -25,6 +25,8 @@ pub struct LaunchContext<'a> {
     pub receiver_url: &'a str,
     /// Signed PUT URL for the result.
     pub result_upload_url: &'a str,
+    /// Base URL of the schedulers (`NEXUS__SCHEDULER_URL`, for child runs); empty: not set.
+    pub scheduler_url: &'a str,
 }
 
 /// Substitutes the payload URL and run id into the template's arguments.
@@ -75,6 +77,9 @@ pub fn contract_env(run: &Run, shard: &str, ctx: &LaunchContext<'_>) -> Vec<(Str
     envs.push((env::RECEIVER_URL.into(), ctx.receiver_url.into()));
     envs.push((env::RESULT_UPLOAD_URL.into(), ctx.result_upload_url.into()));
     envs.push((env::PAYLOAD_URL.into(), ctx.payload_url.into()));
+    if !ctx.scheduler_url.is_empty() {
+        envs.push((env::SCHEDULER_URL.into(), ctx.scheduler_url.into()));
+    }
     envs
 }
 

@@ -206,6 +206,7 @@ async fn a_rendered_job_passes_the_api_servers_validation() {
         run_token: "token",
         receiver_url: "https://receiver.example",
         result_upload_url: "https://s3.example/results/x?sig=r",
+        scheduler_url: "",
     };
     let opts = JobOptions {
         namespace: ns.clone(),
@@ -361,6 +362,7 @@ impl ExecFixture {
             run_token: "token",
             receiver_url: "https://receiver.example",
             result_upload_url: "https://s3.example/r",
+            scheduler_url: "",
         };
         let job = render_job(run, &self.workgroup.spec, &ctx, None, &self.opts).unwrap();
         nexus_core::render::job_launch_spec(run, job)
@@ -511,6 +513,7 @@ async fn the_kubelet_helper_sets_every_pod_state() {
         run_token: "token",
         receiver_url: "https://receiver.example",
         result_upload_url: "https://s3.example/r",
+        scheduler_url: "",
     };
     let opts = JobOptions {
         namespace: ns.clone(),

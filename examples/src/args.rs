@@ -5,6 +5,7 @@
 pub enum Algorithm {
     Knapsack,
     Chaos,
+    Fanout,
 }
 
 impl Algorithm {
@@ -13,6 +14,7 @@ impl Algorithm {
         match self {
             Algorithm::Knapsack => "knapsack",
             Algorithm::Chaos => "chaos",
+            Algorithm::Fanout => "fanout",
         }
     }
 }
@@ -48,7 +50,7 @@ fn is_help(arg: &str) -> bool {
 /// Options accept both `--name=value` and `--name value`.
 pub fn parse(argv: &[String]) -> Result<Command, String> {
     let Some(first) = argv.first() else {
-        return Err("missing algorithm (knapsack or chaos)".to_owned());
+        return Err("missing algorithm (knapsack, chaos or fanout)".to_owned());
     };
     if is_help(first) {
         return Ok(Command::Help);
@@ -56,9 +58,10 @@ pub fn parse(argv: &[String]) -> Result<Command, String> {
     let algorithm = match first.as_str() {
         "knapsack" => Algorithm::Knapsack,
         "chaos" => Algorithm::Chaos,
+        "fanout" => Algorithm::Fanout,
         other => {
             return Err(format!(
-                "unknown algorithm `{other}` (expected knapsack or chaos)"
+                "unknown algorithm `{other}` (expected knapsack, chaos or fanout)"
             ));
         }
     };

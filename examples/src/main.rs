@@ -5,7 +5,8 @@
 //! * `knapsack` – an exact 0/1 knapsack solver (dynamic programming);
 //! * `chaos` – deliberately walks one of the failure paths (bad exit codes,
 //!   timeouts, crashes, reported errors, missing completion, flaky retries) so
-//!   the scheduler's handling of each one can be observed.
+//!   the scheduler's handling of each one can be observed;
+//! * `fanout` – divide and conquer over an execution tree of child runs.
 //!
 //! Both follow the Nexus algorithm-container contract: read the payload from
 //! `--sas-uri`, upload the result to `NEXUS__RESULT_UPLOAD_URL`, then report
@@ -14,6 +15,7 @@
 
 mod args;
 mod chaos;
+mod fanout;
 mod knapsack;
 mod nexus;
 
@@ -48,6 +50,14 @@ ALGORITHMS:
                              exit 75 (transient) until attempt 3, then succeed; attempts
                              are counted in the file ./flaky-<request id>
 
+    fanout     Sum of squares by divide and conquer over an execution tree: a list longer
+               than `leaf` is split in two halves solved by child runs of the same
+               algorithm (created, awaited and read with the nexus-sdk over gRPC), and
+               their results are combined.
+               payload: {\"numbers\": [1, 2, 3, ...], \"leaf\": 10}
+               result:  {\"sumOfSquares\": 14, \"runs\": 7, \"depth\": 2}
+               (with --payload-file, or without NEXUS__SCHEDULER_URL, it solves locally)
+
 CONTRACT (how Nexus runs an algorithm as a local process):
     Template `command` is run with `args`; an arg containing `--sas-uri=%s` receives the
     payload URL and `--request-id=%s` the run id. Environment:
@@ -58,6 +68,7 @@ CONTRACT (how Nexus runs an algorithm as a local process):
         NEXUS__RECEIVER_URL        e.g. http://127.0.0.1:8090
         NEXUS__RESULT_UPLOAD_URL   signed URL; HTTP PUT the result bytes to it
         NEXUS__PARENT_REQUEST_ID   optional parent run id
+        NEXUS__SCHEDULER_URL       schedulers' URL, for child runs (nexus-sdk)
     1. GET the --sas-uri: the body is the JSON of the client's `algorithmParameters`.
     2. PUT the result JSON to NEXUS__RESULT_UPLOAD_URL (content-type: application/json).
     3. POST {NEXUS__RECEIVER_URL}/algorithm/v1/complete/{algorithm}/requests/{id}
@@ -110,6 +121,7 @@ fn compute(algorithm: Algorithm, payload: &[u8], request_id: &str) -> Outcome {
     match algorithm {
         Algorithm::Knapsack => knapsack::run(payload),
         Algorithm::Chaos => chaos::run(payload, request_id),
+        Algorithm::Fanout => fanout::run(payload),
     }
 }
 

@@ -126,4 +126,7 @@ pub mod env {
     pub const RESULT_UPLOAD_URL: &str = "NEXUS__RESULT_UPLOAD_URL";
     /// Signed GET URL of the payload (Nexus addition; same as `--sas-uri`).
     pub const PAYLOAD_URL: &str = "NEXUS__PAYLOAD_URL";
+    /// Base URL of the schedulers' HTTP and gRPC `RunService` (Nexus addition; set when the
+    /// receiver knows it): algorithms create child runs there.
+    pub const SCHEDULER_URL: &str = "NEXUS__SCHEDULER_URL";
 }

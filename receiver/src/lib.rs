@@ -35,12 +35,17 @@ pub struct ReceiverConfig {
     /// shard budgets: submissions over it are answered `RESOURCE_EXHAUSTED` with a retry hint and
     /// the schedulers slow down. Applies to gRPC submissions (distributed mode).
     pub launch_limit: nexus_core::limiter::BudgetConfig,
+    /// Base URL of the schedulers (their load balancer), handed to algorithms as
+    /// `NEXUS__SCHEDULER_URL` so they can create child runs (`RunService`); empty: not set.
+    /// Standalone sets it to its own URL.
+    pub scheduler_url: String,
 }
 
 impl Default for ReceiverConfig {
     fn default() -> Self {
         Self {
             public_url: "http://127.0.0.1:8090".into(),
+            scheduler_url: String::new(),
             token_grace: Duration::from_secs(15 * 60),
             max_completion_bytes: 1024 * 1024,
             launch_limit: nexus_core::limiter::BudgetConfig {
@@ -165,6 +170,7 @@ impl Receiver {
             run_token: &token,
             receiver_url: self.config.public_url.trim_end_matches('/'),
             result_upload_url: &upload,
+            scheduler_url: self.config.scheduler_url.trim_end_matches('/'),
         };
         let spec = match self.executor.job_options() {
             // A Kubernetes executor: the run is a rendered Job.

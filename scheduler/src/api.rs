@@ -108,7 +108,7 @@ async fn openapi() -> Response {
         .into_response()
 }
 
-fn store_err(e: &StoreError) -> ApiError {
+pub(crate) fn store_err(e: &StoreError) -> ApiError {
     ApiError::from_kind(e.kind(), format!("run store unavailable, try again: {e}"))
 }
 
@@ -400,7 +400,7 @@ pub(crate) fn hex(b: &[u8]) -> String {
 
 /// The result URI a client sees: a fresh signed URL for uploaded results, else what the
 /// algorithm reported.
-async fn result_uri(s: &Scheduler, run: &Run) -> String {
+pub(crate) async fn result_uri(s: &Scheduler, run: &Run) -> String {
     if run.stage != Stage::Completed {
         return String::new();
     }
@@ -548,6 +548,7 @@ async fn get_buffer(
         run_token: "<minted at launch>",
         receiver_url: "<receiver url>",
         result_upload_url: "<minted at launch>",
+        scheduler_url: "",
     };
     let l = launch_spec(&run, &wg, &ctx).map_err(ApiError::bad_request)?;
     Ok(axum::Json(serde_json::json!({
@@ -667,22 +668,39 @@ async fn cancel_run(
             ApiError::bad_request(format!("Invalid cancellation request: {e}"))
         })?,
     };
-    let mut run = load(&s, &alg, &id).await?;
+    let run = load(&s, &alg, &id).await?;
     let initiator = if req.initiator.is_empty() {
         "anonymous".to_owned()
     } else {
         req.initiator.clone()
     };
+    cancel(&s, run, policy, &initiator, &req.reason).await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// Cancels `run` (compare-and-set, following stage changes), stops it on its shard, then
+/// cancels every descendant. A run already CANCELLED resumes its cascade and answers 409 like any
+/// finished run.
+///
+/// # Errors
+/// 409 for a finished run, store failures.
+pub(crate) async fn cancel(
+    s: &Scheduler,
+    mut run: Run,
+    policy: CancellationPolicy,
+    initiator: &str,
+    reason: &str,
+) -> ApiResult<crate::tree::Cascade> {
     let patch = RunPatch::failure(
         format!("Cancelled by '{initiator}'"),
-        format!("Run cancelled, reason: '{}'", req.reason),
+        format!("Run cancelled, reason: '{reason}'"),
     );
     // Compare-and-set loop: the stage may move (BUFFERED → RUNNING) between read and write.
     for _ in 0..8 {
         if run.stage.is_terminal() {
             if run.stage == Stage::Cancelled {
                 // Cancelled before: finish a cascade an earlier cancel may not have completed.
-                crate::tree::cancel_descendants(&s, &run, policy, &initiator, &req.reason)
+                crate::tree::cancel_descendants(s, &run, policy, initiator, reason)
                     .await
                     .map_err(|e| store_err(&e))?;
             }
@@ -705,10 +723,9 @@ async fn cancel_run(
                     );
                 }
                 // Every descendant, wherever it runs, is cancelled with a cause naming this run.
-                crate::tree::cancel_descendants(&s, &run, policy, &initiator, &req.reason)
+                return crate::tree::cancel_descendants(s, &run, policy, initiator, reason)
                     .await
-                    .map_err(|e| store_err(&e))?;
-                return Ok(StatusCode::OK.into_response());
+                    .map_err(|e| store_err(&e));
             }
             Err(StoreError::Conflict { current, .. }) => run.stage = current,
             Err(e) => return Err(store_err(&e)),

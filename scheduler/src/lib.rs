@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 pub mod api;
 pub mod dispatch;
 pub mod edge;
+pub mod grpc;
 pub mod limiter;
 pub mod metrics;
 pub mod queue;

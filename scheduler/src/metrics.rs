@@ -57,8 +57,7 @@ pub fn accept_latency(seconds: f64) {
     metrics::histogram!("nexus_scheduler_accept_seconds").record(seconds);
 }
 
-/// A cascading cancel: descendants moved to CANCELLED, and how long the walk took.
-pub fn tree_cancelled(cancelled: usize, elapsed: std::time::Duration) {
+/// A cascading cancel started by this scheduler: descendants moved to CANCELLED.
+pub fn tree_cancelled(cancelled: usize) {
     metrics::counter!("nexus_scheduler_descendants_cancelled_total").increment(cancelled as u64);
-    metrics::histogram!("nexus_scheduler_cascade_cancel_seconds").record(elapsed.as_secs_f64());
 }

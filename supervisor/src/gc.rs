@@ -97,17 +97,10 @@ impl Collector {
 
     /// A pass every `interval` until `shutdown`.
     pub async fn run(self: Arc<Self>, interval: Duration, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            if let Err(e) = self.pass().await {
-                tracing::warn!("garbage collection pass skipped, store unavailable: {e}");
-            }
-        }
+        crate::every(interval, shutdown, "garbage collection pass", || {
+            self.pass()
+        })
+        .await;
     }
 }
 

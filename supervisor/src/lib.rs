@@ -20,7 +20,32 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
 pub mod gc;
+
+/// Runs `pass` every `interval` until `shutdown`; a failed pass is logged as skipped (`what`
+/// names it) and the next one runs on schedule.
+pub async fn every<F, Fut, T>(
+    interval: Duration,
+    shutdown: CancellationToken,
+    what: &str,
+    mut pass: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = pass().await {
+            tracing::warn!("{what} skipped, store unavailable: {e}");
+        }
+    }
+}
 pub mod resubmit;
+pub mod tree_sweep;
 
 /// Supervisor configuration (section `supervisor`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,6 +64,9 @@ pub struct SupervisorConfig {
     /// How often garbage collection runs.
     #[serde(with = "humantime_serde")]
     pub gc_interval: Duration,
+    /// What a run that ends FAILED, SCHEDULING_FAILED or DEADLINE_EXCEEDED does to its running
+    /// descendants: `cancel` (default) or `keep`. A cancelled run always cancels them.
+    pub on_parent_failure: nexus_core::tree::OnParentFailure,
 }
 
 impl Default for SupervisorConfig {
@@ -48,6 +76,7 @@ impl Default for SupervisorConfig {
             exclusive_store: false,
             retention: Duration::from_secs(7 * 24 * 3600),
             gc_interval: Duration::from_secs(600),
+            on_parent_failure: nexus_core::tree::OnParentFailure::Cancel,
         }
     }
 }

@@ -213,6 +213,9 @@ pub struct ResubmitSection {
     /// and objects by the bucket's lifecycle rule, `nexus payloads lifecycle`).
     #[serde(with = "humantime_serde")]
     pub gc_interval: Duration,
+    /// What a run that ends FAILED, SCHEDULING_FAILED or DEADLINE_EXCEEDED does to its running
+    /// descendants: `cancel` (default) or `keep`. A cancelled run always cancels them.
+    pub on_parent_failure: nexus_core::tree::OnParentFailure,
 }
 
 impl Default for ResubmitSection {
@@ -223,6 +226,7 @@ impl Default for ResubmitSection {
             max_relaunches: 3,
             submit_timeout: Duration::from_secs(30),
             gc_interval: Duration::from_secs(600),
+            on_parent_failure: nexus_core::tree::OnParentFailure::Cancel,
         }
     }
 }

@@ -284,6 +284,7 @@ pub async fn start_scheduler_with(
             api,
             shutdown.clone(),
         ))
+        .merge(nexus_scheduler::grpc::routes(scheduler.clone()))
         .merge(metrics_and_health(readiness.clone()))
         .layer(axum::middleware::from_fn(negotiate_errors));
     let sched_stop = CancellationToken::new();
@@ -598,6 +599,18 @@ pub async fn start_supervisor_with(
         })
         .run(c.supervisor.gc_interval, shutdown.clone()),
     );
+    {
+        let shards = resubmitter.shards.clone();
+        tasks.spawn(
+            Arc::new(nexus_supervisor::tree_sweep::TreeSweep {
+                store: resubmitter.store.clone(),
+                route: Arc::new(move |name| shards.get(name).cloned()),
+                on_parent_failure: c.supervisor.on_parent_failure,
+                max_children: 10_000,
+            })
+            .run(c.supervisor.recovery_interval, shutdown.clone()),
+        );
+    }
     let loop_stop = CancellationToken::new();
     let main = tasks.spawn(resubmitter.run(
         c.supervisor.recovery_interval,

@@ -1,0 +1,348 @@
+//! `nexus.v1.RunService` on the scheduler (see `proto/nexus/v1/run.proto`): algorithms create,
+//! watch and cancel child runs; clients do the same with root runs.
+//!
+//! CreateRun goes through the HTTP v1 submit path itself (the request is handed to the API
+//! router in-process, with `parentRequest` set to the calling run), so validation, durability,
+//! idempotency and tree limits cannot drift between the two APIs. Cancel shares the HTTP cancel's
+//! cascade. Served on the scheduler's HTTP port (HTTP/2 cleartext, gRPC content type).
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use futures::Stream;
+use nexus_core::http::ApiError;
+use nexus_core::run::{CancellationPolicy, Run, RunId};
+use nexus_core::sign::now_secs;
+use nexus_proto::grpc::run_service_server::{RunService, RunServiceServer};
+use nexus_proto::grpc::{
+    CancelRunRequest, CancelRunResponse, CreateRunRequest, GetRunRequest, ListRunsRequest,
+    ListRunsResponse, RunRef, RunStatus, WatchRunRequest,
+};
+use tonic::{Code, Status};
+use tower::ServiceExt;
+
+use crate::Scheduler;
+use crate::api::{result_uri, store_err};
+
+/// Metadata key naming the calling run (with its run token as `authorization: Bearer`).
+pub const RUN_ID_METADATA: &str = "x-nexus-run-id";
+
+/// Most runs a ListRuns returns.
+const LIST_MAX: usize = 10_000;
+
+/// The RunService of one scheduler.
+#[derive(Debug, Clone)]
+pub struct Runs {
+    s: std::sync::Arc<Scheduler>,
+    api: Router,
+}
+
+/// Who calls.
+#[derive(Debug)]
+enum Caller {
+    /// A client (no run identity): root runs, any run.
+    Client,
+    /// An algorithm, as its run.
+    Run(Box<Run>),
+}
+
+fn status_of(e: &ApiError) -> Status {
+    let code = match e.status {
+        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => Code::InvalidArgument,
+        StatusCode::NOT_FOUND => Code::NotFound,
+        StatusCode::CONFLICT => Code::FailedPrecondition,
+        StatusCode::TOO_MANY_REQUESTS => Code::ResourceExhausted,
+        StatusCode::UNAUTHORIZED => Code::Unauthenticated,
+        StatusCode::FORBIDDEN => Code::PermissionDenied,
+        s if s.is_server_error() => Code::Unavailable,
+        _ => Code::Unknown,
+    };
+    Status::new(code, e.message.clone())
+}
+
+fn parse_id(field: &str, id: &str) -> Result<RunId, Status> {
+    id.parse().map_err(|_| {
+        Status::invalid_argument(format!(
+            "{field}: '{id}' is not a valid request id (a UUID)"
+        ))
+    })
+}
+
+impl Runs {
+    /// The service over `s`.
+    #[must_use]
+    pub fn new(s: std::sync::Arc<Scheduler>) -> Self {
+        let api = crate::api::router(s.clone());
+        Self { s, api }
+    }
+
+    /// The tonic server, to be served (or merged into an axum router with
+    /// `tonic::service::Routes`).
+    pub fn server(self) -> RunServiceServer<Self> {
+        RunServiceServer::new(self)
+    }
+
+    async fn get(&self, id: RunId) -> Result<Run, Status> {
+        match self.s.store.get(id).await {
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => Err(Status::not_found(format!("run {id} not found"))),
+            Err(e) => Err(status_of(&store_err(&e))),
+        }
+    }
+
+    /// Authenticates the caller: a run (its id and run token) or a client (neither).
+    async fn caller<T>(&self, req: &tonic::Request<T>) -> Result<Caller, Status> {
+        let md = req.metadata();
+        let id = md.get(RUN_ID_METADATA).and_then(|v| v.to_str().ok());
+        let token = md
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match (id, token) {
+            (None, None) => Ok(Caller::Client),
+            (Some(_), None) | (None, Some(_)) => Err(Status::unauthenticated(format!(
+                "a run calls with both `{RUN_ID_METADATA}` and `authorization: Bearer <run token>` (NEXUS__REQUEST_ID, NEXUS__RUN_TOKEN); a client with neither"
+            ))),
+            (Some(id), Some(token)) => {
+                let rid = parse_id(RUN_ID_METADATA, id)?;
+                self.s
+                    .signer
+                    .verify_run_token(rid, token, now_secs())
+                    .map_err(|e| Status::unauthenticated(format!("run token: {e}")))?;
+                Ok(Caller::Run(Box::new(self.get(rid).await?)))
+            }
+        }
+    }
+
+    /// Whether `caller` may act on `target`: a client on anything, a run on its own subtree.
+    async fn may_act_on(&self, caller: &Caller, target: &Run) -> Result<(), Status> {
+        let Caller::Run(me) = caller else {
+            return Ok(());
+        };
+        if target.root == me.root {
+            let mut cur = target.clone();
+            while cur.depth > me.depth {
+                let Some(p) = cur.parent.as_ref() else { break };
+                cur = self.get(p.request_id).await?;
+            }
+            if cur.id == me.id {
+                return Ok(());
+            }
+        }
+        Err(Status::permission_denied(format!(
+            "run {} may act only on itself and its descendants; {} is not one",
+            me.id, target.id
+        )))
+    }
+
+    async fn status(&self, run: &Run) -> RunStatus {
+        RunStatus {
+            request_id: run.id.to_string(),
+            algorithm: run.algorithm.clone(),
+            stage: run.stage.to_string(),
+            result_uri: result_uri(&self.s, run).await,
+            cause: run.failure_cause.clone().unwrap_or_default(),
+            details: run.failure_details.clone().unwrap_or_default(),
+            parent_request_id: run
+                .parent
+                .as_ref()
+                .map(|p| p.request_id.to_string())
+                .unwrap_or_default(),
+            root_request_id: run.root.to_string(),
+            depth: run.depth,
+            tag: run.tag.clone().unwrap_or_default(),
+            terminal: run.stage.is_terminal(),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl RunService for Runs {
+    async fn create_run(
+        &self,
+        request: tonic::Request<CreateRunRequest>,
+    ) -> Result<tonic::Response<RunRef>, Status> {
+        let caller = self.caller(&request).await?;
+        let r = request.into_inner();
+        if r.algorithm.is_empty() || r.algorithm.contains('/') {
+            return Err(Status::invalid_argument(
+                "algorithm: the template name is required",
+            ));
+        }
+        let params: serde_json::Value = serde_json::from_str(&r.parameters_json)
+            .map_err(|e| Status::invalid_argument(format!("parameters_json: not JSON ({e})")))?;
+        let mut body = serde_json::json!({ "algorithmParameters": params });
+        if !r.tag.is_empty() {
+            body["tag"] = r.tag.into();
+        }
+        if !r.custom_configuration_json.is_empty() {
+            body["customConfiguration"] = serde_json::from_str(&r.custom_configuration_json)
+                .map_err(|e| {
+                    Status::invalid_argument(format!("custom_configuration_json: not JSON ({e})"))
+                })?;
+        }
+        if let Caller::Run(parent) = &caller {
+            body["parentRequest"] = serde_json::json!({
+                "requestId": parent.id.to_string(),
+                "algorithmName": parent.algorithm,
+            });
+        }
+        let mut http = Request::post(format!("/algorithm/v1/run/{}", r.algorithm))
+            .header("content-type", "application/json");
+        if !r.idempotency_key.is_empty() {
+            http = http.header("idempotency-key", r.idempotency_key);
+        }
+        let http = http
+            .body(Body::from(body.to_string()))
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let resp = self
+            .api
+            .clone()
+            .oneshot(http)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if status != StatusCode::ACCEPTED {
+            let msg = String::from_utf8_lossy(&bytes).into_owned();
+            return Err(status_of(&ApiError::new(status, msg)));
+        }
+        let created: nexus_proto::v1::RunCreated = serde_json::from_slice(&bytes)
+            .map_err(|e| Status::internal(format!("unexpected submit answer: {e}")))?;
+        Ok(tonic::Response::new(RunRef {
+            request_id: created.request_id,
+            algorithm: r.algorithm,
+        }))
+    }
+
+    async fn get_run(
+        &self,
+        request: tonic::Request<GetRunRequest>,
+    ) -> Result<tonic::Response<RunStatus>, Status> {
+        self.caller(&request).await?;
+        let id = parse_id("request_id", &request.get_ref().request_id)?;
+        let run = self.get(id).await?;
+        Ok(tonic::Response::new(self.status(&run).await))
+    }
+
+    type WatchRunStream = Pin<Box<dyn Stream<Item = Result<RunStatus, Status>> + Send + 'static>>;
+
+    async fn watch_run(
+        &self,
+        request: tonic::Request<WatchRunRequest>,
+    ) -> Result<tonic::Response<Self::WatchRunStream>, Status> {
+        self.caller(&request).await?;
+        let id = parse_id("request_id", &request.get_ref().request_id)?;
+        let first = self.get(id).await?;
+        let me = self.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            // The server follows the run in the store (a change made by another process —
+            // a receiver, the supervisor — is seen within a second) and pushes each new stage.
+            let mut last = first.stage;
+            if tx.send(Ok(me.status(&first).await)).await.is_err() || last.is_terminal() {
+                return;
+            }
+            let mut wait = Duration::from_millis(20);
+            loop {
+                tokio::select! {
+                    () = tx.closed() => return,
+                    () = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(1));
+                let run = match me.s.store.get(id).await {
+                    Ok(Some(r)) => r,
+                    Ok(None) => {
+                        let _ = tx
+                            .send(Err(Status::not_found(format!("run {id} is gone"))))
+                            .await;
+                        return;
+                    }
+                    // A store hiccup is not the end of the run: keep following.
+                    Err(e) => {
+                        tracing::debug!(%id, "watch: store unavailable, retrying: {e}");
+                        continue;
+                    }
+                };
+                if run.stage != last {
+                    last = run.stage;
+                    wait = Duration::from_millis(20);
+                    if tx.send(Ok(me.status(&run).await)).await.is_err() || last.is_terminal() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(tonic::Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn cancel_run(
+        &self,
+        request: tonic::Request<CancelRunRequest>,
+    ) -> Result<tonic::Response<CancelRunResponse>, Status> {
+        let caller = self.caller(&request).await?;
+        let r = request.get_ref();
+        let target = self.get(parse_id("request_id", &r.request_id)?).await?;
+        self.may_act_on(&caller, &target).await?;
+        let policy: CancellationPolicy = if r.cancellation_policy.is_empty() {
+            CancellationPolicy::default()
+        } else {
+            r.cancellation_policy.parse().map_err(|e: String| {
+                Status::invalid_argument(format!("cancellation_policy: {e}"))
+            })?
+        };
+        let initiator = match &caller {
+            Caller::Client => "grpc client".to_owned(),
+            Caller::Run(me) => format!("run {}/{}", me.algorithm, me.id),
+        };
+        let cascade = crate::api::cancel(&self.s, target, policy, &initiator, &r.reason)
+            .await
+            .map_err(|e| status_of(&e))?;
+        Ok(tonic::Response::new(CancelRunResponse {
+            descendants_cancelled: u32::try_from(cascade.cancelled).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn list_runs(
+        &self,
+        request: tonic::Request<ListRunsRequest>,
+    ) -> Result<tonic::Response<ListRunsResponse>, Status> {
+        self.caller(&request).await?;
+        let r = request.get_ref();
+        let limit = match r.limit {
+            0 => LIST_MAX,
+            n => (n as usize).min(LIST_MAX),
+        };
+        let runs = match (r.tag.is_empty(), r.parent_request_id.is_empty()) {
+            (false, true) => self.s.store.by_tag(&r.tag, limit).await,
+            (true, false) => {
+                let p = parse_id("parent_request_id", &r.parent_request_id)?;
+                self.s.store.by_parent(p, limit).await
+            }
+            _ => {
+                return Err(Status::invalid_argument(
+                    "give exactly one of `tag` and `parent_request_id`",
+                ));
+            }
+        }
+        .map_err(|e| status_of(&store_err(&e)))?;
+        let mut out = Vec::with_capacity(runs.len());
+        for run in &runs {
+            out.push(self.status(run).await);
+        }
+        Ok(tonic::Response::new(ListRunsResponse { runs: out }))
+    }
+}
+
+/// The RunService as axum routes, to merge into the scheduler's HTTP router (same port; gRPC
+/// needs HTTP/2, which the server speaks without TLS by prior knowledge).
+pub fn routes(s: std::sync::Arc<Scheduler>) -> Router {
+    tonic::service::Routes::new(Runs::new(s).server()).into_axum_router()
+}
