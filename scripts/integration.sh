@@ -110,7 +110,15 @@ smoke() {
   fi
   local id status uri result
   id=$(./target/release/nexus run --server "http://127.0.0.1:$port" submit knapsack --params examples/payloads/knapsack.json)
-  ./target/release/nexus run --server "http://127.0.0.1:$port" wait knapsack "$id" --timeout 60s
+  if ! ./target/release/nexus run --server "http://127.0.0.1:$port" wait knapsack "$id" --timeout 60s; then
+    echo "smoke $name: run $id did not complete; its metadata, captured output and the nexus log:" >&2
+    meta=$(curl -sS "http://127.0.0.1:$port/algorithm/v1/metadata/knapsack/requests/$id" || true)
+    printf '%s\n' "$meta" >&2
+    logs=$(printf '%s' "$meta" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("logsUri",""))' 2>/dev/null || true)
+    [ -n "$logs" ] && curl -sS "$logs" >&2
+    tail -n 60 "$data/nexus.log" >&2
+    return 1
+  fi
   status=$(curl -fsS "http://127.0.0.1:$port/algorithm/v1/results/knapsack/requests/$id")
   echo "$status"
   uri=$(printf '%s' "$status" | python3 -c 'import json,sys; print(json.load(sys.stdin)["resultUri"])')

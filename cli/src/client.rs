@@ -480,6 +480,13 @@ impl Client {
             if let Some(code) = exit_code_for_status(&result.status) {
                 progress.finish();
                 print!("{}", format_final(&result, elapsed));
+                if code != EXIT_COMPLETED {
+                    // Best effort: the cause alone rarely says what to do; the details and the
+                    // captured output usually do.
+                    if let Ok(meta) = self.metadata(algorithm, id).await {
+                        print!("{}", format_failure_extra(&meta));
+                    }
+                }
                 flush_stdout();
                 return Ok(ExitCode::from(code));
             }
@@ -737,6 +744,23 @@ fn format_final(r: &RequestResult, elapsed: Duration) -> String {
     }
     if !r.run_error_message.is_empty() {
         let _ = writeln!(out, "error:  {}", r.run_error_message);
+    }
+    out
+}
+
+/// The `details:` and `logs:` lines of a failed run, from its metadata document.
+fn format_failure_extra(meta: &serde_json::Value) -> String {
+    let mut out = String::new();
+    let text = |k: &str| {
+        meta.get(k)
+            .and_then(|v| v.as_str())
+            .filter(|v| !v.is_empty())
+    };
+    if let Some(d) = text("failureDetails") {
+        let _ = writeln!(out, "details: {d}");
+    }
+    if let Some(u) = text("logsUri") {
+        let _ = writeln!(out, "logs:   {u}");
     }
     out
 }
@@ -1026,5 +1050,22 @@ mod tests {
         let msg = timeout_message("knapsack", "abc", "RUNNING", Duration::from_secs(600));
         assert!(msg.contains("nexus run wait knapsack abc"));
         assert!(msg.contains("10m"));
+    }
+
+    #[test]
+    fn failed_runs_show_details_and_logs() {
+        let meta = serde_json::json!({
+            "failureDetails": "the process exited with code 1; 1 attempt(s) made",
+            "logsUri": "http://h/logs?sig=x",
+            "failureCause": "Algorithm process failed"
+        });
+        assert_eq!(
+            format_failure_extra(&meta),
+            "details: the process exited with code 1; 1 attempt(s) made\nlogs:   http://h/logs?sig=x\n"
+        );
+        assert_eq!(
+            format_failure_extra(&serde_json::json!({"failureDetails": ""})),
+            ""
+        );
     }
 }

@@ -110,6 +110,9 @@ pub fn completion_body(outcome: &Outcome) -> Value {
     }
 }
 
+/// How long transient failures (unreachable server, 5xx, 429) are retried before giving up.
+const RETRY_FOR: Duration = Duration::from_secs(60);
+
 /// Thin blocking HTTP client; every failure becomes a printable message.
 #[derive(Debug)]
 pub struct Client {
@@ -141,22 +144,46 @@ impl Client {
         Ok(Client { http })
     }
 
+    /// Sends the request `make` builds until it succeeds, retrying (with back-off, for about a
+    /// minute) while the server is unreachable or answers 5xx/429: a receiver restarting or an
+    /// object store hiccup must not fail a run whose work is done. Other 4xx answers are final
+    /// (wrong token, expired signature, run already finished). `what` names the call in errors.
+    fn send_with_retries(
+        &self,
+        what: &str,
+        make: impl Fn(&reqwest::blocking::Client) -> reqwest::blocking::RequestBuilder,
+    ) -> Result<reqwest::blocking::Response, String> {
+        let mut delay = Duration::from_millis(200);
+        let give_up = std::time::Instant::now() + RETRY_FOR;
+        loop {
+            let err = match make(&self.http).send() {
+                Ok(resp) if resp.status().is_success() => return Ok(resp),
+                Ok(resp) => {
+                    let status = resp.status();
+                    let e = format!("{what} failed with HTTP {status}{}", body_snippet(resp));
+                    if !(status.is_server_error() || status.as_u16() == 429) {
+                        return Err(e);
+                    }
+                    e
+                }
+                Err(e) => format!("{what} failed: {e}"),
+            };
+            if std::time::Instant::now() + delay > give_up {
+                return Err(err);
+            }
+            eprintln!("[nexus-demo] {err}; retrying in {delay:?}");
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
     /// GET the payload (the JSON of the client's `algorithmParameters`).
     pub fn fetch_payload(&self, sas_uri: &str) -> Result<Vec<u8>, String> {
         let shown = redact(sas_uri);
         println!("[nexus-demo] GET payload {shown}");
-        let resp = self
-            .http
-            .get(sas_uri)
-            .send()
-            .map_err(|e| format!("cannot fetch payload from {shown}: {e}"))?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(format!(
-                "fetching payload from {shown} failed with HTTP {status}{}",
-                body_snippet(resp)
-            ));
-        }
+        let resp = self.send_with_retries(&format!("fetching payload from {shown}"), |h| {
+            h.get(sas_uri)
+        })?;
         resp.bytes()
             .map(|b| b.to_vec())
             .map_err(|e| format!("cannot read payload body from {shown}: {e}"))
@@ -167,64 +194,25 @@ impl Client {
         let shown = redact(&ctx.result_upload_url);
         let bytes = serde_json::to_vec(result).map_err(|e| format!("cannot encode result: {e}"))?;
         println!("[nexus-demo] PUT result ({} bytes) to {shown}", bytes.len());
-        let resp = self
-            .http
-            .put(&ctx.result_upload_url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(bytes)
-            .send()
-            .map_err(|e| format!("cannot upload result to {shown}: {e}"))?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(format!(
-                "uploading result to {shown} failed with HTTP {status}{}",
-                body_snippet(resp)
-            ));
-        }
+        self.send_with_retries(&format!("uploading result to {shown}"), |h| {
+            h.put(&ctx.result_upload_url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(bytes.clone())
+        })?;
         Ok(())
     }
 
-    /// POST the completion call, retrying (with back-off, for about a minute) while the receiver
-    /// is unreachable or answers 5xx/429: a receiver restarting must not lose a finished run.
-    /// 4xx answers are final (wrong token, run already finished).
+    /// POST the completion call (retried like every other call: a receiver restarting must not
+    /// lose a finished run).
     pub fn complete(&self, ctx: &RunContext, outcome: &Outcome) -> Result<(), String> {
         let url = ctx.completion_url();
         let body = completion_body(outcome);
-        let mut delay = std::time::Duration::from_millis(200);
-        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            println!("[nexus-demo] POST completion to {url}");
-            let resp = self
-                .http
-                .post(&url)
-                .bearer_auth(&ctx.run_token)
-                .json(&body)
-                .send();
-            let err = match resp {
-                Ok(resp) => {
-                    let status = resp.status();
-                    if status.is_success() {
-                        println!("[nexus-demo] completion accepted (HTTP {status})");
-                        return Ok(());
-                    }
-                    let e = format!(
-                        "completion call to {url} failed with HTTP {status}{}",
-                        body_snippet(resp)
-                    );
-                    if !(status.is_server_error() || status.as_u16() == 429) {
-                        return Err(e);
-                    }
-                    e
-                }
-                Err(e) => format!("cannot report completion to {url}: {e}"),
-            };
-            if std::time::Instant::now() + delay > give_up {
-                return Err(err);
-            }
-            eprintln!("[nexus-demo] {err}; retrying in {delay:?}");
-            std::thread::sleep(delay);
-            delay = (delay * 2).min(std::time::Duration::from_secs(5));
-        }
+        println!("[nexus-demo] POST completion to {url}");
+        let resp = self.send_with_retries(&format!("completion call to {url}"), |h| {
+            h.post(&url).bearer_auth(&ctx.run_token).json(&body)
+        })?;
+        println!("[nexus-demo] completion accepted (HTTP {})", resp.status());
+        Ok(())
     }
 
     /// Upload (on success) and complete.
@@ -264,5 +252,46 @@ mod tests {
     fn redacts_signatures() {
         assert_eq!(redact("http://h/p?exp=1&sig=abc"), "http://h/p");
         assert_eq!(redact("http://h/p"), "http://h/p");
+    }
+
+    /// A one-thread HTTP server answering each connection with the next canned response.
+    fn serve(responses: Vec<&'static str>) -> (String, std::thread::JoinHandle<usize>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/payload", listener.local_addr().unwrap());
+        let handle = std::thread::spawn(move || {
+            let mut served = 0;
+            for body in responses {
+                let (mut conn, _) = listener.accept().unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf);
+                conn.write_all(body.as_bytes()).unwrap();
+                served += 1;
+            }
+            served
+        });
+        (url, handle)
+    }
+
+    const UNAVAILABLE: &str =
+        "HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-length: 4\r\n\r\nbusy";
+
+    #[test]
+    fn transient_failures_are_retried() {
+        let ok = "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\n{}";
+        let (url, server) = serve(vec![UNAVAILABLE, UNAVAILABLE, ok]);
+        let payload = Client::new().unwrap().fetch_payload(&url).unwrap();
+        assert_eq!(payload, b"{}");
+        assert_eq!(server.join().unwrap(), 3);
+    }
+
+    #[test]
+    fn client_errors_are_final_and_named() {
+        let denied =
+            "HTTP/1.1 403 Forbidden\r\nconnection: close\r\ncontent-length: 7\r\n\r\nexpired";
+        let (url, server) = serve(vec![UNAVAILABLE, denied]);
+        let err = Client::new().unwrap().fetch_payload(&url).unwrap_err();
+        assert!(err.contains("HTTP 403") && err.contains("expired"), "{err}");
+        assert_eq!(server.join().unwrap(), 2);
     }
 }
