@@ -12,7 +12,8 @@
 #   conformance suite and presigned-URL checks run against it (core/tests/s3_store.rs), and the
 #   README run command is smoke-tested with payloads in S3 and runs in Cassandra.
 # * Distributed mode (issue #6): 2 schedulers, 2 receivers and a supervisor as separate processes
-#   on Cassandra + SeaweedFS, with a receiver killed -9 mid-load (cli/tests/distributed_e2e.rs).
+#   on Cassandra + SeaweedFS, with a receiver killed -9 mid-load, and a scheduler sent SIGTERM
+#   under load (cli/tests/distributed_e2e.rs).
 # * A real Kubernetes API server (issue #7): tools/kube-apiserver, k8s.io/kubernetes' own test API
 #   server on an embedded etcd 3.6, built with Go from the module proxy (scripts/kube-apiserver.sh;
 #   set NEXUS_KUBE_DIR to keep its ~3 GB of Go caches between runs); the CRDs, rendered Jobs, the
@@ -72,9 +73,9 @@ export NEXUS_S3_ACCESS_KEY_ID=nexus NEXUS_S3_SECRET_ACCESS_KEY=nexus-secret-key
 NEXUS_TEST_S3="$s3_url&access_key=nexus&secret_key=nexus-secret-key" \
   cargo test -p nexus-core --features s3-tests --test s3_store
 
-echo "integration: distributed mode end to end (2 schedulers, 2 receivers, a supervisor; kill -9 of a receiver)"
+echo "integration: distributed mode end to end (2 schedulers, 2 receivers, a supervisor; kill -9 of a receiver; SIGTERM of a scheduler)"
 NEXUS_TEST_S3="$s3_url&access_key=nexus&secret_key=nexus-secret-key" \
-  cargo test -p nexus-cli --features distributed-tests --test distributed_e2e -- --nocapture
+  cargo test -p nexus-cli --features distributed-tests --test distributed_e2e -- --nocapture --test-threads=1
 
 echo "integration: building and starting a real Kubernetes API server (tools/kube-apiserver)"
 kubeconfig=$(scripts/kube-apiserver.sh start)

@@ -118,6 +118,24 @@ impl Proc {
         self.exited = true;
     }
 
+    /// SIGTERM, then waits up to `within` for the process to exit; returns its exit status.
+    fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        kill(Pid::from_raw(self.pid()), Signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                self.exited = true;
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} still running {within:?} after SIGTERM",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn check_alive(&mut self) {
         if let Some(st) = self.child.try_wait().unwrap() {
             self.exited = true;
@@ -274,7 +292,7 @@ spec:
     )
 }
 
-fn workgroup(name: &str, cluster: &str) -> String {
+fn workgroup(name: &str, cluster: &str, max_concurrent: u32) -> String {
     format!(
         "apiVersion: science.sneaksanddata.com/v1
 kind: NexusAlgorithmWorkgroup
@@ -283,7 +301,7 @@ metadata:
 spec:
   description: {cluster} in the distributed end-to-end test
   cluster: {cluster}
-  maxConcurrentRuns: 40
+  maxConcurrentRuns: {max_concurrent}
 "
     )
 }
@@ -408,150 +426,226 @@ async fn poll_round(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn distributed_runs_survive_a_receiver_kill_9_and_stay_on_their_shard() {
-    let node = env_or_panic(
-        "NEXUS_TEST_CASSANDRA",
-        "a Cassandra node as host:port (start one with scripts/cassandra.sh start)",
-    );
-    let s3 = env_or_panic(
-        "NEXUS_TEST_S3",
-        "an S3 server as s3://bucket[/prefix]?endpoint=http://host:port&access_key=…&secret_key=… \
-         (start SeaweedFS with scripts/seaweedfs.sh start; bucket nexus-test)",
-    );
-    let demo = common::demo_dir();
-    let unique = &uuid::Uuid::new_v4().simple().to_string()[..12];
-    let keyspace = format!("t_dist_{unique}");
-    let store_url = format!("cassandra://{node}/{keyspace}");
-    let payloads_url = with_prefix(&s3, &format!("dist-e2e-{unique}"));
+/// Two receivers (shards `shard-a`, `shard-b`), two schedulers and a supervisor as processes on
+/// one keyspace and one S3 prefix of their own, every one ready.
+struct Deployment {
+    c: Cluster,
+    http: reqwest::Client,
+    /// Base URLs of scheduler 1 and scheduler 2.
+    scheds: Vec<String>,
+    /// Indexes in `c.procs` of receiver A and of the two schedulers.
+    a_idx: usize,
+    sched_idx: [usize; 2],
+    a_http: u16,
+    a_grpc: u16,
+    store_url: String,
+    /// Configuration shared by every process (store, payloads, signing key, gRPC auth).
+    shared: String,
+    dir: PathBuf,
+    demo: PathBuf,
+}
 
-    let mut env = vec![(
-        "NEXUS_GRPC_SECRET".to_owned(),
-        format!("grpc-secret-{}", uuid::Uuid::new_v4().simple()),
-    )];
-    for (var, key) in [
-        ("NEXUS_S3_ACCESS_KEY_ID", "access_key"),
-        ("NEXUS_S3_SECRET_ACCESS_KEY", "secret_key"),
-    ] {
-        if let Some(v) = std::env::var(var).ok().or_else(|| query_value(&s3, key)) {
-            env.push((var.to_owned(), v));
+impl Deployment {
+    /// Starts everything. `tag` names the test in paths and keyspaces; `scheduler` is the
+    /// `scheduler:` section of both schedulers' configuration; `max_concurrent` is each
+    /// workgroup's `maxConcurrentRuns`.
+    async fn start(tag: &str, scheduler: &str, max_concurrent: u32) -> Self {
+        let node = env_or_panic(
+            "NEXUS_TEST_CASSANDRA",
+            "a Cassandra node as host:port (start one with scripts/cassandra.sh start)",
+        );
+        let s3 = env_or_panic(
+            "NEXUS_TEST_S3",
+            "an S3 server as s3://bucket[/prefix]?endpoint=http://host:port&access_key=…&secret_key=… \
+             (start SeaweedFS with scripts/seaweedfs.sh start; bucket nexus-test)",
+        );
+        let demo = common::demo_dir();
+        let unique = &uuid::Uuid::new_v4().simple().to_string()[..12];
+        let keyspace = format!("t_{tag}_{unique}");
+        let store_url = format!("cassandra://{node}/{keyspace}");
+        let payloads_url = with_prefix(&s3, &format!("{tag}-{unique}"));
+
+        let mut env = vec![(
+            "NEXUS_GRPC_SECRET".to_owned(),
+            format!("grpc-secret-{}", uuid::Uuid::new_v4().simple()),
+        )];
+        for (var, key) in [
+            ("NEXUS_S3_ACCESS_KEY_ID", "access_key"),
+            ("NEXUS_S3_SECRET_ACCESS_KEY", "secret_key"),
+        ] {
+            if let Some(v) = std::env::var(var).ok().or_else(|| query_value(&s3, key)) {
+                env.push((var.to_owned(), v));
+            }
         }
-    }
-    let mut c = Cluster {
-        procs: Vec::new(),
-        dir: Some(tempfile::tempdir().unwrap()),
-        env,
-    };
-    let dir = c.path().to_path_buf();
-    eprintln!(
-        "distributed e2e: dir {}, keyspace {keyspace}, payloads {}",
-        dir.display(),
-        payloads_url.split('?').next().unwrap()
-    );
+        let c = Cluster {
+            procs: Vec::new(),
+            dir: Some(tempfile::tempdir().unwrap()),
+            env,
+        };
+        let dir = c.path().to_path_buf();
+        eprintln!(
+            "{tag}: dir {}, keyspace {keyspace}, payloads {}",
+            dir.display(),
+            payloads_url.split('?').next().unwrap()
+        );
 
-    // Shared files: signing key, templates.
-    let key_file = dir.join("signing.key");
-    std::fs::write(
-        &key_file,
-        format!(
-            "{}{}",
-            uuid::Uuid::new_v4().simple(),
-            uuid::Uuid::new_v4().simple()
-        ),
-    )
-    .unwrap();
-    let templates = dir.join("templates");
-    std::fs::create_dir_all(&templates).unwrap();
-    for (file, text) in [
-        ("wg-a.yaml", workgroup("wg-a", "shard-a")),
-        ("wg-b.yaml", workgroup("wg-b", "shard-b")),
-        ("sleepy-a.yaml", template("sleepy-a", "wg-a")),
-        ("sleepy-b.yaml", template("sleepy-b", "wg-b")),
-    ] {
-        std::fs::write(templates.join(file), text).unwrap();
-    }
-
-    let p = free_ports(8);
-    let (a_http, a_grpc, b_http, b_grpc, s1, s2, sup) = (p[0], p[1], p[2], p[3], p[4], p[5], p[6]);
-    let scheds = vec![
-        format!("http://127.0.0.1:{s1}"),
-        format!("http://127.0.0.1:{s2}"),
-    ];
-    let shared = format!(
-        "store: \"{store_url}\"\npayloads: \"{payloads_url}\"\nsigning_key_file: \"{}\"\ngrpc:\n  auth: shared-secret\n",
-        key_file.display()
-    );
-    let shards = format!(
-        "shards:\n  shard-a:\n    endpoints: [\"http://127.0.0.1:{a_grpc}\"]\n  shard-b:\n    endpoints: [\"http://127.0.0.1:{b_grpc}\"]\n"
-    );
-    let receiver_cfg = |name: &str, shard: &str, http: u16, grpc: u16| {
-        let f = dir.join(format!("{name}.yaml"));
-        let work = dir.join(format!("work-{name}"));
+        // Shared files: signing key, templates.
+        let key_file = dir.join("signing.key");
         std::fs::write(
-            &f,
+            &key_file,
             format!(
-                "{shared}listen: 127.0.0.1:{http}\ngrpc_listen: 127.0.0.1:{grpc}\nshard: {shard}\n\
-                 instance_id: {name}\nwork_dir: \"{}\"\nlease_ttl: 3s\nexecutor:\n  extra_path: [\"{}\"]\n",
-                work.display(),
-                demo.display()
+                "{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
             ),
         )
         .unwrap();
-        f
-    };
-    let sched_cfg = |name: &str, port: u16| {
-        let f = dir.join(format!("{name}.yaml"));
+        let templates = dir.join("templates");
+        std::fs::create_dir_all(&templates).unwrap();
+        for (file, text) in [
+            ("wg-a.yaml", workgroup("wg-a", "shard-a", max_concurrent)),
+            ("wg-b.yaml", workgroup("wg-b", "shard-b", max_concurrent)),
+            ("sleepy-a.yaml", template("sleepy-a", "wg-a")),
+            ("sleepy-b.yaml", template("sleepy-b", "wg-b")),
+        ] {
+            std::fs::write(templates.join(file), text).unwrap();
+        }
+
+        let p = free_ports(8);
+        let (a_http, a_grpc, b_http, b_grpc, s1, s2, sup) =
+            (p[0], p[1], p[2], p[3], p[4], p[5], p[6]);
+        let scheds = vec![
+            format!("http://127.0.0.1:{s1}"),
+            format!("http://127.0.0.1:{s2}"),
+        ];
+        let shared = format!(
+            "store: \"{store_url}\"\npayloads: \"{payloads_url}\"\nsigning_key_file: \"{}\"\ngrpc:\n  auth: shared-secret\n",
+            key_file.display()
+        );
+        let shards = format!(
+            "shards:\n  shard-a:\n    endpoints: [\"http://127.0.0.1:{a_grpc}\"]\n  shard-b:\n    endpoints: [\"http://127.0.0.1:{b_grpc}\"]\n"
+        );
+        let sched_cfg = |name: &str, port: u16| {
+            let f = dir.join(format!("{name}.yaml"));
+            std::fs::write(
+                &f,
+                format!(
+                    "{shared}listen: 127.0.0.1:{port}\ninstance_id: {name}\ntemplates_dir: \"{}\"\n{shards}\
+                     scheduler:\n{scheduler}",
+                    templates.display()
+                ),
+            )
+            .unwrap();
+            f
+        };
+        let sup_cfg = dir.join("supervisor.yaml");
         std::fs::write(
-            &f,
+            &sup_cfg,
             format!(
-                "{shared}listen: 127.0.0.1:{port}\ninstance_id: {name}\ntemplates_dir: \"{}\"\n{shards}\
-                 scheduler:\n  lease_ttl: 3s\n  dispatch_timeout: 5s\n  retry_max_delay: 2s\n",
+                "store: \"{store_url}\"\nsigning_key_file: \"{}\"\ngrpc:\n  auth: shared-secret\n\
+                 listen: 127.0.0.1:{sup}\nscheduler_url: \"{}\"\ntemplates_dir: \"{}\"\n{shards}\
+                 supervisor:\n  recovery_interval: 1s\n  lease_ttl: 3s\n",
+                key_file.display(),
+                scheds[0],
                 templates.display()
             ),
         )
         .unwrap();
-        f
-    };
-    let sup_cfg = dir.join("supervisor.yaml");
-    std::fs::write(
-        &sup_cfg,
-        format!(
-            "store: \"{store_url}\"\nsigning_key_file: \"{}\"\ngrpc:\n  auth: shared-secret\n\
-             listen: 127.0.0.1:{sup}\nscheduler_url: \"{}\"\ntemplates_dir: \"{}\"\n{shards}\
-             supervisor:\n  recovery_interval: 1s\n  lease_ttl: 3s\n",
-            key_file.display(),
-            scheds[0],
-            templates.display()
-        ),
-    )
-    .unwrap();
+        let s1_cfg = sched_cfg("scheduler-1", s1);
+        let s2_cfg = sched_cfg("scheduler-2", s2);
 
-    let http = reqwest::Client::new();
-    let t0 = Instant::now();
-    // Receiver A first: it creates the keyspace; the others then find the schema in place.
-    let a1_cfg = receiver_cfg("receiver-a1", "shard-a", a_http, a_grpc);
-    let a_idx = c.spawn("receiver-a1", "receiver", &a1_cfg);
-    wait_ready(
-        &http,
-        &mut c,
-        "receiver A",
-        &format!("http://127.0.0.1:{a_http}"),
+        let mut d = Self {
+            c,
+            http: reqwest::Client::new(),
+            scheds,
+            a_idx: 0,
+            sched_idx: [0, 0],
+            a_http,
+            a_grpc,
+            store_url,
+            shared,
+            dir,
+            demo,
+        };
+        let t0 = Instant::now();
+        // Receiver A first: it creates the keyspace; the others then find the schema in place.
+        let a1_cfg = d.receiver_cfg("receiver-a1", "shard-a", a_http, a_grpc);
+        d.a_idx = d.c.spawn("receiver-a1", "receiver", &a1_cfg);
+        d.wait_ready("receiver A", a_http).await;
+        let b_cfg = d.receiver_cfg("receiver-b", "shard-b", b_http, b_grpc);
+        d.c.spawn("receiver-b", "receiver", &b_cfg);
+        d.sched_idx = [
+            d.c.spawn("scheduler-1", "scheduler", &s1_cfg),
+            d.c.spawn("scheduler-2", "scheduler", &s2_cfg),
+        ];
+        d.c.spawn("supervisor", "supervisor", &sup_cfg);
+        for (what, port) in [
+            ("receiver B", b_http),
+            ("scheduler 1", s1),
+            ("scheduler 2", s2),
+            ("supervisor", sup),
+        ] {
+            d.wait_ready(what, port).await;
+        }
+        eprintln!("{tag}: 5 processes ready in {:.1?}", t0.elapsed());
+        d
+    }
+
+    /// Writes the configuration of receiver `name` of `shard`.
+    fn receiver_cfg(&self, name: &str, shard: &str, http: u16, grpc: u16) -> PathBuf {
+        let f = self.dir.join(format!("{name}.yaml"));
+        let work = self.dir.join(format!("work-{name}"));
+        std::fs::write(
+            &f,
+            format!(
+                "{}listen: 127.0.0.1:{http}\ngrpc_listen: 127.0.0.1:{grpc}\nshard: {shard}\n\
+                 instance_id: {name}\nwork_dir: \"{}\"\nlease_ttl: 3s\nexecutor:\n  extra_path: [\"{}\"]\n",
+                self.shared,
+                work.display(),
+                self.demo.display()
+            ),
+        )
+        .unwrap();
+        f
+    }
+
+    async fn wait_ready(&mut self, what: &str, port: u16) {
+        wait_ready(
+            &self.http,
+            &mut self.c,
+            what,
+            &format!("http://127.0.0.1:{port}"),
+        )
+        .await;
+    }
+
+    /// The run store the processes share, opened by the test.
+    async fn store(&self) -> Arc<CassandraRunStore> {
+        let mut cfg = CassandraConfig::from_url(&self.store_url).unwrap();
+        cfg.migrate = false;
+        Arc::new(
+            CassandraRunStore::open(&cfg)
+                .await
+                .unwrap_or_else(|e| panic!("open the run store {}: {e}", self.store_url)),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_runs_survive_a_receiver_kill_9_and_stay_on_their_shard() {
+    let mut d = Deployment::start(
+        "dist",
+        "  lease_ttl: 3s\n  dispatch_timeout: 5s\n  retry_max_delay: 2s\n",
+        40,
     )
     .await;
-    let b_cfg = receiver_cfg("receiver-b", "shard-b", b_http, b_grpc);
-    c.spawn("receiver-b", "receiver", &b_cfg);
-    c.spawn("scheduler-1", "scheduler", &sched_cfg("scheduler-1", s1));
-    c.spawn("scheduler-2", "scheduler", &sched_cfg("scheduler-2", s2));
-    c.spawn("supervisor", "supervisor", &sup_cfg);
-    for (what, port) in [
-        ("receiver B", b_http),
-        ("scheduler 1", s1),
-        ("scheduler 2", s2),
-        ("supervisor", sup),
-    ] {
-        wait_ready(&http, &mut c, what, &format!("http://127.0.0.1:{port}")).await;
-    }
-    eprintln!("distributed e2e: 5 processes ready in {:.1?}", t0.elapsed());
+    let (http, scheds, a_idx, a_http, a_grpc) = (
+        d.http.clone(),
+        d.scheds.clone(),
+        d.a_idx,
+        d.a_http,
+        d.a_grpc,
+    );
 
     // Phase 1: a third of the runs, every process up.
     let t_submit = Instant::now();
@@ -581,7 +675,7 @@ async fn distributed_runs_survive_a_receiver_kill_9_and_stay_on_their_shard() {
             .filter(|v| v["status"] == "RUNNING")
             .count();
     }
-    c.procs[a_idx].kill_9();
+    d.c.procs[a_idx].kill_9();
     let kill_ms = now_ms();
     let t_kill = Instant::now();
     eprintln!(
@@ -606,7 +700,7 @@ async fn distributed_runs_survive_a_receiver_kill_9_and_stay_on_their_shard() {
     let mut done: HashMap<String, (Instant, Value)> = HashMap::new();
     let mut round = 0;
     loop {
-        c.check_alive();
+        d.c.check_alive();
         poll_round(&http, &scheds, &b_outage, &mut done, round).await;
         round += 1;
         let b_done = b_outage.iter().all(|s| done.contains_key(&s.id));
@@ -625,17 +719,11 @@ async fn distributed_runs_survive_a_receiver_kill_9_and_stay_on_their_shard() {
     let b_outage_done = t_kill.elapsed();
 
     // Receiver A again: a new process (and instance) on the same ports.
-    let a2_cfg = receiver_cfg("receiver-a2", "shard-a", a_http, a_grpc);
-    c.spawn("receiver-a2", "receiver", &a2_cfg);
+    let a2_cfg = d.receiver_cfg("receiver-a2", "shard-a", a_http, a_grpc);
+    d.c.spawn("receiver-a2", "receiver", &a2_cfg);
     let restart_ms = now_ms();
     let t_restart = Instant::now();
-    wait_ready(
-        &http,
-        &mut c,
-        "receiver A (restarted)",
-        &format!("http://127.0.0.1:{a_http}"),
-    )
-    .await;
+    d.wait_ready("receiver A (restarted)", a_http).await;
     let outage_len = t_restart - t_kill;
     eprintln!(
         "distributed e2e: all {} sleepy-b runs submitted during the outage completed {:.1?} after \
@@ -648,7 +736,7 @@ async fn distributed_runs_survive_a_receiver_kill_9_and_stay_on_their_shard() {
     // Everything completes.
     let deadline = Instant::now() + COMPLETE_WITHIN;
     loop {
-        c.check_alive();
+        d.c.check_alive();
         poll_round(&http, &scheds, &subs, &mut done, round).await;
         round += 1;
         if done.len() == subs.len() {
@@ -671,13 +759,7 @@ async fn distributed_runs_survive_a_receiver_kill_9_and_stay_on_their_shard() {
     let all_done = t_submit.elapsed();
 
     // The run records, straight from the store.
-    let mut cfg = CassandraConfig::from_url(&store_url).unwrap();
-    cfg.migrate = false;
-    let store = Arc::new(
-        CassandraRunStore::open(&cfg)
-            .await
-            .unwrap_or_else(|e| panic!("open the run store {store_url}: {e}")),
-    );
+    let store = d.store().await;
     let mut relaunched = Vec::new();
     let mut per_shard: HashMap<&str, usize> = HashMap::new();
     let mut a_during_outage_late = 0;
@@ -779,5 +861,128 @@ async fn distributed_runs_survive_a_receiver_kill_9_and_stay_on_their_shard() {
         },
         sample.len()
     );
-    drop(c);
+    drop(d);
+}
+
+/// Submits `n` runs one after the other through scheduler `via` (at `base`), alternating between
+/// the shards, `gap` apart.
+async fn submit_paced(
+    http: reqwest::Client,
+    base: String,
+    via: usize,
+    n: usize,
+    gap: Duration,
+) -> Vec<Sub> {
+    let mut subs = Vec::new();
+    for i in 0..n {
+        let alg = if i.is_multiple_of(2) {
+            "sleepy-a"
+        } else {
+            "sleepy-b"
+        };
+        subs.push(Sub {
+            alg,
+            id: submit(&http, &base, alg).await,
+            via,
+            during_outage: false,
+        });
+        tokio::time::sleep(gap).await;
+    }
+    subs
+}
+
+/// SIGTERM to a scheduler process under load (issue #8): it stops taking requests, drains its
+/// queue for `drain_grace`, releases its lease and exits 0; the supervisor hands the runs still
+/// queued in it to their shards at once. The schedulers' lease TTL is 60 s, longer than this
+/// test's bound, so the handover cannot come from the lease lapsing. Nothing accepted is lost,
+/// and the other scheduler keeps accepting and running work throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduler_sigterm_under_load_hands_its_runs_over_and_loses_nothing() {
+    const LEAVING_RUNS: usize = 40;
+    const STAYING_RUNS: usize = 20;
+    let lease_ttl = Duration::from_secs(60);
+    // Dispatch throttled to 4 runs/s per shard, so most runs are still queued at the signal.
+    let mut d = Deployment::start(
+        "sigterm",
+        "  lease_ttl: 60s\n  drain_grace: 1s\n  shard_budget:\n    rate: 4\n    burst: 1\n",
+        40,
+    )
+    .await;
+    let http = d.http.clone();
+    // The leaving scheduler is the second: the supervisor's payload URLs point to the first (in
+    // production, to the load balancer in front of all of them).
+    let (staying, leaving) = (d.scheds[0].clone(), d.scheds[1].clone());
+    let mut subs = submit_paced(http.clone(), leaving, 1, LEAVING_RUNS, Duration::ZERO).await;
+    // Load on the staying scheduler while the other one leaves.
+    let load = tokio::spawn(submit_paced(
+        http.clone(),
+        staying.clone(),
+        0,
+        STAYING_RUNS,
+        Duration::from_millis(50),
+    ));
+    let store = d.store().await;
+    let scheduler_leases = |leases: Vec<nexus_core::store::Lease>| {
+        leases
+            .into_iter()
+            .filter(|l| nexus_scheduler::is_scheduler_lease(&l.owner))
+            .count()
+    };
+    assert_eq!(scheduler_leases(store.leases().await.unwrap()), 2);
+    let mut queued = 0;
+    for s in &subs {
+        let run = store.get(s.id.parse().unwrap()).await.unwrap().unwrap();
+        if run.stage == nexus_core::run::Stage::Buffered {
+            queued += 1;
+        }
+    }
+    assert!(
+        queued > 0,
+        "the scheduler was signalled with nothing queued: the test proves nothing"
+    );
+
+    let t_term = Instant::now();
+    let status = d.c.procs[d.sched_idx[1]].terminate(Duration::from_secs(30));
+    let exited_after = t_term.elapsed();
+    assert!(
+        status.success(),
+        "scheduler 2 exited with {status} after SIGTERM, not 0"
+    );
+    assert_eq!(
+        scheduler_leases(store.leases().await.unwrap()),
+        1,
+        "the leaving scheduler released its lease"
+    );
+
+    subs.extend(load.await.unwrap());
+    let scheds = vec![staying.clone(), staying.clone()];
+    let mut done: HashMap<String, (Instant, Value)> = HashMap::new();
+    let mut round = 0;
+    while done.len() < subs.len() {
+        d.c.check_alive();
+        assert!(
+            t_term.elapsed() < lease_ttl,
+            "{} of {} runs not COMPLETED {:.1?} after the SIGTERM: the handover waited for the \
+             lease to lapse (or lost runs)",
+            subs.len() - done.len(),
+            subs.len(),
+            t_term.elapsed()
+        );
+        poll_round(&http, &scheds, &subs, &mut done, round).await;
+        round += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let all_done = t_term.elapsed();
+    for s in &subs {
+        let run = store.get(s.id.parse().unwrap()).await.unwrap().unwrap();
+        assert_eq!(run.stage, nexus_core::run::Stage::Completed, "{run:?}");
+    }
+    eprintln!(
+        "sigterm: {queued} of {LEAVING_RUNS} runs were still queued in scheduler 2 at SIGTERM; it \
+         exited 0 after {exited_after:.1?} with its lease released; all {} runs ({STAYING_RUNS} \
+         submitted to scheduler 1 meanwhile) COMPLETED {all_done:.1?} after the signal (lease TTL \
+         {lease_ttl:?}); none lost",
+        subs.len()
+    );
+    drop(d);
 }
