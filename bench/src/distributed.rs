@@ -25,6 +25,36 @@ use crate::{cassandra, e2e, instant, load_client};
 const KEY: &str = "bench-signing-key-0123456789abcdef0123456789";
 const SECRET: &str = "bench-grpc-shared-secret";
 
+/// The files every component of a bench deployment reads: the templates directory (the bench
+/// knapsack template and its workgroup), the signing key, and the gRPC link with its secret.
+pub(crate) struct DeploymentFiles {
+    pub templates: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub grpc: GrpcLinkConfig,
+}
+
+impl DeploymentFiles {
+    /// Writes them under `dir`.
+    pub(crate) fn write(dir: &std::path::Path) -> anyhow::Result<Self> {
+        let templates = dir.join("templates");
+        std::fs::create_dir_all(&templates)?;
+        std::fs::write(templates.join("workgroup.yaml"), crate::WORKGROUP)?;
+        std::fs::write(templates.join("knapsack.yaml"), crate::TEMPLATE)?;
+        let key = dir.join("signing.key");
+        std::fs::write(&key, KEY)?;
+        let secret = dir.join("grpc.secret");
+        std::fs::write(&secret, SECRET)?;
+        Ok(Self {
+            templates,
+            key,
+            grpc: GrpcLinkConfig {
+                secret_file: Some(secret),
+                ..GrpcLinkConfig::default()
+            },
+        })
+    }
+}
+
 /// The two measurements.
 #[derive(Debug)]
 pub struct Distributed {
@@ -92,18 +122,11 @@ async fn distributed_phase(
     duration: Duration,
 ) -> anyhow::Result<E2e> {
     let dir = tempfile::tempdir()?;
-    let templates = dir.path().join("templates");
-    std::fs::create_dir_all(&templates)?;
-    std::fs::write(templates.join("workgroup.yaml"), crate::WORKGROUP)?;
-    std::fs::write(templates.join("knapsack.yaml"), crate::TEMPLATE)?;
-    let key = dir.path().join("signing.key");
-    std::fs::write(&key, KEY)?;
-    let secret = dir.path().join("grpc.secret");
-    std::fs::write(&secret, SECRET)?;
-    let grpc = GrpcLinkConfig {
-        secret_file: Some(secret),
-        ..GrpcLinkConfig::default()
-    };
+    let DeploymentFiles {
+        templates,
+        key,
+        grpc,
+    } = DeploymentFiles::write(dir.path())?;
     let stores = SharedStores {
         store: store.clone(),
         payloads: Some(payloads),

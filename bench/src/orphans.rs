@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use futures::StreamExt;
 use nexus_cli::distributed::{self, ReceiverProcess, ShardEntry, SharedStores, SupervisorProcess};
-use nexus_core::grpc::GrpcLinkConfig;
 use nexus_core::limiter::BudgetConfig;
 use nexus_core::run::{Stage, now_millis};
 use nexus_core::store::RunStore;
@@ -74,18 +73,11 @@ pub async fn run(
     launch_limit: BudgetConfig,
 ) -> anyhow::Result<Orphans> {
     let dir = tempfile::tempdir()?;
-    let templates = dir.path().join("templates");
-    std::fs::create_dir_all(&templates)?;
-    std::fs::write(templates.join("workgroup.yaml"), crate::WORKGROUP)?;
-    std::fs::write(templates.join("knapsack.yaml"), crate::TEMPLATE)?;
-    let key = dir.path().join("signing.key");
-    std::fs::write(&key, "bench-signing-key-0123456789abcdef0123456789")?;
-    let secret = dir.path().join("grpc.secret");
-    std::fs::write(&secret, "bench-grpc-shared-secret")?;
-    let grpc = GrpcLinkConfig {
-        secret_file: Some(secret),
-        ..GrpcLinkConfig::default()
-    };
+    let crate::distributed::DeploymentFiles {
+        templates,
+        key,
+        grpc,
+    } = crate::distributed::DeploymentFiles::write(dir.path())?;
     let stores = SharedStores {
         store: store.clone(),
         payloads: Some(Arc::new(

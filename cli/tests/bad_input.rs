@@ -13,15 +13,8 @@ use serde_json::json;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_table() {
     let data = tempfile::tempdir().unwrap();
-    let mut c = nexus_cli::config::StandaloneConfig {
-        data_dir: data.path().to_path_buf(),
-        templates_dir: templates(),
-        ..Default::default()
-    };
-    c.executor.extra_path = vec![demo_dir()];
-    c.scheduler.max_request_bytes = 1024 * 1024;
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let h = nexus_cli::standalone::start(c, l).await.unwrap();
+    let h =
+        start_standalone_with(data.path(), |c| c.scheduler.max_request_bytes = 1024 * 1024).await;
     let base = h.url.clone();
     let http = reqwest::Client::new();
     let run_url = format!("{base}/algorithm/v1/run/knapsack");
@@ -468,18 +461,13 @@ async fn bad_input_table() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limited_client_gets_429() {
     let data = tempfile::tempdir().unwrap();
-    let mut c = nexus_cli::config::StandaloneConfig {
-        data_dir: data.path().to_path_buf(),
-        templates_dir: templates(),
-        ..Default::default()
-    };
-    c.executor.extra_path = vec![demo_dir()];
     // 1 per second, bursts of 2: the third request within a second is refused.
-    c.rate_limit.enabled = true;
-    c.rate_limit.per_second = 1;
-    c.rate_limit.burst = 2;
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let h = nexus_cli::standalone::start(c, l).await.unwrap();
+    let h = start_standalone_with(data.path(), |c| {
+        c.rate_limit.enabled = true;
+        c.rate_limit.per_second = 1;
+        c.rate_limit.burst = 2;
+    })
+    .await;
     let base = h.url.clone();
     let http = reqwest::Client::new();
     let url = format!(

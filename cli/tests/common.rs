@@ -43,14 +43,26 @@ pub fn templates() -> PathBuf {
 
 /// Starts standalone Nexus in-process on a free loopback port with a fresh data directory.
 pub async fn start_standalone(data: &Path) -> Handle {
+    start_standalone_with(data, |c| {
+        c.scheduler.retry_base_delay = Duration::from_millis(20);
+        c.scheduler.drain_grace = Duration::from_millis(200);
+    })
+    .await
+}
+
+/// As [`start_standalone`], with the demo templates and algorithms and the defaults otherwise;
+/// `tune` changes the configuration first.
+pub async fn start_standalone_with(
+    data: &Path,
+    tune: impl FnOnce(&mut StandaloneConfig),
+) -> Handle {
     let mut c = StandaloneConfig {
         data_dir: data.to_path_buf(),
         templates_dir: templates(),
         ..StandaloneConfig::default()
     };
     c.executor.extra_path = vec![demo_dir()];
-    c.scheduler.retry_base_delay = Duration::from_millis(20);
-    c.scheduler.drain_grace = Duration::from_millis(200);
+    tune(&mut c);
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     start(c, l).await.expect("standalone starts")
 }

@@ -33,16 +33,11 @@ async fn created(http: &reqwest::Client, base: &str, parent: Option<&str>) -> St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_and_cascading_cancel() {
     let data = tempfile::tempdir().unwrap();
-    let mut c = nexus_cli::config::StandaloneConfig {
-        data_dir: data.path().to_path_buf(),
-        templates_dir: templates(),
-        ..Default::default()
-    };
-    c.executor.extra_path = vec![demo_dir()];
-    c.scheduler.max_tree_depth = 2;
-    c.scheduler.max_children_per_run = 3;
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let h = nexus_cli::standalone::start(c, l).await.unwrap();
+    let h = start_standalone_with(data.path(), |c| {
+        c.scheduler.max_tree_depth = 2;
+        c.scheduler.max_children_per_run = 3;
+    })
+    .await;
     let base = h.url.clone();
     let http = reqwest::Client::new();
 

@@ -216,6 +216,10 @@ pub struct ResubmitSection {
     /// What a run that ends FAILED, SCHEDULING_FAILED or DEADLINE_EXCEEDED does to its running
     /// descendants: `cancel` (default) or `keep`. A cancelled run always cancels them.
     pub on_parent_failure: nexus_core::tree::OnParentFailure,
+    /// How many children of one run the tree sweep reads when it cancels descendants: keep it at
+    /// least the schedulers' `scheduler.max_children_per_run` (same default), or children beyond
+    /// it are not cancelled by the sweep.
+    pub max_children_per_run: usize,
 }
 
 impl Default for ResubmitSection {
@@ -227,6 +231,7 @@ impl Default for ResubmitSection {
             submit_timeout: Duration::from_secs(30),
             gc_interval: Duration::from_secs(600),
             on_parent_failure: nexus_core::tree::OnParentFailure::Cancel,
+            max_children_per_run: 10_000,
         }
     }
 }
@@ -547,6 +552,9 @@ impl SupervisorProcess {
         if s.gc_interval < Duration::from_secs(1) {
             e.push("supervisor.gc_interval: must be at least 1s".into());
         }
+        if s.max_children_per_run == 0 {
+            e.push("supervisor.max_children_per_run: must be at least 1".into());
+        }
         done(e)
     }
 }
@@ -658,5 +666,24 @@ mod tests {
         );
         let e = SupervisorProcess::load(Some(&f), &DistOverrides::default()).unwrap_err();
         assert!(e.contains("kubernetes.namespace"), "{e}");
+    }
+
+    #[test]
+    fn supervisor_limits_are_checked() {
+        let base = "signing_key_file: /etc/nexus/signing.key\nstore: cassandra://127.0.0.1:9042/nexus\ngrpc:\n  auth: none\nshards:\n  a:\n    endpoints: [http://x:1]\n";
+        let (_d, f) = yaml(&format!(
+            "{base}supervisor:\n  max_children_per_run: 0\n  gc_interval: 10ms\n"
+        ));
+        let e = SupervisorProcess::load(Some(&f), &DistOverrides::default()).unwrap_err();
+        assert!(
+            e.contains("supervisor.max_children_per_run: must be at least 1"),
+            "{e}"
+        );
+        assert!(e.contains("supervisor.gc_interval"), "{e}");
+        let (_d, f) = yaml(&format!(
+            "{base}supervisor:\n  max_children_per_run: 50000\n"
+        ));
+        let c = SupervisorProcess::load(Some(&f), &DistOverrides::default()).unwrap();
+        assert_eq!(c.supervisor.max_children_per_run, 50_000);
     }
 }

@@ -606,7 +606,7 @@ pub async fn start_supervisor_with(
                 store: resubmitter.store.clone(),
                 route: Arc::new(move |name| shards.get(name).cloned()),
                 on_parent_failure: c.supervisor.on_parent_failure,
-                max_children: 10_000,
+                max_children: c.supervisor.max_children_per_run,
             })
             .run(c.supervisor.recovery_interval, shutdown.clone()),
         );
