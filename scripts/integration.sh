@@ -24,6 +24,7 @@
 # Tests that need a service fail loudly when it is missing; nothing here is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/disk.sh
 
 work=$(mktemp -d)
 cassandra_dir="$work/cassandra"
@@ -85,6 +86,12 @@ echo "integration: scheduler + receiver on Kubernetes (runs as Jobs, templates f
 NEXUS_TEST_KUBECONFIG="$kubeconfig" cargo test -p nexus-cli --features kube-tests --test kubernetes
 scripts/kube-apiserver.sh stop
 
+disk_report "after the debug integration tests"
+if [[ "${NEXUS_PRUNE_DEBUG_TARGET:-0}" == 1 ]]; then
+  # Set by .ci/run: the debug tests are done; their artifacts make room for the release build.
+  echo "integration: removing target/debug before the release build (NEXUS_PRUNE_DEBUG_TARGET=1)"
+  rm -rf "${CARGO_TARGET_DIR:-target}/debug"
+fi
 echo "integration: building the release binary and smoke-testing the README run command"
 cargo build --release --quiet
 
