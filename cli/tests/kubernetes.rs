@@ -371,3 +371,84 @@ async fn nexus_crd_apply_installs_the_crds() {
     assert!(!out.status.success());
     assert!(err.contains("/nonexistent/kubeconfig"), "{err}");
 }
+
+/// Two supervisors with `supervisor.leader_election: kubernetes` elect one leader on the Lease
+/// `nexus-supervisor` of their namespace; when the leader stops it resigns, and the standby
+/// leads at its next tick, long before the Lease (60 s here) could have lapsed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supervisors_elect_their_leader_on_a_kubernetes_lease() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use nexus_cli::distributed::{LeaderElection, SUPERVISOR_LEASE, SupervisorProcess};
+
+    let c = client().await;
+    nexus_core::crd::install(&c, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ns = namespace(&c).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let key_file = tmp.path().join("signing.key");
+    std::fs::write(&key_file, KEY).unwrap();
+    let store: Arc<dyn RunStore> = Arc::new(InMemoryRunStore::default());
+    let start = |id: &'static str| {
+        let mut sc = SupervisorProcess {
+            instance_id: Some(id.into()),
+            signing_key_file: Some(key_file.clone()),
+            grpc: GrpcLinkConfig {
+                auth: nexus_core::grpc::LinkAuth::None,
+                ..GrpcLinkConfig::default()
+            },
+            catalog: CatalogSource::Kubernetes,
+            kubernetes: kube_config(&ns),
+            ..SupervisorProcess::default()
+        };
+        sc.supervisor.leader_election = LeaderElection::Kubernetes;
+        sc.supervisor.lease_ttl = Duration::from_secs(60);
+        sc.supervisor.recovery_interval = Duration::from_millis(200);
+        let store = store.clone();
+        async move {
+            distributed::start_supervisor_with(sc, common::port0().await, store)
+                .await
+                .expect("supervisor starts")
+        }
+    };
+    let leases: Api<Lease> = Api::namespaced(c.clone(), &ns);
+    let holder = || async {
+        leases
+            .get_opt(SUPERVISOR_LEASE)
+            .await
+            .unwrap()
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+    };
+    let until_held_by = |want: &'static str| async move {
+        let t0 = std::time::Instant::now();
+        loop {
+            if holder().await.as_deref() == Some(want) {
+                return t0.elapsed();
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "the Lease never went to {want} (holder: {:?})",
+                holder().await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let a = start("a").await;
+    until_held_by("supervisor/a").await;
+    let b = start("b").await;
+    // b stands by through several of its ticks (200 ms) while a renews.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(holder().await.as_deref(), Some("supervisor/a"));
+    a.stop().await;
+    let took = until_held_by("supervisor/b").await;
+    eprintln!("leadership handed over {took:?} after the leader stopped (Lease duration 60 s)");
+    assert!(
+        took < Duration::from_secs(30),
+        "the standby waited for the Lease to lapse ({took:?})"
+    );
+    let spec = leases.get(SUPERVISOR_LEASE).await.unwrap().spec.unwrap();
+    assert_eq!(spec.lease_duration_seconds, Some(60));
+    b.stop().await;
+    assert_eq!(holder().await, None, "b resigned when it stopped");
+}

@@ -14,6 +14,7 @@ pub mod kube_client;
 pub mod kube_job;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod kube_testkit;
+pub mod leader;
 pub mod limiter;
 pub mod payload;
 pub mod render;

@@ -815,3 +815,78 @@ async fn finished_jobs_past_their_ttl_are_collected() {
     assert_eq!(exec.collect_finished_jobs().await, 0);
     stop.cancel();
 }
+
+/// Supervisors elect their leader on a `coordination.k8s.io/v1` Lease: one holder at a time
+/// (also when several race for a new Lease), renewals keep it, a holder that stops renewing is
+/// replaced once the Lease has lapsed (the transition counted), and a resignation hands it over
+/// at once. Each `KubeLease` stands for one supervisor process with its own observations.
+#[tokio::test]
+async fn supervisors_elect_one_leader_on_a_kubernetes_lease() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use nexus_core::leader::{KubeLease, Leadership};
+
+    let c = client().await;
+    let ns = namespace(&c, "leader-election").await;
+    let api: Api<Lease> = Api::namespaced(c.clone(), &ns);
+    let ttl = Duration::from_secs(3);
+
+    // Six contenders race for a Lease that does not exist yet: exactly one wins.
+    let racers: Vec<KubeLease> = (0..6)
+        .map(|_| KubeLease::new(api.clone(), "race"))
+        .collect();
+    let wins = futures::future::join_all(
+        racers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| async move { l.try_lead(&format!("racer-{i}"), ttl).await.unwrap() }),
+    )
+    .await;
+    assert_eq!(wins.iter().filter(|w| **w).count(), 1, "{wins:?}");
+
+    let a = KubeLease::new(api.clone(), "nexus-supervisor");
+    let b = KubeLease::new(api.clone(), "nexus-supervisor");
+    assert!(a.try_lead("supervisor/a", ttl).await.unwrap());
+    assert!(!b.try_lead("supervisor/b", ttl).await.unwrap());
+    assert!(a.try_lead("supervisor/a", ttl).await.unwrap(), "a renews");
+    let lease = api.get("nexus-supervisor").await.unwrap();
+    let spec = lease.spec.unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some("supervisor/a"));
+    assert_eq!(spec.lease_duration_seconds, Some(3));
+    assert_eq!(spec.lease_transitions, Some(0));
+    assert_eq!(
+        a.describe(),
+        format!("Lease {ns}/nexus-supervisor"),
+        "named in logs"
+    );
+
+    // a stops renewing: b, asking every 200 ms, takes over once it has seen the same record
+    // for the lease duration, not before.
+    let t0 = std::time::Instant::now();
+    while !b.try_lead("supervisor/b", ttl).await.unwrap() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the lapsed Lease was never taken over"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        t0.elapsed() >= ttl,
+        "taken over after {:?}, before the Lease lapsed",
+        t0.elapsed()
+    );
+    let spec = api.get("nexus-supervisor").await.unwrap().spec.unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some("supervisor/b"));
+    assert_eq!(spec.lease_transitions, Some(1));
+    assert!(
+        !a.try_lead("supervisor/a", ttl).await.unwrap(),
+        "the old holder, back, does not lead while b renews"
+    );
+
+    // b resigns: a leads at its next try, without waiting for a lapse.
+    a.resign("supervisor/a").await.unwrap(); // not a's: no effect
+    assert!(!a.try_lead("supervisor/a", ttl).await.unwrap());
+    b.resign("supervisor/b").await.unwrap();
+    let spec = api.get("nexus-supervisor").await.unwrap().spec.unwrap();
+    assert_eq!(spec.holder_identity, None);
+    assert!(a.try_lead("supervisor/a", ttl).await.unwrap());
+}

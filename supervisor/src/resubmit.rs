@@ -15,7 +15,8 @@
 //!
 //! Every decision is a compare-and-set on the stored record; a store error skips the pass (it is
 //! never taken as "nothing to do" or "not found"). Several supervisors may run: they elect a
-//! leader through the run store ([`RunStore::lead`]) and only the leader makes passes.
+//! leader through the run store ([`RunStore::lead`]) or a Kubernetes Lease
+//! ([`nexus_core::leader`]) and only the leader makes passes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use nexus_core::catalog::Catalog;
 use nexus_core::error::ErrorKind;
+use nexus_core::leader::Leadership;
 use nexus_core::run::{Millis, Run, RunPatch, Stage, now_millis};
 use nexus_core::shard::{Dispatch, Shard};
 use nexus_core::sign::Signer;
@@ -102,6 +104,9 @@ pub struct Resubmitter {
     pub max_relaunches: u32,
     /// Longest wait for a shard to answer one submission.
     pub submit_timeout: Duration,
+    /// The leadership supervisors contend for: [`nexus_core::leader::StoreLeadership`] named [`LEADER`] in the run
+    /// store, or a Kubernetes Lease (`supervisor.leader_election`).
+    pub leadership: Arc<dyn Leadership>,
 }
 
 impl Resubmitter {
@@ -298,8 +303,8 @@ impl Resubmitter {
         }
     }
 
-    /// Holds this supervisor's lease, contends for the leadership [`LEADER`] (every tick, a
-    /// compare-and-set in the run store), and while it leads runs a pass every `interval`, until
+    /// Holds this supervisor's lease, contends for the leadership (every tick, a
+    /// compare-and-set in the run store or on a Kubernetes Lease), and while it leads runs a pass every `interval`, until
     /// `shutdown`; then resigns and releases the lease, so a standby takes over (and takes over
     /// this one's pending claims) at its next tick instead of after the lease lapses. Standbys
     /// tick every `lease_ttl / 10` (at most `interval`), so a lost leader is replaced within
@@ -362,7 +367,7 @@ impl Resubmitter {
         tokio::join!(keeper, passes);
     }
 
-    /// Renews this supervisor's lease and contends for [`LEADER`] every `tick`, publishing
+    /// Renews this supervisor's lease and contends for the leadership every `tick`, publishing
     /// whether it leads; on `stop`, resigns (when leading) and releases the lease.
     async fn keep_leadership(
         self: Arc<Self>,
@@ -385,8 +390,8 @@ impl Resubmitter {
                 tracing::warn!("supervisor lease heartbeat failed: {e}");
                 continue;
             }
-            let lead = match self.store.lead(LEADER, &self.instance_id, now, ttl).await {
-                Ok(l) => l.owner == self.instance_id,
+            let lead = match self.leadership.try_lead(&self.instance_id, lease_ttl).await {
+                Ok(l) => l,
                 Err(e) => {
                     // Unknown: stand by (two leaders would still be safe, every claim is a
                     // compare-and-set, but wasteful); if it lapses, another takes over.
@@ -398,14 +403,14 @@ impl Resubmitter {
                 leading = lead;
                 metrics::gauge!("nexus_supervisor_leader").set(if lead { 1.0 } else { 0.0 });
                 if lead {
-                    tracing::info!(id = %self.instance_id, "this supervisor leads recovery");
+                    tracing::info!(id = %self.instance_id, through = %self.leadership.describe(), "this supervisor leads recovery");
                 } else {
                     tracing::info!(id = %self.instance_id, "standing by (another supervisor leads)");
                 }
                 let _ = leading_tx.send(lead);
             }
         }
-        if leading && let Err(e) = self.store.resign(LEADER, &self.instance_id).await {
+        if leading && let Err(e) = self.leadership.resign(&self.instance_id).await {
             tracing::warn!(
                 "could not resign the supervisor leadership (a standby takes over when it lapses): {e}"
             );
@@ -420,6 +425,7 @@ impl Resubmitter {
 mod tests {
     use super::*;
     use nexus_core::catalog::Snapshot;
+    use nexus_core::leader::StoreLeadership;
     use nexus_core::shard::RecordingShard;
     use nexus_core::spec::Workgroup;
     use nexus_core::store::InMemoryRunStore;
@@ -442,6 +448,7 @@ mod tests {
             instance_id: "supervisor/s1".into(),
             max_relaunches: 1,
             submit_timeout: Duration::from_secs(2),
+            leadership: Arc::new(StoreLeadership::new(store.clone(), LEADER)),
         };
         (store, shard, r)
     }
@@ -548,6 +555,7 @@ mod tests {
             instance_id: id.into(),
             max_relaunches: 1,
             submit_timeout: Duration::from_secs(2),
+            leadership: Arc::new(StoreLeadership::new(store.clone(), LEADER)),
         };
         (shard, Arc::new(r))
     }

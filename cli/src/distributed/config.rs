@@ -42,6 +42,18 @@ pub enum CatalogSource {
     Kubernetes,
 }
 
+/// Where supervisors elect their leader (`supervisor.leader_election`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaderElection {
+    /// A compare-and-set row in the run store (works in every deployment).
+    #[default]
+    Store,
+    /// The `coordination.k8s.io/v1` Lease `nexus-supervisor` in the namespace of the `kubernetes`
+    /// section (needs `get`, `create`, `update` on `leases` there).
+    Kubernetes,
+}
+
 /// Where a receiver runs algorithms (`runtime`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -200,10 +212,14 @@ pub struct ResubmitSection {
     #[serde(with = "humantime_serde")]
     pub recovery_interval: Duration,
     /// The supervisor's own lease and its leadership period: several supervisors may run, one
-    /// leads (through the run store) and the others stand by; a standby takes over (with the
-    /// leader's pending claims) at once when the leader stops, within ~1.1 × this when it is lost.
+    /// leads and the others stand by; a standby takes over (with the leader's pending claims) at
+    /// once when the leader stops, within ~1.1 × this (~1.2 × on a Kubernetes Lease) when it is
+    /// lost.
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
+    /// Where the leader is elected: `store` (default, the run store) or `kubernetes` (a Lease
+    /// in the namespace of the `kubernetes` section).
+    pub leader_election: LeaderElection,
     /// Launches of a run beyond its algorithm's retries after its receiver was lost.
     pub max_relaunches: u32,
     /// Longest wait for a shard to answer one resubmission.
@@ -227,6 +243,7 @@ impl Default for ResubmitSection {
         Self {
             recovery_interval: Duration::from_secs(5),
             lease_ttl: Duration::from_secs(15),
+            leader_election: LeaderElection::Store,
             max_relaunches: 3,
             submit_timeout: Duration::from_secs(30),
             gc_interval: Duration::from_secs(600),
@@ -538,6 +555,12 @@ impl SupervisorProcess {
         check_store(&self.store, &mut e);
         check_shards(&self.shards, &mut e);
         check_catalog(self.catalog, &self.kubernetes, &mut e);
+        if self.catalog != CatalogSource::Kubernetes
+            && self.supervisor.leader_election == LeaderElection::Kubernetes
+            && let Err(m) = self.kubernetes.validate()
+        {
+            e.push(m);
+        }
         check_url("scheduler_url", &self.scheduler_url, &mut e);
         let s = &self.supervisor;
         if s.recovery_interval < Duration::from_millis(100) {
@@ -685,5 +708,30 @@ mod tests {
         ));
         let c = SupervisorProcess::load(Some(&f), &DistOverrides::default()).unwrap();
         assert_eq!(c.supervisor.max_children_per_run, 50_000);
+        assert_eq!(c.supervisor.leader_election, LeaderElection::Store);
+    }
+
+    #[test]
+    fn leader_election_on_kubernetes_needs_a_usable_kubernetes_section() {
+        let base = "signing_key_file: /etc/nexus/signing.key\nstore: cassandra://127.0.0.1:9042/nexus\ngrpc:\n  auth: none\nshards:\n  a:\n    endpoints: [http://x:1]\n";
+        let (_d, f) = yaml(&format!(
+            "{base}supervisor:\n  leader_election: kubernetes\nkubernetes:\n  kubeconfig: /nonexistent/kubeconfig\n"
+        ));
+        let e = SupervisorProcess::load(Some(&f), &DistOverrides::default()).unwrap_err();
+        assert!(
+            e.contains("kubernetes.kubeconfig: /nonexistent/kubeconfig does not exist"),
+            "{e}"
+        );
+        let (_d, f) = yaml(&format!("{base}supervisor:\n  leader_election: etcd\n"));
+        let e = SupervisorProcess::load(Some(&f), &DistOverrides::default()).unwrap_err();
+        assert!(
+            e.contains("leader_election") && e.contains("kubernetes"),
+            "{e}"
+        );
+        let (_d, f) = yaml(&format!(
+            "{base}supervisor:\n  leader_election: kubernetes\n"
+        ));
+        let c = SupervisorProcess::load(Some(&f), &DistOverrides::default()).unwrap();
+        assert_eq!(c.supervisor.leader_election, LeaderElection::Kubernetes);
     }
 }

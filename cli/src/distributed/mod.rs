@@ -21,6 +21,7 @@ use nexus_core::executor::{Executor, ExecutorEvent, LocalExecutorConfig, LocalPr
 use nexus_core::grpc::{GrpcLinkConfig, GrpcShard, GrpcShardOptions, LinkCredentials};
 use nexus_core::http::{Readiness, health_routes, negotiate_errors};
 use nexus_core::kube_client::{ApiBudget, KubeClientConfig};
+use nexus_core::leader::{KubeLease, StoreLeadership};
 use nexus_core::payload::{PayloadStore, S3PayloadStore};
 use nexus_core::run::now_millis;
 use nexus_core::shard::Shard;
@@ -30,7 +31,11 @@ use nexus_core::store::{CassandraRunStore, RunStore};
 use nexus_receiver::Receiver;
 use nexus_scheduler::{Deps, Scheduler, ShardMap};
 use nexus_supervisor::Supervisor;
-use nexus_supervisor::resubmit::Resubmitter;
+use nexus_supervisor::resubmit::{LEADER, Resubmitter};
+
+/// The Lease supervisors elect their leader on (`supervisor.leader_election: kubernetes`), in the
+/// namespace of the `kubernetes` section.
+pub const SUPERVISOR_LEASE: &str = "nexus-supervisor";
 use tokio::net::TcpListener;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
@@ -39,8 +44,8 @@ use tokio_util::task::TaskTracker;
 pub mod config;
 
 pub use config::{
-    CatalogSource, DistOverrides, ReceiverProcess, ResubmitSection, Runtime, SchedulerProcess,
-    ShardEntry, SupervisorProcess,
+    CatalogSource, DistOverrides, LeaderElection, ReceiverProcess, ResubmitSection, Runtime,
+    SchedulerProcess, ShardEntry, SupervisorProcess,
 };
 
 use crate::standalone::{Handle, instance_id, prometheus, serve_http};
@@ -578,7 +583,7 @@ pub async fn start_supervisor_with(
         c.instance_id.clone().unwrap_or_else(instance_id)
     );
     let resubmitter = Arc::new(Resubmitter {
-        store,
+        store: store.clone(),
         catalog: catalog.clone(),
         shards: shard_clients(&c.shards, &creds)?,
         signer,
@@ -586,6 +591,13 @@ pub async fn start_supervisor_with(
         instance_id: id.clone(),
         max_relaunches: c.supervisor.max_relaunches,
         submit_timeout: c.supervisor.submit_timeout,
+        leadership: match c.supervisor.leader_election {
+            LeaderElection::Store => Arc::new(StoreLeadership::new(store, LEADER)),
+            LeaderElection::Kubernetes => Arc::new(KubeLease::new(
+                kube::Api::default_namespaced(kube_client(&c.kubernetes).await?),
+                SUPERVISOR_LEASE,
+            )),
+        },
     });
     let readiness = Readiness::default();
     let app =
