@@ -415,10 +415,9 @@ fn check_shards(shards: &BTreeMap<String, ShardEntry>, e: &mut Vec<String>) {
     }
 }
 
-fn check_catalog(source: CatalogSource, kube: &KubeClientConfig, e: &mut Vec<String>) {
-    if source == CatalogSource::Kubernetes
-        && let Err(m) = kube.validate()
-    {
+/// Checks the `kubernetes` section when something of the process uses it.
+fn check_kubernetes(used: bool, kube: &KubeClientConfig, e: &mut Vec<String>) {
+    if used && let Err(m) = kube.validate() {
         e.push(m);
     }
 }
@@ -457,7 +456,11 @@ impl SchedulerProcess {
         check_store(&self.store, &mut e);
         check_payloads(&self.payloads, &mut e);
         check_shards(&self.shards, &mut e);
-        check_catalog(self.catalog, &self.kubernetes, &mut e);
+        check_kubernetes(
+            self.catalog == CatalogSource::Kubernetes,
+            &self.kubernetes,
+            &mut e,
+        );
         if let Some(u) = &self.public_url {
             check_url("public_url", u, &mut e);
         }
@@ -554,13 +557,12 @@ impl SupervisorProcess {
         );
         check_store(&self.store, &mut e);
         check_shards(&self.shards, &mut e);
-        check_catalog(self.catalog, &self.kubernetes, &mut e);
-        if self.catalog != CatalogSource::Kubernetes
-            && self.supervisor.leader_election == LeaderElection::Kubernetes
-            && let Err(m) = self.kubernetes.validate()
-        {
-            e.push(m);
-        }
+        check_kubernetes(
+            self.catalog == CatalogSource::Kubernetes
+                || self.supervisor.leader_election == LeaderElection::Kubernetes,
+            &self.kubernetes,
+            &mut e,
+        );
         check_url("scheduler_url", &self.scheduler_url, &mut e);
         let s = &self.supervisor;
         if s.recovery_interval < Duration::from_millis(100) {
@@ -691,11 +693,13 @@ mod tests {
         assert!(e.contains("kubernetes.namespace"), "{e}");
     }
 
+    /// A valid supervisor configuration, for tests to add a section to.
+    const SUPERVISOR: &str = "signing_key_file: /etc/nexus/signing.key\nstore: cassandra://127.0.0.1:9042/nexus\ngrpc:\n  auth: none\nshards:\n  a:\n    endpoints: [http://x:1]\n";
+
     #[test]
     fn supervisor_limits_are_checked() {
-        let base = "signing_key_file: /etc/nexus/signing.key\nstore: cassandra://127.0.0.1:9042/nexus\ngrpc:\n  auth: none\nshards:\n  a:\n    endpoints: [http://x:1]\n";
         let (_d, f) = yaml(&format!(
-            "{base}supervisor:\n  max_children_per_run: 0\n  gc_interval: 10ms\n"
+            "{SUPERVISOR}supervisor:\n  max_children_per_run: 0\n  gc_interval: 10ms\n"
         ));
         let e = SupervisorProcess::load(Some(&f), &DistOverrides::default()).unwrap_err();
         assert!(
@@ -704,7 +708,7 @@ mod tests {
         );
         assert!(e.contains("supervisor.gc_interval"), "{e}");
         let (_d, f) = yaml(&format!(
-            "{base}supervisor:\n  max_children_per_run: 50000\n"
+            "{SUPERVISOR}supervisor:\n  max_children_per_run: 50000\n"
         ));
         let c = SupervisorProcess::load(Some(&f), &DistOverrides::default()).unwrap();
         assert_eq!(c.supervisor.max_children_per_run, 50_000);
@@ -713,23 +717,24 @@ mod tests {
 
     #[test]
     fn leader_election_on_kubernetes_needs_a_usable_kubernetes_section() {
-        let base = "signing_key_file: /etc/nexus/signing.key\nstore: cassandra://127.0.0.1:9042/nexus\ngrpc:\n  auth: none\nshards:\n  a:\n    endpoints: [http://x:1]\n";
         let (_d, f) = yaml(&format!(
-            "{base}supervisor:\n  leader_election: kubernetes\nkubernetes:\n  kubeconfig: /nonexistent/kubeconfig\n"
+            "{SUPERVISOR}supervisor:\n  leader_election: kubernetes\nkubernetes:\n  kubeconfig: /nonexistent/kubeconfig\n"
         ));
         let e = SupervisorProcess::load(Some(&f), &DistOverrides::default()).unwrap_err();
         assert!(
             e.contains("kubernetes.kubeconfig: /nonexistent/kubeconfig does not exist"),
             "{e}"
         );
-        let (_d, f) = yaml(&format!("{base}supervisor:\n  leader_election: etcd\n"));
+        let (_d, f) = yaml(&format!(
+            "{SUPERVISOR}supervisor:\n  leader_election: etcd\n"
+        ));
         let e = SupervisorProcess::load(Some(&f), &DistOverrides::default()).unwrap_err();
         assert!(
             e.contains("leader_election") && e.contains("kubernetes"),
             "{e}"
         );
         let (_d, f) = yaml(&format!(
-            "{base}supervisor:\n  leader_election: kubernetes\n"
+            "{SUPERVISOR}supervisor:\n  leader_election: kubernetes\n"
         ));
         let c = SupervisorProcess::load(Some(&f), &DistOverrides::default()).unwrap();
         assert_eq!(c.supervisor.leader_election, LeaderElection::Kubernetes);

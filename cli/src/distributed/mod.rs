@@ -157,12 +157,12 @@ async fn kube_client(c: &KubeClientConfig) -> anyhow::Result<kube::Client> {
 
 /// The catalog of templates and workgroups, kept current until `stop` by a task on `tasks`: a
 /// directory checked every `interval`, or the cluster's resources followed by watch (returned once
-/// both have been listed).
+/// both have been listed) through `kube`, the process' one client of the cluster.
 async fn start_catalog(
     source: CatalogSource,
     dir: &Path,
     interval: Duration,
-    kube: &KubeClientConfig,
+    kube: Option<&kube::Client>,
     tasks: &TaskTracker,
     stop: &CancellationToken,
 ) -> anyhow::Result<Catalog> {
@@ -182,7 +182,9 @@ async fn start_catalog(
             Ok(catalog)
         }
         CatalogSource::Kubernetes => {
-            let client = kube_client(kube).await?;
+            let client = kube
+                .cloned()
+                .context("catalog: kubernetes needs a client of the cluster")?;
             let ns = client.default_namespace().to_owned();
             let catalog = Catalog::new(Snapshot::default());
             let synced = CancellationToken::new();
@@ -245,11 +247,15 @@ pub async fn start_scheduler_with(
         .context("the scheduler needs a payload store")?;
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
+    let kube = match c.catalog {
+        CatalogSource::Kubernetes => Some(kube_client(&c.kubernetes).await?),
+        CatalogSource::Directory => None,
+    };
     let catalog = start_catalog(
         c.catalog,
         &c.templates_dir,
         c.reload_interval,
-        &c.kubernetes,
+        kube.as_ref(),
         &tasks,
         &shutdown,
     )
@@ -569,11 +575,19 @@ pub async fn start_supervisor_with(
     let creds = credentials(&c.grpc)?;
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
+    // One client (and so one API budget) for the catalog and the leadership Lease.
+    let kube = if c.catalog == CatalogSource::Kubernetes
+        || c.supervisor.leader_election == LeaderElection::Kubernetes
+    {
+        Some(kube_client(&c.kubernetes).await?)
+    } else {
+        None
+    };
     let catalog = start_catalog(
         c.catalog,
         &c.templates_dir,
         c.reload_interval,
-        &c.kubernetes,
+        kube.as_ref(),
         &tasks,
         &shutdown,
     )
@@ -594,7 +608,9 @@ pub async fn start_supervisor_with(
         leadership: match c.supervisor.leader_election {
             LeaderElection::Store => Arc::new(StoreLeadership::new(store, LEADER)),
             LeaderElection::Kubernetes => Arc::new(KubeLease::new(
-                kube::Api::default_namespaced(kube_client(&c.kubernetes).await?),
+                kube::Api::default_namespaced(
+                    kube.context("leader_election: kubernetes needs a client of the cluster")?,
+                ),
                 SUPERVISOR_LEASE,
             )),
         },
