@@ -868,6 +868,7 @@ async fn accept_nexus(local: bool, store: Option<&str>) -> anyhow::Result<Nexus>
                     work_dir,
                     default_max_concurrent: 8,
                     max_log_bytes: 64 * 1024,
+                    state_dir: None,
                 },
                 payloads,
                 tx,

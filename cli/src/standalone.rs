@@ -161,7 +161,21 @@ pub async fn start(config: StandaloneConfig, listener: TcpListener) -> anyhow::R
         work_dir: config.data_dir.join("work"),
         default_max_concurrent: config.executor.default_max_concurrent,
         max_log_bytes: config.executor.max_log_bytes,
+        state_dir: Some(config.data_dir.join("attempts")),
     };
+    // Attempts a killed predecessor left running go before anything new starts (their runs are
+    // launched again by recovery while their retries allow).
+    if let Some(dir) = &exec_config.state_dir {
+        nexus_core::fsutil::create_private_dir(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let stopped = LocalProcessExecutor::reap_previous(dir);
+        if stopped > 0 {
+            tracing::warn!(
+                stopped,
+                "stopped algorithm processes left running by a previous nexus process"
+            );
+        }
+    }
     start_with_executor(config, listener, move |events, payloads| {
         Arc::new(LocalProcessExecutor::new(exec_config, payloads, events))
     })
@@ -289,16 +303,11 @@ pub async fn start_with_executor(
         )
         .await
         .map_err(|e| anyhow::anyhow!("run store: {e}"))?;
+    // Runs left by a previous process are recovered by the supervisor in the background (its
+    // first pass starts at once): new runs are accepted meanwhile, and readiness says so.
     let s2 = scheduler.clone();
     let requeue: Arc<dyn Fn(&nexus_core::run::Run) + Send + Sync> =
         Arc::new(move |r| s2.enqueue_recovered(r));
-    let recovered = supervisor
-        .recover(requeue.as_ref())
-        .await
-        .map_err(|e| anyhow::anyhow!("recovery: {e}"))?;
-    if recovered > 0 {
-        tracing::info!(recovered, "picked up runs left by a previous nexus process");
-    }
 
     let shutdown = CancellationToken::new();
     let prom = prometheus().clone();
@@ -352,6 +361,7 @@ pub async fn start_with_executor(
         supervisor,
         rx,
         requeue,
+        readiness.clone(),
         sup_stop.clone(),
     ));
     let http_stop = CancellationToken::new();

@@ -147,6 +147,7 @@ impl Cluster {
                         work_dir: c.work_dir.join("work"),
                         default_max_concurrent: 8,
                         max_log_bytes: 1 << 20,
+                        state_dir: None,
                     };
                     Arc::new(nexus_core::executor::LocalProcessExecutor::new(cfg, p, tx))
                 },

@@ -12,6 +12,15 @@ use common::*;
 use serde_json::json;
 
 fn spawn_nexus(data: &std::path::Path, port: u16, store: Option<&str>) -> Child {
+    spawn_nexus_with(data, port, store, &templates())
+}
+
+fn spawn_nexus_with(
+    data: &std::path::Path,
+    port: u16,
+    store: Option<&str>,
+    templates: &std::path::Path,
+) -> Child {
     let cfg = data.join("nexus.yaml");
     std::fs::write(
         &cfg,
@@ -27,7 +36,7 @@ fn spawn_nexus(data: &std::path::Path, port: u16, store: Option<&str>) -> Child 
         ])
         .arg(data)
         .arg("--templates")
-        .arg(templates())
+        .arg(templates)
         .arg("--config")
         .arg(&cfg)
         .args(store.map(|s| format!("--store={s}")))
@@ -114,6 +123,116 @@ async fn kill_9_scenario(store: Option<&str>) {
     assert!(
         completed >= ids.len() - 4,
         "runs waiting in the queue are recovered and completed: {completed}/{}",
+        ids.len()
+    );
+    nexus.kill().unwrap();
+    nexus.wait().unwrap();
+}
+
+/// The chaos test: ten `kill -9`s of a standalone under a steady stream of submissions. Every run
+/// that was answered 202 completes: none is lost, none is left BUFFERED, and none is FAILED by a
+/// kill (a lost attempt is relaunched while the template's retries allow, and the attempts of
+/// the killed process are stopped before anything is launched again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_kills_under_load_lose_nothing_and_fail_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let tdir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        templates().join("workgroup.yaml"),
+        tdir.path().join("workgroup.yaml"),
+    )
+    .unwrap();
+    std::fs::write(
+        tdir.path().join("sturdy.yaml"),
+        r"apiVersion: science.sneaksanddata.com/v1
+kind: NexusAlgorithmTemplate
+metadata:
+  name: sturdy
+spec:
+  container: {image: nexus-demo, registry: local, versionTag: latest}
+  computeResources: {cpuLimit: '1', memoryLimit: 256Mi}
+  workgroupRef: {name: local, group: science.sneaksanddata.com, kind: NexusAlgorithmWorkgroup}
+  command: nexus-demo
+  args: [chaos, --sas-uri=%s, --request-id=%s]
+  runtimeEnvironment: {deadlineSeconds: 120, maximumRetries: 40}
+",
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Two clients submitting as fast as the server answers (bounded: 4,000 requests each).
+    let mut clients = Vec::new();
+    for c in 0..2 {
+        let (http, base, accepted, stop) =
+            (http.clone(), base.clone(), accepted.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            for i in 0..4_000u32 {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let params = if (i + c) % 3 == 0 {
+                    json!({"mode": "sleep", "seconds": 1})
+                } else {
+                    json!({"mode": "succeed"})
+                };
+                let r = http
+                    .post(format!("{base}/algorithm/v1/run/sturdy"))
+                    .json(&json!({ "algorithmParameters": params }))
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status() == 202 => {
+                        if let Ok(v) = r.json::<serde_json::Value>().await
+                            && let Some(id) = v["requestId"].as_str()
+                        {
+                            accepted.lock().unwrap().push(id.to_owned());
+                        }
+                    }
+                    // The server is down (between a kill and its restart): try again shortly.
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        }));
+    }
+    let mut nexus = spawn_nexus_with(data.path(), port, None, tdir.path());
+    for kill in 0..10 {
+        ready(&http, &base).await;
+        tokio::time::sleep(Duration::from_millis(1200 + 150 * (kill % 3))).await;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(nexus.id()).unwrap()),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        nexus.wait().unwrap();
+        nexus = spawn_nexus_with(data.path(), port, None, tdir.path());
+    }
+    ready(&http, &base).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let ids = accepted.lock().unwrap().clone();
+    assert!(
+        ids.len() >= 50,
+        "the load reached the server: {} runs accepted",
+        ids.len()
+    );
+    for id in &ids {
+        let r = wait_terminal(&http, &base, "sturdy", id, Duration::from_secs(180)).await;
+        assert_eq!(r["status"], "COMPLETED", "run {id} after 10 kills: {r}");
+    }
+    eprintln!(
+        "chaos: {} accepted runs, all COMPLETED after 10 kills",
         ids.len()
     );
     nexus.kill().unwrap();

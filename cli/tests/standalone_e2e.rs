@@ -290,3 +290,74 @@ async fn streamed_request_without_length_is_spooled_and_reaches_the_algorithm_in
     assert!(msg.contains("algorithmParameters"), "{msg}");
     h.stop().await;
 }
+
+/// Clients that send a submission and close their connection at once (without reading the
+/// answer) must not strand their runs: whatever became durable is queued and runs. A retry with
+/// the same `Idempotency-Key` answers the same run, and it completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_of_clients_that_hang_up_are_not_stranded() {
+    use tokio::io::AsyncWriteExt as _;
+    let data = tempfile::tempdir().unwrap();
+    let h = start_standalone(data.path()).await;
+    let http = reqwest::Client::new();
+    let tag = format!("abort-{}", uuid::Uuid::new_v4().simple());
+    let body = json!({
+        "algorithmParameters": {"mode": "succeed"},
+        "tag": tag,
+    })
+    .to_string();
+    let n = 60;
+    for i in 0..n {
+        let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+        let req = format!(
+            "POST /algorithm/v1/run/chaos HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+             idempotency-key: abort-{tag}-{i}\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        // Hang up without reading the answer (drop closes the socket).
+        drop(s);
+    }
+    // Every run that was stored reaches a terminal stage; none waits BUFFERED for a restart.
+    let tagged = format!("{}/algorithm/v1/results/tags/{tag}", h.url);
+    let mut stored = Vec::new();
+    eventually(
+        Duration::from_secs(60),
+        "every stored run of the hung-up clients completed",
+        || {
+            let (http, tagged) = (http.clone(), tagged.clone());
+            let stored = &mut stored;
+            async move {
+                let runs: Vec<serde_json::Value> = get_json(&http, &tagged)
+                    .await
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                let done = runs.iter().all(|r| r["status"] == "COMPLETED");
+                *stored = runs;
+                done && !stored.is_empty()
+            }
+        },
+    )
+    .await;
+    assert!(!stored.is_empty(), "some hung-up submissions were stored");
+    // A retry of the last one (same key, same body) answers the run its first try stored, if it
+    // was stored, and that run completes.
+    let key = format!("abort-{tag}-{}", n - 1);
+    let r = http
+        .post(format!("{}/algorithm/v1/run/chaos", h.url))
+        .header("idempotency-key", &key)
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<serde_json::Value>().await.unwrap()["requestId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let again = wait_terminal(&http, &h.url, "chaos", &id, Duration::from_secs(30)).await;
+    assert_eq!(again["status"], "COMPLETED", "{again}");
+    h.stop().await;
+}

@@ -51,6 +51,9 @@ pub struct LaunchSpec {
     pub deadline: Duration,
     /// Relaunches allowed after a failed attempt.
     pub max_retries: u32,
+    /// Attempts already made by earlier launches of this run, whose processes were lost with the
+    /// process that ran them: a relaunch continues the count (each lost attempt used a retry).
+    pub prior_attempts: u32,
     /// Exit codes that relaunch without counting against `max_retries`.
     pub transient_exit_codes: Vec<i32>,
     /// Exit codes that fail the run at once.

@@ -117,9 +117,10 @@ pub async fn negotiate_errors(req: Request, next: Next) -> Response {
     Response::from_parts(parts, Body::from(problem.to_string()))
 }
 
-/// Readiness of a component: true while it accepts work.
+/// Readiness of a component: true while it accepts work, with an optional note on what it is
+/// still doing in the background (e.g. recovering runs), shown by `/health/readyz`.
 #[derive(Debug, Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness(Arc<AtomicBool>, Arc<std::sync::Mutex<Option<String>>>);
 
 impl Readiness {
     /// Marks the component ready or not.
@@ -130,6 +131,21 @@ impl Readiness {
     #[must_use]
     pub fn is_ready(&self) -> bool {
         self.0.load(Ordering::SeqCst)
+    }
+    /// Sets (or clears) the note on background work shown by the readiness probe.
+    pub fn set_note(&self, note: Option<String>) {
+        *self
+            .1
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = note;
+    }
+    /// The current note.
+    #[must_use]
+    pub fn note(&self) -> Option<String> {
+        self.1
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -143,11 +159,15 @@ pub fn health_routes(ready: Readiness) -> axum::Router {
                 let ready = ready.clone();
                 async move {
                     if ready.is_ready() {
-                        (StatusCode::OK, "ready")
+                        let body = match ready.note() {
+                            Some(n) => format!("ready; {n}"),
+                            None => "ready".to_owned(),
+                        };
+                        (StatusCode::OK, body)
                     } else {
                         (
                             StatusCode::SERVICE_UNAVAILABLE,
-                            "not ready: starting or shutting down",
+                            "not ready: starting or shutting down".to_owned(),
                         )
                     }
                 }

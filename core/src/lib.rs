@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod crd;
 pub mod error;
 pub mod executor;
+pub mod fsutil;
 pub mod grpc;
 pub mod http;
 pub mod kube_catalog;

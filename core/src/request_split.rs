@@ -47,6 +47,9 @@ pub enum SplitError {
     /// The body is not a JSON object (or is cut short).
     #[error("{0}")]
     Malformed(&'static str),
+    /// Arrays and objects are nested deeper than the limit given to [`split`].
+    #[error("JSON nested deeper than {0} levels")]
+    TooDeep(usize),
 }
 
 /// The key whose value is split out.
@@ -74,11 +77,13 @@ enum Top {
     Done,
 }
 
-/// Splits `body` (see the module docs). At most `max_rest` bytes are kept in memory.
+/// Splits `body` (see the module docs). At most `max_rest` bytes are kept in memory; arrays and
+/// objects may nest at most `max_depth` levels (the request object itself is level 1), so that a
+/// payload of 100,000 `[` is refused here instead of reaching a recursive parser downstream.
 ///
 /// # Errors
 /// [`SplitError`].
-pub fn split(mut body: impl Read, max_rest: usize) -> Result<Split, SplitError> {
+pub fn split(mut body: impl Read, max_rest: usize, max_depth: usize) -> Result<Split, SplitError> {
     let mut rest = Vec::new();
     let mut payload = None;
     let mut state = Top::Start;
@@ -185,7 +190,12 @@ pub fn split(mut body: impl Read, max_rest: usize) -> Result<Split, SplitError> 
                     state = Top::InValue;
                     (depth, in_str, esc, scalar) = (0, false, false, false);
                     match b {
-                        b'{' | b'[' => depth = 1,
+                        b'{' | b'[' => {
+                            depth = 1;
+                            if depth + 1 > max_depth {
+                                return Err(SplitError::TooDeep(max_depth));
+                            }
+                        }
                         b'"' => in_str = true,
                         _ => scalar = true,
                     }
@@ -208,7 +218,12 @@ pub fn split(mut body: impl Read, max_rest: usize) -> Result<Split, SplitError> 
                     } else {
                         match b {
                             b'"' => in_str = true,
-                            b'{' | b'[' => depth += 1,
+                            b'{' | b'[' => {
+                                depth += 1;
+                                if depth + 1 > max_depth {
+                                    return Err(SplitError::TooDeep(max_depth));
+                                }
+                            }
                             b'}' | b']' => depth = depth.saturating_sub(1),
                             _ => {}
                         }
@@ -243,6 +258,40 @@ pub fn split(mut body: impl Read, max_rest: usize) -> Result<Split, SplitError> 
     }
 }
 
+/// Checks that arrays and objects in the JSON text `body` nest at most `max_depth` levels (a
+/// top-level object is level 1). Only structure is looked at (strings and escapes are skipped);
+/// malformed JSON is left to the parser.
+///
+/// # Errors
+/// `max_depth` when the text nests deeper.
+pub fn check_depth(body: &[u8], max_depth: usize) -> Result<(), usize> {
+    let (mut depth, mut in_str, mut esc) = (0usize, false, false);
+    for &b in body {
+        if in_str {
+            if esc {
+                esc = false;
+            } else if b == b'\\' {
+                esc = true;
+            } else if b == b'"' {
+                in_str = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max_depth {
+                    return Err(max_depth);
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Whether a raw key (as written, escapes included) names the payload.
 fn is_payload_key(raw: &[u8], escaped: bool) -> bool {
     if !escaped {
@@ -264,7 +313,7 @@ mod tests {
     use super::*;
 
     fn run(body: &str) -> (Value, Option<Value>) {
-        let s = split(body.as_bytes(), 1 << 20).unwrap();
+        let s = split(body.as_bytes(), 1 << 20, 128).unwrap();
         let rest: Value = serde_json::from_slice(&s.rest).unwrap();
         let payload = s.payload.map(|sp| {
             let start = usize::try_from(sp.start).unwrap();
@@ -333,7 +382,9 @@ mod tests {
             (r#"{"algorithmParameters": {"a": 1}"#, "ends in the middle"),
             (r#"{"algorithmParameters": "abc"#, "ends in the middle"),
         ] {
-            let e = split(body.as_bytes(), 1 << 20).unwrap_err().to_string();
+            let e = split(body.as_bytes(), 1 << 20, 128)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(msg), "{body}: {e}");
         }
     }
@@ -343,12 +394,12 @@ mod tests {
         let big = "x".repeat(10_000);
         let body = format!(r#"{{"tag": "{big}", "algorithmParameters": {{}}}}"#);
         assert!(matches!(
-            split(body.as_bytes(), 1000),
+            split(body.as_bytes(), 1000, 128),
             Err(SplitError::RestTooLarge(1000))
         ));
         // A huge payload is fine: it never enters `rest`.
         let body = format!(r#"{{"algorithmParameters": {{"note": "{big}{big}"}}, "tag": "t"}}"#);
-        let s = split(body.as_bytes(), 1000).unwrap();
+        let s = split(body.as_bytes(), 1000, 128).unwrap();
         assert_eq!(s.payload.unwrap().len, 20_012);
     }
 
@@ -381,5 +432,32 @@ mod tests {
             expected["algorithmParameters"] = Value::Null;
             prop_assert_eq!(rest, expected);
         }
+    }
+
+    #[test]
+    fn nesting_is_bounded_in_both_scanners() {
+        let deep = |n: usize| {
+            format!(
+                r#"{{"algorithmParameters": {}1{}}}"#,
+                "[".repeat(n),
+                "]".repeat(n)
+            )
+        };
+        // The request object is level 1, so a payload of 127 arrays is level 128.
+        assert!(split(deep(127).as_bytes(), 1 << 20, 128).is_ok());
+        assert!(matches!(
+            split(deep(128).as_bytes(), 1 << 20, 128),
+            Err(SplitError::TooDeep(128))
+        ));
+        assert!(matches!(
+            split(deep(100_000).as_bytes(), 1 << 20, 128),
+            Err(SplitError::TooDeep(128))
+        ));
+        assert_eq!(check_depth(deep(127).as_bytes(), 128), Ok(()));
+        assert_eq!(check_depth(deep(128).as_bytes(), 128), Err(128));
+        // Brackets inside strings are not structure.
+        let quoted = format!(r#"{{"a": "{}"}}"#, "[".repeat(1000));
+        assert_eq!(check_depth(quoted.as_bytes(), 2), Ok(()));
+        assert!(split(quoted.as_bytes(), 1 << 20, 2).is_ok());
     }
 }

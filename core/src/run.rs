@@ -312,6 +312,18 @@ pub struct RunPatch {
 }
 
 impl RunPatch {
+    /// The patch of a BUFFERED → RUNNING move made by whoever notices first that a run started
+    /// (its completion, or its outcome, may arrive before the executor's start event is applied):
+    /// at least one attempt, started now. The start event, when it comes later, corrects both.
+    #[must_use]
+    pub fn started_late(run: &Run, now: Millis) -> Self {
+        Self {
+            attempts: Some(run.attempts.max(1)),
+            started_at: Some(run.started_at.unwrap_or(now)),
+            ..Self::default()
+        }
+    }
+
     /// Applies the patch to `run`, moving it to `to` and stamping `now`. Sets `finished_at` when
     /// `to` is terminal. The caller has already checked the transition is legal.
     pub fn apply(&self, run: &mut Run, to: Stage, now: Millis) {

@@ -251,10 +251,11 @@ impl Receiver {
         patch: RunPatch,
     ) -> Result<(), nexus_core::store::StoreError> {
         use nexus_core::store::StoreError;
-        let mut stage = match self.store.get(id).await? {
-            Some(r) => r.stage,
+        let run = match self.store.get(id).await? {
+            Some(r) => r,
             None => return Err(StoreError::NotFound(id)),
         };
+        let mut stage = run.stage;
         for _ in 0..8 {
             if stage.is_terminal() {
                 return Err(StoreError::Conflict {
@@ -265,9 +266,12 @@ impl Receiver {
             }
             let from = stage;
             if from == Stage::Buffered || from == Stage::New {
+                // The start was not recorded yet (the executor's start event is still on its
+                // way): record it now, so a finished run always shows an attempt and a start.
+                let started = RunPatch::started_late(&run, nexus_core::run::now_millis());
                 match self
                     .store
-                    .transition(id, from, Stage::Running, RunPatch::default())
+                    .transition(id, from, Stage::Running, started)
                     .await
                 {
                     Ok(_) | Err(StoreError::Conflict { .. }) => {}

@@ -91,6 +91,15 @@ async fn refuse_declared_oversize(
         .and_then(|v| v.parse::<u64>().ok());
     if let Some(n) = declared.filter(|n| *n > limit as u64) {
         metrics::rejected("too_large");
+        // Read (and drop) a moderately oversized body first: a client still sending when the
+        // server closes gets a broken pipe instead of this 413. Bounded in bytes and time.
+        if n <= spool::drain_bound(limit) {
+            spool::drain(
+                req.into_body().into_data_stream(),
+                spool::drain_bound(limit),
+            )
+            .await;
+        }
         return ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("request body is {n} bytes; the limit is {limit} bytes (scheduler.max_request_bytes)"),
@@ -106,6 +115,13 @@ async fn openapi() -> Response {
         include_str!("../openapi.json"),
     )
         .into_response()
+}
+
+/// 400 for a request nested deeper than `scheduler.max_json_depth`.
+pub(crate) fn too_deep(limit: usize) -> ApiError {
+    ApiError::bad_request(format!(
+        "Algorithm payload is invalid: JSON nested deeper than {limit} levels (scheduler.max_json_depth)"
+    ))
 }
 
 pub(crate) fn store_err(e: &StoreError) -> ApiError {
@@ -168,6 +184,7 @@ async fn create_run(
 ) -> ApiResult<Response> {
     let started = Instant::now();
     require_json(&headers)?;
+    let max_depth = s.config.max_json_depth;
     let invalid = |e: serde_json::Error| {
         metrics::rejected("invalid_body");
         ApiError::bad_request(format!("Algorithm payload is invalid: {e}"))
@@ -177,16 +194,23 @@ async fn create_run(
         .await?
     {
         spool::Incoming::Memory(body) => {
+            if let Err(depth) = nexus_core::request_split::check_depth(&body, max_depth) {
+                metrics::rejected("invalid_body");
+                return Err(too_deep(depth));
+            }
             let req: v1::AlgorithmRequest = serde_json::from_slice(&body).map_err(invalid)?;
             let bytes = req
                 .algorithm_parameters
                 .as_ref()
                 .filter(|v| v.get().trim() != "null")
-                .map(|p| PayloadIn::Memory(p.get().as_bytes().to_vec()));
-            (req, bytes)
+                .map(|p| p.get().as_bytes().to_vec());
+            if let Some(b) = &bytes {
+                spool::require_object(b.first().copied())?;
+            }
+            (req, bytes.map(PayloadIn::Memory))
         }
         spool::Incoming::Spooled(file) => {
-            let split = tokio::task::spawn_blocking(move || spool::split_spooled(file))
+            let split = tokio::task::spawn_blocking(move || spool::split_spooled(file, max_depth))
                 .await
                 .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}")))??;
             let req: v1::AlgorithmRequest = serde_json::from_slice(&split.rest).map_err(invalid)?;
@@ -199,7 +223,7 @@ async fn create_run(
             "Algorithm payload is invalid: algorithmParameters is required (any JSON object)",
         ));
     }
-    let dry_run = q.dry_run.as_deref() == Some("true");
+    let dry_run = parse_dry_run(q.dry_run.as_deref())?;
     let snap = s.catalog.snapshot();
     let Some(template) = snap.templates.get(&alg) else {
         metrics::accepted(false);
@@ -234,22 +258,18 @@ async fn create_run(
             .and_then(|d| parse_duration(d).ok())
             .unwrap_or(s.config.payload_valid_for),
     };
-    if let Some(tag) = &req.tag
-        && (tag.len() > 256 || tag.chars().any(char::is_control))
-    {
-        return Err(ApiError::bad_request(
-            "tag: must be at most 256 characters without control characters",
-        ));
+    if valid_for > s.config.max_payload_valid_for {
+        return Err(ApiError::bad_request(format!(
+            "payloadValidFor: {} is longer than the limit of {} (scheduler.max_payload_valid_for)",
+            humantime::format_duration(valid_for),
+            humantime::format_duration(s.config.max_payload_valid_for)
+        )));
     }
-    let idem = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    if idem.as_ref().is_some_and(|k| k.is_empty() || k.len() > 256) {
-        return Err(ApiError::bad_request(
-            "Idempotency-Key: must be 1 to 256 characters",
-        ));
+    check_run_bounds(&s.config, &applied)?;
+    if let Some(tag) = &req.tag {
+        check_tag(tag)?;
     }
+    let idem = idempotency_key(&headers)?;
     let (parent, root, depth) = match &req.parent_request {
         None => (None, None, 0),
         Some(p) => {
@@ -364,18 +384,39 @@ async fn create_run(
         last_modified: now,
     };
     let shard = run.shard.clone();
-    let final_id = match s.store.insert(run).await {
-        Ok(Inserted::Created) => {
-            if !dry_run {
-                s.queue.push(Queued {
-                    id,
-                    shard,
-                    attempt: 0,
-                });
-            }
-            id
+    let fingerprint = Fingerprint::of(&run);
+    // The durable write and the enqueue run in their own task: a client that closes its
+    // connection drops this handler's future, and a run that became durable must still reach the
+    // queue (a run stored BUFFERED but never queued would wait for the next restart).
+    let s2 = Arc::clone(&s);
+    let inserted = tokio::spawn(async move {
+        let r = s2.store.insert(run).await;
+        if matches!(r, Ok(Inserted::Created)) && !dry_run {
+            s2.queue.push(Queued {
+                id,
+                shard,
+                attempt: 0,
+            });
         }
-        Ok(Inserted::Existing(existing)) => existing.id,
+        r
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("accept task: {e}"),
+        )
+    })?;
+    let final_id = match inserted {
+        Ok(Inserted::Created) => id,
+        Ok(Inserted::Existing(existing)) => {
+            if let Some(key) = &fingerprint.stored_key {
+                // This request's copy of the payload belongs to no run.
+                let _ = s.payloads.delete(key).await;
+            }
+            fingerprint.same_request(&existing)?;
+            existing.id
+        }
         Err(e) => return Err(store_err(&e)),
     };
     metrics::accepted(true);
@@ -387,6 +428,140 @@ async fn create_run(
         }),
     )
         .into_response())
+}
+
+/// `?dryRun=`: only `true` and `false` (as the reference reads it, `true` alone enables a dry
+/// run; anything else is refused here rather than silently running the run for real).
+fn parse_dry_run(v: Option<&str>) -> ApiResult<bool> {
+    match v {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => {
+            metrics::rejected("invalid_query");
+            Err(ApiError::bad_request(format!(
+                "dryRun: must be 'true' or 'false', got '{}'",
+                other.escape_default()
+            )))
+        }
+    }
+}
+
+/// Most characters of a tag.
+pub(crate) const MAX_TAG_CHARS: usize = 256;
+
+/// Checks a client tag: at most [`MAX_TAG_CHARS`] characters, no control characters.
+pub(crate) fn check_tag(tag: &str) -> ApiResult<()> {
+    let n = tag.chars().count();
+    if n > MAX_TAG_CHARS {
+        return Err(ApiError::bad_request(format!(
+            "tag: {n} characters; a tag is at most {MAX_TAG_CHARS} characters"
+        )));
+    }
+    if tag.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "tag: must not contain control characters (newlines, tabs, …)",
+        ));
+    }
+    Ok(())
+}
+
+/// Reads the `Idempotency-Key` header: 1 to 256 visible ASCII characters (RFC 9110 field values
+/// may carry other bytes, which clients and proxies handle inconsistently, so they are refused
+/// rather than silently ignored).
+fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bad = || {
+        metrics::rejected("invalid_header");
+        ApiError::bad_request(
+            "Idempotency-Key: must be 1 to 256 visible ASCII characters (e.g. a UUID)",
+        )
+    };
+    let k = v.to_str().map_err(|_| bad())?;
+    if k.is_empty() || k.len() > 256 || !k.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad());
+    }
+    Ok(Some(k.to_owned()))
+}
+
+/// Upper bounds on what a template or a run's `customConfiguration` may ask for.
+fn check_run_bounds(
+    c: &crate::SchedulerConfig,
+    spec: &nexus_core::spec::AlgorithmSpec,
+) -> ApiResult<()> {
+    let retries = spec.maximum_retries();
+    if retries > c.max_retries {
+        return Err(ApiError::bad_request(format!(
+            "runtimeEnvironment.maximumRetries: {retries} is over the limit of {} (scheduler.max_retries)",
+            c.max_retries
+        )));
+    }
+    let deadline = Duration::from_secs(u64::from(spec.deadline_seconds()));
+    if deadline > c.max_deadline {
+        return Err(ApiError::bad_request(format!(
+            "runtimeEnvironment.deadlineSeconds: {} is over the limit of {} (scheduler.max_deadline)",
+            deadline.as_secs(),
+            humantime::format_duration(c.max_deadline)
+        )));
+    }
+    Ok(())
+}
+
+/// What makes two submissions under one idempotency key the same request.
+struct Fingerprint {
+    content_hash: String,
+    tag: Option<String>,
+    overrides: Option<serde_json::Value>,
+    parent: Option<String>,
+    /// The payload object this request stored (big payloads), deleted again when the key was
+    /// already used.
+    stored_key: Option<String>,
+}
+
+impl Fingerprint {
+    fn of(run: &Run) -> Self {
+        Self {
+            content_hash: run.content_hash.clone(),
+            tag: run.tag.clone(),
+            overrides: run.configuration_overrides.clone(),
+            parent: run.parent.as_ref().map(|p| p.request_id.to_string()),
+            stored_key: match &run.payload {
+                PayloadLocation::Stored { key } => Some(key.clone()),
+                PayloadLocation::Inline { .. } => None,
+            },
+        }
+    }
+
+    /// 422 when `existing` (the run first created under the key) came from a different request,
+    /// as the IETF idempotency-key draft asks: the key was reused by mistake.
+    fn same_request(&self, existing: &Run) -> ApiResult<()> {
+        let differs = if existing.content_hash != self.content_hash {
+            Some("algorithmParameters")
+        } else if existing.tag != self.tag {
+            Some("tag")
+        } else if existing.configuration_overrides != self.overrides {
+            Some("customConfiguration")
+        } else if existing.parent.as_ref().map(|p| p.request_id.to_string()) != self.parent {
+            Some("parentRequest")
+        } else {
+            None
+        };
+        match differs {
+            None => Ok(()),
+            Some(field) => {
+                metrics::rejected("idempotency_conflict");
+                Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!(
+                        "Idempotency-Key '{}' was already used for run {} with a different request ({field} differs); use a new key for a new run",
+                        existing.idempotency_key.as_deref().unwrap_or_default(),
+                        existing.id
+                    ),
+                ))
+            }
+        }
+    }
 }
 
 pub(crate) fn hex(b: &[u8]) -> String {
@@ -454,6 +629,7 @@ async fn get_by_tag(
     State(s): S,
     Path(tag): Path<String>,
 ) -> ApiResult<axum::Json<Vec<v1::TaggedRequestResult>>> {
+    check_tag(&tag)?;
     let runs = s
         .store
         .by_tag(&tag, 10_000)
@@ -520,11 +696,7 @@ async fn update_tag(
         std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("tag must be UTF-8 text"))?;
     // Accept a raw tag or a JSON string (`"tag"`), as generated clients send either.
     let tag = serde_json::from_str::<String>(text).unwrap_or_else(|_| text.trim().to_owned());
-    if tag.len() > 256 || tag.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(
-            "tag: must be at most 256 characters without control characters",
-        ));
-    }
+    check_tag(&tag)?;
     s.store
         .set_tag(run.id, (!tag.is_empty()).then_some(tag))
         .await
@@ -623,6 +795,12 @@ async fn check_can_have_child(s: &Scheduler, parent: &Run) -> ApiResult<()> {
         return Err(ApiError::conflict(format!(
             "parentRequest: run {} was cancelled; it cannot have new children",
             parent.id
+        )));
+    }
+    if parent.stage.is_terminal() {
+        return Err(ApiError::conflict(format!(
+            "parentRequest: run {} already finished as {}; a finished run cannot have new children",
+            parent.id, parent.stage
         )));
     }
     if parent.depth + 1 > s.config.max_tree_depth {

@@ -228,6 +228,8 @@ async fn dispatch_one(
     e: Entry,
     permit: OwnedSemaphorePermit,
 ) {
+    // The run stays held (not "stranded") until this dispatch is over, however it ends.
+    let _held = Held(lane.clone(), e.id);
     let run = match s.store.get(e.id).await {
         Ok(Some(r)) => r,
         Ok(None) => {
@@ -244,11 +246,16 @@ async fn dispatch_one(
             return;
         }
     };
-    if run.stage != Stage::Buffered {
+    // A RUNNING run is dispatched only as a relaunch (its process was lost with a previous
+    // nexus process and it has retries left; see `Scheduler::enqueue_recovered`).
+    let relaunch = run.stage == Stage::Running && s.is_relaunch(run.id);
+    if run.stage != Stage::Buffered && !relaunch {
+        s.relaunch_done(run.id);
         locked(&budget).refund();
         metrics::dispatched("skipped");
         return;
     }
+    let from = run.stage;
     if e.attempt == 0 {
         #[allow(clippy::cast_precision_loss)] // milliseconds since accept fit an f64
         metrics::time_in_queue((now_millis() - run.received_at).max(0) as f64 / 1000.0);
@@ -260,13 +267,13 @@ async fn dispatch_one(
             run.workgroup
         );
         locked(&budget).refund();
-        fail(&s, run.id, "Workgroup no longer exists", &details).await;
+        fail(&s, run.id, from, "Workgroup no longer exists", &details).await;
         return;
     };
     let Some(shard) = s.shards.route(&run.shard) else {
         let details = format!("no receiver is configured for shard '{}'", run.shard);
         locked(&budget).refund();
-        fail(&s, run.id, "Unknown shard", &details).await;
+        fail(&s, run.id, from, "Unknown shard", &details).await;
         return;
     };
     let id = run.id;
@@ -274,7 +281,7 @@ async fn dispatch_one(
         payload_url: s.payload_url(&run),
         workgroup: wg.spec.clone(),
         run,
-        relaunch: false,
+        relaunch,
     };
     let limit = s.config.dispatch_timeout;
     let result = match tokio::time::timeout(limit, shard.submit(d)).await {
@@ -291,6 +298,7 @@ async fn dispatch_one(
     drop(permit);
     match result {
         Ok(()) => {
+            s.relaunch_done(id);
             lane.mark_up();
             metrics::dispatched("ok");
         }
@@ -329,24 +337,36 @@ async fn dispatch_one(
         Err(err) => {
             metrics::dispatched("failed");
             let details = format!("after {} attempt(s): {}", e.attempt + 1, err.message);
-            fail(&s, id, "Algorithm could not be launched", &details).await;
+            fail(&s, id, from, "Algorithm could not be launched", &details).await;
         }
     }
 }
 
-async fn fail(s: &Scheduler, id: nexus_core::run::RunId, cause: &str, details: &str) {
+/// Releases a popped run's hold on its lane when its dispatch ends.
+struct Held(Arc<Lane>, nexus_core::run::RunId);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.release(self.1);
+    }
+}
+
+/// Ends a run that cannot be dispatched: SCHEDULING_FAILED from BUFFERED, FAILED for a relaunch
+/// of a RUNNING run (an attempt of it did run).
+async fn fail(s: &Scheduler, id: nexus_core::run::RunId, from: Stage, cause: &str, details: &str) {
+    s.relaunch_done(id);
     tracing::warn!(run_id = %id, "{cause}: {details}");
+    let to = if from == Stage::Running {
+        Stage::Failed
+    } else {
+        Stage::SchedulingFailed
+    };
     if let Err(e) = s
         .store
-        .transition(
-            id,
-            Stage::Buffered,
-            Stage::SchedulingFailed,
-            RunPatch::failure(cause, details),
-        )
+        .transition(id, from, to, RunPatch::failure(cause, details))
         .await
     {
-        tracing::warn!(run_id = %id, "could not mark run SCHEDULING_FAILED: {e}");
+        tracing::warn!(run_id = %id, "could not mark run {to}: {e}");
     }
 }
 
@@ -443,6 +463,72 @@ mod tests {
             shard: "local".into(),
             attempt: 0,
         });
+    }
+
+    #[tokio::test]
+    async fn stranded_runs_are_queued_again_and_held_ones_are_left_alone() {
+        let (_shard, store, s) = fixture();
+        let old = nexus_core::run::now_millis() - 60_000;
+        // Stored BUFFERED and owned by this scheduler, but in no queue: stranded.
+        let mut stranded = queued_run("a");
+        stranded.owner = Some("me".into());
+        stranded.received_at = old;
+        store.insert(stranded.clone()).await.unwrap();
+        // Queued as admission does: held, not stranded.
+        let mut queued = queued_run("b");
+        queued.owner = Some("me".into());
+        queued.received_at = old;
+        enqueue(&store, &s, &queued).await;
+        // Just accepted (between its write and its enqueue): not judged yet.
+        let mut fresh = queued_run("c");
+        fresh.owner = Some("me".into());
+        store.insert(fresh.clone()).await.unwrap();
+        // Another scheduler's run: not ours to queue.
+        let mut theirs = queued_run("d");
+        theirs.owner = Some("other".into());
+        theirs.received_at = old;
+        store.insert(theirs).await.unwrap();
+
+        assert_eq!(crate::requeue_stranded_once(&s).await.unwrap(), 1);
+        assert!(s.queue.holds("local", stranded.id));
+        assert_eq!(s.queue.len(), 2, "the queued run was not queued twice");
+        // Once queued, it is not found stranded again.
+        assert_eq!(crate::requeue_stranded_once(&s).await.unwrap(), 0);
+        // A popped run stays held until its dispatch releases it.
+        let lane = s.queue.lane("local");
+        let e = lane.pop_ready(tokio::time::Instant::now()).unwrap();
+        assert!(lane.holds(e.id), "held while being dispatched");
+        lane.release(e.id);
+        assert!(!lane.holds(e.id));
+    }
+
+    #[tokio::test]
+    async fn a_recovered_running_run_is_dispatched_as_a_relaunch() {
+        let (shard, store, s) = fixture();
+        let mut run = queued_run("a");
+        run.stage = Stage::Running;
+        run.attempts = 1;
+        store.insert(run.clone()).await.unwrap();
+        // A RUNNING run that is merely queued (not recovered) is skipped.
+        enqueue(&store, &s, &run).await;
+        let stop = CancellationToken::new();
+        let h = tokio::spawn(super::run(s.clone(), stop.clone()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(shard.submitted().is_empty());
+        s.enqueue_recovered(&run);
+        for _ in 0..500 {
+            if !shard.submitted().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(shard.submitted(), vec![run.id]);
+        assert!(
+            !s.is_relaunch(run.id),
+            "the relaunch is forgotten once dispatched"
+        );
+        stop.cancel();
+        h.await.unwrap();
     }
 
     #[tokio::test]

@@ -80,6 +80,20 @@ pub struct SchedulerConfig {
     pub max_tree_depth: u32,
     /// Most children one run may create.
     pub max_children_per_run: usize,
+    /// Deepest nesting of arrays and objects in a run request (the request object is level 1).
+    pub max_json_depth: usize,
+    /// Highest `runtimeEnvironment.maximumRetries` a template or a run may ask for.
+    pub max_retries: u32,
+    /// Longest `runtimeEnvironment.deadlineSeconds` a template or a run may ask for.
+    #[serde(with = "humantime_serde")]
+    pub max_deadline: Duration,
+    /// Longest `payloadValidFor` (payload URLs and run tokens live that long).
+    #[serde(with = "humantime_serde")]
+    pub max_payload_valid_for: Duration,
+    /// How often this scheduler looks for BUFFERED runs it owns that are neither queued nor being
+    /// dispatched, and queues them again (defence in depth: every accepted run reaches a queue).
+    #[serde(with = "humantime_serde")]
+    pub requeue_interval: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -102,6 +116,11 @@ impl Default for SchedulerConfig {
             lease_ttl: Duration::from_secs(15),
             max_tree_depth: 16,
             max_children_per_run: 10_000,
+            max_json_depth: 128,
+            max_retries: 100,
+            max_deadline: Duration::from_secs(7 * 24 * 3600),
+            max_payload_valid_for: Duration::from_secs(30 * 24 * 3600),
+            requeue_interval: Duration::from_secs(30),
         }
     }
 }
@@ -159,6 +178,28 @@ impl SchedulerConfig {
         }
         if self.max_children_per_run == 0 {
             e.push("scheduler.max_children_per_run: must be at least 1".to_owned());
+        }
+        if !(2..=10_000).contains(&self.max_json_depth) {
+            e.push("scheduler.max_json_depth: must be between 2 and 10000".to_owned());
+        }
+        if self.max_retries > 10_000 {
+            e.push("scheduler.max_retries: must be at most 10000".to_owned());
+        }
+        if self.max_deadline < Duration::from_secs(1)
+            || self.max_deadline > Duration::from_secs(366 * 24 * 3600)
+        {
+            e.push("scheduler.max_deadline: must be between 1s and 366d".to_owned());
+        }
+        if self.max_payload_valid_for < Duration::from_secs(60)
+            || self.max_payload_valid_for > Duration::from_secs(366 * 24 * 3600)
+        {
+            e.push("scheduler.max_payload_valid_for: must be between 1m and 366d".to_owned());
+        }
+        if self.payload_valid_for > self.max_payload_valid_for {
+            e.push("scheduler.payload_valid_for: must not exceed max_payload_valid_for".to_owned());
+        }
+        if self.requeue_interval < Duration::from_secs(1) {
+            e.push("scheduler.requeue_interval: must be at least 1s".to_owned());
         }
         if e.is_empty() {
             Ok(())
@@ -231,6 +272,9 @@ pub struct Scheduler {
     pub budgets: dispatch::Budgets,
     /// Readiness.
     pub readiness: Readiness,
+    /// RUNNING runs queued to be launched again (their process was lost; see
+    /// [`Scheduler::enqueue_recovered`]).
+    relaunches: std::sync::Mutex<std::collections::HashSet<nexus_core::run::RunId>>,
 }
 
 impl Scheduler {
@@ -256,7 +300,27 @@ impl Scheduler {
             signer: deps.signer,
             instance_id: deps.instance_id,
             readiness: deps.readiness,
+            relaunches: std::sync::Mutex::default(),
         })
+    }
+
+    fn relaunches_mut(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashSet<nexus_core::run::RunId>> {
+        // Each critical section is one set operation: consistent after a panic elsewhere.
+        self.relaunches
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// True when a RUNNING run was queued to be launched again.
+    pub(crate) fn is_relaunch(&self, id: nexus_core::run::RunId) -> bool {
+        self.relaunches_mut().contains(&id)
+    }
+
+    /// Forgets a relaunch (dispatched, failed or no longer needed).
+    pub(crate) fn relaunch_done(&self, id: nexus_core::run::RunId) {
+        self.relaunches_mut().remove(&id);
     }
 
     /// Returns a signed GET URL of the run's payload, served by [`api::router`] at
@@ -267,7 +331,12 @@ impl Scheduler {
     }
 
     /// Enqueues a recovered run ahead of the queue (used by the supervisor's orphan recovery).
+    /// A RUNNING run is queued as a relaunch: its attempt was lost with the process that ran it,
+    /// and it is launched again (the receiver continues its attempt count).
     pub fn enqueue_recovered(&self, run: &Run) {
+        if run.stage == Stage::Running {
+            self.relaunches_mut().insert(run.id);
+        }
         self.queue.push_priority(Queued {
             id: run.id,
             shard: run.shard.clone(),
@@ -286,6 +355,7 @@ pub async fn run(s: Arc<Scheduler>, shutdown: CancellationToken) {
     let dispatch_stop = CancellationToken::new();
     let dispatcher = tokio::spawn(dispatch::run(s.clone(), dispatch_stop.clone()));
     let hb = tokio::spawn(heartbeat(s.clone(), shutdown.clone()));
+    let sweep = tokio::spawn(requeue_stranded(s.clone(), shutdown.clone()));
     shutdown.cancelled().await;
     s.readiness.set(false);
     let deadline = tokio::time::Instant::now() + s.config.drain_grace;
@@ -295,6 +365,7 @@ pub async fn run(s: Arc<Scheduler>, shutdown: CancellationToken) {
     dispatch_stop.cancel();
     let _ = dispatcher.await;
     let _ = hb.await;
+    let _ = sweep.await;
     let left = s.queue.drain().len();
     if let Err(e) = s.store.release_lease(&s.instance_id).await {
         tracing::warn!(
@@ -348,6 +419,58 @@ async fn heartbeat(s: Arc<Scheduler>, shutdown: CancellationToken) {
         beat(&s).await;
         wait = s.config.lease_ttl / 3;
     }
+}
+
+/// Runs accepted this recently are not judged stranded yet (between their durable write and
+/// their enqueue).
+const STRANDED_AFTER_MS: i64 = 2_000;
+/// Most runs looked at by one stranded-run pass.
+const STRANDED_PAGE: usize = 10_000;
+
+/// Every `requeue_interval`, queues again the BUFFERED runs this scheduler owns that are neither
+/// queued nor being dispatched. Admission enqueues every run it stores (in a task of its own, so
+/// a client that disconnects cannot stop it), so this finds nothing unless something went wrong;
+/// it makes "an accepted run always runs" independent of that.
+async fn requeue_stranded(s: Arc<Scheduler>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(s.config.requeue_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match requeue_stranded_once(&s).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                requeued = n,
+                "queued again BUFFERED runs that were in no queue"
+            ),
+            Err(e) => tracing::warn!("stranded-run pass skipped, store unavailable: {e}"),
+        }
+    }
+}
+
+/// One pass of [`requeue_stranded`]; returns how many runs were queued again.
+///
+/// # Errors
+/// Store failures.
+pub async fn requeue_stranded_once(s: &Scheduler) -> Result<usize, nexus_core::store::StoreError> {
+    let runs = s
+        .store
+        .by_owner_stage(&s.instance_id, Stage::Buffered, STRANDED_PAGE)
+        .await?;
+    let now = now_millis();
+    let mut n = 0;
+    for r in runs {
+        if now - r.received_at < STRANDED_AFTER_MS || s.queue.holds(&r.shard, r.id) {
+            continue;
+        }
+        metrics::requeued_stranded();
+        s.enqueue_recovered(&r);
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// Receivers and supervisors hold leases in the same table (their ids start with `receiver/` and

@@ -61,3 +61,8 @@ pub fn accept_latency(seconds: f64) {
 pub fn tree_cancelled(cancelled: usize) {
     metrics::counter!("nexus_scheduler_descendants_cancelled_total").increment(cancelled as u64);
 }
+
+/// Counts a BUFFERED run found in no queue and queued again by the stranded-run pass.
+pub fn requeued_stranded() {
+    metrics::counter!("nexus_scheduler_stranded_requeued_total").increment(1);
+}

@@ -54,6 +54,15 @@ struct Parts {
     fifo: VecDeque<Entry>,
     delayed: BinaryHeap<Reverse<Delayed>>,
     seq: u64,
+    /// Runs this lane holds: queued in a part, or popped and not yet [`Lane::release`]d (being
+    /// dispatched). A count, since a dispatch may queue its run again before it releases it.
+    held: HashMap<RunId, u32>,
+}
+
+impl Parts {
+    fn hold(&mut self, id: RunId) {
+        *self.held.entry(id).or_insert(0) += 1;
+    }
 }
 
 impl Parts {
@@ -113,6 +122,7 @@ impl Lane {
     fn push_back(&self, e: Entry, priority: bool) {
         {
             let mut p = self.parts();
+            p.hold(e.id);
             if priority {
                 p.priority.push_back(e);
             } else {
@@ -127,6 +137,7 @@ impl Lane {
     pub fn push_delayed(&self, e: Entry, due: Instant) {
         {
             let mut p = self.parts();
+            p.hold(e.id);
             p.seq += 1;
             let seq = p.seq;
             p.delayed.push(Reverse(Delayed { due, seq, entry: e }));
@@ -150,7 +161,26 @@ impl Lane {
         self.parts().delayed.peek().map(|d| d.0.due)
     }
 
-    /// Removes the next ready run: due delayed runs, then priority, then FIFO.
+    /// Ends the hold on a run taken with [`Lane::pop_ready`] (its dispatch is over; if the
+    /// dispatch queued it again, that entry keeps it held).
+    pub fn release(&self, id: RunId) {
+        let mut p = self.parts();
+        if let Some(n) = p.held.get_mut(&id) {
+            *n -= 1;
+            if *n == 0 {
+                p.held.remove(&id);
+            }
+        }
+    }
+
+    /// True while the run is queued in this lane or being dispatched from it.
+    #[must_use]
+    pub fn holds(&self, id: RunId) -> bool {
+        self.parts().held.contains_key(&id)
+    }
+
+    /// Removes the next ready run: due delayed runs, then priority, then FIFO. The run stays held
+    /// ([`Lane::holds`]) until the caller [`Lane::release`]s it.
     #[must_use]
     pub fn pop_ready(&self, now: Instant) -> Option<Entry> {
         let mut p = self.parts();
@@ -206,6 +236,7 @@ impl Lane {
         let mut out: Vec<Entry> = p.delayed.drain().map(|d| d.0.entry).collect();
         out.extend(p.priority.drain(..));
         out.extend(p.fifo.drain(..));
+        p.held.clear();
         self.total.fetch_sub(out.len(), Ordering::Relaxed);
         self.depth.set(0.0);
         out
@@ -295,6 +326,16 @@ impl VirtualQueue {
     /// `enable` it before listing the lanes so no creation is missed.
     pub fn lane_added(&self) -> tokio::sync::futures::Notified<'_> {
         self.lane_added.notified()
+    }
+
+    /// True while run `id` of `shard` is queued or being dispatched.
+    #[must_use]
+    pub fn holds(&self, shard: &str, id: RunId) -> bool {
+        self.lanes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(shard)
+            .is_some_and(|l| l.holds(id))
     }
 
     /// Appends a run to its shard's FIFO.

@@ -77,6 +77,7 @@ pub async fn read_body(
             .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
         total += chunk.len();
         if total > limit {
+            drain(stream, drain_bound(limit).saturating_sub(total as u64)).await;
             return Err(too_large(limit));
         }
         out.write_all(&chunk)
@@ -87,6 +88,54 @@ pub async fn read_body(
         .await
         .map_err(|e| internal("cannot write the spool file", e))?;
     Ok(Incoming::Spooled(out.into_std().await))
+}
+
+/// 400 unless a payload starting with `first` is a JSON object (the reference's
+/// `algorithmParameters` is an object: `map[string]any`).
+///
+/// # Errors
+/// The 400 naming what was sent instead.
+pub fn require_object(first: Option<u8>) -> Result<(), ApiError> {
+    let got = match first {
+        Some(b'{') => return Ok(()),
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        Some(_) => "a number",
+        None => "nothing",
+    };
+    metrics::rejected("invalid_body");
+    Err(ApiError::bad_request(format!(
+        "Algorithm payload is invalid: algorithmParameters must be a JSON object, got {got}"
+    )))
+}
+
+/// How many bytes of an oversized body are read and dropped before the 413 is sent: twice the
+/// limit, at least 16 MiB, at most 1 GiB.
+#[must_use]
+pub fn drain_bound(limit: usize) -> u64 {
+    (limit as u64)
+        .saturating_mul(2)
+        .clamp(16 * 1024 * 1024, 1024 * 1024 * 1024)
+}
+
+/// Longest time spent draining an oversized body.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads and drops up to `bound` bytes of `stream` (at most [`DRAIN_TIME`]), so the client has
+/// sent its body when the error answer reaches it.
+pub async fn drain(mut stream: axum::body::BodyDataStream, bound: u64) {
+    let _ = tokio::time::timeout(DRAIN_TIME, async move {
+        let mut seen = 0u64;
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen += chunk.len() as u64;
+            if seen >= bound {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// A spooled request, split: the rest parsed by the caller, the payload located and checked.
@@ -152,22 +201,28 @@ impl<R: Read> Read for Hashing<R> {
 /// # Errors
 /// 400 for a malformed request or payload, 413 when the request outside its payload is too
 /// big, 500 for spool I/O failures.
-pub fn split_spooled(mut file: File) -> Result<SpooledRequest, ApiError> {
+pub fn split_spooled(mut file: File, max_depth: usize) -> Result<SpooledRequest, ApiError> {
     file.seek(SeekFrom::Start(0))
         .map_err(|e| internal("cannot read the spool file", e))?;
-    let parts =
-        split(BufReader::with_capacity(256 * 1024, &file), MAX_REST).map_err(|e| match e {
-            nexus_core::request_split::SplitError::Io(e) => {
-                internal("cannot read the spool file", e)
-            }
-            nexus_core::request_split::SplitError::RestTooLarge(n) => ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the request outside algorithmParameters is over {n} bytes"),
-            ),
-            other @ nexus_core::request_split::SplitError::Malformed(_) => {
-                ApiError::bad_request(format!("Algorithm payload is invalid: {other}"))
-            }
-        })?;
+    let parts = split(
+        BufReader::with_capacity(256 * 1024, &file),
+        MAX_REST,
+        max_depth,
+    )
+    .map_err(|e| match e {
+        nexus_core::request_split::SplitError::TooDeep(n) => {
+            metrics::rejected("invalid_body");
+            crate::api::too_deep(n)
+        }
+        nexus_core::request_split::SplitError::Io(e) => internal("cannot read the spool file", e),
+        nexus_core::request_split::SplitError::RestTooLarge(n) => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request outside algorithmParameters is over {n} bytes"),
+        ),
+        other @ nexus_core::request_split::SplitError::Malformed(_) => {
+            ApiError::bad_request(format!("Algorithm payload is invalid: {other}"))
+        }
+    })?;
     let Some(span) = parts.payload else {
         return Ok(SpooledRequest {
             rest: parts.rest,
@@ -187,6 +242,7 @@ pub fn split_spooled(mut file: File) -> Result<SpooledRequest, ApiError> {
             payload: None,
         });
     }
+    require_object(Some(first[0]))?;
     file.seek(SeekFrom::Start(span.start))
         .map_err(|e| internal("cannot read the spool file", e))?;
     let mut hashing = Hashing {
@@ -213,6 +269,10 @@ mod tests {
 
     use super::*;
 
+    fn split_spooled_t(f: File) -> Result<SpooledRequest, ApiError> {
+        split_spooled(f, 128)
+    }
+
     fn spool(body: &str) -> File {
         let mut f = tempfile::tempfile().unwrap();
         f.write_all(body.as_bytes()).unwrap();
@@ -223,7 +283,7 @@ mod tests {
     fn payload_is_located_validated_and_hashed() {
         let payload = r#"{"capacity": 10, "items": [1, 2, 3]}"#;
         let body = format!(r#"{{"tag": "t", "algorithmParameters": {payload}}}"#);
-        let mut r = split_spooled(spool(&body)).unwrap();
+        let mut r = split_spooled_t(spool(&body)).unwrap();
         let rest: serde_json::Value = serde_json::from_slice(&r.rest).unwrap();
         assert_eq!(
             rest,
@@ -236,22 +296,22 @@ mod tests {
 
     #[test]
     fn malformed_payload_and_missing_payload() {
-        let e = split_spooled(spool(r#"{"algorithmParameters": {"a": tru}}"#)).unwrap_err();
+        let e = split_spooled_t(spool(r#"{"algorithmParameters": {"a": tru}}"#)).unwrap_err();
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
         assert!(e.message.contains("algorithmParameters"), "{}", e.message);
         assert!(
-            split_spooled(spool(r#"{"algorithmParameters": null}"#))
+            split_spooled_t(spool(r#"{"algorithmParameters": null}"#))
                 .unwrap()
                 .payload
                 .is_none()
         );
         assert!(
-            split_spooled(spool(r#"{"tag": "x"}"#))
+            split_spooled_t(spool(r#"{"tag": "x"}"#))
                 .unwrap()
                 .payload
                 .is_none()
         );
-        let e = split_spooled(spool(r#"{"algorithmParameters": {"a": 1}"#)).unwrap_err();
+        let e = split_spooled_t(spool(r#"{"algorithmParameters": {"a": 1}"#)).unwrap_err();
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
     }
 }

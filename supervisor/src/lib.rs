@@ -284,7 +284,7 @@ impl Supervisor {
                                 run_id,
                                 Stage::Buffered,
                                 Stage::Running,
-                                RunPatch::default(),
+                                RunPatch::started_late(&run, now_millis()),
                             )
                             .await;
                         continue;
@@ -305,8 +305,9 @@ impl Supervisor {
     }
 
     /// Claims runs of dead owners: BUFFERED ones go to `requeue`; RUNNING ones whose process this
-    /// executor does not know are settled FAILED with a cause (their process is stopped if it is
-    /// still alive). Returns how many runs were recovered.
+    /// executor does not know lost their attempt (their process is stopped if it is still
+    /// alive): they go to `requeue` to be launched again while `maximumRetries` allows, else they
+    /// are settled FAILED with a cause. Returns how many runs were recovered.
     ///
     /// # Errors
     /// Store failures (nothing is decided on a store error).
@@ -349,11 +350,31 @@ impl Supervisor {
                         let _ = self.store.transition(run.id, stage, stage, claim).await;
                     } else {
                         stop_orphan_process(&run);
+                        // A lost attempt is an attempt: launch again while retries remain.
+                        let used = run.attempts.max(1);
+                        let allowed = run
+                            .applied_configuration
+                            .maximum_retries()
+                            .saturating_add(1);
+                        if used < allowed {
+                            let relaunch = RunPatch {
+                                attempts: Some(used),
+                                ..claim
+                            };
+                            if let Ok(r) =
+                                self.store.transition(run.id, stage, stage, relaunch).await
+                            {
+                                tracing::warn!(run_id = %run.id, attempt = used, "the process of a RUNNING run was lost with a previous nexus process; launching it again");
+                                requeue(&r);
+                                n += 1;
+                            }
+                            continue;
+                        }
                         let mut p = RunPatch::failure(
                             "Algorithm process was lost",
                             format!(
-                                "the scheduler that launched attempt {} stopped ({owner}) while the run was RUNNING; submit the run again",
-                                run.attempts
+                                "the nexus process that ran attempt {used} stopped ({owner}) while the run was RUNNING, and runtimeEnvironment.maximumRetries ({}) allows no further attempt; submit the run again",
+                                allowed - 1
                             ),
                         );
                         p.owner = claim.owner;
@@ -410,11 +431,13 @@ fn stop_orphan_process(run: &Run) {
 }
 
 /// Runs the supervisor until `shutdown`: applies executor events as they come and looks for
-/// orphans every `recovery_interval` (and once at start).
+/// orphans every `recovery_interval` (and once at start, in the background: the component
+/// serves meanwhile, and `readiness` notes the recovery until its first pass is over).
 pub async fn run(
     sup: Arc<Supervisor>,
     events: UnboundedReceiver<ExecutorEvent>,
     requeue: Arc<dyn Fn(&Run) + Send + Sync>,
+    readiness: nexus_core::http::Readiness,
     shutdown: CancellationToken,
 ) {
     let s2 = sup.clone();
@@ -422,12 +445,23 @@ pub async fn run(
     let recovery = tokio::spawn(async move {
         let mut tick = tokio::time::interval(s2.config.recovery_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut first = true;
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
                 _ = tick.tick() => {
-                    if let Err(e) = s2.recover(requeue.as_ref()).await {
-                        tracing::warn!("orphan recovery skipped, store unavailable: {e}");
+                    if first {
+                        readiness.set_note(Some("recovering runs left by a previous process".into()));
+                    }
+                    let started = std::time::Instant::now();
+                    match s2.recover(requeue.as_ref()).await {
+                        Ok(n) if first && n > 0 => tracing::info!(recovered = n, seconds = started.elapsed().as_secs_f64(), "picked up runs left by a previous nexus process"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!("orphan recovery skipped, store unavailable: {e}"),
+                    }
+                    if first {
+                        readiness.set_note(None);
+                        first = false;
                     }
                 }
             }
@@ -466,6 +500,64 @@ mod tests {
 
     fn run() -> Run {
         nexus_core::store::test_suite::sample_run("alg")
+    }
+
+    #[tokio::test]
+    async fn lost_attempts_are_relaunched_while_retries_remain() {
+        use nexus_core::store::InMemoryRunStore;
+        let store = Arc::new(InMemoryRunStore::default());
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let sup = Supervisor {
+            config: SupervisorConfig {
+                exclusive_store: true,
+                ..SupervisorConfig::default()
+            },
+            store: store.clone(),
+            executor: Arc::new(nexus_core::executor::RecordingExecutor::new(tx)),
+            instance_id: "me".into(),
+        };
+        let running = |retries: u32, attempts: u32| {
+            let mut r = run();
+            r.stage = Stage::Running;
+            r.owner = Some("killed".into());
+            r.attempts = attempts;
+            r.applied_configuration.runtime_environment =
+                Some(nexus_core::spec::RuntimeEnvironment {
+                    maximum_retries: Some(retries),
+                    ..Default::default()
+                });
+            r
+        };
+        let retry = running(2, 1);
+        let last = running(2, 3);
+        let never_started = running(1, 0);
+        for r in [&retry, &last, &never_started] {
+            store.insert(r.clone()).await.unwrap();
+        }
+        let requeued = std::sync::Mutex::new(Vec::new());
+        let n = sup
+            .recover(&|r: &Run| requeued.lock().unwrap().push((r.id, r.stage, r.attempts)))
+            .await
+            .unwrap();
+        assert_eq!(n, 3);
+        let mut got = requeued.lock().unwrap().clone();
+        got.sort_by_key(|g| g.0);
+        let mut want = vec![
+            (retry.id, Stage::Running, 1),
+            (never_started.id, Stage::Running, 1),
+        ];
+        want.sort_by_key(|g| g.0);
+        assert_eq!(got, want, "relaunched with their attempts counted");
+        let r = store.get(last.id).await.unwrap().unwrap();
+        assert_eq!(r.stage, Stage::Failed, "no retry left");
+        assert!(
+            r.failure_details.unwrap().contains("maximumRetries (2)"),
+            "the cause names the limit"
+        );
+        for id in [retry.id, never_started.id] {
+            let r = store.get(id).await.unwrap().unwrap();
+            assert_eq!(r.owner.as_deref(), Some("me"));
+        }
     }
 
     #[test]

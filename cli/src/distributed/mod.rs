@@ -281,12 +281,19 @@ pub async fn start_scheduler_with(
             readiness: readiness.clone(),
         },
     );
-    // A stable instance id picks up the BUFFERED runs its previous life left queued.
-    let own = nexus_scheduler::requeue_own(&scheduler)
-        .await
-        .map_err(|e| anyhow::anyhow!("run store: {e}"))?;
-    if own > 0 {
-        tracing::info!(requeued = own, "picked up this scheduler's queued runs");
+    // A stable instance id picks up the BUFFERED runs its previous life left queued, in the
+    // background: new runs are accepted meanwhile, and readiness says so.
+    {
+        let (s2, rd) = (scheduler.clone(), readiness.clone());
+        tasks.spawn(async move {
+            rd.set_note(Some("queuing again the runs of this scheduler's previous life".into()));
+            match nexus_scheduler::requeue_own(&s2).await {
+                Ok(0) => {}
+                Ok(own) => tracing::info!(requeued = own, "picked up this scheduler's queued runs"),
+                Err(e) => tracing::warn!("could not list this scheduler's queued runs (the stranded-run pass retries): {e}"),
+            }
+            rd.set_note(None);
+        });
     }
     let api = nexus_scheduler::api::router(scheduler.clone());
     let app = Router::new()
@@ -401,6 +408,7 @@ fn local_executor(
         work_dir: c.work_dir.join("work"),
         default_max_concurrent: c.executor.default_max_concurrent,
         max_log_bytes: c.executor.max_log_bytes,
+        state_dir: None,
     };
     Arc::new(LocalProcessExecutor::new(cfg, payloads, events))
 }

@@ -72,6 +72,11 @@ pub struct LocalExecutorConfig {
     pub default_max_concurrent: u32,
     /// Cap on the captured stdout+stderr of a run (the tail is kept; truncation is noted).
     pub max_log_bytes: usize,
+    /// Where the process group of each running attempt is recorded (one file per run, holding
+    /// the group id), so that a later executor on the same directory can stop the attempts a
+    /// killed predecessor left running ([`LocalProcessExecutor::reap_previous`]). `None`: not
+    /// recorded.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for LocalExecutorConfig {
@@ -81,6 +86,7 @@ impl Default for LocalExecutorConfig {
             work_dir: std::env::temp_dir().join("nexus-work"),
             default_max_concurrent: 4,
             max_log_bytes: 1024 * 1024,
+            state_dir: None,
         }
     }
 }
@@ -122,6 +128,83 @@ impl LocalProcessExecutor {
                 runs: Mutex::new(HashMap::new()),
                 groups: Mutex::new(HashMap::new()),
             }),
+        }
+    }
+}
+
+impl LocalProcessExecutor {
+    /// Stops the attempts that a previous executor on the same `state_dir` left running (it was
+    /// killed, so its children outlived it): each recorded process group is sent `SIGKILL` when
+    /// `/proc/<pid>/environ` shows it still is that run's process (pids are reused), and the
+    /// record is removed. Call it before anything is launched. Returns how many were stopped.
+    #[must_use]
+    pub fn reap_previous(state_dir: &std::path::Path) -> usize {
+        let Ok(entries) = std::fs::read_dir(state_dir) else {
+            return 0;
+        };
+        let mut stopped = 0;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let run = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.parse::<RunId>().ok());
+            let pgid = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok());
+            if let (Some(run), Some(pgid)) = (run, pgid)
+                && pgid > 1
+                && process_belongs_to(pgid, run)
+            {
+                match killpg(Pid::from_raw(pgid), Signal::SIGKILL) {
+                    Ok(()) => {
+                        stopped += 1;
+                        tracing::warn!(run_id = %run, pgid, "stopped an attempt left running by a previous nexus process");
+                    }
+                    Err(nix::errno::Errno::ESRCH) => {}
+                    Err(e) => {
+                        tracing::warn!(run_id = %run, pgid, error = %e, "could not stop a previous attempt")
+                    }
+                }
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+        stopped
+    }
+}
+
+/// True when process `pid` still runs run `run` (its environment names the run).
+fn process_belongs_to(pid: i32, run: RunId) -> bool {
+    let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    let marker = format!("{}={run}", nexus_proto::v1::env::REQUEST_ID);
+    environ.split(|b| *b == 0).any(|kv| kv == marker.as_bytes())
+}
+
+/// Records (and, dropped, forgets) the process group of a running attempt in the state dir.
+struct AttemptRecord(Option<PathBuf>);
+
+impl AttemptRecord {
+    fn new(state_dir: Option<&PathBuf>, run: RunId, pid: Option<u32>) -> Self {
+        let (Some(dir), Some(pid)) = (state_dir, pid) else {
+            return Self(None);
+        };
+        let path = dir.join(run.to_string());
+        match crate::fsutil::write_private(&path, pid.to_string().as_bytes()) {
+            Ok(()) => Self(Some(path)),
+            Err(e) => {
+                tracing::warn!(run_id = %run, error = %e, "cannot record the attempt's process group");
+                Self(None)
+            }
+        }
+    }
+}
+
+impl Drop for AttemptRecord {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
         }
     }
 }
@@ -282,8 +365,9 @@ impl Inner {
             .checked_add(spec.deadline)
             .unwrap_or_else(|| started + Duration::from_secs(100 * 365 * 24 * 3600));
         let attempt_cap = spec.max_retries.saturating_add(TRANSIENT_SLACK).max(1);
-        let mut attempt: u32 = 0;
-        let mut retries_used: u32 = 0;
+        // A relaunch after lost attempts continues their count: each lost attempt used a retry.
+        let mut attempt: u32 = spec.prior_attempts;
+        let mut retries_used: u32 = spec.prior_attempts;
         loop {
             attempt += 1;
             lock(logs).push(format!("--- attempt {attempt} ---\n").as_bytes());
@@ -317,6 +401,7 @@ impl Inner {
                 }
             };
             let pid = child.id();
+            let _record = AttemptRecord::new(self.config.state_dir.as_ref(), spec.run_id, pid);
             self.emit(ExecutorEvent::Started {
                 run_id: spec.run_id,
                 attempt,
@@ -572,6 +657,7 @@ mod tests {
             work_dir: work_dir.to_path_buf(),
             default_max_concurrent: 4,
             max_log_bytes: 64 * 1024,
+            state_dir: None,
         };
         Arc::new(LocalProcessExecutor::new(config, payloads, events))
     }
@@ -664,6 +750,7 @@ mod tests {
             work_dir: dir.path().join("work"),
             default_max_concurrent: 1,
             max_log_bytes: 100,
+            state_dir: None,
         };
         let exec = LocalProcessExecutor::new(config, payloads.clone(), tx);
         let mut spec = test_suite::spec(&["ignored"]);

@@ -144,6 +144,7 @@ pub async fn collect_until_finished(
 #[must_use]
 pub fn spec(args: &[&str]) -> LaunchSpec {
     LaunchSpec {
+        prior_attempts: 0,
         run_id: RunId::new(),
         algorithm: "test-algo".into(),
         workgroup: "test-wg".into(),

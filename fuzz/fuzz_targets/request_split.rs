@@ -1,0 +1,30 @@
+//! The request splitter on arbitrary bytes: never panics, and what it reports is consistent (the
+//! payload span lies inside the body and is structurally whole; the rest is the body with that
+//! span replaced by `null`; nesting past the limit is refused).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use nexus_core::request_split::{SplitError, check_depth, split};
+
+const MAX_DEPTH: usize = 16;
+
+fuzz_target!(|data: &[u8]| {
+    match split(data, 4096, MAX_DEPTH) {
+        Ok(s) => {
+            if let Some(span) = s.payload {
+                let start = usize::try_from(span.start).unwrap();
+                let end = start + usize::try_from(span.len).unwrap();
+                assert!(end <= data.len(), "span {span:?} past the body ({})", data.len());
+                let mut rebuilt = data[..start].to_vec();
+                rebuilt.extend_from_slice(b"null");
+                rebuilt.extend_from_slice(&data[end..]);
+                assert_eq!(rebuilt, s.rest, "rest = body with the payload replaced by null");
+            } else {
+                assert_eq!(s.rest, data, "without a payload the rest is the body");
+            }
+            assert!(check_depth(data, MAX_DEPTH).is_ok(), "split accepted what check_depth refuses");
+        }
+        Err(SplitError::TooDeep(n)) => assert_eq!(n, MAX_DEPTH),
+        Err(_) => {}
+    }
+});
