@@ -17,6 +17,7 @@ pub mod kube_testkit;
 pub mod leader;
 pub mod limiter;
 pub mod payload;
+pub mod private_fs;
 pub mod render;
 pub mod request_split;
 pub mod run;
