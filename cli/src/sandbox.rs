@@ -32,8 +32,20 @@ const PROBE_PREFIX: &str = "nexus-sandbox";
 /// Read-only for every confined algorithm (besides the `PATH` directories): programs, libraries, configuration (TLS roots, DNS,
 /// users), and the kernel's views of the process (`/proc` entries of processes outside the
 /// algorithm's Landlock domain stay unreadable: Landlock denies ptrace-class access to them).
-const SYSTEM_READ_ONLY: [&str; 9] = [
-    "/usr", "/lib", "/lib32", "/lib64", "/bin", "/sbin", "/etc", "/proc", "/sys",
+/// `/run/systemd/resolve` holds the target of a systemd-resolved `/etc/resolv.conf` link, and
+/// `/nix/store` every program and library on NixOS; missing paths grant nothing.
+const SYSTEM_READ_ONLY: [&str; 11] = [
+    "/usr",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/bin",
+    "/sbin",
+    "/etc",
+    "/proc",
+    "/sys",
+    "/run/systemd/resolve",
+    "/nix/store",
 ];
 /// Device files algorithms may read (random numbers).
 const DEVICES_READ_ONLY: [&str; 2] = ["/dev/urandom", "/dev/random"];
@@ -163,6 +175,17 @@ pub async fn executor_isolation(req: IsolationRequest<'_>) -> anyhow::Result<Iso
                 p.display(),
                 hit.display()
             );
+        }
+    }
+    if req.confine != Confine::Off {
+        for dir in SYSTEM_READ_ONLY {
+            if let Some(hit) = covers_protected(Path::new(dir), req.protected) {
+                tracing::warn!(
+                    dir,
+                    protected = %hit.display(),
+                    "a private path of the server lies in a system directory algorithms may read: under Landlock they lose that whole directory (and may fail); move it out"
+                );
+            }
         }
     }
     let (launcher, abi) = match req.confine {
@@ -528,6 +551,69 @@ mod tests {
         assert!(covers_protected(Path::new("/srv"), &protected).is_some());
         assert!(covers_protected(Path::new("/srv/nexus/data/objects"), &protected).is_some());
         assert!(covers_protected(Path::new("/srv/models"), &protected).is_none());
+    }
+
+    #[test]
+    fn rules_grant_the_run_its_directory_and_never_a_protected_path() {
+        let args = SandboxExecArgs {
+            work_dir: Some(PathBuf::from("/tmp/nexus-work-0/run-1")),
+            read_only: vec![PathBuf::from("/srv/models"), PathBuf::from("/srv")],
+            read_write: vec![PathBuf::from("/tmp/nexus-work-0")],
+            deny: vec![
+                PathBuf::from("/srv/nexus-data"),
+                PathBuf::from("/tmp/nexus-work-0"),
+            ],
+            command: vec!["/opt/algo/bin/run".into()],
+            ..SandboxExecArgs::default()
+        };
+        let rules = rules(&args, Path::new("/opt/algo/bin/run"));
+        let has = |p: &str, w: bool| rules.contains(&(PathBuf::from(p), w));
+        assert!(has("/tmp/nexus-work-0/run-1", true), "{rules:?}");
+        assert!(has("/srv/models", false), "{rules:?}");
+        assert!(
+            has("/opt/algo/bin", false),
+            "the command's directory: {rules:?}"
+        );
+        assert!(has("/usr", false) && has("/dev/null", true), "{rules:?}");
+        // `/srv` contains the data dir; the work root holds other runs' directories.
+        assert!(
+            !rules.iter().any(|(p, _)| p == Path::new("/srv")),
+            "{rules:?}"
+        );
+        assert!(
+            !rules
+                .iter()
+                .any(|(p, _)| p == Path::new("/tmp/nexus-work-0")),
+            "{rules:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_launcher_that_is_not_nexus_refuses_landlock_and_is_dropped_under_auto() {
+        let req = IsolationRequest {
+            run_as: None,
+            confine: Confine::Landlock,
+            launcher: Some(Path::new("/bin/true")),
+            read_only: &[],
+            read_write: &[],
+            protected: &[],
+        };
+        let e = executor_isolation(req.clone())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("confine is landlock but the launcher cannot be used")
+                && e.contains("did not answer as nexus does"),
+            "{e}"
+        );
+        let auto = executor_isolation(IsolationRequest {
+            confine: Confine::Auto,
+            ..req
+        })
+        .await
+        .unwrap();
+        assert_eq!((auto.launcher, auto.landlock_abi), (None, None));
     }
 
     #[tokio::test]

@@ -400,8 +400,11 @@ async fn local_executor(
     ) -> Arc<dyn Executor>
     + use<>,
 > {
+    // The receiver's secrets: algorithms must never be granted a path holding one.
     let protected: Vec<PathBuf> = std::iter::once(c.work_dir.clone())
         .chain(c.signing_key_file.clone())
+        .chain(c.grpc.secret_file.clone())
+        .chain(c.grpc.tls_key.clone())
         .collect();
     let cfg = crate::sandbox::local_executor_config(&c.executor, &protected).await?;
     Ok(
