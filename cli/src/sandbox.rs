@@ -198,7 +198,7 @@ pub async fn executor_isolation(req: IsolationRequest<'_>) -> anyhow::Result<Iso
                     .filter(|p| p.file_stem().is_some_and(|n| n == "nexus")),
             };
             let probed = match &program {
-                Some(p) => probe(p).await,
+                Some(p) => probe(p, run_as).await,
                 None => Err(
                     "this process is not the nexus binary; set executor.launcher to it".to_owned(),
                 ),
@@ -323,16 +323,22 @@ fn canonical(p: &Path) -> PathBuf {
     std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
-/// Runs `<launcher> sandbox-exec --probe`: `Ok(Some(abi))` when it enforces Landlock,
+/// Runs `<launcher> sandbox-exec --probe` as the algorithms' user (so a launcher that user cannot
+/// execute shows up now, not at the first launch): `Ok(Some(abi))` when it enforces Landlock,
 /// `Ok(None)` when the kernel offers none, `Err` when the launcher does not answer as nexus does.
-async fn probe(launcher: &Path) -> Result<Option<u32>, String> {
-    let out = tokio::process::Command::new(launcher)
-        .args(["sandbox-exec", "--probe"])
+async fn probe(launcher: &Path, run_as: Option<RunAs>) -> Result<Option<u32>, String> {
+    let mut cmd = tokio::process::Command::new(launcher);
+    cmd.args(["sandbox-exec", "--probe"])
         .env_clear()
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .map_err(|e| format!("cannot run {}: {e}", launcher.display()))?;
+        .current_dir("/")
+        .stdin(std::process::Stdio::null());
+    if let Some(user) = run_as {
+        cmd.uid(user.uid).gid(user.gid);
+    }
+    let out = cmd.output().await.map_err(|e| {
+        let who = run_as.map_or_else(String::new, |u| format!(" as uid {}", u.uid));
+        format!("cannot run {}{who}: {e}", launcher.display())
+    })?;
     let text = String::from_utf8_lossy(&out.stdout);
     let answer = text
         .lines()
