@@ -864,11 +864,10 @@ async fn accept_nexus(local: bool, store: Option<&str>) -> anyhow::Result<Nexus>
         move |tx, payloads| {
             Arc::new(nexus_core::executor::LocalProcessExecutor::new(
                 nexus_core::executor::LocalExecutorConfig {
-                    extra_path: Vec::new(),
-                    work_dir,
+                    work_root: work_dir,
                     default_max_concurrent: 8,
                     max_log_bytes: 64 * 1024,
-                    state_dir: None,
+                    ..nexus_core::executor::LocalExecutorConfig::default()
                 },
                 payloads,
                 tx,

@@ -13,6 +13,8 @@ use nexus_scheduler::edge::EdgeLimitConfig;
 use nexus_supervisor::SupervisorConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::sandbox::Confine;
+
 /// Local-process executor settings (section `executor`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -24,6 +26,22 @@ pub struct ExecutorSection {
     pub default_max_concurrent: u32,
     /// Captured stdout+stderr per run (the tail is kept).
     pub max_log_bytes: usize,
+    /// Parent of the runs' private work directories (one per run, `0700`, removed when the run
+    /// finishes). Default `<temp dir>/nexus-work-<uid>`; it must lie outside the data directory.
+    pub work_root: Option<PathBuf>,
+    /// The user algorithms run as (`name`, `uid`, `name:group` or `uid:gid`) when nexus runs as
+    /// root; nexus refuses to start with it when it is not root.
+    pub run_as: Option<String>,
+    /// Filesystem confinement of algorithms: `auto` (Landlock where the kernel offers it),
+    /// `landlock` (refuse to start without it) or `off`.
+    pub confine: Confine,
+    /// Extra paths confined algorithms may read (interpreters, models); `PATH` and the system
+    /// directories are always readable.
+    pub read_only_paths: Vec<PathBuf>,
+    /// Extra paths confined algorithms may write (besides their own work directory).
+    pub read_write_paths: Vec<PathBuf>,
+    /// The `nexus` binary that confines algorithms (`nexus sandbox-exec`); default this one.
+    pub launcher: Option<PathBuf>,
 }
 
 impl Default for ExecutorSection {
@@ -32,6 +50,12 @@ impl Default for ExecutorSection {
             extra_path: Vec::new(),
             default_max_concurrent: 8,
             max_log_bytes: 1024 * 1024,
+            work_root: None,
+            run_as: None,
+            confine: Confine::Auto,
+            read_only_paths: Vec::new(),
+            read_write_paths: Vec::new(),
+            launcher: None,
         }
     }
 }
@@ -217,6 +241,15 @@ impl StandaloneConfig {
         if self.executor.default_max_concurrent == 0 {
             e.push("executor.default_max_concurrent: must be at least 1".into());
         }
+        if let Some(root) = &self.executor.work_root
+            && inside(root, &self.data_dir)
+        {
+            e.push(format!(
+                "executor.work_root: {} lies in the data directory {}: algorithms would work next to the server's keys and stores; choose a directory outside it",
+                root.display(),
+                self.data_dir.display()
+            ));
+        }
         for r in [
             self.scheduler.validate(),
             self.receiver.validate(),
@@ -233,6 +266,18 @@ impl StandaloneConfig {
             Err(e.join("; "))
         }
     }
+}
+
+/// Whether `path` is `dir` or lies in it (compared as absolute, canonical where they exist).
+fn inside(path: &Path, dir: &Path) -> bool {
+    let abs = |p: &Path| {
+        std::fs::canonicalize(p).unwrap_or_else(|_| {
+            std::env::current_dir()
+                .map(|d| d.join(p))
+                .unwrap_or_else(|_| p.to_path_buf())
+        })
+    };
+    abs(path).starts_with(abs(dir))
 }
 
 /// Layers `defaults` → the YAML `file` → `NEXUS__SECTION__KEY` environment variables →
@@ -313,6 +358,34 @@ mod tests {
         std::fs::write(&f, "log_format: xml\n").unwrap();
         let e = StandaloneConfig::load(Some(&f), &Overrides::default()).unwrap_err();
         assert!(e.contains("log_format"), "{e}");
+    }
+
+    #[test]
+    fn executor_keys_are_read_and_a_work_root_in_the_data_dir_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("nexus.yaml");
+        let data = d.path().join("data");
+        std::fs::write(
+            &f,
+            format!(
+                "data_dir: {0}\nexecutor:\n  run_as: nobody\n  confine: landlock\n  work_root: {0}/work\n",
+                data.display()
+            ),
+        )
+        .unwrap();
+        let e = StandaloneConfig::load(Some(&f), &Overrides::default()).unwrap_err();
+        assert!(e.contains("executor.work_root"), "{e}");
+        std::fs::write(
+            &f,
+            "executor:\n  run_as: nobody\n  confine: landlock\n  work_root: /var/tmp/nexus-work\n",
+        )
+        .unwrap();
+        let c = StandaloneConfig::load(Some(&f), &Overrides::default()).unwrap();
+        assert_eq!(c.executor.run_as.as_deref(), Some("nobody"));
+        assert_eq!(c.executor.confine, Confine::Landlock);
+        std::fs::write(&f, "executor:\n  confine: maybe\n").unwrap();
+        let e = StandaloneConfig::load(Some(&f), &Overrides::default()).unwrap_err();
+        assert!(e.contains("confine"), "{e}");
     }
 
     #[test]

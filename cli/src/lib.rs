@@ -6,5 +6,6 @@ pub mod config;
 pub mod distributed;
 pub mod objects;
 pub mod payloads_cmd;
+pub mod sandbox;
 pub mod standalone;
 pub mod store_cmd;

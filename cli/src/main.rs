@@ -152,6 +152,10 @@ enum Command {
         #[command(subcommand)]
         command: nexus_cli::store_cmd::StoreCommand,
     },
+    /// Internal: confines this process (no_new_privs, Landlock) and executes an algorithm in its
+    /// place. The local executor starts algorithms through it.
+    #[command(hide = true)]
+    SandboxExec(nexus_cli::sandbox::SandboxExecArgs),
     /// Submits, inspects, waits for and cancels runs on a Nexus server.
     Run {
         #[command(flatten)]
@@ -322,6 +326,17 @@ async fn standalone(config: StandaloneConfig) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::SandboxExec(args) = cli.command {
+        // Before any runtime or thread exists: this process becomes the algorithm. 126, as a
+        // shell does for a command it found but could not execute.
+        return match nexus_cli::sandbox::sandbox_exec(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("nexus sandbox-exec: {e:#}");
+                ExitCode::from(126)
+            }
+        };
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -495,6 +510,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::SandboxExec(_) => unreachable!("handled before the runtime starts"),
         Command::Run { opts, command } => match rt.block_on(nexus_cli::client::run(&opts, command))
         {
             Ok(code) => code,

@@ -6,7 +6,7 @@
 //! handle; `main` only parses flags and waits for signals.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use anyhow::Context;
@@ -14,7 +14,7 @@ use axum::Router;
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use nexus_core::catalog::{Catalog, load_dir, watch_dir};
-use nexus_core::executor::{Executor, ExecutorEvent, LocalExecutorConfig, LocalProcessExecutor};
+use nexus_core::executor::{Executor, ExecutorEvent, LocalProcessExecutor};
 use nexus_core::http::{Readiness, health_routes, negotiate_errors};
 use nexus_core::payload::{
     FsPayloadStore, PayloadStore, S3PayloadStore, SqliteObjectStore, TieredPayloadStore,
@@ -83,13 +83,19 @@ pub(crate) fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
+/// Reads the signing key at `path`, or creates it: written to a temporary file created `0600`
+/// (never readable by others, not even for a moment), synced, then renamed into place.
 fn load_or_create_secret(path: &Path) -> anyhow::Result<Signer> {
+    use std::io::Write as _;
     if let Ok(bytes) = std::fs::read(path) {
         anyhow::ensure!(
             bytes.len() >= 32,
             "signing key {} is shorter than 32 bytes; delete it to create a new one",
             path.display()
         );
+        // A key an older version left readable by others is made private.
+        nexus_core::private_fs::tighten(path)
+            .with_context(|| format!("cannot make {} private", path.display()))?;
         return Ok(Signer::new(&bytes));
     }
     let key: Vec<u8> = uuid::Uuid::new_v4()
@@ -98,14 +104,17 @@ fn load_or_create_secret(path: &Path) -> anyhow::Result<Signer> {
         .chain(uuid::Uuid::new_v4().as_bytes())
         .copied()
         .collect();
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, &key).with_context(|| format!("cannot write {}", tmp.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
+    let write = || -> std::io::Result<()> {
+        let mut f = nexus_core::private_fs::create_new_file(&tmp)?;
+        f.write_all(&key)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write the signing key {}", path.display()));
     }
-    std::fs::rename(&tmp, path)?;
     Ok(Signer::new(&key))
 }
 
@@ -138,44 +147,31 @@ pub(crate) fn instance_id() -> String {
     )
 }
 
-fn default_extra_path() -> Vec<PathBuf> {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-        .into_iter()
-        .collect()
-}
-
 /// Starts standalone Nexus on `listener`, with the local-process executor.
 ///
 /// # Errors
 /// Data directory, run store (e.g. locked by another process), templates (every invalid
-/// manifest is listed), signing key.
+/// manifest is listed), signing key, algorithm isolation (`executor.run_as` without root, an
+/// unknown user, `executor.confine: landlock` where the kernel has none).
 pub async fn start(config: StandaloneConfig, listener: TcpListener) -> anyhow::Result<Handle> {
-    let exec_config = LocalExecutorConfig {
-        extra_path: if config.executor.extra_path.is_empty() {
-            default_extra_path()
-        } else {
-            config.executor.extra_path.clone()
-        },
-        work_dir: config.data_dir.join("work"),
-        default_max_concurrent: config.executor.default_max_concurrent,
-        max_log_bytes: config.executor.max_log_bytes,
-        state_dir: Some(config.data_dir.join("attempts")),
-    };
+    let mut exec_config = crate::sandbox::local_executor_config(
+        &config.executor,
+        std::slice::from_ref(&config.data_dir),
+    )
+    .await?;
     // Attempts a killed predecessor left running go before anything new starts (their runs are
     // launched again by recovery while their retries allow).
-    if let Some(dir) = &exec_config.state_dir {
-        nexus_core::fsutil::create_private_dir(dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        let stopped = LocalProcessExecutor::reap_previous(dir);
-        if stopped > 0 {
-            tracing::warn!(
-                stopped,
-                "stopped algorithm processes left running by a previous nexus process"
-            );
-        }
+    let state_dir = config.data_dir.join("attempts");
+    nexus_core::private_fs::create_dir_all(&state_dir)
+        .with_context(|| format!("cannot create {}", state_dir.display()))?;
+    let stopped = LocalProcessExecutor::reap_previous(&state_dir);
+    if stopped > 0 {
+        tracing::warn!(
+            stopped,
+            "stopped algorithm processes left running by a previous nexus process"
+        );
     }
+    exec_config.state_dir = Some(state_dir);
     start_with_executor(config, listener, move |events, payloads| {
         Arc::new(LocalProcessExecutor::new(exec_config, payloads, events))
     })
@@ -204,8 +200,12 @@ pub async fn start_with_executor(
         config.receiver.scheduler_url.clone_from(&url);
     }
     let data = config.data_dir.clone();
-    std::fs::create_dir_all(&data)
+    // Private from the start (0700), and made private if an older version left it open: it holds
+    // the signing key and every run's payload and result.
+    nexus_core::private_fs::create_dir_all(&data)
         .with_context(|| format!("cannot create data directory {}", data.display()))?;
+    nexus_core::private_fs::tighten(&data)
+        .with_context(|| format!("cannot make the data directory {} private", data.display()))?;
 
     let store: Arc<dyn RunStore> = match config.store_kind().map_err(|e| anyhow::anyhow!("{e}"))? {
         StoreKind::Embedded => {

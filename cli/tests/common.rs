@@ -62,6 +62,9 @@ pub async fn start_standalone_with(
         ..StandaloneConfig::default()
     };
     c.executor.extra_path = vec![demo_dir()];
+    // Algorithms start through `nexus sandbox-exec` as in production (Landlock where the kernel
+    // has it); the test binary itself is not `nexus`.
+    c.executor.launcher = Some(env!("CARGO_BIN_EXE_nexus").into());
     tune(&mut c);
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     start(c, l).await.expect("standalone starts")

@@ -144,10 +144,10 @@ impl Cluster {
                 |c, tx, p, _stop| {
                     let cfg = nexus_core::executor::LocalExecutorConfig {
                         extra_path: c.executor.extra_path.clone(),
-                        work_dir: c.work_dir.join("work"),
+                        work_root: c.work_dir.join("work"),
                         default_max_concurrent: 8,
                         max_log_bytes: 1 << 20,
-                        state_dir: None,
+                        ..nexus_core::executor::LocalExecutorConfig::default()
                     };
                     Arc::new(nexus_core::executor::LocalProcessExecutor::new(cfg, p, tx))
                 },

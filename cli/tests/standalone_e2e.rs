@@ -320,26 +320,22 @@ async fn runs_of_clients_that_hang_up_are_not_stranded() {
     }
     // Every run that was stored reaches a terminal stage; none waits BUFFERED for a restart.
     let tagged = format!("{}/algorithm/v1/results/tags/{tag}", h.url);
-    let mut stored = Vec::new();
-    eventually(
-        Duration::from_secs(60),
-        "every stored run of the hung-up clients completed",
-        || {
-            let (http, tagged) = (http.clone(), tagged.clone());
-            let stored = &mut stored;
-            async move {
-                let runs: Vec<serde_json::Value> = get_json(&http, &tagged)
-                    .await
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default();
-                let done = runs.iter().all(|r| r["status"] == "COMPLETED");
-                *stored = runs;
-                done && !stored.is_empty()
-            }
-        },
-    )
-    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let stored = loop {
+        let runs: Vec<serde_json::Value> = get_json(&http, &tagged)
+            .await
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if !runs.is_empty() && runs.iter().all(|r| r["status"] == "COMPLETED") {
+            break runs;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "runs of hung-up clients not all COMPLETED: {runs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(!stored.is_empty(), "some hung-up submissions were stored");
     // A retry of the last one (same key, same body) answers the run its first try stored, if it
     // was stored, and that run completes.

@@ -17,7 +17,7 @@
 //! It knows nothing of runs or objects: the schema comes in [`Options`], errors go out as
 //! [`DbError`], which each backend turns into its own error type.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
@@ -220,14 +220,26 @@ fn lock_path(path: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// Creates the database file `0600` when missing and tightens it, its `-wal` and its `-shm` when
+/// an older version left them readable by other users.
+fn private_db_files(path: &Path) -> Result<(), DbError> {
+    drop(
+        crate::private_fs::open_or_create(path)
+            .map_err(|e| DbError::io(&format!("creating {}", path.display()), e))?,
+    );
+    for suffix in ["-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let p = PathBuf::from(p);
+        crate::private_fs::tighten(&p)
+            .map_err(|e| DbError::io(&format!("making {} private", p.display()), e))?;
+    }
+    Ok(())
+}
+
 fn take_lock(path: &Path, what: &str) -> Result<Flock<File>, DbError> {
     let lp = lock_path(path);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&lp)
+    let file = crate::private_fs::open_or_create(&lp)
         .map_err(|e| DbError::io(&format!("opening lock file {}", lp.display()), e))?;
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(mut lock) => {
@@ -271,10 +283,13 @@ impl Db {
     pub(crate) fn open(path: &Path, opts: &Options) -> Result<Self, DbError> {
         let what = opts.what;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
+            crate::private_fs::create_dir_all(dir)
                 .map_err(|e| DbError::io(&format!("creating {}", dir.display()), e))?;
         }
         let lock = take_lock(path, what)?;
+        // SQLite would create the file 0644 (less the umask); created here 0600 first, its WAL and
+        // shared-memory files get the same mode (SQLite copies the database file's).
+        private_db_files(path)?;
         let conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.execute_batch(&format!("PRAGMA page_size={PAGE_SIZE};"))?;

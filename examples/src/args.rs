@@ -6,6 +6,8 @@ pub enum Algorithm {
     Knapsack,
     Chaos,
     Fanout,
+    /// Attacks the server and other runs (isolation test only).
+    Hostile,
 }
 
 impl Algorithm {
@@ -15,6 +17,7 @@ impl Algorithm {
             Algorithm::Knapsack => "knapsack",
             Algorithm::Chaos => "chaos",
             Algorithm::Fanout => "fanout",
+            Algorithm::Hostile => "hostile",
         }
     }
 }
@@ -59,6 +62,7 @@ pub fn parse(argv: &[String]) -> Result<Command, String> {
         "knapsack" => Algorithm::Knapsack,
         "chaos" => Algorithm::Chaos,
         "fanout" => Algorithm::Fanout,
+        "hostile" => Algorithm::Hostile,
         other => {
             return Err(format!(
                 "unknown algorithm `{other}` (expected knapsack, chaos or fanout)"

@@ -6,7 +6,8 @@
 //! * `chaos` – deliberately walks one of the failure paths (bad exit codes,
 //!   timeouts, crashes, reported errors, missing completion, flaky retries) so
 //!   the scheduler's handling of each one can be observed;
-//! * `fanout` – divide and conquer over an execution tree of child runs.
+//! * `fanout` – divide and conquer over an execution tree of child runs;
+//! * `hostile` – attacks the server and other runs (used by the isolation test only).
 //!
 //! Both follow the Nexus algorithm-container contract: read the payload from
 //! `--sas-uri`, upload the result to `NEXUS__RESULT_UPLOAD_URL`, then report
@@ -16,6 +17,7 @@
 mod args;
 mod chaos;
 mod fanout;
+mod hostile;
 mod knapsack;
 mod nexus;
 
@@ -57,6 +59,10 @@ ALGORITHMS:
                payload: {\"numbers\": [1, 2, 3, ...], \"leaf\": 10}
                result:  {\"sumOfSquares\": 14, \"runs\": 7, \"depth\": 2}
                (with --payload-file, or without NEXUS__SCHEDULER_URL, it solves locally)
+
+    hostile    Tries to read the server's keys, stores and other runs' files and to act as
+               another run; its result reports which attempt was refused (the isolation
+               test's algorithm; see examples/src/hostile.rs).
 
 CONTRACT (how Nexus runs an algorithm as a local process):
     Template `command` is run with `args`; an arg containing `--sas-uri=%s` receives the
@@ -117,11 +123,12 @@ fn execute(run: RunArgs) -> ExitCode {
     }
 }
 
-fn compute(algorithm: Algorithm, payload: &[u8], request_id: &str) -> Outcome {
+fn compute(algorithm: Algorithm, payload: &[u8], request_id: &str, sas_uri: &str) -> Outcome {
     match algorithm {
         Algorithm::Knapsack => knapsack::run(payload),
         Algorithm::Chaos => chaos::run(payload, request_id),
         Algorithm::Fanout => fanout::run(payload),
+        Algorithm::Hostile => hostile::run(payload, &hostile::Own::from_env(request_id, sas_uri)),
     }
 }
 
@@ -135,7 +142,7 @@ fn execute_local(run: &RunArgs, path: &str) -> Result<(), String> {
         run.algorithm.name(),
         payload.len()
     );
-    match compute(run.algorithm, &payload, &request_id) {
+    match compute(run.algorithm, &payload, &request_id, "") {
         Outcome::Success(value) => {
             println!("{value}");
             Ok(())
@@ -160,7 +167,7 @@ fn execute_remote(run: &RunArgs, sas_uri: &str) -> Result<(), String> {
     let client = nexus::Client::new()?;
     let payload = client.fetch_payload(sas_uri)?;
     println!("[nexus-demo] fetched payload ({} bytes)", payload.len());
-    let outcome = compute(run.algorithm, &payload, &ctx.request_id);
+    let outcome = compute(run.algorithm, &payload, &ctx.request_id, sas_uri);
     client.finish(&ctx, &outcome)?;
     match outcome {
         Outcome::Success(_) => {

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use axum::Router;
 use axum::routing::get;
 use nexus_core::catalog::{Catalog, Snapshot, load_dir, watch_dir};
 use nexus_core::executor::kube::KubeExecutor;
-use nexus_core::executor::{Executor, ExecutorEvent, LocalExecutorConfig, LocalProcessExecutor};
+use nexus_core::executor::{Executor, ExecutorEvent, LocalProcessExecutor};
 use nexus_core::grpc::{GrpcLinkConfig, GrpcShard, GrpcShardOptions, LinkCredentials};
 use nexus_core::http::{Readiness, health_routes, negotiate_errors};
 use nexus_core::kube_client::{ApiBudget, KubeClientConfig};
@@ -281,19 +281,12 @@ pub async fn start_scheduler_with(
             readiness: readiness.clone(),
         },
     );
-    // A stable instance id picks up the BUFFERED runs its previous life left queued, in the
-    // background: new runs are accepted meanwhile, and readiness says so.
-    {
-        let (s2, rd) = (scheduler.clone(), readiness.clone());
-        tasks.spawn(async move {
-            rd.set_note(Some("queuing again the runs of this scheduler's previous life".into()));
-            match nexus_scheduler::requeue_own(&s2).await {
-                Ok(0) => {}
-                Ok(own) => tracing::info!(requeued = own, "picked up this scheduler's queued runs"),
-                Err(e) => tracing::warn!("could not list this scheduler's queued runs (the stranded-run pass retries): {e}"),
-            }
-            rd.set_note(None);
-        });
+    // A stable instance id picks up the BUFFERED runs its previous life left queued.
+    let own = nexus_scheduler::requeue_own(&scheduler)
+        .await
+        .map_err(|e| anyhow::anyhow!("run store: {e}"))?;
+    if own > 0 {
+        tracing::info!(requeued = own, "picked up this scheduler's queued runs");
     }
     let api = nexus_scheduler::api::router(scheduler.clone());
     let app = Router::new()
@@ -351,7 +344,10 @@ pub async fn start_receiver(
         payloads: Some(open_payloads(&c.payloads).await?),
     };
     match c.runtime {
-        Runtime::Local => start_receiver_with(c, http, grpc, stores, local_executor).await,
+        Runtime::Local => {
+            let make = local_executor(&c).await?;
+            start_receiver_with(c, http, grpc, stores, make).await
+        }
         Runtime::Kubernetes => {
             let make = kube_executor(&c).await?;
             start_receiver_with(c, http, grpc, stores, make).await
@@ -388,29 +384,34 @@ pub async fn kube_executor(
     )
 }
 
-fn local_executor(
+/// The maker of a local-process executor for the receiver `c`, isolated as its `executor`
+/// section says (see [`crate::sandbox::local_executor_config`]).
+///
+/// # Errors
+/// Algorithm isolation (`run_as` without root, unknown user, Landlock required but missing).
+async fn local_executor(
     c: &ReceiverProcess,
-    events: UnboundedSender<ExecutorEvent>,
-    payloads: Arc<dyn PayloadStore>,
-    _stop: CancellationToken,
-) -> Arc<dyn Executor> {
-    let extra_path = if c.executor.extra_path.is_empty() {
-        std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(Path::to_path_buf))
-            .into_iter()
-            .collect()
-    } else {
-        c.executor.extra_path.clone()
-    };
-    let cfg = LocalExecutorConfig {
-        extra_path,
-        work_dir: c.work_dir.join("work"),
-        default_max_concurrent: c.executor.default_max_concurrent,
-        max_log_bytes: c.executor.max_log_bytes,
-        state_dir: None,
-    };
-    Arc::new(LocalProcessExecutor::new(cfg, payloads, events))
+) -> anyhow::Result<
+    impl FnOnce(
+        &ReceiverProcess,
+        UnboundedSender<ExecutorEvent>,
+        Arc<dyn PayloadStore>,
+        CancellationToken,
+    ) -> Arc<dyn Executor>
+    + use<>,
+> {
+    // The receiver's secrets: algorithms must never be granted a path holding one.
+    let protected: Vec<PathBuf> = std::iter::once(c.work_dir.clone())
+        .chain(c.signing_key_file.clone())
+        .chain(c.grpc.secret_file.clone())
+        .chain(c.grpc.tls_key.clone())
+        .collect();
+    let cfg = crate::sandbox::local_executor_config(&c.executor, &protected).await?;
+    Ok(
+        move |_: &ReceiverProcess, events, payloads, _stop| -> Arc<dyn Executor> {
+            Arc::new(LocalProcessExecutor::new(cfg, payloads, events))
+        },
+    )
 }
 
 /// Starts a receiver on the given stores, with the executor `make` builds (given the executor
@@ -443,7 +444,7 @@ pub async fn start_receiver_with(
         .payloads
         .clone()
         .context("the receiver needs a payload store")?;
-    std::fs::create_dir_all(&c.work_dir)
+    nexus_core::private_fs::create_dir_all(&c.work_dir)
         .with_context(|| format!("cannot create work_dir {}", c.work_dir.display()))?;
     let id = format!(
         "{}{}/{}",

@@ -6,9 +6,19 @@
 //!   then runs attempts until one succeeds, a fatal exit code is seen, retries run out, the
 //!   deadline passes or the run is cancelled.
 //! * Every attempt runs in its own process group with a minimal environment (`PATH` with
-//!   [`LocalExecutorConfig::extra_path`] prepended, `HOME`, `LANG`, `TMPDIR`, then the spec's
-//!   variables). When an attempt ends, whatever is left of its process group is killed (like a
-//!   pod's containers going away with the pod), so background children never outlive it.
+//!   [`LocalExecutorConfig::extra_path`] prepended, `LANG`, `HOME` and `TMPDIR` pointing at the
+//!   run's work directory, then the spec's variables). When an attempt ends, whatever is left of
+//!   its process group is killed (like a pod's containers going away with the pod), so background
+//!   children never outlive it.
+//! * Isolation (algorithms are untrusted code): each run gets its own work directory
+//!   `<work_root>/<run id>-<random>` (outside the server's data directory, `0700`, owned by the
+//!   [`LocalExecutorConfig::run_as`] user when set, shared by the run's attempts and removed when
+//!   the run finishes; the random part keeps it unguessable by other runs). The work root is
+//!   `0700`, or `0711` with `run_as` (traversable, not listable). With `run_as` the process gets
+//!   that uid and gid (and no supplementary groups) before it executes; with a
+//!   [`LocalExecutorConfig::launcher`] the process is started through it (`nexus sandbox-exec`),
+//!   which confines it (Landlock) and then executes the command in its place: same pid, same
+//!   process group.
 //! * The deadline covers the whole run, from the first start (time spent waiting for a permit
 //!   does not count). On expiry the process group gets `SIGKILL`.
 //! * Cancel sends `SIGTERM` to the process group, then `SIGKILL` after 500 ms. All three
@@ -23,9 +33,11 @@
 //!   launch with a larger limit raises it, a smaller one lowers it as far as free permits allow.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
+use std::fs::DirBuilder;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -57,8 +69,28 @@ const DRAIN_AFTER_KILL: Duration = Duration::from_millis(200);
 const BACKOFF_UNIT: Duration = Duration::from_millis(200);
 /// Extra attempts allowed beyond `max_retries` for transient exit codes.
 const TRANSIENT_SLACK: u32 = 10;
-/// Environment variables inherited from the executor's own environment (besides `PATH`).
-const INHERITED_ENV: [&str; 3] = ["HOME", "LANG", "TMPDIR"];
+/// Environment variables inherited from the executor's own environment (besides `PATH`; `HOME`
+/// and `TMPDIR` are the run's work directory).
+const INHERITED_ENV: [&str; 1] = ["LANG"];
+
+/// The user and group algorithm processes run as ([`LocalExecutorConfig::run_as`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunAs {
+    /// User id.
+    pub uid: u32,
+    /// Group id (the only group: supplementary groups are dropped).
+    pub gid: u32,
+}
+
+/// A program that confines an algorithm process and then executes the algorithm in its place
+/// (same pid, same process group), e.g. `nexus sandbox-exec`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launcher {
+    /// The launcher program.
+    pub program: PathBuf,
+    /// Its leading arguments; the executor appends `--work-dir <dir> -- <command> <args>…`.
+    pub args: Vec<OsString>,
+}
 
 /// Configuration of a [`LocalProcessExecutor`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,8 +98,9 @@ pub struct LocalExecutorConfig {
     /// Directories prepended to `PATH` for algorithm processes (e.g. the directory of the nexus
     /// binary, where demo algorithms are installed).
     pub extra_path: Vec<PathBuf>,
-    /// Processes run with this working directory (created if missing).
-    pub work_dir: PathBuf,
+    /// Parent of the runs' private work directories (created `0700` if missing; it must belong
+    /// to the server's user). Keep it outside the server's data directory.
+    pub work_root: PathBuf,
     /// Per-workgroup concurrency limit when [`LaunchSpec::max_concurrent`] is `None`.
     pub default_max_concurrent: u32,
     /// Cap on the captured stdout+stderr of a run (the tail is kept; truncation is noted).
@@ -77,16 +110,29 @@ pub struct LocalExecutorConfig {
     /// killed predecessor left running ([`LocalProcessExecutor::reap_previous`]). `None`: not
     /// recorded.
     pub state_dir: Option<PathBuf>,
+    /// User and group of algorithm processes (the server must run as root to switch); `None`:
+    /// the server's own.
+    pub run_as: Option<RunAs>,
+    /// Starts algorithm processes through this confining launcher; `None`: directly.
+    pub launcher: Option<Launcher>,
+}
+
+/// The default work root: `<temp dir>/nexus-work-<euid>`.
+#[must_use]
+pub fn default_work_root() -> PathBuf {
+    std::env::temp_dir().join(format!("nexus-work-{}", nix::unistd::geteuid()))
 }
 
 impl Default for LocalExecutorConfig {
     fn default() -> Self {
         Self {
             extra_path: Vec::new(),
-            work_dir: std::env::temp_dir().join("nexus-work"),
+            work_root: default_work_root(),
             default_max_concurrent: 4,
             max_log_bytes: 1024 * 1024,
             state_dir: None,
+            run_as: None,
+            launcher: None,
         }
     }
 }
@@ -191,7 +237,13 @@ impl AttemptRecord {
             return Self(None);
         };
         let path = dir.join(run.to_string());
-        match crate::fsutil::write_private(&path, pid.to_string().as_bytes()) {
+        let write = |path: &std::path::Path| -> std::io::Result<()> {
+            use std::io::Write as _;
+            let mut f = crate::private_fs::open_or_create(path)?;
+            f.set_len(0)?;
+            f.write_all(pid.to_string().as_bytes())
+        };
+        match write(&path) {
             Ok(()) => Self(Some(path)),
             Err(e) => {
                 tracing::warn!(run_id = %run, error = %e, "cannot record the attempt's process group");
@@ -307,7 +359,14 @@ impl Inner {
                     spec.workgroup
                 ),
             },
-            Some(Ok(_)) => self.attempts(&spec, &cancel, &logs).await,
+            Some(Ok(_)) => match self.create_work_dir(spec.run_id) {
+                Ok(work_dir) => {
+                    let outcome = self.attempts(&spec, &cancel, &logs, &work_dir).await;
+                    remove_work_dir(spec.run_id, work_dir).await;
+                    outcome
+                }
+                Err(message) => Outcome::LaunchFailed { message },
+            },
         };
         if let Outcome::LaunchFailed { message } = &outcome {
             lock(&logs).push(format!("{message}\n").as_bytes());
@@ -345,19 +404,104 @@ impl Inner {
         std::env::join_paths(dirs).unwrap_or_else(|_| std::env::var_os("PATH").unwrap_or_default())
     }
 
+    /// Creates the run's private work directory `<work_root>/<run id>-<random>` (see the module
+    /// docs); the message says what is wrong otherwise.
+    fn create_work_dir(&self, run_id: RunId) -> Result<PathBuf, String> {
+        let root = &self.config.work_root;
+        crate::private_fs::create_dir_all(root)
+            .map_err(|e| format!("cannot create the work root {}: {e}", root.display()))?;
+        let meta = std::fs::symlink_metadata(root)
+            .map_err(|e| format!("cannot inspect the work root {}: {e}", root.display()))?;
+        let me = nix::unistd::geteuid().as_raw();
+        if !meta.file_type().is_dir() || meta.uid() != me {
+            return Err(format!(
+                "the work root {} is not a directory owned by this server's user (uid {me}): another user may have created it; remove it or set executor.work_root",
+                root.display()
+            ));
+        }
+        // Others may never list or write it; a `run_as` user must traverse it to reach its own
+        // directory. Traverse bits another instance (with `run_as`) set are left alone: they
+        // reveal nothing, the run directories' names being unguessable.
+        let mode = meta.permissions().mode() & 0o7777;
+        let want = if self.config.run_as.is_some() {
+            0o711
+        } else {
+            0o700 | (mode & 0o011)
+        };
+        if mode != want {
+            std::fs::set_permissions(root, std::fs::Permissions::from_mode(want)).map_err(|e| {
+                format!(
+                    "cannot set the mode of the work root {}: {e}",
+                    root.display()
+                )
+            })?;
+        }
+        let dir = root.join(format!("{run_id}-{}", uuid::Uuid::new_v4().simple()));
+        DirBuilder::new()
+            .mode(crate::private_fs::DIR_MODE)
+            .create(&dir)
+            .map_err(|e| format!("cannot create the work directory {}: {e}", dir.display()))?;
+        if let Some(user) = self.config.run_as {
+            std::os::unix::fs::chown(&dir, Some(user.uid), Some(user.gid)).map_err(|e| {
+                format!(
+                    "cannot give the work directory {} to uid {} gid {}: {e}",
+                    dir.display(),
+                    user.uid,
+                    user.gid
+                )
+            })?;
+        }
+        Ok(dir)
+    }
+
+    /// The command of one attempt: the spec's command (through the launcher when configured),
+    /// in `work_dir`, its own process group, the minimal environment, the `run_as` user.
+    fn command(&self, spec: &LaunchSpec, path: &OsStr, work_dir: &Path) -> Command {
+        let mut cmd = match &self.config.launcher {
+            Some(launcher) => {
+                let mut cmd = Command::new(&launcher.program);
+                cmd.args(&launcher.args)
+                    .arg("--work-dir")
+                    .arg(work_dir)
+                    .arg("--")
+                    .arg(&spec.command);
+                cmd
+            }
+            None => Command::new(&spec.command),
+        };
+        cmd.args(&spec.args)
+            .env_clear()
+            .env("PATH", path)
+            .env("HOME", work_dir)
+            .env("TMPDIR", work_dir)
+            .current_dir(work_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .process_group(0);
+        for name in INHERITED_ENV {
+            if let Some(value) = std::env::var_os(name) {
+                cmd.env(name, value);
+            }
+        }
+        cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
+        if let Some(user) = self.config.run_as {
+            // The standard library drops the supplementary groups, then sets the gid and the uid,
+            // in the child before it executes (no `unsafe` here).
+            cmd.uid(user.uid).gid(user.gid);
+        }
+        cmd
+    }
+
     /// Runs attempts until the run has an outcome.
     async fn attempts(
         &self,
         spec: &LaunchSpec,
         cancel: &CancellationToken,
         logs: &Arc<Mutex<LogBuffer>>,
+        work_dir: &Path,
     ) -> Outcome {
-        let work_dir = &self.config.work_dir;
-        if let Err(e) = tokio::fs::create_dir_all(work_dir).await {
-            return Outcome::LaunchFailed {
-                message: format!("cannot create work directory {}: {e}", work_dir.display()),
-            };
-        }
         let path = self.path_var();
         let started = Instant::now();
         // A deadline too large to represent is as good as none: use a far-away instant.
@@ -372,28 +516,19 @@ impl Inner {
             attempt += 1;
             lock(logs).push(format!("--- attempt {attempt} ---\n").as_bytes());
             let oom_before = oom_kills();
-            let mut cmd = Command::new(&spec.command);
-            cmd.args(&spec.args)
-                .env_clear()
-                .env("PATH", &path)
-                .current_dir(work_dir)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true)
-                .process_group(0);
-            for name in INHERITED_ENV {
-                if let Some(value) = std::env::var_os(name) {
-                    cmd.env(name, value);
-                }
-            }
-            cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
+            let mut cmd = self.command(spec, &path, work_dir);
             let mut child = match cmd.spawn() {
                 Ok(child) => child,
                 Err(e) => {
+                    let via = self
+                        .config
+                        .launcher
+                        .as_ref()
+                        .map(|l| format!(" through the launcher {}", l.program.display()))
+                        .unwrap_or_default();
                     return Outcome::LaunchFailed {
                         message: format!(
-                            "cannot start '{}': {e} (PATH={})",
+                            "cannot start '{}'{via}: {e} (PATH={})",
                             spec.command,
                             path.to_string_lossy()
                         ),
@@ -509,6 +644,21 @@ impl Inner {
                 }
                 () = cancel.cancelled() => return Outcome::Cancelled,
             }
+        }
+    }
+}
+
+/// Removes a finished run's work directory (on the blocking pool: it may hold many files).
+/// `remove_dir_all` never follows the symbolic links an algorithm may have left in it.
+async fn remove_work_dir(run_id: RunId, dir: PathBuf) {
+    let shown = dir.display().to_string();
+    match tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(run_id = %run_id, dir = %shown, error = %e, "removing the work directory failed")
+        }
+        Err(e) => {
+            tracing::warn!(run_id = %run_id, dir = %shown, error = %e, "removing the work directory failed")
         }
     }
 }
@@ -638,9 +788,6 @@ impl LogBuffer {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::PermissionsExt;
-    use std::path::Path;
-
     use tokio::sync::mpsc;
 
     use super::*;
@@ -653,11 +800,9 @@ mod tests {
         work_dir: &Path,
     ) -> Arc<dyn Executor> {
         let config = LocalExecutorConfig {
-            extra_path: Vec::new(),
-            work_dir: work_dir.to_path_buf(),
-            default_max_concurrent: 4,
+            work_root: work_dir.to_path_buf(),
             max_log_bytes: 64 * 1024,
-            state_dir: None,
+            ..LocalExecutorConfig::default()
         };
         Arc::new(LocalProcessExecutor::new(config, payloads, events))
     }
@@ -747,10 +892,10 @@ mod tests {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let config = LocalExecutorConfig {
             extra_path: vec![bin],
-            work_dir: dir.path().join("work"),
+            work_root: dir.path().join("work"),
             default_max_concurrent: 1,
             max_log_bytes: 100,
-            state_dir: None,
+            ..LocalExecutorConfig::default()
         };
         let exec = LocalProcessExecutor::new(config, payloads.clone(), tx);
         let mut spec = test_suite::spec(&["ignored"]);
@@ -773,6 +918,180 @@ mod tests {
         assert!(text.starts_with("[nexus: log truncated"), "{text}");
         assert!(text.ends_with("xxxxEND\n"), "{text}");
         assert!(logs.len() < 200, "{}", logs.len());
+    }
+
+    /// Runs `spec` on `exec` and returns the outcome and the stored logs.
+    async fn run_logged(
+        exec: &LocalProcessExecutor,
+        rx: &mut mpsc::UnboundedReceiver<ExecutorEvent>,
+        payloads: &InMemoryPayloadStore,
+        mut spec: LaunchSpec,
+    ) -> (Outcome, String) {
+        let key = format!("logs/t/{}", spec.run_id);
+        spec.logs_key = Some(key.clone());
+        exec.launch(spec.clone()).await.unwrap();
+        let events = test_suite::collect_until_finished(rx, spec.run_id, 20).await;
+        let Some(ExecutorEvent::Finished { outcome, .. }) = events.last() else {
+            panic!("no Finished in {events:?}");
+        };
+        let logs = payloads.get(&key).await.unwrap().unwrap_or_default();
+        (outcome.clone(), String::from_utf8_lossy(&logs).into_owned())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_run_gets_a_private_work_dir_that_is_removed_afterwards() {
+        let dir = test_suite::TempDir::new();
+        let root = dir.path().join("work");
+        let payloads = Arc::new(InMemoryPayloadStore::new());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let config = LocalExecutorConfig {
+            work_root: root.clone(),
+            ..LocalExecutorConfig::default()
+        };
+        let exec = LocalProcessExecutor::new(config, payloads.clone(), tx);
+        let script =
+            r#"echo "cwd=$(pwd)"; echo "mode=$(stat -c %a .)"; echo "home=$HOME tmp=$TMPDIR""#;
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let spec = test_suite::spec(&["-c", script]);
+            let (outcome, logs) = run_logged(&exec, &mut rx, &payloads, spec.clone()).await;
+            assert_eq!(outcome, Outcome::Succeeded, "{logs}");
+            let cwd = logs
+                .lines()
+                .find_map(|l| l.strip_prefix("cwd="))
+                .unwrap_or_else(|| panic!("{logs}"))
+                .to_owned();
+            let cwd = PathBuf::from(cwd);
+            assert_eq!(cwd.parent(), Some(root.as_path()), "{logs}");
+            let name = cwd.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(name.starts_with(&format!("{}-", spec.run_id)), "{name}");
+            assert!(
+                name.len() > spec.run_id.to_string().len() + 30,
+                "an unguessable suffix: {name}"
+            );
+            assert!(logs.contains("mode=700"), "{logs}");
+            assert!(
+                logs.contains(&format!("home={0} tmp={0}", cwd.display())),
+                "{logs}"
+            );
+            assert!(!cwd.exists(), "{} outlived its run", cwd.display());
+            seen.push(cwd);
+        }
+        assert_ne!(seen[0], seen[1]);
+        let root_mode = std::fs::metadata(&root).unwrap().permissions().mode() & 0o777;
+        assert_eq!(root_mode, 0o700);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_work_root_owned_by_another_user_is_refused() {
+        let dir = test_suite::TempDir::new();
+        let payloads = Arc::new(InMemoryPayloadStore::new());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        // A file is "not a directory owned by this server's user" as much as another user's
+        // directory is (creating one of those would need a second user).
+        let planted = dir.path().join("planted");
+        std::fs::write(&planted, b"").unwrap();
+        let config = LocalExecutorConfig {
+            work_root: planted,
+            ..LocalExecutorConfig::default()
+        };
+        let exec = LocalProcessExecutor::new(config, payloads.clone(), tx);
+        let (outcome, _) =
+            run_logged(&exec, &mut rx, &payloads, test_suite::spec(&["-c", "true"])).await;
+        match outcome {
+            Outcome::LaunchFailed { message } => {
+                assert!(message.contains("work root"), "{message}")
+            }
+            o => panic!("{o:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_launcher_gets_the_work_dir_and_the_command() {
+        let dir = test_suite::TempDir::new();
+        let launcher = dir.path().join("launcher");
+        std::fs::write(
+            &launcher,
+            "#!/bin/sh\necho \"launcher: $*\"\nwhile [ \"$1\" != -- ]; do shift; done\nshift\nexec \"$@\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&launcher, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let payloads = Arc::new(InMemoryPayloadStore::new());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let config = LocalExecutorConfig {
+            work_root: dir.path().join("work"),
+            launcher: Some(Launcher {
+                program: launcher,
+                args: vec!["sandbox-exec".into(), "--ro".into(), "/opt".into()],
+            }),
+            ..LocalExecutorConfig::default()
+        };
+        let exec = LocalProcessExecutor::new(config, payloads.clone(), tx);
+        let spec = test_suite::spec(&["-c", "echo \"algo: $$ $(pwd)\"", "x"]);
+        let (outcome, logs) = run_logged(&exec, &mut rx, &payloads, spec).await;
+        assert_eq!(outcome, Outcome::Succeeded, "{logs}");
+        let work = dir.path().join("work");
+        let line = logs
+            .lines()
+            .find(|l| l.starts_with("launcher: "))
+            .unwrap_or_else(|| panic!("{logs}"));
+        let expected = format!(
+            "launcher: sandbox-exec --ro /opt --work-dir {}/",
+            work.display()
+        );
+        assert!(line.starts_with(&expected), "{line}");
+        assert!(
+            line.ends_with(" -- /bin/sh -c echo \"algo: $$ $(pwd)\" x"),
+            "{line}"
+        );
+        assert!(logs.contains("algo: "), "{logs}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn run_as_switches_user_or_fails_to_launch_without_root() {
+        let dir = test_suite::TempDir::new();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, b"server secret").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let nobody = nix::unistd::User::from_name("nobody").ok().flatten();
+        let (uid, gid) = nobody
+            .map(|u| (u.uid.as_raw(), u.gid.as_raw()))
+            .unwrap_or((65534, 65534));
+        let payloads = Arc::new(InMemoryPayloadStore::new());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let config = LocalExecutorConfig {
+            work_root: dir.path().join("work"),
+            run_as: Some(RunAs { uid, gid }),
+            ..LocalExecutorConfig::default()
+        };
+        let exec = LocalProcessExecutor::new(config, payloads.clone(), tx);
+        let script = format!(
+            r#"echo "ids=$(id -u):$(id -g):$(id -G)"; echo "owner=$(stat -c %u:%g:%a .)"; cat {} || echo secret-refused"#,
+            secret.display()
+        );
+        let (outcome, logs) = run_logged(
+            &exec,
+            &mut rx,
+            &payloads,
+            test_suite::spec(&["-c", &script]),
+        )
+        .await;
+        if nix::unistd::geteuid().is_root() {
+            assert_eq!(outcome, Outcome::Succeeded, "{logs}");
+            assert!(logs.contains(&format!("ids={uid}:{gid}:{gid}\n")), "{logs}");
+            assert!(logs.contains(&format!("owner={uid}:{gid}:700")), "{logs}");
+            assert!(logs.contains("secret-refused"), "{logs}");
+            assert!(!logs.contains("server secret"), "{logs}");
+        } else {
+            // Without root, switching users is impossible: the launch fails and says so (the
+            // server refuses such a configuration at start-up before it gets here).
+            match outcome {
+                Outcome::LaunchFailed { message } => {
+                    assert!(message.contains("cannot start"), "{message}")
+                }
+                o => panic!("expected a failed launch without root, got {o:?}: {logs}"),
+            }
+        }
     }
 
     #[test]

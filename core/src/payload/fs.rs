@@ -11,6 +11,9 @@
 //! Signed URLs have the form `{base_url}/data/v1/objects/{key}?exp=<secs>&sig=<sig>`; the MAC
 //! covers the HTTP method and the path `/data/v1/objects/{key}`. The HTTP routes call
 //! [`FsPayloadStore::verify`] and then [`PayloadStore::get`] / [`PayloadStore::put`].
+//!
+//! Files are created `0600` and directories `0700` ([`crate::private_fs`]): objects are other
+//! runs' payloads and results, which algorithms must not read behind the signed URLs' back.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -103,14 +106,17 @@ impl TempFile {
         let dir = path.parent().ok_or_else(|| {
             PayloadError::new(ErrorKind::Internal, "object path has no parent directory")
         })?;
-        std::fs::create_dir_all(dir).map_err(|e| io_error("creating directory", dir, &e))?;
+        crate::private_fs::create_dir_all(dir)
+            .map_err(|e| io_error("creating directory", dir, &e))?;
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         // '~' never occurs in a valid key, so a temp file can never be mistaken for an object.
         let tmp = dir.join(format!("{name}~tmp~{}", uuid::Uuid::new_v4().simple()));
-        let file = std::fs::File::create(&tmp).map_err(|e| io_error("creating", &tmp, &e))?;
+        // 0600 from the start: objects are run payloads, results and logs.
+        let file =
+            crate::private_fs::create_new_file(&tmp).map_err(|e| io_error("creating", &tmp, &e))?;
         Ok(Self {
             file: Some(file),
             tmp,
@@ -192,7 +198,10 @@ impl FsPayloadStore {
     /// # Errors
     /// When the root directory cannot be created.
     pub fn open(root: PathBuf, base_url: String, signer: Signer) -> Result<Self, PayloadError> {
-        std::fs::create_dir_all(&root).map_err(|e| io_error("creating payload root", &root, &e))?;
+        crate::private_fs::create_dir_all(&root)
+            .map_err(|e| io_error("creating payload root", &root, &e))?;
+        crate::private_fs::tighten(&root)
+            .map_err(|e| io_error("making the payload root private", &root, &e))?;
         let base_url = base_url.trim_end_matches('/').to_owned();
         Ok(Self {
             root,
