@@ -86,6 +86,10 @@ echo "integration: scheduler + receiver on Kubernetes (runs as Jobs, templates f
 NEXUS_TEST_KUBECONFIG="$kubeconfig" cargo test -p nexus-cli --features kube-tests --test kubernetes
 scripts/kube-apiserver.sh stop
 
+echo "integration: fuzzing the request splitter, template manifests and signed URLs (cargo-fuzz, bounded)"
+FUZZ_SECONDS="${FUZZ_SECONDS:-40}" bash scripts/fuzz.sh
+rm -rf fuzz/target
+
 disk_report "after the debug integration tests"
 if [[ "${NEXUS_PRUNE_DEBUG_TARGET:-0}" == 1 ]]; then
   # Set by .ci/run: the debug tests are done; their artifacts make room for the release build.

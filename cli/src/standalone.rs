@@ -294,6 +294,17 @@ pub async fn start_with_executor(
         executor: executor.clone(),
         instance_id: id.clone(),
     });
+    if config.supervisor.exclusive_store {
+        // The embedded store is locked by this process: every other lease in it belongs to a
+        // process that is gone. Released, they no longer count as live schedulers sharing the
+        // dispatch budget (a restarted standalone would otherwise run at a fraction of it until
+        // they lapse); their runs are recovered below either way.
+        if let Ok(leases) = store.leases().await {
+            for l in leases.iter().filter(|l| l.owner != id) {
+                let _ = store.release_lease(&l.owner).await;
+            }
+        }
+    }
     // Take the lease before recovery, so this instance is the live owner from the start.
     store
         .heartbeat(

@@ -511,3 +511,724 @@ async fn rate_limited_client_gets_429() {
     }
     h.stop().await;
 }
+
+/// One row of the route table: a request, the status it must get and a phrase its message must
+/// hold.
+struct Row {
+    name: String,
+    method: reqwest::Method,
+    path: String,
+    headers: Vec<(&'static str, Vec<u8>)>,
+    body: Option<Vec<u8>>,
+    status: u16,
+    text: &'static str,
+}
+
+fn row(
+    name: impl Into<String>,
+    method: &str,
+    path: impl Into<String>,
+    status: u16,
+    text: &'static str,
+) -> Row {
+    Row {
+        name: name.into(),
+        method: method.parse().unwrap(),
+        path: path.into(),
+        headers: Vec::new(),
+        body: None,
+        status,
+        text,
+    }
+}
+
+impl Row {
+    fn json(mut self, body: impl Into<String>) -> Self {
+        self.headers
+            .push(("content-type", b"application/json".to_vec()));
+        self.body = Some(body.into().into_bytes());
+        self
+    }
+    fn header(mut self, name: &'static str, value: impl Into<Vec<u8>>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+    fn raw(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = Some(body.into());
+        self
+    }
+}
+
+/// The bad-input table over every route: each malformed request gets its 4xx with a message a
+/// person can act on (as text/plain), and the server stays healthy after each, with no panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_table_over_every_route() {
+    static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        default_hook(info);
+    }));
+    let data = tempfile::tempdir().unwrap();
+    let h = start_standalone(data.path()).await;
+    let base = h.url.clone();
+    let http = reqwest::Client::new();
+    // A finished run (dry run) and a run that waits (to cancel, to hang children on).
+    let done: serde_json::Value = http
+        .post(format!("{base}/algorithm/v1/run/knapsack?dryRun=true"))
+        .json(&json!({"algorithmParameters": {"capacity": 1, "items": []}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let done = done["requestId"].as_str().unwrap().to_owned();
+    let unknown = RunId::new().to_string();
+    // One accepted submission under an idempotency key, reused below with another body.
+    let r = http
+        .post(format!("{base}/algorithm/v1/run/knapsack?dryRun=true"))
+        .header("idempotency-key", "table-key")
+        .json(&json!({"algorithmParameters": {"capacity": 1, "items": []}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+
+    let run = "/algorithm/v1/run/knapsack";
+    let obj = |params: &str| format!(r#"{{"algorithmParameters": {params}}}"#);
+    let with = |extra: &str| format!(r#"{{"algorithmParameters": {{}}, {extra}}}"#);
+    let mut rows = Vec::new();
+    // Submission: the body.
+    for (what, params, text) in [
+        ("number", "5", "must be a JSON object, got a number"),
+        ("float", "1.5", "must be a JSON object, got a number"),
+        (
+            "string",
+            r#""hello""#,
+            "must be a JSON object, got a string",
+        ),
+        ("boolean", "true", "must be a JSON object, got a boolean"),
+        ("array", "[1, 2]", "must be a JSON object, got an array"),
+        ("null", "null", "algorithmParameters is required"),
+        ("negative", "-3", "must be a JSON object, got a number"),
+    ] {
+        rows.push(
+            row(
+                format!("algorithmParameters {what}"),
+                "POST",
+                run,
+                400,
+                text,
+            )
+            .json(obj(params)),
+        );
+    }
+    for (what, body, status, text) in [
+        ("malformed", "{nope", 400, "Algorithm payload is invalid"),
+        ("empty object", "{}", 400, "algorithmParameters is required"),
+        ("array body", "[]", 400, "Algorithm payload is invalid"),
+        ("empty body", "", 400, "Algorithm payload is invalid"),
+        ("string body", r#""x""#, 400, "Algorithm payload is invalid"),
+        (
+            "truncated",
+            r#"{"algorithmParameters": {"a": 1}"#,
+            400,
+            "Algorithm payload is invalid",
+        ),
+        (
+            "trailing garbage",
+            r#"{"algorithmParameters": {}} x"#,
+            400,
+            "Algorithm payload is invalid",
+        ),
+        ("tag number", &with(r#""tag": 5"#), 400, "invalid type"),
+        (
+            "tag too long",
+            &with(&format!(r#""tag": "{}""#, "é".repeat(257))),
+            400,
+            "257 characters",
+        ),
+        (
+            "tag newline",
+            &with(r#""tag": "a\nb""#),
+            400,
+            "control characters",
+        ),
+        (
+            "tag tab",
+            &with(r#""tag": "a\tb""#),
+            400,
+            "control characters",
+        ),
+        (
+            "api version object",
+            &with(r#""requestApiVersion": {}"#),
+            400,
+            "invalid type",
+        ),
+        (
+            "overrides number",
+            &with(r#""customConfiguration": 5"#),
+            400,
+            "Algorithm payload is invalid",
+        ),
+        (
+            "overrides command",
+            &with(r#""customConfiguration": {"command": "rm"}"#),
+            400,
+            "cannot be overridden per run",
+        ),
+        (
+            "overrides bad cpu",
+            &with(r#""customConfiguration": {"computeResources": {"cpuLimit": "lots"}}"#),
+            400,
+            "'lots' is not a valid quantity",
+        ),
+        (
+            "overrides bad workgroup",
+            &with(r#""customConfiguration": {"workgroupRef": {"name": "Bad_Name"}}"#),
+            400,
+            "workgroupRef.name",
+        ),
+        (
+            "overrides unknown workgroup",
+            &with(r#""customConfiguration": {"workgroupRef": {"name": "elsewhere"}}"#),
+            400,
+            "Cannot assign requested workgroup",
+        ),
+        (
+            "retries over the limit",
+            &with(r#""customConfiguration": {"runtimeEnvironment": {"maximumRetries": 101}}"#),
+            400,
+            "scheduler.max_retries",
+        ),
+        (
+            "retries u32::MAX",
+            &with(
+                r#""customConfiguration": {"runtimeEnvironment": {"maximumRetries": 4294967295}}"#,
+            ),
+            400,
+            "scheduler.max_retries",
+        ),
+        (
+            "retries negative",
+            &with(r#""customConfiguration": {"runtimeEnvironment": {"maximumRetries": -1}}"#),
+            400,
+            "Algorithm payload is invalid",
+        ),
+        (
+            "deadline u32::MAX",
+            &with(
+                r#""customConfiguration": {"runtimeEnvironment": {"deadlineSeconds": 4294967295}}"#,
+            ),
+            400,
+            "scheduler.max_deadline",
+        ),
+        (
+            "deadline 8 days",
+            &with(r#""customConfiguration": {"runtimeEnvironment": {"deadlineSeconds": 691200}}"#),
+            400,
+            "scheduler.max_deadline",
+        ),
+        (
+            "payloadValidFor huge",
+            &with(r#""payloadValidFor": "1000000h""#),
+            400,
+            "scheduler.max_payload_valid_for",
+        ),
+        (
+            "payloadValidFor 31d",
+            &with(r#""payloadValidFor": "31days""#),
+            400,
+            "scheduler.max_payload_valid_for",
+        ),
+        (
+            "payloadValidFor zero",
+            &with(r#""payloadValidFor": "0s""#),
+            400,
+            "longer than zero",
+        ),
+        (
+            "payloadValidFor words",
+            &with(r#""payloadValidFor": "soon""#),
+            400,
+            "is not a valid duration",
+        ),
+        (
+            "payloadValidFor negative",
+            &with(r#""payloadValidFor": "-5h""#),
+            400,
+            "is not a valid duration",
+        ),
+        (
+            "payloadValidFor number",
+            &with(r#""payloadValidFor": 5"#),
+            400,
+            "invalid type",
+        ),
+        (
+            "parent without id",
+            &with(r#""parentRequest": {"algorithmName": "knapsack"}"#),
+            400,
+            "requestId",
+        ),
+        (
+            "parent bad id",
+            &with(r#""parentRequest": {"requestId": "x", "algorithmName": "knapsack"}"#),
+            400,
+            "not a valid request id",
+        ),
+        (
+            "parent unknown",
+            &with(&format!(
+                r#""parentRequest": {{"requestId": "{unknown}", "algorithmName": "knapsack"}}"#
+            )),
+            400,
+            "parentRequest",
+        ),
+        (
+            "parent finished",
+            &with(&format!(
+                r#""parentRequest": {{"requestId": "{done}", "algorithmName": "knapsack"}}"#
+            )),
+            409,
+            "already finished",
+        ),
+        (
+            "parent of another algorithm",
+            &with(&format!(
+                r#""parentRequest": {{"requestId": "{done}", "algorithmName": "chaos"}}"#
+            )),
+            400,
+            "not found",
+        ),
+    ] {
+        rows.push(row(format!("submit: {what}"), "POST", run, status, text).json(body));
+    }
+    // Nesting, on the in-memory path and on the spooled path (no length: spooled).
+    // (600,000 levels are over 1 MiB: that body is spooled to disk and split there.)
+    for n in [129, 1_000, 100_000, 600_000] {
+        let deep = obj(&format!("{}1{}", "[".repeat(n), "]".repeat(n)));
+        rows.push(
+            row(
+                format!("nested {n} deep"),
+                "POST",
+                run,
+                400,
+                "scheduler.max_json_depth",
+            )
+            .json(deep.clone()),
+        );
+    }
+    rows.push(
+        row(
+            "nested object 200 deep",
+            "POST",
+            run,
+            400,
+            "scheduler.max_json_depth",
+        )
+        .json(obj(&format!(
+            "{}1{}",
+            r#"{"a":"#.repeat(200),
+            "}".repeat(200)
+        ))),
+    );
+    for q in [
+        "maybe",
+        "1",
+        "0",
+        "TRUE",
+        "True",
+        "%ZZ",
+        "",
+        "yes",
+        "true%00",
+        "false&dryRun=true",
+    ] {
+        rows.push(
+            row(
+                format!("dryRun={q}"),
+                "POST",
+                format!("{run}?dryRun={q}"),
+                400,
+                "dryRun",
+            )
+            .json(obj("{}")),
+        );
+    }
+    for (what, key) in [
+        ("non-ASCII", "ключ".as_bytes().to_vec()),
+        ("latin-1 byte", vec![b'k', 0xe9, b'y']),
+        ("too long", vec![b'k'; 257]),
+        ("inner space", b"two words".to_vec()),
+        ("empty", Vec::new()),
+    ] {
+        rows.push(
+            row(
+                format!("Idempotency-Key {what}"),
+                "POST",
+                run,
+                400,
+                "Idempotency-Key",
+            )
+            .json(obj("{}"))
+            .header("idempotency-key", key),
+        );
+    }
+    rows.push(
+        row(
+            "Idempotency-Key reused with another body",
+            "POST",
+            format!("{run}?dryRun=true"),
+            422,
+            "was already used for run",
+        )
+        .json(obj(r#"{"capacity": 2, "items": []}"#))
+        .header("idempotency-key", "table-key"),
+    );
+    rows.push(
+        row(
+            "no content type",
+            "POST",
+            run,
+            415,
+            "expected Content-Type: application/json",
+        )
+        .raw(obj("{}")),
+    );
+    rows.push(
+        row(
+            "text content type",
+            "POST",
+            run,
+            415,
+            "expected Content-Type: application/json",
+        )
+        .raw(obj("{}"))
+        .header("content-type", "text/plain"),
+    );
+    rows.push(
+        row(
+            "form content type",
+            "POST",
+            run,
+            415,
+            "expected Content-Type: application/json",
+        )
+        .raw("a=b")
+        .header("content-type", "application/x-www-form-urlencoded"),
+    );
+    rows.push(
+        row(
+            "unknown algorithm",
+            "POST",
+            "/algorithm/v1/run/nope",
+            400,
+            "No valid configuration found for: nope",
+        )
+        .json(obj("{}")),
+    );
+    rows.push(
+        row(
+            "algorithm with dots",
+            "POST",
+            "/algorithm/v1/run/..%2F..%2Fetc",
+            400,
+            "No valid configuration found",
+        )
+        .json(obj("{}")),
+    );
+    // Per-run routes: a malformed id is 400, an unknown run 404, a run under another algorithm 404.
+    for (route, method) in [
+        ("results", "GET"),
+        ("metadata", "GET"),
+        ("buffer", "GET"),
+        ("payload", "GET"),
+        ("children", "GET"),
+        ("cancel", "POST"),
+        ("metadata/tags", "POST"),
+    ] {
+        // A tag update carries its tag; a cancel may have no body.
+        let body = |r: Row| {
+            if route == "metadata/tags" {
+                r.raw("t")
+            } else {
+                r
+            }
+        };
+        rows.push(body(row(
+            format!("{route}: malformed id"),
+            method,
+            format!("/algorithm/v1/{route}/knapsack/requests/not-a-uuid"),
+            400,
+            "is not a valid request id",
+        )));
+        rows.push(body(row(
+            format!("{route}: unknown run"),
+            method,
+            format!("/algorithm/v1/{route}/knapsack/requests/{unknown}"),
+            404,
+            "not found",
+        )));
+        rows.push(body(row(
+            format!("{route}: another algorithm"),
+            method,
+            format!("/algorithm/v1/{route}/chaos/requests/{done}"),
+            404,
+            "not found",
+        )));
+    }
+    // Tags.
+    rows.push(row(
+        "tag lookup of 10,000 characters",
+        "GET",
+        format!("/algorithm/v1/results/tags/{}", "t".repeat(10_000)),
+        400,
+        "at most 256 characters",
+    ));
+    rows.push(row(
+        "tag lookup with a newline",
+        "GET",
+        "/algorithm/v1/results/tags/a%0Ab",
+        400,
+        "control characters",
+    ));
+    rows.push(
+        row(
+            "tag update too long",
+            "POST",
+            format!("/algorithm/v1/metadata/tags/knapsack/requests/{done}"),
+            400,
+            "at most 256 characters",
+        )
+        .raw("é".repeat(300)),
+    );
+    rows.push(
+        row(
+            "tag update not UTF-8",
+            "POST",
+            format!("/algorithm/v1/metadata/tags/knapsack/requests/{done}"),
+            400,
+            "UTF-8",
+        )
+        .raw(vec![0xff, 0xfe]),
+    );
+    rows.push(
+        row(
+            "tag update control character",
+            "POST",
+            format!("/algorithm/v1/metadata/tags/knapsack/requests/{done}"),
+            400,
+            "control characters",
+        )
+        .raw("a\u{7}b"),
+    );
+    // Cancel bodies.
+    let cancel = format!("/algorithm/v1/cancel/knapsack/requests/{done}");
+    rows.push(
+        row(
+            "cancel: bad policy",
+            "POST",
+            cancel.clone(),
+            400,
+            "accepted values: Orphan, Foreground or Background",
+        )
+        .json(r#"{"cancellationPolicy": "Sideways"}"#),
+    );
+    rows.push(
+        row(
+            "cancel: malformed",
+            "POST",
+            cancel.clone(),
+            400,
+            "Cancellation payload is invalid",
+        )
+        .json("{nope"),
+    );
+    rows.push(
+        row(
+            "cancel: wrong types",
+            "POST",
+            cancel.clone(),
+            400,
+            "Cancellation payload is invalid",
+        )
+        .json(r#"{"reason": 5}"#),
+    );
+    rows.push(
+        row(
+            "cancel: text body",
+            "POST",
+            cancel.clone(),
+            415,
+            "expected Content-Type",
+        )
+        .raw("stop")
+        .header("content-type", "text/plain"),
+    );
+    // Completion (receiver): identity first, then the body.
+    let complete = format!("/algorithm/v1/complete/knapsack/requests/{done}");
+    rows.push(
+        row(
+            "complete: no token",
+            "POST",
+            complete.clone(),
+            401,
+            "missing run token",
+        )
+        .json(r#"{"resultUri": "x"}"#),
+    );
+    rows.push(
+        row(
+            "complete: garbage token",
+            "POST",
+            complete.clone(),
+            401,
+            "run token refused",
+        )
+        .json(r#"{"resultUri": "x"}"#)
+        .header("authorization", "Bearer v1.abc.def"),
+    );
+    rows.push(
+        row(
+            "complete: not bearer",
+            "POST",
+            complete.clone(),
+            401,
+            "run token",
+        )
+        .json(r#"{"resultUri": "x"}"#)
+        .header("authorization", "Basic YTpi"),
+    );
+    rows.push(
+        row(
+            "complete: malformed id",
+            "POST",
+            "/algorithm/v1/complete/knapsack/requests/nope",
+            400,
+            "is not a valid request id",
+        )
+        .json(r#"{"resultUri": "x"}"#),
+    );
+    // Signed data routes.
+    for (what, q) in [
+        ("no signature", ""),
+        ("forged", "?exp=99999999999&sig=AAAA"),
+        ("malformed expiry", "?exp=soon&sig=AAAA"),
+        ("expired", "?exp=1&sig=AAAA"),
+    ] {
+        rows.push(row(
+            format!("object GET {what}"),
+            "GET",
+            format!("/data/v1/objects/results/knapsack/{done}{q}"),
+            403,
+            "",
+        ));
+        rows.push(
+            row(
+                format!("object PUT {what}"),
+                "PUT",
+                format!("/data/v1/objects/results/knapsack/{done}{q}"),
+                403,
+                "",
+            )
+            .raw("x"),
+        );
+        rows.push(row(
+            format!("payload {what}"),
+            "GET",
+            format!("/data/v1/payloads/knapsack/{done}{q}"),
+            403,
+            "",
+        ));
+    }
+    // Unknown paths are 404, wrong methods 405 — never 200.
+    for p in [
+        "/",
+        "/healthz",
+        "/health/ready",
+        "/health/readyz/x",
+        "/metrics2",
+        "/algorithm/v2/run/knapsack",
+        "/algorithm/v1/nothing",
+        "/algorithm/v1/results",
+        "/openapi.yaml",
+        "/favicon.ico",
+        "/nexus.v1.RunService",
+    ] {
+        rows.push(row(format!("unknown path {p}"), "GET", p, 404, ""));
+    }
+    rows.push(
+        row(
+            "unknown POST path",
+            "POST",
+            "/algorithm/v1/runs/knapsack",
+            404,
+            "",
+        )
+        .json(obj("{}")),
+    );
+    for (method, p) in [
+        ("GET", run.to_owned()),
+        ("PUT", run.to_owned()),
+        (
+            "DELETE",
+            format!("/algorithm/v1/results/knapsack/requests/{done}"),
+        ),
+        ("GET", cancel.clone()),
+        ("GET", complete.clone()),
+        ("POST", "/health/readyz".to_owned()),
+    ] {
+        rows.push(row(format!("{method} {p}"), method, p, 405, ""));
+    }
+
+    assert!(rows.len() >= 100, "the table has {} rows", rows.len());
+    let ready = format!("{base}/health/readyz");
+    for r in rows {
+        let mut req = http.request(r.method.clone(), format!("{base}{}", r.path));
+        for (k, v) in &r.headers {
+            req = req.header(
+                *k,
+                reqwest::header::HeaderValue::from_bytes(v)
+                    .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static("x")),
+            );
+        }
+        if let Some(b) = &r.body {
+            req = req.body(b.clone());
+        }
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{}: no answer: {e}", r.name));
+        let status = resp.status().as_u16();
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap_or_default().to_owned())
+            .unwrap_or_default();
+        let body = resp.text().await.unwrap();
+        assert_eq!(status, r.status, "{}: {body}", r.name);
+        assert!(
+            ct.starts_with("text/plain"),
+            "{}: content-type '{ct}' ({body})",
+            r.name
+        );
+        assert!(!body.trim().is_empty(), "{}: an empty message", r.name);
+        assert!(
+            body.contains(r.text),
+            "{}: '{body}' lacks '{}'",
+            r.name,
+            r.text
+        );
+        let ok = http.get(&ready).send().await.unwrap().status();
+        assert_eq!(ok, 200, "unhealthy after {}", r.name);
+    }
+    assert_eq!(
+        PANICS.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a handler panicked"
+    );
+    h.stop().await;
+}

@@ -40,7 +40,10 @@ fn spawn_nexus_with(
         .arg("--config")
         .arg(&cfg)
         .args(store.map(|s| format!("--store={s}")))
-        .env("NEXUS_LOG", "warn")
+        .env(
+            "NEXUS_LOG",
+            std::env::var("NEXUS_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -137,9 +140,10 @@ async fn kill_9_scenario(store: Option<&str>) {
 async fn ten_kills_under_load_lose_nothing_and_fail_nothing() {
     let data = tempfile::tempdir().unwrap();
     let tdir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        templates().join("workgroup.yaml"),
+    std::fs::write(
         tdir.path().join("workgroup.yaml"),
+        "apiVersion: science.sneaksanddata.com/v1\nkind: NexusAlgorithmWorkgroup\n\
+         metadata:\n  name: local\nspec:\n  description: chaos\n  cluster: local\n  maxConcurrentRuns: 16\n",
     )
     .unwrap();
     std::fs::write(
@@ -170,17 +174,19 @@ spec:
         .unwrap();
     let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // Two clients submitting as fast as the server answers (bounded: 4,000 requests each).
+    // Two clients submitting steadily through the kills (bounded: 400 submissions each, one
+    // every 25 ms; a sixth of the runs sleep a second, so some are RUNNING at every kill).
     let mut clients = Vec::new();
     for c in 0..2 {
         let (http, base, accepted, stop) =
             (http.clone(), base.clone(), accepted.clone(), stop.clone());
         clients.push(tokio::spawn(async move {
-            for i in 0..4_000u32 {
+            for i in 0..400u32 {
                 if stop.load(std::sync::atomic::Ordering::SeqCst) {
                     break;
                 }
-                let params = if (i + c) % 3 == 0 {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+                let params = if (i + c) % 6 == 0 {
                     json!({"mode": "sleep", "seconds": 1})
                 } else {
                     json!({"mode": "succeed"})
@@ -204,17 +210,17 @@ spec:
             }
         }));
     }
-    let mut nexus = spawn_nexus_with(data.path(), port, None, tdir.path());
+    let mut nexus = Killed(spawn_nexus_with(data.path(), port, None, tdir.path()));
     for kill in 0..10 {
         ready(&http, &base).await;
         tokio::time::sleep(Duration::from_millis(1200 + 150 * (kill % 3))).await;
         nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(i32::try_from(nexus.id()).unwrap()),
+            nix::unistd::Pid::from_raw(i32::try_from(nexus.0.id()).unwrap()),
             nix::sys::signal::Signal::SIGKILL,
         )
         .unwrap();
-        nexus.wait().unwrap();
-        nexus = spawn_nexus_with(data.path(), port, None, tdir.path());
+        nexus.0.wait().unwrap();
+        nexus = Killed(spawn_nexus_with(data.path(), port, None, tdir.path()));
     }
     ready(&http, &base).await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -235,6 +241,15 @@ spec:
         "chaos: {} accepted runs, all COMPLETED after 10 kills",
         ids.len()
     );
-    nexus.kill().unwrap();
-    nexus.wait().unwrap();
+    drop(nexus);
+}
+
+/// A nexus process that is killed when the test ends, however it ends.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

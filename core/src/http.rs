@@ -93,8 +93,41 @@ fn wants_json(req: &Request) -> bool {
 pub async fn negotiate_errors(req: Request, next: Next) -> Response {
     let json = wants_json(&req);
     let instance = req.uri().path().to_owned();
+    let method = req.method().clone();
     let resp = next.run(req).await;
-    if !json || resp.status().as_u16() < 400 {
+    if resp.status().as_u16() < 400 {
+        return resp;
+    }
+    // The framework's own answers (405, a rejected extractor without a body) get a message too.
+    let resp = if resp.headers().contains_key(header::CONTENT_TYPE) {
+        resp
+    } else {
+        let allow = resp
+            .headers()
+            .get(header::ALLOW)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let (mut parts, _) = resp.into_parts();
+        let msg = match (parts.status, allow) {
+            (StatusCode::METHOD_NOT_ALLOWED, Some(a)) => {
+                format!("method {method} is not allowed on {instance}; allowed: {a}")
+            }
+            (StatusCode::METHOD_NOT_ALLOWED, None) => {
+                format!("method {method} is not allowed on {instance}")
+            }
+            (s, _) => format!(
+                "{} ({method} {instance})",
+                s.canonical_reason().unwrap_or("error")
+            ),
+        };
+        parts.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        parts.headers.remove(header::CONTENT_LENGTH);
+        Response::from_parts(parts, Body::from(msg))
+    };
+    if !json {
         return resp;
     }
     let (mut parts, body) = resp.into_parts();

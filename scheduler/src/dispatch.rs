@@ -299,6 +299,7 @@ async fn dispatch_one(
     match result {
         Ok(()) => {
             s.relaunch_done(id);
+            s.handed_over(id);
             lane.mark_up();
             metrics::dispatched("ok");
         }

@@ -275,6 +275,10 @@ pub struct Scheduler {
     /// RUNNING runs queued to be launched again (their process was lost; see
     /// [`Scheduler::enqueue_recovered`]).
     relaunches: std::sync::Mutex<std::collections::HashSet<nexus_core::run::RunId>>,
+    /// BUFFERED runs handed to their shard, which has not recorded their start yet (a local
+    /// executor waiting for a workgroup slot): they are the shard's now, not stranded. Pruned by
+    /// the stranded-run pass (started runs, and entries older than [`HANDED_OVER_FOR`]).
+    handed_over: std::sync::Mutex<HashMap<nexus_core::run::RunId, std::time::Instant>>,
 }
 
 impl Scheduler {
@@ -301,6 +305,7 @@ impl Scheduler {
             instance_id: deps.instance_id,
             readiness: deps.readiness,
             relaunches: std::sync::Mutex::default(),
+            handed_over: std::sync::Mutex::default(),
         })
     }
 
@@ -316,6 +321,14 @@ impl Scheduler {
     /// True when a RUNNING run was queued to be launched again.
     pub(crate) fn is_relaunch(&self, id: nexus_core::run::RunId) -> bool {
         self.relaunches_mut().contains(&id)
+    }
+
+    /// Notes that a run was handed to its shard (see `handed_over`).
+    pub(crate) fn handed_over(&self, id: nexus_core::run::RunId) {
+        self.handed_over
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id, std::time::Instant::now());
     }
 
     /// Forgets a relaunch (dispatched, failed or no longer needed).
@@ -424,6 +437,8 @@ async fn heartbeat(s: Arc<Scheduler>, shutdown: CancellationToken) {
 /// Runs accepted this recently are not judged stranded yet (between their durable write and
 /// their enqueue).
 const STRANDED_AFTER_MS: i64 = 2_000;
+/// How long a run handed to its shard but not started yet is left to the shard.
+const HANDED_OVER_FOR: Duration = Duration::from_secs(600);
 /// Most runs looked at by one stranded-run pass.
 const STRANDED_PAGE: usize = 10_000;
 
@@ -461,9 +476,24 @@ pub async fn requeue_stranded_once(s: &Scheduler) -> Result<usize, nexus_core::s
         .by_owner_stage(&s.instance_id, Stage::Buffered, STRANDED_PAGE)
         .await?;
     let now = now_millis();
+    let complete = runs.len() < STRANDED_PAGE;
+    let buffered: std::collections::HashSet<_> = runs.iter().map(|r| r.id).collect();
+    let handed = {
+        let mut h = s
+            .handed_over
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Forget runs that have started (no longer BUFFERED, when the listing is whole) and
+        // hand-overs so old that the shard may have lost them (launching again is idempotent).
+        h.retain(|id, at| (!complete || buffered.contains(id)) && at.elapsed() < HANDED_OVER_FOR);
+        h.clone()
+    };
     let mut n = 0;
     for r in runs {
-        if now - r.received_at < STRANDED_AFTER_MS || s.queue.holds(&r.shard, r.id) {
+        if now - r.received_at < STRANDED_AFTER_MS
+            || s.queue.holds(&r.shard, r.id)
+            || handed.contains_key(&r.id)
+        {
             continue;
         }
         metrics::requeued_stranded();
