@@ -20,6 +20,7 @@ pub mod payload;
 pub mod render;
 pub mod request_split;
 pub mod run;
+pub mod server;
 pub mod shard;
 pub mod sign;
 pub mod spec;
