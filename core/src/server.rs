@@ -266,7 +266,9 @@ impl Shared {
         let now = self.now_ms();
         let mut l = lock(&self.limit_log);
         count(&mut l);
-        if l.last_ms.is_some_and(|t| now.saturating_sub(t) < LIMIT_LOG_EVERY_MS) {
+        if l.last_ms
+            .is_some_and(|t| now.saturating_sub(t) < LIMIT_LOG_EVERY_MS)
+        {
             return;
         }
         tracing::warn!(
@@ -521,9 +523,7 @@ async fn connection(
             } else {
                 shared.config.header_read_timeout
             };
-            shared.epoch
-                + Duration::from_millis(conn.idle_since_ms.load(Ordering::Acquire))
-                + limit
+            shared.epoch + Duration::from_millis(conn.idle_since_ms.load(Ordering::Acquire)) + limit
         });
         let wake = match (idle_deadline, close_by) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -743,7 +743,9 @@ mod tests {
             )
     }
 
-    async fn start(config: ServerConfig) -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
+    async fn start(
+        config: ServerConfig,
+    ) -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let stop = CancellationToken::new();
@@ -816,7 +818,10 @@ mod tests {
             if n >= 151 {
                 break;
             }
-            assert!(StdInstant::now() < deadline, "only {n} of 200 idle connections closed");
+            assert!(
+                StdInstant::now() < deadline,
+                "only {n} of 200 idle connections closed"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // The handler sees the peer address.
@@ -828,7 +833,10 @@ mod tests {
         let answer = read_to_close(&mut s).await;
         assert!(answer.ends_with(&local.to_string()), "{answer}");
         stop.cancel();
-        tokio::time::timeout(EVENTUALLY, task).await.unwrap().unwrap();
+        tokio::time::timeout(EVENTUALLY, task)
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -857,7 +865,10 @@ mod tests {
             read_to_close(s).await;
         }
         stop.cancel();
-        tokio::time::timeout(EVENTUALLY, task).await.unwrap().unwrap();
+        tokio::time::timeout(EVENTUALLY, task)
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -868,7 +879,9 @@ mod tests {
         })
         .await;
         let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /health/readyz HTTP/1.1\r\n").await.unwrap();
+        s.write_all(b"GET /health/readyz HTTP/1.1\r\n")
+            .await
+            .unwrap();
         let deadline = StdInstant::now() + EVENTUALLY;
         // One header byte every 50 ms, for ever: the server must hang up.
         let mut cut = false;
@@ -879,9 +892,15 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(cut, "a header trickled for {EVENTUALLY:?} was never cut off");
+        assert!(
+            cut,
+            "a header trickled for {EVENTUALLY:?} was never cut off"
+        );
         stop.cancel();
-        tokio::time::timeout(EVENTUALLY, task).await.unwrap().unwrap();
+        tokio::time::timeout(EVENTUALLY, task)
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -907,7 +926,10 @@ mod tests {
         .await;
         assert!(answer.ends_with("5 bytes"), "{answer}");
         stop.cancel();
-        tokio::time::timeout(EVENTUALLY, task).await.unwrap().unwrap();
+        tokio::time::timeout(EVENTUALLY, task)
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -929,6 +951,9 @@ mod tests {
         let answer = read_to_close(&mut s).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(answer.ends_with("10 bytes"), "{answer}");
-        tokio::time::timeout(EVENTUALLY, task).await.unwrap().unwrap();
+        tokio::time::timeout(EVENTUALLY, task)
+            .await
+            .unwrap()
+            .unwrap();
     }
 }

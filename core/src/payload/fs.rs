@@ -362,7 +362,9 @@ impl PayloadStore for FsPayloadStore {
         body: Box<dyn AsyncRead + Send + Unpin>,
         len: u64,
     ) -> Result<(), PayloadError> {
-        self.stream_into(key, body, Some(len), None).await.map(|_| ())
+        self.stream_into(key, body, Some(len), None)
+            .await
+            .map(|_| ())
     }
 
     async fn put_stream(

@@ -44,7 +44,9 @@ async fn read_all(o: super::ObjectReader) -> Vec<u8> {
     use tokio::io::AsyncReadExt as _;
     let mut body = o.body;
     let mut out = Vec::new();
-    body.read_to_end(&mut out).await.expect("read the opened object");
+    body.read_to_end(&mut out)
+        .await
+        .expect("read the opened object");
     out
 }
 
@@ -53,15 +55,30 @@ async fn read_all(o: super::ObjectReader) -> Vec<u8> {
 /// old one or the new one, never a mix.
 pub async fn open_and_size(store: &dyn PayloadStore) {
     assert!(
-        store.open(&fresh("unknown")).await.expect("open unknown").is_none(),
+        store
+            .open(&fresh("unknown"))
+            .await
+            .expect("open unknown")
+            .is_none(),
         "open of an unknown key"
     );
-    assert_eq!(store.size(&fresh("unknown")).await.expect("size unknown"), None);
-    for (what, len) in [("empty", 0), ("small", 1000), ("2 MiB", 2 * 1024 * 1024 + 3)] {
+    assert_eq!(
+        store.size(&fresh("unknown")).await.expect("size unknown"),
+        None
+    );
+    for (what, len) in [
+        ("empty", 0),
+        ("small", 1000),
+        ("2 MiB", 2 * 1024 * 1024 + 3),
+    ] {
         let key = fresh("open");
         let data = generated(len, 7);
         store.put(&key, data.clone()).await.expect("put");
-        assert_eq!(store.size(&key).await.expect("size"), Some(len as u64), "{what}");
+        assert_eq!(
+            store.size(&key).await.expect("size"),
+            Some(len as u64),
+            "{what}"
+        );
         let o = store.open(&key).await.expect("open").expect("present");
         assert_eq!(o.len, len as u64, "{what}: announced length");
         let got = read_all(o).await;
@@ -196,7 +213,11 @@ pub async fn put_stream_check_and_failures(store: &dyn PayloadStore) {
             .await
             .expect_err("a broken body");
         assert_eq!(err.kind, ErrorKind::InvalidInput, "{err}");
-        assert_eq!(allow.0.load(Ordering::SeqCst), 0, "no check for a broken body");
+        assert_eq!(
+            allow.0.load(Ordering::SeqCst),
+            0,
+            "no check for a broken body"
+        );
         assert!(
             store.get(&key).await.expect("get").as_ref() == Some(&before),
             "a broken put_stream of {len} bytes changed the object"
