@@ -10,9 +10,10 @@
 //! * A PUT stores at most `max_result_bytes`: a declared `Content-Length` over it is refused at
 //!   once, and the bytes are counted while streaming (a chunked body has no length to trust);
 //!   either way the answer is 413 and nothing is stored.
-//! * A result (`results/{algorithm}/{id}`) is written only while its run is RUNNING: checked
-//!   before the body is read (409 at once) and again right before the object is replaced, so a
-//!   finished run's result never changes. Re-uploads while the run is RUNNING replace the
+//! * A result (`results/{algorithm}/{id}`) is written only while its run is running (RUNNING,
+//!   or BUFFERED: launched but its start not recorded yet): checked before the body is read (409
+//!   at once) and again right before the object is replaced, so a finished run's result never
+//!   changes. Re-uploads while the run is RUNNING replace the
 //!   result (retries of a flaky upload; see docs/DECISIONS.md).
 
 use std::io;
@@ -32,7 +33,7 @@ use futures::TryStreamExt as _;
 use nexus_core::error::ErrorKind;
 use nexus_core::http::ApiError;
 use nexus_core::payload::{BeforeCommit, PayloadError, PayloadStore, TieredPayloadStore};
-use nexus_core::run::{RunId, Stage};
+use nexus_core::run::RunId;
 use nexus_core::store::RunStore;
 use serde::Deserialize;
 use tokio::io::{AsyncRead, ReadBuf};
@@ -114,7 +115,7 @@ fn result_of(key: &str) -> Option<Result<(String, RunId), ApiError>> {
     Some(parsed)
 }
 
-/// "The run is RUNNING": checked before a result's body is read and again right before it is
+/// "The run is running (not finished)": checked before a result's body is read and again right before it is
 /// stored.
 #[derive(Debug)]
 struct WhileRunning {
@@ -129,14 +130,18 @@ impl BeforeCommit for WhileRunning {
         let (alg, id) = (&self.algorithm, self.id);
         match self.runs.get(id).await {
             Ok(Some(run)) if &run.algorithm == alg => {
-                if run.stage == Stage::Running {
+                // BUFFERED too: the algorithm can run (and upload) before its start is recorded
+                // (standalone records RUNNING from the executor's start event, after the spawn),
+                // and its upload URL exists only once it was launched.
+                if !run.stage.is_terminal() {
                     Ok(())
                 } else {
                     Err(PayloadError::new(
                         ErrorKind::Conflict,
                         format!(
                             "run {id} of algorithm {alg} is {}: a result can only be uploaded \
-                             while its run is RUNNING, and a finished run's result never changes",
+                             while its run is running (BUFFERED or RUNNING), and a finished run's \
+                             result never changes",
                             run.stage
                         ),
                     ))
