@@ -682,7 +682,7 @@ mod tests {
         assert_eq!(c.server.max_connections, 64);
         assert_eq!(c.server.idle_timeout, Duration::from_secs(5));
         let (_d, f) = yaml(&format!("{COMMON}server:\n  header_read_timeout: 0s\n"));
-        let e = SupervisorProcess::load(Some(&f), &DistOverrides::default()).unwrap_err();
+        let e = SchedulerProcess::load(Some(&f), &DistOverrides::default()).unwrap_err();
         assert!(e.contains("server.header_read_timeout: 0s must be"), "{e}");
     }
 
