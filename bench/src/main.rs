@@ -13,6 +13,8 @@
 //!   same driver on the same node, then `accept` (and `e2e` with `--e2e`) on that store.
 //! * `big-payload` — one large payload (200 MiB by default) through submit → algorithm →
 //!   result on a `nexus standalone` child process, with its peak resident memory.
+//! * `big-results` — concurrent large result uploads, then downloads, through the result URLs of
+//!   a `nexus standalone` child process, with its peak resident memory.
 //! * `limiter`  — a shard budget held by the dispatcher, alone and shared by 3 schedulers.
 //! * `queue-memory` — resident bytes per queued run.
 //! * `all`      — everything in sequence and a summary against the issue #3 targets.
@@ -21,6 +23,7 @@
 //! URL is given explicitly. Micro-benchmarks (criterion) live in `benches/micro.rs`.
 
 mod big_payload;
+mod big_results;
 mod cassandra;
 mod distributed;
 mod e2e;
@@ -190,6 +193,23 @@ enum Cmd {
         store: Option<String>,
         /// Payload size in MiB.
         #[arg(long, default_value_t = 200)]
+        mib: u64,
+    },
+    /// Large results uploaded at once through their result URLs, then downloaded at once, with
+    /// the server's peak memory (needs `cargo build --release -p nexus-cli -p nexus-bench`).
+    BigResults {
+        /// Concurrent runs, each uploading one result.
+        #[arg(long, default_value_t = 8)]
+        runs: usize,
+        /// Size of each result in MiB.
+        #[arg(long, default_value_t = 500)]
+        mib: u64,
+    },
+    /// (internal) The algorithm of `big-results`: uploads a generated result and completes.
+    #[command(hide = true)]
+    UploadResult {
+        /// Size of the result in MiB.
+        #[arg(long)]
         mib: u64,
     },
     /// Shard budget accuracy: dispatch rate alone and with 3 schedulers sharing the budget.
@@ -1160,6 +1180,11 @@ async fn main() -> anyhow::Result<()> {
             }
             big_payload::print(&runs);
         }
+        Cmd::BigResults { runs, mib } => {
+            let m = big_results::run(runs, mib).await?;
+            big_results::print(&m);
+        }
+        Cmd::UploadResult { mib } => big_results::upload_result(mib).await?,
         Cmd::Limiter {
             rate,
             burst,

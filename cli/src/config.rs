@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Yaml};
+use nexus_core::server::ServerConfig;
 use nexus_receiver::ReceiverConfig;
 use nexus_scheduler::SchedulerConfig;
 use nexus_scheduler::edge::EdgeLimitConfig;
@@ -97,7 +98,14 @@ pub struct StandaloneConfig {
     pub executor: ExecutorSection,
     /// Per-client rate limiting of the scheduler API (off by default).
     pub rate_limit: EdgeLimitConfig,
+    /// Connection limit and timeouts of the HTTP server.
+    pub server: ServerConfig,
+    /// Largest object an algorithm may upload through its result URL, in bytes (413 past it).
+    pub max_result_bytes: u64,
 }
+
+/// Default of [`StandaloneConfig::max_result_bytes`]: 1 GiB.
+pub const DEFAULT_MAX_RESULT_BYTES: u64 = 1024 * 1024 * 1024;
 
 impl Default for StandaloneConfig {
     fn default() -> Self {
@@ -118,6 +126,8 @@ impl Default for StandaloneConfig {
             },
             executor: ExecutorSection::default(),
             rate_limit: EdgeLimitConfig::default(),
+            server: ServerConfig::default(),
+            max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
         }
     }
 }
@@ -250,7 +260,11 @@ impl StandaloneConfig {
                 self.data_dir.display()
             ));
         }
+        if self.max_result_bytes == 0 {
+            e.push("max_result_bytes: must be at least 1 (bytes)".into());
+        }
         for r in [
+            self.server.validate("server"),
             self.scheduler.validate(),
             self.receiver.validate(),
             self.supervisor.validate(),
@@ -358,6 +372,18 @@ mod tests {
         std::fs::write(&f, "log_format: xml\n").unwrap();
         let e = StandaloneConfig::load(Some(&f), &Overrides::default()).unwrap_err();
         assert!(e.contains("log_format"), "{e}");
+        std::fs::write(
+            &f,
+            "server:\n  max_connections: 0\n  body_idle_timeout: 1ms\nmax_result_bytes: 0\n",
+        )
+        .unwrap();
+        let e = StandaloneConfig::load(Some(&f), &Overrides::default()).unwrap_err();
+        assert!(e.contains("server.max_connections: 0 must be"), "{e}");
+        assert!(e.contains("server.body_idle_timeout: 1ms must be"), "{e}");
+        assert!(e.contains("max_result_bytes: must be at least 1"), "{e}");
+        std::fs::write(&f, "server:\n  max_conections: 5\n").unwrap();
+        let e = StandaloneConfig::load(Some(&f), &Overrides::default()).unwrap_err();
+        assert!(e.contains("max_conections"), "{e}");
     }
 
     #[test]

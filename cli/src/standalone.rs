@@ -19,6 +19,7 @@ use nexus_core::http::{Readiness, health_routes, negotiate_errors};
 use nexus_core::payload::{
     FsPayloadStore, PayloadStore, S3PayloadStore, SqliteObjectStore, TieredPayloadStore,
 };
+use nexus_core::server::ServerConfig;
 use nexus_core::sign::Signer;
 use nexus_core::store::{CassandraRunStore, RunStore, SqliteRunStore};
 use nexus_receiver::{LocalShard, Receiver};
@@ -118,22 +119,16 @@ fn load_or_create_secret(path: &Path) -> anyhow::Result<Signer> {
     Ok(Signer::new(&key))
 }
 
-/// Serves `app` on `listener` (with the peer address: the rate limiter keys on it) until `stop`.
+/// Serves `app` on `listener` until `stop`, with the connection limit and timeouts of `server`
+/// (see [`nexus_core::server`]); handlers see the peer address (the rate limiter keys on it).
 pub(crate) fn serve_http(
     tasks: &TaskTracker,
     listener: TcpListener,
     app: Router,
+    server: ServerConfig,
     stop: CancellationToken,
 ) {
-    tasks.spawn(async move {
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-        {
-            tracing::error!("http server failed: {e}");
-        }
-    });
+    tasks.spawn(nexus_core::server::serve(listener, app, server, stop));
 }
 
 pub(crate) fn instance_id() -> String {
@@ -332,7 +327,11 @@ pub async fn start_with_executor(
         ))
         .merge(nexus_receiver::api::router(receiver.clone()))
         .merge(nexus_scheduler::grpc::routes(scheduler.clone()))
-        .merge(objects::router(tiered))
+        .merge(objects::router(
+            tiered,
+            store.clone(),
+            config.max_result_bytes,
+        ))
         .merge(health_routes(readiness.clone()))
         .route("/metrics", get(move || std::future::ready(prom.render())))
         .layer(axum::middleware::from_fn(negotiate_errors));
@@ -376,7 +375,13 @@ pub async fn start_with_executor(
         sup_stop.clone(),
     ));
     let http_stop = CancellationToken::new();
-    serve_http(&tasks, listener, app, http_stop.clone());
+    serve_http(
+        &tasks,
+        listener,
+        app,
+        config.server.clone(),
+        http_stop.clone(),
+    );
     // Ordered shutdown: readiness off and queue drained (scheduler), then HTTP (completions keep
     // arriving while the queue drains), then the supervisor.
     let sd = shutdown.clone();

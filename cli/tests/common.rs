@@ -150,10 +150,12 @@ pub async fn port0() -> tokio::net::TcpListener {
 }
 
 /// A file payload store signing with `key`, whose signed URLs are served by a small HTTP server
-/// (in production the distributed components share S3 instead).
+/// checking result uploads against `runs` (in production the distributed components share S3
+/// instead).
 pub async fn http_payloads(
     dir: &Path,
     key: &[u8],
+    runs: std::sync::Arc<dyn nexus_core::store::RunStore>,
 ) -> std::sync::Arc<dyn nexus_core::payload::PayloadStore> {
     use nexus_core::payload::{FsPayloadStore, SqliteObjectStore, TieredPayloadStore};
     let l = port0().await;
@@ -163,7 +165,17 @@ pub async fn http_payloads(
     );
     let small = SqliteObjectStore::open(&dir.join("objects.db")).unwrap();
     let tiered = std::sync::Arc::new(TieredPayloadStore::new(small, fs));
-    let app = nexus_cli::objects::router(tiered.clone());
-    tokio::spawn(async move { axum::serve(l, app).await });
+    let app = nexus_cli::objects::router(
+        tiered.clone(),
+        runs,
+        nexus_cli::config::DEFAULT_MAX_RESULT_BYTES,
+    );
+    let server = nexus_core::server::ServerConfig::default();
+    tokio::spawn(nexus_core::server::serve(
+        l,
+        app,
+        server,
+        tokio_util::sync::CancellationToken::new(),
+    ));
     tiered
 }

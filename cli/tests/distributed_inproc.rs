@@ -65,8 +65,8 @@ async fn port0() -> TcpListener {
     common::port0().await
 }
 
-async fn payloads(dir: &Path) -> Arc<dyn PayloadStore> {
-    common::http_payloads(dir, KEY).await
+async fn payloads(dir: &Path, runs: Arc<dyn RunStore>) -> Arc<dyn PayloadStore> {
+    common::http_payloads(dir, KEY, runs).await
 }
 
 /// The components of one in-process deployment.
@@ -115,7 +115,7 @@ impl Cluster {
         let store: Arc<dyn RunStore> = Arc::new(InMemoryRunStore::default());
         let stores = SharedStores {
             store: store.clone(),
-            payloads: Some(payloads(tmp.path()).await),
+            payloads: Some(payloads(tmp.path(), store.clone()).await),
         };
         let secret_file = tmp.path().join("grpc.secret");
         std::fs::write(&secret_file, SECRET).unwrap();

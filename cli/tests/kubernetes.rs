@@ -144,7 +144,7 @@ async fn deploy(ns: &str) -> Deployment {
     let store: Arc<dyn RunStore> = Arc::new(InMemoryRunStore::default());
     let stores = SharedStores {
         store: store.clone(),
-        payloads: Some(common::http_payloads(tmp.path(), KEY).await),
+        payloads: Some(common::http_payloads(tmp.path(), KEY, store.clone()).await),
     };
     let link = GrpcLinkConfig {
         auth: LinkAuth::None,

@@ -21,6 +21,7 @@ pub mod private_fs;
 pub mod render;
 pub mod request_split;
 pub mod run;
+pub mod server;
 pub mod shard;
 pub mod sign;
 pub mod spec;

@@ -5,8 +5,14 @@
 //! * [`PayloadStore::put_reader`] is `put` from a reader of an announced length: a body shorter
 //!   or longer than announced is `InvalidInput` and stores nothing (the previous object stays).
 //!   Backends that can stream hold a bounded buffer; the others read the body into memory.
+//! * [`PayloadStore::put_stream`] is `put` from a reader of unknown length, read to its end; a
+//!   body that fails to read stores nothing. Its [`BeforeCommit`] check runs after the body was
+//!   received in full and just before the object is replaced: an error there stores nothing.
+//!   The callers bound the body (the object routes count bytes against `max_result_bytes`).
 //! * [`PayloadStore::get`] of an unknown key returns `Ok(None)`; a backend failure is an error,
-//!   never "not found".
+//!   never "not found". [`PayloadStore::open`] is `get` as a stream of known length (what the
+//!   HTTP routes serve: memory stays bounded whatever the object's size), and
+//!   [`PayloadStore::size`] says whether an object exists, and how big it is, without reading it.
 //! * [`PayloadStore::delete`] of an unknown key is not an error.
 //! * [`PayloadStore::signed_get_url`] / [`PayloadStore::signed_put_url`] return URLs that work
 //!   with a plain HTTP client until they expire; a tampered or expired URL is refused (403).
@@ -83,6 +89,44 @@ impl Keys {
     }
 }
 
+/// A stored object opened for reading by [`PayloadStore::open`].
+pub struct ObjectReader {
+    /// Its size in bytes.
+    pub len: u64,
+    /// Its bytes, read as they are needed.
+    pub body: Box<dyn AsyncRead + Send + Unpin>,
+}
+
+impl std::fmt::Debug for ObjectReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectReader")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ObjectReader {
+    /// Returns a reader of bytes already in memory.
+    #[must_use]
+    pub fn from_bytes(bytes: Bytes) -> Self {
+        Self {
+            len: bytes.len() as u64,
+            body: Box::new(std::io::Cursor::new(bytes)),
+        }
+    }
+}
+
+/// A last check before a streamed put replaces an object (see [`PayloadStore::put_stream`]):
+/// e.g. "the run is still RUNNING" before its result is written.
+#[async_trait]
+pub trait BeforeCommit: Send + Sync {
+    /// Returns `Ok` when the object may be stored now.
+    ///
+    /// # Errors
+    /// Why it may not: the put fails with this error and stores nothing.
+    async fn check(&self) -> Result<(), PayloadError>;
+}
+
 /// Durable object storage for payloads, results and logs.
 #[async_trait]
 pub trait PayloadStore: Send + Sync + std::fmt::Debug + 'static {
@@ -113,11 +157,62 @@ pub trait PayloadStore: Send + Sync + std::fmt::Debug + 'static {
         self.put(key, bytes).await
     }
 
+    /// Stores the bytes read from `body` until its end (a length not known in advance) under
+    /// `key`, durably; returns how many. `check`, when given, runs once the body has been
+    /// received in full, right before the object is replaced; its error stores nothing.
+    /// Replaces any object under the key.
+    ///
+    /// The default reads the body into memory (for the fake and small-object backends); the
+    /// file, tiered and S3 stores stream it with a bounded buffer. The body must be bounded by
+    /// the caller (e.g. a reader that fails past a size limit).
+    ///
+    /// # Errors
+    /// `InvalidInput` for a body that fails to read (`Timeout` if the read timed out); the
+    /// check's error; backend failures as [`PayloadStore::put`].
+    async fn put_stream(
+        &self,
+        key: &str,
+        mut body: Box<dyn AsyncRead + Send + Unpin>,
+        check: Option<&dyn BeforeCommit>,
+    ) -> Result<u64, PayloadError> {
+        let mut buf = Vec::new();
+        body.read_to_end(&mut buf)
+            .await
+            .map_err(|e| body_error(key, &e))?;
+        if let Some(c) = check {
+            c.check().await?;
+        }
+        let n = buf.len() as u64;
+        self.put(key, Bytes::from(buf)).await?;
+        Ok(n)
+    }
+
     /// Returns the object, or `None` when the key is unknown.
     ///
     /// # Errors
     /// Backend failures (never for a missing key).
     async fn get(&self, key: &str) -> Result<Option<Bytes>, PayloadError>;
+
+    /// Opens the object for reading: its size and a reader of its bytes, or `None` when the key
+    /// is unknown. The reader sees the object as it was when opened, even if it is replaced
+    /// meanwhile. The default reads the whole object with [`PayloadStore::get`] (the fake,
+    /// small objects); the file, tiered and S3 stores stream it.
+    ///
+    /// # Errors
+    /// Backend failures (never for a missing key); a reader's failure midway is an I/O error of
+    /// the reader.
+    async fn open(&self, key: &str) -> Result<Option<ObjectReader>, PayloadError> {
+        Ok(self.get(key).await?.map(ObjectReader::from_bytes))
+    }
+
+    /// Returns the object's size in bytes, or `None` when the key is unknown, without reading
+    /// the object where the backend allows. The default opens it ([`PayloadStore::open`]).
+    ///
+    /// # Errors
+    /// Backend failures (never for a missing key).
+    async fn size(&self, key: &str) -> Result<Option<u64>, PayloadError> {
+        Ok(self.open(key).await?.map(|o| o.len))
+    }
 
     /// Deletes the object; unknown keys are fine.
     ///
@@ -194,6 +289,23 @@ async fn read_chunk(
                      nothing stored"
                 ),
             ));
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// Reads up to `n` bytes of `body`: fewer only when the body ended.
+async fn read_up_to(key: &str, body: BodyRef<'_>, n: u64) -> Result<Bytes, PayloadError> {
+    let want = buffer_len(key, n)?;
+    let mut buf = BytesMut::with_capacity(want.min(MAX_PREALLOC));
+    let mut limited = body.take(n);
+    while buf.len() < want {
+        let got = limited
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| body_error(key, &e))?;
+        if got == 0 {
+            break;
         }
     }
     Ok(buf.freeze())

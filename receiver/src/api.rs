@@ -156,9 +156,10 @@ impl Receiver {
                 RunPatch::failure(cause, result.error_details.clone().unwrap_or_default()),
             ),
             None => {
+                // Whether a result was uploaded, without reading it (it may be big).
                 let uploaded = self
                     .payloads
-                    .get(&Keys::result(alg, &id))
+                    .size(&Keys::result(alg, &id))
                     .await
                     .map_err(|e| backend(e.kind, e.message))?
                     .is_some();

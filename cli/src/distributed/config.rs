@@ -14,6 +14,7 @@ use nexus_core::grpc::GrpcLinkConfig;
 use nexus_core::kube_classify::FailureConfig;
 use nexus_core::kube_client::KubeClientConfig;
 use nexus_core::kube_job::JobOptions;
+use nexus_core::server::ServerConfig;
 use nexus_receiver::ReceiverConfig;
 use nexus_scheduler::SchedulerConfig;
 use nexus_scheduler::edge::EdgeLimitConfig;
@@ -103,6 +104,8 @@ pub struct SchedulerProcess {
     pub scheduler: SchedulerConfig,
     /// Per-client rate limiting of the API.
     pub rate_limit: EdgeLimitConfig,
+    /// Connection limit and timeouts of the HTTP server (the API and gRPC port).
+    pub server: ServerConfig,
 }
 
 impl Default for SchedulerProcess {
@@ -123,6 +126,7 @@ impl Default for SchedulerProcess {
             shards: BTreeMap::new(),
             scheduler: SchedulerConfig::default(),
             rate_limit: EdgeLimitConfig::default(),
+            server: ServerConfig::default(),
         }
     }
 }
@@ -176,6 +180,8 @@ pub struct ReceiverProcess {
     /// How long a pod may be stuck before its container runs (image pull, unschedulable,
     /// configuration) before the run is given up as SCHEDULING_FAILED (`runtime: kubernetes`).
     pub failures: FailureConfig,
+    /// Connection limit and timeouts of the HTTP server (completions, probes).
+    pub server: ServerConfig,
 }
 
 impl Default for ReceiverProcess {
@@ -200,6 +206,7 @@ impl Default for ReceiverProcess {
             kubernetes: KubeClientConfig::default(),
             job: JobOptions::default(),
             failures: FailureConfig::default(),
+            server: ServerConfig::default(),
         }
     }
 }
@@ -285,6 +292,8 @@ pub struct SupervisorProcess {
     pub shards: BTreeMap<String, ShardEntry>,
     /// Recovery settings.
     pub supervisor: ResubmitSection,
+    /// Connection limit and timeouts of the HTTP server (probes, metrics).
+    pub server: ServerConfig,
 }
 
 impl Default for SupervisorProcess {
@@ -303,6 +312,7 @@ impl Default for SupervisorProcess {
             grpc: GrpcLinkConfig::default(),
             shards: BTreeMap::new(),
             supervisor: ResubmitSection::default(),
+            server: ServerConfig::default(),
         }
     }
 }
@@ -372,8 +382,12 @@ fn check_common(
     log_format: &str,
     grpc: &GrpcLinkConfig,
     signing_key_file: Option<&Path>,
+    server: &ServerConfig,
     e: &mut Vec<String>,
 ) {
+    if let Err(m) = server.validate("server") {
+        e.push(m);
+    }
     let env_key = std::env::var_os("NEXUS_SIGNING_KEY").is_some_and(|v| !v.is_empty());
     if signing_key_file.is_none() && !env_key {
         e.push(
@@ -451,6 +465,7 @@ impl SchedulerProcess {
             &self.log_format,
             &self.grpc,
             self.signing_key_file.as_deref(),
+            &self.server,
             &mut e,
         );
         check_store(&self.store, &mut e);
@@ -494,6 +509,7 @@ impl ReceiverProcess {
             &self.log_format,
             &self.grpc,
             self.signing_key_file.as_deref(),
+            &self.server,
             &mut e,
         );
         check_store(&self.store, &mut e);
@@ -553,6 +569,7 @@ impl SupervisorProcess {
             &self.log_format,
             &self.grpc,
             self.signing_key_file.as_deref(),
+            &self.server,
             &mut e,
         );
         check_store(&self.store, &mut e);
@@ -654,6 +671,19 @@ mod tests {
         let (_d, f) = yaml(&format!("{COMMON}shard: a\nqueue_bound: 3\n"));
         let e = ReceiverProcess::load(Some(&f), &DistOverrides::default()).unwrap_err();
         assert!(e.contains("queue_bound"), "{e}");
+    }
+
+    #[test]
+    fn server_section_is_shared_and_checked() {
+        let (_d, f) = yaml(&format!(
+            "{COMMON}shard: a\nserver:\n  max_connections: 64\n  idle_timeout: 5s\n"
+        ));
+        let c = ReceiverProcess::load(Some(&f), &DistOverrides::default()).unwrap();
+        assert_eq!(c.server.max_connections, 64);
+        assert_eq!(c.server.idle_timeout, Duration::from_secs(5));
+        let (_d, f) = yaml(&format!("{COMMON}server:\n  header_read_timeout: 0s\n"));
+        let e = SchedulerProcess::load(Some(&f), &DistOverrides::default()).unwrap_err();
+        assert!(e.contains("server.header_read_timeout: 0s must be"), "{e}");
     }
 
     #[test]

@@ -301,7 +301,7 @@ pub async fn start_scheduler_with(
     let sched_stop = CancellationToken::new();
     let sched_task = tasks.spawn(nexus_scheduler::run(scheduler, sched_stop.clone()));
     let http_stop = CancellationToken::new();
-    serve_http(&tasks, listener, app, http_stop.clone());
+    serve_http(&tasks, listener, app, c.server.clone(), http_stop.clone());
     // Readiness off and queue drained (runs left are handed over by releasing the lease), then
     // the HTTP server stops.
     let sd = shutdown.clone();
@@ -495,7 +495,7 @@ pub async fn start_receiver_with(
         });
     }
     let http_stop = CancellationToken::new();
-    serve_http(&tasks, http, app, http_stop.clone());
+    serve_http(&tasks, http, app, c.server.clone(), http_stop.clone());
     let events_stop = CancellationToken::new();
     tasks.spawn(nexus_supervisor::apply_events(
         watcher,
@@ -655,7 +655,7 @@ pub async fn start_supervisor_with(
         loop_stop.clone(),
     ));
     let http_stop = CancellationToken::new();
-    serve_http(&tasks, listener, app, http_stop.clone());
+    serve_http(&tasks, listener, app, c.server.clone(), http_stop.clone());
     let (sd, rd) = (shutdown.clone(), readiness.clone());
     tasks.spawn(async move {
         sd.cancelled().await;

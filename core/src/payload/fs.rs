@@ -6,11 +6,15 @@
 //! tokio's blocking pool. [`PayloadStore::put_reader`] streams the body into the temporary file
 //! in chunks of [`COPY_BUF`] (reading the next while the previous is written: at most two in
 //! memory) and renames it only once the body ended at the announced length; otherwise, or if
-//! the put is cancelled, the temporary file is removed.
+//! the put is cancelled, the temporary file is removed. [`PayloadStore::put_stream`] does the
+//! same for a body of unknown length, and runs its check after the file is synced, just before
+//! the rename. [`PayloadStore::open`] hands out the open file: a reader keeps the version it
+//! opened even if the object is replaced meanwhile (the rename leaves the open inode intact).
 //!
 //! Signed URLs have the form `{base_url}/data/v1/objects/{key}?exp=<secs>&sig=<sig>`; the MAC
 //! covers the HTTP method and the path `/data/v1/objects/{key}`. The HTTP routes call
-//! [`FsPayloadStore::verify`] and then [`PayloadStore::get`] / [`PayloadStore::put`].
+//! [`FsPayloadStore::verify`] and then stream through [`PayloadStore::open`] /
+//! [`PayloadStore::put_stream`].
 //!
 //! Files are created `0600` and directories `0700` ([`crate::private_fs`]): objects are other
 //! runs' payloads and results, which algorithms must not read behind the signed URLs' back.
@@ -23,7 +27,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::io::AsyncRead;
 
-use super::{PayloadError, PayloadStore, expect_end, read_chunk};
+use super::{
+    BeforeCommit, ObjectReader, PayloadError, PayloadStore, expect_end, read_chunk, read_up_to,
+};
 use crate::error::ErrorKind;
 use crate::sign::{Signer, Subject, now_secs, parse_exp};
 
@@ -84,6 +90,14 @@ fn io_error(what: &str, path: &Path, e: &io::Error) -> PayloadError {
     PayloadError::new(kind, format!("{what} {}: {e}", path.display()))
 }
 
+/// True for the errors that mean "no object under this key".
+fn not_found(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory | io::ErrorKind::IsADirectory
+    )
+}
+
 /// Bytes per write of [`PayloadStore::put_reader`]: one chunk is read from the body while the
 /// previous one is written, so a streamed put holds at most twice this much.
 pub const COPY_BUF: u64 = 256 * 1024;
@@ -138,8 +152,18 @@ impl TempFile {
             .map_err(|e| io_error("writing", &self.tmp, &e))
     }
 
-    /// Makes the file the object, durably: `sync_all`, rename over the object, fsync of the
-    /// directory.
+    /// Flushes the bytes to disk (`sync_all`) and closes the file; [`TempFile::commit`] then
+    /// only renames.
+    fn sync(&mut self) -> Result<(), PayloadError> {
+        if let Some(f) = self.file.take() {
+            f.sync_all()
+                .map_err(|e| io_error("syncing", &self.tmp, &e))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the file the object, durably: `sync_all` (unless [`TempFile::sync`] did), rename
+    /// over the object, fsync of the directory.
     fn commit(mut self) -> Result<(), PayloadError> {
         if let Some(f) = self.file.take() {
             f.sync_all()
@@ -234,6 +258,80 @@ impl FsPayloadStore {
         format!("{}{path}?{query}", self.base_url)
     }
 
+    /// Streams `body` into a temporary file (`len` bytes exactly, or to its end when `None`),
+    /// runs `check`, then renames the file over the object; returns the bytes stored.
+    async fn stream_into(
+        &self,
+        key: &str,
+        mut body: Box<dyn AsyncRead + Send + Unpin>,
+        len: Option<u64>,
+        check: Option<&dyn BeforeCommit>,
+    ) -> Result<u64, PayloadError> {
+        let path = self.path_of(key)?;
+        // The pending blocking work (creating the file, then writing the previous chunk) runs
+        // while the next chunk is read; it hands the file back when done.
+        let mut file = blocking(move || TempFile::create(&path));
+        let mut done = 0u64;
+        let fed = loop {
+            let chunk = match len {
+                Some(len) if done == len => break expect_end(key, &mut *body, len).await,
+                Some(len) => read_chunk(key, &mut *body, COPY_BUF.min(len - done), done, len).await,
+                None => match read_up_to(key, &mut *body, COPY_BUF).await {
+                    Ok(c) if c.is_empty() => break Ok(()),
+                    other => other,
+                },
+            };
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(e) => break Err(e),
+            };
+            done += chunk.len() as u64;
+            // A failed write returns its error here (its temp file already removed).
+            let mut f = joined(file).await?;
+            file = blocking(move || {
+                f.write(&chunk)?;
+                Ok(f)
+            });
+        };
+        let file = joined(file).await;
+        let fed = match (fed, file) {
+            (Ok(()), Ok(mut f)) => {
+                // Synced before the check, so that the check is as close as possible to the
+                // rename that makes the object visible.
+                match joined(blocking(move || f.sync().map(|()| f))).await {
+                    Ok(f) => match check {
+                        Some(c) => match c.check().await {
+                            Ok(()) => Ok(f),
+                            Err(e) => Err((e, Some(f))),
+                        },
+                        None => Ok(f),
+                    },
+                    Err(e) => Err((e, None)),
+                }
+            }
+            (Ok(()), Err(e)) => Err((e, None)),
+            (Err(e), f) => Err((e, f.ok())),
+        };
+        match fed {
+            Ok(f) => {
+                joined(blocking(move || f.commit())).await?;
+                Ok(done)
+            }
+            Err((e, f)) => {
+                // Nothing stored: the temp file is removed (off the async thread) before the
+                // error is returned. (A dropped future leaves it to the pending task's drop.)
+                if let Some(f) = f {
+                    let _ = blocking(move || {
+                        drop(f);
+                        Ok(())
+                    })
+                    .await;
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Checks a request to the object route: `exp` and `sig` are the query parameters.
     ///
     /// # Errors
@@ -270,46 +368,50 @@ impl PayloadStore for FsPayloadStore {
     async fn put_reader(
         &self,
         key: &str,
-        mut body: Box<dyn AsyncRead + Send + Unpin>,
+        body: Box<dyn AsyncRead + Send + Unpin>,
         len: u64,
     ) -> Result<(), PayloadError> {
+        self.stream_into(key, body, Some(len), None)
+            .await
+            .map(|_| ())
+    }
+
+    async fn put_stream(
+        &self,
+        key: &str,
+        body: Box<dyn AsyncRead + Send + Unpin>,
+        check: Option<&dyn BeforeCommit>,
+    ) -> Result<u64, PayloadError> {
+        self.stream_into(key, body, None, check).await
+    }
+
+    async fn open(&self, key: &str) -> Result<Option<ObjectReader>, PayloadError> {
         let path = self.path_of(key)?;
-        // The pending blocking work (creating the file, then writing the previous chunk) runs
-        // while the next chunk is read; it hands the file back when done.
-        let mut file = blocking(move || TempFile::create(&path));
-        let mut done = 0u64;
-        let fed = loop {
-            if done == len {
-                break expect_end(key, &mut *body, len).await;
-            }
-            let n = COPY_BUF.min(len - done);
-            let chunk = match read_chunk(key, &mut *body, n, done, len).await {
-                Ok(chunk) => chunk,
-                Err(e) => break Err(e),
-            };
-            done += n;
-            // A failed write returns its error here (its temp file already removed).
-            let mut f = joined(file).await?;
-            file = blocking(move || {
-                f.write(&chunk)?;
-                Ok(f)
-            });
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if not_found(&e) => return Ok(None),
+            Err(e) => return Err(io_error("opening", &path, &e)),
         };
-        match (fed, joined(file).await) {
-            (Ok(()), Ok(f)) => joined(blocking(move || f.commit())).await,
-            (Ok(()), Err(e)) => Err(e),
-            (Err(e), f) => {
-                // Nothing stored: the temp file is removed (off the async thread) before the
-                // error is returned. (A dropped future leaves it to the pending task's drop.)
-                if let Ok(f) = f {
-                    let _ = blocking(move || {
-                        drop(f);
-                        Ok(())
-                    })
-                    .await;
-                }
-                Err(e)
-            }
+        let meta = file
+            .metadata()
+            .await
+            .map_err(|e| io_error("reading the metadata of", &path, &e))?;
+        if !meta.is_file() {
+            return Ok(None);
+        }
+        Ok(Some(ObjectReader {
+            len: meta.len(),
+            body: Box::new(file),
+        }))
+    }
+
+    async fn size(&self, key: &str) -> Result<Option<u64>, PayloadError> {
+        let path = self.path_of(key)?;
+        match tokio::fs::metadata(&path).await {
+            Ok(m) if m.is_file() => Ok(Some(m.len())),
+            Ok(_) => Ok(None),
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(io_error("reading the metadata of", &path, &e)),
         }
     }
 
@@ -317,16 +419,7 @@ impl PayloadStore for FsPayloadStore {
         let path = self.path_of(key)?;
         match tokio::fs::read(&path).await {
             Ok(v) => Ok(Some(Bytes::from(v))),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::NotFound
-                        | io::ErrorKind::NotADirectory
-                        | io::ErrorKind::IsADirectory
-                ) =>
-            {
-                Ok(None)
-            }
+            Err(e) if not_found(&e) => Ok(None),
             Err(e) => Err(io_error("reading", &path, &e)),
         }
     }

@@ -123,6 +123,10 @@ impl PayloadStore for InMemoryPayloadStore {
         Ok(self.lock().get(key).cloned())
     }
 
+    async fn size(&self, key: &str) -> Result<Option<u64>, PayloadError> {
+        Ok(self.lock().get(key).map(|b| b.len() as u64))
+    }
+
     async fn delete(&self, key: &str) -> Result<(), PayloadError> {
         self.lock().remove(key);
         Ok(())

@@ -26,6 +26,12 @@
 //! a lifecycle rule `AbortIncompleteMultipartUpload` (e.g. after 1 day) for uploads cut short by
 //! a crash.
 //!
+//! [`PayloadStore::put_stream`] (length unknown) reads up to the threshold (plus one byte) into
+//! memory: a body that ended by then is one `PutObject`; otherwise a multipart upload of parts
+//! of `part_size` (objects up to `part_size` × 10 000 bytes), read from the body as for
+//! `put_reader`, its check run before `CompleteMultipartUpload`. [`PayloadStore::open`] streams
+//! a `GetObject` body; [`PayloadStore::size`] is a `HeadObject`.
+//!
 //! [`PayloadStore::put_reader`] takes the same two paths by the announced length. Up to the
 //! threshold it reads the body into memory (checking its length), then one `PutObject`. Above,
 //! it is the same multipart upload, its parts read from the body one after the other, each only
@@ -106,7 +112,10 @@ pub use config::{
 };
 
 use super::fs::validate_key;
-use super::{PayloadError, PayloadStore, expect_end, read_chunk, read_exactly};
+use super::{
+    BeforeCommit, ObjectReader, PayloadError, PayloadStore, expect_end, read_chunk, read_exactly,
+    read_up_to,
+};
 use crate::error::ErrorKind;
 
 /// Most parts of one multipart upload in flight at once.
@@ -630,6 +639,7 @@ impl S3PayloadStore {
         key: &str,
         object: &str,
         parts: impl Stream<Item = Result<Bytes, PayloadError>> + Send,
+        check: Option<&dyn BeforeCommit>,
     ) -> Result<(), PayloadError> {
         let created = self
             .client
@@ -651,7 +661,9 @@ impl S3PayloadStore {
             object: object.to_owned(),
             upload_id: upload_id.clone(),
         };
-        let result = self.upload_parts(key, object, &upload_id, parts).await;
+        let result = self
+            .upload_parts(key, object, &upload_id, parts, check)
+            .await;
         if result.is_err() {
             self.abort(object, &upload_id).await;
         }
@@ -671,6 +683,7 @@ impl S3PayloadStore {
         object: &str,
         upload_id: &str,
         parts: impl Stream<Item = Result<Bytes, PayloadError>> + Send,
+        check: Option<&dyn BeforeCommit>,
     ) -> Result<(), PayloadError> {
         let parts: Vec<CompletedPart> = parts
             .enumerate()
@@ -707,6 +720,10 @@ impl S3PayloadStore {
             .try_buffered(PART_CONCURRENCY)
             .try_collect()
             .await?;
+        // Every part is stored; the object appears only with the completion.
+        if let Some(c) = check {
+            c.check().await?;
+        }
         self.client
             .complete_multipart_upload()
             .bucket(&self.bucket)
@@ -780,7 +797,7 @@ impl PayloadStore for S3PayloadStore {
             futures::stream::iter((0..bytes.len()).step_by(step).map(move |start| {
                 Ok(bytes.slice(start..bytes.len().min(start.saturating_add(step))))
             }));
-        self.put_multipart(key, &object, parts).await
+        self.put_multipart(key, &object, parts, None).await
     }
 
     async fn put_reader(
@@ -795,7 +812,87 @@ impl PayloadStore for S3PayloadStore {
             return self.put_single(key, &object, bytes).await;
         }
         let parts = body_parts(key, body, len, self.part_size_for(len));
-        self.put_multipart(key, &object, parts).await
+        self.put_multipart(key, &object, parts, None).await
+    }
+
+    async fn put_stream(
+        &self,
+        key: &str,
+        mut body: Box<dyn AsyncRead + Send + Unpin>,
+        check: Option<&dyn BeforeCommit>,
+    ) -> Result<u64, PayloadError> {
+        let object = self.object(key)?;
+        let head = read_up_to(key, &mut *body, self.multipart_threshold + 1).await?;
+        if head.len() as u64 <= self.multipart_threshold {
+            if let Some(c) = check {
+                c.check().await?;
+            }
+            let n = head.len() as u64;
+            self.put_single(key, &object, head).await?;
+            return Ok(n);
+        }
+        let total = std::sync::atomic::AtomicU64::new(0);
+        let parts = unsized_parts(key, head, body, self.part_size, &total);
+        self.put_multipart(key, &object, parts, check).await?;
+        Ok(total.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    async fn open(&self, key: &str) -> Result<Option<ObjectReader>, PayloadError> {
+        let object = self.object(key)?;
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&object)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => {
+                let err = self.sdk_error("get", key, &e);
+                return if err.kind == ErrorKind::NotFound {
+                    Ok(None)
+                } else {
+                    Err(err)
+                };
+            }
+        };
+        let len = out
+            .content_length()
+            .and_then(|n| u64::try_from(n).ok())
+            .ok_or_else(|| {
+                self.error(
+                    "get",
+                    key,
+                    Failure::BadResponse { status: 200 },
+                    &"the answer has no Content-Length",
+                )
+            })?;
+        Ok(Some(ObjectReader {
+            len,
+            body: Box::new(Box::pin(out.body.into_async_read())),
+        }))
+    }
+
+    async fn size(&self, key: &str) -> Result<Option<u64>, PayloadError> {
+        let object = self.object(key)?;
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&object)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(
+                out.content_length()
+                    .and_then(|n| u64::try_from(n).ok())
+                    .unwrap_or(0),
+            )),
+            // A HEAD answer has no body, so no NoSuchKey code: its 404 is "not found".
+            Err(SdkError::ServiceError(e)) if e.err().is_not_found() => Ok(None),
+            Err(e) => Err(self.sdk_error("head", key, &e)),
+        }
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, PayloadError> {
@@ -901,6 +998,54 @@ fn body_parts(
         let part = read_chunk(key, &mut *body, n, done, len).await?;
         Ok(Some((part, (body, done + n))))
     })
+}
+
+/// The parts of a `put_stream` body of unknown length whose first `head` bytes were read
+/// already: parts of `part_size` bytes (slices of `head`, then chunks read from the body; a part
+/// straddling both is copied once), the last one shorter; at most [`MAX_PARTS`]. Adds every
+/// part's length to `total`.
+fn unsized_parts<'a>(
+    key: &'a str,
+    head: Bytes,
+    body: Box<dyn AsyncRead + Send + Unpin>,
+    part_size: u64,
+    total: &'a std::sync::atomic::AtomicU64,
+) -> impl Stream<Item = Result<Bytes, PayloadError>> + Send + 'a {
+    let step = usize::try_from(part_size).unwrap_or(usize::MAX);
+    futures::stream::try_unfold(
+        (head, body, 0u64),
+        move |(mut head, mut body, count)| async move {
+            let part = if head.len() >= step {
+                head.split_to(step)
+            } else {
+                let want = part_size - head.len() as u64;
+                let more = read_up_to(key, &mut *body, want).await?;
+                if head.is_empty() {
+                    more
+                } else {
+                    let mut joined = bytes::BytesMut::with_capacity(head.len() + more.len());
+                    joined.extend_from_slice(&head);
+                    joined.extend_from_slice(&more);
+                    head = Bytes::new();
+                    joined.freeze()
+                }
+            };
+            if part.is_empty() {
+                return Ok(None);
+            }
+            if count >= MAX_PARTS {
+                return Err(PayloadError::new(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "the body of '{key}' is bigger than {MAX_PARTS} parts of {part_size} \
+                         bytes: nothing stored"
+                    ),
+                ));
+            }
+            total.fetch_add(part.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            Ok(Some((part, (head, body, count + 1))))
+        },
+    )
 }
 
 /// The presigning config for `valid_for` (clamped, see [`url_validity`]).

@@ -131,6 +131,18 @@ impl PayloadStore for SqliteObjectStore {
         })
     }
 
+    async fn size(&self, key: &str) -> Result<Option<u64>, PayloadError> {
+        validate_key(key)?;
+        self.db.read_point(|conn| {
+            conn.prepare_cached("SELECT length(bytes) FROM objects WHERE key = ?1")
+                .map_err(sql_err)?
+                .query_row([key], |r| r.get::<_, i64>(0))
+                .optional()
+                .map_err(sql_err)
+                .map(|n| n.map(|n| u64::try_from(n).unwrap_or(0)))
+        })
+    }
+
     async fn delete(&self, key: &str) -> Result<(), PayloadError> {
         validate_key(key)?;
         let key = key.to_owned();
@@ -180,6 +192,9 @@ mod tests {
         test_suite::binary_data(&s).await;
         test_suite::large_object(&s).await;
         test_suite::nexus_keys(&s).await;
+        test_suite::open_and_size(&s).await;
+        test_suite::put_stream_round_trip(&s).await;
+        test_suite::put_stream_check_and_failures(&s).await;
         let err = s
             .signed_get_url("a/b", Duration::from_secs(1))
             .await

@@ -34,6 +34,204 @@ pub async fn run_all(store: &dyn PayloadStore) {
     put_reader_round_trip(store).await;
     put_reader_overwrites(store).await;
     put_reader_length_mismatch(store).await;
+    open_and_size(store).await;
+    put_stream_round_trip(store).await;
+    put_stream_check_and_failures(store).await;
+}
+
+/// Reads all of an opened object.
+async fn read_all(o: super::ObjectReader) -> Vec<u8> {
+    use tokio::io::AsyncReadExt as _;
+    let mut body = o.body;
+    let mut out = Vec::new();
+    body.read_to_end(&mut out)
+        .await
+        .expect("read the opened object");
+    out
+}
+
+/// `open` streams what `put` stored, with its size; `size` reports it without reading; both
+/// say `None` for an unknown key. A reader opened before a replacement reads whole objects: the
+/// old one or the new one, never a mix.
+pub async fn open_and_size(store: &dyn PayloadStore) {
+    assert!(
+        store
+            .open(&fresh("unknown"))
+            .await
+            .expect("open unknown")
+            .is_none(),
+        "open of an unknown key"
+    );
+    assert_eq!(
+        store.size(&fresh("unknown")).await.expect("size unknown"),
+        None
+    );
+    for (what, len) in [
+        ("empty", 0),
+        ("small", 1000),
+        ("2 MiB", 2 * 1024 * 1024 + 3),
+    ] {
+        let key = fresh("open");
+        let data = generated(len, 7);
+        store.put(&key, data.clone()).await.expect("put");
+        assert_eq!(
+            store.size(&key).await.expect("size"),
+            Some(len as u64),
+            "{what}"
+        );
+        let o = store.open(&key).await.expect("open").expect("present");
+        assert_eq!(o.len, len as u64, "{what}: announced length");
+        let got = read_all(o).await;
+        assert!(got == data.as_ref(), "{what}: streamed content differs");
+        store.delete(&key).await.expect("delete");
+        assert_eq!(store.size(&key).await.expect("size after delete"), None);
+    }
+    let key = fresh("open-replaced");
+    let old = generated(1024 * 1024, 8);
+    let new = generated(1024 * 1024 + 10, 9);
+    store.put(&key, old.clone()).await.expect("put old");
+    let o = store.open(&key).await.expect("open").expect("present");
+    store.put(&key, new.clone()).await.expect("put new");
+    let got = read_all(o).await;
+    assert!(
+        got == old.as_ref() || got == new.as_ref(),
+        "a reader opened before a replacement read a mix of both objects"
+    );
+    store.delete(&key).await.expect("delete");
+}
+
+/// A body with no announced length, in odd pieces.
+fn unsized_body(data: &Bytes, piece: usize) -> Box<dyn AsyncRead + Send + Unpin> {
+    reader(data, piece)
+}
+
+/// `put_stream` stores bodies of unknown length (empty, small, above the tiered store's small
+/// threshold, and above S3's default single-put threshold of 16 MiB: several multipart parts
+/// with a short last one) and returns their size; it replaces objects as `put` does.
+pub async fn put_stream_round_trip(store: &dyn PayloadStore) {
+    for (what, len, piece) in [
+        ("empty", 0, 1),
+        ("small", 100, 7),
+        ("1 MiB", 1024 * 1024 + 1, 65_521),
+        ("17 MiB", 17 * 1024 * 1024 + 12_345, 1024 * 1024 - 1),
+    ] {
+        // A fresh key each (the in-process S3 server, s3s-fs, keeps the checksum of a single
+        // PUT when a multipart upload replaces it; replacing is checked below).
+        let key = fresh("stream");
+        let data = generated(len, 11);
+        let n = store
+            .put_stream(&key, unsized_body(&data, piece), None)
+            .await
+            .unwrap_or_else(|e| panic!("put_stream of the {what} object: {e}"));
+        assert_eq!(n, len as u64, "{what}: bytes stored");
+        let got = store.get(&key).await.expect("get").expect("present");
+        assert_eq!(got.len(), len, "{what}");
+        assert!(got == data, "{what}: content differs");
+        store.delete(&key).await.expect("delete");
+    }
+    let key = fresh("stream-replace");
+    store
+        .put(&key, Bytes::from_static(b"before"))
+        .await
+        .expect("put");
+    let data = generated(300, 12);
+    store
+        .put_stream(&key, unsized_body(&data, 64), None)
+        .await
+        .expect("put_stream over put");
+    assert_eq!(store.get(&key).await.expect("get"), Some(data));
+    store.delete(&key).await.expect("delete");
+}
+
+/// A check that refuses, and counts its calls.
+#[derive(Debug, Default)]
+struct Refuse(std::sync::atomic::AtomicUsize);
+
+#[async_trait]
+impl super::BeforeCommit for Refuse {
+    async fn check(&self) -> Result<(), super::PayloadError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Err(super::PayloadError::new(
+            ErrorKind::Conflict,
+            "the run is no longer RUNNING",
+        ))
+    }
+}
+
+/// A check that lets the put through, and counts its calls.
+#[derive(Debug, Default)]
+struct Allow(std::sync::atomic::AtomicUsize);
+
+#[async_trait]
+impl super::BeforeCommit for Allow {
+    async fn check(&self) -> Result<(), super::PayloadError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// `put_stream`'s check runs once the body is in, and its error stores nothing (the previous
+/// object stays, an unknown key stays unknown), small or big; a body that fails to read is
+/// `InvalidInput` and stores nothing, without running the check.
+pub async fn put_stream_check_and_failures(store: &dyn PayloadStore) {
+    use std::sync::atomic::Ordering;
+    for len in [100usize, 1024 * 1024] {
+        let before = generated(len, 12);
+        let data = generated(len + 1, 13);
+        let key = fresh("stream-check");
+        store.put(&key, before.clone()).await.expect("put");
+        let refuse = Refuse::default();
+        let err = store
+            .put_stream(&key, unsized_body(&data, 4096), Some(&refuse))
+            .await
+            .expect_err("a refused put_stream");
+        assert_eq!(err.kind, ErrorKind::Conflict, "{err}");
+        assert_eq!(refuse.0.load(Ordering::SeqCst), 1, "the check runs once");
+        assert!(
+            store.get(&key).await.expect("get").as_ref() == Some(&before),
+            "a refused put_stream of {len} bytes changed the object"
+        );
+        let unknown = fresh("stream-check");
+        store
+            .put_stream(&unknown, unsized_body(&data, 4096), Some(&refuse))
+            .await
+            .expect_err("a refused put_stream");
+        assert_eq!(
+            store.get(&unknown).await.expect("get"),
+            None,
+            "a refused put_stream stored an object"
+        );
+
+        let allow = Allow::default();
+        let broken: Box<dyn AsyncRead + Send + Unpin> =
+            Box::new(tokio_util::io::StreamReader::new(futures::stream::iter([
+                Ok(data.slice(..len / 2)),
+                Err(std::io::Error::other("connection reset by the test")),
+            ])));
+        let err = store
+            .put_stream(&key, broken, Some(&allow))
+            .await
+            .expect_err("a broken body");
+        assert_eq!(err.kind, ErrorKind::InvalidInput, "{err}");
+        assert_eq!(
+            allow.0.load(Ordering::SeqCst),
+            0,
+            "no check for a broken body"
+        );
+        assert!(
+            store.get(&key).await.expect("get").as_ref() == Some(&before),
+            "a broken put_stream of {len} bytes changed the object"
+        );
+
+        let n = store
+            .put_stream(&key, unsized_body(&data, 4096), Some(&allow))
+            .await
+            .expect("an allowed put_stream");
+        assert_eq!(n, data.len() as u64);
+        assert_eq!(allow.0.load(Ordering::SeqCst), 1, "the check runs once");
+        assert!(store.get(&key).await.expect("get").as_ref() == Some(&data));
+        store.delete(&key).await.expect("delete");
+    }
 }
 
 /// `put` then `get` returns the same bytes.

@@ -16,8 +16,13 @@
 //!   `small_max` bytes it reads the body into memory and puts it in SQLite; above, it streams it
 //!   into the file store ([`FsPayloadStore`]'s `put_reader`) and then deletes the key from
 //!   SQLite. A body of the wrong length stores nothing in either tier.
-//! * `get` looks in the SQLite store, then the file store, so files written by older versions
-//!   are still served.
+//! * `put_stream` (length unknown) reads up to `small_max + 1` bytes: a body that ended by then
+//!   goes to SQLite as a small `put`; otherwise those bytes and the rest of the body stream into
+//!   the file store, and the key is then deleted from SQLite. The check runs right before the
+//!   object is written (SQLite) or renamed into place (files).
+//! * `get` and `open` look in the SQLite store, then the file store, so files written by older
+//!   versions are still served; `open` streams files and serves rows from memory (they are
+//!   small).
 //! * `delete` deletes from both.
 //! * Signed URLs and their check ([`TieredPayloadStore::verify`]) are the file store's: the same
 //!   `{base}/data/v1/objects/{key}?exp&sig` URLs, served by the object routes, which call
@@ -30,7 +35,12 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::io::AsyncRead;
 
-use super::{FsPayloadStore, PayloadError, PayloadStore, SqliteObjectStore, read_exactly};
+use tokio::io::AsyncReadExt as _;
+
+use super::{
+    BeforeCommit, FsPayloadStore, ObjectReader, PayloadError, PayloadStore, SqliteObjectStore,
+    read_exactly, read_up_to,
+};
 
 /// Largest object kept in SQLite by default: 256 KiB.
 pub const DEFAULT_SMALL_MAX: usize = 256 * 1024;
@@ -112,6 +122,43 @@ impl PayloadStore for TieredPayloadStore {
             self.large.put_reader(key, body, len).await?;
             // As in `put`: the row is deleted after the file is durable.
             self.small.delete(key).await
+        }
+    }
+
+    async fn put_stream(
+        &self,
+        key: &str,
+        mut body: Box<dyn AsyncRead + Send + Unpin>,
+        check: Option<&dyn BeforeCommit>,
+    ) -> Result<u64, PayloadError> {
+        let head = read_up_to(key, &mut *body, self.small_max as u64 + 1).await?;
+        if head.len() <= self.small_max {
+            if let Some(c) = check {
+                c.check().await?;
+            }
+            let n = head.len() as u64;
+            self.small.put(key, head).await?;
+            return Ok(n);
+        }
+        // Big: what was read goes first, then the rest of the body, into a file.
+        let rest = Box::new(std::io::Cursor::new(head).chain(body));
+        let n = self.large.put_stream(key, rest, check).await?;
+        // As in `put`: the row is deleted after the file is durable.
+        self.small.delete(key).await?;
+        Ok(n)
+    }
+
+    async fn open(&self, key: &str) -> Result<Option<ObjectReader>, PayloadError> {
+        match self.small.get(key).await? {
+            Some(b) => Ok(Some(ObjectReader::from_bytes(b))),
+            None => self.large.open(key).await,
+        }
+    }
+
+    async fn size(&self, key: &str) -> Result<Option<u64>, PayloadError> {
+        match self.small.size(key).await? {
+            Some(n) => Ok(Some(n)),
+            None => self.large.size(key).await,
         }
     }
 

@@ -15,8 +15,8 @@ use s3s::dto::{
     AbortMultipartUploadInput, AbortMultipartUploadOutput, CompleteMultipartUploadInput,
     CompleteMultipartUploadOutput, CreateBucketInput, CreateBucketOutput,
     CreateMultipartUploadInput, CreateMultipartUploadOutput, DeleteObjectInput, DeleteObjectOutput,
-    GetObjectInput, GetObjectOutput, HeadBucketInput, HeadBucketOutput, PutObjectInput,
-    PutObjectOutput, UploadPartInput, UploadPartOutput,
+    GetObjectInput, GetObjectOutput, HeadBucketInput, HeadBucketOutput, HeadObjectInput,
+    HeadObjectOutput, PutObjectInput, PutObjectOutput, UploadPartInput, UploadPartOutput,
 };
 use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 
@@ -113,6 +113,14 @@ impl S3 for Checked {
     ) -> S3Result<S3Response<GetObjectOutput>> {
         self.admit(&req.input.bucket)?;
         self.fs.get_object(req).await
+    }
+
+    async fn head_object(
+        &self,
+        req: S3Request<HeadObjectInput>,
+    ) -> S3Result<S3Response<HeadObjectOutput>> {
+        self.admit(&req.input.bucket)?;
+        self.fs.head_object(req).await
     }
 
     async fn delete_object(
