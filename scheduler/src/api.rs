@@ -667,7 +667,7 @@ async fn get_metadata(
         // algorithm reports, then exits), so look for the object rather than a flag.
         let key = Keys::logs(&run.algorithm, &run.id.to_string());
         if run.logs_stored
-            || (run.stage.is_terminal() && matches!(s.payloads.get(&key).await, Ok(Some(_))))
+            || (run.stage.is_terminal() && matches!(s.payloads.size(&key).await, Ok(Some(_))))
         {
             o.insert("logsStored".into(), true.into());
             if let Ok(u) = s
