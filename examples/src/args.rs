@@ -6,6 +6,7 @@ pub enum Algorithm {
     Knapsack,
     Chaos,
     Fanout,
+    Hello,
 }
 
 impl Algorithm {
@@ -15,6 +16,7 @@ impl Algorithm {
             Algorithm::Knapsack => "knapsack",
             Algorithm::Chaos => "chaos",
             Algorithm::Fanout => "fanout",
+            Algorithm::Hello => "hello",
         }
     }
 }
@@ -50,7 +52,7 @@ fn is_help(arg: &str) -> bool {
 /// Options accept both `--name=value` and `--name value`.
 pub fn parse(argv: &[String]) -> Result<Command, String> {
     let Some(first) = argv.first() else {
-        return Err("missing algorithm (knapsack, chaos or fanout)".to_owned());
+        return Err("missing algorithm (knapsack, chaos, fanout or hello)".to_owned());
     };
     if is_help(first) {
         return Ok(Command::Help);
@@ -59,9 +61,10 @@ pub fn parse(argv: &[String]) -> Result<Command, String> {
         "knapsack" => Algorithm::Knapsack,
         "chaos" => Algorithm::Chaos,
         "fanout" => Algorithm::Fanout,
+        "hello" => Algorithm::Hello,
         other => {
             return Err(format!(
-                "unknown algorithm `{other}` (expected knapsack, chaos or fanout)"
+                "unknown algorithm `{other}` (expected knapsack, chaos, fanout or hello)"
             ));
         }
     };

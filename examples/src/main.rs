@@ -6,9 +6,10 @@
 //! * `chaos` – deliberately walks one of the failure paths (bad exit codes,
 //!   timeouts, crashes, reported errors, missing completion, flaky retries) so
 //!   the scheduler's handling of each one can be observed;
-//! * `fanout` – divide and conquer over an execution tree of child runs.
+//! * `fanout` – divide and conquer over an execution tree of child runs;
+//! * `hello` – a hello world written only to the Go Nexus contract (see `hello`).
 //!
-//! Both follow the Nexus algorithm-container contract: read the payload from
+//! The first three follow the Nexus algorithm-container contract: read the payload from
 //! `--sas-uri`, upload the result to `NEXUS__RESULT_UPLOAD_URL`, then report
 //! completion to `{NEXUS__RECEIVER_URL}/algorithm/v1/complete/{algorithm}/requests/{id}`.
 //! See [`USAGE`] for details.
@@ -16,6 +17,7 @@
 mod args;
 mod chaos;
 mod fanout;
+mod hello;
 mod knapsack;
 mod nexus;
 
@@ -57,6 +59,11 @@ ALGORITHMS:
                payload: {\"numbers\": [1, 2, 3, ...], \"leaf\": 10}
                result:  {\"sumOfSquares\": 14, \"runs\": 7, \"depth\": 2}
                (with --payload-file, or without NEXUS__SCHEDULER_URL, it solves locally)
+    hello      Hello world written only to the Go Nexus contract: --sas-uri, --request-id,
+               NEXUS__RECEIVER_URL (which carries the run's credential), no header, no upload.
+               payload: {\"name\": \"Nexus\"}
+               result:  resultUri data:text/plain;charset=utf-8,Hello%2C%20Nexus%21
+               (a payload without a string `name` completes with errorCause \"invalid payload: ...\")
 
 CONTRACT (how Nexus runs an algorithm as a local process):
     Template `command` is run with `args`; an arg containing `--sas-uri=%s` receives the
@@ -122,6 +129,7 @@ fn compute(algorithm: Algorithm, payload: &[u8], request_id: &str) -> Outcome {
         Algorithm::Knapsack => knapsack::run(payload),
         Algorithm::Chaos => chaos::run(payload, request_id),
         Algorithm::Fanout => fanout::run(payload),
+        Algorithm::Hello => hello::run(payload),
     }
 }
 
@@ -146,6 +154,9 @@ fn execute_local(run: &RunArgs, path: &str) -> Result<(), String> {
 
 /// Nexus mode: payload from the signed URL, completion reported to the receiver.
 fn execute_remote(run: &RunArgs, sas_uri: &str) -> Result<(), String> {
+    if run.algorithm == Algorithm::Hello {
+        return hello::execute_remote(sas_uri, run.request_id.as_deref());
+    }
     let ctx = RunContext::from_env(run.algorithm.name(), run.request_id.as_deref())?;
     println!(
         "[nexus-demo] {} run {} (shard {}{}) starting",
