@@ -148,6 +148,8 @@ smoke cassandra-s3 18092 --store "cassandra://127.0.0.1:$NEXUS_CASSANDRA_PORT/ne
 ./target/release/nexus store schema --url "cassandra://127.0.0.1:$NEXUS_CASSANDRA_PORT/nexus_smoke" | grep -q "CREATE TABLE IF NOT EXISTS nexus_smoke.runs "
 # Schemathesis against a standalone: no 5xx, and every answer conforms to /openapi.json (status
 # code, content type, body schema). Bounded: a few examples per operation and a time budget.
+# One worker: with several, Hypothesis parses lambda sources from threads and CPython 3.11 can
+# fail with "AST constructor recursion depth mismatch" (a tool error, not a finding).
 schemathesis_version=4.32.5
 echo "integration: schemathesis $schemathesis_version against /openapi.json of a standalone"
 python3 -m venv "$work/schemathesis"
@@ -165,7 +167,7 @@ for _ in $(seq 1 150); do
 done
 if ! timeout 240 "$work/schemathesis/bin/schemathesis" run "http://127.0.0.1:$st_port/openapi.json" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
-  --phases examples,coverage,fuzzing --max-examples 30 --max-time 120 --workers 2 \
+  --phases examples,coverage,fuzzing --max-examples 30 --max-time 120 --workers 1 \
   --seed 17 --no-color --request-timeout 10 --generation-database none; then
   echo "schemathesis found answers that break /openapi.json; the nexus log:" >&2
   tail -n 60 "$st_data/nexus.log" >&2
