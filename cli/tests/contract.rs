@@ -981,6 +981,16 @@ mod cases {
         ))
         .await;
         expect("wrong_method_405", r).await;
+        // A gRPC request for an unknown service gets gRPC's UNIMPLEMENTED, as from a gRPC server.
+        let r = http()
+            .post(format!("{}/nexus.v1.NoSuchService/Call", t.scheduler))
+            .header("content-type", "application/grpc")
+            .body(Vec::<u8>::new())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["grpc-status"], "12");
     }
 
     pub async fn hello_world_completes_as_on_go_nexus(t: &Target) {
