@@ -120,7 +120,8 @@ pub enum RunCommand {
     ///
     /// Prints the stage, the result URI when the run completed and the error message when
     /// it failed. `--json` prints the raw `RequestResult` answer; `--metadata` prints the
-    /// full run record (stage, attempts, receivedAt, failureCause, failureDetails, ...).
+    /// full run record, Go's `CheckpointedRequest` (lifecycle_stage, received_at,
+    /// algorithm_failure_cause, algorithm_failure_details, attempts, logs_uri, ...).
     #[command(after_help = "Examples:\n  \
         nexus run get knapsack 2f1c0a9e-6b1d-4f5e-9d51-0c8a3e7f4b21\n  \
         nexus run get knapsack $ID --json | jq -r .resultUri\n  \
@@ -276,8 +277,13 @@ pub async fn run(opts: &ClientOpts, cmd: RunCommand) -> anyhow::Result<ExitCode>
                 initiator: initiator.unwrap_or_else(default_initiator),
                 cancellation_policy: policy.map(|p| p.as_str().to_owned()),
             };
-            client.cancel(&algorithm, &id, &request).await?;
-            println!("cancellation of run {id} ({algorithm}) requested");
+            let said = client.cancel(&algorithm, &id, &request).await?;
+            // The server says what happened (cancelled, or already finished and left as it is).
+            if said.is_empty() {
+                println!("cancellation of run {id} ({algorithm}) requested");
+            } else {
+                println!("{said}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         RunCommand::List { tag, json } => {
@@ -443,17 +449,18 @@ impl Client {
         algorithm: &str,
         id: &str,
         request: &CancellationRequest,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<String> {
         let what = format!("cancelling run {id} of algorithm {algorithm:?}");
-        self.send(
-            Method::POST,
-            &["algorithm", "v1", "cancel", algorithm, "requests", id],
-            Some(request),
-            &[],
-            &what,
-        )
-        .await?;
-        Ok(())
+        let resp = self
+            .send(
+                Method::POST,
+                &["algorithm", "v1", "cancel", algorithm, "requests", id],
+                Some(request),
+                &[],
+                &what,
+            )
+            .await?;
+        Ok(resp.text().await.unwrap_or_default().trim().to_owned())
     }
 
     /// Polls the run until it is terminal or `timeout` elapses; returns the exit code.
@@ -607,7 +614,7 @@ fn http_error(status: StatusCode, message: &str, what: &str, has_token: bool) ->
             " (check the token given by --token / NEXUS_TOKEN)"
         }
         StatusCode::NOT_FOUND => " (check the algorithm name and the request id)",
-        StatusCode::CONFLICT => " (a finished run can no longer be cancelled)",
+        StatusCode::CONFLICT => " (the run changed meanwhile; check it with `nexus run get`)",
         _ => "",
     };
     anyhow!(
@@ -756,10 +763,10 @@ fn format_failure_extra(meta: &serde_json::Value) -> String {
             .and_then(|v| v.as_str())
             .filter(|v| !v.is_empty())
     };
-    if let Some(d) = text("failureDetails") {
+    if let Some(d) = text("algorithm_failure_details") {
         let _ = writeln!(out, "details: {d}");
     }
-    if let Some(u) = text("logsUri") {
+    if let Some(u) = text("logs_uri") {
         let _ = writeln!(out, "logs:   {u}");
     }
     out
@@ -1055,16 +1062,16 @@ mod tests {
     #[test]
     fn failed_runs_show_details_and_logs() {
         let meta = serde_json::json!({
-            "failureDetails": "the process exited with code 1; 1 attempt(s) made",
-            "logsUri": "http://h/logs?sig=x",
-            "failureCause": "Algorithm process failed"
+            "algorithm_failure_details": "the process exited with code 1; 1 attempt(s) made",
+            "logs_uri": "http://h/logs?sig=x",
+            "algorithm_failure_cause": "Algorithm process failed"
         });
         assert_eq!(
             format_failure_extra(&meta),
             "details: the process exited with code 1; 1 attempt(s) made\nlogs:   http://h/logs?sig=x\n"
         );
         assert_eq!(
-            format_failure_extra(&serde_json::json!({"failureDetails": ""})),
+            format_failure_extra(&serde_json::json!({"algorithm_failure_details": ""})),
             ""
         );
     }

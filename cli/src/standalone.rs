@@ -326,6 +326,7 @@ pub async fn start_with_executor(
             shutdown.clone(),
         ))
         .merge(nexus_receiver::api::router(receiver.clone()))
+        // gRPC (content-type application/grpc only) and the app's fallback: 404 text.
         .merge(nexus_scheduler::grpc::routes(scheduler.clone()))
         .merge(objects::router(
             tiered,

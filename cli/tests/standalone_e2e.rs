@@ -31,7 +31,7 @@ async fn knapsack_completes_and_result_is_downloadable() {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let md: serde_json::Value = loop {
         let md: serde_json::Value = get_json(&http, &md_url).await;
-        if md["logsUri"].is_string() {
+        if md["logs_uri"].is_string() {
             break md;
         }
         assert!(
@@ -41,7 +41,7 @@ async fn knapsack_completes_and_result_is_downloadable() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(md["attempts"], 1);
-    let logs_uri = md["logsUri"].as_str().unwrap();
+    let logs_uri = md["logs_uri"].as_str().unwrap();
     let logs = http
         .get(logs_uri)
         .send()
@@ -117,7 +117,10 @@ async fn failure_demos_end_with_their_causes() {
             &format!("{}/algorithm/v1/metadata/chaos/requests/{id}", h.url),
         )
         .await;
-        let cause = format!("{} {}", md["failureCause"], md["failureDetails"]);
+        let cause = format!(
+            "{} {}",
+            md["algorithm_failure_cause"], md["algorithm_failure_details"]
+        );
         assert!(cause.contains(text), "{p}: cause {cause} lacks '{text}'");
         assert!(!r["runErrorMessage"].as_str().unwrap().is_empty());
     }
@@ -150,8 +153,8 @@ async fn cancelling_a_running_run_kills_it() {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let pid = loop {
         let md: serde_json::Value = get_json(&http, &md_url).await;
-        if md["stage"] == "RUNNING" {
-            break md["executorRef"].as_str().unwrap_or_default().to_owned();
+        if md["lifecycle_stage"] == "RUNNING" {
+            break md["job_uid"].as_str().unwrap_or_default().to_owned();
         }
         assert!(
             std::time::Instant::now() < deadline,
@@ -176,14 +179,21 @@ async fn cancelling_a_running_run_kills_it() {
         async move { gone }
     })
     .await;
-    // A second cancel of the finished run is a conflict and changes nothing.
+    // A second cancel of the finished run answers 200, as the reference does, says so and
+    // changes nothing.
     let r = http
         .post(format!("{}/algorithm/v1/cancel/chaos/requests/{id}", h.url))
         .json(&json!({"reason": "again", "initiator": "someone-else"}))
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 409);
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("had already finished as CANCELLED")
+    );
     let r = wait_terminal(&http, &h.url, "chaos", &id, Duration::from_secs(5)).await;
     assert_eq!(r["runErrorMessage"], "Cancelled by 'e2e'");
     h.stop().await;
@@ -205,7 +215,7 @@ async fn large_payloads_go_through_the_payload_store() {
         &format!("{}/algorithm/v1/metadata/knapsack/requests/{id}", h.url),
     )
     .await;
-    assert!(md["payloadSize"].as_u64().unwrap() > 400 * 1024);
+    assert!(md["payload_size"].as_u64().unwrap() > 400 * 1024);
     let r = wait_terminal(&http, &h.url, "knapsack", &id, Duration::from_secs(60)).await;
     assert_eq!(r["status"], "COMPLETED", "{r}");
     let result: serde_json::Value = get_json(&http, r["resultUri"].as_str().unwrap()).await;
@@ -255,7 +265,7 @@ async fn streamed_request_without_length_is_spooled_and_reaches_the_algorithm_in
     )
     .await;
     assert_eq!(
-        md["payloadSize"].as_u64(),
+        md["payload_size"].as_u64(),
         Some(payload.len() as u64),
         "{md}"
     );

@@ -207,3 +207,10 @@ pub fn health_routes(ready: Readiness) -> axum::Router {
             }),
         )
 }
+
+/// Fallback of every HTTP app: `404 text/plain` for a path no route serves (a known path with
+/// another method stays 405). The path is not echoed, so that a credential in it (a receiver
+/// URL's `/run-token/...` prefix) is not repeated.
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such route: the HTTP API is described at /openapi.json")
+}

@@ -61,7 +61,8 @@ pub fn split_command(command: &str) -> Vec<String> {
 /// `NEXUS__PARENT_REQUEST_ID` / `NEXUS__PARENT_ALGORITHM_NAME` (only when the run has a parent),
 /// then Nexus' additions `NEXUS__REQUEST_ID`, `NEXUS__RUN_TOKEN`, `NEXUS__RECEIVER_URL`,
 /// `NEXUS__RESULT_UPLOAD_URL`, `NEXUS__PAYLOAD_URL`. They come after the template's own
-/// variables in both executors.
+/// variables in both executors. `NEXUS__RECEIVER_URL` carries the run token as a path prefix
+/// ([`receiver_url_with_token`]), so completing through it needs no header.
 #[must_use]
 pub fn contract_env(run: &Run, shard: &str, ctx: &LaunchContext<'_>) -> Vec<(String, String)> {
     let mut envs: Vec<(String, String)> = vec![
@@ -74,13 +75,35 @@ pub fn contract_env(run: &Run, shard: &str, ctx: &LaunchContext<'_>) -> Vec<(Str
     }
     envs.push((env::REQUEST_ID.into(), run.id.to_string()));
     envs.push((env::RUN_TOKEN.into(), ctx.run_token.into()));
-    envs.push((env::RECEIVER_URL.into(), ctx.receiver_url.into()));
+    envs.push((
+        env::RECEIVER_URL.into(),
+        receiver_url_with_token(ctx.receiver_url, ctx.run_token),
+    ));
     envs.push((env::RESULT_UPLOAD_URL.into(), ctx.result_upload_url.into()));
     envs.push((env::PAYLOAD_URL.into(), ctx.payload_url.into()));
     if !ctx.scheduler_url.is_empty() {
         envs.push((env::SCHEDULER_URL.into(), ctx.scheduler_url.into()));
     }
     envs
+}
+
+/// Path segment under which a receiver URL carries a run token: the algorithm is handed
+/// `NEXUS__RECEIVER_URL = <receiver>/run-token/<token>`, so that an algorithm written for the Go
+/// contract, which calls `POST $NEXUS__RECEIVER_URL/algorithm/v1/complete/...` without an
+/// `Authorization` header, presents its run token without knowing it.
+pub const RUN_TOKEN_PATH: &str = "run-token";
+
+/// Returns the receiver URL handed to a run: `receiver_url` with the run token as a path prefix
+/// ([`RUN_TOKEN_PATH`]); `receiver_url` as it is when there is no token. Run tokens are
+/// `v1.<expiry>.<base64url>`, safe in a path segment as they are.
+#[must_use]
+pub fn receiver_url_with_token(receiver_url: &str, run_token: &str) -> String {
+    let base = receiver_url.trim_end_matches('/');
+    if run_token.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}/{RUN_TOKEN_PATH}/{run_token}")
+    }
 }
 
 /// Renders the executor launch of `run`.
@@ -182,6 +205,18 @@ mod tests {
                 "--note=request-id",
                 "in=http://u&id=42"
             ]
+        );
+    }
+
+    #[test]
+    fn the_receiver_url_carries_the_run_token() {
+        assert_eq!(
+            receiver_url_with_token("http://r:8090/", "v1.17.abc_-"),
+            "http://r:8090/run-token/v1.17.abc_-"
+        );
+        assert_eq!(
+            receiver_url_with_token("http://r:8090/", ""),
+            "http://r:8090"
         );
     }
 }

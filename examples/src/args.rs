@@ -8,6 +8,7 @@ pub enum Algorithm {
     Fanout,
     /// Attacks the server and other runs (isolation test only).
     Hostile,
+    Hello,
 }
 
 impl Algorithm {
@@ -18,6 +19,7 @@ impl Algorithm {
             Algorithm::Chaos => "chaos",
             Algorithm::Fanout => "fanout",
             Algorithm::Hostile => "hostile",
+            Algorithm::Hello => "hello",
         }
     }
 }
@@ -53,7 +55,7 @@ fn is_help(arg: &str) -> bool {
 /// Options accept both `--name=value` and `--name value`.
 pub fn parse(argv: &[String]) -> Result<Command, String> {
     let Some(first) = argv.first() else {
-        return Err("missing algorithm (knapsack, chaos or fanout)".to_owned());
+        return Err("missing algorithm (knapsack, chaos, fanout or hello)".to_owned());
     };
     if is_help(first) {
         return Ok(Command::Help);
@@ -63,9 +65,10 @@ pub fn parse(argv: &[String]) -> Result<Command, String> {
         "chaos" => Algorithm::Chaos,
         "fanout" => Algorithm::Fanout,
         "hostile" => Algorithm::Hostile,
+        "hello" => Algorithm::Hello,
         other => {
             return Err(format!(
-                "unknown algorithm `{other}` (expected knapsack, chaos or fanout)"
+                "unknown algorithm `{other}` (expected knapsack, chaos, fanout or hello)"
             ));
         }
     };

@@ -8,8 +8,9 @@
 //!   the scheduler's handling of each one can be observed;
 //! * `fanout` – divide and conquer over an execution tree of child runs;
 //! * `hostile` – attacks the server and other runs (used by the isolation test only).
+//! * `hello` – a hello world written only to the Go Nexus contract (see `hello`).
 //!
-//! Both follow the Nexus algorithm-container contract: read the payload from
+//! The first three follow the Nexus algorithm-container contract: read the payload from
 //! `--sas-uri`, upload the result to `NEXUS__RESULT_UPLOAD_URL`, then report
 //! completion to `{NEXUS__RECEIVER_URL}/algorithm/v1/complete/{algorithm}/requests/{id}`.
 //! See [`USAGE`] for details.
@@ -18,6 +19,7 @@ mod args;
 mod chaos;
 mod fanout;
 mod hostile;
+mod hello;
 mod knapsack;
 mod nexus;
 
@@ -59,6 +61,11 @@ ALGORITHMS:
                payload: {\"numbers\": [1, 2, 3, ...], \"leaf\": 10}
                result:  {\"sumOfSquares\": 14, \"runs\": 7, \"depth\": 2}
                (with --payload-file, or without NEXUS__SCHEDULER_URL, it solves locally)
+    hello      Hello world written only to the Go Nexus contract: --sas-uri, --request-id,
+               NEXUS__RECEIVER_URL (which carries the run's credential), no header, no upload.
+               payload: {\"name\": \"Nexus\"}
+               result:  resultUri data:text/plain;charset=utf-8,Hello%2C%20Nexus%21
+               (a payload without a string `name` completes with errorCause \"invalid payload: ...\")
 
     hostile    Tries to read the server's keys, stores and other runs' files and to act as
                another run; its result reports which attempt was refused (the isolation
@@ -129,6 +136,7 @@ fn compute(algorithm: Algorithm, payload: &[u8], request_id: &str, sas_uri: &str
         Algorithm::Chaos => chaos::run(payload, request_id),
         Algorithm::Fanout => fanout::run(payload),
         Algorithm::Hostile => hostile::run(payload, &hostile::Own::from_env(request_id, sas_uri)),
+        Algorithm::Hello => hello::run(payload),
     }
 }
 
@@ -153,6 +161,9 @@ fn execute_local(run: &RunArgs, path: &str) -> Result<(), String> {
 
 /// Nexus mode: payload from the signed URL, completion reported to the receiver.
 fn execute_remote(run: &RunArgs, sas_uri: &str) -> Result<(), String> {
+    if run.algorithm == Algorithm::Hello {
+        return hello::execute_remote(sas_uri, run.request_id.as_deref());
+    }
     let ctx = RunContext::from_env(run.algorithm.name(), run.request_id.as_deref())?;
     println!(
         "[nexus-demo] {} run {} (shard {}{}) starting",

@@ -124,6 +124,20 @@ fn redact(url: &str) -> &str {
     url.split_once('?').map_or(url, |(base, _)| base)
 }
 
+/// Hides the run token a receiver URL carries (`.../run-token/<token>/...`) before logging it:
+/// the run's output is its log, readable by whoever may read the run.
+pub fn redact_token(url: &str) -> String {
+    const MARK: &str = "/run-token/";
+    match url.find(MARK) {
+        Some(i) => {
+            let rest = &url[i + MARK.len()..];
+            let tail = rest.find('/').map_or("", |j| &rest[j..]);
+            format!("{}{MARK}***{tail}", &url[..i])
+        }
+        None => url.to_owned(),
+    }
+}
+
 fn body_snippet(resp: reqwest::blocking::Response) -> String {
     let text = resp.text().unwrap_or_default();
     let text = text.trim();
@@ -207,12 +221,20 @@ impl Client {
     pub fn complete(&self, ctx: &RunContext, outcome: &Outcome) -> Result<(), String> {
         let url = ctx.completion_url();
         let body = completion_body(outcome);
-        println!("[nexus-demo] POST completion to {url}");
-        let resp = self.send_with_retries(&format!("completion call to {url}"), |h| {
+        let shown = redact_token(&url);
+        println!("[nexus-demo] POST completion to {shown}");
+        let resp = self.send_with_retries(&format!("completion call to {shown}"), |h| {
             h.post(&url).bearer_auth(&ctx.run_token).json(&body)
         })?;
         println!("[nexus-demo] completion accepted (HTTP {})", resp.status());
         Ok(())
+    }
+
+    /// POSTs a JSON body with no credential of its own (retried like every call); returns the
+    /// status. `what` names the call in messages (never the URL, which may carry a token).
+    pub fn post_json(&self, url: &str, body: &Value, what: &str) -> Result<u16, String> {
+        let resp = self.send_with_retries(what, |h| h.post(url).json(body))?;
+        Ok(resp.status().as_u16())
     }
 
     /// Upload (on success) and complete.
@@ -246,6 +268,19 @@ mod tests {
         assert_eq!(body["resultUri"], "");
         assert_eq!(body["errorCause"], "invalid input: capacity too large");
         assert!(body["errorDetails"].is_string());
+    }
+
+    #[test]
+    fn redacts_run_tokens() {
+        assert_eq!(
+            redact_token("http://h:1/run-token/v1.9.abc/algorithm/v1/complete/a/requests/1"),
+            "http://h:1/run-token/***/algorithm/v1/complete/a/requests/1"
+        );
+        assert_eq!(
+            redact_token("http://h:1/run-token/v1.9.abc"),
+            "http://h:1/run-token/***"
+        );
+        assert_eq!(redact_token("http://h:1/x"), "http://h:1/x");
     }
 
     #[test]

@@ -1,8 +1,16 @@
-//! The receiver's HTTP API: `POST /algorithm/v1/complete/{alg}/requests/{id}`.
+//! The receiver's HTTP API: `POST /algorithm/v1/complete/{alg}/requests/{id}`, and its alias
+//! `/algorithm/v1.2/complete/...` (the path before receiver #21, still called by older Go SDKs).
 //!
 //! Fixes over the reference: the caller must present the run-scoped token handed to that run
 //! (401 otherwise); an unknown run is 404 and a finished one 409, and neither changes anything;
 //! the answer comes after the completion is durable.
+//!
+//! The token is presented either as `Authorization: Bearer <token>` or as the path prefix
+//! `/run-token/<token>` that the receiver URL handed to the run carries
+//! ([`nexus_core::render::receiver_url_with_token`]): an algorithm written for the Go contract
+//! posts to `$NEXUS__RECEIVER_URL/algorithm/v1/complete/...` without a header, and so presents
+//! its token without knowing it. The token is never logged: the handler's span records the
+//! algorithm and run id only, and no access log records paths.
 //!
 //! The completion logic itself ([`Receiver::authorize_completion`], [`Receiver::apply_completion`])
 //! is shared with the gRPC twin (`crate::grpc`), so the two transports cannot drift; each maps
@@ -26,11 +34,24 @@ use nexus_proto::v1;
 
 use crate::Receiver;
 
-/// Returns the receiver's routes.
+/// Returns the receiver's routes: the completion endpoint and its `v1.2` alias, each with and
+/// without the `/run-token/{token}` prefix.
 pub fn router(r: Arc<Receiver>) -> Router {
     let limit = r.config.max_completion_bytes;
     Router::new()
         .route("/algorithm/v1/complete/{alg}/requests/{id}", post(complete))
+        .route(
+            "/algorithm/v1.2/complete/{alg}/requests/{id}",
+            post(complete),
+        )
+        .route(
+            "/run-token/{token}/algorithm/v1/complete/{alg}/requests/{id}",
+            post(complete_with_path_token),
+        )
+        .route(
+            "/run-token/{token}/algorithm/v1.2/complete/{alg}/requests/{id}",
+            post(complete_with_path_token),
+        )
         .layer(DefaultBodyLimit::max(limit))
         .with_state(r)
 }
@@ -108,7 +129,7 @@ impl Receiver {
         let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) else {
             metric("unauthorized");
             return Err(CompletionError::Unauthorized(
-                "missing run token: send 'Authorization: Bearer <NEXUS__RUN_TOKEN>' as given to the run"
+                "missing run token: post to the NEXUS__RECEIVER_URL given to the run (it carries the token), or send 'Authorization: Bearer <NEXUS__RUN_TOKEN>'"
                     .into(),
             ));
         };
@@ -199,21 +220,51 @@ impl Receiver {
     }
 }
 
-#[tracing::instrument(skip_all, fields(alg = %alg, run_id = %id))]
+/// `POST /algorithm/v1/complete/{alg}/requests/{id}` (and `v1.2`): the token in the
+/// `Authorization` header.
 async fn complete(
     State(r): State<Arc<Receiver>>,
     Path((alg, id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let token = headers
+    let token = bearer(&headers).map(str::to_owned);
+    complete_run(&r, alg, id, token, &headers, &body).await
+}
+
+/// `POST /run-token/{token}/algorithm/v1/complete/{alg}/requests/{id}` (and `v1.2`): the token
+/// in the path (the receiver URL handed to the run); an `Authorization` header, if also sent, is
+/// not needed and not consulted.
+async fn complete_with_path_token(
+    State(r): State<Arc<Receiver>>,
+    Path((token, alg, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    complete_run(&r, alg, id, Some(token), &headers, &body).await
+}
+
+/// The bearer token of the `Authorization` header, if any.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
-        });
-    let rid = r.authorize_completion(&id, token)?;
+        })
+}
+
+#[tracing::instrument(skip_all, fields(alg = %alg, run_id = %id))]
+async fn complete_run(
+    r: &Receiver,
+    alg: String,
+    id: String,
+    token: Option<String>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    let rid = r.authorize_completion(&id, token.as_deref())?;
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -233,7 +284,7 @@ async fn complete(
             ),
         ));
     }
-    let result: v1::AlgorithmResult = serde_json::from_slice(&body)
+    let result: v1::AlgorithmResult = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("Submitted result is invalid: {e}")))?;
     r.apply_completion(&alg, rid, &result).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(serde_json::json!({}))).into_response())

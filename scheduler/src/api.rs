@@ -1,7 +1,9 @@
 //! The scheduler's HTTP v1 API, wire-compatible with the reference (paths, methods, JSON field
-//! names, status codes), with its defects fixed: 202 only once the run is durable, 404 for an
-//! unknown run, cancel of queued runs and 409 on finished ones, body limits (413), content-type
-//! checks (415), and errors negotiated between text/plain and problem+json.
+//! names, content types, status codes; `/metadata` is Go's snake_case `CheckpointedRequest`,
+//! `/buffer` the run's Kubernetes Job as text, cancel and tag answers `text/plain`, `/payload` a
+//! 302), with its defects fixed: 202 only once the run is durable, 404 for an unknown run, cancel
+//! of queued runs, body limits (413), content-type checks (415), and errors negotiated between
+//! text/plain and problem+json. Deliberate differences from Go are listed in `docs/DECISIONS.md`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,8 +15,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use nexus_core::http::ApiError;
+use nexus_core::kube_job::{JobOptions, render_job};
 use nexus_core::payload::Keys;
-use nexus_core::render::{LaunchContext, launch_spec};
+use nexus_core::render::LaunchContext;
 use nexus_core::run::{
     CancellationPolicy, PayloadLocation, Run, RunId, RunPatch, Stage, now_millis,
 };
@@ -72,6 +75,10 @@ pub fn router(s: Arc<Scheduler>) -> Router {
             get(get_children),
         )
         .route("/data/v1/payloads/{alg}/{id}", get(serve_payload))
+        .route(
+            "/data/v1/payloads/{alg}/requests/{id}",
+            get(serve_payload_v1),
+        )
         .route("/openapi.json", get(openapi))
         .layer(DefaultBodyLimit::max(1024 * 1024))
         .with_state(s)
@@ -651,63 +658,203 @@ async fn get_children(
     Ok(axum::Json(tagged(&s, kids).await))
 }
 
+/// `GET /algorithm/v1/metadata/{alg}/requests/{id}`: the run as Go's `CheckpointedRequest`
+/// (see [`checkpointed_request`]).
 async fn get_metadata(
     State(s): S,
     Path((alg, id)): Path<(String, String)>,
 ) -> ApiResult<axum::Json<serde_json::Value>> {
     let run = load(&s, &alg, &id).await?;
-    let mut v = serde_json::to_value(&run)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    if let Some(o) = v.as_object_mut() {
-        // Payload bytes are served by URL, never inlined into metadata.
-        o.remove("payload");
-        o.insert("lifecycleStage".into(), run.stage.to_string().into());
-        o.insert("resultUri".into(), result_uri(&s, &run).await.into());
-        // Logs are written when the process ends, which may be after the run completed (the
-        // algorithm reports, then exits), so look for the object rather than a flag.
-        let key = Keys::logs(&run.algorithm, &run.id.to_string());
-        if run.logs_stored
-            || (run.stage.is_terminal() && matches!(s.payloads.size(&key).await, Ok(Some(_))))
-        {
-            o.insert("logsStored".into(), true.into());
-            if let Ok(u) = s
-                .payloads
-                .signed_get_url(&key, Duration::from_secs(3600))
-                .await
-            {
-                o.insert("logsUri".into(), u.into());
-            }
+    Ok(axum::Json(checkpointed_request(&s, &run).await))
+}
+
+/// Formats a duration as Go's `time.Duration.String()` does (`24h0m0s`, `1m30s`, `45s`,
+/// `1.5s`, `500ms`), the form of the reference's `payload_valid_for`.
+#[must_use]
+pub fn go_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".to_owned();
+    }
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let (h, m) = (ms / 3_600_000, (ms / 60_000) % 60);
+    let (sec, frac) = ((ms / 1000) % 60, ms % 1000);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if h > 0 || m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if frac == 0 {
+        out.push_str(&format!("{sec}s"));
+    } else {
+        let f = format!("{frac:03}");
+        out.push_str(&format!("{sec}.{}s", f.trim_end_matches('0')));
+    }
+    out
+}
+
+/// Removes `null` members and elements, recursively: the v1 documents leave an absent field out
+/// rather than sending `null` (Go clients decode `null` objects as errors).
+fn strip_nulls(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(o) => {
+            o.retain(|_, x| !x.is_null());
+            o.values_mut().for_each(strip_nulls);
         }
-        o.insert(
-            "receivedAtRfc3339".into(),
-            nexus_core::run::format_millis(run.received_at).into(),
+        serde_json::Value::Array(a) => {
+            a.retain(|x| !x.is_null());
+            a.iter_mut().for_each(strip_nulls);
+        }
+        _ => {}
+    }
+}
+
+/// Returns the run as the reference's `CheckpointedRequest` JSON (reference §2.1): snake_case
+/// keys, RFC 3339 times, optional fields left out when empty, never `null`.
+///
+/// Go's fields: `algorithm`, `id`, `lifecycle_stage`, `payload_uri` (a fresh signed URL),
+/// `result_uri`, `algorithm_failure_cause`, `algorithm_failure_details`, `received_at`,
+/// `sent_at` (launch of the current attempt), `applied_configuration`,
+/// `configuration_overrides`, `content_hash` (SHA-256, hex), `last_modified`, `tag`,
+/// `api_version`, `job_uid` (the executor's handle: Job uid, process id or `dry-run`),
+/// `parent` (`{requestId, algorithmName}`), `payload_valid_for` (Go duration). Go's
+/// `received_by_host` is not recorded by Nexus and left out.
+///
+/// Nexus' additions: `workgroup`, `shard`, `root`, `depth`, `attempts`, `owner`,
+/// `payload_size`, `started_at`, `finished_at`, `logs_uri` (signed URL of the captured output,
+/// when there is some).
+pub async fn checkpointed_request(s: &Scheduler, run: &Run) -> serde_json::Value {
+    use nexus_core::run::format_millis;
+    use serde_json::{Value, json};
+    let mut o = serde_json::Map::new();
+    let mut put = |k: &str, v: Value| {
+        o.insert(k.to_owned(), v);
+    };
+    let text = |v: &Option<String>| v.as_deref().filter(|t| !t.is_empty()).map(Value::from);
+    put("algorithm", run.algorithm.clone().into());
+    put("id", run.id.to_string().into());
+    put("lifecycle_stage", run.stage.as_str().into());
+    put("payload_uri", s.payload_url(run).into());
+    let result = result_uri(s, run).await;
+    if !result.is_empty() {
+        put("result_uri", result.into());
+    }
+    if let Some(c) = text(&run.failure_cause) {
+        put("algorithm_failure_cause", c);
+    }
+    if let Some(d) = text(&run.failure_details) {
+        put("algorithm_failure_details", d);
+    }
+    put("received_at", format_millis(run.received_at).into());
+    if let Some(t) = run.started_at {
+        put("sent_at", format_millis(t).into());
+    }
+    put(
+        "applied_configuration",
+        serde_json::to_value(&run.applied_configuration).unwrap_or_else(|_| json!({})),
+    );
+    if let Some(c) = run.configuration_overrides.clone().filter(Value::is_object) {
+        put("configuration_overrides", c);
+    }
+    put("content_hash", run.content_hash.clone().into());
+    put("last_modified", format_millis(run.last_modified).into());
+    if let Some(t) = text(&run.tag) {
+        put("tag", t);
+    }
+    if let Some(v) = text(&run.api_version) {
+        put("api_version", v);
+    }
+    if let Some(j) = text(&run.executor_ref) {
+        put("job_uid", j);
+    }
+    if let Some(p) = &run.parent {
+        put(
+            "parent",
+            json!({"requestId": p.request_id.to_string(), "algorithmName": p.algorithm_name}),
         );
     }
-    Ok(axum::Json(v))
+    put(
+        "payload_valid_for",
+        go_duration(run.payload_valid_for).into(),
+    );
+    // Nexus' additions.
+    put("workgroup", run.workgroup.clone().into());
+    put("shard", run.shard.clone().into());
+    put("root", run.root.to_string().into());
+    put("depth", run.depth.into());
+    put("attempts", run.attempts.into());
+    if let Some(owner) = text(&run.owner) {
+        put("owner", owner);
+    }
+    put("payload_size", run.payload_size.into());
+    if let Some(t) = run.started_at {
+        put("started_at", format_millis(t).into());
+    }
+    if let Some(t) = run.finished_at {
+        put("finished_at", format_millis(t).into());
+    }
+    // Logs are written when the process ends, which may be after the run completed (the
+    // algorithm reports, then exits), so look for the object rather than a flag.
+    let key = Keys::logs(&run.algorithm, &run.id.to_string());
+    if (run.logs_stored
+        || (run.stage.is_terminal() && matches!(s.payloads.size(&key).await, Ok(Some(_)))))
+        && let Ok(u) = s
+            .payloads
+            .signed_get_url(&key, Duration::from_secs(3600))
+            .await
+    {
+        put("logs_uri", u.into());
+    }
+    let mut v = Value::Object(o);
+    strip_nulls(&mut v);
+    v
 }
 
 async fn update_tag(
     State(s): S,
     Path((alg, id)): Path<(String, String)>,
     body: Bytes,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<Response> {
     let run = load(&s, &alg, &id).await?;
     let text =
         std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("tag must be UTF-8 text"))?;
     // Accept a raw tag or a JSON string (`"tag"`), as generated clients send either.
     let tag = serde_json::from_str::<String>(text).unwrap_or_else(|_| text.trim().to_owned());
     check_tag(&tag)?;
+    let said = if tag.is_empty() {
+        format!("tag of run {} cleared", run.id)
+    } else {
+        format!("tag of run {} set to '{tag}'", run.id)
+    };
     s.store
         .set_tag(run.id, (!tag.is_empty()).then_some(tag))
         .await
         .map_err(|e| store_err(&e))?;
-    Ok(StatusCode::OK)
+    Ok(text_ok(said))
 }
 
-async fn get_buffer(
-    State(s): S,
-    Path((alg, id)): Path<(String, String)>,
-) -> ApiResult<axum::Json<serde_json::Value>> {
+/// A `200 text/plain; charset=utf-8` answer, as the reference's cancel and tag routes give (its
+/// clients refuse a 200 without a media type).
+fn text_ok(message: String) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        message,
+    )
+        .into_response()
+}
+
+/// `GET /algorithm/v1/buffer/{alg}/requests/{id}`: the run's Kubernetes `batch/v1` Job as JSON,
+/// served `text/plain` as the reference does. Nexus stores no Job: it renders the Job the
+/// Kubernetes executor would create (for local runs too), with default Job options (namespace
+/// `default`), a fresh signed payload URL, and placeholders for what is minted only at launch
+/// (the run token, so also the receiver URL carrying it, and the result upload URL), so no
+/// credential leaks through this route.
+async fn get_buffer(State(s): S, Path((alg, id)): Path<(String, String)>) -> ApiResult<Response> {
     let run = load(&s, &alg, &id).await?;
     let snap = s.catalog.snapshot();
     let wg = snap
@@ -722,29 +869,29 @@ async fn get_buffer(
         result_upload_url: "<minted at launch>",
         scheduler_url: "",
     };
-    let l = launch_spec(&run, &wg, &ctx).map_err(ApiError::bad_request)?;
-    Ok(axum::Json(serde_json::json!({
-        "requestId": run.id.to_string(),
-        "algorithm": run.algorithm,
-        "shard": run.shard,
-        "workgroup": run.workgroup,
-        "command": l.command,
-        "args": l.args,
-        "env": l.env.into_iter().map(|(k, v)| serde_json::json!({"name": k, "value": v})).collect::<Vec<_>>(),
-        "deadlineSeconds": l.deadline.as_secs(),
-        "maximumRetries": l.max_retries,
-        "transientExitCodes": l.transient_exit_codes,
-        "fatalExitCodes": l.fatal_exit_codes,
-        "maxConcurrentRuns": l.max_concurrent,
-    })))
+    let job = render_job(&run, &wg, &ctx, None, &JobOptions::default()).map_err(|e| {
+        ApiError::bad_request(format!(
+            "Failed to read buffered metadata for {id}: the run cannot be rendered as a Kubernetes Job: {e}"
+        ))
+    })?;
+    let text = serde_json::to_string(&job)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        text,
+    )
+        .into_response())
 }
 
+/// `GET /algorithm/v1/payload/{alg}/requests/{id}`: `302 Found` to the payload's signed URL (the
+/// reference's status; axum's `Redirect::to` would be 303).
 async fn get_payload_redirect(
     State(s): S,
     Path((alg, id)): Path<(String, String)>,
-) -> ApiResult<Redirect> {
+) -> ApiResult<Response> {
     let run = load(&s, &alg, &id).await?;
-    Ok(Redirect::to(&s.payload_url(&run)))
+    Ok((StatusCode::FOUND, [(header::LOCATION, s.payload_url(&run))]).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -753,30 +900,78 @@ struct SigQuery {
     sig: Option<String>,
 }
 
+/// `GET /data/v1/payloads/{alg}/{id}?exp&sig`: the payload behind the signed URL handed to the
+/// run (403 without a valid signature).
 async fn serve_payload(
     State(s): S,
     Path((alg, id)): Path<(String, String)>,
     Query(q): Query<SigQuery>,
 ) -> ApiResult<Response> {
-    let path = format!("/data/v1/payloads/{alg}/{id}");
     let (Some(exp), Some(sig)) = (q.exp.as_deref(), q.sig.as_deref()) else {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "missing signature: use the signed URL handed to the run",
         ));
     };
+    let exp = verify_payload_signature(&s, &alg, &id, exp, sig)?;
+    let run = load(&s, &alg, &id).await?;
+    payload_response(&s, &run, exp).await
+}
+
+/// `GET /data/v1/payloads/{alg}/requests/{id}`: the payload as JSON (the newer Go API's route).
+///
+/// Authorization: it is an API route, open to the same callers as `/algorithm/v1/payload/...`,
+/// which hands out the payload's signed URL (today every caller: client authentication comes
+/// with TODO(#21), which will apply here as on every v1 route). It also accepts the signature
+/// query of the run's signed payload URL (`?exp&sig`), so an algorithm can use it; a signature
+/// that is present but forged or expired is refused with 403 rather than ignored.
+async fn serve_payload_v1(
+    State(s): S,
+    Path((alg, id)): Path<(String, String)>,
+    Query(q): Query<SigQuery>,
+) -> ApiResult<Response> {
+    let exp = match (q.exp.as_deref(), q.sig.as_deref()) {
+        (None, None) => None,
+        (Some(exp), Some(sig)) => Some(verify_payload_signature(&s, &alg, &id, exp, sig)?),
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "incomplete signature: pass both exp and sig of the run's signed payload URL, or neither",
+            ));
+        }
+    };
+    let run = load(&s, &alg, &id).await?;
+    let exp = exp.unwrap_or_else(|| {
+        now_secs().saturating_add(i64::try_from(run.payload_valid_for.as_secs()).unwrap_or(3600))
+    });
+    payload_response(&s, &run, exp).await
+}
+
+/// Checks a payload signature (`exp`, `sig`) against the run's signed payload path
+/// (`/data/v1/payloads/{alg}/{id}`); returns the expiry.
+fn verify_payload_signature(
+    s: &Scheduler,
+    alg: &str,
+    id: &str,
+    exp: &str,
+    sig: &str,
+) -> ApiResult<i64> {
+    let path = format!("/data/v1/payloads/{alg}/{id}");
     let exp: i64 = exp
         .parse()
         .map_err(|_| ApiError::new(StatusCode::FORBIDDEN, "malformed signature expiry"))?;
     s.signer
         .verify_url("GET", &path, exp, sig, now_secs())
         .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e.to_string()))?;
-    let run = load(&s, &alg, &id).await?;
+    Ok(exp)
+}
+
+/// The payload of `run`: inline bytes as `200 application/json`; a payload in the payload store
+/// as a `307` to the store's own signed URL, valid until `exp` (big payloads are not relayed).
+async fn payload_response(s: &Scheduler, run: &Run, exp: i64) -> ApiResult<Response> {
     let bytes = match &run.payload {
         PayloadLocation::Inline { bytes } => Bytes::from(bytes.clone()),
         PayloadLocation::Stored { key } => {
-            // Big payloads are not relayed: the algorithm is sent to the payload store itself
-            // (a presigned S3 GET, or the file store's signed URL), valid as long as this URL.
             let left = u64::try_from(exp - now_secs()).unwrap_or(1).max(1);
             let url = s
                 .payloads
@@ -852,8 +1047,36 @@ async fn cancel_run(
     } else {
         req.initiator.clone()
     };
-    cancel(&s, run, policy, &initiator, &req.reason).await?;
-    Ok(StatusCode::OK.into_response())
+    let id = run.id;
+    match cancel(&s, run, policy, &initiator, &req.reason).await {
+        Ok(cascade) => Ok(text_ok(format!(
+            "run {id} cancelled{}",
+            cascade_note(&cascade)
+        ))),
+        // The reference answers 200 for a finished run (its clients turn 409 into an error):
+        // say so in the body; nothing was changed.
+        Err(e) if e.status == StatusCode::CONFLICT => {
+            let now = load(&s, &alg, &id.to_string()).await?;
+            if now.stage.is_terminal() {
+                Ok(text_ok(format!(
+                    "run {id} had already finished as {}; nothing was changed",
+                    now.stage
+                )))
+            } else {
+                Err(e)
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `" and its N descendants"` when a cancel reached descendants, else nothing.
+fn cascade_note(c: &crate::tree::Cascade) -> String {
+    match c.cancelled {
+        0 => String::new(),
+        1 => " and its 1 descendant".to_owned(),
+        n => format!(" and its {n} descendants"),
+    }
 }
 
 /// Cancels `run` (compare-and-set, following stage changes), stops it on its shard, then
@@ -912,4 +1135,29 @@ pub(crate) async fn cancel(
     Err(ApiError::conflict(
         "the run changed stage repeatedly while cancelling; retry",
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_go_prints_them() {
+        let s = |secs: u64| go_duration(Duration::from_secs(secs));
+        assert_eq!(s(24 * 3600), "24h0m0s");
+        assert_eq!(s(6 * 3600 + 90), "6h1m30s");
+        assert_eq!(s(90), "1m30s");
+        assert_eq!(s(45), "45s");
+        assert_eq!(s(0), "0s");
+        assert_eq!(go_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(go_duration(Duration::from_millis(1250)), "1.25s");
+        assert_eq!(go_duration(Duration::from_millis(500)), "500ms");
+    }
+
+    #[test]
+    fn nulls_are_left_out_at_every_depth() {
+        let mut v = serde_json::json!({"a": null, "b": {"c": null, "d": [1, null, {"e": null}]}});
+        strip_nulls(&mut v);
+        assert_eq!(v, serde_json::json!({"b": {"d": [1, {}]}}));
+    }
 }

@@ -343,6 +343,47 @@ impl RunService for Runs {
 
 /// The RunService as axum routes, to merge into the scheduler's HTTP router (same port; gRPC
 /// needs HTTP/2, which the server speaks without TLS by prior knowledge).
+///
+/// Only requests with `content-type: application/grpc*` reach gRPC. The router's fallback (the
+/// app's, once merged) answers such a request for an unknown service `UNIMPLEMENTED`, as a gRPC
+/// server does, and any other request for an unknown path `404 text/plain`
+/// ([`nexus_core::http::not_found`]); a plain HTTP request to the RunService path is 404 too.
 pub fn routes(s: std::sync::Arc<Scheduler>) -> Router {
-    tonic::service::Routes::new(Runs::new(s).server()).into_axum_router()
+    let mut routes = tonic::service::Routes::new(Runs::new(s).server());
+    let router = std::mem::take(routes.axum_router_mut());
+    router
+        .route_layer(axum::middleware::from_fn(grpc_only))
+        .fallback(fallback)
+}
+
+/// True when the request is gRPC (`application/grpc`, `application/grpc+proto`, …).
+fn is_grpc(req: &axum::extract::Request) -> bool {
+    req.headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+/// Route layer of the gRPC routes: anything but a gRPC request is 404.
+async fn grpc_only(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if is_grpc(&req) {
+        next.run(req).await
+    } else {
+        axum::response::IntoResponse::into_response(nexus_core::http::not_found().await)
+    }
+}
+
+/// Fallback of the app: gRPC `UNIMPLEMENTED` for a gRPC request, else 404 text.
+async fn fallback(req: axum::extract::Request) -> axum::response::Response {
+    if is_grpc(&req) {
+        let (parts, ()) = Status::unimplemented("no such gRPC service or method")
+            .into_http::<()>()
+            .into_parts();
+        axum::response::Response::from_parts(parts, axum::body::Body::empty())
+    } else {
+        axum::response::IntoResponse::into_response(nexus_core::http::not_found().await)
+    }
 }

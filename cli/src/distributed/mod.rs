@@ -295,6 +295,7 @@ pub async fn start_scheduler_with(
             api,
             shutdown.clone(),
         ))
+        // gRPC (content-type application/grpc only) and the app's fallback: 404 text.
         .merge(nexus_scheduler::grpc::routes(scheduler.clone()))
         .merge(metrics_and_health(readiness.clone()))
         .layer(axum::middleware::from_fn(negotiate_errors));
@@ -482,6 +483,7 @@ pub async fn start_receiver_with(
     let app = Router::new()
         .merge(nexus_receiver::api::router(receiver.clone()))
         .merge(metrics_and_health(readiness.clone()))
+        .fallback(nexus_core::http::not_found)
         .layer(axum::middleware::from_fn(negotiate_errors));
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -625,8 +627,9 @@ pub async fn start_supervisor_with(
         },
     });
     let readiness = Readiness::default();
-    let app =
-        metrics_and_health(readiness.clone()).layer(axum::middleware::from_fn(negotiate_errors));
+    let app = metrics_and_health(readiness.clone())
+        .fallback(nexus_core::http::not_found)
+        .layer(axum::middleware::from_fn(negotiate_errors));
     tasks.spawn(
         Arc::new(nexus_supervisor::gc::Collector {
             store: resubmitter.store.clone(),
