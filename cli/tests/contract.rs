@@ -85,7 +85,7 @@ impl Target {
         let store: Arc<dyn RunStore> = Arc::new(InMemoryRunStore::default());
         let stores = SharedStores {
             store: store.clone(),
-            payloads: Some(common::http_payloads(tmp.path(), KEY).await),
+            payloads: Some(common::http_payloads(tmp.path(), KEY, store.clone()).await),
         };
         let mut rc = ReceiverProcess {
             shard: "local".into(),
@@ -105,9 +105,10 @@ impl Target {
             |c, tx, p, _stop| {
                 let cfg = nexus_core::executor::LocalExecutorConfig {
                     extra_path: c.executor.extra_path.clone(),
-                    work_dir: c.work_dir.join("work"),
+                    work_root: c.work_dir.join("work"),
                     default_max_concurrent: 8,
                     max_log_bytes: 1 << 20,
+                    ..nexus_core::executor::LocalExecutorConfig::default()
                 };
                 Arc::new(nexus_core::executor::LocalProcessExecutor::new(cfg, p, tx))
             },
