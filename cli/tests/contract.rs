@@ -568,6 +568,13 @@ mod cases {
             60
         );
         assert_eq!(md["api_version"], "1.2");
+        // A finished run takes no children: the parent is a run that is still going.
+        let parent = submit(
+            t,
+            "chaos",
+            json!({"algorithmParameters": {"mode": "sleep", "seconds": 3}}),
+        )
+        .await;
         let dry = http()
             .post(format!(
                 "{}/algorithm/v1/run/knapsack?dryRun=true",
@@ -575,7 +582,7 @@ mod cases {
             ))
             .json(&json!({
                 "algorithmParameters": knapsack_params(),
-                "parentRequest": {"requestId": id, "algorithmName": "knapsack"},
+                "parentRequest": {"requestId": parent, "algorithmName": "chaos"},
                 "tag": "contract",
             }))
             .send()
@@ -591,11 +598,11 @@ mod cases {
         let md: Value = serde_json::from_str(&expect("metadata_200", r).await).unwrap();
         assert_eq!(
             md["parent"],
-            json!({"requestId": id, "algorithmName": "knapsack"})
+            json!({"requestId": parent, "algorithmName": "chaos"})
         );
         assert_eq!(md["job_uid"], "dry-run");
         assert_eq!(md["tag"], "contract");
-        assert_eq!(md["root"], id.as_str());
+        assert_eq!(md["root"], parent.as_str());
         assert_eq!(md["depth"], 1);
     }
 

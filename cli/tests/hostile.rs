@@ -230,7 +230,7 @@ async fn hostile_scenario(confine: Confine) {
         &format!("{}/algorithm/v1/metadata/hostile/requests/{victim}", h.url),
     )
     .await;
-    assert_eq!(md["stage"], "RUNNING", "{md}");
+    assert_eq!(md["lifecycle_stage"], "RUNNING", "{md}");
     let c = http
         .post(format!(
             "{}/algorithm/v1/cancel/hostile/requests/{victim}",

@@ -245,7 +245,14 @@ pub fn split(mut body: impl Read, max_rest: usize, max_depth: usize) -> Result<S
                         _ => {}
                     }
                 }
-                Top::Done => push(&mut rest, b)?,
+                Top::Done => {
+                    if !matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+                        return Err(SplitError::Malformed(
+                            "the request body has data after its JSON object",
+                        ));
+                    }
+                    push(&mut rest, b)?;
+                }
             }
         }
     }

@@ -18,8 +18,8 @@
 mod args;
 mod chaos;
 mod fanout;
-mod hostile;
 mod hello;
+mod hostile;
 mod knapsack;
 mod nexus;
 
