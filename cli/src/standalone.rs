@@ -368,6 +368,8 @@ pub async fn start_with_executor(
         );
     }
     let sup_stop = CancellationToken::new();
+    // Noted before the probe can answer; the supervisor clears it after its first pass.
+    readiness.set_note(Some("recovering runs left by a previous process".into()));
     tasks.spawn(nexus_supervisor::run(
         supervisor,
         rx,
