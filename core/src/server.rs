@@ -79,6 +79,10 @@ pub struct ServerConfig {
     /// Longest wait for the next bytes of a request body before the request fails with 408.
     #[serde(with = "humantime_serde")]
     pub body_idle_timeout: Duration,
+    /// Slowest average rate of a request body, in bytes per second, judged once the body has
+    /// taken longer than `body_idle_timeout`: a body that drips in (a byte just before each idle
+    /// timeout) fails with 408 too. 0 turns the check off.
+    pub body_min_rate: u64,
     /// A connection with no request in flight for this long is closed.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
@@ -94,6 +98,7 @@ impl Default for ServerConfig {
             health_reserve: 32,
             header_read_timeout: Duration::from_secs(30),
             body_idle_timeout: Duration::from_secs(30),
+            body_min_rate: 1024,
             idle_timeout: Duration::from_secs(90),
             shutdown_grace: Duration::from_secs(10),
         }
@@ -352,12 +357,37 @@ impl hyper::body::Body for Tracked {
 pub struct BodyIdleTimeout(pub Duration);
 
 /// A request body that fails when the client sends nothing for `timeout` while the server
-/// waits for it (the timer runs only between a `Pending` poll and the next bytes).
+/// waits for it (the timer runs only between a `Pending` poll and the next bytes), or when,
+/// past `timeout` since its first poll, it has arrived slower than `min_rate` bytes per second.
+/// `fired` keeps the reason, for the 408.
 struct IdleTimeoutBody {
     inner: Incoming,
     timeout: Duration,
     sleep: Option<Pin<Box<Sleep>>>,
-    fired: Arc<AtomicBool>,
+    fired: Arc<std::sync::OnceLock<String>>,
+    min_rate: u64,
+    started: Option<tokio::time::Instant>,
+    received: u64,
+}
+
+impl IdleTimeoutBody {
+    /// The reason to fail a body that has arrived too slowly, if it has.
+    fn too_slow(&self) -> Option<String> {
+        let elapsed = self.started?.elapsed();
+        if self.min_rate == 0 || elapsed <= self.timeout {
+            return None;
+        }
+        #[allow(clippy::cast_precision_loss)] // byte counts and rates far below 2^53
+        let rate = self.received as f64 / elapsed.as_secs_f64();
+        #[allow(clippy::cast_precision_loss)]
+        let slow = rate < self.min_rate as f64;
+        slow.then(|| {
+            format!(
+                "the request body arrived at {rate:.0} bytes/s, below the minimum of {} bytes/s: request abandoned (server.body_min_rate)",
+                self.min_rate
+            )
+        })
+    }
 }
 
 impl hyper::body::Body for IdleTimeoutBody {
@@ -369,9 +399,19 @@ impl hyper::body::Body for IdleTimeoutBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
+        this.started.get_or_insert_with(tokio::time::Instant::now);
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.sleep = None;
+                if let Some(Ok(f)) = &frame
+                    && let Some(d) = f.data_ref()
+                {
+                    this.received += d.len() as u64;
+                    if let Some(why) = this.too_slow() {
+                        let _ = this.fired.set(why.clone());
+                        return Poll::Ready(Some(Err(why.into())));
+                    }
+                }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
@@ -381,7 +421,7 @@ impl hyper::body::Body for IdleTimeoutBody {
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                 if sleep.as_mut().poll(cx).is_ready() {
                     this.sleep = None;
-                    this.fired.store(true, Ordering::Release);
+                    let _ = this.fired.set(BodyIdleTimeout(timeout).to_string());
                     return Poll::Ready(Some(Err(BodyIdleTimeout(timeout).into())));
                 }
                 Poll::Pending
@@ -442,7 +482,8 @@ async fn handle(
             _in_flight: in_flight,
         }));
     }
-    let fired = Arc::new(AtomicBool::new(false));
+    let fired = Arc::new(std::sync::OnceLock::new());
+    let min_rate = shared.config.body_min_rate;
     let timeout = shared.config.body_idle_timeout;
     let mut req = if is_grpc(&req) {
         req.map(Body::new)
@@ -454,6 +495,9 @@ async fn handle(
                 timeout,
                 sleep: None,
                 fired,
+                min_rate,
+                started: None,
+                received: 0,
             })
         })
     };
@@ -462,13 +506,9 @@ async fn handle(
         Ok(r) => r,
         Err(never) => match never {},
     };
-    if fired.load(Ordering::Acquire) {
+    if let Some(why) = fired.get() {
         // Whatever the handler made of the failed body, the client's request timed out.
-        resp = ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            BodyIdleTimeout(timeout).to_string(),
-        )
-        .into_response();
+        resp = ApiError::new(StatusCode::REQUEST_TIMEOUT, why.clone()).into_response();
         close_after(&mut resp, version);
     } else if reserve {
         close_after(&mut resp, version);
@@ -896,6 +936,46 @@ mod tests {
             cut,
             "a header trickled for {EVENTUALLY:?} was never cut off"
         );
+        stop.cancel();
+        tokio::time::timeout(EVENTUALLY, task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_body_that_drips_in_below_the_minimum_rate_gets_408() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (addr, stop, task) = start(ServerConfig {
+            body_idle_timeout: Duration::from_millis(300),
+            body_min_rate: 1000,
+            ..ServerConfig::default()
+        })
+        .await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"PUT /sink HTTP/1.1\r\nhost: t\r\ncontent-length: 100\r\n\r\n")
+            .await
+            .unwrap();
+        // A byte every 200 ms: never idle for 300 ms, but 5 bytes/s.
+        let mut answer = Vec::new();
+        for _ in 0..50 {
+            if s.write_all(b"x").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let mut buf = [0u8; 1024];
+            if let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await
+            {
+                answer.extend_from_slice(&buf[..n]);
+                if n == 0 || !answer.is_empty() {
+                    break;
+                }
+            }
+        }
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("server.body_min_rate"), "{answer}");
         stop.cancel();
         tokio::time::timeout(EVENTUALLY, task)
             .await
