@@ -417,11 +417,32 @@ async fn poll_round(
         let st = v["status"].as_str().unwrap_or_default();
         if st == "COMPLETED" {
             done.insert(id, (Instant::now(), v));
-        } else {
-            assert!(
-                !TERMINAL.contains(&st),
-                "run {id} ended {st} (none may fail): {v}"
-            );
+        } else if TERMINAL.contains(&st) {
+            // Say why before failing: the run's details and its captured output.
+            let alg = subs.iter().find(|s| s.id == id).map_or("", |s| s.alg);
+            let md: Value = http
+                .get(format!(
+                    "{}/algorithm/v1/metadata/{alg}/requests/{id}",
+                    scheds[0]
+                ))
+                .send()
+                .await
+                .map(|r| r.json())
+                .unwrap()
+                .await
+                .unwrap_or_default();
+            let logs = match md["logs_uri"].as_str() {
+                Some(u) => http
+                    .get(u)
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap_or_default(),
+                None => String::new(),
+            };
+            panic!("run {id} ended {st} (none may fail): {v}\nmetadata: {md}\nlogs:\n{logs}");
         }
     }
 }

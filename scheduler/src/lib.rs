@@ -279,6 +279,8 @@ pub struct Scheduler {
     /// executor waiting for a workgroup slot): they are the shard's now, not stranded. Pruned by
     /// the stranded-run pass (started runs, and entries older than [`HANDED_OVER_FOR`]).
     handed_over: std::sync::Mutex<HashMap<nexus_core::run::RunId, std::time::Instant>>,
+    /// When this scheduler last handed a run to a shard (see [`Scheduler::payload_linger`]).
+    last_handover: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Scheduler {
@@ -306,6 +308,7 @@ impl Scheduler {
             readiness: deps.readiness,
             relaunches: std::sync::Mutex::default(),
             handed_over: std::sync::Mutex::default(),
+            last_handover: std::sync::Mutex::default(),
         })
     }
 
@@ -329,6 +332,24 @@ impl Scheduler {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(id, std::time::Instant::now());
+        *self
+            .last_handover
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(std::time::Instant::now());
+    }
+
+    /// How long a stopping scheduler should keep serving HTTP after its queue drained: the
+    /// payload URLs of the runs it handed over last point at it (`/data/v1/payloads`), and
+    /// their algorithms may not have fetched them yet. Zero when nothing was handed over in the
+    /// last [`PAYLOAD_LINGER`].
+    #[must_use]
+    pub fn payload_linger(&self) -> Duration {
+        self.last_handover
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .map_or(Duration::ZERO, |at| {
+                PAYLOAD_LINGER.saturating_sub(at.elapsed())
+            })
     }
 
     /// Forgets a relaunch (dispatched, failed or no longer needed).
@@ -437,6 +458,8 @@ async fn heartbeat(s: Arc<Scheduler>, shutdown: CancellationToken) {
 /// Runs accepted this recently are not judged stranded yet (between their durable write and
 /// their enqueue).
 const STRANDED_AFTER_MS: i64 = 2_000;
+/// How long a stopping scheduler keeps serving payloads after its last hand-over.
+pub const PAYLOAD_LINGER: Duration = Duration::from_secs(15);
 /// How long a run handed to its shard but not started yet is left to the shard.
 const HANDED_OVER_FOR: Duration = Duration::from_secs(600);
 /// Most runs looked at by one stranded-run pass.

@@ -300,6 +300,7 @@ pub async fn start_scheduler_with(
         .merge(metrics_and_health(readiness.clone()))
         .layer(axum::middleware::from_fn(negotiate_errors));
     let sched_stop = CancellationToken::new();
+    let linger_of = scheduler.clone();
     let sched_task = tasks.spawn(nexus_scheduler::run(scheduler, sched_stop.clone()));
     let http_stop = CancellationToken::new();
     serve_http(&tasks, listener, app, c.server.clone(), http_stop.clone());
@@ -312,6 +313,16 @@ pub async fn start_scheduler_with(
         r2.set(false);
         sched_stop.cancel();
         let _ = sched_task.await;
+        // Runs handed over last may still fetch their payload from this scheduler (its
+        // `public_url` is in their payload URL): keep serving a little longer (readiness is off).
+        let linger = linger_of.payload_linger();
+        if !linger.is_zero() {
+            tracing::info!(
+                seconds = linger.as_secs_f64(),
+                "serving payloads of the last runs handed over before stopping"
+            );
+            tokio::time::sleep(linger).await;
+        }
         http_stop.cancel();
     });
     readiness.set(true);
