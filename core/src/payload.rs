@@ -272,26 +272,18 @@ async fn read_chunk(
     done: u64,
     len: u64,
 ) -> Result<Bytes, PayloadError> {
-    let want = buffer_len(key, n)?;
-    let mut buf = BytesMut::with_capacity(want.min(MAX_PREALLOC));
-    let mut limited = body.take(n);
-    while buf.len() < want {
-        let got = limited
-            .read_buf(&mut buf)
-            .await
-            .map_err(|e| body_error(key, &e))?;
-        if got == 0 {
-            let read = done + buf.len() as u64;
-            return Err(PayloadError::new(
-                ErrorKind::InvalidInput,
-                format!(
-                    "the body of '{key}' ended after {read} of the {len} bytes announced: \
-                     nothing stored"
-                ),
-            ));
-        }
+    let buf = read_up_to(key, body, n).await?;
+    if (buf.len() as u64) < n {
+        let read = done + buf.len() as u64;
+        return Err(PayloadError::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "the body of '{key}' ended after {read} of the {len} bytes announced: \
+                 nothing stored"
+            ),
+        ));
     }
-    Ok(buf.freeze())
+    Ok(buf)
 }
 
 /// Reads up to `n` bytes of `body`: fewer only when the body ended.
