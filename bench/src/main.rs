@@ -41,11 +41,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use nexus_cli::config::StandaloneConfig;
-use nexus_core::executor::{Executor, ExecutorEvent};
-use nexus_core::payload::PayloadStore;
-use nexus_core::run::{RunId, RunPatch, Stage};
-use nexus_core::store::test_suite::sample_run;
-use nexus_core::store::{RunStore, SqliteRunStore};
+use nexus_embedded::SqliteRunStore;
+use nexus_executor::{Executor, ExecutorEvent};
+use nexus_model::run::{RunId, RunPatch, Stage};
+use nexus_payload::PayloadStore;
+use nexus_store::RunStore;
+use nexus_store::test_suite::sample_run;
 use tokio::sync::mpsc::UnboundedSender;
 
 /// Hard upper bound on any single phase, whatever the arguments.
@@ -882,12 +883,12 @@ async fn accept_nexus(local: bool, store: Option<&str>) -> anyhow::Result<Nexus>
     let mut nexus = start_nexus(
         |c| use_store(c, store),
         move |tx, payloads| {
-            Arc::new(nexus_core::executor::LocalProcessExecutor::new(
-                nexus_core::executor::LocalExecutorConfig {
+            Arc::new(nexus_executor::LocalProcessExecutor::new(
+                nexus_executor::LocalExecutorConfig {
                     work_root: work_dir,
                     default_max_concurrent: 8,
                     max_log_bytes: 64 * 1024,
-                    ..nexus_core::executor::LocalExecutorConfig::default()
+                    ..nexus_executor::LocalExecutorConfig::default()
                 },
                 payloads,
                 tx,
@@ -1086,19 +1087,16 @@ async fn main() -> anyhow::Result<()> {
             launch_rate,
             launch_burst,
         } => {
-            let limit = nexus_core::limiter::BudgetConfig {
+            let limit = nexus_model::limiter::BudgetConfig {
                 rate: launch_rate,
                 burst: launch_burst,
             };
-            let (run_store, scratch): (Arc<dyn nexus_core::store::RunStore>, _) = match &store {
+            let (run_store, scratch): (Arc<dyn nexus_store::RunStore>, _) = match &store {
                 Some(u) => {
                     let s = cassandra::Scratch::new(u).await?;
                     (s.store.clone(), Some(s))
                 }
-                None => (
-                    Arc::new(nexus_core::store::InMemoryRunStore::default()),
-                    None,
-                ),
+                None => (Arc::new(nexus_store::InMemoryRunStore::default()), None),
             };
             let r = orphans::run(run_store, runs, lease_ttl, limit).await;
             if let Some(s) = scratch {

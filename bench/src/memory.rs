@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use nexus_core::run::RunId;
+use nexus_model::run::RunId;
 use nexus_scheduler::{Queued, VirtualQueue};
 
 use crate::print_table;

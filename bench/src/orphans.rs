@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use futures::StreamExt;
 use nexus_cli::distributed::{self, ReceiverProcess, ShardEntry, SharedStores, SupervisorProcess};
-use nexus_core::limiter::BudgetConfig;
-use nexus_core::run::{Stage, now_millis};
-use nexus_core::store::RunStore;
+use nexus_model::limiter::BudgetConfig;
+use nexus_model::run::{Stage, now_millis};
+use nexus_store::RunStore;
 
 /// The measurement.
 #[derive(Debug)]
@@ -80,9 +80,7 @@ pub async fn run(
     } = crate::distributed::DeploymentFiles::write(dir.path())?;
     let stores = SharedStores {
         store: store.clone(),
-        payloads: Some(Arc::new(
-            nexus_core::payload::InMemoryPayloadStore::default(),
-        )),
+        payloads: Some(Arc::new(nexus_payload::InMemoryPayloadStore::default())),
     };
 
     // The survivors: two receivers of shard `local` and a supervisor.
@@ -102,7 +100,7 @@ pub async fn run(
             port0().await?,
             port0().await?,
             stores.clone(),
-            |_, tx, _, _| Arc::new(nexus_core::executor::RecordingExecutor::new(tx)),
+            |_, tx, _, _| Arc::new(nexus_executor::RecordingExecutor::new(tx)),
         )
         .await?;
         endpoints.push(format!("http://{}", h.grpc_addr));
@@ -129,14 +127,15 @@ pub async fn run(
         .heartbeat(dead, now_millis(), 600_000)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let snapshot = nexus_core::catalog::load_dir(&templates).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let snapshot =
+        nexus_model::catalog::load_dir(&templates).map_err(|e| anyhow::anyhow!("{e}"))?;
     let template = snapshot
         .templates
         .get("knapsack")
         .context("the bench template")?
         .clone();
     let mut inserts = futures::stream::iter((0..runs).map(|_| {
-        let mut r = nexus_core::store::test_suite::sample_run("knapsack");
+        let mut r = nexus_store::test_suite::sample_run("knapsack");
         r.workgroup = "local".into();
         r.shard = "local".into();
         r.owner = Some(dead.into());

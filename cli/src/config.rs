@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Yaml};
-use nexus_core::server::ServerConfig;
+use nexus_http::server::ServerConfig;
 use nexus_receiver::ReceiverConfig;
 use nexus_scheduler::SchedulerConfig;
 use nexus_scheduler::edge::EdgeLimitConfig;
@@ -161,7 +161,7 @@ pub enum StoreKind {
     /// SQLite file in the data directory.
     Embedded,
     /// Cassandra / ScyllaDB.
-    Cassandra(Box<nexus_core::store::cassandra::CassandraConfig>),
+    Cassandra(Box<nexus_store::cassandra::CassandraConfig>),
 }
 
 /// Which payload store standalone uses.
@@ -170,7 +170,7 @@ pub enum PayloadsKind {
     /// Files and SQLite in the data directory.
     Embedded,
     /// An S3 bucket (AWS or any S3-compatible server).
-    S3(Box<nexus_core::payload::S3Config>),
+    S3(Box<nexus_payload::S3Config>),
 }
 
 impl StandaloneConfig {
@@ -184,8 +184,7 @@ impl StandaloneConfig {
             return Ok(PayloadsKind::Embedded);
         }
         if s.starts_with("s3://") || s.starts_with("s3a://") {
-            return nexus_core::payload::S3Config::from_url(s)
-                .map(|c| PayloadsKind::S3(Box::new(c)));
+            return nexus_payload::S3Config::from_url(s).map(|c| PayloadsKind::S3(Box::new(c)));
         }
         Err(format!(
             "'{s}' is neither 'embedded' nor an s3://bucket/prefix URL"
@@ -202,7 +201,7 @@ impl StandaloneConfig {
             return Ok(StoreKind::Embedded);
         }
         if s.starts_with("cassandra://") || s.starts_with("scylla://") {
-            return nexus_core::store::cassandra::CassandraConfig::from_url(s)
+            return nexus_store::cassandra::CassandraConfig::from_url(s)
                 .map(|c| StoreKind::Cassandra(Box::new(c)));
         }
         Err(format!(

@@ -466,15 +466,15 @@ fn main() -> ExitCode {
             kubeconfig,
             context,
         } => {
-            let config = nexus_core::kube_client::KubeClientConfig {
+            let config = nexus_kube::client::KubeClientConfig {
                 kubeconfig,
                 context,
-                ..nexus_core::kube_client::KubeClientConfig::default()
+                ..nexus_kube::client::KubeClientConfig::default()
             };
             let result = rt.block_on(async {
-                let budget = nexus_core::kube_client::ApiBudget::new(config.api_budget);
-                let client = nexus_core::kube_client::client(&config, &budget).await?;
-                nexus_core::crd::install(&client, std::time::Duration::from_secs(30)).await
+                let budget = nexus_kube::client::ApiBudget::new(config.api_budget);
+                let client = nexus_kube::client::client(&config, &budget).await?;
+                nexus_kube::crd::install(&client, std::time::Duration::from_secs(30)).await
             });
             match result {
                 Ok(()) => {
@@ -489,7 +489,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Crd { .. } => match nexus_core::crd::crds_yaml() {
+        Command::Crd { .. } => match nexus_model::crd::crds_yaml() {
             Ok(y) => {
                 print!("{y}");
                 ExitCode::SUCCESS

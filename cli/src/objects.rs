@@ -30,11 +30,12 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::TryStreamExt as _;
-use nexus_core::error::ErrorKind;
-use nexus_core::http::ApiError;
-use nexus_core::payload::{BeforeCommit, PayloadError, PayloadStore, TieredPayloadStore};
-use nexus_core::run::RunId;
-use nexus_core::store::RunStore;
+use nexus_embedded::TieredPayloadStore;
+use nexus_http::ApiError;
+use nexus_model::error::ErrorKind;
+use nexus_model::run::RunId;
+use nexus_payload::{BeforeCommit, PayloadError, PayloadStore};
+use nexus_store::RunStore;
 use serde::Deserialize;
 use tokio::io::{AsyncRead, ReadBuf};
 

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::Subcommand;
-use nexus_core::payload::{S3Config, S3PayloadStore};
+use nexus_payload::{S3Config, S3PayloadStore};
 
 /// Subcommands of `nexus payloads`.
 #[derive(Debug, Subcommand)]

@@ -20,8 +20,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use nexus_core::executor::LocalExecutorConfig;
-use nexus_core::executor::local::{Launcher, RunAs, default_work_root};
+use nexus_executor::LocalExecutorConfig;
+use nexus_executor::local::{Launcher, RunAs, default_work_root};
 use serde::{Deserialize, Serialize};
 
 use crate::config::ExecutorSection;

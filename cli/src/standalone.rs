@@ -13,17 +13,16 @@ use anyhow::Context;
 use axum::Router;
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use nexus_core::catalog::{Catalog, load_dir, watch_dir};
-use nexus_core::executor::{Executor, ExecutorEvent, LocalProcessExecutor};
-use nexus_core::http::{Readiness, health_routes, negotiate_errors};
-use nexus_core::payload::{
-    FsPayloadStore, PayloadStore, S3PayloadStore, SqliteObjectStore, TieredPayloadStore,
-};
-use nexus_core::server::ServerConfig;
-use nexus_core::sign::Signer;
-use nexus_core::store::{CassandraRunStore, RunStore, SqliteRunStore};
+use nexus_embedded::{SqliteObjectStore, SqliteRunStore, TieredPayloadStore};
+use nexus_executor::{Executor, ExecutorEvent, LocalProcessExecutor};
+use nexus_http::server::ServerConfig;
+use nexus_http::{Readiness, health_routes, negotiate_errors};
+use nexus_model::catalog::{Catalog, load_dir, watch_dir};
+use nexus_model::sign::Signer;
+use nexus_payload::{FsPayloadStore, PayloadStore, S3PayloadStore};
 use nexus_receiver::{LocalShard, Receiver};
 use nexus_scheduler::{Deps, Scheduler, ShardMap};
+use nexus_store::{CassandraRunStore, RunStore};
 use nexus_supervisor::Supervisor;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc::UnboundedSender;
@@ -95,7 +94,7 @@ fn load_or_create_secret(path: &Path) -> anyhow::Result<Signer> {
             path.display()
         );
         // A key an older version left readable by others is made private.
-        nexus_core::private_fs::tighten(path)
+        nexus_model::private_fs::tighten(path)
             .with_context(|| format!("cannot make {} private", path.display()))?;
         return Ok(Signer::new(&bytes));
     }
@@ -107,7 +106,7 @@ fn load_or_create_secret(path: &Path) -> anyhow::Result<Signer> {
         .collect();
     let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
     let write = || -> std::io::Result<()> {
-        let mut f = nexus_core::private_fs::create_new_file(&tmp)?;
+        let mut f = nexus_model::private_fs::create_new_file(&tmp)?;
         f.write_all(&key)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
@@ -120,7 +119,7 @@ fn load_or_create_secret(path: &Path) -> anyhow::Result<Signer> {
 }
 
 /// Serves `app` on `listener` until `stop`, with the connection limit and timeouts of `server`
-/// (see [`nexus_core::server`]); handlers see the peer address (the rate limiter keys on it).
+/// (see [`nexus_http::server`]); handlers see the peer address (the rate limiter keys on it).
 pub(crate) fn serve_http(
     tasks: &TaskTracker,
     listener: TcpListener,
@@ -128,7 +127,7 @@ pub(crate) fn serve_http(
     server: ServerConfig,
     stop: CancellationToken,
 ) {
-    tasks.spawn(nexus_core::server::serve(listener, app, server, stop));
+    tasks.spawn(nexus_http::server::serve(listener, app, server, stop));
 }
 
 pub(crate) fn instance_id() -> String {
@@ -157,7 +156,7 @@ pub async fn start(config: StandaloneConfig, listener: TcpListener) -> anyhow::R
     // Attempts a killed predecessor left running go before anything new starts (their runs are
     // launched again by recovery while their retries allow).
     let state_dir = config.data_dir.join("attempts");
-    nexus_core::private_fs::create_dir_all(&state_dir)
+    nexus_model::private_fs::create_dir_all(&state_dir)
         .with_context(|| format!("cannot create {}", state_dir.display()))?;
     let stopped = LocalProcessExecutor::reap_previous(&state_dir);
     if stopped > 0 {
@@ -197,9 +196,9 @@ pub async fn start_with_executor(
     let data = config.data_dir.clone();
     // Private from the start (0700), and made private if an older version left it open: it holds
     // the signing key and every run's payload and result.
-    nexus_core::private_fs::create_dir_all(&data)
+    nexus_model::private_fs::create_dir_all(&data)
         .with_context(|| format!("cannot create data directory {}", data.display()))?;
-    nexus_core::private_fs::tighten(&data)
+    nexus_model::private_fs::tighten(&data)
         .with_context(|| format!("cannot make the data directory {} private", data.display()))?;
 
     let store: Arc<dyn RunStore> = match config.store_kind().map_err(|e| anyhow::anyhow!("{e}"))? {
@@ -304,7 +303,7 @@ pub async fn start_with_executor(
     store
         .heartbeat(
             &id,
-            nexus_core::run::now_millis(),
+            nexus_model::run::now_millis(),
             i64::try_from(config.scheduler.lease_ttl.as_millis()).unwrap_or(15_000),
         )
         .await
@@ -312,7 +311,7 @@ pub async fn start_with_executor(
     // Runs left by a previous process are recovered by the supervisor in the background (its
     // first pass starts at once): new runs are accepted meanwhile, and readiness says so.
     let s2 = scheduler.clone();
-    let requeue: Arc<dyn Fn(&nexus_core::run::Run) + Send + Sync> =
+    let requeue: Arc<dyn Fn(&nexus_model::run::Run) + Send + Sync> =
         Arc::new(move |r| s2.enqueue_recovered(r));
 
     let shutdown = CancellationToken::new();
@@ -356,7 +355,7 @@ pub async fn start_with_executor(
         .run(config.supervisor.gc_interval, shutdown.clone()),
     );
     {
-        let local: Arc<dyn nexus_core::shard::Shard> = Arc::new(LocalShard(receiver.clone()));
+        let local: Arc<dyn nexus_link::shard::Shard> = Arc::new(LocalShard(receiver.clone()));
         tasks.spawn(
             Arc::new(nexus_supervisor::tree_sweep::TreeSweep {
                 store: store.clone(),

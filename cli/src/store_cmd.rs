@@ -1,7 +1,7 @@
 //! `nexus store`: the run store's schema for a DBA, and explicit migrations.
 
 use clap::Subcommand;
-use nexus_core::store::cassandra::{self, CassandraConfig};
+use nexus_store::cassandra::{self, CassandraConfig};
 
 /// Subcommands of `nexus store`.
 #[derive(Debug, Subcommand)]

@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use nexus_core::run::RunId;
-use nexus_core::sign::{Signer, now_secs};
+use nexus_model::run::RunId;
+use nexus_model::sign::{Signer, now_secs};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -155,13 +155,19 @@ pub async fn port0() -> tokio::net::TcpListener {
 pub async fn http_payloads(
     dir: &Path,
     key: &[u8],
-    runs: std::sync::Arc<dyn nexus_core::store::RunStore>,
-) -> std::sync::Arc<dyn nexus_core::payload::PayloadStore> {
-    use nexus_core::payload::{FsPayloadStore, SqliteObjectStore, TieredPayloadStore};
+    runs: std::sync::Arc<dyn nexus_store::RunStore>,
+) -> std::sync::Arc<dyn nexus_payload::PayloadStore> {
+    use nexus_embedded::{SqliteObjectStore, TieredPayloadStore};
+    use nexus_payload::FsPayloadStore;
     let l = port0().await;
     let url = format!("http://{}", l.local_addr().unwrap());
     let fs = std::sync::Arc::new(
-        FsPayloadStore::open(dir.join("objects"), url, nexus_core::sign::Signer::new(key)).unwrap(),
+        FsPayloadStore::open(
+            dir.join("objects"),
+            url,
+            nexus_model::sign::Signer::new(key),
+        )
+        .unwrap(),
     );
     let small = SqliteObjectStore::open(&dir.join("objects.db")).unwrap();
     let tiered = std::sync::Arc::new(TieredPayloadStore::new(small, fs));
@@ -170,8 +176,8 @@ pub async fn http_payloads(
         runs,
         nexus_cli::config::DEFAULT_MAX_RESULT_BYTES,
     );
-    let server = nexus_core::server::ServerConfig::default();
-    tokio::spawn(nexus_core::server::serve(
+    let server = nexus_http::server::ServerConfig::default();
+    tokio::spawn(nexus_http::server::serve(
         l,
         app,
         server,

@@ -18,10 +18,10 @@ use std::time::Duration;
 use nexus_cli::distributed::{
     ReceiverProcess, SchedulerProcess, ShardEntry, SharedStores, SupervisorProcess,
 };
-use nexus_core::grpc::{GrpcLinkConfig, LinkAuth};
-use nexus_core::run::RunId;
-use nexus_core::sign::{Signer, now_secs};
-use nexus_core::store::{InMemoryRunStore, RunStore};
+use nexus_link::grpc::{GrpcLinkConfig, LinkAuth};
+use nexus_model::run::RunId;
+use nexus_model::sign::{Signer, now_secs};
+use nexus_store::{InMemoryRunStore, RunStore};
 use serde_json::{Value, json};
 
 const KEY: &[u8] = b"0123456789abcdef0123456789abcdef-contract-test";
@@ -103,14 +103,14 @@ impl Target {
             common::port0().await,
             stores.clone(),
             |c, tx, p, _stop| {
-                let cfg = nexus_core::executor::LocalExecutorConfig {
+                let cfg = nexus_executor::LocalExecutorConfig {
                     extra_path: c.executor.extra_path.clone(),
                     work_root: c.work_dir.join("work"),
                     default_max_concurrent: 8,
                     max_log_bytes: 1 << 20,
-                    ..nexus_core::executor::LocalExecutorConfig::default()
+                    ..nexus_executor::LocalExecutorConfig::default()
                 };
-                Arc::new(nexus_core::executor::LocalProcessExecutor::new(cfg, p, tx))
+                Arc::new(nexus_executor::LocalProcessExecutor::new(cfg, p, tx))
             },
         )
         .await
@@ -175,7 +175,7 @@ fn check_type(what: &str, v: &Value, ty: &str) {
     let ok = match ty {
         "string" => s.is_some(),
         "uuid" => s.is_some_and(|s| s.parse::<RunId>().is_ok()),
-        "stage" => s.is_some_and(|s| s.parse::<nexus_core::run::Stage>().is_ok()),
+        "stage" => s.is_some_and(|s| s.parse::<nexus_model::run::Stage>().is_ok()),
         "url" => s.is_some_and(|s| s.starts_with("http://") || s.starts_with("https://")),
         "rfc3339" => s.is_some_and(|s| humantime::parse_rfc3339(s).is_ok()),
         "go-duration" => s.is_some_and(is_go_duration),

@@ -20,9 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt as _;
-use nexus_core::run::RunId;
-use nexus_core::store::cassandra::CassandraConfig;
-use nexus_core::store::{CassandraRunStore, RunStore};
+use nexus_model::run::RunId;
+use nexus_store::cassandra::CassandraConfig;
+use nexus_store::{CassandraRunStore, RunStore};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
@@ -943,7 +943,7 @@ async fn a_scheduler_sigterm_under_load_hands_its_runs_over_and_loses_nothing() 
         Duration::from_millis(50),
     ));
     let store = d.store().await;
-    let scheduler_leases = |leases: Vec<nexus_core::store::Lease>| {
+    let scheduler_leases = |leases: Vec<nexus_store::Lease>| {
         leases
             .into_iter()
             .filter(|l| nexus_scheduler::is_scheduler_lease(&l.owner))
@@ -953,7 +953,7 @@ async fn a_scheduler_sigterm_under_load_hands_its_runs_over_and_loses_nothing() 
     let mut queued = 0;
     for s in &subs {
         let run = store.get(s.id.parse().unwrap()).await.unwrap().unwrap();
-        if run.stage == nexus_core::run::Stage::Buffered {
+        if run.stage == nexus_model::run::Stage::Buffered {
             queued += 1;
         }
     }
@@ -996,7 +996,7 @@ async fn a_scheduler_sigterm_under_load_hands_its_runs_over_and_loses_nothing() 
     let all_done = t_term.elapsed();
     for s in &subs {
         let run = store.get(s.id.parse().unwrap()).await.unwrap().unwrap();
-        assert_eq!(run.stage, nexus_core::run::Stage::Completed, "{run:?}");
+        assert_eq!(run.stage, nexus_model::run::Stage::Completed, "{run:?}");
     }
     eprintln!(
         "sigterm: {queued} of {LEAVING_RUNS} runs were still queued in scheduler 2 at SIGTERM; it \

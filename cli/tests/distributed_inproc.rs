@@ -14,10 +14,10 @@ use std::time::Duration;
 use nexus_cli::distributed::{
     self, ReceiverProcess, SchedulerProcess, ShardEntry, SharedStores, SupervisorProcess,
 };
-use nexus_core::grpc::{GrpcLinkConfig, LinkAuth};
-use nexus_core::payload::PayloadStore;
-use nexus_core::run::RunId;
-use nexus_core::store::{InMemoryRunStore, RunStore};
+use nexus_link::grpc::{GrpcLinkConfig, LinkAuth};
+use nexus_model::run::RunId;
+use nexus_payload::PayloadStore;
+use nexus_store::{InMemoryRunStore, RunStore};
 use tokio::net::TcpListener;
 
 const KEY: &[u8] = b"0123456789abcdef0123456789abcdef-distributed-test";
@@ -84,7 +84,7 @@ impl Cluster {
     /// schedulers (with `budget` as the default shard budget) and a supervisor.
     async fn start(
         shard_names: &[&str],
-        limit: nexus_core::limiter::BudgetConfig,
+        limit: nexus_model::limiter::BudgetConfig,
         schedulers: usize,
         budget: nexus_scheduler::BudgetConfig,
     ) -> Self {
@@ -101,7 +101,7 @@ impl Cluster {
     /// As [`Cluster::start`], with the schedulers' lease TTL.
     async fn start_with_lease(
         shard_names: &[&str],
-        limit: nexus_core::limiter::BudgetConfig,
+        limit: nexus_model::limiter::BudgetConfig,
         schedulers: usize,
         budget: nexus_scheduler::BudgetConfig,
         lease_ttl: Duration,
@@ -142,14 +142,14 @@ impl Cluster {
                 port0().await,
                 stores.clone(),
                 |c, tx, p, _stop| {
-                    let cfg = nexus_core::executor::LocalExecutorConfig {
+                    let cfg = nexus_executor::LocalExecutorConfig {
                         extra_path: c.executor.extra_path.clone(),
                         work_root: c.work_dir.join("work"),
                         default_max_concurrent: 8,
                         max_log_bytes: 1 << 20,
-                        ..nexus_core::executor::LocalExecutorConfig::default()
+                        ..nexus_executor::LocalExecutorConfig::default()
                     };
-                    Arc::new(nexus_core::executor::LocalProcessExecutor::new(cfg, p, tx))
+                    Arc::new(nexus_executor::LocalProcessExecutor::new(cfg, p, tx))
                 },
             )
             .await
@@ -240,7 +240,7 @@ async fn submit(http: &reqwest::Client, base: &str, alg: &str) -> String {
         .to_owned()
 }
 
-const OPEN: nexus_core::limiter::BudgetConfig = nexus_core::limiter::BudgetConfig {
+const OPEN: nexus_model::limiter::BudgetConfig = nexus_model::limiter::BudgetConfig {
     rate: 500.0,
     burst: 1000,
 };
@@ -303,23 +303,23 @@ async fn two_schedulers_two_shards_runs_reach_their_shard_and_complete() {
     let mut bad = grpc(true);
     bad.secret_file = Some(bad_file);
     let creds = bad.load().unwrap();
-    let client = nexus_core::grpc::GrpcShard::new(
+    let client = nexus_link::grpc::GrpcShard::new(
         "shard-a",
         &shards["shard-a"].endpoints,
         &creds,
-        nexus_core::grpc::GrpcShardOptions::default(),
+        nexus_link::grpc::GrpcShardOptions::default(),
     )
     .unwrap();
-    let err = nexus_core::shard::Shard::cancel(
+    let err = nexus_link::shard::Shard::cancel(
         &client,
         RunId::new(),
-        nexus_core::run::CancellationPolicy::Background,
+        nexus_model::run::CancellationPolicy::Background,
     )
     .await
     .unwrap_err();
     assert_eq!(
         err.kind,
-        nexus_core::error::ErrorKind::Unauthorized,
+        nexus_model::error::ErrorKind::Unauthorized,
         "{err}"
     );
 
@@ -330,7 +330,7 @@ async fn two_schedulers_two_shards_runs_reach_their_shard_and_complete() {
 /// slows down (AIMD) and retries without spending attempts, so every run still completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_receiver_over_its_launch_limit_slows_the_scheduler_down_and_loses_nothing() {
-    let tight = nexus_core::limiter::BudgetConfig {
+    let tight = nexus_model::limiter::BudgetConfig {
         rate: 4.0,
         burst: 2,
     };
@@ -401,7 +401,7 @@ async fn a_scheduler_shut_down_under_load_hands_its_runs_over_without_waiting_fo
             ids
         })
     };
-    let scheduler_leases = |leases: Vec<nexus_core::store::Lease>| {
+    let scheduler_leases = |leases: Vec<nexus_store::Lease>| {
         leases
             .into_iter()
             .filter(|l| nexus_scheduler::is_scheduler_lease(&l.owner))
@@ -420,7 +420,7 @@ async fn a_scheduler_shut_down_under_load_hands_its_runs_over_without_waiting_fo
             .await
             .unwrap()
             .unwrap();
-        if run.stage == nexus_core::run::Stage::Buffered {
+        if run.stage == nexus_model::run::Stage::Buffered {
             queued += 1;
         }
     }
@@ -513,7 +513,7 @@ async fn cancelling_a_root_cancels_its_descendants_on_every_shard() {
             let mut shards = std::collections::HashSet::new();
             for (_, id) in &descendants {
                 let run = c.store.get(id.parse().unwrap()).await.unwrap().unwrap();
-                if run.stage == nexus_core::run::Stage::Running {
+                if run.stage == nexus_model::run::Stage::Running {
                     shards.insert(run.shard.clone());
                 }
             }
@@ -537,7 +537,7 @@ async fn cancelling_a_root_cancels_its_descendants_on_every_shard() {
         let mut done = true;
         for (_, id) in &descendants {
             let run = c.store.get(id.parse().unwrap()).await.unwrap().unwrap();
-            done &= run.stage == nexus_core::run::Stage::Cancelled;
+            done &= run.stage == nexus_model::run::Stage::Cancelled;
         }
         if done {
             break cancelled_at.elapsed();

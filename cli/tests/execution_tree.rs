@@ -136,8 +136,8 @@ async fn a_run_cannot_act_as_another_run() {
     let a = created(&http, &h.url, None).await;
     let b = created(&http, &h.url, None).await;
     let key = std::fs::read(data.path().join("signing.key")).unwrap();
-    let signer = nexus_core::sign::Signer::new(&key);
-    let exp = nexus_core::sign::now_secs() + 600;
+    let signer = nexus_model::sign::Signer::new(&key);
+    let exp = nexus_model::sign::now_secs() + 600;
     let token = |id: &str| signer.run_token(id.parse().unwrap(), exp);
     let as_run = |id: &str, token: String| {
         let url = h.url.clone();

@@ -3,7 +3,7 @@
 //! starts it and sets `NEXUS_TEST_KUBECONFIG`; without it these tests fail, saying how to start it).
 //!
 //! The test API server runs no controllers and no kubelet, so the test plays them through the API
-//! (`nexus_core::kube_testkit`): it creates the Job's pod, runs the pod's container — the real
+//! (`nexus_kube::testkit`): it creates the Job's pod, runs the pod's container — the real
 //! `nexus-demo` binary with the Job's command, arguments and environment — as a local process,
 //! reports the pod's status, and marks the Job Complete as the Job controller would.
 
@@ -20,11 +20,11 @@ use kube::{Api, Client};
 use nexus_cli::distributed::{
     self, CatalogSource, ReceiverProcess, Runtime, SchedulerProcess, ShardEntry, SharedStores,
 };
-use nexus_core::grpc::{GrpcLinkConfig, LinkAuth};
-use nexus_core::kube_client::{ApiBudget, KubeClientConfig};
-use nexus_core::kube_testkit::{JobEnd, PodState, create_pod, end_job, set_pod_state};
-use nexus_core::spec::{NexusAlgorithmTemplate, NexusAlgorithmWorkgroup};
-use nexus_core::store::{InMemoryRunStore, RunStore};
+use nexus_kube::client::{ApiBudget, KubeClientConfig};
+use nexus_kube::testkit::{JobEnd, PodState, create_pod, end_job, set_pod_state};
+use nexus_link::grpc::{GrpcLinkConfig, LinkAuth};
+use nexus_model::spec::{NexusAlgorithmTemplate, NexusAlgorithmWorkgroup};
+use nexus_store::{InMemoryRunStore, RunStore};
 
 const ENV: &str = "NEXUS_TEST_KUBECONFIG";
 const KEY: &[u8] = b"0123456789abcdef0123456789abcdef-kubernetes-test";
@@ -55,13 +55,13 @@ async fn client() -> Client {
         kubeconfig: Some(kubeconfig()),
         ..KubeClientConfig::default()
     };
-    nexus_core::kube_client::client(&c, &ApiBudget::new(c.api_budget))
+    nexus_kube::client::client(&c, &ApiBudget::new(c.api_budget))
         .await
         .unwrap_or_else(|e| panic!("cannot reach the API server: {e}"))
 }
 
 async fn namespace(c: &Client) -> String {
-    nexus_core::kube_testkit::create_namespace(c, "cli")
+    nexus_kube::testkit::create_namespace(c, "cli")
         .await
         .unwrap_or_else(|e| panic!("{e}"))
 }
@@ -200,7 +200,7 @@ async fn deploy(ns: &str) -> Deployment {
 async fn runs_become_jobs_complete_cancel_and_follow_templates_in_the_cluster() {
     let demo = common::demo_dir();
     let c = client().await;
-    nexus_core::crd::install(&c, Duration::from_secs(10))
+    nexus_kube::crd::install(&c, Duration::from_secs(10))
         .await
         .unwrap();
     let ns = namespace(&c).await;
@@ -381,7 +381,7 @@ async fn supervisors_elect_their_leader_on_a_kubernetes_lease() {
     use nexus_cli::distributed::{LeaderElection, SUPERVISOR_LEASE, SupervisorProcess};
 
     let c = client().await;
-    nexus_core::crd::install(&c, Duration::from_secs(10))
+    nexus_kube::crd::install(&c, Duration::from_secs(10))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let ns = namespace(&c).await;
@@ -394,7 +394,7 @@ async fn supervisors_elect_their_leader_on_a_kubernetes_lease() {
             instance_id: Some(id.into()),
             signing_key_file: Some(key_file.clone()),
             grpc: GrpcLinkConfig {
-                auth: nexus_core::grpc::LinkAuth::None,
+                auth: nexus_link::grpc::LinkAuth::None,
                 ..GrpcLinkConfig::default()
             },
             catalog: CatalogSource::Kubernetes,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::{eventually, get_json, submit, templates};
 use nexus_cli::config::StandaloneConfig;
 use nexus_cli::standalone::start_with_executor;
-use nexus_core::executor::{Executor, RecordingExecutor};
+use nexus_executor::{Executor, RecordingExecutor};
 
 /// Starts a standalone whose executor runs nothing (runs stay RUNNING once launched); returns
 /// it with the executor.

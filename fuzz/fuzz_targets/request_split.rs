@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nexus_core::request_split::{SplitError, check_depth, split};
+use crate::request_split::{SplitError, check_depth, split};
 
 const MAX_DEPTH: usize = 16;
 

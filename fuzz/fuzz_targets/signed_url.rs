@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nexus_core::sign::Signer;
+use nexus_model::sign::Signer;
 
 fuzz_target!(|data: &[u8]| {
     let signer = Signer::new(b"fuzzing-key-fuzzing-key-fuzzing-key!!");
@@ -27,11 +27,11 @@ fuzz_target!(|data: &[u8]| {
     assert!(signer.verify_url(method, &other_path, exp, &genuine_sig, now).is_err());
     assert!(signer.verify_url(method, path, exp.wrapping_add(1), &genuine_sig, now).is_err());
     // Run tokens: arbitrary text never opens a run.
-    let run = nexus_core::run::RunId(uuid::Uuid::from_u128(7));
+    let run = nexus_model::run::RunId(uuid::Uuid::from_u128(7));
     let token = signer.run_token(run, exp);
     if text != token {
         assert!(signer.verify_run_token(run, &text, now).is_err());
     }
-    let other = nexus_core::run::RunId(uuid::Uuid::from_u128(8));
+    let other = nexus_model::run::RunId(uuid::Uuid::from_u128(8));
     assert!(signer.verify_run_token(other, &token, now).is_err());
 });

@@ -7,7 +7,7 @@
 //!
 //! The token is presented either as `Authorization: Bearer <token>` or as the path prefix
 //! `/run-token/<token>` that the receiver URL handed to the run carries
-//! ([`nexus_core::render::receiver_url_with_token`]): an algorithm written for the Go contract
+//! ([`nexus_executor::contract::receiver_url_with_token`]): an algorithm written for the Go contract
 //! posts to `$NEXUS__RECEIVER_URL/algorithm/v1/complete/...` without a header, and so presents
 //! its token without knowing it. The token is never logged: the handler's span records the
 //! algorithm and run id only, and no access log records paths.
@@ -24,13 +24,13 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use nexus_core::error::ErrorKind;
-use nexus_core::http::ApiError;
-use nexus_core::payload::Keys;
-use nexus_core::run::{RunId, RunPatch, Stage};
-use nexus_core::sign::now_secs;
-use nexus_core::store::StoreError;
+use nexus_http::ApiError;
+use nexus_model::error::ErrorKind;
+use nexus_model::run::{RunId, RunPatch, Stage};
+use nexus_model::sign::now_secs;
+use nexus_payload::Keys;
 use nexus_proto::v1;
+use nexus_store::StoreError;
 
 use crate::Receiver;
 

@@ -11,13 +11,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use nexus_core::error::ErrorKind;
-use nexus_core::grpc::{
+use nexus_http::Readiness;
+use nexus_link::grpc::{
     LinkCredentials, authorize_component, bearer_token, code_of, dispatch_from_wire, parse_policy,
     status_code_of,
 };
-use nexus_core::http::Readiness;
-use nexus_core::run::RunId;
+use nexus_model::error::ErrorKind;
+use nexus_model::run::RunId;
 use nexus_proto::grpc::completion_service_server::{CompletionService, CompletionServiceServer};
 use nexus_proto::grpc::shard_service_server::{ShardService, ShardServiceServer};
 use nexus_proto::grpc::{

@@ -1,4 +1,4 @@
-//! nexus-receiver: the shard side. Accepts runs from schedulers (the [`nexus_core::shard::Shard`]
+//! nexus-receiver: the shard side. Accepts runs from schedulers (the [`nexus_link::shard::Shard`]
 //! seam; in standalone through [`LocalShard`]), launches them through its executor with a
 //! run-scoped token and a signed result-upload URL, and serves the completion endpoint the
 //! algorithm calls when it is done.
@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use nexus_core::error::ErrorKind;
-use nexus_core::executor::Executor;
-use nexus_core::payload::{Keys, PayloadStore};
-use nexus_core::render::{LaunchContext, launch_spec};
-use nexus_core::run::{CancellationPolicy, RunId, RunPatch, Stage};
-use nexus_core::shard::{Dispatch, Shard, ShardError};
-use nexus_core::sign::{Signer, now_secs};
-use nexus_core::store::RunStore;
+use nexus_executor::Executor;
+use nexus_executor::contract::{LaunchContext, launch_spec};
+use nexus_link::shard::{Dispatch, Shard, ShardError};
+use nexus_model::error::ErrorKind;
+use nexus_model::run::{CancellationPolicy, RunId, RunPatch, Stage};
+use nexus_model::sign::{Signer, now_secs};
+use nexus_payload::{Keys, PayloadStore};
+use nexus_store::RunStore;
 use serde::{Deserialize, Serialize};
 
 pub mod api;
@@ -34,7 +34,7 @@ pub struct ReceiverConfig {
     /// Safety-net launch limit of this receiver (runs per second, burst), behind the schedulers'
     /// shard budgets: submissions over it are answered `RESOURCE_EXHAUSTED` with a retry hint and
     /// the schedulers slow down. Applies to gRPC submissions (distributed mode).
-    pub launch_limit: nexus_core::limiter::BudgetConfig,
+    pub launch_limit: nexus_model::limiter::BudgetConfig,
     /// Base URL of the schedulers (their load balancer), handed to algorithms as
     /// `NEXUS__SCHEDULER_URL` so they can create child runs (`RunService`); empty: not set.
     /// Standalone sets it to its own URL.
@@ -48,7 +48,7 @@ impl Default for ReceiverConfig {
             scheduler_url: String::new(),
             token_grace: Duration::from_secs(15 * 60),
             max_completion_bytes: 1024 * 1024,
-            launch_limit: nexus_core::limiter::BudgetConfig {
+            launch_limit: nexus_model::limiter::BudgetConfig {
                 rate: 500.0,
                 burst: 1000,
             },
@@ -93,7 +93,7 @@ pub struct Receiver {
     /// This receiver's instance id (its lease in the run store, the owner of the runs it runs).
     pub instance_id: String,
     /// The safety-net launch limiter (`config.launch_limit`).
-    pub limiter: std::sync::Mutex<nexus_core::limiter::TokenBucket>,
+    pub limiter: std::sync::Mutex<nexus_model::limiter::TokenBucket>,
 }
 
 impl Receiver {
@@ -120,7 +120,7 @@ impl Receiver {
         executor: Arc<dyn Executor>,
         signer: Signer,
     ) -> Arc<Self> {
-        let limiter = nexus_core::limiter::TokenBucket::new(
+        let limiter = nexus_model::limiter::TokenBucket::new(
             config.launch_limit.rate,
             f64::from(config.launch_limit.burst),
             tokio::time::Instant::now(),
@@ -172,14 +172,8 @@ impl Receiver {
             result_upload_url: &upload,
             scheduler_url: self.config.scheduler_url.trim_end_matches('/'),
         };
-        let spec = match self.executor.job_options() {
-            // A Kubernetes executor: the run is a rendered Job.
-            Some(opts) => nexus_core::kube_job::render_job(run, &d.workgroup, &ctx, None, opts)
-                .map(|job| nexus_core::render::job_launch_spec(run, job))
-                .map_err(|e| e.to_string()),
-            None => launch_spec(run, &d.workgroup, &ctx),
-        };
-        let spec = match spec {
+        // The executor renders the launch its own way (a process, a Kubernetes Job).
+        let spec = match launch_spec(run, &d.workgroup, &ctx) {
             Ok(s) => s,
             Err(msg) => return Err(ShardError::new(ErrorKind::InvalidInput, msg)),
         };
@@ -199,10 +193,10 @@ impl Receiver {
     /// so the scheduler dispatches the run again.
     async fn record_launch(
         &self,
-        run: &nexus_core::run::Run,
+        run: &nexus_model::run::Run,
         relaunch: bool,
     ) -> Result<(), ShardError> {
-        use nexus_core::store::StoreError;
+        use nexus_store::StoreError;
         let patch = RunPatch {
             owner: Some(Some(self.instance_id.clone())),
             // A launch again after a lost receiver is one more attempt (the supervisor caps them).
@@ -249,8 +243,8 @@ impl Receiver {
         id: RunId,
         target: Stage,
         patch: RunPatch,
-    ) -> Result<(), nexus_core::store::StoreError> {
-        use nexus_core::store::StoreError;
+    ) -> Result<(), nexus_store::StoreError> {
+        use nexus_store::StoreError;
         let run = match self.store.get(id).await? {
             Some(r) => r,
             None => return Err(StoreError::NotFound(id)),
@@ -268,7 +262,7 @@ impl Receiver {
             if from == Stage::Buffered || from == Stage::New {
                 // The start was not recorded yet (the executor's start event is still on its
                 // way): record it now, so a finished run always shows an attempt and a start.
-                let started = RunPatch::started_late(&run, nexus_core::run::now_millis());
+                let started = RunPatch::started_late(&run, nexus_model::run::now_millis());
                 match self
                     .store
                     .transition(id, from, Stage::Running, started)
@@ -312,9 +306,9 @@ impl Shard for LocalShard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nexus_core::executor::RecordingExecutor;
-    use nexus_core::payload::InMemoryPayloadStore;
-    use nexus_core::store::{InMemoryRunStore, RunStore, test_suite::sample_run};
+    use nexus_executor::RecordingExecutor;
+    use nexus_payload::InMemoryPayloadStore;
+    use nexus_store::{InMemoryRunStore, RunStore, test_suite::sample_run};
 
     #[tokio::test]
     async fn local_shard_conforms_and_launches_with_token_and_urls() {
@@ -332,7 +326,7 @@ mod tests {
         let mut run = sample_run("alg");
         run.applied_configuration.args = vec!["--sas-uri=%s".into(), "--request-id=%s".into()];
         store.insert(run.clone()).await.unwrap();
-        nexus_core::shard::test_suite::run_all(&LocalShard(r), run.clone()).await;
+        nexus_link::shard::test_suite::run_all(&LocalShard(r), run.clone()).await;
         let launches = exec.launches();
         assert!(!launches.is_empty());
         let l = &launches[0];

@@ -5,19 +5,19 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nexus_core::error::ErrorKind;
-use nexus_core::executor::{ExecutorEvent, RecordingExecutor};
-use nexus_core::grpc::{GrpcLinkConfig, GrpcShard, GrpcShardOptions, LinkAuth, LinkCredentials};
-use nexus_core::http::Readiness;
-use nexus_core::payload::InMemoryPayloadStore;
-use nexus_core::run::{Run, Stage};
-use nexus_core::shard::{Dispatch, Shard};
-use nexus_core::sign::Signer;
-use nexus_core::spec::WorkgroupSpec;
-use nexus_core::store::{InMemoryRunStore, RunStore, test_suite::sample_run};
+use nexus_executor::{ExecutorEvent, RecordingExecutor};
+use nexus_http::Readiness;
+use nexus_link::grpc::{GrpcLinkConfig, GrpcShard, GrpcShardOptions, LinkAuth, LinkCredentials};
+use nexus_link::shard::{Dispatch, Shard};
+use nexus_model::error::ErrorKind;
+use nexus_model::run::{Run, Stage};
+use nexus_model::sign::Signer;
+use nexus_model::spec::WorkgroupSpec;
+use nexus_payload::InMemoryPayloadStore;
 use nexus_proto::grpc::CompleteRequest;
 use nexus_proto::grpc::completion_service_client::CompletionServiceClient;
 use nexus_receiver::{Receiver, ReceiverConfig};
+use nexus_store::{InMemoryRunStore, RunStore, test_suite::sample_run};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
@@ -113,7 +113,7 @@ async fn grpc_shard_conforms_to_the_shard_contract() {
     let h = start(secret(), ReceiverConfig::default(), "http").await;
     let shard = client(std::slice::from_ref(&h.url), &secret());
     let run = new_run(&h).await;
-    nexus_core::shard::test_suite::run_all(&shard, run.clone()).await;
+    nexus_link::shard::test_suite::run_all(&shard, run.clone()).await;
     let launches = h.exec.launches();
     assert!(!launches.is_empty(), "the run was launched");
     let caps = shard.capacity().await;
@@ -280,7 +280,7 @@ async fn a_dead_endpoint_is_skipped_and_all_dead_is_unavailable() {
     assert_eq!(h.exec.launches().len(), 6);
     // A cancel reaches every live receiver and succeeds.
     shard
-        .cancel(nexus_core::run::RunId::new(), Default::default())
+        .cancel(nexus_model::run::RunId::new(), Default::default())
         .await
         .unwrap();
 

@@ -14,17 +14,17 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use nexus_core::http::ApiError;
-use nexus_core::kube_job::{JobOptions, render_job};
-use nexus_core::payload::Keys;
-use nexus_core::render::LaunchContext;
-use nexus_core::run::{
+use nexus_executor::contract::LaunchContext;
+use nexus_http::ApiError;
+use nexus_kube::job::{JobOptions, render_job};
+use nexus_model::run::{
     CancellationPolicy, PayloadLocation, Run, RunId, RunPatch, Stage, now_millis,
 };
-use nexus_core::sign::now_secs;
-use nexus_core::spec::{SpecOverride, parse_duration};
-use nexus_core::store::{Inserted, StoreError};
+use nexus_model::sign::now_secs;
+use nexus_model::spec::{SpecOverride, parse_duration};
+use nexus_payload::Keys;
 use nexus_proto::v1;
+use nexus_store::{Inserted, StoreError};
 use serde::Deserialize;
 use sha2::Digest;
 
@@ -201,7 +201,7 @@ async fn create_run(
         .await?
     {
         spool::Incoming::Memory(body) => {
-            if let Err(depth) = nexus_core::request_split::check_depth(&body, max_depth) {
+            if let Err(depth) = crate::request_split::check_depth(&body, max_depth) {
                 metrics::rejected("invalid_body");
                 return Err(too_deep(depth));
             }
@@ -303,7 +303,7 @@ async fn create_run(
         return Err(e);
     }
     let id = RunId::new();
-    let unavailable = |e: nexus_core::payload::PayloadError| {
+    let unavailable = |e: nexus_payload::PayloadError| {
         ApiError::from_kind(
             e.kind,
             format!("payload store unavailable, try again: {}", e.message),
@@ -495,7 +495,7 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
 /// Upper bounds on what a template or a run's `customConfiguration` may ask for.
 fn check_run_bounds(
     c: &crate::SchedulerConfig,
-    spec: &nexus_core::spec::AlgorithmSpec,
+    spec: &nexus_model::spec::AlgorithmSpec,
 ) -> ApiResult<()> {
     let retries = spec.maximum_retries();
     if retries > c.max_retries {
@@ -728,7 +728,7 @@ fn strip_nulls(v: &mut serde_json::Value) {
 /// `payload_size`, `started_at`, `finished_at`, `logs_uri` (signed URL of the captured output,
 /// when there is some).
 pub async fn checkpointed_request(s: &Scheduler, run: &Run) -> serde_json::Value {
-    use nexus_core::run::format_millis;
+    use nexus_model::run::format_millis;
     use serde_json::{Value, json};
     let mut o = serde_json::Map::new();
     let mut put = |k: &str, v: Value| {

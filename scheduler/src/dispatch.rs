@@ -7,7 +7,7 @@
 //!
 //! For each run it re-reads the record (a run cancelled while queued is skipped, and its token
 //! given back), mints the payload URL (at dispatch, so a long wait never hands out an expired
-//! URL) and calls [`nexus_core::shard::Shard::submit`]. Outcomes:
+//! URL) and calls [`nexus_link::shard::Shard::submit`]. Outcomes:
 //! * retryable failure: back to the lane's delayed part after exponential back-off with jitter;
 //!   after `dispatch_max_attempts`, or on a final error, SCHEDULING_FAILED with the last error as
 //!   its cause. Nothing is dropped silently.
@@ -26,9 +26,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use nexus_core::error::ErrorKind;
-use nexus_core::run::{RunPatch, Stage, now_millis};
-use nexus_core::shard::Dispatch;
+use nexus_link::shard::Dispatch;
+use nexus_model::error::ErrorKind;
+use nexus_model::run::{RunPatch, Stage, now_millis};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -286,7 +286,7 @@ async fn dispatch_one(
     let limit = s.config.dispatch_timeout;
     let result = match tokio::time::timeout(limit, shard.submit(d)).await {
         Ok(r) => r,
-        Err(_) => Err(nexus_core::shard::ShardError::new(
+        Err(_) => Err(nexus_link::shard::ShardError::new(
             ErrorKind::Timeout,
             format!(
                 "shard '{}' did not answer within {}",
@@ -344,7 +344,7 @@ async fn dispatch_one(
 }
 
 /// Releases a popped run's hold on its lane when its dispatch ends.
-struct Held(Arc<Lane>, nexus_core::run::RunId);
+struct Held(Arc<Lane>, nexus_model::run::RunId);
 
 impl Drop for Held {
     fn drop(&mut self) {
@@ -354,7 +354,7 @@ impl Drop for Held {
 
 /// Ends a run that cannot be dispatched: SCHEDULING_FAILED from BUFFERED, FAILED for a relaunch
 /// of a RUNNING run (an attempt of it did run).
-async fn fail(s: &Scheduler, id: nexus_core::run::RunId, from: Stage, cause: &str, details: &str) {
+async fn fail(s: &Scheduler, id: nexus_model::run::RunId, from: Stage, cause: &str, details: &str) {
     s.relaunch_done(id);
     tracing::warn!(run_id = %id, "{cause}: {details}");
     let to = if from == Stage::Running {
@@ -375,20 +375,20 @@ async fn fail(s: &Scheduler, id: nexus_core::run::RunId, from: Stage, cause: &st
 mod tests {
     use std::time::Duration;
 
-    use nexus_core::catalog::{Catalog, Snapshot};
-    use nexus_core::error::ErrorKind;
-    use nexus_core::payload::InMemoryPayloadStore;
-    use nexus_core::run::Stage;
-    use nexus_core::shard::RecordingShard;
-    use nexus_core::sign::Signer;
-    use nexus_core::spec::Workgroup;
-    use nexus_core::store::{InMemoryRunStore, RunStore, test_suite::sample_run};
+    use nexus_link::shard::RecordingShard;
+    use nexus_model::catalog::{Catalog, Snapshot};
+    use nexus_model::error::ErrorKind;
+    use nexus_model::run::Stage;
+    use nexus_model::sign::Signer;
+    use nexus_model::spec::Workgroup;
+    use nexus_payload::InMemoryPayloadStore;
+    use nexus_store::{InMemoryRunStore, RunStore, test_suite::sample_run};
     use tokio_util::sync::CancellationToken;
 
     use crate::{Deps, Queued, Scheduler, SchedulerConfig, ShardMap};
 
     fn scheduler(
-        shard: std::sync::Arc<dyn nexus_core::shard::Shard>,
+        shard: std::sync::Arc<dyn nexus_link::shard::Shard>,
         store: std::sync::Arc<InMemoryRunStore>,
     ) -> std::sync::Arc<Scheduler> {
         let mut snap = Snapshot::default();
@@ -414,16 +414,16 @@ mod tests {
                 },
                 signer: Signer::random(),
                 instance_id: "me".into(),
-                readiness: nexus_core::http::Readiness::default(),
+                readiness: nexus_http::Readiness::default(),
             },
         )
     }
 
     async fn wait_for(
         store: &InMemoryRunStore,
-        id: nexus_core::run::RunId,
+        id: nexus_model::run::RunId,
         want: impl Fn(Stage) -> bool,
-    ) -> nexus_core::run::Run {
+    ) -> nexus_model::run::Run {
         for _ in 0..500 {
             let r = store.get(id).await.unwrap().unwrap();
             if want(r.stage) {
@@ -434,7 +434,7 @@ mod tests {
         panic!("run {id} never reached the expected stage");
     }
 
-    fn queued_run(alg: &str) -> nexus_core::run::Run {
+    fn queued_run(alg: &str) -> nexus_model::run::Run {
         let mut r = sample_run(alg);
         r.workgroup = "wg".into();
         r.shard = "local".into();
@@ -455,7 +455,7 @@ mod tests {
     }
 
     /// Stores `run` BUFFERED and puts it in the queue, as admission does.
-    async fn enqueue(store: &InMemoryRunStore, s: &Scheduler, run: &nexus_core::run::Run) {
+    async fn enqueue(store: &InMemoryRunStore, s: &Scheduler, run: &nexus_model::run::Run) {
         if store.get(run.id).await.unwrap().is_none() {
             store.insert(run.clone()).await.unwrap();
         }
@@ -469,7 +469,7 @@ mod tests {
     #[tokio::test]
     async fn stranded_runs_are_queued_again_and_held_ones_are_left_alone() {
         let (_shard, store, s) = fixture();
-        let old = nexus_core::run::now_millis() - 60_000;
+        let old = nexus_model::run::now_millis() - 60_000;
         // Stored BUFFERED and owned by this scheduler, but in no queue: stranded.
         let mut stranded = queued_run("a");
         stranded.owner = Some("me".into());
@@ -673,19 +673,19 @@ mod tests {
     }
 
     #[async_trait::async_trait]
-    impl nexus_core::shard::Shard for HungShard {
+    impl nexus_link::shard::Shard for HungShard {
         async fn submit(
             &self,
-            _d: nexus_core::shard::Dispatch,
-        ) -> Result<(), nexus_core::shard::ShardError> {
+            _d: nexus_link::shard::Dispatch,
+        ) -> Result<(), nexus_link::shard::ShardError> {
             self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             std::future::pending().await
         }
         async fn cancel(
             &self,
-            _id: nexus_core::run::RunId,
-            _p: nexus_core::run::CancellationPolicy,
-        ) -> Result<(), nexus_core::shard::ShardError> {
+            _id: nexus_model::run::RunId,
+            _p: nexus_model::run::CancellationPolicy,
+        ) -> Result<(), nexus_link::shard::ShardError> {
             Ok(())
         }
     }

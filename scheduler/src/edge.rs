@@ -17,7 +17,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Response, StatusCode};
 use axum::response::IntoResponse;
-use nexus_core::http::ApiError;
+use nexus_http::ApiError;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tower_governor::GovernorError;

@@ -13,9 +13,9 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use futures::Stream;
-use nexus_core::http::ApiError;
-use nexus_core::run::{CancellationPolicy, Run, RunId};
-use nexus_core::sign::now_secs;
+use nexus_http::ApiError;
+use nexus_model::run::{CancellationPolicy, Run, RunId};
+use nexus_model::sign::now_secs;
 use nexus_proto::grpc::run_service_server::{RunService, RunServiceServer};
 use nexus_proto::grpc::{
     CancelRunRequest, CancelRunResponse, CreateRunRequest, GetRunRequest, ListRunsRequest,
@@ -347,7 +347,7 @@ impl RunService for Runs {
 /// Only requests with `content-type: application/grpc*` reach gRPC. The router's fallback (the
 /// app's, once merged) answers such a request for an unknown service `UNIMPLEMENTED`, as a gRPC
 /// server does, and any other request for an unknown path `404 text/plain`
-/// ([`nexus_core::http::not_found`]); a plain HTTP request to the RunService path is 404 too.
+/// ([`nexus_http::not_found`]); a plain HTTP request to the RunService path is 404 too.
 pub fn routes(s: std::sync::Arc<Scheduler>) -> Router {
     let mut routes = tonic::service::Routes::new(Runs::new(s).server());
     let router = std::mem::take(routes.axum_router_mut());
@@ -372,7 +372,7 @@ async fn grpc_only(
     if is_grpc(&req) {
         next.run(req).await
     } else {
-        axum::response::IntoResponse::into_response(nexus_core::http::not_found().await)
+        axum::response::IntoResponse::into_response(nexus_http::not_found().await)
     }
 }
 
@@ -384,6 +384,6 @@ async fn fallback(req: axum::extract::Request) -> axum::response::Response {
             .into_parts();
         axum::response::Response::from_parts(parts, axum::body::Body::empty())
     } else {
-        axum::response::IntoResponse::into_response(nexus_core::http::not_found().await)
+        axum::response::IntoResponse::into_response(nexus_http::not_found().await)
     }
 }

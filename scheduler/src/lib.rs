@@ -7,13 +7,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nexus_core::catalog::Catalog;
-use nexus_core::http::Readiness;
-use nexus_core::payload::PayloadStore;
-use nexus_core::run::{Run, Stage, now_millis};
-use nexus_core::shard::Shard;
-use nexus_core::sign::Signer;
-use nexus_core::store::RunStore;
+use nexus_http::Readiness;
+use nexus_link::shard::Shard;
+use nexus_model::catalog::Catalog;
+use nexus_model::run::{Run, Stage, now_millis};
+use nexus_model::sign::Signer;
+use nexus_payload::PayloadStore;
+use nexus_store::RunStore;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +24,7 @@ pub mod grpc;
 pub mod limiter;
 pub mod metrics;
 pub mod queue;
+pub(crate) mod request_split;
 mod spool;
 pub mod tree;
 
@@ -274,11 +275,11 @@ pub struct Scheduler {
     pub readiness: Readiness,
     /// RUNNING runs queued to be launched again (their process was lost; see
     /// [`Scheduler::enqueue_recovered`]).
-    relaunches: std::sync::Mutex<std::collections::HashSet<nexus_core::run::RunId>>,
+    relaunches: std::sync::Mutex<std::collections::HashSet<nexus_model::run::RunId>>,
     /// BUFFERED runs handed to their shard, which has not recorded their start yet (a local
     /// executor waiting for a workgroup slot): they are the shard's now, not stranded. Pruned by
     /// the stranded-run pass (started runs, and entries older than [`HANDED_OVER_FOR`]).
-    handed_over: std::sync::Mutex<HashMap<nexus_core::run::RunId, std::time::Instant>>,
+    handed_over: std::sync::Mutex<HashMap<nexus_model::run::RunId, std::time::Instant>>,
     /// When this scheduler last handed a run to a shard (see [`Scheduler::payload_linger`]).
     last_handover: std::sync::Mutex<Option<std::time::Instant>>,
 }
@@ -314,7 +315,7 @@ impl Scheduler {
 
     fn relaunches_mut(
         &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashSet<nexus_core::run::RunId>> {
+    ) -> std::sync::MutexGuard<'_, std::collections::HashSet<nexus_model::run::RunId>> {
         // Each critical section is one set operation: consistent after a panic elsewhere.
         self.relaunches
             .lock()
@@ -322,12 +323,12 @@ impl Scheduler {
     }
 
     /// True when a RUNNING run was queued to be launched again.
-    pub(crate) fn is_relaunch(&self, id: nexus_core::run::RunId) -> bool {
+    pub(crate) fn is_relaunch(&self, id: nexus_model::run::RunId) -> bool {
         self.relaunches_mut().contains(&id)
     }
 
     /// Notes that a run was handed to its shard (see `handed_over`).
-    pub(crate) fn handed_over(&self, id: nexus_core::run::RunId) {
+    pub(crate) fn handed_over(&self, id: nexus_model::run::RunId) {
         self.handed_over
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -353,7 +354,7 @@ impl Scheduler {
     }
 
     /// Forgets a relaunch (dispatched, failed or no longer needed).
-    pub(crate) fn relaunch_done(&self, id: nexus_core::run::RunId) {
+    pub(crate) fn relaunch_done(&self, id: nexus_model::run::RunId) {
         self.relaunches_mut().remove(&id);
     }
 
@@ -361,7 +362,7 @@ impl Scheduler {
     /// `/data/v1/payloads/{alg}/{id}`, valid for the run's `payload_valid_for` from now.
     #[must_use]
     pub fn payload_url(&self, run: &Run) -> String {
-        nexus_core::sign::payload_url(&self.config.public_url, &self.signer, run)
+        nexus_model::sign::payload_url(&self.config.public_url, &self.signer, run)
     }
 
     /// Enqueues a recovered run ahead of the queue (used by the supervisor's orphan recovery).
@@ -493,7 +494,7 @@ async fn requeue_stranded(s: Arc<Scheduler>, shutdown: CancellationToken) {
 ///
 /// # Errors
 /// Store failures.
-pub async fn requeue_stranded_once(s: &Scheduler) -> Result<usize, nexus_core::store::StoreError> {
+pub async fn requeue_stranded_once(s: &Scheduler) -> Result<usize, nexus_store::StoreError> {
     let runs = s
         .store
         .by_owner_stage(&s.instance_id, Stage::Buffered, STRANDED_PAGE)
@@ -541,7 +542,7 @@ const FIRST_RECOUNT: Duration = Duration::from_millis(500);
 ///
 /// # Errors
 /// Store failures.
-pub async fn requeue_own(s: &Scheduler) -> Result<usize, nexus_core::store::StoreError> {
+pub async fn requeue_own(s: &Scheduler) -> Result<usize, nexus_store::StoreError> {
     let runs = s
         .store
         .by_owner_stage(&s.instance_id, Stage::Buffered, usize::MAX)

@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-pub use nexus_core::limiter::{BudgetConfig, TokenBucket};
+pub use nexus_model::limiter::{BudgetConfig, TokenBucket};
 use tokio::time::Instant;
 
 /// Slow-down answers closer together than this halve the rate once.

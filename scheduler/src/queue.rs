@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use nexus_core::run::RunId;
+use nexus_model::run::RunId;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 

@@ -3,7 +3,7 @@
 //! A request whose declared length is at most [`IN_MEMORY_MAX`] is read into memory and parsed
 //! as before (the fast path of every ordinary submission). A bigger one, or one without a
 //! length, is streamed to an unlinked temporary file (the limit `max_request_bytes` enforced as
-//! it arrives), then [`nexus_core::request_split::split`] finds the `algorithmParameters` value
+//! it arrives), then [`crate::request_split::split`] finds the `algorithmParameters` value
 //! in it: the rest of the request (small, bounded) is parsed with `serde_json`, and the payload
 //! is validated as JSON and hashed in one streaming pass. A payload above the inline limit is
 //! then streamed from the file to the payload store ([`PayloadStore::put_reader`]): memory stays
@@ -12,16 +12,16 @@
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 
+use crate::request_split::{Span, split};
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode, header};
 use futures::StreamExt as _;
-use nexus_core::request_split::{Span, split};
 use sha2::Digest as _;
 use tokio::io::AsyncWriteExt as _;
 
 use crate::api::hex;
 use crate::metrics;
-use nexus_core::http::ApiError;
+use nexus_http::ApiError;
 
 /// Requests declared at most this long are read into memory (1 MiB).
 pub const IN_MEMORY_MAX: u64 = 1024 * 1024;
@@ -210,16 +210,16 @@ pub fn split_spooled(mut file: File, max_depth: usize) -> Result<SpooledRequest,
         max_depth,
     )
     .map_err(|e| match e {
-        nexus_core::request_split::SplitError::TooDeep(n) => {
+        crate::request_split::SplitError::TooDeep(n) => {
             metrics::rejected("invalid_body");
             crate::api::too_deep(n)
         }
-        nexus_core::request_split::SplitError::Io(e) => internal("cannot read the spool file", e),
-        nexus_core::request_split::SplitError::RestTooLarge(n) => ApiError::new(
+        crate::request_split::SplitError::Io(e) => internal("cannot read the spool file", e),
+        crate::request_split::SplitError::RestTooLarge(n) => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("the request outside algorithmParameters is over {n} bytes"),
         ),
-        other @ nexus_core::request_split::SplitError::Malformed(_) => {
+        other @ crate::request_split::SplitError::Malformed(_) => {
             ApiError::bad_request(format!("Algorithm payload is invalid: {other}"))
         }
     })?;

@@ -1,9 +1,9 @@
 //! Execution trees on the scheduler: cancelling a run cancels every descendant, wherever it runs
-//! (the walk itself is [`nexus_core::tree::cancel_descendants`]).
+//! (the walk itself is [`nexus_link::tree::cancel_descendants`]).
 
-use nexus_core::run::{CancellationPolicy, Run};
-use nexus_core::store::StoreError;
-pub use nexus_core::tree::Cascade;
+pub use nexus_link::tree::Cascade;
+use nexus_model::run::{CancellationPolicy, Run};
+use nexus_store::StoreError;
 
 use crate::Scheduler;
 
@@ -25,7 +25,7 @@ pub async fn cancel_descendants(
         "ancestor {}/{} was cancelled by '{initiator}', reason: '{reason}'",
         ancestor.algorithm, ancestor.id
     );
-    let r = nexus_core::tree::cancel_descendants(
+    let r = nexus_link::tree::cancel_descendants(
         s.store.as_ref(),
         &route,
         ancestor,

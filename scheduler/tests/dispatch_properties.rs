@@ -11,15 +11,15 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use nexus_core::catalog::{Catalog, Snapshot};
-use nexus_core::error::ErrorKind;
-use nexus_core::payload::InMemoryPayloadStore;
-use nexus_core::run::{CancellationPolicy, Run, RunId, RunPatch, Stage, now_millis};
-use nexus_core::shard::{Dispatch, Shard, ShardError};
-use nexus_core::sign::Signer;
-use nexus_core::spec::Workgroup;
-use nexus_core::store::{InMemoryRunStore, RunStore, test_suite::sample_run};
+use nexus_link::shard::{Dispatch, Shard, ShardError};
+use nexus_model::catalog::{Catalog, Snapshot};
+use nexus_model::error::ErrorKind;
+use nexus_model::run::{CancellationPolicy, Run, RunId, RunPatch, Stage, now_millis};
+use nexus_model::sign::Signer;
+use nexus_model::spec::Workgroup;
+use nexus_payload::InMemoryPayloadStore;
 use nexus_scheduler::{BudgetConfig, Deps, Queued, Scheduler, SchedulerConfig, ShardMap};
+use nexus_store::{InMemoryRunStore, RunStore, test_suite::sample_run};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use tokio::time::Instant;
@@ -230,7 +230,7 @@ fn scheduler(
             shards,
             signer: Signer::random(),
             instance_id: INSTANCE.into(),
-            readiness: nexus_core::http::Readiness::default(),
+            readiness: nexus_http::Readiness::default(),
         },
     )
 }

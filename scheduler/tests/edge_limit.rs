@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use nexus_core::http::{Readiness, health_routes, negotiate_errors};
+use nexus_http::{Readiness, health_routes, negotiate_errors};
 use nexus_scheduler::edge::{EdgeLimitConfig, EdgeLimitKey, apply};
 use tokio_util::sync::CancellationToken;
 

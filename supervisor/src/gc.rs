@@ -15,9 +15,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use nexus_core::payload::{Keys, PayloadStore};
-use nexus_core::run::{PayloadLocation, Run, now_millis};
-use nexus_core::store::{RunStore, StoreError};
+use nexus_model::run::{PayloadLocation, Run, now_millis};
+use nexus_payload::{Keys, PayloadStore};
+use nexus_store::{RunStore, StoreError};
 use tokio_util::sync::CancellationToken;
 
 /// What one pass did.
@@ -107,10 +107,10 @@ impl Collector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nexus_core::payload::InMemoryPayloadStore;
-    use nexus_core::run::{RunPatch, Stage};
-    use nexus_core::store::InMemoryRunStore;
-    use nexus_core::store::test_suite::sample_run;
+    use nexus_model::run::{RunPatch, Stage};
+    use nexus_payload::InMemoryPayloadStore;
+    use nexus_store::InMemoryRunStore;
+    use nexus_store::test_suite::sample_run;
 
     async fn finished(store: &InMemoryRunStore, payloads: &InMemoryPayloadStore) -> Run {
         let mut r = sample_run("alg");

@@ -12,9 +12,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nexus_core::executor::{Executor, ExecutorEvent, Outcome};
-use nexus_core::run::{CancellationPolicy, Run, RunPatch, Stage, now_millis};
-use nexus_core::store::{RunStore, StoreError};
+use nexus_executor::{Executor, ExecutorEvent, Outcome};
+use nexus_model::run::{CancellationPolicy, Run, RunPatch, Stage, now_millis};
+use nexus_store::{RunStore, StoreError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
@@ -66,7 +66,7 @@ pub struct SupervisorConfig {
     pub gc_interval: Duration,
     /// What a run that ends FAILED, SCHEDULING_FAILED or DEADLINE_EXCEEDED does to its running
     /// descendants: `cancel` (default) or `keep`. A cancelled run always cancels them.
-    pub on_parent_failure: nexus_core::tree::OnParentFailure,
+    pub on_parent_failure: nexus_link::tree::OnParentFailure,
 }
 
 impl Default for SupervisorConfig {
@@ -76,7 +76,7 @@ impl Default for SupervisorConfig {
             exclusive_store: false,
             retention: Duration::from_secs(7 * 24 * 3600),
             gc_interval: Duration::from_secs(600),
-            on_parent_failure: nexus_core::tree::OnParentFailure::Cancel,
+            on_parent_failure: nexus_link::tree::OnParentFailure::Cancel,
         }
     }
 }
@@ -437,7 +437,7 @@ pub async fn run(
     sup: Arc<Supervisor>,
     events: UnboundedReceiver<ExecutorEvent>,
     requeue: Arc<dyn Fn(&Run) + Send + Sync>,
-    readiness: nexus_core::http::Readiness,
+    readiness: nexus_http::Readiness,
     shutdown: CancellationToken,
 ) {
     let s2 = sup.clone();
@@ -496,15 +496,15 @@ pub async fn apply_events(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nexus_core::executor::ExitInfo;
+    use nexus_executor::ExitInfo;
 
     fn run() -> Run {
-        nexus_core::store::test_suite::sample_run("alg")
+        nexus_store::test_suite::sample_run("alg")
     }
 
     #[tokio::test]
     async fn lost_attempts_are_relaunched_while_retries_remain() {
-        use nexus_core::store::InMemoryRunStore;
+        use nexus_store::InMemoryRunStore;
         let store = Arc::new(InMemoryRunStore::default());
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
         let sup = Supervisor {
@@ -513,7 +513,7 @@ mod tests {
                 ..SupervisorConfig::default()
             },
             store: store.clone(),
-            executor: Arc::new(nexus_core::executor::RecordingExecutor::new(tx)),
+            executor: Arc::new(nexus_executor::RecordingExecutor::new(tx)),
             instance_id: "me".into(),
         };
         let running = |retries: u32, attempts: u32| {
@@ -522,7 +522,7 @@ mod tests {
             r.owner = Some("killed".into());
             r.attempts = attempts;
             r.applied_configuration.runtime_environment =
-                Some(nexus_core::spec::RuntimeEnvironment {
+                Some(nexus_model::spec::RuntimeEnvironment {
                     maximum_retries: Some(retries),
                     ..Default::default()
                 });
@@ -633,7 +633,7 @@ mod tests {
             ),
             (
                 Outcome::Diagnosed {
-                    kind: nexus_core::executor::FailureKind::ImagePull,
+                    kind: nexus_executor::FailureKind::ImagePull,
                     cause: "Container image could not be pulled".into(),
                     details: "ImagePullBackOff for 'x': not found".into(),
                 },
@@ -643,7 +643,7 @@ mod tests {
             ),
             (
                 Outcome::Diagnosed {
-                    kind: nexus_core::executor::FailureKind::Unschedulable,
+                    kind: nexus_executor::FailureKind::Unschedulable,
                     cause: "No node can run the algorithm".into(),
                     details: "Insufficient memory".into(),
                 },
@@ -653,7 +653,7 @@ mod tests {
             ),
             (
                 Outcome::Diagnosed {
-                    kind: nexus_core::executor::FailureKind::OutOfMemory,
+                    kind: nexus_executor::FailureKind::OutOfMemory,
                     cause: "Algorithm ran out of memory".into(),
                     details: "memory limit of 256Mi".into(),
                 },

@@ -16,20 +16,20 @@
 //! Every decision is a compare-and-set on the stored record; a store error skips the pass (it is
 //! never taken as "nothing to do" or "not found"). Several supervisors may run: they elect a
 //! leader through the run store ([`RunStore::lead`]) or a Kubernetes Lease
-//! ([`nexus_core::leader`]) and only the leader makes passes.
+//! ([`nexus_store::leader`]) and only the leader makes passes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use nexus_core::catalog::Catalog;
-use nexus_core::error::ErrorKind;
-use nexus_core::leader::Leadership;
-use nexus_core::run::{Millis, Run, RunPatch, Stage, now_millis};
-use nexus_core::shard::{Dispatch, Shard};
-use nexus_core::sign::Signer;
-use nexus_core::store::{RunStore, StoreError};
+use nexus_link::shard::{Dispatch, Shard};
+use nexus_model::catalog::Catalog;
+use nexus_model::error::ErrorKind;
+use nexus_model::run::{Millis, Run, RunPatch, Stage, now_millis};
+use nexus_model::sign::Signer;
+use nexus_store::leader::Leadership;
+use nexus_store::{RunStore, StoreError};
 use tokio_util::sync::CancellationToken;
 
 /// The leadership supervisors contend for: only its holder runs recovery passes.
@@ -104,7 +104,7 @@ pub struct Resubmitter {
     pub max_relaunches: u32,
     /// Longest wait for a shard to answer one submission.
     pub submit_timeout: Duration,
-    /// The leadership supervisors contend for: [`nexus_core::leader::StoreLeadership`] named [`LEADER`] in the run
+    /// The leadership supervisors contend for: [`nexus_store::leader::StoreLeadership`] named [`LEADER`] in the run
     /// store, or a Kubernetes Lease (`supervisor.leader_election`).
     pub leadership: Arc<dyn Leadership>,
 }
@@ -238,7 +238,7 @@ impl Resubmitter {
         };
         let id = run.id;
         let d = Dispatch {
-            payload_url: nexus_core::sign::payload_url(&self.payload_base, &self.signer, &run),
+            payload_url: nexus_model::sign::payload_url(&self.payload_base, &self.signer, &run),
             workgroup: wg.spec.clone(),
             run,
             relaunch,
@@ -424,12 +424,12 @@ impl Resubmitter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nexus_core::catalog::Snapshot;
-    use nexus_core::leader::StoreLeadership;
-    use nexus_core::shard::RecordingShard;
-    use nexus_core::spec::Workgroup;
-    use nexus_core::store::InMemoryRunStore;
-    use nexus_core::store::test_suite::sample_run;
+    use nexus_link::shard::RecordingShard;
+    use nexus_model::catalog::Snapshot;
+    use nexus_model::spec::Workgroup;
+    use nexus_store::InMemoryRunStore;
+    use nexus_store::leader::StoreLeadership;
+    use nexus_store::test_suite::sample_run;
 
     fn fixture() -> (Arc<InMemoryRunStore>, Arc<RecordingShard>, Resubmitter) {
         let store = Arc::new(InMemoryRunStore::default());

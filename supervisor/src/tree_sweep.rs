@@ -12,10 +12,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nexus_core::run::{CancellationPolicy, Stage};
-use nexus_core::shard::Shard;
-use nexus_core::store::{RunStore, StoreError};
-use nexus_core::tree::{OnParentFailure, cancel_descendants, cascade_reason};
+use nexus_link::shard::Shard;
+use nexus_link::tree::{OnParentFailure, cancel_descendants, cascade_reason};
+use nexus_model::run::{CancellationPolicy, Stage};
+use nexus_store::{RunStore, StoreError};
 use tokio_util::sync::CancellationToken;
 
 /// Routes a shard name to its shard.
@@ -47,7 +47,7 @@ impl TreeSweep {
     /// # Errors
     /// Store failures.
     pub async fn pass(&self) -> Result<usize, StoreError> {
-        let mut seen: HashSet<nexus_core::run::RunId> = HashSet::new();
+        let mut seen: HashSet<nexus_model::run::RunId> = HashSet::new();
         let mut cancelled = 0;
         for stage in [Stage::Buffered, Stage::Running] {
             for owner in self.store.owners_in_stage(stage).await? {
@@ -95,12 +95,12 @@ impl TreeSweep {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nexus_core::run::{RunPatch, RunRef};
-    use nexus_core::shard::RecordingShard;
-    use nexus_core::store::InMemoryRunStore;
-    use nexus_core::store::test_suite::sample_run;
+    use nexus_link::shard::RecordingShard;
+    use nexus_model::run::{RunPatch, RunRef};
+    use nexus_store::InMemoryRunStore;
+    use nexus_store::test_suite::sample_run;
 
-    async fn tree(store: &InMemoryRunStore) -> (nexus_core::run::Run, Vec<nexus_core::run::Run>) {
+    async fn tree(store: &InMemoryRunStore) -> (nexus_model::run::Run, Vec<nexus_model::run::Run>) {
         let mut parent = sample_run("alg");
         parent.owner = Some("s".into());
         store.insert(parent.clone()).await.unwrap();

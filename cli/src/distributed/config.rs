@@ -10,11 +10,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nexus_core::grpc::GrpcLinkConfig;
-use nexus_core::kube_classify::FailureConfig;
-use nexus_core::kube_client::KubeClientConfig;
-use nexus_core::kube_job::JobOptions;
-use nexus_core::server::ServerConfig;
+use nexus_http::server::ServerConfig;
+use nexus_kube::classify::FailureConfig;
+use nexus_kube::client::KubeClientConfig;
+use nexus_kube::job::JobOptions;
+use nexus_link::grpc::GrpcLinkConfig;
 use nexus_receiver::ReceiverConfig;
 use nexus_scheduler::SchedulerConfig;
 use nexus_scheduler::edge::EdgeLimitConfig;
@@ -238,7 +238,7 @@ pub struct ResubmitSection {
     pub gc_interval: Duration,
     /// What a run that ends FAILED, SCHEDULING_FAILED or DEADLINE_EXCEEDED does to its running
     /// descendants: `cancel` (default) or `keep`. A cancelled run always cancels them.
-    pub on_parent_failure: nexus_core::tree::OnParentFailure,
+    pub on_parent_failure: nexus_link::tree::OnParentFailure,
     /// How many children of one run the tree sweep reads when it cancels descendants: keep it at
     /// least the schedulers' `scheduler.max_children_per_run` (same default), or children beyond
     /// it are not cancelled by the sweep.
@@ -254,7 +254,7 @@ impl Default for ResubmitSection {
             max_relaunches: 3,
             submit_timeout: Duration::from_secs(30),
             gc_interval: Duration::from_secs(600),
-            on_parent_failure: nexus_core::tree::OnParentFailure::Cancel,
+            on_parent_failure: nexus_link::tree::OnParentFailure::Cancel,
             max_children_per_run: 10_000,
         }
     }
@@ -355,7 +355,7 @@ fn check_store(url: &str, e: &mut Vec<String>) {
                 .into(),
         );
     } else if s.starts_with("cassandra://") || s.starts_with("scylla://") {
-        if let Err(m) = nexus_core::store::cassandra::CassandraConfig::from_url(s) {
+        if let Err(m) = nexus_store::cassandra::CassandraConfig::from_url(s) {
             e.push(format!("store: {m}"));
         }
     } else {
@@ -368,7 +368,7 @@ fn check_store(url: &str, e: &mut Vec<String>) {
 fn check_payloads(url: &str, e: &mut Vec<String>) {
     let s = url.trim();
     if s.starts_with("s3://") || s.starts_with("s3a://") {
-        if let Err(m) = nexus_core::payload::S3Config::from_url(s) {
+        if let Err(m) = nexus_payload::S3Config::from_url(s) {
             e.push(format!("payloads: {m}"));
         }
     } else {
@@ -514,7 +514,7 @@ impl ReceiverProcess {
         );
         check_store(&self.store, &mut e);
         check_payloads(&self.payloads, &mut e);
-        if let Err(m) = nexus_core::spec::validate_dns1123_subdomain(&self.shard) {
+        if let Err(m) = nexus_model::spec::validate_dns1123_subdomain(&self.shard) {
             e.push(format!(
                 "shard: {m} (the shard is the spec.cluster of the workgroups it runs)"
             ));

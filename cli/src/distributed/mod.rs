@@ -15,21 +15,22 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::routing::get;
-use nexus_core::catalog::{Catalog, Snapshot, load_dir, watch_dir};
-use nexus_core::executor::kube::KubeExecutor;
-use nexus_core::executor::{Executor, ExecutorEvent, LocalProcessExecutor};
-use nexus_core::grpc::{GrpcLinkConfig, GrpcShard, GrpcShardOptions, LinkCredentials};
-use nexus_core::http::{Readiness, health_routes, negotiate_errors};
-use nexus_core::kube_client::{ApiBudget, KubeClientConfig};
-use nexus_core::leader::{KubeLease, StoreLeadership};
-use nexus_core::payload::{PayloadStore, S3PayloadStore};
-use nexus_core::run::now_millis;
-use nexus_core::shard::Shard;
-use nexus_core::sign::Signer;
-use nexus_core::store::cassandra::CassandraConfig;
-use nexus_core::store::{CassandraRunStore, RunStore};
+use nexus_executor::{Executor, ExecutorEvent, LocalProcessExecutor};
+use nexus_http::{Readiness, health_routes, negotiate_errors};
+use nexus_kube::client::{ApiBudget, KubeClientConfig};
+use nexus_kube::executor::KubeExecutor;
+use nexus_kube::leader::KubeLease;
+use nexus_link::grpc::{GrpcLinkConfig, GrpcShard, GrpcShardOptions, LinkCredentials};
+use nexus_link::shard::Shard;
+use nexus_model::catalog::{Catalog, Snapshot, load_dir, watch_dir};
+use nexus_model::run::now_millis;
+use nexus_model::sign::Signer;
+use nexus_payload::{PayloadStore, S3PayloadStore};
 use nexus_receiver::Receiver;
 use nexus_scheduler::{Deps, Scheduler, ShardMap};
+use nexus_store::cassandra::CassandraConfig;
+use nexus_store::leader::StoreLeadership;
+use nexus_store::{CassandraRunStore, RunStore};
 use nexus_supervisor::Supervisor;
 use nexus_supervisor::resubmit::{LEADER, Resubmitter};
 
@@ -79,7 +80,7 @@ pub async fn open_store(url: &str) -> anyhow::Result<Arc<dyn RunStore>> {
 /// # Errors
 /// Bad URL, unreachable endpoint, missing bucket, credentials.
 pub async fn open_payloads(url: &str) -> anyhow::Result<Arc<dyn PayloadStore>> {
-    let c = nexus_core::payload::S3Config::from_url(url.trim())
+    let c = nexus_payload::S3Config::from_url(url.trim())
         .map_err(|e| anyhow::anyhow!("payloads: {e}"))?;
     tracing::info!(bucket = %c.bucket, "payloads, results and logs in S3");
     Ok(Arc::new(
@@ -150,7 +151,7 @@ const CATALOG_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The client of the cluster `c` names, with its own API budget.
 async fn kube_client(c: &KubeClientConfig) -> anyhow::Result<kube::Client> {
-    nexus_core::kube_client::client(c, &ApiBudget::new(c.api_budget))
+    nexus_kube::client::client(c, &ApiBudget::new(c.api_budget))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
@@ -188,7 +189,7 @@ async fn start_catalog(
             let ns = client.default_namespace().to_owned();
             let catalog = Catalog::new(Snapshot::default());
             let synced = CancellationToken::new();
-            tasks.spawn(nexus_core::kube_catalog::watch_cluster(
+            tasks.spawn(nexus_kube::catalog::watch_cluster(
                 catalog.clone(),
                 client,
                 Some(ns.clone()),
@@ -456,7 +457,7 @@ pub async fn start_receiver_with(
         .payloads
         .clone()
         .context("the receiver needs a payload store")?;
-    nexus_core::private_fs::create_dir_all(&c.work_dir)
+    nexus_model::private_fs::create_dir_all(&c.work_dir)
         .with_context(|| format!("cannot create work_dir {}", c.work_dir.display()))?;
     let id = format!(
         "{}{}/{}",
@@ -494,7 +495,7 @@ pub async fn start_receiver_with(
     let app = Router::new()
         .merge(nexus_receiver::api::router(receiver.clone()))
         .merge(metrics_and_health(readiness.clone()))
-        .fallback(nexus_core::http::not_found)
+        .fallback(nexus_http::not_found)
         .layer(axum::middleware::from_fn(negotiate_errors));
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -639,7 +640,7 @@ pub async fn start_supervisor_with(
     });
     let readiness = Readiness::default();
     let app = metrics_and_health(readiness.clone())
-        .fallback(nexus_core::http::not_found)
+        .fallback(nexus_http::not_found)
         .layer(axum::middleware::from_fn(negotiate_errors));
     tasks.spawn(
         Arc::new(nexus_supervisor::gc::Collector {

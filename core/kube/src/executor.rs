@@ -1,0 +1,615 @@
+//! The Kubernetes executor: a run is a `batch/v1` Job in the shard cluster (rendered by
+//! [`crate::job::render_job`] from [`LaunchSpec::source`]). Kubernetes owns the retries
+//! (`backoffLimit`, the pod failure policy), the deadline (`activeDeadlineSeconds`) and the
+//! placement; this executor creates the Job, follows it through a watch of the Jobs it labels,
+//! reports the outcome from the Job's conditions, and deletes it with the requested propagation
+//! policy on cancel. Every request goes through the cluster's API budget (the client's tower
+//! layer, [`crate::client::ApiBudgetLayer`]).
+//!
+//! Launch is idempotent: a Job that already exists (a repeated submission, a launch again after a
+//! lost receiver) is adopted, not created twice.
+//!
+//! *Why* a run failed comes from status, not Events ([`crate::classify`]): a second watch
+//! follows the runs' pods; a pod stuck before its container runs (image pull, unschedulable,
+//! container configuration) past its grace ends the run SCHEDULING_FAILED and deletes its Job; a
+//! Job's `Failed` condition is refined by its pods' last termination (OOM-killed at the memory
+//! limit, the fatal exit code, the last exit code).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, PostParams, PropagationPolicy};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+
+use crate::classify::{FailureConfig, PodProblem, job_failure, pod_problem};
+use crate::job::{
+    COMPONENT_ALGORITHM_RUN, JobOptions, LABEL_COMPONENT, LABEL_REQUEST_ID, render_job,
+};
+use nexus_executor::{Executor, ExecutorError, ExecutorEvent, ExitInfo, LaunchSpec, Outcome};
+use nexus_model::error::ErrorKind;
+use nexus_model::run::{CancellationPolicy, RunId};
+
+/// What the executor remembers of a launched Job.
+#[derive(Debug, Clone)]
+struct Tracked {
+    /// `activeDeadlineSeconds`, for the outcome.
+    deadline: Duration,
+    /// The latest status of each of its pods (for the cause of a Job failure).
+    pods: HashMap<String, Pod>,
+    /// A problem its latest pod shows before running, and since when.
+    problem: Option<(PodProblem, tokio::time::Instant)>,
+    /// This executor is deleting the Job (a cancel): its deletion is expected.
+    cancelling: bool,
+}
+
+impl Tracked {
+    fn new(deadline: Duration) -> Self {
+        Self {
+            deadline,
+            pods: HashMap::new(),
+            problem: None,
+            cancelling: false,
+        }
+    }
+}
+
+/// Runs runs as Kubernetes Jobs.
+#[derive(Debug, Clone)]
+pub struct KubeExecutor {
+    jobs: Api<Job>,
+    pods: Api<Pod>,
+    opts: JobOptions,
+    failures: FailureConfig,
+    events: UnboundedSender<ExecutorEvent>,
+    active: Arc<Mutex<HashMap<RunId, Tracked>>>,
+}
+
+/// How often the executor looks for finished Jobs past their TTL.
+pub(crate) const JOB_GC_INTERVAL: Duration = Duration::from_secs(60);
+/// How long past `ttlSecondsAfterFinished` a finished Job is left to the TTL controller.
+pub(crate) const JOB_GC_SLACK: Duration = Duration::from_secs(60);
+
+/// When a Job finished: the transition time of its `Complete` or `Failed` condition.
+fn finished_at(job: &Job) -> Option<k8s_openapi::chrono::DateTime<k8s_openapi::chrono::Utc>> {
+    job.status
+        .as_ref()?
+        .conditions
+        .as_deref()?
+        .iter()
+        .find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+        .and_then(|c| c.last_transition_time.as_ref())
+        .map(|t| t.0)
+}
+
+/// Maps a Kubernetes API error to an executor error.
+fn kube_err(what: &str, e: &kube::Error) -> ExecutorError {
+    let kind = match e {
+        kube::Error::Api(s) => match s.code {
+            400 | 422 => ErrorKind::InvalidInput,
+            401 => ErrorKind::Unauthorized,
+            403 => ErrorKind::Forbidden,
+            404 => ErrorKind::NotFound,
+            409 => ErrorKind::Conflict,
+            429 => ErrorKind::ResourceExhausted,
+            504 => ErrorKind::Timeout,
+            500..=599 => ErrorKind::Unavailable,
+            _ => ErrorKind::Internal,
+        },
+        _ => ErrorKind::Unavailable,
+    };
+    ExecutorError::new(kind, format!("{what}: {e}"))
+}
+
+/// The outcome a finished Job's conditions say, or `None` while it runs.
+#[must_use]
+pub(crate) fn outcome_of(job: &Job, deadline: Duration) -> Option<Outcome> {
+    let status = job.status.as_ref()?;
+    let conditions = status.conditions.as_deref().unwrap_or_default();
+    let is = |t: &str| {
+        conditions
+            .iter()
+            .find(|c| c.type_ == t && c.status == "True")
+    };
+    if is("Complete").is_some() {
+        return Some(Outcome::Succeeded);
+    }
+    let failed = is("Failed")?;
+    let attempts = u32::try_from(status.failed.unwrap_or(0).max(1)).unwrap_or(1);
+    Some(match failed.reason.as_deref() {
+        Some("DeadlineExceeded") => Outcome::DeadlineExceeded { deadline },
+        Some("PodFailurePolicy") => Outcome::Failed {
+            exit: ExitInfo {
+                code: None,
+                signal: None,
+            },
+            attempts,
+            fatal: true,
+        },
+        _ => Outcome::Failed {
+            exit: ExitInfo {
+                code: None,
+                signal: None,
+            },
+            attempts,
+            fatal: false,
+        },
+    })
+}
+
+impl KubeExecutor {
+    /// An executor creating Jobs in `opts.namespace` through `client`, reporting on `events`,
+    /// giving runs up after the graces of `failures`. Starts the watches that follow its Jobs
+    /// and their pods until `shutdown`.
+    #[must_use]
+    pub fn new(
+        client: Client,
+        opts: JobOptions,
+        failures: FailureConfig,
+        events: UnboundedSender<ExecutorEvent>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let jobs: Api<Job> = Api::namespaced(client.clone(), &opts.namespace);
+        let pods: Api<Pod> = Api::namespaced(client, &opts.namespace);
+        let me = Self {
+            jobs,
+            pods,
+            opts,
+            failures,
+            events,
+            active: Arc::default(),
+        };
+        tokio::spawn(me.clone().follow(shutdown));
+        me
+    }
+
+    fn active(&self) -> std::sync::MutexGuard<'_, HashMap<RunId, Tracked>> {
+        self.active.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Watches the Jobs this executor labels and their pods, reports the runs that finished and
+    /// gives up the ones whose pods are stuck past their grace.
+    async fn follow(self, shutdown: CancellationToken) {
+        let selector = format!("{LABEL_COMPONENT}={COMPONENT_ALGORITHM_RUN}");
+        let mut jobs = watcher(
+            self.jobs.clone(),
+            watcher::Config::default().labels(&selector),
+        )
+        .default_backoff()
+        .boxed();
+        let mut pods = watcher(
+            self.pods.clone(),
+            watcher::Config::default().labels(&selector),
+        )
+        .default_backoff()
+        .applied_objects()
+        .boxed();
+        let shortest = [
+            self.failures.image_pull_grace,
+            self.failures.unschedulable_limit,
+            self.failures.config_error_grace,
+        ]
+        .into_iter()
+        .min()
+        .unwrap_or(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(
+            (shortest / 4).clamp(Duration::from_millis(100), Duration::from_secs(5)),
+        );
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut gc = tokio::time::interval(JOB_GC_INTERVAL);
+        gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = gc.tick() => {
+                    let me = self.clone();
+                    tokio::spawn(async move { me.collect_finished_jobs().await });
+                }
+                n = jobs.next() => match n {
+                    None => return,
+                    Some(Err(e)) => {
+                        metrics::counter!("nexus_kube_job_watch_errors_total").increment(1);
+                        tracing::warn!(error = %e, "job watch failed, retrying");
+                    }
+                    Some(Ok(watcher::Event::Apply(job) | watcher::Event::InitApply(job))) => {
+                        self.observe(&job);
+                    }
+                    Some(Ok(watcher::Event::Delete(job))) => self.vanished(&job),
+                    Some(Ok(watcher::Event::Init | watcher::Event::InitDone)) => {}
+                },
+                n = pods.next() => match n {
+                    None => return,
+                    Some(Err(e)) => {
+                        metrics::counter!("nexus_kube_job_watch_errors_total").increment(1);
+                        tracing::warn!(error = %e, "pod watch failed, retrying");
+                    }
+                    Some(Ok(pod)) => self.observe_pod(pod),
+                },
+                _ = tick.tick() => self.give_up_expired(),
+            }
+        }
+    }
+
+    /// Deletes this executor's Jobs that finished more than `ttlSecondsAfterFinished` +
+    /// [`JOB_GC_SLACK`] ago: a backstop for Jobs the TTL controller did not remove (a cluster
+    /// without it, a Job whose TTL was removed by hand, Jobs left by an orphaning cancel). Jobs
+    /// that have not finished are never touched. Returns how many were deleted.
+    pub async fn collect_finished_jobs(&self) -> usize {
+        let lp = kube::api::ListParams::default()
+            .labels(&format!("{LABEL_COMPONENT}={COMPONENT_ALGORITHM_RUN}"));
+        let list = match self.jobs.list(&lp).await {
+            Ok(l) => l.items,
+            Err(e) => {
+                tracing::warn!(error = %e, "job garbage collection skipped, cannot list Jobs");
+                return 0;
+            }
+        };
+        let now = k8s_openapi::chrono::Utc::now();
+        let mut deleted = 0;
+        for job in list {
+            if job.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let Some(finished) = finished_at(&job) else {
+                continue;
+            };
+            let ttl = job
+                .spec
+                .as_ref()
+                .and_then(|s| s.ttl_seconds_after_finished)
+                .unwrap_or(self.opts.ttl_seconds_after_finished);
+            let keep = Duration::from_secs(u64::try_from(ttl).unwrap_or(0)) + JOB_GC_SLACK;
+            let age = (now - finished).to_std().unwrap_or_default();
+            if age < keep {
+                continue;
+            }
+            let name = job.metadata.name.clone().unwrap_or_default();
+            let dp = DeleteParams {
+                propagation_policy: Some(PropagationPolicy::Background),
+                ..DeleteParams::default()
+            };
+            match self.jobs.delete(&name, &dp).await {
+                Ok(_) => deleted += 1,
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => {
+                    tracing::warn!(job = %name, error = %e, "could not delete a finished Job")
+                }
+            }
+        }
+        if deleted > 0 {
+            metrics::counter!("nexus_kube_jobs_collected_total").increment(deleted as u64);
+            tracing::info!(deleted, "finished Jobs past their TTL deleted");
+        }
+        deleted
+    }
+
+    fn run_of(meta: &kube::api::ObjectMeta) -> Option<RunId> {
+        meta.labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_REQUEST_ID))
+            .and_then(|v| v.parse::<RunId>().ok())
+    }
+
+    fn observe(&self, job: &Job) {
+        let Some(id) = Self::run_of(&job.metadata) else {
+            return;
+        };
+        let (outcome, deadline, seen) = {
+            let active = self.active();
+            let Some(tracked) = active.get(&id) else {
+                return;
+            };
+            let Some(outcome) = outcome_of(job, tracked.deadline) else {
+                return;
+            };
+            let seen: Vec<Pod> = tracked.pods.values().cloned().collect();
+            (outcome, tracked.deadline, seen)
+        };
+        if matches!(
+            outcome,
+            Outcome::Succeeded | Outcome::DeadlineExceeded { .. }
+        ) {
+            self.finish(id, outcome);
+            return;
+        }
+        // A failure: its cause is in the pods' last termination. The pod watch may not have
+        // delivered it yet, so read the pods now (falling back to what the watch saw).
+        let (me, job) = (self.clone(), job.clone());
+        tokio::spawn(async move {
+            let lp = kube::api::ListParams::default().labels(&format!("{LABEL_REQUEST_ID}={id}"));
+            let pods = match me.pods.list(&lp).await {
+                Ok(list) => list.items,
+                Err(e) => {
+                    tracing::warn!(run_id = %id, error = %e, "cannot list the pods of a failed Job");
+                    seen
+                }
+            };
+            let outcome = job_failure(&job, &pods, deadline).unwrap_or(outcome);
+            me.finish(id, outcome);
+        });
+    }
+
+    /// A tracked run's Job was deleted before it finished, by someone other than this executor
+    /// (whose cancel and give-up remove the run from the active set first): the run fails with
+    /// that cause rather than staying RUNNING forever.
+    fn vanished(&self, job: &Job) {
+        let Some(id) = Self::run_of(&job.metadata) else {
+            return;
+        };
+        if outcome_of(job, Duration::ZERO).is_some() {
+            // Finished before it was deleted: its outcome was (or is being) reported.
+            self.observe(job);
+            return;
+        }
+        if self.active().get(&id).is_some_and(|t| t.cancelling) {
+            return;
+        }
+        self.finish(
+            id,
+            Outcome::Diagnosed {
+                kind: nexus_executor::FailureKind::JobFailed,
+                cause: "Algorithm Job was deleted".into(),
+                details: format!(
+                    "Job {}/{} was deleted by something other than Nexus before it finished (kubectl delete, a namespace cleanup, an operator); submit the run again",
+                    self.opts.namespace, id
+                ),
+            },
+        );
+    }
+
+    /// Reports `id` finished once (whoever removes it from the active set reports it).
+    fn finish(&self, id: RunId, outcome: Outcome) {
+        if self.active().remove(&id).is_some() {
+            let _ = self.events.send(ExecutorEvent::Finished {
+                run_id: id,
+                outcome,
+                logs_stored: false,
+            });
+        }
+    }
+
+    fn observe_pod(&self, pod: Pod) {
+        let Some(id) = Self::run_of(&pod.metadata) else {
+            return;
+        };
+        let problem = pod_problem(&pod);
+        let immediate = {
+            let mut active = self.active();
+            let Some(tracked) = active.get_mut(&id) else {
+                return;
+            };
+            tracked
+                .pods
+                .insert(pod.metadata.name.clone().unwrap_or_default(), pod);
+            match problem {
+                None => {
+                    tracked.problem = None;
+                    None
+                }
+                Some(p) if p.immediate => Some(p),
+                Some(p) => {
+                    // The clock starts when the problem is first seen, and restarts when it
+                    // changes kind (pulled at last, then unschedulable: a new problem).
+                    if tracked
+                        .problem
+                        .as_ref()
+                        .is_none_or(|(old, _)| old.kind != p.kind)
+                    {
+                        tracked.problem = Some((p, tokio::time::Instant::now()));
+                    }
+                    None
+                }
+            }
+        };
+        if let Some(p) = immediate {
+            self.give_up(id, &p);
+        }
+    }
+
+    fn give_up_expired(&self) {
+        let now = tokio::time::Instant::now();
+        let expired: Vec<(RunId, PodProblem)> = self
+            .active()
+            .iter()
+            .filter_map(|(id, t)| {
+                let (p, since) = t.problem.as_ref()?;
+                (now.duration_since(*since) >= self.failures.grace(p.kind))
+                    .then(|| (*id, p.clone()))
+            })
+            .collect();
+        for (id, p) in expired {
+            self.give_up(id, &p);
+        }
+    }
+
+    /// Ends run `id` for a pod problem: reports it, then deletes its Job (its pods would
+    /// otherwise keep pulling or pending).
+    fn give_up(&self, id: RunId, p: &PodProblem) {
+        tracing::info!(run_id = %id, cause = %p.cause, details = %p.details, "giving the run up");
+        metrics::counter!("nexus_kube_runs_given_up_total", "kind" => p.kind.as_str()).increment(1);
+        self.finish(id, p.outcome());
+        let jobs = self.jobs.clone();
+        tokio::spawn(async move {
+            let dp = DeleteParams {
+                propagation_policy: Some(PropagationPolicy::Background),
+                ..DeleteParams::default()
+            };
+            match jobs.delete(&id.to_string(), &dp).await {
+                Ok(_) | Err(kube::Error::Api(kube::core::ErrorResponse { code: 404, .. })) => {}
+                Err(e) => {
+                    tracing::warn!(run_id = %id, error = %e, "could not delete the Job of a run given up")
+                }
+            }
+        });
+    }
+}
+
+#[async_trait]
+impl Executor for KubeExecutor {
+    async fn launch(&self, spec: LaunchSpec) -> Result<(), ExecutorError> {
+        let Some(src) = spec.source.as_deref() else {
+            return Err(ExecutorError::new(
+                ErrorKind::InvalidInput,
+                "the Kubernetes executor launches runs (LaunchSpec::source), not bare processes",
+            ));
+        };
+        let job = render_job(
+            &src.run,
+            &src.workgroup,
+            &src.contract.context(),
+            None,
+            &self.opts,
+        )
+        .map_err(|e| ExecutorError::new(ErrorKind::InvalidInput, e.to_string()))?;
+        if self.active().contains_key(&spec.run_id) {
+            return Ok(());
+        }
+        let name = spec.run_id.to_string();
+        let created = match self.jobs.create(&PostParams::default(), &job).await {
+            Ok(j) => j,
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                // Already there (a repeated submission, a launch again): adopt it.
+                self.jobs
+                    .get(&name)
+                    .await
+                    .map_err(|e| kube_err("cannot read the existing Job", &e))?
+            }
+            Err(e) => return Err(kube_err("cannot create the Job", &e)),
+        };
+        let deadline = Duration::from_secs(
+            created
+                .spec
+                .as_ref()
+                .and_then(|s| s.active_deadline_seconds)
+                .and_then(|s| u64::try_from(s).ok())
+                .unwrap_or(spec.deadline.as_secs()),
+        );
+        self.active()
+            .entry(spec.run_id)
+            .or_insert_with(|| Tracked::new(deadline));
+        metrics::counter!("nexus_kube_jobs_created_total").increment(1);
+        let _ = self.events.send(ExecutorEvent::Started {
+            run_id: spec.run_id,
+            attempt: 1,
+            executor_ref: format!(
+                "job/{}/{}",
+                self.opts.namespace,
+                created.metadata.uid.clone().unwrap_or(name)
+            ),
+        });
+        // It may have finished before the watch saw it (an adopted Job).
+        self.observe(&created);
+        Ok(())
+    }
+
+    async fn cancel(&self, run_id: RunId, policy: CancellationPolicy) -> Result<(), ExecutorError> {
+        let dp = DeleteParams {
+            propagation_policy: Some(match policy {
+                CancellationPolicy::Background => PropagationPolicy::Background,
+                CancellationPolicy::Foreground => PropagationPolicy::Foreground,
+                CancellationPolicy::Orphan => PropagationPolicy::Orphan,
+            }),
+            ..DeleteParams::default()
+        };
+        if let Some(t) = self.active().get_mut(&run_id) {
+            t.cancelling = true;
+        }
+        match self.jobs.delete(&run_id.to_string(), &dp).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => {
+                if let Some(t) = self.active().get_mut(&run_id) {
+                    t.cancelling = false;
+                }
+                return Err(kube_err("cannot delete the Job", &e));
+            }
+        }
+        self.finish(run_id, Outcome::Cancelled);
+        Ok(())
+    }
+
+    async fn active(&self) -> Vec<RunId> {
+        self.active().keys().copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(conditions: serde_json::Value, failed: i32) -> Job {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "x"},
+            "status": {"conditions": conditions, "failed": failed}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn outcomes_from_job_conditions() {
+        let d = Duration::from_secs(60);
+        assert_eq!(outcome_of(&job(serde_json::json!([]), 0), d), None);
+        assert_eq!(
+            outcome_of(
+                &job(
+                    serde_json::json!([{"type": "Complete", "status": "True"}]),
+                    0
+                ),
+                d
+            ),
+            Some(Outcome::Succeeded)
+        );
+        assert_eq!(
+            outcome_of(
+                &job(
+                    serde_json::json!([{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]),
+                    1
+                ),
+                d
+            ),
+            Some(Outcome::DeadlineExceeded { deadline: d })
+        );
+        match outcome_of(
+            &job(
+                serde_json::json!([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]),
+                4,
+            ),
+            d,
+        ) {
+            Some(Outcome::Failed {
+                attempts: 4,
+                fatal: false,
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        match outcome_of(
+            &job(
+                serde_json::json!([{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}]),
+                1,
+            ),
+            d,
+        ) {
+            Some(Outcome::Failed { fatal: true, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            outcome_of(
+                &job(
+                    serde_json::json!([{"type": "Failed", "status": "False"}]),
+                    0
+                ),
+                d
+            ),
+            None,
+            "a condition that is not True decides nothing"
+        );
+    }
+}

@@ -1,0 +1,31 @@
+//! nexus-kube: everything Nexus knows about Kubernetes, in one place.
+//!
+//! * [`job`]: rendering a run into its `batch/v1` Job (a pure function).
+//! * [`classify`]: why a Job or pod failed, from their status (pure functions).
+//! * [`client`]: the API client of a shard cluster, with the cluster's API budget enforced.
+//! * [`executor`]: the Kubernetes [`nexus_executor::Executor`], which renders its own Jobs.
+//! * [`catalog`]: templates and workgroups from the cluster's custom resources.
+//! * [`crd`]: installing the CRDs; [`leader`]: leader election through a Lease.
+//! * Feature `client` (default) gates everything that talks to a cluster; without it, a crate
+//!   that only renders Jobs (the scheduler's buffer endpoint) links no Kubernetes client.
+//! * `testkit` (feature `testsuite`): plays the Job controller and kubelet for tests.
+//!
+//! The seams (`RunStore`, `PayloadStore`, `Executor`, `Shard`) know nothing of Kubernetes.
+
+#[cfg(feature = "client")]
+pub mod catalog;
+pub mod classify;
+#[cfg(feature = "client")]
+pub mod client;
+#[cfg(feature = "client")]
+pub mod crd;
+#[cfg(feature = "client")]
+pub mod executor;
+pub mod job;
+#[cfg(feature = "client")]
+pub mod leader;
+#[cfg(all(feature = "client", any(test, feature = "testsuite")))]
+pub mod testkit;
+
+#[cfg(feature = "client")]
+pub use executor::KubeExecutor;

@@ -1,0 +1,270 @@
+//! `RunStore`: the durable home of run records, stage transitions and owner leases.
+//!
+//! Contract (held by [`test_suite`], run against every backend):
+//! * [`RunStore::insert`] is durable when it returns; with an idempotency key already used for the
+//!   same algorithm it stores nothing and returns the existing run ([`Inserted::Existing`]).
+//! * [`RunStore::transition`] is a compare-and-set on the stored stage: it succeeds only when the
+//!   stored stage equals `from` and `from → to` is legal ([`nexus_model::run::Stage::can_transition_to`]);
+//!   otherwise it changes nothing and returns [`StoreError::Conflict`] with the stored stage.
+//!   Unknown ids return [`StoreError::NotFound`]. A terminal stage is never left.
+//! * Lookups by tag, by owner+stage and by parent return runs in acceptance order.
+//! * Leases: [`RunStore::heartbeat`] creates or extends an owner's lease; [`RunStore::leases`] lists
+//!   them with their expiry; [`RunStore::release_lease`] removes one.
+//! * Leadership: [`RunStore::lead`] takes or renews a named leadership by compare-and-set (several
+//!   supervisor replicas, one active); [`RunStore::resign`] gives it up.
+
+use async_trait::async_trait;
+
+use nexus_model::error::ErrorKind;
+use nexus_model::run::{Millis, Run, RunId, RunPatch, Stage};
+
+#[cfg(feature = "cassandra")]
+pub mod cassandra;
+pub mod leader;
+pub mod memory;
+#[cfg(any(test, feature = "testsuite"))]
+pub mod test_suite;
+
+#[cfg(feature = "cassandra")]
+pub use cassandra::CassandraRunStore;
+pub use memory::InMemoryRunStore;
+
+/// Errors of a [`RunStore`].
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// No run with this id.
+    #[error("run {0} not found")]
+    NotFound(RunId),
+    /// The compare-and-set precondition did not hold; nothing changed.
+    #[error("run {id} is {current}, expected {expected}")]
+    Conflict {
+        /// The run.
+        id: RunId,
+        /// Its stored stage.
+        current: Stage,
+        /// The stage the caller expected.
+        expected: Stage,
+    },
+    /// The transition is not in the legal table.
+    #[error("illegal transition {from} -> {to}")]
+    IllegalTransition {
+        /// From.
+        from: Stage,
+        /// To.
+        to: Stage,
+    },
+    /// The backend failed.
+    #[error("run store {kind:?}: {message}")]
+    Backend {
+        /// What kind of failure.
+        kind: ErrorKind,
+        /// Details.
+        message: String,
+    },
+}
+
+impl StoreError {
+    /// Returns the error kind.
+    #[must_use]
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::NotFound(_) => ErrorKind::NotFound,
+            StoreError::Conflict { .. } | StoreError::IllegalTransition { .. } => {
+                ErrorKind::Conflict
+            }
+            StoreError::Backend { kind, .. } => *kind,
+        }
+    }
+
+    /// Builds a backend error.
+    pub fn backend(kind: ErrorKind, message: impl Into<String>) -> Self {
+        StoreError::Backend {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// The compare-and-set precondition every backend applies, in the contract's order: the stored
+/// stage must be `from` (else `Conflict`), and `from → to` must be legal (else
+/// `IllegalTransition`).
+///
+/// # Errors
+/// As above.
+pub fn check_transition(
+    id: RunId,
+    stored: Stage,
+    from: Stage,
+    to: Stage,
+) -> Result<(), StoreError> {
+    if stored != from {
+        return Err(StoreError::Conflict {
+            id,
+            current: stored,
+            expected: from,
+        });
+    }
+    if !from.can_transition_to(to) {
+        return Err(StoreError::IllegalTransition { from, to });
+    }
+    Ok(())
+}
+
+/// Result of [`RunStore::insert`].
+// Short-lived return value: boxing the rare `Existing` case buys nothing measurable.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inserted {
+    /// The run was stored.
+    Created,
+    /// A run with the same (algorithm, idempotency key) exists; nothing was written.
+    Existing(Run),
+}
+
+/// An owner's lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// Owner (instance) id.
+    pub owner: String,
+    /// When the lease lapses unless renewed.
+    pub expires_at: Millis,
+}
+
+/// Durable store of run records. See the module docs for the contract.
+#[async_trait]
+pub trait RunStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Stores a new run durably.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`]; a duplicate id is `Conflict`.
+    async fn insert(&self, run: Run) -> Result<Inserted, StoreError>;
+
+    /// Returns the run, or `None` when unknown.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] only: an unreachable store is never reported as "not found".
+    async fn get(&self, id: RunId) -> Result<Option<Run>, StoreError>;
+
+    /// Compare-and-set: moves the run from `from` to `to` and applies `patch`, stamping
+    /// `last_modified` (and `finished_at` when `to` is terminal). Returns the updated run.
+    ///
+    /// # Errors
+    /// `NotFound`, `Conflict` (stored stage differs), `IllegalTransition`, `Backend`.
+    async fn transition(
+        &self,
+        id: RunId,
+        from: Stage,
+        to: Stage,
+        patch: RunPatch,
+    ) -> Result<Run, StoreError>;
+
+    /// Sets or clears the client tag (any stage, including terminal ones). Returns the run.
+    ///
+    /// # Errors
+    /// `NotFound`, `Backend`.
+    async fn set_tag(&self, id: RunId, tag: Option<String>) -> Result<Run, StoreError>;
+
+    /// Returns the runs carrying `tag`, oldest first, at most `limit`.
+    ///
+    /// # Errors
+    /// `Backend`.
+    async fn by_tag(&self, tag: &str, limit: usize) -> Result<Vec<Run>, StoreError>;
+
+    /// Returns the runs owned by `owner` in `stage`, oldest first, at most `limit`.
+    ///
+    /// # Errors
+    /// `Backend`.
+    async fn by_owner_stage(
+        &self,
+        owner: &str,
+        stage: Stage,
+        limit: usize,
+    ) -> Result<Vec<Run>, StoreError>;
+
+    /// Returns the direct children of `parent`, oldest first, at most `limit`.
+    ///
+    /// # Errors
+    /// `Backend`.
+    async fn by_parent(&self, parent: RunId, limit: usize) -> Result<Vec<Run>, StoreError>;
+
+    /// Returns the distinct owners of runs in `stage` (used to find orphans of lapsed owners).
+    ///
+    /// # Errors
+    /// `Backend`.
+    async fn owners_in_stage(&self, stage: Stage) -> Result<Vec<String>, StoreError>;
+
+    /// Creates or extends `owner`'s lease to `now + ttl_ms`.
+    ///
+    /// # Errors
+    /// `Backend`.
+    async fn heartbeat(&self, owner: &str, now: Millis, ttl_ms: i64) -> Result<Lease, StoreError>;
+
+    /// Lists all leases.
+    ///
+    /// # Errors
+    /// `Backend`.
+    async fn leases(&self) -> Result<Vec<Lease>, StoreError>;
+
+    /// Removes `owner`'s lease (graceful shutdown). Unknown owners are not an error.
+    ///
+    /// # Errors
+    /// `Backend`.
+    async fn release_lease(&self, owner: &str) -> Result<(), StoreError>;
+
+    /// Leader election: takes the leadership `name` for `holder` until `now + ttl_ms` when it is
+    /// free, lapsed (`expires_at <= now`) or already `holder`'s (renewal), atomically
+    /// (compare-and-set). Returns the leadership as it stands afterwards: `holder` leads iff the
+    /// returned lease's owner is `holder`.
+    ///
+    /// # Errors
+    /// Backend failures (never taken as "nobody leads").
+    async fn lead(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Millis,
+        ttl_ms: i64,
+    ) -> Result<Lease, StoreError>;
+
+    /// Gives up the leadership `name` if `holder` holds it (a standby takes over at once).
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn resign(&self, name: &str, holder: &str) -> Result<(), StoreError>;
+
+    /// How many children `parent` has, counting at most `limit` (fan-out limits).
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn count_children(&self, parent: RunId, limit: usize) -> Result<usize, StoreError> {
+        Ok(self.by_parent(parent, limit).await?.len())
+    }
+
+    /// Garbage collection: up to `limit` runs that reached a terminal stage before
+    /// `finished_before`, oldest first, for [`RunStore::purge`] once their objects are deleted.
+    /// Backends whose finished rows expire by themselves (Cassandra: a TTL of the remaining
+    /// retention) return none.
+    ///
+    /// # Errors
+    /// Backend failures (never taken as "nothing expired").
+    async fn expired(&self, finished_before: Millis, limit: usize) -> Result<Vec<Run>, StoreError>;
+
+    /// Deletes run `id` if it is terminal; `Ok(false)` (nothing deleted) when it is not, or is
+    /// unknown. A run that is not finished is never deleted.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn purge(&self, id: RunId) -> Result<bool, StoreError>;
+
+    /// Garbage collection of lookup rows that no longer match their run (left by a transition
+    /// that crashed between its steps), at most `limit` examined; returns how many were removed.
+    /// Only rows proven stale are removed (never because a read failed). Backends that keep
+    /// lookups in the run's own transaction have none and return 0.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn sweep_lookups(&self, limit: usize) -> Result<usize, StoreError> {
+        let _ = limit;
+        Ok(0)
+    }
+}

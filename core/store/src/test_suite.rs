@@ -1,0 +1,713 @@
+//! Conformance suite for [`RunStore`] backends: every backend runs [`run_all`].
+//!
+//! Each aspect is one `pub async fn` taking a fresh store, so a backend can also run a subset.
+//! The suite panics (it is test code) on the first violation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Inserted, RunStore, StoreError};
+use nexus_model::run::{Millis, PayloadLocation, Run, RunId, RunPatch, Stage, now_millis};
+use nexus_model::spec::AlgorithmSpec;
+
+/// Returns a valid run of `algorithm` in BUFFERED, a root with no owner, tag or key.
+#[must_use]
+pub fn sample_run(algorithm: &str) -> Run {
+    let id = RunId::new();
+    let now = now_millis();
+    Run {
+        id,
+        algorithm: algorithm.to_owned(),
+        stage: Stage::Buffered,
+        workgroup: "default".into(),
+        shard: "local".into(),
+        tag: None,
+        api_version: Some("1.2".into()),
+        parent: None,
+        root: id,
+        depth: 0,
+        idempotency_key: None,
+        owner: None,
+        attempts: 0,
+        applied_configuration: AlgorithmSpec {
+            command: "true".into(),
+            ..Default::default()
+        },
+        configuration_overrides: None,
+        payload: PayloadLocation::Inline {
+            bytes: b"{}".to_vec(),
+        },
+        content_hash: "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a".into(),
+        payload_size: 2,
+        payload_valid_for: Duration::from_secs(3600),
+        result_uri: None,
+        result_stored: false,
+        logs_stored: false,
+        failure_cause: None,
+        failure_details: None,
+        executor_ref: None,
+        received_at: now,
+        started_at: None,
+        finished_at: None,
+        last_modified: now,
+    }
+}
+
+/// Runs every aspect of the contract, each against a fresh store from `make`.
+pub async fn run_all<S: RunStore>(make: impl Fn() -> S) {
+    insert_get_round_trip(make()).await;
+    idempotency_key(make()).await;
+    duplicate_id_conflicts(make()).await;
+    cas_success(make()).await;
+    cas_conflict(make()).await;
+    illegal_transition(make()).await;
+    terminal_never_left(make()).await;
+    transition_unknown(make()).await;
+    set_tag(make()).await;
+    lookups(make()).await;
+    owners_in_stage(make()).await;
+    leases(make()).await;
+    leadership(make()).await;
+    leadership_race(Arc::new(make())).await;
+    garbage_collection(make()).await;
+    race(Arc::new(make())).await;
+}
+
+async fn insert<S: RunStore>(store: &S, run: &Run) {
+    assert_eq!(
+        store.insert(run.clone()).await.expect("insert"),
+        Inserted::Created
+    );
+}
+
+/// Insert then get returns the same record; an unknown id is `Ok(None)`.
+pub async fn insert_get_round_trip<S: RunStore>(store: S) {
+    let run = sample_run("algo");
+    insert(&store, &run).await;
+    assert_eq!(store.get(run.id).await.expect("get"), Some(run));
+    assert_eq!(store.get(RunId::new()).await.expect("get unknown"), None);
+}
+
+/// A second insert with the same (algorithm, key) stores nothing and returns the first run.
+pub async fn idempotency_key<S: RunStore>(store: S) {
+    let mut first = sample_run("algo");
+    first.idempotency_key = Some("k1".into());
+    insert(&store, &first).await;
+    let mut second = sample_run("algo");
+    second.idempotency_key = Some("k1".into());
+    match store.insert(second.clone()).await.expect("insert dup key") {
+        Inserted::Existing(r) => assert_eq!(r, first),
+        Inserted::Created => panic!("duplicate idempotency key created a run"),
+    }
+    assert_eq!(store.get(second.id).await.expect("get"), None);
+    // Same key, other algorithm: a different run.
+    let mut other = sample_run("other-algo");
+    other.idempotency_key = Some("k1".into());
+    insert(&store, &other).await;
+}
+
+/// Inserting an existing id is a conflict.
+pub async fn duplicate_id_conflicts<S: RunStore>(store: S) {
+    let run = sample_run("algo");
+    insert(&store, &run).await;
+    let err = store.insert(run.clone()).await.expect_err("duplicate id");
+    assert_eq!(err.kind(), nexus_model::error::ErrorKind::Conflict, "{err}");
+}
+
+/// A legal CAS applies the patch and stamps timestamps.
+pub async fn cas_success<S: RunStore>(store: S) {
+    let run = sample_run("algo");
+    insert(&store, &run).await;
+    let patch = RunPatch {
+        owner: Some(Some("owner-1".into())),
+        attempts: Some(1),
+        executor_ref: Some("pid-1".into()),
+        started_at: Some(42),
+        ..RunPatch::default()
+    };
+    let updated = store
+        .transition(run.id, Stage::Buffered, Stage::Running, patch)
+        .await
+        .expect("cas");
+    assert_eq!(updated.stage, Stage::Running);
+    assert_eq!(updated.owner.as_deref(), Some("owner-1"));
+    assert_eq!(updated.attempts, 1);
+    assert_eq!(updated.started_at, Some(42));
+    assert_eq!(updated.finished_at, None);
+    assert!(updated.last_modified >= run.last_modified);
+    assert_eq!(store.get(run.id).await.expect("get"), Some(updated.clone()));
+    let done = store
+        .transition(
+            run.id,
+            Stage::Running,
+            Stage::Completed,
+            RunPatch {
+                result_uri: Some("r".into()),
+                ..RunPatch::default()
+            },
+        )
+        .await
+        .expect("complete");
+    assert!(done.finished_at.is_some());
+    assert_eq!(done.result_uri.as_deref(), Some("r"));
+    assert_eq!(store.get(run.id).await.expect("get"), Some(done));
+}
+
+/// A CAS whose `from` differs reports the stored stage and changes nothing.
+pub async fn cas_conflict<S: RunStore>(store: S) {
+    let run = sample_run("algo");
+    insert(&store, &run).await;
+    let err = store
+        .transition(
+            run.id,
+            Stage::Running,
+            Stage::Completed,
+            RunPatch {
+                result_uri: Some("x".into()),
+                ..RunPatch::default()
+            },
+        )
+        .await
+        .expect_err("conflict");
+    match err {
+        StoreError::Conflict {
+            id,
+            current,
+            expected,
+        } => {
+            assert_eq!(
+                (id, current, expected),
+                (run.id, Stage::Buffered, Stage::Running)
+            );
+        }
+        other => panic!("expected Conflict, got {other:?}"),
+    }
+    assert_eq!(store.get(run.id).await.expect("get"), Some(run));
+}
+
+/// An illegal transition is refused and changes nothing.
+pub async fn illegal_transition<S: RunStore>(store: S) {
+    let run = sample_run("algo");
+    insert(&store, &run).await;
+    let err = store
+        .transition(
+            run.id,
+            Stage::Buffered,
+            Stage::Completed,
+            RunPatch::default(),
+        )
+        .await
+        .expect_err("illegal");
+    assert!(
+        matches!(
+            err,
+            StoreError::IllegalTransition {
+                from: Stage::Buffered,
+                to: Stage::Completed
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(store.get(run.id).await.expect("get"), Some(run));
+}
+
+/// A run in a terminal stage never leaves it, whatever the target.
+pub async fn terminal_never_left<S: RunStore>(store: S) {
+    for terminal in Stage::ALL.into_iter().filter(|s| s.is_terminal()) {
+        let mut run = sample_run("algo");
+        run.stage = terminal;
+        run.finished_at = Some(1);
+        insert(&store, &run).await;
+        for to in Stage::ALL {
+            let err = store
+                .transition(run.id, terminal, to, RunPatch::default())
+                .await
+                .expect_err("terminal left");
+            assert_eq!(
+                err.kind(),
+                nexus_model::error::ErrorKind::Conflict,
+                "{terminal} -> {to}: {err}"
+            );
+        }
+        assert_eq!(store.get(run.id).await.expect("get"), Some(run));
+    }
+}
+
+/// Transitions of an unknown id are `NotFound`, as is tagging it.
+pub async fn transition_unknown<S: RunStore>(store: S) {
+    let id = RunId::new();
+    let err = store
+        .transition(id, Stage::Buffered, Stage::Running, RunPatch::default())
+        .await
+        .expect_err("unknown");
+    assert!(matches!(err, StoreError::NotFound(x) if x == id), "{err:?}");
+    let err = store
+        .set_tag(id, Some("t".into()))
+        .await
+        .expect_err("unknown tag");
+    assert!(matches!(err, StoreError::NotFound(x) if x == id), "{err:?}");
+}
+
+/// `set_tag` works on any stage, including terminal ones, and can clear the tag.
+pub async fn set_tag<S: RunStore>(store: S) {
+    let run = sample_run("algo");
+    insert(&store, &run).await;
+    store
+        .transition(
+            run.id,
+            Stage::Buffered,
+            Stage::Cancelled,
+            RunPatch::default(),
+        )
+        .await
+        .expect("cancel");
+    let tagged = store
+        .set_tag(run.id, Some("late".into()))
+        .await
+        .expect("tag terminal");
+    assert_eq!(tagged.tag.as_deref(), Some("late"));
+    assert_eq!(tagged.stage, Stage::Cancelled);
+    assert_eq!(store.by_tag("late", 10).await.expect("by_tag").len(), 1);
+    let cleared = store.set_tag(run.id, None).await.expect("clear");
+    assert_eq!(cleared.tag, None);
+    assert!(store.by_tag("late", 10).await.expect("by_tag").is_empty());
+}
+
+fn ids(runs: &[Run]) -> Vec<RunId> {
+    runs.iter().map(|r| r.id).collect()
+}
+
+/// Lookups by tag, owner+stage and parent filter correctly, in acceptance order, with a limit.
+pub async fn lookups<S: RunStore>(store: S) {
+    let parent = sample_run("algo");
+    insert(&store, &parent).await;
+    let mut tagged = Vec::new();
+    let mut children = Vec::new();
+    let mut owned = Vec::new();
+    for i in 0..6 {
+        let mut r = sample_run("algo");
+        if i % 2 == 0 {
+            r.tag = Some("blue".into());
+            tagged.push(r.id);
+        } else {
+            r.tag = Some("red".into());
+        }
+        if i < 4 {
+            r.parent = Some(parent.as_ref());
+            r.root = parent.id;
+            r.depth = 1;
+            children.push(r.id);
+        }
+        r.owner = Some(if i % 3 == 0 { "o1" } else { "o2" }.into());
+        if i % 3 == 0 {
+            owned.push(r.id);
+        }
+        insert(&store, &r).await;
+    }
+    assert_eq!(
+        ids(&store.by_tag("blue", 100).await.expect("by_tag")),
+        tagged
+    );
+    assert_eq!(
+        ids(&store.by_tag("blue", 2).await.expect("by_tag")),
+        tagged[..2].to_vec()
+    );
+    assert!(store.by_tag("green", 100).await.expect("by_tag").is_empty());
+    assert_eq!(
+        ids(&store.by_parent(parent.id, 100).await.expect("by_parent")),
+        children
+    );
+    assert_eq!(
+        ids(&store.by_parent(parent.id, 3).await.expect("by_parent")),
+        children[..3].to_vec()
+    );
+    assert!(
+        store
+            .by_parent(RunId::new(), 10)
+            .await
+            .expect("by_parent")
+            .is_empty()
+    );
+    assert_eq!(
+        ids(&store
+            .by_owner_stage("o1", Stage::Buffered, 100)
+            .await
+            .expect("owner")),
+        owned
+    );
+    assert_eq!(
+        ids(&store
+            .by_owner_stage("o1", Stage::Buffered, 1)
+            .await
+            .expect("owner")),
+        owned[..1].to_vec()
+    );
+    assert!(
+        store
+            .by_owner_stage("o1", Stage::Running, 100)
+            .await
+            .expect("owner")
+            .is_empty()
+    );
+    // Moving one run out of the stage removes it from the owner+stage lookup.
+    store
+        .transition(
+            owned[0],
+            Stage::Buffered,
+            Stage::Running,
+            RunPatch::default(),
+        )
+        .await
+        .expect("cas");
+    assert_eq!(
+        ids(&store
+            .by_owner_stage("o1", Stage::Buffered, 100)
+            .await
+            .expect("owner")),
+        owned[1..].to_vec()
+    );
+    assert_eq!(
+        ids(&store
+            .by_owner_stage("o1", Stage::Running, 100)
+            .await
+            .expect("owner")),
+        owned[..1].to_vec()
+    );
+    // Owner changes through a patch are reflected too.
+    store
+        .transition(
+            owned[0],
+            Stage::Running,
+            Stage::Running,
+            RunPatch {
+                owner: Some(Some("o3".into())),
+                ..RunPatch::default()
+            },
+        )
+        .await
+        .expect("re-own");
+    assert_eq!(
+        ids(&store
+            .by_owner_stage("o3", Stage::Running, 100)
+            .await
+            .expect("owner")),
+        owned[..1].to_vec()
+    );
+    assert!(
+        store
+            .by_owner_stage("o1", Stage::Running, 100)
+            .await
+            .expect("owner")
+            .is_empty()
+    );
+}
+
+/// `owners_in_stage` lists distinct owners of runs in the stage.
+pub async fn owners_in_stage<S: RunStore>(store: S) {
+    for (owner, stage) in [
+        ("a", Stage::Running),
+        ("a", Stage::Running),
+        ("b", Stage::Running),
+        ("c", Stage::Buffered),
+    ] {
+        let mut r = sample_run("algo");
+        r.owner = Some(owner.into());
+        r.stage = stage;
+        insert(&store, &r).await;
+    }
+    let mut unowned = sample_run("algo");
+    unowned.stage = Stage::Running;
+    insert(&store, &unowned).await;
+    let mut running = store.owners_in_stage(Stage::Running).await.expect("owners");
+    running.sort();
+    assert_eq!(running, vec!["a".to_owned(), "b".to_owned()]);
+    assert_eq!(
+        store
+            .owners_in_stage(Stage::Buffered)
+            .await
+            .expect("owners"),
+        vec!["c".to_owned()]
+    );
+    assert!(
+        store
+            .owners_in_stage(Stage::Failed)
+            .await
+            .expect("owners")
+            .is_empty()
+    );
+}
+
+/// Heartbeat creates and extends leases; `leases` lists them; release removes one.
+pub async fn leases<S: RunStore>(store: S) {
+    assert!(store.leases().await.expect("leases").is_empty());
+    let l = store.heartbeat("a", 1_000, 500).await.expect("hb");
+    assert_eq!((l.owner.as_str(), l.expires_at), ("a", 1_500));
+    store.heartbeat("b", 1_000, 100).await.expect("hb");
+    let l = store.heartbeat("a", 2_000, 500).await.expect("extend");
+    assert_eq!(l.expires_at, 2_500);
+    let mut all = store.leases().await.expect("leases");
+    all.sort_by(|x, y| x.owner.cmp(&y.owner));
+    assert_eq!(
+        all.iter()
+            .map(|l| (l.owner.as_str(), l.expires_at))
+            .collect::<Vec<_>>(),
+        vec![("a", 2_500), ("b", 1_100)]
+    );
+    store.release_lease("a").await.expect("release");
+    store
+        .release_lease("nobody")
+        .await
+        .expect("release unknown");
+    let all = store.leases().await.expect("leases");
+    assert_eq!(
+        all.iter().map(|l| l.owner.as_str()).collect::<Vec<_>>(),
+        vec!["b"]
+    );
+}
+
+/// 50 running runs, three concurrent terminal transitions each: exactly one wins per run and the
+/// stored record is the winner's (a completed run keeps its result URI).
+pub async fn race<S: RunStore>(store: Arc<S>) {
+    let mut runs = Vec::new();
+    for _ in 0..50 {
+        let mut r = sample_run("algo");
+        r.stage = Stage::Running;
+        insert(&*store, &r).await;
+        runs.push(r.id);
+    }
+    let mut handles = Vec::new();
+    for id in &runs {
+        for (to, patch) in [
+            (
+                Stage::Completed,
+                RunPatch {
+                    result_uri: Some("a".into()),
+                    ..RunPatch::default()
+                },
+            ),
+            (Stage::Cancelled, RunPatch::default()),
+            (Stage::Failed, RunPatch::failure("boom", "details")),
+        ] {
+            let store = Arc::clone(&store);
+            let id = *id;
+            handles.push(tokio::spawn(async move {
+                (
+                    id,
+                    to,
+                    store.transition(id, Stage::Running, to, patch).await,
+                )
+            }));
+        }
+    }
+    let mut winners = std::collections::HashMap::new();
+    for h in handles {
+        let (id, to, res) = h.await.expect("join");
+        match res {
+            Ok(run) => {
+                assert_eq!(run.stage, to);
+                assert!(winners.insert(id, run).is_none(), "two winners for {id}");
+            }
+            Err(StoreError::Conflict { current, .. }) => assert!(current.is_terminal()),
+            Err(other) => panic!("unexpected error {other:?}"),
+        }
+    }
+    assert_eq!(
+        winners.len(),
+        runs.len(),
+        "every run has exactly one winner"
+    );
+    for id in runs {
+        let stored = store.get(id).await.expect("get").expect("present");
+        let winner = &winners[&id];
+        assert_eq!(&stored, winner);
+        match stored.stage {
+            Stage::Completed => assert_eq!(stored.result_uri.as_deref(), Some("a")),
+            Stage::Failed => assert_eq!(stored.failure_cause.as_deref(), Some("boom")),
+            Stage::Cancelled => assert_eq!(stored.result_uri, None),
+            other => panic!("unexpected stage {other}"),
+        }
+        assert!(stored.finished_at.is_some());
+    }
+}
+
+/// Leadership: free → taken; renewed by its holder; refused to others until it lapses; taken
+/// over once lapsed; resign frees it (only by its holder).
+pub async fn leadership<S: RunStore>(store: S) {
+    let name = format!("supervisor-{}", RunId::new());
+    let t0: Millis = 1_000_000;
+    let a = store.lead(&name, "sup-a", t0, 10_000).await.expect("lead");
+    assert_eq!((a.owner.as_str(), a.expires_at), ("sup-a", t0 + 10_000));
+    let b = store
+        .lead(&name, "sup-b", t0 + 1, 10_000)
+        .await
+        .expect("lead");
+    assert_eq!(
+        (b.owner.as_str(), b.expires_at),
+        ("sup-a", t0 + 10_000),
+        "b must not take a live leadership"
+    );
+    let a = store
+        .lead(&name, "sup-a", t0 + 5_000, 10_000)
+        .await
+        .expect("renew");
+    assert_eq!((a.owner.as_str(), a.expires_at), ("sup-a", t0 + 15_000));
+    let b = store
+        .lead(&name, "sup-b", t0 + 14_999, 10_000)
+        .await
+        .expect("lead");
+    assert_eq!(b.owner, "sup-a");
+    let b = store
+        .lead(&name, "sup-b", t0 + 15_000, 10_000)
+        .await
+        .expect("take over");
+    assert_eq!(
+        (b.owner.as_str(), b.expires_at),
+        ("sup-b", t0 + 25_000),
+        "a lapsed leadership is taken over"
+    );
+    let a = store
+        .lead(&name, "sup-a", t0 + 15_001, 10_000)
+        .await
+        .expect("lead");
+    assert_eq!(
+        a.owner, "sup-b",
+        "the old holder does not get it back while the new one is live"
+    );
+    store
+        .resign(&name, "sup-a")
+        .await
+        .expect("resign by a non-holder");
+    assert_eq!(
+        store
+            .lead(&name, "sup-a", t0 + 15_002, 10_000)
+            .await
+            .unwrap()
+            .owner,
+        "sup-b"
+    );
+    store.resign(&name, "sup-b").await.expect("resign");
+    let a = store
+        .lead(&name, "sup-a", t0 + 15_003, 10_000)
+        .await
+        .expect("lead after resign");
+    assert_eq!(a.owner, "sup-a", "a resigned leadership is free at once");
+    // Leaderships are independent of each other and of owner leases.
+    let other = format!("other-{}", RunId::new());
+    assert_eq!(
+        store
+            .lead(&other, "sup-b", t0 + 15_004, 10_000)
+            .await
+            .unwrap()
+            .owner,
+        "sup-b"
+    );
+}
+
+/// Many contenders for a lapsed leadership at once: exactly one wins, and all agree on it.
+pub async fn leadership_race<S: RunStore>(store: Arc<S>) {
+    let name = format!("race-{}", RunId::new());
+    let now = now_millis();
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let s = store.clone();
+            let name = name.clone();
+            tokio::spawn(async move {
+                let me = format!("sup-{i}");
+                // Contention may exhaust a backend's retries: that is an error, never a false win.
+                let got = match s.lead(&name, &me, now, 30_000).await {
+                    Ok(l) => l.owner,
+                    Err(_) => s.lead(&name, &me, now, 30_000).await.expect("lead").owner,
+                };
+                (me, got)
+            })
+        })
+        .collect();
+    let mut winners = std::collections::HashSet::new();
+    let mut seen = std::collections::HashSet::new();
+    for t in tasks {
+        let (me, got) = t.await.expect("task");
+        if me == got {
+            winners.insert(me);
+        }
+        seen.insert(got);
+    }
+    assert_eq!(winners.len(), 1, "exactly one leader: {winners:?}");
+    assert_eq!(
+        seen.len(),
+        1,
+        "every contender sees the same leader: {seen:?}"
+    );
+}
+
+/// Garbage collection: `expired` offers only terminal runs finished before the cutoff (a backend
+/// whose rows expire by themselves may offer none); `purge` deletes terminal runs only.
+pub async fn garbage_collection<S: RunStore>(store: S) {
+    let done = sample_run("algo");
+    let live = sample_run("algo");
+    insert(&store, &done).await;
+    insert(&store, &live).await;
+    store
+        .transition(
+            done.id,
+            Stage::Buffered,
+            Stage::Cancelled,
+            RunPatch::default(),
+        )
+        .await
+        .expect("cancel");
+    let offered = store
+        .expired(now_millis() + 60_000, 100)
+        .await
+        .expect("expired");
+    assert!(offered.iter().all(|r| r.stage.is_terminal()), "{offered:?}");
+    assert!(
+        offered.iter().all(|r| r.id != live.id),
+        "a live run offered for deletion"
+    );
+    assert!(
+        store.expired(0, 100).await.expect("expired").is_empty(),
+        "nothing finished before the epoch"
+    );
+    assert!(
+        !store.purge(live.id).await.expect("purge live"),
+        "a live run was purged"
+    );
+    assert!(store.get(live.id).await.expect("get").is_some());
+    assert!(store.purge(done.id).await.expect("purge"));
+    assert_eq!(store.get(done.id).await.expect("get"), None);
+    assert!(!store.purge(done.id).await.expect("purge again"));
+    assert!(!store.purge(RunId::new()).await.expect("purge unknown"));
+    assert_eq!(
+        store.sweep_lookups(100).await.expect("sweep"),
+        0,
+        "no crashed transition, no stale lookup rows"
+    );
+}
+
+/// For backends that keep finished runs until collected (embedded, in memory): `expired` offers
+/// exactly the terminal runs finished before the cutoff, oldest first, at most `limit`.
+pub async fn expired_offers_finished_runs<S: RunStore>(store: S) {
+    let mut done = Vec::new();
+    for _ in 0..3 {
+        let r = sample_run("algo");
+        insert(&store, &r).await;
+        store
+            .transition(r.id, Stage::Buffered, Stage::Failed, RunPatch::default())
+            .await
+            .expect("fail");
+        done.push(r.id);
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let live = sample_run("algo");
+    insert(&store, &live).await;
+    let cutoff = now_millis() + 1;
+    let ids = |runs: Vec<Run>| runs.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.expired(cutoff, 100).await.expect("expired")),
+        done
+    );
+    assert_eq!(
+        ids(store.expired(cutoff, 2).await.expect("expired")),
+        done[..2]
+    );
+}
