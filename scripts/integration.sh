@@ -13,13 +13,13 @@
 #   README run command is smoke-tested with payloads in S3 and runs in Cassandra.
 # * Distributed mode (issue #6): 2 schedulers, 2 receivers and a supervisor as separate processes
 #   on Cassandra + SeaweedFS, with a receiver killed -9 mid-load, and a scheduler sent SIGTERM
-#   under load (cli/tests/distributed_e2e.rs).
+#   under load (cli/tests/it/distributed_e2e.rs).
 # * A real Kubernetes API server (issue #7): tools/kube-apiserver, k8s.io/kubernetes' own test API
 #   server on an embedded etcd 3.6, built with Go from the module proxy (scripts/kube-apiserver.sh;
 #   set NEXUS_KUBE_DIR to keep its ~3 GB of Go caches between runs); the CRDs, rendered Jobs, the
 #   Kubernetes executor, the kubelet helper and the catalog reflector run against it
 #   (core/kube/tests/kube_api.rs), then a scheduler with the cluster catalog and a receiver running
-#   Jobs, the test playing the Job controller and kubelet (cli/tests/kubernetes.rs).
+#   Jobs, the test playing the Job controller and kubelet (cli/tests/it/kubernetes.rs).
 # * The served /openapi.json against what is served (issue 17): Schemathesis (pinned, from PyPI,
 #   in a venv under $work) fuzzes a release standalone for 5xx answers and responses that do not
 #   conform to the document (status codes, content types, schemas).
@@ -62,7 +62,7 @@ echo "integration: RunStore conformance, races and migrations on the real node"
 cargo test -p nexus-store --features cassandra-tests --test cassandra_store
 
 echo "integration: kill -9 of a standalone nexus on the Cassandra store loses no accepted run"
-cargo test -p nexus-cli --features cassandra-tests --test kill9 kill_9_loses_no_accepted_run_on_cassandra
+cargo test -p nexus-cli --features cassandra-tests --test it kill9::kill_9_loses_no_accepted_run_on_cassandra
 
 echo "integration: credentials and (mutual) TLS on a second node"
 env "${secure_env[@]}" scripts/cassandra.sh start
@@ -79,14 +79,14 @@ NEXUS_TEST_S3="$s3_url&access_key=nexus&secret_key=nexus-secret-key" \
 
 echo "integration: distributed mode end to end (2 schedulers, 2 receivers, a supervisor; kill -9 of a receiver; SIGTERM of a scheduler)"
 NEXUS_TEST_S3="$s3_url&access_key=nexus&secret_key=nexus-secret-key" \
-  cargo test -p nexus-cli --features distributed-tests --test distributed_e2e -- --nocapture --test-threads=1
+  cargo test -p nexus-cli --features distributed-tests --test it distributed_e2e:: -- --nocapture --test-threads=1
 
 echo "integration: building and starting a real Kubernetes API server (tools/kube-apiserver)"
 kubeconfig=$(scripts/kube-apiserver.sh start)
 echo "integration: CRDs, rendered Jobs, the Kubernetes executor and the catalog against the API server"
 NEXUS_TEST_KUBECONFIG="$kubeconfig" cargo test -p nexus-kube --features kube-tests --test kube_api
 echo "integration: scheduler + receiver on Kubernetes (runs as Jobs, templates from the cluster)"
-NEXUS_TEST_KUBECONFIG="$kubeconfig" cargo test -p nexus-cli --features kube-tests --test kubernetes
+NEXUS_TEST_KUBECONFIG="$kubeconfig" cargo test -p nexus-cli --features kube-tests --test it kubernetes::
 scripts/kube-apiserver.sh stop
 
 echo "integration: fuzzing the request splitter, template manifests and signed URLs (cargo-fuzz, bounded)"

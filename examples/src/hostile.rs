@@ -1,5 +1,5 @@
 //! `hostile`: an algorithm that attacks the server and other runs, for the isolation test
-//! (`cli/tests/hostile.rs`). It is not installed by the example templates.
+//! (`cli/tests/it/hostile.rs`). It is not installed by the example templates.
 //!
 //! Payload `{"mode": "victim", "seconds": 30}`: writes `victim-secret` into its work directory
 //! and sleeps, to be attacked by another run.

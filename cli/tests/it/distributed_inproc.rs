@@ -4,7 +4,6 @@
 //! the same topology as separate processes on Cassandra and SeaweedFS). Real gRPC on loopback with
 //! a shared secret, real algorithm processes.
 
-mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -62,11 +61,11 @@ fn grpc(secret: bool) -> GrpcLinkConfig {
 }
 
 async fn port0() -> TcpListener {
-    common::port0().await
+    crate::common::port0().await
 }
 
 async fn payloads(dir: &Path, runs: Arc<dyn RunStore>) -> Arc<dyn PayloadStore> {
-    common::http_payloads(dir, KEY, runs).await
+    crate::common::http_payloads(dir, KEY, runs).await
 }
 
 /// The components of one in-process deployment.
@@ -106,7 +105,7 @@ impl Cluster {
         budget: nexus_scheduler::BudgetConfig,
         lease_ttl: Duration,
     ) -> Self {
-        let demo = common::demo_dir();
+        let demo = crate::common::demo_dir();
         let tmp = tempfile::tempdir().unwrap();
         let key_file = tmp.path().join("signing.key");
         std::fs::write(&key_file, KEY).unwrap();
@@ -270,7 +269,7 @@ async fn two_schedulers_two_shards_runs_reach_their_shard_and_complete() {
     for (i, (alg, id)) in submitted.iter().enumerate() {
         // Read through the other scheduler: every scheduler answers for every run.
         let base = &schedulers[(i + 1) % 2].url;
-        let r = common::wait_terminal(&http, base, alg, id, Duration::from_secs(60)).await;
+        let r = crate::common::wait_terminal(&http, base, alg, id, Duration::from_secs(60)).await;
         assert_eq!(r["status"], "COMPLETED", "{alg} {id}: {r}");
         let result: serde_json::Value = http
             .get(r["resultUri"].as_str().unwrap())
@@ -346,7 +345,7 @@ async fn a_receiver_over_its_launch_limit_slows_the_scheduler_down_and_loses_not
         ids.push(submit(&http, base, "knapsack-a").await);
     }
     for id in &ids {
-        let r = common::wait_terminal(&http, base, "knapsack-a", id, Duration::from_secs(60)).await;
+        let r = crate::common::wait_terminal(&http, base, "knapsack-a", id, Duration::from_secs(60)).await;
         assert_eq!(r["status"], "COMPLETED", "{id}: {r}");
     }
     let metrics = http
@@ -385,10 +384,10 @@ async fn a_scheduler_shut_down_under_load_hands_its_runs_over_without_waiting_fo
     // The leaving scheduler is the second: the supervisor's payload URLs point to the first (in
     // production, to the load balancer in front of all of them).
     let (a, b) = (c.schedulers[1].url.clone(), c.schedulers[0].url.clone());
-    let mut ids = Vec::new();
-    for _ in 0..40 {
-        ids.push(submit(&http, &a, "knapsack-a").await);
-    }
+    // All at once, so that the queue is long when the scheduler leaves however busy the machine
+    // is (one by one, a slow machine could take as long to submit them as to dispatch them).
+    let ids: Vec<String> =
+        futures::future::join_all((0..40).map(|_| submit(&http, &a, "knapsack-a"))).await;
     // Load on the other scheduler while the first one leaves.
     let load = {
         let (http, b) = (http.clone(), b.clone());
@@ -435,7 +434,7 @@ async fn a_scheduler_shut_down_under_load_hands_its_runs_over_without_waiting_fo
     );
     ids.extend(load.await.unwrap());
     for id in &ids {
-        let r = common::wait_terminal(&http, &b, "knapsack-a", id, Duration::from_secs(40)).await;
+        let r = crate::common::wait_terminal(&http, &b, "knapsack-a", id, Duration::from_secs(40)).await;
         assert_eq!(r["status"], "COMPLETED", "{id}: {r}");
     }
     assert!(
@@ -506,7 +505,7 @@ async fn cancelling_a_root_cancels_its_descendants_on_every_shard() {
     }
     assert_eq!(descendants.len(), 24);
     // Some are running on each shard by now.
-    common::eventually(
+    crate::common::eventually(
         Duration::from_secs(20),
         "runs running on both shards",
         || async {
@@ -549,7 +548,7 @@ async fn cancelling_a_root_cancels_its_descendants_on_every_shard() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     for (alg, id) in &descendants {
-        let r = common::get_json(
+        let r = crate::common::get_json(
             &http,
             &format!("{base}/algorithm/v1/metadata/{alg}/requests/{id}"),
         )
@@ -575,7 +574,7 @@ async fn cancelling_a_root_cancels_its_descendants_on_every_shard() {
         }
         n
     };
-    common::eventually(
+    crate::common::eventually(
         Duration::from_secs(20),
         "no process of the tree left",
         || std::future::ready(alive() == 0),

@@ -3,12 +3,11 @@
 //! (declared or counted while streaming); objects are served with their length; and the
 //! bounded server keeps serving probes under a flood of idle connections.
 
-mod common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{eventually, get_json, submit, templates};
+use crate::common::{eventually, get_json, submit, templates};
 use nexus_cli::config::StandaloneConfig;
 use nexus_cli::standalone::start_with_executor;
 use nexus_executor::{Executor, RecordingExecutor};

@@ -3,12 +3,11 @@
 //! feature `cassandra-tests`, `NEXUS_TEST_CASSANDRA=host:port`) on a real Cassandra node, where
 //! the restarted process takes the runs over once the killed one's lease lapses.
 
-mod common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 fn spawn_nexus(data: &std::path::Path, port: u16, store: Option<&str>) -> Child {

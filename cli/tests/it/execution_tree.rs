@@ -2,11 +2,10 @@
 //! limits with clear errors, and cancelling a run cancels every descendant with a cause naming
 //! the cancelled ancestor.
 
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 async fn child(http: &reqwest::Client, base: &str, parent: Option<&str>) -> reqwest::Response {

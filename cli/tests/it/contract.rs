@@ -8,7 +8,6 @@
 //! reference (§1, §2.1): required keys and their types, optional keys, whether other keys are
 //! allowed. No key of any JSON answer may be `null`.
 
-mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -53,7 +52,7 @@ struct Target {
 impl Target {
     async fn standalone() -> Self {
         let data = tempfile::tempdir().unwrap();
-        let h = common::start_standalone_with(data.path(), |c| {
+        let h = crate::common::start_standalone_with(data.path(), |c| {
             c.scheduler.max_request_bytes = MAX_REQUEST;
             c.scheduler.retry_base_delay = Duration::from_millis(20);
             c.scheduler.drain_grace = Duration::from_millis(200);
@@ -71,7 +70,7 @@ impl Target {
     }
 
     async fn distributed() -> Self {
-        let demo = common::demo_dir();
+        let demo = crate::common::demo_dir();
         let tmp = tempfile::tempdir().unwrap();
         let key_file = tmp.path().join("signing.key");
         std::fs::write(&key_file, KEY).unwrap();
@@ -85,7 +84,7 @@ impl Target {
         let store: Arc<dyn RunStore> = Arc::new(InMemoryRunStore::default());
         let stores = SharedStores {
             store: store.clone(),
-            payloads: Some(common::http_payloads(tmp.path(), KEY, store.clone()).await),
+            payloads: Some(crate::common::http_payloads(tmp.path(), KEY, store.clone()).await),
         };
         let mut rc = ReceiverProcess {
             shard: "local".into(),
@@ -99,8 +98,8 @@ impl Target {
         rc.executor.extra_path = vec![demo];
         let receiver = nexus_cli::distributed::start_receiver_with(
             rc,
-            common::port0().await,
-            common::port0().await,
+            crate::common::port0().await,
+            crate::common::port0().await,
             stores.clone(),
             |c, tx, p, _stop| {
                 let cfg = nexus_executor::LocalExecutorConfig {
@@ -123,7 +122,7 @@ impl Target {
         )]
         .into();
         let mut sc = SchedulerProcess {
-            templates_dir: common::templates(),
+            templates_dir: crate::common::templates(),
             signing_key_file: Some(key_file.clone()),
             grpc: link.clone(),
             shards: shards.clone(),
@@ -133,19 +132,19 @@ impl Target {
         sc.scheduler.retry_base_delay = Duration::from_millis(20);
         sc.scheduler.drain_grace = Duration::from_millis(200);
         let scheduler =
-            nexus_cli::distributed::start_scheduler_with(sc, common::port0().await, stores.clone())
+            nexus_cli::distributed::start_scheduler_with(sc, crate::common::port0().await, stores.clone())
                 .await
                 .expect("scheduler starts");
         let supervisor = nexus_cli::distributed::start_supervisor_with(
             SupervisorProcess {
                 scheduler_url: scheduler.url.clone(),
-                templates_dir: common::templates(),
+                templates_dir: crate::common::templates(),
                 signing_key_file: Some(key_file),
                 grpc: link,
                 shards,
                 ..SupervisorProcess::default()
             },
-            common::port0().await,
+            crate::common::port0().await,
             store,
         )
         .await
@@ -374,7 +373,7 @@ async fn completed_run(t: &Target) -> String {
         json!({"algorithmParameters": knapsack_params()}),
     )
     .await;
-    let r = common::wait_terminal(
+    let r = crate::common::wait_terminal(
         &http(),
         &t.scheduler,
         "knapsack",
@@ -397,7 +396,7 @@ async fn sleeping_run(t: &Target) -> String {
 }
 
 async fn result(t: &Target, alg: &str, id: &str) -> Value {
-    common::get_json(
+    crate::common::get_json(
         &http(),
         &format!("{}/algorithm/v1/results/{alg}/requests/{id}", t.scheduler),
     )
@@ -1008,7 +1007,7 @@ mod cases {
             json!({"algorithmParameters": {"name": "Nexus"}}),
         )
         .await;
-        let r = common::wait_terminal(&http(), &t.scheduler, "hello", &id, Duration::from_secs(60))
+        let r = crate::common::wait_terminal(&http(), &t.scheduler, "hello", &id, Duration::from_secs(60))
             .await;
         assert_eq!(r["status"], "COMPLETED", "{r}");
         assert_eq!(
@@ -1025,7 +1024,7 @@ mod cases {
             json!({"algorithmParameters": {"greeting": "no name"}}),
         )
         .await;
-        let r = common::wait_terminal(&http(), &t.scheduler, "hello", &id, Duration::from_secs(60))
+        let r = crate::common::wait_terminal(&http(), &t.scheduler, "hello", &id, Duration::from_secs(60))
             .await;
         assert_eq!(r["status"], "FAILED", "{r}");
         assert!(
@@ -1035,7 +1034,7 @@ mod cases {
                 .starts_with("invalid payload: expected {\"name\""),
             "{r}"
         );
-        let md = common::get_json(
+        let md = crate::common::get_json(
             &http(),
             &format!("{}/algorithm/v1/metadata/hello/requests/{id}", t.scheduler),
         )

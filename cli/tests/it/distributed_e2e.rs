@@ -8,7 +8,6 @@
 //! once the outage has been observed. Every run must complete, on its own shard, and shard B's
 //! runs must not wait for shard A to come back.
 
-mod common;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -480,7 +479,7 @@ impl Deployment {
             "an S3 server as s3://bucket[/prefix]?endpoint=http://host:port&access_key=…&secret_key=… \
              (start SeaweedFS with scripts/seaweedfs.sh start; bucket nexus-test)",
         );
-        let demo = common::demo_dir();
+        let demo = crate::common::demo_dir();
         let unique = &uuid::Uuid::new_v4().simple().to_string()[..12];
         let keyspace = format!("t_{tag}_{unique}");
         let store_url = format!("cassandra://{node}/{keyspace}");

@@ -21,13 +21,12 @@
 //! the server's user; no Landlock: runs sharing one `run_as` user can see each other in `/proc`),
 //! the test prints which attempts it could not hold to refusal and why, and asserts the rest.
 
-mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use nexus_cli::sandbox::Confine;
 use serde_json::{Value, json};
 
@@ -122,7 +121,7 @@ async fn hostile_scenario(confine: Confine) {
     let templates = tempfile::tempdir().unwrap();
     std::fs::write(templates.path().join("hostile.yaml"), TEMPLATE).unwrap();
     std::fs::copy(
-        common::templates().join("workgroup.yaml"),
+        crate::common::templates().join("workgroup.yaml"),
         templates.path().join("workgroup.yaml"),
     )
     .unwrap();

@@ -7,7 +7,6 @@
 //! `nexus-demo` binary with the Job's command, arguments and environment — as a local process,
 //! reports the pod's status, and marks the Job Complete as the Job controller would.
 
-mod common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -144,7 +143,7 @@ async fn deploy(ns: &str) -> Deployment {
     let store: Arc<dyn RunStore> = Arc::new(InMemoryRunStore::default());
     let stores = SharedStores {
         store: store.clone(),
-        payloads: Some(common::http_payloads(tmp.path(), KEY, store.clone()).await),
+        payloads: Some(crate::common::http_payloads(tmp.path(), KEY, store.clone()).await),
     };
     let link = GrpcLinkConfig {
         auth: LinkAuth::None,
@@ -163,8 +162,8 @@ async fn deploy(ns: &str) -> Deployment {
     let make = distributed::kube_executor(&rc).await.unwrap();
     let receiver = distributed::start_receiver_with(
         rc,
-        common::port0().await,
-        common::port0().await,
+        crate::common::port0().await,
+        crate::common::port0().await,
         stores.clone(),
         make,
     )
@@ -185,7 +184,7 @@ async fn deploy(ns: &str) -> Deployment {
         kubernetes: kube_config(ns),
         ..SchedulerProcess::default()
     };
-    let scheduler = distributed::start_scheduler_with(sc, common::port0().await, stores)
+    let scheduler = distributed::start_scheduler_with(sc, crate::common::port0().await, stores)
         .await
         .expect("scheduler starts");
     Deployment {
@@ -198,7 +197,7 @@ async fn deploy(ns: &str) -> Deployment {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn runs_become_jobs_complete_cancel_and_follow_templates_in_the_cluster() {
-    let demo = common::demo_dir();
+    let demo = crate::common::demo_dir();
     let c = client().await;
     nexus_kube::crd::install(&c, Duration::from_secs(10))
         .await
@@ -226,7 +225,7 @@ async fn runs_become_jobs_complete_cancel_and_follow_templates_in_the_cluster() 
 
     // 1. A run becomes a Job; the "kubelet" runs it, the algorithm completes through the
     //    receiver, the "Job controller" marks the Job Complete: the run is COMPLETED.
-    let id = common::submit(&http, &base, "knapsack", knapsack()).await;
+    let id = crate::common::submit(&http, &base, "knapsack", knapsack()).await;
     let job = job_of(&jobs, &id).await;
     let labels = job.metadata.labels.clone().unwrap();
     assert_eq!(
@@ -256,15 +255,15 @@ async fn runs_become_jobs_complete_cancel_and_follow_templates_in_the_cluster() 
         .await
         .unwrap();
     end_job(&c, &ns, &id, &JobEnd::Complete).await.unwrap();
-    let r = common::wait_terminal(&http, &base, "knapsack", &id, Duration::from_secs(30)).await;
+    let r = crate::common::wait_terminal(&http, &base, "knapsack", &id, Duration::from_secs(30)).await;
     assert_eq!(r["status"], "COMPLETED", "{r}");
-    let result = common::get_json(&http, r["resultUri"].as_str().unwrap()).await;
+    let result = crate::common::get_json(&http, r["resultUri"].as_str().unwrap()).await;
     assert_eq!(result["totalValue"], 90, "{result}");
 
     // 2. Cancelling a run deletes its Job with the requested propagation policy. This API
     //    server has no garbage collector, so a Foreground delete leaves the Job terminating with
     //    the foregroundDeletion finalizer: exactly what was asked for.
-    let id = common::submit(&http, &base, "knapsack", knapsack()).await;
+    let id = crate::common::submit(&http, &base, "knapsack", knapsack()).await;
     let _ = job_of(&jobs, &id).await;
     let resp = http
         .post(format!("{base}/algorithm/v1/cancel/knapsack/requests/{id}"))
@@ -276,9 +275,9 @@ async fn runs_become_jobs_complete_cancel_and_follow_templates_in_the_cluster() 
         .await
         .unwrap();
     assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
-    let r = common::wait_terminal(&http, &base, "knapsack", &id, Duration::from_secs(30)).await;
+    let r = crate::common::wait_terminal(&http, &base, "knapsack", &id, Duration::from_secs(30)).await;
     assert_eq!(r["status"], "CANCELLED", "{r}");
-    common::eventually(Duration::from_secs(10), "the Job is being deleted", || {
+    crate::common::eventually(Duration::from_secs(10), "the Job is being deleted", || {
         let jobs = jobs.clone();
         let id = id.clone();
         async move {
@@ -316,7 +315,7 @@ async fn runs_become_jobs_complete_cancel_and_follow_templates_in_the_cluster() 
         .create(&PostParams::default(), &template("knapsack-2"))
         .await
         .unwrap();
-    common::eventually(
+    crate::common::eventually(
         Duration::from_secs(10),
         "knapsack-2 is accepted",
         || async { accepted("knapsack-2").await == 202 },
@@ -326,7 +325,7 @@ async fn runs_become_jobs_complete_cancel_and_follow_templates_in_the_cluster() 
         .delete("knapsack", &DeleteParams::default())
         .await
         .unwrap();
-    common::eventually(
+    crate::common::eventually(
         Duration::from_secs(10),
         "knapsack is no longer accepted",
         || async { accepted("knapsack").await == 400 },
@@ -406,7 +405,7 @@ async fn supervisors_elect_their_leader_on_a_kubernetes_lease() {
         sc.supervisor.recovery_interval = Duration::from_millis(200);
         let store = store.clone();
         async move {
-            distributed::start_supervisor_with(sc, common::port0().await, store)
+            distributed::start_supervisor_with(sc, crate::common::port0().await, store)
                 .await
                 .expect("supervisor starts")
         }

@@ -1,11 +1,10 @@
 //! The bad-input table: every malformed request gets its status and a message a person can act
 //! on, nothing changes, and the process stays healthy.
 
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use nexus_model::run::RunId;
 use nexus_model::sign::{Signer, now_secs};
 use serde_json::json;

@@ -1,10 +1,9 @@
 //! End to end in-process: the demo algorithms run as real local processes under standalone Nexus.
 
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
