@@ -14,7 +14,6 @@ use std::time::Duration;
 use nexus_http::Readiness;
 use nexus_link::grpc::{
     LinkCredentials, authorize_component, bearer_token, code_of, dispatch_from_wire, parse_policy,
-    status_code_of,
 };
 use nexus_model::error::ErrorKind;
 use nexus_model::run::RunId;
@@ -200,7 +199,7 @@ impl ShardService for ShardServer {
         self.receiver
             .cancel(id, policy)
             .await
-            .map_err(|e| Status::new(status_code_of(e.kind), e.message))?;
+            .map_err(|e| Status::new(e.kind.grpc_code(), e.message))?;
         Ok(Response::new(CancelResponse {}))
     }
 
@@ -250,7 +249,7 @@ impl CompletionServer {
 pub fn completion_status(e: &CompletionError) -> Status {
     let code = match e.kind() {
         ErrorKind::Conflict => tonic::Code::FailedPrecondition,
-        k => status_code_of(k),
+        k => k.grpc_code(),
     };
     Status::new(code, e.to_string())
 }

@@ -17,29 +17,21 @@ use axum::routing::{get, post};
 use nexus_executor::contract::LaunchContext;
 use nexus_http::ApiError;
 use nexus_kube::job::{JobOptions, render_job};
-use nexus_model::run::{
-    CancellationPolicy, PayloadLocation, Run, RunId, RunPatch, Stage, now_millis,
-};
+use nexus_model::error::ErrorKind;
+use nexus_model::run::{CancellationPolicy, PayloadLocation, Run, RunId, Stage};
 use nexus_model::sign::now_secs;
-use nexus_model::spec::{SpecOverride, parse_duration};
 use nexus_payload::Keys;
 use nexus_proto::v1;
-use nexus_store::{Inserted, StoreError};
+use nexus_store::StoreError;
 use serde::Deserialize;
-use sha2::Digest;
 
-use crate::queue::Queued;
+use crate::admission::{
+    self, Admission, AdmitError, AdmitRequest, Parameters, ParentRef, check_tag,
+};
 use crate::{Scheduler, metrics, spool};
 
 type S = State<Arc<Scheduler>>;
 
-/// A run's payload as it arrived.
-enum PayloadIn {
-    /// Parsed from a request read into memory.
-    Memory(Vec<u8>),
-    /// Located in a spooled request, validated and hashed.
-    Spooled(spool::SpooledPayload),
-}
 type ApiResult<T> = Result<T, ApiError>;
 
 /// Returns the scheduler's routes (v1 API, payload data route, OpenAPI document).
@@ -124,11 +116,22 @@ async fn openapi() -> Response {
         .into_response()
 }
 
-/// 400 for a request nested deeper than `scheduler.max_json_depth`.
-pub(crate) fn too_deep(limit: usize) -> ApiError {
-    ApiError::bad_request(format!(
-        "Algorithm payload is invalid: JSON nested deeper than {limit} levels (scheduler.max_json_depth)"
-    ))
+/// Renders an admission error: its message, the status of its kind (see
+/// [`AdmitError::http_status`]), and `Retry-After` when retrying may succeed.
+impl From<AdmitError> for ApiError {
+    fn from(e: AdmitError) -> Self {
+        let (kind, status) = (e.kind(), e.http_status());
+        let mut out = ApiError::from_kind(kind, e.to_string());
+        out.status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        out
+    }
+}
+
+/// Renders a refused cancel: its message and the status of its kind.
+impl From<crate::tree::CancelError> for ApiError {
+    fn from(e: crate::tree::CancelError) -> Self {
+        ApiError::from_kind(e.kind(), e.to_string())
+    }
 }
 
 pub(crate) fn store_err(e: &StoreError) -> ApiError {
@@ -181,6 +184,9 @@ struct RunQuery {
     dry_run: Option<String>,
 }
 
+/// `POST /algorithm/v1/run/{alg}`: parses the request (in memory, or spooled and split when it
+/// is big) into an [`AdmitRequest`] and answers `202 {requestId}` once [`Admission`] has made
+/// the run durable.
 #[tracing::instrument(skip_all, fields(alg = %alg))]
 async fn create_run(
     State(s): S,
@@ -189,7 +195,7 @@ async fn create_run(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> ApiResult<Response> {
-    let started = Instant::now();
+    let received = Instant::now();
     require_json(&headers)?;
     let max_depth = s.config.max_json_depth;
     let invalid = |e: serde_json::Error| {
@@ -197,13 +203,12 @@ async fn create_run(
         ApiError::bad_request(format!("Algorithm payload is invalid: {e}"))
     };
     // Small requests are parsed in memory; big ones are spooled and split (see `spool`).
-    let (req, mut payload_in) = match spool::read_body(&headers, body, s.config.max_request_bytes)
+    let (req, parameters) = match spool::read_body(&headers, body, s.config.max_request_bytes)
         .await?
     {
         spool::Incoming::Memory(body) => {
             if let Err(depth) = crate::request_split::check_depth(&body, max_depth) {
-                metrics::rejected("invalid_body");
-                return Err(too_deep(depth));
+                return Err(AdmitError::too_deep(depth).into());
             }
             let req: v1::AlgorithmRequest = serde_json::from_slice(&body).map_err(invalid)?;
             let bytes = req
@@ -212,226 +217,46 @@ async fn create_run(
                 .filter(|v| v.get().trim() != "null")
                 .map(|p| p.get().as_bytes().to_vec());
             if let Some(b) = &bytes {
-                spool::require_object(b.first().copied())?;
+                admission::require_object(b.first().copied())?;
             }
-            (req, bytes.map(PayloadIn::Memory))
+            (req, bytes.map(Parameters::Memory))
         }
         spool::Incoming::Spooled(file) => {
             let split = tokio::task::spawn_blocking(move || spool::split_spooled(file, max_depth))
                 .await
                 .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}")))??;
             let req: v1::AlgorithmRequest = serde_json::from_slice(&split.rest).map_err(invalid)?;
-            (req, split.payload.map(PayloadIn::Spooled))
+            (req, split.payload.map(Parameters::Spooled))
         }
     };
-    if payload_in.is_none() {
-        metrics::rejected("invalid_body");
-        return Err(ApiError::bad_request(
-            "Algorithm payload is invalid: algorithmParameters is required (any JSON object)",
-        ));
-    }
+    let Some(parameters) = parameters else {
+        return Err(AdmitError::parameters_required().into());
+    };
     let dry_run = parse_dry_run(q.dry_run.as_deref())?;
-    let snap = s.catalog.snapshot();
-    let Some(template) = snap.templates.get(&alg) else {
-        metrics::accepted(false);
-        return Err(ApiError::bad_request(format!(
-            "No valid configuration found for: {alg}. Please check that algorithm name is spelled correctly and try again."
-        )));
-    };
-    let overrides = match &req.custom_configuration {
-        Some(v) if !v.is_null() => Some(
-            SpecOverride::from_json(v)
-                .map_err(|e| ApiError::bad_request(format!("Algorithm payload is invalid: {e}")))?,
-        ),
-        _ => None,
-    };
-    let applied = overrides
-        .as_ref()
-        .map_or_else(|| template.spec.clone(), |o| o.apply(&template.spec));
-    let wg_name = applied.workgroup_name().unwrap_or_default().to_owned();
-    let Some(workgroup) = snap.workgroups.get(&wg_name) else {
-        return Err(ApiError::bad_request(format!(
-            "Cannot assign requested workgroup {wg_name} to the algorithm {alg}: the workgroup does not exist"
-        )));
-    };
-    let valid_for = match &req.payload_valid_for {
-        Some(d) => {
-            parse_duration(d).map_err(|e| ApiError::bad_request(format!("payloadValidFor: {e}")))?
-        }
-        None => applied
-            .payload_configuration
-            .as_ref()
-            .and_then(|p| p.payload_valid_for.as_deref())
-            .and_then(|d| parse_duration(d).ok())
-            .unwrap_or(s.config.payload_valid_for),
-    };
-    if valid_for > s.config.max_payload_valid_for {
-        return Err(ApiError::bad_request(format!(
-            "payloadValidFor: {} is longer than the limit of {} (scheduler.max_payload_valid_for)",
-            humantime::format_duration(valid_for),
-            humantime::format_duration(s.config.max_payload_valid_for)
-        )));
-    }
-    check_run_bounds(&s.config, &applied)?;
-    if let Some(tag) = &req.tag {
-        check_tag(tag)?;
-    }
-    let idem = idempotency_key(&headers)?;
-    let (parent, root, depth) = match &req.parent_request {
-        None => (None, None, 0),
-        Some(p) => {
-            let pr = load(&s, &p.algorithm_name, &p.request_id)
-                .await
-                .map_err(|e| {
-                    if e.status == StatusCode::NOT_FOUND {
-                        ApiError::bad_request(format!("parentRequest: {}", e.message))
-                    } else {
-                        e
-                    }
-                })?;
-            check_can_have_child(&s, &pr).await?;
-            (Some(pr.as_ref()), Some(pr.root), pr.depth + 1)
-        }
-    };
-    if !dry_run && !s.queue.has_room() {
-        metrics::rejected("queue_full");
-        let mut e = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "the scheduler's queue is full; retry later",
-        );
-        e.retry_after = Some(1);
-        return Err(e);
-    }
-    let id = RunId::new();
-    let unavailable = |e: nexus_payload::PayloadError| {
-        ApiError::from_kind(
-            e.kind,
-            format!("payload store unavailable, try again: {}", e.message),
-        )
-    };
-    let spool_err = |e: std::io::Error| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("spool file: {e}"),
-        )
-    };
-    let inline_max = s.config.inline_payload_bytes as u64;
-    let (payload, content_hash, size) = match payload_in.take().expect("checked above") {
-        PayloadIn::Memory(bytes) => {
-            let hash = hex(&sha2::Sha256::digest(&bytes));
-            let size = bytes.len() as u64;
-            if size <= inline_max {
-                (PayloadLocation::Inline { bytes }, hash, size)
-            } else {
-                let key = Keys::payload(&alg, &id.to_string());
-                s.payloads
-                    .put(&key, bytes.into())
-                    .await
-                    .map_err(unavailable)?;
-                (PayloadLocation::Stored { key }, hash, size)
-            }
-        }
-        PayloadIn::Spooled(mut p) => {
-            let (hash, size) = (p.sha256.clone(), p.span.len);
-            if size <= inline_max {
-                let bytes = tokio::task::spawn_blocking(move || p.read_all())
-                    .await
-                    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}")))?
-                    .map_err(spool_err)?;
-                (PayloadLocation::Inline { bytes }, hash, size)
-            } else {
-                let key = Keys::payload(&alg, &id.to_string());
-                let reader = p.into_reader().map_err(spool_err)?;
-                s.payloads
-                    .put_reader(&key, Box::new(reader), size)
-                    .await
-                    .map_err(unavailable)?;
-                (PayloadLocation::Stored { key }, hash, size)
-            }
-        }
-    };
-    let now = now_millis();
-    let run = Run {
-        id,
-        algorithm: alg.clone(),
-        stage: if dry_run {
-            Stage::Completed
-        } else {
-            Stage::Buffered
-        },
-        workgroup: wg_name,
-        shard: workgroup.spec.cluster.clone(),
-        tag: req.tag.clone(),
-        api_version: req.request_api_version.clone(),
-        parent,
-        root: root.unwrap_or(id),
-        depth,
-        idempotency_key: idem,
-        owner: if dry_run {
-            None
-        } else {
-            Some(s.instance_id.clone())
-        },
-        attempts: 0,
-        applied_configuration: applied,
-        configuration_overrides: req.custom_configuration.clone().filter(|v| !v.is_null()),
-        payload,
-        content_hash,
-        payload_size: size,
-        payload_valid_for: valid_for,
-        result_uri: None,
-        result_stored: false,
-        logs_stored: false,
-        failure_cause: None,
-        failure_details: None,
-        executor_ref: dry_run.then(|| "dry-run".to_owned()),
-        received_at: now,
-        started_at: None,
-        finished_at: dry_run.then_some(now),
-        last_modified: now,
-    };
-    let shard = run.shard.clone();
-    let fingerprint = Fingerprint::of(&run);
-    // The durable write and the enqueue run in their own task: a client that closes its
-    // connection drops this handler's future, and a run that became durable must still reach the
-    // queue (a run stored BUFFERED but never queued would wait for the next restart).
-    let s2 = Arc::clone(&s);
-    let inserted = tokio::spawn(async move {
-        let r = s2.store.insert(run).await;
-        if matches!(r, Ok(Inserted::Created)) && !dry_run {
-            s2.queue.push(Queued {
-                id,
-                shard,
-                attempt: 0,
-            });
-        }
-        r
-    })
-    .await
-    .map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("accept task: {e}"),
-        )
-    })?;
-    let final_id = match inserted {
-        Ok(Inserted::Created) => id,
-        Ok(Inserted::Existing(existing)) => {
-            if let Some(key) = &fingerprint.stored_key {
-                // This request's copy of the payload belongs to no run.
-                let _ = s.payloads.delete(key).await;
-            }
-            fingerprint.same_request(&existing)?;
-            existing.id
-        }
-        Err(e) => return Err(store_err(&e)),
-    };
-    metrics::accepted(true);
-    metrics::accept_latency(started.elapsed().as_secs_f64());
+    let idempotency_key = headers
+        .get("idempotency-key")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let admitted = Admission::new(s)
+        .admit(AdmitRequest {
+            algorithm: alg,
+            parameters,
+            tag: req.tag,
+            custom_configuration: req.custom_configuration,
+            api_version: req.request_api_version,
+            payload_valid_for: req.payload_valid_for,
+            parent: req.parent_request.map(|p| ParentRef {
+                request_id: p.request_id,
+                algorithm: p.algorithm_name,
+            }),
+            idempotency_key,
+            dry_run,
+            received,
+        })
+        .await?;
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(v1::RunCreated {
-            request_id: final_id.to_string(),
+            request_id: admitted.id.to_string(),
         }),
     )
         .into_response())
@@ -451,133 +276,6 @@ fn parse_dry_run(v: Option<&str>) -> ApiResult<bool> {
             )))
         }
     }
-}
-
-/// Most characters of a tag.
-pub(crate) const MAX_TAG_CHARS: usize = 256;
-
-/// Checks a client tag: at most [`MAX_TAG_CHARS`] characters, no control characters.
-pub(crate) fn check_tag(tag: &str) -> ApiResult<()> {
-    let n = tag.chars().count();
-    if n > MAX_TAG_CHARS {
-        return Err(ApiError::bad_request(format!(
-            "tag: {n} characters; a tag is at most {MAX_TAG_CHARS} characters"
-        )));
-    }
-    if tag.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(
-            "tag: must not contain control characters (newlines, tabs, …)",
-        ));
-    }
-    Ok(())
-}
-
-/// Reads the `Idempotency-Key` header: 1 to 256 visible ASCII characters (RFC 9110 field values
-/// may carry other bytes, which clients and proxies handle inconsistently, so they are refused
-/// rather than silently ignored).
-fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
-    let Some(v) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    let bad = || {
-        metrics::rejected("invalid_header");
-        ApiError::bad_request(
-            "Idempotency-Key: must be 1 to 256 visible ASCII characters (e.g. a UUID)",
-        )
-    };
-    let k = v.to_str().map_err(|_| bad())?;
-    if k.is_empty() || k.len() > 256 || !k.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(bad());
-    }
-    Ok(Some(k.to_owned()))
-}
-
-/// Upper bounds on what a template or a run's `customConfiguration` may ask for.
-fn check_run_bounds(
-    c: &crate::SchedulerConfig,
-    spec: &nexus_model::spec::AlgorithmSpec,
-) -> ApiResult<()> {
-    let retries = spec.maximum_retries();
-    if retries > c.max_retries {
-        return Err(ApiError::bad_request(format!(
-            "runtimeEnvironment.maximumRetries: {retries} is over the limit of {} (scheduler.max_retries)",
-            c.max_retries
-        )));
-    }
-    let deadline = Duration::from_secs(u64::from(spec.deadline_seconds()));
-    if deadline > c.max_deadline {
-        return Err(ApiError::bad_request(format!(
-            "runtimeEnvironment.deadlineSeconds: {} is over the limit of {} (scheduler.max_deadline)",
-            deadline.as_secs(),
-            humantime::format_duration(c.max_deadline)
-        )));
-    }
-    Ok(())
-}
-
-/// What makes two submissions under one idempotency key the same request.
-struct Fingerprint {
-    content_hash: String,
-    tag: Option<String>,
-    overrides: Option<serde_json::Value>,
-    parent: Option<String>,
-    /// The payload object this request stored (big payloads), deleted again when the key was
-    /// already used.
-    stored_key: Option<String>,
-}
-
-impl Fingerprint {
-    fn of(run: &Run) -> Self {
-        Self {
-            content_hash: run.content_hash.clone(),
-            tag: run.tag.clone(),
-            overrides: run.configuration_overrides.clone(),
-            parent: run.parent.as_ref().map(|p| p.request_id.to_string()),
-            stored_key: match &run.payload {
-                PayloadLocation::Stored { key } => Some(key.clone()),
-                PayloadLocation::Inline { .. } => None,
-            },
-        }
-    }
-
-    /// 422 when `existing` (the run first created under the key) came from a different request,
-    /// as the IETF idempotency-key draft asks: the key was reused by mistake.
-    fn same_request(&self, existing: &Run) -> ApiResult<()> {
-        let differs = if existing.content_hash != self.content_hash {
-            Some("algorithmParameters")
-        } else if existing.tag != self.tag {
-            Some("tag")
-        } else if existing.configuration_overrides != self.overrides {
-            Some("customConfiguration")
-        } else if existing.parent.as_ref().map(|p| p.request_id.to_string()) != self.parent {
-            Some("parentRequest")
-        } else {
-            None
-        };
-        match differs {
-            None => Ok(()),
-            Some(field) => {
-                metrics::rejected("idempotency_conflict");
-                Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!(
-                        "Idempotency-Key '{}' was already used for run {} with a different request ({field} differs); use a new key for a new run",
-                        existing.idempotency_key.as_deref().unwrap_or_default(),
-                        existing.id
-                    ),
-                ))
-            }
-        }
-    }
-}
-
-pub(crate) fn hex(b: &[u8]) -> String {
-    use std::fmt::Write;
-    b.iter()
-        .fold(String::with_capacity(b.len() * 2), |mut s, x| {
-            let _ = write!(s, "{x:02x}");
-            s
-        })
 }
 
 /// The result URI a client sees: a fresh signed URL for uploaded results, else what the
@@ -984,43 +682,6 @@ async fn payload_response(s: &Scheduler, run: &Run, exp: i64) -> ApiResult<Respo
     Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
 }
 
-/// Execution-tree limits for a new child of `parent`: a clear 4xx naming the limit.
-async fn check_can_have_child(s: &Scheduler, parent: &Run) -> ApiResult<()> {
-    if parent.stage == Stage::Cancelled {
-        return Err(ApiError::conflict(format!(
-            "parentRequest: run {} was cancelled; it cannot have new children",
-            parent.id
-        )));
-    }
-    if parent.stage.is_terminal() {
-        return Err(ApiError::conflict(format!(
-            "parentRequest: run {} already finished as {}; a finished run cannot have new children",
-            parent.id, parent.stage
-        )));
-    }
-    if parent.depth + 1 > s.config.max_tree_depth {
-        return Err(ApiError::bad_request(format!(
-            "parentRequest: a child of {} would be at depth {} of its execution tree; the limit is {} (scheduler.max_tree_depth)",
-            parent.id,
-            parent.depth + 1,
-            s.config.max_tree_depth
-        )));
-    }
-    let max = s.config.max_children_per_run;
-    let n = s
-        .store
-        .count_children(parent.id, max)
-        .await
-        .map_err(|e| store_err(&e))?;
-    if n >= max {
-        return Err(ApiError::bad_request(format!(
-            "parentRequest: run {} already has {n} children; the limit is {max} (scheduler.max_children_per_run)",
-            parent.id
-        )));
-    }
-    Ok(())
-}
-
 #[tracing::instrument(skip_all, fields(alg = %alg, run_id = %id))]
 async fn cancel_run(
     State(s): S,
@@ -1048,14 +709,14 @@ async fn cancel_run(
         req.initiator.clone()
     };
     let id = run.id;
-    match cancel(&s, run, policy, &initiator, &req.reason).await {
+    match crate::tree::cancel(&s, run, policy, &initiator, &req.reason).await {
         Ok(cascade) => Ok(text_ok(format!(
             "run {id} cancelled{}",
             cascade_note(&cascade)
         ))),
         // The reference answers 200 for a finished run (its clients turn 409 into an error):
         // say so in the body; nothing was changed.
-        Err(e) if e.status == StatusCode::CONFLICT => {
+        Err(e) if e.kind() == ErrorKind::Conflict => {
             let now = load(&s, &alg, &id.to_string()).await?;
             if now.stage.is_terminal() {
                 Ok(text_ok(format!(
@@ -1063,10 +724,10 @@ async fn cancel_run(
                     now.stage
                 )))
             } else {
-                Err(e)
+                Err(e.into())
             }
         }
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -1077,64 +738,6 @@ fn cascade_note(c: &crate::tree::Cascade) -> String {
         1 => " and its 1 descendant".to_owned(),
         n => format!(" and its {n} descendants"),
     }
-}
-
-/// Cancels `run` (compare-and-set, following stage changes), stops it on its shard, then
-/// cancels every descendant. A run already CANCELLED resumes its cascade and answers 409 like any
-/// finished run.
-///
-/// # Errors
-/// 409 for a finished run, store failures.
-pub(crate) async fn cancel(
-    s: &Scheduler,
-    mut run: Run,
-    policy: CancellationPolicy,
-    initiator: &str,
-    reason: &str,
-) -> ApiResult<crate::tree::Cascade> {
-    let patch = RunPatch::failure(
-        format!("Cancelled by '{initiator}'"),
-        format!("Run cancelled, reason: '{reason}'"),
-    );
-    // Compare-and-set loop: the stage may move (BUFFERED → RUNNING) between read and write.
-    for _ in 0..8 {
-        if run.stage.is_terminal() {
-            if run.stage == Stage::Cancelled {
-                // Cancelled before: finish a cascade an earlier cancel may not have completed.
-                crate::tree::cancel_descendants(s, &run, policy, initiator, reason)
-                    .await
-                    .map_err(|e| store_err(&e))?;
-            }
-            return Err(ApiError::conflict(format!(
-                "run {} already finished as {}; nothing was changed",
-                run.id, run.stage
-            )));
-        }
-        match s
-            .store
-            .transition(run.id, run.stage, Stage::Cancelled, patch.clone())
-            .await
-        {
-            Ok(_) => {
-                if let Some(shard) = s.shards.route(&run.shard)
-                    && let Err(e) = shard.cancel(run.id, policy).await
-                {
-                    tracing::warn!(
-                        "run cancelled in the store, but its process could not be stopped yet: {e}"
-                    );
-                }
-                // Every descendant, wherever it runs, is cancelled with a cause naming this run.
-                return crate::tree::cancel_descendants(s, &run, policy, initiator, reason)
-                    .await
-                    .map_err(|e| store_err(&e));
-            }
-            Err(StoreError::Conflict { current, .. }) => run.stage = current,
-            Err(e) => return Err(store_err(&e)),
-        }
-    }
-    Err(ApiError::conflict(
-        "the run changed stage repeatedly while cancelling; retry",
-    ))
 }
 
 #[cfg(test)]

@@ -1,19 +1,18 @@
 //! `nexus.v1.RunService` on the scheduler (see `proto/nexus/v1/run.proto`): algorithms create,
 //! watch and cancel child runs; clients do the same with root runs.
 //!
-//! CreateRun goes through the HTTP v1 submit path itself (the request is handed to the API
-//! router in-process, with `parentRequest` set to the calling run), so validation, durability,
-//! idempotency and tree limits cannot drift between the two APIs. Cancel shares the HTTP cancel's
-//! cascade. Served on the scheduler's HTTP port (HTTP/2 cleartext, gRPC content type).
+//! CreateRun builds an [`AdmitRequest`] from the message (with the calling run as the parent)
+//! and hands it to [`Admission`], as the HTTP v1 submit does, so validation, durability,
+//! idempotency and tree limits cannot drift between the two APIs; CancelRun is
+//! [`crate::tree::cancel`], as the HTTP cancel. Errors get their code from their kind (the one
+//! table, [`nexus_model::error::ErrorKind::grpc_code`]). Served on the scheduler's HTTP port
+//! (HTTP/2 cleartext, gRPC content type).
 
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
 use futures::Stream;
-use nexus_http::ApiError;
 use nexus_model::run::{CancellationPolicy, Run, RunId};
 use nexus_model::sign::now_secs;
 use nexus_proto::grpc::run_service_server::{RunService, RunServiceServer};
@@ -21,11 +20,13 @@ use nexus_proto::grpc::{
     CancelRunRequest, CancelRunResponse, CreateRunRequest, GetRunRequest, ListRunsRequest,
     ListRunsResponse, RunRef, RunStatus, WatchRunRequest,
 };
-use tonic::{Code, Status};
-use tower::ServiceExt;
+use nexus_store::StoreError;
+use tonic::Status;
 
-use crate::Scheduler;
-use crate::api::{result_uri, store_err};
+use crate::admission::{Admission, AdmitError, AdmitRequest, Parameters, ParentRef};
+use crate::api::result_uri;
+use crate::tree::CancelError;
+use crate::{Scheduler, metrics, spool};
 
 /// Metadata key naming the calling run (with its run token as `authorization: Bearer`).
 pub const RUN_ID_METADATA: &str = "x-nexus-run-id";
@@ -37,7 +38,6 @@ const LIST_MAX: usize = 10_000;
 #[derive(Debug, Clone)]
 pub struct Runs {
     s: std::sync::Arc<Scheduler>,
-    api: Router,
 }
 
 /// Who calls.
@@ -49,18 +49,19 @@ enum Caller {
     Run(Box<Run>),
 }
 
-fn status_of(e: &ApiError) -> Status {
-    let code = match e.status {
-        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => Code::InvalidArgument,
-        StatusCode::NOT_FOUND => Code::NotFound,
-        StatusCode::CONFLICT => Code::FailedPrecondition,
-        StatusCode::TOO_MANY_REQUESTS => Code::ResourceExhausted,
-        StatusCode::UNAUTHORIZED => Code::Unauthenticated,
-        StatusCode::FORBIDDEN => Code::PermissionDenied,
-        s if s.is_server_error() => Code::Unavailable,
-        _ => Code::Unknown,
-    };
-    Status::new(code, e.message.clone())
+fn store_status(e: &StoreError) -> Status {
+    Status::new(
+        e.kind().grpc_code(),
+        format!("run store unavailable, try again: {e}"),
+    )
+}
+
+fn admit_status(e: &AdmitError) -> Status {
+    Status::new(e.kind().grpc_code(), e.to_string())
+}
+
+fn cancel_status(e: &CancelError) -> Status {
+    Status::new(e.kind().grpc_code(), e.to_string())
 }
 
 fn parse_id(field: &str, id: &str) -> Result<RunId, Status> {
@@ -75,8 +76,7 @@ impl Runs {
     /// The service over `s`.
     #[must_use]
     pub fn new(s: std::sync::Arc<Scheduler>) -> Self {
-        let api = crate::api::router(s.clone());
-        Self { s, api }
+        Self { s }
     }
 
     /// The tonic server, to be served (or merged into an axum router with
@@ -89,7 +89,7 @@ impl Runs {
         match self.s.store.get(id).await {
             Ok(Some(r)) => Ok(r),
             Ok(None) => Err(Status::not_found(format!("run {id} not found"))),
-            Err(e) => Err(status_of(&store_err(&e))),
+            Err(e) => Err(store_status(&e)),
         }
     }
 
@@ -138,6 +138,80 @@ impl Runs {
         )))
     }
 
+    /// Builds the admission request of a CreateRun, checking what the message carries as text
+    /// as the HTTP v1 submit checks its body: JSON, nesting depth, size, an object payload.
+    fn admit_request(
+        &self,
+        r: CreateRunRequest,
+        caller: &Caller,
+        received: Instant,
+    ) -> Result<AdmitRequest, Status> {
+        if r.algorithm.is_empty() || r.algorithm.contains('/') {
+            return Err(Status::invalid_argument(
+                "algorithm: the template name is required",
+            ));
+        }
+        let params: serde_json::Value = serde_json::from_str(&r.parameters_json)
+            .map_err(|e| Status::invalid_argument(format!("parameters_json: not JSON ({e})")))?;
+        let custom_configuration = if r.custom_configuration_json.is_empty() {
+            None
+        } else {
+            Some(
+                serde_json::from_str::<serde_json::Value>(&r.custom_configuration_json).map_err(
+                    |e| {
+                        Status::invalid_argument(format!(
+                            "custom_configuration_json: not JSON ({e})"
+                        ))
+                    },
+                )?,
+            )
+        };
+        // The limits of the HTTP body, which holds both values one level down.
+        let config = &self.s.config;
+        let nested = config.max_json_depth.saturating_sub(1);
+        let depth = |text: &str| crate::request_split::check_depth(text.as_bytes(), nested);
+        if depth(&r.parameters_json).is_err() || depth(&r.custom_configuration_json).is_err() {
+            return Err(admit_status(&AdmitError::too_deep(config.max_json_depth)));
+        }
+        let parameters = Parameters::from_json(&params).map_err(|e| admit_status(&e))?;
+        let payload_len = match &parameters {
+            Parameters::Memory(b) => b.len(),
+            Parameters::Spooled(p) => usize::try_from(p.span.len).unwrap_or(usize::MAX),
+        };
+        let rest = r.custom_configuration_json.len() + r.tag.len();
+        if payload_len.saturating_add(rest) > config.max_request_bytes {
+            metrics::rejected("too_large");
+            return Err(Status::invalid_argument(format!(
+                "request body is over the limit of {} bytes (scheduler.max_request_bytes)",
+                config.max_request_bytes
+            )));
+        }
+        if rest > spool::MAX_REST {
+            return Err(Status::invalid_argument(format!(
+                "the request outside algorithmParameters is over {} bytes",
+                spool::MAX_REST
+            )));
+        }
+        Ok(AdmitRequest {
+            algorithm: r.algorithm,
+            parameters,
+            tag: (!r.tag.is_empty()).then_some(r.tag),
+            custom_configuration,
+            api_version: None,
+            payload_valid_for: None,
+            parent: match caller {
+                Caller::Client => None,
+                Caller::Run(parent) => Some(ParentRef {
+                    request_id: parent.id.to_string(),
+                    algorithm: parent.algorithm.clone(),
+                }),
+            },
+            idempotency_key: (!r.idempotency_key.is_empty()).then_some(r.idempotency_key),
+            dry_run: false,
+            received,
+        })
+    }
+
     async fn status(&self, run: &Run) -> RunStatus {
         RunStatus {
             request_id: run.id.to_string(),
@@ -165,58 +239,17 @@ impl RunService for Runs {
         &self,
         request: tonic::Request<CreateRunRequest>,
     ) -> Result<tonic::Response<RunRef>, Status> {
+        let received = Instant::now();
         let caller = self.caller(&request).await?;
         let r = request.into_inner();
-        if r.algorithm.is_empty() || r.algorithm.contains('/') {
-            return Err(Status::invalid_argument(
-                "algorithm: the template name is required",
-            ));
-        }
-        let params: serde_json::Value = serde_json::from_str(&r.parameters_json)
-            .map_err(|e| Status::invalid_argument(format!("parameters_json: not JSON ({e})")))?;
-        let mut body = serde_json::json!({ "algorithmParameters": params });
-        if !r.tag.is_empty() {
-            body["tag"] = r.tag.into();
-        }
-        if !r.custom_configuration_json.is_empty() {
-            body["customConfiguration"] = serde_json::from_str(&r.custom_configuration_json)
-                .map_err(|e| {
-                    Status::invalid_argument(format!("custom_configuration_json: not JSON ({e})"))
-                })?;
-        }
-        if let Caller::Run(parent) = &caller {
-            body["parentRequest"] = serde_json::json!({
-                "requestId": parent.id.to_string(),
-                "algorithmName": parent.algorithm,
-            });
-        }
-        let mut http = Request::post(format!("/algorithm/v1/run/{}", r.algorithm))
-            .header("content-type", "application/json");
-        if !r.idempotency_key.is_empty() {
-            http = http.header("idempotency-key", r.idempotency_key);
-        }
-        let http = http
-            .body(Body::from(body.to_string()))
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let resp = self
-            .api
-            .clone()
-            .oneshot(http)
+        let algorithm = r.algorithm.clone();
+        let admitted = Admission::new(self.s.clone())
+            .admit(self.admit_request(r, &caller, received)?)
             .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        if status != StatusCode::ACCEPTED {
-            let msg = String::from_utf8_lossy(&bytes).into_owned();
-            return Err(status_of(&ApiError::new(status, msg)));
-        }
-        let created: nexus_proto::v1::RunCreated = serde_json::from_slice(&bytes)
-            .map_err(|e| Status::internal(format!("unexpected submit answer: {e}")))?;
+            .map_err(|e| admit_status(&e))?;
         Ok(tonic::Response::new(RunRef {
-            request_id: created.request_id,
-            algorithm: r.algorithm,
+            request_id: admitted.id.to_string(),
+            algorithm,
         }))
     }
 
@@ -265,7 +298,7 @@ impl RunService for Runs {
                     }
                     // A store hiccup is not the end of the run: keep following.
                     Err(e) => {
-                        tracing::debug!(%id, "watch: store unavailable, retrying: {e}");
+                        tracing::debug!(run_id = %id, error = %e, "watch: store unavailable, retrying");
                         continue;
                     }
                 };
@@ -302,9 +335,9 @@ impl RunService for Runs {
             Caller::Client => "grpc client".to_owned(),
             Caller::Run(me) => format!("run {}/{}", me.algorithm, me.id),
         };
-        let cascade = crate::api::cancel(&self.s, target, policy, &initiator, &r.reason)
+        let cascade = crate::tree::cancel(&self.s, target, policy, &initiator, &r.reason)
             .await
-            .map_err(|e| status_of(&e))?;
+            .map_err(|e| cancel_status(&e))?;
         Ok(tonic::Response::new(CancelRunResponse {
             descendants_cancelled: u32::try_from(cascade.cancelled).unwrap_or(u32::MAX),
         }))
@@ -332,7 +365,7 @@ impl RunService for Runs {
                 ));
             }
         }
-        .map_err(|e| status_of(&store_err(&e)))?;
+        .map_err(|e| store_status(&e))?;
         let mut out = Vec::with_capacity(runs.len());
         for run in &runs {
             out.push(self.status(run).await);
@@ -385,5 +418,118 @@ async fn fallback(req: axum::extract::Request) -> axum::response::Response {
         axum::response::Response::from_parts(parts, axum::body::Body::empty())
     } else {
         axum::response::IntoResponse::into_response(nexus_http::not_found().await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use nexus_proto::grpc::CreateRunRequest;
+    use nexus_proto::grpc::run_service_server::RunService;
+    use tonic::Code;
+    use tower::ServiceExt as _;
+
+    use super::Runs;
+    use crate::SchedulerConfig;
+    use crate::admission::tests::scheduler;
+
+    /// The HTTP answer (status, text) to the v1 submit of `body` for `alg`.
+    async fn http_submit(
+        s: std::sync::Arc<crate::Scheduler>,
+        alg: &str,
+        body: &str,
+    ) -> (u16, String) {
+        let req = Request::post(format!("/algorithm/v1/run/{alg}"))
+            .header("content-type", "application/json")
+            .header("content-length", body.len())
+            .body(Body::from(body.to_owned()))
+            .unwrap();
+        let resp = crate::api::router(s).oneshot(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    async fn grpc_submit(
+        s: std::sync::Arc<crate::Scheduler>,
+        r: CreateRunRequest,
+    ) -> Result<String, tonic::Status> {
+        Runs::new(s)
+            .create_run(tonic::Request::new(r))
+            .await
+            .map(|r| r.into_inner().request_id)
+    }
+
+    #[tokio::test]
+    async fn create_run_gets_the_same_errors_as_the_http_submit() {
+        let (s, store) = scheduler(SchedulerConfig {
+            queue_bound: 1,
+            ..SchedulerConfig::default()
+        });
+        let cases = [
+            ("nope", r#"{"a": 1}"#, "", Code::InvalidArgument, 400),
+            ("knapsack", "[1]", "", Code::InvalidArgument, 400),
+            ("knapsack", "null", "", Code::InvalidArgument, 400),
+            (
+                "knapsack",
+                "{}",
+                r#"{"workgroupRef": {"name": "gone"}}"#,
+                Code::InvalidArgument,
+                400,
+            ),
+        ];
+        for (alg, params, custom, code, http) in cases {
+            let mut body = serde_json::json!({
+                "algorithmParameters": serde_json::from_str::<serde_json::Value>(params).unwrap()
+            });
+            if !custom.is_empty() {
+                body["customConfiguration"] = serde_json::from_str(custom).unwrap();
+            }
+            let (status, text) = http_submit(s.clone(), alg, &body.to_string()).await;
+            let e = grpc_submit(
+                s.clone(),
+                CreateRunRequest {
+                    algorithm: alg.into(),
+                    parameters_json: params.into(),
+                    custom_configuration_json: custom.into(),
+                    ..CreateRunRequest::default()
+                },
+            )
+            .await
+            .unwrap_err();
+            assert_eq!((status, e.code()), (http, code), "{alg} {params}");
+            assert_eq!(e.message(), text, "{alg} {params}");
+        }
+
+        // Accepted: durable; then the queue (bound 1) is full for both front ends.
+        let id = grpc_submit(
+            s.clone(),
+            CreateRunRequest {
+                algorithm: "knapsack".into(),
+                parameters_json: r#"{"a": 1}"#.into(),
+                ..CreateRunRequest::default()
+            },
+        )
+        .await
+        .unwrap();
+        use nexus_store::RunStore as _;
+        assert!(store.get(id.parse().unwrap()).await.unwrap().is_some());
+        let (status, text) =
+            http_submit(s.clone(), "knapsack", r#"{"algorithmParameters": {}}"#).await;
+        let e = grpc_submit(
+            s,
+            CreateRunRequest {
+                algorithm: "knapsack".into(),
+                parameters_json: "{}".into(),
+                ..CreateRunRequest::default()
+            },
+        )
+        .await
+        .unwrap_err();
+        assert_eq!((status, e.code()), (429, Code::ResourceExhausted));
+        assert_eq!(e.message(), text);
     }
 }

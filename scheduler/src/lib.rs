@@ -17,6 +17,7 @@ use nexus_store::RunStore;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+pub mod admission;
 pub mod api;
 pub mod dispatch;
 pub mod edge;

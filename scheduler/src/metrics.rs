@@ -10,7 +10,23 @@ pub fn rejected(reason: &'static str) {
     metrics::counter!("nexus_scheduler_requests_rejected_total", "reason" => reason).increment(1);
 }
 
-// Queue depth per lane: `nexus_scheduler_queue_depth{shard}`, kept by each lane (queue.rs).
+/// Queue depth of one lane: `nexus_scheduler_queue_depth{shard}`, kept by the lane (queue.rs).
+#[derive(Debug)]
+pub struct QueueDepth(metrics::Gauge);
+
+impl QueueDepth {
+    /// The handle for `shard` (looked up once, not per push).
+    #[must_use]
+    pub fn new(shard: &str) -> Self {
+        Self(metrics::gauge!("nexus_scheduler_queue_depth", "shard" => shard.to_owned()))
+    }
+
+    /// Sets the lane's depth to `runs`.
+    pub fn set(&self, runs: usize) {
+        #[allow(clippy::cast_precision_loss)] // a depth fits an f64 exactly up to 2^53
+        self.0.set(runs as f64);
+    }
+}
 
 /// Sets the dispatch rate currently in force toward `shard` (its share, AIMD-adjusted).
 pub fn budget_rate(shard: &str, rate: f64) {

@@ -77,7 +77,7 @@ pub struct Lane {
     name: Arc<str>,
     parts: Mutex<Parts>,
     notify: Notify,
-    depth: metrics::Gauge,
+    depth: crate::metrics::QueueDepth,
     total: Arc<AtomicUsize>,
     down: Mutex<Down>,
 }
@@ -115,8 +115,7 @@ impl Lane {
 
     fn added(&self, parts: &Parts) {
         self.total.fetch_add(1, Ordering::Relaxed);
-        #[allow(clippy::cast_precision_loss)] // a depth fits an f64 exactly up to 2^53
-        self.depth.set(parts.len() as f64);
+        self.depth.set(parts.len());
     }
 
     fn push_back(&self, e: Entry, priority: bool) {
@@ -193,8 +192,7 @@ impl Lane {
         };
         if e.is_some() {
             self.total.fetch_sub(1, Ordering::Relaxed);
-            #[allow(clippy::cast_precision_loss)]
-            self.depth.set(p.len() as f64);
+            self.depth.set(p.len());
         }
         e
     }
@@ -238,7 +236,7 @@ impl Lane {
         out.extend(p.fifo.drain(..));
         p.held.clear();
         self.total.fetch_sub(out.len(), Ordering::Relaxed);
-        self.depth.set(0.0);
+        self.depth.set(0);
         out
     }
 }
@@ -300,7 +298,7 @@ impl VirtualQueue {
                     name: Arc::from(shard),
                     parts: Mutex::new(Parts::default()),
                     notify: Notify::new(),
-                    depth: metrics::gauge!("nexus_scheduler_queue_depth", "shard" => shard.to_owned()),
+                    depth: crate::metrics::QueueDepth::new(shard),
                     total: self.total.clone(),
                     down: Mutex::new(Down::default()),
                 })

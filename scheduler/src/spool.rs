@@ -19,7 +19,7 @@ use futures::StreamExt as _;
 use sha2::Digest as _;
 use tokio::io::AsyncWriteExt as _;
 
-use crate::api::hex;
+use crate::admission::{AdmitError, hex, require_object};
 use crate::metrics;
 use nexus_http::ApiError;
 
@@ -88,27 +88,6 @@ pub async fn read_body(
         .await
         .map_err(|e| internal("cannot write the spool file", e))?;
     Ok(Incoming::Spooled(out.into_std().await))
-}
-
-/// 400 unless a payload starting with `first` is a JSON object (the reference's
-/// `algorithmParameters` is an object: `map[string]any`).
-///
-/// # Errors
-/// The 400 naming what was sent instead.
-pub fn require_object(first: Option<u8>) -> Result<(), ApiError> {
-    let got = match first {
-        Some(b'{') => return Ok(()),
-        Some(b'[') => "an array",
-        Some(b'"') => "a string",
-        Some(b't' | b'f') => "a boolean",
-        Some(b'n') => "null",
-        Some(_) => "a number",
-        None => "nothing",
-    };
-    metrics::rejected("invalid_body");
-    Err(ApiError::bad_request(format!(
-        "Algorithm payload is invalid: algorithmParameters must be a JSON object, got {got}"
-    )))
 }
 
 /// How many bytes of an oversized body are read and dropped before the 413 is sent: twice the
@@ -210,10 +189,7 @@ pub fn split_spooled(mut file: File, max_depth: usize) -> Result<SpooledRequest,
         max_depth,
     )
     .map_err(|e| match e {
-        crate::request_split::SplitError::TooDeep(n) => {
-            metrics::rejected("invalid_body");
-            crate::api::too_deep(n)
-        }
+        crate::request_split::SplitError::TooDeep(n) => AdmitError::too_deep(n).into(),
         crate::request_split::SplitError::Io(e) => internal("cannot read the spool file", e),
         crate::request_split::SplitError::RestTooLarge(n) => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -1,7 +1,6 @@
 //! The bad-input table: every malformed request gets its status and a message a person can act
 //! on, nothing changes, and the process stays healthy.
 
-
 use std::time::Duration;
 
 use crate::common::*;

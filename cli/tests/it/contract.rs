@@ -8,7 +8,6 @@
 //! reference (§1, §2.1): required keys and their types, optional keys, whether other keys are
 //! allowed. No key of any JSON answer may be `null`.
 
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -131,10 +130,13 @@ impl Target {
         sc.scheduler.max_request_bytes = MAX_REQUEST;
         sc.scheduler.retry_base_delay = Duration::from_millis(20);
         sc.scheduler.drain_grace = Duration::from_millis(200);
-        let scheduler =
-            nexus_cli::distributed::start_scheduler_with(sc, crate::common::port0().await, stores.clone())
-                .await
-                .expect("scheduler starts");
+        let scheduler = nexus_cli::distributed::start_scheduler_with(
+            sc,
+            crate::common::port0().await,
+            stores.clone(),
+        )
+        .await
+        .expect("scheduler starts");
         let supervisor = nexus_cli::distributed::start_supervisor_with(
             SupervisorProcess {
                 scheduler_url: scheduler.url.clone(),
@@ -1007,8 +1009,14 @@ mod cases {
             json!({"algorithmParameters": {"name": "Nexus"}}),
         )
         .await;
-        let r = crate::common::wait_terminal(&http(), &t.scheduler, "hello", &id, Duration::from_secs(60))
-            .await;
+        let r = crate::common::wait_terminal(
+            &http(),
+            &t.scheduler,
+            "hello",
+            &id,
+            Duration::from_secs(60),
+        )
+        .await;
         assert_eq!(r["status"], "COMPLETED", "{r}");
         assert_eq!(
             r["resultUri"],
@@ -1024,8 +1032,14 @@ mod cases {
             json!({"algorithmParameters": {"greeting": "no name"}}),
         )
         .await;
-        let r = crate::common::wait_terminal(&http(), &t.scheduler, "hello", &id, Duration::from_secs(60))
-            .await;
+        let r = crate::common::wait_terminal(
+            &http(),
+            &t.scheduler,
+            "hello",
+            &id,
+            Duration::from_secs(60),
+        )
+        .await;
         assert_eq!(r["status"], "FAILED", "{r}");
         assert!(
             r["runErrorMessage"]

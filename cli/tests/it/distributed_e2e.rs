@@ -8,7 +8,6 @@
 //! once the outage has been observed. Every run must complete, on its own shard, and shard B's
 //! runs must not wait for shard A to come back.
 
-
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs::File;

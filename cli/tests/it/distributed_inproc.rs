@@ -4,7 +4,6 @@
 //! the same topology as separate processes on Cassandra and SeaweedFS). Real gRPC on loopback with
 //! a shared secret, real algorithm processes.
 
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -345,7 +344,9 @@ async fn a_receiver_over_its_launch_limit_slows_the_scheduler_down_and_loses_not
         ids.push(submit(&http, base, "knapsack-a").await);
     }
     for id in &ids {
-        let r = crate::common::wait_terminal(&http, base, "knapsack-a", id, Duration::from_secs(60)).await;
+        let r =
+            crate::common::wait_terminal(&http, base, "knapsack-a", id, Duration::from_secs(60))
+                .await;
         assert_eq!(r["status"], "COMPLETED", "{id}: {r}");
     }
     let metrics = http
@@ -386,7 +387,7 @@ async fn a_scheduler_shut_down_under_load_hands_its_runs_over_without_waiting_fo
     let (a, b) = (c.schedulers[1].url.clone(), c.schedulers[0].url.clone());
     // All at once, so that the queue is long when the scheduler leaves however busy the machine
     // is (one by one, a slow machine could take as long to submit them as to dispatch them).
-    let ids: Vec<String> =
+    let mut ids: Vec<String> =
         futures::future::join_all((0..40).map(|_| submit(&http, &a, "knapsack-a"))).await;
     // Load on the other scheduler while the first one leaves.
     let load = {
@@ -434,7 +435,8 @@ async fn a_scheduler_shut_down_under_load_hands_its_runs_over_without_waiting_fo
     );
     ids.extend(load.await.unwrap());
     for id in &ids {
-        let r = crate::common::wait_terminal(&http, &b, "knapsack-a", id, Duration::from_secs(40)).await;
+        let r = crate::common::wait_terminal(&http, &b, "knapsack-a", id, Duration::from_secs(40))
+            .await;
         assert_eq!(r["status"], "COMPLETED", "{id}: {r}");
     }
     assert!(

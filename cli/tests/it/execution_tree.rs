@@ -2,7 +2,6 @@
 //! limits with clear errors, and cancelling a run cancels every descendant with a cause naming
 //! the cancelled ancestor.
 
-
 use std::time::Duration;
 
 use crate::common::*;

@@ -21,7 +21,6 @@
 //! the server's user; no Landlock: runs sharing one `run_as` user can see each other in `/proc`),
 //! the test prints which attempts it could not hold to refusal and why, and asserts the rest.
 
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;

@@ -3,7 +3,6 @@
 //! feature `cassandra-tests`, `NEXUS_TEST_CASSANDRA=host:port`) on a real Cassandra node, where
 //! the restarted process takes the runs over once the killed one's lease lapses.
 
-
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 

@@ -7,7 +7,6 @@
 //! `nexus-demo` binary with the Job's command, arguments and environment — as a local process,
 //! reports the pod's status, and marks the Job Complete as the Job controller would.
 
-
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -255,7 +254,8 @@ async fn runs_become_jobs_complete_cancel_and_follow_templates_in_the_cluster() 
         .await
         .unwrap();
     end_job(&c, &ns, &id, &JobEnd::Complete).await.unwrap();
-    let r = crate::common::wait_terminal(&http, &base, "knapsack", &id, Duration::from_secs(30)).await;
+    let r =
+        crate::common::wait_terminal(&http, &base, "knapsack", &id, Duration::from_secs(30)).await;
     assert_eq!(r["status"], "COMPLETED", "{r}");
     let result = crate::common::get_json(&http, r["resultUri"].as_str().unwrap()).await;
     assert_eq!(result["totalValue"], 90, "{result}");
@@ -275,7 +275,8 @@ async fn runs_become_jobs_complete_cancel_and_follow_templates_in_the_cluster() 
         .await
         .unwrap();
     assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
-    let r = crate::common::wait_terminal(&http, &base, "knapsack", &id, Duration::from_secs(30)).await;
+    let r =
+        crate::common::wait_terminal(&http, &base, "knapsack", &id, Duration::from_secs(30)).await;
     assert_eq!(r["status"], "CANCELLED", "{r}");
     crate::common::eventually(Duration::from_secs(10), "the Job is being deleted", || {
         let jobs = jobs.clone();

@@ -3,7 +3,6 @@
 //! (declared or counted while streaming); objects are served with their length; and the
 //! bounded server keeps serving probes under a flood of idle connections.
 
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

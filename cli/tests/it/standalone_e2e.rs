@@ -1,6 +1,5 @@
 //! End to end in-process: the demo algorithms run as real local processes under standalone Nexus.
 
-
 use std::time::Duration;
 
 use crate::common::*;

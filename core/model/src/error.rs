@@ -1,7 +1,8 @@
-//! Error kinds shared by every seam, and the one mapping from kind to HTTP status.
+//! Error kinds shared by every seam, and the one table from kind to HTTP status and gRPC code.
 //!
 //! Each backend maps its driver errors to an [`ErrorKind`] in exactly one function; the API layers
-//! map kinds to status codes through [`ErrorKind::http_status`] only.
+//! map kinds to status codes through [`ErrorKind::http_status`] and [`ErrorKind::grpc_code`] only,
+//! both read from the one table in `ErrorKind::codes`.
 
 /// What kind of failure happened: drives retries and status codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -27,20 +28,32 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// The one table: each kind's HTTP status and gRPC code, side by side.
+    fn codes(self) -> (u16, tonic::Code) {
+        use tonic::Code;
+        match self {
+            ErrorKind::NotFound => (404, Code::NotFound),
+            ErrorKind::Conflict => (409, Code::FailedPrecondition),
+            ErrorKind::InvalidInput => (400, Code::InvalidArgument),
+            ErrorKind::Unauthorized => (401, Code::Unauthenticated),
+            ErrorKind::Forbidden => (403, Code::PermissionDenied),
+            ErrorKind::Unavailable => (503, Code::Unavailable),
+            ErrorKind::Timeout => (504, Code::DeadlineExceeded),
+            ErrorKind::ResourceExhausted => (429, Code::ResourceExhausted),
+            ErrorKind::Internal => (500, Code::Internal),
+        }
+    }
+
     /// Returns the HTTP status code for this kind.
     #[must_use]
     pub fn http_status(self) -> u16 {
-        match self {
-            ErrorKind::NotFound => 404,
-            ErrorKind::Conflict => 409,
-            ErrorKind::InvalidInput => 400,
-            ErrorKind::Unauthorized => 401,
-            ErrorKind::Forbidden => 403,
-            ErrorKind::Unavailable => 503,
-            ErrorKind::Timeout => 504,
-            ErrorKind::ResourceExhausted => 429,
-            ErrorKind::Internal => 500,
-        }
+        self.codes().0
+    }
+
+    /// Returns the gRPC status code for this kind.
+    #[must_use]
+    pub fn grpc_code(self) -> tonic::Code {
+        self.codes().1
     }
 
     /// Returns true when retrying the same call later may succeed.

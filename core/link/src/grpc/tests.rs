@@ -68,7 +68,7 @@ fn codes_and_kinds_map_both_ways() {
         ErrorKind::Internal,
     ] {
         assert_eq!(kind_of(code_of(k)), k);
-        assert_eq!(kind_of_status(status_code_of(k)), k);
+        assert_eq!(kind_of_status(k.grpc_code()), k);
     }
     assert_eq!(parse_policy("").unwrap(), CancellationPolicy::Background);
     assert_eq!(parse_policy("Orphan").unwrap(), CancellationPolicy::Orphan);

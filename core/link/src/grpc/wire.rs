@@ -103,24 +103,8 @@ pub fn kind_of(code: Code) -> ErrorKind {
     }
 }
 
-/// Returns the gRPC status code of an error kind (the one kind → gRPC table).
-#[must_use]
-pub fn status_code_of(kind: ErrorKind) -> tonic::Code {
-    match kind {
-        ErrorKind::NotFound => tonic::Code::NotFound,
-        ErrorKind::Conflict => tonic::Code::FailedPrecondition,
-        ErrorKind::InvalidInput => tonic::Code::InvalidArgument,
-        ErrorKind::Unauthorized => tonic::Code::Unauthenticated,
-        ErrorKind::Forbidden => tonic::Code::PermissionDenied,
-        ErrorKind::Unavailable => tonic::Code::Unavailable,
-        ErrorKind::Timeout => tonic::Code::DeadlineExceeded,
-        ErrorKind::ResourceExhausted => tonic::Code::ResourceExhausted,
-        ErrorKind::Internal => tonic::Code::Internal,
-    }
-}
-
-/// Returns the error kind of a gRPC status code (the reverse table; `Ok` maps to `Internal`, it
-/// never reaches here).
+/// Returns the error kind of a gRPC status code: the reverse of [`ErrorKind::grpc_code`], which
+/// also reads the codes tonic produces on its own (`Ok` maps to `Internal`, it never reaches here).
 #[must_use]
 pub(crate) fn kind_of_status(code: tonic::Code) -> ErrorKind {
     use tonic::Code as C;
