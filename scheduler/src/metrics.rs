@@ -1,4 +1,58 @@
-//! Every metric the scheduler emits (Prometheus names; labels bounded: never a run id).
+//! Every metric the scheduler emits (Prometheus names; labels bounded: never a run id), and
+//! their HELP texts ([`describe`]).
+
+/// Registers the HELP text and unit of every scheduler metric with the installed recorder (call
+/// once, after installing it).
+pub fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "nexus_scheduler_runs_accepted_total",
+        "Runs accepted (202), by outcome."
+    );
+    describe_counter!(
+        "nexus_scheduler_requests_rejected_total",
+        "Submissions refused before a run was stored, by reason."
+    );
+    describe_gauge!(
+        "nexus_scheduler_queue_depth",
+        "Runs queued or in flight in this scheduler's lane toward a shard."
+    );
+    describe_gauge!(
+        "nexus_scheduler_shard_budget_rate",
+        "Dispatch rate (runs/s) in force toward a shard: this scheduler's share, AIMD-adjusted."
+    );
+    describe_counter!(
+        "nexus_scheduler_limiter_waits_total",
+        "Times a lane waited for a dispatch budget token."
+    );
+    describe_counter!(
+        "nexus_scheduler_limiter_wait_microseconds_total",
+        Unit::Microseconds,
+        "Time lanes spent waiting for dispatch budget tokens."
+    );
+    describe_counter!(
+        "nexus_scheduler_dispatch_total",
+        "Hand-overs of runs to shards, by result (ok, retry, slow_down, failed, skipped)."
+    );
+    describe_histogram!(
+        "nexus_scheduler_time_in_queue_seconds",
+        Unit::Seconds,
+        "Time a run waited between its accept and its hand-over to a shard."
+    );
+    describe_histogram!(
+        "nexus_scheduler_accept_seconds",
+        Unit::Seconds,
+        "Latency of a durable accept (payload and record stored)."
+    );
+    describe_counter!(
+        "nexus_scheduler_descendants_cancelled_total",
+        "Descendants moved to CANCELLED by cascading cancels this scheduler started."
+    );
+    describe_counter!(
+        "nexus_scheduler_stranded_requeued_total",
+        "BUFFERED runs found in no queue and queued again by the stranded-run pass."
+    );
+}
 
 /// Counts an accepted run.
 pub fn accepted(algorithm_known: bool) {

@@ -117,7 +117,7 @@ pub async fn watch_cluster(
             workgroups = snap.workgroups.len(),
             "catalog updated from the cluster"
         );
-        metrics::gauge!("nexus_catalog_templates").set(snap.templates.len() as f64);
+        crate::metrics::catalog_templates(snap.templates.len());
         catalog.replace(snap);
     };
     let mut ready = false;
@@ -129,7 +129,7 @@ pub async fn watch_cluster(
         match ev {
             None => return,
             Some(Err(e)) => {
-                metrics::counter!("nexus_catalog_watch_errors_total").increment(1);
+                crate::metrics::catalog_watch_error();
                 tracing::warn!(
                     error = %e, "template watch failed, retrying (the catalog keeps its last state)"
                 );

@@ -160,7 +160,7 @@ where
             match self.budget.try_acquire() {
                 Ok(()) => self.token = true,
                 Err(wait) => {
-                    metrics::counter!("nexus_kube_api_budget_waits_total").increment(1);
+                    crate::metrics::budget_wait();
                     self.wait = Some(Box::pin(tokio::time::sleep(wait)));
                 }
             }

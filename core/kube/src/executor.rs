@@ -215,7 +215,7 @@ impl KubeExecutor {
                 n = jobs.next() => match n {
                     None => return,
                     Some(Err(e)) => {
-                        metrics::counter!("nexus_kube_job_watch_errors_total").increment(1);
+                        crate::metrics::job_watch_error();
                         tracing::warn!(error = %e, "job watch failed, retrying");
                     }
                     Some(Ok(watcher::Event::Apply(job) | watcher::Event::InitApply(job))) => {
@@ -227,7 +227,7 @@ impl KubeExecutor {
                 n = pods.next() => match n {
                     None => return,
                     Some(Err(e)) => {
-                        metrics::counter!("nexus_kube_job_watch_errors_total").increment(1);
+                        crate::metrics::job_watch_error();
                         tracing::warn!(error = %e, "pod watch failed, retrying");
                     }
                     Some(Ok(pod)) => self.observe_pod(pod),
@@ -284,7 +284,7 @@ impl KubeExecutor {
             }
         }
         if deleted > 0 {
-            metrics::counter!("nexus_kube_jobs_collected_total").increment(deleted as u64);
+            crate::metrics::jobs_collected(deleted);
             tracing::info!(deleted, "finished Jobs past their TTL deleted");
         }
         deleted
@@ -433,7 +433,7 @@ impl KubeExecutor {
     /// otherwise keep pulling or pending).
     fn give_up(&self, id: RunId, p: &PodProblem) {
         tracing::info!(run_id = %id, cause = %p.cause, details = %p.details, "giving the run up");
-        metrics::counter!("nexus_kube_runs_given_up_total", "kind" => p.kind.as_str()).increment(1);
+        crate::metrics::run_given_up(p.kind.as_str());
         self.finish(id, p.outcome());
         let jobs = self.jobs.clone();
         tokio::spawn(async move {
@@ -494,7 +494,7 @@ impl Executor for KubeExecutor {
         self.active()
             .entry(spec.run_id)
             .or_insert_with(|| Tracked::new(deadline));
-        metrics::counter!("nexus_kube_jobs_created_total").increment(1);
+        crate::metrics::job_created();
         let _ = self.events.send(ExecutorEvent::Started {
             run_id: spec.run_id,
             attempt: 1,

@@ -24,6 +24,8 @@ pub mod executor;
 pub mod job;
 #[cfg(feature = "client")]
 pub mod leader;
+#[cfg(feature = "client")]
+pub mod metrics;
 #[cfg(all(feature = "client", any(test, feature = "testsuite")))]
 pub mod testkit;
 

@@ -3,5 +3,6 @@
 //! configuration and credentials ([`grpc`]), and cascading cancels across shards ([`tree`]).
 
 pub mod grpc;
+pub mod metrics;
 pub mod shard;
 pub mod tree;

@@ -75,8 +75,7 @@ pub async fn cancel_descendants(
         }
     }
     if report.cancelled > 0 {
-        metrics::counter!("nexus_descendants_cancelled_total").increment(report.cancelled as u64);
-        metrics::histogram!("nexus_cascade_cancel_seconds").record(started.elapsed().as_secs_f64());
+        crate::metrics::cascade(report.cancelled, started.elapsed());
         tracing::info!(
             run_id = %ancestor.id,
             descendants = report.descendants,

@@ -337,8 +337,7 @@ impl Inner {
         h.down_until = Some(now + h.backoff);
         drop(h);
         tracing::warn!(shard = %self.shard, endpoint = %ep.url, "grpc endpoint marked down");
-        metrics::counter!("nexus_grpc_endpoint_down_total", "shard" => self.shard.clone())
-            .increment(1);
+        crate::metrics::endpoint_down(&self.shard);
     }
 
     fn all_down_error(&self) -> ShardError {
@@ -355,11 +354,7 @@ impl Inner {
 
     /// Sends one batch, failing over across endpoints, and answers every waiting submit.
     async fn send_batch(&self, batch: Vec<Pending>) {
-        metrics::counter!("nexus_grpc_submit_batches_total", "shard" => self.shard.clone())
-            .increment(1);
-        #[allow(clippy::cast_precision_loss)] // batch sizes are small
-        metrics::histogram!("nexus_grpc_submit_batch_size", "shard" => self.shard.clone())
-            .record(batch.len() as f64);
+        crate::metrics::submit_batch(&self.shard, batch.len());
         let (wires, replies): (Vec<RunDispatch>, Vec<_>) =
             batch.into_iter().map(|p| (p.wire, p.reply)).unzip();
         let req = SubmitRequest { runs: wires };
