@@ -2,23 +2,37 @@
 //! seam; in standalone through [`LocalShard`]), launches them through its executor with a
 //! run-scoped token and a signed result-upload URL, and serves the completion endpoint the
 //! algorithm calls when it is done.
+//!
+//! [`serve`] owns the receiver's lifecycle (its listeners, lease, executor events and the ordered
+//! drain); standalone calls it without listeners and serves [`api::router`] on its shared port.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use axum::Router;
 use nexus_core::error::ErrorKind;
-use nexus_core::executor::Executor;
+use nexus_core::executor::{Executor, ExecutorEvent};
+use nexus_core::grpc::LinkCredentials;
+use nexus_core::http::{Readiness, health_routes, negotiate_errors};
 use nexus_core::payload::{Keys, PayloadStore};
 use nexus_core::render::{LaunchContext, launch_spec};
+use nexus_core::run::now_millis;
 use nexus_core::run::{CancellationPolicy, RunId, RunPatch, Stage};
+use nexus_core::server::ServerConfig;
 use nexus_core::shard::{Dispatch, Shard, ShardError};
 use nexus_core::sign::{Signer, now_secs};
 use nexus_core::store::RunStore;
 use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub mod api;
 pub mod grpc;
+pub mod metrics;
 
 /// Receiver configuration (section `receiver`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -307,6 +321,232 @@ impl Shard for LocalShard {
     async fn cancel(&self, run_id: RunId, policy: CancellationPolicy) -> Result<(), ShardError> {
         self.0.cancel(run_id, policy).await
     }
+}
+
+/// What [`serve`] runs with, besides the seams.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Receiver settings.
+    pub receiver: ReceiverConfig,
+    /// The shard served (empty in standalone: every shard).
+    pub shard: String,
+    /// Owner id (`receiver/<shard>/<instance>`): the runs it launches are recorded under it and
+    /// its lease is held in the run store. Empty in standalone: the process's scheduler holds the
+    /// one lease and the supervisor records starts.
+    pub instance_id: String,
+    /// Lease time-to-live (renewed every third of it).
+    pub lease_ttl: Duration,
+    /// On shutdown, how long running runs get to finish before the receiver leaves.
+    pub drain_grace: Duration,
+    /// Connection limit and timeouts of the HTTP server (when it has a listener).
+    pub server: ServerConfig,
+}
+
+/// The seams [`serve`] works through.
+#[derive(Debug)]
+pub struct Deps {
+    /// Run store.
+    pub store: Arc<dyn RunStore>,
+    /// Payloads, results and logs.
+    pub payloads: Arc<dyn PayloadStore>,
+    /// Where runs execute.
+    pub executor: Arc<dyn Executor>,
+    /// The executor's events, applied to the run store here (a local process can only be watched
+    /// by its parent); `None` when another component applies them (standalone's supervisor).
+    pub events: Option<UnboundedReceiver<ExecutorEvent>>,
+    /// Cancelled once the receiver has drained (stops the executor's own watchers).
+    pub executor_stop: CancellationToken,
+    /// Signs run tokens.
+    pub signer: Signer,
+    /// gRPC credentials (needed with a gRPC listener).
+    pub credentials: Option<LinkCredentials>,
+    /// Readiness: schedulers stop sending runs when it is off.
+    pub readiness: Readiness,
+}
+
+/// Listeners [`serve`] serves on (bound by the caller, so tests use port 0).
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// Routes the process serves on this component's HTTP listener besides the component's own
+    /// (its `/metrics`); unused without an HTTP listener.
+    pub telemetry: Router,
+    /// Completion endpoint, health probes and `/metrics`; `None` when the caller serves
+    /// [`api::router`] (standalone).
+    pub http: Option<TcpListener>,
+    /// `nexus.v1.ShardService`, `CompletionService`, `grpc.health.v1`; `None` in standalone
+    /// (runs arrive through [`LocalShard`]).
+    pub grpc: Option<TcpListener>,
+}
+
+/// A running receiver.
+#[derive(Debug)]
+pub struct Handle {
+    /// The receiver (for an in-process [`LocalShard`] and a shared HTTP server).
+    pub receiver: Arc<Receiver>,
+    /// HTTP address, when it has a listener.
+    pub addr: Option<SocketAddr>,
+    /// gRPC address, when it has a listener.
+    pub grpc_addr: Option<SocketAddr>,
+    /// Cancel to stop it (ordered drain).
+    pub shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Handle {
+    /// Waits until the receiver has stopped (after `shutdown` was cancelled).
+    pub async fn wait(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// Why [`serve`] could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A listener's address cannot be read.
+    #[error("listener: {0}")]
+    Listener(#[from] std::io::Error),
+    /// A gRPC listener without credentials.
+    #[error("grpc: a gRPC listener needs credentials")]
+    NoCredentials,
+    /// The first lease could not be taken.
+    #[error("run store: {0}")]
+    Store(#[from] nexus_core::store::StoreError),
+}
+
+/// Starts the receiver: takes its lease (with an instance id), serves gRPC and HTTP on the
+/// listeners given, applies executor events, renews the lease. On `shutdown`: not ready
+/// (schedulers go elsewhere), gRPC stops taking runs, running runs get `drain_grace` to finish
+/// (completions still arrive over HTTP), then HTTP stops and the lease is released so the
+/// supervisor launches what is left again at once.
+///
+/// # Errors
+/// A listener's address, missing gRPC credentials, the first lease.
+pub async fn serve(
+    config: ServeConfig,
+    deps: Deps,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<Handle, ServeError> {
+    metrics::describe();
+    let addr = listeners
+        .http
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
+    let grpc_addr = listeners
+        .grpc
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
+    let receiver = Receiver::for_shard(
+        config.receiver.clone(),
+        &config.shard,
+        &config.instance_id,
+        deps.store.clone(),
+        deps.payloads,
+        deps.executor.clone(),
+        deps.signer,
+    );
+    let id = config.instance_id.clone();
+    let lease = !id.is_empty();
+    let ttl = i64::try_from(config.lease_ttl.as_millis()).unwrap_or(15_000);
+    if lease {
+        deps.store.heartbeat(&id, now_millis(), ttl).await?;
+    }
+    let tasks = TaskTracker::new();
+    let grpc_stop = CancellationToken::new();
+    if let Some(listener) = listeners.grpc {
+        let creds = deps.credentials.ok_or(ServeError::NoCredentials)?;
+        let (r, rd, stop) = (receiver.clone(), deps.readiness.clone(), grpc_stop.clone());
+        tasks.spawn(async move {
+            if let Err(e) = grpc::serve(r, creds, listener, rd, stop).await {
+                tracing::error!(error = %e, "grpc server failed");
+            }
+        });
+    }
+    let http_stop = CancellationToken::new();
+    if let Some(listener) = listeners.http {
+        let app = Router::new()
+            .merge(api::router(receiver.clone()))
+            .merge(health_routes(deps.readiness.clone()))
+            .merge(listeners.telemetry)
+            .fallback(nexus_core::http::not_found)
+            .layer(axum::middleware::from_fn(negotiate_errors));
+        tasks.spawn(nexus_core::server::serve(
+            listener,
+            app,
+            config.server.clone(),
+            http_stop.clone(),
+        ));
+    }
+    let events_stop = CancellationToken::new();
+    if let Some(events) = deps.events {
+        let watcher = Arc::new(nexus_supervisor::Supervisor {
+            store: deps.store.clone(),
+            executor: deps.executor.clone(),
+            instance_id: id.clone(),
+        });
+        tasks.spawn(nexus_supervisor::apply_events(
+            watcher,
+            events,
+            events_stop.clone(),
+        ));
+    }
+    let beat_stop = CancellationToken::new();
+    if lease {
+        let (store, id, stop) = (deps.store.clone(), id.clone(), beat_stop.clone());
+        let every = config.lease_ttl / 3;
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(every) => {}
+                }
+                if let Err(e) = store.heartbeat(&id, now_millis(), ttl).await {
+                    tracing::warn!(error = %e, "receiver lease heartbeat failed");
+                }
+            }
+        });
+    }
+    let (sd, rd, store, exec, grace, executor_stop) = (
+        shutdown.clone(),
+        deps.readiness.clone(),
+        deps.store,
+        deps.executor,
+        config.drain_grace,
+        deps.executor_stop,
+    );
+    tasks.spawn(async move {
+        sd.cancelled().await;
+        rd.set(false);
+        grpc_stop.cancel();
+        let deadline = tokio::time::Instant::now() + grace;
+        while !exec.active().await.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        beat_stop.cancel();
+        events_stop.cancel();
+        http_stop.cancel();
+        let left = exec.active().await.len();
+        executor_stop.cancel();
+        if lease && let Err(e) = store.release_lease(&id).await {
+            tracing::warn!(
+                error = %e,
+                "could not release the receiver lease (its runs are relaunched when it lapses)"
+            );
+        }
+        tracing::info!(left_running = left, "receiver stopped");
+    });
+    deps.readiness.set(true);
+    tracing::info!(shard = %config.shard, id = %config.instance_id, grpc = ?grpc_addr, "receiver started");
+    Ok(Handle {
+        receiver,
+        addr,
+        grpc_addr,
+        shutdown,
+        tasks,
+    })
 }
 
 #[cfg(test)]
