@@ -2,8 +2,9 @@
 //! store, the tiered payload store (small objects in `objects.db`, big ones under `objects/`) and
 //! the local-process executor.
 //!
-//! [`start`] wires the components on a listener it is given (port 0 in tests) and returns a
-//! handle; `main` only parses flags and waits for signals.
+//! [`start`] opens the embedded backends and wires the same three components as distributed mode
+//! (each its own `serve`), joined by the in-process shard ([`LocalShard`]) and one HTTP port (the
+//! listener it is given, port 0 in tests); `main` only parses flags and waits for signals.
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -590,4 +590,58 @@ mod tests {
             .expect("the launch carries a valid run token");
         assert!(env[nexus_proto::v1::env::RESULT_UPLOAD_URL].contains("results/alg/"));
     }
+
+    /// The ordered drain of a distributed receiver: it holds its lease while serving (on port 0
+    /// here), and after `shutdown` its handle resolves with the lease released.
+    #[tokio::test]
+    async fn serve_holds_its_lease_and_releases_it_after_the_drain() {
+        let store = Arc::new(InMemoryRunStore::default());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let readiness = Readiness::default();
+        let shutdown = CancellationToken::new();
+        let id = "receiver/a/one";
+        let h = serve(
+            ServeConfig {
+                receiver: ReceiverConfig::default(),
+                shard: "a".into(),
+                instance_id: id.into(),
+                lease_ttl: Duration::from_secs(15),
+                drain_grace: Duration::from_secs(5),
+                server: ServerConfig::default(),
+            },
+            Deps {
+                store: store.clone(),
+                payloads: Arc::new(InMemoryPayloadStore::default()),
+                executor: Arc::new(RecordingExecutor::new(tx)),
+                events: Some(rx),
+                executor_stop: CancellationToken::new(),
+                signer: Signer::random(),
+                credentials: None,
+                readiness: readiness.clone(),
+            },
+            Listeners {
+                http: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+                ..Listeners::default()
+            },
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        assert!(h.addr.is_some_and(|a| a.port() != 0));
+        assert!(readiness.is_ready());
+        let holds = |leases: Vec<nexus_core::store::Lease>| leases.iter().any(|l| l.owner == id);
+        assert!(
+            holds(store.leases().await.unwrap()),
+            "the lease is taken at start"
+        );
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), h.wait())
+            .await
+            .expect("the drain is bounded");
+        assert!(!readiness.is_ready());
+        assert!(
+            !holds(store.leases().await.unwrap()),
+            "the lease is released after the drain"
+        );
+    }
 }

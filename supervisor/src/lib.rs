@@ -726,4 +726,83 @@ mod tests {
             }
         }
     }
+
+    /// Standalone wiring: recovery hands a lapsed owner's BUFFERED run to the local queue, the
+    /// readiness note is cleared after the first pass, and after `shutdown` the handle resolves
+    /// with the recoverer's lease released.
+    #[tokio::test]
+    async fn serve_recovers_orphans_and_stops_in_order() {
+        use nexus_core::leader::StoreLeadership;
+        use nexus_core::store::InMemoryRunStore;
+        let store = Arc::new(InMemoryRunStore::default());
+        let mut orphan = run();
+        orphan.stage = Stage::Buffered;
+        orphan.owner = Some("gone".into());
+        store.insert(orphan.clone()).await.unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let executor: Arc<dyn Executor> =
+            Arc::new(nexus_core::executor::RecordingExecutor::new(tx));
+        let queued = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let q = queued.clone();
+        let readiness = Readiness::default();
+        let shutdown = CancellationToken::new();
+        let h = serve(
+            ServeConfig {
+                instance_id: "supervisor/one".into(),
+                recovery_interval: Duration::from_millis(100),
+                gc_interval: Duration::from_secs(600),
+                retention: Duration::from_secs(3600),
+                on_parent_failure: nexus_core::tree::OnParentFailure::Cancel,
+                max_children_per_run: 10,
+                release_other_leases: false,
+                server: ServerConfig::default(),
+            },
+            Deps {
+                store: store.clone(),
+                payloads: None,
+                policy: recovery::Policy::Local {
+                    exclusive_store: true,
+                    executor: executor.clone(),
+                },
+                handoff: Arc::new(recovery::QueueHandoff(Arc::new(move |r: &Run| {
+                    q.lock().unwrap().push(r.id);
+                }))),
+                leading: Some(recovery::Leading {
+                    leadership: Arc::new(StoreLeadership::new(store.clone(), recovery::LEADER)),
+                    lease_ttl: Duration::from_secs(60),
+                }),
+                route: Arc::new(|_| None),
+                events: Some((executor, rx)),
+                readiness: readiness.clone(),
+            },
+            Listeners {
+                http: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+                ..Listeners::default()
+            },
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        let t0 = tokio::time::Instant::now();
+        while queued.lock().unwrap().is_empty() || readiness.note().is_some() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "not recovered");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(*queued.lock().unwrap(), vec![orphan.id]);
+        let got = store.get(orphan.id).await.unwrap().unwrap();
+        assert_eq!(got.owner.as_deref(), Some("supervisor/one"));
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), h.wait())
+            .await
+            .expect("the drain is bounded");
+        assert!(
+            !store
+                .leases()
+                .await
+                .unwrap()
+                .iter()
+                .any(|l| l.owner == "supervisor/one"),
+            "the lease is released at shutdown"
+        );
+    }
 }

@@ -2,9 +2,11 @@
 //! processes sharing a Cassandra / ScyllaDB run store, an S3 payload store and a signing key, and
 //! talking gRPC (`nexus.v1.ShardService`) with shared-secret or mutual-TLS authentication.
 //!
-//! Each `start_*` wires one component on listeners it is given (port 0 in tests) and returns a
-//! [`Handle`]; the `*_with` variants take the stores (tests pass in-memory ones, shared by the
-//! components of one process).
+//! Each `start_*` builds the real backends of one component from its configuration (stores,
+//! signing key, gRPC credentials, catalog, executor) and calls that component's `serve`
+//! (`nexus_scheduler::serve`, `nexus_receiver::serve`, `nexus_supervisor::serve`), which owns its
+//! routers, lease and ordered drain. The `*_with` variants take the stores (tests pass in-memory
+//! ones, shared by the components of one process).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
