@@ -511,6 +511,7 @@ pub async fn serve(
             http_stop.clone(),
         ));
     }
+    deps.readiness.set(true);
     let (sd, readiness) = (shutdown.clone(), deps.readiness);
     tasks.spawn(async move {
         sd.cancelled().await;
@@ -783,6 +784,7 @@ mod tests {
         )
         .await
         .unwrap();
+        assert!(readiness.is_ready(), "ready at once, recovery noted");
         let t0 = tokio::time::Instant::now();
         while queued.lock().unwrap().is_empty() || readiness.note().is_some() {
             assert!(t0.elapsed() < Duration::from_secs(10), "not recovered");
@@ -795,6 +797,7 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), h.wait())
             .await
             .expect("the drain is bounded");
+        assert!(!readiness.is_ready());
         assert!(
             !store
                 .leases()
