@@ -427,7 +427,8 @@ impl Handle {
 }
 
 /// Starts the supervisor: garbage collection, the tree sweep, orphan recovery (the first pass at
-/// once, in the background; `readiness` notes it until it is over), executor events and, with a
+/// once, in the background; without `leading`, `readiness` notes it until it is over), executor
+/// events and, with a
 /// listener, health probes and `/metrics`. On `shutdown`: readiness off, recovery stops (resigns
 /// and releases its lease), executor events already reported are applied, then HTTP stops.
 ///
@@ -473,9 +474,13 @@ pub async fn serve(
         })
         .run(config.recovery_interval, work_stop.clone()),
     );
-    // Noted before any probe can answer; the first pass clears it.
-    deps.readiness
-        .set_note(Some("recovering runs left by a previous process".into()));
+    // One recoverer (standalone): its first pass is noted on the readiness probe, before any
+    // probe can answer; the pass clears it. Several (distributed) leave the probe alone: a
+    // standby makes no pass.
+    let note = deps.leading.is_none().then(|| deps.readiness.clone());
+    if let Some(r) = &note {
+        r.set_note(Some("recovering runs left by a previous process".into()));
+    }
     let recovery = Arc::new(recovery::Recovery {
         store: store.clone(),
         instance_id: config.instance_id.clone(),
@@ -486,7 +491,7 @@ pub async fn serve(
     let recovery_task = tasks.spawn(recovery.run(
         config.recovery_interval,
         deps.leading,
-        Some(deps.readiness.clone()),
+        note,
         recovery_stop.clone(),
     ));
     let events_stop = CancellationToken::new();
@@ -728,9 +733,8 @@ mod tests {
         }
     }
 
-    /// Standalone wiring: recovery hands a lapsed owner's BUFFERED run to the local queue, the
-    /// readiness note is cleared after the first pass, and after `shutdown` the handle resolves
-    /// with the recoverer's lease released.
+    /// Standalone recovery under a lease: a lapsed owner's BUFFERED run goes to the local queue,
+    /// and after `shutdown` the handle resolves with the recoverer's lease released.
     #[tokio::test]
     async fn serve_recovers_orphans_and_stops_in_order() {
         use nexus_core::leader::StoreLeadership;
@@ -784,9 +788,9 @@ mod tests {
         )
         .await
         .unwrap();
-        assert!(readiness.is_ready(), "ready at once, recovery noted");
+        assert!(readiness.is_ready(), "ready at once");
         let t0 = tokio::time::Instant::now();
-        while queued.lock().unwrap().is_empty() || readiness.note().is_some() {
+        while queued.lock().unwrap().is_empty() {
             assert!(t0.elapsed() < Duration::from_secs(10), "not recovered");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
