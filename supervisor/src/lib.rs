@@ -428,9 +428,9 @@ impl Handle {
 
 /// Starts the supervisor: garbage collection, the tree sweep, orphan recovery (the first pass at
 /// once, in the background; without `leading`, `readiness` notes it until it is over), executor
-/// events and, with a
-/// listener, health probes and `/metrics`. On `shutdown`: readiness off, recovery stops (resigns
-/// and releases its lease), executor events already reported are applied, then HTTP stops.
+/// events and, with a listener, health probes and `/metrics`. On `shutdown`: readiness off,
+/// recovery stops (resigns and releases its lease), executor events already reported are
+/// applied, then HTTP stops.
 ///
 /// # Errors
 /// The listener's address cannot be read.
