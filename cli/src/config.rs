@@ -214,9 +214,7 @@ impl StandaloneConfig {
     /// # Errors
     /// Unreadable file, unknown keys, wrong types, invalid values — each naming the key.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, String> {
-        let c: StandaloneConfig = load_layered(StandaloneConfig::default(), file, overrides)?;
-        c.validate()?;
-        Ok(c)
+        load(file, overrides)
     }
 
     /// Checks every value.
@@ -291,6 +289,33 @@ fn inside(path: &Path, dir: &Path) -> bool {
         })
     };
     abs(path).starts_with(abs(dir))
+}
+
+/// A process configuration: defaults in code, then [`Layered::validate`] after layering.
+pub trait Layered: Serialize + serde::de::DeserializeOwned + Default {
+    /// Checks every value.
+    ///
+    /// # Errors
+    /// All problems, each naming its key and what would be valid, joined by `; `.
+    fn validate(&self) -> Result<(), String>;
+}
+
+impl Layered for StandaloneConfig {
+    fn validate(&self) -> Result<(), String> {
+        StandaloneConfig::validate(self)
+    }
+}
+
+/// Loads a process configuration: its defaults → the YAML `file` → `NEXUS__SECTION__KEY`
+/// environment variables → `overrides` (flags), then validates it (the one loader of every
+/// command's configuration).
+///
+/// # Errors
+/// Unreadable file, unknown keys, wrong types, invalid values — each naming the key.
+pub fn load<C: Layered>(file: Option<&Path>, overrides: &impl Serialize) -> Result<C, String> {
+    let c: C = load_layered(C::default(), file, overrides)?;
+    c.validate()?;
+    Ok(c)
 }
 
 /// Layers `defaults` → the YAML `file` → `NEXUS__SECTION__KEY` environment variables →

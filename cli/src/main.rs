@@ -298,7 +298,7 @@ fn init_logs(json: bool) {
     if json { b.json().init() } else { b.init() }
 }
 
-async fn standalone(config: StandaloneConfig) -> anyhow::Result<()> {
+async fn run_standalone(config: StandaloneConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| {
@@ -307,23 +307,10 @@ async fn standalone(config: StandaloneConfig) -> anyhow::Result<()> {
                 config.listen
             )
         })?;
-    let handle = nexus_cli::standalone::start(config, listener).await?;
-    eprintln!(
-        "nexus standalone serving on {} (Ctrl-C to stop)",
-        handle.url
-    );
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down: draining the queue (a second signal exits at once)");
-    handle.shutdown.cancel();
-    tokio::select! {
-        () = handle.wait() => {}
-        _ = tokio::signal::ctrl_c() => std::process::exit(130),
-        _ = term.recv() => std::process::exit(143),
-    }
+    let h = nexus_cli::standalone::start(config, listener).await?;
+    eprintln!("nexus standalone serving on {} (Ctrl-C to stop)", h.url);
+    let term = until_signal(&h.shutdown).await?;
+    wait_or_exit(&h, term).await;
     Ok(())
 }
 
@@ -369,28 +356,14 @@ fn main() -> ExitCode {
                 templates_dir: templates,
                 public_url,
             };
-            let cfg = match StandaloneConfig::load(config.as_deref(), &o) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error: invalid configuration: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            if dump_config {
-                match serde_yaml::to_string(&cfg) {
-                    Ok(y) => print!("{y}"),
-                    Err(e) => eprintln!("error: {e}"),
-                }
-                return ExitCode::SUCCESS;
-            }
-            init_logs(cfg.log_format == "json");
-            match rt.block_on(standalone(cfg)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            let loaded = StandaloneConfig::load(config.as_deref(), &o);
+            launch(
+                &rt,
+                loaded,
+                dump_config,
+                |c| c.log_format == "json",
+                run_standalone,
+            )
         }
         Command::Scheduler {
             common,

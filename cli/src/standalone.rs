@@ -2,8 +2,9 @@
 //! store, the tiered payload store (small objects in `objects.db`, big ones under `objects/`) and
 //! the local-process executor.
 //!
-//! [`start`] wires the components on a listener it is given (port 0 in tests) and returns a
-//! handle; `main` only parses flags and waits for signals.
+//! [`start`] opens the embedded backends and wires the same three components as distributed mode
+//! (each its own `serve`), joined by the in-process shard ([`LocalShard`]) and one HTTP port (the
+//! listener it is given, port 0 in tests); `main` only parses flags and waits for signals.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -20,10 +21,10 @@ use nexus_http::{Readiness, health_routes, negotiate_errors};
 use nexus_model::catalog::{Catalog, load_dir, watch_dir};
 use nexus_model::sign::Signer;
 use nexus_payload::{FsPayloadStore, PayloadStore, S3PayloadStore};
-use nexus_receiver::{LocalShard, Receiver};
-use nexus_scheduler::{Deps, Scheduler, ShardMap};
+use nexus_receiver::LocalShard;
+use nexus_scheduler::{Deps, ShardMap};
 use nexus_store::{CassandraRunStore, RunStore};
-use nexus_supervisor::Supervisor;
+use nexus_supervisor::recovery::{Policy, QueueHandoff};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
@@ -259,74 +260,105 @@ pub async fn start_with_executor(
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let executor = make(tx, payloads.clone());
     let id = instance_id();
+    // One readiness for the three components: whichever stops first turns it off.
     let readiness = Readiness::default();
-    let receiver = Receiver::new(
-        config.receiver.clone(),
-        store.clone(),
-        payloads.clone(),
-        executor.clone(),
-        signer.clone(),
-    );
-    let scheduler = Scheduler::new(
-        config.scheduler.clone(),
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    tasks.spawn(watch_dir(
+        catalog.clone(),
+        templates,
+        config.reload_interval,
+        shutdown.clone(),
+    ));
+    // The receiver: no listeners (its routes join the shared port), no lease of its own (the
+    // scheduler holds the process's), no drain grace (as before: local processes are reaped by
+    // the next start), and its executor's events go to the supervisor, which also needs them to
+    // tell live local runs from lost ones.
+    let receiver = nexus_receiver::serve(
+        nexus_receiver::ServeConfig {
+            receiver: config.receiver.clone(),
+            shard: String::new(),
+            instance_id: String::new(),
+            lease_ttl: config.scheduler.lease_ttl,
+            drain_grace: std::time::Duration::ZERO,
+            server: config.server.clone(),
+        },
+        nexus_receiver::Deps {
+            store: store.clone(),
+            payloads: payloads.clone(),
+            executor: executor.clone(),
+            events: None,
+            executor_stop: CancellationToken::new(),
+            signer: signer.clone(),
+            credentials: None,
+            readiness: readiness.clone(),
+        },
+        nexus_receiver::Listeners::default(),
+        CancellationToken::new(),
+    )
+    .await?;
+    let local: Arc<dyn nexus_link::shard::Shard> = Arc::new(LocalShard(receiver.receiver.clone()));
+    let mut scheduler = nexus_scheduler::serve(
+        nexus_scheduler::ServeConfig {
+            scheduler: config.scheduler.clone(),
+            rate_limit: config.rate_limit.clone(),
+            server: config.server.clone(),
+        },
         Deps {
             store: store.clone(),
             payloads: payloads.clone(),
-            catalog: catalog.clone(),
+            catalog,
             shards: ShardMap {
-                fallback: Some(Arc::new(LocalShard(receiver.clone()))),
+                fallback: Some(local.clone()),
                 ..ShardMap::default()
             },
             signer: signer.clone(),
             instance_id: id.clone(),
             readiness: readiness.clone(),
         },
-    );
-    let supervisor = Arc::new(Supervisor {
-        config: config.supervisor.clone(),
-        store: store.clone(),
-        executor: executor.clone(),
-        instance_id: id.clone(),
-    });
-    if config.supervisor.exclusive_store {
-        // The embedded store is locked by this process: every other lease in it belongs to a
-        // process that is gone. Released, they no longer count as live schedulers sharing the
-        // dispatch budget (a restarted standalone would otherwise run at a fraction of it until
-        // they lapse); their runs are recovered below either way.
-        if let Ok(leases) = store.leases().await {
-            for l in leases.iter().filter(|l| l.owner != id) {
-                let _ = store.release_lease(&l.owner).await;
-            }
-        }
-    }
-    // Take the lease before recovery, so this instance is the live owner from the start.
-    store
-        .heartbeat(
-            &id,
-            nexus_model::run::now_millis(),
-            i64::try_from(config.scheduler.lease_ttl.as_millis()).unwrap_or(15_000),
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("run store: {e}"))?;
-    // Runs left by a previous process are recovered by the supervisor in the background (its
-    // first pass starts at once): new runs are accepted meanwhile, and readiness says so.
-    let s2 = scheduler.clone();
-    let requeue: Arc<dyn Fn(&nexus_model::run::Run) + Send + Sync> =
-        Arc::new(move |r| s2.enqueue_recovered(r));
+        nexus_scheduler::Listeners::default(),
+        CancellationToken::new(),
+    )
+    .await?;
+    // Runs left by a previous process are recovered in the background (the first pass starts at
+    // once): new runs are accepted meanwhile, and readiness says so.
+    let queue = scheduler.scheduler.clone();
+    let supervisor = nexus_supervisor::serve(
+        nexus_supervisor::ServeConfig {
+            instance_id: id.clone(),
+            recovery_interval: config.supervisor.recovery_interval,
+            gc_interval: config.supervisor.gc_interval,
+            retention: config.supervisor.retention,
+            on_parent_failure: config.supervisor.on_parent_failure,
+            max_children_per_run: config.scheduler.max_children_per_run,
+            release_other_leases: config.supervisor.exclusive_store,
+            server: config.server.clone(),
+        },
+        nexus_supervisor::Deps {
+            store: store.clone(),
+            payloads: Some(payloads.clone()),
+            policy: Policy::Local {
+                exclusive_store: config.supervisor.exclusive_store,
+                executor: executor.clone(),
+            },
+            handoff: Arc::new(QueueHandoff(Arc::new(move |r: &nexus_model::run::Run| {
+                queue.enqueue_recovered(r);
+            }))),
+            leading: None,
+            route: Arc::new(move |_| Some(local.clone())),
+            events: Some((executor, rx)),
+            readiness: readiness.clone(),
+        },
+        nexus_supervisor::Listeners::default(),
+        CancellationToken::new(),
+    )
+    .await?;
 
-    let shutdown = CancellationToken::new();
     let prom = prometheus().clone();
-    // Limited before merging: the scheduler API only, not callbacks, object URLs, probes, metrics.
-    let api = nexus_scheduler::api::router(scheduler.clone());
     let app = Router::new()
-        .merge(nexus_scheduler::edge::apply(
-            &config.rate_limit,
-            api,
-            shutdown.clone(),
-        ))
-        .merge(nexus_receiver::api::router(receiver.clone()))
-        // gRPC (content-type application/grpc only) and the app's fallback: 404 text.
-        .merge(nexus_scheduler::grpc::routes(scheduler.clone()))
+        // The scheduler API (rate-limited alone) and gRPC, with the app's fallback: 404 text.
+        .merge(scheduler.routes.take().unwrap_or_default())
+        .merge(nexus_receiver::api::router(receiver.receiver.clone()))
         .merge(objects::router(
             tiered,
             store.clone(),
@@ -335,47 +367,6 @@ pub async fn start_with_executor(
         .merge(health_routes(readiness.clone()))
         .route("/metrics", get(move || std::future::ready(prom.render())))
         .layer(axum::middleware::from_fn(negotiate_errors));
-
-    let tasks = TaskTracker::new();
-    tasks.spawn(watch_dir(
-        catalog,
-        templates,
-        config.reload_interval,
-        shutdown.clone(),
-    ));
-    let sched_stop = CancellationToken::new();
-    let sched_task = tasks.spawn(nexus_scheduler::run(scheduler, sched_stop.clone()));
-    tasks.spawn(
-        Arc::new(nexus_supervisor::gc::Collector {
-            store: store.clone(),
-            payloads: Some(payloads.clone()),
-            retention: config.supervisor.retention,
-            batch: 1_000,
-        })
-        .run(config.supervisor.gc_interval, shutdown.clone()),
-    );
-    {
-        let local: Arc<dyn nexus_link::shard::Shard> = Arc::new(LocalShard(receiver.clone()));
-        tasks.spawn(
-            Arc::new(nexus_supervisor::tree_sweep::TreeSweep {
-                store: store.clone(),
-                route: Arc::new(move |_| Some(local.clone())),
-                on_parent_failure: config.supervisor.on_parent_failure,
-                max_children: config.scheduler.max_children_per_run,
-            })
-            .run(config.supervisor.recovery_interval, shutdown.clone()),
-        );
-    }
-    let sup_stop = CancellationToken::new();
-    // Noted before the probe can answer; the supervisor clears it after its first pass.
-    readiness.set_note(Some("recovering runs left by a previous process".into()));
-    tasks.spawn(nexus_supervisor::run(
-        supervisor,
-        rx,
-        requeue,
-        readiness.clone(),
-        sup_stop.clone(),
-    ));
     let http_stop = CancellationToken::new();
     serve_http(
         &tasks,
@@ -385,16 +376,19 @@ pub async fn start_with_executor(
         http_stop.clone(),
     );
     // Ordered shutdown: readiness off and queue drained (scheduler), then HTTP (completions keep
-    // arriving while the queue drains), then the supervisor.
+    // arriving while the queue drains), then the receiver and the supervisor.
     let sd = shutdown.clone();
     let r2 = readiness.clone();
     tasks.spawn(async move {
         sd.cancelled().await;
         r2.set(false);
-        sched_stop.cancel();
-        let _ = sched_task.await;
+        scheduler.shutdown.cancel();
+        scheduler.wait().await;
         http_stop.cancel();
-        sup_stop.cancel();
+        receiver.shutdown.cancel();
+        supervisor.shutdown.cancel();
+        receiver.wait().await;
+        supervisor.wait().await;
     });
     readiness.set(true);
     tracing::info!(%url, instance = %id, "nexus standalone is ready");

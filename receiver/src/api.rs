@@ -57,7 +57,7 @@ pub fn router(r: Arc<Receiver>) -> Router {
 }
 
 fn metric(outcome: &'static str) {
-    metrics::counter!("nexus_receiver_completions_total", "outcome" => outcome).increment(1);
+    crate::metrics::completion(outcome);
 }
 
 /// Why a completion was refused.

@@ -37,7 +37,7 @@ pub const MAX_BATCH: usize = 1024;
 const HEALTH_POLL: Duration = Duration::from_millis(200);
 
 fn submitted(outcome: &'static str, n: usize) {
-    metrics::counter!("nexus_receiver_submitted_total", "outcome" => outcome).increment(n as u64);
+    crate::metrics::submitted(outcome, n);
 }
 
 fn result(run_id: String, code: Code, message: impl Into<String>) -> SubmitResult {

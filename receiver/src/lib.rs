@@ -2,23 +2,37 @@
 //! seam; in standalone through [`LocalShard`]), launches them through its executor with a
 //! run-scoped token and a signed result-upload URL, and serves the completion endpoint the
 //! algorithm calls when it is done.
+//!
+//! [`serve`] owns the receiver's lifecycle (its listeners, lease, executor events and the ordered
+//! drain); standalone calls it without listeners and serves [`api::router`] on its shared port.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use nexus_executor::Executor;
+use axum::Router;
 use nexus_executor::contract::{LaunchContext, launch_spec};
+use nexus_executor::{EventHandler, Executor, ExecutorEvent};
+use nexus_http::server::ServerConfig;
+use nexus_http::{Readiness, health_routes, negotiate_errors};
+use nexus_link::grpc::LinkCredentials;
 use nexus_link::shard::{Dispatch, Shard, ShardError};
 use nexus_model::error::ErrorKind;
+use nexus_model::run::now_millis;
 use nexus_model::run::{CancellationPolicy, RunId, RunPatch, Stage};
 use nexus_model::sign::{Signer, now_secs};
 use nexus_payload::{Keys, PayloadStore};
 use nexus_store::RunStore;
 use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub mod api;
 pub mod grpc;
+pub mod metrics;
 
 /// Receiver configuration (section `receiver`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -303,6 +317,228 @@ impl Shard for LocalShard {
     }
 }
 
+/// What [`serve`] runs with, besides the seams.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Receiver settings.
+    pub receiver: ReceiverConfig,
+    /// The shard served (empty in standalone: every shard).
+    pub shard: String,
+    /// Owner id (`receiver/<shard>/<instance>`): the runs it launches are recorded under it and
+    /// its lease is held in the run store. Empty in standalone: the process's scheduler holds the
+    /// one lease and the supervisor records starts.
+    pub instance_id: String,
+    /// Lease time-to-live (renewed every third of it).
+    pub lease_ttl: Duration,
+    /// On shutdown, how long running runs get to finish before the receiver leaves.
+    pub drain_grace: Duration,
+    /// Connection limit and timeouts of the HTTP server (when it has a listener).
+    pub server: ServerConfig,
+}
+
+/// The seams [`serve`] works through.
+#[derive(Debug)]
+pub struct Deps {
+    /// Run store.
+    pub store: Arc<dyn RunStore>,
+    /// Payloads, results and logs.
+    pub payloads: Arc<dyn PayloadStore>,
+    /// Where runs execute.
+    pub executor: Arc<dyn Executor>,
+    /// The executor's events and what applies them to the run store (the supervisor's
+    /// [`EventHandler`]), run here because a local process can only be watched by its parent;
+    /// `None` when another component applies them (standalone's supervisor).
+    pub events: Option<(UnboundedReceiver<ExecutorEvent>, Arc<dyn EventHandler>)>,
+    /// Cancelled once the receiver has drained (stops the executor's own watchers).
+    pub executor_stop: CancellationToken,
+    /// Signs run tokens.
+    pub signer: Signer,
+    /// gRPC credentials (needed with a gRPC listener).
+    pub credentials: Option<LinkCredentials>,
+    /// Readiness: schedulers stop sending runs when it is off.
+    pub readiness: Readiness,
+}
+
+/// Listeners [`serve`] serves on (bound by the caller, so tests use port 0).
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// Routes the process serves on this component's HTTP listener besides the component's own
+    /// (its `/metrics`); unused without an HTTP listener.
+    pub telemetry: Router,
+    /// Completion endpoint, health probes and `/metrics`; `None` when the caller serves
+    /// [`api::router`] (standalone).
+    pub http: Option<TcpListener>,
+    /// `nexus.v1.ShardService`, `CompletionService`, `grpc.health.v1`; `None` in standalone
+    /// (runs arrive through [`LocalShard`]).
+    pub grpc: Option<TcpListener>,
+}
+
+/// A running receiver.
+#[derive(Debug)]
+pub struct Handle {
+    /// The receiver (for an in-process [`LocalShard`] and a shared HTTP server).
+    pub receiver: Arc<Receiver>,
+    /// HTTP address, when it has a listener.
+    pub addr: Option<SocketAddr>,
+    /// gRPC address, when it has a listener.
+    pub grpc_addr: Option<SocketAddr>,
+    /// Cancel to stop it (ordered drain).
+    pub shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Handle {
+    /// Waits until the receiver has stopped (after `shutdown` was cancelled).
+    pub async fn wait(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// Why [`serve`] could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A listener's address cannot be read.
+    #[error("listener: {0}")]
+    Listener(#[from] std::io::Error),
+    /// A gRPC listener without credentials.
+    #[error("grpc: a gRPC listener needs credentials")]
+    NoCredentials,
+    /// The first lease could not be taken.
+    #[error("run store: {0}")]
+    Store(#[from] nexus_store::StoreError),
+}
+
+/// Starts the receiver: takes its lease (with an instance id), serves gRPC and HTTP on the
+/// listeners given, applies executor events, renews the lease. On `shutdown`: not ready
+/// (schedulers go elsewhere), gRPC stops taking runs, running runs get `drain_grace` to finish
+/// (completions still arrive over HTTP), then HTTP stops and the lease is released so the
+/// supervisor launches what is left again at once.
+///
+/// # Errors
+/// A listener's address, missing gRPC credentials, the first lease.
+pub async fn serve(
+    config: ServeConfig,
+    deps: Deps,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<Handle, ServeError> {
+    metrics::describe();
+    let addr = listeners
+        .http
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
+    let grpc_addr = listeners
+        .grpc
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
+    let receiver = Receiver::for_shard(
+        config.receiver.clone(),
+        &config.shard,
+        &config.instance_id,
+        deps.store.clone(),
+        deps.payloads,
+        deps.executor.clone(),
+        deps.signer,
+    );
+    let id = config.instance_id.clone();
+    let lease = !id.is_empty();
+    let ttl = i64::try_from(config.lease_ttl.as_millis()).unwrap_or(15_000);
+    if lease {
+        deps.store.heartbeat(&id, now_millis(), ttl).await?;
+    }
+    let tasks = TaskTracker::new();
+    let grpc_stop = CancellationToken::new();
+    if let Some(listener) = listeners.grpc {
+        let creds = deps.credentials.ok_or(ServeError::NoCredentials)?;
+        let (r, rd, stop) = (receiver.clone(), deps.readiness.clone(), grpc_stop.clone());
+        tasks.spawn(async move {
+            if let Err(e) = grpc::serve(r, creds, listener, rd, stop).await {
+                tracing::error!(error = %e, "grpc server failed");
+            }
+        });
+    }
+    let http_stop = CancellationToken::new();
+    if let Some(listener) = listeners.http {
+        let app = Router::new()
+            .merge(api::router(receiver.clone()))
+            .merge(health_routes(deps.readiness.clone()))
+            .merge(listeners.telemetry)
+            .fallback(nexus_http::not_found)
+            .layer(axum::middleware::from_fn(negotiate_errors));
+        tasks.spawn(nexus_http::server::serve(
+            listener,
+            app,
+            config.server.clone(),
+            http_stop.clone(),
+        ));
+    }
+    let events_stop = CancellationToken::new();
+    if let Some((events, handler)) = deps.events {
+        tasks.spawn(nexus_executor::apply_events(
+            handler,
+            events,
+            events_stop.clone(),
+        ));
+    }
+    let beat_stop = CancellationToken::new();
+    if lease {
+        let (store, id, stop) = (deps.store.clone(), id.clone(), beat_stop.clone());
+        let every = config.lease_ttl / 3;
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(every) => {}
+                }
+                if let Err(e) = store.heartbeat(&id, now_millis(), ttl).await {
+                    tracing::warn!(error = %e, "receiver lease heartbeat failed");
+                }
+            }
+        });
+    }
+    let (sd, rd, store, exec, grace, executor_stop) = (
+        shutdown.clone(),
+        deps.readiness.clone(),
+        deps.store,
+        deps.executor,
+        config.drain_grace,
+        deps.executor_stop,
+    );
+    tasks.spawn(async move {
+        sd.cancelled().await;
+        rd.set(false);
+        grpc_stop.cancel();
+        let deadline = tokio::time::Instant::now() + grace;
+        while !exec.active().await.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        beat_stop.cancel();
+        events_stop.cancel();
+        http_stop.cancel();
+        let left = exec.active().await.len();
+        executor_stop.cancel();
+        if lease && let Err(e) = store.release_lease(&id).await {
+            tracing::warn!(
+                error = %e,
+                "could not release the receiver lease (its runs are relaunched when it lapses)"
+            );
+        }
+        tracing::info!(left_running = left, "receiver stopped");
+    });
+    deps.readiness.set(true);
+    tracing::info!(shard = %config.shard, id = %config.instance_id, grpc = ?grpc_addr, "receiver started");
+    Ok(Handle {
+        receiver,
+        addr,
+        grpc_addr,
+        shutdown,
+        tasks,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,5 +579,68 @@ mod tests {
             .verify_run_token(run.id, token, now_secs())
             .expect("the launch carries a valid run token");
         assert!(env[nexus_proto::v1::env::RESULT_UPLOAD_URL].contains("results/alg/"));
+    }
+
+    /// Drops events (this test is about the lease, not about outcomes).
+    #[derive(Debug)]
+    struct Ignore;
+
+    #[async_trait::async_trait]
+    impl EventHandler for Ignore {
+        async fn handle(&self, _event: ExecutorEvent) {}
+    }
+
+    /// The ordered drain of a distributed receiver: it holds its lease while serving (on port 0
+    /// here), and after `shutdown` its handle resolves with the lease released.
+    #[tokio::test]
+    async fn serve_holds_its_lease_and_releases_it_after_the_drain() {
+        let store = Arc::new(InMemoryRunStore::default());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let readiness = Readiness::default();
+        let shutdown = CancellationToken::new();
+        let id = "receiver/a/one";
+        let h = serve(
+            ServeConfig {
+                receiver: ReceiverConfig::default(),
+                shard: "a".into(),
+                instance_id: id.into(),
+                lease_ttl: Duration::from_secs(15),
+                drain_grace: Duration::from_secs(5),
+                server: ServerConfig::default(),
+            },
+            Deps {
+                store: store.clone(),
+                payloads: Arc::new(InMemoryPayloadStore::default()),
+                executor: Arc::new(RecordingExecutor::new(tx)),
+                events: Some((rx, Arc::new(Ignore))),
+                executor_stop: CancellationToken::new(),
+                signer: Signer::random(),
+                credentials: None,
+                readiness: readiness.clone(),
+            },
+            Listeners {
+                http: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+                ..Listeners::default()
+            },
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        assert!(h.addr.is_some_and(|a| a.port() != 0));
+        assert!(readiness.is_ready());
+        let holds = |leases: Vec<nexus_store::Lease>| leases.iter().any(|l| l.owner == id);
+        assert!(
+            holds(store.leases().await.unwrap()),
+            "the lease is taken at start"
+        );
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), h.wait())
+            .await
+            .expect("the drain is bounded");
+        assert!(!readiness.is_ready());
+        assert!(
+            !holds(store.leases().await.unwrap()),
+            "the lease is released after the drain"
+        );
     }
 }

@@ -1,13 +1,18 @@
 //! nexus-scheduler: the HTTP v1 API, admission, the virtual queue and the dispatcher.
 //!
-//! [`run`] takes everything it needs as parameters (config, seams, listener, shutdown), so tests
-//! start it in-process with fakes on port 0 and `main` stays thin.
+//! [`serve`] takes everything it needs as parameters (config, seams, listeners, shutdown) and owns
+//! the component's lifecycle (its routers, lease, dispatcher and the ordered drain), so tests
+//! start it in-process with fakes on port 0 and `main` stays thin. [`run`] is its background work
+//! alone (dispatcher, lease heartbeat, drain).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nexus_http::Readiness;
+use axum::Router;
+use nexus_http::server::ServerConfig;
+use nexus_http::{Readiness, health_routes, negotiate_errors};
 use nexus_link::shard::Shard;
 use nexus_model::catalog::Catalog;
 use nexus_model::run::{Run, Stage, now_millis};
@@ -15,7 +20,9 @@ use nexus_model::sign::Signer;
 use nexus_payload::PayloadStore;
 use nexus_store::RunStore;
 use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub mod admission;
 pub mod api;
@@ -381,6 +388,148 @@ impl Scheduler {
     }
 }
 
+/// What [`serve`] runs with, besides the seams.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Scheduler settings.
+    pub scheduler: SchedulerConfig,
+    /// Per-client rate limiting of the API.
+    pub rate_limit: edge::EdgeLimitConfig,
+    /// Connection limit and timeouts of the HTTP server (when it has a listener).
+    pub server: ServerConfig,
+}
+
+/// Listeners [`serve`] serves on (bound by the caller, so tests use port 0).
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// Routes the process serves on this component's HTTP listener besides the component's own
+    /// (its `/metrics`); unused without an HTTP listener.
+    pub telemetry: Router,
+    /// The HTTP v1 API, gRPC `RunService`, health probes and `/metrics`; `None` when the caller
+    /// serves [`Handle::routes`] on a shared port (standalone).
+    pub http: Option<TcpListener>,
+}
+
+/// A running scheduler.
+#[derive(Debug)]
+pub struct Handle {
+    /// The scheduler (standalone's recovery queues recovered runs on it).
+    pub scheduler: Arc<Scheduler>,
+    /// HTTP address, when it has a listener.
+    pub addr: Option<SocketAddr>,
+    /// The API and gRPC routes (rate-limited API first), when the caller serves them: without a
+    /// listener.
+    pub routes: Option<Router>,
+    /// Cancel to stop it (ordered drain).
+    pub shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Handle {
+    /// Waits until the scheduler has stopped (after `shutdown` was cancelled): its queue drained
+    /// or handed over, its lease released and, with a listener, its HTTP server stopped.
+    pub async fn wait(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// Starts the scheduler: picks up the BUFFERED runs a previous life of its instance id left,
+/// starts the dispatcher and lease heartbeat ([`run`]) and, with a listener, serves the API,
+/// gRPC, health probes and `telemetry` (`/metrics`). On `shutdown`: readiness off, the queue
+/// drains for `drain_grace` (what is left is handed over by releasing the lease), then, with a
+/// listener, payloads of the runs handed over last are served a little longer
+/// ([`Scheduler::payload_linger`]) before HTTP stops.
+///
+/// # Errors
+/// A listener's address cannot be read; the run store cannot list this instance's runs.
+pub async fn serve(
+    config: ServeConfig,
+    deps: Deps,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<Handle, ServeError> {
+    let addr = listeners
+        .http
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
+    let readiness = deps.readiness.clone();
+    let scheduler = Scheduler::new(config.scheduler, deps);
+    // A stable instance id picks up the BUFFERED runs its previous life left queued.
+    let own = requeue_own(&scheduler).await?;
+    if own > 0 {
+        tracing::info!(requeued = own, "picked up this scheduler's queued runs");
+    }
+    // Limited before merging: the scheduler API only, not gRPC, probes or metrics.
+    let routes = Router::new()
+        .merge(edge::apply(
+            &config.rate_limit,
+            api::router(scheduler.clone()),
+            shutdown.clone(),
+        ))
+        // gRPC (content-type application/grpc only) and the app's fallback: 404 text.
+        .merge(grpc::routes(scheduler.clone()));
+    let tasks = TaskTracker::new();
+    let run_stop = CancellationToken::new();
+    let run_task = tasks.spawn(run(scheduler.clone(), run_stop.clone()));
+    let http_stop = CancellationToken::new();
+    let (routes, serving) = match listeners.http {
+        Some(listener) => {
+            let app = routes
+                .merge(health_routes(readiness.clone()))
+                .merge(listeners.telemetry)
+                .layer(axum::middleware::from_fn(negotiate_errors));
+            tasks.spawn(nexus_http::server::serve(
+                listener,
+                app,
+                config.server,
+                http_stop.clone(),
+            ));
+            (None, true)
+        }
+        None => (Some(routes), false),
+    };
+    let (sd, linger_of) = (shutdown.clone(), scheduler.clone());
+    tasks.spawn(async move {
+        sd.cancelled().await;
+        readiness.set(false);
+        run_stop.cancel();
+        let _ = run_task.await;
+        // Runs handed over last may still fetch their payload from this scheduler (its
+        // `public_url` is in their payload URL): keep serving a little longer (readiness is off).
+        let linger = linger_of.payload_linger();
+        if serving && !linger.is_zero() {
+            tracing::info!(
+                seconds = linger.as_secs_f64(),
+                "serving payloads of the last runs handed over before stopping"
+            );
+            tokio::time::sleep(linger).await;
+        }
+        http_stop.cancel();
+    });
+    scheduler.readiness.set(true);
+    tracing::info!(instance = %scheduler.instance_id, "scheduler started");
+    Ok(Handle {
+        scheduler,
+        addr,
+        routes,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Why [`serve`] could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A listener's address cannot be read.
+    #[error("listener: {0}")]
+    Listener(#[from] std::io::Error),
+    /// The run store failed.
+    #[error("run store: {0}")]
+    Store(#[from] nexus_store::StoreError),
+}
+
 /// Runs the scheduler's background work (dispatcher and lease heartbeat) until `shutdown`, then
 /// drains: queued runs get `drain_grace` to be dispatched, the rest stay BUFFERED and the lease is
 /// released so a successor takes them over at once. The HTTP router is [`api::router`]; the caller
@@ -405,7 +554,8 @@ pub async fn run(s: Arc<Scheduler>, shutdown: CancellationToken) {
     let left = s.queue.drain().len();
     if let Err(e) = s.store.release_lease(&s.instance_id).await {
         tracing::warn!(
-            "could not release lease at shutdown (runs are recovered when it expires): {e}"
+            error = %e,
+            "could not release lease at shutdown (runs are recovered when it expires)"
         );
     }
     tracing::info!(handed_over = left, "scheduler stopped");
@@ -419,7 +569,7 @@ async fn beat(s: &Scheduler) {
     let ttl = i64::try_from(s.config.lease_ttl.as_millis()).unwrap_or(i64::MAX);
     let now = now_millis();
     if let Err(e) = s.store.heartbeat(&s.instance_id, now, ttl).await {
-        tracing::warn!("lease heartbeat failed: {e}");
+        tracing::warn!(error = %e, "lease heartbeat failed");
     }
     match s.store.leases().await {
         Ok(leases) => {
@@ -437,7 +587,7 @@ async fn beat(s: &Scheduler) {
             s.budgets.set_replicas(n);
         }
         Err(e) => {
-            tracing::warn!("cannot count live schedulers (keeping the current share): {e}");
+            tracing::warn!(error = %e, "cannot count live schedulers (keeping the current share)");
         }
     }
 }
@@ -486,7 +636,7 @@ async fn requeue_stranded(s: Arc<Scheduler>, shutdown: CancellationToken) {
                 requeued = n,
                 "queued again BUFFERED runs that were in no queue"
             ),
-            Err(e) => tracing::warn!("stranded-run pass skipped, store unavailable: {e}"),
+            Err(e) => tracing::warn!(error = %e, "stranded-run pass skipped, store unavailable"),
         }
     }
 }

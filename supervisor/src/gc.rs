@@ -65,9 +65,7 @@ impl Collector {
         }
         report.stale_lookups = self.store.sweep_lookups(self.batch).await?;
         if report != GcReport::default() {
-            metrics::counter!("nexus_gc_runs_purged_total").increment(report.purged as u64);
-            metrics::counter!("nexus_gc_stale_lookups_total")
-                .increment(report.stale_lookups as u64);
+            crate::metrics::gc_purged(report.purged, report.stale_lookups);
             tracing::info!(?report, "garbage collected");
         }
         Ok(report)
@@ -88,7 +86,7 @@ impl Collector {
         }
         for key in keys {
             if let Err(e) = p.delete(&key).await {
-                tracing::warn!(run_id = %run.id, %key, "object not deleted, the run is kept for the next pass: {e}");
+                tracing::warn!(run_id = %run.id, %key, error = %e, "object not deleted, the run is kept for the next pass");
                 return false;
             }
         }

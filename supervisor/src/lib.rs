@@ -5,21 +5,31 @@
 //!   with a cause a person can act on. Table-driven tests pin it.
 //! * [`Supervisor::handle`] applies it by compare-and-set, so it can never overwrite a completion
 //!   or a cancellation that won the race.
-//! * [`Supervisor::recover`] claims BUFFERED runs of lapsed owners (hands them to `requeue`, which
-//!   puts them ahead of the queue) and settles RUNNING runs whose process is gone.
+//! * [`recovery`] is the one orphan-recovery path of every mode: runs of lapsed owners are claimed
+//!   and handed over again (standalone: to the local queue; distributed: to their shard).
+//! * [`serve`] owns the component's lifecycle: recovery, garbage collection, the tree sweep,
+//!   executor events, health and metrics; its [`Handle`] resolves after the ordered drain.
 
-use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use nexus_executor::{Executor, ExecutorEvent, Outcome};
+use nexus_http::server::ServerConfig;
+use nexus_http::{Readiness, health_routes, negotiate_errors};
 use nexus_model::run::{CancellationPolicy, Run, RunPatch, Stage, now_millis};
+use nexus_payload::PayloadStore;
 use nexus_store::{RunStore, StoreError};
 use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub mod gc;
+pub mod metrics;
+pub mod recovery;
 
 /// Runs `pass` every `interval` until `shutdown`; a failed pass is logged as skipped (`what`
 /// names it) and the next one runs on schedule.
@@ -40,11 +50,10 @@ pub async fn every<F, Fut, T>(
             _ = tick.tick() => {}
         }
         if let Err(e) = pass().await {
-            tracing::warn!("{what} skipped, store unavailable: {e}");
+            tracing::warn!(pass = what, error = %e, "pass skipped, store unavailable");
         }
     }
 }
-pub mod resubmit;
 pub mod tree_sweep;
 
 /// Supervisor configuration (section `supervisor`).
@@ -182,11 +191,9 @@ pub fn classify(outcome: &Outcome, stage: Stage, run: &Run) -> Option<Decision> 
     }
 }
 
-/// The supervisor.
+/// Applies executor events to the run store.
 #[derive(Debug)]
 pub struct Supervisor {
-    /// Config.
-    pub config: SupervisorConfig,
     /// Run store.
     pub store: Arc<dyn RunStore>,
     /// Executor (to stop processes of runs cancelled meanwhile, and to see what is alive).
@@ -239,7 +246,7 @@ impl Supervisor {
                         Ok(_) => return,
                         Err(StoreError::Conflict { .. }) => {}
                         Err(e) => {
-                            tracing::warn!(%run_id, "could not record start: {e}");
+                            tracing::warn!(%run_id, error = %e, "could not record start");
                             return;
                         }
                     }
@@ -250,13 +257,13 @@ impl Supervisor {
                 outcome,
                 logs_stored,
             } => {
-                metrics::counter!("nexus_supervisor_outcomes_total", "outcome" => outcome_label(&outcome)).increment(1);
+                metrics::outcome(outcome_label(&outcome));
                 for _ in 0..4 {
                     let run = match self.store.get(run_id).await {
                         Ok(Some(r)) => r,
                         Ok(None) => return,
                         Err(e) => {
-                            tracing::warn!(%run_id, "store unavailable, outcome retried shortly: {e}");
+                            tracing::warn!(%run_id, error = %e, "store unavailable, outcome retried shortly");
                             tokio::time::sleep(Duration::from_millis(500)).await;
                             continue;
                         }
@@ -295,105 +302,13 @@ impl Supervisor {
                         Ok(_) | Err(StoreError::NotFound(_)) => return,
                         Err(StoreError::Conflict { .. }) => {}
                         Err(e) => {
-                            tracing::warn!(%run_id, "could not record outcome: {e}");
+                            tracing::warn!(%run_id, error = %e, "could not record outcome");
                             return;
                         }
                     }
                 }
             }
         }
-    }
-
-    /// Claims runs of dead owners: BUFFERED ones go to `requeue`; RUNNING ones whose process this
-    /// executor does not know lost their attempt (their process is stopped if it is still
-    /// alive): they go to `requeue` to be launched again while `maximumRetries` allows, else they
-    /// are settled FAILED with a cause. Returns how many runs were recovered.
-    ///
-    /// # Errors
-    /// Store failures (nothing is decided on a store error).
-    pub async fn recover(
-        &self,
-        requeue: &(dyn Fn(&Run) + Send + Sync),
-    ) -> Result<usize, StoreError> {
-        let now = now_millis();
-        let leases = self.store.leases().await?;
-        let alive: HashSet<String> = leases
-            .iter()
-            .filter(|l| {
-                l.expires_at > now && (!self.config.exclusive_store || l.owner == self.instance_id)
-            })
-            .map(|l| l.owner.clone())
-            .collect();
-        let active: HashSet<_> = self.executor.active().await.into_iter().collect();
-        let mut n = 0;
-        for stage in [Stage::Buffered, Stage::Running] {
-            for owner in self.store.owners_in_stage(stage).await? {
-                if owner == self.instance_id || alive.contains(&owner) {
-                    continue;
-                }
-                for run in self.store.by_owner_stage(&owner, stage, 10_000).await? {
-                    let claim = RunPatch {
-                        owner: Some(Some(self.instance_id.clone())),
-                        ..RunPatch::default()
-                    };
-                    if stage == Stage::Buffered {
-                        if self
-                            .store
-                            .transition(run.id, stage, stage, claim)
-                            .await
-                            .is_ok()
-                        {
-                            requeue(&run);
-                            n += 1;
-                        }
-                    } else if active.contains(&run.id) {
-                        let _ = self.store.transition(run.id, stage, stage, claim).await;
-                    } else {
-                        stop_orphan_process(&run);
-                        // A lost attempt is an attempt: launch again while retries remain.
-                        let used = run.attempts.max(1);
-                        let allowed = run
-                            .applied_configuration
-                            .maximum_retries()
-                            .saturating_add(1);
-                        if used < allowed {
-                            let relaunch = RunPatch {
-                                attempts: Some(used),
-                                ..claim
-                            };
-                            if let Ok(r) =
-                                self.store.transition(run.id, stage, stage, relaunch).await
-                            {
-                                tracing::warn!(run_id = %run.id, attempt = used, "the process of a RUNNING run was lost with a previous nexus process; launching it again");
-                                requeue(&r);
-                                n += 1;
-                            }
-                            continue;
-                        }
-                        let mut p = RunPatch::failure(
-                            "Algorithm process was lost",
-                            format!(
-                                "the nexus process that ran attempt {used} stopped ({owner}) while the run was RUNNING, and runtimeEnvironment.maximumRetries ({}) allows no further attempt; submit the run again",
-                                allowed - 1
-                            ),
-                        );
-                        p.owner = claim.owner;
-                        if self
-                            .store
-                            .transition(run.id, stage, Stage::Failed, p)
-                            .await
-                            .is_ok()
-                        {
-                            n += 1;
-                        }
-                    }
-                }
-            }
-        }
-        if n > 0 {
-            tracing::info!(recovered = n, "recovered orphaned runs");
-        }
-        Ok(n)
     }
 }
 
@@ -408,89 +323,212 @@ fn outcome_label(o: &Outcome) -> &'static str {
     }
 }
 
-/// Stops the process group of a local run left behind by a dead nexus process, but only when
-/// `/proc/<pid>/environ` proves the pid still belongs to that run (pids are reused).
-fn stop_orphan_process(run: &Run) {
-    let Some(pid) = run
-        .executor_ref
-        .as_deref()
-        .and_then(|p| p.parse::<i32>().ok())
-    else {
-        return;
-    };
-    let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
-        return;
-    };
-    let marker = format!("{}={}", nexus_proto::v1::env::REQUEST_ID, run.id);
-    if environ.split(|b| *b == 0).any(|kv| kv == marker.as_bytes()) {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-}
-
-/// Runs the supervisor until `shutdown`: applies executor events as they come and looks for
-/// orphans every `recovery_interval` (and once at start, in the background: the component
-/// serves meanwhile, and `readiness` notes the recovery until its first pass is over).
-pub async fn run(
-    sup: Arc<Supervisor>,
-    events: UnboundedReceiver<ExecutorEvent>,
-    requeue: Arc<dyn Fn(&Run) + Send + Sync>,
-    readiness: nexus_http::Readiness,
-    shutdown: CancellationToken,
-) {
-    let s2 = sup.clone();
-    let stop = shutdown.clone();
-    let recovery = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(s2.config.recovery_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut first = true;
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => break,
-                _ = tick.tick() => {
-                    if first {
-                        readiness.set_note(Some("recovering runs left by a previous process".into()));
-                    }
-                    let started = std::time::Instant::now();
-                    match s2.recover(requeue.as_ref()).await {
-                        Ok(n) if first && n > 0 => tracing::info!(recovered = n, seconds = started.elapsed().as_secs_f64(), "picked up runs left by a previous nexus process"),
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!("orphan recovery skipped, store unavailable: {e}"),
-                    }
-                    if first {
-                        readiness.set_note(None);
-                        first = false;
-                    }
-                }
-            }
-        }
-    });
-    apply_events(sup, events, shutdown).await;
-    let _ = recovery.await;
-}
-
 /// Applies executor events to the store until `shutdown` (or until the executor is gone), then
 /// applies what is already reported, so outcomes are not lost at shutdown. A receiver process runs
 /// this for its own executor (a local process can only be watched by its parent).
 pub async fn apply_events(
     sup: Arc<Supervisor>,
-    mut events: UnboundedReceiver<ExecutorEvent>,
+    events: UnboundedReceiver<ExecutorEvent>,
     shutdown: CancellationToken,
 ) {
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            ev = events.recv() => match ev {
-                Some(ev) => sup.handle(ev).await,
-                None => break,
-            },
+    nexus_executor::apply_events(sup, events, shutdown).await;
+}
+
+#[async_trait::async_trait]
+impl nexus_executor::EventHandler for Supervisor {
+    async fn handle(&self, event: ExecutorEvent) {
+        Supervisor::handle(self, event).await;
+    }
+}
+
+/// What [`serve`] runs with, besides the seams.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// The owner id recovery claims runs for (`supervisor/...`; standalone shares the process's).
+    pub instance_id: String,
+    /// How often to look for orphaned runs and unfinished trees.
+    pub recovery_interval: Duration,
+    /// How often garbage collection runs.
+    pub gc_interval: Duration,
+    /// How long finished runs are kept.
+    pub retention: Duration,
+    /// What a failed parent does to its running descendants.
+    pub on_parent_failure: nexus_link::tree::OnParentFailure,
+    /// How many children of one run the tree sweep reads.
+    pub max_children_per_run: usize,
+    /// Releases every other lease at start (the embedded store is locked by this process: their
+    /// owners are gone, and must not count as live schedulers sharing the dispatch budget).
+    pub release_other_leases: bool,
+    /// Connection limit and timeouts of the HTTP server (when it has a listener).
+    pub server: ServerConfig,
+}
+
+/// The seams [`serve`] works through.
+pub struct Deps {
+    /// Run store.
+    pub store: Arc<dyn RunStore>,
+    /// Payloads, deleted with the runs they belong to (`None`: the bucket's lifecycle rule does).
+    pub payloads: Option<Arc<dyn PayloadStore>>,
+    /// Who counts as alive and how lost attempts count.
+    pub policy: recovery::Policy,
+    /// Where claimed runs go.
+    pub handoff: Arc<dyn recovery::Handoff>,
+    /// Lease and leadership, when several supervisors may run (distributed mode).
+    pub leading: Option<recovery::Leading>,
+    /// The receivers the tree sweep cancels descendants through, by shard.
+    pub route: tree_sweep::Route,
+    /// The executor whose events this component applies, with their channel (standalone: the
+    /// supervisor watches the one local executor; a distributed receiver applies its own).
+    pub events: Option<(Arc<dyn Executor>, UnboundedReceiver<ExecutorEvent>)>,
+    /// Readiness, off at shutdown (noted while the first recovery pass runs).
+    pub readiness: Readiness,
+}
+
+impl std::fmt::Debug for Deps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deps")
+            .field("policy", &self.policy)
+            .field("handoff", &self.handoff)
+            .field("leading", &self.leading)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Listeners [`serve`] serves on (bound by the caller, so tests use port 0).
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// Routes the process serves on this component's HTTP listener besides the component's own
+    /// (its `/metrics`); unused without an HTTP listener.
+    pub telemetry: Router,
+    /// Health probes and `/metrics`; `None` when the caller serves them (standalone).
+    pub http: Option<TcpListener>,
+}
+
+/// A running supervisor.
+#[derive(Debug)]
+pub struct Handle {
+    /// The HTTP address, when it has a listener.
+    pub addr: Option<SocketAddr>,
+    /// Cancel to stop it (ordered drain).
+    pub shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Handle {
+    /// Waits until the supervisor has stopped (after `shutdown` was cancelled).
+    pub async fn wait(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// Starts the supervisor: garbage collection, the tree sweep, orphan recovery (the first pass at
+/// once, in the background; without `leading`, `readiness` notes it until it is over), executor
+/// events and, with a listener, health probes and `/metrics`. On `shutdown`: readiness off,
+/// recovery stops (resigns and releases its lease), executor events already reported are
+/// applied, then HTTP stops.
+///
+/// # Errors
+/// The listener's address cannot be read.
+pub async fn serve(
+    config: ServeConfig,
+    deps: Deps,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> std::io::Result<Handle> {
+    metrics::describe();
+    let addr = listeners
+        .http
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
+    let tasks = TaskTracker::new();
+    let store = deps.store.clone();
+    if config.release_other_leases
+        && let Ok(leases) = store.leases().await
+    {
+        for l in leases.iter().filter(|l| l.owner != config.instance_id) {
+            let _ = store.release_lease(&l.owner).await;
         }
     }
-    while let Ok(ev) = events.try_recv() {
-        sup.handle(ev).await;
+    let work_stop = CancellationToken::new();
+    tasks.spawn(
+        Arc::new(gc::Collector {
+            store: store.clone(),
+            payloads: deps.payloads,
+            retention: config.retention,
+            batch: 1_000,
+        })
+        .run(config.gc_interval, work_stop.clone()),
+    );
+    tasks.spawn(
+        Arc::new(tree_sweep::TreeSweep {
+            store: store.clone(),
+            route: deps.route,
+            on_parent_failure: config.on_parent_failure,
+            max_children: config.max_children_per_run,
+        })
+        .run(config.recovery_interval, work_stop.clone()),
+    );
+    // One recoverer (standalone): its first pass is noted on the readiness probe, before any
+    // probe can answer; the pass clears it. Several (distributed) leave the probe alone: a
+    // standby makes no pass.
+    let note = deps.leading.is_none().then(|| deps.readiness.clone());
+    if let Some(r) = &note {
+        r.set_note(Some("recovering runs left by a previous process".into()));
     }
+    let recovery = Arc::new(recovery::Recovery {
+        store: store.clone(),
+        instance_id: config.instance_id.clone(),
+        policy: deps.policy,
+        handoff: deps.handoff,
+    });
+    let recovery_stop = CancellationToken::new();
+    let recovery_task = tasks.spawn(recovery.run(
+        config.recovery_interval,
+        deps.leading,
+        note,
+        recovery_stop.clone(),
+    ));
+    let events_stop = CancellationToken::new();
+    if let Some((executor, events)) = deps.events {
+        let watcher = Arc::new(Supervisor {
+            store: store.clone(),
+            executor,
+            instance_id: config.instance_id.clone(),
+        });
+        tasks.spawn(apply_events(watcher, events, events_stop.clone()));
+    }
+    let http_stop = CancellationToken::new();
+    if let Some(listener) = listeners.http {
+        let app = health_routes(deps.readiness.clone())
+            .merge(listeners.telemetry)
+            .fallback(nexus_http::not_found)
+            .layer(axum::middleware::from_fn(negotiate_errors));
+        tasks.spawn(nexus_http::server::serve(
+            listener,
+            app,
+            config.server,
+            http_stop.clone(),
+        ));
+    }
+    deps.readiness.set(true);
+    let (sd, readiness) = (shutdown.clone(), deps.readiness);
+    tasks.spawn(async move {
+        sd.cancelled().await;
+        readiness.set(false);
+        recovery_stop.cancel();
+        let _ = recovery_task.await;
+        work_stop.cancel();
+        events_stop.cancel();
+        http_stop.cancel();
+    });
+    tracing::info!(id = %config.instance_id, "supervisor started");
+    Ok(Handle {
+        addr,
+        shutdown,
+        tasks,
+    })
 }
 
 #[cfg(test)]
@@ -507,14 +545,18 @@ mod tests {
         use nexus_store::InMemoryRunStore;
         let store = Arc::new(InMemoryRunStore::default());
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        let sup = Supervisor {
-            config: SupervisorConfig {
-                exclusive_store: true,
-                ..SupervisorConfig::default()
-            },
+        let requeued = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let q = requeued.clone();
+        let sup = recovery::Recovery {
             store: store.clone(),
-            executor: Arc::new(nexus_executor::RecordingExecutor::new(tx)),
             instance_id: "me".into(),
+            policy: recovery::Policy::Local {
+                exclusive_store: true,
+                executor: Arc::new(nexus_executor::RecordingExecutor::new(tx)),
+            },
+            handoff: Arc::new(recovery::QueueHandoff(Arc::new(move |r: &Run| {
+                q.lock().unwrap().push((r.id, r.stage, r.attempts));
+            }))),
         };
         let running = |retries: u32, attempts: u32| {
             let mut r = run();
@@ -534,11 +576,7 @@ mod tests {
         for r in [&retry, &last, &never_started] {
             store.insert(r.clone()).await.unwrap();
         }
-        let requeued = std::sync::Mutex::new(Vec::new());
-        let n = sup
-            .recover(&|r: &Run| requeued.lock().unwrap().push((r.id, r.stage, r.attempts)))
-            .await
-            .unwrap();
+        let n = sup.pass().await.unwrap().recovered();
         assert_eq!(n, 3);
         let mut got = requeued.lock().unwrap().clone();
         got.sort_by_key(|g| g.0);
@@ -689,5 +727,84 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Standalone recovery under a lease: a lapsed owner's BUFFERED run goes to the local queue,
+    /// and after `shutdown` the handle resolves with the recoverer's lease released.
+    #[tokio::test]
+    async fn serve_recovers_orphans_and_stops_in_order() {
+        use nexus_store::InMemoryRunStore;
+        use nexus_store::leader::StoreLeadership;
+        let store = Arc::new(InMemoryRunStore::default());
+        let mut orphan = run();
+        orphan.stage = Stage::Buffered;
+        orphan.owner = Some("gone".into());
+        store.insert(orphan.clone()).await.unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let executor: Arc<dyn Executor> = Arc::new(nexus_executor::RecordingExecutor::new(tx));
+        let queued = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let q = queued.clone();
+        let readiness = Readiness::default();
+        let shutdown = CancellationToken::new();
+        let h = serve(
+            ServeConfig {
+                instance_id: "supervisor/one".into(),
+                recovery_interval: Duration::from_millis(100),
+                gc_interval: Duration::from_secs(600),
+                retention: Duration::from_secs(3600),
+                on_parent_failure: nexus_link::tree::OnParentFailure::Cancel,
+                max_children_per_run: 10,
+                release_other_leases: false,
+                server: ServerConfig::default(),
+            },
+            Deps {
+                store: store.clone(),
+                payloads: None,
+                policy: recovery::Policy::Local {
+                    exclusive_store: true,
+                    executor: executor.clone(),
+                },
+                handoff: Arc::new(recovery::QueueHandoff(Arc::new(move |r: &Run| {
+                    q.lock().unwrap().push(r.id);
+                }))),
+                leading: Some(recovery::Leading {
+                    leadership: Arc::new(StoreLeadership::new(store.clone(), recovery::LEADER)),
+                    lease_ttl: Duration::from_secs(60),
+                }),
+                route: Arc::new(|_| None),
+                events: Some((executor, rx)),
+                readiness: readiness.clone(),
+            },
+            Listeners {
+                http: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+                ..Listeners::default()
+            },
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        assert!(readiness.is_ready(), "ready at once");
+        let t0 = tokio::time::Instant::now();
+        while queued.lock().unwrap().is_empty() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "not recovered");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(*queued.lock().unwrap(), vec![orphan.id]);
+        let got = store.get(orphan.id).await.unwrap().unwrap();
+        assert_eq!(got.owner.as_deref(), Some("supervisor/one"));
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), h.wait())
+            .await
+            .expect("the drain is bounded");
+        assert!(!readiness.is_ready());
+        assert!(
+            !store
+                .leases()
+                .await
+                .unwrap()
+                .iter()
+                .any(|l| l.owner == "supervisor/one"),
+            "the lease is released at shutdown"
+        );
     }
 }

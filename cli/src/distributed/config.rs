@@ -20,7 +20,7 @@ use nexus_scheduler::SchedulerConfig;
 use nexus_scheduler::edge::EdgeLimitConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ExecutorSection, load_layered};
+use crate::config::{ExecutorSection, Layered, load};
 
 /// The receivers of one shard (section `shards.<name>`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -444,15 +444,19 @@ fn done(e: Vec<String>) -> Result<(), String> {
     }
 }
 
+impl Layered for SchedulerProcess {
+    fn validate(&self) -> Result<(), String> {
+        SchedulerProcess::validate(self)
+    }
+}
+
 impl SchedulerProcess {
     /// Loads the layered configuration.
     ///
     /// # Errors
     /// Unreadable file, unknown keys, wrong types, invalid values, each naming the key.
     pub fn load(file: Option<&Path>, o: &DistOverrides) -> Result<Self, String> {
-        let c: Self = load_layered(Self::default(), file, o)?;
-        c.validate()?;
-        Ok(c)
+        load(file, o)
     }
 
     /// Checks every value.
@@ -488,15 +492,19 @@ impl SchedulerProcess {
     }
 }
 
+impl Layered for ReceiverProcess {
+    fn validate(&self) -> Result<(), String> {
+        ReceiverProcess::validate(self)
+    }
+}
+
 impl ReceiverProcess {
     /// Loads the layered configuration.
     ///
     /// # Errors
     /// As [`SchedulerProcess::load`].
     pub fn load(file: Option<&Path>, o: &DistOverrides) -> Result<Self, String> {
-        let c: Self = load_layered(Self::default(), file, o)?;
-        c.validate()?;
-        Ok(c)
+        load(file, o)
     }
 
     /// Checks every value.
@@ -548,15 +556,19 @@ impl ReceiverProcess {
     }
 }
 
+impl Layered for SupervisorProcess {
+    fn validate(&self) -> Result<(), String> {
+        SupervisorProcess::validate(self)
+    }
+}
+
 impl SupervisorProcess {
     /// Loads the layered configuration.
     ///
     /// # Errors
     /// As [`SchedulerProcess::load`].
     pub fn load(file: Option<&Path>, o: &DistOverrides) -> Result<Self, String> {
-        let c: Self = load_layered(Self::default(), file, o)?;
-        c.validate()?;
-        Ok(c)
+        load(file, o)
     }
 
     /// Checks every value.

@@ -2,9 +2,11 @@
 //! processes sharing a Cassandra / ScyllaDB run store, an S3 payload store and a signing key, and
 //! talking gRPC (`nexus.v1.ShardService`) with shared-secret or mutual-TLS authentication.
 //!
-//! Each `start_*` wires one component on listeners it is given (port 0 in tests) and returns a
-//! [`Handle`]; the `*_with` variants take the stores (tests pass in-memory ones, shared by the
-//! components of one process).
+//! Each `start_*` builds the real backends of one component from its configuration (stores,
+//! signing key, gRPC credentials, catalog, executor) and calls that component's `serve`
+//! (`nexus_scheduler::serve`, `nexus_receiver::serve`, `nexus_supervisor::serve`), which owns its
+//! routers, lease and ordered drain. The `*_with` variants take the stores (tests pass in-memory
+//! ones, shared by the components of one process).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,23 +18,20 @@ use anyhow::Context;
 use axum::Router;
 use axum::routing::get;
 use nexus_executor::{Executor, ExecutorEvent, LocalProcessExecutor};
-use nexus_http::{Readiness, health_routes, negotiate_errors};
+use nexus_http::Readiness;
 use nexus_kube::client::{ApiBudget, KubeClientConfig};
 use nexus_kube::executor::KubeExecutor;
 use nexus_kube::leader::KubeLease;
 use nexus_link::grpc::{GrpcLinkConfig, GrpcShard, GrpcShardOptions, LinkCredentials};
 use nexus_link::shard::Shard;
 use nexus_model::catalog::{Catalog, Snapshot, load_dir, watch_dir};
-use nexus_model::run::now_millis;
 use nexus_model::sign::Signer;
 use nexus_payload::{PayloadStore, S3PayloadStore};
-use nexus_receiver::Receiver;
-use nexus_scheduler::{Deps, Scheduler, ShardMap};
+use nexus_scheduler::{Deps, ShardMap};
 use nexus_store::cassandra::CassandraConfig;
 use nexus_store::leader::StoreLeadership;
 use nexus_store::{CassandraRunStore, RunStore};
-use nexus_supervisor::Supervisor;
-use nexus_supervisor::resubmit::{LEADER, Resubmitter};
+use nexus_supervisor::recovery::{LEADER, Leading, Policy, ShardHandoff};
 
 /// The Lease supervisors elect their leader on (`supervisor.leader_election: kubernetes`), in the
 /// namespace of the `kubernetes` section.
@@ -49,7 +48,7 @@ pub use config::{
     SchedulerProcess, ShardEntry, SupervisorProcess,
 };
 
-use crate::standalone::{Handle, instance_id, prometheus, serve_http};
+use crate::standalone::{Handle, instance_id, prometheus};
 
 /// The stores every component of a deployment shares.
 #[derive(Debug, Clone)]
@@ -141,9 +140,10 @@ pub fn shard_clients(
     Ok(out)
 }
 
-fn metrics_and_health(readiness: Readiness) -> Router {
+/// The process's `/metrics` route, served next to each component's own routes.
+pub(crate) fn metrics_route() -> Router {
     let prom = prometheus().clone();
-    health_routes(readiness).route("/metrics", get(move || std::future::ready(prom.render())))
+    Router::new().route("/metrics", get(move || std::future::ready(prom.render())))
 }
 
 /// How long a component waits for its first list of templates from the cluster.
@@ -266,68 +266,34 @@ pub async fn start_scheduler_with(
         nexus_scheduler::is_scheduler_lease(&id),
         "instance_id '{id}' must not start with receiver/ or supervisor/"
     );
-    let readiness = Readiness::default();
-    let scheduler = Scheduler::new(
-        c.scheduler.clone(),
+    let shards = c.shards.len();
+    let h = nexus_scheduler::serve(
+        nexus_scheduler::ServeConfig {
+            scheduler: c.scheduler,
+            rate_limit: c.rate_limit,
+            server: c.server,
+        },
         Deps {
-            store: stores.store.clone(),
+            store: stores.store,
             payloads,
-            catalog: catalog.clone(),
+            catalog,
             shards: ShardMap {
                 shards: shard_clients(&c.shards, &creds)?,
                 fallback: None,
             },
             signer,
             instance_id: id.clone(),
-            readiness: readiness.clone(),
+            readiness: Readiness::default(),
         },
-    );
-    // A stable instance id picks up the BUFFERED runs its previous life left queued.
-    let own = nexus_scheduler::requeue_own(&scheduler)
-        .await
-        .map_err(|e| anyhow::anyhow!("run store: {e}"))?;
-    if own > 0 {
-        tracing::info!(requeued = own, "picked up this scheduler's queued runs");
-    }
-    let api = nexus_scheduler::api::router(scheduler.clone());
-    let app = Router::new()
-        .merge(nexus_scheduler::edge::apply(
-            &c.rate_limit,
-            api,
-            shutdown.clone(),
-        ))
-        // gRPC (content-type application/grpc only) and the app's fallback: 404 text.
-        .merge(nexus_scheduler::grpc::routes(scheduler.clone()))
-        .merge(metrics_and_health(readiness.clone()))
-        .layer(axum::middleware::from_fn(negotiate_errors));
-    let sched_stop = CancellationToken::new();
-    let linger_of = scheduler.clone();
-    let sched_task = tasks.spawn(nexus_scheduler::run(scheduler, sched_stop.clone()));
-    let http_stop = CancellationToken::new();
-    serve_http(&tasks, listener, app, c.server.clone(), http_stop.clone());
-    // Readiness off and queue drained (runs left are handed over by releasing the lease), then
-    // the HTTP server stops.
-    let sd = shutdown.clone();
-    let r2 = readiness.clone();
-    tasks.spawn(async move {
-        sd.cancelled().await;
-        r2.set(false);
-        sched_stop.cancel();
-        let _ = sched_task.await;
-        // Runs handed over last may still fetch their payload from this scheduler (its
-        // `public_url` is in their payload URL): keep serving a little longer (readiness is off).
-        let linger = linger_of.payload_linger();
-        if !linger.is_zero() {
-            tracing::info!(
-                seconds = linger.as_secs_f64(),
-                "serving payloads of the last runs handed over before stopping"
-            );
-            tokio::time::sleep(linger).await;
-        }
-        http_stop.cancel();
-    });
-    readiness.set(true);
-    tracing::info!(%url, instance = %id, shards = c.shards.len(), "nexus scheduler is ready");
+        nexus_scheduler::Listeners {
+            http: Some(listener),
+            telemetry: metrics_route(),
+        },
+        shutdown.clone(),
+    )
+    .await?;
+    tasks.spawn(async move { h.wait().await });
+    tracing::info!(%url, instance = %id, shards, "nexus scheduler is ready");
     Ok(Handle::new(addr, url, shutdown, tasks))
 }
 
@@ -461,109 +427,48 @@ pub async fn start_receiver_with(
         .with_context(|| format!("cannot create work_dir {}", c.work_dir.display()))?;
     let id = format!(
         "{}{}/{}",
-        nexus_supervisor::resubmit::RECEIVER_PREFIX,
+        nexus_supervisor::recovery::RECEIVER_PREFIX,
         c.shard,
         c.instance_id.clone().unwrap_or_else(instance_id)
     );
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let executor_stop = CancellationToken::new();
     let executor = make(&c, tx, payloads.clone(), executor_stop.clone());
-    let receiver = Receiver::for_shard(
-        c.receiver.clone(),
-        &c.shard,
-        &id,
-        stores.store.clone(),
-        payloads,
-        executor.clone(),
-        signer,
-    );
-    // The receiver's own executor events: only the parent of a local process can watch it.
-    let watcher = Arc::new(Supervisor {
-        config: nexus_supervisor::SupervisorConfig::default(),
+    let shutdown = CancellationToken::new();
+    let watcher = Arc::new(nexus_supervisor::Supervisor {
         store: stores.store.clone(),
         executor: executor.clone(),
         instance_id: id.clone(),
     });
-    let ttl = i64::try_from(c.lease_ttl.as_millis()).unwrap_or(15_000);
-    stores
-        .store
-        .heartbeat(&id, now_millis(), ttl)
-        .await
-        .map_err(|e| anyhow::anyhow!("run store: {e}"))?;
-
-    let readiness = Readiness::default();
-    let app = Router::new()
-        .merge(nexus_receiver::api::router(receiver.clone()))
-        .merge(metrics_and_health(readiness.clone()))
-        .fallback(nexus_http::not_found)
-        .layer(axum::middleware::from_fn(negotiate_errors));
-    let shutdown = CancellationToken::new();
-    let tasks = TaskTracker::new();
-    let grpc_stop = CancellationToken::new();
-    {
-        let (r, rd, stop) = (receiver.clone(), readiness.clone(), grpc_stop.clone());
-        tasks.spawn(async move {
-            if let Err(e) = nexus_receiver::grpc::serve(r, creds, grpc, rd, stop).await {
-                tracing::error!("grpc server failed: {e}");
-            }
-        });
-    }
-    let http_stop = CancellationToken::new();
-    serve_http(&tasks, http, app, c.server.clone(), http_stop.clone());
-    let events_stop = CancellationToken::new();
-    tasks.spawn(nexus_supervisor::apply_events(
-        watcher,
-        rx,
-        events_stop.clone(),
-    ));
-    let beat_stop = CancellationToken::new();
-    {
-        let (store, id, stop) = (stores.store.clone(), id.clone(), beat_stop.clone());
-        let every = c.lease_ttl / 3;
-        tasks.spawn(async move {
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(every) => {}
-                }
-                if let Err(e) = store.heartbeat(&id, now_millis(), ttl).await {
-                    tracing::warn!("receiver lease heartbeat failed: {e}");
-                }
-            }
-        });
-    }
-    // Shutdown: not ready (schedulers go elsewhere), gRPC stops taking runs, running runs get
-    // `drain_grace` to finish (completions still arrive over HTTP), then the lease is released so
-    // the supervisor launches what is left again at once.
-    let (sd, rd, store, exec, grace, id2) = (
+    let h = nexus_receiver::serve(
+        nexus_receiver::ServeConfig {
+            receiver: c.receiver.clone(),
+            shard: c.shard.clone(),
+            instance_id: id.clone(),
+            lease_ttl: c.lease_ttl,
+            drain_grace: c.drain_grace,
+            server: c.server.clone(),
+        },
+        nexus_receiver::Deps {
+            store: stores.store,
+            payloads,
+            executor,
+            events: Some((rx, watcher)),
+            executor_stop,
+            signer,
+            credentials: Some(creds),
+            readiness: Readiness::default(),
+        },
+        nexus_receiver::Listeners {
+            http: Some(http),
+            grpc: Some(grpc),
+            telemetry: metrics_route(),
+        },
         shutdown.clone(),
-        readiness.clone(),
-        stores.store.clone(),
-        executor.clone(),
-        c.drain_grace,
-        id.clone(),
-    );
-    tasks.spawn(async move {
-        sd.cancelled().await;
-        rd.set(false);
-        grpc_stop.cancel();
-        let deadline = tokio::time::Instant::now() + grace;
-        while !exec.active().await.is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        beat_stop.cancel();
-        events_stop.cancel();
-        http_stop.cancel();
-        let left = exec.active().await.len();
-        executor_stop.cancel();
-        if let Err(e) = store.release_lease(&id2).await {
-            tracing::warn!(
-                "could not release the receiver lease (its runs are relaunched when it lapses): {e}"
-            );
-        }
-        tracing::info!(left_running = left, "receiver stopped");
-    });
-    readiness.set(true);
+    )
+    .await?;
+    let tasks = TaskTracker::new();
+    tasks.spawn(async move { h.wait().await });
     tracing::info!(%url, grpc = %grpc_addr, shard = %c.shard, id = %id, "nexus receiver is ready");
     Ok(ReceiverHandle {
         http: Handle::new(addr, url, shutdown, tasks),
@@ -619,67 +524,58 @@ pub async fn start_supervisor_with(
         "supervisor/{}",
         c.instance_id.clone().unwrap_or_else(instance_id)
     );
-    let resubmitter = Arc::new(Resubmitter {
-        store: store.clone(),
-        catalog: catalog.clone(),
-        shards: shard_clients(&c.shards, &creds)?,
-        signer,
-        payload_base: c.scheduler_url.clone(),
-        instance_id: id.clone(),
-        max_relaunches: c.supervisor.max_relaunches,
-        submit_timeout: c.supervisor.submit_timeout,
-        leadership: match c.supervisor.leader_election {
-            LeaderElection::Store => Arc::new(StoreLeadership::new(store, LEADER)),
-            LeaderElection::Kubernetes => Arc::new(KubeLease::new(
-                kube::Api::default_namespaced(
-                    kube.context("leader_election: kubernetes needs a client of the cluster")?,
-                ),
-                SUPERVISOR_LEASE,
-            )),
-        },
-    });
-    let readiness = Readiness::default();
-    let app = metrics_and_health(readiness.clone())
-        .fallback(nexus_http::not_found)
-        .layer(axum::middleware::from_fn(negotiate_errors));
-    tasks.spawn(
-        Arc::new(nexus_supervisor::gc::Collector {
-            store: resubmitter.store.clone(),
-            payloads: None,
+    let shards = shard_clients(&c.shards, &creds)?;
+    let route_to = shards.clone();
+    let leadership: Arc<dyn nexus_store::leader::Leadership> = match c.supervisor.leader_election {
+        LeaderElection::Store => Arc::new(StoreLeadership::new(store.clone(), LEADER)),
+        LeaderElection::Kubernetes => Arc::new(KubeLease::new(
+            kube::Api::default_namespaced(
+                kube.context("leader_election: kubernetes needs a client of the cluster")?,
+            ),
+            SUPERVISOR_LEASE,
+        )),
+    };
+    let s = &c.supervisor;
+    let h = nexus_supervisor::serve(
+        nexus_supervisor::ServeConfig {
+            instance_id: id.clone(),
+            recovery_interval: s.recovery_interval,
+            gc_interval: s.gc_interval,
             retention: Duration::from_secs(7 * 24 * 3600),
-            batch: 1_000,
-        })
-        .run(c.supervisor.gc_interval, shutdown.clone()),
-    );
-    {
-        let shards = resubmitter.shards.clone();
-        tasks.spawn(
-            Arc::new(nexus_supervisor::tree_sweep::TreeSweep {
-                store: resubmitter.store.clone(),
-                route: Arc::new(move |name| shards.get(name).cloned()),
-                on_parent_failure: c.supervisor.on_parent_failure,
-                max_children: c.supervisor.max_children_per_run,
-            })
-            .run(c.supervisor.recovery_interval, shutdown.clone()),
-        );
-    }
-    let loop_stop = CancellationToken::new();
-    let main = tasks.spawn(resubmitter.run(
-        c.supervisor.recovery_interval,
-        c.supervisor.lease_ttl,
-        loop_stop.clone(),
-    ));
-    let http_stop = CancellationToken::new();
-    serve_http(&tasks, listener, app, c.server.clone(), http_stop.clone());
-    let (sd, rd) = (shutdown.clone(), readiness.clone());
-    tasks.spawn(async move {
-        sd.cancelled().await;
-        rd.set(false);
-        loop_stop.cancel();
-        let _ = main.await;
-        http_stop.cancel();
-    });
-    readiness.set(true);
+            on_parent_failure: s.on_parent_failure,
+            max_children_per_run: s.max_children_per_run,
+            release_other_leases: false,
+            server: c.server.clone(),
+        },
+        nexus_supervisor::Deps {
+            store,
+            payloads: None,
+            policy: Policy::Shards {
+                max_relaunches: s.max_relaunches,
+            },
+            handoff: Arc::new(ShardHandoff {
+                catalog,
+                shards,
+                signer,
+                payload_base: c.scheduler_url.clone(),
+                submit_timeout: s.submit_timeout,
+            }),
+            leading: Some(Leading {
+                leadership,
+                lease_ttl: s.lease_ttl,
+            }),
+            route: Arc::new(move |name| route_to.get(name).cloned()),
+            events: None,
+            readiness: Readiness::default(),
+        },
+        nexus_supervisor::Listeners {
+            http: Some(listener),
+            telemetry: metrics_route(),
+        },
+        shutdown.clone(),
+    )
+    .await?;
+    tasks.spawn(async move { h.wait().await });
     let url = format!("http://{addr}");
     tracing::info!(%url, id = %id, shards = c.shards.len(), "nexus supervisor is ready");
     Ok(Handle::new(addr, url, shutdown, tasks))

@@ -222,3 +222,33 @@ pub trait Executor: Send + Sync + std::fmt::Debug + 'static {
     /// Returns the ids of runs launched and not yet finished.
     async fn active(&self) -> Vec<RunId>;
 }
+
+/// Turns executor events into stage transitions: the supervisor's job (`nexus_supervisor`
+/// implements it). A receiver hands its own executor's events to one (a local process can only
+/// be watched by its parent), without depending on the supervisor.
+#[async_trait]
+pub trait EventHandler: Send + Sync + std::fmt::Debug + 'static {
+    /// Applies one event.
+    async fn handle(&self, event: ExecutorEvent);
+}
+
+/// Applies `events` with `handler` until `shutdown` (or until the executor is gone), then applies
+/// what is already reported, so outcomes are not lost at shutdown.
+pub async fn apply_events(
+    handler: std::sync::Arc<dyn EventHandler>,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<ExecutorEvent>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            ev = events.recv() => match ev {
+                Some(ev) => handler.handle(ev).await,
+                None => break,
+            },
+        }
+    }
+    while let Ok(ev) = events.try_recv() {
+        handler.handle(ev).await;
+    }
+}

@@ -1,0 +1,25 @@
+//! Every metric the receiver emits (Prometheus names; labels bounded: never a run id).
+//! [`describe`] gives each its HELP text; the recording functions are the only call sites of the
+//! `metrics` macros in this crate.
+
+/// Registers the HELP text of every metric below (with the recorder installed; idempotent).
+pub fn describe() {
+    metrics::describe_counter!(
+        "nexus_receiver_submitted_total",
+        "Runs submitted to this receiver over gRPC, by outcome."
+    );
+    metrics::describe_counter!(
+        "nexus_receiver_completions_total",
+        "Completions reported by algorithms (HTTP and gRPC), by outcome."
+    );
+}
+
+/// Counts `n` runs of one gRPC submission with the same `outcome`.
+pub fn submitted(outcome: &'static str, n: usize) {
+    metrics::counter!("nexus_receiver_submitted_total", "outcome" => outcome).increment(n as u64);
+}
+
+/// Counts one completion by `outcome`.
+pub fn completion(outcome: &'static str) {
+    metrics::counter!("nexus_receiver_completions_total", "outcome" => outcome).increment(1);
+}
