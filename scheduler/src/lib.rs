@@ -454,6 +454,8 @@ pub async fn serve(
         .as_ref()
         .map(TcpListener::local_addr)
         .transpose()?;
+    metrics::describe();
+    nexus_link::metrics::describe();
     let readiness = deps.readiness.clone();
     let scheduler = Scheduler::new(config.scheduler, deps);
     // A stable instance id picks up the BUFFERED runs its previous life left queued.

@@ -460,6 +460,18 @@ async fn bad_input_table() {
         .await
         .unwrap();
     assert!(m.contains("nexus_scheduler_requests_rejected_total"), "{m}");
+    // Every metric family says what it counts.
+    assert!(
+        m.contains("# HELP nexus_scheduler_requests_rejected_total Submissions refused"),
+        "{m}"
+    );
+    for family in m.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let name = family.split(' ').next().unwrap_or_default();
+        assert!(
+            m.contains(&format!("# HELP {name} ")),
+            "metric {name} has no HELP text:\n{m}"
+        );
+    }
     h.stop().await;
 }
 

@@ -175,11 +175,14 @@ where
     }
 }
 
-/// Builds the API client of the cluster `config` names, every request behind `budget`.
+/// Builds the API client of the cluster `config` names, every request behind `budget`, and
+/// registers the HELP texts of the Kubernetes metrics (every process that talks to a cluster
+/// comes through here).
 ///
 /// # Errors
 /// Unreadable or invalid kubeconfig, unknown context, no credentials found.
 pub async fn client(config: &KubeClientConfig, budget: &ApiBudget) -> Result<kube::Client, String> {
+    crate::metrics::describe();
     let opts = kube::config::KubeConfigOptions {
         context: config.context.clone(),
         ..kube::config::KubeConfigOptions::default()

@@ -112,7 +112,7 @@ async fn the_crds_are_accepted_and_refuse_bad_manifests_at_apply_time() {
         .expect("a good template is accepted");
     assert_eq!(created.spec.command, "python3 -m trainer");
     // The repository's example manifests are valid custom resources too.
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/templates");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/templates");
     for e in std::fs::read_dir(dir).unwrap() {
         let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
         if text.contains("kind: NexusAlgorithmTemplate") {

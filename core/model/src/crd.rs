@@ -304,8 +304,8 @@ mod tests {
 
     #[test]
     fn the_checked_in_crds_are_the_generated_ones() {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crds/nexus-crds.yaml");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy/crds/nexus-crds.yaml");
         let file = std::fs::read_to_string(&path).unwrap();
         assert!(
             file == crds_yaml().unwrap(),
@@ -316,7 +316,7 @@ mod tests {
 
     #[test]
     fn the_example_manifests_parse_as_the_custom_resources() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/templates");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/templates");
         let mut seen = 0;
         for e in std::fs::read_dir(dir).unwrap() {
             let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
