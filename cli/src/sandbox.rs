@@ -227,10 +227,12 @@ pub async fn executor_isolation(req: IsolationRequest<'_>) -> anyhow::Result<Iso
     match abi {
         Some(abi) => tracing::info!(
             landlock_abi = abi,
-            "algorithms run as {user}, confined by Landlock to their own work directory, system directories and PATH"
+            run_as = %user,
+            "algorithms confined by Landlock to their own work directory, system directories and PATH"
         ),
         None => tracing::warn!(
-            "landlock not available: algorithms are confined by file permissions and run_as only (they run as {user})"
+            run_as = %user,
+            "landlock not available: algorithms are confined by file permissions and run_as only"
         ),
     }
     let launcher = launcher.map(|program| Launcher {

@@ -239,7 +239,7 @@ async fn dispatch_one(
             return;
         }
         Err(err) => {
-            tracing::warn!(run_id = %e.id, "store unavailable while dispatching, will retry: {err}");
+            tracing::warn!(run_id = %e.id, error = %err, "store unavailable while dispatching, will retry");
             locked(&budget).refund();
             metrics::dispatched("retry");
             lane.push_delayed(e, Instant::now() + backoff(&s.config, e.attempt));
@@ -309,7 +309,7 @@ async fn dispatch_one(
             // it neither fails them nor touches other lanes.
             let now = Instant::now();
             let until = lane.mark_down(now, |streak| backoff(&s.config, streak.min(16)));
-            tracing::warn!(shard = %lane.name(), pause_ms = until.saturating_duration_since(now).as_millis(), "shard unreachable, pausing its lane: {}", err.message);
+            tracing::warn!(shard = %lane.name(), pause_ms = until.saturating_duration_since(now).as_millis(), error = %err.message, "shard unreachable, pausing its lane");
             metrics::dispatched("shard_down");
             lane.push_delayed(e, until);
         }
@@ -317,7 +317,7 @@ async fn dispatch_one(
             let halved = locked(&budget).slow_down(Instant::now());
             if halved {
                 let rate = locked(&budget).current_rate();
-                tracing::warn!(shard = %lane.name(), rate, "shard asked to slow down: {}", err.message);
+                tracing::warn!(shard = %lane.name(), rate, error = %err.message, "shard asked to slow down");
                 metrics::budget_rate(lane.name(), rate);
             }
             metrics::dispatched("slow_down");
@@ -327,7 +327,7 @@ async fn dispatch_one(
             lane.push_delayed(e, Instant::now() + wait);
         }
         Err(err) if err.kind.is_retryable() && e.attempt + 1 < s.config.dispatch_max_attempts => {
-            tracing::warn!(run_id = %e.id, attempt = e.attempt + 1, "dispatch failed, retrying: {err}");
+            tracing::warn!(run_id = %e.id, attempt = e.attempt + 1, error = %err, "dispatch failed, retrying");
             metrics::dispatched("retry");
             let next = Entry {
                 id: e.id,
@@ -356,7 +356,7 @@ impl Drop for Held {
 /// of a RUNNING run (an attempt of it did run).
 async fn fail(s: &Scheduler, id: nexus_model::run::RunId, from: Stage, cause: &str, details: &str) {
     s.relaunch_done(id);
-    tracing::warn!(run_id = %id, "{cause}: {details}");
+    tracing::warn!(run_id = %id, cause = %cause, details = %details, "run failed to schedule");
     let to = if from == Stage::Running {
         Stage::Failed
     } else {
@@ -367,7 +367,7 @@ async fn fail(s: &Scheduler, id: nexus_model::run::RunId, from: Stage, cause: &s
         .transition(id, from, to, RunPatch::failure(cause, details))
         .await
     {
-        tracing::warn!(run_id = %id, "could not mark run {to}: {e}");
+        tracing::warn!(run_id = %id, stage = ?to, error = %e, "could not record the run's stage");
     }
 }
 
