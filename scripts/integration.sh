@@ -29,6 +29,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/disk.sh
 
+# Every integration test is built with the whole workspace selected and all integration features
+# on (the feature set the lints use), so that every test binary below shares one build of the
+# dependencies instead of one per package selection (cargo unifies features per selection).
+it_features=nexus-store/cassandra-tests,nexus-payload/s3-tests,nexus-cli/cassandra-tests,nexus-cli/distributed-tests,nexus-kube/kube-tests,nexus-cli/kube-tests
+itest() { cargo test --workspace --features "$it_features" "$@"; }
+
 work=$(mktemp -d)
 cassandra_dir="$work/cassandra"
 export NEXUS_CASSANDRA_DIR="$cassandra_dir"
@@ -59,15 +65,15 @@ scripts/cassandra.sh start
 export NEXUS_TEST_CASSANDRA="127.0.0.1:$NEXUS_CASSANDRA_PORT"
 
 echo "integration: RunStore conformance, races and migrations on the real node"
-cargo test -p nexus-store --features cassandra-tests --test cassandra_store
+itest --test cassandra_store
 
 echo "integration: kill -9 of a standalone nexus on the Cassandra store loses no accepted run"
-cargo test -p nexus-cli --features cassandra-tests --test it kill9::kill_9_loses_no_accepted_run_on_cassandra
+itest --test it kill9::kill_9_loses_no_accepted_run_on_cassandra
 
 echo "integration: credentials and (mutual) TLS on a second node"
 env "${secure_env[@]}" scripts/cassandra.sh start
 NEXUS_TEST_CASSANDRA_SECURE=127.0.0.1:19142 NEXUS_TEST_CASSANDRA_TLS_DIR="$secure_dir/tls" \
-  cargo test -p nexus-store --features cassandra-tests --test cassandra_secure
+  itest --test cassandra_secure
 env "${secure_env[@]}" scripts/cassandra.sh stop
 
 echo "integration: starting SeaweedFS (S3) on 127.0.0.1:$NEXUS_SEAWEED_S3_PORT"
@@ -75,18 +81,18 @@ scripts/seaweedfs.sh start
 s3_url="s3://nexus-test/ci?endpoint=http://127.0.0.1:$NEXUS_SEAWEED_S3_PORT&region=us-east-1"
 export NEXUS_S3_ACCESS_KEY_ID=nexus NEXUS_S3_SECRET_ACCESS_KEY=nexus-secret-key
 NEXUS_TEST_S3="$s3_url&access_key=nexus&secret_key=nexus-secret-key" \
-  cargo test -p nexus-payload --features s3-tests --test s3_store
+  itest --test s3_store
 
 echo "integration: distributed mode end to end (2 schedulers, 2 receivers, a supervisor; kill -9 of a receiver; SIGTERM of a scheduler)"
 NEXUS_TEST_S3="$s3_url&access_key=nexus&secret_key=nexus-secret-key" \
-  cargo test -p nexus-cli --features distributed-tests --test it distributed_e2e:: -- --nocapture --test-threads=1
+  itest --test it distributed_e2e:: -- --nocapture --test-threads=1
 
 echo "integration: building and starting a real Kubernetes API server (tools/kube-apiserver)"
 kubeconfig=$(scripts/kube-apiserver.sh start)
 echo "integration: CRDs, rendered Jobs, the Kubernetes executor and the catalog against the API server"
-NEXUS_TEST_KUBECONFIG="$kubeconfig" cargo test -p nexus-kube --features kube-tests --test kube_api
+NEXUS_TEST_KUBECONFIG="$kubeconfig" itest --test kube_api
 echo "integration: scheduler + receiver on Kubernetes (runs as Jobs, templates from the cluster)"
-NEXUS_TEST_KUBECONFIG="$kubeconfig" cargo test -p nexus-cli --features kube-tests --test it kubernetes::
+NEXUS_TEST_KUBECONFIG="$kubeconfig" itest --test it kubernetes::
 scripts/kube-apiserver.sh stop
 
 echo "integration: fuzzing the request splitter, template manifests and signed URLs (cargo-fuzz, bounded)"

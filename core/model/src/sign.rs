@@ -234,15 +234,24 @@ impl Signer {
     }
 }
 
-/// Parses an expiry in Unix seconds.
+/// Parses an expiry in Unix seconds, written the one way Nexus writes it: decimal digits, no sign,
+/// no leading zero. Any other spelling of the same number (`+17…`, `017…`) is refused, so a
+/// signed URL or run token has exactly one accepted form (found by fuzzing: `i64::from_str`
+/// takes a leading `+`).
 ///
 /// # Errors
-/// [`SignError::Malformed`] when `exp` is not a decimal integer.
+/// [`SignError::Malformed`] when `exp` is not such a number.
 pub fn parse_exp(subject: Subject, exp: &str) -> Result<i64, SignError> {
-    exp.parse::<i64>().map_err(|_| SignError::Malformed {
-        subject,
-        reason: format!("expiry {exp:?} is not a number of seconds since the Unix epoch"),
-    })
+    let canonical = !exp.is_empty()
+        && exp.bytes().all(|b| b.is_ascii_digit())
+        && (exp.len() == 1 || !exp.starts_with('0'));
+    canonical
+        .then(|| exp.parse::<i64>().ok())
+        .flatten()
+        .ok_or_else(|| SignError::Malformed {
+            subject,
+            reason: format!("expiry {exp:?} is not a number of seconds since the Unix epoch"),
+        })
 }
 
 fn decode_tag(subject: Subject, sig: &str) -> Result<[u8; TAG_LEN], SignError> {
@@ -441,6 +450,27 @@ mod tests {
                 "{c:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_token_has_one_spelling() {
+        let s = Signer::new(b"super-secret-key");
+        let run = RunId(uuid::Uuid::from_u128(7));
+        let token = s.run_token(run, 2_000_000_000);
+        assert!(s.verify_run_token(run, &token, 1_900_000_000).is_ok());
+        for other in [
+            token.replacen(".2000000000.", ".+2000000000.", 1),
+            token.replacen(".2000000000.", ".02000000000.", 1),
+            token.replacen(".2000000000.", ". 2000000000.", 1),
+        ] {
+            assert!(
+                s.verify_run_token(run, &other, 1_900_000_000).is_err(),
+                "{other} accepted"
+            );
+        }
+        assert!(parse_exp(Subject::RunToken, "0").is_ok());
+        assert!(parse_exp(Subject::RunToken, "-1").is_err());
+        assert!(parse_exp(Subject::RunToken, "").is_err());
     }
 
     #[test]
