@@ -140,7 +140,8 @@ pub struct ReceiverProcess {
     /// gRPC `nexus.v1.ShardService` and `CompletionService`.
     pub grpc_listen: SocketAddr,
     /// URL algorithms use to reach this receiver's HTTP completion endpoint. Default
-    /// `http://<listen>`.
+    /// `http://<listen>` with `runtime: local`; required with `runtime: kubernetes` (the
+    /// Service's cluster DNS name: Jobs run in other pods).
     pub public_url: Option<String>,
     /// The shard this receiver serves (required): the `spec.cluster` of its workgroups.
     pub shard: String,
@@ -551,6 +552,16 @@ impl ReceiverProcess {
                     e.push(m);
                 }
             }
+            // Jobs run in pods: the default `http://<listen>` (loopback by default) would hand
+            // every run a URL that leads nowhere.
+            if self.public_url.is_none() {
+                e.push(
+                    "public_url: required with runtime: kubernetes (the URL Jobs complete through), \
+                     e.g. http://nexus-receiver-shard-1.nexus.svc.cluster.local:8091; the default \
+                     http://<listen> is only reachable from this machine"
+                        .into(),
+                );
+            }
         }
         done(e)
     }
@@ -719,6 +730,15 @@ mod tests {
         ));
         let e = ReceiverProcess::load(Some(&f), &DistOverrides::default()).unwrap_err();
         assert!(e.contains("job.image_pull_policy: 'Sometimes'"), "{e}");
+        // Jobs run in pods: a Kubernetes receiver must say where they reach it.
+        assert!(
+            e.contains("public_url: required with runtime: kubernetes"),
+            "{e}"
+        );
+        let (_d, f) = yaml(&format!(
+            "{COMMON}shard: a\nruntime: kubernetes\npublic_url: http://nexus-receiver-a.nexus.svc:8091\n"
+        ));
+        ReceiverProcess::load(Some(&f), &DistOverrides::default()).unwrap();
         let (_d, f) = yaml(&format!("{COMMON}shard: a\nruntime: docker\n"));
         let e = ReceiverProcess::load(Some(&f), &DistOverrides::default()).unwrap_err();
         assert!(e.contains("docker"), "{e}");
