@@ -14,7 +14,7 @@ use nexus_http::server::ServerConfig;
 use nexus_kube::classify::FailureConfig;
 use nexus_kube::client::KubeClientConfig;
 use nexus_kube::job::JobOptions;
-use nexus_link::grpc::GrpcLinkConfig;
+use nexus_link::grpc::{GrpcLinkConfig, RESOLVE_INTERVAL_MAX, RESOLVE_INTERVAL_MIN};
 use nexus_receiver::ReceiverConfig;
 use nexus_scheduler::SchedulerConfig;
 use nexus_scheduler::edge::EdgeLimitConfig;
@@ -22,12 +22,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{ExecutorSection, Layered, load};
 
+/// Default `shard_resolve_interval`.
+pub const DEFAULT_SHARD_RESOLVE_INTERVAL: Duration = Duration::from_secs(10);
+
 /// The receivers of one shard (section `shards.<name>`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShardEntry {
     /// gRPC endpoints of the shard's receivers (`http://host:port`, or `https://` with TLS); runs
     /// are balanced across them, and a receiver that does not answer is skipped for a while.
+    /// A host that is a DNS name (e.g. the receivers' headless Service) stands for every address
+    /// it resolves to, resolved again every `shard_resolve_interval`, so scaling the receivers
+    /// needs no config change; an IP literal is used as written.
     pub endpoints: Vec<String>,
 }
 
@@ -100,6 +106,10 @@ pub struct SchedulerProcess {
     pub grpc: GrpcLinkConfig,
     /// Shard name (a workgroup's `spec.cluster`) → its receivers.
     pub shards: BTreeMap<String, ShardEntry>,
+    /// How often shard endpoints whose host is a DNS name are resolved again (1s..10m; default
+    /// 10s). A failed or empty answer keeps the last known receivers.
+    #[serde(with = "humantime_serde")]
+    pub shard_resolve_interval: Duration,
     /// Scheduler settings (queue, budgets, retries, lease).
     pub scheduler: SchedulerConfig,
     /// Per-client rate limiting of the API.
@@ -124,6 +134,7 @@ impl Default for SchedulerProcess {
             log_format: "text".into(),
             grpc: GrpcLinkConfig::default(),
             shards: BTreeMap::new(),
+            shard_resolve_interval: DEFAULT_SHARD_RESOLVE_INTERVAL,
             scheduler: SchedulerConfig::default(),
             rate_limit: EdgeLimitConfig::default(),
             server: ServerConfig::default(),
@@ -291,6 +302,10 @@ pub struct SupervisorProcess {
     pub grpc: GrpcLinkConfig,
     /// Shard name → its receivers.
     pub shards: BTreeMap<String, ShardEntry>,
+    /// How often shard endpoints whose host is a DNS name are resolved again (1s..10m; default
+    /// 10s).
+    #[serde(with = "humantime_serde")]
+    pub shard_resolve_interval: Duration,
     /// Recovery settings.
     pub supervisor: ResubmitSection,
     /// Connection limit and timeouts of the HTTP server (probes, metrics).
@@ -312,6 +327,7 @@ impl Default for SupervisorProcess {
             log_format: "text".into(),
             grpc: GrpcLinkConfig::default(),
             shards: BTreeMap::new(),
+            shard_resolve_interval: DEFAULT_SHARD_RESOLVE_INTERVAL,
             supervisor: ResubmitSection::default(),
             server: ServerConfig::default(),
         }
@@ -411,7 +427,13 @@ fn check_url(key: &str, u: &str, e: &mut Vec<String>) {
     }
 }
 
-fn check_shards(shards: &BTreeMap<String, ShardEntry>, e: &mut Vec<String>) {
+fn check_shards(shards: &BTreeMap<String, ShardEntry>, resolve: Duration, e: &mut Vec<String>) {
+    if !(RESOLVE_INTERVAL_MIN..=RESOLVE_INTERVAL_MAX).contains(&resolve) {
+        e.push(format!(
+            "shard_resolve_interval: {} is out of range; use 1s to 10m",
+            humantime::format_duration(resolve)
+        ));
+    }
     if shards.is_empty() {
         e.push(
             "shards: no shard configured; add `shards: {<cluster name>: {endpoints: [http://receiver:9091]}}`"
@@ -475,7 +497,7 @@ impl SchedulerProcess {
         );
         check_store(&self.store, &mut e);
         check_payloads(&self.payloads, &mut e);
-        check_shards(&self.shards, &mut e);
+        check_shards(&self.shards, self.shard_resolve_interval, &mut e);
         check_kubernetes(
             self.catalog == CatalogSource::Kubernetes,
             &self.kubernetes,
@@ -596,7 +618,7 @@ impl SupervisorProcess {
             &mut e,
         );
         check_store(&self.store, &mut e);
-        check_shards(&self.shards, &mut e);
+        check_shards(&self.shards, self.shard_resolve_interval, &mut e);
         check_kubernetes(
             self.catalog == CatalogSource::Kubernetes
                 || self.supervisor.leader_election == LeaderElection::Kubernetes,
@@ -650,6 +672,26 @@ mod tests {
         assert_eq!(c.listen.port(), 7000);
         assert_eq!(c.scheduler.queue_bound, 9);
         assert_eq!(c.shards["shard-a"].endpoints.len(), 1);
+        assert_eq!(c.shard_resolve_interval, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn the_shard_resolve_interval_is_read_and_bounded() {
+        let (_d, f) = yaml(&format!(
+            "{COMMON}shards:\n  a:\n    endpoints: [http://receivers.nexus.svc:9091]\nshard_resolve_interval: 30s\n"
+        ));
+        let c = SchedulerProcess::load(Some(&f), &DistOverrides::default()).unwrap();
+        assert_eq!(c.shard_resolve_interval, Duration::from_secs(30));
+        for bad in ["500ms", "11m"] {
+            let (_d, f) = yaml(&format!(
+                "{COMMON}shards:\n  a:\n    endpoints: [http://r:1]\nshard_resolve_interval: {bad}\n"
+            ));
+            let e = SchedulerProcess::load(Some(&f), &DistOverrides::default()).unwrap_err();
+            assert!(e.to_string().contains("shard_resolve_interval"), "{e}");
+        }
+        let (_d, f) = yaml(&format!("{SUPERVISOR}shard_resolve_interval: 0s\n"));
+        let e = SupervisorProcess::load(Some(&f), &DistOverrides::default()).unwrap_err();
+        assert!(e.to_string().contains("1s to 10m"), "{e}");
     }
 
     #[test]

@@ -123,17 +123,23 @@ fn credentials(grpc: &GrpcLinkConfig) -> anyhow::Result<LinkCredentials> {
     grpc.load().map_err(|e| anyhow::anyhow!("grpc: {e}"))
 }
 
-/// Builds the gRPC clients of every configured shard.
+/// Builds the gRPC clients of every configured shard; endpoints named by DNS are resolved
+/// again every `resolve_interval`.
 ///
 /// # Errors
 /// A bad endpoint.
 pub fn shard_clients(
     shards: &std::collections::BTreeMap<String, ShardEntry>,
     creds: &LinkCredentials,
+    resolve_interval: std::time::Duration,
 ) -> anyhow::Result<HashMap<String, Arc<dyn Shard>>> {
+    let opts = GrpcShardOptions {
+        resolve_interval,
+        ..GrpcShardOptions::default()
+    };
     let mut out: HashMap<String, Arc<dyn Shard>> = HashMap::new();
     for (name, entry) in shards {
-        let s = GrpcShard::new(name, &entry.endpoints, creds, GrpcShardOptions::default())
+        let s = GrpcShard::new(name, &entry.endpoints, creds, opts)
             .map_err(|e| anyhow::anyhow!("shards.{name}: {e}"))?;
         out.insert(name.clone(), Arc::new(s));
     }
@@ -278,7 +284,7 @@ pub async fn start_scheduler_with(
             payloads,
             catalog,
             shards: ShardMap {
-                shards: shard_clients(&c.shards, &creds)?,
+                shards: shard_clients(&c.shards, &creds, c.shard_resolve_interval)?,
                 fallback: None,
             },
             signer,
@@ -524,7 +530,7 @@ pub async fn start_supervisor_with(
         "supervisor/{}",
         c.instance_id.clone().unwrap_or_else(instance_id)
     );
-    let shards = shard_clients(&c.shards, &creds)?;
+    let shards = shard_clients(&c.shards, &creds, c.shard_resolve_interval)?;
     let route_to = shards.clone();
     let leadership: Arc<dyn nexus_store::leader::Leadership> = match c.supervisor.leader_election {
         LeaderElection::Store => Arc::new(StoreLeadership::new(store.clone(), LEADER)),

@@ -1,5 +1,6 @@
 //! The gRPC link between components: its configuration and credentials ([`GrpcLinkConfig`],
-//! [`LinkCredentials`]), the client side of the [`Shard`] seam ([`GrpcShard`]), the wire
+//! [`LinkCredentials`]), the client side of the [`Shard`] seam ([`GrpcShard`]) with the
+//! resolution of receivers' DNS names ([`Resolver`]), the wire
 //! conversions of `nexus.v1`, and the server-side helpers a receiver needs (TLS config,
 //! [`authorize_component`]).
 //!
@@ -13,10 +14,12 @@
 
 mod client;
 mod config;
+mod resolve;
 #[cfg(test)]
 mod tests;
 mod wire;
 
 pub use client::*;
 pub use config::*;
+pub use resolve::*;
 pub use wire::*;

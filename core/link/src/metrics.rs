@@ -11,6 +11,10 @@ pub fn describe() {
         "Times a receiver endpoint of a shard was marked down (calls failed)."
     );
     describe_counter!(
+        "nexus_grpc_resolve_failures_total",
+        "Resolutions of a shard's receiver DNS name that failed (reason=error) or returned no address (reason=empty); the last known addresses were kept."
+    );
+    describe_counter!(
         "nexus_grpc_submit_batches_total",
         "Submit batches sent to a shard's receivers."
     );
@@ -33,6 +37,12 @@ pub fn describe() {
 /// An endpoint of `shard` was marked down.
 pub(crate) fn endpoint_down(shard: &str) {
     metrics::counter!("nexus_grpc_endpoint_down_total", "shard" => shard.to_owned()).increment(1);
+}
+
+/// Resolving a receiver DNS name of `shard` failed (`reason`: `error` or `empty`).
+pub(crate) fn resolve_failure(shard: &str, reason: &'static str) {
+    metrics::counter!("nexus_grpc_resolve_failures_total", "shard" => shard.to_owned(), "reason" => reason)
+        .increment(1);
 }
 
 /// A batch of `runs` was sent to `shard`.

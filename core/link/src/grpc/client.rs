@@ -1,9 +1,15 @@
 //! [`GrpcShard`]: the client side of the [`Shard`] seam over gRPC: batching submits per endpoint,
-//! health of each endpoint, bearer credentials on every call.
+//! health of each endpoint, bearer credentials on every call, and the endpoint set of a shard
+//! kept current by re-resolving DNS names ([`super::resolve`]).
+//!
+//! Invariants: the endpoint set is a snapshot (`Arc<[Arc<EndpointState>]>`) replaced whole by a
+//! resolution; an address that disappears is no longer picked, and its channel closes when the
+//! last call that holds it ends; an address that stays keeps its health. A failed or empty
+//! resolution never shrinks the set.
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,14 +18,15 @@ use nexus_proto::grpc::{
     CancelRequest, CapacityRequest, CapacityResponse, Code, RunDispatch, SubmitRequest,
     SubmitResult,
 };
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::config::*;
+use super::resolve::{RESOLVE_INTERVAL_MAX, RESOLVE_INTERVAL_MIN, Resolver, Target};
 use super::wire::*;
 use crate::shard::{Dispatch, Shard, ShardError};
 use nexus_model::error::ErrorKind;
@@ -42,6 +49,9 @@ pub struct GrpcShardOptions {
     pub down_for: Duration,
     /// Longest time an endpoint is left alone.
     pub down_max: Duration,
+    /// How often an endpoint whose host is a DNS name is resolved again (kept within
+    /// [`RESOLVE_INTERVAL_MIN`]..=[`RESOLVE_INTERVAL_MAX`]); IP literals are never resolved.
+    pub resolve_interval: Duration,
 }
 
 impl Default for GrpcShardOptions {
@@ -54,6 +64,7 @@ impl Default for GrpcShardOptions {
             max_in_flight: 8,
             down_for: Duration::from_secs(2),
             down_max: Duration::from_secs(30),
+            resolve_interval: Duration::from_secs(10),
         }
     }
 }
@@ -106,9 +117,35 @@ impl EndpointState {
     }
 }
 
+/// One configured endpoint URL: an IP literal (one fixed endpoint) or a DNS name (one endpoint
+/// per resolved address).
+struct Source {
+    target: Target,
+    /// TLS of its endpoints (`https://`), verifying the configured host name.
+    tls: Option<ClientTlsConfig>,
+}
+
+/// The endpoints of every source, replaced whole when a resolution changes them.
+#[derive(Clone, Default)]
+struct EndpointSet {
+    /// Every endpoint, the order `pick` rotates through.
+    all: Arc<[Arc<EndpointState>]>,
+    /// Per source (same order as `Inner::sources`): its endpoints.
+    by_source: Vec<Vec<Arc<EndpointState>>>,
+    /// Per source: the last resolution error, for the message when it has no address.
+    last_error: Vec<Option<String>>,
+}
+
 pub(crate) struct Inner {
     shard: String,
-    endpoints: Vec<EndpointState>,
+    sources: Vec<Source>,
+    set: std::sync::RwLock<EndpointSet>,
+    resolver: Resolver,
+    /// Serialises resolutions (the periodic task, tests calling `refresh`).
+    refreshing: tokio::sync::Mutex<()>,
+    /// True once every DNS name had its first resolution (whatever the answer).
+    resolved: watch::Sender<bool>,
+    interceptor: BearerInterceptor,
     next: AtomicUsize,
     opts: GrpcShardOptions,
     in_flight: Arc<Semaphore>,
@@ -121,9 +158,14 @@ impl fmt::Debug for Inner {
         f.debug_struct("GrpcShard")
             .field("shard", &self.shard)
             .field(
-                "endpoints",
-                &self.endpoints.iter().map(|e| &e.url).collect::<Vec<_>>(),
+                "sources",
+                &self
+                    .sources
+                    .iter()
+                    .map(|s| &s.target.url)
+                    .collect::<Vec<_>>(),
             )
+            .field("endpoints", &self.endpoint_urls())
             .finish_non_exhaustive()
     }
 }
@@ -146,8 +188,10 @@ pub struct GrpcShard {
 }
 
 impl GrpcShard {
-    /// Builds the client of one shard. Channels connect lazily; must be called inside a tokio
-    /// runtime (it spawns the batching task, which ends when the last clone is dropped).
+    /// Builds the client of one shard, resolving DNS names with the system resolver. Channels
+    /// connect lazily; must be called inside a tokio runtime (it spawns the batching task, and
+    /// the resolving task when an endpoint's host is a DNS name; both end when the last clone is
+    /// dropped).
     ///
     /// # Errors
     /// No endpoints, an endpoint that is not an `http://` / `https://` URL, or an `http://`
@@ -158,13 +202,40 @@ impl GrpcShard {
         creds: &LinkCredentials,
         opts: GrpcShardOptions,
     ) -> Result<Self, String> {
+        Self::with_resolver(shard_name, endpoints, creds, opts, Resolver::dns())
+    }
+
+    /// [`GrpcShard::new`] with the resolver of DNS names given.
+    ///
+    /// An endpoint whose host is a DNS name stands for one endpoint per address it resolves to
+    /// (same scheme and port; TLS still verifies the DNS name), resolved at once and again every
+    /// `resolve_interval`. An IP-literal endpoint is used as written.
+    ///
+    /// # Errors
+    /// As [`GrpcShard::new`].
+    pub fn with_resolver(
+        shard_name: &str,
+        endpoints: &[String],
+        creds: &LinkCredentials,
+        opts: GrpcShardOptions,
+        resolver: Resolver,
+    ) -> Result<Self, String> {
         if endpoints.is_empty() {
             return Err(format!(
                 "shard {shard_name}: no gRPC endpoints; list the receivers' addresses (http://host:port or https://host:port)"
             ));
         }
+        let opts = GrpcShardOptions {
+            batch_max: opts.batch_max.max(1),
+            max_in_flight: opts.max_in_flight.max(1),
+            resolve_interval: opts
+                .resolve_interval
+                .clamp(RESOLVE_INTERVAL_MIN, RESOLVE_INTERVAL_MAX),
+            ..opts
+        };
         let interceptor = BearerInterceptor(creds.bearer());
-        let mut states = Vec::with_capacity(endpoints.len());
+        let mut sources = Vec::with_capacity(endpoints.len());
+        let mut set = EndpointSet::default();
         for url in endpoints {
             let https = url.starts_with("https://");
             if !(https || url.starts_with("http://")) {
@@ -177,32 +248,35 @@ impl GrpcShard {
                     "shard {shard_name}: endpoint '{url}' is http:// but grpc TLS is configured; use https://"
                 ));
             }
-            let mut ep = Endpoint::from_shared(url.clone())
-                .map_err(|e| format!("shard {shard_name}: endpoint '{url}' is not a URL: {e}"))?
-                .connect_timeout(opts.connect_timeout)
-                .timeout(opts.request_timeout)
-                .tcp_nodelay(true);
-            if https {
-                ep = ep.tls_config(creds.client_tls()).map_err(|e| {
-                    format!("shard {shard_name}: endpoint '{url}': TLS configuration refused: {e}")
-                })?;
-            }
-            let client =
-                ShardServiceClient::with_interceptor(ep.connect_lazy(), interceptor.clone());
-            states.push(EndpointState {
-                url: url.clone(),
-                client,
-                health: std::sync::Mutex::new(Health::default()),
+            let target = Target::parse(url)
+                .map_err(|e| format!("shard {shard_name}: endpoint '{url}' {e}"))?;
+            let tls = https.then(|| match target.ip {
+                // As before resolution existed: the URL's host (or grpc.tls_server_name).
+                Some(_) => creds.client_tls(),
+                // The certificate names the Service, not a pod address.
+                None => creds.client_tls_for(&target.host),
             });
+            let source = Source { target, tls };
+            // Checks the URL and the TLS config now, whatever DNS will answer later.
+            let first = endpoint_state(shard_name, &source, url.clone(), &opts, &interceptor)?;
+            set.by_source.push(if source.target.ip.is_some() {
+                vec![Arc::new(first)]
+            } else {
+                Vec::new()
+            });
+            set.last_error.push(None);
+            sources.push(source);
         }
-        let opts = GrpcShardOptions {
-            batch_max: opts.batch_max.max(1),
-            max_in_flight: opts.max_in_flight.max(1),
-            ..opts
-        };
+        set.all = set.by_source.iter().flatten().cloned().collect();
+        let dns = sources.iter().any(|s| s.target.ip.is_none());
         let inner = Arc::new(Inner {
             shard: shard_name.to_owned(),
-            endpoints: states,
+            sources,
+            set: std::sync::RwLock::new(set),
+            resolver,
+            refreshing: tokio::sync::Mutex::new(()),
+            resolved: watch::Sender::new(!dns),
+            interceptor,
             next: AtomicUsize::new(0),
             opts,
             in_flight: Arc::new(Semaphore::new(opts.max_in_flight)),
@@ -210,7 +284,22 @@ impl GrpcShard {
         });
         let (tx, rx) = mpsc::channel(opts.batch_max * opts.max_in_flight * 4);
         tokio::spawn(batcher(inner.clone(), rx));
+        if dns {
+            tokio::spawn(resolve_loop(Arc::downgrade(&inner), opts.resolve_interval));
+        }
         Ok(Self { inner, queue: tx })
+    }
+
+    /// Returns the URLs of the endpoints in use now (DNS names resolved to addresses).
+    #[must_use]
+    pub fn endpoints(&self) -> Vec<String> {
+        self.inner.endpoint_urls()
+    }
+
+    /// Resolves every DNS name of the shard now, outside the periodic schedule, and updates the
+    /// endpoint set (a failed or empty answer keeps the last known addresses).
+    pub async fn resolve_now(&self) {
+        self.inner.refresh().await;
     }
 
     /// Returns the shard's name.
@@ -228,7 +317,8 @@ impl GrpcShard {
 
     /// Asks every endpoint for its capacity, concurrently; one answer per endpoint, in order.
     pub async fn capacity(&self) -> Vec<(String, Result<CapacityResponse, ShardError>)> {
-        let calls = self.inner.endpoints.iter().map(|ep| async move {
+        let endpoints = self.inner.snapshot();
+        let calls = endpoints.iter().map(|ep| async move {
             let mut client = ep.client.clone();
             let res = client
                 .capacity(CapacityRequest {})
@@ -261,12 +351,13 @@ impl Shard for GrpcShard {
 
     async fn cancel(&self, run_id: RunId, policy: CancellationPolicy) -> Result<(), ShardError> {
         let inner = &self.inner;
+        inner.await_first_resolution().await;
+        let endpoints = inner.snapshot();
         let now = Instant::now();
-        let live: Vec<&EndpointState> =
-            inner.endpoints.iter().filter(|e| !e.is_down(now)).collect();
+        let live: Vec<&Arc<EndpointState>> = endpoints.iter().filter(|e| !e.is_down(now)).collect();
         // When every endpoint is marked down, try them all anyway: a cancel is rare and worth it.
         let targets = if live.is_empty() {
-            inner.endpoints.iter().collect()
+            endpoints.iter().collect()
         } else {
             live
         };
@@ -310,15 +401,161 @@ pub(crate) fn is_endpoint_failure(s: &tonic::Status) -> bool {
     matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown)
 }
 
+/// Builds the state of one endpoint of `source` at `url` (its channel connects lazily).
+fn endpoint_state(
+    shard: &str,
+    source: &Source,
+    url: String,
+    opts: &GrpcShardOptions,
+    interceptor: &BearerInterceptor,
+) -> Result<EndpointState, String> {
+    let configured = &source.target.url;
+    let mut ep = Endpoint::from_shared(url.clone())
+        .map_err(|e| format!("shard {shard}: endpoint '{configured}' is not a URL: {e}"))?
+        .connect_timeout(opts.connect_timeout)
+        .timeout(opts.request_timeout)
+        .tcp_nodelay(true);
+    if source.target.ip.is_none() {
+        // Requests name the configured host (`:authority`), not the pod address dialled.
+        ep = ep.origin(source.target.uri.clone());
+    }
+    if let Some(tls) = &source.tls {
+        ep = ep.tls_config(tls.clone()).map_err(|e| {
+            format!("shard {shard}: endpoint '{configured}': TLS configuration refused: {e}")
+        })?;
+    }
+    Ok(EndpointState {
+        url,
+        client: ShardServiceClient::with_interceptor(ep.connect_lazy(), interceptor.clone()),
+        health: std::sync::Mutex::new(Health::default()),
+    })
+}
+
+/// Resolves the shard's DNS names at once, then every `every`, until the shard is dropped.
+async fn resolve_loop(inner: Weak<Inner>, every: Duration) {
+    loop {
+        {
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            inner.refresh().await;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 impl Inner {
-    /// Returns the next live endpoint not tried yet for this batch (round robin).
-    fn pick(&self, tried: &[bool]) -> Option<usize> {
-        let n = self.endpoints.len();
+    /// Returns the endpoints in use now.
+    fn snapshot(&self) -> Arc<[Arc<EndpointState>]> {
+        // Written whole under the lock: a poisoned lock still holds a consistent set.
+        self.set
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .all
+            .clone()
+    }
+
+    fn endpoint_urls(&self) -> Vec<String> {
+        self.snapshot().iter().map(|e| e.url.clone()).collect()
+    }
+
+    /// Waits (at most `connect_timeout`) for the first resolution of the shard's DNS names, so
+    /// calls made right after start do not fail for want of an address.
+    async fn await_first_resolution(&self) {
+        if *self.resolved.borrow() {
+            return;
+        }
+        let mut rx = self.resolved.subscribe();
+        let _ = tokio::time::timeout(self.opts.connect_timeout, rx.wait_for(|done| *done)).await;
+    }
+
+    /// Resolves every DNS name and replaces the endpoint set: one endpoint per address, reusing
+    /// (with its health) the endpoint of an address that stays. A failed or empty answer keeps
+    /// the source's last known endpoints.
+    pub(crate) async fn refresh(&self) {
+        let _serial = self.refreshing.lock().await;
+        let lookups = self
+            .sources
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.target.ip.is_none())
+            .map(|(i, s)| async move { (i, self.resolver.resolve(&s.target.host).await) });
+        let answers = futures::future::join_all(lookups).await;
+        let mut set = self
+            .set
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for (i, answer) in answers {
+            let source = &self.sources[i];
+            let host = source.target.host.as_str();
+            let known = set.by_source[i].len();
+            let ips = match answer {
+                Err(e) => {
+                    tracing::warn!(shard = %self.shard, host, known, error = %e, "resolving the shard's receivers failed; keeping the last known addresses");
+                    crate::metrics::resolve_failure(&self.shard, "error");
+                    set.last_error[i] = Some(e.to_string());
+                    continue;
+                }
+                Ok(ips) if ips.is_empty() => {
+                    tracing::warn!(shard = %self.shard, host, known, "the shard's receivers resolved to no address; keeping the last known addresses");
+                    crate::metrics::resolve_failure(&self.shard, "empty");
+                    set.last_error[i] = Some("no address".into());
+                    continue;
+                }
+                Ok(ips) => ips,
+            };
+            set.last_error[i] = None;
+            let old = std::mem::take(&mut set.by_source[i]);
+            let mut now = Vec::with_capacity(ips.len());
+            for ip in ips {
+                let url = source.target.url_for(ip);
+                if let Some(kept) = old.iter().find(|e| e.url == url) {
+                    now.push(kept.clone());
+                    continue;
+                }
+                match endpoint_state(&self.shard, source, url, &self.opts, &self.interceptor) {
+                    Ok(ep) => now.push(Arc::new(ep)),
+                    // Unreachable in practice: the same URL shape was accepted at start.
+                    Err(e) => {
+                        tracing::warn!(shard = %self.shard, host, error = %e, "skipping a resolved receiver address")
+                    }
+                }
+            }
+            let added: Vec<&str> = now
+                .iter()
+                .filter(|e| !old.iter().any(|o| o.url == e.url))
+                .map(|e| e.url.as_str())
+                .collect();
+            let removed: Vec<&str> = old
+                .iter()
+                .filter(|o| !now.iter().any(|e| e.url == o.url))
+                .map(|e| e.url.as_str())
+                .collect();
+            if !added.is_empty() || !removed.is_empty() {
+                tracing::info!(shard = %self.shard, host, added = ?added, removed = ?removed, endpoints = now.len(), "the shard's receivers changed");
+            }
+            set.by_source[i] = now;
+        }
+        set.all = set.by_source.iter().flatten().cloned().collect();
+        *self
+            .set
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = set;
+        self.resolved.send_replace(true);
+    }
+
+    /// Returns the next live endpoint not in `tried` (round robin over the current set, so an
+    /// address removed meanwhile is not picked).
+    fn pick(&self, tried: &[Arc<EndpointState>]) -> Option<Arc<EndpointState>> {
+        let endpoints = self.snapshot();
+        let n = endpoints.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         (0..n)
-            .map(|k| (start + k) % n)
-            .find(|&i| !tried[i] && !self.endpoints[i].is_down(now))
+            .map(|k| &endpoints[(start + k) % n])
+            .find(|e| !tried.iter().any(|t| Arc::ptr_eq(t, e)) && !e.is_down(now))
+            .cloned()
     }
 
     fn mark_down(&self, ep: &EndpointState) {
@@ -341,7 +578,35 @@ impl Inner {
     }
 
     fn all_down_error(&self) -> ShardError {
-        let urls: Vec<&str> = self.endpoints.iter().map(|e| e.url.as_str()).collect();
+        let set = self
+            .set
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if set.all.is_empty() {
+            // Only DNS names can leave a shard without addresses, and only before any answer.
+            let names: Vec<String> = self
+                .sources
+                .iter()
+                .zip(&set.last_error)
+                .map(|(s, e)| {
+                    format!(
+                        "{} ({})",
+                        s.target.host,
+                        e.as_deref().unwrap_or("not resolved yet")
+                    )
+                })
+                .collect();
+            return ShardError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "shard {}: no receiver address: {} resolved to no address so far; retry later",
+                    self.shard,
+                    names.join(", ")
+                ),
+            );
+        }
+        let urls: Vec<&str> = set.all.iter().map(|e| e.url.as_str()).collect();
         ShardError::new(
             ErrorKind::Unavailable,
             format!(
@@ -358,13 +623,14 @@ impl Inner {
         let (wires, replies): (Vec<RunDispatch>, Vec<_>) =
             batch.into_iter().map(|p| (p.wire, p.reply)).unzip();
         let req = SubmitRequest { runs: wires };
-        let mut tried = vec![false; self.endpoints.len()];
+        self.await_first_resolution().await;
+        let mut tried: Vec<Arc<EndpointState>> = Vec::new();
         let outcome: Result<Vec<SubmitResult>, ShardError> = loop {
-            let Some(i) = self.pick(&tried) else {
+            let Some(ep) = self.pick(&tried) else {
                 break Err(self.all_down_error());
             };
-            tried[i] = true;
-            let ep = &self.endpoints[i];
+            tried.push(ep.clone());
+            let ep = &*ep;
             let mut client = ep.client.clone();
             self.submit_calls.fetch_add(1, Ordering::Relaxed);
             match client.submit(req.clone()).await {
@@ -467,7 +733,8 @@ mod tests {
         )
         .unwrap();
         let inner = &s.inner;
-        let ep = &inner.endpoints[0];
+        let endpoints = inner.snapshot();
+        let ep = &endpoints[0];
         let mut seen = Vec::new();
         for _ in 0..6 {
             inner.mark_down(ep);
@@ -483,12 +750,61 @@ mod tests {
         inner.mark_down(ep);
         assert!(ep.is_down(Instant::now()));
         // Only the other endpoint is picked while the first is down.
-        assert_eq!(inner.pick(&[false, false]), Some(1));
-        assert_eq!(inner.pick(&[false, true]), None);
+        let picked = inner.pick(&[]).map(|e| e.url.clone());
+        assert_eq!(picked.as_deref(), Some("http://127.0.0.1:2"));
+        assert!(inner.pick(&[endpoints[1].clone()]).is_none());
         tokio::time::advance(Duration::from_secs(31)).await;
         assert!(!ep.is_down(Instant::now()));
         ep.mark_up();
         inner.mark_down(ep);
         assert_eq!(ep.health().backoff, Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_address_that_stays_keeps_its_endpoint_and_health() {
+        let answer = Arc::new(std::sync::Mutex::new(vec!["10.0.0.1"]));
+        let a = answer.clone();
+        let resolver = Resolver::from_fn(move |_| {
+            let ips = a
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|ip| ip.parse().unwrap())
+                .collect();
+            async move { Ok(ips) }
+        });
+        let s = GrpcShard::with_resolver(
+            "s",
+            &["http://receivers.test:9091".into()],
+            &LinkCredentials::none(),
+            GrpcShardOptions::default(),
+            resolver,
+        )
+        .unwrap();
+        s.resolve_now().await;
+        let first = s.inner.snapshot()[0].clone();
+        s.inner.mark_down(&first);
+        *answer.lock().unwrap() = vec!["10.0.0.2", "10.0.0.1"];
+        s.resolve_now().await;
+        let now = s.inner.snapshot();
+        assert_eq!(now.len(), 2);
+        let kept = now
+            .iter()
+            .find(|e| e.url == "http://10.0.0.1:9091")
+            .unwrap();
+        assert!(Arc::ptr_eq(kept, &first));
+        assert!(kept.is_down(Instant::now()));
+        // Only the new address is picked while the kept one is down.
+        let picked = s.inner.pick(&[]).unwrap();
+        assert_eq!(picked.url, "http://10.0.0.2:9091");
+        // A removed address is dropped once nothing holds it (no call in flight).
+        *answer.lock().unwrap() = vec!["10.0.0.2"];
+        s.resolve_now().await;
+        let weak = Arc::downgrade(&first);
+        drop((first, now, picked));
+        assert!(
+            weak.upgrade().is_none(),
+            "a removed endpoint outlived its calls"
+        );
     }
 }

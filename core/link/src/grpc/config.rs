@@ -314,6 +314,19 @@ impl LinkCredentials {
         tls
     }
 
+    /// Returns [`LinkCredentials::client_tls`] for an endpoint dialled by address but named
+    /// `host`: the server certificate is verified against `host` (or `grpc.tls_server_name`),
+    /// not against the address.
+    #[must_use]
+    pub fn client_tls_for(&self, host: &str) -> ClientTlsConfig {
+        let tls = self.client_tls();
+        if self.0.server_name.is_some() {
+            tls
+        } else {
+            tls.domain_name(host.to_owned())
+        }
+    }
+
     /// Returns the server TLS config, or `None` without TLS. With mtls, client certificates are
     /// verified against `grpc.tls_ca` but optional at the handshake: algorithms calling the
     /// CompletionService have none, so [`authorize_component`] requires a verified one on the

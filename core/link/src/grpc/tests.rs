@@ -152,3 +152,280 @@ async fn new_refuses_empty_or_bad_endpoints() {
     );
     GrpcShard::new("s", &["http://127.0.0.1:1".into()], &creds, o).unwrap();
 }
+
+/// Receivers found through DNS: fake resolutions, real gRPC servers on loopback addresses
+/// standing for pods (127.0.0.2, 127.0.0.3, … all answer on Linux).
+mod dns {
+    use std::net::IpAddr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use nexus_proto::grpc::shard_service_server::{ShardService, ShardServiceServer};
+    use nexus_proto::grpc::{
+        CancelRequest, CancelResponse, CapacityRequest, CapacityResponse, Code, SubmitRequest,
+        SubmitResponse, SubmitResult,
+    };
+    use tonic::{Request, Response, Status};
+
+    use super::super::client::*;
+    use super::super::config::*;
+    use super::super::resolve::*;
+    use super::sample;
+    use crate::shard::Shard;
+    use nexus_model::error::ErrorKind;
+
+    /// A receiver that accepts every run and counts them.
+    #[derive(Clone, Default)]
+    struct Pod(Arc<AtomicUsize>);
+
+    #[tonic::async_trait]
+    impl ShardService for Pod {
+        async fn submit(
+            &self,
+            r: Request<SubmitRequest>,
+        ) -> Result<Response<SubmitResponse>, Status> {
+            let runs = r.into_inner().runs;
+            self.0.fetch_add(runs.len(), Ordering::SeqCst);
+            let results = runs
+                .into_iter()
+                .map(|w| SubmitResult {
+                    run_id: w.run_id,
+                    code: Code::Ok as i32,
+                    message: String::new(),
+                    retry_after_ms: 0,
+                })
+                .collect();
+            Ok(Response::new(SubmitResponse { results }))
+        }
+        async fn cancel(
+            &self,
+            _: Request<CancelRequest>,
+        ) -> Result<Response<CancelResponse>, Status> {
+            Ok(Response::new(CancelResponse {}))
+        }
+        async fn capacity(
+            &self,
+            _: Request<CapacityRequest>,
+        ) -> Result<Response<CapacityResponse>, Status> {
+            Ok(Response::new(CapacityResponse::default()))
+        }
+    }
+
+    struct Pods {
+        port: u16,
+        counts: Vec<Arc<AtomicUsize>>,
+        servers: Vec<tokio::task::JoinHandle<()>>,
+    }
+
+    impl Drop for Pods {
+        fn drop(&mut self) {
+            for s in &self.servers {
+                s.abort();
+            }
+        }
+    }
+
+    /// Starts one receiver on each of `127.0.0.2..` on one common port (a Service's port).
+    async fn pods(n: u8) -> Pods {
+        'port: for _ in 0..50 {
+            let first = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+            let port = first.local_addr().unwrap().port();
+            let mut listeners = vec![first];
+            for k in 1..n {
+                match tokio::net::TcpListener::bind((format!("127.0.0.{}", 2 + k), port)).await {
+                    Ok(l) => listeners.push(l),
+                    Err(_) => continue 'port,
+                }
+            }
+            let mut counts = Vec::new();
+            let mut servers = Vec::new();
+            for l in listeners {
+                let pod = Pod::default();
+                counts.push(pod.0.clone());
+                servers.push(tokio::spawn(async move {
+                    let _ = tonic::transport::Server::builder()
+                        .add_service(ShardServiceServer::new(pod))
+                        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l))
+                        .await;
+                }));
+            }
+            return Pods {
+                port,
+                counts,
+                servers,
+            };
+        }
+        panic!("no common free port on 127.0.0.2..");
+    }
+
+    /// What the fake DNS answers next, and how often it was asked.
+    #[derive(Clone)]
+    struct FakeDns {
+        answer: Arc<Mutex<std::io::Result<Vec<IpAddr>>>>,
+        asked: Arc<AtomicUsize>,
+    }
+
+    impl Default for FakeDns {
+        fn default() -> Self {
+            Self {
+                answer: Arc::new(Mutex::new(Ok(Vec::new()))),
+                asked: Arc::default(),
+            }
+        }
+    }
+
+    impl FakeDns {
+        fn answer(&self, a: std::io::Result<&[&str]>) {
+            *self.answer.lock().unwrap() =
+                a.map(|ips| ips.iter().map(|ip| ip.parse().unwrap()).collect());
+        }
+        fn resolver(&self) -> Resolver {
+            let me = self.clone();
+            Resolver::from_fn(move |host| {
+                assert_eq!(host, "receivers.test", "only the DNS name is resolved");
+                me.asked.fetch_add(1, Ordering::SeqCst);
+                let a = match &*me.answer.lock().unwrap() {
+                    Ok(v) => Ok(v.clone()),
+                    Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+                };
+                async move { a }
+            })
+        }
+    }
+
+    fn shard(dns: &FakeDns, endpoints: &[String]) -> GrpcShard {
+        GrpcShard::with_resolver(
+            "s",
+            endpoints,
+            &LinkCredentials::none(),
+            GrpcShardOptions::default(),
+            dns.resolver(),
+        )
+        .unwrap()
+    }
+
+    fn counts(p: &Pods) -> Vec<usize> {
+        p.counts.iter().map(|c| c.load(Ordering::SeqCst)).collect()
+    }
+
+    async fn submit(s: &GrpcShard, n: usize) {
+        for _ in 0..n {
+            s.submit(sample()).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_address_gets_submits_and_a_removed_one_is_no_longer_picked() {
+        let p = pods(3).await;
+        let dns = FakeDns::default();
+        dns.answer(Ok(&["127.0.0.2"]));
+        let s = shard(&dns, &[format!("http://receivers.test:{}", p.port)]);
+        // The first submit waits for the first resolution instead of failing.
+        submit(&s, 4).await;
+        assert_eq!(counts(&p), vec![4, 0, 0]);
+        assert_eq!(s.endpoints(), vec![format!("http://127.0.0.2:{}", p.port)]);
+
+        // Scaled up: the new pods receive work without a config change.
+        dns.answer(Ok(&["127.0.0.4", "127.0.0.3", "127.0.0.2"]));
+        s.resolve_now().await;
+        submit(&s, 9).await;
+        let c = counts(&p);
+        assert!(c[1] >= 2 && c[2] >= 2, "every pod gets work: {c:?}");
+        assert_eq!(c.iter().sum::<usize>(), 13);
+
+        // Scaled down: the removed pod gets nothing more.
+        dns.answer(Ok(&["127.0.0.3", "127.0.0.4"]));
+        s.resolve_now().await;
+        let before = counts(&p);
+        submit(&s, 6).await;
+        let after = counts(&p);
+        assert_eq!(after[0], before[0], "removed address picked: {after:?}");
+        assert_eq!(after[1] + after[2], before[1] + before[2] + 6);
+        assert_eq!(s.endpoints().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn failures_and_empty_answers_keep_the_last_set() {
+        let p = pods(2).await;
+        let dns = FakeDns::default();
+        dns.answer(Ok(&["127.0.0.2", "127.0.0.3"]));
+        let s = shard(&dns, &[format!("http://receivers.test:{}", p.port)]);
+        s.resolve_now().await;
+        let set = s.endpoints();
+        assert_eq!(set.len(), 2);
+
+        dns.answer(Err(std::io::Error::other("servfail")));
+        s.resolve_now().await;
+        assert_eq!(s.endpoints(), set);
+        dns.answer(Ok(&[]));
+        s.resolve_now().await;
+        assert_eq!(s.endpoints(), set);
+        submit(&s, 4).await;
+        assert_eq!(counts(&p), vec![2, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_name_that_never_resolved_makes_the_shard_unavailable_naming_it() {
+        let dns = FakeDns::default();
+        dns.answer(Ok(&[]));
+        let s = shard(&dns, &["http://receivers.test:9091".into()]);
+        let e = s.submit(sample()).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Unavailable);
+        assert!(e.message.contains("receivers.test"), "{}", e.message);
+        dns.answer(Err(std::io::Error::other("nxdomain")));
+        s.resolve_now().await;
+        let e = s.submit(sample()).await.unwrap_err();
+        assert!(
+            e.message.contains("receivers.test (nxdomain)"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn names_are_resolved_again_every_interval_and_ip_literals_never() {
+        let dns = FakeDns::default();
+        dns.answer(Ok(&["10.0.0.1"]));
+        let ip_only = GrpcShard::with_resolver(
+            "s",
+            &["http://127.0.0.1:1".into(), "http://[::1]:1".into()],
+            &LinkCredentials::none(),
+            GrpcShardOptions::default(),
+            dns.resolver(),
+        )
+        .unwrap();
+        ip_only.resolve_now().await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(dns.asked.load(Ordering::SeqCst), 0);
+        assert_eq!(
+            ip_only.endpoints(),
+            vec!["http://127.0.0.1:1", "http://[::1]:1"]
+        );
+
+        let mixed = shard(
+            &dns,
+            &[
+                "http://127.0.0.1:1".into(),
+                "http://receivers.test:1".into(),
+            ],
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(dns.asked.load(Ordering::SeqCst), 1);
+        dns.answer(Ok(&["10.0.0.2", "10.0.0.1"]));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(dns.asked.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            mixed.endpoints(),
+            vec![
+                "http://127.0.0.1:1",
+                "http://10.0.0.1:1",
+                "http://10.0.0.2:1"
+            ]
+        );
+        // The resolving task ends with the shard.
+        drop(mixed);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(dns.asked.load(Ordering::SeqCst) <= 3);
+    }
+}
