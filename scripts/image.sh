@@ -155,9 +155,17 @@ for b in nexus nexus-demo; do
   ln -f "$bin_dir/$b" "$stage/$b" 2>/dev/null || cp -f "$bin_dir/$b" "$stage/$b"
 done
 say "building $image from $bin_dir on $base"
+previous=$(podman image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
 timeout 600 podman build "${runtime[@]}" --file Containerfile --tag "$image" \
   --build-arg BASE="$base" --build-arg BINARIES=prebuilt --build-arg BIN_DIR=target/image-bin \
   --pull=never . || die "podman build failed"
+# Every build leaves the binaries stage (~binary size) and the image it replaced untagged in
+# podman's store; remove them so that repeated runs do not fill the disk. (`--layers=false` would
+# not keep them, but podman 4.3 then fails removing the stage that `FROM ${BINARIES}` reuses.)
+podman image prune -f --filter label=nexus.build-stage=binaries >/dev/null || true
+if [[ -n "$previous" && "$previous" != "$(podman image inspect --format '{{.Id}}' "$image")" ]]; then
+  podman rmi "$previous" >/dev/null 2>&1 || true
+fi
 say "image $image: $(podman image inspect --format '{{.Size}}' "$image" | awk '{printf "%.0f MB", $1/1e6}')"
 done_phase build
 
