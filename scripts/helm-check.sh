@@ -24,6 +24,9 @@ TOOLS="${NEXUS_TOOLS_DIR:-$ROOT/target/tools}"
 OUT="${NEXUS_HELM_CHECK_OUT:-$ROOT/target/helm-check}"
 HELM_VERSION=v3.22.0
 KUBE_SCORE_VERSION=v1.20.0
+# The Kubernetes version rendered for: the test API server's (tools/kube-apiserver/go.mod). Helm
+# built by `go install` has no default of its own worth using (it says v1.20).
+KUBE_VERSION="${NEXUS_HELM_KUBE_VERSION:-1.36.3}"
 INSTALL_TIMEOUT=1200   # seconds per tool build (helm: ~2.5 min on 2 cores)
 
 log() { printf 'helm-check: %s\n' "$*" >&2; }
@@ -46,15 +49,16 @@ go_install() { # module@version
   GOFLAGS=-mod=mod timeout "$INSTALL_TIMEOUT" go install "$1" || die "go install $1"
 }
 
-if ! { [[ -x $HELM ]] && "$HELM" version --template '{{.Version}}' 2>/dev/null | grep -qx "$HELM_VERSION"; }; then
-  go_install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
-fi
-"$HELM" version --template '{{.Version}}' | grep -qx "$HELM_VERSION" || die "$HELM is not helm $HELM_VERSION"
-# kube-score built by `go install` reports its version as "dev": the module version is checked
-# in the binary's build information instead.
-if ! { [[ -x $KUBE_SCORE ]] && go version -m "$KUBE_SCORE" 2>/dev/null | grep -q "mod.*github.com/zegl/kube-score.*$KUBE_SCORE_VERSION"; }; then
-  go_install "github.com/zegl/kube-score/cmd/kube-score@$KUBE_SCORE_VERSION"
-fi
+# Binaries built by `go install` carry no release version of their own (helm says "v3.22",
+# kube-score "dev"): the module version is read from the binary's build information.
+built_from() { # binary module version
+  [[ -x $1 ]] && go version -m "$1" 2>/dev/null | grep -qE "^[[:space:]]+mod[[:space:]]+$2[[:space:]]+$3([[:space:]]|$)"
+}
+built_from "$HELM" helm.sh/helm/v3 "$HELM_VERSION" || go_install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+built_from "$HELM" helm.sh/helm/v3 "$HELM_VERSION" || die "$HELM is not helm $HELM_VERSION"
+built_from "$KUBE_SCORE" github.com/zegl/kube-score "$KUBE_SCORE_VERSION" \
+  || go_install "github.com/zegl/kube-score/cmd/kube-score@$KUBE_SCORE_VERSION"
+built_from "$KUBE_SCORE" github.com/zegl/kube-score "$KUBE_SCORE_VERSION" || die "$KUBE_SCORE is not kube-score $KUBE_SCORE_VERSION"
 log "tools ready after $(( $(date +%s) - START ))s: helm $HELM_VERSION, kube-score $KUBE_SCORE_VERSION"
 
 # --- 2. CRDs --------------------------------------------------------------------------------------
@@ -68,10 +72,10 @@ REQUIRED=(--set 'store=cassandra://cassandra:9042/nexus' --set 'payloads=s3://ne
 EXAMPLES=("$CHART"/examples/*.yaml)
 [[ ${#EXAMPLES[@]} -ge 3 ]] || die "expected the three examples under helm/nexus/examples"
 
-"$HELM" lint --strict "$CHART" "${REQUIRED[@]}" >"$OUT/lint-defaults.txt" 2>&1 \
+"$HELM" lint --strict --kube-version "$KUBE_VERSION" "$CHART" "${REQUIRED[@]}" >"$OUT/lint-defaults.txt" 2>&1 \
   || { cat "$OUT/lint-defaults.txt" >&2; die "helm lint --strict (defaults)"; }
 for f in "${EXAMPLES[@]}"; do
-  "$HELM" lint --strict "$CHART" -f "$f" >"$OUT/lint-$(basename "$f" .yaml).txt" 2>&1 \
+  "$HELM" lint --strict --kube-version "$KUBE_VERSION" "$CHART" -f "$f" >"$OUT/lint-$(basename "$f" .yaml).txt" 2>&1 \
     || { cat "$OUT/lint-$(basename "$f" .yaml).txt" >&2; die "helm lint --strict -f ${f#"$ROOT"/}"; }
 done
 log "helm lint --strict: defaults and ${#EXAMPLES[@]} examples clean"
@@ -79,7 +83,7 @@ log "helm lint --strict: defaults and ${#EXAMPLES[@]} examples clean"
 # --- 4. render and check --------------------------------------------------------------------------
 render() { # name, helm template args...
   local name=$1; shift
-  "$HELM" template nexus "$CHART" --namespace nexus "$@" >"$OUT/$name.yaml" 2>"$OUT/$name.err" \
+  "$HELM" template nexus "$CHART" --kube-version "$KUBE_VERSION" --namespace nexus "$@" >"$OUT/$name.yaml" 2>"$OUT/$name.err" \
     || { cat "$OUT/$name.err" >&2; die "helm template ($name)"; }
 }
 render defaults "${REQUIRED[@]}"
@@ -88,7 +92,7 @@ for f in "${EXAMPLES[@]}"; do render "$(basename "$f" .yaml)" -f "$f"; done
 # Must be refused: no store; schedulers off without schedulerUrl; an unknown key (schema).
 refused() { # what, expected message, helm args...
   local what=$1 msg=$2; shift 2
-  if "$HELM" template nexus "$CHART" "$@" >/dev/null 2>"$OUT/refused.err"; then
+  if "$HELM" template nexus "$CHART" --kube-version "$KUBE_VERSION" "$@" >/dev/null 2>"$OUT/refused.err"; then
     die "helm template accepted $what"
   fi
   grep -q -- "$msg" "$OUT/refused.err" || { cat "$OUT/refused.err" >&2; die "$what: refused without naming '$msg'"; }
@@ -111,8 +115,23 @@ grep -q -- '- http://nexus-receiver-shard-1.nexus.svc.cluster.local:9091' "$OUT/
 grep -q 'scheduler_url: http://nexus-scheduler.nexus.svc.cluster.local:8080' "$OUT/defaults.yaml" \
   || die "defaults: scheduler_url is not the scheduler Service's cluster DNS name"
 # Controller cluster: no receivers, no supervisor; shard cluster: no scheduler.
-grep -q 'app.kubernetes.io/component: receiver' "$OUT/controller-cluster.yaml" && die "controller-cluster renders receivers"
-grep -q 'app.kubernetes.io/component: scheduler' "$OUT/shard-cluster.yaml" && die "shard-cluster renders schedulers"
+deployments() { grep -A2 '^kind: Deployment' "$1" | sed -n 's/^  name: //p' | sort | tr '\n' ' '; }
+[[ $(deployments "$OUT/controller-cluster.yaml") == "nexus-scheduler " ]] \
+  || die "controller-cluster: Deployments are '$(deployments "$OUT/controller-cluster.yaml")', expected the scheduler only"
+[[ $(deployments "$OUT/shard-cluster.yaml") == "nexus-receiver-shard-eu-1 nexus-supervisor " ]] \
+  || die "shard-cluster: Deployments are '$(deployments "$OUT/shard-cluster.yaml")', expected shard-eu-1's receivers and the supervisor"
+# Duplicate keys are valid YAML to helm lint but not to the API server's strict decoding.
+for f in "$OUT"/*.yaml; do
+  awk -v f="$(basename "$f")" '
+    /^---/ { delete seen; next }
+    { match($0, /^ */); ind = RLENGTH; line = substr($0, ind + 1)
+      if (line ~ /^- /) { for (k in seen) { split(k, a, SUBSEP); if (a[1] >= ind) delete seen[k] } ; next }
+      for (k in seen) { split(k, a, SUBSEP); if (a[1] > ind) delete seen[k] }
+      if (line ~ /^[A-Za-z0-9_.\/-]+:( |$)/) { key = line; sub(/:.*/, "", key)
+        if ((ind SUBSEP key) in seen) { print f ": duplicate key " key " (line " NR ")"; bad = 1 }
+        seen[ind, key] = 1 } }
+    END { exit bad }' "$f" || die "duplicate mapping keys in $(basename "$f")"
+done
 log "helm template: ${#EXAMPLES[@]} examples and the defaults render; URLs are cluster DNS names; bad values refused"
 
 # --- 5. kube-score --------------------------------------------------------------------------------

@@ -43,7 +43,10 @@ nexus.sneaksanddata.com/shard: {{ .shard }}
 
 {{- define "nexus.componentLabels" -}}
 {{ include "nexus.labels" .ctx }}
-{{ include "nexus.selectorLabels" . }}
+app.kubernetes.io/component: {{ .component }}
+{{- if .shard }}
+nexus.sneaksanddata.com/shard: {{ .shard }}
+{{- end }}
 {{- end -}}
 
 {{- define "nexus.image" -}}
@@ -309,4 +312,21 @@ imagePullSecrets:
 {{- end }}
 securityContext:
   {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- end -}}
+
+{{/* affinity of a component: its own, or a preference for one pod per node:
+     (dict "ctx" $ "component" c ["shard" n] "own" map). */}}
+{{- define "nexus.affinity" -}}
+{{- if .own -}}
+{{ toYaml .own }}
+{{- else -}}
+podAntiAffinity:
+  preferredDuringSchedulingIgnoredDuringExecution:
+    - weight: 100
+      podAffinityTerm:
+        topologyKey: kubernetes.io/hostname
+        labelSelector:
+          matchLabels:
+            {{- include "nexus.selectorLabels" . | nindent 12 }}
+{{- end -}}
 {{- end -}}
