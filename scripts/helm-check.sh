@@ -2,7 +2,7 @@
 # Static validation of the Helm chart helm/nexus (issue #19), offline once the tools are built:
 #
 #   1. tools: helm v3.22.0 and kube-score v1.20.0, built from the Go module proxy into
-#      target/tools/bin (reused when present at the right version; cold ~3 min);
+#      target/tools/bin (reused when present at the right version; cold ~3 min, warm run ~1 s);
 #   2. crds/ of the chart is byte-identical to deploy/crds/nexus-crds.yaml (`nexus crd` output);
 #   3. `helm lint --strict`: the defaults (plus the two required URLs) and every examples/*.yaml;
 #   4. `helm template` of every example, with checks of what the chart must get right: no loopback
