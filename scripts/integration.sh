@@ -23,6 +23,11 @@
 # * The served /openapi.json against what is served (issue 17): Schemathesis (pinned, from PyPI,
 #   in a venv under $work) fuzzes a release standalone for 5xx answers and responses that do not
 #   conform to the document (status codes, content types, schemas).
+# * The Helm chart (issue #19): helm and kube-score built from the Go module proxy; lint, render
+#   and kube-score every values example (scripts/helm-check.sh).
+# * The container image (issue #19): a Debian base made with debootstrap (no registry is
+#   reachable), the Containerfile built with podman from the release binaries, then standalone in
+#   the container answers readyz and completes a knapsack run (scripts/image.sh).
 #
 # Tests that need a service fail loudly when it is missing; nothing here is skipped.
 set -euo pipefail
@@ -94,6 +99,9 @@ NEXUS_TEST_KUBECONFIG="$kubeconfig" itest --test kube_api
 echo "integration: scheduler + receiver on Kubernetes (runs as Jobs, templates from the cluster)"
 NEXUS_TEST_KUBECONFIG="$kubeconfig" itest --test it kubernetes::
 scripts/kube-apiserver.sh stop
+
+echo "integration: the Helm chart: lint, render, kube-score (scripts/helm-check.sh)"
+bash scripts/helm-check.sh
 
 echo "integration: fuzzing the request splitter, template manifests and signed URLs (cargo-fuzz, bounded)"
 FUZZ_SECONDS="${FUZZ_SECONDS:-40}" bash scripts/fuzz.sh
@@ -185,4 +193,7 @@ if ! timeout 240 "$work/schemathesis/bin/schemathesis" run "http://127.0.0.1:$st
 fi
 kill "$st_pid"
 wait "$st_pid" || true
-echo "4 passed, 0 failed"
+
+echo "integration: the container image (Containerfile, podman) runs standalone and completes a run"
+NEXUS_BIN_DIR=target/release bash scripts/image.sh
+echo "6 passed, 0 failed"
