@@ -410,8 +410,9 @@ async fn a_scheduler_shut_down_under_load_hands_its_runs_over_without_waiting_fo
     assert_eq!(scheduler_leases(c.store.leases().await.unwrap()), 2);
     let mut cluster = c;
     let leaving = cluster.schedulers.remove(1);
-    leaving.stop().await;
-    let stopped = std::time::Instant::now();
+    // Counted just before the shutdown: once the lease is released the supervisor hands the
+    // queue over at once (a batch at a time), so counting afterwards races with the handover.
+    // The drain grace (300 ms at 4 runs/s) dispatches at most a couple of them itself.
     let mut queued = 0;
     for id in &ids {
         let run = cluster
@@ -425,9 +426,11 @@ async fn a_scheduler_shut_down_under_load_hands_its_runs_over_without_waiting_fo
         }
     }
     assert!(
-        queued > 0,
-        "the scheduler left with nothing queued: the test proves nothing"
+        queued >= 5,
+        "the scheduler had only {queued} runs queued when it left: the test proves nothing"
     );
+    leaving.stop().await;
+    let stopped = std::time::Instant::now();
     assert_eq!(
         scheduler_leases(cluster.store.leases().await.unwrap()),
         1,
