@@ -334,7 +334,16 @@ LEASE="/apis/coordination.k8s.io/v1/namespaces/$NS/leases/nexus-supervisor"
 lease_held() { admin GET "$LEASE" | json 'd["spec"].get("holderIdentity") or ""' | grep -q .; }
 wait_for 60 "the supervisor's Lease $NS/nexus-supervisor held" lease_held
 holder="$(admin GET "$LEASE" | json 'd["spec"]["holderIdentity"]')"
-log "Lease $NS/nexus-supervisor held by $holder"
+[[ $holder == supervisor/* ]] || die "Lease $NS/nexus-supervisor held by '$holder', not a supervisor"
+# Held, not just created: the supervisor renews it (an update, which the chart's Role allows on
+# that name only), so its renewTime moves on under the same holder.
+renew0="$(admin GET "$LEASE" | json 'd["spec"].get("renewTime") or ""')"
+lease_renewed() {
+  admin GET "$LEASE" | json '[d["spec"].get("holderIdentity"), d["spec"].get("renewTime")]' >"$WORK/lease"
+  grep -qF "\"$holder\"" "$WORK/lease" && ! grep -qF "\"$renew0\"" "$WORK/lease"
+}
+wait_for 45 "the supervisor renewing its Lease $NS/nexus-supervisor" lease_renewed
+log "Lease $NS/nexus-supervisor held and renewed by $holder"
 
 # The receiver's account: its own runs namespace yes, Secrets and Jobs elsewhere no. First real
 # requests with its token, then SubjectAccessReviews (asked as admin).
