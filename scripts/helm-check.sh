@@ -14,8 +14,8 @@
 # Usage: scripts/helm-check.sh          (exit 0: all good; any failure names itself and exits 1)
 # Environment: NEXUS_HELM_CHECK_OUT  where rendered manifests go (default target/helm-check)
 #              NEXUS_TOOLS_DIR       tools dir (default target/tools)
-# Requires: go (for the first run), bash, cmp, grep. Server-side dry-run against a real API
-# server is not done here (see docs/DECISIONS.md, "Helm chart").
+# Requires: go (for the first run), bash, cmp, grep. Server-side dry-run, install, upgrade and
+# uninstall against a real API server with RBAC: scripts/helm-install-test.sh.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

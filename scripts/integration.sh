@@ -24,7 +24,11 @@
 #   in a venv under $work) fuzzes a release standalone for 5xx answers and responses that do not
 #   conform to the document (status codes, content types, schemas).
 # * The Helm chart (issue #19): helm and kube-score built from the Go module proxy; lint, render
-#   and kube-score every values example (scripts/helm-check.sh).
+#   and kube-score every values example (scripts/helm-check.sh); then on the test API server with
+#   RBAC authorization: every example through a server-side dry-run, a release installed, the
+#   scheduler, receiver and supervisor run on its ServiceAccounts' tokens (a run becomes a Job and
+#   is cancelled, the Lease is held, the receiver is refused other namespaces), upgraded and
+#   uninstalled (scripts/helm-install-test.sh).
 # * The container image (issue #19): a Debian base made with debootstrap (no registry is
 #   reachable), the Containerfile built with podman from the release binaries, then standalone in
 #   the container answers readyz and completes a knapsack run (scripts/image.sh).
@@ -102,6 +106,10 @@ scripts/kube-apiserver.sh stop
 
 echo "integration: the Helm chart: lint, render, kube-score (scripts/helm-check.sh)"
 bash scripts/helm-check.sh
+echo "integration: the Helm chart on an RBAC API server: dry-runs, install, a run on the ServiceAccounts' tokens, upgrade, uninstall"
+# Its own API server (same NEXUS_KUBE_DIR, so the same binary; the one above is stopped).
+NEXUS_TEST_S3="$s3_url&access_key=nexus&secret_key=nexus-secret-key" \
+  NEXUS_BIN_DIR="${CARGO_TARGET_DIR:-$PWD/target}/debug" bash scripts/helm-install-test.sh
 
 echo "integration: fuzzing the request splitter, template manifests and signed URLs (cargo-fuzz, bounded)"
 FUZZ_SECONDS="${FUZZ_SECONDS:-40}" bash scripts/fuzz.sh
