@@ -152,12 +152,16 @@ wait_for() {
 cmd_install() { "$APISERVER_SH" install >/dev/null; }
 
 check_prereqs() {
-  local missing=()
   [[ $EUID -eq 0 ]] || die "a real node needs root (containerd, mounts, network); NEXUS_CLUSTER_NODE=none runs the control plane without"
-  for c in containerd ctr runc podman ip iptables curl; do command -v "$c" >/dev/null || missing+=("$c"); done
-  [[ -x "$CNI_BIN/bridge" && -x "$CNI_BIN/host-local" && -x "$CNI_BIN/portmap" && -x "$CNI_BIN/loopback" ]] \
-    || missing+=("CNI plugins in $CNI_BIN")
-  ((${#missing[@]} == 0)) || die "missing: ${missing[*]} (Debian: apt-get install containerd runc containernetworking-plugins podman iproute2 iptables curl)"
+  # shellcheck source=lib/apt.sh
+  source "$ROOT/scripts/lib/apt.sh"
+  apt_ensure kube-cluster containerd:containerd ctr:containerd runc:runc podman:podman ip:iproute2 \
+    iptables:iptables curl:curl python3:python3 "$CNI_BIN/bridge:containernetworking-plugins" \
+    || die "cannot install the node's packages"
+  local c
+  for c in "$CNI_BIN/bridge" "$CNI_BIN/host-local" "$CNI_BIN/portmap" "$CNI_BIN/loopback"; do
+    [[ -x "$c" ]] || die "$c is missing (Debian: containernetworking-plugins; or set NEXUS_CLUSTER_CNI_BIN)"
+  done
   [[ "$NODE_IP" =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ && "$NODE_IP" != 127.* ]] \
     || die "NEXUS_CLUSTER_NODE_IP='$NODE_IP' must be a non-loopback IPv4 address"
 }
