@@ -342,6 +342,7 @@ cmd_start() {
     [[ -d /var/lib/kubelet/device-plugins ]] || echo "rm_dir=/var/lib/kubelet" >>"$STATE"
     [[ -d /usr/libexec/kubernetes ]] || echo "rm_dir=/usr/libexec/kubernetes" >>"$STATE"
     echo "ip_forward=$(cat /proc/sys/net/ipv4/ip_forward)" >>"$STATE"
+    ls /var/run/netns 2>/dev/null | sed 's/^/netns=/' >>"$STATE" || true
     # The portmap plugin's chains are shared with other CNI users (podman): only removed on stop
     # if none existed before.
     echo "cni_chains=$(iptables-save -t nat 2>/dev/null | grep -c '^:CNI-' || true)" >>"$STATE"
@@ -440,6 +441,9 @@ leftovers() {
   m=$(pgrep -f -- "$C_DIR" || true)
   [[ -n "$m" ]] && { log "left behind: processes: $(ps -o pid=,args= -p "${m//$'\n'/,}" | cut -c1-120)"; found=1; }
   if ip link show "$BRIDGE" >/dev/null 2>&1; then log "left behind: link $BRIDGE"; found=1; fi
+  # Network namespaces that did not exist when the cluster started (the CNI's cni-<uuid>).
+  m=$(comm -13 <(state_get netns | sort) <(ls /var/run/netns 2>/dev/null | sort) | tr '\n' ' ')
+  [[ -n "${m// /}" ]] && { log "left behind: network namespaces $m"; found=1; }
   m=$(ip -o link show type veth 2>/dev/null | grep -F "master $BRIDGE" || true)
   [[ -n "$m" ]] && { log "left behind: veths: $m"; found=1; }
   local chains='KUBE-'
