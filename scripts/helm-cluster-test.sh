@@ -7,9 +7,10 @@
 #      address each other by their Services' DNS names, as in any cluster;
 #   2. Cassandra and SeaweedFS (S3) on the node IP (10.254.254.1), which pods reach; the Nexus
 #      image (scripts/image.sh from NEXUS_BIN_DIR) loaded into the node;
-#   3. `helm install --wait` of a single-cluster release: 2 schedulers, 1 receiver, 2 supervisors
-#      become Ready pods (the chart's own readiness probes), as uid 65532 on a read-only root file
-#      system, each with its ServiceAccount's mounted token (in-cluster config) and nothing more;
+#   3. `helm install --wait` of a single-cluster release into a namespace enforcing the
+#      "restricted" Pod Security Standard: 2 schedulers, 1 receiver, 2 supervisors become Ready
+#      pods (the chart's own readiness probes), as uid 65532 on a read-only root file system, each
+#      with its ServiceAccount's mounted token (in-cluster config) and nothing more;
 #   4. a knapsack run submitted through the scheduler Service's ClusterIP (kube-proxy) becomes a
 #      Job created by the receiver pod in the runs namespace; the demo algorithm's pod fetches its
 #      payload from the schedulers, uploads its result to S3, completes through the receiver
@@ -216,9 +217,18 @@ wait "$weed_pid" || die "seaweedfs start"
 phase "stores and image"
 
 # --- 3. install ------------------------------------------------------------------------------------
-for n in "$NS" "$RUNS_NS"; do
-  admin POST /api/v1/namespaces "{\"apiVersion\":\"v1\",\"kind\":\"Namespace\",\"metadata\":{\"name\":\"$n\"}}" >/dev/null
-done
+# Pod Security admission: the release namespace enforces "restricted" (what the chart's security
+# context claims); the runs namespace "baseline" (the Jobs' pods carry no security context of
+# their own: see docs/DECISIONS.md, "The chart on a real cluster").
+pss_ns() { # name level
+  admin POST /api/v1/namespaces "{\"apiVersion\":\"v1\",\"kind\":\"Namespace\",\"metadata\":{\"name\":\"$1\",\"labels\":{\"pod-security.kubernetes.io/enforce\":\"$2\",\"pod-security.kubernetes.io/enforce-version\":\"latest\"}}}" >/dev/null
+}
+pss_ns "$NS" restricted
+pss_ns "$RUNS_NS" baseline
+# Enforced for real: a pod breaking "restricted" is refused in the release namespace.
+api POST "/api/v1/namespaces/$NS/pods?dryRun=All" '{"apiVersion":"v1","kind":"Pod","metadata":{"name":"pss-probe"},"spec":{"containers":[{"name":"c","image":"'"$IMAGE"'"}]}}' >"$WORK/pss.out" || true
+[[ "$(status)" == 403 ]] && grep -q 'violates PodSecurity' "$WORK/pss.out" \
+  || die "Pod Security admission does not enforce 'restricted' in $NS: HTTP $(status): $(cat "$WORK/pss.out")"
 # The S3 keys as an operator would hand them: a Secret, read by extraEnv.
 admin POST "/api/v1/namespaces/$NS/secrets" "{\"apiVersion\":\"v1\",\"kind\":\"Secret\",\"metadata\":{\"name\":\"nexus-s3\"},\"stringData\":{\"access-key\":\"$S3_KEY\",\"secret-key\":\"$S3_SECRET\"}}" >/dev/null
 IMAGE_REPO="${IMAGE%:*}"
