@@ -190,7 +190,9 @@ if [[ $IMAGE_BUILD == 1 ]]; then
     || { cat "$WORK/image.out" >&2; die "scripts/image.sh"; }
 fi
 podman image exists "$IMAGE" || die "image $IMAGE not in podman's store"
-phase "image"
+# CoreDNS before the cluster starts (a cold build takes minutes; skipped when up to date).
+"$ROOT/scripts/cluster-dns.sh" install >/dev/null || die "cluster-dns install"
+phase "builds (image, CoreDNS)"
 
 # --- 1. the cluster: RBAC, cluster DNS ------------------------------------------------------------
 log "starting the cluster (RBAC, cluster DNS $DNS_IP)"
