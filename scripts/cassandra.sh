@@ -15,6 +15,9 @@ CASSANDRA_VERSION="${NEXUS_CASSANDRA_VERSION:-5.0.9}"
 CACHE_DIR="${NEXUS_CASSANDRA_CACHE:-$HOME/.cache/nexus/cassandra-$CASSANDRA_VERSION}"
 DATA_DIR="${NEXUS_CASSANDRA_DIR:-/tmp/nexus-cassandra}"
 CQL_PORT="${NEXUS_CASSANDRA_PORT:-9042}"
+# The address the node binds and announces (listen and rpc address). Loopback by default; the
+# node IP of scripts/kube-cluster.sh (10.254.254.1) makes it reachable from pods.
+HOST="${NEXUS_CASSANDRA_HOST:-127.0.0.1}"
 # Inter-node ports: kept off the defaults (7000/7001) so we never clash with a
 # "real" Cassandra on the same host. A single node still needs to bind them.
 STORAGE_PORT="${NEXUS_CASSANDRA_STORAGE_PORT:-7010}"
@@ -45,7 +48,7 @@ usage: $(basename "$0") {install|start|stop|status}
 
   install  download cassandra-all $CASSANDRA_VERSION + deps from Maven Central via mvn
            into \$NEXUS_CASSANDRA_CACHE/lib (skipped if already complete)
-  start    (install if needed,) start a single node on 127.0.0.1 and wait for CQL
+  start    (install if needed,) start a single node on \$NEXUS_CASSANDRA_HOST and wait for CQL
   stop     stop the node started by 'start' (idempotent)
   status   report whether the node runs (exit 0 if running, 3 if not)
 
@@ -53,6 +56,7 @@ environment (defaults in brackets):
   NEXUS_CASSANDRA_CACHE          jar cache dir [$HOME/.cache/nexus/cassandra-$CASSANDRA_VERSION]
   NEXUS_CASSANDRA_DIR            data/log/conf dir, wiped on start [/tmp/nexus-cassandra]
   NEXUS_CASSANDRA_KEEP=1         keep existing data on start instead of wiping [0]
+  NEXUS_CASSANDRA_HOST           address bound and announced (an address of this host) [127.0.0.1]
   NEXUS_CASSANDRA_PORT           native CQL port [9042]
   NEXUS_CASSANDRA_STORAGE_PORT   inter-node port [7010] (SSL: NEXUS_CASSANDRA_SSL_STORAGE_PORT [7011])
   NEXUS_CASSANDRA_JMX_PORT       enable JMX on 127.0.0.1:<port> (nodetool) [off]
@@ -135,7 +139,7 @@ running_pid() {
   echo "$pid"
 }
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
 dump_logs() {
   local f
@@ -226,9 +230,9 @@ endpoint_snitch: SimpleSnitch
 seed_provider:
   - class_name: org.apache.cassandra.locator.SimpleSeedProvider
     parameters:
-      - seeds: "127.0.0.1:$STORAGE_PORT"
-listen_address: 127.0.0.1
-rpc_address: 127.0.0.1
+      - seeds: "$HOST:$STORAGE_PORT"
+listen_address: $HOST
+rpc_address: $HOST
 storage_port: $STORAGE_PORT
 ssl_storage_port: $SSL_STORAGE_PORT
 start_native_transport: true
@@ -291,7 +295,7 @@ EOF
 cmd_start() {
   local pid
   if pid="$(running_pid)"; then
-    log "already running (pid $pid, CQL 127.0.0.1:$CQL_PORT)"
+    log "already running (pid $pid, CQL $HOST:$CQL_PORT)"
     return 0
   fi
   command -v java >/dev/null || die "java not found on PATH"
@@ -383,7 +387,7 @@ cmd_start() {
     jvm+=(-Dcassandra.jmx.local.port="$JMX_PORT")
   fi
 
-  log "starting Cassandra $CASSANDRA_VERSION (data: $DATA_DIR, CQL: 127.0.0.1:$CQL_PORT)…"
+  log "starting Cassandra $CASSANDRA_VERSION (data: $DATA_DIR, CQL: $HOST:$CQL_PORT)…"
   local t0=$EPOCHREALTIME
   # setsid + nohup: detach from our session so the node outlives this shell.
   nohup setsid java "${jvm[@]}" -cp "$LIB_DIR/*" \
@@ -419,7 +423,7 @@ cmd_start() {
   done
   local elapsed
   elapsed="$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')"
-  log "ready in ${elapsed}s (pid $pid, CQL 127.0.0.1:$CQL_PORT, log $LOG_FILE)"
+  log "ready in ${elapsed}s (pid $pid, CQL $HOST:$CQL_PORT, log $LOG_FILE)"
   if [[ "$TLS" != 0 ]]; then
     log "TLS ($TLS) on the CQL port; server name $TLS_SERVER_NAME"
     log "  CA:          $TLS_DIR/ca.pem"
@@ -457,7 +461,7 @@ cmd_status() {
   local pid
   if pid="$(running_pid)"; then
     local ready="not accepting CQL yet"
-    port_open "$CQL_PORT" && ready="CQL on 127.0.0.1:$CQL_PORT"
+    port_open "$CQL_PORT" && ready="CQL on $HOST:$CQL_PORT"
     echo "cassandra: running (pid $pid, $ready, data $DATA_DIR)"
     return 0
   fi

