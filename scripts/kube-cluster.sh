@@ -261,6 +261,9 @@ serializeImagePulls: false
 authentication: {anonymous: {enabled: true}, webhook: {enabled: false}}
 authorization: {mode: AlwaysAllow}
 staticPodPath: ""
+# Under the cluster's directory rather than /usr/libexec/kubernetes (shared with any other cluster
+# on the machine, e.g. a control plane for kwok whose controller manager recreates it).
+volumePluginDir: $C_DIR/volume-plugins
 EOF
   if [[ -n "$CLUSTER_DNS" ]]; then
     # Pods with dnsPolicy ClusterFirst (the default) get this nameserver and the search path
@@ -354,7 +357,6 @@ cmd_start() {
       echo "lo_addr=$NODE_IP" >>"$STATE"
     fi
     [[ -d /var/lib/kubelet/device-plugins ]] || echo "rm_dir=/var/lib/kubelet" >>"$STATE"
-    [[ -d /usr/libexec/kubernetes ]] || echo "rm_dir=/usr/libexec/kubernetes" >>"$STATE"
     echo "ip_forward=$(cat /proc/sys/net/ipv4/ip_forward)" >>"$STATE"
     ls /var/run/netns 2>/dev/null | sed 's/^/netns=/' >>"$STATE" || true
     # The portmap plugin's chains are shared with other CNI users (podman): only removed on stop
@@ -380,7 +382,8 @@ cmd_start() {
   spawn kube-controller-manager "$BIN_DIR/kube-controller-manager" --kubeconfig="$kc" \
     --authentication-kubeconfig="$kc" --authorization-kubeconfig="$kc" \
     --leader-elect=false --secure-port=0 --controllers='*' \
-    --root-ca-file="$C_DIR/ca.crt" --node-monitor-grace-period=20s --concurrent-job-syncs=20 \
+    --root-ca-file="$C_DIR/ca.crt" --flex-volume-plugin-dir="$C_DIR/volume-plugins" \
+    --node-monitor-grace-period=20s --concurrent-job-syncs=20 \
     --kube-api-qps=200 --kube-api-burst=400
   spawn kube-scheduler "$BIN_DIR/kube-scheduler" --kubeconfig="$kc" \
     --authentication-kubeconfig="$kc" --authorization-kubeconfig="$kc" \
@@ -452,7 +455,14 @@ leftovers() {
   local found=0 m
   m=$(awk -v d="$C_DIR" 'index($2, d) == 1 { print $2 }' /proc/self/mounts)
   [[ -n "$m" ]] && { log "left behind: mounts: $m"; found=1; }
-  m=$(pgrep -f -- "$C_DIR" || true)
+  # Processes naming the cluster's directory, except this script and its callers.
+  local -a mine=()
+  local p=$$
+  while [[ "$p" =~ ^[0-9]+$ && "$p" -gt 1 ]]; do
+    mine+=("$p")
+    p=$(awk '{ print $4 }' "/proc/$p/stat" 2>/dev/null) || break
+  done
+  m=$(pgrep -f -- "$C_DIR" | grep -vxF -f <(printf '%s\n' "${mine[@]}") || true)
   [[ -n "$m" ]] && { log "left behind: processes: $(ps -o pid=,args= -p "${m//$'\n'/,}" | cut -c1-120)"; found=1; }
   if ip link show "$BRIDGE" >/dev/null 2>&1; then log "left behind: link $BRIDGE"; found=1; fi
   # Network namespaces that did not exist when the cluster started (the CNI's cni-<uuid>).
@@ -497,7 +507,9 @@ cmd_stop() {
   local v
   v=$(state_get ip_forward); [[ -n "$v" ]] && echo "$v" >/proc/sys/net/ipv4/ip_forward
   v=$(state_get lo_addr); [[ -n "$v" ]] && { ip addr del "$v/32" dev lo 2>/dev/null || true; }
-  while read -r v; do [[ -n "$v" ]] && rm -rf "$v"; done < <(state_get rm_dir)
+  while read -r v; do
+    [[ -n "$v" ]] && { rm -rf "$v" 2>/dev/null || log "cannot remove $v (in use by another kubelet?)"; }
+  done < <(state_get rm_dir)
   # The kubelet's cgroups (cgroupsPerQOS), empty once the containers are gone.
   find /sys/fs/cgroup -depth -type d -path '*/kubepods*' -exec rmdir {} + 2>/dev/null || true
   local clean=0
