@@ -14,12 +14,16 @@
 # * Distributed mode (issue #6): 2 schedulers, 2 receivers and a supervisor as separate processes
 #   on Cassandra + SeaweedFS, with a receiver killed -9 mid-load, and a scheduler sent SIGTERM
 #   under load (cli/tests/it/distributed_e2e.rs).
-# * A real Kubernetes API server (issue #7): tools/kube-apiserver, k8s.io/kubernetes' own test API
-#   server on an embedded etcd 3.6, built with Go from the module proxy (scripts/kube-apiserver.sh;
-#   set NEXUS_KUBE_DIR to keep its ~3 GB of Go caches between runs); the CRDs, rendered Jobs, the
-#   Kubernetes executor, the kubelet helper and the catalog reflector run against it
-#   (core/kube/tests/kube_api.rs), then a scheduler with the cluster catalog and a receiver running
-#   Jobs, the test playing the Job controller and kubelet (cli/tests/it/kubernetes.rs).
+# * A real Kubernetes cluster (issues #7, #20): one Go build from the module proxy of the upstream
+#   test API server (tools/kube-apiserver, on an embedded etcd 3.6), kube-controller-manager,
+#   kube-scheduler, kubelet and kube-proxy; a node on containerd + runc with a bridge CNI; the pause
+#   image and the Nexus image (from the debug binaries) built with podman and imported
+#   (scripts/kube-cluster.sh, docs/KUBERNETES-CLUSTER.md; set NEXUS_KUBE_DIR to keep its Go caches
+#   between runs). The CRDs, rendered Jobs, the executor and the catalog run against it
+#   (core/kube/tests/kube_api.rs); then runs become Jobs, Pods and real containers of the demo
+#   algorithm, are cancelled with each propagation policy, and fail as the real kubelet and
+#   controllers make them fail: OOMKilled, image pull back-off, unschedulable, deadline
+#   (cli/tests/it/kubernetes.rs).
 # * The served /openapi.json against what is served (issue 17): Schemathesis (pinned, from PyPI,
 #   in a venv under $work) fuzzes a release standalone for 5xx answers and responses that do not
 #   conform to the document (status codes, content types, schemas).
@@ -29,6 +33,10 @@
 #   scheduler, receiver and supervisor run on its ServiceAccounts' tokens (a run becomes a Job and
 #   is cancelled, the Lease is held, the receiver is refused other namespaces), upgraded and
 #   uninstalled (scripts/helm-install-test.sh).
+#   Then the chart for real on the single-node cluster with RBAC and CoreDNS (built from the module
+#   proxy, scripts/cluster-dns.sh): schedulers, receiver and supervisors as pods of the Nexus image
+#   on Cassandra and SeaweedFS bound to the node IP; a run to a Job to COMPLETED, the Lease, a
+#   rolling upgrade under load, uninstall (scripts/helm-cluster-test.sh).
 # * The container image (issue #19): a Debian base made with debootstrap (no registry is
 #   reachable), the Containerfile built with podman from the release binaries, then standalone in
 #   the container answers readyz and completes a knapsack run (scripts/image.sh).
@@ -44,6 +52,10 @@ source scripts/lib/disk.sh
 it_features=nexus-store/cassandra-tests,nexus-payload/s3-tests,nexus-cli/cassandra-tests,nexus-cli/distributed-tests,nexus-kube/kube-tests,nexus-cli/kube-tests
 itest() { cargo test --workspace --features "$it_features" "$@"; }
 
+target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+# The image the cluster's pods run (debug binaries; the release image is tested at the end).
+it_image=localhost/nexus:it
+node_ip="${NEXUS_CLUSTER_NODE_IP:-10.254.254.1}"
 work=$(mktemp -d)
 cassandra_dir="$work/cassandra"
 export NEXUS_CASSANDRA_DIR="$cassandra_dir"
@@ -61,6 +73,7 @@ export NEXUS_SEAWEED_S3_PORT="${NEXUS_SEAWEED_S3_PORT:-28333}"
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  scripts/kube-cluster.sh stop || true
   scripts/kube-apiserver.sh stop || true
   scripts/seaweedfs.sh stop || true
   scripts/cassandra.sh stop || true
@@ -96,13 +109,18 @@ echo "integration: distributed mode end to end (2 schedulers, 2 receivers, a sup
 NEXUS_TEST_S3="$s3_url&access_key=nexus&secret_key=nexus-secret-key" \
   itest --test it distributed_e2e:: -- --nocapture --test-threads=1
 
-echo "integration: building and starting a real Kubernetes API server (tools/kube-apiserver)"
-kubeconfig=$(scripts/kube-apiserver.sh start)
+echo "integration: the Nexus image from the debug binaries, for the cluster's pods (scripts/image.sh)"
+cargo build --quiet -p nexus-cli -p nexus-examples
+NEXUS_BIN_DIR="$target_dir/debug" NEXUS_IMAGE="$it_image" NEXUS_IMAGE_SMOKE=0 bash scripts/image.sh
+echo "integration: building and starting a single-node Kubernetes cluster (scripts/kube-cluster.sh)"
+kubeconfig=$(scripts/kube-cluster.sh start)
+scripts/kube-cluster.sh load-image "$it_image"
 echo "integration: CRDs, rendered Jobs, the Kubernetes executor and the catalog against the API server"
-NEXUS_TEST_KUBECONFIG="$kubeconfig" itest --test kube_api
-echo "integration: scheduler + receiver on Kubernetes (runs as Jobs, templates from the cluster)"
-NEXUS_TEST_KUBECONFIG="$kubeconfig" itest --test it kubernetes::
-scripts/kube-apiserver.sh stop
+NEXUS_TEST_KUBECONFIG="$kubeconfig" NEXUS_TEST_IMAGE="$it_image" itest --test kube_api
+echo "integration: runs as Jobs, Pods and containers on the node: complete, cancel, OOMKilled, image pull, unschedulable, deadline"
+NEXUS_TEST_KUBECONFIG="$kubeconfig" NEXUS_TEST_IMAGE="$it_image" NEXUS_TEST_NODE_IP="$node_ip" \
+  itest --test it kubernetes::
+scripts/kube-cluster.sh stop
 
 echo "integration: the Helm chart: lint, render, kube-score (scripts/helm-check.sh)"
 bash scripts/helm-check.sh
@@ -110,6 +128,9 @@ echo "integration: the Helm chart on an RBAC API server: dry-runs, install, a ru
 # Its own API server (same NEXUS_KUBE_DIR, so the same binary; the one above is stopped).
 NEXUS_TEST_S3="$s3_url&access_key=nexus&secret_key=nexus-secret-key" \
   NEXUS_BIN_DIR="${CARGO_TARGET_DIR:-$PWD/target}/debug" bash scripts/helm-install-test.sh
+echo "integration: the Helm chart on the single-node cluster: pods of the image, a run, the Lease, a rolling upgrade, uninstall"
+NEXUS_BIN_DIR="$target_dir/debug" NEXUS_HELM_IMAGE="$it_image" NEXUS_HELM_IMAGE_BUILD=0 \
+  bash scripts/helm-cluster-test.sh
 
 echo "integration: fuzzing the request splitter, template manifests and signed URLs (cargo-fuzz, bounded)"
 FUZZ_SECONDS="${FUZZ_SECONDS:-40}" bash scripts/fuzz.sh
