@@ -91,22 +91,9 @@ cleanup() {
 trap cleanup EXIT
 
 # ---- tools
-missing=()
-command -v podman >/dev/null || missing+=(podman)
-command -v runc >/dev/null || missing+=(runc)
-command -v debootstrap >/dev/null || missing+=(debootstrap)
-command -v curl >/dev/null || missing+=(curl)
-command -v python3 >/dev/null || missing+=(python3)
-if ((${#missing[@]})); then
-  sudo=()
-  [[ $(id -u) == 0 ]] || sudo=(sudo)
-  echo "image: installing ${missing[*]} from Debian packages"
-  export DEBIAN_FRONTEND=noninteractive
-  # The package lists may be stale (404 on install): update once and retry.
-  "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null ||
-    { "${sudo[@]}" apt-get update -qq && "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; } ||
-    die "apt-get install ${missing[*]} failed"
-fi
+source "$repo/scripts/lib/apt.sh"
+apt_ensure image podman:podman runc:runc debootstrap:debootstrap curl:curl python3:python3 ||
+  die "cannot install the tools"
 [[ $(id -u) == 0 ]] || die "run as root: debootstrap and rootful podman need it (podman's rootless mode needs subordinate ids and user namespaces, not set up here)"
 done_phase tools
 

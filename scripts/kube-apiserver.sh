@@ -4,7 +4,8 @@
 # (cmd/kube-apiserver/app/testing) on an embedded etcd 3.6. Only the API server runs: no
 # controller manager (no Job controller), no scheduler, no kubelet. See tools/kube-apiserver/README.md.
 #
-#   scripts/kube-apiserver.sh install   go build the server into $NEXUS_KUBE_DIR/bin (skipped if
+#   scripts/kube-apiserver.sh install   go build the server (and the binaries of scripts/kube-cluster.sh)
+#                                       into $NEXUS_KUBE_DIR/bin (skipped if
 #                                       the binary is newer than the sources); prints its path
 #   scripts/kube-apiserver.sh start     start it in the background, wait for its ready line,
 #                                       print the kubeconfig path on stdout
@@ -25,6 +26,7 @@ KUBE_DIR="${NEXUS_KUBE_DIR:-$PWD/.kube-test}"
 PORT="${NEXUS_KUBE_PORT:-0}"
 START_TIMEOUT="${NEXUS_KUBE_START_TIMEOUT:-120}"
 EXTRA_FLAGS="${NEXUS_KUBE_APISERVER_FLAGS:-}"
+NODE_IP="${NEXUS_KUBE_NODE_IP:-}"
 GO="${NEXUS_KUBE_GO:-go}"
 # Go caches: private to $NEXUS_KUBE_DIR by default (so everything the tool needs lives and dies
 # there); point them at `go env GOMODCACHE` / `go env GOCACHE` to share the user's caches.
@@ -60,6 +62,8 @@ environment (defaults in brackets):
   NEXUS_KUBE_START_TIMEOUT    seconds to wait for the ready line [120]
   NEXUS_KUBE_APISERVER_FLAGS  extra kube-apiserver flags, space-separated (e.g.
                               "--authorization-mode=RBAC") [none]
+  NEXUS_KUBE_NODE_IP          cluster mode (scripts/kube-cluster.sh sets it): also serve on this
+                              address of the host, the "kubernetes" Service's endpoint [none]
   NEXUS_KUBE_GOMODCACHE       Go module cache for the build [\$NEXUS_KUBE_DIR/gomod]
   NEXUS_KUBE_GOCACHE          Go build cache [\$NEXUS_KUBE_DIR/gocache]
   NEXUS_KUBE_PRUNE_BUILD_CACHE  1 = empty the Go build cache after a build (saves ~2.3 GB of
@@ -87,11 +91,17 @@ elapsed_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b 
 # --------------------------------------------------------------------------- #
 # install                                                                      #
 # --------------------------------------------------------------------------- #
+# The binaries of one build: the test API server (the module's root package) and the cluster's
+# (scripts/kube-cluster.sh), all from the same k8s.io/kubernetes module and build cache.
+CLUSTER_CMDS=(kubelet kube-controller-manager kube-scheduler kube-proxy cri-clean)
+
 up_to_date() {
-  [[ -x "$BIN" ]] || return 1
-  local f
-  for f in "$SRC_DIR/main.go" "$SRC_DIR/go.mod" "$SRC_DIR/go.sum"; do
-    [[ "$BIN" -nt "$f" ]] || return 1
+  local f b
+  for b in "$BIN" "${CLUSTER_CMDS[@]/#/$BIN_DIR/}" "$BIN_DIR/pause"; do
+    [[ -x "$b" ]] || return 1
+    while IFS= read -r f; do
+      [[ "$b" -nt "$f" ]] || return 1
+    done < <(find "$SRC_DIR" -name '*.go' -o -name go.mod -o -name go.sum)
   done
 }
 
@@ -121,9 +131,15 @@ cmd_install() {
   ldflags+=" -X k8s.io/component-base/version.gitMajor=1"
   ldflags+=" -X k8s.io/component-base/version.gitMinor=${BASH_REMATCH[1]}"
   ldflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
-  (cd "$SRC_DIR" && go_env build -ldflags "$ldflags" -o "$BIN.tmp" .) || die "go build failed"
-  mv -f "$BIN.tmp" "$BIN"
-  log "  built in $(elapsed_since "$t0")s: $BIN ($(du -m "$BIN" | cut -f1) MiB)"
+  local out="$BIN_DIR/.build"
+  rm -rf "$out" && mkdir -p "$out"
+  (cd "$SRC_DIR" && go_env build -ldflags "$ldflags" -o "$out/" . "${CLUSTER_CMDS[@]/#/./cmd/}") \
+    || die "go build failed"
+  # The pod sandbox's process: static (it runs FROM scratch).
+  (cd "$SRC_DIR" && CGO_ENABLED=0 go_env build -o "$out/pause" ./cmd/pause) || die "go build of pause failed"
+  mv -f "$out"/* "$BIN_DIR/"
+  rmdir "$out"
+  log "  built in $(elapsed_since "$t0")s: kube-apiserver ${CLUSTER_CMDS[*]} pause in $BIN_DIR ($(du -sm "$BIN_DIR" | cut -f1) MiB)"
   if [[ "${NEXUS_KUBE_PRUNE_BUILD_CACHE:-0}" == 1 ]]; then
     # The build cache (~2.3 GB) is only needed to rebuild; the module cache stays, because the
     # test server reads files of its packages at run time.
@@ -190,8 +206,9 @@ cmd_start() {
   mkdir -p "$DATA_DIR" "$TMP_DIR"
   touch "$DIR_MARKER"
 
-  local -a extra=()
+  local -a extra=() node=()
   [[ -n "$EXTRA_FLAGS" ]] && read -r -a extra <<<"$EXTRA_FLAGS"
+  [[ -n "$NODE_IP" ]] && node=(--node-ip="$NODE_IP")
 
   log "starting (run dir $RUN_DIR, port ${PORT/#0/free})…"
   local t0=$EPOCHREALTIME
@@ -199,7 +216,7 @@ cmd_start() {
   # next program, so $! is the server's PID. TMPDIR: the test server's temp dir (certificates it
   # generates) goes into the run dir.
   TMPDIR="$TMP_DIR" nohup setsid "$BIN" --kubeconfig="$KUBECONFIG_FILE" --port="$PORT" \
-    --data-dir="$DATA_DIR" -- "${extra[@]}" >"$STDOUT_FILE" 2>"$STDERR_FILE" </dev/null &
+    --data-dir="$DATA_DIR" "${node[@]}" -- "${extra[@]}" >"$STDOUT_FILE" 2>"$STDERR_FILE" </dev/null &
   pid=$!
   echo "$pid" >"$PID_FILE"
 

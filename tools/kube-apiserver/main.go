@@ -5,10 +5,12 @@
 // server's superuser (system:masters) bearer token, prints one ready line on stdout and serves
 // until SIGINT/SIGTERM.
 //
-//	kube-apiserver --kubeconfig PATH [--port N] [--data-dir DIR] [-v N] [-- extra kube-apiserver flags]
+//	kube-apiserver --kubeconfig PATH [--port N] [--data-dir DIR] [--node-ip IP] [-v N] [-- extra kube-apiserver flags]
 //
-// Only the API server runs: no controller manager (so no Job, ReplicaSet, namespace-deletion,
-// garbage-collector or service-account controllers), no scheduler, no kubelet. See README.md.
+// On its own only the API server runs: no controller manager, no scheduler, no kubelet. With
+// --node-ip it is the API server of scripts/kube-cluster.sh's single-node cluster: it is also
+// reachable on IP (a non-loopback address of this host) and through the "kubernetes" Service from
+// pods, and the ServiceAccount admission plugin is on (pods get their token volume). See README.md.
 package main
 
 import (
@@ -49,6 +51,10 @@ var defaultServerFlags = []string{
 	// Every request must carry the kubeconfig's token (the default would let anonymous
 	// requests through, and authorization is AlwaysAllow).
 	"--anonymous-auth=false",
+}
+
+// apiOnlyFlags are added when no controllers run (no --node-ip).
+var apiOnlyFlags = []string{
 	// The ServiceAccount admission plugin rejects pods in any namespace without a "default"
 	// ServiceAccount, which only the (absent) service-account controller creates. Kubernetes'
 	// own integration tests disable it the same way.
@@ -57,6 +63,10 @@ var defaultServerFlags = []string{
 	// rejects (an error logged every 10 s); nothing here needs that endpoint.
 	"--endpoint-reconciler-type=none",
 }
+
+// serviceIP is the "kubernetes" Service's ClusterIP: the first address of the test server's
+// service range (10.0.0.0/16, set by StartTestServer).
+const serviceIP = "10.0.0.1"
 
 func main() {
 	os.Exit(run())
@@ -69,8 +79,9 @@ func run() int {
 	kubeconfig := fs.String("kubeconfig", "", "write the kubeconfig to this path (required)")
 	port := fs.Int("port", 0, "serve on 127.0.0.1:PORT (0 = the free port the test server picks)")
 	dataDir := fs.String("data-dir", "", "directory for etcd data and the serving certificate (default: a temporary directory, removed on exit)")
+	nodeIPFlag := fs.String("node-ip", "", "cluster mode: also serve on this (non-loopback) address of the host, advertise it as the \"kubernetes\" Service's endpoint and enable the ServiceAccount admission plugin")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: %s --kubeconfig PATH [--port N] [--data-dir DIR] [-v N] [-- kube-apiserver flags]\n", os.Args[0])
+		fmt.Fprintf(fs.Output(), "usage: %s --kubeconfig PATH [--port N] [--data-dir DIR] [--node-ip IP] [-v N] [-- kube-apiserver flags]\n", os.Args[0])
 		fs.PrintDefaults()
 	}
 	fs.Parse(os.Args[1:])
@@ -82,6 +93,13 @@ func run() int {
 	if *port < 0 || *port > 65535 {
 		fmt.Fprintf(os.Stderr, "kube-apiserver: --port %d is not a port number\n", *port)
 		return 2
+	}
+	var nodeIP net.IP
+	if *nodeIPFlag != "" {
+		if nodeIP = net.ParseIP(*nodeIPFlag); nodeIP == nil || nodeIP.To4() == nil || nodeIP.IsLoopback() || nodeIP.IsUnspecified() {
+			fmt.Fprintf(os.Stderr, "kube-apiserver: --node-ip %q is not a non-loopback IPv4 address\n", *nodeIPFlag)
+			return 2
+		}
 	}
 	kubeconfigPath, err := filepath.Abs(*kubeconfig)
 	if err != nil {
@@ -131,7 +149,15 @@ func run() int {
 	// A fresh serving certificate (self-signed CA + cert for 127.0.0.1 and localhost). Without
 	// one the test server loads a fixed test key pair from its source tree (the module cache),
 	// which would tie the binary to the machine it was built on.
-	certPEM, keyPEM, err := certutil.GenerateSelfSignedCertKey("127.0.0.1", []net.IP{net.ParseIP("127.0.0.1")}, []string{"localhost"})
+	// In cluster mode it is also valid for the node IP and, for pods, the Service's ClusterIP and
+	// DNS names.
+	sanIPs := []net.IP{net.ParseIP("127.0.0.1")}
+	sanNames := []string{"localhost"}
+	if nodeIP != nil {
+		sanIPs = append(sanIPs, nodeIP, net.ParseIP(serviceIP))
+		sanNames = append(sanNames, "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local")
+	}
+	certPEM, keyPEM, err := certutil.GenerateSelfSignedCertKey("127.0.0.1", sanIPs, sanNames)
 	if err != nil {
 		return fail("generate serving certificate: %v", err)
 	}
@@ -149,6 +175,15 @@ func run() int {
 		return fail("%v", err)
 	}
 	serverFlags := append(append([]string{}, defaultServerFlags...), "--cert-dir="+certDir)
+	if nodeIP == nil {
+		serverFlags = append(serverFlags, apiOnlyFlags...)
+	} else {
+		// The endpoint reconciler publishes <node IP>:<the server's port> as the "kubernetes"
+		// Service's endpoint; the relay below serves that address. kubectl logs/exec reach the
+		// kubelet on its InternalIP (the node name does not resolve).
+		serverFlags = append(serverFlags, "--advertise-address="+nodeIP.String(),
+			"--kubelet-preferred-address-types=InternalIP")
+	}
 	serverFlags = append(serverFlags, fs.Args()...)
 
 	storage := storagebackend.NewDefaultConfig("/registry", nil)
@@ -164,6 +199,24 @@ func run() int {
 	if cfg.BearerToken == "" {
 		server.TearDownFn()
 		return fail("the test server's client config has no bearer token")
+	}
+
+	if nodeIP != nil {
+		// The test server listens on 127.0.0.1 only (it makes its own listener); pods reach it on
+		// the node IP, same port, relayed at the TCP level (TLS end to end).
+		u, err := url.Parse(cfg.Host)
+		if err != nil {
+			server.TearDownFn()
+			return fail("parse %q: %v", cfg.Host, err)
+		}
+		l, err := net.Listen("tcp", net.JoinHostPort(nodeIP.String(), u.Port()))
+		if err != nil {
+			server.TearDownFn()
+			return fail("listen on %s:%s: %v (is %s an address of this host?)", nodeIP, u.Port(), err, nodeIP)
+		}
+		defer l.Close()
+		go relay(l, u.Host, t)
+		t.Logf("also serving on https://%s (the \"kubernetes\" Service's endpoint)", l.Addr())
 	}
 
 	serverURL := cfg.Host
