@@ -136,6 +136,12 @@ pub struct Options {
     pub timeout: Duration,
     /// The receivers' identity.
     pub identity: Identity,
+    /// Dispatches in flight per scheduler toward the shard (`scheduler.dispatch_concurrency`).
+    pub dispatch_concurrency: usize,
+    /// Jobs of the baseline (created directly, as fast as the API server takes them); 0: none.
+    pub baseline_jobs: usize,
+    /// Requests in flight of the baseline.
+    pub baseline_concurrency: usize,
 }
 
 impl Options {
@@ -184,6 +190,18 @@ impl Options {
             "--burst-secs must be between 0 and 10"
         );
         anyhow::ensure!(self.nodes <= 100_000, "--nodes must be at most 100000");
+        anyhow::ensure!(
+            (1..=100_000).contains(&self.dispatch_concurrency),
+            "--dispatch-concurrency must be between 1 and 100000"
+        );
+        anyhow::ensure!(
+            self.baseline_jobs <= 100_000,
+            "--baseline-jobs must be at most 100000"
+        );
+        anyhow::ensure!(
+            (1..=4096).contains(&self.baseline_concurrency),
+            "--baseline-concurrency must be between 1 and 4096"
+        );
         anyhow::ensure!(
             self.timeout >= Duration::from_secs(10) && self.timeout <= Duration::from_secs(3600),
             "--timeout must be between 10s and 3600s"
@@ -238,6 +256,10 @@ pub struct Phase {
     pub launch_errors: BTreeMap<String, usize>,
     /// Dispatches the schedulers had answered "slow down" (`RESOURCE_EXHAUSTED`).
     pub slow_downs: f64,
+    /// The schedulers' dispatch outcomes (`nexus_scheduler_dispatch_total` by result).
+    pub dispatches: BTreeMap<String, f64>,
+    /// Launch latency (API budget wait + Job create) at the 50th and 99th percentiles.
+    pub launch_p50_p99: (Duration, Duration),
     /// Requests that waited for the receivers' API budget.
     pub budget_waits: f64,
     /// (seconds since the first submission, AIMD rate in force toward the shard, one scheduler).
@@ -258,20 +280,28 @@ pub struct Phase {
     pub without_job: usize,
     /// Why the phase stopped waiting early, if it did.
     pub stalled: Option<String>,
+    /// The baseline: the same Jobs created directly by this process with the receivers'
+    /// identity, no budget, `--baseline-concurrency` in flight: (Jobs, Jobs/s).
+    pub baseline: Option<(usize, f64)>,
 }
 
 impl Phase {
     /// Jobs created per second between the 10th and the 90th percentile of creations.
     #[must_use]
     pub fn sustained(&self) -> f64 {
-        let n = self.created.len();
+        Self::rate_of(&self.created)
+    }
+
+    /// Events per second between the 10th and the 90th percentile of sorted instants.
+    fn rate_of(created: &[Duration]) -> f64 {
+        let n = created.len();
         if n < 20 {
-            return match (self.created.first(), self.created.last()) {
+            return match (created.first(), created.last()) {
                 (Some(a), Some(b)) if b > a => n as f64 / (*b - *a).as_secs_f64(),
                 _ => 0.0,
             };
         }
-        let (a, b) = (self.created[n / 10], self.created[n * 9 / 10]);
+        let (a, b) = (created[n / 10], created[n * 9 / 10]);
         let span = (b - a).as_secs_f64().max(1e-6);
         (n * 9 / 10 - n / 10) as f64 / span
     }
@@ -298,6 +328,10 @@ impl Phase {
 #[derive(Debug, Default)]
 struct Tally {
     created: Mutex<Vec<Instant>>,
+    /// How long each successful launch took (the API budget's wait + the create).
+    latency: Mutex<Vec<Duration>>,
+    /// The first launch, to render the baseline's Jobs exactly as the receivers render theirs.
+    first: Mutex<Option<nexus_executor::contract::LaunchSource>>,
     finished: Mutex<Vec<Instant>>,
     errors: Mutex<BTreeMap<String, usize>>,
 }
@@ -317,9 +351,19 @@ struct Counting {
 #[async_trait]
 impl Executor for Counting {
     async fn launch(&self, spec: LaunchSpec) -> Result<(), ExecutorError> {
+        if let Some(src) = spec.source.as_deref() {
+            let mut first = lock(&self.tally.first);
+            if first.is_none() {
+                *first = Some(src.clone());
+            }
+        }
+        let t = Instant::now();
         let r = self.inner.launch(spec).await;
         match &r {
-            Ok(()) => lock(&self.tally.created).push(Instant::now()),
+            Ok(()) => {
+                lock(&self.tally.created).push(Instant::now());
+                lock(&self.tally.latency).push(t.elapsed());
+            }
             Err(e) => {
                 *lock(&self.tally.errors)
                     .entry(format!("{:?}", e.kind))
@@ -685,6 +729,72 @@ fn server_rate(jobs: &HashMap<String, (i64, bool)>) -> Option<f64> {
     (secs >= 3).then(|| inner.iter().sum::<usize>() as f64 / secs as f64)
 }
 
+/// Creates `n` Jobs rendered as the receivers render theirs (from the first launch `src`), named
+/// `baseline-<i>`, through a client of `kubeconfig` without a budget, `concurrency` at a time;
+/// returns Jobs created per second (10th to 90th percentile of creations).
+async fn baseline(
+    kubeconfig: &Path,
+    ns: &str,
+    src: &nexus_executor::contract::LaunchSource,
+    n: usize,
+    concurrency: usize,
+    deadline: Instant,
+) -> anyhow::Result<(usize, f64)> {
+    let c = KubeClientConfig {
+        kubeconfig: Some(kubeconfig.to_path_buf()),
+        namespace: Some(ns.to_owned()),
+        api_budget: BudgetConfig {
+            rate: 100_000.0,
+            burst: 100_000,
+        },
+        ..KubeClientConfig::default()
+    };
+    let client = nexus_kube::client::client(&c, &ApiBudget::new(c.api_budget))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let opts = nexus_kube::job::JobOptions {
+        namespace: ns.to_owned(),
+        ..nexus_kube::job::JobOptions::default()
+    };
+    let job = nexus_kube::job::render_job(
+        &src.run,
+        &src.workgroup,
+        &src.contract.context(),
+        None,
+        &opts,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let jobs: Api<Job> = Api::namespaced(client, ns);
+    let next = Arc::new(AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (jobs, next, job) = (jobs.clone(), next.clone(), job.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut done = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n || Instant::now() >= deadline {
+                    break;
+                }
+                let mut j = job.clone();
+                j.metadata.name = Some(format!("baseline-{i}"));
+                if jobs.create(&PostParams::default(), &j).await.is_ok() {
+                    done.push(t0.elapsed());
+                }
+            }
+            done
+        }));
+    }
+    let mut created = Vec::with_capacity(n);
+    for t in tasks {
+        created.extend(t.await.context("baseline task panicked")?);
+    }
+    created.sort_unstable();
+    let p = Phase::rate_of(&created);
+    Ok((created.len(), p))
+}
+
 // ---------------------------------------------------------------- one phase
 
 struct Deployment {
@@ -783,6 +893,7 @@ async fn deploy(
         c.scheduler.queue_bound = 1_000_000;
         c.scheduler.drain_grace = Duration::from_millis(100);
         c.scheduler.shard_budget = budget(b, o.burst_secs);
+        c.scheduler.dispatch_concurrency = o.dispatch_concurrency;
         schedulers
             .push(distributed::start_scheduler_with(c, port0().await?, stores.clone()).await?);
     }
@@ -877,12 +988,9 @@ async fn submit(
 
 #[allow(clippy::too_many_lines)] // one phase, in the order it happens
 async fn phase(o: &Options, admin: &Client, b: f64, runs: usize) -> anyhow::Result<Phase> {
-    let suffix: String = RunId::new()
-        .to_string()
-        .chars()
-        .filter(char::is_ascii_hexdigit)
-        .take(6)
-        .collect();
+    // The tail of a run id is random (its head is a timestamp).
+    let id = RunId::new().to_string();
+    let suffix = &id[id.len() - 6..];
     let ns = format!("kscale-{}-{suffix}", f0(b));
     let dir = tempfile::tempdir()?;
     let receiver_kc = prepare_namespace(admin, &o.kubeconfig, &ns, o.identity, dir.path()).await?;
@@ -1021,8 +1129,51 @@ async fn phase(o: &Options, admin: &Client, b: f64, runs: usize) -> anyhow::Resu
     };
     let created = since(&lock(&d.tally.created));
     let finished = since(&lock(&d.tally.finished));
+    let first = lock(&d.tally.first).clone();
     let launch_errors = lock(&d.tally.errors).clone();
+    let launch_p50_p99 = {
+        let mut l = lock(&d.tally.latency).clone();
+        l.sort_unstable();
+        (crate::pct(&l, 0.5), crate::pct(&l, 0.99))
+    };
+    let mut dispatches = BTreeMap::new();
+    for (name, l, v) in samples(&nexus_after) {
+        if name == "nexus_scheduler_dispatch_total"
+            && let Some(r) = l.get("result")
+        {
+            *dispatches.entry((*r).to_owned()).or_default() += v;
+        }
+    }
+    for (name, l, v) in samples(&nexus_before) {
+        if name == "nexus_scheduler_dispatch_total"
+            && let Some(r) = l.get("result")
+        {
+            *dispatches.entry((*r).to_owned()).or_default() -= v;
+        }
+    }
+    dispatches.retain(|_, v: &mut f64| *v > 0.0);
     stop(d).await;
+    let baseline = match first {
+        Some(src) if o.baseline_jobs > 0 => {
+            eprintln!(
+                "kube-scale: baseline: {} Jobs created directly, {} in flight …",
+                o.baseline_jobs, o.baseline_concurrency
+            );
+            let until = Instant::now() + o.timeout;
+            Some(
+                baseline(
+                    &receiver_kc,
+                    &ns,
+                    &src,
+                    o.baseline_jobs,
+                    o.baseline_concurrency,
+                    until,
+                )
+                .await?,
+            )
+        }
+        _ => None,
+    };
     cleanup_namespace(admin, &ns).await;
 
     let delta = |m: &str, l: Option<(&str, &str)>| {
@@ -1057,6 +1208,8 @@ async fn phase(o: &Options, admin: &Client, b: f64, runs: usize) -> anyhow::Resu
             Some(("result", "slow_down")),
         ),
         budget_waits: delta("nexus_kube_api_budget_waits_total", None),
+        dispatches,
+        launch_p50_p99,
         aimd,
         cpu,
         cpu_wall,
@@ -1066,6 +1219,7 @@ async fn phase(o: &Options, admin: &Client, b: f64, runs: usize) -> anyhow::Resu
         no_result,
         without_job,
         stalled,
+        baseline,
     })
 }
 
@@ -1222,13 +1376,19 @@ pub fn print(o: &Options, phases: &[Phase]) {
                 secs(p.drain_created()),
                 secs(p.drain_complete()),
                 format!("{}/{}", p.jobs_complete, p.jobs_listed),
+                p.baseline
+                    .map_or_else(|| "-".to_owned(), |(n, r)| format!("{} ({n})", f0(r))),
+                p.baseline.map_or_else(
+                    || "-".to_owned(),
+                    |(_, r)| format!("{:.3}", sustained / r.max(1e-9)),
+                ),
             ]
         })
         .collect();
     print_table(
         &format!(
-            "Jobs at scale: {} scheduler(s), {} receiver(s) as {:?}, budgets split evenly over receivers",
-            o.schedulers, o.receivers, o.identity
+            "Jobs at scale: {} scheduler(s) (dispatch_concurrency {}), {} receiver(s) as {:?}, budgets split evenly over receivers; baseline: the same Jobs created directly, {} in flight, no budget",
+            o.schedulers, o.dispatch_concurrency, o.receivers, o.identity, o.baseline_concurrency
         ),
         &[
             "budget/s",
@@ -1241,6 +1401,8 @@ pub fn print(o: &Options, phases: &[Phase]) {
             "→ created s",
             "→ complete s",
             "Complete/Jobs",
+            "baseline Jobs/s",
+            "÷ baseline",
         ],
         &rows,
     );
@@ -1268,6 +1430,16 @@ pub fn print(o: &Options, phases: &[Phase]) {
                 f0(p.slow_downs),
                 p.lowest_aimd().map_or_else(|| "-".to_owned(), f0),
                 f0(p.budget_waits),
+                format!(
+                    "{}/{}",
+                    crate::ms(p.launch_p50_p99.0),
+                    crate::ms(p.launch_p50_p99.1)
+                ),
+                p.dispatches
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", f0(*v)))
+                    .collect::<Vec<_>>()
+                    .join(" "),
                 f0(p.pod_posts),
             ]
         })
@@ -1282,6 +1454,8 @@ pub fn print(o: &Options, phases: &[Phase]) {
             "slow-downs",
             "lowest AIMD rate",
             "API-budget waits",
+            "launch p50/p99 ms",
+            "dispatches",
             "pods created",
         ],
         &rows,

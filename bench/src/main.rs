@@ -289,6 +289,17 @@ enum Cmd {
         /// The receivers' identity toward the API server.
         #[arg(long, value_enum, default_value = "service-account")]
         identity: kube_scale::Identity,
+        /// Dispatches in flight per scheduler (scheduler.dispatch_concurrency; default: the
+        /// product's default).
+        #[arg(long)]
+        dispatch_concurrency: Option<usize>,
+        /// After each phase, this many of the same Jobs created directly, as fast as the API
+        /// server takes them (the baseline of the ratio); 0: none.
+        #[arg(long, default_value_t = 2000)]
+        baseline_jobs: usize,
+        /// Requests in flight of the baseline.
+        #[arg(long, default_value_t = 256)]
+        baseline_concurrency: usize,
     },
     /// Every scenario in sequence, then a summary against the issue #3 targets.
     All {
@@ -1281,6 +1292,9 @@ async fn main() -> anyhow::Result<()> {
             check,
             timeout,
             identity,
+            dispatch_concurrency,
+            baseline_jobs,
+            baseline_concurrency,
         } => {
             let o = kube_scale::Options {
                 kubeconfig,
@@ -1295,6 +1309,10 @@ async fn main() -> anyhow::Result<()> {
                 check,
                 timeout,
                 identity,
+                dispatch_concurrency: dispatch_concurrency
+                    .unwrap_or(nexus_scheduler::SchedulerConfig::default().dispatch_concurrency),
+                baseline_jobs,
+                baseline_concurrency,
             };
             let phases = kube_scale::run(&o).await?;
             kube_scale::print(&o, &phases);
