@@ -66,6 +66,10 @@ const KWOK_NODE_LABEL: &str = "type=kwok";
 const STALL: Duration = Duration::from_secs(30);
 /// How often the AIMD rate is sampled.
 const SAMPLE_EVERY: Duration = Duration::from_millis(250);
+/// Longest wait for the API server to settle before a phase.
+const SETTLE_LIMIT: Duration = Duration::from_secs(180);
+/// The API server counts as settled below this CPU use (cores).
+const SETTLED_CORES: f64 = 0.25;
 /// `/proc/<pid>/stat` counts in USER_HZ, which is 100 on every Linux ABI this runs on.
 const CLOCK_TICKS: f64 = 100.0;
 
@@ -136,8 +140,9 @@ pub struct Options {
     pub timeout: Duration,
     /// The receivers' identity.
     pub identity: Identity,
-    /// Dispatches in flight per scheduler toward the shard (`scheduler.dispatch_concurrency`).
-    pub dispatch_concurrency: usize,
+    /// Dispatches in flight per scheduler toward the shard (`scheduler.dispatch_concurrency`; 0:
+    /// the product's default): one value for all, or one per budget.
+    pub dispatch_concurrency: Vec<usize>,
     /// Jobs of the baseline (created directly, as fast as the API server takes them); 0: none.
     pub baseline_jobs: usize,
     /// Requests in flight of the baseline.
@@ -191,9 +196,17 @@ impl Options {
         );
         anyhow::ensure!(self.nodes <= 100_000, "--nodes must be at most 100000");
         anyhow::ensure!(
-            (1..=100_000).contains(&self.dispatch_concurrency),
-            "--dispatch-concurrency must be between 1 and 100000"
+            self.dispatch_concurrency.len() == 1
+                || self.dispatch_concurrency.len() == self.budgets.len(),
+            "--dispatch-concurrency: give one value, or one per budget ({} budgets)",
+            self.budgets.len()
         );
+        for c in &self.dispatch_concurrency {
+            anyhow::ensure!(
+                *c <= 100_000,
+                "--dispatch-concurrency: {c} must be at most 100000 (0: the default)"
+            );
+        }
         anyhow::ensure!(
             self.baseline_jobs <= 100_000,
             "--baseline-jobs must be at most 100000"
@@ -207,6 +220,14 @@ impl Options {
             "--timeout must be between 10s and 3600s"
         );
         Ok(())
+    }
+
+    fn dispatch_concurrency_for(&self, i: usize) -> usize {
+        if self.dispatch_concurrency.len() == 1 {
+            self.dispatch_concurrency[0]
+        } else {
+            self.dispatch_concurrency[i]
+        }
     }
 
     fn runs_for(&self, i: usize) -> usize {
@@ -233,6 +254,8 @@ pub struct Cpu {
 pub struct Phase {
     /// API budget, requests/s.
     pub budget: f64,
+    /// Dispatches in flight per scheduler in force (the configured or the default bound).
+    pub in_flight: usize,
     /// Runs asked for.
     pub runs: usize,
     /// Runs accepted (202).
@@ -445,6 +468,31 @@ fn cluster_processes(dir: &Path) -> Vec<(String, u32)> {
     }
     out.sort();
     out
+}
+
+/// Waits (at most [`SETTLE_LIMIT`]) until the API server is nearly idle: the previous phase's
+/// deletions and the controllers' backlog would otherwise be measured with this phase.
+async fn settle(procs: &[(String, u32)]) {
+    let Some(pid) = procs
+        .iter()
+        .find(|(n, _)| n == "kube-apiserver")
+        .map(|(_, p)| *p)
+    else {
+        return;
+    };
+    let t0 = Instant::now();
+    while t0.elapsed() < SETTLE_LIMIT {
+        let a = cpu_seconds(pid).unwrap_or_default();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let busy = (cpu_seconds(pid).unwrap_or_default() - a) / 2.0;
+        if busy < SETTLED_CORES {
+            break;
+        }
+        eprintln!(
+            "kube-scale: the API server is still busy ({:.0}% of a core); waiting for it to settle …",
+            busy * 100.0
+        );
+    }
 }
 
 fn cpu_snapshot(procs: &[(String, u32)]) -> HashMap<String, f64> {
@@ -674,7 +722,9 @@ async fn cleanup_namespace(admin: &Client, ns: &str) {
     match tokio::time::timeout(Duration::from_secs(60), del).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => eprintln!("kube-scale: could not delete the Jobs of {ns}: {e}"),
-        Err(_) => eprintln!("kube-scale: deleting the Jobs of {ns} took over 60s; left"),
+        Err(_) => eprintln!(
+            "kube-scale: deleting the Jobs of {ns} takes over 60s; the API server goes on with it"
+        ),
     }
     let nss: Api<Namespace> = Api::all(admin.clone());
     let _ = tokio::time::timeout(
@@ -817,6 +867,7 @@ fn budget(rate: f64, burst_secs: f64) -> BudgetConfig {
 async fn deploy(
     o: &Options,
     b: f64,
+    dispatch_concurrency: usize,
     ns: &str,
     receiver_kubeconfig: &Path,
     dir: &Path,
@@ -893,7 +944,9 @@ async fn deploy(
         c.scheduler.queue_bound = 1_000_000;
         c.scheduler.drain_grace = Duration::from_millis(100);
         c.scheduler.shard_budget = budget(b, o.burst_secs);
-        c.scheduler.dispatch_concurrency = o.dispatch_concurrency;
+        if dispatch_concurrency > 0 {
+            c.scheduler.dispatch_concurrency = dispatch_concurrency;
+        }
         schedulers
             .push(distributed::start_scheduler_with(c, port0().await?, stores.clone()).await?);
     }
@@ -987,14 +1040,25 @@ async fn submit(
 }
 
 #[allow(clippy::too_many_lines)] // one phase, in the order it happens
-async fn phase(o: &Options, admin: &Client, b: f64, runs: usize) -> anyhow::Result<Phase> {
+async fn phase(
+    o: &Options,
+    admin: &Client,
+    b: f64,
+    runs: usize,
+    dispatch_concurrency: usize,
+) -> anyhow::Result<Phase> {
     // The tail of a run id is random (its head is a timestamp).
     let id = RunId::new().to_string();
     let suffix = &id[id.len() - 6..];
     let ns = format!("kscale-{}-{suffix}", f0(b));
     let dir = tempfile::tempdir()?;
     let receiver_kc = prepare_namespace(admin, &o.kubeconfig, &ns, o.identity, dir.path()).await?;
-    let d = deploy(o, b, &ns, &receiver_kc, dir.path()).await?;
+    let d = deploy(o, b, dispatch_concurrency, &ns, &receiver_kc, dir.path()).await?;
+    let in_flight = if dispatch_concurrency == 0 {
+        nexus_scheduler::SchedulerConfig::default().dispatch_concurrency
+    } else {
+        dispatch_concurrency
+    };
     let urls: Vec<String> = d.schedulers.iter().map(|s| s.url.clone()).collect();
     let http = load_client(4)?;
     let cluster_dir = o
@@ -1004,6 +1068,7 @@ async fn phase(o: &Options, admin: &Client, b: f64, runs: usize) -> anyhow::Resu
         .unwrap_or_else(|| Path::new("/"))
         .to_path_buf();
     let procs = cluster_processes(&cluster_dir);
+    settle(&procs).await;
     eprintln!(
         "kube-scale: budget {b}/s, {runs} runs, namespace {ns}: {} scheduler(s) (shard budget {b}/s), {} receiver(s) ({:.0} API requests/s each, as {:?}); watching CPU of {:?}",
         o.schedulers,
@@ -1193,6 +1258,7 @@ async fn phase(o: &Options, admin: &Client, b: f64, runs: usize) -> anyhow::Resu
     }
     Ok(Phase {
         budget: b,
+        in_flight,
         runs,
         submitted: ids.len(),
         submit_time,
@@ -1243,7 +1309,7 @@ pub async fn run(o: &Options) -> anyhow::Result<Vec<Phase>> {
     }
     let mut out = Vec::new();
     for (i, &b) in o.budgets.iter().enumerate() {
-        let p = phase(o, &admin, b, o.runs_for(i)).await?;
+        let p = phase(o, &admin, b, o.runs_for(i), o.dispatch_concurrency_for(i)).await?;
         print_phase_timeline(&p);
         if o.check {
             check(o, &p)?;
@@ -1367,6 +1433,7 @@ pub fn print(o: &Options, phases: &[Phase]) {
             let sustained = p.sustained();
             vec![
                 f0(p.budget),
+                p.in_flight.to_string(),
                 format!("{}/{}", p.submitted, p.runs),
                 p.created.len().to_string(),
                 f0(sustained),
@@ -1387,11 +1454,12 @@ pub fn print(o: &Options, phases: &[Phase]) {
         .collect();
     print_table(
         &format!(
-            "Jobs at scale: {} scheduler(s) (dispatch_concurrency {}), {} receiver(s) as {:?}, budgets split evenly over receivers; baseline: the same Jobs created directly, {} in flight, no budget",
-            o.schedulers, o.dispatch_concurrency, o.receivers, o.identity, o.baseline_concurrency
+            "Jobs at scale: {} scheduler(s) (in flight: dispatches per scheduler), {} receiver(s) as {:?}, budgets split evenly over receivers; baseline: the same Jobs created directly, {} in flight, no budget",
+            o.schedulers, o.receivers, o.identity, o.baseline_concurrency
         ),
         &[
             "budget/s",
+            "in flight",
             "runs",
             "Jobs created",
             "sustained Jobs/s",

@@ -289,10 +289,10 @@ enum Cmd {
         /// The receivers' identity toward the API server.
         #[arg(long, value_enum, default_value = "service-account")]
         identity: kube_scale::Identity,
-        /// Dispatches in flight per scheduler (scheduler.dispatch_concurrency; default: the
-        /// product's default).
-        #[arg(long)]
-        dispatch_concurrency: Option<usize>,
+        /// Dispatches in flight per scheduler (scheduler.dispatch_concurrency; 0: the product's
+        /// default): one value, or one per budget (e.g. 64,512 compares).
+        #[arg(long, value_delimiter = ',', default_value = "0")]
+        dispatch_concurrency: Vec<usize>,
         /// After each phase, this many of the same Jobs created directly, as fast as the API
         /// server takes them (the baseline of the ratio); 0: none.
         #[arg(long, default_value_t = 2000)]
@@ -1309,8 +1309,7 @@ async fn main() -> anyhow::Result<()> {
                 check,
                 timeout,
                 identity,
-                dispatch_concurrency: dispatch_concurrency
-                    .unwrap_or(nexus_scheduler::SchedulerConfig::default().dispatch_concurrency),
+                dispatch_concurrency,
                 baseline_jobs,
                 baseline_concurrency,
             };
