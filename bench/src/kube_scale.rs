@@ -1095,12 +1095,14 @@ async fn phase(
             let mut out = Vec::new();
             while !stop.is_cancelled() && Instant::now() < deadline {
                 let text = nexus_metrics(&http, &url).await;
-                let rate = nexus_metric(
-                    &text,
-                    "nexus_scheduler_shard_budget_rate",
-                    Some(("shard", SHARD)),
-                );
-                if !text.is_empty() {
+                // Absent until the lane's first dispatch sets it.
+                let rate = samples(&text)
+                    .find(|(n, l, _)| {
+                        *n == "nexus_scheduler_shard_budget_rate"
+                            && l.get("shard").is_some_and(|s| *s == SHARD)
+                    })
+                    .map(|(_, _, v)| v);
+                if let Some(rate) = rate {
                     out.push((t0.elapsed().as_secs_f64(), rate));
                 }
                 tokio::select! {
@@ -1193,6 +1195,11 @@ async fn phase(
         out
     };
     let created = since(&lock(&d.tally.created));
+    // The gauge is process-wide: until this phase's lane dispatches, it shows the last phase's.
+    let mut aimd = aimd;
+    if let Some(first) = created.first() {
+        aimd.retain(|(t, _)| *t >= first.as_secs_f64());
+    }
     let finished = since(&lock(&d.tally.finished));
     let first = lock(&d.tally.first).clone();
     let launch_errors = lock(&d.tally.errors).clone();
