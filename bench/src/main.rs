@@ -17,6 +17,9 @@
 //!   a `nexus standalone` child process, with its peak resident memory.
 //! * `limiter`  — a shard budget held by the dispatcher, alone and shared by 3 schedulers.
 //! * `queue-memory` — resident bytes per queued run.
+//! * `kube-scale` — runs through schedulers and receivers into Kubernetes Jobs (and, with the
+//!   controllers and kwok's simulated nodes, Pods that complete) under API budgets: Jobs created
+//!   per second, API-server 429s, the AIMD, time to drain, CPU (issue #20).
 //! * `all`      — everything in sequence and a summary against the issue #3 targets.
 //!
 //! Every loop is bounded in time and in count; the HTTP scenarios only target loopback unless a
@@ -28,6 +31,7 @@ mod cassandra;
 mod distributed;
 mod e2e;
 mod instant;
+mod kube_scale;
 mod limiter;
 mod memory;
 mod open_loop;
@@ -244,6 +248,59 @@ enum Cmd {
         #[arg(long)]
         runs: usize,
     },
+    /// Runs → Jobs (→ Pods on kwok nodes) under Kubernetes API budgets, against a real API server:
+    /// Jobs created per second, API-server 429s, the AIMD, time to drain, CPU (issue #20).
+    KubeScale {
+        /// Kubeconfig of the cluster (scripts/kube-cluster.sh or scripts/kube-apiserver.sh
+        /// prints it); its user creates a namespace, ServiceAccount and token per budget.
+        #[arg(long)]
+        kubeconfig: std::path::PathBuf,
+        /// API budgets, requests/s toward the cluster, one phase each.
+        #[arg(long, value_delimiter = ',', default_value = "50,200,1000")]
+        budgets: Vec<f64>,
+        /// Runs per phase: one value for every budget, or one per budget (e.g. 2000,10000,10000).
+        #[arg(long, value_delimiter = ',', default_value = "10000")]
+        runs: Vec<usize>,
+        /// kwok nodes (label type=kwok) that must be Ready (0: do not check).
+        #[arg(long, default_value_t = 0)]
+        nodes: usize,
+        /// Schedulers sharing the shard budget.
+        #[arg(long, default_value_t = 2)]
+        schedulers: usize,
+        /// Receivers of the shard, each with budget ÷ receivers requests/s.
+        #[arg(long, default_value_t = 2)]
+        receivers: usize,
+        /// Closed-loop HTTP clients submitting the runs.
+        #[arg(long, default_value_t = 32)]
+        submit_concurrency: usize,
+        /// Burst of the shard and API budgets, in seconds of their rate.
+        #[arg(long, default_value_t = 0.1)]
+        burst_secs: f64,
+        /// Also wait until every Job completed (needs the Job controller, kube-scheduler, kwok).
+        #[arg(long)]
+        complete: bool,
+        /// Assert correctness (every run a Job; with --complete every Job Complete and every run
+        /// ended); exits non-zero otherwise. Nothing about time is asserted.
+        #[arg(long)]
+        check: bool,
+        /// Bound on each phase, e.g. `300s`.
+        #[arg(long, default_value = "300s", value_parser = parse_long_duration)]
+        timeout: Duration,
+        /// The receivers' identity toward the API server.
+        #[arg(long, value_enum, default_value = "service-account")]
+        identity: kube_scale::Identity,
+        /// Dispatches in flight per scheduler (scheduler.dispatch_concurrency; 0: the product's
+        /// default): one value, or one per budget (e.g. 64,512 compares).
+        #[arg(long, value_delimiter = ',', default_value = "0")]
+        dispatch_concurrency: Vec<usize>,
+        /// After each phase, this many of the same Jobs created directly, as fast as the API
+        /// server takes them (the baseline of the ratio); 0: none.
+        #[arg(long, default_value_t = 2000)]
+        baseline_jobs: usize,
+        /// Requests in flight of the baseline.
+        #[arg(long, default_value_t = 256)]
+        baseline_concurrency: usize,
+    },
     /// Every scenario in sequence, then a summary against the issue #3 targets.
     All {
         /// Duration of each HTTP phase.
@@ -277,6 +334,26 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
             "'{s}': must be above 0 and at most {}s",
             PHASE_LIMIT.as_secs()
         ));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// A duration up to an hour (a whole scale phase), same syntax as [`parse_duration`].
+fn parse_long_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, unit) = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((t, "s"), |i| t.split_at(i));
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (e.g. 300s, 10m)"))?;
+    let secs = match unit {
+        "s" | "" => v,
+        "m" => v * 60.0,
+        _ => return Err(format!("'{s}': unit must be s or m")),
+    };
+    if !(secs > 0.0 && secs <= 3600.0) {
+        return Err(format!("'{s}': must be above 0 and at most 1h"));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -1201,6 +1278,43 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::QueueMemoryProbe { runs } => {
             return memory::probe(runs);
+        }
+        Cmd::KubeScale {
+            kubeconfig,
+            budgets,
+            runs,
+            nodes,
+            schedulers,
+            receivers,
+            submit_concurrency,
+            burst_secs,
+            complete,
+            check,
+            timeout,
+            identity,
+            dispatch_concurrency,
+            baseline_jobs,
+            baseline_concurrency,
+        } => {
+            let o = kube_scale::Options {
+                kubeconfig,
+                budgets,
+                runs,
+                nodes,
+                schedulers,
+                receivers,
+                submit_concurrency,
+                burst_secs,
+                complete,
+                check,
+                timeout,
+                identity,
+                dispatch_concurrency,
+                baseline_jobs,
+                baseline_concurrency,
+            };
+            let phases = kube_scale::run(&o).await?;
+            kube_scale::print(&o, &phases);
         }
         Cmd::All {
             duration,
