@@ -364,10 +364,12 @@ impl Cluster {
         assert_eq!(r["status"], stage, "{alg} {id}: {r}\n{m}");
         assert_eq!(r["runErrorMessage"], cause, "{alg} {id}: {r}\n{m}");
         assert_eq!(m["algorithm_failure_cause"], cause, "{m}");
-        m["algorithm_failure_details"]
+        let details = m["algorithm_failure_details"]
             .as_str()
             .unwrap_or_default()
-            .to_owned()
+            .to_owned();
+        eprintln!("{alg} {id}: {stage}: {cause}: {details}");
+        details
     }
 
     /// The pods of run `id`.
@@ -760,6 +762,10 @@ async fn failures_from_the_real_kubelet_reach_the_user() {
         )
         .await;
     assert!(details.contains("node affinity"), "{details}");
+    assert!(
+        details.contains("fix the workgroup's affinity"),
+        "the advice names the field to fix: {details}"
+    );
 
     let details = k
         .failure(
