@@ -277,6 +277,8 @@ struct Cluster {
 /// (5 s); `missing-image` (an image no registry has); `unplaceable` (a workgroup whose node
 /// affinity no node matches).
 async fn cluster() -> Cluster {
+    // Every variable is checked before anything is created.
+    let (img, _) = (image(), node_ip());
     let c = client().await;
     nexus_kube::crd::install(&c, Duration::from_secs(10))
         .await
@@ -295,7 +297,6 @@ async fn cluster() -> Cluster {
             .await
             .unwrap();
     }
-    let img = image();
     let missing = (
         img.0.clone(),
         "nexus-no-such-image".to_owned(),
