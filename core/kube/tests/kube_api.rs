@@ -356,6 +356,11 @@ impl ExecFixture {
     async fn new(prefix: &str) -> (Self, Events) {
         let c = client().await;
         let ns = namespace(&c, prefix).await;
+        Self::start(c, ns)
+    }
+
+    /// An executor starting now in namespace `ns`, and its events.
+    fn start(c: Client, ns: String) -> (Self, Events) {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let stop = CancellationToken::new();
         let opts = JobOptions {
@@ -572,16 +577,18 @@ async fn finish_managed_job(jobs: &Api<Job>, name: &str, complete: bool, at: &st
 }
 
 /// The Job garbage collector deletes only Jobs that finished longer than their TTL (+ slack) ago:
-/// not running ones, not recently finished ones, not Jobs of other components. The Jobs are
-/// managed by a controller of the test's own (`spec.managedBy`), which finishes them at chosen
-/// times, and carry no `ttlSecondsAfterFinished` (the TTL controller leaves them alone: the
-/// executor's default TTL applies, the case this backstop exists for).
+/// not running ones, not recently finished ones, not Jobs of other components; an executor
+/// makes a pass as it starts (a receiver restarted cleans up at once), then on its interval or
+/// when asked. The Jobs are managed by a controller of the test's own (`spec.managedBy`), which
+/// finishes them at chosen times, and carry no `ttlSecondsAfterFinished` (the TTL controller
+/// leaves them alone: the executor's default TTL applies, the case this backstop exists for).
 #[tokio::test]
 async fn finished_jobs_past_their_ttl_are_collected() {
-    let (f, _rx) = ExecFixture::new("jobgc").await;
-    let (exec, jobs) = (&f.exec, &f.jobs);
+    let c = client().await;
+    let ns = namespace(&c, "jobgc").await;
+    let jobs: Api<Job> = Api::namespaced(c.clone(), &ns);
     let opts = JobOptions {
-        namespace: f.ns.clone(),
+        namespace: ns.clone(),
         ..JobOptions::default()
     };
     let managed = |mut job: Job| {
@@ -591,8 +598,7 @@ async fn finished_jobs_past_their_ttl_are_collected() {
         job
     };
     let template = runnable("sleep 600", 300);
-    let mut ids = Vec::new();
-    for _ in 0..3 {
+    let create = async || {
         let run = ExecFixture::run(&template);
         let ctx = LaunchContext {
             payload_url: "https://nexus.example/p",
@@ -605,13 +611,15 @@ async fn finished_jobs_past_their_ttl_are_collected() {
         jobs.create(&PostParams::default(), &managed(job))
             .await
             .unwrap();
-        ids.push(run.id.to_string());
-    }
+        run.id.to_string()
+    };
+    let long_ago = "2026-01-01T00:00:00Z";
     // Long finished, finished just now, still running.
-    finish_managed_job(jobs, &ids[0], true, "2026-01-01T00:00:00Z").await;
+    let ids = [create().await, create().await, create().await];
+    finish_managed_job(&jobs, &ids[0], true, long_ago).await;
     let now = k8s_openapi::chrono::Utc::now()
         .to_rfc3339_opts(k8s_openapi::chrono::SecondsFormat::Secs, true);
-    finish_managed_job(jobs, &ids[1], false, &now).await;
+    finish_managed_job(&jobs, &ids[1], false, &now).await;
     // A long finished Job that is not a Nexus run.
     let foreign: Job = serde_json::from_value(serde_json::json!({
         "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "not-nexus"},
@@ -622,26 +630,37 @@ async fn finished_jobs_past_their_ttl_are_collected() {
     jobs.create(&PostParams::default(), &managed(foreign))
         .await
         .unwrap();
-    finish_managed_job(jobs, "not-nexus", true, "2026-01-01T00:00:00Z").await;
+    finish_managed_job(&jobs, "not-nexus", true, long_ago).await;
 
-    assert_eq!(exec.collect_finished_jobs().await, 1);
+    // The executor's pass at start.
+    let (f, _rx) = ExecFixture::start(c, ns);
+    let t0 = std::time::Instant::now();
+    while jobs.get_opt(&ids[0]).await.unwrap().is_some() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the long finished Job was not collected as the executor started"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let kept = async |what: &str, name: &str| {
+        assert!(jobs.get_opt(name).await.unwrap().is_some(), "{what}: kept");
+    };
+    kept("just finished", &ids[1]).await;
+    kept("running", &ids[2]).await;
+    kept("not ours", "not-nexus").await;
+
+    // A pass when asked (that pass has ended: it listed before the first Job was gone).
+    let later = create().await;
+    finish_managed_job(&jobs, &later, true, long_ago).await;
+    assert_eq!(f.exec.collect_finished_jobs().await, 1);
     assert!(
-        jobs.get_opt(&ids[0]).await.unwrap().is_none(),
+        jobs.get_opt(&later).await.unwrap().is_none(),
         "long finished: deleted"
     );
-    assert!(
-        jobs.get_opt(&ids[1]).await.unwrap().is_some(),
-        "just finished: kept"
-    );
-    assert!(
-        jobs.get_opt(&ids[2]).await.unwrap().is_some(),
-        "running: kept"
-    );
-    assert!(
-        jobs.get_opt("not-nexus").await.unwrap().is_some(),
-        "not ours: kept"
-    );
-    assert_eq!(exec.collect_finished_jobs().await, 0);
+    kept("just finished", &ids[1]).await;
+    kept("running", &ids[2]).await;
+    kept("not ours", "not-nexus").await;
+    assert_eq!(f.exec.collect_finished_jobs().await, 0);
     f.done().await;
 }
 
