@@ -37,6 +37,10 @@
 #   proxy, scripts/cluster-dns.sh): schedulers, receiver and supervisors as pods of the Nexus image
 #   on Cassandra and SeaweedFS bound to the node IP; a run to a Job to COMPLETED, the Lease, a
 #   rolling upgrade under load, uninstall (scripts/helm-cluster-test.sh).
+# * Jobs at scale (issue #20): kwok (from the module proxy) simulates 20 nodes beside a control
+#   plane without a node; 1,000 runs through two schedulers and two receivers become Jobs whose
+#   pods kwok completes; correctness only, the figures are nexus-bench kube-scale's
+#   (scripts/kwok-scale-check.sh).
 # * The container image (issue #19): a Debian base made with debootstrap (no registry is
 #   reachable), the Containerfile built with podman from the release binaries, then standalone in
 #   the container answers readyz and completes a knapsack run (scripts/image.sh).
@@ -73,6 +77,7 @@ export NEXUS_SEAWEED_S3_PORT="${NEXUS_SEAWEED_S3_PORT:-28333}"
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  scripts/kwok.sh stop >/dev/null 2>&1 || true
   scripts/kube-cluster.sh stop || true
   scripts/kube-apiserver.sh stop || true
   scripts/seaweedfs.sh stop || true
@@ -110,7 +115,7 @@ NEXUS_TEST_S3="$s3_url&access_key=nexus&secret_key=nexus-secret-key" \
   itest --test it distributed_e2e:: -- --nocapture --test-threads=1
 
 echo "integration: the Nexus image from the debug binaries, for the cluster's pods (scripts/image.sh)"
-cargo build --quiet -p nexus-cli -p nexus-examples
+cargo build --quiet --workspace --features "$it_features" --bin nexus --bin nexus-demo
 NEXUS_BIN_DIR="$target_dir/debug" NEXUS_IMAGE="$it_image" NEXUS_IMAGE_SMOKE=0 bash scripts/image.sh
 echo "integration: building and starting a single-node Kubernetes cluster (scripts/kube-cluster.sh)"
 kubeconfig=$(scripts/kube-cluster.sh start)
@@ -144,6 +149,9 @@ if [[ "${NEXUS_PRUNE_DEBUG_TARGET:-0}" == 1 ]]; then
 fi
 echo "integration: building the release binary and smoke-testing the README run command"
 cargo build --release --quiet
+
+echo "integration: Jobs at scale: 1,000 runs through schedulers and receivers into Jobs on 20 kwok nodes (scripts/kwok-scale-check.sh)"
+bash scripts/kwok-scale-check.sh
 
 # smoke NAME PORT [nexus standalone flags...]: the README's run command, then one run of the demo
 # algorithm whose result is read through its signed URL.

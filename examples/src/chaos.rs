@@ -9,11 +9,15 @@ use serde_json::{Value, json};
 
 use crate::nexus::Outcome;
 
-pub const MODES: &str = "exit, sleep, crash, error, no-complete, succeed, digest, flaky";
+pub const MODES: &str = "exit, sleep, crash, error, no-complete, succeed, digest, flaky, memory";
 
 /// Exit code meaning "transient failure, retry me" (the chaos template lists it
 /// under `errorHandlingBehaviour.transientExitCodes`).
 pub const TRANSIENT_EXIT_CODE: i32 = 75;
+
+/// The most the `memory` mode allocates (it is meant to exceed a container's limit, not the
+/// machine's memory).
+pub const MAX_MEGABYTES: u64 = 16 * 1024;
 
 /// What a payload asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +39,9 @@ pub enum Action {
     Digest,
     /// `{"mode": "flaky", "failUntilAttempt": n}`: exit 75 on attempts `1..n`, succeed on attempt `n`.
     Flaky(u64),
+    /// `{"mode": "memory", "megabytes": n}`: allocate and touch `n` MiB (a memory limit below
+    /// that gets the process OOM-killed), then succeed with `{"megabytes": n}`.
+    Memory(u64),
     /// Anything else: complete with an error naming the valid modes.
     Unknown(String),
 }
@@ -72,6 +79,15 @@ pub fn plan(payload: &[u8]) -> Result<Action, String> {
         "succeed" => Action::Succeed,
         "digest" => Action::Digest,
         "flaky" => Action::Flaky(field_u64(&v, "failUntilAttempt", 3)?.max(1)),
+        "memory" => {
+            let mb = field_u64(&v, "megabytes", 512)?;
+            if mb > MAX_MEGABYTES {
+                return Err(format!(
+                    "`megabytes` must be at most {MAX_MEGABYTES}, got {mb}"
+                ));
+            }
+            Action::Memory(mb)
+        }
         other => Action::Unknown(other.to_owned()),
     })
 }
@@ -167,6 +183,19 @@ pub fn run(payload: &[u8], request_id: &str) -> Outcome {
             let _ = std::fs::remove_file(&path);
             Outcome::Success(json!({ "ok": true, "attempts": attempt }))
         }
+        Action::Memory(mb) => {
+            println!(
+                "[chaos] allocating {mb} MiB (a memory limit below that should OOM-kill the run)"
+            );
+            // Every page is written, so the memory is resident (and counted by the cgroup), and
+            // kept until the end.
+            let mut held: Vec<Vec<u8>> = Vec::new();
+            for i in 0..mb {
+                held.push(vec![u8::try_from(i % 251).unwrap_or(1) | 1; 1 << 20]);
+            }
+            println!("[chaos] holding {} MiB: not killed", held.len());
+            Outcome::Success(json!({ "megabytes": mb }))
+        }
         Action::Unknown(mode) => Outcome::failure(
             format!("invalid input: unknown chaos mode \"{mode}\" (valid modes: {MODES})"),
             format!("valid modes: {MODES}"),
@@ -199,6 +228,11 @@ mod tests {
             Ok(Action::Flaky(3))
         );
         assert_eq!(
+            plan(br#"{"mode": "memory", "megabytes": 64}"#),
+            Ok(Action::Memory(64))
+        );
+        assert!(plan(br#"{"mode": "memory", "megabytes": 999999}"#).is_err());
+        assert_eq!(
             plan(br#"{"mode": "dance"}"#),
             Ok(Action::Unknown("dance".into()))
         );
@@ -226,6 +260,10 @@ mod tests {
         assert_eq!(
             run(br#"{"mode": "sleep", "seconds": 0}"#, "x"),
             Outcome::Success(json!({"slept": 0}))
+        );
+        assert_eq!(
+            run(br#"{"mode": "memory", "megabytes": 2}"#, "x"),
+            Outcome::Success(json!({"megabytes": 2}))
         );
         match run(br#"{"mode": "error"}"#, "x") {
             Outcome::Failure { cause, details } => {

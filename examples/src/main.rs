@@ -53,6 +53,9 @@ ALGORITHMS:
                  flaky       {\"mode\": \"flaky\", \"failUntilAttempt\": 3}
                              exit 75 (transient) until attempt 3, then succeed; attempts
                              are counted in the file ./flaky-<request id>
+                 memory      {\"mode\": \"memory\", \"megabytes\": 512}
+                             allocate and touch that much memory (exceed a memoryLimit:
+                             OOM-killed), then succeed
 
     fanout     Sum of squares by divide and conquer over an execution tree: a list longer
                than `leaf` is split in two halves solved by child runs of the same

@@ -157,9 +157,22 @@ pub async fn http_payloads(
     key: &[u8],
     runs: std::sync::Arc<dyn nexus_store::RunStore>,
 ) -> std::sync::Arc<dyn nexus_payload::PayloadStore> {
+    http_payloads_on(dir, key, runs, std::net::Ipv4Addr::LOCALHOST.into()).await
+}
+
+/// As [`http_payloads`], served on a free port of `ip` (the signed URLs name it): the node
+/// address of a real cluster, so that pods reach it.
+pub async fn http_payloads_on(
+    dir: &Path,
+    key: &[u8],
+    runs: std::sync::Arc<dyn nexus_store::RunStore>,
+    ip: std::net::IpAddr,
+) -> std::sync::Arc<dyn nexus_payload::PayloadStore> {
     use nexus_embedded::{SqliteObjectStore, TieredPayloadStore};
     use nexus_payload::FsPayloadStore;
-    let l = port0().await;
+    let l = tokio::net::TcpListener::bind((ip, 0))
+        .await
+        .unwrap_or_else(|e| panic!("cannot listen on {ip}: {e}"));
     let url = format!("http://{}", l.local_addr().unwrap());
     let fs = std::sync::Arc::new(
         FsPayloadStore::open(

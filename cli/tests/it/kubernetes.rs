@@ -1,43 +1,98 @@
-//! A scheduler reading templates from the cluster and a receiver running runs as Kubernetes Jobs,
-//! against the real API server of `tools/kube-apiserver` (integration tier: `scripts/integration.sh`
-//! starts it and sets `NEXUS_TEST_KUBECONFIG`; without it these tests fail, saying how to start it).
+//! End to end on a real single-node cluster: a scheduler reading templates from the cluster and a
+//! receiver running runs as Kubernetes Jobs, in-process, against the API server, controller
+//! manager, scheduler and kubelet (containerd + runc) of `scripts/kube-cluster.sh`. Nothing is
+//! played by the test: the Job controller creates the pods, kube-scheduler places them, the
+//! kubelet runs the `nexus-demo` container of the Nexus image, which fetches its payload and
+//! completes through the receiver; the garbage collector carries out the cancels' propagation
+//! policies; OOM kills, image pull back-offs, unschedulable pods and deadlines come from the
+//! real components, and each is checked as a user sees it through the HTTP API.
 //!
-//! The test API server runs no controllers and no kubelet, so the test plays them through the API
-//! (`nexus_kube::testkit`): it creates the Job's pod, runs the pod's container — the real
-//! `nexus-demo` binary with the Job's command, arguments and environment — as a local process,
-//! reports the pod's status, and marks the Job Complete as the Job controller would.
+//! Needs (the integration tier sets them; without them every test fails saying so):
+//! * `NEXUS_TEST_KUBECONFIG`: the kubeconfig `scripts/kube-cluster.sh start` prints;
+//! * `NEXUS_TEST_IMAGE`: the Nexus image loaded into the node (`registry/image:tag`, e.g.
+//!   `localhost/nexus:e2e`, built by `scripts/image.sh`, loaded by `kube-cluster.sh load-image`);
+//! * `NEXUS_TEST_NODE_IP`: the node's address (10.254.254.1), where the receiver's completion
+//!   endpoint and the payload server listen so that pods reach them (no cluster DNS here).
+//!
+//! Each test works in a namespace of its own, deleted at the end.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use kube::api::{DeleteParams, PostParams};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client};
 use nexus_cli::distributed::{
     self, CatalogSource, ReceiverProcess, Runtime, SchedulerProcess, ShardEntry, SharedStores,
 };
+use nexus_kube::classify::FailureConfig;
 use nexus_kube::client::{ApiBudget, KubeClientConfig};
-use nexus_kube::testkit::{JobEnd, PodState, create_pod, end_job, set_pod_state};
 use nexus_link::grpc::{GrpcLinkConfig, LinkAuth};
 use nexus_model::spec::{NexusAlgorithmTemplate, NexusAlgorithmWorkgroup};
 use nexus_store::{InMemoryRunStore, RunStore};
+use serde_json::{Value, json};
 
-const ENV: &str = "NEXUS_TEST_KUBECONFIG";
+const KUBECONFIG_ENV: &str = "NEXUS_TEST_KUBECONFIG";
+const IMAGE_ENV: &str = "NEXUS_TEST_IMAGE";
+const NODE_IP_ENV: &str = "NEXUS_TEST_NODE_IP";
 const KEY: &[u8] = b"0123456789abcdef0123456789abcdef-kubernetes-test";
 const SHARD: &str = "kube-a";
+/// The label the rendered Jobs and their pods carry.
+const REQUEST_ID_LABEL: &str = "science.sneaksanddata.com/request-id";
+/// Generous bound of every wait on the cluster (pods start in seconds; a pod deleted with its
+/// 30 s grace period, nexus-demo being PID 1 and ignoring SIGTERM, takes about 30 s).
+const WAIT: Duration = Duration::from_secs(150);
+
+/// The variable's value, or a panic saying how to provide it.
+fn required(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: these tests need a real single-node cluster and the Nexus image \
+             in it. Run them as the integration tier does (scripts/integration.sh):\n  \
+             cargo build -p nexus-cli -p nexus-examples\n  \
+             NEXUS_BIN_DIR=target/debug NEXUS_IMAGE=localhost/nexus:e2e NEXUS_IMAGE_SMOKE=0 bash scripts/image.sh\n  \
+             kc=$(scripts/kube-cluster.sh start) && scripts/kube-cluster.sh load-image localhost/nexus:e2e\n  \
+             {KUBECONFIG_ENV}=$kc {IMAGE_ENV}=localhost/nexus:e2e {NODE_IP_ENV}=10.254.254.1 \
+             cargo test -p nexus-cli --features kube-tests --test it kubernetes::\n  \
+             scripts/kube-cluster.sh stop"
+        )
+    })
+}
 
 fn kubeconfig() -> PathBuf {
-    std::env::var(ENV)
-        .unwrap_or_else(|_| {
-            panic!(
-                "{ENV} is not set: these tests need a real Kubernetes API server. Start one with \
-                 `scripts/kube-apiserver.sh start` (it prints the kubeconfig path) and run them \
-                 with {ENV}=<that path> (scripts/integration.sh does both)"
-            )
-        })
-        .into()
+    required(KUBECONFIG_ENV).into()
+}
+
+/// The node's address: pods reach the host there (not on loopback, which is theirs).
+fn node_ip() -> IpAddr {
+    let v = required(NODE_IP_ENV);
+    let ip: IpAddr = v
+        .parse()
+        .unwrap_or_else(|e| panic!("{NODE_IP_ENV}={v} is not an IP address: {e}"));
+    assert!(
+        !ip.is_loopback(),
+        "{NODE_IP_ENV}={v} is a loopback address, which pods cannot reach; use the node IP of \
+         scripts/kube-cluster.sh (10.254.254.1)"
+    );
+    ip
+}
+
+/// `NEXUS_TEST_IMAGE` split as a template's `container` wants it: (registry, image, versionTag).
+fn image() -> (String, String, String) {
+    let v = required(IMAGE_ENV);
+    let parts = v.rsplit_once('/').and_then(|(registry, rest)| {
+        let (image, tag) = rest.rsplit_once(':')?;
+        Some((registry.to_owned(), image.to_owned(), tag.to_owned()))
+    });
+    parts.unwrap_or_else(|| {
+        panic!(
+            "{IMAGE_ENV}={v} is not of the form <registry>/<image>:<tag> (e.g. localhost/nexus:e2e)"
+        )
+    })
 }
 
 fn kube_config(ns: &str) -> KubeClientConfig {
@@ -64,66 +119,58 @@ async fn namespace(c: &Client) -> String {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn template(name: &str) -> NexusAlgorithmTemplate {
-    serde_yaml::from_str(&format!(
-        "apiVersion: science.sneaksanddata.com/v1\nkind: NexusAlgorithmTemplate\nmetadata:\n  name: {name}\nspec:\n  container: {{image: nexus-demo, registry: local, versionTag: latest}}\n  computeResources: {{cpuLimit: \"1\", memoryLimit: 256Mi}}\n  workgroupRef: {{name: wg, group: science.sneaksanddata.com, kind: NexusAlgorithmWorkgroup}}\n  command: nexus-demo\n  args: [knapsack, --sas-uri=%s, --request-id=%s]\n  runtimeEnvironment: {{deadlineSeconds: 120, maximumRetries: 0}}\n"
-    ))
-    .unwrap()
+fn manifest<T: serde::de::DeserializeOwned>(v: Value) -> T {
+    serde_json::from_value(v).unwrap()
 }
 
-fn knapsack() -> serde_json::Value {
+/// A workgroup of the test shard; `affinity` is its pods' affinity.
+fn workgroup(name: &str, affinity: Option<Value>) -> NexusAlgorithmWorkgroup {
+    let mut spec = json!({ "cluster": SHARD });
+    if let Some(a) = affinity {
+        spec["affinity"] = a;
+    }
+    manifest(json!({
+        "apiVersion": "science.sneaksanddata.com/v1", "kind": "NexusAlgorithmWorkgroup",
+        "metadata": {"name": name}, "spec": spec
+    }))
+}
+
+/// A template running `nexus-demo <algorithm>` from `(registry, image, tag)`.
+struct Template<'a> {
+    name: &'a str,
+    algorithm: &'a str,
+    image: (String, String, String),
+    workgroup: &'a str,
+    memory: &'a str,
+    deadline_seconds: u32,
+}
+
+impl Template<'_> {
+    fn manifest(&self) -> NexusAlgorithmTemplate {
+        let (registry, image, tag) = &self.image;
+        manifest(json!({
+            "apiVersion": "science.sneaksanddata.com/v1", "kind": "NexusAlgorithmTemplate",
+            "metadata": {"name": self.name},
+            "spec": {
+                "container": {"image": image, "registry": registry, "versionTag": tag},
+                "computeResources": {"cpuLimit": "1", "memoryLimit": self.memory},
+                "workgroupRef": {"name": self.workgroup, "group": "science.sneaksanddata.com",
+                                 "kind": "NexusAlgorithmWorkgroup"},
+                "command": "nexus-demo",
+                "args": [self.algorithm, "--sas-uri=%s", "--request-id=%s"],
+                "runtimeEnvironment": {"deadlineSeconds": self.deadline_seconds, "maximumRetries": 0},
+                "errorHandlingBehaviour": {"fatalExitCodes": [2]}
+            }
+        }))
+    }
+}
+
+fn knapsack() -> Value {
     let text = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/payloads/knapsack.json"),
     )
     .unwrap();
     serde_json::from_str(&text).unwrap()
-}
-
-/// Waits for the Job of run `id` to exist and returns it.
-async fn job_of(jobs: &Api<Job>, id: &str) -> Job {
-    for _ in 0..400 {
-        if let Some(j) = jobs.get_opt(id).await.unwrap() {
-            return j;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("no Job {id} after 20s");
-}
-
-/// Plays the kubelet for the Job's single container: runs its command with its arguments and
-/// literal environment as a local process (the demo algorithm is on `path`) and returns the exit
-/// code.
-async fn run_container(job: &Job, path: &std::path::Path) -> i32 {
-    let c = &job
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0];
-    let argv: Vec<String> = c
-        .command
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .chain(c.args.clone().unwrap_or_default())
-        .collect();
-    let mut cmd = tokio::process::Command::new(path.join(&argv[0]));
-    cmd.args(&argv[1..]).env_clear();
-    for e in c.env.clone().unwrap_or_default() {
-        if let Some(v) = e.value {
-            cmd.env(e.name, v);
-        }
-    }
-    let out = cmd.output().await.expect("run the container's command");
-    assert!(
-        out.status.success(),
-        "the algorithm failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.status.code().unwrap_or(-1)
 }
 
 struct Deployment {
@@ -134,34 +181,48 @@ struct Deployment {
 }
 
 /// A receiver for shard `kube-a` on Kubernetes in `ns` and a scheduler reading the catalog from
-/// `ns`, on an in-memory run store and an HTTP-served payload store.
+/// `ns`, on an in-memory run store and an HTTP-served payload store. The receiver's completion
+/// endpoint, the scheduler's payload route and the payload server listen on the node IP, where
+/// pods reach them. Pods stuck
+/// before their container runs are given up after 5 s (instead of minutes), so the failure
+/// classes show quickly.
 async fn deploy(ns: &str) -> Deployment {
+    let ip = node_ip();
     let tmp = tempfile::tempdir().unwrap();
     let key_file = tmp.path().join("signing.key");
     std::fs::write(&key_file, KEY).unwrap();
     let store: Arc<dyn RunStore> = Arc::new(InMemoryRunStore::default());
     let stores = SharedStores {
         store: store.clone(),
-        payloads: Some(crate::common::http_payloads(tmp.path(), KEY, store.clone()).await),
+        payloads: Some(crate::common::http_payloads_on(tmp.path(), KEY, store.clone(), ip).await),
     };
     let link = GrpcLinkConfig {
         auth: LinkAuth::None,
         ..GrpcLinkConfig::default()
     };
+    let http = tokio::net::TcpListener::bind((ip, 0))
+        .await
+        .unwrap_or_else(|e| panic!("cannot listen on the node IP {ip}: {e}"));
     let rc = ReceiverProcess {
         shard: SHARD.into(),
+        public_url: Some(format!("http://{}", http.local_addr().unwrap())),
         signing_key_file: Some(key_file.clone()),
         grpc: link.clone(),
         work_dir: tmp.path().join("receiver"),
         drain_grace: Duration::from_secs(1),
         runtime: Runtime::Kubernetes,
         kubernetes: kube_config(ns),
+        failures: FailureConfig {
+            image_pull_grace: Duration::from_secs(5),
+            unschedulable_limit: Duration::from_secs(5),
+            config_error_grace: Duration::from_secs(5),
+        },
         ..ReceiverProcess::default()
     };
     let make = distributed::kube_executor(&rc).await.unwrap();
     let receiver = distributed::start_receiver_with(
         rc,
-        crate::common::port0().await,
+        http,
         crate::common::port0().await,
         stores.clone(),
         make,
@@ -175,7 +236,12 @@ async fn deploy(ns: &str) -> Deployment {
             endpoints: vec![format!("http://{}", receiver.grpc_addr)],
         },
     );
+    // Pods read inline payloads from the scheduler's payload route: it listens on the node IP.
+    let api = tokio::net::TcpListener::bind((ip, 0))
+        .await
+        .unwrap_or_else(|e| panic!("cannot listen on the node IP {ip}: {e}"));
     let sc = SchedulerProcess {
+        public_url: Some(format!("http://{}", api.local_addr().unwrap())),
         signing_key_file: Some(key_file),
         grpc: link,
         shards,
@@ -183,7 +249,7 @@ async fn deploy(ns: &str) -> Deployment {
         kubernetes: kube_config(ns),
         ..SchedulerProcess::default()
     };
-    let scheduler = distributed::start_scheduler_with(sc, crate::common::port0().await, stores)
+    let scheduler = distributed::start_scheduler_with(sc, api, stores)
         .await
         .expect("scheduler starts");
     Deployment {
@@ -194,53 +260,231 @@ async fn deploy(ns: &str) -> Deployment {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn runs_become_jobs_complete_cancel_and_follow_templates_in_the_cluster() {
-    let demo = crate::common::demo_dir();
+/// One test's namespace on the cluster, its templates and workgroups, the Nexus deployment
+/// serving it, and the client's view of both.
+struct Cluster {
+    c: Client,
+    ns: String,
+    jobs: Api<Job>,
+    pods: Api<Pod>,
+    templates: Api<NexusAlgorithmTemplate>,
+    d: Deployment,
+    http: reqwest::Client,
+    base: String,
+}
+
+/// Templates of every test: `knapsack`; `chaos` (64Mi, the failure paths); `chaos-deadline`
+/// (5 s); `missing-image` (an image no registry has); `unplaceable` (a workgroup whose node
+/// affinity no node matches).
+async fn cluster() -> Cluster {
+    // Every variable is checked before anything is created.
+    let (img, _) = (image(), node_ip());
     let c = client().await;
     nexus_kube::crd::install(&c, Duration::from_secs(10))
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e}"));
     let ns = namespace(&c).await;
     let templates: Api<NexusAlgorithmTemplate> = Api::namespaced(c.clone(), &ns);
     let workgroups: Api<NexusAlgorithmWorkgroup> = Api::namespaced(c.clone(), &ns);
-    let wg: NexusAlgorithmWorkgroup = serde_yaml::from_str(&format!(
-        "apiVersion: science.sneaksanddata.com/v1\nkind: NexusAlgorithmWorkgroup\nmetadata:\n  name: wg\nspec:\n  cluster: {SHARD}\n"
-    ))
-    .unwrap();
-    workgroups
-        .create(&PostParams::default(), &wg)
-        .await
-        .unwrap();
-    templates
-        .create(&PostParams::default(), &template("knapsack"))
-        .await
-        .unwrap();
-
+    let nowhere = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "nexus.test/pool", "operator": "In", "values": ["nowhere"]}
+        ]}]
+    }}});
+    for wg in [workgroup("wg", None), workgroup("nowhere", Some(nowhere))] {
+        workgroups
+            .create(&PostParams::default(), &wg)
+            .await
+            .unwrap();
+    }
+    let missing = (
+        img.0.clone(),
+        "nexus-no-such-image".to_owned(),
+        img.2.clone(),
+    );
+    let t = |name, algorithm, image, workgroup, memory, deadline_seconds| {
+        Template {
+            name,
+            algorithm,
+            image,
+            workgroup,
+            memory,
+            deadline_seconds,
+        }
+        .manifest()
+    };
+    for tpl in [
+        t("knapsack", "knapsack", img.clone(), "wg", "256Mi", 300),
+        t("chaos", "chaos", img.clone(), "wg", "64Mi", 300),
+        t("chaos-deadline", "chaos", img.clone(), "wg", "64Mi", 5),
+        t("missing-image", "knapsack", missing, "wg", "256Mi", 300),
+        t("unplaceable", "knapsack", img, "nowhere", "256Mi", 300),
+    ] {
+        templates
+            .create(&PostParams::default(), &tpl)
+            .await
+            .unwrap();
+    }
     let d = deploy(&ns).await;
     let base = d.scheduler.url.clone();
-    let http = reqwest::Client::new();
-    let jobs: Api<Job> = Api::namespaced(c.clone(), &ns);
+    Cluster {
+        jobs: Api::namespaced(c.clone(), &ns),
+        pods: Api::namespaced(c.clone(), &ns),
+        templates,
+        c,
+        ns,
+        d,
+        http: reqwest::Client::new(),
+        base,
+    }
+}
 
-    // 1. A run becomes a Job; the "kubelet" runs it, the algorithm completes through the
-    //    receiver, the "Job controller" marks the Job Complete: the run is COMPLETED.
-    let id = crate::common::submit(&http, &base, "knapsack", knapsack()).await;
-    let job = job_of(&jobs, &id).await;
+impl Cluster {
+    async fn submit(&self, alg: &str, params: Value) -> String {
+        crate::common::submit(&self.http, &self.base, alg, params).await
+    }
+
+    /// Waits for run `id` to be terminal and returns `GET results`.
+    async fn terminal(&self, alg: &str, id: &str) -> Value {
+        crate::common::wait_terminal(&self.http, &self.base, alg, id, WAIT).await
+    }
+
+    /// `GET metadata` of run `id` (its failure cause and details).
+    async fn metadata(&self, alg: &str, id: &str) -> Value {
+        crate::common::get_json(
+            &self.http,
+            &format!("{}/algorithm/v1/metadata/{alg}/requests/{id}", self.base),
+        )
+        .await
+    }
+
+    /// The run's failure details as a user reads them, checking the stage and cause first.
+    async fn failure(&self, alg: &str, id: &str, stage: &str, cause: &str) -> String {
+        let r = self.terminal(alg, id).await;
+        let m = self.metadata(alg, id).await;
+        assert_eq!(r["status"], stage, "{alg} {id}: {r}\n{m}");
+        assert_eq!(r["runErrorMessage"], cause, "{alg} {id}: {r}\n{m}");
+        assert_eq!(m["algorithm_failure_cause"], cause, "{m}");
+        let details = m["algorithm_failure_details"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        eprintln!("{alg} {id}: {stage}: {cause}: {details}");
+        details
+    }
+
+    /// The pods of run `id`.
+    async fn pods_of(&self, id: &str) -> Vec<Pod> {
+        self.pods
+            .list(&ListParams::default().labels(&format!("{REQUEST_ID_LABEL}={id}")))
+            .await
+            .unwrap()
+            .items
+    }
+
+    /// Waits for the Job of run `id` to exist and returns it.
+    async fn job_of(&self, id: &str) -> Job {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Some(j) = self.jobs.get_opt(id).await.unwrap() {
+                return j;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no Job for run {id} after {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the container of run `id` runs (the kubelet reports it running).
+    async fn running(&self, id: &str) -> Pod {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let pods = self.pods_of(id).await;
+            if let Some(p) = pods
+                .iter()
+                .find(|p| container_state(p).is_some_and(|s| s.running.is_some()))
+            {
+                return p.clone();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the container of run {id} is not running after {WAIT:?}: {:?}",
+                pods.iter().map(|p| &p.status).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn cancel(&self, alg: &str, id: &str, policy: &str) {
+        let resp = self
+            .http
+            .post(format!(
+                "{}/algorithm/v1/cancel/{alg}/requests/{id}",
+                self.base
+            ))
+            .json(&json!({
+                "initiator": "kubernetes-test", "reason": "no longer needed",
+                "cancellationPolicy": policy
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
+    }
+
+    /// Stops Nexus and deletes the namespace (its leftovers with it).
+    async fn stop(self) {
+        self.d.scheduler.stop().await;
+        self.d.receiver.http.stop().await;
+        let _ = Api::<Namespace>::all(self.c)
+            .delete(&self.ns, &DeleteParams::background())
+            .await;
+    }
+}
+
+/// The state of a pod's (only) container.
+fn container_state(p: &Pod) -> Option<k8s_openapi::api::core::v1::ContainerState> {
+    p.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()?
+        .state
+        .clone()
+}
+
+fn is_deleting(p: &Pod) -> bool {
+    p.metadata.deletion_timestamp.is_some()
+}
+
+/// A run becomes a Job, the Job a pod, the pod a real container of `nexus-demo` from the Nexus
+/// image; it fetches its payload, uploads its result and completes through the receiver:
+/// COMPLETED with the knapsack's answer, and the Job Complete. Templates added and removed at
+/// runtime are seen by the scheduler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_becomes_a_job_whose_real_container_completes_it() {
+    let k = cluster().await;
+    let id = k.submit("knapsack", knapsack()).await;
+    let job = k.job_of(&id).await;
     let labels = job.metadata.labels.clone().unwrap();
-    assert_eq!(
-        labels["science.sneaksanddata.com/request-id"], id,
-        "{labels:?}"
-    );
+    assert_eq!(labels[REQUEST_ID_LABEL], id, "{labels:?}");
     assert_eq!(labels["science.sneaksanddata.com/shard"], SHARD);
     assert_eq!(
         job.spec.as_ref().unwrap().ttl_seconds_after_finished,
         Some(300)
     );
-    let pod = create_pod(&c, &job).await.unwrap();
-    set_pod_state(&c, &ns, &pod, &PodState::Running)
-        .await
-        .unwrap();
-    let run = d.store.get(id.parse().unwrap()).await.unwrap().unwrap();
+    let r = k.terminal("knapsack", &id).await;
+    assert_eq!(
+        r["status"],
+        "COMPLETED",
+        "{r}\n{}",
+        k.metadata("knapsack", &id).await
+    );
+    let result = crate::common::get_json(&k.http, r["resultUri"].as_str().unwrap()).await;
+    assert_eq!(result["totalValue"], 90, "{result}");
+    let run = k.d.store.get(id.parse().unwrap()).await.unwrap().unwrap();
     assert!(
         run.owner
             .as_deref()
@@ -249,58 +493,43 @@ async fn runs_become_jobs_complete_cancel_and_follow_templates_in_the_cluster() 
         "{:?}",
         run.owner
     );
-    assert_eq!(run_container(&job, &demo).await, 0);
-    set_pod_state(&c, &ns, &pod, &PodState::Succeeded)
-        .await
-        .unwrap();
-    end_job(&c, &ns, &id, &JobEnd::Complete).await.unwrap();
-    let r =
-        crate::common::wait_terminal(&http, &base, "knapsack", &id, Duration::from_secs(30)).await;
-    assert_eq!(r["status"], "COMPLETED", "{r}");
-    let result = crate::common::get_json(&http, r["resultUri"].as_str().unwrap()).await;
-    assert_eq!(result["totalValue"], 90, "{result}");
-
-    // 2. Cancelling a run deletes its Job with the requested propagation policy. This API
-    //    server has no garbage collector, so a Foreground delete leaves the Job terminating with
-    //    the foregroundDeletion finalizer: exactly what was asked for.
-    let id = crate::common::submit(&http, &base, "knapsack", knapsack()).await;
-    let _ = job_of(&jobs, &id).await;
-    let resp = http
-        .post(format!("{base}/algorithm/v1/cancel/knapsack/requests/{id}"))
-        .json(&serde_json::json!({
-            "initiator": "kubernetes-test", "reason": "no longer needed",
-            "cancellationPolicy": "Foreground"
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
-    let r =
-        crate::common::wait_terminal(&http, &base, "knapsack", &id, Duration::from_secs(30)).await;
-    assert_eq!(r["status"], "CANCELLED", "{r}");
-    crate::common::eventually(Duration::from_secs(10), "the Job is being deleted", || {
-        let jobs = jobs.clone();
-        let id = id.clone();
-        async move {
-            jobs.get_opt(&id).await.unwrap().is_some_and(|j| {
-                j.metadata.deletion_timestamp.is_some()
-                    && j.metadata
-                        .finalizers
-                        .unwrap_or_default()
-                        .iter()
-                        .any(|f| f == "foregroundDeletion")
-            })
-        }
-    })
+    // It was a real container of the image, placed on the node, that exited 0; the Job
+    // controller marked the Job Complete.
+    let (registry, image, tag) = image();
+    crate::common::eventually(
+        WAIT,
+        "the pod succeeded and the Job is Complete",
+        || async {
+            let pods = k.pods_of(&id).await;
+            let pod_ok = pods.iter().any(|p| {
+                let spec = p.spec.as_ref().unwrap();
+                spec.node_name.is_some()
+                    && spec.containers[0].image.as_deref()
+                        == Some(format!("{registry}/{image}:{tag}").as_str())
+                    && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded")
+                    && container_state(p)
+                        .and_then(|s| s.terminated)
+                        .is_some_and(|t| t.exit_code == 0)
+            });
+            let job = k.jobs.get(&id).await.unwrap();
+            let complete = job
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Complete" && c.status == "True");
+            pod_ok && complete
+        },
+    )
     .await;
 
-    // 3. Templates added and removed at runtime are seen by the scheduler.
+    // Templates added and removed at runtime are seen by the scheduler.
     let accepted = |alg: &'static str| {
-        let (http, base) = (http.clone(), base.clone());
+        let (http, base) = (k.http.clone(), k.base.clone());
         async move {
             let r = http
                 .post(format!("{base}/algorithm/v1/run/{alg}"))
-                .json(&serde_json::json!({ "algorithmParameters": knapsack() }))
+                .json(&json!({ "algorithmParameters": knapsack() }))
                 .send()
                 .await
                 .unwrap();
@@ -312,8 +541,13 @@ async fn runs_become_jobs_complete_cancel_and_follow_templates_in_the_cluster() 
         400,
         "an unknown template is refused"
     );
-    templates
-        .create(&PostParams::default(), &template("knapsack-2"))
+    let mut t = k.templates.get("knapsack").await.unwrap();
+    t.metadata = kube::api::ObjectMeta {
+        name: Some("knapsack-2".into()),
+        ..Default::default()
+    };
+    k.templates
+        .create(&PostParams::default(), &t)
         .await
         .unwrap();
     crate::common::eventually(
@@ -322,7 +556,7 @@ async fn runs_become_jobs_complete_cancel_and_follow_templates_in_the_cluster() 
         || async { accepted("knapsack-2").await == 202 },
     )
     .await;
-    templates
+    k.templates
         .delete("knapsack", &DeleteParams::default())
         .await
         .unwrap();
@@ -332,9 +566,226 @@ async fn runs_become_jobs_complete_cancel_and_follow_templates_in_the_cluster() 
         || async { accepted("knapsack").await == 400 },
     )
     .await;
+    k.stop().await;
+}
 
-    d.scheduler.stop().await;
-    d.receiver.http.stop().await;
+/// A cancel deletes the run's Job with the propagation policy asked for, and the cluster's
+/// garbage collector carries it out on the running pod: `Background` deletes the Job at once and
+/// its pod after; `Foreground` keeps the Job (with the `foregroundDeletion` finalizer) until its
+/// pod is gone; `Orphan` deletes the Job and leaves the pod running, no longer owned by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancel_propagates_to_the_job_and_its_pod_with_each_policy() {
+    let k = cluster().await;
+    let sleep = json!({"mode": "sleep", "seconds": 600});
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(k.submit("chaos", sleep.clone()).await);
+    }
+    for id in &ids {
+        k.running(id).await;
+    }
+    let (bg, fg, orphan) = (&ids[0], &ids[1], &ids[2]);
+
+    let background = async {
+        k.cancel("chaos", bg, "Background").await;
+        let r = k.terminal("chaos", bg).await;
+        assert_eq!(r["status"], "CANCELLED", "{r}");
+        crate::common::eventually(WAIT, "Background: the Job is gone", || async {
+            k.jobs.get_opt(bg).await.unwrap().is_none()
+        })
+        .await;
+        crate::common::eventually(WAIT, "Background: the pod is gone after it", || async {
+            k.pods_of(bg).await.is_empty()
+        })
+        .await;
+    };
+    let foreground = async {
+        k.cancel("chaos", fg, "Foreground").await;
+        let r = k.terminal("chaos", fg).await;
+        assert_eq!(r["status"], "CANCELLED", "{r}");
+        // The Job stays, being deleted with the finalizer, while its pod terminates (its
+        // container has a 30 s grace period); it goes only once no pod is left.
+        let job = k
+            .jobs
+            .get_opt(fg)
+            .await
+            .unwrap()
+            .expect("the Job is kept while its pod terminates");
+        assert!(
+            job.metadata.deletion_timestamp.is_some(),
+            "{:?}",
+            job.metadata
+        );
+        assert!(
+            job.metadata
+                .finalizers
+                .unwrap_or_default()
+                .iter()
+                .any(|f| f == "foregroundDeletion"),
+            "Foreground: the foregroundDeletion finalizer"
+        );
+        let pods_while_job = std::sync::atomic::AtomicUsize::new(0);
+        crate::common::eventually(WAIT, "Foreground: the Job is gone", || {
+            let (seen, k) = (&pods_while_job, &k);
+            async move {
+                let pods = k.pods_of(fg).await;
+                if k.jobs.get_opt(fg).await.unwrap().is_some() {
+                    seen.fetch_max(pods.len(), std::sync::atomic::Ordering::Relaxed);
+                    return false;
+                }
+                assert!(
+                    k.pods_of(fg).await.is_empty(),
+                    "Foreground: the Job went before its pod"
+                );
+                true
+            }
+        })
+        .await;
+        assert!(
+            pods_while_job.into_inner() > 0,
+            "the pod was seen while the Job waited for it"
+        );
+    };
+    let orphaned = async {
+        k.cancel("chaos", orphan, "Orphan").await;
+        let r = k.terminal("chaos", orphan).await;
+        assert_eq!(r["status"], "CANCELLED", "{r}");
+        crate::common::eventually(WAIT, "Orphan: the Job is gone", || async {
+            k.jobs.get_opt(orphan).await.unwrap().is_none()
+        })
+        .await;
+        let pods = k.pods_of(orphan).await;
+        assert_eq!(pods.len(), 1, "Orphan: the pod is left");
+        let p = &pods[0];
+        assert!(!is_deleting(p), "Orphan: the pod is not being deleted");
+        assert!(
+            container_state(p).is_some_and(|s| s.running.is_some()),
+            "Orphan: its container still runs"
+        );
+        assert!(
+            p.metadata
+                .owner_references
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .all(|o| o.kind != "Job"),
+            "Orphan: the pod is no longer owned by the Job: {:?}",
+            p.metadata.owner_references
+        );
+        // Nexus left it running, as asked: the operator removes it.
+        let name = p.metadata.name.clone().unwrap();
+        k.pods
+            .delete(
+                &name,
+                &DeleteParams {
+                    grace_period_seconds: Some(0),
+                    ..DeleteParams::default()
+                },
+            )
+            .await
+            .unwrap();
+    };
+    tokio::join!(background, foreground, orphaned);
+    k.stop().await;
+}
+
+/// Failures as the real kubelet, scheduler and Job controller produce them, each checked on the
+/// run's stage, cause and details as a user reads them through the HTTP API:
+/// * a container over its memory limit is OOM-killed: FAILED, naming the limit;
+/// * a fatal exit code (`errorHandlingBehaviour.fatalExitCodes`): FAILED, naming the code;
+/// * an image that does not exist backs off: SCHEDULING_FAILED naming the image, Job deleted;
+/// * a node affinity no node matches: SCHEDULING_FAILED with the scheduler's reason, Job deleted;
+/// * `deadlineSeconds` exceeded: DEADLINE_EXCEEDED naming the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failures_from_the_real_kubelet_reach_the_user() {
+    let k = cluster().await;
+    let oom = k
+        .submit("chaos", json!({"mode": "memory", "megabytes": 512}))
+        .await;
+    let fatal = k.submit("chaos", json!({"mode": "exit", "code": 2})).await;
+    let pull = k.submit("missing-image", knapsack()).await;
+    let nowhere = k.submit("unplaceable", knapsack()).await;
+    let late = k
+        .submit("chaos-deadline", json!({"mode": "sleep", "seconds": 600}))
+        .await;
+
+    let details = k
+        .failure("chaos", &oom, "FAILED", "Algorithm ran out of memory")
+        .await;
+    assert!(details.contains("memory limit of 64Mi"), "{details}");
+    let terminated = k
+        .pods_of(&oom)
+        .await
+        .iter()
+        .filter_map(|p| container_state(p)?.terminated)
+        .map(|t| (t.reason.unwrap_or_default(), t.exit_code))
+        .collect::<Vec<_>>();
+    assert_eq!(
+        terminated,
+        [("OOMKilled".to_owned(), 137)],
+        "the kubelet's verdict"
+    );
+
+    let details = k
+        .failure(
+            "chaos",
+            &fatal,
+            "FAILED",
+            "Algorithm failed with a fatal exit code",
+        )
+        .await;
+    assert!(details.contains("exited with code 2"), "{details}");
+
+    let (registry, _, tag) = image();
+    let details = k
+        .failure(
+            "missing-image",
+            &pull,
+            "SCHEDULING_FAILED",
+            "Container image could not be pulled",
+        )
+        .await;
+    assert!(
+        details.contains(&format!("{registry}/nexus-no-such-image:{tag}")),
+        "{details}"
+    );
+    assert!(
+        details.contains("ErrImagePull") || details.contains("ImagePullBackOff"),
+        "{details}"
+    );
+
+    let details = k
+        .failure(
+            "unplaceable",
+            &nowhere,
+            "SCHEDULING_FAILED",
+            "No node can run the algorithm",
+        )
+        .await;
+    assert!(details.contains("node affinity"), "{details}");
+    assert!(
+        details.contains("fix the workgroup's affinity"),
+        "the advice names the field to fix: {details}"
+    );
+
+    let details = k
+        .failure(
+            "chaos-deadline",
+            &late,
+            "DEADLINE_EXCEEDED",
+            "Algorithm exceeded its max allowed run time",
+        )
+        .await;
+    assert!(details.contains("after 5s"), "{details}");
+
+    // The runs given up before their container ran had their Jobs (and so pods) deleted.
+    for id in [&pull, &nowhere] {
+        crate::common::eventually(WAIT, "the Job of a run given up is deleted", || async {
+            k.jobs.get_opt(id).await.unwrap().is_none()
+        })
+        .await;
+    }
+    k.stop().await;
 }
 
 /// `nexus crd --apply` installs (and re-applies) the CRDs and says so; a bad kubeconfig is an

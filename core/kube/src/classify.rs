@@ -155,12 +155,39 @@ pub fn pod_problem(pod: &Pod) -> Option<PodProblem> {
             immediate: false,
             cause: "No node can run the algorithm".into(),
             details: format!(
-                "the pod could not be scheduled ({}: {msg}); lower computeResources (cpuLimit, memoryLimit, customResources) or the workgroup's tolerations / affinity, or add capacity to the cluster",
-                c.reason.as_deref().unwrap_or("Unschedulable")
+                "the pod could not be scheduled ({}: {msg}); {}",
+                c.reason.as_deref().unwrap_or("Unschedulable"),
+                unschedulable_advice(&msg)
             ),
         });
     }
     None
+}
+
+/// What to do about a pod the scheduler cannot place, from its message (kube-scheduler names
+/// each filter that rejected the nodes: resources, node affinity / selector, taints), so the
+/// advice points at the field to change rather than at every field that could matter.
+fn unschedulable_advice(message: &str) -> String {
+    let mut advice = Vec::new();
+    if message.contains("Insufficient") {
+        advice.push(
+            "lower computeResources (cpuLimit, memoryLimit, customResources) or add capacity to the cluster",
+        );
+    }
+    if message.contains("node affinity") || message.contains("node selector") {
+        advice.push(
+            "no node has the labels the workgroup's affinity requires: fix the workgroup's affinity or label the nodes meant for it",
+        );
+    }
+    if message.contains("taint") {
+        advice.push(
+            "the nodes have taints the workgroup does not tolerate: add tolerations to the workgroup or free nodes of the taints",
+        );
+    }
+    if advice.is_empty() {
+        return "lower computeResources (cpuLimit, memoryLimit, customResources) or the workgroup's tolerations / affinity, or add capacity to the cluster".to_owned();
+    }
+    advice.join("; ")
 }
 
 /// The most recent terminated container state among `pods` (the last attempt's exit).
@@ -338,6 +365,39 @@ mod tests {
         let got = pod_problem(&p).unwrap();
         assert!(got.immediate);
         assert_eq!(got.cause, "Invalid container image");
+    }
+
+    /// The advice follows the filters kube-scheduler names (messages as v1.36 writes them).
+    #[test]
+    fn unschedulable_pods_get_advice_for_what_rejected_them() {
+        let details = |msg: &str| {
+            pod_problem(&pod(&PodState::Unschedulable(msg.into())))
+                .unwrap()
+                .details
+        };
+        let affinity = details(
+            "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling.",
+        );
+        assert!(affinity.contains("workgroup's affinity"), "{affinity}");
+        assert!(!affinity.contains("computeResources"), "{affinity}");
+        let memory = details("0/3 nodes are available: 3 Insufficient memory.");
+        assert!(memory.contains("lower computeResources"), "{memory}");
+        assert!(!memory.contains("affinity"), "{memory}");
+        let taint =
+            details("0/2 nodes are available: 2 node(s) had untolerated taint {gpu: true}.");
+        assert!(taint.contains("add tolerations"), "{taint}");
+        let both = details(
+            "0/2 nodes are available: 1 Insufficient cpu, 1 node(s) had untolerated taint {gpu: true}.",
+        );
+        assert!(
+            both.contains("computeResources") && both.contains("tolerations"),
+            "{both}"
+        );
+        let other =
+            details("0/1 nodes are available: 1 node(s) had volume node affinity conflict.");
+        assert!(other.contains("affinity"), "{other}");
+        let unknown = details("no nodes available to schedule pods");
+        assert!(unknown.contains("add capacity"), "{unknown}");
     }
 
     #[test]

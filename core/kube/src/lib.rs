@@ -8,7 +8,7 @@
 //! * [`crd`]: installing the CRDs; [`leader`]: leader election through a Lease.
 //! * Feature `client` (default) gates everything that talks to a cluster; without it, a crate
 //!   that only renders Jobs (the scheduler's buffer endpoint) links no Kubernetes client.
-//! * `testkit` (feature `testsuite`): plays the Job controller and kubelet for tests.
+//! * `testkit` (feature `testsuite`): a namespace per test, pod-status fixtures.
 //!
 //! The seams (`RunStore`, `PayloadStore`, `Executor`, `Shard`) know nothing of Kubernetes.
 

@@ -1,15 +1,12 @@
-//! Test helpers that play the parts of a cluster the test API server does not run: the Job
-//! controller (creating a Job's pod, setting the Job's terminal conditions) and the kubelet
-//! (patching the pod's status: running, succeeded, failed with an exit code, OOM-killed, image
-//! pull back-off, unschedulable). Everything goes through the real API server, so its validation
-//! of pods and status updates applies. Only with the `testsuite` feature.
+//! Test helpers: a namespace per test on a real cluster, and the pod statuses a kubelet reports
+//! in each state [`crate::classify`] tells apart (fixtures for its table-driven unit tests). The
+//! end-to-end tests run on a real cluster (`scripts/kube-cluster.sh`) where the Job controller
+//! and the kubelet are real: nothing here plays them. Only with the `testsuite` feature (and in
+//! this crate's unit tests).
 
-use std::collections::BTreeMap;
-
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
-use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Client;
+use kube::api::{Api, PostParams};
 
 /// Timestamp used for every status field (the API server wants one; its value is irrelevant).
 const NOW: &str = "2026-01-01T00:00:00Z";
@@ -35,16 +32,6 @@ pub enum PodState {
     OomKilled,
 }
 
-/// How the Job controller ends a Job.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JobEnd {
-    /// `SuccessCriteriaMet` then `Complete`.
-    Complete,
-    /// `FailureTarget` then `Failed` with this reason (`DeadlineExceeded`,
-    /// `BackoffLimitExceeded`, `PodFailurePolicy`).
-    Failed(String),
-}
-
 /// Creates a namespace `<prefix>-<random>` for one test and returns its name.
 ///
 /// # Errors
@@ -63,78 +50,6 @@ pub async fn create_namespace(client: &Client, prefix: &str) -> Result<String, S
         .await
         .map_err(|e| format!("cannot create namespace {name}: {e}"))?;
     Ok(name)
-}
-
-/// Creates the pod the Job controller would create for `job` (its template, the controller's
-/// labels, owned by the Job) and returns its name. The pod's service account is created first
-/// when missing (the test server runs no service-account controller).
-///
-/// # Errors
-/// The API server refused the service account or the pod.
-pub async fn create_pod(client: &Client, job: &Job) -> Result<String, String> {
-    let ns = job.namespace().unwrap_or_else(|| "default".into());
-    let job_name = job.name_any();
-    let uid = job.metadata.uid.clone().unwrap_or_default();
-    let template = job
-        .spec
-        .as_ref()
-        .map(|s| s.template.clone())
-        .ok_or("the Job has no spec")?;
-    let mut spec = template.spec.ok_or("the Job's pod template has no spec")?;
-    let sa = spec
-        .service_account_name
-        .clone()
-        .unwrap_or_else(|| "default".into());
-    ensure_service_account(client, &ns, &sa).await?;
-    spec.service_account_name = Some(sa);
-    let mut labels: BTreeMap<String, String> = template
-        .metadata
-        .as_ref()
-        .and_then(|m| m.labels.clone())
-        .unwrap_or_default();
-    for (k, v) in [
-        ("batch.kubernetes.io/job-name", job_name.as_str()),
-        ("job-name", job_name.as_str()),
-        ("batch.kubernetes.io/controller-uid", uid.as_str()),
-        ("controller-uid", uid.as_str()),
-    ] {
-        labels.insert(k.into(), v.into());
-    }
-    let pod: Pod = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "generateName": format!("{job_name}-"),
-            "namespace": ns,
-            "labels": labels,
-            "annotations": template.metadata.as_ref().and_then(|m| m.annotations.clone()),
-            "ownerReferences": [{
-                "apiVersion": "batch/v1", "kind": "Job", "name": job_name, "uid": uid,
-                "controller": true, "blockOwnerDeletion": true
-            }]
-        },
-        "spec": spec,
-    }))
-    .map_err(|e| format!("cannot build the pod: {e}"))?;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let created = pods
-        .create(&PostParams::default(), &pod)
-        .await
-        .map_err(|e| format!("the API server refused the Job's pod: {e}"))?;
-    Ok(created.name_any())
-}
-
-async fn ensure_service_account(client: &Client, ns: &str, name: &str) -> Result<(), String> {
-    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    let sa: ServiceAccount = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}
-    }))
-    .map_err(|e| e.to_string())?;
-    match api.create(&PostParams::default(), &sa).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-        Err(e) => Err(format!("cannot create service account {ns}/{name}: {e}")),
-    }
 }
 
 /// The pod status the kubelet would report in `state` for a pod whose container is `container`
@@ -205,65 +120,4 @@ pub fn pod_status(state: &PodState, container: &str, image: &str) -> serde_json:
             "state": container_state
         }]
     })
-}
-
-/// Plays the kubelet: sets the status of pod `name` in `ns` to `state`.
-///
-/// # Errors
-/// The API server refused the status update.
-pub async fn set_pod_state(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    state: &PodState,
-) -> Result<Pod, String> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let pod = pods
-        .get(name)
-        .await
-        .map_err(|e| format!("cannot read pod {ns}/{name}: {e}"))?;
-    let c = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.containers.first())
-        .ok_or("the pod has no container")?;
-    let status = pod_status(state, &c.name, c.image.as_deref().unwrap_or_default());
-    pods.patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(&serde_json::json!({ "status": status })),
-    )
-    .await
-    .map_err(|e| format!("the API server refused the pod status {state:?}: {e}"))
-}
-
-/// Plays the Job controller: ends Job `name` in `ns` the way the controller would.
-///
-/// # Errors
-/// The API server refused the status update.
-pub async fn end_job(client: &Client, ns: &str, name: &str, end: &JobEnd) -> Result<Job, String> {
-    let status = match end {
-        JobEnd::Complete => serde_json::json!({
-            "startTime": NOW, "completionTime": NOW, "succeeded": 1,
-            "conditions": [
-                {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": NOW},
-                {"type": "Complete", "status": "True", "lastTransitionTime": NOW}
-            ]
-        }),
-        JobEnd::Failed(reason) => serde_json::json!({
-            "startTime": NOW, "failed": 1,
-            "conditions": [
-                {"type": "FailureTarget", "status": "True", "reason": reason, "lastTransitionTime": NOW},
-                {"type": "Failed", "status": "True", "reason": reason, "lastTransitionTime": NOW}
-            ]
-        }),
-    };
-    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
-    jobs.patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(&serde_json::json!({ "status": status })),
-    )
-    .await
-    .map_err(|e| format!("the API server refused the Job status {end:?}: {e}"))
 }

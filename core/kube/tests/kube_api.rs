@@ -1,9 +1,13 @@
-//! The CRDs, the rendered Jobs and the catalog reflector against a real Kubernetes API server.
+//! The CRDs, the rendered Jobs, the catalog reflector, the Lease and the Kubernetes executor
+//! against a real cluster.
 //!
-//! Run by the integration tier, which builds and starts `tools/kube-apiserver` (k8s.io/kubernetes'
-//! own test API server on an embedded etcd, `scripts/kube-apiserver.sh`) and sets
-//! `NEXUS_TEST_KUBECONFIG` to the kubeconfig it writes. Each test works in a namespace of its own.
-//! Without the variable every test fails with a message saying how to start the server.
+//! Run by the integration tier, which starts a single-node cluster (`scripts/kube-cluster.sh`:
+//! the test API server of `tools/kube-apiserver`, kube-controller-manager, kube-scheduler and a
+//! kubelet on containerd) and sets `NEXUS_TEST_KUBECONFIG` to its kubeconfig. The executor's
+//! Jobs run real containers of the Nexus image named by `NEXUS_TEST_IMAGE` (loaded into the
+//! node); nothing plays the Job controller or the kubelet. The CRD, rendering, catalog and Lease
+//! tests need only the API server. Each test works in a namespace of its own. Without the
+//! variables every test fails with a message saying how to provide them.
 
 use std::time::Duration;
 
@@ -13,7 +17,6 @@ use kube::{Api, Client};
 use nexus_executor::contract::LaunchContext;
 use nexus_kube::client::{ApiBudget, KubeClientConfig};
 use nexus_kube::job::{JobOptions, render_job};
-use nexus_kube::testkit::{JobEnd, PodState, create_pod, end_job, set_pod_state};
 use nexus_model::catalog::Catalog;
 use nexus_model::spec::{
     AlgorithmSpec, NexusAlgorithmTemplate, NexusAlgorithmWorkgroup, WorkgroupSpec,
@@ -21,12 +24,13 @@ use nexus_model::spec::{
 use tokio_util::sync::CancellationToken;
 
 const ENV: &str = "NEXUS_TEST_KUBECONFIG";
+const IMAGE_ENV: &str = "NEXUS_TEST_IMAGE";
 
 async fn client() -> Client {
     let path = std::env::var(ENV).unwrap_or_else(|_| {
         panic!(
-            "{ENV} is not set: these tests need a real Kubernetes API server. Start one with \
-             `scripts/kube-apiserver.sh start` (it prints the kubeconfig path) and run them with \
+            "{ENV} is not set: these tests need a real Kubernetes cluster. Start one with \
+             `scripts/kube-cluster.sh start` (it prints the kubeconfig path) and run them with \
              {ENV}=<that path> (scripts/integration.sh does both)"
         )
     });
@@ -299,53 +303,99 @@ async fn the_catalog_follows_templates_added_and_deleted_at_runtime() {
     task.await.unwrap();
 }
 
-/// A Kubernetes executor in a namespace of its own, with the test template and workgroup.
+/// The Nexus image loaded into the node, as `(registry, image, versionTag)`.
+fn image() -> (String, String, String) {
+    let v = std::env::var(IMAGE_ENV).unwrap_or_else(|_| {
+        panic!(
+            "{IMAGE_ENV} is not set: the executor tests run real containers of the Nexus image. \
+             Build it (`NEXUS_BIN_DIR=target/debug NEXUS_IMAGE=localhost/nexus:e2e \
+             NEXUS_IMAGE_SMOKE=0 bash scripts/image.sh`), load it into the cluster \
+             (`scripts/kube-cluster.sh load-image localhost/nexus:e2e`) and set \
+             {IMAGE_ENV}=localhost/nexus:e2e (scripts/integration.sh does all three)"
+        )
+    });
+    v.rsplit_once('/')
+        .and_then(|(registry, rest)| {
+            let (image, tag) = rest.rsplit_once(':')?;
+            Some((registry.to_owned(), image.to_owned(), tag.to_owned()))
+        })
+        .unwrap_or_else(|| panic!("{IMAGE_ENV}={v} is not of the form <registry>/<image>:<tag>"))
+}
+
+/// A template whose Job runs `command` in the Nexus image, within `deadline_seconds`.
+fn runnable(command: &str, deadline_seconds: u32) -> NexusAlgorithmTemplate {
+    let (registry, image, tag) = image();
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "science.sneaksanddata.com/v1", "kind": "NexusAlgorithmTemplate",
+        "metadata": {"name": "runnable"},
+        "spec": {
+            "container": {"image": image, "registry": registry, "versionTag": tag},
+            "computeResources": {"cpuLimit": "1", "memoryLimit": "64Mi"},
+            "workgroupRef": {"name": "plain", "group": "science.sneaksanddata.com",
+                             "kind": "NexusAlgorithmWorkgroup"},
+            "command": command,
+            "runtimeEnvironment": {"deadlineSeconds": deadline_seconds, "maximumRetries": 0}
+        }
+    }))
+    .unwrap()
+}
+
+/// A Kubernetes executor in a namespace of its own.
 struct ExecFixture {
     c: Client,
     ns: String,
     exec: nexus_kube::KubeExecutor,
     stop: CancellationToken,
     jobs: Api<Job>,
-    template: NexusAlgorithmTemplate,
-    workgroup: NexusAlgorithmWorkgroup,
 }
 
 type Events = tokio::sync::mpsc::UnboundedReceiver<nexus_executor::ExecutorEvent>;
 
 impl ExecFixture {
     /// The fixture and the executor's events.
-    async fn new(prefix: &str, failures: nexus_kube::classify::FailureConfig) -> (Self, Events) {
+    async fn new(prefix: &str) -> (Self, Events) {
         let c = client().await;
         let ns = namespace(&c, prefix).await;
+        Self::start(c, ns)
+    }
+
+    /// An executor starting now in namespace `ns`, and its events.
+    fn start(c: Client, ns: String) -> (Self, Events) {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let stop = CancellationToken::new();
         let opts = JobOptions {
             namespace: ns.clone(),
             ..JobOptions::default()
         };
-        let exec = nexus_kube::KubeExecutor::new(c.clone(), opts, failures, tx, stop.clone());
+        let exec = nexus_kube::KubeExecutor::new(
+            c.clone(),
+            opts,
+            nexus_kube::classify::FailureConfig::default(),
+            tx,
+            stop.clone(),
+        );
         let jobs = Api::namespaced(c.clone(), &ns);
-        let f = Self {
-            c,
-            ns,
-            exec,
-            stop,
-            jobs,
-            template: manifest(TEMPLATE),
-            workgroup: manifest(WORKGROUP),
-        };
-        (f, rx)
+        (
+            Self {
+                c,
+                ns,
+                exec,
+                stop,
+                jobs,
+            },
+            rx,
+        )
     }
 
-    /// A run of the test template.
-    fn run(&self) -> nexus_model::run::Run {
-        let mut r = nexus_store::test_suite::sample_run("trainer");
-        r.applied_configuration = self.template.spec.clone();
+    /// A run of `template`.
+    fn run(template: &NexusAlgorithmTemplate) -> nexus_model::run::Run {
+        let mut r = nexus_store::test_suite::sample_run("runnable");
+        r.applied_configuration = template.spec.clone();
         r
     }
 
-    /// The launch of `run` (the executor renders its Job).
-    fn launch(&self, run: &nexus_model::run::Run) -> nexus_executor::LaunchSpec {
+    /// The launch of `run` (the executor renders its Job), in a workgroup with no placement.
+    fn launch(run: &nexus_model::run::Run) -> nexus_executor::LaunchSpec {
         let ctx = LaunchContext {
             payload_url: "https://nexus.example/p",
             run_token: "token",
@@ -353,64 +403,59 @@ impl ExecFixture {
             result_upload_url: "https://s3.example/r",
             scheduler_url: "",
         };
-        nexus_executor::contract::launch_spec(run, &self.workgroup.spec, &ctx).unwrap()
+        nexus_executor::contract::launch_spec(run, &WorkgroupSpec::default(), &ctx).unwrap()
+    }
+
+    /// Deletes the namespace (and whatever is left in it).
+    async fn done(self) {
+        self.stop.cancel();
+        let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(self.c)
+            .delete(&self.ns, &DeleteParams::background())
+            .await;
     }
 }
 
-/// Plays the Job controller: marks the Job finished the way the controller would.
-async fn finish_job(c: &Client, ns: &str, name: &str, complete: bool) {
-    let end = if complete {
-        JobEnd::Complete
-    } else {
-        JobEnd::Failed("DeadlineExceeded".into())
-    };
-    end_job(c, ns, name, &end)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-}
-
-async fn next_event(
-    rx: &mut tokio::sync::mpsc::UnboundedReceiver<nexus_executor::ExecutorEvent>,
-) -> nexus_executor::ExecutorEvent {
-    tokio::time::timeout(Duration::from_secs(20), rx.recv())
+/// Waits for the executor's next event (bounded: a real pod starts in seconds).
+async fn next_event(rx: &mut Events) -> nexus_executor::ExecutorEvent {
+    tokio::time::timeout(Duration::from_secs(120), rx.recv())
         .await
         .expect("an executor event in time")
         .expect("the channel is open")
 }
 
+/// Real Jobs through the executor: a launch (twice: idempotent) whose container exits 0 ends
+/// Succeeded when the Job controller marks the Job Complete; a container running past
+/// `deadlineSeconds` ends DeadlineExceeded; a cancel deletes the Job and reports Cancelled, and
+/// is idempotent; a Job deleted by someone else while its container runs fails the run with
+/// that cause.
 #[tokio::test]
-async fn the_kubernetes_executor_creates_follows_and_cancels_jobs() {
-    use nexus_executor::{Executor, ExecutorEvent, Outcome};
+async fn the_kubernetes_executor_runs_follows_and_cancels_real_jobs() {
+    use nexus_executor::{Executor, ExecutorEvent, FailureKind, Outcome};
     use nexus_model::run::CancellationPolicy;
-    let (f, mut rx) =
-        ExecFixture::new("exec", nexus_kube::classify::FailureConfig::default()).await;
-    let (c, ns) = (f.c.clone(), f.ns.clone());
-    let (exec, jobs, stop) = (&f.exec, &f.jobs, &f.stop);
-    let launch = |run: &nexus_model::run::Run| f.launch(run);
-    let mk = || f.run();
-
-    // Launch (twice: idempotent), then the "controller" completes it.
-    let ok = mk();
-    exec.launch(launch(&ok)).await.unwrap();
-    exec.launch(launch(&ok)).await.unwrap();
-    match next_event(&mut rx).await {
+    let (f, mut rx) = ExecFixture::new("exec").await;
+    let (exec, jobs) = (&f.exec, &f.jobs);
+    let started = async |rx: &mut Events, id| match next_event(rx).await {
         ExecutorEvent::Started {
             run_id,
             executor_ref,
             ..
         } => {
-            assert_eq!(run_id, ok.id);
+            assert_eq!(run_id, id);
             assert!(
-                executor_ref.starts_with(&format!("job/{ns}/")),
+                executor_ref.starts_with(&format!("job/{}/", f.ns)),
                 "{executor_ref}"
             );
         }
         e => panic!("{e:?}"),
-    }
+    };
+
+    let ok = ExecFixture::run(&runnable("nexus-demo --help", 300));
+    exec.launch(ExecFixture::launch(&ok)).await.unwrap();
+    exec.launch(ExecFixture::launch(&ok)).await.unwrap();
+    started(&mut rx, ok.id).await;
     assert_eq!(exec.active().await, vec![ok.id]);
     let got = jobs.get(&ok.id.to_string()).await.unwrap();
-    assert_eq!(got.spec.unwrap().active_deadline_seconds, Some(7200));
-    finish_job(&c, &ns, &ok.id.to_string(), true).await;
+    assert_eq!(got.spec.unwrap().active_deadline_seconds, Some(300));
     assert_eq!(
         next_event(&mut rx).await,
         ExecutorEvent::Finished {
@@ -421,386 +466,202 @@ async fn the_kubernetes_executor_creates_follows_and_cancels_jobs() {
     );
     assert!(exec.active().await.is_empty());
 
-    // Deadline exceeded, as the Job controller reports it.
-    let late = mk();
-    exec.launch(launch(&late)).await.unwrap();
-    let _ = next_event(&mut rx).await;
-    finish_job(&c, &ns, &late.id.to_string(), false).await;
+    let late = ExecFixture::run(&runnable("sleep 600", 3));
+    exec.launch(ExecFixture::launch(&late)).await.unwrap();
+    started(&mut rx, late.id).await;
+    assert_eq!(
+        next_event(&mut rx).await,
+        ExecutorEvent::Finished {
+            run_id: late.id,
+            outcome: Outcome::DeadlineExceeded {
+                deadline: Duration::from_secs(3)
+            },
+            logs_stored: false
+        }
+    );
+
+    let cancelled = ExecFixture::run(&runnable("sleep 600", 300));
+    exec.launch(ExecFixture::launch(&cancelled)).await.unwrap();
+    started(&mut rx, cancelled.id).await;
+    exec.cancel(cancelled.id, CancellationPolicy::Background)
+        .await
+        .unwrap();
+    assert_eq!(
+        next_event(&mut rx).await,
+        ExecutorEvent::Finished {
+            run_id: cancelled.id,
+            outcome: Outcome::Cancelled,
+            logs_stored: false
+        }
+    );
+    assert!(
+        jobs.get_opt(&cancelled.id.to_string())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    exec.cancel(cancelled.id, CancellationPolicy::Background)
+        .await
+        .expect("cancel is idempotent");
+
+    // Deleted by someone else once its container runs.
+    let vanished = ExecFixture::run(&runnable("sleep 600", 300));
+    exec.launch(ExecFixture::launch(&vanished)).await.unwrap();
+    started(&mut rx, vanished.id).await;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(f.c.clone(), &f.ns);
+    let selector = format!("science.sneaksanddata.com/request-id={}", vanished.id);
+    let t0 = std::time::Instant::now();
+    loop {
+        let list = pods
+            .list(&kube::api::ListParams::default().labels(&selector))
+            .await
+            .unwrap();
+        if list
+            .items
+            .iter()
+            .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the pod never ran: {:?}",
+            list.items.iter().map(|p| &p.status).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    jobs.delete(&vanished.id.to_string(), &DeleteParams::background())
+        .await
+        .unwrap();
     match next_event(&mut rx).await {
         ExecutorEvent::Finished {
             run_id,
-            outcome: Outcome::DeadlineExceeded { deadline },
+            outcome: Outcome::Diagnosed { kind, cause, .. },
             ..
         } => {
-            assert_eq!(run_id, late.id);
-            assert_eq!(deadline, Duration::from_secs(7200));
+            assert_eq!((run_id, kind), (vanished.id, FailureKind::JobFailed));
+            assert_eq!(cause, "Algorithm Job was deleted");
         }
         e => panic!("{e:?}"),
     }
-
-    // Cancel with each propagation policy. Without a garbage collector in this API server, a
-    // Foreground or Orphan delete leaves the Job with the finalizer that asks for it.
-    for (policy, finalizer) in [
-        (CancellationPolicy::Background, None),
-        (CancellationPolicy::Foreground, Some("foregroundDeletion")),
-        (CancellationPolicy::Orphan, Some("orphan")),
-    ] {
-        let r = mk();
-        exec.launch(launch(&r)).await.unwrap();
-        let _ = next_event(&mut rx).await;
-        exec.cancel(r.id, policy).await.unwrap();
-        assert_eq!(
-            next_event(&mut rx).await,
-            ExecutorEvent::Finished {
-                run_id: r.id,
-                outcome: Outcome::Cancelled,
-                logs_stored: false
-            }
-        );
-        match (jobs.get_opt(&r.id.to_string()).await.unwrap(), finalizer) {
-            (None, None) => {}
-            (Some(j), Some(f)) => {
-                assert!(
-                    j.metadata.deletion_timestamp.is_some(),
-                    "{policy:?}: being deleted"
-                );
-                assert!(
-                    j.metadata
-                        .finalizers
-                        .unwrap_or_default()
-                        .iter()
-                        .any(|x| x == f),
-                    "{policy:?}: the {f} finalizer"
-                );
-            }
-            (j, f) => panic!(
-                "{policy:?}: job {:?}, expected finalizer {f:?}",
-                j.map(|j| j.metadata)
-            ),
-        }
-        exec.cancel(r.id, policy)
-            .await
-            .expect("cancel is idempotent");
-    }
-    stop.cancel();
+    f.done().await;
 }
 
-/// The kubelet helper: a Job's pod goes through every state the supervisor classifies, each
-/// accepted by the API server's pod status validation and read back as set.
-#[tokio::test]
-async fn the_kubelet_helper_sets_every_pod_state() {
-    use k8s_openapi::api::core::v1::Pod;
-    let c = client().await;
-    let ns = namespace(&c, "kubelet").await;
-    let t: NexusAlgorithmTemplate = manifest(TEMPLATE);
-    let w: NexusAlgorithmWorkgroup = manifest(WORKGROUP);
-    let mut run = nexus_store::test_suite::sample_run("trainer");
-    run.applied_configuration = t.spec.clone();
-    let ctx = LaunchContext {
-        payload_url: "https://nexus.example/p",
-        run_token: "token",
-        receiver_url: "https://receiver.example",
-        result_upload_url: "https://s3.example/r",
-        scheduler_url: "",
+/// Plays the external controller a Job names in `spec.managedBy` (the built-in Job controller
+/// leaves such Jobs alone): sets its terminal status, finished at `at`.
+async fn finish_managed_job(jobs: &Api<Job>, name: &str, complete: bool, at: &str) {
+    let status = if complete {
+        serde_json::json!({
+            "startTime": at, "completionTime": at, "succeeded": 1,
+            "conditions": [
+                {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": at},
+                {"type": "Complete", "status": "True", "lastTransitionTime": at}
+            ]
+        })
+    } else {
+        serde_json::json!({
+            "startTime": at, "failed": 1,
+            "conditions": [
+                {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded", "lastTransitionTime": at},
+                {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "lastTransitionTime": at}
+            ]
+        })
     };
+    jobs.patch_status(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&serde_json::json!({ "status": status })),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("the API server refused the status of Job {name}: {e}"));
+}
+
+/// The Job garbage collector deletes only Jobs that finished longer than their TTL (+ slack) ago:
+/// not running ones, not recently finished ones, not Jobs of other components; an executor
+/// makes a pass as it starts (a receiver restarted cleans up at once), then on its interval or
+/// when asked. The Jobs are managed by a controller of the test's own (`spec.managedBy`), which
+/// finishes them at chosen times, and carry no `ttlSecondsAfterFinished` (the TTL controller
+/// leaves them alone: the executor's default TTL applies, the case this backstop exists for).
+#[tokio::test]
+async fn finished_jobs_past_their_ttl_are_collected() {
+    let c = client().await;
+    let ns = namespace(&c, "jobgc").await;
+    let jobs: Api<Job> = Api::namespaced(c.clone(), &ns);
     let opts = JobOptions {
         namespace: ns.clone(),
         ..JobOptions::default()
     };
-    let job = render_job(&run, &w.spec, &ctx, None, &opts).unwrap();
-    let job = Api::<Job>::namespaced(c.clone(), &ns)
-        .create(&PostParams::default(), &job)
-        .await
-        .unwrap();
-    let pod = create_pod(&c, &job).await.unwrap();
-    let pods: Api<Pod> = Api::namespaced(c.clone(), &ns);
-    let got = pods.get(&pod).await.unwrap();
-    assert_eq!(
-        got.metadata.labels.as_ref().unwrap()["batch.kubernetes.io/job-name"],
+    let managed = |mut job: Job| {
+        let spec = job.spec.as_mut().unwrap();
+        spec.managed_by = Some("nexus.test/hand-played".into());
+        spec.ttl_seconds_after_finished = None;
+        job
+    };
+    let template = runnable("sleep 600", 300);
+    let create = async || {
+        let run = ExecFixture::run(&template);
+        let ctx = LaunchContext {
+            payload_url: "https://nexus.example/p",
+            run_token: "token",
+            receiver_url: "https://receiver.example",
+            result_upload_url: "https://s3.example/r",
+            scheduler_url: "",
+        };
+        let job = render_job(&run, &WorkgroupSpec::default(), &ctx, None, &opts).unwrap();
+        jobs.create(&PostParams::default(), &managed(job))
+            .await
+            .unwrap();
         run.id.to_string()
-    );
-    assert_eq!(
-        got.metadata.owner_references.as_ref().unwrap()[0].uid,
-        job.metadata.uid.clone().unwrap()
-    );
-    let reason = |p: &Pod| {
-        let cs = &p
-            .status
-            .as_ref()
-            .unwrap()
-            .container_statuses
-            .as_ref()
-            .unwrap()[0];
-        let st = cs.state.as_ref().unwrap();
-        st.waiting
-            .as_ref()
-            .and_then(|w| w.reason.clone())
-            .or_else(|| st.terminated.as_ref().and_then(|t| t.reason.clone()))
-            .unwrap_or_else(|| "running".into())
     };
-    // The kubelet's order: scheduling trouble, pull trouble, running, then one ending per pod.
-    let p = set_pod_state(
-        &c,
-        &ns,
-        &pod,
-        &PodState::Unschedulable("0/3 nodes are available: 3 Insufficient memory.".into()),
-    )
-    .await
-    .unwrap();
-    let cond = &p.status.as_ref().unwrap().conditions.as_ref().unwrap()[0];
-    assert_eq!(
-        (cond.reason.as_deref(), cond.status.as_str()),
-        (Some("Unschedulable"), "False")
-    );
-    for (state, want) in [
-        (PodState::ErrImagePull, "ErrImagePull"),
-        (PodState::ImagePullBackOff, "ImagePullBackOff"),
-        (
-            PodState::ConfigError("secret \"trainer-secrets\" not found".into()),
-            "CreateContainerConfigError",
-        ),
-        (PodState::Running, "running"),
-    ] {
-        let p = set_pod_state(&c, &ns, &pod, &state).await.unwrap();
-        assert_eq!(reason(&p), want, "{state:?}");
-    }
-    let p = set_pod_state(&c, &ns, &pod, &PodState::OomKilled)
-        .await
-        .unwrap();
-    assert_eq!(reason(&p), "OOMKilled");
-    assert_eq!(p.status.as_ref().unwrap().phase.as_deref(), Some("Failed"));
-    // Terminal pods are final; fresh pods for the other endings.
-    for (state, want, code) in [
-        (PodState::Failed(2), "Error", 2),
-        (PodState::Succeeded, "Completed", 0),
-    ] {
-        let pod = create_pod(&c, &job).await.unwrap();
-        let p = set_pod_state(&c, &ns, &pod, &state).await.unwrap();
-        assert_eq!(reason(&p), want);
-        let cs = &p
-            .status
-            .as_ref()
-            .unwrap()
-            .container_statuses
-            .as_ref()
-            .unwrap()[0];
-        assert_eq!(
-            cs.state
-                .as_ref()
-                .unwrap()
-                .terminated
-                .as_ref()
-                .unwrap()
-                .exit_code,
-            code
-        );
-    }
-}
-
-/// Failures diagnosed from pod and Job status through the real API server: image pull and
-/// scheduling problems past their grace end the run (and delete its Job); a failed Job's cause
-/// comes from its pods' last termination (OOM-killed at the memory limit, a fatal exit code).
-#[tokio::test]
-async fn the_kubernetes_executor_diagnoses_failures_from_status() {
-    use nexus_executor::{Executor, ExecutorEvent, FailureKind, Outcome};
-    use nexus_kube::classify::FailureConfig;
-    let failures = FailureConfig {
-        image_pull_grace: Duration::from_millis(300),
-        unschedulable_limit: Duration::from_millis(300),
-        config_error_grace: Duration::from_secs(3600),
-    };
-    let (f, mut rx) = ExecFixture::new("diagnose", failures).await;
-    let (c, ns) = (f.c.clone(), f.ns.clone());
-    let (exec, jobs, stop) = (&f.exec, &f.jobs, &f.stop);
-    // Launches a run, creates its pod as the Job controller would, returns (run id, pod).
-    let start = async |rx: &mut Events| {
-        let run = f.run();
-        exec.launch(f.launch(&run)).await.unwrap();
-        assert!(matches!(
-            next_event(rx).await,
-            ExecutorEvent::Started { .. }
-        ));
-        let job = jobs.get(&run.id.to_string()).await.unwrap();
-        (run.id, create_pod(&c, &job).await.unwrap())
-    };
-    let diagnosis = |ev: ExecutorEvent| match ev {
-        ExecutorEvent::Finished {
-            run_id,
-            outcome:
-                Outcome::Diagnosed {
-                    kind,
-                    cause,
-                    details,
-                },
-            ..
-        } => (run_id, kind, cause, details),
-        e => panic!("expected a diagnosis, got {e:?}"),
-    };
-
-    // A configuration error within its (long) grace, then the container runs: nothing given up;
-    // then an image that cannot be pulled, past its grace: SCHEDULING_FAILED-class, Job deleted.
-    let (id, pod) = start(&mut rx).await;
-    set_pod_state(
-        &c,
-        &ns,
-        &pod,
-        &PodState::ConfigError("secret \"trainer-secrets\" not found".into()),
-    )
-    .await
-    .unwrap();
-    set_pod_state(&c, &ns, &pod, &PodState::ImagePullBackOff)
-        .await
-        .unwrap();
-    let (run_id, kind, cause, details) = diagnosis(next_event(&mut rx).await);
-    assert_eq!((run_id, kind), (id, FailureKind::ImagePull));
-    assert_eq!(cause, "Container image could not be pulled");
-    assert!(
-        details.contains("registry.example/ml/trainer:2025.1"),
-        "{details}"
-    );
-    for _ in 0..100 {
-        if jobs.get_opt(&id.to_string()).await.unwrap().is_none() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        jobs.get_opt(&id.to_string()).await.unwrap().is_none(),
-        "the Job of a run given up is deleted"
-    );
-    assert!(exec.active().await.is_empty());
-
-    // No node fits: the scheduler's message reaches the cause.
-    let (id, pod) = start(&mut rx).await;
-    set_pod_state(
-        &c,
-        &ns,
-        &pod,
-        &PodState::Unschedulable("0/3 nodes are available: 3 Insufficient nvidia.com/gpu.".into()),
-    )
-    .await
-    .unwrap();
-    let (run_id, kind, _, details) = diagnosis(next_event(&mut rx).await);
-    assert_eq!((run_id, kind), (id, FailureKind::Unschedulable));
-    assert!(
-        details.contains("3 Insufficient nvidia.com/gpu"),
-        "{details}"
-    );
-
-    // OOM-killed, then the Job controller gives up: the cause names the memory limit.
-    let (id, pod) = start(&mut rx).await;
-    set_pod_state(&c, &ns, &pod, &PodState::Running)
-        .await
-        .unwrap();
-    set_pod_state(&c, &ns, &pod, &PodState::OomKilled)
-        .await
-        .unwrap();
-    end_job(
-        &c,
-        &ns,
-        &id.to_string(),
-        &JobEnd::Failed("BackoffLimitExceeded".into()),
-    )
-    .await
-    .unwrap();
-    let (run_id, kind, cause, details) = diagnosis(next_event(&mut rx).await);
-    assert_eq!((run_id, kind), (id, FailureKind::OutOfMemory));
-    assert_eq!(cause, "Algorithm ran out of memory");
-    assert!(details.contains("memory limit of 8Gi"), "{details}");
-
-    // A fatal exit code matched by the pod failure policy.
-    let (id, pod) = start(&mut rx).await;
-    set_pod_state(&c, &ns, &pod, &PodState::Failed(2))
-        .await
-        .unwrap();
-    end_job(
-        &c,
-        &ns,
-        &id.to_string(),
-        &JobEnd::Failed("PodFailurePolicy".into()),
-    )
-    .await
-    .unwrap();
-    let (run_id, kind, _, details) = diagnosis(next_event(&mut rx).await);
-    assert_eq!((run_id, kind), (id, FailureKind::PodFailurePolicy));
-    assert!(details.contains("exited with code 2"), "{details}");
-
-    // The Job vanishes (deleted outside Nexus) while running: the run fails with that cause.
-    let (id, pod) = start(&mut rx).await;
-    set_pod_state(&c, &ns, &pod, &PodState::Running)
-        .await
-        .unwrap();
-    jobs.delete(&id.to_string(), &DeleteParams::background())
-        .await
-        .unwrap();
-    let (run_id, kind, cause, _) = diagnosis(next_event(&mut rx).await);
-    assert_eq!((run_id, kind), (id, FailureKind::JobFailed));
-    assert_eq!(cause, "Algorithm Job was deleted");
-    stop.cancel();
-}
-
-/// The Job garbage collector deletes only Jobs that finished longer than their TTL (+ slack) ago:
-/// not running ones, not recently finished ones, not Jobs of other components.
-#[tokio::test]
-async fn finished_jobs_past_their_ttl_are_collected() {
-    use nexus_executor::Executor;
-    let (f, _rx) = ExecFixture::new("jobgc", nexus_kube::classify::FailureConfig::default()).await;
-    let (c, ns) = (f.c.clone(), f.ns.clone());
-    let (exec, jobs, stop) = (&f.exec, &f.jobs, &f.stop);
-    let mut ids = Vec::new();
-    for _ in 0..3 {
-        let run = f.run();
-        exec.launch(f.launch(&run)).await.unwrap();
-        ids.push(run.id.to_string());
-    }
-    // Long finished (the kit's timestamps are in January), finished just now, still running.
-    end_job(&c, &ns, &ids[0], &JobEnd::Complete).await.unwrap();
+    let long_ago = "2026-01-01T00:00:00Z";
+    // Long finished, finished just now, still running.
+    let ids = [create().await, create().await, create().await];
+    finish_managed_job(&jobs, &ids[0], true, long_ago).await;
     let now = k8s_openapi::chrono::Utc::now()
         .to_rfc3339_opts(k8s_openapi::chrono::SecondsFormat::Secs, true);
-    jobs.patch_status(
-        &ids[1],
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(&serde_json::json!({"status": {
-            "startTime": now, "failed": 1,
-            "conditions": [
-                {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded", "lastTransitionTime": now},
-                {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "lastTransitionTime": now}
-            ]
-        }})),
-    )
-    .await
-    .unwrap();
-    // A finished Job that is not a Nexus run.
+    finish_managed_job(&jobs, &ids[1], false, &now).await;
+    // A long finished Job that is not a Nexus run.
     let foreign: Job = serde_json::from_value(serde_json::json!({
         "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "not-nexus"},
         "spec": {"template": {"spec": {"restartPolicy": "Never",
             "containers": [{"name": "c", "image": "busybox"}]}}}
     }))
     .unwrap();
-    jobs.create(&PostParams::default(), &foreign).await.unwrap();
-    end_job(&c, &ns, "not-nexus", &JobEnd::Complete)
+    jobs.create(&PostParams::default(), &managed(foreign))
         .await
         .unwrap();
+    finish_managed_job(&jobs, "not-nexus", true, long_ago).await;
 
-    assert_eq!(exec.collect_finished_jobs().await, 1);
+    // The executor's pass at start.
+    let (f, _rx) = ExecFixture::start(c, ns);
+    let t0 = std::time::Instant::now();
+    while jobs.get_opt(&ids[0]).await.unwrap().is_some() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the long finished Job was not collected as the executor started"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let kept = async |what: &str, name: &str| {
+        assert!(jobs.get_opt(name).await.unwrap().is_some(), "{what}: kept");
+    };
+    kept("just finished", &ids[1]).await;
+    kept("running", &ids[2]).await;
+    kept("not ours", "not-nexus").await;
+
+    // A pass when asked (that pass has ended: it listed before the first Job was gone).
+    let later = create().await;
+    finish_managed_job(&jobs, &later, true, long_ago).await;
+    assert_eq!(f.exec.collect_finished_jobs().await, 1);
     assert!(
-        jobs.get_opt(&ids[0]).await.unwrap().is_none(),
+        jobs.get_opt(&later).await.unwrap().is_none(),
         "long finished: deleted"
     );
-    assert!(
-        jobs.get_opt(&ids[1]).await.unwrap().is_some(),
-        "just finished: kept"
-    );
-    assert!(
-        jobs.get_opt(&ids[2]).await.unwrap().is_some(),
-        "running: kept"
-    );
-    assert!(
-        jobs.get_opt("not-nexus").await.unwrap().is_some(),
-        "not ours: kept"
-    );
-    assert_eq!(exec.collect_finished_jobs().await, 0);
-    stop.cancel();
+    kept("just finished", &ids[1]).await;
+    kept("running", &ids[2]).await;
+    kept("not ours", "not-nexus").await;
+    assert_eq!(f.exec.collect_finished_jobs().await, 0);
+    f.done().await;
 }
 
 /// Supervisors elect their leader on a `coordination.k8s.io/v1` Lease: one holder at a time
