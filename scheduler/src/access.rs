@@ -10,7 +10,8 @@
 //! * **Authorization** ([`may`]): a principal needs a rule granting the action on the run's
 //!   algorithm or workgroup; a run acts only on itself and its descendants (it reads any run only
 //!   while authentication is off, as before); 403 / `PERMISSION_DENIED` says which.
-//! * **Audit** ([`audit`]): one line per write (submit, cancel, tag), allowed or refused.
+//! * **Audit** ([`audit`]): one line per write (submit, cancel, tag), allowed or refused, when
+//!   authentication is on.
 //!
 //! Routes outside: `/health/*`, `/metrics`, `/openapi.json`, and payloads fetched with the
 //! run's signed URL (the signature is the credential).
@@ -330,9 +331,12 @@ pub fn submit_check(s: &Arc<Scheduler>, caller: &Caller) -> Option<SubmitCheck> 
     })))
 }
 
-/// Writes the audit line of a write by `caller`.
+/// Writes the audit line of a write by `caller` (none without authentication: the caller is
+/// unknown, and a line per accept would only add volume).
 pub fn audit(caller: &Caller, action: &str, algorithm: &str, run: &str, outcome: &str) {
-    nexus_auth::audit::write(&caller.describe(), action, algorithm, run, outcome);
+    if !matches!(caller, Caller::Anonymous) {
+        nexus_auth::audit::write(&caller.describe(), action, algorithm, run, outcome);
+    }
 }
 
 /// The `x-nexus-run-id` and `authorization` values of HTTP headers.
@@ -382,5 +386,124 @@ pub async fn authenticate(
             next.run(req).await
         }
         Err(resp) => resp,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use nexus_auth::apikey::{self, ApiKeys};
+    use nexus_auth::config::{ApiKeyEntry, ApiKeysConfig};
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::SchedulerConfig;
+    use crate::admission::tests::scheduler_with_auth;
+
+    /// Log lines written while the test runs.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().write(b)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn auth(key: &str) -> nexus_auth::Authenticator {
+        let keys = ApiKeys::load(&ApiKeysConfig {
+            keys: vec![ApiKeyEntry {
+                name: "ci".into(),
+                sha256: apikey::hash(key),
+                groups: vec!["team-a".into()],
+            }],
+            files: vec![],
+        })
+        .unwrap();
+        let rules =
+            serde_yaml::from_str("[{groups: [team-a], actions: [submit], algorithms: [knapsack]}]")
+                .unwrap();
+        nexus_auth::Authenticator::from_parts(keys, None, rules)
+    }
+
+    fn submit(key: &str) -> Request<Body> {
+        let body = r#"{"algorithmParameters": {"a": 1}}"#;
+        Request::post("/algorithm/v1/run/knapsack")
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {key}"))
+            .body(Body::from(body))
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn one_audit_line_per_write() {
+        let key = apikey::generate();
+        let (s, _) = scheduler_with_auth(SchedulerConfig::default(), auth(&key));
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_target(true)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let ok = crate::api::router(s.clone())
+            .oneshot(submit(&key))
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), 202);
+        let read = crate::api::router(s.clone())
+            .oneshot(
+                Request::get("/algorithm/v1/results/tags/x")
+                    .header("authorization", format!("Bearer {key}"))
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(read.status(), 200, "a listing is filtered, not refused");
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let audit: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("nexus::audit"))
+            .collect();
+        assert_eq!(audit.len(), 1, "{text}");
+        assert!(
+            audit[0].contains("API key 'ci'") && audit[0].contains("action=\"submit\""),
+            "{}",
+            audit[0]
+        );
+        assert!(audit[0].contains("outcome=\"ok\""), "{}", audit[0]);
+    }
+
+    #[test]
+    fn moving_a_run_to_another_workgroup_needs_a_grant_naming_it() {
+        let key = apikey::generate();
+        let (s, _) = scheduler_with_auth(SchedulerConfig::default(), auth(&key));
+        let p = Principal {
+            subject: "ci".into(),
+            groups: vec!["team-a".into()],
+            method: nexus_auth::Method::ApiKey,
+        };
+        let check = submit_check(&s, &Caller::Principal(p)).unwrap();
+        let target = |wg| SubmitTarget {
+            algorithm: "knapsack",
+            template_workgroup: "wg",
+            workgroup: wg,
+            parent: None,
+        };
+        assert!((check.0)(&target("wg")).is_ok());
+        let e = (check.0)(&target("gpu")).unwrap_err();
+        assert!(
+            e.contains("may not move runs of algorithm 'knapsack' into workgroup 'gpu'"),
+            "{e}"
+        );
+        assert!(submit_check(&s, &Caller::Anonymous).is_none());
     }
 }

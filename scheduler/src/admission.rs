@@ -791,6 +791,14 @@ pub(crate) mod tests {
 
     /// A scheduler over in-memory fakes with template `knapsack` on workgroup `wg`.
     pub(crate) fn scheduler(config: SchedulerConfig) -> (Arc<Scheduler>, Arc<InMemoryRunStore>) {
+        scheduler_with_auth(config, nexus_auth::Authenticator::none())
+    }
+
+    /// As [`scheduler`], with `auth`.
+    pub(crate) fn scheduler_with_auth(
+        config: SchedulerConfig,
+        auth: nexus_auth::Authenticator,
+    ) -> (Arc<Scheduler>, Arc<InMemoryRunStore>) {
         let mut snap = Snapshot::default();
         snap.workgroups
             .insert("wg".into(), Workgroup::on_cluster("wg", "local"));
@@ -812,7 +820,7 @@ pub(crate) mod tests {
         };
         snap.templates.insert("knapsack".into(), template);
         let store = Arc::new(InMemoryRunStore::default());
-        let s = Scheduler::new(
+        let s = Scheduler::with_auth(
             config,
             Deps {
                 store: store.clone(),
@@ -823,6 +831,7 @@ pub(crate) mod tests {
                 instance_id: "me".into(),
                 readiness: nexus_http::Readiness::default(),
             },
+            auth,
         );
         (s, store)
     }

@@ -513,6 +513,8 @@ pub async fn start_supervisor_with(
     store: Arc<dyn RunStore>,
 ) -> anyhow::Result<Handle> {
     let addr = listener.local_addr()?;
+    nexus_http::tls::ServerTls::load(&c.server.tls)
+        .map_err(|e| anyhow::anyhow!("server.tls: {e}"))?;
     let signer = load_signing_key(c.signing_key_file.as_deref())?;
     let creds = credentials(&c.grpc)?;
     let shutdown = CancellationToken::new();
