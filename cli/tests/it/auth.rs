@@ -111,7 +111,17 @@ async fn two_teams_on_two_algorithms() {
     let res = |alg: &str, id: &str| format!("{base}/algorithm/v1/results/{alg}/requests/{id}");
     let meta = |alg: &str, id: &str| format!("{base}/algorithm/v1/metadata/{alg}/requests/{id}");
     let cancel = |alg: &str, id: &str| format!("{base}/algorithm/v1/cancel/{alg}/requests/{id}");
-    let table: Vec<(&str, &str, String, Option<&str>, Option<&str>, u16, &str)> = vec![
+    // (case, method, url, bearer, body, status, text of the answer)
+    type Row<'a> = (
+        &'a str,
+        &'a str,
+        String,
+        Option<&'a str>,
+        Option<&'a str>,
+        u16,
+        &'a str,
+    );
+    let table: Vec<Row> = vec![
         (
             "no credential",
             "POST",

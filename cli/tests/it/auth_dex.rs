@@ -148,7 +148,17 @@ async fn real_tokens_two_teams_two_algorithms() {
         .to_owned();
     let res = |alg: &str, id: &str| format!("{base}/algorithm/v1/results/{alg}/requests/{id}");
     let cancel = |alg: &str, id: &str| format!("{base}/algorithm/v1/cancel/{alg}/requests/{id}");
-    let table: Vec<(&str, bool, String, &str, Option<&str>, u16, &str)> = vec![
+    // (case, POST?, url, bearer, body, status, text of the answer)
+    type Row<'a> = (
+        &'a str,
+        bool,
+        String,
+        &'a str,
+        Option<&'a str>,
+        u16,
+        &'a str,
+    );
+    let table: Vec<Row> = vec![
         (
             "alice submits hello",
             true,
