@@ -701,4 +701,86 @@ pub(crate) mod tests {
         let p = map_claims(&json!({"sub": "x"}), &m).unwrap();
         assert!(p.groups.is_empty());
     }
+
+    /// A loopback issuer whose JWKS the test can change; returns its URL.
+    async fn serve_issuer(jwks: Arc<Mutex<Value>>, claim_issuer: Option<String>) -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/idp", l.local_addr().unwrap());
+        let doc = json!({
+            "issuer": claim_issuer.unwrap_or_else(|| url.clone()),
+            "jwks_uri": format!("{url}/keys"),
+        });
+        let app = axum::Router::new()
+            .route(
+                "/idp/.well-known/openid-configuration",
+                axum::routing::get(move || async move { axum::Json(doc) }),
+            )
+            .route(
+                "/idp/keys",
+                axum::routing::get(move || {
+                    let v = jwks.lock().unwrap().clone();
+                    async move { axum::Json(v) }
+                }),
+            );
+        tokio::spawn(async move { axum::serve(l, app).await });
+        url
+    }
+
+    #[tokio::test]
+    async fn keys_are_discovered_and_rotation_is_followed() {
+        let (k1, k2) = (TestKey::new("k1"), TestKey::new("k2"));
+        let jwks = Arc::new(Mutex::new(json!({"keys": [k1.jwk]})));
+        let url = serve_issuer(jwks.clone(), None).await;
+        let config = OidcConfig {
+            issuer: url.clone(),
+            min_refresh_interval: Duration::ZERO,
+            ..config()
+        };
+        let oidc = Oidc::new(config).unwrap();
+        let claims_for = |extra: i64| {
+            let mut c = claims(300 + extra);
+            c["iss"] = json!(url);
+            c
+        };
+        let t1 = k1.sign(&claims_for(0));
+        // Not fetched yet: the first verification fetches (an unknown key id triggers it).
+        assert_eq!(oidc.verify(&t1).await.unwrap().subject, "alice@example.com");
+        // The provider rotates: k2 in, k1 out. A k2 token fetches the keys at once.
+        *jwks.lock().unwrap() = json!({"keys": [k2.jwk]});
+        let t2 = k2.sign(&claims_for(1));
+        assert_eq!(oidc.verify(&t2).await.unwrap().subject, "alice@example.com");
+        // The key set changed, so the cached k1 token no longer passes.
+        match oidc.verify(&t1).await {
+            Err(AuthError::Invalid(m)) => assert!(m.contains("signed by key 'k1'"), "{m}"),
+            other => panic!("k1 after rotation: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_or_mismatched_issuer_is_reported() {
+        let key = TestKey::new("k1");
+        let jwks = Arc::new(Mutex::new(json!({"keys": [key.jwk]})));
+        let url = serve_issuer(jwks, Some("https://somebody-else.example.com".into())).await;
+        let oidc = Oidc::new(OidcConfig {
+            issuer: url.clone(),
+            ..config()
+        })
+        .unwrap();
+        let e = oidc.refresh(true).await.unwrap_err().to_string();
+        assert!(
+            e.contains("names issuer 'https://somebody-else.example.com'"),
+            "{e}"
+        );
+        let mut c = claims(300);
+        c["iss"] = json!(url);
+        match oidc.verify(&key.sign(&c)).await {
+            Err(AuthError::Unavailable(m)) => {
+                assert!(
+                    m.contains("not loaded yet") && m.contains("somebody-else"),
+                    "{m}"
+                );
+            }
+            other => panic!("expected 503: {other:?}"),
+        }
+    }
 }
