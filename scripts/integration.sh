@@ -41,6 +41,9 @@
 #   plane without a node; 1,000 runs through two schedulers and two receivers become Jobs whose
 #   pods kwok completes; correctness only, the figures are nexus-bench kube-scale's
 #   (scripts/kwok-scale-check.sh).
+# * Authentication (issue #21): Dex, a real OIDC provider built from the Go module proxy
+#   (scripts/dex.sh), issues tokens by a real password grant; two teams on two algorithms, wrong
+#   audience, expiry and key rotation against a scheduler (cli/tests/it/auth_dex.rs).
 # * The container image (issue #19): a Debian base made with debootstrap (no registry is
 #   reachable), the Containerfile built with podman from the release binaries, then standalone in
 #   the container answers readyz and completes a knapsack run (scripts/image.sh).
@@ -53,7 +56,7 @@ source scripts/lib/disk.sh
 # Every integration test is built with the whole workspace selected and all integration features
 # on (the feature set the lints use), so that every test binary below shares one build of the
 # dependencies instead of one per package selection (cargo unifies features per selection).
-it_features=nexus-store/cassandra-tests,nexus-payload/s3-tests,nexus-cli/cassandra-tests,nexus-cli/distributed-tests,nexus-kube/kube-tests,nexus-cli/kube-tests
+it_features=nexus-store/cassandra-tests,nexus-payload/s3-tests,nexus-cli/cassandra-tests,nexus-cli/distributed-tests,nexus-kube/kube-tests,nexus-cli/kube-tests,nexus-cli/dex-tests
 itest() { cargo test --workspace --features "$it_features" "$@"; }
 
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -73,11 +76,14 @@ secure_env=(NEXUS_CASSANDRA_DIR="$secure_dir" NEXUS_CASSANDRA_PORT=19142
   NEXUS_CASSANDRA_AUTH=1 NEXUS_CASSANDRA_TLS=mtls NEXUS_CASSANDRA_HEAP_MAX=512m)
 export NEXUS_SEAWEED_DIR="$work/seaweedfs"
 export NEXUS_KUBE_DIR="${NEXUS_KUBE_DIR:-$work/kube}"
+export NEXUS_DEX_DIR="$work/dex"
+export NEXUS_DEX_GOMODCACHE="${NEXUS_KUBE_GOMODCACHE:-$NEXUS_KUBE_DIR/gomod}"
 export NEXUS_SEAWEED_S3_PORT="${NEXUS_SEAWEED_S3_PORT:-28333}"
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   scripts/kwok.sh stop >/dev/null 2>&1 || true
+  scripts/dex.sh stop || true
   scripts/kube-cluster.sh stop || true
   scripts/kube-apiserver.sh stop || true
   scripts/seaweedfs.sh stop || true
@@ -126,6 +132,11 @@ echo "integration: runs as Jobs, Pods and containers on the node: complete, canc
 NEXUS_TEST_KUBECONFIG="$kubeconfig" NEXUS_TEST_IMAGE="$it_image" NEXUS_TEST_NODE_IP="$node_ip" \
   itest --test it kubernetes::
 scripts/kube-cluster.sh stop
+
+echo "integration: authentication against a real OIDC provider (Dex from the Go module proxy: password-grant tokens, two teams, wrong audience, expiry, key rotation)"
+dex_issuer=$(scripts/dex.sh start)
+NEXUS_TEST_DEX_ISSUER="$dex_issuer" itest --test it auth_dex::
+scripts/dex.sh stop
 
 echo "integration: the Helm chart: lint, render, kube-score (scripts/helm-check.sh)"
 bash scripts/helm-check.sh

@@ -25,6 +25,7 @@
 //! Every loop is bounded in time and in count; the HTTP scenarios only target loopback unless a
 //! URL is given explicitly. Micro-benchmarks (criterion) live in `benches/micro.rs`.
 
+mod auth;
 mod big_payload;
 mod big_results;
 mod cassandra;
@@ -80,6 +81,19 @@ enum Cmd {
         /// Concurrent tasks.
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+    },
+    /// Accept without authentication, with OIDC tokens and with API keys, alternating in one
+    /// process run; prints each phase and the ratios to the unauthenticated rate.
+    AuthAccept {
+        /// Concurrent closed-loop clients (each with its own OIDC token).
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Duration of each phase, e.g. `10s`.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Rounds of the three phases.
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
     },
     /// Bare axum handler (POST → 202): the reference for `accept`.
     Baseline {
@@ -1113,6 +1127,25 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Store { runs, concurrency } => {
             let r = bench_store(runs, concurrency).await?;
             print_store(&r);
+        }
+        Cmd::AuthAccept {
+            concurrency,
+            duration,
+            rounds,
+        } => {
+            let loads = auth::bench_auth_accept(concurrency, duration, rounds).await?;
+            print_loads(
+                "accept with authentication",
+                &loads.iter().collect::<Vec<_>>(),
+            );
+            let none = auth::rate_of(&loads, "accept, auth none");
+            for name in ["accept, OIDC token", "accept, API key"] {
+                println!(
+                    "{name}: {:.0} runs/s = {:.3} × auth none ({none:.0} runs/s)",
+                    auth::rate_of(&loads, name),
+                    auth::rate_of(&loads, name) / none.max(1e-9)
+                );
+            }
         }
         Cmd::Baseline {
             concurrency,

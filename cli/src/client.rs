@@ -10,10 +10,12 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
+use axum::http::{Method, StatusCode};
+use nexus_http::client::{Answer, ClientError, HttpClient};
 use nexus_proto::v1::{
     AlgorithmRequest, CancellationRequest, RequestResult, RunCreated, TaggedRequestResult,
 };
-use reqwest::{Method, StatusCode, Url};
+use url::Url;
 
 /// Stages after which a run never changes again.
 pub const TERMINAL_STATUSES: [&str; 5] = [
@@ -37,7 +39,7 @@ const RESULT_COLUMN_WIDTH: usize = 60;
 /// Where the Nexus server is and how to authenticate to it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientOpts {
-    /// Base URL of the Nexus HTTP API (plain http).
+    /// Base URL of the Nexus HTTP API (`http://` or `https://`).
     #[arg(
         long,
         env = "NEXUS_SERVER",
@@ -48,6 +50,10 @@ pub struct ClientOpts {
     /// Bearer token sent as `Authorization: Bearer <TOKEN>` (when the server requires auth).
     #[arg(long, env = "NEXUS_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM file of CA certificates trusted for an `https://` server, besides the system's (a
+    /// private CA).
+    #[arg(long, env = "NEXUS_CA_FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// How the cluster deletes the run's workload when it is cancelled.
@@ -303,20 +309,27 @@ pub async fn run(opts: &ClientOpts, cmd: RunCommand) -> anyhow::Result<ExitCode>
 /// A thin HTTP client of the v1 API.
 #[derive(Debug)]
 struct Client {
-    http: reqwest::Client,
+    http: HttpClient,
     base: Url,
     token: Option<String>,
 }
 
+/// Largest answer the CLI reads (a listing of 10,000 runs fits many times).
+const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
+
 impl Client {
     fn new(opts: &ClientOpts) -> anyhow::Result<Self> {
         let base = parse_server_url(&opts.server)?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60))
-            .user_agent(concat!("nexus-cli/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .context("cannot build the HTTP client")?;
+        let http = HttpClient::new(
+            opts.ca_file.as_deref(),
+            Duration::from_secs(60),
+            MAX_ANSWER_BYTES,
+            concat!("nexus-cli/", env!("CARGO_PKG_VERSION")),
+        )
+        .with_context(|| match &opts.ca_file {
+            Some(f) => format!("--ca-file {}", f.display()),
+            None => "cannot build the HTTPS client".to_owned(),
+        })?;
         Ok(Self {
             http,
             base,
@@ -332,24 +345,30 @@ impl Client {
         body: Option<&impl serde::Serialize>,
         headers: &[(&str, &str)],
         what: &str,
-    ) -> anyhow::Result<reqwest::Response> {
+    ) -> anyhow::Result<Answer> {
         let url = endpoint(&self.base, segments)?;
-        let mut req = self.http.request(method, url.clone());
-        if let Some(token) = &self.token {
-            req = req.bearer_auth(token);
+        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        if let Some(a) = &auth {
+            all.push(("authorization", a.as_str()));
         }
-        for (name, value) in headers {
-            req = req.header(*name, *value);
-        }
-        if let Some(body) = body {
-            req = req.json(body);
-        }
-        let resp = req.send().await.map_err(|e| self.transport_error(e))?;
-        let status = resp.status();
+        let body = match body {
+            Some(b) => Some((
+                bytes::Bytes::from(serde_json::to_vec(b).context("cannot encode the request")?),
+                "application/json",
+            )),
+            None => None,
+        };
+        let resp = self
+            .http
+            .send(method, url.as_str(), &all, body)
+            .await
+            .map_err(|e| self.transport_error(e))?;
+        let status = resp.status;
         if status.is_success() {
             return Ok(resp);
         }
-        let message = resp.text().await.unwrap_or_default();
+        let message = resp.text();
         Err(http_error(
             status,
             message.trim(),
@@ -358,14 +377,14 @@ impl Client {
         ))
     }
 
-    fn transport_error(&self, e: reqwest::Error) -> anyhow::Error {
+    fn transport_error(&self, e: ClientError) -> anyhow::Error {
         let server = self.base.as_str().trim_end_matches('/');
-        if e.is_connect() {
+        if matches!(e, ClientError::Connect(_)) {
             anyhow!(e).context(format!(
                 "cannot reach Nexus at {server} — is `nexus standalone` running? \
-                 (set --server or NEXUS_SERVER to point elsewhere)"
+                 (set --server or NEXUS_SERVER to point elsewhere; for https, --ca-file or NEXUS_CA_FILE trusts a private CA)"
             ))
-        } else if e.is_timeout() {
+        } else if matches!(e, ClientError::Timeout(_)) {
             anyhow!(e).context(format!("Nexus at {server} did not answer in time"))
         } else {
             anyhow!(e).context(format!("request to Nexus at {server} failed"))
@@ -392,7 +411,6 @@ impl Client {
             )
             .await?;
         resp.json::<RunCreated>()
-            .await
             .with_context(|| format!("unexpected answer when {what}"))
     }
 
@@ -408,7 +426,6 @@ impl Client {
             )
             .await?;
         resp.json::<RequestResult>()
-            .await
             .with_context(|| format!("unexpected answer when {what}"))
     }
 
@@ -424,7 +441,6 @@ impl Client {
             )
             .await?;
         resp.json::<serde_json::Value>()
-            .await
             .with_context(|| format!("unexpected answer when {what}"))
     }
 
@@ -440,7 +456,6 @@ impl Client {
             )
             .await?;
         resp.json::<Vec<TaggedRequestResult>>()
-            .await
             .with_context(|| format!("unexpected answer when {what}"))
     }
 
@@ -460,7 +475,7 @@ impl Client {
                 &what,
             )
             .await?;
-        Ok(resp.text().await.unwrap_or_default().trim().to_owned())
+        Ok(resp.text().trim().to_owned())
     }
 
     /// Polls the run until it is terminal or `timeout` elapses; returns the exit code.
@@ -574,12 +589,10 @@ fn parse_server_url(server: &str) -> anyhow::Result<Url> {
         )
     })?;
     match url.scheme() {
-        "http" => {}
-        "https" => bail!(
-            "--server {server}: this nexus build speaks plain http only; \
-             use an http:// URL (e.g. through a local TLS-terminating proxy)"
-        ),
-        other => bail!("--server {server}: unsupported scheme {other:?}, expected http://"),
+        "http" | "https" => {}
+        other => {
+            bail!("--server {server}: unsupported scheme {other:?}, expected http:// or https://")
+        }
     }
     if url.cannot_be_a_base() {
         bail!("invalid --server {server:?}: expected a URL like http://127.0.0.1:8090");
@@ -1020,7 +1033,8 @@ mod tests {
 
     #[test]
     fn server_url_validation() {
-        assert!(parse_server_url("https://h").is_err());
+        assert!(parse_server_url("https://h").is_ok());
+        assert!(parse_server_url("ftp://h").is_err());
         assert!(parse_server_url("not a url").is_err());
         assert!(parse_server_url("http://h:8090").is_ok());
     }

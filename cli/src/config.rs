@@ -65,8 +65,8 @@ impl Default for ExecutorSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StandaloneConfig {
-    /// Address of the HTTP API (scheduler and receiver on one port). Loopback by default: there is
-    /// no API authentication in standalone.
+    /// Address of the HTTP API (scheduler and receiver on one port). Loopback by default; any
+    /// other address needs `auth` configured (or `auth.mode: none` written explicitly).
     pub listen: SocketAddr,
     /// URL algorithms and clients use to reach this process; default `http://<listen>`.
     pub public_url: Option<String>,
@@ -98,8 +98,10 @@ pub struct StandaloneConfig {
     pub executor: ExecutorSection,
     /// Per-client rate limiting of the scheduler API (off by default).
     pub rate_limit: EdgeLimitConfig,
-    /// Connection limit and timeouts of the HTTP server.
+    /// Connection limit, timeouts and TLS of the HTTP server.
     pub server: ServerConfig,
+    /// Who may call the API (authentication, rules); see `docs/AUTH.md`.
+    pub auth: nexus_auth::AuthConfig,
     /// Largest object an algorithm may upload through its result URL, in bytes (413 past it).
     pub max_result_bytes: u64,
 }
@@ -127,6 +129,7 @@ impl Default for StandaloneConfig {
             executor: ExecutorSection::default(),
             rate_limit: EdgeLimitConfig::default(),
             server: ServerConfig::default(),
+            auth: nexus_auth::AuthConfig::default(),
             max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
         }
     }
@@ -260,8 +263,12 @@ impl StandaloneConfig {
         if self.max_result_bytes == 0 {
             e.push("max_result_bytes: must be at least 1 (bytes)".into());
         }
+        if let Err(m) = check_auth_listen(&self.auth, self.listen) {
+            e.push(m);
+        }
         for r in [
             self.server.validate("server"),
+            self.auth.validate(),
             self.scheduler.validate(),
             self.receiver.validate(),
             self.supervisor.validate(),
@@ -276,6 +283,33 @@ impl StandaloneConfig {
         } else {
             Err(e.join("; "))
         }
+    }
+}
+
+/// Refuses to serve the API beyond loopback without authentication unless `auth.mode: none` is
+/// written: an unset `auth` section means "no authentication" only on loopback.
+///
+/// # Errors
+/// The message saying what to configure.
+pub fn check_auth_listen(auth: &nexus_auth::AuthConfig, listen: SocketAddr) -> Result<(), String> {
+    if auth.effective_mode().is_none() && !listen.ip().is_loopback() {
+        return Err(format!(
+            "auth: listen {listen} is reachable from other machines, but no authentication is configured; \
+             configure auth.oidc and/or auth.api_keys with auth.rules (docs/AUTH.md), or write auth.mode: none \
+             to serve without authentication (e.g. behind an authenticating gateway)"
+        ));
+    }
+    Ok(())
+}
+
+/// Logs the start-up warning of `auth.mode: none` on a non-loopback address.
+pub fn warn_if_open(auth: &nexus_auth::AuthConfig, listen: SocketAddr) {
+    if auth.effective_mode() == Some(nexus_auth::AuthMode::None) && !listen.ip().is_loopback() {
+        tracing::warn!(
+            %listen,
+            "auth.mode is none and the API listens beyond loopback: anyone who reaches {listen} may submit, \
+             read and cancel every run; put an authenticating gateway in front or configure auth (docs/AUTH.md)"
+        );
     }
 }
 

@@ -43,7 +43,7 @@ enum Command {
         /// Directory of NexusAlgorithmTemplate / NexusAlgorithmWorkgroup YAML manifests (reloaded on change).
         #[arg(long)]
         templates: Option<PathBuf>,
-        /// Address to serve the HTTP API on (keep it on loopback: standalone has no API authentication).
+        /// Address to serve the HTTP API on (beyond loopback, configure `auth`: docs/AUTH.md).
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
         /// Directory for the run store, payloads, results, logs and the signing key.
@@ -156,6 +156,13 @@ enum Command {
     /// place. The local executor starts algorithms through it.
     #[command(hide = true)]
     SandboxExec(nexus_cli::sandbox::SandboxExecArgs),
+    /// API keys for service accounts: `new` prints a random key and the entry that grants it
+    /// (the configuration keeps only its SHA-256); `hash` prints the SHA-256 of a key read from
+    /// stdin.
+    ApiKey {
+        #[command(subcommand)]
+        command: ApiKeyCommand,
+    },
     /// Submits, inspects, waits for and cancels runs on a Nexus server.
     Run {
         #[command(flatten)]
@@ -163,6 +170,23 @@ enum Command {
         #[command(subcommand)]
         command: RunCommand,
     },
+}
+
+/// `nexus api-key …`.
+#[derive(Debug, clap::Subcommand)]
+enum ApiKeyCommand {
+    /// Prints a new key (give it to the service account; it is not stored anywhere) and the
+    /// `auth.api_keys` entry to add to the configuration or the key file.
+    New {
+        /// The subject the key authenticates as (named in `auth.rules[].subjects`).
+        #[arg(long)]
+        name: String,
+        /// A group of the key (named in `auth.rules[].groups`); repeatable.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+    },
+    /// Prints the SHA-256 of a key read from stdin (to rebuild an entry).
+    Hash,
 }
 
 /// Flags shared by the distributed commands.
@@ -486,6 +510,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::ApiKey { command } => api_key(command),
         Command::SandboxExec(_) => unreachable!("handled before the runtime starts"),
         Command::Run { opts, command } => match rt.block_on(nexus_cli::client::run(&opts, command))
         {
@@ -495,5 +520,58 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// `nexus api-key new|hash`.
+fn api_key(command: ApiKeyCommand) -> ExitCode {
+    match command {
+        ApiKeyCommand::New { name, groups } => {
+            let entry = nexus_auth::config::ApiKeyEntry {
+                name,
+                sha256: String::new(),
+                groups,
+            };
+            let key = nexus_auth::apikey::generate();
+            let entry = nexus_auth::config::ApiKeyEntry {
+                sha256: nexus_auth::apikey::hash(&key),
+                ..entry
+            };
+            if let Err(m) = entry.validate() {
+                eprintln!("error: {m}");
+                return ExitCode::FAILURE;
+            }
+            match serde_yaml::to_string(&vec![entry]) {
+                Ok(yaml) => {
+                    eprintln!(
+                        "# the key (shown once; give it to the service account as NEXUS_TOKEN):"
+                    );
+                    println!("{key}");
+                    eprintln!("# its entry for auth.api_keys.keys or an API key file:");
+                    eprint!("{yaml}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        ApiKeyCommand::Hash => {
+            let mut key = String::new();
+            if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut key) {
+                eprintln!("error: cannot read the key from stdin: {e}");
+                return ExitCode::FAILURE;
+            }
+            let key = key.trim();
+            if key.is_empty() {
+                eprintln!(
+                    "error: no key on stdin (e.g. `printf %s \"$KEY\" | nexus api-key hash`)"
+                );
+                return ExitCode::FAILURE;
+            }
+            println!("{}", nexus_auth::apikey::hash(key));
+            ExitCode::SUCCESS
+        }
     }
 }

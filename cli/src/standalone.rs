@@ -184,10 +184,18 @@ pub async fn start_with_executor(
     make: impl FnOnce(UnboundedSender<ExecutorEvent>, Arc<dyn PayloadStore>) -> Arc<dyn Executor>,
 ) -> anyhow::Result<Handle> {
     let addr = listener.local_addr()?;
+    // TLS material is read once here so that a bad file stops start-up with its name.
+    nexus_http::tls::ServerTls::load(&config.server.tls)
+        .map_err(|e| anyhow::anyhow!("server.tls: {e}"))?;
+    let scheme = if config.server.tls.enabled() {
+        "https"
+    } else {
+        "http"
+    };
     let url = config
         .public_url
         .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
+        .unwrap_or_else(|| format!("{scheme}://{addr}"));
     config.scheduler.public_url.clone_from(&url);
     config.receiver.public_url.clone_from(&url);
     if config.receiver.scheduler_url.is_empty() {
@@ -298,11 +306,15 @@ pub async fn start_with_executor(
     )
     .await?;
     let local: Arc<dyn nexus_link::shard::Shard> = Arc::new(LocalShard(receiver.receiver.clone()));
+    crate::config::warn_if_open(&config.auth, addr);
+    let auth = nexus_auth::Authenticator::start(&config.auth, &shutdown)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut scheduler = nexus_scheduler::serve(
         nexus_scheduler::ServeConfig {
             scheduler: config.scheduler.clone(),
             rate_limit: config.rate_limit.clone(),
             server: config.server.clone(),
+            auth,
         },
         Deps {
             store: store.clone(),

@@ -96,6 +96,33 @@ pub struct AdmitRequest {
     pub dry_run: bool,
     /// When the request arrived (for the accept-latency metric).
     pub received: Instant,
+    /// The caller's right to submit, checked once the run's workgroup and parent are known
+    /// (`None`: no check, authentication off or a run creating its own child).
+    pub authorize: Option<SubmitCheck>,
+}
+
+/// What a submission targets, for [`SubmitCheck`].
+#[derive(Debug)]
+pub struct SubmitTarget<'a> {
+    /// The template.
+    pub algorithm: &'a str,
+    /// The template's own workgroup.
+    pub template_workgroup: &'a str,
+    /// The workgroup the run goes to (the template's, or its override).
+    pub workgroup: &'a str,
+    /// The parent, for a child.
+    pub parent: Option<&'a Run>,
+}
+
+/// A caller's right to submit: `Err(message)` refuses with 403 / `PERMISSION_DENIED`.
+#[derive(Clone)]
+#[allow(clippy::type_complexity)]
+pub struct SubmitCheck(pub Arc<dyn Fn(&SubmitTarget<'_>) -> Result<(), String> + Send + Sync>);
+
+impl std::fmt::Debug for SubmitCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SubmitCheck")
+    }
 }
 
 /// An accepted run.
@@ -111,6 +138,10 @@ pub struct Admitted {
 /// configuration key of a limit); [`AdmitError::kind`] gives the status.
 #[derive(Debug, thiserror::Error)]
 pub enum AdmitError {
+    /// The caller may not submit this run (authorization rules); the message says what is
+    /// missing.
+    #[error("{0}")]
+    Forbidden(String),
     /// The request nests deeper than `scheduler.max_json_depth`.
     #[error(
         "Algorithm payload is invalid: JSON nested deeper than {limit} levels (scheduler.max_json_depth)"
@@ -315,6 +346,7 @@ impl AdmitError {
                 ErrorKind::Conflict
             }
             AdmitError::QueueFull => ErrorKind::ResourceExhausted,
+            AdmitError::Forbidden(_) => ErrorKind::Forbidden,
             AdmitError::Store { source } => source.kind(),
             AdmitError::Payload { source } => source.kind,
             AdmitError::Spool { .. } | AdmitError::Internal { .. } => ErrorKind::Internal,
@@ -494,11 +526,23 @@ impl Admission {
         if let Some(k) = &req.idempotency_key {
             check_idempotency_key(k)?;
         }
-        let (parent, root, depth) = match &req.parent {
+        let parent_run = match &req.parent {
+            None => None,
+            Some(p) => Some(self.load_parent(p).await?),
+        };
+        if let Some(check) = &req.authorize {
+            (check.0)(&SubmitTarget {
+                algorithm: &alg,
+                template_workgroup: template.spec.workgroup_name().unwrap_or_default(),
+                workgroup: &wg_name,
+                parent: parent_run.as_ref(),
+            })
+            .map_err(AdmitError::Forbidden)?;
+        }
+        let (parent, root, depth) = match &parent_run {
             None => (None, None, 0),
-            Some(p) => {
-                let pr = self.load_parent(p).await?;
-                self.check_can_have_child(&pr).await?;
+            Some(pr) => {
+                self.check_can_have_child(pr).await?;
                 (Some(pr.as_ref()), Some(pr.root), pr.depth + 1)
             }
         };
@@ -747,6 +791,14 @@ pub(crate) mod tests {
 
     /// A scheduler over in-memory fakes with template `knapsack` on workgroup `wg`.
     pub(crate) fn scheduler(config: SchedulerConfig) -> (Arc<Scheduler>, Arc<InMemoryRunStore>) {
+        scheduler_with_auth(config, nexus_auth::Authenticator::none())
+    }
+
+    /// As [`scheduler`], with `auth`.
+    pub(crate) fn scheduler_with_auth(
+        config: SchedulerConfig,
+        auth: nexus_auth::Authenticator,
+    ) -> (Arc<Scheduler>, Arc<InMemoryRunStore>) {
         let mut snap = Snapshot::default();
         snap.workgroups
             .insert("wg".into(), Workgroup::on_cluster("wg", "local"));
@@ -768,7 +820,7 @@ pub(crate) mod tests {
         };
         snap.templates.insert("knapsack".into(), template);
         let store = Arc::new(InMemoryRunStore::default());
-        let s = Scheduler::new(
+        let s = Scheduler::with_auth(
             config,
             Deps {
                 store: store.clone(),
@@ -779,6 +831,7 @@ pub(crate) mod tests {
                 instance_id: "me".into(),
                 readiness: nexus_http::Readiness::default(),
             },
+            auth,
         );
         (s, store)
     }
@@ -795,6 +848,7 @@ pub(crate) mod tests {
             idempotency_key: None,
             dry_run: false,
             received: Instant::now(),
+            authorize: None,
         }
     }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -25,18 +25,29 @@ use nexus_proto::v1;
 use nexus_store::StoreError;
 use serde::Deserialize;
 
+use crate::access::{self, Caller};
 use crate::admission::{
     self, Admission, AdmitError, AdmitRequest, Parameters, ParentRef, check_tag,
 };
 use crate::{Scheduler, metrics, spool};
+use nexus_auth::Action;
 
 type S = State<Arc<Scheduler>>;
 
 type ApiResult<T> = Result<T, ApiError>;
 
-/// Returns the scheduler's routes (v1 API, payload data route, OpenAPI document).
+/// Returns the scheduler's routes (v1 API, payload data route, OpenAPI document). The v1
+/// routes authenticate their caller ([`access::authenticate`]); the signed payload route, whose
+/// signature is its credential, and the OpenAPI document do not.
 pub fn router(s: Arc<Scheduler>) -> Router {
     let limit = s.config.max_request_bytes;
+    let open = Router::new()
+        .route("/data/v1/payloads/{alg}/{id}", get(serve_payload))
+        .route(
+            "/data/v1/payloads/{alg}/requests/{id}",
+            get(serve_payload_v1),
+        )
+        .route("/openapi.json", get(openapi));
     Router::new()
         .route(
             "/algorithm/v1/run/{alg}",
@@ -66,15 +77,17 @@ pub fn router(s: Arc<Scheduler>) -> Router {
             "/algorithm/v1/children/{alg}/requests/{id}",
             get(get_children),
         )
-        .route("/data/v1/payloads/{alg}/{id}", get(serve_payload))
-        .route(
-            "/data/v1/payloads/{alg}/requests/{id}",
-            get(serve_payload_v1),
-        )
-        .route("/openapi.json", get(openapi))
+        .route_layer(axum::middleware::from_fn_with_state(
+            s.clone(),
+            access::authenticate,
+        ))
+        .merge(open)
         .layer(DefaultBodyLimit::max(1024 * 1024))
         .with_state(s)
 }
+
+/// The caller the authentication middleware found.
+type Who = Extension<Arc<Caller>>;
 
 /// Answers 413 at once when the declared `Content-Length` is over the limit, without reading the
 /// body (bodies without a length are cut off by `DefaultBodyLimit` while being read).
@@ -158,6 +171,19 @@ async fn load(s: &Scheduler, alg: &str, id: &str) -> ApiResult<Run> {
     }
 }
 
+/// Loads a run (as [`load`]) that `caller` may `action` (403 otherwise).
+async fn load_for(
+    s: &Scheduler,
+    caller: &Caller,
+    action: Action,
+    alg: &str,
+    id: &str,
+) -> ApiResult<Run> {
+    let run = load(s, alg, id).await?;
+    access::may(s, caller, action, &run).await?;
+    Ok(run)
+}
+
 fn require_json(headers: &HeaderMap) -> ApiResult<()> {
     let ct = headers
         .get(header::CONTENT_TYPE)
@@ -190,6 +216,7 @@ struct RunQuery {
 #[tracing::instrument(skip_all, fields(alg = %alg))]
 async fn create_run(
     State(s): S,
+    Extension(caller): Who,
     Path(alg): Path<String>,
     Query(q): Query<RunQuery>,
     headers: HeaderMap,
@@ -236,6 +263,31 @@ async fn create_run(
     let idempotency_key = headers
         .get("idempotency-key")
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let mut parent = req.parent_request.map(|p| ParentRef {
+        request_id: p.request_id,
+        algorithm: p.algorithm_name,
+    });
+    // A run creates only children of its own, as over gRPC.
+    if let Caller::Run(me) = caller.as_ref() {
+        match &parent {
+            Some(p) if p.request_id != me.id.to_string() => {
+                access::audit(&caller, "submit", &alg, "-", "denied");
+                return Err(access::Refusal::Forbidden(format!(
+                    "run {} may create only its own children; parentRequest names {}",
+                    me.id, p.request_id
+                ))
+                .into());
+            }
+            _ => {
+                parent = Some(ParentRef {
+                    request_id: me.id.to_string(),
+                    algorithm: me.algorithm.clone(),
+                });
+            }
+        }
+    }
+    let authorize = access::submit_check(&s, &caller);
+    let algorithm = alg.clone();
     let admitted = Admission::new(s)
         .admit(AdmitRequest {
             algorithm: alg,
@@ -244,15 +296,29 @@ async fn create_run(
             custom_configuration: req.custom_configuration,
             api_version: req.request_api_version,
             payload_valid_for: req.payload_valid_for,
-            parent: req.parent_request.map(|p| ParentRef {
-                request_id: p.request_id,
-                algorithm: p.algorithm_name,
-            }),
+            parent,
             idempotency_key,
             dry_run,
             received,
+            authorize,
         })
-        .await?;
+        .await
+        .inspect_err(|e| {
+            if matches!(e, AdmitError::Forbidden(_)) {
+                access::audit(&caller, "submit", &algorithm, "-", "denied");
+            }
+        })?;
+    access::audit(
+        &caller,
+        "submit",
+        &algorithm,
+        &admitted.id.to_string(),
+        if admitted.created {
+            "ok"
+        } else {
+            "ok-existing"
+        },
+    );
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(v1::RunCreated {
@@ -305,9 +371,10 @@ fn error_message(run: &Run) -> String {
 
 async fn get_result(
     State(s): S,
+    Extension(caller): Who,
     Path((alg, id)): Path<(String, String)>,
 ) -> ApiResult<axum::Json<v1::RequestResult>> {
-    let run = load(&s, &alg, &id).await?;
+    let run = load_for(&s, &caller, Action::Read, &alg, &id).await?;
     Ok(axum::Json(v1::RequestResult {
         request_id: run.id.to_string(),
         status: run.stage.to_string(),
@@ -332,6 +399,7 @@ async fn tagged(s: &Scheduler, runs: Vec<Run>) -> Vec<v1::TaggedRequestResult> {
 
 async fn get_by_tag(
     State(s): S,
+    Extension(caller): Who,
     Path(tag): Path<String>,
 ) -> ApiResult<axum::Json<Vec<v1::TaggedRequestResult>>> {
     check_tag(&tag)?;
@@ -340,19 +408,23 @@ async fn get_by_tag(
         .by_tag(&tag, 10_000)
         .await
         .map_err(|e| store_err(&e))?;
+    // Only the runs the caller may read.
+    let runs = access::readable(&s, &caller, runs).await?;
     Ok(axum::Json(tagged(&s, runs).await))
 }
 
 async fn get_children(
     State(s): S,
+    Extension(caller): Who,
     Path((alg, id)): Path<(String, String)>,
 ) -> ApiResult<axum::Json<Vec<v1::TaggedRequestResult>>> {
-    let run = load(&s, &alg, &id).await?;
+    let run = load_for(&s, &caller, Action::Read, &alg, &id).await?;
     let kids = s
         .store
         .by_parent(run.id, 10_000)
         .await
         .map_err(|e| store_err(&e))?;
+    let kids = access::readable(&s, &caller, kids).await?;
     Ok(axum::Json(tagged(&s, kids).await))
 }
 
@@ -360,9 +432,10 @@ async fn get_children(
 /// (see [`checkpointed_request`]).
 async fn get_metadata(
     State(s): S,
+    Extension(caller): Who,
     Path((alg, id)): Path<(String, String)>,
 ) -> ApiResult<axum::Json<serde_json::Value>> {
-    let run = load(&s, &alg, &id).await?;
+    let run = load_for(&s, &caller, Action::Read, &alg, &id).await?;
     Ok(axum::Json(checkpointed_request(&s, &run).await))
 }
 
@@ -514,10 +587,15 @@ pub async fn checkpointed_request(s: &Scheduler, run: &Run) -> serde_json::Value
 
 async fn update_tag(
     State(s): S,
+    Extension(caller): Who,
     Path((alg, id)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<Response> {
     let run = load(&s, &alg, &id).await?;
+    if let Err(r) = access::may(&s, &caller, Action::Submit, &run).await {
+        access::audit(&caller, "tag", &alg, &id, "denied");
+        return Err(r.into());
+    }
     let text =
         std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("tag must be UTF-8 text"))?;
     // Accept a raw tag or a JSON string (`"tag"`), as generated clients send either.
@@ -532,6 +610,7 @@ async fn update_tag(
         .set_tag(run.id, (!tag.is_empty()).then_some(tag))
         .await
         .map_err(|e| store_err(&e))?;
+    access::audit(&caller, "tag", &alg, &id, "ok");
     Ok(text_ok(said))
 }
 
@@ -552,8 +631,12 @@ fn text_ok(message: String) -> Response {
 /// `default`), a fresh signed payload URL, and placeholders for what is minted only at launch
 /// (the run token, so also the receiver URL carrying it, and the result upload URL), so no
 /// credential leaks through this route.
-async fn get_buffer(State(s): S, Path((alg, id)): Path<(String, String)>) -> ApiResult<Response> {
-    let run = load(&s, &alg, &id).await?;
+async fn get_buffer(
+    State(s): S,
+    Extension(caller): Who,
+    Path((alg, id)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let run = load_for(&s, &caller, Action::Read, &alg, &id).await?;
     let snap = s.catalog.snapshot();
     let wg = snap
         .workgroups
@@ -586,9 +669,10 @@ async fn get_buffer(State(s): S, Path((alg, id)): Path<(String, String)>) -> Api
 /// reference's status; axum's `Redirect::to` would be 303).
 async fn get_payload_redirect(
     State(s): S,
+    Extension(caller): Who,
     Path((alg, id)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    let run = load(&s, &alg, &id).await?;
+    let run = load_for(&s, &caller, Action::Read, &alg, &id).await?;
     Ok((StatusCode::FOUND, [(header::LOCATION, s.payload_url(&run))]).into_response())
 }
 
@@ -619,30 +703,43 @@ async fn serve_payload(
 /// `GET /data/v1/payloads/{alg}/requests/{id}`: the payload as JSON (the newer Go API's route).
 ///
 /// Authorization: it is an API route, open to the same callers as `/algorithm/v1/payload/...`,
-/// which hands out the payload's signed URL (today every caller: client authentication comes
-/// with TODO(#21), which will apply here as on every v1 route). It also accepts the signature
-/// query of the run's signed payload URL (`?exp&sig`), so an algorithm can use it; a signature
-/// that is present but forged or expired is refused with 403 rather than ignored.
+/// which hands out the payload's signed URL: callers that may read the run. It also accepts the
+/// signature query of the run's signed payload URL (`?exp&sig`) instead of a credential, so an
+/// algorithm can use it; a signature that is present but forged or expired is refused with 403
+/// rather than ignored.
 async fn serve_payload_v1(
     State(s): S,
     Path((alg, id)): Path<(String, String)>,
     Query(q): Query<SigQuery>,
-) -> ApiResult<Response> {
+    headers: HeaderMap,
+) -> Result<Response, Response> {
+    let e = IntoResponse::into_response;
     let exp = match (q.exp.as_deref(), q.sig.as_deref()) {
         (None, None) => None,
-        (Some(exp), Some(sig)) => Some(verify_payload_signature(&s, &alg, &id, exp, sig)?),
+        (Some(exp), Some(sig)) => {
+            Some(verify_payload_signature(&s, &alg, &id, exp, sig).map_err(e)?)
+        }
         _ => {
-            return Err(ApiError::new(
+            return Err(e(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "incomplete signature: pass both exp and sig of the run's signed payload URL, or neither",
-            ));
+            )));
         }
     };
-    let run = load(&s, &alg, &id).await?;
+    // Without a signature, the caller must be allowed to read the run.
+    let run = match exp {
+        Some(_) => load(&s, &alg, &id).await.map_err(e)?,
+        None => {
+            let caller = access::http_caller(&s, &headers).await?;
+            load_for(&s, &caller, Action::Read, &alg, &id)
+                .await
+                .map_err(e)?
+        }
+    };
     let exp = exp.unwrap_or_else(|| {
         now_secs().saturating_add(i64::try_from(run.payload_valid_for.as_secs()).unwrap_or(3600))
     });
-    payload_response(&s, &run, exp).await
+    payload_response(&s, &run, exp).await.map_err(e)
 }
 
 /// Checks a payload signature (`exp`, `sig`) against the run's signed payload path
@@ -685,6 +782,7 @@ async fn payload_response(s: &Scheduler, run: &Run, exp: i64) -> ApiResult<Respo
 #[tracing::instrument(skip_all, fields(alg = %alg, run_id = %id))]
 async fn cancel_run(
     State(s): S,
+    Extension(caller): Who,
     Path((alg, id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
@@ -703,13 +801,28 @@ async fn cancel_run(
         })?,
     };
     let run = load(&s, &alg, &id).await?;
-    let initiator = if req.initiator.is_empty() {
-        "anonymous".to_owned()
-    } else {
-        req.initiator.clone()
+    if let Err(r) = access::may(&s, &caller, Action::Cancel, &run).await {
+        access::audit(&caller, "cancel", &alg, &id, "denied");
+        return Err(r.into());
+    }
+    // The initiator a client writes is its own claim; the authenticated caller is recorded
+    // next to it, so a cancel cannot be passed off as someone else's.
+    let initiator = match (caller.as_ref(), req.initiator.is_empty()) {
+        (Caller::Anonymous, true) => "anonymous".to_owned(),
+        (Caller::Anonymous, false) => req.initiator.clone(),
+        (c, true) => c.describe(),
+        (c, false) => format!("{} (as {})", req.initiator, c.describe()),
     };
     let id = run.id;
-    match crate::tree::cancel(&s, run, policy, &initiator, &req.reason).await {
+    let outcome = crate::tree::cancel(&s, run, policy, &initiator, &req.reason).await;
+    access::audit(
+        &caller,
+        "cancel",
+        &alg,
+        &id.to_string(),
+        if outcome.is_ok() { "ok" } else { "failed" },
+    );
+    match outcome {
         Ok(cascade) => Ok(text_ok(format!(
             "run {id} cancelled{}",
             cascade_note(&cascade)

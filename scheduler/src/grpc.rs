@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use futures::Stream;
 use nexus_model::run::{CancellationPolicy, Run, RunId};
-use nexus_model::sign::now_secs;
 use nexus_proto::grpc::run_service_server::{RunService, RunServiceServer};
 use nexus_proto::grpc::{
     CancelRunRequest, CancelRunResponse, CreateRunRequest, GetRunRequest, ListRunsRequest,
@@ -23,13 +22,15 @@ use nexus_proto::grpc::{
 use nexus_store::StoreError;
 use tonic::Status;
 
+use crate::access::{self, Caller};
 use crate::admission::{Admission, AdmitError, AdmitRequest, Parameters, ParentRef};
 use crate::api::result_uri;
 use crate::tree::CancelError;
 use crate::{Scheduler, metrics, spool};
+use nexus_auth::Action;
 
 /// Metadata key naming the calling run (with its run token as `authorization: Bearer`).
-pub const RUN_ID_METADATA: &str = "x-nexus-run-id";
+pub const RUN_ID_METADATA: &str = crate::access::RUN_ID_HEADER;
 
 /// Most runs a ListRuns returns.
 const LIST_MAX: usize = 10_000;
@@ -38,15 +39,6 @@ const LIST_MAX: usize = 10_000;
 #[derive(Debug, Clone)]
 pub struct Runs {
     s: std::sync::Arc<Scheduler>,
-}
-
-/// Who calls.
-#[derive(Debug)]
-enum Caller {
-    /// A client (no run identity): root runs, any run.
-    Client,
-    /// An algorithm, as its run.
-    Run(Box<Run>),
 }
 
 fn store_status(e: &StoreError) -> Status {
@@ -93,49 +85,25 @@ impl Runs {
         }
     }
 
-    /// Authenticates the caller: a run (its id and run token) or a client (neither).
+    /// Authenticates the caller (see [`crate::access`]): with authentication off, a run (its id
+    /// and run token) or a client (neither); with it on, a run or a principal (API key, OIDC).
     async fn caller<T>(&self, req: &tonic::Request<T>) -> Result<Caller, Status> {
         let md = req.metadata();
         let id = md.get(RUN_ID_METADATA).and_then(|v| v.to_str().ok());
-        let token = md
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match (id, token) {
-            (None, None) => Ok(Caller::Client),
-            (Some(_), None) | (None, Some(_)) => Err(Status::unauthenticated(format!(
-                "a run calls with both `{RUN_ID_METADATA}` and `authorization: Bearer <run token>` (NEXUS__REQUEST_ID, NEXUS__RUN_TOKEN); a client with neither"
-            ))),
-            (Some(id), Some(token)) => {
-                let rid = parse_id(RUN_ID_METADATA, id)?;
-                self.s
-                    .signer
-                    .verify_run_token(rid, token, now_secs())
-                    .map_err(|e| Status::unauthenticated(format!("run token: {e}")))?;
-                Ok(Caller::Run(Box::new(self.get(rid).await?)))
-            }
-        }
+        let authorization = md.get("authorization").and_then(|v| v.to_str().ok());
+        let found = if self.s.auth.enabled() {
+            access::identify(&self.s, id, authorization).await
+        } else {
+            access::identify_legacy(&self.s, id, authorization).await
+        };
+        found.map_err(Status::from)
     }
 
-    /// Whether `caller` may act on `target`: a client on anything, a run on its own subtree.
-    async fn may_act_on(&self, caller: &Caller, target: &Run) -> Result<(), Status> {
-        let Caller::Run(me) = caller else {
-            return Ok(());
-        };
-        if target.root == me.root {
-            let mut cur = target.clone();
-            while cur.depth > me.depth {
-                let Some(p) = cur.parent.as_ref() else { break };
-                cur = self.get(p.request_id).await?;
-            }
-            if cur.id == me.id {
-                return Ok(());
-            }
-        }
-        Err(Status::permission_denied(format!(
-            "run {} may act only on itself and its descendants; {} is not one",
-            me.id, target.id
-        )))
+    /// Whether `caller` may do `action` to `target`.
+    async fn may(&self, caller: &Caller, action: Action, target: &Run) -> Result<(), Status> {
+        access::may(&self.s, caller, action, target)
+            .await
+            .map_err(Status::from)
     }
 
     /// Builds the admission request of a CreateRun, checking what the message carries as text
@@ -200,15 +168,16 @@ impl Runs {
             api_version: None,
             payload_valid_for: None,
             parent: match caller {
-                Caller::Client => None,
                 Caller::Run(parent) => Some(ParentRef {
                     request_id: parent.id.to_string(),
                     algorithm: parent.algorithm.clone(),
                 }),
+                _ => None,
             },
             idempotency_key: (!r.idempotency_key.is_empty()).then_some(r.idempotency_key),
             dry_run: false,
             received,
+            authorize: access::submit_check(&self.s, caller),
         })
     }
 
@@ -246,7 +215,23 @@ impl RunService for Runs {
         let admitted = Admission::new(self.s.clone())
             .admit(self.admit_request(r, &caller, received)?)
             .await
-            .map_err(|e| admit_status(&e))?;
+            .map_err(|e| {
+                if matches!(e, AdmitError::Forbidden(_)) {
+                    access::audit(&caller, "submit", &algorithm, "-", "denied");
+                }
+                admit_status(&e)
+            })?;
+        access::audit(
+            &caller,
+            "submit",
+            &algorithm,
+            &admitted.id.to_string(),
+            if admitted.created {
+                "ok"
+            } else {
+                "ok-existing"
+            },
+        );
         Ok(tonic::Response::new(RunRef {
             request_id: admitted.id.to_string(),
             algorithm,
@@ -257,9 +242,10 @@ impl RunService for Runs {
         &self,
         request: tonic::Request<GetRunRequest>,
     ) -> Result<tonic::Response<RunStatus>, Status> {
-        self.caller(&request).await?;
+        let caller = self.caller(&request).await?;
         let id = parse_id("request_id", &request.get_ref().request_id)?;
         let run = self.get(id).await?;
+        self.may(&caller, Action::Read, &run).await?;
         Ok(tonic::Response::new(self.status(&run).await))
     }
 
@@ -269,9 +255,10 @@ impl RunService for Runs {
         &self,
         request: tonic::Request<WatchRunRequest>,
     ) -> Result<tonic::Response<Self::WatchRunStream>, Status> {
-        self.caller(&request).await?;
+        let caller = self.caller(&request).await?;
         let id = parse_id("request_id", &request.get_ref().request_id)?;
         let first = self.get(id).await?;
+        self.may(&caller, Action::Read, &first).await?;
         let me = self.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
@@ -323,7 +310,16 @@ impl RunService for Runs {
         let caller = self.caller(&request).await?;
         let r = request.get_ref();
         let target = self.get(parse_id("request_id", &r.request_id)?).await?;
-        self.may_act_on(&caller, &target).await?;
+        if let Err(e) = self.may(&caller, Action::Cancel, &target).await {
+            access::audit(
+                &caller,
+                "cancel",
+                &target.algorithm,
+                &target.id.to_string(),
+                "denied",
+            );
+            return Err(e);
+        }
         let policy: CancellationPolicy = if r.cancellation_policy.is_empty() {
             CancellationPolicy::default()
         } else {
@@ -332,12 +328,19 @@ impl RunService for Runs {
             })?
         };
         let initiator = match &caller {
-            Caller::Client => "grpc client".to_owned(),
-            Caller::Run(me) => format!("run {}/{}", me.algorithm, me.id),
+            Caller::Anonymous => "grpc client".to_owned(),
+            c => c.describe(),
         };
-        let cascade = crate::tree::cancel(&self.s, target, policy, &initiator, &r.reason)
-            .await
-            .map_err(|e| cancel_status(&e))?;
+        let (alg, id) = (target.algorithm.clone(), target.id.to_string());
+        let outcome = crate::tree::cancel(&self.s, target, policy, &initiator, &r.reason).await;
+        access::audit(
+            &caller,
+            "cancel",
+            &alg,
+            &id,
+            if outcome.is_ok() { "ok" } else { "failed" },
+        );
+        let cascade = outcome.map_err(|e| cancel_status(&e))?;
         Ok(tonic::Response::new(CancelRunResponse {
             descendants_cancelled: u32::try_from(cascade.cancelled).unwrap_or(u32::MAX),
         }))
@@ -347,7 +350,7 @@ impl RunService for Runs {
         &self,
         request: tonic::Request<ListRunsRequest>,
     ) -> Result<tonic::Response<ListRunsResponse>, Status> {
-        self.caller(&request).await?;
+        let caller = self.caller(&request).await?;
         let r = request.get_ref();
         let limit = match r.limit {
             0 => LIST_MAX,
@@ -366,6 +369,9 @@ impl RunService for Runs {
             }
         }
         .map_err(|e| store_status(&e))?;
+        let runs = access::readable(&self.s, &caller, runs)
+            .await
+            .map_err(Status::from)?;
         let mut out = Vec::with_capacity(runs.len());
         for run in &runs {
             out.push(self.status(run).await);

@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub mod access;
 pub mod admission;
 pub mod api;
 pub mod dispatch;
@@ -281,6 +282,8 @@ pub struct Scheduler {
     pub budgets: dispatch::Budgets,
     /// Readiness.
     pub readiness: Readiness,
+    /// Who may call the API (see [`access`]); off by default.
+    pub auth: nexus_auth::Authenticator,
     /// RUNNING runs queued to be launched again (their process was lost; see
     /// [`Scheduler::enqueue_recovered`]).
     relaunches: std::sync::Mutex<std::collections::HashSet<nexus_model::run::RunId>>,
@@ -293,9 +296,19 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Builds the shared state.
+    /// Builds the shared state, without authentication.
     #[must_use]
     pub fn new(config: SchedulerConfig, deps: Deps) -> Arc<Self> {
+        Self::with_auth(config, deps, nexus_auth::Authenticator::none())
+    }
+
+    /// Builds the shared state, with `auth` deciding who may call the API.
+    #[must_use]
+    pub fn with_auth(
+        config: SchedulerConfig,
+        deps: Deps,
+        auth: nexus_auth::Authenticator,
+    ) -> Arc<Self> {
         Arc::new(Self {
             queue: VirtualQueue::new(config.queue_bound),
             budgets: dispatch::Budgets::new(
@@ -315,6 +328,7 @@ impl Scheduler {
             signer: deps.signer,
             instance_id: deps.instance_id,
             readiness: deps.readiness,
+            auth,
             relaunches: std::sync::Mutex::default(),
             handed_over: std::sync::Mutex::default(),
             last_handover: std::sync::Mutex::default(),
@@ -397,6 +411,8 @@ pub struct ServeConfig {
     pub rate_limit: edge::EdgeLimitConfig,
     /// Connection limit and timeouts of the HTTP server (when it has a listener).
     pub server: ServerConfig,
+    /// Who may call the API ([`nexus_auth::Authenticator::none`]: anyone).
+    pub auth: nexus_auth::Authenticator,
 }
 
 /// Listeners [`serve`] serves on (bound by the caller, so tests use port 0).
@@ -457,7 +473,7 @@ pub async fn serve(
     metrics::describe();
     nexus_link::metrics::describe();
     let readiness = deps.readiness.clone();
-    let scheduler = Scheduler::new(config.scheduler, deps);
+    let scheduler = Scheduler::with_auth(config.scheduler, deps, config.auth);
     // A stable instance id picks up the BUFFERED runs its previous life left queued.
     let own = requeue_own(&scheduler).await?;
     if own > 0 {

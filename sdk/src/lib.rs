@@ -16,6 +16,11 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Over `https://` the channel uses TLS (system roots plus [`ConnectOptions::ca_file`]). A
+//! client of a scheduler with authentication presents a bearer token ([`ConnectOptions::token`]:
+//! an OIDC token or an API key; [`ConnectOptions::from_env`] reads `NEXUS_TOKEN` and
+//! `NEXUS_CA_FILE`); a run presents its run token.
+//!
 //! Transient failures (`UNAVAILABLE`, `RESOURCE_EXHAUSTED`, a scheduler restarting behind the
 //! load balancer) are retried with exponential back-off for up to [`Nexus::with_retry_for`]
 //! (default 60 s); a creation is retried with the same idempotency key, so it never makes two runs.
@@ -37,6 +42,31 @@ pub const SCHEDULER_URL: &str = "NEXUS__SCHEDULER_URL";
 pub const REQUEST_ID: &str = "NEXUS__REQUEST_ID";
 /// Environment variable: the calling run's token.
 pub const RUN_TOKEN: &str = "NEXUS__RUN_TOKEN";
+/// Environment variable: a client's bearer token (OIDC token or API key).
+pub const TOKEN: &str = "NEXUS_TOKEN";
+/// Environment variable: PEM CA certificates trusted for `https://` besides the system's.
+pub const CA_FILE: &str = "NEXUS_CA_FILE";
+
+/// How to reach and authenticate to the schedulers, besides the URL.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    /// Bearer token of a client (OIDC token or API key); ignored when connecting as a run.
+    pub token: Option<String>,
+    /// PEM file of CA certificates trusted for `https://` (a private CA).
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+impl ConnectOptions {
+    /// `NEXUS_TOKEN` and `NEXUS_CA_FILE`, when set and not empty.
+    #[must_use]
+    pub fn from_env() -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        Self {
+            token: var(TOKEN),
+            ca_file: var(CA_FILE).map(Into::into),
+        }
+    }
+}
 
 /// Errors of the SDK.
 #[derive(Debug, thiserror::Error)]
@@ -77,8 +107,9 @@ pub struct RunIdentity {
 pub struct Nexus {
     client: RunServiceClient<Channel>,
     identity: Option<RunIdentity>,
+    token: Option<String>,
     retry_for: Duration,
-    http: reqwest::Client,
+    http: nexus_http::client::HttpClient,
 }
 
 fn retryable(s: &Status) -> bool {
@@ -107,7 +138,7 @@ impl Nexus {
             request_id: var(REQUEST_ID)?,
             token: var(RUN_TOKEN)?,
         };
-        Self::connect(&url, Some(identity)).await
+        Self::connect_with(&url, Some(identity), ConnectOptions::from_env()).await
     }
 
     /// Connects to the schedulers at `url` (`http://host:port`), as `identity` or as a client.
@@ -116,15 +147,48 @@ impl Nexus {
     /// # Errors
     /// The URL is invalid.
     pub async fn connect(url: &str, identity: Option<RunIdentity>) -> Result<Self, SdkError> {
-        let endpoint = Endpoint::from_shared(url.trim_end_matches('/').to_owned())
+        Self::connect_with(url, identity, ConnectOptions::default()).await
+    }
+
+    /// Connects to the schedulers at `url` (`http://` or `https://`), as `identity` or as a
+    /// client presenting `options.token`, trusting `options.ca_file` for TLS.
+    ///
+    /// # Errors
+    /// The URL is invalid; the CA file cannot be used.
+    pub async fn connect_with(
+        url: &str,
+        identity: Option<RunIdentity>,
+        options: ConnectOptions,
+    ) -> Result<Self, SdkError> {
+        let mut endpoint = Endpoint::from_shared(url.trim_end_matches('/').to_owned())
             .map_err(|e| SdkError::Config(format!("scheduler url '{url}': {e}")))?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);
+        if url.starts_with("https://") {
+            let mut tls = tonic::transport::ClientTlsConfig::new().with_native_roots();
+            if let Some(ca) = &options.ca_file {
+                let pem = std::fs::read(ca).map_err(|e| {
+                    SdkError::Config(format!("CA file {}: cannot read: {e}", ca.display()))
+                })?;
+                tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+            }
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| SdkError::Config(format!("TLS for '{url}': {e}")))?;
+        }
+        let http = nexus_http::client::HttpClient::new(
+            options.ca_file.as_deref(),
+            Duration::from_secs(300),
+            1024 * 1024 * 1024,
+            concat!("nexus-sdk/", env!("CARGO_PKG_VERSION")),
+        )
+        .map_err(|e| SdkError::Config(format!("TLS: {e}")))?;
         Ok(Self {
             client: RunServiceClient::new(endpoint.connect_lazy()),
             identity,
+            token: options.token.filter(|t| !t.trim().is_empty()),
             retry_for: Duration::from_secs(60),
-            http: reqwest::Client::new(),
+            http,
         })
     }
 
@@ -152,6 +216,10 @@ impl Nexus {
                 md.insert("x-nexus-run-id", rid);
                 md.insert("authorization", auth);
             }
+        } else if let Some(token) = &self.token
+            && let Ok(auth) = format!("Bearer {token}").parse()
+        {
+            r.metadata_mut().insert("authorization", auth);
         }
         r
     }
@@ -280,18 +348,21 @@ impl Nexus {
         }
         let r = self
             .http
-            .get(&status.result_uri)
-            .send()
+            .send(
+                tonic::codegen::http::Method::GET,
+                &status.result_uri,
+                &[],
+                None,
+            )
             .await
             .map_err(|e| SdkError::Result(format!("GET {}: {e}", status.result_uri)))?;
-        if !r.status().is_success() {
+        if !r.status.is_success() {
             return Err(SdkError::Result(format!(
                 "GET result of {}: HTTP {}",
-                status.request_id,
-                r.status()
+                status.request_id, r.status
             )));
         }
-        r.json().await.map_err(|e| {
+        r.json().map_err(|e| {
             SdkError::Result(format!("result of {} is not JSON: {e}", status.request_id))
         })
     }

@@ -114,8 +114,10 @@ pub struct SchedulerProcess {
     pub scheduler: SchedulerConfig,
     /// Per-client rate limiting of the API.
     pub rate_limit: EdgeLimitConfig,
-    /// Connection limit and timeouts of the HTTP server (the API and gRPC port).
+    /// Connection limit, timeouts and TLS of the HTTP server (the API and gRPC port).
     pub server: ServerConfig,
+    /// Who may call the API (authentication, rules); see `docs/AUTH.md`.
+    pub auth: nexus_auth::AuthConfig,
 }
 
 impl Default for SchedulerProcess {
@@ -138,6 +140,7 @@ impl Default for SchedulerProcess {
             scheduler: SchedulerConfig::default(),
             rate_limit: EdgeLimitConfig::default(),
             server: ServerConfig::default(),
+            auth: nexus_auth::AuthConfig::default(),
         }
     }
 }
@@ -506,7 +509,14 @@ impl SchedulerProcess {
         if let Some(u) = &self.public_url {
             check_url("public_url", u, &mut e);
         }
-        for r in [self.scheduler.validate(), self.rate_limit.validate()] {
+        if let Err(m) = crate::config::check_auth_listen(&self.auth, self.listen) {
+            e.push(m);
+        }
+        for r in [
+            self.scheduler.validate(),
+            self.rate_limit.validate(),
+            self.auth.validate(),
+        ] {
             if let Err(m) = r {
                 e.push(m);
             }

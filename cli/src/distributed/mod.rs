@@ -241,10 +241,12 @@ pub async fn start_scheduler_with(
     stores: SharedStores,
 ) -> anyhow::Result<Handle> {
     let addr = listener.local_addr()?;
+    nexus_http::tls::ServerTls::load(&c.server.tls)
+        .map_err(|e| anyhow::anyhow!("server.tls: {e}"))?;
     let url = c
         .public_url
         .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
+        .unwrap_or_else(|| format!("{}://{addr}", scheme(&c.server)));
     c.scheduler.public_url.clone_from(&url);
     let signer = load_signing_key(c.signing_key_file.as_deref())?;
     let creds = credentials(&c.grpc)?;
@@ -273,11 +275,15 @@ pub async fn start_scheduler_with(
         "instance_id '{id}' must not start with receiver/ or supervisor/"
     );
     let shards = c.shards.len();
+    crate::config::warn_if_open(&c.auth, addr);
+    let auth =
+        nexus_auth::Authenticator::start(&c.auth, &shutdown).map_err(|e| anyhow::anyhow!("{e}"))?;
     let h = nexus_scheduler::serve(
         nexus_scheduler::ServeConfig {
             scheduler: c.scheduler,
             rate_limit: c.rate_limit,
             server: c.server,
+            auth,
         },
         Deps {
             store: stores.store,
@@ -418,10 +424,12 @@ pub async fn start_receiver_with(
 ) -> anyhow::Result<ReceiverHandle> {
     let addr = http.local_addr()?;
     let grpc_addr = grpc.local_addr()?;
+    nexus_http::tls::ServerTls::load(&c.server.tls)
+        .map_err(|e| anyhow::anyhow!("server.tls: {e}"))?;
     let url = c
         .public_url
         .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
+        .unwrap_or_else(|| format!("{}://{addr}", scheme(&c.server)));
     c.receiver.public_url.clone_from(&url);
     let signer = load_signing_key(c.signing_key_file.as_deref())?;
     let creds = credentials(&c.grpc)?;
@@ -505,6 +513,8 @@ pub async fn start_supervisor_with(
     store: Arc<dyn RunStore>,
 ) -> anyhow::Result<Handle> {
     let addr = listener.local_addr()?;
+    nexus_http::tls::ServerTls::load(&c.server.tls)
+        .map_err(|e| anyhow::anyhow!("server.tls: {e}"))?;
     let signer = load_signing_key(c.signing_key_file.as_deref())?;
     let creds = credentials(&c.grpc)?;
     let shutdown = CancellationToken::new();
@@ -582,9 +592,18 @@ pub async fn start_supervisor_with(
     )
     .await?;
     tasks.spawn(async move { h.wait().await });
-    let url = format!("http://{addr}");
+    let url = format!("{}://{addr}", scheme(&c.server));
     tracing::info!(%url, id = %id, shards = c.shards.len(), "nexus supervisor is ready");
     Ok(Handle::new(addr, url, shutdown, tasks))
+}
+
+/// `https` when the listener serves TLS, else `http`.
+fn scheme(server: &nexus_http::server::ServerConfig) -> &'static str {
+    if server.tls.enabled() {
+        "https"
+    } else {
+        "http"
+    }
 }
 
 /// Binds `addr` with an error that says what to do.

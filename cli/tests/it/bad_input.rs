@@ -1242,3 +1242,117 @@ async fn bad_input_table_over_every_route() {
     );
     h.stop().await;
 }
+
+/// The bad-credential table: every malformed or missing credential gets 401 with a `text/plain`
+/// message saying what to send (problem+json when asked), nothing is written, the process stays
+/// healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_credentials_table() {
+    let data = tempfile::tempdir().unwrap();
+    let k = crate::auth::keys();
+    let section = crate::auth::auth_section(&k);
+    let h = start_standalone_with(data.path(), move |c| c.auth = section).await;
+    let base = h.url.clone();
+    let http = reqwest::Client::new();
+    let run_url = format!("{base}/algorithm/v1/run/knapsack");
+    let body = r#"{"algorithmParameters": {}, "tag": "bad-credentials"}"#;
+    let post = || {
+        http.post(&run_url)
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let some_run = RunId::new().to_string();
+    let cases: Vec<(&str, reqwest::RequestBuilder, &str)> = vec![
+        (
+            "no authorization",
+            post(),
+            "authentication required: send `Authorization: Bearer <token>` with an API key",
+        ),
+        (
+            "basic scheme",
+            post().header("authorization", "Basic YWxpY2U6cHc="),
+            "must be `Bearer <token>`, got scheme 'Basic'",
+        ),
+        (
+            "empty bearer",
+            post().header("authorization", "Bearer "),
+            "must be `Bearer <token>`",
+        ),
+        (
+            "unknown api key",
+            post().bearer_auth("nxk_0000"),
+            "the API key is not configured here",
+        ),
+        (
+            "a JWT without OIDC",
+            post().bearer_auth("eyJhbGciOiJSUzI1NiJ9.e30.c2ln"),
+            "accepts no OIDC tokens: auth.oidc is not set",
+        ),
+        (
+            "run id without token",
+            post().header("x-nexus-run-id", &some_run),
+            "no run token came with it",
+        ),
+        (
+            "run id not a uuid",
+            post()
+                .header("x-nexus-run-id", "run-1")
+                .bearer_auth("v1.1.x"),
+            "'run-1' is not a request id",
+        ),
+        (
+            "forged run token",
+            post()
+                .header("x-nexus-run-id", &some_run)
+                .bearer_auth("v1.99999999999.AAAA"),
+            "run token of run",
+        ),
+    ];
+    for (name, req, text) in cases {
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 401, "{name}");
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain"),
+            "{name}"
+        );
+        let got = r.text().await.unwrap();
+        assert!(got.contains(text), "{name}: {got:?} lacks {text:?}");
+    }
+    // JSON clients get the same message as problem+json.
+    let r = post()
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let p: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("authentication required"),
+        "{p}"
+    );
+    // Nothing was written; the server is healthy.
+    let tagged: serde_json::Value = http
+        .get(format!("{base}/algorithm/v1/results/tags/bad-credentials"))
+        .bearer_auth(&k.olga)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tagged, json!([]));
+    let ready = http
+        .get(format!("{base}/health/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    h.stop().await;
+}

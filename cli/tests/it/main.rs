@@ -5,6 +5,9 @@
 
 mod common;
 
+mod auth;
+#[cfg(feature = "dex-tests")]
+mod auth_dex;
 mod bad_input;
 mod contract;
 #[cfg(feature = "distributed-tests")]

@@ -5,8 +5,14 @@
 //! Errors are `text/plain` by default (as in the reference, whose SDKs read the text) and
 //! `application/problem+json` (RFC 9457) when the client's `Accept` asks for JSON. The conversion
 //! is one middleware, so it also covers the framework's own rejections (413, 415, 405, …).
+//!
+//! [`tls`] puts every listener behind TLS when `server.tls` is configured (certificates
+//! reloaded when their files change); [`client`] is the HTTPS client of the CLI and of OIDC
+//! discovery.
 
+pub mod client;
 pub mod server;
+pub mod tls;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

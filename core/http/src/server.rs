@@ -54,7 +54,7 @@ use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use serde::{Deserialize, Serialize};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
@@ -62,6 +62,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
 use crate::ApiError;
+use crate::tls::{ServerTls, TlsConfig};
 
 /// Bounds of the HTTP server (section `server`); see the module docs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +90,8 @@ pub struct ServerConfig {
     /// On shutdown, how long requests in flight get to finish before their connections close.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// TLS of the listener (section `server.tls`; off unless `cert_file` and `key_file` are set).
+    pub tls: TlsConfig,
 }
 
 impl Default for ServerConfig {
@@ -101,6 +104,7 @@ impl Default for ServerConfig {
             body_min_rate: 1024,
             idle_timeout: Duration::from_secs(90),
             shutdown_grace: Duration::from_secs(10),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -141,6 +145,9 @@ impl ServerConfig {
                 "{section}.shutdown_grace: {} must be at most 1h",
                 humantime::format_duration(self.shutdown_grace)
             ));
+        }
+        if let Err(m) = self.tls.validate(&format!("{section}.tls")) {
+            e.push(m);
         }
         if e.is_empty() {
             Ok(())
@@ -521,8 +528,8 @@ async fn handle(
 
 /// Drives one connection until it ends, is evicted, idles out or the server stops.
 #[allow(clippy::too_many_arguments)]
-async fn connection(
-    stream: TcpStream,
+async fn connection<S>(
+    stream: S,
     peer: SocketAddr,
     router: Router,
     shared: Arc<Shared>,
@@ -530,7 +537,9 @@ async fn connection(
     admission: Admission,
     graceful: CancellationToken,
     hard: CancellationToken,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let reserve = matches!(admission, Admission::Reserve);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -604,9 +613,14 @@ async fn connection(
             }
         }
     }
+    release(&shared, &admission);
+}
+
+/// Gives back the slot a connection held.
+fn release(shared: &Shared, admission: &Admission) {
     match admission {
         Admission::Served(id) => {
-            lock(&shared.conns).remove(&id);
+            lock(&shared.conns).remove(id);
         }
         Admission::Reserve => {
             shared.reserve_used.fetch_sub(1, Ordering::AcqRel);
@@ -643,6 +657,19 @@ pub async fn serve(
     config: ServerConfig,
     stop: CancellationToken,
 ) {
+    // Start-up already loaded these files once (`check_tls`); failing here means they changed
+    // in between: refuse to serve plain text in place of TLS.
+    let tls = match ServerTls::load(&config.tls) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "server.tls: cannot load the certificate; not serving");
+            return;
+        }
+    };
+    if let Some(t) = &tls {
+        crate::tls::describe();
+        tokio::spawn(t.clone().watch(stop.clone()));
+    }
     let shared = Arc::new(Shared {
         config,
         epoch: Instant::now(),
@@ -706,16 +733,47 @@ pub async fn serve(
         }
         // Small responses go out at once (no Nagle delay waiting for the client's ACK).
         let _ = stream.set_nodelay(true);
-        tracker.spawn(connection(
-            stream,
-            peer,
+        let (router, shared, graceful, hard) = (
             router.clone(),
             shared.clone(),
-            conn,
-            admission,
             graceful.clone(),
             hard.clone(),
-        ));
+        );
+        match &tls {
+            None => {
+                tracker.spawn(connection(
+                    stream, peer, router, shared, conn, admission, graceful, hard,
+                ));
+            }
+            Some(tls) => {
+                let acceptor = tls.acceptor();
+                tracker.spawn(async move {
+                    // The handshake shares the header timeout: a client that never finishes
+                    // it holds a slot no longer than one that never sends a request.
+                    let limit = shared.config.header_read_timeout;
+                    let accepted = tokio::select! {
+                        r = tokio::time::timeout(limit, acceptor.accept(stream)) => r,
+                        () = graceful.cancelled() => return release(&shared, &admission),
+                    };
+                    match accepted {
+                        Ok(Ok(tls_stream)) => {
+                            connection(
+                                tls_stream, peer, router, shared, conn, admission, graceful, hard,
+                            )
+                            .await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            release(&shared, &admission);
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            release(&shared, &admission);
+                        }
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     tracker.close();
@@ -739,6 +797,7 @@ mod tests {
 
     use axum::routing::{get, put};
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpStream;
 
     use super::*;
 
@@ -1036,5 +1095,107 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    /// A self-signed certificate for 127.0.0.1 named `cn`, written to `dir` (cert, key paths).
+    fn write_cert(dir: &std::path::Path, cn: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let (c, k) = (dir.join("tls.crt"), dir.join("tls.key"));
+        // Written next to the target and renamed in, as Kubernetes swaps a Secret's files.
+        std::fs::write(dir.join("tls.crt.new"), cert.pem()).unwrap();
+        std::fs::write(dir.join("tls.key.new"), key.serialize_pem()).unwrap();
+        std::fs::rename(dir.join("tls.key.new"), &k).unwrap();
+        std::fs::rename(dir.join("tls.crt.new"), &c).unwrap();
+        (c, k)
+    }
+
+    #[tokio::test]
+    async fn tls_serves_https_and_reloads_the_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca1 = dir.path().join("ca1.pem");
+        let (cert, key) = write_cert(dir.path(), "first");
+        std::fs::copy(&cert, &ca1).unwrap();
+        let config = ServerConfig {
+            tls: TlsConfig {
+                cert_file: Some(cert),
+                key_file: Some(key),
+                reload_interval: Duration::from_millis(50),
+            },
+            ..ServerConfig::default()
+        };
+        let (addr, stop, task) = start(config).await;
+        let url = format!("https://127.0.0.1:{}/peer", addr.port());
+        let client = |ca: &std::path::Path| {
+            crate::client::HttpClient::new(Some(ca), EVENTUALLY, 1 << 20, "test").unwrap()
+        };
+        let a = client(&ca1)
+            .send(axum::http::Method::GET, &url, &[], None)
+            .await
+            .unwrap();
+        assert_eq!(a.status, StatusCode::OK);
+        // Plain HTTP on the TLS port gets no answer.
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /peer HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(!read_to_close(&mut s).await.contains("200 OK"));
+        // A new certificate: served to new connections once reloaded.
+        let ca2 = dir.path().join("ca2.pem");
+        let (cert2, _) = write_cert(dir.path(), "second");
+        std::fs::copy(&cert2, &ca2).unwrap();
+        let deadline = StdInstant::now() + EVENTUALLY;
+        loop {
+            if let Ok(a) = client(&ca2)
+                .send(axum::http::Method::GET, &url, &[], None)
+                .await
+            {
+                assert_eq!(a.status, StatusCode::OK);
+                break;
+            }
+            assert!(StdInstant::now() < deadline, "certificate not reloaded");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The old certificate is no longer trusted by a client that only knows it.
+        assert!(
+            client(&ca1)
+                .send(axum::http::Method::GET, &url, &[], None)
+                .await
+                .is_err()
+        );
+        // A broken file keeps the current certificate in service.
+        std::fs::write(dir.path().join("tls.key"), "not a key").unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let a = client(&ca2)
+            .send(axum::http::Method::GET, &url, &[], None)
+            .await
+            .unwrap();
+        assert_eq!(a.status, StatusCode::OK);
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[test]
+    fn tls_settings_are_checked() {
+        let c = TlsConfig {
+            cert_file: Some("/x.crt".into()),
+            ..TlsConfig::default()
+        };
+        assert!(
+            c.validate("server.tls")
+                .unwrap_err()
+                .contains("server.tls.key_file: required")
+        );
+        let missing = TlsConfig {
+            cert_file: Some("/nonexistent.crt".into()),
+            key_file: Some("/nonexistent.key".into()),
+            ..TlsConfig::default()
+        };
+        let e = ServerTls::load(&missing).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent.crt: cannot read"), "{e}");
     }
 }

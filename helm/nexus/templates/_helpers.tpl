@@ -166,7 +166,30 @@ nexus.sneaksanddata.com/shard: {{ .shard }}
 {{- $_ := set $c "public_url" (include "nexus.schedulerPublicUrl" .) -}}
 {{- $_ := set $c "payloads" (required "payloads: the S3 payload store URL (s3://bucket/prefix?...) is required" .Values.payloads) -}}
 {{- $_ := set $c "shards" (include "nexus.shardsConfig" . | fromYaml) -}}
+{{- $_ := set $c "auth" (include "nexus.authConfig" . | fromYaml) -}}
 {{- $c = mustMergeOverwrite $c (deepCopy .Values.scheduler.config) -}}
+{{- toYaml $c -}}
+{{- end -}}
+
+{{/* The scheduler's auth section (scheduler.auth values; API keys from a mounted Secret). */}}
+{{- define "nexus.authConfig" -}}
+{{- $a := .Values.scheduler.auth -}}
+{{- $c := dict "mode" $a.mode -}}
+{{- if eq $a.mode "required" -}}
+{{- if and (not $a.oidc) (not $a.apiKeys.existingSecret) -}}
+{{- fail "scheduler.auth.mode: required needs scheduler.auth.oidc.issuer or scheduler.auth.apiKeys.existingSecret" -}}
+{{- end -}}
+{{- if not $a.rules -}}
+{{- fail "scheduler.auth.rules: required with mode required (nothing is allowed that no rule grants)" -}}
+{{- end -}}
+{{- if $a.oidc -}}
+{{- $_ := set $c "oidc" (deepCopy $a.oidc) -}}
+{{- end -}}
+{{- if $a.apiKeys.existingSecret -}}
+{{- $_ := set $c "api_keys" (dict "files" (list (printf "/etc/nexus/api-keys/%s" $a.apiKeys.secretKey))) -}}
+{{- end -}}
+{{- $_ := set $c "rules" $a.rules -}}
+{{- end -}}
 {{- toYaml $c -}}
 {{- end -}}
 
