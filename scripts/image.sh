@@ -167,10 +167,11 @@ url="http://127.0.0.1:$port"
 say "smoke: starting $image as $container, published on 127.0.0.1:$port"
 # Locked down as a Kubernetes securityContext would run it: read-only root file system (podman
 # mounts a tmpfs on /tmp, where the executor's per-run work directories go; a pod needs an emptyDir
-# there), every capability dropped, no privilege gain. /var/lib/nexus is an anonymous volume (VOLUME), removed with the container.
+# there), every capability dropped, no privilege gain. Authentication off, written explicitly (it
+# listens on 0.0.0.0 in the container; the port is published on loopback only). /var/lib/nexus is an anonymous volume (VOLUME), removed with the container.
 podman run -d --name "$container" "${runtime[@]}" "${limits[@]}" \
   --read-only --cap-drop=ALL --security-opt no-new-privileges \
-  -p "127.0.0.1:$port:8090" "$image" >/dev/null || die "podman run failed"
+  -e NEXUS__AUTH__MODE=none -p "127.0.0.1:$port:8090" "$image" >/dev/null || die "podman run failed"
 
 ready=0
 for _ in $(seq 1 150); do # 30 s
