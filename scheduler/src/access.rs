@@ -30,7 +30,7 @@ use nexus_store::StoreError;
 use tonic::Status;
 
 use crate::Scheduler;
-use crate::admission::{SubmitCheck, SubmitTarget};
+use crate::admission::{AdmitError, Admitted, SubmitCheck, SubmitTarget};
 
 /// Header (and gRPC metadata key) naming the calling run, with its run token as the bearer.
 pub const RUN_ID_HEADER: &str = "x-nexus-run-id";
@@ -336,6 +336,20 @@ pub fn submit_check(s: &Arc<Scheduler>, caller: &Caller) -> Option<SubmitCheck> 
 pub fn audit(caller: &Caller, action: &str, algorithm: &str, run: &str, outcome: &str) {
     if !matches!(caller, Caller::Anonymous) {
         nexus_auth::audit::write(&caller.describe(), action, algorithm, run, outcome);
+    }
+}
+
+/// The audit line of a submission (HTTP v1 and gRPC `CreateRun` alike): the run on success
+/// (`ok`, or `ok-existing` for an idempotent repeat), `denied` when a rule refused it; other
+/// refusals (bad input, unknown algorithm) are not writes and leave no line.
+pub fn audit_submit(caller: &Caller, algorithm: &str, outcome: &Result<Admitted, AdmitError>) {
+    match outcome {
+        Ok(a) => {
+            let result = if a.created { "ok" } else { "ok-existing" };
+            audit(caller, "submit", algorithm, &a.id.to_string(), result);
+        }
+        Err(AdmitError::Forbidden(_)) => audit(caller, "submit", algorithm, "-", "denied"),
+        Err(_) => {}
     }
 }
 

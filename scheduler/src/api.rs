@@ -302,23 +302,9 @@ async fn create_run(
             received,
             authorize,
         })
-        .await
-        .inspect_err(|e| {
-            if matches!(e, AdmitError::Forbidden(_)) {
-                access::audit(&caller, "submit", &algorithm, "-", "denied");
-            }
-        })?;
-    access::audit(
-        &caller,
-        "submit",
-        &algorithm,
-        &admitted.id.to_string(),
-        if admitted.created {
-            "ok"
-        } else {
-            "ok-existing"
-        },
-    );
+        .await;
+    access::audit_submit(&caller, &algorithm, &admitted);
+    let admitted = admitted?;
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(v1::RunCreated {

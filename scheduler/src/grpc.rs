@@ -214,24 +214,9 @@ impl RunService for Runs {
         let algorithm = r.algorithm.clone();
         let admitted = Admission::new(self.s.clone())
             .admit(self.admit_request(r, &caller, received)?)
-            .await
-            .map_err(|e| {
-                if matches!(e, AdmitError::Forbidden(_)) {
-                    access::audit(&caller, "submit", &algorithm, "-", "denied");
-                }
-                admit_status(&e)
-            })?;
-        access::audit(
-            &caller,
-            "submit",
-            &algorithm,
-            &admitted.id.to_string(),
-            if admitted.created {
-                "ok"
-            } else {
-                "ok-existing"
-            },
-        );
+            .await;
+        access::audit_submit(&caller, &algorithm, &admitted);
+        let admitted = admitted.map_err(|e| admit_status(&e))?;
         Ok(tonic::Response::new(RunRef {
             request_id: admitted.id.to_string(),
             algorithm,
