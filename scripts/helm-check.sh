@@ -101,6 +101,25 @@ refused "values without store" "store: the Cassandra run store URL" --set 'paylo
 refused "scheduler.enabled=false without schedulerUrl" "schedulerUrl: required" "${REQUIRED[@]}" --set scheduler.enabled=false
 refused "an unknown key" "additional properties 'sheduler' not allowed" "${REQUIRED[@]}" --set sheduler.port=1
 refused "grpc.auth mtls without TLS" "grpc.auth: mtls needs grpc.tls.enabled" "${REQUIRED[@]}" --set grpc.auth=mtls
+refused "tls.enabled without a Secret" "tls.secretName: required with tls.enabled" "${REQUIRED[@]}" --set tls.enabled=true
+refused "an algorithm CA without TLS" "tls.algorithmCa: only with tls.enabled" "${REQUIRED[@]}" --set tls.algorithmCa.configMap=ca
+refused "two algorithm CAs" "tls.algorithmCa: set pem or configMap" "${REQUIRED[@]}" --set tls.enabled=true \
+  --set tls.secretName=s --set tls.algorithmCa.configMap=ca --set tls.algorithmCa.pem=x
+
+# TLS on the HTTP listeners: every URL https, probes over HTTPS, the key mounted, Jobs given the CA.
+render http-tls "${REQUIRED[@]}" --set tls.enabled=true --set tls.secretName=nexus-http-tls \
+  --set-string 'tls.algorithmCa.pem=-----BEGIN CERTIFICATE-----' --set 'shards[0].name=shard-1' \
+  --set 'shards[0].runsNamespace=runs'
+for want in 'public_url: https://nexus-scheduler.nexus.svc.cluster.local:8080' \
+  'public_url: https://nexus-receiver-shard-1.nexus.svc.cluster.local:8091' \
+  'scheduler_url: https://nexus-scheduler.nexus.svc.cluster.local:8080' \
+  'cert_file: /etc/nexus/http-tls/tls.crt' 'ca_config_map: nexus-ca' 'secretName: nexus-http-tls'; do
+  grep -qF -- "$want" "$OUT/http-tls.yaml" || die "tls.enabled: '$want' is not rendered"
+done
+[[ $(grep -c 'scheme: HTTPS' "$OUT/http-tls.yaml") -eq 6 ]] || die "tls.enabled: the 6 probes do not all use HTTPS"
+[[ $(grep -c 'scheme: HTTP$' "$OUT/defaults.yaml") -eq 6 ]] || die "defaults: the 6 probes do not all use HTTP"
+grep -B3 -A6 '^  name: nexus-ca$' "$OUT/http-tls.yaml" | grep -q 'namespace: runs' \
+  || die "tls.algorithmCa.pem: the CA ConfigMap is not in the runs namespace"
 
 for f in "$OUT"/defaults.yaml "$OUT"/{single,controller,shard}-cluster.yaml; do
   name=$(basename "$f" .yaml)

@@ -8,13 +8,16 @@
 #   2. Cassandra and SeaweedFS (S3) on the node IP (10.254.254.1), which pods reach; the Nexus
 #      image (scripts/image.sh from NEXUS_BIN_DIR) loaded into the node;
 #   3. `helm install --wait` of a single-cluster release into a namespace enforcing the
-#      "restricted" Pod Security Standard: 2 schedulers, 1 receiver, 2 supervisors become Ready
-#      pods (the chart's own readiness probes), as uid 65532 on a read-only root file system, each
-#      with its ServiceAccount's mounted token (in-cluster config) and nothing more;
-#   4. a knapsack run submitted through the scheduler Service's ClusterIP (kube-proxy) becomes a
-#      Job created by the receiver pod in the runs namespace; the demo algorithm's pod fetches its
-#      payload from the schedulers, uploads its result to S3, completes through the receiver
-#      Service; the run is COMPLETED and its result (through the signed URL) has totalValue 90;
+#      "restricted" Pod Security Standard, with TLS on every HTTP listener (`tls`: a certificate of
+#      a private CA made here, for the Services' DNS names and the node IP): 2 schedulers,
+#      1 receiver, 2 supervisors become Ready pods (the chart's own readiness probes, over HTTPS),
+#      as uid 65532 on a read-only root file system, each with its ServiceAccount's mounted token
+#      (in-cluster config) and nothing more;
+#   4. a knapsack run submitted over https through the scheduler Service (a NodePort, kube-proxy),
+#      trusting the private CA, becomes a Job created by the receiver pod in the runs namespace;
+#      the demo algorithm's pod (given the CA by the chart's ConfigMap, NEXUS_CA_FILE) fetches its
+#      payload and uploads its result (S3), completes over https through the receiver Service;
+#      the run is COMPLETED and its result (through the signed URL) has totalValue 90;
 #      a supervisor pod holds and renews the Lease nexus-supervisor;
 #   5. `helm upgrade --wait` changing the config (log format): every Deployment rolls; meanwhile a
 #      prober reads a run through the Service and runs are submitted: no request fails, every run
@@ -40,7 +43,7 @@
 #                              gRPC +10000)
 #   NEXUS_HELM_TEST_KEEP       1 = keep the work dir (values, logs) [0]
 # Requires: root, and what scripts/kube-cluster.sh, cluster-dns.sh, cassandra.sh, seaweedfs.sh
-# and image.sh need; curl, python3.
+# and image.sh need; curl, python3, openssl.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -182,7 +185,7 @@ stores_env() {
 [[ $EUID -eq 0 ]] || die "needs root (the cluster's node)"
 [[ -x "$BIN/nexus" && -x "$BIN/nexus-demo" ]] || die "$BIN/nexus or nexus-demo missing (cargo build -p nexus-cli -p nexus-examples)"
 [[ -x "$HELM" ]] || die "$HELM missing (scripts/helm-check.sh builds it)"
-for c in curl python3 podman; do command -v "$c" >/dev/null || die "$c is required"; done
+for c in curl python3 podman openssl; do command -v "$c" >/dev/null || die "$c is required"; done
 export HELM_CACHE_HOME="$WORK/helm/cache" HELM_CONFIG_HOME="$WORK/helm/config" HELM_DATA_HOME="$WORK/helm/data"
 if [[ $IMAGE_BUILD == 1 ]]; then
   log "building $IMAGE from $BIN (scripts/image.sh)"
@@ -233,6 +236,20 @@ api POST "/api/v1/namespaces/$NS/pods?dryRun=All" '{"apiVersion":"v1","kind":"Po
   || die "Pod Security admission does not enforce 'restricted' in $NS: HTTP $(status): $(cat "$WORK/pss.out")"
 # The S3 keys as an operator would hand them: a Secret, read by extraEnv.
 admin POST "/api/v1/namespaces/$NS/secrets" "{\"apiVersion\":\"v1\",\"kind\":\"Secret\",\"metadata\":{\"name\":\"nexus-s3\"},\"stringData\":{\"access-key\":\"$S3_KEY\",\"secret-key\":\"$S3_SECRET\"}}" >/dev/null
+# TLS of the HTTP listeners: a private CA and a certificate for the Services' DNS names and the
+# node IP (this host reaches the scheduler Service through a NodePort there).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=nexus-test-ca" \
+  -keyout "$WORK/http-ca.key" -out "$WORK/http-ca.crt" 2>"$WORK/openssl.err" || { cat "$WORK/openssl.err" >&2; die "openssl (CA)"; }
+san="IP:$NODE_IP"
+for svc in scheduler receiver-shard-1 supervisor; do san+=",DNS:$REL-$svc.$NS.svc.cluster.local,DNS:$REL-$svc.$NS.svc"; done
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$REL" \
+  -keyout "$WORK/http-tls.key" -out "$WORK/http-tls.csr" 2>>"$WORK/openssl.err" || { cat "$WORK/openssl.err" >&2; die "openssl (key)"; }
+printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n' "$san" >"$WORK/http-tls.ext"
+openssl x509 -req -in "$WORK/http-tls.csr" -CA "$WORK/http-ca.crt" -CAkey "$WORK/http-ca.key" -days 2 \
+  -set_serial "0x$(openssl rand -hex 16)" -extfile "$WORK/http-tls.ext" -out "$WORK/http-tls.crt" 2>>"$WORK/openssl.err" \
+  || { cat "$WORK/openssl.err" >&2; die "openssl (certificate)"; }
+b64() { base64 -w0 <"$1"; }
+admin POST "/api/v1/namespaces/$NS/secrets" "{\"apiVersion\":\"v1\",\"kind\":\"Secret\",\"metadata\":{\"name\":\"nexus-http-tls\"},\"type\":\"kubernetes.io/tls\",\"data\":{\"tls.crt\":\"$(b64 "$WORK/http-tls.crt")\",\"tls.key\":\"$(b64 "$WORK/http-tls.key")\",\"ca.crt\":\"$(b64 "$WORK/http-ca.crt")\"}}" >/dev/null
 IMAGE_REPO="${IMAGE%:*}"
 IMAGE_TAG="${IMAGE##*:}"
 values() { # log format
@@ -250,11 +267,18 @@ shards:
   - name: shard-1
     replicas: 1
     runsNamespace: $RUNS_NS
+tls:
+  enabled: true
+  secretName: nexus-http-tls
+  algorithmCa:
+    pem: |
+$(sed 's/^/      /' "$WORK/http-ca.crt")
 # One 2-core node: the requests are scaled down so that the pods, a rolling upgrade's surge and
 # the runs' pods fit; the limits stay the chart's.
 scheduler:
   replicas: 2
   autoscaling: {enabled: false}
+  service: {type: NodePort}
   resources:
     requests: {cpu: 100m, memory: 64Mi, ephemeral-storage: 64Mi}
     limits: {cpu: "2", memory: 1Gi, ephemeral-storage: 2Gi}
@@ -312,7 +336,8 @@ for p in pods:
         "image": c["image"] == image,
         "uid 65532": sc.get("runAsUser") == 65532 and spec["securityContext"].get("runAsNonRoot"),
         "read-only root": sc.get("readOnlyRootFilesystem") is True,
-        "readiness probe": c.get("readinessProbe", {}).get("httpGet", {}).get("path") == "/health/readyz",
+        "readiness probe over HTTPS": c.get("readinessProbe", {}).get("httpGet", {}).get("path") == "/health/readyz"
+            and c["readinessProbe"]["httpGet"].get("scheme") == "HTTPS",
         "own ServiceAccount": spec["serviceAccountName"] == f"{rel}-{comp}",
         "token mounted": any(v.get("projected") and any("serviceAccountToken" in s for s in v["projected"]["sources"]) for v in spec.get("volumes", [])),
         "no restart": cs.get("restartCount") == 0,
@@ -339,10 +364,12 @@ CR=/apis/science.sneaksanddata.com/v1/namespaces/$NS
 admin POST "$CR/nexusalgorithmworkgroups" '{"apiVersion":"science.sneaksanddata.com/v1","kind":"NexusAlgorithmWorkgroup","metadata":{"name":"wg"},"spec":{"cluster":"shard-1"}}' >/dev/null
 admin POST "$CR/nexusalgorithmtemplates" "{\"apiVersion\":\"science.sneaksanddata.com/v1\",\"kind\":\"NexusAlgorithmTemplate\",\"metadata\":{\"name\":\"knapsack\"},\"spec\":{\"container\":{\"image\":\"${IMAGE_REPO#*/}\",\"registry\":\"${IMAGE_REPO%%/*}\",\"versionTag\":\"$IMAGE_TAG\"},\"computeResources\":{\"cpuLimit\":\"1\",\"memoryLimit\":\"256Mi\"},\"workgroupRef\":{\"name\":\"wg\",\"group\":\"science.sneaksanddata.com\",\"kind\":\"NexusAlgorithmWorkgroup\"},\"command\":\"nexus-demo\",\"args\":[\"knapsack\",\"--sas-uri=%s\",\"--request-id=%s\"],\"runtimeEnvironment\":{\"deadlineSeconds\":180,\"maximumRetries\":0}}}" >/dev/null
 
-# From this host, the Service's ClusterIP works through kube-proxy (no port-forward needed).
-SCHED_IP="$(admin GET "/api/v1/namespaces/$NS/services/$REL-scheduler" | json 'd["spec"]["clusterIP"]')"
-URL="http://$SCHED_IP:8080"
-nexus() { timeout 30 "$BIN/nexus" run --server "$URL" "$@"; }
+# From this host, the Service's NodePort on the node IP works through kube-proxy (no port-forward
+# needed); https, trusting the private CA (and nothing else: plain http is refused).
+NODE_PORT="$(admin GET "/api/v1/namespaces/$NS/services/$REL-scheduler" | json 'd["spec"]["ports"][0]["nodePort"]')"
+URL="https://$NODE_IP:$NODE_PORT"
+CA="$WORK/http-ca.crt"
+nexus() { timeout 30 "$BIN/nexus" run --server "$URL" --ca-file "$CA" "$@"; }
 # The schedulers learn the template through their watch: a submission may be refused until then.
 submit() { nexus submit knapsack --params "$ROOT/examples/payloads/knapsack.json"; }
 submit_first() { submit >"$WORK/id" 2>"$WORK/submit.err"; }
@@ -356,9 +383,9 @@ wait_for 60 "Job $RUNS_NS/$id" job_exists "$id"
 # succeeded.
 check_result() {
   local rid=$1 out uri
-  timeout 200 "$BIN/nexus" run --server "$URL" wait knapsack "$rid" --timeout 180s >"$WORK/wait.out" 2>&1 \
+  timeout 200 "$BIN/nexus" run --server "$URL" --ca-file "$CA" wait knapsack "$rid" --timeout 180s >"$WORK/wait.out" 2>&1 \
     || { cat "$WORK/wait.out" >&2; die "run $rid did not complete"; }
-  out="$(curl -fsS --max-time 10 "$URL/algorithm/v1/results/knapsack/requests/$rid")" || die "GET results of $rid"
+  out="$(curl -fsS --max-time 10 --cacert "$CA" "$URL/algorithm/v1/results/knapsack/requests/$rid")" || die "GET results of $rid"
   [[ "$(printf '%s' "$out" | json 'd["status"]')" == COMPLETED ]] || die "run $rid: $out"
   uri="$(printf '%s' "$out" | json 'd["resultUri"]')"
   curl -fsS --max-time 10 "$uri" >"$WORK/result.json" || die "run $rid: its result URL $uri"
@@ -371,6 +398,14 @@ check_result "$id"
 admin GET "/api/v1/namespaces/$RUNS_NS/pods?labelSelector=job-name%3D$id" \
   | json '[(p["status"]["phase"], p["spec"]["nodeName"], p["spec"]["containers"][0]["image"]) for p in d["items"]]' >"$WORK/runpod"
 grep -q '"Succeeded"' "$WORK/runpod" || die "the run's pod: $(cat "$WORK/runpod")"
+# It was handed the CA (the chart's ConfigMap in the runs namespace) and completed over https.
+admin GET "/api/v1/namespaces/$RUNS_NS/pods?labelSelector=job-name%3D$id" \
+  | json '[[e.get("value") for e in p["spec"]["containers"][0]["env"] if e["name"] in ("NEXUS_CA_FILE", "NEXUS__RECEIVER_URL")] + [v["configMap"]["name"] for v in p["spec"].get("volumes", []) if v.get("configMap")] for p in d["items"]]' >"$WORK/runpod-ca"
+grep -qF '"/etc/nexus/ca/ca.crt"' "$WORK/runpod-ca" && grep -qF '"https://' "$WORK/runpod-ca" && grep -qF '"nexus-ca"' "$WORK/runpod-ca" \
+  || die "the run's pod was not handed the CA or an https receiver URL: $(cat "$WORK/runpod-ca")"
+# Plain http to the TLS listener gets no answer.
+code="$(curl -sS --max-time 5 -o /dev/null -w '%{http_code}' "http://$NODE_IP:$NODE_PORT/health/readyz" 2>/dev/null)" || true
+[[ $code != 200 ]] || die "the scheduler answered plain http on its TLS port"
 log "run $id COMPLETED through the pods: Job Complete, pod $(cat "$WORK/runpod"), result totalValue 90"
 # Under RBAC only the receiver's account (and the superuser, which nothing here uses for Jobs)
 # may create Jobs in the runs namespace; its pod runs on that account's mounted token.
@@ -413,7 +448,7 @@ phase "a run end to end, the Lease"
 : >"$WORK/prober.log"
 (
   while [[ ! -e "$WORK/prober.stop" ]]; do
-    code="$(curl -sS --max-time 5 -o /dev/null -w '%{http_code}' "$URL/algorithm/v1/results/knapsack/requests/$id" 2>>"$WORK/prober.log")" || code="error"
+    code="$(curl -sS --max-time 5 --cacert "$CA" -o /dev/null -w '%{http_code}' "$URL/algorithm/v1/results/knapsack/requests/$id" 2>>"$WORK/prober.log")" || code="error"
     printf '%s %s\n' "$(date +%T.%N | cut -c1-12)" "$code" >>"$WORK/prober.log"
     sleep 0.2
   done
@@ -500,7 +535,7 @@ release_left() {
       while read -r name; do
         [[ -z $name ]] && continue
         case "$n/${k##*/}/$name" in
-          "$NS/secrets/nexus-s3" | "$NS/leases/nexus-supervisor" | */serviceaccounts/default | */configmaps/kube-root-ca.crt) ;;
+          "$NS/secrets/nexus-s3" | "$NS/secrets/nexus-http-tls" | "$NS/leases/nexus-supervisor" | */serviceaccounts/default | */configmaps/kube-root-ca.crt) ;;
           "$RUNS_NS/jobs/"* | "$RUNS_NS/pods/"*) ;;
           *) left+=("$n/${k##*/}/$name") ;;
         esac

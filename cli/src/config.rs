@@ -43,6 +43,10 @@ pub struct ExecutorSection {
     pub read_write_paths: Vec<PathBuf>,
     /// The `nexus` binary that confines algorithms (`nexus sandbox-exec`); default this one.
     pub launcher: Option<PathBuf>,
+    /// CA certificate (PEM) algorithms trust for Nexus's own URLs (payload, result upload,
+    /// completion, child runs): handed to them as `NEXUS_CA_FILE` and readable under
+    /// confinement. Set it when `server.tls` serves a certificate from a private CA.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for ExecutorSection {
@@ -57,6 +61,7 @@ impl Default for ExecutorSection {
             read_only_paths: Vec::new(),
             read_write_paths: Vec::new(),
             launcher: None,
+            ca_file: None,
         }
     }
 }

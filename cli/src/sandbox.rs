@@ -268,11 +268,28 @@ pub async fn local_executor_config(
     let work_root = absolute(&section.work_root.clone().unwrap_or_else(default_work_root));
     let mut protected: Vec<PathBuf> = protected.iter().map(|p| absolute(p)).collect();
     protected.push(work_root.clone());
+    let ca_file = match &section.ca_file {
+        Some(ca) => {
+            let ca = absolute(ca);
+            nexus_http::tls::read_certs(&ca)
+                .map_err(|e| anyhow::anyhow!("executor.ca_file: {e}"))?;
+            Some(ca)
+        }
+        None => None,
+    };
+    // Algorithms read the CA file: granted like a read-only path (and refused if it would
+    // expose a protected one).
+    let read_only: Vec<PathBuf> = section
+        .read_only_paths
+        .iter()
+        .cloned()
+        .chain(ca_file.clone())
+        .collect();
     let isolation = executor_isolation(IsolationRequest {
         run_as: section.run_as.as_deref(),
         confine: section.confine,
         launcher: section.launcher.as_deref(),
-        read_only: &section.read_only_paths,
+        read_only: &read_only,
         read_write: &section.read_write_paths,
         protected: &protected,
     })
@@ -285,6 +302,7 @@ pub async fn local_executor_config(
         run_as: isolation.run_as,
         launcher: isolation.launcher,
         state_dir: None,
+        ca_file,
     })
 }
 

@@ -7,7 +7,7 @@
 //! listener it is given, port 0 in tests); `main` only parses flags and waits for signals.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use anyhow::Context;
@@ -149,11 +149,12 @@ pub(crate) fn instance_id() -> String {
 /// manifest is listed), signing key, algorithm isolation (`executor.run_as` without root, an
 /// unknown user, `executor.confine: landlock` where the kernel has none).
 pub async fn start(config: StandaloneConfig, listener: TcpListener) -> anyhow::Result<Handle> {
-    let mut exec_config = crate::sandbox::local_executor_config(
-        &config.executor,
-        std::slice::from_ref(&config.data_dir),
-    )
-    .await?;
+    // The server's private paths: algorithms must never be granted one.
+    let protected: Vec<PathBuf> = std::iter::once(config.data_dir.clone())
+        .chain(config.server.tls.key_file.clone())
+        .collect();
+    let mut exec_config =
+        crate::sandbox::local_executor_config(&config.executor, &protected).await?;
     // Attempts a killed predecessor left running go before anything new starts (their runs are
     // launched again by recovery while their retries allow).
     let state_dir = config.data_dir.join("attempts");

@@ -3,7 +3,14 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+use nexus_http::client::{Answer, HttpClient};
+use nexus_http::http::Method;
 use serde_json::{Value, json};
+
+fn encode(v: &Value) -> Result<Vec<u8>, String> {
+    serde_json::to_vec(v).map_err(|e| format!("cannot encode JSON: {e}"))
+}
 
 /// What an algorithm produced.
 #[derive(Debug, Clone, PartialEq)]
@@ -113,10 +120,16 @@ pub fn completion_body(outcome: &Outcome) -> Value {
 /// How long transient failures (unreachable server, 5xx, 429) are retried before giving up.
 const RETRY_FOR: Duration = Duration::from_secs(60);
 
-/// Thin blocking HTTP client; every failure becomes a printable message.
+/// Largest payload or answer body the demo reads (the scheduler's own request bound is lower).
+const MAX_BODY: usize = 512 * 1024 * 1024;
+
+/// Thin blocking HTTP(S) client over `nexus-http`'s client (rustls: system roots plus the CA file
+/// Nexus hands the run as `NEXUS_CA_FILE`, when it serves a private certificate); every failure
+/// becomes a printable message.
 #[derive(Debug)]
 pub struct Client {
-    http: reqwest::blocking::Client,
+    http: HttpClient,
+    rt: tokio::runtime::Runtime,
 }
 
 /// Strips the query string (signature) from a URL before logging it.
@@ -138,8 +151,8 @@ pub fn redact_token(url: &str) -> String {
     }
 }
 
-fn body_snippet(resp: reqwest::blocking::Response) -> String {
-    let text = resp.text().unwrap_or_default();
+fn body_snippet(answer: &Answer) -> String {
+    let text = answer.text();
     let text = text.trim();
     if text.is_empty() {
         String::new()
@@ -148,33 +161,56 @@ fn body_snippet(resp: reqwest::blocking::Response) -> String {
     }
 }
 
+/// One request: method, URL, headers and an optional (body, content type).
+struct Call<'a> {
+    method: Method,
+    url: &'a str,
+    headers: Vec<(&'a str, String)>,
+    body: Option<(Vec<u8>, &'static str)>,
+}
+
 impl Client {
+    /// A client trusting the system's roots plus `NEXUS_CA_FILE` when set.
     pub fn new() -> Result<Self, String> {
-        let http = reqwest::blocking::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60))
+        let ca = env(nexus_sdk::CA_FILE).map(std::path::PathBuf::from);
+        let http = HttpClient::new(
+            ca.as_deref(),
+            Duration::from_secs(60),
+            MAX_BODY,
+            concat!("nexus-demo/", env!("CARGO_PKG_VERSION")),
+        )
+        .map_err(|e| format!("cannot build HTTP client ({}): {e}", nexus_sdk::CA_FILE))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
             .build()
-            .map_err(|e| format!("cannot build HTTP client: {e}"))?;
-        Ok(Client { http })
+            .map_err(|e| format!("cannot start the I/O runtime: {e}"))?;
+        Ok(Client { http, rt })
     }
 
-    /// Sends the request `make` builds until it succeeds, retrying (with back-off, for about a
-    /// minute) while the server is unreachable or answers 5xx/429: a receiver restarting or an
-    /// object store hiccup must not fail a run whose work is done. Other 4xx answers are final
-    /// (wrong token, expired signature, run already finished). `what` names the call in errors.
-    fn send_with_retries(
-        &self,
-        what: &str,
-        make: impl Fn(&reqwest::blocking::Client) -> reqwest::blocking::RequestBuilder,
-    ) -> Result<reqwest::blocking::Response, String> {
+    /// Sends `call` until it succeeds, retrying (with back-off, for about a minute) while the
+    /// server is unreachable or answers 5xx/429: a receiver restarting or an object store hiccup
+    /// must not fail a run whose work is done. Other 4xx answers are final (wrong token, expired
+    /// signature, run already finished). `what` names the call in errors.
+    fn send_with_retries(&self, what: &str, call: &Call<'_>) -> Result<Answer, String> {
         let mut delay = Duration::from_millis(200);
         let give_up = std::time::Instant::now() + RETRY_FOR;
+        let headers: Vec<(&str, &str)> =
+            call.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         loop {
-            let err = match make(&self.http).send() {
-                Ok(resp) if resp.status().is_success() => return Ok(resp),
-                Ok(resp) => {
-                    let status = resp.status();
-                    let e = format!("{what} failed with HTTP {status}{}", body_snippet(resp));
+            let body = call
+                .body
+                .as_ref()
+                .map(|(b, ct)| (Bytes::copy_from_slice(b), *ct));
+            let sent =
+                self.rt.block_on(
+                    self.http
+                        .send(call.method.clone(), call.url, &headers, body),
+                );
+            let err = match sent {
+                Ok(a) if a.status.is_success() => return Ok(a),
+                Ok(a) => {
+                    let status = a.status;
+                    let e = format!("{what} failed with HTTP {status}{}", body_snippet(&a));
                     if !(status.is_server_error() || status.as_u16() == 429) {
                         return Err(e);
                     }
@@ -195,12 +231,14 @@ impl Client {
     pub fn fetch_payload(&self, sas_uri: &str) -> Result<Vec<u8>, String> {
         let shown = redact(sas_uri);
         println!("[nexus-demo] GET payload {shown}");
-        let resp = self.send_with_retries(&format!("fetching payload from {shown}"), |h| {
-            h.get(sas_uri)
-        })?;
-        resp.bytes()
-            .map(|b| b.to_vec())
-            .map_err(|e| format!("cannot read payload body from {shown}: {e}"))
+        let call = Call {
+            method: Method::GET,
+            url: sas_uri,
+            headers: Vec::new(),
+            body: None,
+        };
+        let answer = self.send_with_retries(&format!("fetching payload from {shown}"), &call)?;
+        Ok(answer.body.to_vec())
     }
 
     /// PUT the result document to the signed upload URL.
@@ -208,11 +246,13 @@ impl Client {
         let shown = redact(&ctx.result_upload_url);
         let bytes = serde_json::to_vec(result).map_err(|e| format!("cannot encode result: {e}"))?;
         println!("[nexus-demo] PUT result ({} bytes) to {shown}", bytes.len());
-        self.send_with_retries(&format!("uploading result to {shown}"), |h| {
-            h.put(&ctx.result_upload_url)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(bytes.clone())
-        })?;
+        let call = Call {
+            method: Method::PUT,
+            url: &ctx.result_upload_url,
+            headers: Vec::new(),
+            body: Some((bytes, "application/json")),
+        };
+        self.send_with_retries(&format!("uploading result to {shown}"), &call)?;
         Ok(())
     }
 
@@ -223,18 +263,27 @@ impl Client {
         let body = completion_body(outcome);
         let shown = redact_token(&url);
         println!("[nexus-demo] POST completion to {shown}");
-        let resp = self.send_with_retries(&format!("completion call to {shown}"), |h| {
-            h.post(&url).bearer_auth(&ctx.run_token).json(&body)
-        })?;
-        println!("[nexus-demo] completion accepted (HTTP {})", resp.status());
+        let call = Call {
+            method: Method::POST,
+            url: &url,
+            headers: vec![("authorization", format!("Bearer {}", ctx.run_token))],
+            body: Some((encode(&body)?, "application/json")),
+        };
+        let answer = self.send_with_retries(&format!("completion call to {shown}"), &call)?;
+        println!("[nexus-demo] completion accepted (HTTP {})", answer.status);
         Ok(())
     }
 
     /// POSTs a JSON body with no credential of its own (retried like every call); returns the
     /// status. `what` names the call in messages (never the URL, which may carry a token).
     pub fn post_json(&self, url: &str, body: &Value, what: &str) -> Result<u16, String> {
-        let resp = self.send_with_retries(what, |h| h.post(url).json(body))?;
-        Ok(resp.status().as_u16())
+        let call = Call {
+            method: Method::POST,
+            url,
+            headers: Vec::new(),
+            body: Some((encode(body)?, "application/json")),
+        };
+        Ok(self.send_with_retries(what, &call)?.status.as_u16())
     }
 
     /// Upload (on success) and complete.

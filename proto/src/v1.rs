@@ -129,4 +129,8 @@ pub mod env {
     /// Base URL of the schedulers' HTTP and gRPC `RunService` (Nexus addition; set when the
     /// receiver knows it): algorithms create child runs there.
     pub const SCHEDULER_URL: &str = "NEXUS__SCHEDULER_URL";
+    /// A PEM CA certificate to trust for the URLs above, besides the system's roots (Nexus
+    /// addition; set when Nexus serves a certificate from a private CA). Same name as the CLI's
+    /// and SDKs' option, so an algorithm's own client picks it up.
+    pub const CA_FILE: &str = "NEXUS_CA_FILE";
 }

@@ -45,7 +45,7 @@ pub const RUN_TOKEN: &str = "NEXUS__RUN_TOKEN";
 /// Environment variable: a client's bearer token (OIDC token or API key).
 pub const TOKEN: &str = "NEXUS_TOKEN";
 /// Environment variable: PEM CA certificates trusted for `https://` besides the system's.
-pub const CA_FILE: &str = "NEXUS_CA_FILE";
+pub const CA_FILE: &str = nexus_proto::v1::env::CA_FILE;
 
 /// How to reach and authenticate to the schedulers, besides the URL.
 #[derive(Debug, Clone, Default)]

@@ -396,6 +396,7 @@ async fn local_executor(
         .chain(c.signing_key_file.clone())
         .chain(c.grpc.secret_file.clone())
         .chain(c.grpc.tls_key.clone())
+        .chain(c.server.tls.key_file.clone())
         .collect();
     let cfg = crate::sandbox::local_executor_config(&c.executor, &protected).await?;
     Ok(

@@ -409,8 +409,10 @@ async fn the_cli_speaks_https_with_a_token() {
     let (c2, k2) = (crt.clone(), key.clone());
     let h = start_standalone_with(data.path(), move |c| {
         c.auth = section;
-        c.server.tls.cert_file = Some(c2);
+        c.server.tls.cert_file = Some(c2.clone());
         c.server.tls.key_file = Some(k2);
+        // The algorithm trusts the server's certificate through NEXUS_CA_FILE.
+        c.executor.ca_file = Some(c2);
     })
     .await;
     assert!(h.url.starts_with("https://"), "{}", h.url);
@@ -433,21 +435,36 @@ async fn the_cli_speaks_https_with_a_token() {
     let params = tls.path().join("params.json");
     std::fs::write(
         &params,
-        r#"{"capacity": 3, "items": [{"weight": 1, "value": 2}]}"#,
+        r#"{"capacity": 3, "items": [{"name": "a", "weight": 1, "value": 2}]}"#,
     )
     .unwrap();
     let empty = tls.path().join("empty.json");
     std::fs::write(&empty, "{}").unwrap();
     let (params, empty) = (params.to_str().unwrap(), empty.to_str().unwrap());
-    // Submitted and read back over https (the demo algorithm itself speaks plain http only, so
-    // the run is not waited for here).
+    // Submitted, run and read back over https: the demo algorithm fetches its payload, uploads
+    // its result and completes over https too, trusting the CA it is handed.
     let args = ["submit", "knapsack", "--params", params];
-    let (ok, out, err) = nexus(&args, Some(&k.alice));
+    let (ok, out, err) = nexus(
+        &[
+            "submit",
+            "knapsack",
+            "--params",
+            params,
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+        Some(&k.alice),
+    );
     assert!(ok, "stdout: {out}\nstderr: {err}");
-    let id = out.trim().to_owned();
-    let (ok, out, err) = nexus(&["get", "knapsack", &id], Some(&k.alice));
+    let id = out.lines().next().unwrap_or_default().trim().to_owned();
+    let (ok, out, err) = nexus(&["get", "knapsack", &id, "--json"], Some(&k.alice));
     assert!(ok, "stdout: {out}\nstderr: {err}");
-    assert!(out.contains(&id), "{out}");
+    assert!(out.contains("COMPLETED"), "{out}");
+    assert!(
+        out.contains("https://"),
+        "the result URI is served over https: {out}"
+    );
     let (ok, _, err) = nexus(&args, None);
     assert!(!ok);
     assert!(
@@ -493,4 +510,56 @@ async fn listening_beyond_loopback_needs_auth_written() {
     assert!(e.contains("write auth.mode: none"), "{e}");
     c.auth.mode = Some(nexus_auth::AuthMode::None);
     c.validate().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_algorithm_ca_and_the_listener_key_are_checked_at_start() {
+    let data = tempfile::tempdir().unwrap();
+    let tls = tempfile::tempdir().unwrap();
+    let (crt, key) = cert(tls.path());
+    let start = |tune: Box<dyn FnOnce(&mut nexus_cli::config::StandaloneConfig) + Send>| {
+        let data = data.path().to_path_buf();
+        async move {
+            let mut c = nexus_cli::config::StandaloneConfig {
+                data_dir: data,
+                templates_dir: templates(),
+                ..nexus_cli::config::StandaloneConfig::default()
+            };
+            c.executor.launcher = Some(env!("CARGO_BIN_EXE_nexus").into());
+            tune(&mut c);
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            nexus_cli::standalone::start(c, l).await
+        }
+    };
+    // Not a certificate: refused, naming the key and the file.
+    let (k2, c2) = (key.clone(), crt.clone());
+    let e = start(Box::new(move |c| {
+        c.server.tls.cert_file = Some(c2);
+        c.server.tls.key_file = Some(k2.clone());
+        c.executor.ca_file = Some(k2);
+    }))
+    .await
+    .err()
+    .expect("a key file is not a CA certificate");
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("executor.ca_file") && e.contains("tls.key"),
+        "{e}"
+    );
+    // The listener's key may not be granted to algorithms.
+    let (k2, c2) = (key.clone(), crt.clone());
+    let e = start(Box::new(move |c| {
+        c.server.tls.cert_file = Some(c2);
+        c.server.tls.key_file = Some(k2);
+        c.executor.read_only_paths = vec![tls_dir_of(&key)];
+    }))
+    .await
+    .err()
+    .expect("granting the key's directory is refused");
+    let e = format!("{e:#}");
+    assert!(e.contains("holds the server's keys"), "{e}");
+}
+
+fn tls_dir_of(p: &std::path::Path) -> std::path::PathBuf {
+    p.parent().unwrap().to_path_buf()
 }

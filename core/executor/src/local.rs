@@ -115,6 +115,9 @@ pub struct LocalExecutorConfig {
     pub run_as: Option<RunAs>,
     /// Starts algorithm processes through this confining launcher; `None`: directly.
     pub launcher: Option<Launcher>,
+    /// CA certificate algorithms trust for Nexus's URLs, passed as `NEXUS_CA_FILE` (the
+    /// launcher must let them read it).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The default work root: `<temp dir>/nexus-work-<euid>`.
@@ -133,6 +136,7 @@ impl Default for LocalExecutorConfig {
             state_dir: None,
             run_as: None,
             launcher: None,
+            ca_file: None,
         }
     }
 }
@@ -491,6 +495,9 @@ impl Inner {
             if let Some(value) = std::env::var_os(name) {
                 cmd.env(name, value);
             }
+        }
+        if let Some(ca) = &self.config.ca_file {
+            cmd.env(nexus_proto::v1::env::CA_FILE, ca);
         }
         cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
         if let Some(user) = self.config.run_as {

@@ -14,6 +14,9 @@ pub mod client;
 pub mod server;
 pub mod tls;
 
+/// The `http` types of [`client`]'s signatures (method, status, headers).
+pub use axum::http;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 

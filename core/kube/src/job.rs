@@ -27,8 +27,9 @@ use k8s_openapi::api::batch::v1::{
     PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
 };
 use k8s_openapi::api::core::v1::{
-    Affinity, Container, EnvFromSource, EnvVar, EnvVarSource, HostPathVolumeSource, PodSpec,
-    PodTemplateSpec, ResourceRequirements, Toleration, Volume, VolumeMount,
+    Affinity, ConfigMapVolumeSource, Container, EnvFromSource, EnvVar, EnvVarSource,
+    HostPathVolumeSource, KeyToPath, PodSpec, PodTemplateSpec, ResourceRequirements, Toleration,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -58,6 +59,10 @@ pub(crate) const DATADOG_VOLUME: &str = "dsdsocket";
 pub(crate) const DATADOG_HOST_PATH: &str = "/var/run/datadog/";
 /// Mount path of the DogStatsD socket directory in the container.
 pub(crate) const DATADOG_MOUNT_PATH: &str = "/var/run/datadog";
+/// Name of the volume holding the CA certificate of [`JobOptions::ca_config_map`].
+pub(crate) const CA_VOLUME: &str = "nexus-ca";
+/// Where that CA certificate is mounted (directory; the file is `ca.crt` in it).
+pub(crate) const CA_MOUNT_PATH: &str = "/etc/nexus/ca";
 /// Longest valid label value.
 pub(crate) const MAX_LABEL_VALUE_LEN: usize = 63;
 
@@ -80,6 +85,13 @@ pub struct JobOptions {
     pub image_pull_policy: String,
     /// CPU request as a fraction of the CPU limit (reference: 0.1, "Burstable QoS"); in (0, 1].
     pub default_cpu_request_fraction: f64,
+    /// A ConfigMap in the Jobs' namespace whose key `ca_config_map_key` is the PEM CA certificate
+    /// of Nexus's private TLS certificates: mounted read-only into every algorithm container at
+    /// `/etc/nexus/ca/ca.crt` and named by `NEXUS_CA_FILE`, so algorithms trust Nexus's `https://`
+    /// URLs. Empty: none (certificates from a public CA need none).
+    pub ca_config_map: String,
+    /// The key of `ca_config_map` holding the certificate.
+    pub ca_config_map_key: String,
 }
 
 impl Default for JobOptions {
@@ -90,6 +102,8 @@ impl Default for JobOptions {
             ttl_seconds_after_finished: 300,
             image_pull_policy: "IfNotPresent".into(),
             default_cpu_request_fraction: 0.1,
+            ca_config_map: String::new(),
+            ca_config_map_key: "ca.crt".into(),
         }
     }
 }
@@ -118,8 +132,41 @@ impl JobOptions {
                 "job.default_cpu_request_fraction: {f} must be in (0, 1] (the CPU request as a fraction of the limit)"
             ));
         }
+        if !self.ca_config_map.is_empty() && !is_dns_subdomain(&self.ca_config_map) {
+            return Err(format!(
+                "job.ca_config_map: '{}' is not a valid ConfigMap name (lowercase letters, digits, '-' and '.', at most 253)",
+                self.ca_config_map
+            ));
+        }
+        if !is_config_map_key(&self.ca_config_map_key) {
+            return Err(format!(
+                "job.ca_config_map_key: '{}' is not a valid ConfigMap key (letters, digits, '-', '_' and '.', at most 253)",
+                self.ca_config_map_key
+            ));
+        }
         Ok(())
     }
+}
+
+/// A DNS-1123 subdomain (the names of most Kubernetes objects).
+fn is_dns_subdomain(s: &str) -> bool {
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    s.len() <= 253
+        && s.split('.').all(|part| {
+            part.starts_with(alnum)
+                && part.ends_with(alnum)
+                && part.chars().all(|c| alnum(c) || c == '-')
+        })
+}
+
+/// A ConfigMap data key.
+fn is_config_map_key(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s != "."
+        && s != ".."
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// The parent run's Job in the same cluster, made the owner of the child's Job.
@@ -291,6 +338,53 @@ pub fn render_job(
         .datadog_integration_settings
         .as_ref()
         .is_some_and(|d| d.mount_datadog_socket);
+    let ca = !opts.ca_config_map.is_empty();
+    if ca {
+        env.push(EnvVar {
+            name: nexus_proto::v1::env::CA_FILE.into(),
+            value: Some(format!("{CA_MOUNT_PATH}/ca.crt")),
+            value_from: None,
+        });
+    }
+    let mut mounts = Vec::new();
+    let mut volumes = Vec::new();
+    if datadog {
+        mounts.push(VolumeMount {
+            name: DATADOG_VOLUME.into(),
+            mount_path: DATADOG_MOUNT_PATH.into(),
+            ..Default::default()
+        });
+        volumes.push(Volume {
+            name: DATADOG_VOLUME.into(),
+            host_path: Some(HostPathVolumeSource {
+                path: DATADOG_HOST_PATH.into(),
+                type_: None,
+            }),
+            ..Default::default()
+        });
+    }
+    if ca {
+        mounts.push(VolumeMount {
+            name: CA_VOLUME.into(),
+            mount_path: CA_MOUNT_PATH.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        volumes.push(Volume {
+            name: CA_VOLUME.into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: opts.ca_config_map.clone(),
+                items: Some(vec![KeyToPath {
+                    key: opts.ca_config_map_key.clone(),
+                    path: "ca.crt".into(),
+                    mode: None,
+                }]),
+                default_mode: Some(0o444),
+                optional: None,
+            }),
+            ..Default::default()
+        });
+    }
 
     let labels = BTreeMap::from([
         (LABEL_ALGORITHM.to_owned(), label_value(&run.algorithm)),
@@ -313,13 +407,7 @@ pub fn render_job(
         env: Some(env),
         env_from: Some(env_from).filter(|e| !e.is_empty()),
         resources: resources(run, opts.default_cpu_request_fraction)?,
-        volume_mounts: datadog.then(|| {
-            vec![VolumeMount {
-                name: DATADOG_VOLUME.into(),
-                mount_path: DATADOG_MOUNT_PATH.into(),
-                ..Default::default()
-            }]
-        }),
+        volume_mounts: Some(mounts).filter(|m| !m.is_empty()),
         ..Default::default()
     };
 
@@ -328,16 +416,7 @@ pub fn render_job(
         service_account_name: ct.service_account_name.clone().filter(|s| !s.is_empty()),
         affinity,
         tolerations: Some(tolerations).filter(|t| !t.is_empty()),
-        volumes: datadog.then(|| {
-            vec![Volume {
-                name: DATADOG_VOLUME.into(),
-                host_path: Some(HostPathVolumeSource {
-                    path: DATADOG_HOST_PATH.into(),
-                    type_: None,
-                }),
-                ..Default::default()
-            }]
-        }),
+        volumes: Some(volumes).filter(|v| !v.is_empty()),
         containers: vec![container],
         ..Default::default()
     };
@@ -888,6 +967,81 @@ affinity:
                 field
             );
         }
+    }
+
+    #[test]
+    fn ca_config_map_is_mounted_and_named() {
+        let o = JobOptions {
+            ca_config_map: "nexus-ca".into(),
+            ca_config_map_key: "bundle.pem".into(),
+            ..opts()
+        };
+        let job = render_job(&run(FULL), &workgroup(WG_FULL), &ctx(), None, &o).unwrap();
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        let c = &pod.containers[0];
+        let env = c.env.as_ref().unwrap();
+        let ca = env.iter().find(|e| e.name == "NEXUS_CA_FILE").unwrap();
+        assert_eq!(ca.value.as_deref(), Some("/etc/nexus/ca/ca.crt"));
+        let mounts = c.volume_mounts.as_ref().unwrap();
+        assert_eq!(
+            mounts.len(),
+            2,
+            "the Datadog socket stays mounted: {mounts:?}"
+        );
+        let m = mounts.iter().find(|m| m.name == CA_VOLUME).unwrap();
+        assert_eq!(
+            (m.mount_path.as_str(), m.read_only),
+            (CA_MOUNT_PATH, Some(true))
+        );
+        let v = pod.volumes.unwrap();
+        let cm = v
+            .iter()
+            .find(|v| v.name == CA_VOLUME)
+            .unwrap()
+            .config_map
+            .clone()
+            .unwrap();
+        assert_eq!(cm.name, "nexus-ca");
+        let items = cm.items.unwrap();
+        assert_eq!(
+            (items[0].key.as_str(), items[0].path.as_str()),
+            ("bundle.pem", "ca.crt")
+        );
+        // Without it, nothing is added.
+        let job = render_job(&run(BASIC), &workgroup(WG_BASIC), &ctx(), None, &opts()).unwrap();
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        assert!(pod.volumes.is_none() && pod.containers[0].volume_mounts.is_none());
+        assert!(
+            !pod.containers[0]
+                .env
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|e| e.name == "NEXUS_CA_FILE")
+        );
+    }
+
+    #[test]
+    fn ca_config_map_names_are_checked() {
+        for (name, key, want) in [
+            ("Nexus_CA", "ca.crt", "job.ca_config_map: 'Nexus_CA'"),
+            ("-ca", "ca.crt", "job.ca_config_map: '-ca'"),
+            ("nexus-ca", "", "job.ca_config_map_key: ''"),
+            ("nexus-ca", "a/b", "job.ca_config_map_key: 'a/b'"),
+        ] {
+            let o = JobOptions {
+                ca_config_map: name.into(),
+                ca_config_map_key: key.into(),
+                ..JobOptions::default()
+            };
+            let e = o.validate().unwrap_err();
+            assert!(e.starts_with(want), "{e}");
+        }
+        let o = JobOptions {
+            ca_config_map: "trust.example-ca".into(),
+            ..JobOptions::default()
+        };
+        o.validate().unwrap();
     }
 
     fn rules(eh: &str) -> Vec<PodFailurePolicyRule> {

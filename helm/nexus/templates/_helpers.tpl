@@ -63,8 +63,27 @@ nexus.sneaksanddata.com/shard: {{ .shard }}
 
 {{/* URLs ------------------------------------------------------------------------------------- */}}
 
+{{/* Scheme of the receivers' gRPC link (grpc.tls). */}}
 {{- define "nexus.scheme" -}}
 {{- if .Values.grpc.tls.enabled }}https{{ else }}http{{ end -}}
+{{- end -}}
+
+{{/* Scheme of the HTTP listeners (tls): the v1 API, payload URLs, completion calls. */}}
+{{- define "nexus.httpScheme" -}}
+{{- if .Values.tls.enabled }}https{{ else }}http{{ end -}}
+{{- end -}}
+
+{{/* The ConfigMap algorithm Jobs read the CA from (empty: none). */}}
+{{- define "nexus.algorithmCaConfigMap" -}}
+{{- $a := .Values.tls.algorithmCa -}}
+{{- if and $a.pem $a.configMap -}}
+{{- fail "tls.algorithmCa: set pem or configMap, not both" -}}
+{{- end -}}
+{{- if $a.pem -}}
+{{- printf "%s-ca" (include "nexus.fullname" .) -}}
+{{- else -}}
+{{- $a.configMap -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "nexus.schedulerService" -}}
@@ -76,7 +95,7 @@ nexus.sneaksanddata.com/shard: {{ .shard }}
 {{- if .Values.schedulerUrl -}}
 {{- .Values.schedulerUrl -}}
 {{- else if .Values.scheduler.enabled -}}
-{{- printf "%s://%s.%s.svc.cluster.local:%d" (include "nexus.scheme" .) (include "nexus.schedulerService" .) .Release.Namespace (int .Values.scheduler.port) -}}
+{{- printf "%s://%s.%s.svc.cluster.local:%d" (include "nexus.httpScheme" .) (include "nexus.schedulerService" .) .Release.Namespace (int .Values.scheduler.port) -}}
 {{- else -}}
 {{- fail "schedulerUrl: required when scheduler.enabled is false (the controller cluster's scheduler URL)" -}}
 {{- end -}}
@@ -97,7 +116,7 @@ nexus.sneaksanddata.com/shard: {{ .shard }}
 
 {{/* What Jobs use to report completions: the shard's Service DNS name, not the pod's address. */}}
 {{- define "nexus.receiverPublicUrl" -}}
-{{- printf "http://%s:%d" (include "nexus.receiverHost" .) (int .ctx.Values.receiver.httpPort) -}}
+{{- printf "%s://%s:%d" (include "nexus.httpScheme" .ctx) (include "nexus.receiverHost" .) (int .ctx.Values.receiver.httpPort) -}}
 {{- end -}}
 
 {{- define "nexus.runsNamespace" -}}
@@ -151,6 +170,11 @@ nexus.sneaksanddata.com/shard: {{ .shard }}
 
 {{- define "nexus.commonConfig" -}}
 {{- $c := dict "store" (required "store: the Cassandra run store URL (cassandra://host:9042/keyspace) is required" .Values.store) "log_format" .Values.logFormat "signing_key_file" "/etc/nexus/secrets/signing.key" "grpc" (include "nexus.grpcConfig" . | fromYaml) -}}
+{{- if .Values.tls.enabled -}}
+{{- $_ := set $c "server" (dict "tls" (dict "cert_file" "/etc/nexus/http-tls/tls.crt" "key_file" "/etc/nexus/http-tls/tls.key")) -}}
+{{- else if (include "nexus.algorithmCaConfigMap" .) -}}
+{{- fail "tls.algorithmCa: only with tls.enabled (algorithms trust the CA of the HTTP listeners' certificate)" -}}
+{{- end -}}
 {{- toYaml $c -}}
 {{- end -}}
 
@@ -207,7 +231,12 @@ nexus.sneaksanddata.com/shard: {{ .shard }}
 {{- $_ := set $c "receiver" (dict "scheduler_url" (include "nexus.schedulerUrl" .ctx)) -}}
 {{- if eq $v.receiver.runtime "kubernetes" -}}
 {{- $_ := set $c "kubernetes" (dict "namespace" (include "nexus.runsNamespace" .) "api_budget" $v.kubeApiBudget) -}}
-{{- $_ := set $c "job" $v.receiver.job -}}
+{{- $job := deepCopy $v.receiver.job -}}
+{{- with (include "nexus.algorithmCaConfigMap" .ctx) -}}
+{{- $_ := set $job "ca_config_map" . -}}
+{{- if not $v.tls.algorithmCa.pem }}{{ $_ := set $job "ca_config_map_key" $v.tls.algorithmCa.key }}{{ end -}}
+{{- end -}}
+{{- $_ := set $c "job" $job -}}
 {{- end -}}
 {{- $c = mustMergeOverwrite $c (deepCopy $v.receiver.config) -}}
 {{- $c = mustMergeOverwrite $c (deepCopy (default (dict) .shard.config)) -}}
@@ -274,11 +303,13 @@ livenessProbe:
   httpGet:
     path: /health/livez
     port: {{ .port }}
+    scheme: {{ include "nexus.httpScheme" .ctx | upper }}
   {{- toYaml .ctx.Values.probes.liveness | nindent 2 }}
 readinessProbe:
   httpGet:
     path: /health/readyz
     port: {{ .port }}
+    scheme: {{ include "nexus.httpScheme" .ctx | upper }}
   {{- toYaml .ctx.Values.probes.readiness | nindent 2 }}
 {{- end -}}
 
@@ -293,6 +324,11 @@ readinessProbe:
 {{- if .Values.grpc.tls.enabled }}
 - name: tls
   mountPath: /etc/nexus/tls
+  readOnly: true
+{{- end }}
+{{- if .Values.tls.enabled }}
+- name: http-tls
+  mountPath: /etc/nexus/http-tls
   readOnly: true
 {{- end }}
 - name: tmp
@@ -322,6 +358,17 @@ readinessProbe:
   secret:
     secretName: {{ required "grpc.tls.secretName: required with grpc.tls.enabled" .ctx.Values.grpc.tls.secretName }}
     defaultMode: 0440
+{{- end }}
+{{- if .ctx.Values.tls.enabled }}
+- name: http-tls
+  secret:
+    secretName: {{ required "tls.secretName: required with tls.enabled (a Secret with tls.crt and tls.key)" .ctx.Values.tls.secretName }}
+    defaultMode: 0440
+    items:
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
 {{- end }}
 - name: tmp
   emptyDir:
