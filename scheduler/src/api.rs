@@ -47,7 +47,8 @@ pub fn router(s: Arc<Scheduler>) -> Router {
             "/data/v1/payloads/{alg}/requests/{id}",
             get(serve_payload_v1),
         )
-        .route("/openapi.json", get(openapi));
+        .route("/openapi.json", get(openapi))
+        .merge(crate::console::router());
     Router::new()
         .route(
             "/algorithm/v1/run/{alg}",
@@ -77,6 +78,7 @@ pub fn router(s: Arc<Scheduler>) -> Router {
             "/algorithm/v1/children/{alg}/requests/{id}",
             get(get_children),
         )
+        .route("/algorithm/v1/algorithms", get(crate::algorithms::list))
         .route_layer(axum::middleware::from_fn_with_state(
             s.clone(),
             access::authenticate,

@@ -26,7 +26,9 @@ use tokio_util::task::TaskTracker;
 
 pub mod access;
 pub mod admission;
+pub mod algorithms;
 pub mod api;
+pub mod console;
 pub mod dispatch;
 pub mod edge;
 pub mod grpc;

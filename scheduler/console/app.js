@@ -1,0 +1,375 @@
+// Nexus web console: a client of the scheduler's v1 API, nothing more. Every request carries the
+// user's token (session storage of this tab) and is authorized by the server like the CLI's.
+// Data is only ever inserted with textContent (no innerHTML), and only this origin is called.
+
+const TERMINAL = new Set(["COMPLETED", "FAILED", "CANCELLED", "SCHEDULING_FAILED", "DEADLINE_EXCEEDED"]);
+const STAGES = ["BUFFERED", "QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "SCHEDULING_FAILED", "DEADLINE_EXCEEDED"];
+const PAGE = 50;
+const LIVE_MS = 3000;
+const TOKEN_KEY = "nexus.token";
+
+const $ = (sel) => document.querySelector(sel);
+let timer = null; // the current view's refresh timer
+let view = 0; // bumped on every navigation: late answers of an old view are dropped
+
+// --- DOM helpers ---------------------------------------------------------------------------------
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "class") e.className = v;
+    else if (k === "text") e.textContent = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children.flat()) {
+    if (c === undefined || c === null || c === false) continue;
+    e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return e;
+}
+const stage = (s) => el("span", { class: `stage ${s}`, text: s, "data-stage": s });
+const when = (t) => (t ? new Date(t).toLocaleString() : "");
+function duration(from, to) {
+  if (!from) return "";
+  const ms = (to ? new Date(to) : new Date()) - new Date(from);
+  if (!(ms >= 0)) return "";
+  const s = ms / 1000;
+  if (s < 60) return `${s.toFixed(1)} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`;
+  return `${Math.floor(s / 3600)} h ${Math.round((s % 3600) / 60)} min`;
+}
+function banner(text, kind = "error") {
+  const b = $("#banner");
+  b.hidden = !text;
+  b.className = `banner ${kind === "info" ? "info" : ""}`;
+  b.textContent = text || "";
+}
+
+// --- API ----------------------------------------------------------------------------------------
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+function token() {
+  return sessionStorage.getItem(TOKEN_KEY) || "";
+}
+async function api(path, init = {}) {
+  const headers = { Accept: "application/json", ...(init.headers || {}) };
+  if (token()) headers.Authorization = `Bearer ${token()}`;
+  let r;
+  try {
+    r = await fetch(path, { ...init, headers, credentials: "omit", cache: "no-store" });
+  } catch (e) {
+    throw new ApiError(0, `the scheduler cannot be reached (${e.message})`);
+  }
+  const text = await r.text();
+  if (!r.ok) {
+    let msg = text;
+    try {
+      const p = JSON.parse(text);
+      msg = p.detail || p.title || text;
+    } catch (_) { /* text/plain error */ }
+    if (r.status === 401) askToken(msg);
+    throw new ApiError(r.status, `${r.status}: ${msg || r.statusText}`);
+  }
+  return text ? JSON.parse(text) : null;
+}
+const enc = encodeURIComponent;
+
+// --- token --------------------------------------------------------------------------------------
+function askToken(why) {
+  banner(`Sign in: ${why || "this server needs a token"}. Use the Token button.`, "info");
+  const d = $("#token-dialog");
+  if (!d.open) d.showModal();
+}
+function setupToken() {
+  const d = $("#token-dialog");
+  $("#token-button").addEventListener("click", () => {
+    $("#token-input").value = "";
+    d.showModal();
+  });
+  $("#token-form").addEventListener("submit", () => {
+    const t = $("#token-input").value.trim();
+    if (t) sessionStorage.setItem(TOKEN_KEY, t);
+    banner("");
+    route();
+  });
+  $("#token-clear").addEventListener("click", () => {
+    sessionStorage.removeItem(TOKEN_KEY);
+    d.close();
+    route();
+  });
+}
+function showWho() {
+  $("#who").textContent = token() ? "token set" : "";
+}
+
+// --- routing ------------------------------------------------------------------------------------
+function parseHash() {
+  const h = location.hash.replace(/^#\/?/, "");
+  const [path, query = ""] = h.split("?");
+  return { parts: path.split("/").filter(Boolean).map(decodeURIComponent), params: new URLSearchParams(query) };
+}
+function route() {
+  view += 1;
+  if (timer) clearTimeout(timer);
+  timer = null;
+  showWho();
+  const { parts, params } = parseHash();
+  const name = parts[0] || "runs";
+  for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.nav === name || (name === "run" && a.dataset.nav === "runs"));
+  const main = $("#main");
+  main.replaceChildren();
+  if (name === "run" && parts.length === 3) return runView(main, parts[1], parts[2], view);
+  if (name === "algorithms") return algorithmsView(main, view);
+  return runsView(main, params, view);
+}
+const current = (v) => v === view;
+function later(v, fn, ms) {
+  if (!current(v)) return;
+  timer = setTimeout(() => current(v) && fn(), ms);
+}
+
+// --- runs ---------------------------------------------------------------------------------------
+const FILTERS = ["algorithm", "stage", "tag", "shard", "parent", "root", "from", "to"];
+
+async function runsView(main, params, v) {
+  main.append(el("h1", { text: "Runs" }));
+  const algorithms = await api("/algorithm/v1/algorithms").then((a) => a.algorithms.map((x) => x.name)).catch(() => []);
+  const field = (name, input) => el("label", {}, name, input);
+  const form = el("form", { class: "filters", id: "filters" },
+    field("algorithm", el("select", { name: "algorithm" }, el("option", { value: "", text: "any" }),
+      algorithms.map((a) => el("option", { value: a, text: a, selected: params.get("algorithm") === a })))),
+    field("stage", el("select", { name: "stage" }, el("option", { value: "", text: "any" }),
+      STAGES.map((s) => el("option", { value: s, text: s, selected: params.get("stage") === s })))),
+    field("tag", el("input", { name: "tag", value: params.get("tag") || "", size: 14 })),
+    field("shard", el("input", { name: "shard", value: params.get("shard") || "", size: 10 })),
+    field("parent", el("input", { name: "parent", value: params.get("parent") || "", size: 12, placeholder: "run id" })),
+    field("root", el("input", { name: "root", value: params.get("root") || "", size: 12, placeholder: "run id" })),
+    field("from", el("input", { name: "from", type: "datetime-local", value: params.get("from") || "" })),
+    field("to", el("input", { name: "to", type: "datetime-local", value: params.get("to") || "" })),
+    el("button", { type: "submit", text: "Filter" }),
+    el("label", { class: "inline" }, el("input", { type: "checkbox", id: "live", checked: params.get("live") !== "0" }), "live"));
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const q = new URLSearchParams();
+    for (const f of FILTERS) {
+      const val = form.elements[f].value.trim();
+      if (val) q.set(f, val);
+    }
+    if (!$("#live").checked) q.set("live", "0");
+    location.hash = `#/runs?${q}`;
+  });
+  main.append(form);
+  const tbody = el("tbody", { id: "runs-body" });
+  const table = el("table", { id: "runs" },
+    el("thead", {}, el("tr", {}, ["run", "algorithm", "stage", "tag", "submitted", "duration", "attempts", "shard"].map((h) => el("th", { text: h })))),
+    tbody);
+  const status = el("p", { class: "muted", id: "runs-status" });
+  const more = el("button", { type: "button", class: "secondary more", id: "more", text: "Load more", hidden: true });
+  main.append(table, status, more);
+
+  const query = new URLSearchParams();
+  for (const f of FILTERS) {
+    let val = params.get(f);
+    if (!val) continue;
+    if ((f === "from" || f === "to") && !/Z|[+-]\d\d:?\d\d$/.test(val)) val = new Date(val).toISOString();
+    query.set(f, val);
+  }
+  const rows = new Map(); // id -> tr
+  let cursor = null;
+  const row = (r) => el("tr", { "data-id": r.requestId },
+    el("td", { class: "id" }, el("a", { href: `#/run/${enc(r.algorithmName)}/${enc(r.requestId)}`, text: r.requestId })),
+    el("td", { text: r.algorithmName }),
+    el("td", {}, stage(r.status)),
+    el("td", { text: r.tag || "" }),
+    el("td", { text: when(r.submittedAt) }),
+    el("td", { text: duration(r.startedAt || r.submittedAt, r.finishedAt) }),
+    el("td", { text: r.attempts ?? "" }),
+    el("td", { text: r.shard || "" }));
+  function put(runs, atTop) {
+    const fresh = [];
+    for (const r of runs) {
+      const tr = row(r);
+      const old = rows.get(r.requestId);
+      if (old) old.replaceWith(tr);
+      else fresh.push(tr);
+      rows.set(r.requestId, tr);
+    }
+    if (atTop) tbody.prepend(...fresh);
+    else tbody.append(...fresh);
+    status.textContent = rows.size ? `${rows.size} runs shown` : "No run matches.";
+  }
+  async function page(after) {
+    const q = new URLSearchParams(query);
+    q.set("limit", PAGE);
+    if (after) q.set("cursor", after);
+    return api(`/algorithm/v1/runs?${q}`);
+  }
+  more.addEventListener("click", async () => {
+    more.disabled = true;
+    try {
+      const p = await page(cursor);
+      if (!current(v)) return;
+      put(p.runs, false);
+      cursor = p.nextCursor || null;
+      more.hidden = !cursor;
+    } catch (e) {
+      banner(e.message);
+    } finally {
+      more.disabled = false;
+    }
+  });
+  async function refresh(first) {
+    try {
+      const p = await page(null);
+      if (!current(v)) return;
+      banner("");
+      // Newest first: on a refresh, new runs go on top and known ones are updated in place.
+      put(first ? p.runs : [...p.runs].reverse(), !first);
+      if (first) {
+        cursor = p.nextCursor || null;
+        more.hidden = !cursor;
+      }
+    } catch (e) {
+      if (current(v)) banner(e.message);
+    }
+    if ($("#live")?.checked) later(v, () => refresh(false), LIVE_MS);
+  }
+  await refresh(true);
+}
+
+// --- one run ------------------------------------------------------------------------------------
+async function runView(main, alg, id, v) {
+  const base = `/algorithm/v1`;
+  const title = el("h1", {}, `${alg} / `, el("span", { class: "id", text: id }));
+  const actions = el("div", { class: "row" });
+  const facts = el("dl", { class: "facts", id: "facts" });
+  const links = el("div", { class: "row", id: "links" });
+  const errorBox = el("pre", { id: "error", hidden: true });
+  const children = el("div", { id: "children" });
+  main.append(title, actions, el("h2", { text: "Run" }), facts, links, errorBox, el("h2", { text: "Child runs" }), children);
+
+  const cancel = el("button", { type: "button", class: "danger", id: "cancel", text: "Cancel run", hidden: true });
+  actions.append(cancel, el("a", { href: `#/runs?root=${enc(id)}`, text: "runs of this tree" }));
+  cancel.addEventListener("click", async () => {
+    if (!confirm(`Cancel run ${id}?`)) return;
+    cancel.disabled = true;
+    try {
+      await api(`${base}/cancel/${enc(alg)}/requests/${enc(id)}`, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ initiator: "web console", reason: "cancelled from the web console", cancellationPolicy: "Background" }),
+      });
+      banner(`Cancellation of ${id} requested.`, "info");
+      load();
+    } catch (e) {
+      banner(e.message);
+    } finally {
+      cancel.disabled = false;
+    }
+  });
+
+  async function load() {
+    let m;
+    try {
+      m = await api(`${base}/metadata/${enc(alg)}/requests/${enc(id)}`);
+    } catch (e) {
+      if (current(v)) banner(e.status === 404 ? `No run ${id} of algorithm ${alg}.` : e.message);
+      return;
+    }
+    if (!current(v)) return;
+    const fact = (k, val) => (val === undefined || val === "" ? [] : [el("dt", { text: k }), el("dd", {}, val)]);
+    facts.replaceChildren(
+      ...fact("stage", stage(m.lifecycle_stage)),
+      ...fact("submitted", when(m.received_at)),
+      ...fact("started", when(m.started_at)),
+      ...fact("finished", when(m.finished_at)),
+      ...fact("duration", duration(m.started_at || m.received_at, m.finished_at)),
+      ...fact("attempts", m.attempts),
+      ...fact("workgroup", m.workgroup),
+      ...fact("shard", m.shard),
+      ...fact("tag", m.tag),
+      ...fact("parent", m.parent ? el("a", { href: `#/run/${enc(m.parent.algorithmName)}/${enc(m.parent.requestId)}`, text: `${m.parent.algorithmName} / ${m.parent.requestId}` }) : undefined),
+      ...fact("root", m.root && m.root !== id ? el("span", { class: "id", text: m.root }) : undefined),
+      ...fact("depth", m.depth),
+      ...fact("executor", m.job_uid),
+      ...fact("payload size", m.payload_size !== undefined ? `${m.payload_size} bytes` : undefined));
+    // Signed URLs: they carry their own credential, so plain links work.
+    links.replaceChildren(
+      m.payload_uri ? el("a", { href: m.payload_uri, id: "payload-link", target: "_blank", rel: "noopener", text: "payload" }) : "",
+      m.result_uri ? el("a", { href: m.result_uri, id: "result-link", target: "_blank", rel: "noopener", text: "result" }) : "",
+      m.logs_uri ? el("a", { href: m.logs_uri, id: "logs-link", target: "_blank", rel: "noopener", text: "logs" }) : "");
+    if (m.algorithm_failure_cause) {
+      errorBox.hidden = false;
+      errorBox.textContent = `${m.algorithm_failure_cause}\n\n${m.algorithm_failure_details || ""}`;
+    }
+    cancel.hidden = TERMINAL.has(m.lifecycle_stage);
+    await tree(children, alg, id, v);
+    if (!TERMINAL.has(m.lifecycle_stage)) later(v, load, 2000);
+  }
+  await load();
+}
+
+// The children of a run, each expandable into its own children (loaded when opened).
+async function tree(container, alg, id, v) {
+  let kids;
+  try {
+    kids = await api(`/algorithm/v1/children/${enc(alg)}/requests/${enc(id)}`);
+  } catch (e) {
+    container.replaceChildren(el("p", { class: "muted", text: e.message }));
+    return;
+  }
+  if (!current(v)) return;
+  if (!kids.length) {
+    container.replaceChildren(el("p", { class: "muted", text: "none" }));
+    return;
+  }
+  const ul = el("ul", { class: "tree" });
+  for (const k of kids) {
+    const sub = el("div");
+    const open = el("button", { type: "button", class: "secondary", text: "children" });
+    open.addEventListener("click", () => {
+      open.remove();
+      tree(sub, k.algorithmName, k.requestId, v);
+    });
+    ul.append(el("li", { "data-id": k.requestId },
+      el("a", { href: `#/run/${enc(k.algorithmName)}/${enc(k.requestId)}`, text: `${k.algorithmName} / ${k.requestId}` }), " ",
+      stage(k.status), " ", open, sub));
+  }
+  container.replaceChildren(ul);
+}
+
+// --- algorithms ---------------------------------------------------------------------------------
+async function algorithmsView(main, v) {
+  main.append(el("h1", { text: "Algorithms" }));
+  let a;
+  try {
+    a = await api("/algorithm/v1/algorithms");
+  } catch (e) {
+    banner(e.message);
+    return;
+  }
+  if (!current(v)) return;
+  main.append(el("table", { id: "algorithms" },
+    el("thead", {}, el("tr", {}, ["algorithm", "workgroup", "shard", "runs as", "deadline", "retries", "you may"].map((h) => el("th", { text: h })))),
+    el("tbody", {}, a.algorithms.map((x) => el("tr", { "data-name": x.name },
+      el("td", {}, el("a", { href: `#/runs?algorithm=${enc(x.name)}`, text: x.name })),
+      el("td", { text: x.workgroup }),
+      el("td", { text: x.shard }),
+      el("td", { class: "id", text: x.image || x.command }),
+      el("td", { text: `${x.deadlineSeconds} s` }),
+      el("td", { text: x.maximumRetries }),
+      el("td", { text: x.actions.join(", ") }))))));
+  main.append(el("h2", { text: "Workgroups" }), el("table", { id: "workgroups" },
+    el("thead", {}, el("tr", {}, ["workgroup", "shard", "description"].map((h) => el("th", { text: h })))),
+    el("tbody", {}, a.workgroups.map((w) => el("tr", {}, el("td", { text: w.name }), el("td", { text: w.shard }), el("td", { text: w.description }))))));
+}
+
+// --- start --------------------------------------------------------------------------------------
+setupToken();
+window.addEventListener("hashchange", route);
+route();
