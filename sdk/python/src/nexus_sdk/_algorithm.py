@@ -13,6 +13,7 @@ token as the bearer, with ``parentRequest`` naming the run), await them and read
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import os
@@ -492,8 +493,20 @@ def _failure_of(e: BaseException) -> tuple[str, str]:
 
 
 def _setup_logging() -> None:
+    """Logs to stderr (the run's log), line by line, and never the URLs of requests: httpx
+    logs each request's URL at INFO, and an algorithm's URLs carry its payload and result
+    signatures and, in the receiver URL, its run token. The run's log is readable by whoever
+    may read the run."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s", stream=sys.stderr)
+    for name in ("httpx", "httpcore"):
+        quiet = logging.getLogger(name)
+        if quiet.level == logging.NOTSET or quiet.level < logging.WARNING:
+            quiet.setLevel(logging.WARNING)
+    # Prints appear in order with the SDK's lines, and are not lost when the process is killed.
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(line_buffering=True)
 
 
 def run_algorithm(

@@ -255,13 +255,13 @@ class NexusClient:
             )
         )
 
-    def get(self, run: RunRef) -> RunResult:
+    def get(self, run: RunRef | RunResult) -> RunResult:
         """Returns the run's status now (stage, result URI, error message)."""
-        return self._t.execute(calls.get(run))
+        return self._t.execute(calls.get(_ref(run)))
 
     def wait(
         self,
-        run: RunRef,
+        run: RunRef | RunResult,
         *,
         timeout: float | None = 600.0,
         poll_interval: float = 0.25,
@@ -278,7 +278,7 @@ class NexusClient:
             last = self.get(run)
             if last.finished:
                 return last
-            time.sleep(waiting.next_sleep(run, last))
+            time.sleep(waiting.next_sleep(_ref(run), last))
 
     def result_bytes(self, run: RunRef | RunResult) -> bytes:
         """The result of a COMPLETED run, downloaded through its signed URL.
@@ -323,33 +323,33 @@ class NexusClient:
             raise NexusError(f"{how.what}: {e}") from e
         return size
 
-    def metadata(self, run: RunRef) -> RunMetadata:
+    def metadata(self, run: RunRef | RunResult) -> RunMetadata:
         """Everything the server knows about the run (stage, timings, parent, cause, logs)."""
-        return self._t.execute(calls.metadata(run))
+        return self._t.execute(calls.metadata(_ref(run)))
 
-    def job(self, run: RunRef) -> dict[str, Any]:
+    def job(self, run: RunRef | RunResult) -> dict[str, Any]:
         """The run rendered as a Kubernetes ``batch/v1`` Job (credentials left out)."""
-        return self._t.execute(calls.job(run))
+        return self._t.execute(calls.job(_ref(run)))
 
-    def payload(self, run: RunRef) -> bytes:
+    def payload(self, run: RunRef | RunResult) -> bytes:
         """The run's payload (the JSON of its ``algorithmParameters``), as bytes."""
-        return self._t.execute(calls.payload(run))
+        return self._t.execute(calls.payload(_ref(run)))
 
-    def set_tag(self, run: RunRef, tag: str) -> str:
+    def set_tag(self, run: RunRef | RunResult, tag: str) -> str:
         """Replaces the run's tag (``""`` clears it); returns the server's confirmation."""
-        return self._t.execute(calls.set_tag(run, tag))
+        return self._t.execute(calls.set_tag(_ref(run), tag))
 
     def runs_by_tag(self, tag: str) -> list[RunResult]:
         """Every run with ``tag`` that the caller may read."""
         return self._t.execute(calls.by_tag(tag))
 
-    def children(self, run: RunRef) -> list[RunResult]:
+    def children(self, run: RunRef | RunResult) -> list[RunResult]:
         """The run's direct children."""
-        return self._t.execute(calls.children(run))
+        return self._t.execute(calls.children(_ref(run)))
 
     def cancel(
         self,
-        run: RunRef,
+        run: RunRef | RunResult,
         *,
         reason: str = "",
         initiator: str | None = None,
@@ -358,7 +358,7 @@ class NexusClient:
         """Cancels the run and its whole subtree; returns the server's message (which says
         when the run had already finished and nothing changed)."""
         who = initiator if initiator is not None else _default_initiator()
-        return self._t.execute(calls.cancel(run, reason, who, policy))
+        return self._t.execute(calls.cancel(_ref(run), reason, who, policy))
 
 
 class AsyncNexusClient:
@@ -435,13 +435,13 @@ class AsyncNexusClient:
             )
         )
 
-    async def get(self, run: RunRef) -> RunResult:
+    async def get(self, run: RunRef | RunResult) -> RunResult:
         """As :meth:`NexusClient.get`."""
-        return await self._t.execute(calls.get(run))
+        return await self._t.execute(calls.get(_ref(run)))
 
     async def wait(
         self,
-        run: RunRef,
+        run: RunRef | RunResult,
         *,
         timeout: float | None = 600.0,
         poll_interval: float = 0.25,
@@ -453,7 +453,7 @@ class AsyncNexusClient:
             last = await self.get(run)
             if last.finished:
                 return last
-            await asyncio.sleep(waiting.next_sleep(run, last))
+            await asyncio.sleep(waiting.next_sleep(_ref(run), last))
 
     async def result_bytes(self, run: RunRef | RunResult) -> bytes:
         """As :meth:`NexusClient.result_bytes`."""
@@ -495,33 +495,33 @@ class AsyncNexusClient:
             raise NexusError(f"{how.what}: {e}") from e
         return size
 
-    async def metadata(self, run: RunRef) -> RunMetadata:
+    async def metadata(self, run: RunRef | RunResult) -> RunMetadata:
         """As :meth:`NexusClient.metadata`."""
-        return await self._t.execute(calls.metadata(run))
+        return await self._t.execute(calls.metadata(_ref(run)))
 
-    async def job(self, run: RunRef) -> dict[str, Any]:
+    async def job(self, run: RunRef | RunResult) -> dict[str, Any]:
         """As :meth:`NexusClient.job`."""
-        return await self._t.execute(calls.job(run))
+        return await self._t.execute(calls.job(_ref(run)))
 
-    async def payload(self, run: RunRef) -> bytes:
+    async def payload(self, run: RunRef | RunResult) -> bytes:
         """As :meth:`NexusClient.payload`."""
-        return await self._t.execute(calls.payload(run))
+        return await self._t.execute(calls.payload(_ref(run)))
 
-    async def set_tag(self, run: RunRef, tag: str) -> str:
+    async def set_tag(self, run: RunRef | RunResult, tag: str) -> str:
         """As :meth:`NexusClient.set_tag`."""
-        return await self._t.execute(calls.set_tag(run, tag))
+        return await self._t.execute(calls.set_tag(_ref(run), tag))
 
     async def runs_by_tag(self, tag: str) -> list[RunResult]:
         """As :meth:`NexusClient.runs_by_tag`."""
         return await self._t.execute(calls.by_tag(tag))
 
-    async def children(self, run: RunRef) -> list[RunResult]:
+    async def children(self, run: RunRef | RunResult) -> list[RunResult]:
         """As :meth:`NexusClient.children`."""
-        return await self._t.execute(calls.children(run))
+        return await self._t.execute(calls.children(_ref(run)))
 
     async def cancel(
         self,
-        run: RunRef,
+        run: RunRef | RunResult,
         *,
         reason: str = "",
         initiator: str | None = None,
@@ -529,7 +529,7 @@ class AsyncNexusClient:
     ) -> str:
         """As :meth:`NexusClient.cancel`."""
         who = initiator if initiator is not None else _default_initiator()
-        return await self._t.execute(calls.cancel(run, reason, who, policy))
+        return await self._t.execute(calls.cancel(_ref(run), reason, who, policy))
 
 
 def _download_error(resp: httpx.Response, url: str) -> NexusError:
