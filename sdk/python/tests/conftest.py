@@ -28,9 +28,12 @@ from typing import Any
 import httpx
 import pytest
 
+import nexus_sdk
+
 REPO = Path(__file__).resolve().parents[3]
 TESTS = Path(__file__).resolve().parent
 EXAMPLE_TEMPLATES = REPO / "examples" / "python" / "templates"
+SDK_ROOT = Path(nexus_sdk.__file__).resolve().parent.parent
 
 
 def nexus_bin() -> Path:
@@ -107,7 +110,11 @@ def start_standalone(root: Path, extra_config: dict[str, Any] | None = None) -> 
         "templates_dir": str(templates),
         "executor": {
             "extra_path": [str(venv_bin)],
-            "read_only_paths": sorted({sys.prefix, sys.base_prefix, str(TESTS / "algorithms")}),
+            # The venv, its base interpreter, the test algorithm, and the package itself (outside
+            # the venv when installed in editable mode).
+            "read_only_paths": sorted(
+                {sys.prefix, sys.base_prefix, str(TESTS / "algorithms"), str(SDK_ROOT)}
+            ),
         },
     }
     config.update(extra_config or {})

@@ -16,6 +16,7 @@ from nexus_sdk import (
     BadRequestError,
     ConfigurationError,
     NexusClient,
+    NexusRun,
     RunContext,
     RunResult,
     run_algorithm,
@@ -144,6 +145,11 @@ def test_context_reads_arguments_and_environment() -> None:
     assert no_scheduler.request_id == "ignored-when-an-argument-is-given"
     with pytest.raises(ConfigurationError, match="child runs"):
         no_scheduler.scheduler()
+    argv = ["--sas-uri=x", "--request-id=y"]
+    with pytest.raises(ConfigurationError, match=r"CA file /nonexistent\.pem"):
+        NexusRun.from_env(argv, {**env, "NEXUS_CA_FILE": "/nonexistent.pem"})
+    with NexusRun.from_env(argv, env) as run:
+        assert run.context.request_id == "y"
 
 
 def test_run_algorithm_outside_nexus_exits_1() -> None:

@@ -29,7 +29,7 @@ from urllib.parse import quote
 import httpx
 
 from . import _calls as calls
-from ._client import AsyncNexusClient, NexusClient, RunIdentity
+from ._client import CA_FILE_ENV, AsyncNexusClient, NexusClient, RunIdentity
 from ._errors import AlgorithmFailure, ConfigurationError, NexusError
 from ._http import AsyncTransport, Retry, SyncTransport
 from ._models import RunRef, RunResult
@@ -161,6 +161,13 @@ class RunContext:
         return self.scheduler_url
 
 
+def _run_options(environ: Mapping[str, str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with ``ca_file`` from ``NEXUS_CA_FILE`` when not given."""
+    env = os.environ if environ is None else environ
+    ca = env.get(CA_FILE_ENV, "").strip()
+    return {"ca_file": ca or None, **kwargs}
+
+
 def _encode_result(result: Any, content_type: str | None) -> tuple[bytes, str]:
     if isinstance(result, (bytes, bytearray, memoryview)):
         return bytes(result), content_type or "application/octet-stream"
@@ -197,16 +204,22 @@ class NexusRun:
         *,
         retry: Retry | None = None,
         timeout: float = 60.0,
+        ca_file: str | os.PathLike[str] | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.context = context
         self._retry = retry or Retry()
         self._timeout = timeout
+        self._ca_file = ca_file
         self._transport = transport
         self._client: NexusClient | None = None
         # Signed URLs and the receiver: a client without a base URL or credential.
         self._plain = NexusClient(
-            "http://unused.invalid", timeout=timeout, retry=self._retry, transport=transport
+            "http://unused.invalid",
+            timeout=timeout,
+            retry=self._retry,
+            ca_file=ca_file,
+            transport=transport,
         )
         self._t: SyncTransport = self._plain._t
         self._state = _Reporting()
@@ -218,8 +231,9 @@ class NexusRun:
         environ: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> NexusRun:
-        """The run Nexus launched this process for (see :meth:`RunContext.from_env`)."""
-        return cls(RunContext.from_env(argv, environ), **kwargs)
+        """The run Nexus launched this process for (see :meth:`RunContext.from_env`);
+        ``NEXUS_CA_FILE`` names a private CA to trust for ``https://`` (``kwargs`` win)."""
+        return cls(RunContext.from_env(argv, environ), **_run_options(environ, kwargs))
 
     @property
     def client(self) -> NexusClient:
@@ -230,6 +244,7 @@ class NexusRun:
                 identity=self.context.identity,
                 timeout=self._timeout,
                 retry=self._retry,
+                ca_file=self._ca_file,
                 transport=self._transport,
             )
         return self._client
@@ -344,15 +359,21 @@ class AsyncNexusRun:
         *,
         retry: Retry | None = None,
         timeout: float = 60.0,
+        ca_file: str | os.PathLike[str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.context = context
         self._retry = retry or Retry()
         self._timeout = timeout
+        self._ca_file = ca_file
         self._transport = transport
         self._client: AsyncNexusClient | None = None
         self._plain = AsyncNexusClient(
-            "http://unused.invalid", timeout=timeout, retry=self._retry, transport=transport
+            "http://unused.invalid",
+            timeout=timeout,
+            retry=self._retry,
+            ca_file=ca_file,
+            transport=transport,
         )
         self._t: AsyncTransport = self._plain._t
         self._state = _Reporting()
@@ -365,7 +386,7 @@ class AsyncNexusRun:
         **kwargs: Any,
     ) -> AsyncNexusRun:
         """As :meth:`NexusRun.from_env`."""
-        return cls(RunContext.from_env(argv, environ), **kwargs)
+        return cls(RunContext.from_env(argv, environ), **_run_options(environ, kwargs))
 
     @property
     def client(self) -> AsyncNexusClient:
@@ -376,6 +397,7 @@ class AsyncNexusRun:
                 identity=self.context.identity,
                 timeout=self._timeout,
                 retry=self._retry,
+                ca_file=self._ca_file,
                 transport=self._transport,
             )
         return self._client
