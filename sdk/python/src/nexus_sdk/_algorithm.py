@@ -332,7 +332,7 @@ class NexusRun:
             parent=self.context.ref,
         )
 
-    def wait(self, child: RunRef, *, timeout: float | None = 600.0) -> RunResult:
+    def wait(self, child: RunRef | RunResult, *, timeout: float | None = 600.0) -> RunResult:
         """Waits for a run (a child) to finish; see :meth:`NexusClient.wait`."""
         return self.client.wait(child, timeout=timeout)
 
@@ -344,7 +344,7 @@ class NexusRun:
         """This run's children."""
         return self.client.children(self.context.ref)
 
-    def cancel(self, child: RunRef, *, reason: str = "") -> str:
+    def cancel(self, child: RunRef | RunResult, *, reason: str = "") -> str:
         """Cancels a run of this run's subtree (a child and its descendants)."""
         return self.client.cancel(child, reason=reason, initiator=f"run {self.context.ref}")
 
@@ -482,7 +482,7 @@ class AsyncNexusRun:
             parent=self.context.ref,
         )
 
-    async def wait(self, child: RunRef, *, timeout: float | None = 600.0) -> RunResult:
+    async def wait(self, child: RunRef | RunResult, *, timeout: float | None = 600.0) -> RunResult:
         """As :meth:`NexusRun.wait`."""
         return await self.client.wait(child, timeout=timeout)
 
@@ -494,7 +494,7 @@ class AsyncNexusRun:
         """As :meth:`NexusRun.children`."""
         return await self.client.children(self.context.ref)
 
-    async def cancel(self, child: RunRef, *, reason: str = "") -> str:
+    async def cancel(self, child: RunRef | RunResult, *, reason: str = "") -> str:
         """As :meth:`NexusRun.cancel`."""
         return await self.client.cancel(child, reason=reason, initiator=f"run {self.context.ref}")
 
