@@ -1,0 +1,245 @@
+"""The v1 API calls, described once for both clients (see :mod:`nexus_sdk._http`)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from datetime import timedelta
+from typing import Any
+from urllib.parse import quote, unquote_to_bytes
+
+import httpx
+
+from ._errors import NexusError
+from ._http import Call
+from ._models import CancellationPolicy, RunMetadata, RunRef, RunResult
+
+API = "/algorithm/v1"
+
+
+def _seg(value: str) -> str:
+    """One path segment, percent-encoded."""
+    return quote(value, safe="")
+
+
+def _json(resp: httpx.Response, what: str) -> Any:
+    try:
+        return resp.json()
+    except ValueError as e:
+        raise NexusError(f"{what}: the answer is not JSON: {e}") from e
+
+
+def go_duration(d: timedelta | str) -> str:
+    """A duration as the server reads it (``"90s"``); strings pass through (``"6h"``)."""
+    if isinstance(d, str):
+        return d
+    ms = int(d.total_seconds() * 1000)
+    return f"{ms}ms" if ms % 1000 else f"{ms // 1000}s"
+
+
+def new_idempotency_key() -> str:
+    """A fresh idempotency key (sent on every retry of one submission)."""
+    return f"py-{uuid.uuid4().hex}"
+
+
+def submit(
+    algorithm: str,
+    parameters: Any,
+    *,
+    tag: str | None,
+    idempotency_key: str | None,
+    custom_configuration: dict[str, Any] | None,
+    payload_valid_for: timedelta | str | None,
+    parent: RunRef | None,
+    dry_run: bool,
+    api_version: str | None,
+) -> Call[RunRef]:
+    """``POST /algorithm/v1/run/{alg}``: ``202 {requestId}`` once the run is durable."""
+    body: dict[str, Any] = {"algorithmParameters": parameters}
+    if tag is not None:
+        body["tag"] = tag
+    if custom_configuration is not None:
+        body["customConfiguration"] = custom_configuration
+    if payload_valid_for is not None:
+        body["payloadValidFor"] = go_duration(payload_valid_for)
+    if parent is not None:
+        body["parentRequest"] = {
+            "requestId": parent.request_id,
+            "algorithmName": parent.algorithm,
+        }
+    if api_version is not None:
+        body["requestApiVersion"] = api_version
+    what = f"submitting a run of {algorithm}"
+
+    def parse(resp: httpx.Response) -> RunRef:
+        doc = _json(resp, what)
+        if not isinstance(doc, dict) or not doc.get("requestId"):
+            raise NexusError(f"{what}: no requestId in the answer: {resp.text[:200]}")
+        return RunRef(algorithm, str(doc["requestId"]))
+
+    return Call(
+        "POST",
+        f"{API}/run/{_seg(algorithm)}",
+        parse,
+        what,
+        json=body,
+        headers={"Idempotency-Key": idempotency_key or new_idempotency_key()},
+        params={"dryRun": "true"} if dry_run else None,
+    )
+
+
+def get(run: RunRef) -> Call[RunResult]:
+    """``GET /algorithm/v1/results/{alg}/requests/{id}``."""
+    what = f"reading the status of run {run}"
+    return Call(
+        "GET",
+        f"{API}/results/{_seg(run.algorithm)}/requests/{_seg(run.request_id)}",
+        lambda r: RunResult.from_json(_json(r, what), run.algorithm),
+        what,
+    )
+
+
+def _results(resp: httpx.Response, what: str) -> list[RunResult]:
+    doc = _json(resp, what)
+    if not isinstance(doc, list):
+        raise NexusError(f"{what}: expected a JSON array")
+    return [RunResult.from_json(d) for d in doc if isinstance(d, dict)]
+
+
+def by_tag(tag: str) -> Call[list[RunResult]]:
+    """``GET /algorithm/v1/results/tags/{tag}``."""
+    what = f"listing runs tagged {tag!r}"
+    return Call("GET", f"{API}/results/tags/{_seg(tag)}", lambda r: _results(r, what), what)
+
+
+def children(run: RunRef) -> Call[list[RunResult]]:
+    """``GET /algorithm/v1/children/{alg}/requests/{id}``."""
+    what = f"listing the children of run {run}"
+    return Call(
+        "GET",
+        f"{API}/children/{_seg(run.algorithm)}/requests/{_seg(run.request_id)}",
+        lambda r: _results(r, what),
+        what,
+    )
+
+
+def metadata(run: RunRef) -> Call[RunMetadata]:
+    """``GET /algorithm/v1/metadata/{alg}/requests/{id}``."""
+    what = f"reading the metadata of run {run}"
+    return Call(
+        "GET",
+        f"{API}/metadata/{_seg(run.algorithm)}/requests/{_seg(run.request_id)}",
+        lambda r: RunMetadata.from_json(_json(r, what)),
+        what,
+    )
+
+
+def job(run: RunRef) -> Call[dict[str, Any]]:
+    """``GET /algorithm/v1/buffer/{alg}/requests/{id}``: the run as a Kubernetes Job."""
+    what = f"reading the Job of run {run}"
+
+    def parse(resp: httpx.Response) -> dict[str, Any]:
+        doc = _json(resp, what)
+        if not isinstance(doc, dict):
+            raise NexusError(f"{what}: expected a JSON object")
+        return doc
+
+    return Call(
+        "GET",
+        f"{API}/buffer/{_seg(run.algorithm)}/requests/{_seg(run.request_id)}",
+        parse,
+        what,
+    )
+
+
+def payload(run: RunRef) -> Call[bytes]:
+    """``GET /data/v1/payloads/{alg}/requests/{id}`` (following the redirect of a stored
+    payload to its signed URL)."""
+    return Call(
+        "GET",
+        f"/data/v1/payloads/{_seg(run.algorithm)}/requests/{_seg(run.request_id)}",
+        lambda r: r.content,
+        f"reading the payload of run {run}",
+        follow_redirects=True,
+    )
+
+
+def set_tag(run: RunRef, tag: str) -> Call[str]:
+    """``POST /algorithm/v1/metadata/tags/{alg}/requests/{id}`` (an empty tag clears it)."""
+    return Call(
+        "POST",
+        f"{API}/metadata/tags/{_seg(run.algorithm)}/requests/{_seg(run.request_id)}",
+        lambda r: r.text,
+        f"tagging run {run}",
+        content=tag.encode(),
+        headers={"Content-Type": "text/plain; charset=utf-8"},
+    )
+
+
+def cancel(run: RunRef, reason: str, initiator: str, policy: CancellationPolicy) -> Call[str]:
+    """``POST /algorithm/v1/cancel/{alg}/requests/{id}``: cancels the run and its subtree."""
+    return Call(
+        "POST",
+        f"{API}/cancel/{_seg(run.algorithm)}/requests/{_seg(run.request_id)}",
+        lambda r: r.text,
+        f"cancelling run {run}",
+        json={"reason": reason, "initiator": initiator, "cancellationPolicy": policy},
+    )
+
+
+def download(url: str, what: str) -> Call[bytes]:
+    """``GET`` a signed URL (a result, a payload): no credential, redirects followed."""
+    return Call("GET", url, lambda r: r.content, what, authenticated=False, follow_redirects=True)
+
+
+def data_url_bytes(url: str) -> bytes:
+    """Decodes a ``data:`` URL (how algorithms written to the Go contract may report a small
+    result)."""
+    header, sep, data = url.partition(",")
+    if not sep:
+        raise NexusError("malformed data: URL (no comma)")
+    if header.endswith(";base64"):
+        try:
+            return base64.b64decode(data, validate=False)
+        except binascii.Error as e:
+            raise NexusError(f"malformed base64 in data: URL: {e}") from e
+    return unquote_to_bytes(data)
+
+
+def put_result(url: str, body: bytes, content_type: str) -> Call[None]:
+    """``PUT`` the result bytes to the run's signed upload URL."""
+    return Call(
+        "PUT",
+        url,
+        lambda r: None,
+        "uploading the result",
+        content=body,
+        headers={"Content-Type": content_type},
+        authenticated=False,
+    )
+
+
+def complete(url: str, run_token: str, cause: str | None, details: str | None) -> Call[None]:
+    """``POST`` the completion to the receiver (the URL carries the run token; it is sent as a
+    bearer too). A 409 on a retry means an earlier attempt got through."""
+    body: dict[str, str] = {"resultUri": ""}
+    if cause is not None:
+        body["errorCause"] = cause
+        body["errorDetails"] = details or ""
+    return Call(
+        "POST",
+        url,
+        lambda r: None,
+        "reporting the run's outcome",
+        json=body,
+        headers={"Authorization": f"Bearer {run_token}"},
+        authenticated=False,
+        conflict_ok_on_retry=True,
+    )
+
+
+def dumps(value: Any) -> bytes:
+    """JSON bytes of a result."""
+    return json.dumps(value, separators=(",", ":")).encode()
