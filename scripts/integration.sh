@@ -44,6 +44,8 @@
 # * Authentication (issue #21): Dex, a real OIDC provider built from the Go module proxy
 #   (scripts/dex.sh), issues tokens by a real password grant; two teams on two algorithms, wrong
 #   audience, expiry and key rotation against a scheduler (cli/tests/it/auth_dex.rs).
+# * The Python SDK (issue #23): a venv from PyPI, ruff, mypy --strict, and pytest against a
+#   standalone running real Python algorithms (scripts/python-sdk-test.sh).
 # * The container image (issue #19): a Debian base made with debootstrap (no registry is
 #   reachable), the Containerfile built with podman from the release binaries, then standalone in
 #   the container answers readyz and completes a knapsack run (scripts/image.sh).
@@ -137,6 +139,9 @@ echo "integration: authentication against a real OIDC provider (Dex from the Go 
 dex_issuer=$(scripts/dex.sh start)
 NEXUS_TEST_DEX_ISSUER="$dex_issuer" itest --test it auth_dex::
 scripts/dex.sh stop
+
+echo "integration: the Python SDK: ruff, mypy --strict, pytest against a standalone running Python algorithms (scripts/python-sdk-test.sh)"
+NEXUS_BIN="$target_dir/debug/nexus" NEXUS_PYSDK_WORK="$work/python-sdk" bash scripts/python-sdk-test.sh
 
 echo "integration: the Helm chart: lint, render, kube-score (scripts/helm-check.sh)"
 bash scripts/helm-check.sh

@@ -31,6 +31,10 @@ PYTEST_VERSION=9.2.0
 RUFF_VERSION=0.17.6
 MYPY_VERSION=2.4.1
 
+# Debian splits venv (ensurepip) out of python3.
+# shellcheck source=lib/apt.sh
+source "$repo/scripts/lib/apt.sh"
+"$python" -c 'import ensurepip' 2>/dev/null || apt_ensure python-sdk-test /nonexistent-ensurepip:python3-venv
 [[ -x "$NEXUS_BIN" ]] || die "no nexus binary at $NEXUS_BIN: run cargo build -p nexus-cli (or set NEXUS_BIN)"
 command -v "$python" >/dev/null || die "$python not found (set NEXUS_PYSDK_PYTHON)"
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
