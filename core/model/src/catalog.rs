@@ -15,7 +15,7 @@ use serde::Deserialize;
 use crate::spec::{AlgorithmTemplate, TEMPLATE_KIND, WORKGROUP_KIND, Workgroup};
 
 /// An immutable view of the catalog.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
     /// Templates by name.
     pub templates: BTreeMap<String, AlgorithmTemplate>,
@@ -174,14 +174,66 @@ pub fn load_dir(dir: &Path) -> Result<Snapshot, CatalogError> {
     }
 }
 
+/// Reads a manifest strictly: a bad value is named by its path (`spec.runtimeEnvironment.
+/// deadlineSeconds: invalid value: integer `-5`, expected u32`), and a key Nexus does not know is
+/// an error naming it, with the closest known key (`spec.runtimeEnvironment.deadlineSecond:
+/// unknown field; did you mean deadlineSeconds?`), as the CRD refuses the same manifest on a
+/// cluster. Keys under `metadata` (Kubernetes' own) and a top-level `status` are left alone.
+fn from_manifest<T: serde::de::DeserializeOwned>(
+    value: serde_yaml::Value,
+    kind: &str,
+) -> Result<T, String> {
+    let mut unknown: Vec<String> = Vec::new();
+    let mut track = serde_path_to_error::Track::new();
+    let parsed = serde_ignored::deserialize(
+        serde_path_to_error::Deserializer::new(value, &mut track),
+        |path| {
+            // serde_ignored writes `?` for an `Option`'s `Some`: not part of the manifest's path.
+            let p = path
+                .to_string()
+                .split('.')
+                .filter(|s| *s != "?")
+                .collect::<Vec<_>>()
+                .join(".");
+            if p != "status" && !p.starts_with("metadata.") && !p.starts_with("status.") {
+                unknown.push(p);
+            }
+        },
+    );
+    let obj = parsed.map_err(|e| {
+        let at = track.path().to_string();
+        if at.is_empty() || at == "." {
+            e.to_string()
+        } else {
+            format!("{at}: {e}")
+        }
+    })?;
+    if unknown.is_empty() {
+        return Ok(obj);
+    }
+    let messages: Vec<String> = unknown
+        .iter()
+        .map(|p| match crate::crd::suggest_field(kind, p) {
+            Some(s) => format!("{p}: unknown field; did you mean {s}?"),
+            None => format!("{p}: unknown field (not in the {kind} schema: nexus crd prints it)"),
+        })
+        .collect();
+    Err(messages.join("; "))
+}
+
 fn parse_and_insert<T: serde::de::DeserializeOwned>(
     value: serde_yaml::Value,
     into: &mut BTreeMap<String, T>,
     validate: impl Fn(&T) -> Result<(), crate::spec::ValidationErrors>,
     name: impl Fn(&T) -> String,
 ) -> (String, Result<(), String>) {
-    match serde_yaml::from_value::<T>(value) {
-        Err(e) => (String::new(), Err(e.to_string())),
+    let kind = value
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .unwrap_or_default()
+        .to_owned();
+    match from_manifest::<T>(value, &kind) {
+        Err(e) => (String::new(), Err(e)),
         Ok(obj) => {
             let n = name(&obj);
             match validate(&obj) {
@@ -236,6 +288,8 @@ pub async fn watch_dir(
         last = now;
         let dir2 = dir.clone();
         match tokio::task::spawn_blocking(move || load_dir(&dir2)).await {
+            // The first tick re-reads what start-up loaded: only a real change is news.
+            Ok(Ok(snap)) if snap == *catalog.snapshot() => {}
             Ok(Ok(snap)) => {
                 tracing::info!(templates = snap.templates.len(), workgroups = snap.workgroups.len(), dir = %dir.display(), "templates reloaded");
                 catalog.replace(snap);
@@ -281,6 +335,50 @@ mod tests {
         assert!(e.contains("broken.yaml: not valid YAML"), "{e}");
         assert!(e.contains("bad.yaml: spec.command: is required"), "{e}");
         assert!(e.contains("typo.yml: kind: must be"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named_with_their_path() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("wg.yaml"), WG).unwrap();
+        let typo = T.replace(
+            "command: echo",
+            "command: echo\n  runtimeEnvironment: {deadlineSecond: 5}",
+        );
+        std::fs::write(d.path().join("typo.yaml"), &typo).unwrap();
+        let upper = T
+            .replace("hello", "upper")
+            .replace("command: echo", "command: echo\n  Args: [a]");
+        std::fs::write(d.path().join("upper.yaml"), upper).unwrap();
+        let negative = T
+            .replace("hello", "neg")
+            .replace("command: echo", "command: echo\n  runtimeEnvironment: {deadlineSeconds: -5}");
+        std::fs::write(d.path().join("negative.yaml"), negative).unwrap();
+        let wg_typo = WG.replace("name: local", "name: other").replace("cluster:", "clustre:");
+        std::fs::write(d.path().join("wg2.yaml"), wg_typo).unwrap();
+        let e = load_dir(d.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("typo.yaml: spec.runtimeEnvironment.deadlineSecond: unknown field; did you mean deadlineSeconds?"),
+            "{e}"
+        );
+        assert!(
+            e.contains("upper.yaml: spec.Args: unknown field `Args`, expected one of"),
+            "{e}"
+        );
+        assert!(
+            e.contains("negative.yaml: spec.runtimeEnvironment.deadlineSeconds: invalid value: integer `-5`"),
+            "{e}"
+        );
+        assert!(e.contains("wg2.yaml: spec.clustre: unknown field `clustre`"), "{e}");
+        // What kubectl writes around a manifest is left alone.
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("wg.yaml"), WG).unwrap();
+        let from_cluster = T.replace(
+            "metadata: {name: hello}",
+            "metadata: {name: hello, uid: 1f, resourceVersion: \"7\", creationTimestamp: x}\nstatus: {conditions: []}",
+        );
+        std::fs::write(d.path().join("t.yaml"), from_cluster).unwrap();
+        load_dir(d.path()).unwrap();
     }
 
     #[test]

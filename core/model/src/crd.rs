@@ -27,6 +27,57 @@ pub(crate) const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m
 pub(crate) const DNS1123_PATTERN: &str =
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 
+/// The known key closest to the last segment of `path` (a dotted path into a manifest of `kind`,
+/// as `spec.runtimeEnvironment.deadlineSecond`), from the CRD's schema: same name ignoring case,
+/// or at most two edits away. `None` when the path leaves the schema or nothing is close.
+#[must_use]
+pub fn suggest_field(kind: &str, path: &str) -> Option<String> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+        JSONSchemaProps, JSONSchemaPropsOrArray,
+    };
+    let crd = match kind {
+        crate::spec::TEMPLATE_KIND => template_crd(),
+        crate::spec::WORKGROUP_KIND => workgroup_crd(),
+        _ => return None,
+    };
+    let mut node: JSONSchemaProps = crd.spec.versions.first()?.schema.clone()?.open_api_v3_schema?;
+    let segments: Vec<&str> = path.split('.').collect();
+    let (last, parents) = segments.split_last()?;
+    for seg in parents {
+        if seg.parse::<usize>().is_ok() {
+            node = match node.items? {
+                JSONSchemaPropsOrArray::Schema(s) => *s,
+                JSONSchemaPropsOrArray::Schemas(mut v) if !v.is_empty() => v.remove(0),
+                JSONSchemaPropsOrArray::Schemas(_) => return None,
+            };
+        } else {
+            node = node.properties?.remove(*seg)?;
+        }
+    }
+    let known = node.properties?;
+    known
+        .keys()
+        .map(|k| (edit_distance(&k.to_lowercase(), &last.to_lowercase()), k))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, k)| k.clone())
+}
+
+/// Levenshtein distance (short field names only).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
 /// `status` of both kinds: conditions written by controllers (e.g. type `Ready`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
