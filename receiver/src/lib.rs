@@ -184,7 +184,12 @@ impl Receiver {
             run_token: &token,
             receiver_url: self.config.public_url.trim_end_matches('/'),
             result_upload_url: &upload,
-            scheduler_url: self.config.scheduler_url.trim_end_matches('/'),
+            // Configured, else the dispatcher's: child runs work without configuring it twice.
+            scheduler_url: if self.config.scheduler_url.is_empty() {
+                d.scheduler_url.trim_end_matches('/')
+            } else {
+                self.config.scheduler_url.trim_end_matches('/')
+            },
         };
         // The executor renders the launch its own way (a process, a Kubernetes Job).
         let spec = match launch_spec(run, &d.workgroup, &ctx) {

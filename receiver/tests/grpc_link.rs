@@ -91,6 +91,7 @@ fn dispatch(run: &Run) -> Dispatch {
         },
         payload_url: "http://127.0.0.1:1/p".into(),
         relaunch: false,
+        scheduler_url: String::new(),
     }
 }
 

@@ -282,6 +282,7 @@ async fn dispatch_one(
         workgroup: wg.spec.clone(),
         run,
         relaunch,
+        scheduler_url: s.config.public_url.clone(),
     };
     let limit = s.config.dispatch_timeout;
     let result = match tokio::time::timeout(limit, shard.submit(d)).await {

@@ -183,6 +183,7 @@ impl Handoff for ShardHandoff {
             workgroup: wg.spec.clone(),
             run,
             relaunch,
+            scheduler_url: self.payload_base.clone(),
         };
         // A receiver over its launch limit answers RESOURCE_EXHAUSTED with a hint: wait it out
         // within this pass (bounded by submit_timeout) rather than a whole recovery interval.

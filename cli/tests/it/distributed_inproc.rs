@@ -39,6 +39,13 @@ fn templates(dir: &Path) {
         )
         .unwrap();
         std::fs::write(
+            dir.join(format!("fanout-{shard}.yaml")),
+            format!(
+                "apiVersion: science.sneaksanddata.com/v1\nkind: NexusAlgorithmTemplate\nmetadata:\n  name: fanout-{shard}\nspec:\n  workgroupRef:\n    name: wg-{shard}\n  command: nexus-demo\n  args: [fanout, --sas-uri=%s, --request-id=%s]\n  runtimeEnvironment:\n    deadlineSeconds: 60\n    maximumRetries: 0\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(
             dir.join(format!("knapsack-{shard}.yaml")),
             format!(
                 "apiVersion: science.sneaksanddata.com/v1\nkind: NexusAlgorithmTemplate\nmetadata:\n  name: knapsack-{shard}\nspec:\n  container:\n    image: nexus-demo\n    registry: local\n    versionTag: latest\n  computeResources:\n    cpuLimit: \"1\"\n    memoryLimit: 256Mi\n  workgroupRef:\n    name: wg-{shard}\n    group: science.sneaksanddata.com\n    kind: NexusAlgorithmWorkgroup\n  command: nexus-demo\n  args: [knapsack, --sas-uri=%s, --request-id=%s]\n  runtimeEnvironment:\n    deadlineSeconds: 60\n    maximumRetries: 0\n"
@@ -589,6 +596,39 @@ async fn cancelling_a_root_cancels_its_descendants_on_every_shard() {
         "cascade: 24 descendants on 2 shards; cancel answered in {:.0} ms, all CANCELLED after {:.0} ms",
         answered.as_secs_f64() * 1000.0,
         all_cancelled.as_secs_f64() * 1000.0
+    );
+    c.stop().await;
+}
+
+/// Receivers configured without `receiver.scheduler_url` (as the README's walk-through starts
+/// them) still hand algorithms the schedulers' URL, the one the dispatching scheduler knows: the
+/// fan-out demo's tree grows (it used to stay flat, depth 0, without a word).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn child_runs_work_without_configuring_the_receivers_scheduler_url() {
+    let c = Cluster::start(&["a"], OPEN, 1, nexus_scheduler::BudgetConfig::default()).await;
+    let http = reqwest::Client::new();
+    let base = c.schedulers[0].url.clone();
+    let numbers: Vec<i64> = (1..=40).collect();
+    let r = http
+        .post(format!("{base}/algorithm/v1/run/fanout-a"))
+        .json(&serde_json::json!({"algorithmParameters": {"numbers": numbers, "leaf": 10}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    let root = r.json::<serde_json::Value>().await.unwrap()["requestId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let done =
+        crate::common::wait_terminal(&http, &base, "fanout-a", &root, Duration::from_secs(90))
+            .await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    let result = crate::common::get_json(&http, done["resultUri"].as_str().unwrap()).await;
+    assert_eq!(
+        result,
+        serde_json::json!({ "sumOfSquares": 22140, "runs": 7, "depth": 2 }),
+        "a three-level tree through the receiver"
     );
     c.stop().await;
 }

@@ -26,6 +26,9 @@ pub struct Dispatch {
     /// True when the supervisor launches again a RUNNING run whose receiver was lost (otherwise
     /// only BUFFERED runs are launched).
     pub relaunch: bool,
+    /// Base URL of the schedulers as the dispatcher knows it, for algorithms' child runs when the
+    /// receiver has no `receiver.scheduler_url` of its own (empty: unknown).
+    pub scheduler_url: String,
 }
 
 /// Errors of a [`Shard`].
@@ -159,6 +162,7 @@ pub mod test_suite {
             },
             payload_url: "http://127.0.0.1:1/p".into(),
             relaunch: false,
+            scheduler_url: String::new(),
         };
         shard.submit(d.clone()).await.expect("first submit");
         shard

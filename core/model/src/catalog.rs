@@ -350,11 +350,14 @@ mod tests {
             .replace("hello", "upper")
             .replace("command: echo", "command: echo\n  Args: [a]");
         std::fs::write(d.path().join("upper.yaml"), upper).unwrap();
-        let negative = T
-            .replace("hello", "neg")
-            .replace("command: echo", "command: echo\n  runtimeEnvironment: {deadlineSeconds: -5}");
+        let negative = T.replace("hello", "neg").replace(
+            "command: echo",
+            "command: echo\n  runtimeEnvironment: {deadlineSeconds: -5}",
+        );
         std::fs::write(d.path().join("negative.yaml"), negative).unwrap();
-        let wg_typo = WG.replace("name: local", "name: other").replace("cluster:", "clustre:");
+        let wg_typo = WG
+            .replace("name: local", "name: other")
+            .replace("cluster:", "clustre:");
         std::fs::write(d.path().join("wg2.yaml"), wg_typo).unwrap();
         let e = load_dir(d.path()).unwrap_err().to_string();
         assert!(
@@ -369,7 +372,10 @@ mod tests {
             e.contains("negative.yaml: spec.runtimeEnvironment.deadlineSeconds: invalid value: integer `-5`"),
             "{e}"
         );
-        assert!(e.contains("wg2.yaml: spec.clustre: unknown field `clustre`"), "{e}");
+        assert!(
+            e.contains("wg2.yaml: spec.clustre: unknown field `clustre`"),
+            "{e}"
+        );
         // What kubectl writes around a manifest is left alone.
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("wg.yaml"), WG).unwrap();

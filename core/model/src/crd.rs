@@ -40,7 +40,13 @@ pub fn suggest_field(kind: &str, path: &str) -> Option<String> {
         crate::spec::WORKGROUP_KIND => workgroup_crd(),
         _ => return None,
     };
-    let mut node: JSONSchemaProps = crd.spec.versions.first()?.schema.clone()?.open_api_v3_schema?;
+    let mut node: JSONSchemaProps = crd
+        .spec
+        .versions
+        .first()?
+        .schema
+        .clone()?
+        .open_api_v3_schema?;
     let segments: Vec<&str> = path.split('.').collect();
     let (last, parents) = segments.split_last()?;
     for seg in parents {

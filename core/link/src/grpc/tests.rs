@@ -17,6 +17,7 @@ fn sample() -> Dispatch {
         run,
         payload_url: "http://127.0.0.1:1/p".into(),
         relaunch: true,
+        scheduler_url: "http://scheduler.example:8080".into(),
     }
 }
 
@@ -30,6 +31,7 @@ fn dispatch_round_trips_through_the_wire() {
     assert_eq!(back.run, d.run);
     assert_eq!(back.workgroup, d.workgroup);
     assert_eq!(back.payload_url, d.payload_url);
+    assert_eq!(back.scheduler_url, d.scheduler_url);
     assert!(back.relaunch);
 }
 

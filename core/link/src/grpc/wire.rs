@@ -24,6 +24,7 @@ pub(crate) fn dispatch_to_wire(d: &Dispatch) -> RunDispatch {
         workgroup_json: serde_json::to_vec(&d.workgroup).unwrap_or_default(),
         payload_url: d.payload_url.clone(),
         relaunch: d.relaunch,
+        scheduler_url: d.scheduler_url.clone(),
     }
 }
 
@@ -67,6 +68,7 @@ pub fn dispatch_from_wire(w: RunDispatch) -> Result<Dispatch, String> {
         workgroup,
         payload_url: w.payload_url,
         relaunch: w.relaunch,
+        scheduler_url: w.scheduler_url,
     })
 }
 
