@@ -7,5 +7,6 @@ pub mod distributed;
 pub mod objects;
 pub mod payloads_cmd;
 pub mod sandbox;
+pub mod secrets;
 pub mod standalone;
 pub mod store_cmd;

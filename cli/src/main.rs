@@ -163,12 +163,36 @@ enum Command {
         #[command(subcommand)]
         command: ApiKeyCommand,
     },
+    /// The secrets every component of a distributed deployment shares: `init` writes a signing
+    /// key and a gRPC secret into a directory (kept when they exist) and prints the environment
+    /// that points every component at them, so a component restarted from another shell uses
+    /// the same ones.
+    #[command(
+        after_help = "Example:\n  eval \"$(nexus secrets init)\"   # in every shell that starts a component"
+    )]
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
     /// Submits, inspects, waits for and cancels runs on a Nexus server.
     Run {
         #[command(flatten)]
         opts: ClientOpts,
         #[command(subcommand)]
         command: RunCommand,
+    },
+}
+
+/// `nexus secrets …`.
+#[derive(Debug, clap::Subcommand)]
+enum SecretsCommand {
+    /// Creates `signing.key` (48 random bytes, base64) and `grpc.secret` (24 random bytes,
+    /// base64) in DIR, readable by the owner only, unless they already exist; prints the
+    /// `export` lines (NEXUS__SIGNING_KEY_FILE, NEXUS__GRPC__SECRET_FILE) on stdout.
+    Init {
+        /// Where the files live.
+        #[arg(long, default_value = ".nexus-secrets")]
+        dir: PathBuf,
     },
 }
 
@@ -511,6 +535,18 @@ fn main() -> ExitCode {
             }
         },
         Command::ApiKey { command } => api_key(command),
+        Command::Secrets {
+            command: SecretsCommand::Init { dir },
+        } => match nexus_cli::secrets::init(&dir) {
+            Ok(lines) => {
+                print!("{lines}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::SandboxExec(_) => unreachable!("handled before the runtime starts"),
         Command::Run { opts, command } => match rt.block_on(nexus_cli::client::run(&opts, command))
         {

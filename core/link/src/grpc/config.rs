@@ -420,7 +420,9 @@ pub fn authorize_component<T>(
                 Ok(())
             } else {
                 Err(tonic::Status::unauthenticated(
-                    "grpc secret refused: check that grpc.secret_file / NEXUS_GRPC_SECRET match on both sides",
+                    "grpc secret refused: every component of a deployment needs the same secret \
+                     (grpc.secret_file or NEXUS_GRPC_SECRET); `nexus secrets init` writes one \
+                     file to share and prints the environment that points every component at it",
                 ))
             }
         }
