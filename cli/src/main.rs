@@ -230,6 +230,28 @@ struct DistFlags {
     dump_config: bool,
 }
 
+/// `--dump-config` of a distributed command: the layered configuration even while it is not
+/// complete (what is still missing goes to stderr), so every key and default can be seen before
+/// the first start.
+fn dump_layered<C: nexus_cli::config::Layered>(
+    file: Option<&std::path::Path>,
+    overrides: &impl serde::Serialize,
+) -> ExitCode {
+    match nexus_cli::config::load_layered(C::default(), file, overrides) {
+        Err(e) => {
+            eprintln!("error: invalid configuration: {e}");
+            ExitCode::from(2)
+        }
+        Ok(c) => {
+            let code = dump(&c);
+            if let Err(e) = c.validate() {
+                eprintln!("# not complete yet (the process would refuse to start): {e}");
+            }
+            code
+        }
+    }
+}
+
 fn dump<T: serde::Serialize>(c: &T) -> ExitCode {
     match serde_yaml::to_string(c) {
         Ok(y) => {
@@ -301,12 +323,11 @@ async fn run_supervisor(c: SupervisorProcess) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs a distributed command: a configuration error exits 2, `--dump-config` prints it, otherwise
-/// logs start and `run` serves until a signal.
-fn launch<C: serde::Serialize, F: std::future::Future<Output = anyhow::Result<()>>>(
+/// Runs a command: a configuration error exits 2, otherwise logs start and `run` serves until a
+/// signal.
+fn launch<C, F: std::future::Future<Output = anyhow::Result<()>>>(
     rt: &tokio::runtime::Runtime,
     loaded: Result<C, String>,
-    dump_config: bool,
     json_logs: impl FnOnce(&C) -> bool,
     run: impl FnOnce(C) -> F,
 ) -> ExitCode {
@@ -317,9 +338,6 @@ fn launch<C: serde::Serialize, F: std::future::Future<Output = anyhow::Result<()
             return ExitCode::from(2);
         }
     };
-    if dump_config {
-        return dump(&c);
-    }
     init_logs(json_logs(&c));
     finish(rt.block_on(run(c)))
 }
@@ -404,14 +422,11 @@ fn main() -> ExitCode {
                 templates_dir: templates,
                 public_url,
             };
+            if dump_config {
+                return dump_layered::<StandaloneConfig>(config.as_deref(), &o);
+            }
             let loaded = StandaloneConfig::load(config.as_deref(), &o);
-            launch(
-                &rt,
-                loaded,
-                dump_config,
-                |c| c.log_format == "json",
-                run_standalone,
-            )
+            launch(&rt, loaded, |c| c.log_format == "json", run_standalone)
         }
         Command::Scheduler {
             common,
@@ -427,14 +442,11 @@ fn main() -> ExitCode {
                 public_url,
                 ..DistOverrides::default()
             };
+            if common.dump_config {
+                return dump_layered::<SchedulerProcess>(common.config.as_deref(), &o);
+            }
             let loaded = SchedulerProcess::load(common.config.as_deref(), &o);
-            launch(
-                &rt,
-                loaded,
-                common.dump_config,
-                |c| c.log_format == "json",
-                run_scheduler,
-            )
+            launch(&rt, loaded, |c| c.log_format == "json", run_scheduler)
         }
         Command::Receiver {
             common,
@@ -452,14 +464,11 @@ fn main() -> ExitCode {
                 public_url,
                 ..DistOverrides::default()
             };
+            if common.dump_config {
+                return dump_layered::<ReceiverProcess>(common.config.as_deref(), &o);
+            }
             let loaded = ReceiverProcess::load(common.config.as_deref(), &o);
-            launch(
-                &rt,
-                loaded,
-                common.dump_config,
-                |c| c.log_format == "json",
-                run_receiver,
-            )
+            launch(&rt, loaded, |c| c.log_format == "json", run_receiver)
         }
         Command::Supervisor {
             common,
@@ -473,14 +482,11 @@ fn main() -> ExitCode {
                 scheduler_url,
                 ..DistOverrides::default()
             };
+            if common.dump_config {
+                return dump_layered::<SupervisorProcess>(common.config.as_deref(), &o);
+            }
             let loaded = SupervisorProcess::load(common.config.as_deref(), &o);
-            launch(
-                &rt,
-                loaded,
-                common.dump_config,
-                |c| c.log_format == "json",
-                run_supervisor,
-            )
+            launch(&rt, loaded, |c| c.log_format == "json", run_supervisor)
         }
         Command::Crd {
             apply: true,

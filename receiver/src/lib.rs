@@ -38,7 +38,9 @@ pub mod metrics;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReceiverConfig {
-    /// Base URL algorithms use to reach this receiver (`NEXUS__RECEIVER_URL`).
+    /// Base URL algorithms use to reach this receiver (`NEXUS__RECEIVER_URL`). Set by the
+    /// process from its top-level `public_url` (or listen address), never read from the section.
+    #[serde(skip)]
     pub public_url: String,
     /// Extra validity of a run token beyond the run's own deadline × attempts.
     #[serde(with = "humantime_serde")]

@@ -47,7 +47,9 @@ pub use queue::{Queued, VirtualQueue};
 #[serde(deny_unknown_fields, default)]
 pub struct SchedulerConfig {
     /// Public base URL under which this scheduler's `/data/v1/payloads` route is reachable by
-    /// algorithms (e.g. `http://127.0.0.1:8090`).
+    /// algorithms (e.g. `http://127.0.0.1:8090`). Set by the process from its top-level
+    /// `public_url` (or listen address), never read from the section.
+    #[serde(skip)]
     pub public_url: String,
     /// Maximum body of `POST /run`, in bytes (413 above).
     pub max_request_bytes: usize,
