@@ -184,6 +184,9 @@ pub async fn start_with_executor(
     listener: TcpListener,
     make: impl FnOnce(UnboundedSender<ExecutorEvent>, Arc<dyn PayloadStore>) -> Arc<dyn Executor>,
 ) -> anyhow::Result<Handle> {
+    // The metrics recorder first: whatever starts below describes and counts into it (a counter
+    // or description recorded before it is installed is lost).
+    prometheus();
     let addr = listener.local_addr()?;
     // TLS material is read once here so that a bad file stops start-up with its name.
     nexus_http::tls::ServerTls::load(&config.server.tls)

@@ -75,8 +75,9 @@ ALGORITHMS:
                test's algorithm; see examples/src/hostile.rs).
 
 CONTRACT (how Nexus runs an algorithm as a local process):
-    Template `command` is run with `args`; an arg containing `--sas-uri=%s` receives the
-    payload URL and `--request-id=%s` the run id. Environment:
+    Template `command` is run with `args`; an arg that is exactly `--sas-uri=%s` receives the
+    payload URL and exactly `--request-id=%s` the run id (any arg may also contain
+    `{payload_uri}` or `{request_id}`; docs/ALGORITHMS.md). Environment:
         NEXUS__ALGORITHM_NAME      template name (used in the completion URL)
         NEXUS__SHARD_NAME          shard the run belongs to
         NEXUS__REQUEST_ID          run id (fallback for --request-id)

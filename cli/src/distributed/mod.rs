@@ -240,6 +240,7 @@ pub async fn start_scheduler_with(
     listener: TcpListener,
     stores: SharedStores,
 ) -> anyhow::Result<Handle> {
+    prometheus(); // before anything describes or counts (see standalone::start_with_executor)
     let addr = listener.local_addr()?;
     nexus_http::tls::ServerTls::load(&c.server.tls)
         .map_err(|e| anyhow::anyhow!("server.tls: {e}"))?;
@@ -423,6 +424,7 @@ pub async fn start_receiver_with(
         CancellationToken,
     ) -> Arc<dyn Executor>,
 ) -> anyhow::Result<ReceiverHandle> {
+    prometheus(); // before anything describes or counts (see standalone::start_with_executor)
     let addr = http.local_addr()?;
     let grpc_addr = grpc.local_addr()?;
     nexus_http::tls::ServerTls::load(&c.server.tls)
@@ -513,6 +515,7 @@ pub async fn start_supervisor_with(
     listener: TcpListener,
     store: Arc<dyn RunStore>,
 ) -> anyhow::Result<Handle> {
+    prometheus(); // before anything describes or counts (see standalone::start_with_executor)
     let addr = listener.local_addr()?;
     nexus_http::tls::ServerTls::load(&c.server.tls)
         .map_err(|e| anyhow::anyhow!("server.tls: {e}"))?;

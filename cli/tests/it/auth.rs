@@ -237,13 +237,17 @@ async fn two_teams_on_two_algorithms() {
             Some(&k.bob),
             None,
             200,
-            "cancelled",
+            // hello finishes at once: the cancel may find it done (allowed all the same).
+            "cancelled|had already finished",
         ),
     ];
     for (name, method, url, bearer, body, status, text) in table {
         let (st, got, headers) = call(&http, method, &url, bearer, body).await;
         assert_eq!(st, status, "{name}: {got}");
-        assert!(got.contains(text), "{name}: {got:?} lacks {text:?}");
+        assert!(
+            text.split('|').any(|t| got.contains(t)),
+            "{name}: {got:?} lacks {text:?}"
+        );
         if st == 401 {
             assert_eq!(
                 headers.get("www-authenticate").map(|v| v.to_str().unwrap()),

@@ -421,6 +421,8 @@ async fn bad_input_table() {
         "/algorithm/v1/payload/{algorithmName}/requests/{requestId}",
         "/algorithm/v1/cancel/{algorithmName}/requests/{requestId}",
         "/algorithm/v1/children/{algorithmName}/requests/{requestId}",
+        "/algorithm/v1/algorithms",
+        "/console/",
         "/algorithm/v1/complete/{algorithmName}/requests/{requestId}",
         "/data/v1/objects/{key}",
         "/data/v1/payloads/{algorithmName}/{requestId}",
@@ -1156,7 +1158,6 @@ async fn bad_input_table_over_every_route() {
     }
     // Unknown paths are 404, wrong methods 405 — never 200.
     for p in [
-        "/",
         "/healthz",
         "/health/ready",
         "/health/readyz/x",
@@ -1167,9 +1168,15 @@ async fn bad_input_table_over_every_route() {
         "/openapi.yaml",
         "/favicon.ico",
         "/nexus.v1.RunService",
+        "/console/nothing.js",
     ] {
         rows.push(row(format!("unknown path {p}"), "GET", p, 404, ""));
     }
+    // The root leads to the web console.
+    let root = http.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(root.url().path(), "/console/");
+    assert_eq!(root.status(), 200);
+    assert!(root.text().await.unwrap().contains("<title>Nexus</title>"));
     rows.push(
         row(
             "unknown POST path",

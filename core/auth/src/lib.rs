@@ -151,11 +151,12 @@ impl Authenticator {
     /// Invalid configuration, unreadable key files, unusable CA file.
     pub fn start(config: &AuthConfig, stop: &CancellationToken) -> Result<Self, SetupError> {
         config.validate().map_err(SetupError::Config)?;
+        // Described in every mode: run tokens are counted without authentication too.
+        metrics::describe();
         let mode = config.effective_mode().unwrap_or(AuthMode::None);
         if mode == AuthMode::None {
             return Ok(Self::none());
         }
-        metrics::describe();
         let keys = apikey::ApiKeys::load(&config.api_keys)?;
         tokio::spawn(keys.clone().watch(Duration::from_secs(10), stop.clone()));
         let oidc = match &config.oidc {
