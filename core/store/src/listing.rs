@@ -105,12 +105,14 @@ pub fn submitted_at(id: RunId) -> Millis {
 }
 
 /// The smallest UUIDv7 id of millisecond `ms` (clamped to the 48 bits an id holds): every id
-/// of a run submitted at or after `ms` is at least this one.
+/// of a run submitted at or after `ms` is at least this one. It carries version 7, so
+/// [`submitted_at`] reads `ms` back from it.
 #[must_use]
 pub fn id_floor(ms: Millis) -> RunId {
     let ms = u64::try_from(ms.clamp(0, (1 << 48) - 1)).unwrap_or(0);
     let mut b = [0u8; 16];
     b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    b[6] = 0x70;
     RunId(Uuid::from_bytes(b))
 }
 
@@ -127,6 +129,7 @@ mod tests {
         assert!(before <= t && t <= after, "{before} <= {t} <= {after}");
         assert!(id_floor(t) <= id);
         assert!(id_floor(t + 1) > id);
+        assert_eq!(submitted_at(id_floor(t)), t);
         assert_eq!(submitted_at(RunId(Uuid::new_v4())), 0);
         // Out-of-range times clamp instead of wrapping.
         assert_eq!(id_floor(-5), id_floor(0));

@@ -66,6 +66,7 @@ pub async fn run_all<S: RunStore>(make: impl Fn() -> S) {
     set_tag(make()).await;
     lookups(make()).await;
     listing(make()).await;
+    listing_across_hours(make()).await;
     owners_in_stage(make()).await;
     leases(make()).await;
     leadership(make()).await;
@@ -890,4 +891,37 @@ pub async fn listing<S: RunStore>(store: S) {
         .expect("list after");
     let ids: Vec<RunId> = page.runs.iter().map(|r| r.id).collect();
     assert_eq!(ids, vec![c1.id, root.id]);
+}
+
+/// `list` over runs submitted hours and days apart (ids minted for those times): newest first
+/// across time buckets, empty stretches skipped, a time range picks the right ones.
+pub async fn listing_across_hours<S: RunStore>(store: S) {
+    let now = now_millis();
+    let hour = 3_600_000;
+    let mut ids = Vec::new();
+    for ago in [200 * hour, 49 * hour, 2 * hour + 5, 2 * hour, 0] {
+        let ms = u64::try_from(now - ago).expect("positive time");
+        let ts = uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, u32::try_from(ms % 1000).expect("ms") * 1_000_000);
+        let mut run = sample_run("hours");
+        run.id = RunId(uuid::Uuid::new_v7(ts));
+        run.root = run.id;
+        insert(&store, &run).await;
+        ids.push(run.id);
+    }
+    ids.reverse();
+    let all = RunFilter::default();
+    assert_eq!(list_all(&store, &all, 1).await, ids);
+    assert_eq!(list_all(&store, &all, 2).await, ids);
+    let by_alg = RunFilter {
+        algorithm: Some("hours".into()),
+        ..RunFilter::default()
+    };
+    assert_eq!(list_all(&store, &by_alg, 3).await, ids);
+    let day = RunFilter {
+        from: Some(now - 50 * hour),
+        to: Some(now - hour),
+        algorithm: Some("hours".into()),
+        ..RunFilter::default()
+    };
+    assert_eq!(list_all(&store, &day, 10).await, vec![ids[1], ids[2], ids[3]]);
 }
