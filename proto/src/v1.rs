@@ -130,3 +130,53 @@ pub mod env {
     /// receiver knows it): algorithms create child runs there.
     pub const SCHEDULER_URL: &str = "NEXUS__SCHEDULER_URL";
 }
+
+/// An element of `GET /algorithm/v1/runs` (a run's summary; `/metadata` has the whole record).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunSummary {
+    /// Run id.
+    pub request_id: String,
+    /// Algorithm name.
+    pub algorithm_name: String,
+    /// Stage name.
+    pub status: String,
+    /// Client tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Parent run (execution trees).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_request_id: Option<String>,
+    /// Root of the run's execution tree (the run itself for a root).
+    pub root_request_id: String,
+    /// Shard the run is sent to.
+    pub shard: String,
+    /// Workgroup.
+    pub workgroup: String,
+    /// Launches so far.
+    pub attempts: u32,
+    /// When the run was submitted (RFC 3339; the time in its id).
+    pub submitted_at: String,
+    /// When the current attempt started (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// When the run finished (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// Result URL (COMPLETED), else empty.
+    pub result_uri: String,
+    /// Failure cause (terminal failures), else empty.
+    pub run_error_message: String,
+}
+
+/// `GET /algorithm/v1/runs`: one page of runs, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunPage {
+    /// The runs of this page that the caller may read.
+    pub runs: Vec<RunSummary>,
+    /// Pass as `cursor` for the next page; absent at the end. A page may hold fewer runs than
+    /// `limit` (even none) while a cursor follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}

@@ -77,6 +77,7 @@ pub fn router(s: Arc<Scheduler>) -> Router {
             "/algorithm/v1/children/{alg}/requests/{id}",
             get(get_children),
         )
+        .route("/algorithm/v1/runs", get(list_runs))
         .route_layer(axum::middleware::from_fn_with_state(
             s.clone(),
             access::authenticate,
@@ -412,6 +413,29 @@ async fn get_children(
         .map_err(|e| store_err(&e))?;
     let kids = access::readable(&s, &caller, kids).await?;
     Ok(axum::Json(tagged(&s, kids).await))
+}
+
+/// `GET /algorithm/v1/runs?algorithm&stage&tag&from&to&parent&root&shard&limit&cursor`: one
+/// page of the runs the caller may read, newest first (see [`crate::listing`]).
+#[tracing::instrument(skip_all)]
+async fn list_runs(
+    State(s): S,
+    Extension(caller): Who,
+    q: Result<Query<crate::listing::ListParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<axum::Json<v1::RunPage>> {
+    let Query(params) = q.map_err(|e| {
+        metrics::rejected("invalid_query");
+        ApiError::bad_request(format!(
+            "{}; accepted: algorithm, stage, tag, from, to, parent, root, shard, limit, cursor",
+            e.body_text()
+        ))
+    })?;
+    let listing = params.validate().map_err(|m| {
+        metrics::rejected("invalid_query");
+        ApiError::bad_request(m)
+    })?;
+    let (runs, next) = crate::listing::page(&s, &caller, listing).await?;
+    Ok(axum::Json(crate::listing::http_page(&s, runs, next).await))
 }
 
 /// `GET /algorithm/v1/metadata/{alg}/requests/{id}`: the run as Go's `CheckpointedRequest`

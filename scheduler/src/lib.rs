@@ -31,6 +31,7 @@ pub mod dispatch;
 pub mod edge;
 pub mod grpc;
 pub mod limiter;
+pub mod listing;
 pub mod metrics;
 pub mod queue;
 pub(crate) mod request_split;
