@@ -50,6 +50,7 @@ pub fn sample_run(algorithm: &str) -> Run {
         started_at: None,
         finished_at: None,
         last_modified: now,
+        timeline: Vec::new(),
     }
 }
 
