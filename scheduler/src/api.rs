@@ -78,6 +78,14 @@ pub fn router(s: Arc<Scheduler>) -> Router {
             get(get_children),
         )
         .route("/algorithm/v1/runs", get(list_runs))
+        .route(
+            "/algorithm/v1/timeline/{alg}/requests/{id}",
+            get(get_timeline),
+        )
+        .route(
+            "/algorithm/v1/explain/{alg}/requests/{id}",
+            get(get_explanation),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             s.clone(),
             access::authenticate,
@@ -436,6 +444,28 @@ async fn list_runs(
     })?;
     let (runs, next) = crate::listing::page(&s, &caller, listing).await?;
     Ok(axum::Json(crate::listing::http_page(&s, runs, next).await))
+}
+
+/// `GET /algorithm/v1/timeline/{alg}/requests/{id}`: every stage change of the run, with its
+/// time, the component that made it and the cause.
+async fn get_timeline(
+    State(s): S,
+    Extension(caller): Who,
+    Path((alg, id)): Path<(String, String)>,
+) -> ApiResult<axum::Json<v1::RunTimeline>> {
+    let run = load_for(&s, &caller, Action::Read, &alg, &id).await?;
+    Ok(axum::Json(crate::explain::timeline(&run)))
+}
+
+/// `GET /algorithm/v1/explain/{alg}/requests/{id}`: what the run is doing and why (see
+/// [`crate::explain`]).
+async fn get_explanation(
+    State(s): S,
+    Extension(caller): Who,
+    Path((alg, id)): Path<(String, String)>,
+) -> ApiResult<axum::Json<v1::RunExplanation>> {
+    let run = load_for(&s, &caller, Action::Read, &alg, &id).await?;
+    Ok(axum::Json(crate::explain::explain(&s, &run)))
 }
 
 /// `GET /algorithm/v1/metadata/{alg}/requests/{id}`: the run as Go's `CheckpointedRequest`
