@@ -5,6 +5,7 @@
 const TERMINAL = new Set(["COMPLETED", "FAILED", "CANCELLED", "SCHEDULING_FAILED", "DEADLINE_EXCEEDED"]);
 const STAGES = ["BUFFERED", "QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "SCHEDULING_FAILED", "DEADLINE_EXCEEDED"];
 const PAGE = 50;
+const MAX_READS = 5; // calls per page the runs page makes at most
 const LIVE_MS = 3000;
 const TOKEN_KEY = "nexus.token";
 
@@ -212,50 +213,75 @@ async function runsView(main, params, v) {
     // `runs` is newest first: on top, the block keeps that order above the known rows.
     if (atTop) tbody.prepend(...fresh);
     else tbody.append(...fresh);
-    status.textContent = rows.size ? `${rows.size} runs shown` : "No run matches.";
+    showStatus();
   }
-  async function page(after) {
+  function showStatus() {
+    if (rows.size) status.textContent = `${rows.size} runs shown`;
+    else status.textContent = cursor ? "No run found so far: Load more searches further." : "No run matches.";
+  }
+  function page(after) {
     const q = new URLSearchParams(query);
     q.set("limit", PAGE);
     if (after) q.set("cursor", after);
     return api(`/algorithm/v1/runs?${q}`);
   }
+  // Reads from `after` until a page's worth of runs or the end, in at most MAX_READS calls: a
+  // store may answer short pages, even empty ones with a cursor, to bound its work per call.
+  async function fill(after) {
+    const runs = [];
+    let next = after;
+    let reads = 0;
+    do {
+      const p = await page(next);
+      runs.push(...p.runs);
+      next = p.nextCursor || null;
+      reads += 1;
+    } while (next && runs.length < PAGE && reads < MAX_READS);
+    return { runs, next };
+  }
+  let loaded = false; // the first page is shown (until then, a refresh loads it)
   more.addEventListener("click", async () => {
     more.disabled = true;
     try {
-      const p = await page(cursor);
+      const p = await fill(cursor);
       if (!current(v)) return;
-      put(p.runs, false);
-      cursor = p.nextCursor || null;
+      cursor = p.next;
       more.hidden = !cursor;
+      put(p.runs, false);
     } catch (e) {
       showError(e);
     } finally {
       more.disabled = false;
     }
   });
-  async function refresh(first) {
+  async function refresh() {
     try {
-      const p = await page(null);
-      if (!current(v)) return;
-      banner("");
       // Newest first: on a refresh, new runs go on top and known ones are updated in place.
-      put(p.runs, !first);
-      if (first) {
-        cursor = p.nextCursor || null;
+      if (!loaded) {
+        const p = await fill(null);
+        if (!current(v)) return;
+        cursor = p.next;
         more.hidden = !cursor;
+        loaded = true;
+        put(p.runs, false);
+      } else {
+        const p = await page(null);
+        if (!current(v)) return;
+        put(p.runs, true);
       }
+      banner("");
     } catch (e) {
       if (current(v)) showError(e);
     }
-    if ($("#live")?.checked) later(v, () => refresh(false), LIVE_MS);
+    if ($("#live")?.checked) later(v, refresh, LIVE_MS);
   }
-  await refresh(true);
+  await refresh();
 }
 
 // --- one run ------------------------------------------------------------------------------------
 const RUN_LIVE_MS = 2000;
 const LOG_TAIL_BYTES = 64 * 1024;
+const LOG_CHECKS = 5;
 
 async function runView(main, alg, id, v) {
   const base = `/algorithm/v1`;
@@ -298,6 +324,7 @@ async function runView(main, alg, id, v) {
   });
 
   let shownLogs = null; // the logs URL whose text is shown
+  let logChecks = 0; // reads for the logs after the run ended
   function reload() {
     if (timer) clearTimeout(timer);
     timer = null;
@@ -329,7 +356,12 @@ async function runView(main, alg, id, v) {
     }
     cancel.hidden = done;
     await tree(children, alg, id, v);
-    if (!done) later(v, load, RUN_LIVE_MS);
+    // The output is stored when the process exits, which can be just after the run ended (a
+    // cancelled or completed run's process is still stopping): look a few more times.
+    if (done && !m.logs_uri && logChecks < LOG_CHECKS) logChecks += 1;
+    else if (done) logChecks = LOG_CHECKS;
+    if (!done || logChecks < LOG_CHECKS) later(v, load, RUN_LIVE_MS);
+    else if (!m.logs_uri) logs.replaceChildren(el("p", { class: "muted", id: "logs-none", text: "No output was stored for this run." }));
   }
 
   function showFacts(m) {
