@@ -195,7 +195,7 @@ async function runsView(main, params, v) {
   const row = (r) => el("tr", { "data-id": r.requestId },
     el("td", { class: "id" }, el("a", { href: `#/run/${enc(r.algorithmName)}/${enc(r.requestId)}`, text: r.requestId })),
     el("td", { text: r.algorithmName }),
-    el("td", {}, stage(r.status)),
+    el("td", { title: r.runErrorMessage || null }, stage(r.status)),
     el("td", { text: r.tag || "" }),
     el("td", { text: when(r.submittedAt) }),
     el("td", { text: duration(r.startedAt || r.submittedAt, r.finishedAt) }),
@@ -216,7 +216,7 @@ async function runsView(main, params, v) {
     showStatus();
   }
   function showStatus() {
-    if (rows.size) status.textContent = `${rows.size} runs shown`;
+    if (rows.size) status.textContent = `${rows.size} run${rows.size === 1 ? "" : "s"} shown`;
     else status.textContent = cursor ? "No run found so far: Load more searches further." : "No run matches.";
   }
   function page(after) {
@@ -254,7 +254,10 @@ async function runsView(main, params, v) {
       more.disabled = false;
     }
   });
+  let inflight = false; // one refresh at a time (ticking "live" during one must not start another loop)
   async function refresh() {
+    if (inflight) return;
+    inflight = true;
     try {
       // Newest first: on a refresh, new runs go on top and known ones are updated in place.
       if (!loaded) {
@@ -272,9 +275,17 @@ async function runsView(main, params, v) {
       banner("");
     } catch (e) {
       if (current(v)) showError(e);
+    } finally {
+      inflight = false;
     }
     if ($("#live")?.checked) later(v, refresh, LIVE_MS);
   }
+  // Ticking "live" takes effect at once (the URL keeps it for the next filter).
+  $("#live").addEventListener("change", (e) => {
+    if (timer) clearTimeout(timer);
+    timer = null;
+    if (e.target.checked) later(v, refresh, 0);
+  });
   await refresh();
 }
 

@@ -172,7 +172,14 @@ mod tests {
             assert!(!code.contains(banned), "app.js uses {banned}");
         }
         let html = include_str!("../console/index.html");
-        for banned in [" style=", " onclick=", " onload=", " onsubmit=", "<script>", "<style"] {
+        for banned in [
+            " style=",
+            " onclick=",
+            " onload=",
+            " onsubmit=",
+            "<script>",
+            "<style",
+        ] {
             assert!(!html.contains(banned), "index.html has {banned}");
         }
     }

@@ -369,7 +369,7 @@ test(`scale: the runs page stays responsive with ${RUNS} runs stored`, { timeout
   assert.equal(await rowsOf(page).count(), perTag, `every run of tag seed-7 (${perTag})`);
   assert.ok((await column(3)).every((x) => x === "seed-7"));
   assert.equal(await page.locator("#more").isVisible(), false, "no further page");
-  assert.equal(await page.textContent("#runs-status"), `${perTag} runs shown`);
+  assert.equal(await page.textContent("#runs-status"), `${perTag} run${perTag === 1 ? "" : "s"} shown`);
   await shot(page, "runs-100k-filtered");
   // By algorithm and stage over all of them, and a filter nothing matches.
   await timed("filtered query: algorithm + stage, 50 rows", () => page.goto(`${SCALE}/console/#/runs?algorithm=knapsack&stage=COMPLETED&live=0`), PAGE);
