@@ -40,7 +40,8 @@ PLAYWRIGHT_CORE_VERSION=1.65.2
 source "$repo/scripts/lib/apt.sh"
 apt_ensure console-test "$chromium:chromium" node:nodejs npm:npm
 [[ -x "$chromium" ]] || die "no chromium at $chromium after installing it"
-"$chromium" --version >&2 || die "$chromium does not start"
+# (the Debian wrapper script prints a harmless shell warning on some machines: dropped)
+"$chromium" --version 2>/dev/null >&2 || die "$chromium does not start"
 node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' ||
   die "node $(node --version) is older than 20 (playwright-core $PLAYWRIGHT_CORE_VERSION needs 20)"
 [[ -x "$nexus" ]] || die "no nexus binary at $nexus: cargo build -p nexus-cli -p nexus-examples (or set NEXUS_BIN)"
