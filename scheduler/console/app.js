@@ -382,7 +382,9 @@ async function runView(main, alg, id, v) {
       ...fact("submitted", when(m.received_at)),
       ...fact("started", when(m.started_at)),
       ...fact("finished", when(m.finished_at)),
-      ...fact("duration", duration(m.started_at || m.received_at, m.finished_at)),
+      ...(m.started_at || m.finished_at
+        ? fact("duration", duration(m.started_at || m.received_at, m.finished_at))
+        : fact("waiting for", duration(m.received_at, null))),
       ...fact("attempts", m.attempts),
       ...fact("workgroup", m.workgroup),
       ...fact("shard", m.shard),

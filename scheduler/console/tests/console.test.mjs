@@ -195,6 +195,29 @@ test("run page updates live: a sleeping run goes RUNNING -> COMPLETED, explanati
   clean(problems);
 });
 
+test("why is it waiting: a run behind its workgroup's limit says so, then runs when a slot frees", async (t) => {
+  // Workgroup 'local' (examples/templates/workgroup.yaml) runs at most 4 runs at once.
+  const tag = unique("waiting");
+  const blockers = [];
+  for (let i = 0; i < 4; i++) blockers.push(await sleeper(OPEN, 60, tag));
+  await eventually("four runs running", async () =>
+    (await Promise.all(blockers.map((b) => stageOf(OPEN, "chaos", b)))).every((s) => s === "RUNNING"));
+  const id = await sleeper(OPEN, 1, tag);
+  const cancelAll = () => Promise.all(blockers.map((b) =>
+    call(OPEN, `/algorithm/v1/cancel/chaos/requests/${b}`, { method: "POST", body: { initiator: "console test", reason: "unblock" } }).catch(() => {})));
+  t.after(cancelAll);
+  const { page, problems } = await open(t);
+  await page.goto(`${OPEN}/console/#/run/chaos/${id}`);
+  await stageIs(page, "BUFFERED");
+  assert.match(await page.textContent("#why-summary"), /workgroup 'local'/);
+  assert.match(await page.textContent("#explanation"), /4 run\(s\) at once per receiver/);
+  await shot(page, "run-waiting");
+  await cancelAll();
+  await stageIs(page, "COMPLETED");
+  assert.deepEqual(await page.locator("#timeline-table tbody tr").evaluateAll((trs) => trs.map((tr) => tr.dataset.to)), ["BUFFERED", "RUNNING", "COMPLETED"]);
+  clean(problems);
+});
+
 test("cancel: a running run is cancelled from its page", async (t) => {
   const id = await sleeper(OPEN, 120, unique("cancel"));
   const { page, problems } = await open(t);
