@@ -114,6 +114,10 @@ test("runs page: a run is found by algorithm, stage and tag; its page shows expl
   await page.click("#filters button[type=submit]");
   await page.locator(`#runs-body tr[data-id="${id}"]`).waitFor();
   assert.equal(await rowsOf(page).count(), 1, "only the knapsack run of that tag");
+  // Every control has an accessible name (a label or aria-label).
+  const unnamed = await page.locator("input, select, button").evaluateAll((els) =>
+    els.filter((e) => !(e.labels && e.labels.length) && !e.getAttribute("aria-label") && !e.textContent.trim()).map((e) => e.outerHTML));
+  assert.deepEqual(unnamed, [], "no unnamed control");
   assert.match(page.url(), /algorithm=knapsack/);
   assert.match(page.url(), /stage=COMPLETED/);
   await shot(page, "runs-filtered");
