@@ -1,4 +1,4 @@
-//! Client commands of the `nexus` binary: `nexus run submit|get|wait|cancel|list`.
+//! Client commands of the `nexus` binary: `nexus run submit|get|wait|cancel|list|explain|logs|result`.
 //!
 //! They talk to a running Nexus (standalone or receiver/scheduler deployment) over the
 //! v1 HTTP API (`/algorithm/v1/...`), which is wire-compatible with the Go Nexus.
@@ -13,7 +13,7 @@ use anyhow::{Context as _, anyhow, bail};
 use axum::http::{Method, StatusCode};
 use nexus_http::client::{Answer, ClientError, HttpClient};
 use nexus_proto::v1::{
-    AlgorithmRequest, CancellationRequest, RequestResult, RunCreated, TaggedRequestResult,
+    AlgorithmRequest, CancellationRequest, RequestResult, RunCreated, RunPage, RunSummary,
 };
 use url::Url;
 
@@ -186,18 +186,57 @@ pub enum RunCommand {
         #[arg(long, value_enum, ignore_case = true)]
         policy: Option<CancelPolicy>,
     },
-    /// List the runs submitted with a tag.
+    /// List runs, newest first, filtered by algorithm, stage, tag, time, tree and shard.
     ///
-    /// Prints a table (id, algorithm, status, result URI or error, truncated) or, with
-    /// `--json`, the raw array of `TaggedRequestResult`.
+    /// Every filter given must match. Prints a table (id, algorithm, status, submitted,
+    /// result URI or error) of one page; when more runs match, stderr says how to get the next
+    /// page (`--cursor`), or `--all` follows every page. `--json` prints the server's page
+    /// (`{"runs": [...], "nextCursor": ...}`), with `--all` the array of every run. Only runs
+    /// you may read are listed.
     #[command(after_help = "Examples:\n  \
+        nexus run list                                   # the 50 newest runs\n  \
         nexus run list --tag nightly\n  \
-        nexus run list --tag nightly --json | jq '.[] | select(.status == \"FAILED\")'")]
+        nexus run list --algorithm knapsack --stage FAILED --since 24h\n  \
+        nexus run list --root $ID --all                   # a whole execution tree\n  \
+        nexus run list --since 2026-12-01T00:00:00Z --until 2026-12-02T00:00:00Z --json\n  \
+        nexus run list --stage RUNNING --shard gpu --limit 200 --cursor <from the last page>")]
     List {
-        /// The tag given to `nexus run submit --tag`.
+        /// Runs submitted with this tag (`nexus run submit --tag`).
         #[arg(long)]
-        tag: String,
-        /// Print the raw JSON array instead of a table.
+        tag: Option<String>,
+        /// Runs of this algorithm.
+        #[arg(long, short = 'a')]
+        algorithm: Option<String>,
+        /// Runs now in this stage (NEW, BUFFERED, RUNNING, COMPLETED, FAILED,
+        /// SCHEDULING_FAILED, DEADLINE_EXCEEDED, CANCELLED; any case).
+        #[arg(long)]
+        stage: Option<String>,
+        /// Submitted at or after: a time (RFC 3339, e.g. 2026-12-01T00:00:00Z) or how long ago
+        /// (e.g. 90m, 24h, 7d).
+        #[arg(long, value_name = "TIME|AGO")]
+        since: Option<String>,
+        /// Submitted before: a time or how long ago, as `--since`.
+        #[arg(long, value_name = "TIME|AGO")]
+        until: Option<String>,
+        /// Direct children of this run (request id).
+        #[arg(long, value_name = "ID")]
+        parent: Option<String>,
+        /// Every run of this execution tree, its root included (the root's request id).
+        #[arg(long, value_name = "ID")]
+        root: Option<String>,
+        /// Runs sent to this shard (cluster).
+        #[arg(long)]
+        shard: Option<String>,
+        /// Runs per page (1 to 1000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        limit: u16,
+        /// Continue after a previous page (the cursor printed with it).
+        #[arg(long, conflicts_with = "all")]
+        cursor: Option<String>,
+        /// Follow every page to the end.
+        #[arg(long)]
+        all: bool,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -292,18 +331,115 @@ pub async fn run(opts: &ClientOpts, cmd: RunCommand) -> anyhow::Result<ExitCode>
             }
             Ok(ExitCode::SUCCESS)
         }
-        RunCommand::List { tag, json } => {
-            let runs = client.by_tag(&tag).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&runs)?);
-            } else if runs.is_empty() {
-                eprintln!("no runs tagged {tag:?}");
-            } else {
-                print!("{}", format_table(&runs));
+        RunCommand::List {
+            tag,
+            algorithm,
+            stage,
+            since,
+            until,
+            parent,
+            root,
+            shard,
+            limit,
+            cursor,
+            all,
+            json,
+        } => {
+            let now = std::time::SystemTime::now();
+            let mut query: Vec<(&str, String)> = vec![("limit", limit.to_string())];
+            let mut put = |k: &'static str, v: Option<String>| {
+                if let Some(v) = v {
+                    query.push((k, v));
+                }
+            };
+            put("tag", tag);
+            put("algorithm", algorithm);
+            put("stage", stage.map(|s| s.to_ascii_uppercase()));
+            put("from", since.map(|t| time_arg("--since", &t, now)).transpose()?);
+            put("to", until.map(|t| time_arg("--until", &t, now)).transpose()?);
+            put("parent", parent);
+            put("root", root);
+            put("shard", shard);
+            let mut cursor = cursor;
+            let mut every = Vec::new();
+            loop {
+                let mut q = query.clone();
+                if let Some(c) = &cursor {
+                    q.push(("cursor", c.clone()));
+                }
+                let page = client.list(&q).await?;
+                cursor = page.next_cursor.clone();
+                if !all {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&page)?);
+                    } else if page.runs.is_empty() && cursor.is_none() {
+                        eprintln!("no runs match");
+                    } else {
+                        print!("{}", format_summaries(&page.runs));
+                    }
+                    if let Some(c) = &cursor
+                        && !json
+                    {
+                        eprintln!("more runs may match: add --cursor {c} for the next page, or --all");
+                    }
+                    break;
+                }
+                every.extend(page.runs);
+                if cursor.is_none() {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&every)?);
+                    } else if every.is_empty() {
+                        eprintln!("no runs match");
+                    } else {
+                        print!("{}", format_summaries(&every));
+                    }
+                    break;
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// A `--since`/`--until` value for the server: RFC 3339 as given, or a duration ago.
+fn time_arg(flag: &str, v: &str, now: std::time::SystemTime) -> anyhow::Result<String> {
+    if humantime::parse_rfc3339_weak(v).is_ok() {
+        return Ok(v.to_owned());
+    }
+    let ago = humantime::parse_duration(v).map_err(|_| {
+        anyhow!(
+            "{flag} {v:?}: give a time (RFC 3339, e.g. 2026-12-01T00:00:00Z) or how long ago (e.g. 90m, 24h, 7d)"
+        )
+    })?;
+    let t = now
+        .checked_sub(ago)
+        .ok_or_else(|| anyhow!("{flag} {v:?}: that is before 1970"))?;
+    Ok(humantime::format_rfc3339_millis(t).to_string())
+}
+
+/// The listing table: id, algorithm, status, submitted, result or error.
+fn format_summaries(runs: &[RunSummary]) -> String {
+    let rows: Vec<[String; 5]> = runs
+        .iter()
+        .map(|r| {
+            [
+                r.request_id.clone(),
+                r.algorithm_name.clone(),
+                r.status.clone(),
+                short_time(&r.submitted_at),
+                detail(&r.result_uri, &r.run_error_message),
+            ]
+        })
+        .collect();
+    format_rows(
+        ["ID", "ALGORITHM", "STATUS", "SUBMITTED", "RESULT/ERROR"],
+        &rows,
+    )
+}
+
+/// `2026-12-07T06:13:29.123Z` → `2026-12-07 06:13:29`.
+fn short_time(t: &str) -> String {
+    t.get(..19).unwrap_or(t).replacen('T', " ", 1)
 }
 
 /// A thin HTTP client of the v1 API.
@@ -347,6 +483,18 @@ impl Client {
         what: &str,
     ) -> anyhow::Result<Answer> {
         let url = endpoint(&self.base, segments)?;
+        self.send_to(method, url, body, headers, what).await
+    }
+
+    /// As [`Client::send`], to a full URL (with a query).
+    async fn send_to(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&impl serde::Serialize>,
+        headers: &[(&str, &str)],
+        what: &str,
+    ) -> anyhow::Result<Answer> {
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
         let mut all: Vec<(&str, &str)> = headers.to_vec();
         if let Some(a) = &auth {
@@ -444,18 +592,14 @@ impl Client {
             .with_context(|| format!("unexpected answer when {what}"))
     }
 
-    async fn by_tag(&self, tag: &str) -> anyhow::Result<Vec<TaggedRequestResult>> {
-        let what = format!("listing runs tagged {tag:?}");
+    async fn list(&self, query: &[(&str, String)]) -> anyhow::Result<RunPage> {
+        let what = "listing runs";
+        let mut url = endpoint(&self.base, &["algorithm", "v1", "runs"])?;
+        url.query_pairs_mut().extend_pairs(query);
         let resp = self
-            .send(
-                Method::GET,
-                &["algorithm", "v1", "results", "tags", tag],
-                None::<&()>,
-                &[],
-                &what,
-            )
+            .send_to(Method::GET, url, None::<&()>, &[], what)
             .await?;
-        resp.json::<Vec<TaggedRequestResult>>()
+        resp.json::<RunPage>()
             .with_context(|| format!("unexpected answer when {what}"))
     }
 
@@ -810,50 +954,37 @@ fn truncate(s: &str, max: usize) -> String {
 }
 
 /// Table of tagged runs (`list`).
-fn format_table(runs: &[TaggedRequestResult]) -> String {
-    const HEADERS: [&str; 4] = ["ID", "ALGORITHM", "STATUS", "RESULT/ERROR"];
-    let rows: Vec<[String; 4]> = runs
-        .iter()
-        .map(|r| {
-            let detail = if r.run_error_message.is_empty() {
-                &r.result_uri
-            } else {
-                &r.run_error_message
-            };
-            // Keep each run on one line.
-            let detail = detail.replace(['\n', '\r', '\t'], " ");
-            [
-                r.request_id.clone(),
-                r.algorithm_name.clone(),
-                r.status.clone(),
-                truncate(&detail, RESULT_COLUMN_WIDTH),
-            ]
-        })
-        .collect();
-    let mut widths = HEADERS.map(|h| h.chars().count());
-    for row in &rows {
+/// The result URI, or the error when there is one, on one line and truncated.
+fn detail(result_uri: &str, error: &str) -> String {
+    let d = if error.is_empty() { result_uri } else { error };
+    // Keep each run on one line.
+    truncate(&d.replace(['\n', '\r', '\t'], " "), RESULT_COLUMN_WIDTH)
+}
+
+/// Aligns `rows` under `headers`, two spaces between columns, the last one unpadded.
+fn format_rows<const N: usize>(headers: [&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = headers.map(|h| h.chars().count());
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    let mut push_row = |cells: [&str; 4]| {
+    let mut push_row = |cells: [&str; N]| {
         let mut line = String::new();
         for (i, cell) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                line.push_str(cell);
-            } else {
+            line.push_str(cell);
+            if i + 1 < N {
                 let pad = widths[i].saturating_sub(cell.chars().count()) + 2;
-                line.push_str(cell);
                 line.extend(std::iter::repeat_n(' ', pad));
             }
         }
         out.push_str(line.trim_end());
         out.push('\n');
     };
-    push_row(HEADERS);
-    for row in &rows {
-        push_row([&row[0], &row[1], &row[2], &row[3]]);
+    push_row(headers);
+    for row in rows {
+        push_row(std::array::from_fn(|i| row[i].as_str()));
     }
     out
 }
@@ -871,13 +1002,15 @@ mod tests {
         cmd: RunCommand,
     }
 
-    fn tagged(id: &str, status: &str, uri: &str, err: &str) -> TaggedRequestResult {
-        TaggedRequestResult {
+    fn tagged(id: &str, status: &str, uri: &str, err: &str) -> RunSummary {
+        RunSummary {
             request_id: id.to_owned(),
             algorithm_name: "knapsack".to_owned(),
             status: status.to_owned(),
             result_uri: uri.to_owned(),
             run_error_message: err.to_owned(),
+            submitted_at: "2026-12-07T06:13:29.123Z".into(),
+            ..RunSummary::default()
         }
     }
 
@@ -998,18 +1131,44 @@ mod tests {
     #[test]
     fn table_aligns_and_truncates() {
         let long = "x".repeat(100);
-        let table = format_table(&[
+        let table = format_summaries(&[
             tagged("id-1", "COMPLETED", "http://r/1", ""),
             tagged("id-22", "FAILED", "", &format!("boom\n{long}")),
         ]);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 3);
-        assert!(lines[0].starts_with("ID     ALGORITHM  STATUS     RESULT/ERROR"));
-        assert!(lines[1].starts_with("id-1   knapsack   COMPLETED  http://r/1"));
+        assert!(lines[0].starts_with("ID     ALGORITHM  STATUS     SUBMITTED            RESULT/ERROR"));
+        assert!(lines[1].starts_with("id-1   knapsack   COMPLETED  2026-12-07 06:13:29  http://r/1"));
         assert!(lines[2].contains("boom x"));
         assert!(lines[2].ends_with('…'));
-        let detail = lines[2].split("FAILED").nth(1).unwrap_or_default().trim();
+        let detail = lines[2].split("06:13:29").nth(1).unwrap_or_default().trim();
         assert_eq!(detail.chars().count(), RESULT_COLUMN_WIDTH);
+    }
+
+    #[test]
+    fn listing_table_and_times() {
+        let run = RunSummary {
+            request_id: "id-1".into(),
+            algorithm_name: "knapsack".into(),
+            status: "FAILED".into(),
+            submitted_at: "2026-12-07T06:13:29.123Z".into(),
+            run_error_message: "boom\nagain".into(),
+            ..RunSummary::default()
+        };
+        let t = format_summaries(&[run]);
+        assert_eq!(
+            t,
+            "ID    ALGORITHM  STATUS  SUBMITTED            RESULT/ERROR\n\
+             id-1  knapsack   FAILED  2026-12-07 06:13:29  boom again\n"
+        );
+        let now = humantime::parse_rfc3339("2026-12-07T06:00:00Z").unwrap();
+        assert_eq!(time_arg("--since", "2h", now).unwrap(), "2026-12-07T04:00:00.000Z");
+        assert_eq!(
+            time_arg("--since", "2026-12-01T00:00:00Z", now).unwrap(),
+            "2026-12-01T00:00:00Z"
+        );
+        let e = time_arg("--until", "soon", now).unwrap_err().to_string();
+        assert!(e.contains("--until \"soon\": give a time"), "{e}");
     }
 
     #[test]

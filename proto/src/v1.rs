@@ -134,3 +134,156 @@ pub mod env {
     /// and SDKs' option, so an algorithm's own client picks it up.
     pub const CA_FILE: &str = "NEXUS_CA_FILE";
 }
+
+/// An element of `GET /algorithm/v1/runs` (a run's summary; `/metadata` has the whole record).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunSummary {
+    /// Run id.
+    pub request_id: String,
+    /// Algorithm name.
+    pub algorithm_name: String,
+    /// Stage name.
+    pub status: String,
+    /// Client tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Parent run (execution trees).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_request_id: Option<String>,
+    /// Root of the run's execution tree (the run itself for a root).
+    pub root_request_id: String,
+    /// Shard the run is sent to.
+    pub shard: String,
+    /// Workgroup.
+    pub workgroup: String,
+    /// Launches so far.
+    pub attempts: u32,
+    /// When the run was submitted (RFC 3339; the time in its id).
+    pub submitted_at: String,
+    /// When the current attempt started (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// When the run finished (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// Result URL (COMPLETED), else empty.
+    pub result_uri: String,
+    /// Failure cause (terminal failures), else empty.
+    pub run_error_message: String,
+}
+
+/// `GET /algorithm/v1/runs`: one page of runs, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunPage {
+    /// The runs of this page that the caller may read.
+    pub runs: Vec<RunSummary>,
+    /// Pass as `cursor` for the next page; absent at the end. A page may hold fewer runs than
+    /// `limit` (even none) while a cursor follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// One stage change of a run (`GET /algorithm/v1/timeline/...`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TimelineEntry {
+    /// When (RFC 3339).
+    pub at: String,
+    /// Stage before.
+    pub from: String,
+    /// Stage after.
+    pub to: String,
+    /// The component that made the change (`scheduler`, `receiver`, `executor`, `supervisor`,
+    /// `tree`, or `nexus` when unrecorded).
+    pub by: String,
+    /// Why.
+    pub cause: String,
+}
+
+/// `GET /algorithm/v1/timeline/{alg}/requests/{id}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunTimeline {
+    /// Run id.
+    pub request_id: String,
+    /// Algorithm name.
+    pub algorithm_name: String,
+    /// Stage now.
+    pub status: String,
+    /// Every recorded change, oldest first.
+    pub timeline: Vec<TimelineEntry>,
+}
+
+/// Where a queued run waits on the scheduler that answers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueuePlace {
+    /// The scheduler holding the queue.
+    pub scheduler: String,
+    /// The shard (lane).
+    pub shard: String,
+    /// `priority` (recovered runs), `queue` (new runs) or `retry` (after a failed dispatch).
+    pub part: String,
+    /// 1 for the next run to go.
+    pub position: u64,
+    /// Runs in the lane.
+    pub lane_length: u64,
+    /// Dispatch attempts so far.
+    pub attempt: u32,
+    /// For a retry: milliseconds until it is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_in_ms: Option<u64>,
+}
+
+/// The state of a shard's lane on the scheduler that answers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LaneState {
+    /// The shard.
+    pub shard: String,
+    /// Runs waiting in the lane.
+    pub length: u64,
+    /// Milliseconds the lane stays paused because the shard was unreachable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_down_for_ms: Option<u64>,
+    /// This scheduler's dispatch rate toward the shard now (runs per second).
+    pub rate_per_second: f64,
+    /// Its share of the shard's budget (the rate it climbs back to).
+    pub ceiling_per_second: f64,
+    /// Schedulers sharing the budget.
+    pub schedulers: u32,
+    /// True while the rate is below the ceiling after the shard said "slow down".
+    pub slowed_down: bool,
+}
+
+/// `GET /algorithm/v1/explain/{alg}/requests/{id}`: what a run is doing and why.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunExplanation {
+    /// Run id.
+    pub request_id: String,
+    /// Algorithm name.
+    pub algorithm_name: String,
+    /// Stage now.
+    pub status: String,
+    /// When it entered this stage (RFC 3339), when recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// One sentence.
+    pub summary: String,
+    /// Everything known that bears on it, one fact a line.
+    pub reasons: Vec<String>,
+    /// Its place in the queue, when the scheduler that answers holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueuePlace>,
+    /// Its shard's lane on the scheduler that answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lane: Option<LaneState>,
+    /// The workgroup's concurrency limit per receiver (`maxConcurrentRuns`), when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workgroup_max_concurrent_runs: Option<u32>,
+    /// The run's stage changes, oldest first.
+    pub timeline: Vec<TimelineEntry>,
+}

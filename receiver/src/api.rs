@@ -174,7 +174,8 @@ impl Receiver {
         let (target, patch) = match result.error_cause.as_deref().filter(|c| !c.is_empty()) {
             Some(cause) => (
                 Stage::Failed,
-                RunPatch::failure(cause, result.error_details.clone().unwrap_or_default()),
+                RunPatch::failure(cause, result.error_details.clone().unwrap_or_default())
+                    .by("receiver", format!("the algorithm reported a failure: {cause}")),
             ),
             None => {
                 // Whether a result was uploaded, without reading it (it may be big).
@@ -194,7 +195,8 @@ impl Receiver {
                     result_uri: (!result.result_uri.is_empty()).then(|| result.result_uri.clone()),
                     result_stored: Some(uploaded && result.result_uri.is_empty()),
                     ..RunPatch::default()
-                };
+                }
+                .by("receiver", "the algorithm reported its result");
                 (Stage::Completed, patch)
             }
         };

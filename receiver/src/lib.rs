@@ -223,7 +223,15 @@ impl Receiver {
             // A launch again after a lost receiver is one more attempt (the supervisor caps them).
             attempts: relaunch.then_some(run.attempts + 1),
             ..RunPatch::default()
-        };
+        }
+        .by(
+            "receiver",
+            if relaunch {
+                format!("launched again by receiver {} (attempt {})", self.instance_id, run.attempts + 1)
+            } else {
+                format!("launched by receiver {}", self.instance_id)
+            },
+        );
         match self
             .store
             .transition(run.id, run.stage, Stage::Running, patch)
@@ -283,7 +291,8 @@ impl Receiver {
             if from == Stage::Buffered || from == Stage::New {
                 // The start was not recorded yet (the executor's start event is still on its
                 // way): record it now, so a finished run always shows an attempt and a start.
-                let started = RunPatch::started_late(&run, nexus_model::run::now_millis());
+                let started = RunPatch::started_late(&run, nexus_model::run::now_millis())
+                    .by("receiver", "completion arrived before the start event");
                 match self
                     .store
                     .transition(id, from, Stage::Running, started)

@@ -5,6 +5,7 @@
 const TERMINAL = new Set(["COMPLETED", "FAILED", "CANCELLED", "SCHEDULING_FAILED", "DEADLINE_EXCEEDED"]);
 const STAGES = ["BUFFERED", "QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "SCHEDULING_FAILED", "DEADLINE_EXCEEDED"];
 const PAGE = 50;
+const MAX_READS = 5; // calls per page the runs page makes at most
 const LIVE_MS = 3000;
 const TOKEN_KEY = "nexus.token";
 
@@ -30,10 +31,14 @@ function el(tag, attrs = {}, ...children) {
 }
 const stage = (s) => el("span", { class: `stage ${s}`, text: s, "data-stage": s });
 const when = (t) => (t ? new Date(t).toLocaleString() : "");
+// With milliseconds: the stage changes of a quick run are a few milliseconds apart.
+const PRECISE = { year: "numeric", month: "numeric", day: "numeric", hour: "numeric", minute: "2-digit", second: "2-digit", fractionalSecondDigits: 3 };
+const precisely = (t) => (t ? new Date(t).toLocaleString(undefined, PRECISE) : "");
 function duration(from, to) {
   if (!from) return "";
   const ms = (to ? new Date(to) : new Date()) - new Date(from);
   if (!(ms >= 0)) return "";
+  if (ms < 1000) return `${ms} ms`;
   const s = ms / 1000;
   if (s < 60) return `${s.toFixed(1)} s`;
   if (s < 3600) return `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`;
@@ -75,7 +80,13 @@ async function api(path, init = {}) {
     if (r.status === 401) askToken(msg);
     throw new ApiError(r.status, `${r.status}: ${msg || r.statusText}`);
   }
-  return text ? JSON.parse(text) : null;
+  // Some answers are text (a cancel's acknowledgement): only JSON is parsed.
+  if (!text) return null;
+  return /json/.test(r.headers.get("Content-Type") || "") ? JSON.parse(text) : text;
+}
+// Shows a failed call: a 401 already opened the token dialog (its banner says so).
+function showError(e) {
+  if (e.status !== 401) banner(e.message);
 }
 const enc = encodeURIComponent;
 
@@ -168,7 +179,7 @@ async function runsView(main, params, v) {
   const table = el("table", { id: "runs" },
     el("thead", {}, el("tr", {}, ["run", "algorithm", "stage", "tag", "submitted", "duration", "attempts", "shard"].map((h) => el("th", { text: h })))),
     tbody);
-  const status = el("p", { class: "muted", id: "runs-status" });
+  const status = el("p", { class: "muted", id: "runs-status", role: "status" });
   const more = el("button", { type: "button", class: "secondary more", id: "more", text: "Load more", hidden: true });
   main.append(table, status, more);
 
@@ -184,7 +195,7 @@ async function runsView(main, params, v) {
   const row = (r) => el("tr", { "data-id": r.requestId },
     el("td", { class: "id" }, el("a", { href: `#/run/${enc(r.algorithmName)}/${enc(r.requestId)}`, text: r.requestId })),
     el("td", { text: r.algorithmName }),
-    el("td", {}, stage(r.status)),
+    el("td", { title: r.runErrorMessage || null }, stage(r.status)),
     el("td", { text: r.tag || "" }),
     el("td", { text: when(r.submittedAt) }),
     el("td", { text: duration(r.startedAt || r.submittedAt, r.finishedAt) }),
@@ -199,101 +210,186 @@ async function runsView(main, params, v) {
       else fresh.push(tr);
       rows.set(r.requestId, tr);
     }
+    // `runs` is newest first: on top, the block keeps that order above the known rows.
     if (atTop) tbody.prepend(...fresh);
     else tbody.append(...fresh);
-    status.textContent = rows.size ? `${rows.size} runs shown` : "No run matches.";
+    showStatus();
   }
-  async function page(after) {
+  function showStatus() {
+    if (rows.size) status.textContent = `${rows.size} run${rows.size === 1 ? "" : "s"} shown`;
+    else status.textContent = cursor ? "No run found so far: Load more searches further." : "No run matches.";
+  }
+  function page(after) {
     const q = new URLSearchParams(query);
     q.set("limit", PAGE);
     if (after) q.set("cursor", after);
     return api(`/algorithm/v1/runs?${q}`);
   }
+  // Reads from `after` until a page's worth of runs or the end, in at most MAX_READS calls: a
+  // store may answer short pages, even empty ones with a cursor, to bound its work per call.
+  async function fill(after) {
+    const runs = [];
+    let next = after;
+    let reads = 0;
+    do {
+      const p = await page(next);
+      runs.push(...p.runs);
+      next = p.nextCursor || null;
+      reads += 1;
+    } while (next && runs.length < PAGE && reads < MAX_READS);
+    return { runs, next };
+  }
+  let loaded = false; // the first page is shown (until then, a refresh loads it)
   more.addEventListener("click", async () => {
     more.disabled = true;
     try {
-      const p = await page(cursor);
+      const p = await fill(cursor);
       if (!current(v)) return;
-      put(p.runs, false);
-      cursor = p.nextCursor || null;
+      cursor = p.next;
       more.hidden = !cursor;
+      put(p.runs, false);
     } catch (e) {
-      banner(e.message);
+      showError(e);
     } finally {
       more.disabled = false;
     }
   });
-  async function refresh(first) {
+  let inflight = false; // one refresh at a time (ticking "live" during one must not start another loop)
+  async function refresh() {
+    if (inflight) return;
+    inflight = true;
     try {
-      const p = await page(null);
-      if (!current(v)) return;
-      banner("");
       // Newest first: on a refresh, new runs go on top and known ones are updated in place.
-      put(first ? p.runs : [...p.runs].reverse(), !first);
-      if (first) {
-        cursor = p.nextCursor || null;
+      if (!loaded) {
+        const p = await fill(null);
+        if (!current(v)) return;
+        cursor = p.next;
         more.hidden = !cursor;
+        loaded = true;
+        put(p.runs, false);
+      } else {
+        const p = await page(null);
+        if (!current(v)) return;
+        put(p.runs, true);
       }
+      banner("");
     } catch (e) {
-      if (current(v)) banner(e.message);
+      if (current(v)) showError(e);
+    } finally {
+      inflight = false;
     }
-    if ($("#live")?.checked) later(v, () => refresh(false), LIVE_MS);
+    if ($("#live")?.checked) later(v, refresh, LIVE_MS);
   }
-  await refresh(true);
+  // Ticking "live" takes effect at once (the URL keeps it for the next filter).
+  $("#live").addEventListener("change", (e) => {
+    if (timer) clearTimeout(timer);
+    timer = null;
+    if (e.target.checked) later(v, refresh, 0);
+  });
+  await refresh();
 }
 
 // --- one run ------------------------------------------------------------------------------------
+const RUN_LIVE_MS = 2000;
+const LOG_TAIL_BYTES = 64 * 1024;
+const LOG_CHECKS = 5;
+
 async function runView(main, alg, id, v) {
   const base = `/algorithm/v1`;
-  const title = el("h1", {}, `${alg} / `, el("span", { class: "id", text: id }));
+  const path = `${enc(alg)}/requests/${enc(id)}`;
+  const title = el("h1", {}, `${alg} / `, el("span", { class: "id", text: id }), " ", el("span", { id: "run-stage", role: "status" }));
   const actions = el("div", { class: "row" });
+  const liveNote = el("span", { class: "muted", id: "run-live" });
   const facts = el("dl", { class: "facts", id: "facts" });
   const links = el("div", { class: "row", id: "links" });
   const errorBox = el("pre", { id: "error", hidden: true });
+  const why = el("section", { id: "explanation", "aria-labelledby": "why-h" });
+  const timeline = el("section", { id: "timeline", "aria-labelledby": "timeline-h" });
+  const logs = el("section", { id: "logs", "aria-labelledby": "logs-h" });
   const children = el("div", { id: "children" });
-  main.append(title, actions, el("h2", { text: "Run" }), facts, links, errorBox, el("h2", { text: "Child runs" }), children);
+  main.append(title, actions,
+    el("h2", { id: "why-h", text: "Why is it in this stage" }), why,
+    el("h2", { text: "Run" }), facts, links, errorBox,
+    el("h2", { id: "timeline-h", text: "Timeline" }), timeline,
+    el("h2", { id: "children-h", text: "Child runs" }), children,
+    el("h2", { id: "logs-h", text: "Logs" }), logs);
 
   const cancel = el("button", { type: "button", class: "danger", id: "cancel", text: "Cancel run", hidden: true });
-  actions.append(cancel, el("a", { href: `#/runs?root=${enc(id)}`, text: "runs of this tree" }));
+  actions.append(cancel, el("a", { href: `#/runs?root=${enc(id)}`, text: "runs of this tree" }), liveNote);
   cancel.addEventListener("click", async () => {
     if (!confirm(`Cancel run ${id}?`)) return;
     cancel.disabled = true;
     try {
-      await api(`${base}/cancel/${enc(alg)}/requests/${enc(id)}`, {
+      await api(`${base}/cancel/${path}`, {
         method: "POST",
         headers: { "Content-Type": "application/json" },
         body: JSON.stringify({ initiator: "web console", reason: "cancelled from the web console", cancellationPolicy: "Background" }),
       });
       banner(`Cancellation of ${id} requested.`, "info");
-      load();
+      reload();
     } catch (e) {
-      banner(e.message);
+      showError(e);
     } finally {
       cancel.disabled = false;
     }
   });
 
+  let shownLogs = null; // the logs URL whose text is shown
+  let logChecks = 0; // reads for the logs after the run ended
+  function reload() {
+    if (timer) clearTimeout(timer);
+    timer = null;
+    load();
+  }
   async function load() {
-    let m;
+    let m, x;
     try {
-      m = await api(`${base}/metadata/${enc(alg)}/requests/${enc(id)}`);
+      // Metadata (facts and signed links) and the explanation (which carries the timeline).
+      [m, x] = await Promise.all([api(`${base}/metadata/${path}`), api(`${base}/explain/${path}`)]);
     } catch (e) {
-      if (current(v)) banner(e.status === 404 ? `No run ${id} of algorithm ${alg}.` : e.message);
+      if (!current(v)) return;
+      if (e.status === 404) banner(`No run ${id} of algorithm ${alg}.`);
+      else showError(e);
+      // A scheduler restarting or a lost connection: keep trying, as the runs page does.
+      if (e.status !== 404 && e.status !== 401 && e.status !== 403) later(v, load, RUN_LIVE_MS * 2);
       return;
     }
     if (!current(v)) return;
-    const fact = (k, val) => (val === undefined || val === "" ? [] : [el("dt", { text: k }), el("dd", {}, val)]);
+    const done = TERMINAL.has(m.lifecycle_stage);
+    $("#run-stage").replaceChildren(stage(m.lifecycle_stage));
+    liveNote.textContent = done ? "final" : `updating every ${RUN_LIVE_MS / 1000} s`;
+    showFacts(m);
+    showExplanation(x);
+    showTimeline(x.timeline || []);
+    if (m.logs_uri !== shownLogs) {
+      shownLogs = m.logs_uri || null;
+      showLogs(shownLogs);
+    }
+    cancel.hidden = done;
+    await tree(children, alg, id, v);
+    // The output is stored when the process exits, which can be just after the run ended (a
+    // cancelled or completed run's process is still stopping): look a few more times.
+    if (done && !m.logs_uri && logChecks < LOG_CHECKS) logChecks += 1;
+    else if (done) logChecks = LOG_CHECKS;
+    if (!done || logChecks < LOG_CHECKS) later(v, load, RUN_LIVE_MS);
+    else if (!m.logs_uri) logs.replaceChildren(el("p", { class: "muted", id: "logs-none", text: "No output was stored for this run." }));
+  }
+
+  function showFacts(m) {
+    const fact = (k, val) => (val === undefined || val === null || val === "" ? [] : [el("dt", { text: k }), el("dd", {}, val)]);
     facts.replaceChildren(
       ...fact("stage", stage(m.lifecycle_stage)),
       ...fact("submitted", when(m.received_at)),
       ...fact("started", when(m.started_at)),
       ...fact("finished", when(m.finished_at)),
-      ...fact("duration", duration(m.started_at || m.received_at, m.finished_at)),
+      ...(m.started_at || m.finished_at
+        ? fact("duration", duration(m.started_at || m.received_at, m.finished_at))
+        : fact("waiting for", duration(m.received_at, null))),
       ...fact("attempts", m.attempts),
       ...fact("workgroup", m.workgroup),
       ...fact("shard", m.shard),
       ...fact("tag", m.tag),
-      ...fact("parent", m.parent ? el("a", { href: `#/run/${enc(m.parent.algorithmName)}/${enc(m.parent.requestId)}`, text: `${m.parent.algorithmName} / ${m.parent.requestId}` }) : undefined),
+      ...fact("parent", m.parent ? el("a", { href: `#/run/${enc(m.parent.algorithmName)}/${enc(m.parent.requestId)}`, id: "parent-link", text: `${m.parent.algorithmName} / ${m.parent.requestId}` }) : undefined),
       ...fact("root", m.root && m.root !== id ? el("span", { class: "id", text: m.root }) : undefined),
       ...fact("depth", m.depth),
       ...fact("executor", m.job_uid),
@@ -303,24 +399,86 @@ async function runView(main, alg, id, v) {
       m.payload_uri ? el("a", { href: m.payload_uri, id: "payload-link", target: "_blank", rel: "noopener", text: "payload" }) : "",
       m.result_uri ? el("a", { href: m.result_uri, id: "result-link", target: "_blank", rel: "noopener", text: "result" }) : "",
       m.logs_uri ? el("a", { href: m.logs_uri, id: "logs-link", target: "_blank", rel: "noopener", text: "logs" }) : "");
-    if (m.algorithm_failure_cause) {
-      errorBox.hidden = false;
-      errorBox.textContent = `${m.algorithm_failure_cause}\n\n${m.algorithm_failure_details || ""}`;
-    }
-    cancel.hidden = TERMINAL.has(m.lifecycle_stage);
-    await tree(children, alg, id, v);
-    if (!TERMINAL.has(m.lifecycle_stage)) later(v, load, 2000);
+    errorBox.hidden = !m.algorithm_failure_cause;
+    errorBox.textContent = m.algorithm_failure_cause ? `${m.algorithm_failure_cause}\n\n${m.algorithm_failure_details || ""}` : "";
   }
+
+  function showExplanation(x) {
+    const parts = [el("p", { id: "why-summary", text: x.summary })];
+    if (x.reasons && x.reasons.length) parts.push(el("ul", { id: "why-reasons" }, x.reasons.map((r) => el("li", { text: r }))));
+    const kv = [];
+    const add = (k, val) => kv.push(el("dt", { text: k }), el("dd", { text: String(val) }));
+    if (x.since) add("in this stage since", when(x.since));
+    if (x.queue) {
+      add("queue", `${x.queue.part} of shard ${x.queue.shard} on ${x.queue.scheduler}`);
+      add("position", `${x.queue.position} of ${x.queue.laneLength}`);
+      add("dispatch attempts", x.queue.attempt);
+      if (x.queue.retryInMs !== undefined) add("next attempt in", `${(x.queue.retryInMs / 1000).toFixed(1)} s`);
+    }
+    if (x.lane) {
+      add("lane", `${x.lane.length} waiting for shard ${x.lane.shard}`);
+      add("dispatch rate", `${x.lane.ratePerSecond.toFixed(1)}/s of ${x.lane.ceilingPerSecond.toFixed(1)}/s${x.lane.slowedDown ? " (slowed down by the shard)" : ""}, ${x.lane.schedulers} scheduler(s)`);
+      if (x.lane.shardDownForMs !== undefined) add("shard unreachable, lane paused for", `${(x.lane.shardDownForMs / 1000).toFixed(1)} s`);
+    }
+    if (x.workgroupMaxConcurrentRuns !== undefined) add("workgroup limit", `${x.workgroupMaxConcurrentRuns} run(s) at once per receiver`);
+    if (kv.length) parts.push(el("dl", { class: "facts" }, kv));
+    why.replaceChildren(...parts);
+  }
+
+  function showTimeline(entries) {
+    if (!entries.length) {
+      timeline.replaceChildren(el("p", { class: "muted", text: "No stage change recorded." }));
+      return;
+    }
+    timeline.replaceChildren(el("table", { id: "timeline-table" },
+      el("caption", { class: "visually-hidden", text: "Stage changes, oldest first" }),
+      el("thead", {}, el("tr", {}, ["time", "change", "by", "cause"].map((h) => el("th", { scope: "col", text: h })))),
+      el("tbody", {}, entries.map((t) => el("tr", { "data-to": t.to },
+        el("td", { text: precisely(t.at), title: t.at }),
+        el("td", {}, stage(t.from), " → ", stage(t.to)),
+        el("td", { text: t.by }),
+        el("td", { text: t.cause }))))));
+  }
+
+  // The output is stored when the process ends (this API has no live log stream): until then
+  // there is nothing to show. Signed URLs of this origin are fetched and their tail shown.
+  async function showLogs(uri) {
+    if (!uri) {
+      logs.replaceChildren(el("p", { class: "muted", id: "logs-none", text: "The run's output is stored when its process ends; nothing yet." }));
+      return;
+    }
+    let same = false;
+    try {
+      same = new URL(uri, location.href).origin === location.origin;
+    } catch (_) { /* not a URL: link only */ }
+    if (!same) {
+      logs.replaceChildren(el("p", {}, el("a", { href: uri, target: "_blank", rel: "noopener", text: "open the logs" })));
+      return;
+    }
+    try {
+      // No Authorization header: the signature is the credential.
+      const r = await fetch(uri, { credentials: "omit", cache: "no-store" });
+      if (!r.ok) throw new Error(`${r.status}`);
+      const text = await r.text();
+      if (!current(v) || uri !== shownLogs) return;
+      const tail = text.length > LOG_TAIL_BYTES ? `…\n${text.slice(-LOG_TAIL_BYTES)}` : text;
+      logs.replaceChildren(el("pre", { id: "logs-text", tabindex: "0", "aria-label": "run output" , text: tail }));
+    } catch (e) {
+      if (current(v)) logs.replaceChildren(el("p", {}, `The logs could not be read here (${e.message}): `, el("a", { href: uri, target: "_blank", rel: "noopener", text: "open them" })));
+    }
+  }
+
   await load();
 }
 
-// The children of a run, each expandable into its own children (loaded when opened).
+// The children of a run, each expandable into its own children (loaded when opened). A refresh
+// updates the list in place, so subtrees the user opened stay open.
 async function tree(container, alg, id, v) {
   let kids;
   try {
     kids = await api(`/algorithm/v1/children/${enc(alg)}/requests/${enc(id)}`);
   } catch (e) {
-    container.replaceChildren(el("p", { class: "muted", text: e.message }));
+    if (current(v)) container.replaceChildren(el("p", { class: "muted", text: e.message }));
     return;
   }
   if (!current(v)) return;
@@ -328,10 +486,19 @@ async function tree(container, alg, id, v) {
     container.replaceChildren(el("p", { class: "muted", text: "none" }));
     return;
   }
-  const ul = el("ul", { class: "tree" });
+  let ul = container.querySelector(":scope > ul.tree");
+  if (!ul) {
+    ul = el("ul", { class: "tree", "aria-label": `child runs of ${id}` });
+    container.replaceChildren(ul);
+  }
   for (const k of kids) {
+    const known = [...ul.children].find((li) => li.dataset.id === k.requestId);
+    if (known) {
+      known.querySelector(":scope > .stage").replaceWith(stage(k.status));
+      continue;
+    }
     const sub = el("div");
-    const open = el("button", { type: "button", class: "secondary", text: "children" });
+    const open = el("button", { type: "button", class: "secondary small", text: "children", "aria-label": `children of ${k.requestId}` });
     open.addEventListener("click", () => {
       open.remove();
       tree(sub, k.algorithmName, k.requestId, v);
@@ -340,7 +507,6 @@ async function tree(container, alg, id, v) {
       el("a", { href: `#/run/${enc(k.algorithmName)}/${enc(k.requestId)}`, text: `${k.algorithmName} / ${k.requestId}` }), " ",
       stage(k.status), " ", open, sub));
   }
-  container.replaceChildren(ul);
 }
 
 // --- algorithms ---------------------------------------------------------------------------------
@@ -350,7 +516,7 @@ async function algorithmsView(main, v) {
   try {
     a = await api("/algorithm/v1/algorithms");
   } catch (e) {
-    banner(e.message);
+    showError(e);
     return;
   }
   if (!current(v)) return;

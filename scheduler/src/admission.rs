@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nexus_model::error::ErrorKind;
-use nexus_model::run::{PayloadLocation, Run, RunId, Stage, now_millis};
+use nexus_model::run::{PayloadLocation, Run, RunId, Stage, StageChange, now_millis};
 use nexus_model::spec::{AlgorithmSpec, SpecOverride, ValidationErrors, parse_duration};
 use nexus_payload::{Keys, PayloadError};
 use nexus_store::{Inserted, StoreError};
@@ -592,6 +592,21 @@ impl Admission {
             started_at: None,
             finished_at: dry_run.then_some(now),
             last_modified: now,
+            timeline: vec![StageChange {
+                at: now,
+                from: Stage::New,
+                to: if dry_run {
+                    Stage::Completed
+                } else {
+                    Stage::Buffered
+                },
+                by: "scheduler".to_owned(),
+                cause: if dry_run {
+                    "dry run: accepted and finished without running".to_owned()
+                } else {
+                    format!("accepted by {} for shard {}", s.instance_id, workgroup.spec.cluster)
+                },
+            }],
         };
         let shard = run.shard.clone();
         let fingerprint = Fingerprint::of(&run);

@@ -79,6 +79,15 @@ pub fn router(s: Arc<Scheduler>) -> Router {
             get(get_children),
         )
         .route("/algorithm/v1/algorithms", get(crate::algorithms::list))
+        .route("/algorithm/v1/runs", get(list_runs))
+        .route(
+            "/algorithm/v1/timeline/{alg}/requests/{id}",
+            get(get_timeline),
+        )
+        .route(
+            "/algorithm/v1/explain/{alg}/requests/{id}",
+            get(get_explanation),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             s.clone(),
             access::authenticate,
@@ -414,6 +423,51 @@ async fn get_children(
         .map_err(|e| store_err(&e))?;
     let kids = access::readable(&s, &caller, kids).await?;
     Ok(axum::Json(tagged(&s, kids).await))
+}
+
+/// `GET /algorithm/v1/runs?algorithm&stage&tag&from&to&parent&root&shard&limit&cursor`: one
+/// page of the runs the caller may read, newest first (see [`crate::listing`]).
+#[tracing::instrument(skip_all)]
+async fn list_runs(
+    State(s): S,
+    Extension(caller): Who,
+    q: Result<Query<crate::listing::ListParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<axum::Json<v1::RunPage>> {
+    let Query(params) = q.map_err(|e| {
+        metrics::rejected("invalid_query");
+        ApiError::bad_request(format!(
+            "{}; accepted: algorithm, stage, tag, from, to, parent, root, shard, limit, cursor",
+            e.body_text()
+        ))
+    })?;
+    let listing = params.validate().map_err(|m| {
+        metrics::rejected("invalid_query");
+        ApiError::bad_request(m)
+    })?;
+    let (runs, next) = crate::listing::page(&s, &caller, listing).await?;
+    Ok(axum::Json(crate::listing::http_page(&s, runs, next).await))
+}
+
+/// `GET /algorithm/v1/timeline/{alg}/requests/{id}`: every stage change of the run, with its
+/// time, the component that made it and the cause.
+async fn get_timeline(
+    State(s): S,
+    Extension(caller): Who,
+    Path((alg, id)): Path<(String, String)>,
+) -> ApiResult<axum::Json<v1::RunTimeline>> {
+    let run = load_for(&s, &caller, Action::Read, &alg, &id).await?;
+    Ok(axum::Json(crate::explain::timeline(&run)))
+}
+
+/// `GET /algorithm/v1/explain/{alg}/requests/{id}`: what the run is doing and why (see
+/// [`crate::explain`]).
+async fn get_explanation(
+    State(s): S,
+    Extension(caller): Who,
+    Path((alg, id)): Path<(String, String)>,
+) -> ApiResult<axum::Json<v1::RunExplanation>> {
+    let run = load_for(&s, &caller, Action::Read, &alg, &id).await?;
+    Ok(axum::Json(crate::explain::explain(&s, &run)))
 }
 
 /// `GET /algorithm/v1/metadata/{alg}/requests/{id}`: the run as Go's `CheckpointedRequest`

@@ -148,6 +148,42 @@ mod tests {
             .unwrap()
     }
 
+    /// The rules of the console's code the CSP cannot enforce alone: no HTML parsing of data,
+    /// no code from strings, no other origin called, no inline script, style or handler.
+    #[test]
+    fn the_assets_build_the_page_from_text_only() {
+        let js = include_str!("../console/app.js");
+        let code: String = js
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        for banned in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "eval(",
+            "new Function",
+            "http://",
+            "https://",
+            "localStorage",
+        ] {
+            assert!(!code.contains(banned), "app.js uses {banned}");
+        }
+        let html = include_str!("../console/index.html");
+        for banned in [
+            " style=",
+            " onclick=",
+            " onload=",
+            " onsubmit=",
+            "<script>",
+            "<style",
+        ] {
+            assert!(!html.contains(banned), "index.html has {banned}");
+        }
+    }
+
     #[tokio::test]
     async fn assets_are_served_with_a_strict_policy_and_revalidated() {
         let r = get("/console/", None).await;

@@ -365,7 +365,12 @@ async fn fail(s: &Scheduler, id: nexus_model::run::RunId, from: Stage, cause: &s
     };
     if let Err(e) = s
         .store
-        .transition(id, from, to, RunPatch::failure(cause, details))
+        .transition(
+            id,
+            from,
+            to,
+            RunPatch::failure(cause, details).by("scheduler", format!("dispatch gave up: {cause}")),
+        )
         .await
     {
         tracing::warn!(run_id = %id, stage = ?to, error = %e, "could not record the run's stage");

@@ -337,6 +337,9 @@ impl RunService for Runs {
     ) -> Result<tonic::Response<ListRunsResponse>, Status> {
         let caller = self.caller(&request).await?;
         let r = request.get_ref();
+        if is_paged(r) {
+            return self.list_page(&caller, r).await;
+        }
         let limit = match r.limit {
             0 => LIST_MAX,
             n => (n as usize).min(LIST_MAX),
@@ -361,7 +364,57 @@ impl RunService for Runs {
         for run in &runs {
             out.push(self.status(run).await);
         }
-        Ok(tonic::Response::new(ListRunsResponse { runs: out }))
+        Ok(tonic::Response::new(ListRunsResponse {
+            runs: out,
+            next_cursor: String::new(),
+        }))
+    }
+}
+
+/// True when a ListRuns asks for a page (any paging field set).
+fn is_paged(r: &ListRunsRequest) -> bool {
+    !r.algorithm.is_empty()
+        || !r.stage.is_empty()
+        || r.from_ms != 0
+        || r.to_ms != 0
+        || !r.root_request_id.is_empty()
+        || !r.shard.is_empty()
+        || !r.cursor.is_empty()
+        || r.page_size != 0
+}
+
+impl Runs {
+    /// A paged ListRuns, validated as the HTTP listing is.
+    async fn list_page(
+        &self,
+        caller: &Caller,
+        r: &ListRunsRequest,
+    ) -> Result<tonic::Response<ListRunsResponse>, Status> {
+        let ms = |v: i64| (v != 0).then(|| v.to_string());
+        let params = crate::listing::ListParams {
+            algorithm: Some(r.algorithm.clone()),
+            stage: Some(r.stage.clone()),
+            tag: Some(r.tag.clone()),
+            from: ms(r.from_ms),
+            to: ms(r.to_ms),
+            parent: Some(r.parent_request_id.clone()),
+            root: Some(r.root_request_id.clone()),
+            shard: Some(r.shard.clone()),
+            limit: (r.page_size != 0).then(|| r.page_size.to_string()),
+            cursor: Some(r.cursor.clone()),
+        };
+        let listing = params.validate().map_err(Status::invalid_argument)?;
+        let (runs, next) = crate::listing::page(&self.s, caller, listing)
+            .await
+            .map_err(Status::from)?;
+        let mut out = Vec::with_capacity(runs.len());
+        for run in &runs {
+            out.push(self.status(run).await);
+        }
+        Ok(tonic::Response::new(ListRunsResponse {
+            runs: out,
+            next_cursor: next.unwrap_or_default(),
+        }))
     }
 }
 
@@ -522,5 +575,65 @@ mod tests {
         .unwrap_err();
         assert_eq!((status, e.code()), (429, Code::ResourceExhausted));
         assert_eq!(e.message(), text);
+    }
+
+    #[tokio::test]
+    async fn list_runs_pages_newest_first_and_keeps_the_old_form() {
+        use nexus_proto::grpc::ListRunsRequest;
+        use nexus_store::RunStore as _;
+        let (s, store) = scheduler(SchedulerConfig::default());
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let mut run = nexus_store::test_suite::sample_run("knapsack");
+            run.tag = Some("t".into());
+            ids.push(run.id.to_string());
+            store.insert(run).await.unwrap();
+        }
+        let svc = Runs::new(s);
+        let list = |r: ListRunsRequest| {
+            let svc = svc.clone();
+            async move { svc.list_runs(tonic::Request::new(r)).await.map(|r| r.into_inner()) }
+        };
+        // The old form: by tag, oldest first, no cursor.
+        let old = list(ListRunsRequest {
+            tag: "t".into(),
+            ..ListRunsRequest::default()
+        })
+        .await
+        .unwrap();
+        let got: Vec<String> = old.runs.iter().map(|r| r.request_id.clone()).collect();
+        assert_eq!(got, ids);
+        assert!(old.next_cursor.is_empty());
+        // Paged: newest first, two then one.
+        let first = list(ListRunsRequest {
+            algorithm: "knapsack".into(),
+            page_size: 2,
+            ..ListRunsRequest::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(first.runs.len(), 2);
+        assert_eq!(first.runs[0].request_id, ids[2]);
+        assert!(!first.next_cursor.is_empty());
+        let second = list(ListRunsRequest {
+            algorithm: "knapsack".into(),
+            page_size: 2,
+            cursor: first.next_cursor.clone(),
+            ..ListRunsRequest::default()
+        })
+        .await
+        .unwrap();
+        let got: Vec<&str> = second.runs.iter().map(|r| r.request_id.as_str()).collect();
+        assert_eq!(got, vec![ids[0].as_str()]);
+        assert!(second.next_cursor.is_empty());
+        // Bad values: INVALID_ARGUMENT with the HTTP listing's message.
+        let e = list(ListRunsRequest {
+            page_size: 5000,
+            ..ListRunsRequest::default()
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("limit: must be a whole number from 1 to 1000"), "{e}");
     }
 }

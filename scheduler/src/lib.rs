@@ -31,8 +31,10 @@ pub mod api;
 pub mod console;
 pub mod dispatch;
 pub mod edge;
+pub mod explain;
 pub mod grpc;
 pub mod limiter;
+pub mod listing;
 pub mod metrics;
 pub mod queue;
 pub(crate) mod request_split;
@@ -351,6 +353,15 @@ impl Scheduler {
     /// True when a RUNNING run was queued to be launched again.
     pub(crate) fn is_relaunch(&self, id: nexus_model::run::RunId) -> bool {
         self.relaunches_mut().contains(&id)
+    }
+
+    /// When `id` was handed to its shard by this scheduler, if it still waits there to start.
+    pub(crate) fn handed_over_at(&self, id: nexus_model::run::RunId) -> Option<std::time::Instant> {
+        self.handed_over
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&id)
+            .copied()
     }
 
     /// Notes that a run was handed to its shard (see `handed_over`).

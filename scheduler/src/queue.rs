@@ -32,6 +32,33 @@ pub struct Queued {
     pub attempt: u32,
 }
 
+/// Which part of a lane a run waits in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Recovered or relaunched runs, served first.
+    Priority,
+    /// New runs, in acceptance order.
+    Fifo,
+    /// Runs waiting for a retry after a failed dispatch.
+    Retry,
+}
+
+/// Where a run waits in its lane ([`Lane::place`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place {
+    /// The part.
+    pub part: Part,
+    /// Runs served before it (in its part and the parts served first; for a retry, the retries
+    /// due earlier).
+    pub ahead: usize,
+    /// Dispatch attempts so far.
+    pub attempt: u32,
+    /// When a retry becomes due.
+    pub due: Option<Instant>,
+    /// Runs in the lane.
+    pub lane_len: usize,
+}
+
 /// A queued run inside a lane (the lane is its shard).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Entry {
@@ -195,6 +222,41 @@ impl Lane {
             self.depth.set(p.len());
         }
         e
+    }
+
+    /// Where `id` waits in this lane, if it is queued (not while it is being dispatched).
+    #[must_use]
+    pub fn place(&self, id: RunId) -> Option<Place> {
+        let p = self.parts();
+        let len = p.len();
+        if let Some(i) = p.priority.iter().position(|e| e.id == id) {
+            return Some(Place {
+                part: Part::Priority,
+                ahead: i,
+                attempt: p.priority[i].attempt,
+                due: None,
+                lane_len: len,
+            });
+        }
+        if let Some(i) = p.fifo.iter().position(|e| e.id == id) {
+            return Some(Place {
+                part: Part::Fifo,
+                ahead: p.priority.len() + i,
+                attempt: p.fifo[i].attempt,
+                due: None,
+                lane_len: len,
+            });
+        }
+        let d = p.delayed.iter().find(|d| d.0.entry.id == id)?;
+        let due = d.0.due;
+        let earlier = p.delayed.iter().filter(|o| o.0.due < due).count();
+        Some(Place {
+            part: Part::Retry,
+            ahead: earlier,
+            attempt: d.0.entry.attempt,
+            due: Some(due),
+            lane_len: len,
+        })
     }
 
     /// Marks the shard unreachable: the lane pauses for `pause(streak)` (the streak counts the

@@ -93,7 +93,8 @@ pub async fn cancel(
     let patch = RunPatch::failure(
         format!("Cancelled by '{initiator}'"),
         format!("Run cancelled, reason: '{reason}'"),
-    );
+    )
+    .by("scheduler", format!("cancelled by '{initiator}': {reason}"));
     // Compare-and-set loop: the stage may move (BUFFERED → RUNNING) between read and write.
     for _ in 0..8 {
         if run.stage.is_terminal() {

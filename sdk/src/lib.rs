@@ -394,9 +394,8 @@ impl Nexus {
     /// Retries exhausted.
     pub async fn children(&self, run: &RunRef) -> Result<Vec<RunStatus>, SdkError> {
         let msg = ListRunsRequest {
-            tag: String::new(),
             parent_request_id: run.request_id.clone(),
-            limit: 0,
+            ..ListRunsRequest::default()
         };
         self.retry(|mut c| {
             let req = self.request(msg.clone());

@@ -213,13 +213,15 @@ impl Supervisor {
             } => {
                 // The process that launched it owns a RUNNING run (in distributed mode the
                 // receiver: when its lease lapses, the supervisor launches the run again).
+                let started = format!("attempt {attempt} started ({executor_ref})");
                 let patch = RunPatch {
                     owner: Some(Some(self.instance_id.clone())),
                     attempts: Some(attempt),
                     executor_ref: Some(executor_ref),
                     started_at: Some(now_millis()),
                     ..RunPatch::default()
-                };
+                }
+                .by("executor", started);
                 for _ in 0..4 {
                     let Ok(Some(run)) = self.store.get(run_id).await else {
                         return;
@@ -278,7 +280,8 @@ impl Supervisor {
                         }
                         return;
                     };
-                    let mut patch = RunPatch::failure(dec.cause, dec.details);
+                    let why = format!("process ended: {}", dec.cause);
+                    let mut patch = RunPatch::failure(dec.cause, dec.details).by("supervisor", why);
                     patch.logs_stored = Some(logs_stored);
                     let to = if run.stage == Stage::Buffered
                         && dec.to != Stage::SchedulingFailed
@@ -291,7 +294,8 @@ impl Supervisor {
                                 run_id,
                                 Stage::Buffered,
                                 Stage::Running,
-                                RunPatch::started_late(&run, now_millis()),
+                                RunPatch::started_late(&run, now_millis())
+                                    .by("supervisor", "ended before its start was recorded"),
                             )
                             .await;
                         continue;

@@ -352,7 +352,15 @@ impl Recovery {
         let claim = RunPatch {
             owner: Some(Some(self.instance_id.clone())),
             ..RunPatch::default()
-        };
+        }
+        .by(
+            "supervisor",
+            format!(
+                "owner {owner} lapsed; claimed by {}{}",
+                self.instance_id,
+                if relaunch { " to launch it again" } else { " to queue it again" }
+            ),
+        );
         let mut run = if mine {
             run
         } else {
@@ -368,7 +376,8 @@ impl Recovery {
                     }
                     Lost::Skip => return Ok(report),
                     Lost::Exhausted { cause, details } => {
-                        let mut p = RunPatch::failure(cause, details);
+                        let why = format!("owner {owner} lapsed and no attempt is left: {cause}");
+                        let mut p = RunPatch::failure(cause, details).by("supervisor", why);
                         p.owner = claim.owner;
                         if self
                             .store
@@ -418,7 +427,13 @@ impl Recovery {
                 };
                 if self
                     .store
-                    .transition(id, stage, to, RunPatch::failure(cause, details))
+                    .transition(
+                        id,
+                        stage,
+                        to,
+                        RunPatch::failure(cause.clone(), details)
+                            .by("supervisor", format!("hand-over refused: {cause}")),
+                    )
                     .await
                     .is_ok()
                 {

@@ -100,6 +100,10 @@ pub(crate) struct Options {
     pub(crate) schema: &'static str,
     /// Version of `schema`, kept in `PRAGMA user_version`; a newer file is refused.
     pub(crate) schema_version: i64,
+    /// Upgrades of files written by older versions: `(version, statements)` pairs, oldest
+    /// first; a file at version `v` (> 0: 0 is a new file, which `schema` creates whole) gets
+    /// every upgrade above `v`, before `schema` runs, in the same transaction.
+    pub(crate) upgrades: &'static [(i64, &'static str)],
     /// Most write commands committed in one transaction (1 = one transaction per command).
     pub(crate) max_batch: usize,
     /// Page cache of the writer connection, in KiB.
@@ -312,8 +316,14 @@ impl Db {
                 ),
             ));
         }
+        let upgrades: String = opts
+            .upgrades
+            .iter()
+            .filter(|(v, _)| version > 0 && *v > version)
+            .map(|(_, sql)| *sql)
+            .collect();
         conn.execute_batch(&format!(
-            "BEGIN; {} PRAGMA user_version = {}; COMMIT;",
+            "BEGIN; {upgrades} {} PRAGMA user_version = {}; COMMIT;",
             opts.schema, opts.schema_version
         ))?;
 

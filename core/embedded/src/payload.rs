@@ -78,6 +78,7 @@ impl SqliteObjectStore {
                 checkpoint_thread: "nexus-obj-ckpt",
                 schema: SCHEMA,
                 schema_version: SCHEMA_VERSION,
+                upgrades: &[],
                 max_batch: MAX_BATCH,
                 writer_cache_kib: WRITER_CACHE_KIB,
             },

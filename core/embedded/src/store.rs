@@ -37,12 +37,12 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::db::{Db, DbError, Options};
 use nexus_model::error::ErrorKind;
 use nexus_model::run::{Millis, Run, RunId, RunPatch, Stage, now_millis};
-use nexus_store::{Inserted, Lease, RunStore, StoreError};
+use nexus_store::{Inserted, Lease, ListPage, Position, RunFilter, RunStore, StoreError};
 
 /// Most write commands committed in one transaction.
 pub const MAX_BATCH: usize = 512;
 /// Version of the schema below, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 /// Pages kept in the writer connection's cache, in KiB: 64 MiB.
 const WRITER_CACHE_KIB: i64 = 64 * 1024;
 
@@ -56,13 +56,17 @@ CREATE TABLE IF NOT EXISTS runs (
     owner TEXT,
     parent TEXT,
     idem_key TEXT,
-    record BLOB NOT NULL
+    record BLOB NOT NULL,
+    shard TEXT,
+    root TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS runs_seq ON runs(seq);
 CREATE INDEX IF NOT EXISTS runs_tag ON runs(tag, seq);
 CREATE INDEX IF NOT EXISTS runs_owner_stage ON runs(owner, stage, seq);
 CREATE INDEX IF NOT EXISTS runs_parent ON runs(parent, seq);
-CREATE INDEX IF NOT EXISTS runs_stage ON runs(stage);
+CREATE INDEX IF NOT EXISTS runs_stage_id ON runs(stage, id);
+CREATE INDEX IF NOT EXISTS runs_algorithm_id ON runs(algorithm, id);
+CREATE INDEX IF NOT EXISTS runs_root_id ON runs(root, id);
 CREATE UNIQUE INDEX IF NOT EXISTS runs_idem ON runs(algorithm, idem_key) WHERE idem_key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS leases (
     owner TEXT PRIMARY KEY,
@@ -73,6 +77,16 @@ CREATE TABLE IF NOT EXISTS leaders (
     holder TEXT NOT NULL,
     expires_at INTEGER NOT NULL
 );
+";
+
+/// Version 1 → 2 (listing, issue #22): the shard and root columns, filled from the records, and
+/// the stage index keyed for newest-first listing.
+const UPGRADE_2: &str = "
+ALTER TABLE runs ADD COLUMN shard TEXT;
+ALTER TABLE runs ADD COLUMN root TEXT;
+UPDATE runs SET shard = json_extract(CAST(record AS TEXT), '$.shard'),
+                root = json_extract(CAST(record AS TEXT), '$.root');
+DROP INDEX IF EXISTS runs_stage;
 ";
 
 impl From<DbError> for StoreError {
@@ -129,6 +143,7 @@ impl SqliteRunStore {
                 checkpoint_thread: "nexus-store-ckpt",
                 schema: SCHEMA,
                 schema_version: SCHEMA_VERSION,
+                upgrades: &[(2, UPGRADE_2)],
                 max_batch,
                 writer_cache_kib: WRITER_CACHE_KIB,
             },
@@ -231,8 +246,8 @@ impl RunStore for SqliteRunStore {
                 return Err(StoreError::backend(ErrorKind::Conflict, format!("run {} already exists", run.id)));
             }
             conn.prepare_cached(
-                "INSERT INTO runs (id, seq, algorithm, stage, tag, owner, parent, idem_key, record)
-                 VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM runs), ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO runs (id, seq, algorithm, stage, tag, owner, parent, idem_key, record, shard, root)
+                 VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM runs), ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )
             .map_err(sql_err)?
             .execute(params![
@@ -244,6 +259,8 @@ impl RunStore for SqliteRunStore {
                 run.parent.as_ref().map(|p| p.request_id.to_string()),
                 run.idempotency_key,
                 record,
+                run.shard,
+                run.root.to_string(),
             ])
             .map_err(sql_err)?;
             Ok(Inserted::Created)
@@ -312,6 +329,38 @@ impl RunStore for SqliteRunStore {
             vec![parent.to_string()],
             limit,
         )
+        .await
+    }
+
+    async fn list(
+        &self,
+        filter: &RunFilter,
+        after: Option<Position>,
+        limit: usize,
+    ) -> Result<ListPage, StoreError> {
+        let limit = nexus_store::listing::page_size(limit);
+        let (sql, args) = list_query(filter, after, limit);
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&sql).map_err(sql_err)?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                    r.get::<_, Vec<u8>>(0)
+                })
+                .map_err(sql_err)?;
+            let mut runs = Vec::new();
+            for row in rows {
+                runs.push(decode(&row.map_err(sql_err)?)?);
+            }
+            // One row more than the page tells whether another page follows.
+            let more = runs.len() > limit;
+            runs.truncate(limit);
+            let next = if more {
+                runs.last().map(|r| Position(r.id))
+            } else {
+                None
+            };
+            Ok(ListPage { runs, next })
+        })
         .await
     }
 
@@ -496,6 +545,52 @@ impl RunStore for SqliteRunStore {
     }
 }
 
+/// The listing query for `filter`: columns for the indexed fields, the id range for the
+/// cursor and the time range, the record's submission time checked again by id order (ids are
+/// UUIDv7, their text order is their time order). One row over `limit` is fetched.
+fn list_query(
+    filter: &RunFilter,
+    after: Option<Position>,
+    limit: usize,
+) -> (String, Vec<rusqlite::types::Value>) {
+    use rusqlite::types::Value;
+    let mut conditions: Vec<(&str, Value)> = Vec::new();
+    let text = |v: &str| Value::Text(v.to_owned());
+    if let Some(a) = &filter.algorithm {
+        conditions.push(("algorithm =", text(a)));
+    }
+    if let Some(st) = filter.stage {
+        conditions.push(("stage =", text(st.as_str())));
+    }
+    if let Some(t) = &filter.tag {
+        conditions.push(("tag =", text(t)));
+    }
+    if let Some(p) = filter.parent {
+        conditions.push(("parent =", Value::Text(p.to_string())));
+    }
+    if let Some(r) = filter.root {
+        conditions.push(("root =", Value::Text(r.to_string())));
+    }
+    if let Some(sh) = &filter.shard {
+        conditions.push(("shard =", text(sh)));
+    }
+    if let Some(u) = filter.upper(after) {
+        conditions.push(("id <", Value::Text(u.to_string())));
+    }
+    if let Some(l) = filter.lower() {
+        conditions.push(("id >=", Value::Text(l.to_string())));
+    }
+    let mut sql = String::from("SELECT record FROM runs WHERE 1 = 1");
+    let mut args = Vec::with_capacity(conditions.len() + 1);
+    for (i, (cond, v)) in conditions.into_iter().enumerate() {
+        sql.push_str(&format!(" AND {cond} ?{}", i + 1));
+        args.push(v);
+    }
+    args.push(Value::Integer(i64::try_from(limit + 1).unwrap_or(i64::MAX)));
+    sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", args.len()));
+    (sql, args)
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::{BufRead, BufReader, Write};
@@ -522,6 +617,51 @@ mod tests {
             SqliteRunStore::open(&dir.path().join("expired/runs.db")).unwrap(),
         )
         .await;
+    }
+
+    /// A file written by version 1 (no shard or root columns) is upgraded on open: its runs are
+    /// listed by shard and tree like new ones.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn version_1_files_are_upgraded_for_listing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runs.db");
+        let mut old = sample_run("algo");
+        old.shard = "gpu".into();
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE runs (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, algorithm TEXT NOT NULL,
+                     stage TEXT NOT NULL, tag TEXT, owner TEXT, parent TEXT, idem_key TEXT,
+                     record BLOB NOT NULL);
+                 CREATE INDEX runs_stage ON runs(stage);
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO runs (id, seq, algorithm, stage, record) VALUES (?1, 1, 'algo', 'BUFFERED', ?2)",
+                params![old.id.to_string(), encode(&old).unwrap()],
+            )
+            .unwrap();
+        }
+        let store = SqliteRunStore::open(&path).unwrap();
+        let by_shard = RunFilter {
+            shard: Some("gpu".into()),
+            ..RunFilter::default()
+        };
+        let page = store.list(&by_shard, None, 10).await.unwrap();
+        assert_eq!(page.runs, vec![old.clone()]);
+        let tree = RunFilter {
+            root: Some(old.id),
+            stage: Some(Stage::Buffered),
+            ..RunFilter::default()
+        };
+        assert_eq!(store.list(&tree, None, 10).await.unwrap().runs, vec![old]);
+        // New runs land next to it.
+        let new = sample_run("algo");
+        store.insert(new.clone()).await.unwrap();
+        let all = store.list(&RunFilter::default(), None, 10).await.unwrap();
+        assert_eq!(all.runs.len(), 2);
+        assert_eq!(all.runs[0].id, new.id);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -704,6 +704,7 @@ mod tests {
             started_at: None,
             finished_at: None,
             last_modified: 0,
+            timeline: Vec::new(),
         }
     }
 

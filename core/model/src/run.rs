@@ -275,6 +275,58 @@ pub struct Run {
     pub finished_at: Option<Millis>,
     /// Last time the record changed.
     pub last_modified: Millis,
+    /// Every stage change, oldest first, with when, by whom and why (at most
+    /// [`MAX_TIMELINE`] entries: the first and the newest are kept). Written by the same
+    /// compare-and-set as the change itself, so it costs no extra write.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<StageChange>,
+}
+
+/// Most entries a run's timeline keeps (a run re-queued many times keeps its acceptance and
+/// its latest changes).
+pub const MAX_TIMELINE: usize = 64;
+
+/// Longest cause kept in a timeline entry, in characters.
+const MAX_CAUSE_CHARS: usize = 512;
+
+/// One change of a run's stage (or a noted change within a stage: a new owner, a retry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StageChange {
+    /// When (milliseconds since the epoch).
+    pub at: Millis,
+    /// Stage before.
+    pub from: Stage,
+    /// Stage after.
+    pub to: Stage,
+    /// The component that made the change (`scheduler`, `receiver`, `supervisor`, …).
+    pub by: String,
+    /// Why.
+    pub cause: String,
+}
+
+/// Who made a change and why, carried by a [`RunPatch`] into the run's timeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// The component.
+    pub by: &'static str,
+    /// Why.
+    pub cause: String,
+}
+
+impl Run {
+    /// Appends a timeline entry, keeping at most [`MAX_TIMELINE`] (the first entry, the
+    /// acceptance, always stays).
+    pub fn record(&mut self, change: StageChange) {
+        let mut change = change;
+        if change.cause.chars().count() > MAX_CAUSE_CHARS {
+            change.cause = change.cause.chars().take(MAX_CAUSE_CHARS).collect();
+        }
+        if self.timeline.len() >= MAX_TIMELINE {
+            self.timeline.remove(1);
+        }
+        self.timeline.push(change);
+    }
 }
 
 impl Run {
@@ -309,6 +361,10 @@ pub struct RunPatch {
     pub failure_details: Option<String>,
     /// Launch time of the current attempt.
     pub started_at: Option<Millis>,
+    /// Who makes the change and why, for the run's timeline. Stage changes are always recorded
+    /// (without a note: by `nexus`, with the failure cause if any); changes within a stage only
+    /// with a note.
+    pub note: Option<Note>,
 }
 
 impl RunPatch {
@@ -327,6 +383,20 @@ impl RunPatch {
     /// Applies the patch to `run`, moving it to `to` and stamping `now`. Sets `finished_at` when
     /// `to` is terminal. The caller has already checked the transition is legal.
     pub fn apply(&self, run: &mut Run, to: Stage, now: Millis) {
+        let from = run.stage;
+        if from != to || self.note.is_some() {
+            let (by, cause) = match &self.note {
+                Some(n) => (n.by.to_owned(), n.cause.clone()),
+                None => ("nexus".to_owned(), self.failure_cause.clone().unwrap_or_default()),
+            };
+            run.record(StageChange {
+                at: now,
+                from,
+                to,
+                by,
+                cause,
+            });
+        }
         run.stage = to;
         if let Some(o) = &self.owner {
             run.owner.clone_from(o);
@@ -359,6 +429,16 @@ impl RunPatch {
             run.finished_at = Some(now);
         }
         run.last_modified = now;
+    }
+
+    /// Returns the patch with a timeline note: the change is made by `by` because of `cause`.
+    #[must_use]
+    pub fn by(mut self, by: &'static str, cause: impl Into<String>) -> Self {
+        self.note = Some(Note {
+            by,
+            cause: cause.into(),
+        });
+        self
     }
 
     /// Returns a patch carrying a failure cause and details.
@@ -455,6 +535,62 @@ mod tests {
             );
         }
         assert!("nope".parse::<Stage>().unwrap_err().contains("BUFFERED"));
+    }
+
+    #[test]
+    fn the_timeline_records_changes_and_stays_bounded() {
+        let mut run: Run = serde_json::from_value(serde_json::json!({
+            "id": RunId::new(), "algorithm": "a", "stage": "BUFFERED", "workgroup": "w",
+            "shard": "s", "tag": null, "apiVersion": null, "parent": null, "root": RunId::new(),
+            "depth": 0, "idempotencyKey": null, "owner": null, "attempts": 0,
+            "appliedConfiguration": {}, "configurationOverrides": null,
+            "payload": {"kind": "inline", "bytes": ""}, "contentHash": "", "payloadSize": 0,
+            "payloadValidFor": "1h", "resultUri": null, "resultStored": false,
+            "logsStored": false, "failureCause": null, "failureDetails": null,
+            "executorRef": null, "receivedAt": 1, "startedAt": null, "finishedAt": null,
+            "lastModified": 1
+        }))
+        .expect("a record without a timeline (written before it existed) still reads");
+        assert!(run.timeline.is_empty());
+        // A change within the stage without a note is not recorded; with one it is.
+        RunPatch::default().apply(&mut run, Stage::Buffered, 2);
+        assert!(run.timeline.is_empty());
+        RunPatch::default()
+            .by("supervisor", "claimed from a lapsed owner")
+            .apply(&mut run, Stage::Buffered, 3);
+        RunPatch::default()
+            .by("receiver", "process started")
+            .apply(&mut run, Stage::Running, 4);
+        RunPatch::failure("OOMKilled", "137")
+            .apply(&mut run, Stage::Failed, 5);
+        let seen: Vec<(Stage, Stage, &str, &str)> = run
+            .timeline
+            .iter()
+            .map(|c| (c.from, c.to, c.by.as_str(), c.cause.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (Stage::Buffered, Stage::Buffered, "supervisor", "claimed from a lapsed owner"),
+                (Stage::Buffered, Stage::Running, "receiver", "process started"),
+                (Stage::Running, Stage::Failed, "nexus", "OOMKilled"),
+            ]
+        );
+        assert_eq!(run.timeline[1].at, 4);
+        // Bounded: the first entry and the newest stay.
+        for i in 0..200 {
+            run.record(StageChange {
+                at: 100 + i,
+                from: Stage::Buffered,
+                to: Stage::Buffered,
+                by: "scheduler".into(),
+                cause: "x".repeat(2000),
+            });
+        }
+        assert_eq!(run.timeline.len(), MAX_TIMELINE);
+        assert_eq!(run.timeline[0].cause, "claimed from a lapsed owner");
+        assert_eq!(run.timeline.last().map(|c| c.at), Some(299));
+        assert_eq!(run.timeline.last().map(|c| c.cause.len()), Some(512));
     }
 
     #[test]

@@ -73,11 +73,12 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlValue, Row};
 use uuid::Uuid;
 
-use super::{Inserted, Lease, RunStore, StoreError};
+use super::{Inserted, Lease, ListPage, Position, RunFilter, RunStore, StoreError};
 use nexus_model::error::ErrorKind;
 use nexus_model::run::{Millis, Run, RunId, RunPatch, Stage, now_millis};
 
 pub mod config;
+mod listing;
 pub mod schema;
 mod tls;
 
@@ -534,6 +535,10 @@ pub struct CassandraRunStore {
     retention: Duration,
     /// (owner, stage) registered in `owners_by_stage` by this process, and when.
     registered: Mutex<HashMap<(String, Stage), Instant>>,
+    /// The listing's statements.
+    ls: listing::Statements,
+    /// (dimension, hour) registered in `run_buckets` by this process, and when.
+    buckets_seen: listing::Registered,
     /// Last client timestamp handed out (microseconds), kept strictly increasing.
     clock: AtomicI64,
 }
@@ -572,7 +577,10 @@ impl CassandraRunStore {
         config: &CassandraConfig,
     ) -> Result<Self, StoreError> {
         let st = Statements::prepare(&session, &config.keyspace, config.serial_consistency).await?;
+        let ls = listing::Statements::prepare(&session, &config.keyspace).await?;
         Ok(Self {
+            ls,
+            buckets_seen: listing::Registered::default(),
             session,
             keyspace: config.keyspace.clone(),
             st,
@@ -747,6 +755,7 @@ impl CassandraRunStore {
                 .map(drop)
             }));
         }
+        writes.extend(self.listing_writes(old, new, ttl, ts));
         if expiring && let Some(key) = &new.idempotency_key {
             // The key lives as long as its run: it expires with it.
             let record = encode(new)?;
@@ -766,6 +775,7 @@ impl CassandraRunStore {
     /// Deletes the lookup rows `old` had and `new` no longer has (best effort: a row left behind
     /// is skipped by readers). `before` is a client timestamp taken before the change.
     async fn drop_hints(&self, old: &Run, new: &Run, before: i64) {
+        self.drop_listing_row(old, new, before).await;
         let id = old.id.0.as_bytes().to_vec();
         if let Some(owner) = &old.owner
             && (old.owner != new.owner || old.stage != new.stage)
@@ -1086,6 +1096,15 @@ impl RunStore for CassandraRunStore {
 
     async fn by_parent(&self, parent: RunId, limit: usize) -> Result<Vec<Run>, StoreError> {
         self.scan(Lookup::Parent(parent), limit).await
+    }
+
+    async fn list(
+        &self,
+        filter: &RunFilter,
+        after: Option<Position>,
+        limit: usize,
+    ) -> Result<ListPage, StoreError> {
+        self.list_page(filter, after, limit).await
     }
 
     async fn owners_in_stage(&self, stage: Stage) -> Result<Vec<String>, StoreError> {

@@ -8,6 +8,8 @@
 //!   otherwise it changes nothing and returns [`StoreError::Conflict`] with the stored stage.
 //!   Unknown ids return [`StoreError::NotFound`]. A terminal stage is never left.
 //! * Lookups by tag, by owner+stage and by parent return runs in acceptance order.
+//! * [`RunStore::list`] pages through the runs matching a [`RunFilter`], newest first (by id:
+//!   UUIDv7, submission order), each run exactly once across pages (see [`listing`]).
 //! * Leases: [`RunStore::heartbeat`] creates or extends an owner's lease; [`RunStore::leases`] lists
 //!   them with their expiry; [`RunStore::release_lease`] removes one.
 //! * Leadership: [`RunStore::lead`] takes or renews a named leadership by compare-and-set (several
@@ -21,12 +23,14 @@ use nexus_model::run::{Millis, Run, RunId, RunPatch, Stage};
 #[cfg(feature = "cassandra")]
 pub mod cassandra;
 pub mod leader;
+pub mod listing;
 pub mod memory;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod test_suite;
 
 #[cfg(feature = "cassandra")]
 pub use cassandra::CassandraRunStore;
+pub use listing::{ListPage, Position, RunFilter};
 pub use memory::InMemoryRunStore;
 
 /// Errors of a [`RunStore`].
@@ -186,6 +190,20 @@ pub trait RunStore: Send + Sync + std::fmt::Debug + 'static {
     /// # Errors
     /// `Backend`.
     async fn by_parent(&self, parent: RunId, limit: usize) -> Result<Vec<Run>, StoreError>;
+
+    /// Returns up to `limit` runs matching `filter` with ids below `after` (all when `None`),
+    /// newest first, and where the next page starts. A page may be shorter than `limit` (even
+    /// empty) while `next` is `Some`, when the backend bounded its work; `next` is `None` only
+    /// when no more run can match. Runs created after the listing began may or may not appear.
+    ///
+    /// # Errors
+    /// `Backend`.
+    async fn list(
+        &self,
+        filter: &RunFilter,
+        after: Option<Position>,
+        limit: usize,
+    ) -> Result<ListPage, StoreError>;
 
     /// Returns the distinct owners of runs in `stage` (used to find orphans of lapsed owners).
     ///

@@ -8,7 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use super::{Inserted, Lease, RunStore, StoreError};
+use super::{Inserted, Lease, ListPage, Position, RunFilter, RunStore, StoreError};
 use nexus_model::error::ErrorKind;
 use nexus_model::run::{Millis, Run, RunId, RunPatch, Stage, now_millis};
 
@@ -133,6 +133,29 @@ impl RunStore for InMemoryRunStore {
         Ok(self.lock().select(limit, |r| {
             r.parent.as_ref().is_some_and(|p| p.request_id == parent)
         }))
+    }
+
+    async fn list(
+        &self,
+        filter: &RunFilter,
+        after: Option<Position>,
+        limit: usize,
+    ) -> Result<ListPage, StoreError> {
+        let limit = crate::listing::page_size(limit);
+        let (upper, lower) = (filter.upper(after), filter.lower());
+        let st = self.lock();
+        let mut found: Vec<&Run> = st
+            .runs
+            .values()
+            .map(|(_, r)| r)
+            .filter(|r| upper.is_none_or(|u| r.id < u) && lower.is_none_or(|l| r.id >= l))
+            .filter(|r| filter.matches(r))
+            .collect();
+        found.sort_by_key(|b| std::cmp::Reverse(b.id));
+        let more = found.len() > limit;
+        let runs: Vec<Run> = found.into_iter().take(limit).cloned().collect();
+        let next = more.then(|| runs.last().map(|r| Position(r.id))).flatten();
+        Ok(ListPage { runs, next })
     }
 
     async fn owners_in_stage(&self, stage: Stage) -> Result<Vec<String>, StoreError> {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Inserted, RunStore, StoreError};
+use super::{Inserted, Position, RunFilter, RunStore, StoreError};
 use nexus_model::run::{Millis, PayloadLocation, Run, RunId, RunPatch, Stage, now_millis};
 use nexus_model::spec::AlgorithmSpec;
 
@@ -50,6 +50,7 @@ pub fn sample_run(algorithm: &str) -> Run {
         started_at: None,
         finished_at: None,
         last_modified: now,
+        timeline: Vec::new(),
     }
 }
 
@@ -65,6 +66,8 @@ pub async fn run_all<S: RunStore>(make: impl Fn() -> S) {
     transition_unknown(make()).await;
     set_tag(make()).await;
     lookups(make()).await;
+    listing(make()).await;
+    listing_across_hours(make()).await;
     owners_in_stage(make()).await;
     leases(make()).await;
     leadership(make()).await;
@@ -710,4 +713,216 @@ pub async fn expired_offers_finished_runs<S: RunStore>(store: S) {
         ids(store.expired(cutoff, 2).await.expect("expired")),
         done[..2]
     );
+}
+
+/// Pages through `filter` `size` runs at a time; returns the ids in the order served.
+async fn list_all<S: RunStore>(store: &S, filter: &RunFilter, size: usize) -> Vec<RunId> {
+    let mut out = Vec::new();
+    let mut after = None;
+    for _ in 0..1000 {
+        let page = store.list(filter, after, size).await.expect("list");
+        assert!(page.runs.len() <= size, "page over its limit");
+        out.extend(page.runs.iter().map(|r| r.id));
+        match page.next {
+            Some(p) => after = Some(p),
+            None => return out,
+        }
+    }
+    panic!("listing never ended");
+}
+
+/// `list`: newest first, every matching run exactly once across pages, each filter (alone and
+/// combined) honoured after stage and tag changes.
+pub async fn listing<S: RunStore>(store: S) {
+    // Runs: a tree (root, two children, a grandchild) of "tree" on shard "s1", and loose runs
+    // of "alpha"/"beta" on shards "s1"/"s2".
+    let mut all = Vec::new();
+    let mut root = sample_run("tree");
+    root.shard = "s1".into();
+    insert(&store, &root).await;
+    all.push(root.clone());
+    let child = |parent: &Run, n: &str| {
+        let mut c = sample_run("tree");
+        c.shard = "s1".into();
+        c.parent = Some(parent.as_ref());
+        c.root = parent.root;
+        c.depth = parent.depth + 1;
+        c.tag = Some(n.into());
+        c
+    };
+    let c1 = child(&root, "kid");
+    insert(&store, &c1).await;
+    let c2 = child(&root, "kid");
+    insert(&store, &c2).await;
+    let g1 = child(&c1, "grandkid");
+    insert(&store, &g1).await;
+    all.extend([c1.clone(), c2.clone(), g1.clone()]);
+    for i in 0..6 {
+        let mut r = sample_run(if i % 2 == 0 { "alpha" } else { "beta" });
+        r.shard = if i < 3 { "s1" } else { "s2" }.into();
+        insert(&store, &r).await;
+        all.push(r);
+    }
+    // Ids are time-ordered: newest first is the reverse of insertion.
+    let mut newest: Vec<RunId> = all.iter().map(|r| r.id).collect();
+    newest.sort_by(|a, b| b.cmp(a));
+    let everything = RunFilter::default();
+    for size in [1, 3, 4, 100] {
+        assert_eq!(
+            list_all(&store, &everything, size).await,
+            newest,
+            "page size {size}"
+        );
+    }
+    let ids_where = |pred: &dyn Fn(&Run) -> bool| -> Vec<RunId> {
+        let mut v: Vec<RunId> = all.iter().filter(|r| pred(r)).map(|r| r.id).collect();
+        v.sort_by(|a, b| b.cmp(a));
+        v
+    };
+    let alpha = RunFilter {
+        algorithm: Some("alpha".into()),
+        ..RunFilter::default()
+    };
+    assert_eq!(
+        list_all(&store, &alpha, 2).await,
+        ids_where(&|r| r.algorithm == "alpha")
+    );
+    let s2 = RunFilter {
+        shard: Some("s2".into()),
+        ..RunFilter::default()
+    };
+    assert_eq!(
+        list_all(&store, &s2, 2).await,
+        ids_where(&|r| r.shard == "s2")
+    );
+    let tree = RunFilter {
+        root: Some(root.id),
+        ..RunFilter::default()
+    };
+    assert_eq!(
+        list_all(&store, &tree, 3).await,
+        vec![g1.id, c2.id, c1.id, root.id]
+    );
+    let kids = RunFilter {
+        parent: Some(root.id),
+        ..RunFilter::default()
+    };
+    assert_eq!(list_all(&store, &kids, 1).await, vec![c2.id, c1.id]);
+    let tagged = RunFilter {
+        tag: Some("kid".into()),
+        ..RunFilter::default()
+    };
+    assert_eq!(list_all(&store, &tagged, 5).await, vec![c2.id, c1.id]);
+    // Time range: [c1, g1] by submission time.
+    let range = RunFilter {
+        from: Some(crate::listing::submitted_at(c1.id)),
+        to: Some(crate::listing::submitted_at(g1.id) + 1),
+        ..RunFilter::default()
+    };
+    let got = list_all(&store, &range, 2).await;
+    assert_eq!(got, ids_where(&|r| range.matches(r)));
+    for id in [g1.id, c2.id, c1.id] {
+        assert!(got.contains(&id), "{id} missing from the time range: {got:?}");
+    }
+    let past = RunFilter {
+        to: Some(crate::listing::submitted_at(root.id)),
+        ..RunFilter::default()
+    };
+    assert_eq!(list_all(&store, &past, 5).await, Vec::<RunId>::new());
+    // Stage: everything BUFFERED until runs move; a moved run leaves its old stage's listing.
+    let buffered = RunFilter {
+        stage: Some(Stage::Buffered),
+        ..RunFilter::default()
+    };
+    assert_eq!(list_all(&store, &buffered, 4).await, newest);
+    store
+        .transition(c1.id, Stage::Buffered, Stage::Running, RunPatch::default())
+        .await
+        .expect("start c1");
+    store
+        .transition(c2.id, Stage::Buffered, Stage::Running, RunPatch::default())
+        .await
+        .expect("start c2");
+    store
+        .transition(c2.id, Stage::Running, Stage::Completed, RunPatch::default())
+        .await
+        .expect("complete c2");
+    let running = RunFilter {
+        stage: Some(Stage::Running),
+        ..RunFilter::default()
+    };
+    assert_eq!(list_all(&store, &running, 2).await, vec![c1.id]);
+    let completed = RunFilter {
+        stage: Some(Stage::Completed),
+        ..RunFilter::default()
+    };
+    assert_eq!(list_all(&store, &completed, 2).await, vec![c2.id]);
+    let still_buffered = list_all(&store, &buffered, 3).await;
+    assert!(!still_buffered.contains(&c1.id) && !still_buffered.contains(&c2.id));
+    assert_eq!(still_buffered.len(), all.len() - 2);
+    // A finished run is still listed (until it is purged), with its new stage.
+    let page = store.list(&kids, None, 10).await.expect("list kids");
+    assert_eq!(page.runs[0].stage, Stage::Completed);
+    assert_eq!(page.next, None);
+    // Tags move.
+    store
+        .set_tag(c1.id, Some("moved".into()))
+        .await
+        .expect("retag");
+    assert_eq!(list_all(&store, &tagged, 5).await, vec![c2.id]);
+    // Combined filters: stage + tree + shard.
+    let combo = RunFilter {
+        stage: Some(Stage::Running),
+        root: Some(root.id),
+        shard: Some("s1".into()),
+        algorithm: Some("tree".into()),
+        ..RunFilter::default()
+    };
+    assert_eq!(list_all(&store, &combo, 1).await, vec![c1.id]);
+    let none = RunFilter {
+        algorithm: Some("alpha".into()),
+        shard: Some("nowhere".into()),
+        ..RunFilter::default()
+    };
+    assert_eq!(list_all(&store, &none, 10).await, Vec::<RunId>::new());
+    // Continuing from a position returns only older runs.
+    let page = store
+        .list(&everything, Some(Position(c2.id)), 100)
+        .await
+        .expect("list after");
+    let ids: Vec<RunId> = page.runs.iter().map(|r| r.id).collect();
+    assert_eq!(ids, vec![c1.id, root.id]);
+}
+
+/// `list` over runs submitted hours and days apart (ids minted for those times): newest first
+/// across time buckets, empty stretches skipped, a time range picks the right ones.
+pub async fn listing_across_hours<S: RunStore>(store: S) {
+    let now = now_millis();
+    let hour = 3_600_000;
+    let mut ids = Vec::new();
+    for ago in [200 * hour, 49 * hour, 2 * hour + 5, 2 * hour, 0] {
+        let ms = u64::try_from(now - ago).expect("positive time");
+        let ts = uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, u32::try_from(ms % 1000).expect("ms") * 1_000_000);
+        let mut run = sample_run("hours");
+        run.id = RunId(uuid::Uuid::new_v7(ts));
+        run.root = run.id;
+        insert(&store, &run).await;
+        ids.push(run.id);
+    }
+    ids.reverse();
+    let all = RunFilter::default();
+    assert_eq!(list_all(&store, &all, 1).await, ids);
+    assert_eq!(list_all(&store, &all, 2).await, ids);
+    let by_alg = RunFilter {
+        algorithm: Some("hours".into()),
+        ..RunFilter::default()
+    };
+    assert_eq!(list_all(&store, &by_alg, 3).await, ids);
+    let day = RunFilter {
+        from: Some(now - 50 * hour),
+        to: Some(now - hour),
+        algorithm: Some("hours".into()),
+        ..RunFilter::default()
+    };
+    assert_eq!(list_all(&store, &day, 10).await, vec![ids[1], ids[2], ids[3]]);
 }

@@ -20,6 +20,8 @@
 //!   hints verified against `runs`, so a resurrected deleted row is harmless: their
 //!   `gc_grace_seconds` is short (3 h) and tombstones do not pile up in busy partitions.
 //! * `owners_by_stage`: which owners may have runs in a stage (the orphan finder's entry point).
+//! * `runs_by_time`, `run_buckets`: the listing's index (newest first by dimension and hour,
+//!   and the hours each dimension has rows in); see the store's `listing` module.
 //! * `idempotency_keys`: (algorithm, key) → run id and its first record, claimed by LWT.
 //! * `leases`: owner → expiry, all in one partition.
 //! * `leaders`: leadership name → holder and expiry, changed only by lightweight transactions.
@@ -102,6 +104,24 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     holder text,
     expires_at bigint
 ) WITH ID = {id:leaders}"],
+    },
+    Migration {
+        version: 3,
+        description: "listing index: runs by dimension and hour, hours by dimension",
+        statements: &[
+            "CREATE TABLE IF NOT EXISTS {ks}.runs_by_time (
+    dim text,
+    bucket bigint,
+    spread tinyint,
+    id blob,
+    PRIMARY KEY ((dim, bucket, spread), id)
+) WITH ID = {id:runs_by_time} AND CLUSTERING ORDER BY (id DESC) AND {hint_grace}",
+            "CREATE TABLE IF NOT EXISTS {ks}.run_buckets (
+    dim text,
+    bucket bigint,
+    PRIMARY KEY ((dim), bucket)
+) WITH ID = {id:run_buckets} AND CLUSTERING ORDER BY (bucket DESC)",
+        ],
     },
 ];
 
@@ -237,6 +257,8 @@ mod tests {
             "idempotency_keys",
             "leases",
             "leaders",
+            "runs_by_time",
+            "run_buckets",
             "schema_migrations",
         ] {
             assert!(
