@@ -46,6 +46,9 @@
 #   audience, expiry and key rotation against a scheduler (cli/tests/it/auth_dex.rs).
 # * The Python SDK (issue #23): a venv from PyPI, ruff, mypy --strict, and pytest against a
 #   standalone running real Python algorithms (scripts/python-sdk-test.sh).
+# * The web console (issue #22): Debian's chromium driven by Playwright (npm playwright-core)
+#   through its main flows, with and without authentication and with 100,000 runs stored;
+#   screenshots in target/console-artifacts (scripts/console-test.sh).
 # * The container image (issue #19): a Debian base made with debootstrap (no registry is
 #   reachable), the Containerfile built with podman from the release binaries, then standalone in
 #   the container answers readyz and completes a knapsack run (scripts/image.sh).
@@ -142,6 +145,9 @@ scripts/dex.sh stop
 
 echo "integration: the Python SDK: ruff, mypy --strict, pytest against a standalone running Python algorithms (scripts/python-sdk-test.sh)"
 NEXUS_BIN="$target_dir/debug/nexus" NEXUS_PYSDK_WORK="$work/python-sdk" bash scripts/python-sdk-test.sh
+
+echo "integration: the web console in a real browser (Debian chromium driven by Playwright; 100,000 runs) (scripts/console-test.sh)"
+NEXUS_BIN="$target_dir/debug/nexus" NEXUS_CONSOLE_WORK="$work/console" bash scripts/console-test.sh
 
 echo "integration: the Helm chart: lint, render, kube-score (scripts/helm-check.sh)"
 bash scripts/helm-check.sh
