@@ -253,6 +253,9 @@ fi
 kill "$st_pid"
 wait "$st_pid" || true
 
+echo "integration: the README as written: its run command, then every shell block of README.md and examples/README.md (scripts/readme-test.sh)"
+bash scripts/readme-test.sh
+
 echo "integration: the container image (Containerfile, podman) runs standalone and completes a run"
 NEXUS_BIN_DIR=target/release bash scripts/image.sh
 echo "6 passed, 0 failed"
