@@ -355,8 +355,14 @@ pub async fn run(opts: &ClientOpts, cmd: RunCommand) -> anyhow::Result<ExitCode>
             put("tag", tag);
             put("algorithm", algorithm);
             put("stage", stage.map(|s| s.to_ascii_uppercase()));
-            put("from", since.map(|t| time_arg("--since", &t, now)).transpose()?);
-            put("to", until.map(|t| time_arg("--until", &t, now)).transpose()?);
+            put(
+                "from",
+                since.map(|t| time_arg("--since", &t, now)).transpose()?,
+            );
+            put(
+                "to",
+                until.map(|t| time_arg("--until", &t, now)).transpose()?,
+            );
             put("parent", parent);
             put("root", root);
             put("shard", shard);
@@ -380,7 +386,9 @@ pub async fn run(opts: &ClientOpts, cmd: RunCommand) -> anyhow::Result<ExitCode>
                     if let Some(c) = &cursor
                         && !json
                     {
-                        eprintln!("more runs may match: add --cursor {c} for the next page, or --all");
+                        eprintln!(
+                            "more runs may match: add --cursor {c} for the next page, or --all"
+                        );
                     }
                     break;
                 }
@@ -1137,8 +1145,12 @@ mod tests {
         ]);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 3);
-        assert!(lines[0].starts_with("ID     ALGORITHM  STATUS     SUBMITTED            RESULT/ERROR"));
-        assert!(lines[1].starts_with("id-1   knapsack   COMPLETED  2026-12-07 06:13:29  http://r/1"));
+        assert!(
+            lines[0].starts_with("ID     ALGORITHM  STATUS     SUBMITTED            RESULT/ERROR")
+        );
+        assert!(
+            lines[1].starts_with("id-1   knapsack   COMPLETED  2026-12-07 06:13:29  http://r/1")
+        );
         assert!(lines[2].contains("boom x"));
         assert!(lines[2].ends_with('…'));
         let detail = lines[2].split("06:13:29").nth(1).unwrap_or_default().trim();
@@ -1162,7 +1174,10 @@ mod tests {
              id-1  knapsack   FAILED  2026-12-07 06:13:29  boom again\n"
         );
         let now = humantime::parse_rfc3339("2026-12-07T06:00:00Z").unwrap();
-        assert_eq!(time_arg("--since", "2h", now).unwrap(), "2026-12-07T04:00:00.000Z");
+        assert_eq!(
+            time_arg("--since", "2h", now).unwrap(),
+            "2026-12-07T04:00:00.000Z"
+        );
         assert_eq!(
             time_arg("--since", "2026-12-01T00:00:00Z", now).unwrap(),
             "2026-12-01T00:00:00Z"

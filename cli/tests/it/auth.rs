@@ -542,9 +542,10 @@ async fn the_algorithm_ca_and_the_listener_key_are_checked_at_start() {
         c.server.tls.key_file = Some(k2.clone());
         c.executor.ca_file = Some(k2);
     }))
-    .await
-    .err()
-    .expect("a key file is not a CA certificate");
+    .await;
+    let Err(e) = e else {
+        panic!("a key file is not a CA certificate")
+    };
     let e = format!("{e:#}");
     assert!(
         e.contains("executor.ca_file") && e.contains("tls.key"),
@@ -557,9 +558,10 @@ async fn the_algorithm_ca_and_the_listener_key_are_checked_at_start() {
         c.server.tls.key_file = Some(k2);
         c.executor.read_only_paths = vec![tls_dir_of(&key)];
     }))
-    .await
-    .err()
-    .expect("granting the key's directory is refused");
+    .await;
+    let Err(e) = e else {
+        panic!("granting the key's directory is refused")
+    };
     let e = format!("{e:#}");
     assert!(e.contains("holds the server's keys"), "{e}");
 }

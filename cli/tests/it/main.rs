@@ -10,10 +10,10 @@ mod auth;
 mod auth_dex;
 mod bad_input;
 mod contract;
-mod docs;
 #[cfg(feature = "distributed-tests")]
 mod distributed_e2e;
 mod distributed_inproc;
+mod docs;
 mod execution_tree;
 mod hostile;
 mod kill9;

@@ -822,7 +822,10 @@ pub async fn listing<S: RunStore>(store: S) {
     let got = list_all(&store, &range, 2).await;
     assert_eq!(got, ids_where(&|r| range.matches(r)));
     for id in [g1.id, c2.id, c1.id] {
-        assert!(got.contains(&id), "{id} missing from the time range: {got:?}");
+        assert!(
+            got.contains(&id),
+            "{id} missing from the time range: {got:?}"
+        );
     }
     let past = RunFilter {
         to: Some(crate::listing::submitted_at(root.id)),
@@ -902,7 +905,11 @@ pub async fn listing_across_hours<S: RunStore>(store: S) {
     let mut ids = Vec::new();
     for ago in [200 * hour, 49 * hour, 2 * hour + 5, 2 * hour, 0] {
         let ms = u64::try_from(now - ago).expect("positive time");
-        let ts = uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, u32::try_from(ms % 1000).expect("ms") * 1_000_000);
+        let ts = uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            ms / 1000,
+            u32::try_from(ms % 1000).expect("ms") * 1_000_000,
+        );
         let mut run = sample_run("hours");
         run.id = RunId(uuid::Uuid::new_v7(ts));
         run.root = run.id;
@@ -924,5 +931,8 @@ pub async fn listing_across_hours<S: RunStore>(store: S) {
         algorithm: Some("hours".into()),
         ..RunFilter::default()
     };
-    assert_eq!(list_all(&store, &day, 10).await, vec![ids[1], ids[2], ids[3]]);
+    assert_eq!(
+        list_all(&store, &day, 10).await,
+        vec![ids[1], ids[2], ids[3]]
+    );
 }
