@@ -86,6 +86,7 @@ pub fn router(s: Arc<Scheduler>) -> Router {
             "/algorithm/v1/explain/{alg}/requests/{id}",
             get(get_explanation),
         )
+        .route("/algorithm/v1/logs/{alg}/requests/{id}", get(get_logs))
         .route_layer(axum::middleware::from_fn_with_state(
             s.clone(),
             access::authenticate,
@@ -444,6 +445,37 @@ async fn list_runs(
     })?;
     let (runs, next) = crate::listing::page(&s, &caller, listing).await?;
     Ok(axum::Json(crate::listing::http_page(&s, runs, next).await))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsQuery {
+    follow: Option<String>,
+}
+
+/// `GET /algorithm/v1/logs/{alg}/requests/{id}[?follow=true]`: the run's captured output,
+/// streamed while it runs with `follow=true` (see [`crate::logs`]).
+async fn get_logs(
+    State(s): S,
+    Extension(caller): Who,
+    Path((alg, id)): Path<(String, String)>,
+    q: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = q.map_err(|e| {
+        ApiError::bad_request(format!("{}; accepted: follow=true|false", e.body_text()))
+    })?;
+    let follow = match q.follow.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "follow: must be 'true' or 'false', got '{}'",
+                other.escape_default()
+            )));
+        }
+    };
+    let run = load_for(&s, &caller, Action::Read, &alg, &id).await?;
+    crate::logs::answer(s, run, follow).await
 }
 
 /// `GET /algorithm/v1/timeline/{alg}/requests/{id}`: every stage change of the run, with its
