@@ -16,6 +16,7 @@ mod distributed_inproc;
 mod execution_tree;
 mod hostile;
 mod kill9;
+mod observe;
 #[cfg(feature = "kube-tests")]
 mod kubernetes;
 mod server_bounds;
