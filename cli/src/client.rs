@@ -421,11 +421,16 @@ pub async fn run(opts: &ClientOpts, cmd: RunCommand) -> anyhow::Result<ExitCode>
                 Some(path) => {
                     std::fs::write(&path, &bytes)
                         .with_context(|| format!("writing the result to {}", path.display()))?;
-                    eprintln!("saved the result of run {id} ({} bytes) to {}", bytes.len(), path.display());
+                    eprintln!(
+                        "saved the result of run {id} ({} bytes) to {}",
+                        bytes.len(),
+                        path.display()
+                    );
                 }
                 None => {
                     let mut out = std::io::stdout().lock();
-                    out.write_all(&bytes).context("writing the result to stdout")?;
+                    out.write_all(&bytes)
+                        .context("writing the result to stdout")?;
                     out.flush().context("writing the result to stdout")?;
                 }
             }
@@ -455,8 +460,14 @@ pub async fn run(opts: &ClientOpts, cmd: RunCommand) -> anyhow::Result<ExitCode>
             put("tag", tag);
             put("algorithm", algorithm);
             put("stage", stage.map(|s| s.to_ascii_uppercase()));
-            put("from", since.map(|t| time_arg("--since", &t, now)).transpose()?);
-            put("to", until.map(|t| time_arg("--until", &t, now)).transpose()?);
+            put(
+                "from",
+                since.map(|t| time_arg("--since", &t, now)).transpose()?,
+            );
+            put(
+                "to",
+                until.map(|t| time_arg("--until", &t, now)).transpose()?,
+            );
             put("parent", parent);
             put("root", root);
             put("shard", shard);
@@ -480,7 +491,9 @@ pub async fn run(opts: &ClientOpts, cmd: RunCommand) -> anyhow::Result<ExitCode>
                     if let Some(c) = &cursor
                         && !json
                     {
-                        eprintln!("more runs may match: add --cursor {c} for the next page, or --all");
+                        eprintln!(
+                            "more runs may match: add --cursor {c} for the next page, or --all"
+                        );
                     }
                     break;
                 }
@@ -545,7 +558,11 @@ fn format_explanation(e: &RunExplanation) -> String {
         .as_deref()
         .map(|t| format!(" since {}", short_time(t)))
         .unwrap_or_default();
-    let _ = writeln!(out, "run {} ({}): {}{since}", e.request_id, e.algorithm_name, e.status);
+    let _ = writeln!(
+        out,
+        "run {} ({}): {}{since}",
+        e.request_id, e.algorithm_name, e.status
+    );
     let _ = writeln!(out, "  {}", e.summary);
     if !e.reasons.is_empty() {
         let _ = writeln!(out, "why:");
@@ -787,7 +804,11 @@ impl Client {
                 bail!(
                     "run {id} ended {} and has no result: {}",
                     r.status,
-                    if r.run_error_message.is_empty() { "no cause recorded" } else { &r.run_error_message }
+                    if r.run_error_message.is_empty() {
+                        "no cause recorded"
+                    } else {
+                        &r.run_error_message
+                    }
                 );
             }
             bail!(
@@ -1370,8 +1391,12 @@ mod tests {
         ]);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 3);
-        assert!(lines[0].starts_with("ID     ALGORITHM  STATUS     SUBMITTED            RESULT/ERROR"));
-        assert!(lines[1].starts_with("id-1   knapsack   COMPLETED  2026-12-07 06:13:29  http://r/1"));
+        assert!(
+            lines[0].starts_with("ID     ALGORITHM  STATUS     SUBMITTED            RESULT/ERROR")
+        );
+        assert!(
+            lines[1].starts_with("id-1   knapsack   COMPLETED  2026-12-07 06:13:29  http://r/1")
+        );
         assert!(lines[2].contains("boom x"));
         assert!(lines[2].ends_with('…'));
         let detail = lines[2].split("06:13:29").nth(1).unwrap_or_default().trim();
@@ -1395,7 +1420,10 @@ mod tests {
              id-1  knapsack   FAILED  2026-12-07 06:13:29  boom again\n"
         );
         let now = humantime::parse_rfc3339("2026-12-07T06:00:00Z").unwrap();
-        assert_eq!(time_arg("--since", "2h", now).unwrap(), "2026-12-07T04:00:00.000Z");
+        assert_eq!(
+            time_arg("--since", "2h", now).unwrap(),
+            "2026-12-07T04:00:00.000Z"
+        );
         assert_eq!(
             time_arg("--since", "2026-12-01T00:00:00Z", now).unwrap(),
             "2026-12-01T00:00:00Z"
@@ -1440,9 +1468,18 @@ mod tests {
         use clap::Parser as _;
         let cli = TestCli::try_parse_from(["t", "logs", "knapsack", "id", "-f"]).unwrap();
         assert!(matches!(cli.cmd, RunCommand::Logs { follow: true, .. }));
-        let cli = TestCli::try_parse_from(["t", "result", "knapsack", "id", "-o", "out.json"]).unwrap();
-        assert!(matches!(cli.cmd, RunCommand::Result { output: Some(_), .. }));
-        let cli = TestCli::try_parse_from(["t", "list", "--stage", "failed", "--since", "1h", "--all"]).unwrap();
+        let cli =
+            TestCli::try_parse_from(["t", "result", "knapsack", "id", "-o", "out.json"]).unwrap();
+        assert!(matches!(
+            cli.cmd,
+            RunCommand::Result {
+                output: Some(_),
+                ..
+            }
+        ));
+        let cli =
+            TestCli::try_parse_from(["t", "list", "--stage", "failed", "--since", "1h", "--all"])
+                .unwrap();
         assert!(matches!(cli.cmd, RunCommand::List { all: true, .. }));
         assert!(TestCli::try_parse_from(["t", "list", "--limit", "0"]).is_err());
         assert!(TestCli::try_parse_from(["t", "list", "--all", "--cursor", "x"]).is_err());

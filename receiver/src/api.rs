@@ -174,8 +174,10 @@ impl Receiver {
         let (target, patch) = match result.error_cause.as_deref().filter(|c| !c.is_empty()) {
             Some(cause) => (
                 Stage::Failed,
-                RunPatch::failure(cause, result.error_details.clone().unwrap_or_default())
-                    .by("receiver", format!("the algorithm reported a failure: {cause}")),
+                RunPatch::failure(cause, result.error_details.clone().unwrap_or_default()).by(
+                    "receiver",
+                    format!("the algorithm reported a failure: {cause}"),
+                ),
             ),
             None => {
                 // Whether a result was uploaded, without reading it (it may be big).

@@ -220,7 +220,11 @@ impl Receiver {
         .by(
             "receiver",
             if relaunch {
-                format!("launched again by receiver {} (attempt {})", self.instance_id, run.attempts + 1)
+                format!(
+                    "launched again by receiver {} (attempt {})",
+                    self.instance_id,
+                    run.attempts + 1
+                )
             } else {
                 format!("launched by receiver {}", self.instance_id)
             },

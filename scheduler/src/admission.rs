@@ -604,7 +604,10 @@ impl Admission {
                 cause: if dry_run {
                     "dry run: accepted and finished without running".to_owned()
                 } else {
-                    format!("accepted by {} for shard {}", s.instance_id, workgroup.spec.cluster)
+                    format!(
+                        "accepted by {} for shard {}",
+                        s.instance_id, workgroup.spec.cluster
+                    )
                 },
             }],
         };

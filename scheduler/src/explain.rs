@@ -73,7 +73,11 @@ pub fn explain(s: &Scheduler, run: &Run) -> RunExplanation {
             _ => run.finished_at,
         });
     let for_how_long = since
-        .map(|t| human(Duration::from_millis(u64::try_from(now_millis() - t).unwrap_or(0))))
+        .map(|t| {
+            human(Duration::from_millis(
+                u64::try_from(now_millis() - t).unwrap_or(0),
+            ))
+        })
         .unwrap_or_default();
     let mut reasons = Vec::new();
     let mut queue = None;
@@ -86,7 +90,9 @@ pub fn explain(s: &Scheduler, run: &Run) -> RunExplanation {
     let lane = s.queue.lanes().into_iter().find(|l| l.name() == run.shard);
     let lane_state = (!run.stage.is_terminal()).then(|| {
         let budget = s.budgets.get(&run.shard);
-        let b = budget.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let b = budget
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (rate, ceiling, schedulers) = (b.current_rate(), b.ceiling(), b.replicas());
         drop(b);
         LaneState {
@@ -143,7 +149,9 @@ pub fn explain(s: &Scheduler, run: &Run) -> RunExplanation {
                     run.shard,
                     human(at.elapsed()),
                     run.workgroup,
-                    wg_limit.map_or_else(String::new, |n| format!(" (at most {n} at once per receiver)"))
+                    wg_limit.map_or_else(String::new, |n| format!(
+                        " (at most {n} at once per receiver)"
+                    ))
                 )
             } else if run.owner.as_deref().is_some_and(|o| o != s.instance_id) {
                 format!(
@@ -167,7 +175,9 @@ pub fn explain(s: &Scheduler, run: &Run) -> RunExplanation {
             "running {for_how_long} on shard '{}' (attempt {}, {})",
             run.shard,
             run.attempts.max(1),
-            run.executor_ref.as_deref().unwrap_or("executor handle not recorded yet")
+            run.executor_ref
+                .as_deref()
+                .unwrap_or("executor handle not recorded yet")
         ),
         Stage::Completed => format!("completed {for_how_long} ago"),
         other => format!(
@@ -248,10 +258,15 @@ mod tests {
 
     #[test]
     fn ordinals_and_durations_read_naturally() {
-        let got: Vec<String> = [1, 2, 3, 4, 11, 12, 13, 21, 22, 101, 111].map(ordinal).to_vec();
+        let got: Vec<String> = [1, 2, 3, 4, 11, 12, 13, 21, 22, 101, 111]
+            .map(ordinal)
+            .to_vec();
         assert_eq!(
             got,
-            ["1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "101st", "111th"]
+            [
+                "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "101st",
+                "111th"
+            ]
         );
         assert_eq!(human(Duration::from_millis(250)), "250ms");
         assert_eq!(human(Duration::from_millis(61_500)), "1m 1s");
@@ -303,7 +318,11 @@ mod http_tests {
         let (s, _) = scheduler(SchedulerConfig::default());
         let first = submit(&s).await;
         let second = submit(&s).await;
-        let (status, t) = get(&s, &format!("/algorithm/v1/timeline/knapsack/requests/{second}")).await;
+        let (status, t) = get(
+            &s,
+            &format!("/algorithm/v1/timeline/knapsack/requests/{second}"),
+        )
+        .await;
         assert_eq!(status, 200, "{t}");
         assert_eq!(t["status"], "BUFFERED");
         let entries = t["timeline"].as_array().unwrap();
@@ -311,9 +330,19 @@ mod http_tests {
         assert_eq!(entries[0]["from"], "NEW");
         assert_eq!(entries[0]["to"], "BUFFERED");
         assert_eq!(entries[0]["by"], "scheduler");
-        assert!(entries[0]["cause"].as_str().unwrap().starts_with("accepted by"), "{t}");
+        assert!(
+            entries[0]["cause"]
+                .as_str()
+                .unwrap()
+                .starts_with("accepted by"),
+            "{t}"
+        );
 
-        let (status, e) = get(&s, &format!("/algorithm/v1/explain/knapsack/requests/{second}")).await;
+        let (status, e) = get(
+            &s,
+            &format!("/algorithm/v1/explain/knapsack/requests/{second}"),
+        )
+        .await;
         assert_eq!(status, 200, "{e}");
         assert_eq!(e["queue"]["position"], 2, "{e}");
         assert_eq!(e["queue"]["laneLength"], 2, "{e}");
@@ -323,11 +352,30 @@ mod http_tests {
         assert!(summary.contains("shard 'local'"), "{summary}");
         assert_eq!(e["lane"]["shard"], "local");
         assert_eq!(e["lane"]["slowedDown"], false);
-        let reasons: Vec<&str> = e["reasons"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
-        assert!(reasons.iter().any(|r| r.contains("dispatch budget toward shard 'local'")), "{reasons:?}");
-        assert!(reasons.iter().any(|r| r.starts_with("last change: NEW -> BUFFERED by scheduler")), "{reasons:?}");
+        let reasons: Vec<&str> = e["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap())
+            .collect();
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.contains("dispatch budget toward shard 'local'")),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.starts_with("last change: NEW -> BUFFERED by scheduler")),
+            "{reasons:?}"
+        );
 
-        let (_, e) = get(&s, &format!("/algorithm/v1/explain/knapsack/requests/{first}")).await;
+        let (_, e) = get(
+            &s,
+            &format!("/algorithm/v1/explain/knapsack/requests/{first}"),
+        )
+        .await;
         assert_eq!(e["queue"]["position"], 1, "{e}");
 
         // Unknown runs and algorithms: 404, as every per-run read.

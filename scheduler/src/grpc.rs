@@ -592,7 +592,11 @@ mod tests {
         let svc = Runs::new(s);
         let list = |r: ListRunsRequest| {
             let svc = svc.clone();
-            async move { svc.list_runs(tonic::Request::new(r)).await.map(|r| r.into_inner()) }
+            async move {
+                svc.list_runs(tonic::Request::new(r))
+                    .await
+                    .map(|r| r.into_inner())
+            }
         };
         // The old form: by tag, oldest first, no cursor.
         let old = list(ListRunsRequest {
@@ -634,6 +638,10 @@ mod tests {
         .await
         .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument);
-        assert!(e.message().contains("limit: must be a whole number from 1 to 1000"), "{e}");
+        assert!(
+            e.message()
+                .contains("limit: must be a whole number from 1 to 1000"),
+            "{e}"
+        );
     }
 }

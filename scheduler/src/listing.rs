@@ -100,7 +100,9 @@ fn time(field: &str, v: Option<String>) -> Result<Option<Millis>, String> {
         return if ms >= 0 {
             Ok(Some(ms))
         } else {
-            Err(format!("{field}: milliseconds since the epoch cannot be negative, got {ms}"))
+            Err(format!(
+                "{field}: milliseconds since the epoch cannot be negative, got {ms}"
+            ))
         };
     }
     let t = humantime::parse_rfc3339_weak(&s).map_err(|e| {
@@ -329,21 +331,40 @@ mod tests {
     #[test]
     fn bad_values_say_what_is_accepted() {
         let cases: [(&[(&str, &str)], &str); 8] = [
-            (&[("limit", "0")], "limit: must be a whole number from 1 to 1000, got '0'"),
+            (
+                &[("limit", "0")],
+                "limit: must be a whole number from 1 to 1000, got '0'",
+            ),
             (&[("limit", "1001")], "from 1 to 1000"),
             (&[("limit", "ten")], "got 'ten'"),
-            (&[("stage", "DONE")], "stage: unknown stage 'DONE': expected one of NEW, BUFFERED"),
+            (
+                &[("stage", "DONE")],
+                "stage: unknown stage 'DONE': expected one of NEW, BUFFERED",
+            ),
             (&[("from", "yesterday")], "from: 'yesterday' is not a time"),
-            (&[("from", "2026-12-02T00:00:00Z"), ("to", "2026-12-01T00:00:00Z")], "must be before to"),
+            (
+                &[
+                    ("from", "2026-12-02T00:00:00Z"),
+                    ("to", "2026-12-01T00:00:00Z"),
+                ],
+                "must be before to",
+            ),
             (&[("parent", "42")], "parent: '42' is not a request id"),
-            (&[("cursor", "abc")], "cursor: not a cursor returned by this API"),
+            (
+                &[("cursor", "abc")],
+                "cursor: not a cursor returned by this API",
+            ),
         ];
         for (q, want) in cases {
             let e = params(q).unwrap_err();
             assert!(e.contains(want), "{q:?}: {e}");
         }
         let long = "a".repeat(300);
-        assert!(params(&[("algorithm", &long)]).unwrap_err().contains("at most 253"));
+        assert!(
+            params(&[("algorithm", &long)])
+                .unwrap_err()
+                .contains("at most 253")
+        );
     }
 
     #[test]
@@ -405,7 +426,9 @@ mod http_tests {
             .await
             .unwrap();
         let status = resp.status().as_u16();
-        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
         let text = String::from_utf8_lossy(&bytes).into_owned();
         (
             status,
@@ -450,7 +473,11 @@ mod http_tests {
         assert_eq!(page["runs"].as_array().unwrap().len(), 0);
         // Without credentials: 401, as every read.
         let resp = crate::api::router(s.clone())
-            .oneshot(Request::get("/algorithm/v1/runs").body(Body::empty()).unwrap())
+            .oneshot(
+                Request::get("/algorithm/v1/runs")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
             .await
             .unwrap();
         assert_eq!(resp.status(), 401);
@@ -465,7 +492,10 @@ mod http_tests {
             ("stage=DONE", "stage: unknown stage 'DONE'"),
             ("cursor=xyz", "cursor: not a cursor returned by this API"),
             ("colour=red", "accepted: algorithm, stage, tag"),
-            ("from=2026-12-02T00:00:00Z&to=2026-12-01T00:00:00Z", "must be before to"),
+            (
+                "from=2026-12-02T00:00:00Z&to=2026-12-01T00:00:00Z",
+                "must be before to",
+            ),
         ] {
             let (status, _, text) = get(&s, &key, &format!("/algorithm/v1/runs?{q}")).await;
             assert_eq!(status, 400, "{q}: {text}");

@@ -52,7 +52,11 @@ fn nothing_yet(run: &Run) -> ApiError {
         "run {} ({}) has no captured output{}: output is captured for runs executed as local processes; for Kubernetes runs read the pod's log (kubectl logs job/{})",
         run.id,
         run.stage,
-        if run.stage.is_terminal() { "" } else { " yet (follow=true waits for it)" },
+        if run.stage.is_terminal() {
+            ""
+        } else {
+            " yet (follow=true waits for it)"
+        },
         run.id
     ))
 }
@@ -63,11 +67,9 @@ fn nothing_yet(run: &Run) -> ApiError {
 /// 404 when nothing is stored and there is nothing to wait for; payload store failures.
 pub async fn answer(s: Arc<Scheduler>, run: Run, follow: bool) -> Result<Response, ApiError> {
     let key = Keys::logs(&run.algorithm, &run.id.to_string());
-    let stored = s
-        .payloads
-        .get(&key)
-        .await
-        .map_err(|e| ApiError::from_kind(e.kind, format!("reading the run's output: {}", e.message)))?;
+    let stored = s.payloads.get(&key).await.map_err(|e| {
+        ApiError::from_kind(e.kind, format!("reading the run's output: {}", e.message))
+    })?;
     if !follow || run.stage.is_terminal() {
         return match stored {
             Some(b) => Ok(text(StatusCode::OK, Body::from(b))),
@@ -150,7 +152,8 @@ impl Cursor {
     fn advance(&mut self, b: &Bytes) -> Vec<Bytes> {
         let resume = if self.sent == 0 {
             Some(0)
-        } else if b.len() >= self.sent && b[self.sent - self.tail.len()..self.sent] == self.tail[..] {
+        } else if b.len() >= self.sent && b[self.sent - self.tail.len()..self.sent] == self.tail[..]
+        {
             // It grew: the usual case.
             Some(self.sent)
         } else {
@@ -218,7 +221,10 @@ mod tests {
         // Everything sent was dropped before the next read: say so, send what there is.
         let third = Bytes::from("[nexus: log truncated]\nline 900\n");
         let out = joined(c.advance(&third));
-        assert!(out.starts_with("\n[nexus: some output was dropped"), "{out}");
+        assert!(
+            out.starts_with("\n[nexus: some output was dropped"),
+            "{out}"
+        );
         assert!(out.ends_with("line 900\n"), "{out}");
     }
 }
@@ -252,7 +258,9 @@ mod http_tests {
         // Nothing yet: 404 without follow, saying follow waits.
         let resp = get(&s, &uri).await;
         assert_eq!(resp.status(), 404);
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
         assert!(String::from_utf8_lossy(&body).contains("follow=true waits"));
         let bad = get(&s, &format!("{uri}?follow=yes")).await;
         assert_eq!(bad.status(), 400);
@@ -265,9 +273,15 @@ mod http_tests {
             let (s, store, key, id) = (s.clone(), store.clone(), key.clone(), run.id);
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(1500)).await;
-                s.payloads.put(&key, Bytes::from("one\ntwo\n")).await.unwrap();
+                s.payloads
+                    .put(&key, Bytes::from("one\ntwo\n"))
+                    .await
+                    .unwrap();
                 tokio::time::sleep(Duration::from_millis(1500)).await;
-                s.payloads.put(&key, Bytes::from("one\ntwo\nthree\n")).await.unwrap();
+                s.payloads
+                    .put(&key, Bytes::from("one\ntwo\nthree\n"))
+                    .await
+                    .unwrap();
                 store
                     .transition(id, Stage::Buffered, Stage::Running, RunPatch::default())
                     .await
@@ -298,7 +312,9 @@ mod http_tests {
         // Afterwards: the stored output, at once.
         let resp = get(&s, &uri).await;
         assert_eq!(resp.status(), 200);
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
         assert_eq!(&body[..], b"one\ntwo\nthree\n");
     }
 }

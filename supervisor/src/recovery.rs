@@ -357,7 +357,11 @@ impl Recovery {
             format!(
                 "owner {owner} lapsed; claimed by {}{}",
                 self.instance_id,
-                if relaunch { " to launch it again" } else { " to queue it again" }
+                if relaunch {
+                    " to launch it again"
+                } else {
+                    " to queue it again"
+                }
             ),
         );
         let mut run = if mine {

@@ -16,8 +16,8 @@ mod distributed_inproc;
 mod execution_tree;
 mod hostile;
 mod kill9;
-mod observe;
 #[cfg(feature = "kube-tests")]
 mod kubernetes;
+mod observe;
 mod server_bounds;
 mod standalone_e2e;

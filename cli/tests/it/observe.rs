@@ -32,7 +32,13 @@ async fn runs_are_listed_explained_followed_and_fetched() {
     let base = h.url.clone();
 
     // A run that prints, sleeps 3 s, prints again: its output is followed while it runs.
-    let slow = submit(&http, &base, "chaos", json!({"mode": "sleep", "seconds": 3})).await;
+    let slow = submit(
+        &http,
+        &base,
+        "chaos",
+        json!({"mode": "sleep", "seconds": 3}),
+    )
+    .await;
     let mut resp = http
         .get(format!(
             "{base}/algorithm/v1/logs/chaos/requests/{slow}?follow=true"
@@ -79,7 +85,11 @@ async fn runs_are_listed_explained_followed_and_fetched() {
         .iter()
         .map(|c| {
             (
-                format!("{}->{}", c["from"].as_str().unwrap(), c["to"].as_str().unwrap()),
+                format!(
+                    "{}->{}",
+                    c["from"].as_str().unwrap(),
+                    c["to"].as_str().unwrap()
+                ),
                 c["by"].as_str().unwrap().to_owned(),
                 c["cause"].as_str().unwrap().to_owned(),
             )
@@ -87,10 +97,7 @@ async fn runs_are_listed_explained_followed_and_fetched() {
         .collect();
     assert_eq!(changes[0].0, "NEW->BUFFERED", "{t}");
     assert_eq!(changes[0].1, "scheduler", "{t}");
-    assert!(
-        changes.iter().any(|c| c.0 == "BUFFERED->RUNNING"),
-        "{t}"
-    );
+    assert!(changes.iter().any(|c| c.0 == "BUFFERED->RUNNING"), "{t}");
     let last = changes.last().unwrap();
     assert_eq!(last.0, "RUNNING->COMPLETED", "{t}");
     assert_eq!(last.1, "receiver", "{t}");
@@ -124,7 +131,11 @@ async fn runs_are_listed_explained_followed_and_fetched() {
         &format!("{base}/algorithm/v1/runs?algorithm=knapsack&stage=COMPLETED"),
     )
     .await;
-    assert_eq!(knapsacks["runs"].as_array().unwrap().len(), 2, "{knapsacks}");
+    assert_eq!(
+        knapsacks["runs"].as_array().unwrap().len(),
+        2,
+        "{knapsacks}"
+    );
     assert!(knapsacks.get("nextCursor").is_none(), "{knapsacks}");
     let bad = http
         .get(format!("{base}/algorithm/v1/runs?limit=100000"))
@@ -132,12 +143,20 @@ async fn runs_are_listed_explained_followed_and_fetched() {
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
-    assert!(bad.text().await.unwrap().contains("limit: must be a whole number from 1 to 1000"));
+    assert!(
+        bad.text()
+            .await
+            .unwrap()
+            .contains("limit: must be a whole number from 1 to 1000")
+    );
 
     // The same through the CLI.
     let server = base.clone();
     let (cli_ok, out, err) = tokio::task::spawn_blocking(move || {
-        nexus(&server, &["list", "--algorithm", "knapsack", "--all", "--json"])
+        nexus(
+            &server,
+            &["list", "--algorithm", "knapsack", "--all", "--json"],
+        )
     })
     .await
     .unwrap();
@@ -173,11 +192,10 @@ async fn runs_are_listed_explained_followed_and_fetched() {
 
     // A run addressed under another algorithm is not found, and the CLI says so.
     let (server, id) = (base.clone(), k1.clone());
-    let (cli_ok, _, err) = tokio::task::spawn_blocking(move || {
-        nexus(&server, &["result", "chaos", &id])
-    })
-    .await
-    .unwrap();
+    let (cli_ok, _, err) =
+        tokio::task::spawn_blocking(move || nexus(&server, &["result", "chaos", &id]))
+            .await
+            .unwrap();
     assert!(!cli_ok);
     assert!(err.contains("not found for algorithm 'chaos'"), "{err}");
     h.stop().await;

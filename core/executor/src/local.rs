@@ -1026,7 +1026,10 @@ mod tests {
         let mut b = LogBuffer::new(10);
         b.push(b"0123456789abcdef");
         let snap = b.snapshot();
-        assert_eq!(snap, b"[nexus: log truncated, 6 earlier bytes dropped]\n6789abcdef");
+        assert_eq!(
+            snap,
+            b"[nexus: log truncated, 6 earlier bytes dropped]\n6789abcdef"
+        );
         assert_eq!(b.version, 1);
         assert_eq!(b.into_bytes(), snap);
     }

@@ -201,11 +201,12 @@ impl HttpClient {
             })?;
         let (parts, mut body) = resp.into_parts();
         if !parts.status.is_success() {
-            let body = tokio::time::timeout(self.timeout, Limited::new(body, self.max_body).collect())
-                .await
-                .map_err(|_| ClientError::Timeout(self.timeout))?
-                .map_err(|e| ClientError::Body(e.to_string()))?
-                .to_bytes();
+            let body =
+                tokio::time::timeout(self.timeout, Limited::new(body, self.max_body).collect())
+                    .await
+                    .map_err(|_| ClientError::Timeout(self.timeout))?
+                    .map_err(|e| ClientError::Body(e.to_string()))?
+                    .to_bytes();
             return Ok(Answer {
                 status: parts.status,
                 headers: parts.headers,

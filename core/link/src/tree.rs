@@ -53,7 +53,8 @@ pub async fn cancel_descendants(
     max_children: usize,
 ) -> Result<Cascade, StoreError> {
     let started = Instant::now();
-    let patch = RunPatch::failure(cause, why).by("tree", format!("an ancestor was cancelled: {cause}"));
+    let patch =
+        RunPatch::failure(cause, why).by("tree", format!("an ancestor was cancelled: {cause}"));
     let limit = max_children.saturating_add(1);
     let mut report = Cascade::default();
     let mut frontier: Vec<RunId> = vec![ancestor.id];

@@ -387,7 +387,10 @@ impl RunPatch {
         if from != to || self.note.is_some() {
             let (by, cause) = match &self.note {
                 Some(n) => (n.by.to_owned(), n.cause.clone()),
-                None => ("nexus".to_owned(), self.failure_cause.clone().unwrap_or_default()),
+                None => (
+                    "nexus".to_owned(),
+                    self.failure_cause.clone().unwrap_or_default(),
+                ),
             };
             run.record(StageChange {
                 at: now,
@@ -561,8 +564,7 @@ mod tests {
         RunPatch::default()
             .by("receiver", "process started")
             .apply(&mut run, Stage::Running, 4);
-        RunPatch::failure("OOMKilled", "137")
-            .apply(&mut run, Stage::Failed, 5);
+        RunPatch::failure("OOMKilled", "137").apply(&mut run, Stage::Failed, 5);
         let seen: Vec<(Stage, Stage, &str, &str)> = run
             .timeline
             .iter()
@@ -571,8 +573,18 @@ mod tests {
         assert_eq!(
             seen,
             vec![
-                (Stage::Buffered, Stage::Buffered, "supervisor", "claimed from a lapsed owner"),
-                (Stage::Buffered, Stage::Running, "receiver", "process started"),
+                (
+                    Stage::Buffered,
+                    Stage::Buffered,
+                    "supervisor",
+                    "claimed from a lapsed owner"
+                ),
+                (
+                    Stage::Buffered,
+                    Stage::Running,
+                    "receiver",
+                    "process started"
+                ),
                 (Stage::Running, Stage::Failed, "nexus", "OOMKilled"),
             ]
         );

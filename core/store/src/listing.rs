@@ -50,7 +50,10 @@ impl RunFilter {
         let t = submitted_at(run.id);
         self.algorithm.as_ref().is_none_or(|a| *a == run.algorithm)
             && self.stage.is_none_or(|s| s == run.stage)
-            && self.tag.as_ref().is_none_or(|x| run.tag.as_ref() == Some(x))
+            && self
+                .tag
+                .as_ref()
+                .is_none_or(|x| run.tag.as_ref() == Some(x))
             && self.from.is_none_or(|f| t >= f)
             && self.to.is_none_or(|x| t < x)
             && self

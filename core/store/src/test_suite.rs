@@ -765,7 +765,7 @@ pub async fn listing<S: RunStore>(store: S) {
     }
     // Ids are time-ordered: newest first is the reverse of insertion.
     let mut newest: Vec<RunId> = all.iter().map(|r| r.id).collect();
-    newest.sort_by(|a, b| b.cmp(a));
+    newest.sort_by_key(|id| std::cmp::Reverse(*id));
     let everything = RunFilter::default();
     for size in [1, 3, 4, 100] {
         assert_eq!(
@@ -776,7 +776,7 @@ pub async fn listing<S: RunStore>(store: S) {
     }
     let ids_where = |pred: &dyn Fn(&Run) -> bool| -> Vec<RunId> {
         let mut v: Vec<RunId> = all.iter().filter(|r| pred(r)).map(|r| r.id).collect();
-        v.sort_by(|a, b| b.cmp(a));
+        v.sort_by_key(|id| std::cmp::Reverse(*id));
         v
     };
     let alpha = RunFilter {
@@ -822,7 +822,10 @@ pub async fn listing<S: RunStore>(store: S) {
     let got = list_all(&store, &range, 2).await;
     assert_eq!(got, ids_where(&|r| range.matches(r)));
     for id in [g1.id, c2.id, c1.id] {
-        assert!(got.contains(&id), "{id} missing from the time range: {got:?}");
+        assert!(
+            got.contains(&id),
+            "{id} missing from the time range: {got:?}"
+        );
     }
     let past = RunFilter {
         to: Some(crate::listing::submitted_at(root.id)),
@@ -902,7 +905,11 @@ pub async fn listing_across_hours<S: RunStore>(store: S) {
     let mut ids = Vec::new();
     for ago in [200 * hour, 49 * hour, 2 * hour + 5, 2 * hour, 0] {
         let ms = u64::try_from(now - ago).expect("positive time");
-        let ts = uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, u32::try_from(ms % 1000).expect("ms") * 1_000_000);
+        let ts = uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            ms / 1000,
+            u32::try_from(ms % 1000).expect("ms") * 1_000_000,
+        );
         let mut run = sample_run("hours");
         run.id = RunId(uuid::Uuid::new_v7(ts));
         run.root = run.id;
@@ -924,5 +931,8 @@ pub async fn listing_across_hours<S: RunStore>(store: S) {
         algorithm: Some("hours".into()),
         ..RunFilter::default()
     };
-    assert_eq!(list_all(&store, &day, 10).await, vec![ids[1], ids[2], ids[3]]);
+    assert_eq!(
+        list_all(&store, &day, 10).await,
+        vec![ids[1], ids[2], ids[3]]
+    );
 }

@@ -34,8 +34,8 @@ use scylla::statement::prepared::PreparedStatement;
 use uuid::Uuid;
 
 use super::{CassandraRunStore, internal};
-use crate::listing::{ListPage, Position, RunFilter, id_floor, page_size, submitted_at};
 use crate::StoreError;
+use crate::listing::{ListPage, Position, RunFilter, id_floor, page_size, submitted_at};
 use nexus_model::error::ErrorKind;
 use nexus_model::run::{Run, RunId, Stage};
 
@@ -305,7 +305,10 @@ impl CassandraRunStore {
         }
         let scan = match source(filter) {
             Source::Wide(dim) => self.scan_wide(&dim, filter, upper, lower, limit).await?,
-            other => self.scan_single(&other, filter, upper, lower, limit).await?,
+            other => {
+                self.scan_single(&other, filter, upper, lower, limit)
+                    .await?
+            }
         };
         let next = if scan.ended {
             None
@@ -474,7 +477,7 @@ impl CassandraRunStore {
             {
                 merged.push(x);
             }
-            merged.sort_by(|a, b| b.cmp(a));
+            merged.sort_by_key(|id| std::cmp::Reverse(*id));
             merged.dedup();
             merged.truncate(usize::try_from(n).unwrap_or(usize::MAX));
             if merged.is_empty() {
@@ -601,14 +604,46 @@ mod tests {
     fn the_most_selective_filter_picks_the_partitions() {
         let id = RunId::new();
         let f = |f: RunFilter| source(&f);
-        assert!(matches!(f(RunFilter { parent: Some(id), tag: Some("t".into()), ..Default::default() }), Source::Parent(_)));
-        assert!(matches!(f(RunFilter { tag: Some("t".into()), root: Some(id), ..Default::default() }), Source::Tag(_)));
-        assert!(matches!(f(RunFilter { root: Some(id), stage: Some(Stage::Running), ..Default::default() }), Source::Tree(_)));
-        let live = f(RunFilter { stage: Some(Stage::Running), algorithm: Some("a".into()), ..Default::default() });
+        assert!(matches!(
+            f(RunFilter {
+                parent: Some(id),
+                tag: Some("t".into()),
+                ..Default::default()
+            }),
+            Source::Parent(_)
+        ));
+        assert!(matches!(
+            f(RunFilter {
+                tag: Some("t".into()),
+                root: Some(id),
+                ..Default::default()
+            }),
+            Source::Tag(_)
+        ));
+        assert!(matches!(
+            f(RunFilter {
+                root: Some(id),
+                stage: Some(Stage::Running),
+                ..Default::default()
+            }),
+            Source::Tree(_)
+        ));
+        let live = f(RunFilter {
+            stage: Some(Stage::Running),
+            algorithm: Some("a".into()),
+            ..Default::default()
+        });
         assert!(matches!(live, Source::Wide(d) if d == "stage/RUNNING"));
-        let done = f(RunFilter { stage: Some(Stage::Completed), algorithm: Some("a".into()), ..Default::default() });
+        let done = f(RunFilter {
+            stage: Some(Stage::Completed),
+            algorithm: Some("a".into()),
+            ..Default::default()
+        });
         assert!(matches!(done, Source::Wide(d) if d == "algorithm/a"));
-        let shard = f(RunFilter { shard: Some("s".into()), ..Default::default() });
+        let shard = f(RunFilter {
+            shard: Some("s".into()),
+            ..Default::default()
+        });
         assert!(matches!(shard, Source::Wide(d) if d == "shard/s"));
         assert!(matches!(f(RunFilter::default()), Source::Wide(d) if d == "all"));
     }
