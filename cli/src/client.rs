@@ -570,6 +570,12 @@ fn format_explanation(e: &RunExplanation) -> String {
             let _ = writeln!(out, "  - {}", r.replace(['\n', '\r'], " "));
         }
     }
+    if !e.shard_facts.is_empty() {
+        let _ = writeln!(out, "on shard:");
+        for f in &e.shard_facts {
+            let _ = writeln!(out, "  - {}", f.replace(['\n', '\r'], " "));
+        }
+    }
     if !e.timeline.is_empty() {
         let _ = writeln!(out, "timeline:");
         let rows: Vec<[String; 4]> = e

@@ -497,7 +497,7 @@ async fn get_explanation(
     Path((alg, id)): Path<(String, String)>,
 ) -> ApiResult<axum::Json<v1::RunExplanation>> {
     let run = load_for(&s, &caller, Action::Read, &alg, &id).await?;
-    Ok(axum::Json(crate::explain::explain(&s, &run)))
+    Ok(axum::Json(crate::explain::explain(&s, &run).await))
 }
 
 /// `GET /algorithm/v1/metadata/{alg}/requests/{id}`: the run as Go's `CheckpointedRequest`

@@ -62,7 +62,26 @@ async fn runs_are_listed_explained_followed_and_fetched() {
                 &format!("{base}/algorithm/v1/results/chaos/requests/{slow}"),
             )
             .await;
-            seen_while_running |= r["status"] == "RUNNING";
+            if r["status"] == "RUNNING" && !seen_while_running {
+                seen_while_running = true;
+                // Meanwhile, explain says where it runs and what its shard says.
+                let e = get_json(
+                    &http,
+                    &format!("{base}/algorithm/v1/explain/chaos/requests/{slow}"),
+                )
+                .await;
+                let summary = e["summary"].as_str().unwrap_or_default();
+                assert!(summary.starts_with("running"), "{e}");
+                let facts: Vec<&str> = e["shardFacts"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|f| f.as_str()).collect())
+                    .unwrap_or_default();
+                assert!(
+                    facts.contains(&"its process runs on this receiver (local executor)"),
+                    "{e}"
+                );
+                assert!(facts.iter().any(|f| f.contains("launch limiter")), "{e}");
+            }
         }
     }
     assert!(

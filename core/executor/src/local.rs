@@ -157,6 +157,8 @@ struct Inner {
     runs: Mutex<HashMap<RunId, CancellationToken>>,
     /// Per-workgroup semaphores with their current limit.
     groups: Mutex<HashMap<String, (u32, Arc<Semaphore>)>>,
+    /// Runs waiting for a slot of their workgroup, with the workgroup.
+    waiting: Mutex<HashMap<RunId, String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -178,6 +180,7 @@ impl LocalProcessExecutor {
                 events,
                 runs: Mutex::new(HashMap::new()),
                 groups: Mutex::new(HashMap::new()),
+                waiting: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -318,6 +321,24 @@ impl Executor for LocalProcessExecutor {
     async fn active(&self) -> Vec<RunId> {
         lock(&self.inner.runs).keys().copied().collect()
     }
+
+    async fn describe(&self, run_id: RunId) -> Vec<String> {
+        let waiting_for = lock(&self.inner.waiting).get(&run_id).cloned();
+        if let Some(wg) = waiting_for {
+            let limit = lock(&self.inner.groups).get(&wg).map_or(0, |g| g.0);
+            let queued = lock(&self.inner.waiting)
+                .values()
+                .filter(|w| **w == wg)
+                .count();
+            return vec![format!(
+                "waiting for a slot of workgroup '{wg}': its {limit} slot(s) on this receiver are taken ({queued} run(s) wait for one)"
+            )];
+        }
+        if lock(&self.inner.runs).contains_key(&run_id) {
+            return vec!["its process runs on this receiver (local executor)".to_owned()];
+        }
+        Vec::new()
+    }
 }
 
 /// How one attempt's wait ended.
@@ -393,11 +414,13 @@ impl Inner {
             .clone()
             .map(|key| self.publish_logs(key, Arc::clone(&logs), stop_publishing.clone()));
         let semaphore = self.semaphore(&spec);
+        lock(&self.waiting).insert(spec.run_id, spec.workgroup.clone());
         let permit = tokio::select! {
             biased;
             () = cancel.cancelled() => None,
             permit = semaphore.acquire_owned() => Some(permit),
         };
+        lock(&self.waiting).remove(&spec.run_id);
         let outcome = match &permit {
             None => Outcome::Cancelled,
             Some(Err(_)) => Outcome::LaunchFailed {
@@ -1019,6 +1042,56 @@ mod tests {
         let last = payloads.get("logs/live/1").await.unwrap().unwrap();
         let text = String::from_utf8_lossy(&last);
         assert!(text.contains("early") && text.contains("late"), "{text}");
+    }
+
+    /// `describe` says a run waits for a slot of its workgroup, or that its process runs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn describe_tells_waiting_from_running() {
+        let dir = test_suite::TempDir::new();
+        let payloads = Arc::new(InMemoryPayloadStore::new());
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let config = LocalExecutorConfig {
+            work_root: dir.path().join("work"),
+            default_max_concurrent: 1,
+            ..LocalExecutorConfig::default()
+        };
+        let exec = LocalProcessExecutor::new(config, payloads, tx);
+        let first = test_suite::spec(&["-c", "sleep 5"]);
+        let second = test_suite::spec(&["-c", "sleep 5"]);
+        exec.launch(first.clone()).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while exec.describe(first.run_id).await
+            != vec!["its process runs on this receiver (local executor)".to_owned()]
+        {
+            assert!(std::time::Instant::now() < deadline, "first never ran");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        exec.launch(second.clone()).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let facts = exec.describe(second.run_id).await;
+            if facts
+                .first()
+                .is_some_and(|f| f.starts_with("waiting for a slot"))
+            {
+                assert_eq!(
+                    facts,
+                    vec![
+                        "waiting for a slot of workgroup 'test-wg': its 1 slot(s) on this receiver are taken (1 run(s) wait for one)"
+                            .to_owned()
+                    ]
+                );
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{facts:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(exec.describe(RunId::new()).await.is_empty());
+        for id in [first.run_id, second.run_id] {
+            exec.cancel(id, CancellationPolicy::Background)
+                .await
+                .unwrap();
+        }
     }
 
     #[test]
