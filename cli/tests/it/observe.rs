@@ -28,6 +28,33 @@ fn nexus(server: &str, args: &[&str]) -> (bool, String, String) {
 async fn runs_are_listed_explained_followed_and_fetched() {
     let data = tempfile::tempdir().unwrap();
     let h = start_standalone(data.path()).await;
+    scenario(h).await;
+}
+
+/// The same on a real Cassandra node (integration tier: feature `cassandra-tests`,
+/// `NEXUS_TEST_CASSANDRA=host:port`): the listing reads the index tables of migration 3.
+#[cfg(feature = "cassandra-tests")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn runs_are_listed_explained_followed_and_fetched_on_cassandra() {
+    let node = std::env::var("NEXUS_TEST_CASSANDRA").expect(
+        "NEXUS_TEST_CASSANDRA=host:port is not set: start a node with scripts/cassandra.sh start \
+         (scripts/integration.sh does it)",
+    );
+    let ks = format!(
+        "t_observe_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    );
+    let data = tempfile::tempdir().unwrap();
+    let h = crate::common::start_standalone_with(data.path(), |c| {
+        c.store = format!("cassandra://{node}/{ks}");
+    })
+    .await;
+    scenario(h).await;
+}
+
+/// Three runs (one followed while it runs), then listing, timeline, explanation, logs and result
+/// over HTTP and through the CLI.
+async fn scenario(h: nexus_cli::standalone::Handle) {
     let http = reqwest::Client::new();
     let base = h.url.clone();
 
