@@ -193,9 +193,11 @@ pub enum RunCommand {
     /// its shard's queue on the scheduler that answered, or that it was handed to its shard
     /// and waits there for a launch slot), the facts that bear on it (the shard's lane paused
     /// because the shard did not answer, the dispatch rate slowed down after the shard said
-    /// "slow down", the dispatch budget, the workgroup's concurrency limit), then its timeline:
-    /// every stage change with its time, the component that made it and the cause.
-    /// `--json` prints the server's answer.
+    /// "slow down", the dispatch budget, the workgroup's concurrency limit), what its shard's
+    /// receivers say (their launch limiter; the run waiting for a workgroup slot or its process
+    /// running; on Kubernetes its Job's and pods' conditions, e.g. Unschedulable or
+    /// ImagePullBackOff), then its timeline: every stage change with its time, the component
+    /// that made it and the cause. `--json` prints the server's answer.
     #[command(after_help = "Examples:\n  \
         nexus run explain knapsack $ID\n  \
         nexus run explain knapsack $ID --json | jq .timeline")]
@@ -249,12 +251,11 @@ pub enum RunCommand {
     ///
     /// Every filter given must match. Prints a table (id, algorithm, status, submitted,
     /// result URI or error) of one page; when more runs match, stderr says how to get the next
-    /// page (`--cursor`), or `--all` follows every page. `--json` prints the server's page
-    /// (`{"runs": [...], "nextCursor": ...}`), with `--all` the array of every run. Only runs
-    /// you may read are listed.
+    /// page (`--cursor`), or `--all` follows every page. `--json` prints the runs as a JSON
+    /// array (the cursor still goes to stderr). Only runs you may read are listed.
     #[command(after_help = "Examples:\n  \
         nexus run list                                   # the 50 newest runs\n  \
-        nexus run list --tag nightly\n  \
+        nexus run list --tag nightly --json | jq '.[] | select(.status == \"FAILED\")'\n  \
         nexus run list --algorithm knapsack --stage FAILED --since 24h\n  \
         nexus run list --root $ID --all                   # a whole execution tree\n  \
         nexus run list --since 2026-12-01T00:00:00Z --until 2026-12-02T00:00:00Z --json\n  \
@@ -482,15 +483,13 @@ pub async fn run(opts: &ClientOpts, cmd: RunCommand) -> anyhow::Result<ExitCode>
                 cursor = page.next_cursor.clone();
                 if !all {
                     if json {
-                        println!("{}", serde_json::to_string_pretty(&page)?);
+                        println!("{}", serde_json::to_string_pretty(&page.runs)?);
                     } else if page.runs.is_empty() && cursor.is_none() {
                         eprintln!("no runs match");
                     } else {
                         print!("{}", format_summaries(&page.runs));
                     }
-                    if let Some(c) = &cursor
-                        && !json
-                    {
+                    if let Some(c) = &cursor {
                         eprintln!(
                             "more runs may match: add --cursor {c} for the next page, or --all"
                         );
