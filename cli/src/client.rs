@@ -13,7 +13,8 @@ use anyhow::{Context as _, anyhow, bail};
 use axum::http::{Method, StatusCode};
 use nexus_http::client::{Answer, ClientError, HttpClient};
 use nexus_proto::v1::{
-    AlgorithmRequest, CancellationRequest, RequestResult, RunCreated, RunPage, RunSummary,
+    AlgorithmRequest, CancellationRequest, RequestResult, RunCreated, RunExplanation, RunPage,
+    RunSummary,
 };
 use url::Url;
 
@@ -186,16 +187,75 @@ pub enum RunCommand {
         #[arg(long, value_enum, ignore_case = true)]
         policy: Option<CancelPolicy>,
     },
+    /// Explain what a run is doing and, while it waits, why.
+    ///
+    /// Prints the run's stage and since when, one sentence on what it is doing (its place in
+    /// its shard's queue on the scheduler that answered, or that it was handed to its shard
+    /// and waits there for a launch slot), the facts that bear on it (the shard's lane paused
+    /// because the shard did not answer, the dispatch rate slowed down after the shard said
+    /// "slow down", the dispatch budget, the workgroup's concurrency limit), what its shard's
+    /// receivers say (their launch limiter; the run waiting for a workgroup slot or its process
+    /// running; on Kubernetes its Job's and pods' conditions, e.g. Unschedulable or
+    /// ImagePullBackOff), then its timeline: every stage change with its time, the component
+    /// that made it and the cause. `--json` prints the server's answer.
+    #[command(after_help = "Examples:\n  \
+        nexus run explain knapsack $ID\n  \
+        nexus run explain knapsack $ID --json | jq .timeline")]
+    Explain {
+        /// Name of the algorithm the run belongs to.
+        algorithm: String,
+        /// Request id printed by `nexus run submit`.
+        id: String,
+        /// Print the raw JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a run's captured output (stdout and stderr); `-f` follows it while it runs.
+    ///
+    /// Output is captured for runs executed as local processes (standalone and local
+    /// receivers): published every few seconds while the run runs and kept with the run
+    /// afterwards. With `--follow`, new output is printed as it comes until the run finished
+    /// (like `tail -f`); Ctrl-C stops following, not the run.
+    #[command(after_help = "Examples:\n  \
+        nexus run logs knapsack $ID\n  \
+        nexus run logs knapsack $ID -f\n  \
+        nexus run logs knapsack $ID > run.log")]
+    Logs {
+        /// Name of the algorithm the run belongs to.
+        algorithm: String,
+        /// Request id printed by `nexus run submit`.
+        id: String,
+        /// Keep printing new output until the run finished.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// Print a completed run's result, or save it to a file.
+    ///
+    /// Downloads the result through its signed URL (results of up to 64 MiB) and writes it
+    /// to stdout, or to `--output`. A run that has not completed is an error saying what it is
+    /// doing (exit 1); wait for it first with `nexus run wait`.
+    #[command(after_help = "Examples:\n  \
+        nexus run result knapsack $ID | jq .\n  \
+        nexus run result knapsack $ID --output result.json\n  \
+        nexus run wait knapsack $ID && nexus run result knapsack $ID -o out.json")]
+    Result {
+        /// Name of the algorithm the run belongs to.
+        algorithm: String,
+        /// Request id printed by `nexus run submit`.
+        id: String,
+        /// Write the result to this file instead of stdout.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// List runs, newest first, filtered by algorithm, stage, tag, time, tree and shard.
     ///
     /// Every filter given must match. Prints a table (id, algorithm, status, submitted,
     /// result URI or error) of one page; when more runs match, stderr says how to get the next
-    /// page (`--cursor`), or `--all` follows every page. `--json` prints the server's page
-    /// (`{"runs": [...], "nextCursor": ...}`), with `--all` the array of every run. Only runs
-    /// you may read are listed.
+    /// page (`--cursor`), or `--all` follows every page. `--json` prints the runs as a JSON
+    /// array (the cursor still goes to stderr). Only runs you may read are listed.
     #[command(after_help = "Examples:\n  \
         nexus run list                                   # the 50 newest runs\n  \
-        nexus run list --tag nightly\n  \
+        nexus run list --tag nightly --json | jq '.[] | select(.status == \"FAILED\")'\n  \
         nexus run list --algorithm knapsack --stage FAILED --since 24h\n  \
         nexus run list --root $ID --all                   # a whole execution tree\n  \
         nexus run list --since 2026-12-01T00:00:00Z --until 2026-12-02T00:00:00Z --json\n  \
@@ -331,6 +391,52 @@ pub async fn run(opts: &ClientOpts, cmd: RunCommand) -> anyhow::Result<ExitCode>
             }
             Ok(ExitCode::SUCCESS)
         }
+        RunCommand::Explain {
+            algorithm,
+            id,
+            json,
+        } => {
+            let e = client.explain(&algorithm, &id).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&e)?);
+            } else {
+                print!("{}", format_explanation(&e));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RunCommand::Logs {
+            algorithm,
+            id,
+            follow,
+        } => {
+            client.logs(&algorithm, &id, follow).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        RunCommand::Result {
+            algorithm,
+            id,
+            output,
+        } => {
+            let bytes = client.download_result(&algorithm, &id).await?;
+            match output {
+                Some(path) => {
+                    std::fs::write(&path, &bytes)
+                        .with_context(|| format!("writing the result to {}", path.display()))?;
+                    eprintln!(
+                        "saved the result of run {id} ({} bytes) to {}",
+                        bytes.len(),
+                        path.display()
+                    );
+                }
+                None => {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(&bytes)
+                        .context("writing the result to stdout")?;
+                    out.flush().context("writing the result to stdout")?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         RunCommand::List {
             tag,
             algorithm,
@@ -377,15 +483,13 @@ pub async fn run(opts: &ClientOpts, cmd: RunCommand) -> anyhow::Result<ExitCode>
                 cursor = page.next_cursor.clone();
                 if !all {
                     if json {
-                        println!("{}", serde_json::to_string_pretty(&page)?);
+                        println!("{}", serde_json::to_string_pretty(&page.runs)?);
                     } else if page.runs.is_empty() && cursor.is_none() {
                         eprintln!("no runs match");
                     } else {
                         print!("{}", format_summaries(&page.runs));
                     }
-                    if let Some(c) = &cursor
-                        && !json
-                    {
+                    if let Some(c) = &cursor {
                         eprintln!(
                             "more runs may match: add --cursor {c} for the next page, or --all"
                         );
@@ -443,6 +547,53 @@ fn format_summaries(runs: &[RunSummary]) -> String {
         ["ID", "ALGORITHM", "STATUS", "SUBMITTED", "RESULT/ERROR"],
         &rows,
     )
+}
+
+/// The human form of an explanation: stage, summary, facts, timeline.
+fn format_explanation(e: &RunExplanation) -> String {
+    let mut out = String::new();
+    let since = e
+        .since
+        .as_deref()
+        .map(|t| format!(" since {}", short_time(t)))
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "run {} ({}): {}{since}",
+        e.request_id, e.algorithm_name, e.status
+    );
+    let _ = writeln!(out, "  {}", e.summary);
+    if !e.reasons.is_empty() {
+        let _ = writeln!(out, "why:");
+        for r in &e.reasons {
+            let _ = writeln!(out, "  - {}", r.replace(['\n', '\r'], " "));
+        }
+    }
+    if !e.shard_facts.is_empty() {
+        let _ = writeln!(out, "on shard:");
+        for f in &e.shard_facts {
+            let _ = writeln!(out, "  - {}", f.replace(['\n', '\r'], " "));
+        }
+    }
+    if !e.timeline.is_empty() {
+        let _ = writeln!(out, "timeline:");
+        let rows: Vec<[String; 4]> = e
+            .timeline
+            .iter()
+            .map(|t| {
+                [
+                    short_time(&t.at),
+                    format!("{} -> {}", t.from, t.to),
+                    t.by.clone(),
+                    truncate(&t.cause.replace(['\n', '\r', '\t'], " "), 100),
+                ]
+            })
+            .collect();
+        for line in format_rows(["AT", "CHANGE", "BY", "CAUSE"], &rows).lines() {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    out
 }
 
 /// `2026-12-07T06:13:29.123Z` → `2026-12-07 06:13:29`.
@@ -598,6 +749,106 @@ impl Client {
             .await?;
         resp.json::<serde_json::Value>()
             .with_context(|| format!("unexpected answer when {what}"))
+    }
+
+    async fn explain(&self, algorithm: &str, id: &str) -> anyhow::Result<RunExplanation> {
+        let what = format!("explaining run {id} of algorithm {algorithm:?}");
+        let resp = self
+            .send(
+                Method::GET,
+                &["algorithm", "v1", "explain", algorithm, "requests", id],
+                None::<&()>,
+                &[],
+                &what,
+            )
+            .await?;
+        resp.json::<RunExplanation>()
+            .with_context(|| format!("unexpected answer when {what}"))
+    }
+
+    /// Prints the run's output to stdout (as it comes, with `follow`).
+    async fn logs(&self, algorithm: &str, id: &str, follow: bool) -> anyhow::Result<()> {
+        let what = format!("reading the output of run {id} of algorithm {algorithm:?}");
+        let mut url = endpoint(
+            &self.base,
+            &["algorithm", "v1", "logs", algorithm, "requests", id],
+        )?;
+        if follow {
+            url.query_pairs_mut().append_pair("follow", "true");
+        }
+        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| vec![("authorization", a)])
+            .unwrap_or_default();
+        let mut out = std::io::stdout().lock();
+        let answer = self
+            .http
+            .stream(url.as_str(), &headers, |chunk| {
+                out.write_all(chunk)?;
+                out.flush()
+            })
+            .await
+            .map_err(|e| self.transport_error(e))?;
+        if answer.status.is_success() {
+            return Ok(());
+        }
+        Err(http_error(
+            answer.status,
+            answer.text().trim(),
+            &what,
+            self.token.is_some(),
+        ))
+    }
+
+    /// The result of a COMPLETED run, downloaded through its URL.
+    async fn download_result(&self, algorithm: &str, id: &str) -> anyhow::Result<bytes::Bytes> {
+        let r = self.result(algorithm, id).await?;
+        if r.status != "COMPLETED" {
+            if is_terminal(&r.status) {
+                bail!(
+                    "run {id} ended {} and has no result: {}",
+                    r.status,
+                    if r.run_error_message.is_empty() {
+                        "no cause recorded"
+                    } else {
+                        &r.run_error_message
+                    }
+                );
+            }
+            bail!(
+                "run {id} is {} and has no result yet: wait for it with `nexus run wait {algorithm} {id}`, see why it waits with `nexus run explain {algorithm} {id}`",
+                r.status
+            );
+        }
+        if r.result_uri.is_empty() {
+            bail!("run {id} completed without a result (its algorithm reported none)");
+        }
+        let uri = Url::parse(&r.result_uri)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https"));
+        let Some(uri) = uri else {
+            bail!(
+                "run {id} completed; its algorithm reported its result at {}, which is not an HTTP URL: fetch it with the tool of that store",
+                r.result_uri
+            );
+        };
+        // The signed URL is the credential: no Authorization header (S3 refuses requests that
+        // carry both).
+        let answer = self
+            .http
+            .send(Method::GET, uri.as_str(), &[], None)
+            .await
+            .map_err(|e| self.transport_error(e))
+            .context("downloading the result")?;
+        if !answer.status.is_success() {
+            bail!(
+                "downloading the result of run {id} failed: HTTP {} {}",
+                answer.status,
+                answer.text().trim()
+            );
+        }
+        Ok(answer.body)
     }
 
     async fn list(&self, query: &[(&str, String)]) -> anyhow::Result<RunPage> {
@@ -1184,6 +1435,59 @@ mod tests {
         );
         let e = time_arg("--until", "soon", now).unwrap_err().to_string();
         assert!(e.contains("--until \"soon\": give a time"), "{e}");
+    }
+
+    #[test]
+    fn explanations_read_top_down() {
+        use nexus_proto::v1::TimelineEntry;
+        let e = RunExplanation {
+            request_id: "id-1".into(),
+            algorithm_name: "knapsack".into(),
+            status: "BUFFERED".into(),
+            since: Some("2026-12-07T06:13:29.123Z".into()),
+            summary: "waiting 5s in the queue of shard 'local' on scheduler s1: 2nd of 3 to be dispatched".into(),
+            reasons: vec!["shard 'local' said \"slow down\"".into()],
+            timeline: vec![TimelineEntry {
+                at: "2026-12-07T06:13:29.123Z".into(),
+                from: "NEW".into(),
+                to: "BUFFERED".into(),
+                by: "scheduler".into(),
+                cause: "accepted by s1".into(),
+            }],
+            ..RunExplanation::default()
+        };
+        assert_eq!(
+            format_explanation(&e),
+            "run id-1 (knapsack): BUFFERED since 2026-12-07 06:13:29\n\
+             \x20 waiting 5s in the queue of shard 'local' on scheduler s1: 2nd of 3 to be dispatched\n\
+             why:\n\
+             \x20 - shard 'local' said \"slow down\"\n\
+             timeline:\n\
+             \x20 AT                   CHANGE           BY         CAUSE\n\
+             \x20 2026-12-07 06:13:29  NEW -> BUFFERED  scheduler  accepted by s1\n"
+        );
+    }
+
+    #[test]
+    fn run_commands_parse() {
+        use clap::Parser as _;
+        let cli = TestCli::try_parse_from(["t", "logs", "knapsack", "id", "-f"]).unwrap();
+        assert!(matches!(cli.cmd, RunCommand::Logs { follow: true, .. }));
+        let cli =
+            TestCli::try_parse_from(["t", "result", "knapsack", "id", "-o", "out.json"]).unwrap();
+        assert!(matches!(
+            cli.cmd,
+            RunCommand::Result {
+                output: Some(_),
+                ..
+            }
+        ));
+        let cli =
+            TestCli::try_parse_from(["t", "list", "--stage", "failed", "--since", "1h", "--all"])
+                .unwrap();
+        assert!(matches!(cli.cmd, RunCommand::List { all: true, .. }));
+        assert!(TestCli::try_parse_from(["t", "list", "--limit", "0"]).is_err());
+        assert!(TestCli::try_parse_from(["t", "list", "--all", "--cursor", "x"]).is_err());
     }
 
     #[test]

@@ -281,6 +281,11 @@ pub struct RunExplanation {
     /// Its shard's lane on the scheduler that answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lane: Option<LaneState>,
+    /// What the shard's receivers say about the run now, one fact a line (their launch
+    /// limiters; the run waiting for a workgroup slot, its process, or its Kubernetes Job's and
+    /// pods' conditions). Asked only while the run has not finished.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shard_facts: Vec<String>,
     /// The workgroup's concurrency limit per receiver (`maxConcurrentRuns`), when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workgroup_max_concurrent_runs: Option<u32>,

@@ -21,7 +21,8 @@ use nexus_proto::grpc::completion_service_server::{CompletionService, Completion
 use nexus_proto::grpc::shard_service_server::{ShardService, ShardServiceServer};
 use nexus_proto::grpc::{
     CancelRequest, CancelResponse, CapacityRequest, CapacityResponse, Code, CompleteRequest,
-    CompleteResponse, RETRY_AFTER_MS, SubmitRequest, SubmitResponse, SubmitResult,
+    CompleteResponse, DescribeRequest, DescribeResponse, RETRY_AFTER_MS, SubmitRequest,
+    SubmitResponse, SubmitResult,
 };
 use nexus_proto::v1::AlgorithmResult;
 use tokio_util::sync::CancellationToken;
@@ -201,6 +202,24 @@ impl ShardService for ShardServer {
             .await
             .map_err(|e| Status::new(e.kind.grpc_code(), e.message))?;
         Ok(Response::new(CancelResponse {}))
+    }
+
+    async fn describe(
+        &self,
+        request: Request<DescribeRequest>,
+    ) -> Result<Response<DescribeResponse>, Status> {
+        authorize_component(&self.creds, &request)?;
+        let req = request.into_inner();
+        let id: RunId = req.run_id.parse().map_err(|_| {
+            Status::invalid_argument(format!(
+                "'{}' is not a valid request id (expected a UUID)",
+                req.run_id.escape_default()
+            ))
+        })?;
+        Ok(Response::new(DescribeResponse {
+            receiver_id: self.receiver.instance_id.clone(),
+            facts: self.receiver.describe(id).await,
+        }))
     }
 
     async fn capacity(

@@ -255,6 +255,28 @@ impl Receiver {
         }
     }
 
+    /// What this receiver knows about run `id` now: its executor's view (waiting for a
+    /// workgroup slot, its process, its Job and pods) and the state of its launch limiter.
+    pub async fn describe(&self, id: RunId) -> Vec<String> {
+        let mut facts = self.executor.describe(id).await;
+        let (rate, available) = {
+            let mut l = self
+                .limiter
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            (l.rate(), l.available(tokio::time::Instant::now()))
+        };
+        facts.push(if available < 1.0 {
+            format!(
+                "its launch limiter is spent: {rate:.2} launches/s, the next in {:.1}s",
+                (1.0 - available) / rate.max(f64::EPSILON)
+            )
+        } else {
+            format!("its launch limiter admits {rate:.2} launches/s ({available:.0} available now)")
+        });
+        facts
+    }
+
     /// Stops a run's process (idempotent).
     ///
     /// # Errors
@@ -334,6 +356,10 @@ impl Shard for LocalShard {
 
     async fn cancel(&self, run_id: RunId, policy: CancellationPolicy) -> Result<(), ShardError> {
         self.0.cancel(run_id, policy).await
+    }
+
+    async fn describe(&self, run_id: RunId) -> Vec<String> {
+        self.0.describe(run_id).await
     }
 }
 

@@ -88,6 +88,7 @@ pub fn router(s: Arc<Scheduler>) -> Router {
             "/algorithm/v1/explain/{alg}/requests/{id}",
             get(get_explanation),
         )
+        .route("/algorithm/v1/logs/{alg}/requests/{id}", get(get_logs))
         .route_layer(axum::middleware::from_fn_with_state(
             s.clone(),
             access::authenticate,
@@ -448,6 +449,37 @@ async fn list_runs(
     Ok(axum::Json(crate::listing::http_page(&s, runs, next).await))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsQuery {
+    follow: Option<String>,
+}
+
+/// `GET /algorithm/v1/logs/{alg}/requests/{id}[?follow=true]`: the run's captured output,
+/// streamed while it runs with `follow=true` (see [`crate::logs`]).
+async fn get_logs(
+    State(s): S,
+    Extension(caller): Who,
+    Path((alg, id)): Path<(String, String)>,
+    q: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = q.map_err(|e| {
+        ApiError::bad_request(format!("{}; accepted: follow=true|false", e.body_text()))
+    })?;
+    let follow = match q.follow.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "follow: must be 'true' or 'false', got '{}'",
+                other.escape_default()
+            )));
+        }
+    };
+    let run = load_for(&s, &caller, Action::Read, &alg, &id).await?;
+    crate::logs::answer(s, run, follow).await
+}
+
 /// `GET /algorithm/v1/timeline/{alg}/requests/{id}`: every stage change of the run, with its
 /// time, the component that made it and the cause.
 async fn get_timeline(
@@ -467,7 +499,7 @@ async fn get_explanation(
     Path((alg, id)): Path<(String, String)>,
 ) -> ApiResult<axum::Json<v1::RunExplanation>> {
     let run = load_for(&s, &caller, Action::Read, &alg, &id).await?;
-    Ok(axum::Json(crate::explain::explain(&s, &run)))
+    Ok(axum::Json(crate::explain::explain(&s, &run).await))
 }
 
 /// `GET /algorithm/v1/metadata/{alg}/requests/{id}`: the run as Go's `CheckpointedRequest`

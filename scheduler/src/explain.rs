@@ -58,8 +58,29 @@ fn ordinal(n: u64) -> String {
     format!("{n}{suffix}")
 }
 
+/// Longest wait for the shard's answer (each gRPC receiver is bounded too).
+const SHARD_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What `run` is doing and why: this scheduler's view ([`explain_here`]) plus, while the run
+/// has not finished, what its shard's receivers say.
+pub async fn explain(s: &Scheduler, run: &Run) -> RunExplanation {
+    let mut e = explain_here(s, run);
+    if !run.stage.is_terminal()
+        && let Some(shard) = s.shards.route(&run.shard)
+    {
+        e.shard_facts = match tokio::time::timeout(SHARD_TIMEOUT, shard.describe(run.id)).await {
+            Ok(facts) => facts,
+            Err(_) => vec![format!(
+                "shard '{}' did not answer within {SHARD_TIMEOUT:?}",
+                run.shard
+            )],
+        };
+    }
+    e
+}
+
 /// What `run` is doing and why, as far as this scheduler knows.
-pub fn explain(s: &Scheduler, run: &Run) -> RunExplanation {
+pub fn explain_here(s: &Scheduler, run: &Run) -> RunExplanation {
     let now = Instant::now();
     let since = run
         .timeline
@@ -247,6 +268,7 @@ pub fn explain(s: &Scheduler, run: &Run) -> RunExplanation {
         reasons,
         queue,
         lane: lane_state,
+        shard_facts: Vec::new(),
         workgroup_max_concurrent_runs: wg_limit,
         timeline: run.timeline.iter().map(entry).collect(),
     }

@@ -35,6 +35,7 @@ pub mod explain;
 pub mod grpc;
 pub mod limiter;
 pub mod listing;
+pub mod logs;
 pub mod metrics;
 pub mod queue;
 pub(crate) mod request_split;

@@ -19,5 +19,6 @@ mod hostile;
 mod kill9;
 #[cfg(feature = "kube-tests")]
 mod kubernetes;
+mod observe;
 mod server_bounds;
 mod standalone_e2e;

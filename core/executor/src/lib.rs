@@ -221,6 +221,15 @@ pub trait Executor: Send + Sync + std::fmt::Debug + 'static {
 
     /// Returns the ids of runs launched and not yet finished.
     async fn active(&self) -> Vec<RunId>;
+
+    /// What the executor knows about a run now, one fact a line for a person: waiting for a
+    /// slot of its workgroup, its process, its Kubernetes Job's and pods' conditions. Empty when
+    /// it does not hold the run or has nothing to say. Best effort: a failure to look is
+    /// reported as a fact, never an error.
+    async fn describe(&self, run_id: RunId) -> Vec<String> {
+        let _ = run_id;
+        Vec::new()
+    }
 }
 
 /// Turns executor events into stage transitions: the supervisor's job (`nexus_supervisor`

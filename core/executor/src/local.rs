@@ -28,7 +28,8 @@
 //! * stdout and stderr are read concurrently into one bounded buffer that keeps the tail
 //!   ([`LocalExecutorConfig::max_log_bytes`]); attempts are separated by `--- attempt N ---` lines
 //!   and a truncation note is prepended when bytes were dropped. When the spec has a
-//!   [`LaunchSpec::logs_key`], the buffer is stored in the [`PayloadStore`] after the run finishes.
+//!   [`LaunchSpec::logs_key`], the buffer is published there every [`LOG_PUBLISH_EVERY`] while
+//!   it grows (live logs) and stored a last time after the run finishes.
 //! * The concurrency limit of a workgroup is taken from the first launch that names it; a later
 //!   launch with a larger limit raises it, a smaller one lowers it as far as free permits allow.
 
@@ -91,6 +92,10 @@ pub struct Launcher {
     /// Its leading arguments; the executor appends `--work-dir <dir> -- <command> <args>…`.
     pub args: Vec<OsString>,
 }
+
+/// How often a running run's captured output is published to the payload store (live logs:
+/// `GET /algorithm/v1/logs/...?follow=true` reads it).
+pub const LOG_PUBLISH_EVERY: Duration = Duration::from_secs(2);
 
 /// Configuration of a [`LocalProcessExecutor`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,6 +161,8 @@ struct Inner {
     runs: Mutex<HashMap<RunId, CancellationToken>>,
     /// Per-workgroup semaphores with their current limit.
     groups: Mutex<HashMap<String, (u32, Arc<Semaphore>)>>,
+    /// Runs waiting for a slot of their workgroup, with the workgroup.
+    waiting: Mutex<HashMap<RunId, String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -177,6 +184,7 @@ impl LocalProcessExecutor {
                 events,
                 runs: Mutex::new(HashMap::new()),
                 groups: Mutex::new(HashMap::new()),
+                waiting: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -317,6 +325,24 @@ impl Executor for LocalProcessExecutor {
     async fn active(&self) -> Vec<RunId> {
         lock(&self.inner.runs).keys().copied().collect()
     }
+
+    async fn describe(&self, run_id: RunId) -> Vec<String> {
+        let waiting_for = lock(&self.inner.waiting).get(&run_id).cloned();
+        if let Some(wg) = waiting_for {
+            let limit = lock(&self.inner.groups).get(&wg).map_or(0, |g| g.0);
+            let queued = lock(&self.inner.waiting)
+                .values()
+                .filter(|w| **w == wg)
+                .count();
+            return vec![format!(
+                "waiting for a slot of workgroup '{wg}': its {limit} slot(s) on this receiver are taken ({queued} run(s) wait for one)"
+            )];
+        }
+        if lock(&self.inner.runs).contains_key(&run_id) {
+            return vec!["its process runs on this receiver (local executor)".to_owned()];
+        }
+        Vec::new()
+    }
 }
 
 /// How one attempt's wait ended.
@@ -353,15 +379,52 @@ impl Inner {
         let _ = self.events.send(event);
     }
 
+    /// Publishes the captured output under `key` every [`LOG_PUBLISH_EVERY`] while it grows,
+    /// until `stop` (live logs); an in-flight write finishes before the task ends, so the final
+    /// write after the run always lands last.
+    fn publish_logs(
+        self: &Arc<Self>,
+        key: String,
+        logs: Arc<Mutex<LogBuffer>>,
+        stop: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut published = 0u64;
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(LOG_PUBLISH_EVERY) => {}
+                }
+                let snapshot = {
+                    let b = lock(&logs);
+                    (b.version != published).then(|| (b.version, b.snapshot()))
+                };
+                if let Some((version, bytes)) = snapshot
+                    && me.payloads.put(&key, Bytes::from(bytes)).await.is_ok()
+                {
+                    published = version;
+                }
+            }
+        })
+    }
+
     /// The whole life of one accepted launch; emits exactly one `Finished`.
     async fn run(self: Arc<Self>, spec: LaunchSpec, cancel: CancellationToken) {
         let logs = Arc::new(Mutex::new(LogBuffer::new(self.config.max_log_bytes)));
+        let stop_publishing = CancellationToken::new();
+        let publisher = spec
+            .logs_key
+            .clone()
+            .map(|key| self.publish_logs(key, Arc::clone(&logs), stop_publishing.clone()));
         let semaphore = self.semaphore(&spec);
+        lock(&self.waiting).insert(spec.run_id, spec.workgroup.clone());
         let permit = tokio::select! {
             biased;
             () = cancel.cancelled() => None,
             permit = semaphore.acquire_owned() => Some(permit),
         };
+        lock(&self.waiting).remove(&spec.run_id);
         let outcome = match &permit {
             None => Outcome::Cancelled,
             Some(Err(_)) => Outcome::LaunchFailed {
@@ -381,6 +444,10 @@ impl Inner {
         };
         if let Outcome::LaunchFailed { message } = &outcome {
             lock(&logs).push(format!("{message}\n").as_bytes());
+        }
+        stop_publishing.cancel();
+        if let Some(p) = publisher {
+            let _ = p.await;
         }
         let logs_stored = match &spec.logs_key {
             Some(key) => {
@@ -753,6 +820,8 @@ struct LogBuffer {
     max: usize,
     buf: Vec<u8>,
     dropped: u64,
+    /// Bumped by every push (the publisher writes only when it moved).
+    version: u64,
 }
 
 impl LogBuffer {
@@ -761,10 +830,12 @@ impl LogBuffer {
             max,
             buf: Vec::new(),
             dropped: 0,
+            version: 0,
         }
     }
 
     fn push(&mut self, bytes: &[u8]) {
+        self.version += 1;
         self.buf.extend_from_slice(bytes);
         // Trim lazily (amortised O(1) per byte): only once the buffer holds twice the cap.
         if self.buf.len()
@@ -783,6 +854,19 @@ impl LogBuffer {
             self.buf.drain(..excess);
             self.dropped += excess as u64;
         }
+    }
+
+    /// What [`LogBuffer::into_bytes`] would return now, without consuming the buffer.
+    fn snapshot(&self) -> Vec<u8> {
+        let excess = self.buf.len().saturating_sub(self.max);
+        let dropped = self.dropped + excess as u64;
+        let mut out = if dropped == 0 {
+            Vec::with_capacity(self.buf.len())
+        } else {
+            format!("[nexus: log truncated, {dropped} earlier bytes dropped]\n").into_bytes()
+        };
+        out.extend_from_slice(&self.buf[excess..]);
+        out
     }
 
     fn into_bytes(mut self) -> Vec<u8> {
@@ -932,6 +1016,102 @@ mod tests {
         assert!(text.starts_with("[nexus: log truncated"), "{text}");
         assert!(text.ends_with("xxxxEND\n"), "{text}");
         assert!(logs.len() < 200, "{}", logs.len());
+    }
+
+    /// Output is published while the run runs (live logs), then stored whole at the end.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn logs_are_published_while_running() {
+        let dir = test_suite::TempDir::new();
+        let payloads = Arc::new(InMemoryPayloadStore::new());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let config = LocalExecutorConfig {
+            work_root: dir.path().join("work"),
+            ..LocalExecutorConfig::default()
+        };
+        let exec = LocalProcessExecutor::new(config, payloads.clone(), tx);
+        let mut spec = test_suite::spec(&["-c", "echo early; sleep 5; echo late"]);
+        spec.logs_key = Some("logs/live/1".into());
+        exec.launch(spec.clone()).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(4);
+        let live = loop {
+            if let Some(b) = payloads.get("logs/live/1").await.unwrap() {
+                break String::from_utf8_lossy(&b).into_owned();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nothing published while the run ran"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(live.contains("early"), "{live}");
+        assert!(!live.contains("late"), "published after the end? {live}");
+        test_suite::collect_until_finished(&mut rx, spec.run_id, 20).await;
+        let last = payloads.get("logs/live/1").await.unwrap().unwrap();
+        let text = String::from_utf8_lossy(&last);
+        assert!(text.contains("early") && text.contains("late"), "{text}");
+    }
+
+    /// `describe` says a run waits for a slot of its workgroup, or that its process runs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn describe_tells_waiting_from_running() {
+        let dir = test_suite::TempDir::new();
+        let payloads = Arc::new(InMemoryPayloadStore::new());
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let config = LocalExecutorConfig {
+            work_root: dir.path().join("work"),
+            default_max_concurrent: 1,
+            ..LocalExecutorConfig::default()
+        };
+        let exec = LocalProcessExecutor::new(config, payloads, tx);
+        let first = test_suite::spec(&["-c", "sleep 5"]);
+        let second = test_suite::spec(&["-c", "sleep 5"]);
+        exec.launch(first.clone()).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while exec.describe(first.run_id).await
+            != vec!["its process runs on this receiver (local executor)".to_owned()]
+        {
+            assert!(std::time::Instant::now() < deadline, "first never ran");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        exec.launch(second.clone()).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let facts = exec.describe(second.run_id).await;
+            if facts
+                .first()
+                .is_some_and(|f| f.starts_with("waiting for a slot"))
+            {
+                assert_eq!(
+                    facts,
+                    vec![
+                        "waiting for a slot of workgroup 'test-wg': its 1 slot(s) on this receiver are taken (1 run(s) wait for one)"
+                            .to_owned()
+                    ]
+                );
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{facts:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(exec.describe(RunId::new()).await.is_empty());
+        for id in [first.run_id, second.run_id] {
+            exec.cancel(id, CancellationPolicy::Background)
+                .await
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn a_snapshot_is_what_the_final_bytes_would_be() {
+        let mut b = LogBuffer::new(10);
+        b.push(b"0123456789abcdef");
+        let snap = b.snapshot();
+        assert_eq!(
+            snap,
+            b"[nexus: log truncated, 6 earlier bytes dropped]\n6789abcdef"
+        );
+        assert_eq!(b.version, 1);
+        assert_eq!(b.into_bytes(), snap);
     }
 
     /// Runs `spec` on `exec` and returns the outcome and the stored logs.

@@ -162,6 +162,71 @@ impl HttpClient {
     }
 }
 
+impl HttpClient {
+    /// Sends a GET and hands the answer's body to `sink` chunk by chunk as it arrives (no size
+    /// or time bound on a successful body: it may be a followed log). The answer's head must
+    /// come within the timeout. An error status's body is read whole (bounded) and returned in
+    /// the [`Answer`]; a successful answer comes back with an empty body once the stream ended.
+    ///
+    /// # Errors
+    /// As [`HttpClient::send`]; `Body` when `sink` fails or the connection breaks mid-stream.
+    pub async fn stream(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<Answer, ClientError> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| ClientError::Request(format!("url '{url}': {e}")))?;
+        let mut b = Request::builder()
+            .method(Method::GET)
+            .uri(uri)
+            .header(header::USER_AGENT, self.user_agent.clone());
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = b
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::Request(e.to_string()))?;
+        let resp = tokio::time::timeout(self.timeout, self.inner.request(req))
+            .await
+            .map_err(|_| ClientError::Timeout(self.timeout))?
+            .map_err(|e| {
+                if e.is_connect() {
+                    ClientError::Connect(error_chain(&e))
+                } else {
+                    ClientError::Body(error_chain(&e))
+                }
+            })?;
+        let (parts, mut body) = resp.into_parts();
+        if !parts.status.is_success() {
+            let body =
+                tokio::time::timeout(self.timeout, Limited::new(body, self.max_body).collect())
+                    .await
+                    .map_err(|_| ClientError::Timeout(self.timeout))?
+                    .map_err(|e| ClientError::Body(e.to_string()))?
+                    .to_bytes();
+            return Ok(Answer {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            });
+        }
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ClientError::Body(error_chain(&e)))?;
+            if let Ok(data) = frame.into_data() {
+                sink(&data).map_err(|e| ClientError::Body(format!("writing the answer: {e}")))?;
+            }
+        }
+        Ok(Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body: Bytes::new(),
+        })
+    }
+}
+
 /// An error with its sources, `a: b: c` (hyper's own message alone says little).
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();

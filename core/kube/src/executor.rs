@@ -538,6 +538,165 @@ impl Executor for KubeExecutor {
     async fn active(&self) -> Vec<RunId> {
         self.active().keys().copied().collect()
     }
+
+    async fn describe(&self, run_id: RunId) -> Vec<String> {
+        let name = run_id.to_string();
+        let mut facts = Vec::new();
+        match self.jobs.get_opt(&name).await {
+            Ok(Some(job)) => facts.extend(describe_job(&job)),
+            Ok(None) => return facts,
+            Err(e) => {
+                facts.push(format!("cannot read Job {name}: {e}"));
+                return facts;
+            }
+        }
+        let lp = kube::api::ListParams::default().labels(&format!("{LABEL_REQUEST_ID}={name}"));
+        match self.pods.list(&lp).await {
+            Ok(list) if list.items.is_empty() => facts.push("no pod yet".to_owned()),
+            Ok(list) => facts.extend(list.items.iter().flat_map(describe_pod)),
+            Err(e) => facts.push(format!("cannot list the Job's pods: {e}")),
+        }
+        facts
+    }
+}
+
+/// A Job's counts and conditions, one fact a line.
+fn describe_job(job: &Job) -> Vec<String> {
+    let name = job.metadata.name.clone().unwrap_or_default();
+    let Some(st) = &job.status else {
+        return vec![format!("Job {name}: no status yet")];
+    };
+    let mut out = vec![format!(
+        "Job {name}: {} active, {} succeeded, {} failed",
+        st.active.unwrap_or(0),
+        st.succeeded.unwrap_or(0),
+        st.failed.unwrap_or(0)
+    )];
+    for c in st.conditions.iter().flatten() {
+        out.push(format!(
+            "Job condition {}={}{}{}",
+            c.type_,
+            c.status,
+            c.reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default(),
+            c.message
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
+        ));
+    }
+    out
+}
+
+/// A pod's phase, unmet conditions and waiting or terminated containers, one fact a line.
+fn describe_pod(pod: &Pod) -> Vec<String> {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let Some(st) = &pod.status else {
+        return vec![format!("pod {name}: no status yet")];
+    };
+    let mut out = vec![format!(
+        "pod {name}: {}",
+        st.phase.as_deref().unwrap_or("Unknown")
+    )];
+    for c in st
+        .conditions
+        .iter()
+        .flatten()
+        .filter(|c| c.status != "True")
+    {
+        out.push(format!(
+            "pod {name} condition {}={}{}{}",
+            c.type_,
+            c.status,
+            c.reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default(),
+            c.message
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
+        ));
+    }
+    for cs in st.container_statuses.iter().flatten() {
+        let Some(state) = &cs.state else { continue };
+        if let Some(w) = &state.waiting {
+            out.push(format!(
+                "container {} waiting{}{}",
+                cs.name,
+                w.reason
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default(),
+                w.message
+                    .as_deref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
+            ));
+        }
+        if let Some(t) = &state.terminated {
+            out.push(format!(
+                "container {} terminated with exit code {}{}",
+                cs.name,
+                t.exit_code,
+                t.reason
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod describe_tests {
+    use super::*;
+
+    #[test]
+    fn jobs_and_pods_are_described_by_their_conditions() {
+        let job: Job = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "r1"},
+            "status": {"active": 1, "conditions": [
+                {"type": "Suspended", "status": "False"}
+            ]}
+        }))
+        .unwrap();
+        assert_eq!(
+            describe_job(&job),
+            vec![
+                "Job r1: 1 active, 0 succeeded, 0 failed".to_owned(),
+                "Job condition Suspended=False".to_owned()
+            ]
+        );
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "r1-abc"},
+            "status": {
+                "phase": "Pending",
+                "conditions": [
+                    {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                     "message": "0/3 nodes are available: 3 Insufficient cpu."},
+                    {"type": "Initialized", "status": "True"}
+                ],
+                "containerStatuses": [{
+                    "name": "algo", "image": "x", "imageID": "", "ready": false,
+                    "restartCount": 0,
+                    "state": {"waiting": {"reason": "ImagePullBackOff", "message": "back-off pulling image"}}
+                }]
+            }
+        }))
+        .unwrap();
+        assert_eq!(
+            describe_pod(&pod),
+            vec![
+                "pod r1-abc: Pending".to_owned(),
+                "pod r1-abc condition PodScheduled=False (Unschedulable): 0/3 nodes are available: 3 Insufficient cpu.".to_owned(),
+                "container algo waiting (ImagePullBackOff): back-off pulling image".to_owned(),
+            ]
+        );
+    }
 }
 
 #[cfg(test)]

@@ -80,6 +80,14 @@ pub trait Shard: Send + Sync + std::fmt::Debug + 'static {
     /// # Errors
     /// Backend failures.
     async fn cancel(&self, run_id: RunId, policy: CancellationPolicy) -> Result<(), ShardError>;
+
+    /// What the shard's receivers know about a run now, one fact a line for a person (their
+    /// launch limiters, the run's process or its Kubernetes Job and pods). Empty when they know
+    /// nothing; receivers that do not answer are facts too, never an error.
+    async fn describe(&self, run_id: RunId) -> Vec<String> {
+        let _ = run_id;
+        Vec::new()
+    }
 }
 
 /// A recording [`Shard`] for unit tests: remembers submissions and cancels, and can be told to

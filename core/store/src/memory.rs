@@ -151,7 +151,7 @@ impl RunStore for InMemoryRunStore {
             .filter(|r| upper.is_none_or(|u| r.id < u) && lower.is_none_or(|l| r.id >= l))
             .filter(|r| filter.matches(r))
             .collect();
-        found.sort_by_key(|b| std::cmp::Reverse(b.id));
+        found.sort_by_key(|r| std::cmp::Reverse(r.id));
         let more = found.len() > limit;
         let runs: Vec<Run> = found.into_iter().take(limit).cloned().collect();
         let next = more.then(|| runs.last().map(|r| Position(r.id))).flatten();

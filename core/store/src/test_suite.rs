@@ -765,7 +765,7 @@ pub async fn listing<S: RunStore>(store: S) {
     }
     // Ids are time-ordered: newest first is the reverse of insertion.
     let mut newest: Vec<RunId> = all.iter().map(|r| r.id).collect();
-    newest.sort_by(|a, b| b.cmp(a));
+    newest.sort_by_key(|id| std::cmp::Reverse(*id));
     let everything = RunFilter::default();
     for size in [1, 3, 4, 100] {
         assert_eq!(
@@ -776,7 +776,7 @@ pub async fn listing<S: RunStore>(store: S) {
     }
     let ids_where = |pred: &dyn Fn(&Run) -> bool| -> Vec<RunId> {
         let mut v: Vec<RunId> = all.iter().filter(|r| pred(r)).map(|r| r.id).collect();
-        v.sort_by(|a, b| b.cmp(a));
+        v.sort_by_key(|id| std::cmp::Reverse(*id));
         v
     };
     let alpha = RunFilter {

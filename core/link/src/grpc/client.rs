@@ -15,8 +15,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use nexus_proto::grpc::shard_service_client::ShardServiceClient;
 use nexus_proto::grpc::{
-    CancelRequest, CapacityRequest, CapacityResponse, Code, RunDispatch, SubmitRequest,
-    SubmitResult,
+    CancelRequest, CapacityRequest, CapacityResponse, Code, DescribeRequest, RunDispatch,
+    SubmitRequest, SubmitResult,
 };
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -32,6 +32,8 @@ use crate::shard::{Dispatch, Shard, ShardError};
 use nexus_model::error::ErrorKind;
 use nexus_model::run::{CancellationPolicy, RunId};
 
+/// Longest wait for one receiver's answer to a describe (explain must answer promptly).
+const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Tuning of a [`GrpcShard`].
 #[derive(Debug, Clone, Copy)]
 pub struct GrpcShardOptions {
@@ -347,6 +349,42 @@ impl Shard for GrpcShard {
         };
         self.queue.send(pending).await.map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
+    }
+
+    async fn describe(&self, run_id: RunId) -> Vec<String> {
+        self.inner.await_first_resolution().await;
+        let endpoints = self.inner.snapshot();
+        let calls = endpoints.iter().map(|ep| async move {
+            let mut client = ep.client.clone();
+            let asked = client.describe(DescribeRequest {
+                run_id: run_id.to_string(),
+            });
+            match tokio::time::timeout(DESCRIBE_TIMEOUT, asked).await {
+                Ok(Ok(r)) => {
+                    let r = r.into_inner();
+                    r.facts
+                        .into_iter()
+                        .map(|f| format!("receiver {}: {f}", r.receiver_id))
+                        .collect()
+                }
+                // A receiver older than this call has nothing to say.
+                Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => Vec::new(),
+                Ok(Err(s)) => vec![format!(
+                    "receiver at {} did not answer: {}",
+                    ep.url,
+                    error_of_status(&self.inner.shard, &ep.url, &s)
+                )],
+                Err(_) => vec![format!(
+                    "receiver at {} did not answer within {DESCRIBE_TIMEOUT:?}",
+                    ep.url
+                )],
+            }
+        });
+        futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     async fn cancel(&self, run_id: RunId, policy: CancellationPolicy) -> Result<(), ShardError> {

@@ -165,8 +165,8 @@ mod dns {
 
     use nexus_proto::grpc::shard_service_server::{ShardService, ShardServiceServer};
     use nexus_proto::grpc::{
-        CancelRequest, CancelResponse, CapacityRequest, CapacityResponse, Code, SubmitRequest,
-        SubmitResponse, SubmitResult,
+        CancelRequest, CancelResponse, CapacityRequest, CapacityResponse, Code, DescribeRequest,
+        DescribeResponse, SubmitRequest, SubmitResponse, SubmitResult,
     };
     use tonic::{Request, Response, Status};
 
@@ -211,6 +211,15 @@ mod dns {
             _: Request<CapacityRequest>,
         ) -> Result<Response<CapacityResponse>, Status> {
             Ok(Response::new(CapacityResponse::default()))
+        }
+        async fn describe(
+            &self,
+            r: Request<DescribeRequest>,
+        ) -> Result<Response<DescribeResponse>, Status> {
+            Ok(Response::new(DescribeResponse {
+                receiver_id: "pod".into(),
+                facts: vec![format!("knows {}", r.into_inner().run_id)],
+            }))
         }
     }
 
@@ -345,6 +354,17 @@ mod dns {
         assert_eq!(after[0], before[0], "removed address picked: {after:?}");
         assert_eq!(after[1] + after[2], before[1] + before[2] + 6);
         assert_eq!(s.endpoints().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn describe_asks_every_receiver_and_names_them() {
+        let p = pods(2).await;
+        let dns = FakeDns::default();
+        dns.answer(Ok(&["127.0.0.2", "127.0.0.3"]));
+        let s = shard(&dns, &[format!("http://receivers.test:{}", p.port)]);
+        let id = nexus_model::run::RunId::new();
+        let facts = s.describe(id).await;
+        assert_eq!(facts, vec![format!("receiver pod: knows {id}"); 2]);
     }
 
     #[tokio::test]

@@ -477,7 +477,7 @@ impl CassandraRunStore {
             {
                 merged.push(x);
             }
-            merged.sort_by(|a, b| b.cmp(a));
+            merged.sort_by_key(|id| std::cmp::Reverse(*id));
             merged.dedup();
             merged.truncate(usize::try_from(n).unwrap_or(usize::MAX));
             if merged.is_empty() {
