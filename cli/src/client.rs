@@ -837,7 +837,7 @@ impl Client {
         // carry both).
         let answer = self
             .http
-            .send(Method::GET, uri.as_str(), &[], None)
+            .get_following(uri.as_str(), &[])
             .await
             .map_err(|e| self.transport_error(e))
             .context("downloading the result")?;

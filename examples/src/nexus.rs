@@ -201,11 +201,16 @@ impl Client {
                 .body
                 .as_ref()
                 .map(|(b, ct)| (Bytes::copy_from_slice(b), *ct));
-            let sent =
+            // A GET follows redirects: a large payload's URL answers 307 to the stored object.
+            let sent = if call.method == Method::GET {
+                self.rt
+                    .block_on(self.http.get_following(call.url, &headers))
+            } else {
                 self.rt.block_on(
                     self.http
                         .send(call.method.clone(), call.url, &headers, body),
-                );
+                )
+            };
             let err = match sent {
                 Ok(a) if a.status.is_success() => return Ok(a),
                 Ok(a) => {

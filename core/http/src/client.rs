@@ -163,6 +163,92 @@ impl HttpClient {
 }
 
 impl HttpClient {
+    /// Sends a GET, following up to [`MAX_REDIRECTS`] redirects (301, 302, 303, 307, 308; a
+    /// relative `Location` is resolved against the URL that answered). Headers are dropped when
+    /// a redirect leaves the first URL's origin, so a credential never travels to another host.
+    ///
+    /// # Errors
+    /// As [`HttpClient::send`]; `Request` for a redirect without a usable `Location` or one
+    /// redirect too many.
+    pub async fn get_following(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Answer, ClientError> {
+        let origin = origin_of(url);
+        let mut current = url.to_owned();
+        for _ in 0..=MAX_REDIRECTS {
+            let same_origin = origin_of(&current) == origin;
+            let sent: &[(&str, &str)] = if same_origin { headers } else { &[] };
+            let answer = self.send(Method::GET, &current, sent, None).await?;
+            if !matches!(answer.status.as_u16(), 301 | 302 | 303 | 307 | 308) {
+                return Ok(answer);
+            }
+            let location = answer
+                .headers
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| {
+                    ClientError::Request(format!(
+                        "{} answered {} without a Location",
+                        redact_query(&current),
+                        answer.status
+                    ))
+                })?;
+            current = resolve(&current, location)?;
+        }
+        Err(ClientError::Request(format!(
+            "more than {MAX_REDIRECTS} redirects from {}",
+            redact_query(url)
+        )))
+    }
+}
+
+/// Redirects [`HttpClient::get_following`] follows before giving up.
+pub const MAX_REDIRECTS: usize = 5;
+
+/// `scheme://authority` of a URL (empty when it has none).
+fn origin_of(url: &str) -> String {
+    url.parse::<Uri>()
+        .ok()
+        .map(|u| {
+            format!(
+                "{}://{}",
+                u.scheme_str().unwrap_or(""),
+                u.authority().map_or("", |a| a.as_str())
+            )
+        })
+        .unwrap_or_default()
+}
+
+/// A URL without its query string (signatures stay out of messages).
+fn redact_query(url: &str) -> &str {
+    url.split_once('?').map_or(url, |(base, _)| base)
+}
+
+/// `location` resolved against `base`: absolute, origin-relative (`/path`) or path-relative.
+fn resolve(base: &str, location: &str) -> Result<String, ClientError> {
+    if location.starts_with("http://") || location.starts_with("https://") {
+        return Ok(location.to_owned());
+    }
+    let origin = origin_of(base);
+    if origin.len() <= 3 {
+        return Err(ClientError::Request(format!(
+            "cannot resolve redirect '{location}' against '{}'",
+            redact_query(base)
+        )));
+    }
+    if location.starts_with('/') {
+        return Ok(format!("{origin}{location}"));
+    }
+    let path = redact_query(base)
+        .strip_prefix(origin.as_str())
+        .unwrap_or("/");
+    let dir = path.rfind('/').map_or("/", |i| &path[..=i]);
+    Ok(format!("{origin}{dir}{location}"))
+}
+
+impl HttpClient {
     /// Sends a GET and hands the answer's body to `sink` chunk by chunk as it arrives (no size
     /// or time bound on a successful body: it may be a followed log). The answer's head must
     /// come within the timeout. An error status's body is read whole (bounded) and returned in
@@ -240,4 +326,29 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{origin_of, resolve};
+
+    #[test]
+    fn redirects_resolve_against_the_answering_url() {
+        let base = "http://127.0.0.1:8090/data/v1/payloads/k/1?sig=x";
+        assert_eq!(
+            resolve(base, "https://s3.example/b/k?X-Amz=1").unwrap(),
+            "https://s3.example/b/k?X-Amz=1"
+        );
+        assert_eq!(
+            resolve(base, "/data/v1/objects/p?exp=1").unwrap(),
+            "http://127.0.0.1:8090/data/v1/objects/p?exp=1"
+        );
+        assert_eq!(
+            resolve(base, "2?sig=y").unwrap(),
+            "http://127.0.0.1:8090/data/v1/payloads/k/2?sig=y"
+        );
+        assert!(resolve("not a url", "/x").is_err());
+        assert_eq!(origin_of(base), "http://127.0.0.1:8090");
+        assert_ne!(origin_of(base), origin_of("http://127.0.0.1:8091/x"));
+    }
 }
