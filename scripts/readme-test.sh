@@ -23,7 +23,8 @@ cd "$repo"
 work=$(mktemp -d /tmp/nexus-readme.XXXXXX)
 server_pid=""
 cleanup() {
-  if [[ -n $server_pid ]] && kill -0 "$server_pid" 2>/dev/null; then kill -TERM "$server_pid" 2>/dev/null || true; fi
+  # The run command runs in its own process group (setsid): stop all of it, nexus included.
+  if [[ -n $server_pid ]] && kill -0 "$server_pid" 2>/dev/null; then kill -TERM -- "-$server_pid" 2>/dev/null || true; fi
   rm -rf "$repo/.nexus-data"
   [[ -d $work/saved-data ]] && mv "$work/saved-data" "$repo/.nexus-data"
   rm -rf "$work"
@@ -46,14 +47,17 @@ PY
 n=$(blocks README.md "$work/readme")
 ((n >= 3)) || die "README.md has $n sh blocks; expected the run command, the test command and the tour"
 run_cmd=$(<"$work/readme/0.sh")
-[[ $run_cmd == "cargo build --release && ./target/release/nexus standalone --templates examples/templates"$'\n' ]] \
+[[ $run_cmd == "cargo build --release && ./target/release/nexus standalone --templates examples/templates" ]] \
   || die "README's first sh block is not the run command: $run_cmd"
-[[ $(<"$work/readme/1.sh") == "cargo test --workspace"$'\n' ]] || die "README's second sh block is not the test command"
+[[ $(<"$work/readme/1.sh") == "cargo test --workspace" ]] || die "README's second sh block is not the test command"
 grep -qF 'cargo test --workspace' .ci/run || die ".ci/run does not run the README's test command"
 
 [[ -e .nexus-data ]] && mv .nexus-data "$work/saved-data"
 log "1. the run command (build, then serve)"
-bash "$work/readme/0.sh" >"$work/server.log" 2>&1 &
+if curl -fsS --max-time 2 -o /dev/null http://127.0.0.1:8090/ 2>/dev/null; then
+  die "something already serves 127.0.0.1:8090: stop it first"
+fi
+setsid bash "$work/readme/0.sh" >"$work/server.log" 2>&1 &
 server_pid=$!
 ready=0
 for _ in $(seq 1 1800); do   # the build may take a while; bounded at 30 minutes
@@ -78,7 +82,11 @@ fi
 cat "$work/tour.log" >&2
 
 log "3. SIGTERM"
-kill -TERM "$server_pid"
+# The run command is `cargo build … && ./target/release/nexus …`: bash waits for nexus, whose exit
+# status becomes the block's. The signal goes to nexus itself, as Ctrl-C or a supervisor would.
+nexus_pid=$(pgrep -P "$server_pid" -x nexus || true)
+[[ -n $nexus_pid ]] || die "no nexus process under the run command"
+kill -TERM "$nexus_pid"
 rc=0
 wait "$server_pid" || rc=$?
 server_pid=""
