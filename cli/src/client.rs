@@ -35,7 +35,7 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_TIMEOUT: u8 = 2;
 
 const SPINNER: [char; 10] = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
-const RESULT_COLUMN_WIDTH: usize = 60;
+const ERROR_COLUMN_WIDTH: usize = 60;
 
 /// Where the Nexus server is and how to authenticate to it.
 #[derive(Debug, Clone, clap::Args)]
@@ -359,7 +359,10 @@ pub async fn run(opts: &ClientOpts, cmd: RunCommand) -> anyhow::Result<ExitCode>
                 if json {
                     println!("{}", serde_json::to_string_pretty(&result)?);
                 } else {
-                    print!("{}", format_result(&result));
+                    // Best effort: a caller who may read the answer but not the metadata still
+                    // gets the answer.
+                    let meta = client.metadata(&algorithm, &id).await.ok();
+                    print!("{}", format_result(&result, meta.as_ref()));
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -531,22 +534,35 @@ fn time_arg(flag: &str, v: &str, now: std::time::SystemTime) -> anyhow::Result<S
 
 /// The listing table: id, algorithm, status, submitted, result or error.
 fn format_summaries(runs: &[RunSummary]) -> String {
-    let rows: Vec<[String; 5]> = runs
+    let rows: Vec<[String; 6]> = runs
         .iter()
         .map(|r| {
+            let took = r
+                .finished_at
+                .as_deref()
+                .and_then(|f| span(&r.submitted_at, f))
+                .map_or_else(|| "-".to_owned(), format_elapsed);
             [
                 r.request_id.clone(),
                 r.algorithm_name.clone(),
                 r.status.clone(),
                 short_time(&r.submitted_at),
-                detail(&r.result_uri, &r.run_error_message),
+                took,
+                one_line(&r.run_error_message, ERROR_COLUMN_WIDTH),
             ]
         })
         .collect();
     format_rows(
-        ["ID", "ALGORITHM", "STATUS", "SUBMITTED", "RESULT/ERROR"],
+        ["ID", "ALGORITHM", "STATUS", "SUBMITTED", "TOOK", "ERROR"],
         &rows,
     )
+}
+
+/// The time from `from` to `to` (RFC 3339), when both parse and `to` is not earlier.
+fn span(from: &str, to: &str) -> Option<Duration> {
+    let from = humantime::parse_rfc3339_weak(from).ok()?;
+    let to = humantime::parse_rfc3339_weak(to).ok()?;
+    to.duration_since(from).ok()
 }
 
 /// The human form of an explanation: stage, summary, facts, timeline.
@@ -904,14 +920,10 @@ impl Client {
             let elapsed = start.elapsed();
             if let Some(code) = exit_code_for_status(&result.status) {
                 progress.finish();
-                print!("{}", format_final(&result, elapsed));
-                if code != EXIT_COMPLETED {
-                    // Best effort: the cause alone rarely says what to do; the details and the
-                    // captured output usually do.
-                    if let Ok(meta) = self.metadata(algorithm, id).await {
-                        print!("{}", format_failure_extra(&meta));
-                    }
-                }
+                // Best effort: the run's own times, and for a failure the details and the
+                // captured output, which usually say what to do.
+                let meta = self.metadata(algorithm, id).await.ok();
+                print!("{}", format_final(&result, meta.as_ref(), elapsed));
                 flush_stdout();
                 return Ok(ExitCode::from(code));
             }
@@ -1138,52 +1150,113 @@ fn progress_line(tick: usize, id: &str, status: &str, elapsed: Duration) -> Stri
     format!("{frame} {id} {status}  {}", format_elapsed(elapsed))
 }
 
-/// Human summary of a `RequestResult` (`get`).
-fn format_result(r: &RequestResult) -> String {
+/// A field of a metadata document, when it is a non-empty string.
+fn meta_str<'a>(meta: &'a serde_json::Value, key: &str) -> Option<&'a str> {
+    meta.get(key)
+        .and_then(|v| v.as_str())
+        .filter(|v| !v.is_empty())
+}
+
+/// How long a run took by its own clock (accepted → finished), how long it queued and how long
+/// its last attempt ran: `in 1.2s (queued 0.1s, ran 1.1s)`. `None` until it finished.
+fn run_took(meta: &serde_json::Value) -> Option<String> {
+    let received = meta_str(meta, "received_at")?;
+    let finished = meta_str(meta, "finished_at")?;
+    let total = format_elapsed(span(received, finished)?);
+    let attempts = meta
+        .get("attempts")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0);
+    let started = meta_str(meta, "started_at");
+    let Some(ran) = started.and_then(|s| span(s, finished)) else {
+        return Some(format!("in {total} (never started)"));
+    };
+    let queued = started
+        .and_then(|s| span(received, s))
+        .map(|q| format!("queued {}, ", format_elapsed(q)))
+        .unwrap_or_default();
+    Some(if attempts > 1 {
+        format!(
+            "in {total} ({attempts} attempts; the last ran {})",
+            format_elapsed(ran)
+        )
+    } else {
+        format!("in {total} ({queued}ran {})", format_elapsed(ran))
+    })
+}
+
+/// The `details:` and `logs:` lines of a run that did not complete, from its metadata.
+fn format_failure_extra(meta: &serde_json::Value) -> String {
+    let mut out = String::new();
+    if let Some(d) = meta_str(meta, "algorithm_failure_details") {
+        let _ = writeln!(out, "details: {d}");
+    }
+    if let Some(u) = meta_str(meta, "logs_uri") {
+        let _ = writeln!(out, "logs:    {u}");
+    }
+    out
+}
+
+/// Human view of a run (`get`): its answer and, when the metadata could be read, its times,
+/// attempts, shard, tag, parent, failure details and logs link (what `--wait` prints, and more).
+fn format_result(r: &RequestResult, meta: Option<&serde_json::Value>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "request: {}", r.request_id);
     let _ = writeln!(out, "status:  {}", r.status);
+    if let Some(m) = meta {
+        if let Some(t) = run_took(m) {
+            let _ = writeln!(out, "took:    {}", t.trim_start_matches("in "));
+        } else if let Some(at) = meta_str(m, "received_at") {
+            let _ = writeln!(out, "since:   {}", short_time(at));
+        }
+        for (label, key) in [
+            ("shard:   ", "shard"),
+            ("tag:     ", "tag"),
+            ("parent:  ", "parent"),
+        ] {
+            if let Some(v) = meta_str(m, key) {
+                let _ = writeln!(out, "{label}{v}");
+            }
+        }
+        if let Some(n) = m.get("attempts").and_then(serde_json::Value::as_u64) {
+            let _ = writeln!(out, "attempts: {n}");
+        }
+    }
     if !r.result_uri.is_empty() {
         let _ = writeln!(out, "result:  {}", r.result_uri);
     }
     if !r.run_error_message.is_empty() {
         let _ = writeln!(out, "error:   {}", r.run_error_message);
     }
+    if let Some(m) = meta {
+        if r.status != "COMPLETED" {
+            out.push_str(&format_failure_extra(m));
+        } else if let Some(u) = meta_str(m, "logs_uri") {
+            let _ = writeln!(out, "logs:    {u}");
+        }
+    }
     out
 }
 
-/// Final report of `wait` on stdout.
-fn format_final(r: &RequestResult, elapsed: Duration) -> String {
+/// Final report of `wait` on stdout: the run's own duration when its metadata says it (else how
+/// long this command waited), its result or error, and for a run that did not complete the
+/// details and the logs link.
+fn format_final(r: &RequestResult, meta: Option<&serde_json::Value>, waited: Duration) -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{} {} after {}",
-        r.request_id,
-        r.status,
-        format_elapsed(elapsed)
-    );
+    let took = meta
+        .and_then(run_took)
+        .unwrap_or_else(|| format!("after {}", format_elapsed(waited)));
+    let _ = writeln!(out, "{} {} {took}", r.request_id, r.status);
     if !r.result_uri.is_empty() {
-        let _ = writeln!(out, "result: {}", r.result_uri);
+        let _ = writeln!(out, "result:  {}", r.result_uri);
     }
     if !r.run_error_message.is_empty() {
-        let _ = writeln!(out, "error:  {}", r.run_error_message);
+        let _ = writeln!(out, "error:   {}", r.run_error_message);
     }
-    out
-}
-
-/// The `details:` and `logs:` lines of a failed run, from its metadata document.
-fn format_failure_extra(meta: &serde_json::Value) -> String {
-    let mut out = String::new();
-    let text = |k: &str| {
-        meta.get(k)
-            .and_then(|v| v.as_str())
-            .filter(|v| !v.is_empty())
-    };
-    if let Some(d) = text("algorithm_failure_details") {
-        let _ = writeln!(out, "details: {d}");
-    }
-    if let Some(u) = text("logs_uri") {
-        let _ = writeln!(out, "logs:   {u}");
+    if r.status != "COMPLETED"
+        && let Some(m) = meta
+    {
+        out.push_str(&format_failure_extra(m));
     }
     out
 }
@@ -1212,12 +1285,9 @@ fn truncate(s: &str, max: usize) -> String {
     out
 }
 
-/// Table of tagged runs (`list`).
-/// The result URI, or the error when there is one, on one line and truncated.
-fn detail(result_uri: &str, error: &str) -> String {
-    let d = if error.is_empty() { result_uri } else { error };
-    // Keep each run on one line.
-    truncate(&d.replace(['\n', '\r', '\t'], " "), RESULT_COLUMN_WIDTH)
+/// `text` on one line, cut to `max` characters.
+fn one_line(text: &str, max: usize) -> String {
+    truncate(&text.replace(['\n', '\r', '\t'], " "), max)
 }
 
 /// Aligns `rows` under `headers`, two spaces between columns, the last one unpadded.
@@ -1390,22 +1460,27 @@ mod tests {
     #[test]
     fn table_aligns_and_truncates() {
         let long = "x".repeat(100);
+        let mut done = tagged("id-1", "COMPLETED", "http://r/1?sig=long-signature", "");
+        done.finished_at = Some("2026-12-07T06:13:31.623Z".into());
         let table = format_summaries(&[
-            tagged("id-1", "COMPLETED", "http://r/1", ""),
+            done,
             tagged("id-22", "FAILED", "", &format!("boom\n{long}")),
         ]);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 3);
-        assert!(
-            lines[0].starts_with("ID     ALGORITHM  STATUS     SUBMITTED            RESULT/ERROR")
+        assert_eq!(
+            lines[0],
+            "ID     ALGORITHM  STATUS     SUBMITTED            TOOK  ERROR"
         );
-        assert!(
-            lines[1].starts_with("id-1   knapsack   COMPLETED  2026-12-07 06:13:29  http://r/1")
+        // No URL cut to nothing: result URLs are in `--json`, `run get` and `run result`.
+        assert_eq!(
+            lines[1],
+            "id-1   knapsack   COMPLETED  2026-12-07 06:13:29  2.5s"
         );
-        assert!(lines[2].contains("boom x"));
+        assert!(lines[2].contains("  -     boom x"), "{}", lines[2]);
         assert!(lines[2].ends_with('…'));
-        let detail = lines[2].split("06:13:29").nth(1).unwrap_or_default().trim();
-        assert_eq!(detail.chars().count(), RESULT_COLUMN_WIDTH);
+        let error = lines[2].split("  -     ").nth(1).unwrap_or_default();
+        assert_eq!(error.chars().count(), ERROR_COLUMN_WIDTH);
     }
 
     #[test]
@@ -1421,8 +1496,8 @@ mod tests {
         let t = format_summaries(&[run]);
         assert_eq!(
             t,
-            "ID    ALGORITHM  STATUS  SUBMITTED            RESULT/ERROR\n\
-             id-1  knapsack   FAILED  2026-12-07 06:13:29  boom again\n"
+            "ID    ALGORITHM  STATUS  SUBMITTED            TOOK  ERROR\n\
+             id-1  knapsack   FAILED  2026-12-07 06:13:29  -     boom again\n"
         );
         let now = humantime::parse_rfc3339("2026-12-07T06:00:00Z").unwrap();
         assert_eq!(
@@ -1543,12 +1618,78 @@ mod tests {
             result_uri: String::new(),
             run_error_message: "OOMKilled".into(),
         };
-        let out = format_final(&r, Duration::from_secs(3));
-        assert!(out.starts_with("abc FAILED after 3.0s\n"));
-        assert!(out.contains("error:  OOMKilled"));
+        // Without metadata: how long the command waited.
+        let out = format_final(&r, None, Duration::from_secs(3));
+        assert!(out.starts_with("abc FAILED after 3.0s\n"), "{out}");
+        assert!(out.contains("error:   OOMKilled"));
+        // With it: the run's own times, whatever the wait saw, and details and logs.
+        let meta = serde_json::json!({
+            "received_at": "2026-12-07T10:00:00.000Z",
+            "started_at": "2026-12-07T10:00:00.250Z",
+            "finished_at": "2026-12-07T10:00:02.000Z",
+            "attempts": 1,
+            "algorithm_failure_details": "container OOMKilled (limit 256Mi)",
+            "logs_uri": "http://h/logs?sig=x",
+        });
+        let out = format_final(&r, Some(&meta), Duration::from_millis(10));
+        assert_eq!(
+            out,
+            "abc FAILED in 2.0s (queued 0.2s, ran 1.8s)\nerror:   OOMKilled\n\
+             details: container OOMKilled (limit 256Mi)\nlogs:    http://h/logs?sig=x\n"
+        );
+        let retried = serde_json::json!({
+            "received_at": "2026-12-07T10:00:00Z",
+            "started_at": "2026-12-07T10:00:05Z",
+            "finished_at": "2026-12-07T10:00:06Z",
+            "attempts": 3,
+        });
+        assert_eq!(
+            run_took(&retried).as_deref(),
+            Some("in 6.0s (3 attempts; the last ran 1.0s)")
+        );
+        let cancelled = serde_json::json!({
+            "received_at": "2026-12-07T10:00:00Z",
+            "finished_at": "2026-12-07T10:01:30Z",
+        });
+        assert_eq!(
+            run_took(&cancelled).as_deref(),
+            Some("in 1m30s (never started)")
+        );
+        assert_eq!(run_took(&serde_json::json!({"received_at": "x"})), None);
         let msg = timeout_message("knapsack", "abc", "RUNNING", Duration::from_secs(600));
         assert!(msg.contains("nexus run wait knapsack abc"));
         assert!(msg.contains("10m"));
+    }
+
+    #[test]
+    fn get_shows_what_wait_shows_and_more() {
+        let r = RequestResult {
+            request_id: "abc".into(),
+            status: "CANCELLED".into(),
+            result_uri: String::new(),
+            run_error_message: "Cancelled by 'ops'".into(),
+        };
+        let meta = serde_json::json!({
+            "received_at": "2026-12-07T10:00:00Z",
+            "started_at": "2026-12-07T10:00:01Z",
+            "finished_at": "2026-12-07T10:00:03Z",
+            "attempts": 1,
+            "shard": "local",
+            "tag": "tour",
+            "algorithm_failure_details": "Run cancelled, reason: 'changed my mind'",
+            "logs_uri": "http://h/logs?sig=x",
+        });
+        assert_eq!(
+            format_result(&r, Some(&meta)),
+            "request: abc\nstatus:  CANCELLED\ntook:    3.0s (queued 1.0s, ran 2.0s)\n\
+             shard:   local\ntag:     tour\nattempts: 1\nerror:   Cancelled by 'ops'\n\
+             details: Run cancelled, reason: 'changed my mind'\nlogs:    http://h/logs?sig=x\n"
+        );
+        // Without metadata (not readable by this caller): the answer alone.
+        assert_eq!(
+            format_result(&r, None),
+            "request: abc\nstatus:  CANCELLED\nerror:   Cancelled by 'ops'\n"
+        );
     }
 
     #[test]
@@ -1560,7 +1701,7 @@ mod tests {
         });
         assert_eq!(
             format_failure_extra(&meta),
-            "details: the process exited with code 1; 1 attempt(s) made\nlogs:   http://h/logs?sig=x\n"
+            "details: the process exited with code 1; 1 attempt(s) made\nlogs:    http://h/logs?sig=x\n"
         );
         assert_eq!(
             format_failure_extra(&serde_json::json!({"algorithm_failure_details": ""})),

@@ -13,8 +13,8 @@ use nexus_cli::distributed::{
 /// Nexus: a run scheduler for machine-learning, optimization and AI algorithms.
 ///
 /// Clients submit runs of algorithms over the HTTP v1 API and get a request id at once; Nexus
-/// executes each run (as a local process in standalone mode) and hands the result back through a
-/// signed URL.
+/// executes each run (as a Kubernetes Job in a shard cluster, or as a local process) and hands the
+/// result back through a signed URL.
 #[derive(Debug, Parser)]
 #[command(
     name = "nexus",
@@ -89,7 +89,8 @@ enum Command {
         public_url: Option<String>,
     },
     /// Distributed mode: serves one shard, takes runs over gRPC (nexus.v1.ShardService), launches
-    /// them (local processes), and takes their completions (HTTP and gRPC).
+    /// them (Kubernetes Jobs with `runtime: kubernetes`, or local processes), watches
+    /// them, and takes their completions (HTTP and gRPC).
     #[command(
         after_help = "Example:\n  nexus receiver --config receiver.yaml --shard shard-a --listen 0.0.0.0:8091 --grpc-listen 0.0.0.0:9091"
     )]
@@ -110,7 +111,8 @@ enum Command {
         public_url: Option<String>,
     },
     /// Distributed mode: hands runs orphaned by lost schedulers (BUFFERED) and lost receivers
-    /// (RUNNING) to their shard again.
+    /// (RUNNING) to their shard again, cancels the subtrees of failed parents and removes expired
+    /// runs. It serves no API: its HTTP port has only /health/livez, /health/readyz and /metrics.
     #[command(
         after_help = "Example:\n  nexus supervisor --config supervisor.yaml --scheduler-url http://nexus.internal"
     )]
@@ -219,7 +221,8 @@ struct DistFlags {
     /// YAML configuration file (then NEXUS__SECTION__KEY environment variables, then flags).
     #[arg(long, short)]
     config: Option<PathBuf>,
-    /// HTTP address (API or completion endpoint, /health/livez, /health/readyz, /metrics).
+    /// HTTP address: the v1 API (scheduler) or the completion endpoint (receiver), and
+    /// /health/livez, /health/readyz, /metrics (every component; the supervisor serves only these).
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
     /// Run store URL (cassandra://host:9042/keyspace?...).
