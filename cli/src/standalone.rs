@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock};
 use anyhow::Context;
 use axum::Router;
 use axum::routing::get;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use nexus_embedded::{SqliteObjectStore, SqliteRunStore, TieredPayloadStore};
 use nexus_executor::{Executor, ExecutorEvent, LocalProcessExecutor};
 use nexus_http::server::ServerConfig;
@@ -73,10 +73,35 @@ impl Handle {
     }
 }
 
+/// Buckets of every latency histogram (seconds): sub-millisecond accepts to minutes-long
+/// queue waits.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 300.0, 900.0, 3600.0,
+];
+/// Buckets of size histograms (counts: batch sizes).
+const SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0];
+
+/// The `/metrics` answer: the recorder's metrics, then the process's own (CPU, memory, file
+/// descriptors, start time).
+pub(crate) fn render_metrics(prom: &PrometheusHandle) -> String {
+    let mut out = prom.render();
+    if !out.is_empty() && !out.ends_with("\n\n") {
+        out.push('\n');
+    }
+    out.push_str(&nexus_http::telemetry::process_metrics());
+    out
+}
+
 pub(crate) fn prometheus() -> &'static PrometheusHandle {
     static H: OnceLock<PrometheusHandle> = OnceLock::new();
     H.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        // Histograms, not summaries: bucket counts aggregate across replicas (quantiles do not).
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_size".into()), SIZE_BUCKETS))
+            .expect("bucket lists are not empty");
+        let recorder = builder.build_recorder();
         let handle = recorder.handle();
         // Only the first instance in a process installs the global recorder (tests start several).
         let _ = metrics::set_global_recorder(recorder);
@@ -375,13 +400,15 @@ pub async fn start_with_executor(
         // The scheduler API (rate-limited alone) and gRPC, with the app's fallback: 404 text.
         .merge(scheduler.routes.take().unwrap_or_default())
         .merge(nexus_receiver::api::router(receiver.receiver.clone()))
-        .merge(objects::router(
-            tiered,
-            store.clone(),
-            config.max_result_bytes,
+        .merge(nexus_http::telemetry::track(
+            "nexus_scheduler",
+            objects::router(tiered, store.clone(), config.max_result_bytes),
         ))
         .merge(health_routes(readiness.clone()))
-        .route("/metrics", get(move || std::future::ready(prom.render())))
+        .route(
+            "/metrics",
+            get(move || std::future::ready(render_metrics(&prom))),
+        )
         .layer(axum::middleware::from_fn(negotiate_errors));
     let http_stop = CancellationToken::new();
     serve_http(

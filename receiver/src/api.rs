@@ -38,7 +38,7 @@ use crate::Receiver;
 /// without the `/run-token/{token}` prefix.
 pub fn router(r: Arc<Receiver>) -> Router {
     let limit = r.config.max_completion_bytes;
-    Router::new()
+    let routes = Router::new()
         .route("/algorithm/v1/complete/{alg}/requests/{id}", post(complete))
         .route(
             "/algorithm/v1.2/complete/{alg}/requests/{id}",
@@ -53,7 +53,8 @@ pub fn router(r: Arc<Receiver>) -> Router {
             post(complete_with_path_token),
         )
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(r)
+        .with_state(r);
+    nexus_http::telemetry::track("nexus_receiver", routes)
 }
 
 fn metric(outcome: &'static str) {

@@ -4,6 +4,7 @@
 
 /// Registers the HELP text of every metric below (with the recorder installed; idempotent).
 pub fn describe() {
+    nexus_store::describe();
     metrics::describe_counter!(
         "nexus_receiver_submitted_total",
         "Runs submitted to this receiver over gRPC, by outcome."
@@ -12,6 +13,19 @@ pub fn describe() {
         "nexus_receiver_completions_total",
         "Completions reported by algorithms (HTTP and gRPC), by outcome."
     );
+    // Present from the first scrape after a start, at zero.
+    for o in [
+        "accepted",
+        "invalid",
+        "resource_exhausted",
+        "unavailable",
+        "error",
+    ] {
+        metrics::counter!("nexus_receiver_submitted_total", "outcome" => o).absolute(0);
+    }
+    for o in ["completed", "failed", "conflict", "unauthorized"] {
+        metrics::counter!("nexus_receiver_completions_total", "outcome" => o).absolute(0);
+    }
 }
 
 /// Counts `n` runs of one gRPC submission with the same `outcome`.

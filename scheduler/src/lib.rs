@@ -497,10 +497,13 @@ pub async fn serve(
     }
     // Limited before merging: the scheduler API only, not gRPC, probes or metrics.
     let routes = Router::new()
-        .merge(edge::apply(
-            &config.rate_limit,
-            api::router(scheduler.clone()),
-            shutdown.clone(),
+        .merge(nexus_http::telemetry::track(
+            "nexus_scheduler",
+            edge::apply(
+                &config.rate_limit,
+                api::router(scheduler.clone()),
+                shutdown.clone(),
+            ),
         ))
         // gRPC (content-type application/grpc only) and the app's fallback: 404 text.
         .merge(grpc::routes(scheduler.clone()));

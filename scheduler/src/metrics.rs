@@ -5,6 +5,7 @@
 /// once, after installing it).
 pub fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    nexus_store::describe();
     describe_counter!(
         "nexus_scheduler_runs_accepted_total",
         "Runs accepted (202), by outcome."
@@ -21,18 +22,14 @@ pub fn describe() {
         "nexus_scheduler_shard_budget_rate",
         "Dispatch rate (runs/s) in force toward a shard: this scheduler's share, AIMD-adjusted."
     );
-    describe_counter!(
-        "nexus_scheduler_limiter_waits_total",
-        "Times a lane waited for a dispatch budget token."
-    );
-    describe_counter!(
-        "nexus_scheduler_limiter_wait_microseconds_total",
-        Unit::Microseconds,
-        "Time lanes spent waiting for dispatch budget tokens."
+    describe_histogram!(
+        "nexus_scheduler_limiter_wait_seconds",
+        Unit::Seconds,
+        "Waits of a lane for a dispatch budget token toward its shard (count: how often; sum: how long)."
     );
     describe_counter!(
         "nexus_scheduler_dispatch_total",
-        "Hand-overs of runs to shards, by result (ok, retry, slow_down, failed, skipped)."
+        "Hand-overs of runs to shards, by result (ok, retry, slow_down, shard_down, failed, skipped)."
     );
     describe_histogram!(
         "nexus_scheduler_time_in_queue_seconds",
@@ -52,15 +49,49 @@ pub fn describe() {
         "nexus_scheduler_stranded_requeued_total",
         "BUFFERED runs found in no queue and queued again by the stranded-run pass."
     );
+    // Present from the first scrape after a start, at zero.
+    for o in ["accepted", "unknown_algorithm"] {
+        metrics::counter!("nexus_scheduler_runs_accepted_total", "outcome" => o).absolute(0);
+    }
+    for r in REJECT_REASONS {
+        metrics::counter!("nexus_scheduler_requests_rejected_total", "reason" => *r).absolute(0);
+    }
+    for r in DISPATCH_RESULTS {
+        metrics::counter!("nexus_scheduler_dispatch_total", "result" => *r).absolute(0);
+    }
+    metrics::counter!("nexus_scheduler_descendants_cancelled_total").absolute(0);
+    metrics::counter!("nexus_scheduler_stranded_requeued_total").absolute(0);
 }
+
+/// Every `reason` of `nexus_scheduler_requests_rejected_total`.
+pub const REJECT_REASONS: &[&str] = &[
+    "idempotency_conflict",
+    "invalid_body",
+    "invalid_header",
+    "invalid_query",
+    "queue_full",
+    "rate_limited",
+    "too_large",
+];
+
+/// Every `result` of `nexus_scheduler_dispatch_total`.
+pub const DISPATCH_RESULTS: &[&str] = &[
+    "ok",
+    "retry",
+    "slow_down",
+    "shard_down",
+    "failed",
+    "skipped",
+];
 
 /// Counts an accepted run.
 pub fn accepted(algorithm_known: bool) {
     metrics::counter!("nexus_scheduler_runs_accepted_total", "outcome" => if algorithm_known { "accepted" } else { "unknown_algorithm" }).increment(1);
 }
 
-/// Counts a refused request by reason.
+/// Counts a refused request by reason (one of [`REJECT_REASONS`]).
 pub fn rejected(reason: &'static str) {
+    debug_assert!(REJECT_REASONS.contains(&reason), "{reason}");
     metrics::counter!("nexus_scheduler_requests_rejected_total", "reason" => reason).increment(1);
 }
 
@@ -89,31 +120,26 @@ pub fn budget_rate(shard: &str, rate: f64) {
 
 /// Limiter waits of one lane: how often and how long its worker waited for a budget token.
 #[derive(Debug)]
-pub struct LimiterWaits {
-    count: metrics::Counter,
-    seconds: metrics::Counter,
-}
+pub struct LimiterWaits(metrics::Histogram);
 
 impl LimiterWaits {
-    /// Handles for `shard` (looked up once, not per wait).
+    /// The handle for `shard` (looked up once, not per wait).
     #[must_use]
     pub fn new(shard: &str) -> Self {
-        Self {
-            count: metrics::counter!("nexus_scheduler_limiter_waits_total", "shard" => shard.to_owned()),
-            seconds: metrics::counter!("nexus_scheduler_limiter_wait_microseconds_total", "shard" => shard.to_owned()),
-        }
+        Self(
+            metrics::histogram!("nexus_scheduler_limiter_wait_seconds", "shard" => shard.to_owned()),
+        )
     }
 
     /// Records one wait.
     pub fn record(&self, wait: std::time::Duration) {
-        self.count.increment(1);
-        self.seconds
-            .increment(u64::try_from(wait.as_micros()).unwrap_or(u64::MAX));
+        self.0.record(wait.as_secs_f64());
     }
 }
 
 /// Counts a dispatch result (`ok`, `retry`, `slow_down`, `failed`, `skipped`).
 pub fn dispatched(result: &'static str) {
+    debug_assert!(DISPATCH_RESULTS.contains(&result), "{result}");
     metrics::counter!("nexus_scheduler_dispatch_total", "result" => result).increment(1);
 }
 

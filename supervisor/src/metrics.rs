@@ -4,6 +4,7 @@
 
 /// Registers the HELP text of every metric below (with the recorder installed; idempotent).
 pub fn describe() {
+    nexus_store::describe();
     metrics::describe_counter!(
         "nexus_supervisor_outcomes_total",
         "Executor outcomes applied to runs, by outcome."
@@ -21,13 +22,23 @@ pub fn describe() {
         "1 while this supervisor leads recovery, 0 while it stands by."
     );
     metrics::describe_counter!(
-        "nexus_gc_runs_purged_total",
+        "nexus_supervisor_gc_runs_purged_total",
         "Finished runs deleted by garbage collection (records, payloads, results, logs)."
     );
     metrics::describe_counter!(
-        "nexus_gc_stale_lookups_total",
+        "nexus_supervisor_gc_stale_lookups_total",
         "Stale lookup rows swept by garbage collection."
     );
+    // Present from the first scrape after a start, at zero.
+    for o in ["dispatched", "relaunched"] {
+        metrics::counter!("nexus_supervisor_resubmitted_total", "outcome" => o).absolute(0);
+    }
+    for o in ["ok", "store_error"] {
+        metrics::counter!("nexus_supervisor_passes_total", "outcome" => o).absolute(0);
+    }
+    metrics::gauge!("nexus_supervisor_leader").set(0.0);
+    metrics::counter!("nexus_supervisor_gc_runs_purged_total").absolute(0);
+    metrics::counter!("nexus_supervisor_gc_stale_lookups_total").absolute(0);
 }
 
 /// Counts an executor outcome applied to a run.
@@ -52,6 +63,6 @@ pub fn leader(leading: bool) {
 
 /// Counts what one garbage-collection pass deleted.
 pub fn gc_purged(runs: usize, stale_lookups: usize) {
-    metrics::counter!("nexus_gc_runs_purged_total").increment(runs as u64);
-    metrics::counter!("nexus_gc_stale_lookups_total").increment(stale_lookups as u64);
+    metrics::counter!("nexus_supervisor_gc_runs_purged_total").increment(runs as u64);
+    metrics::counter!("nexus_supervisor_gc_stale_lookups_total").increment(stale_lookups as u64);
 }

@@ -149,7 +149,10 @@ pub fn shard_clients(
 /// The process's `/metrics` route, served next to each component's own routes.
 pub(crate) fn metrics_route() -> Router {
     let prom = prometheus().clone();
-    Router::new().route("/metrics", get(move || std::future::ready(prom.render())))
+    Router::new().route(
+        "/metrics",
+        get(move || std::future::ready(crate::standalone::render_metrics(&prom))),
+    )
 }
 
 /// How long a component waits for its first list of templates from the cluster.

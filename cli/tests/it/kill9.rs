@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::common::*;
 use serde_json::json;
 
-fn spawn_nexus(data: &std::path::Path, port: u16, store: Option<&str>) -> Child {
+pub(crate) fn spawn_nexus(data: &std::path::Path, port: u16, store: Option<&str>) -> Child {
     spawn_nexus_with(data, port, store, &templates())
 }
 
@@ -48,7 +48,7 @@ fn spawn_nexus_with(
         .expect("spawn nexus")
 }
 
-async fn ready(http: &reqwest::Client, base: &str) {
+pub(crate) async fn ready(http: &reqwest::Client, base: &str) {
     eventually(Duration::from_secs(30), "nexus ready", || {
         let http = http.clone();
         let u = format!("{base}/health/readyz");

@@ -19,6 +19,7 @@ mod hostile;
 mod kill9;
 #[cfg(feature = "kube-tests")]
 mod kubernetes;
+mod metrics;
 mod observe;
 mod server_bounds;
 mod standalone_e2e;

@@ -279,14 +279,18 @@ impl RunStore for SqliteRunStore {
         to: Stage,
         patch: RunPatch,
     ) -> Result<Run, StoreError> {
-        self.write(move |conn| {
-            let mut run = load(conn, id)?.ok_or(StoreError::NotFound(id))?;
-            nexus_store::check_transition(id, run.stage, from, to)?;
-            patch.apply(&mut run, to, now_millis());
-            update(conn, &run)?;
-            Ok(run)
-        })
-        .await
+        let by = nexus_store::changed_by(&patch);
+        let run = self
+            .write(move |conn| {
+                let mut run = load(conn, id)?.ok_or(StoreError::NotFound(id))?;
+                nexus_store::check_transition(id, run.stage, from, to)?;
+                patch.apply(&mut run, to, now_millis());
+                update(conn, &run)?;
+                Ok(run)
+            })
+            .await?;
+        nexus_store::stage_changed(from, to, by);
+        Ok(run)
     }
 
     async fn set_tag(&self, id: RunId, tag: Option<String>) -> Result<Run, StoreError> {

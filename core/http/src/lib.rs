@@ -12,6 +12,7 @@
 
 pub mod client;
 pub mod server;
+pub mod telemetry;
 pub mod tls;
 
 /// The `http` types of [`client`]'s signatures (method, status, headers).

@@ -1061,13 +1061,17 @@ impl RunStore for CassandraRunStore {
         to: Stage,
         patch: RunPatch,
     ) -> Result<Run, StoreError> {
-        self.update(id, |stored| {
-            super::check_transition(id, stored.stage, from, to)?;
-            let mut run = stored.clone();
-            patch.apply(&mut run, to, now_millis());
-            Ok(run)
-        })
-        .await
+        let by = super::changed_by(&patch);
+        let run = self
+            .update(id, |stored| {
+                super::check_transition(id, stored.stage, from, to)?;
+                let mut run = stored.clone();
+                patch.apply(&mut run, to, now_millis());
+                Ok(run)
+            })
+            .await?;
+        super::stage_changed(from, to, by);
+        Ok(run)
     }
 
     async fn set_tag(&self, id: RunId, tag: Option<String>) -> Result<Run, StoreError> {

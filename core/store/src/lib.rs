@@ -89,6 +89,33 @@ impl StoreError {
     }
 }
 
+/// Name of the stage-change counter every backend feeds.
+pub const STAGE_CHANGES: &str = "nexus_run_stage_changes_total";
+
+/// Declares [`STAGE_CHANGES`] (idempotent; every component calls it).
+pub fn describe() {
+    metrics::describe_counter!(
+        STAGE_CHANGES,
+        "Stage changes of runs stored by this process, by stage before (from), stage after (to) \
+         and the component that made them (by). Terminal stages: sum by (to)."
+    );
+}
+
+/// Counts one stored stage change (called by each backend after a successful compare-and-set;
+/// changes within a stage are not counted).
+pub fn stage_changed(from: Stage, to: Stage, by: &'static str) {
+    if from != to {
+        metrics::counter!(STAGE_CHANGES, "from" => from.as_str(), "to" => to.as_str(), "by" => by)
+            .increment(1);
+    }
+}
+
+/// Who a patch says makes its change (`nexus` without a note), for [`stage_changed`].
+#[must_use]
+pub fn changed_by(patch: &RunPatch) -> &'static str {
+    patch.note.as_ref().map_or("nexus", |n| n.by)
+}
+
 /// The compare-and-set precondition every backend applies, in the contract's order: the stored
 /// stage must be `from` (else `Conflict`), and `from → to` must be legal (else
 /// `IllegalTransition`).
