@@ -258,6 +258,48 @@ pub struct LaneState {
     pub slowed_down: bool,
 }
 
+/// One receiver endpoint of a shard, as the answering scheduler's client sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReceiverView {
+    /// Its URL.
+    pub endpoint: String,
+    /// False while calls to it are paused after failures.
+    pub up: bool,
+    /// Milliseconds the pause lasts still.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub down_for_ms: Option<u64>,
+}
+
+/// One shard as the answering scheduler sees it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardView {
+    /// Its lane on this scheduler: queued runs, dispatch rate and budget, pauses.
+    pub lane: LaneState,
+    /// Runs this scheduler handed to the shard since it started (two reads give a rate).
+    pub handed_over_total: u64,
+    /// True when the shard runs in this process (standalone): it has no receiver endpoints.
+    pub in_process: bool,
+    /// Its receivers (distributed mode).
+    pub receivers: Vec<ReceiverView>,
+}
+
+/// `GET /algorithm/v1/shards`: the shards the caller's algorithms run on, as the answering
+/// scheduler sees them (each scheduler holds its own lanes; a load balancer picks one).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardsView {
+    /// The scheduler that answers.
+    pub scheduler: String,
+    /// Runs queued in this scheduler, every lane.
+    pub queued: u64,
+    /// Its queue bound.
+    pub queue_bound: u64,
+    /// The shards, by name.
+    pub shards: Vec<ShardView>,
+}
+
 /// `GET /algorithm/v1/explain/{alg}/requests/{id}`: what a run is doing and why.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

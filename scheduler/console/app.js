@@ -136,6 +136,7 @@ function route() {
   main.replaceChildren();
   if (name === "run" && parts.length === 3) return runView(main, parts[1], parts[2], view);
   if (name === "algorithms") return algorithmsView(main, view);
+  if (name === "shards") return shardsView(main, view);
   return runsView(main, params, view);
 }
 const current = (v) => v === view;
@@ -361,7 +362,11 @@ async function runView(main, alg, id, v) {
     showFacts(m);
     showExplanation(x);
     showTimeline(x.timeline || []);
-    if (m.logs_uri !== shownLogs) {
+    if (!done) {
+      // Live: the output so far, read through the API while the run has not finished.
+      shownLogs = null;
+      await showLiveLogs();
+    } else if (m.logs_uri !== shownLogs) {
       shownLogs = m.logs_uri || null;
       showLogs(shownLogs);
     }
@@ -442,6 +447,23 @@ async function runView(main, alg, id, v) {
 
   // The output is stored when the process ends (this API has no live log stream): until then
   // there is nothing to show. Signed URLs of this origin are fetched and their tail shown.
+  async function showLiveLogs() {
+    let text;
+    try {
+      text = await api(`${base}/logs/${path}`, { headers: { Accept: "text/plain" } });
+    } catch (e) {
+      if (!current(v)) return;
+      if (e.status === 404) logs.replaceChildren(el("p", { class: "muted", id: "logs-none", text: "No output yet: it shows here as the run writes it." }));
+      else logs.replaceChildren(el("p", { class: "muted", id: "logs-none", text: `The output so far could not be read (${e.message}).` }));
+      return;
+    }
+    if (!current(v)) return;
+    const t = typeof text === "string" ? text : "";
+    const tail = t.length > LOG_TAIL_BYTES ? `…\n${t.slice(-LOG_TAIL_BYTES)}` : t;
+    logs.replaceChildren(
+      el("p", { class: "muted", id: "logs-live", text: `live: the output so far, read every ${RUN_LIVE_MS / 1000} s` }),
+      el("pre", { id: "logs-text", tabindex: "0", "aria-label": "run output", text: tail }));
+  }
   async function showLogs(uri) {
     if (!uri) {
       logs.replaceChildren(el("p", { class: "muted", id: "logs-none", text: "The run's output is stored when its process ends; nothing yet." }));
@@ -533,6 +555,56 @@ async function algorithmsView(main, v) {
   main.append(el("h2", { text: "Workgroups" }), el("table", { id: "workgroups" },
     el("thead", {}, el("tr", {}, ["workgroup", "shard", "description"].map((h) => el("th", { text: h })))),
     el("tbody", {}, a.workgroups.map((w) => el("tr", {}, el("td", { text: w.name }), el("td", { text: w.shard }), el("td", { text: w.description }))))));
+}
+
+// --- shards -------------------------------------------------------------------------------------
+const SHARDS_MS = 2000;
+
+// The shards as the scheduler that answers sees them, refreshed every 2 s; the hand-over rate is
+// the difference of two reads of each lane's counter.
+async function shardsView(main, v) {
+  const head = el("p", { id: "shards-head", class: "muted" });
+  const body = el("tbody");
+  main.append(el("h1", { text: "Shards" }), head, el("table", { id: "shards" },
+    el("thead", {}, el("tr", {}, ["shard", "queued", "handed over", "rate now", "dispatch rate", "budget", "state", "receivers"].map((h) => el("th", { text: h })))),
+    body));
+  let last = null;
+  async function refresh() {
+    let s;
+    try {
+      s = await api("/algorithm/v1/shards");
+    } catch (e) {
+      if (current(v)) showError(e);
+      return;
+    }
+    if (!current(v)) return;
+    banner("");
+    const now = Date.now();
+    head.textContent = `as seen by scheduler ${s.scheduler}: ${s.queued} run(s) queued of ${s.queueBound}`;
+    body.replaceChildren(...s.shards.map((x) => {
+      const before = last && last.shards.find((y) => y.lane.shard === x.lane.shard);
+      const rate = before ? ((x.handedOverTotal - before.handedOverTotal) * 1000) / Math.max(1, now - last.at) : null;
+      const state = x.lane.shardDownForMs !== undefined
+        ? `unreachable: paused ${(x.lane.shardDownForMs / 1000).toFixed(1)} s`
+        : x.lane.slowedDown ? "slowed down by the shard" : "ok";
+      const receivers = x.inProcess
+        ? "in this process"
+        : x.receivers.length === 0 ? "none known"
+        : x.receivers.map((r) => `${r.endpoint} ${r.up ? "up" : `down (${((r.downForMs || 0) / 1000).toFixed(1)} s)`}`).join(", ");
+      return el("tr", { "data-shard": x.lane.shard, class: state === "ok" ? "" : "warn" },
+        el("td", {}, el("a", { href: `#/runs?shard=${enc(x.lane.shard)}`, text: x.lane.shard })),
+        el("td", { class: "queued", text: x.lane.length }),
+        el("td", { class: "handed", text: x.handedOverTotal }),
+        el("td", { text: rate === null ? "…" : `${rate.toFixed(1)}/s` }),
+        el("td", { text: `${x.lane.ratePerSecond.toFixed(1)}/s` }),
+        el("td", { text: `${x.lane.ceilingPerSecond.toFixed(1)}/s, ${x.lane.schedulers} scheduler(s)` }),
+        el("td", { class: "state", text: state }),
+        el("td", { class: "receivers", text: receivers }));
+    }));
+    last = { at: now, shards: s.shards };
+    later(v, refresh, SHARDS_MS);
+  }
+  await refresh();
 }
 
 // --- start --------------------------------------------------------------------------------------

@@ -79,6 +79,7 @@ pub fn router(s: Arc<Scheduler>) -> Router {
             get(get_children),
         )
         .route("/algorithm/v1/algorithms", get(crate::algorithms::list))
+        .route("/algorithm/v1/shards", get(crate::shards::list))
         .route("/algorithm/v1/runs", get(list_runs))
         .route(
             "/algorithm/v1/timeline/{alg}/requests/{id}",

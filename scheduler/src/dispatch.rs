@@ -302,6 +302,7 @@ async fn dispatch_one(
             s.relaunch_done(id);
             s.handed_over(id);
             lane.mark_up();
+            lane.count_handed_over();
             metrics::dispatched("ok");
         }
         Err(err) if err.kind == ErrorKind::Unavailable => {

@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use nexus_model::run::{Run, Stage, StageChange, format_millis, now_millis};
-use nexus_proto::v1::{LaneState, QueuePlace, RunExplanation, RunTimeline, TimelineEntry};
+use nexus_proto::v1::{QueuePlace, RunExplanation, RunTimeline, TimelineEntry};
 use tokio::time::Instant;
 
 use crate::Scheduler;
@@ -109,26 +109,8 @@ pub fn explain_here(s: &Scheduler, run: &Run) -> RunExplanation {
         .get(&run.workgroup)
         .and_then(|w| w.spec.max_concurrent_runs);
     let lane = s.queue.lanes().into_iter().find(|l| l.name() == run.shard);
-    let lane_state = (!run.stage.is_terminal()).then(|| {
-        let budget = s.budgets.get(&run.shard);
-        let b = budget
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (rate, ceiling, schedulers) = (b.current_rate(), b.ceiling(), b.replicas());
-        drop(b);
-        LaneState {
-            shard: run.shard.clone(),
-            length: lane.as_ref().map_or(0, |l| l.len() as u64),
-            shard_down_for_ms: lane
-                .as_ref()
-                .and_then(|l| l.paused_until(now))
-                .map(|u| u64::try_from(u.duration_since(now).as_millis()).unwrap_or(u64::MAX)),
-            rate_per_second: rate,
-            ceiling_per_second: ceiling,
-            schedulers,
-            slowed_down: rate + 1e-9 < ceiling,
-        }
-    });
+    let lane_state = (!run.stage.is_terminal())
+        .then(|| crate::shards::lane_state(s, &run.shard, lane.as_deref(), now));
     let summary = match run.stage {
         Stage::New | Stage::Buffered => {
             let place = lane.as_ref().and_then(|l| l.place(run.id));

@@ -39,6 +39,7 @@ pub mod logs;
 pub mod metrics;
 pub mod queue;
 pub(crate) mod request_split;
+pub mod shards;
 mod spool;
 pub mod tree;
 

@@ -107,6 +107,7 @@ pub struct Lane {
     depth: crate::metrics::QueueDepth,
     total: Arc<AtomicUsize>,
     down: Mutex<Down>,
+    handed_over: std::sync::atomic::AtomicU64,
 }
 
 /// A shard found unreachable: its lane pauses until `until`; `streak` grows the pause.
@@ -126,6 +127,17 @@ impl Lane {
     #[must_use]
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Counts a run handed to the shard.
+    pub fn count_handed_over(&self) {
+        self.handed_over.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Runs handed to the shard since this lane was made.
+    #[must_use]
+    pub fn handed_over_total(&self) -> u64 {
+        self.handed_over.load(Ordering::Relaxed)
     }
 
     /// Runs in this lane (all parts).
@@ -363,6 +375,7 @@ impl VirtualQueue {
                     depth: crate::metrics::QueueDepth::new(shard),
                     total: self.total.clone(),
                     down: Mutex::new(Down::default()),
+                    handed_over: std::sync::atomic::AtomicU64::new(0),
                 })
             })
             .clone();

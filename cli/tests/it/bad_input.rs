@@ -426,6 +426,7 @@ async fn bad_input_table() {
         "/algorithm/v1/explain/{algorithmName}/requests/{requestId}",
         "/algorithm/v1/logs/{algorithmName}/requests/{requestId}",
         "/algorithm/v1/algorithms",
+        "/algorithm/v1/shards",
         "/console/",
         "/algorithm/v1/complete/{algorithmName}/requests/{requestId}",
         "/data/v1/objects/{key}",

@@ -88,6 +88,21 @@ pub trait Shard: Send + Sync + std::fmt::Debug + 'static {
         let _ = run_id;
         Vec::new()
     }
+
+    /// The shard's receivers as this client sees them now (no call is made): their endpoints and
+    /// whether calls to them are paused after failures. Empty for a shard served in-process.
+    fn receivers(&self) -> Vec<ReceiverHealth> {
+        Vec::new()
+    }
+}
+
+/// One receiver endpoint of a shard, as a scheduler's client sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiverHealth {
+    /// Its URL (a DNS name resolved to an address).
+    pub endpoint: String,
+    /// How much longer calls to it stay paused after failures; `None` while it is in use.
+    pub down_for: Option<std::time::Duration>,
 }
 
 /// A recording [`Shard`] for unit tests: remembers submissions and cancels, and can be told to

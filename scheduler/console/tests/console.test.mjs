@@ -176,17 +176,21 @@ test("runs page updates live: a new run appears and goes RUNNING -> COMPLETED wi
   clean(problems);
 });
 
-test("run page updates live: a sleeping run goes RUNNING -> COMPLETED, explanation and timeline follow", async (t) => {
-  const id = await sleeper(OPEN, 5, unique("progress"));
+test("run page updates live: a sleeping run goes RUNNING -> COMPLETED, its logs grow, explanation and timeline follow", async (t) => {
+  const id = await sleeper(OPEN, 8, unique("progress"));
   const { page, problems } = await open(t);
   await page.goto(`${OPEN}/console/#/run/chaos/${id}`);
   await stageIs(page, "RUNNING");
   assert.match(await page.textContent("#why-summary"), /running/);
   assert.equal(await page.locator("#cancel").isVisible(), true, "a running run can be cancelled");
-  assert.match(await page.textContent("#logs"), /nothing yet/);
   await page.evaluate(() => {
     window.notReloaded = true;
   });
+  // The output so far, while it runs: the action line, before the run wakes up.
+  await eventually("live output", async () => /\[chaos\] action/.test((await page.locator("#logs-text").textContent().catch(() => "")) || ""));
+  assert.match(await page.textContent("#logs-live"), /live/);
+  assert.doesNotMatch(await page.textContent("#logs-text"), /woke up/);
+  assert.match(await page.textContent("#run-stage"), /RUNNING/);
   await shot(page, "run-running");
   await stageIs(page, "COMPLETED");
   assert.equal(await page.evaluate(() => window.notReloaded), true, "the page was not reloaded");
@@ -272,6 +276,24 @@ test("algorithms page: the catalog with workgroups; an algorithm links to its ru
   await page.click('#algorithms tr[data-name="knapsack"] a');
   await page.locator("#filters").waitFor();
   await eventually("the algorithm filter", async () => (await page.inputValue("#filters select[name=algorithm]")) === "knapsack");
+  clean(problems);
+});
+
+test("shards page: lanes, budgets and receivers, updated live as runs are handed over", async (t) => {
+  const { page, problems } = await open(t);
+  await page.goto(`${OPEN}/console/#/shards`);
+  const row = page.locator('#shards tr[data-shard="local"]');
+  await row.waitFor();
+  assert.match(await row.locator(".receivers").textContent(), /in this process/);
+  assert.match(await page.textContent("#shards-head"), /as seen by scheduler \S+: \d+ run\(s\) queued of \d+/);
+  const before = Number(await row.locator(".handed").textContent());
+  await submit(OPEN, "knapsack", payload("knapsack.json"), { tag: unique("shards") });
+  // The page refreshes itself: the lane's hand-over counter grows without a reload.
+  await eventually("the hand-over counter", async () => Number(await row.locator(".handed").textContent()) > before);
+  assert.equal(await row.locator(".state").textContent(), "ok");
+  await shot(page, "shards");
+  await row.locator("a").click();
+  await eventually("the shard filter", async () => (await page.inputValue("#filters input[name=shard]")) === "local");
   clean(problems);
 });
 

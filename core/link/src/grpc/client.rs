@@ -351,6 +351,22 @@ impl Shard for GrpcShard {
         rx.await.map_err(|_| stopped())?
     }
 
+    fn receivers(&self) -> Vec<crate::shard::ReceiverHealth> {
+        let now = Instant::now();
+        self.inner
+            .snapshot()
+            .iter()
+            .map(|ep| crate::shard::ReceiverHealth {
+                endpoint: ep.url.clone(),
+                down_for: ep
+                    .health()
+                    .down_until
+                    .filter(|t| *t > now)
+                    .map(|t| t.duration_since(now)),
+            })
+            .collect()
+    }
+
     async fn describe(&self, run_id: RunId) -> Vec<String> {
         self.inner.await_first_resolution().await;
         let endpoints = self.inner.snapshot();
@@ -787,6 +803,22 @@ mod tests {
         assert_eq!(seen, vec![2, 4, 8, 16, 30, 30]);
         inner.mark_down(ep);
         assert!(ep.is_down(Instant::now()));
+        // What the shards page shows: the first paused for its back-off, the second in use.
+        let seen: Vec<_> = s
+            .receivers()
+            .into_iter()
+            .map(|r| (r.endpoint, r.down_for))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (
+                    "http://127.0.0.1:1".to_owned(),
+                    Some(Duration::from_secs(30))
+                ),
+                ("http://127.0.0.1:2".to_owned(), None),
+            ]
+        );
         // Only the other endpoint is picked while the first is down.
         let picked = inner.pick(&[]).map(|e| e.url.clone());
         assert_eq!(picked.as_deref(), Some("http://127.0.0.1:2"));
