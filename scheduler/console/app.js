@@ -363,9 +363,8 @@ async function runView(main, alg, id, v) {
     showExplanation(x);
     showTimeline(x.timeline || []);
     if (!done) {
-      // Live: the output so far, read through the API while the run has not finished.
       shownLogs = null;
-      await showLiveLogs();
+      followLogs();
     } else if (m.logs_uri !== shownLogs) {
       shownLogs = m.logs_uri || null;
       showLogs(shownLogs);
@@ -447,22 +446,42 @@ async function runView(main, alg, id, v) {
 
   // The output is stored when the process ends (this API has no live log stream): until then
   // there is nothing to show. Signed URLs of this origin are fetched and their tail shown.
-  async function showLiveLogs() {
-    let text;
+  // Live: the run's output streamed as it writes it (`follow=true`: the scheduler sends new bytes
+  // until the run ended and its last output is stored). One stream per page; it is aborted when
+  // the page is left, and the stored output replaces it once the run has ended.
+  let following = false;
+  async function followLogs() {
+    if (following) return;
+    following = true;
+    const ctl = new AbortController();
+    const leave = setInterval(() => { if (!current(v)) ctl.abort(); }, 1000);
+    const headers = { Accept: "text/plain" };
+    if (token()) headers.Authorization = `Bearer ${token()}`;
+    const note = el("p", { class: "muted", id: "logs-live", text: "live: waiting for the run's first output…" });
+    const pre = el("pre", { id: "logs-text", tabindex: "0", "aria-label": "run output" });
+    logs.replaceChildren(note, pre);
+    let text = "";
     try {
-      text = await api(`${base}/logs/${path}`, { headers: { Accept: "text/plain" } });
+      const r = await fetch(`${base}/logs/${path}?follow=true`, { headers, credentials: "omit", cache: "no-store", signal: ctl.signal });
+      if (!r.ok) throw new Error(`${r.status}: ${(await r.text()).slice(0, 300)}`);
+      const reader = r.body.getReader();
+      const dec = new TextDecoder();
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        text += dec.decode(value, { stream: true });
+        if (text.length > LOG_TAIL_BYTES) text = `…\n${text.slice(-LOG_TAIL_BYTES)}`;
+        note.textContent = "live: the output as the run writes it";
+        pre.textContent = text;
+      }
     } catch (e) {
-      if (!current(v)) return;
-      if (e.status === 404) logs.replaceChildren(el("p", { class: "muted", id: "logs-none", text: "No output yet: it shows here as the run writes it." }));
-      else logs.replaceChildren(el("p", { class: "muted", id: "logs-none", text: `The output so far could not be read (${e.message}).` }));
-      return;
+      if (current(v) && e.name !== "AbortError") {
+        logs.replaceChildren(el("p", { class: "muted", id: "logs-none", text: `The live output could not be read (${e.message}).` }));
+      }
+    } finally {
+      clearInterval(leave);
+      following = false;
     }
-    if (!current(v)) return;
-    const t = typeof text === "string" ? text : "";
-    const tail = t.length > LOG_TAIL_BYTES ? `…\n${t.slice(-LOG_TAIL_BYTES)}` : t;
-    logs.replaceChildren(
-      el("p", { class: "muted", id: "logs-live", text: `live: the output so far, read every ${RUN_LIVE_MS / 1000} s` }),
-      el("pre", { id: "logs-text", tabindex: "0", "aria-label": "run output", text: tail }));
   }
   async function showLogs(uri) {
     if (!uri) {

@@ -84,6 +84,10 @@ async function open(t, opts = {}) {
   page.on("console", (m) => {
     if (m.type() === "error" && !/status of 40[13]/.test(m.text())) problems.push(`console: ${m.text()}`);
   });
+  // Which resource failed: the browser's console message does not say.
+  page.on("response", (r) => {
+    if (r.status() >= 400 && r.status() !== 401 && r.status() !== 403) problems.push(`HTTP ${r.status()} ${r.request().method()} ${r.url()}`);
+  });
   t.after(async () => {
     await context.close();
   });
