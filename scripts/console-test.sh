@@ -30,7 +30,7 @@ die() { log "error: $*"; exit 1; }
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 work="${NEXUS_CONSOLE_WORK:-${TMPDIR:-/tmp}/nexus-console-test}"
 artifacts="${NEXUS_CONSOLE_ARTIFACTS:-$repo/target/console-artifacts}"
-nexus="${NEXUS_BIN:-$repo/target/debug/nexus}"
+nexus="${NEXUS_BIN:-${CARGO_TARGET_DIR:-$repo/target}/debug/nexus}"
 chromium="${NEXUS_CONSOLE_CHROMIUM:-/usr/bin/chromium}"
 runs="${NEXUS_CONSOLE_RUNS:-100000}"
 

@@ -27,7 +27,7 @@ cd "$ROOT"
 export NEXUS_KUBE_DIR="${NEXUS_KUBE_DIR:-$PWD/.kube-test}"
 RUNS="${NEXUS_KWOK_CHECK_RUNS:-1000}"
 NODES="${NEXUS_KWOK_CHECK_NODES:-20}"
-BENCH="${NEXUS_BENCH_BIN:-$ROOT/target/release/nexus-bench}"
+BENCH="${NEXUS_BENCH_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/nexus-bench}"
 kubeconfig="${NEXUS_TEST_KUBECONFIG:-}"
 
 while (($#)); do
