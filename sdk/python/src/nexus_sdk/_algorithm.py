@@ -345,7 +345,12 @@ class NexusRun:
         batch of children all or none) and returns their results in order; see
         :meth:`NexusClient.map`."""
         return self.client.map(
-            algorithm, parameters, tag=tag, timeout=timeout, concurrency=concurrency
+            algorithm,
+            parameters,
+            tag=tag,
+            timeout=timeout,
+            concurrency=concurrency,
+            parent=self.context.ref,
         )
 
     def wait(self, child: RunRef | RunResult, *, timeout: float | None = 600.0) -> RunResult:
@@ -509,7 +514,12 @@ class AsyncNexusRun:
     ) -> list[Any]:
         """As :meth:`NexusRun.map`."""
         return await self.client.map(
-            algorithm, parameters, tag=tag, timeout=timeout, concurrency=concurrency
+            algorithm,
+            parameters,
+            tag=tag,
+            timeout=timeout,
+            concurrency=concurrency,
+            parent=self.context.ref,
         )
 
     async def wait(self, child: RunRef | RunResult, *, timeout: float | None = 600.0) -> RunResult:

@@ -309,6 +309,7 @@ class NexusClient:
         timeout: float | None = 600.0,
         chunk_size: int = MAP_CHUNK,
         concurrency: int = MAP_CONCURRENCY,
+        parent: RunRef | None = None,
     ) -> list[Any]:
         """Runs ``algorithm`` once per entry of ``parameters`` and returns their results (JSON)
         in the same order.
@@ -317,12 +318,15 @@ class NexusClient:
         :meth:`submit_many`), then awaited with at most ``concurrency`` waits in flight, each
         bounded by ``timeout`` seconds. Raises :class:`~nexus_sdk.RunFailedError` for the first
         run (in order) that did not complete; the runs stay as they are (cancel them if needed).
-        From an algorithm (a client acting as its run) the runs are children of that run.
+        ``parent`` makes them children of that run (execution trees; :meth:`NexusRun.map` passes
+        the calling run).
         """
         _check_map(chunk_size, concurrency)
         runs: list[RunRef] = []
         for i in range(0, len(parameters), chunk_size):
-            runs.extend(self.submit_many(algorithm, parameters[i : i + chunk_size], tag=tag))
+            runs.extend(
+                self.submit_many(algorithm, parameters[i : i + chunk_size], tag=tag, parent=parent)
+            )
         if not runs:
             return []
 
@@ -631,12 +635,17 @@ class AsyncNexusClient:
         timeout: float | None = 600.0,
         chunk_size: int = MAP_CHUNK,
         concurrency: int = MAP_CONCURRENCY,
+        parent: RunRef | None = None,
     ) -> list[Any]:
         """As :meth:`NexusClient.map` (waits are tasks, at most ``concurrency`` at once)."""
         _check_map(chunk_size, concurrency)
         runs: list[RunRef] = []
         for i in range(0, len(parameters), chunk_size):
-            runs.extend(await self.submit_many(algorithm, parameters[i : i + chunk_size], tag=tag))
+            runs.extend(
+                await self.submit_many(
+                    algorithm, parameters[i : i + chunk_size], tag=tag, parent=parent
+                )
+            )
         gate = asyncio.Semaphore(concurrency)
 
         async def one(run: RunRef) -> Any:
