@@ -81,13 +81,13 @@ impl Statements {
             Ok::<_, StoreError>(st)
         };
         Ok(Self {
-            head: p(format!("INSERT INTO {ks}.run_batches (batch, algorithm, idem_key, size) VALUES (?, ?, ?, ?) USING TTL ?")).await?,
-            row: p(format!("INSERT INTO {ks}.run_batches (batch, idx, record) VALUES (?, ?, ?) USING TTL ?")).await?,
-            read_head: p(format!("SELECT algorithm, idem_key, size FROM {ks}.run_batches WHERE batch = ? LIMIT 1")).await?,
-            read_rows: p(format!("SELECT idx, record FROM {ks}.run_batches WHERE batch = ? AND idx >= ? LIMIT ?")).await?,
-            pending_add: p(format!("INSERT INTO {ks}.pending_batches (scope, batch) VALUES ('{PENDING}', ?) USING TTL ?")).await?,
-            pending_del: p(format!("DELETE FROM {ks}.pending_batches WHERE scope = '{PENDING}' AND batch = ?")).await?,
-            pending_list: p(format!("SELECT batch FROM {ks}.pending_batches WHERE scope = '{PENDING}' LIMIT ?")).await?,
+            head: p(format!("INSERT INTO {ks}.run_batches (batch_id, algorithm, idem_key, size) VALUES (?, ?, ?, ?) USING TTL ?")).await?,
+            row: p(format!("INSERT INTO {ks}.run_batches (batch_id, idx, record) VALUES (?, ?, ?) USING TTL ?")).await?,
+            read_head: p(format!("SELECT algorithm, idem_key, size FROM {ks}.run_batches WHERE batch_id = ? LIMIT 1")).await?,
+            read_rows: p(format!("SELECT idx, record FROM {ks}.run_batches WHERE batch_id = ? AND idx >= ? LIMIT ?")).await?,
+            pending_add: p(format!("INSERT INTO {ks}.pending_batches (scope, batch_id) VALUES ('{PENDING}', ?) USING TTL ?")).await?,
+            pending_del: p(format!("DELETE FROM {ks}.pending_batches WHERE scope = '{PENDING}' AND batch_id = ?")).await?,
+            pending_list: p(format!("SELECT batch_id FROM {ks}.pending_batches WHERE scope = '{PENDING}' LIMIT ?")).await?,
         })
     }
 }
@@ -105,12 +105,48 @@ impl CassandraRunStore {
         &self,
         batch: RunBatch,
     ) -> Result<BatchInserted, StoreError> {
+        self.write_batch(batch, true).await
+    }
+
+    /// Writes and decides `batch` like [`RunStore::insert_batch`](crate::RunStore::insert_batch)
+    /// but stops before expanding it, as a submitter that dies at that point would: for tests
+    /// of [`RunStore::resume_batches`](crate::RunStore::resume_batches).
+    ///
+    /// # Errors
+    /// As `insert_batch`.
+    #[doc(hidden)]
+    pub async fn insert_batch_without_expanding(
+        &self,
+        batch: RunBatch,
+    ) -> Result<BatchInserted, StoreError> {
+        self.write_batch(batch, false).await
+    }
+
+    async fn write_batch(
+        &self,
+        batch: RunBatch,
+        expand: bool,
+    ) -> Result<BatchInserted, StoreError> {
         batch.check()?;
         if let Some(key) = &batch.key
             && let Some(existing) = self.claimed(&batch.algorithm, key).await?
         {
             return Ok(BatchInserted::Existing(self.expand(existing).await?));
         }
+        // An id already present is refused before anything is written (ids are UUIDv7 minted
+        // by the scheduler, so this only catches bugs, as for a single insert).
+        let mut present = futures::stream::iter(0..batch.runs.len())
+            .map(|i| {
+                let id = batch.runs[i].id;
+                async move { self.exists(id).await.map(|e| (id, e)) }
+            })
+            .buffer_unordered(CONCURRENCY);
+        while let Some(r) = present.next().await {
+            if let (id, true) = r? {
+                return Err(Self::duplicate(id));
+            }
+        }
+        drop(present);
         let bid = Uuid::now_v7();
         let size = i32::try_from(batch.runs.len()).unwrap_or(i32::MAX);
         // 1. Rows (the header last is not needed: nothing reads a batch before step 2).
@@ -176,6 +212,9 @@ impl CassandraRunStore {
                 };
                 return Ok(BatchInserted::Existing(self.expand(winner).await?));
             }
+        }
+        if !expand {
+            return Ok(BatchInserted::Created);
         }
         // 3. Expand.
         self.create_all(&batch.runs).await?;

@@ -132,18 +132,18 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "run batches (all-or-none batch submit) and the batches to complete",
         statements: &[
             "CREATE TABLE IF NOT EXISTS {ks}.run_batches (
-    batch uuid,
+    batch_id uuid,
     idx int,
     record blob,
     algorithm text static,
     idem_key text static,
     size int static,
-    PRIMARY KEY ((batch), idx)
+    PRIMARY KEY ((batch_id), idx)
 ) WITH ID = {id:run_batches}",
             "CREATE TABLE IF NOT EXISTS {ks}.pending_batches (
     scope text,
-    batch uuid,
-    PRIMARY KEY ((scope), batch)
+    batch_id uuid,
+    PRIMARY KEY ((scope), batch_id)
 ) WITH ID = {id:pending_batches}",
         ],
     },
