@@ -1,8 +1,9 @@
 //! `fanout`: sum of squares by divide and conquer over an execution tree.
 //!
 //! A list of at most `leaf` numbers is solved directly. A longer one is split in two halves,
-//! each solved by a child run of the same algorithm (created with the nexus-sdk as a child of
-//! this run, awaited through the server's stage stream, its result read from its signed URL),
+//! each solved by a child run of the same algorithm (both created in one batch with the
+//! nexus-sdk's `map` as children of this run, awaited through the server's stage stream, their
+//! results read from their signed URLs, in order),
 //! and the two results are combined. The result also says how many runs the subtree took and how
 //! deep it went, so a caller can see the tree that solved it.
 
@@ -85,36 +86,29 @@ async fn split(task: Task) -> Result<Value, String> {
         .map_err(|e| e.to_string())?;
     let algorithm = std::env::var("NEXUS__ALGORITHM_NAME").unwrap_or_else(|_| "fanout".into());
     let (left, right) = task.numbers.split_at(task.numbers.len() / 2);
-    let mut children = Vec::new();
-    for half in [left, right] {
-        let child = nexus
-            .create(&algorithm, &json!({ "numbers": half, "leaf": task.leaf }))
-            .await
-            .map_err(|e| e.to_string())?;
-        println!(
-            "[nexus-demo] fanout: child {} for {} numbers",
-            child.request_id,
-            half.len()
-        );
-        children.push(child);
-    }
+    // Both halves in one all-or-none batch of children, awaited together, results in order.
+    let halves: Vec<Value> = [left, right]
+        .iter()
+        .map(|half| json!({ "numbers": half, "leaf": task.leaf }))
+        .collect();
+    println!(
+        "[nexus-demo] fanout: 2 children for {} and {} numbers",
+        left.len(),
+        right.len()
+    );
+    let results = nexus
+        .map(&algorithm, &halves)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut sum: i128 = 0;
     let mut runs = 1;
     let mut depth = 0;
-    for child in &children {
-        let status = nexus.wait(child).await.map_err(|e| e.to_string())?;
-        let r = nexus
-            .result_json(&status)
-            .await
-            .map_err(|e| format!("child {}: {e}", child.request_id))?;
+    for (i, r) in results.iter().enumerate() {
         sum += r["sumOfSquares"]
             .as_i64()
             .map(i128::from)
             .or_else(|| r["sumOfSquares"].as_u64().map(i128::from))
-            .ok_or(format!(
-                "child {} returned no sumOfSquares: {r}",
-                child.request_id
-            ))?;
+            .ok_or(format!("child {i} returned no sumOfSquares: {r}"))?;
         runs += r["runs"].as_u64().unwrap_or(1);
         depth = depth.max(r["depth"].as_u64().unwrap_or(0) + 1);
     }

@@ -171,6 +171,9 @@ pub struct RunSummary {
     pub result_uri: String,
     /// Failure cause (terminal failures), else empty.
     pub run_error_message: String,
+    /// True for a run executed outside Nexus and registered through the external-runs API.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub external: bool,
 }
 
 /// `GET /algorithm/v1/runs`: one page of runs, newest first.

@@ -166,7 +166,9 @@ impl Receiver {
         // here. A cancel that lands between that read and the launch is caught when the start is
         // recorded: the supervisor sees CANCELLED and stops the process.
         let run = &d.run;
-        if !(run.stage == Stage::Buffered || d.relaunch && run.stage == Stage::Running) {
+        if run.external
+            || !(run.stage == Stage::Buffered || d.relaunch && run.stage == Stage::Running)
+        {
             return Ok(());
         }
         let spec = &run.applied_configuration;

@@ -30,6 +30,8 @@ function el(tag, attrs = {}, ...children) {
   return e;
 }
 const stage = (s) => el("span", { class: `stage ${s}`, text: s, "data-stage": s });
+// Runs executed outside Nexus and registered through the external-runs API carry this mark.
+const externalMark = (on) => (on ? el("span", { class: "external-mark", title: "executed outside Nexus, registered through the external-runs API", text: "external" }) : "");
 const when = (t) => (t ? new Date(t).toLocaleString() : "");
 // With milliseconds: the stage changes of a quick run are a few milliseconds apart.
 const PRECISE = { year: "numeric", month: "numeric", day: "numeric", hour: "numeric", minute: "2-digit", second: "2-digit", fractionalSecondDigits: 3 };
@@ -196,7 +198,7 @@ async function runsView(main, params, v) {
   const row = (r) => el("tr", { "data-id": r.requestId },
     el("td", { class: "id" }, el("a", { href: `#/run/${enc(r.algorithmName)}/${enc(r.requestId)}`, text: r.requestId })),
     el("td", { text: r.algorithmName }),
-    el("td", { title: r.runErrorMessage || null }, stage(r.status)),
+    el("td", { title: r.runErrorMessage || null }, stage(r.status), " ", externalMark(r.external)),
     el("td", { text: r.tag || "" }),
     el("td", { text: when(r.submittedAt) }),
     el("td", { text: duration(r.startedAt || r.submittedAt, r.finishedAt) }),
@@ -357,7 +359,7 @@ async function runView(main, alg, id, v) {
     }
     if (!current(v)) return;
     const done = TERMINAL.has(m.lifecycle_stage);
-    $("#run-stage").replaceChildren(stage(m.lifecycle_stage));
+    $("#run-stage").replaceChildren(stage(m.lifecycle_stage), " ", externalMark(m.external));
     liveNote.textContent = done ? "final" : `updating every ${RUN_LIVE_MS / 1000} s`;
     showFacts(m);
     showExplanation(x);
@@ -397,6 +399,7 @@ async function runView(main, alg, id, v) {
       ...fact("root", m.root && m.root !== id ? el("span", { class: "id", text: m.root }) : undefined),
       ...fact("depth", m.depth),
       ...fact("executor", m.job_uid),
+      ...fact("executed", m.external ? "outside Nexus (external run)" : undefined),
       ...fact("payload size", m.payload_size !== undefined ? `${m.payload_size} bytes` : undefined));
     // Signed URLs: they carry their own credential, so plain links work.
     links.replaceChildren(

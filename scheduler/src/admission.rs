@@ -27,7 +27,7 @@ use nexus_model::error::ErrorKind;
 use nexus_model::run::{PayloadLocation, Run, RunId, Stage, StageChange, now_millis};
 use nexus_model::spec::{AlgorithmSpec, SpecOverride, ValidationErrors, parse_duration};
 use nexus_payload::{Keys, PayloadError};
-use nexus_store::{Inserted, StoreError};
+use nexus_store::{BatchInserted, Inserted, RunBatch, StoreError};
 use sha2::Digest as _;
 
 use crate::queue::Queued;
@@ -99,6 +99,125 @@ pub struct AdmitRequest {
     /// The caller's right to submit, checked once the run's workgroup and parent are known
     /// (`None`: no check, authentication off or a run creating its own child).
     pub authorize: Option<SubmitCheck>,
+}
+
+/// One run of a batch: its own parameters and tag.
+#[derive(Debug)]
+pub struct BatchItem {
+    /// The payload.
+    pub parameters: Parameters,
+    /// Client tag of this run.
+    pub tag: Option<String>,
+}
+
+/// A request for many runs of one algorithm, all accepted or none, front-end neutral.
+#[derive(Debug)]
+pub struct BatchRequest {
+    /// Template name.
+    pub algorithm: String,
+    /// The runs, in order.
+    pub items: Vec<BatchItem>,
+    /// Per-run overrides shared by every run.
+    pub custom_configuration: Option<serde_json::Value>,
+    /// Stored verbatim on every run.
+    pub api_version: Option<String>,
+    /// Validity of the payload URLs.
+    pub payload_valid_for: Option<String>,
+    /// The parent of every run (child runs of an execution tree).
+    pub parent: Option<ParentRef>,
+    /// The batch's idempotency key: a repeated batch returns the first batch's ids.
+    pub batch_key: Option<String>,
+    /// Store the runs as completed, without running them.
+    pub dry_run: bool,
+    /// When the request arrived.
+    pub received: Instant,
+    /// The caller's right to submit.
+    pub authorize: Option<SubmitCheck>,
+}
+
+/// The shard recorded on external runs (they run on none of Nexus's shards).
+pub const EXTERNAL_SHARD: &str = "external";
+
+/// Clock skew tolerated in an external engine's reported times, in milliseconds.
+const MAX_CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
+
+/// A run executed outside Nexus, to register ([`Admission::admit_external`]).
+#[derive(Debug)]
+pub struct ExternalRequest {
+    /// Template name.
+    pub algorithm: String,
+    /// The run's input.
+    pub parameters: Parameters,
+    /// Its stage: BUFFERED (reported as CREATED), RUNNING, COMPLETED or FAILED.
+    pub stage: Stage,
+    /// Its output (JSON), stored as the run's result.
+    pub result: Option<Vec<u8>>,
+    /// Where its output lives, when stored elsewhere.
+    pub result_uri: Option<String>,
+    /// Failure cause and details (FAILED).
+    pub failure: Option<(String, String)>,
+    /// When it was created (default: now).
+    pub received_at: Option<nexus_model::run::Millis>,
+    /// When it started (default: when created).
+    pub started_at: Option<nexus_model::run::Millis>,
+    /// When it finished (default: now).
+    pub finished_at: Option<nexus_model::run::Millis>,
+    /// The engine's name (`spark`, …), recorded as the executor.
+    pub engine: Option<String>,
+    /// Client tag.
+    pub tag: Option<String>,
+    /// Stored verbatim.
+    pub api_version: Option<String>,
+    /// Its parent, when it belongs to an execution tree.
+    pub parent: Option<ParentRef>,
+    /// Idempotency key: a repeated registration returns the first run.
+    pub idempotency_key: Option<String>,
+    /// The caller's right to submit runs of the algorithm.
+    pub authorize: Option<SubmitCheck>,
+}
+
+/// An accepted batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchAdmitted {
+    /// The runs' ids, in the order of the request.
+    pub ids: Vec<RunId>,
+    /// False when an earlier batch under the same key was returned.
+    pub created: bool,
+}
+
+/// The fields every submission checks once ([`Admission::check`]).
+pub(crate) struct Common<'a> {
+    algorithm: String,
+    custom_configuration: Option<serde_json::Value>,
+    payload_valid_for: Option<String>,
+    parent: Option<ParentRef>,
+    idempotency_key: Option<&'a str>,
+    authorize: Option<&'a SubmitCheck>,
+    tag: Option<&'a str>,
+    /// How many runs the submission creates (tree fan-out limit).
+    runs: usize,
+}
+
+/// What [`Admission::check`] found: everything a new run of the submission shares.
+pub(crate) struct Checked {
+    algorithm: String,
+    workgroup: String,
+    shard: String,
+    applied: AlgorithmSpec,
+    overrides_json: Option<serde_json::Value>,
+    valid_for: Duration,
+    parent: Option<nexus_model::run::RunRef>,
+    root: Option<RunId>,
+    depth: u32,
+}
+
+/// What differs between the runs of one submission.
+pub(crate) struct NewRun {
+    tag: Option<String>,
+    api_version: Option<String>,
+    idempotency_key: Option<String>,
+    dry_run: bool,
+    now: nexus_model::run::Millis,
 }
 
 /// What a submission targets, for [`SubmitCheck`].
@@ -289,6 +408,30 @@ pub enum AdmitError {
         /// The limit.
         limit: usize,
     },
+    /// An external run's registration or report is inconsistent.
+    #[error("external run: {0}")]
+    External(String),
+    /// A batch without runs.
+    #[error("runs: a batch holds at least one run")]
+    BatchEmpty,
+    /// A batch over `scheduler.max_batch_runs`.
+    #[error(
+        "runs: {runs} runs in one batch; the limit is {limit} (scheduler.max_batch_runs): split the batch"
+    )]
+    BatchTooLarge {
+        /// Runs asked for.
+        runs: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// One run of a batch is invalid (the whole batch is refused).
+    #[error("runs[{index}].{source}")]
+    Item {
+        /// Its index in the batch.
+        index: usize,
+        /// What is wrong with it.
+        source: Box<AdmitError>,
+    },
     /// The queue is at its bound.
     #[error("the scheduler's queue is full; retry later")]
     QueueFull,
@@ -303,6 +446,18 @@ pub enum AdmitError {
         existing: RunId,
         /// The first field that differs.
         field: &'static str,
+    },
+    /// A batch's idempotency key was used before for a batch of another size.
+    #[error(
+        "Idempotency-Key '{key}' was already used for a batch of {existing} runs; this batch has {runs}: use a new key for a new batch"
+    )]
+    BatchKeyReused {
+        /// The key.
+        key: String,
+        /// Runs in this batch.
+        runs: usize,
+        /// Runs in the first batch.
+        existing: usize,
     },
     /// The run store failed.
     #[error("run store unavailable, try again: {source}")]
@@ -350,6 +505,7 @@ impl AdmitError {
             AdmitError::Store { source } => source.kind(),
             AdmitError::Payload { source } => source.kind,
             AdmitError::Spool { .. } | AdmitError::Internal { .. } => ErrorKind::Internal,
+            AdmitError::Item { source, .. } => source.kind(),
             _ => ErrorKind::InvalidInput,
         }
     }
@@ -360,7 +516,7 @@ impl AdmitError {
     #[must_use]
     pub fn http_status(&self) -> u16 {
         match self {
-            AdmitError::IdempotencyKeyReused { .. } => 422,
+            AdmitError::IdempotencyKeyReused { .. } | AdmitError::BatchKeyReused { .. } => 422,
             e => e.kind().http_status(),
         }
     }
@@ -482,135 +638,39 @@ impl Admission {
     #[tracing::instrument(skip_all, fields(alg = %req.algorithm, dry_run = req.dry_run))]
     pub async fn admit(&self, req: AdmitRequest) -> Result<Admitted, AdmitError> {
         let s = &self.s;
-        let alg = req.algorithm;
-        let snap = s.catalog.snapshot();
-        let Some(template) = snap.templates.get(&alg) else {
-            metrics::accepted(false);
-            return Err(AdmitError::UnknownAlgorithm { algorithm: alg });
-        };
-        let overrides_json = req.custom_configuration.filter(|v| !v.is_null());
-        let overrides = overrides_json
-            .as_ref()
-            .map(SpecOverride::from_json)
-            .transpose()
-            .map_err(|source| AdmitError::InvalidOverrides { source })?;
-        let applied = overrides
-            .as_ref()
-            .map_or_else(|| template.spec.clone(), |o| o.apply(&template.spec));
-        let wg_name = applied.workgroup_name().unwrap_or_default().to_owned();
-        let Some(workgroup) = snap.workgroups.get(&wg_name) else {
-            return Err(AdmitError::UnknownWorkgroup {
-                workgroup: wg_name,
-                algorithm: alg,
-            });
-        };
-        let valid_for = match &req.payload_valid_for {
-            Some(d) => parse_duration(d).map_err(AdmitError::InvalidValidFor)?,
-            None => applied
-                .payload_configuration
-                .as_ref()
-                .and_then(|p| p.payload_valid_for.as_deref())
-                .and_then(|d| parse_duration(d).ok())
-                .unwrap_or(s.config.payload_valid_for),
-        };
-        if valid_for > s.config.max_payload_valid_for {
-            return Err(AdmitError::ValidForTooLong {
-                asked: valid_for,
-                limit: s.config.max_payload_valid_for,
-            });
-        }
-        check_run_bounds(&s.config, &applied)?;
-        if let Some(tag) = &req.tag {
-            check_tag(tag)?;
-        }
-        if let Some(k) = &req.idempotency_key {
-            check_idempotency_key(k)?;
-        }
-        let parent_run = match &req.parent {
-            None => None,
-            Some(p) => Some(self.load_parent(p).await?),
-        };
-        if let Some(check) = &req.authorize {
-            (check.0)(&SubmitTarget {
-                algorithm: &alg,
-                template_workgroup: template.spec.workgroup_name().unwrap_or_default(),
-                workgroup: &wg_name,
-                parent: parent_run.as_ref(),
+        let checked = self
+            .check(Common {
+                algorithm: req.algorithm,
+                custom_configuration: req.custom_configuration,
+                payload_valid_for: req.payload_valid_for,
+                parent: req.parent,
+                idempotency_key: req.idempotency_key.as_deref(),
+                authorize: req.authorize.as_ref(),
+                tag: req.tag.as_deref(),
+                runs: 1,
             })
-            .map_err(AdmitError::Forbidden)?;
-        }
-        let (parent, root, depth) = match &parent_run {
-            None => (None, None, 0),
-            Some(pr) => {
-                self.check_can_have_child(pr).await?;
-                (Some(pr.as_ref()), Some(pr.root), pr.depth + 1)
-            }
-        };
+            .await?;
         if !req.dry_run && !s.queue.has_room() {
             metrics::rejected("queue_full");
             return Err(AdmitError::QueueFull);
         }
         let id = RunId::new();
-        let (payload, content_hash, size) = self.place_payload(&alg, id, req.parameters).await?;
+        let placed = self
+            .place_payload(&checked.algorithm, id, req.parameters)
+            .await?;
         let dry_run = req.dry_run;
-        let now = now_millis();
-        let run = Run {
+        let run = self.new_run(
+            &checked,
             id,
-            algorithm: alg,
-            stage: if dry_run {
-                Stage::Completed
-            } else {
-                Stage::Buffered
+            placed,
+            NewRun {
+                tag: req.tag,
+                api_version: req.api_version,
+                idempotency_key: req.idempotency_key,
+                dry_run,
+                now: now_millis(),
             },
-            workgroup: wg_name,
-            shard: workgroup.spec.cluster.clone(),
-            tag: req.tag,
-            api_version: req.api_version,
-            parent,
-            root: root.unwrap_or(id),
-            depth,
-            idempotency_key: req.idempotency_key,
-            owner: if dry_run {
-                None
-            } else {
-                Some(s.instance_id.clone())
-            },
-            attempts: 0,
-            applied_configuration: applied,
-            configuration_overrides: overrides_json,
-            payload,
-            content_hash,
-            payload_size: size,
-            payload_valid_for: valid_for,
-            result_uri: None,
-            result_stored: false,
-            logs_stored: false,
-            failure_cause: None,
-            failure_details: None,
-            executor_ref: dry_run.then(|| "dry-run".to_owned()),
-            received_at: now,
-            started_at: None,
-            finished_at: dry_run.then_some(now),
-            last_modified: now,
-            timeline: vec![StageChange {
-                at: now,
-                from: Stage::New,
-                to: if dry_run {
-                    Stage::Completed
-                } else {
-                    Stage::Buffered
-                },
-                by: "scheduler".to_owned(),
-                cause: if dry_run {
-                    "dry run: accepted and finished without running".to_owned()
-                } else {
-                    format!(
-                        "accepted by {} for shard {}",
-                        s.instance_id, workgroup.spec.cluster
-                    )
-                },
-            }],
-        };
+        );
         let shard = run.shard.clone();
         let fingerprint = Fingerprint::of(&run);
         // The durable write and the enqueue run in their own task: a front end whose caller goes
@@ -650,6 +710,478 @@ impl Admission {
         Ok(admitted)
     }
 
+    /// The checks every submission makes once, in the module header's order: template,
+    /// overrides, workgroup, `payloadValidFor`, run bounds, idempotency key, parent, the
+    /// caller's right, tree limits for `runs` new children.
+    pub(crate) async fn check(&self, c: Common<'_>) -> Result<Checked, AdmitError> {
+        let s = &self.s;
+        let alg = c.algorithm;
+        let snap = s.catalog.snapshot();
+        let Some(template) = snap.templates.get(&alg) else {
+            metrics::accepted(false);
+            return Err(AdmitError::UnknownAlgorithm { algorithm: alg });
+        };
+        let overrides_json = c.custom_configuration.filter(|v| !v.is_null());
+        let overrides = overrides_json
+            .as_ref()
+            .map(SpecOverride::from_json)
+            .transpose()
+            .map_err(|source| AdmitError::InvalidOverrides { source })?;
+        let applied = overrides
+            .as_ref()
+            .map_or_else(|| template.spec.clone(), |o| o.apply(&template.spec));
+        let wg_name = applied.workgroup_name().unwrap_or_default().to_owned();
+        let Some(workgroup) = snap.workgroups.get(&wg_name) else {
+            return Err(AdmitError::UnknownWorkgroup {
+                workgroup: wg_name,
+                algorithm: alg,
+            });
+        };
+        let valid_for = match &c.payload_valid_for {
+            Some(d) => parse_duration(d).map_err(AdmitError::InvalidValidFor)?,
+            None => applied
+                .payload_configuration
+                .as_ref()
+                .and_then(|p| p.payload_valid_for.as_deref())
+                .and_then(|d| parse_duration(d).ok())
+                .unwrap_or(s.config.payload_valid_for),
+        };
+        if valid_for > s.config.max_payload_valid_for {
+            return Err(AdmitError::ValidForTooLong {
+                asked: valid_for,
+                limit: s.config.max_payload_valid_for,
+            });
+        }
+        check_run_bounds(&s.config, &applied)?;
+        if let Some(tag) = c.tag {
+            check_tag(tag)?;
+        }
+        if let Some(k) = c.idempotency_key {
+            check_idempotency_key(k)?;
+        }
+        let parent_run = match &c.parent {
+            None => None,
+            Some(p) => Some(self.load_parent(p).await?),
+        };
+        if let Some(check) = c.authorize {
+            (check.0)(&SubmitTarget {
+                algorithm: &alg,
+                template_workgroup: template.spec.workgroup_name().unwrap_or_default(),
+                workgroup: &wg_name,
+                parent: parent_run.as_ref(),
+            })
+            .map_err(AdmitError::Forbidden)?;
+        }
+        let (parent, root, depth) = match &parent_run {
+            None => (None, None, 0),
+            Some(pr) => {
+                self.check_can_have_children(pr, c.runs).await?;
+                (Some(pr.as_ref()), Some(pr.root), pr.depth + 1)
+            }
+        };
+        Ok(Checked {
+            algorithm: alg,
+            shard: workgroup.spec.cluster.clone(),
+            workgroup: wg_name,
+            applied,
+            overrides_json,
+            valid_for,
+            parent,
+            root,
+            depth,
+        })
+    }
+
+    /// The record of a new run `id` that passed [`Admission::check`].
+    pub(crate) fn new_run(
+        &self,
+        c: &Checked,
+        id: RunId,
+        (payload, content_hash, size): (PayloadLocation, String, u64),
+        n: NewRun,
+    ) -> Run {
+        let s = &self.s;
+        let NewRun {
+            tag,
+            api_version,
+            idempotency_key,
+            dry_run,
+            now,
+        } = n;
+        let stage = if dry_run {
+            Stage::Completed
+        } else {
+            Stage::Buffered
+        };
+        Run {
+            id,
+            algorithm: c.algorithm.clone(),
+            stage,
+            workgroup: c.workgroup.clone(),
+            shard: c.shard.clone(),
+            tag,
+            api_version,
+            parent: c.parent.clone(),
+            root: c.root.unwrap_or(id),
+            depth: c.depth,
+            idempotency_key,
+            owner: if dry_run {
+                None
+            } else {
+                Some(s.instance_id.clone())
+            },
+            attempts: 0,
+            applied_configuration: c.applied.clone(),
+            configuration_overrides: c.overrides_json.clone(),
+            payload,
+            content_hash,
+            payload_size: size,
+            payload_valid_for: c.valid_for,
+            result_uri: None,
+            result_stored: false,
+            logs_stored: false,
+            failure_cause: None,
+            failure_details: None,
+            executor_ref: dry_run.then(|| "dry-run".to_owned()),
+            received_at: now,
+            started_at: None,
+            finished_at: dry_run.then_some(now),
+            last_modified: now,
+            timeline: vec![StageChange {
+                at: now,
+                from: Stage::New,
+                to: stage,
+                by: "scheduler".to_owned(),
+                cause: if dry_run {
+                    "dry run: accepted and finished without running".to_owned()
+                } else {
+                    format!("accepted by {} for shard {}", s.instance_id, c.shard)
+                },
+            }],
+            external: false,
+        }
+    }
+
+    /// Admits a batch: many runs of one algorithm, each with its own parameters (and tag),
+    /// sharing everything else, all accepted or none. The runs are written in one
+    /// [`RunStore::insert_batch`](nexus_store::RunStore::insert_batch) and queued in order.
+    ///
+    /// # Errors
+    /// As [`Admission::admit`] for the shared fields (the first fault met); for an item, the
+    /// error names its index (`runs[3].algorithmParameters: …`); [`AdmitError::BatchTooLarge`]
+    /// over `scheduler.max_batch_runs`; [`AdmitError::QueueFull`] when the queue cannot take the
+    /// whole batch.
+    #[tracing::instrument(skip_all, fields(alg = %req.algorithm, runs = req.items.len()))]
+    pub async fn admit_batch(&self, req: BatchRequest) -> Result<BatchAdmitted, AdmitError> {
+        let s = &self.s;
+        let n = req.items.len();
+        if n == 0 {
+            metrics::rejected("invalid_body");
+            return Err(AdmitError::BatchEmpty);
+        }
+        if n > s.config.max_batch_runs {
+            metrics::rejected("invalid_body");
+            return Err(AdmitError::BatchTooLarge {
+                runs: n,
+                limit: s.config.max_batch_runs,
+            });
+        }
+        for (i, item) in req.items.iter().enumerate() {
+            if let Some(tag) = &item.tag {
+                check_tag(tag).map_err(|e| AdmitError::Item {
+                    index: i,
+                    source: Box::new(e),
+                })?;
+            }
+        }
+        let checked = self
+            .check(Common {
+                algorithm: req.algorithm,
+                custom_configuration: req.custom_configuration,
+                payload_valid_for: req.payload_valid_for,
+                parent: req.parent,
+                idempotency_key: req.batch_key.as_deref(),
+                authorize: req.authorize.as_ref(),
+                tag: None,
+                runs: n,
+            })
+            .await?;
+        if !req.dry_run && !s.queue.has_room_for(n) {
+            metrics::rejected("queue_full");
+            return Err(AdmitError::QueueFull);
+        }
+        let now = now_millis();
+        let mut runs = Vec::with_capacity(n);
+        let mut stored_keys = Vec::new();
+        let mut placed_all = Ok(());
+        for item in req.items {
+            let id = RunId::new();
+            match self
+                .place_payload(&checked.algorithm, id, item.parameters)
+                .await
+            {
+                Ok(placed) => {
+                    if let PayloadLocation::Stored { key } = &placed.0 {
+                        stored_keys.push(key.clone());
+                    }
+                    runs.push(self.new_run(
+                        &checked,
+                        id,
+                        placed,
+                        NewRun {
+                            tag: item.tag,
+                            api_version: req.api_version.clone(),
+                            idempotency_key: None,
+                            dry_run: req.dry_run,
+                            now,
+                        },
+                    ));
+                }
+                Err(e) => {
+                    placed_all = Err(e);
+                    break;
+                }
+            }
+        }
+        if let Err(e) = placed_all {
+            self.forget_objects(&stored_keys).await;
+            return Err(e);
+        }
+        let fingerprints: Vec<Fingerprint> = runs.iter().map(Fingerprint::of).collect();
+        let batch = RunBatch::new(checked.algorithm.clone(), req.batch_key.clone(), runs);
+        let queued: Vec<Queued> = batch
+            .runs
+            .iter()
+            .map(|r| Queued {
+                id: r.id,
+                shard: r.shard.clone(),
+                attempt: 0,
+            })
+            .collect();
+        let ids: Vec<RunId> = batch.runs.iter().map(|r| r.id).collect();
+        let dry_run = req.dry_run;
+        // As for one run: the write and the enqueue run in their own task, so a batch that
+        // became durable always reaches the queue.
+        let s2 = Arc::clone(s);
+        let inserted = tokio::spawn(async move {
+            let r = s2.store.insert_batch(batch).await;
+            if matches!(r, Ok(BatchInserted::Created)) && !dry_run {
+                for q in queued {
+                    s2.queue.push(q);
+                }
+            }
+            r
+        })
+        .await
+        .map_err(|e| AdmitError::internal("accept task", e));
+        let inserted = match inserted {
+            Ok(Ok(i)) => i,
+            Ok(Err(e)) => {
+                self.forget_objects(&stored_keys).await;
+                return Err(e.into());
+            }
+            Err(e) => return Err(e),
+        };
+        let admitted = match inserted {
+            BatchInserted::Created => BatchAdmitted { ids, created: true },
+            BatchInserted::Existing(existing) => {
+                // This request's copies of big payloads belong to no run.
+                self.forget_objects(&stored_keys).await;
+                if existing.len() != fingerprints.len() {
+                    metrics::rejected("idempotency_conflict");
+                    return Err(AdmitError::BatchKeyReused {
+                        key: req.batch_key.unwrap_or_default(),
+                        runs: fingerprints.len(),
+                        existing: existing.len(),
+                    });
+                }
+                for (f, e) in fingerprints.iter().zip(&existing) {
+                    f.same_request(e)?;
+                }
+                BatchAdmitted {
+                    ids: existing.iter().map(|r| r.id).collect(),
+                    created: false,
+                }
+            }
+        };
+        metrics::accepted(true);
+        metrics::accept_latency(req.received.elapsed().as_secs_f64());
+        tracing::debug!(runs = n, created = admitted.created, "batch accepted");
+        Ok(admitted)
+    }
+
+    /// Registers a run executed outside Nexus ([`ExternalRequest`]): checked as a submission of
+    /// its algorithm (template, workgroup, tag, key, parent, the caller's right to submit),
+    /// stored with no owner and never queued, in the stage the engine reports, with its times,
+    /// its result (stored as the run's result object) or its error.
+    ///
+    /// # Errors
+    /// As [`Admission::admit`]; [`AdmitError::External`] for an inconsistent report.
+    #[tracing::instrument(skip_all, fields(alg = %req.algorithm, stage = %req.stage))]
+    pub async fn admit_external(&self, req: ExternalRequest) -> Result<Admitted, AdmitError> {
+        let s = &self.s;
+        let bad = |m: String| {
+            metrics::rejected("invalid_body");
+            Err(AdmitError::External(m))
+        };
+        let now = now_millis();
+        if !matches!(
+            req.stage,
+            Stage::Buffered | Stage::Running | Stage::Completed | Stage::Failed
+        ) {
+            return bad(format!(
+                "stage: an external run is registered CREATED, RUNNING, COMPLETED or FAILED, not {}",
+                req.stage
+            ));
+        }
+        let terminal = req.stage.is_terminal();
+        if req.stage == Stage::Failed && req.failure.is_none() {
+            return bad("errorCause: required for a FAILED run".to_owned());
+        }
+        if req.stage != Stage::Failed && req.failure.is_some() {
+            return bad("errorCause: only a FAILED run has one".to_owned());
+        }
+        if req.stage != Stage::Completed && (req.result.is_some() || req.result_uri.is_some()) {
+            return bad("result, resultUri: only a COMPLETED run has a result".to_owned());
+        }
+        if req.result.is_some() && req.result_uri.is_some() {
+            return bad("result, resultUri: give one or the other".to_owned());
+        }
+        let received_at = req.received_at.unwrap_or(now);
+        let started_at = match req.stage {
+            Stage::Buffered => {
+                if req.started_at.is_some() {
+                    return bad("startedAt: a CREATED run has not started".to_owned());
+                }
+                None
+            }
+            _ => Some(req.started_at.unwrap_or(received_at)),
+        };
+        let finished_at = if terminal {
+            Some(req.finished_at.unwrap_or(now))
+        } else {
+            if req.finished_at.is_some() {
+                return bad(format!("finishedAt: a {} run has not finished", req.stage));
+            }
+            None
+        };
+        // Times in order, none in the future (beyond a little clock skew).
+        let mut last = ("receivedAt", received_at);
+        for (name, t) in [("startedAt", started_at), ("finishedAt", finished_at)] {
+            if let Some(t) = t {
+                if t < last.1 {
+                    return bad(format!("{name}: earlier than {}", last.0));
+                }
+                last = (name, t);
+            }
+        }
+        if last.1 > now + MAX_CLOCK_SKEW_MS {
+            return bad(format!("{}: in the future", last.0));
+        }
+        if received_at <= 0 {
+            return bad("receivedAt: before 1970".to_owned());
+        }
+        let checked = self
+            .check(Common {
+                algorithm: req.algorithm,
+                custom_configuration: None,
+                payload_valid_for: None,
+                parent: req.parent,
+                idempotency_key: req.idempotency_key.as_deref(),
+                authorize: req.authorize.as_ref(),
+                tag: req.tag.as_deref(),
+                runs: 1,
+            })
+            .await?;
+        let id = RunId::new();
+        let placed = self
+            .place_payload(&checked.algorithm, id, req.parameters)
+            .await?;
+        let mut run = self.new_run(
+            &checked,
+            id,
+            placed,
+            NewRun {
+                tag: req.tag,
+                api_version: req.api_version,
+                idempotency_key: req.idempotency_key,
+                dry_run: false,
+                now,
+            },
+        );
+        let engine = req.engine.unwrap_or_else(|| "external".to_owned());
+        run.external = true;
+        run.owner = None;
+        run.shard = EXTERNAL_SHARD.to_owned();
+        run.stage = req.stage;
+        run.executor_ref = Some(format!("external:{engine}"));
+        run.received_at = received_at;
+        run.started_at = started_at;
+        run.finished_at = finished_at;
+        run.attempts = u32::from(started_at.is_some());
+        run.result_uri = req.result_uri;
+        if let Some((cause, details)) = req.failure {
+            run.failure_cause = Some(cause);
+            run.failure_details = Some(details);
+        }
+        let mut timeline = vec![(received_at, Stage::New, Stage::Buffered)];
+        if let Some(t) = started_at {
+            timeline.push((t, Stage::Buffered, Stage::Running));
+        }
+        if let Some(t) = finished_at {
+            timeline.push((t, Stage::Running, req.stage));
+        }
+        run.timeline = timeline
+            .into_iter()
+            .map(|(at, from, to)| StageChange {
+                at,
+                from,
+                to,
+                by: format!("external:{engine}"),
+                cause: if to == Stage::Buffered {
+                    format!("registered by the external engine {engine}")
+                } else {
+                    format!("reported by the external engine {engine}")
+                },
+            })
+            .collect();
+        // The result object first: a COMPLETED record never points at a missing result.
+        let key = Keys::result(&run.algorithm, &id.to_string());
+        if let Some(bytes) = req.result {
+            s.payloads.put(&key, bytes.into()).await?;
+            run.result_stored = true;
+        }
+        let fingerprint = Fingerprint::of(&run);
+        let stored_result = run.result_stored;
+        let inserted = s.store.insert(run).await?;
+        let admitted = match inserted {
+            Inserted::Created => Admitted { id, created: true },
+            Inserted::Existing(existing) => {
+                if let Some(k) = &fingerprint.stored_key {
+                    let _ = s.payloads.delete(k).await;
+                }
+                if stored_result {
+                    let _ = s.payloads.delete(&key).await;
+                }
+                fingerprint.same_request(&existing)?;
+                Admitted {
+                    id: existing.id,
+                    created: false,
+                }
+            }
+        };
+        metrics::accepted(true);
+        Ok(admitted)
+    }
+
+    /// Deletes payload objects stored for runs that were not created (best effort: an object
+    /// left behind belongs to no run and is never read).
+    async fn forget_objects(&self, keys: &[String]) {
+        for key in keys {
+            let _ = self.s.payloads.delete(key).await;
+        }
+    }
+
     /// Loads the parent of a child run; unknown (or under another algorithm) is a bad request.
     async fn load_parent(&self, p: &ParentRef) -> Result<Run, AdmitError> {
         let rid: RunId = p.request_id.parse().map_err(|_| AdmitError::InvalidRunId {
@@ -664,8 +1196,8 @@ impl Admission {
         }
     }
 
-    /// Execution-tree limits for a new child of `parent`.
-    async fn check_can_have_child(&self, parent: &Run) -> Result<(), AdmitError> {
+    /// Execution-tree limits for `n` new children of `parent`.
+    async fn check_can_have_children(&self, parent: &Run, n: usize) -> Result<(), AdmitError> {
         let c = &self.s.config;
         if parent.stage == Stage::Cancelled {
             return Err(AdmitError::ParentCancelled { parent: parent.id });
@@ -685,7 +1217,7 @@ impl Admission {
         }
         let limit = c.max_children_per_run;
         let count = self.s.store.count_children(parent.id, limit).await?;
-        if count >= limit {
+        if count.saturating_add(n) > limit {
             return Err(AdmitError::TooManyChildren {
                 parent: parent.id,
                 count,
@@ -697,7 +1229,7 @@ impl Admission {
 
     /// Places the payload of run `id`: inline up to `scheduler.inline_payload_bytes`, else in
     /// the payload store. Returns the location, the SHA-256 (hex) and the size.
-    async fn place_payload(
+    pub(crate) async fn place_payload(
         &self,
         alg: &str,
         id: RunId,

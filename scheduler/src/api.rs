@@ -41,6 +41,7 @@ type ApiResult<T> = Result<T, ApiError>;
 /// signature is its credential, and the OpenAPI document do not.
 pub fn router(s: Arc<Scheduler>) -> Router {
     let limit = s.config.max_request_bytes;
+    let batch_limit = s.config.max_batch_bytes;
     let open = Router::new()
         .route("/data/v1/payloads/{alg}/{id}", get(serve_payload))
         .route(
@@ -55,8 +56,36 @@ pub fn router(s: Arc<Scheduler>) -> Router {
             post(create_run)
                 .layer(DefaultBodyLimit::max(limit))
                 .layer(axum::middleware::from_fn(move |req, next| {
-                    refuse_declared_oversize(limit, req, next)
+                    refuse_declared_oversize(limit, "scheduler.max_request_bytes", req, next)
                 })),
+        )
+        .route(
+            "/algorithm/v1/batch/{alg}",
+            post(crate::fanout::create_runs)
+                .layer(DefaultBodyLimit::max(batch_limit))
+                .layer(axum::middleware::from_fn(move |req, next| {
+                    refuse_declared_oversize(batch_limit, "scheduler.max_batch_bytes", req, next)
+                })),
+        )
+        .route(
+            "/algorithm/v1/external/{alg}",
+            post(crate::external::register)
+                .layer(DefaultBodyLimit::max(limit))
+                .layer(axum::middleware::from_fn(move |req, next| {
+                    refuse_declared_oversize(limit, "scheduler.max_request_bytes", req, next)
+                })),
+        )
+        .route(
+            "/algorithm/v1/external/{alg}/requests/{id}/stage",
+            post(crate::external::report_stage)
+                .layer(DefaultBodyLimit::max(limit))
+                .layer(axum::middleware::from_fn(move |req, next| {
+                    refuse_declared_oversize(limit, "scheduler.max_request_bytes", req, next)
+                })),
+        )
+        .route(
+            "/algorithm/v1/external/{alg}/requests/{id}/upload",
+            post(crate::external::upload_url),
         )
         .route("/algorithm/v1/results/{alg}/requests/{id}", get(get_result))
         .route("/algorithm/v1/results/tags/{tag}", get(get_by_tag))
@@ -106,6 +135,7 @@ type Who = Extension<Arc<Caller>>;
 /// body (bodies without a length are cut off by `DefaultBodyLimit` while being read).
 async fn refuse_declared_oversize(
     limit: usize,
+    key: &'static str,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
@@ -127,7 +157,7 @@ async fn refuse_declared_oversize(
         }
         return ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body is {n} bytes; the limit is {limit} bytes (scheduler.max_request_bytes)"),
+            format!("request body is {n} bytes; the limit is {limit} bytes ({key})"),
         )
         .into_response();
     }
@@ -164,7 +194,7 @@ pub(crate) fn store_err(e: &StoreError) -> ApiError {
     ApiError::from_kind(e.kind(), format!("run store unavailable, try again: {e}"))
 }
 
-fn parse_id(id: &str) -> ApiResult<RunId> {
+pub(crate) fn parse_id(id: &str) -> ApiResult<RunId> {
     id.parse().map_err(|_| {
         ApiError::bad_request(format!(
             "'{id}' is not a valid request id (expected a UUID)"
@@ -173,7 +203,7 @@ fn parse_id(id: &str) -> ApiResult<RunId> {
 }
 
 /// Loads a run addressed by (algorithm, id); 404 when unknown or under another algorithm.
-async fn load(s: &Scheduler, alg: &str, id: &str) -> ApiResult<Run> {
+pub(crate) async fn load(s: &Scheduler, alg: &str, id: &str) -> ApiResult<Run> {
     let rid = parse_id(id)?;
     match s.store.get(rid).await {
         Ok(Some(r)) if r.algorithm == alg => Ok(r),
@@ -185,7 +215,7 @@ async fn load(s: &Scheduler, alg: &str, id: &str) -> ApiResult<Run> {
 }
 
 /// Loads a run (as [`load`]) that `caller` may `action` (403 otherwise).
-async fn load_for(
+pub(crate) async fn load_for(
     s: &Scheduler,
     caller: &Caller,
     action: Action,
@@ -197,7 +227,7 @@ async fn load_for(
     Ok(run)
 }
 
-fn require_json(headers: &HeaderMap) -> ApiResult<()> {
+pub(crate) fn require_json(headers: &HeaderMap) -> ApiResult<()> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -218,9 +248,9 @@ fn require_json(headers: &HeaderMap) -> ApiResult<()> {
 }
 
 #[derive(Debug, Deserialize)]
-struct RunQuery {
+pub(crate) struct RunQuery {
     #[serde(rename = "dryRun")]
-    dry_run: Option<String>,
+    pub(crate) dry_run: Option<String>,
 }
 
 /// `POST /algorithm/v1/run/{alg}`: parses the request (in memory, or spooled and split when it
@@ -329,7 +359,7 @@ async fn create_run(
 
 /// `?dryRun=`: only `true` and `false` (as the reference reads it, `true` alone enables a dry
 /// run; anything else is refused here rather than silently running the run for real).
-fn parse_dry_run(v: Option<&str>) -> ApiResult<bool> {
+pub(crate) fn parse_dry_run(v: Option<&str>) -> ApiResult<bool> {
     match v {
         None | Some("false") => Ok(false),
         Some("true") => Ok(true),
@@ -637,6 +667,9 @@ pub async fn checkpointed_request(s: &Scheduler, run: &Run) -> serde_json::Value
         put("owner", owner);
     }
     put("payload_size", run.payload_size.into());
+    if run.external {
+        put("external", true.into());
+    }
     if let Some(t) = run.started_at {
         put("started_at", format_millis(t).into());
     }
@@ -691,7 +724,7 @@ async fn update_tag(
 
 /// A `200 text/plain; charset=utf-8` answer, as the reference's cancel and tag routes give (its
 /// clients refuse a 200 without a media type).
-fn text_ok(message: String) -> Response {
+pub(crate) fn text_ok(message: String) -> Response {
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],

@@ -249,7 +249,8 @@ async fn dispatch_one(
     // A RUNNING run is dispatched only as a relaunch (its process was lost with a previous
     // nexus process and it has retries left; see `Scheduler::enqueue_recovered`).
     let relaunch = run.stage == Stage::Running && s.is_relaunch(run.id);
-    if run.stage != Stage::Buffered && !relaunch {
+    // An external run is executed elsewhere: it is never launched here, whatever queued it.
+    if run.external || (run.stage != Stage::Buffered && !relaunch) {
         s.relaunch_done(run.id);
         locked(&budget).refund();
         metrics::dispatched("skipped");
@@ -669,6 +670,34 @@ mod tests {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(shard.submitted().is_empty());
+        stop.cancel();
+        h.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn external_runs_are_never_dispatched() {
+        let (shard, store, s) = fixture();
+        let mut run = queued_run("a");
+        run.external = true;
+        store.insert(run.clone()).await.unwrap();
+        // Even when something queues it (nothing should), the dispatcher skips it.
+        enqueue(&store, &s, &run).await;
+        let stop = CancellationToken::new();
+        let h = tokio::spawn(super::run(s.clone(), stop.clone()));
+        for _ in 0..50 {
+            if s.queue.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(s.queue.is_empty(), "the entry was taken and dropped");
+        assert!(
+            shard.submitted().is_empty(),
+            "an external run reached a shard"
+        );
+        let stored = store.get(run.id).await.unwrap().unwrap();
+        assert_eq!((stored.stage, stored.attempts), (Stage::Buffered, 0));
         stop.cancel();
         h.await.unwrap();
     }

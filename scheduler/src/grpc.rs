@@ -16,14 +16,16 @@ use futures::Stream;
 use nexus_model::run::{CancellationPolicy, Run, RunId};
 use nexus_proto::grpc::run_service_server::{RunService, RunServiceServer};
 use nexus_proto::grpc::{
-    CancelRunRequest, CancelRunResponse, CreateRunRequest, GetRunRequest, ListRunsRequest,
-    ListRunsResponse, RunRef, RunStatus, WatchRunRequest,
+    CancelRunRequest, CancelRunResponse, CreateRunRequest, CreateRunsRequest, CreateRunsResponse,
+    GetRunRequest, ListRunsRequest, ListRunsResponse, RunRef, RunStatus, WatchRunRequest,
 };
 use nexus_store::StoreError;
 use tonic::Status;
 
 use crate::access::{self, Caller};
-use crate::admission::{Admission, AdmitError, AdmitRequest, Parameters, ParentRef};
+use crate::admission::{
+    Admission, AdmitError, AdmitRequest, BatchItem, BatchRequest, Parameters, ParentRef,
+};
 use crate::api::result_uri;
 use crate::tree::CancelError;
 use crate::{Scheduler, metrics, spool};
@@ -181,6 +183,97 @@ impl Runs {
         })
     }
 
+    /// Builds the admission request of a CreateRuns, each item checked as CreateRun checks its
+    /// payload; the total is bounded by `scheduler.max_batch_bytes`.
+    fn batch_request(
+        &self,
+        r: CreateRunsRequest,
+        caller: &Caller,
+        received: Instant,
+    ) -> Result<BatchRequest, Status> {
+        if r.algorithm.is_empty() || r.algorithm.contains('/') {
+            return Err(Status::invalid_argument(
+                "algorithm: the template name is required",
+            ));
+        }
+        let config = &self.s.config;
+        let n = r.parameters_json.len();
+        if n == 0 {
+            return Err(admit_status(&AdmitError::BatchEmpty));
+        }
+        if n > config.max_batch_runs {
+            return Err(admit_status(&AdmitError::BatchTooLarge {
+                runs: n,
+                limit: config.max_batch_runs,
+            }));
+        }
+        let total = r
+            .parameters_json
+            .iter()
+            .map(String::len)
+            .sum::<usize>()
+            .saturating_add(r.custom_configuration_json.len() + r.tag.len());
+        if total > config.max_batch_bytes {
+            metrics::rejected("too_large");
+            return Err(Status::invalid_argument(format!(
+                "the batch is over the limit of {} bytes (scheduler.max_batch_bytes)",
+                config.max_batch_bytes
+            )));
+        }
+        let custom_configuration = if r.custom_configuration_json.is_empty() {
+            None
+        } else {
+            Some(
+                serde_json::from_str::<serde_json::Value>(&r.custom_configuration_json).map_err(
+                    |e| {
+                        Status::invalid_argument(format!(
+                            "custom_configuration_json: not JSON ({e})"
+                        ))
+                    },
+                )?,
+            )
+        };
+        let nested = config.max_json_depth.saturating_sub(1);
+        let depth = |text: &str| crate::request_split::check_depth(text.as_bytes(), nested);
+        if depth(&r.custom_configuration_json).is_err() {
+            return Err(admit_status(&AdmitError::too_deep(config.max_json_depth)));
+        }
+        let tag = (!r.tag.is_empty()).then_some(r.tag);
+        let mut items = Vec::with_capacity(n);
+        for (i, text) in r.parameters_json.iter().enumerate() {
+            if depth(text).is_err() {
+                return Err(admit_status(&AdmitError::too_deep(config.max_json_depth)));
+            }
+            let params: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+                Status::invalid_argument(format!("parameters_json[{i}]: not JSON ({e})"))
+            })?;
+            let parameters = Parameters::from_json(&params)
+                .map_err(|e| Status::invalid_argument(format!("parameters_json[{i}]: {e}")))?;
+            items.push(BatchItem {
+                parameters,
+                tag: tag.clone(),
+            });
+        }
+        Ok(BatchRequest {
+            algorithm: r.algorithm,
+            items,
+            custom_configuration,
+            api_version: None,
+            payload_valid_for: None,
+            parent: match caller {
+                Caller::Run(parent) => Some(ParentRef {
+                    request_id: parent.id.to_string(),
+                    algorithm: parent.algorithm.clone(),
+                }),
+                _ => None,
+            },
+            batch_key: (!r.idempotency_key.is_empty()).then_some(r.idempotency_key),
+            dry_run: false,
+            received,
+            authorize: access::submit_check(&self.s, caller),
+        })
+    }
+
     async fn status(&self, run: &Run) -> RunStatus {
         RunStatus {
             request_id: run.id.to_string(),
@@ -220,6 +313,44 @@ impl RunService for Runs {
         Ok(tonic::Response::new(RunRef {
             request_id: admitted.id.to_string(),
             algorithm,
+        }))
+    }
+
+    async fn create_runs(
+        &self,
+        request: tonic::Request<CreateRunsRequest>,
+    ) -> Result<tonic::Response<CreateRunsResponse>, Status> {
+        let received = Instant::now();
+        let caller = self.caller(&request).await?;
+        let r = request.into_inner();
+        let algorithm = r.algorithm.clone();
+        let n = r.parameters_json.len();
+        let admitted = Admission::new(self.s.clone())
+            .admit_batch(self.batch_request(r, &caller, received)?)
+            .await;
+        let outcome = match &admitted {
+            Ok(a) if a.created => "ok",
+            Ok(_) => "ok-existing",
+            Err(AdmitError::Forbidden(_)) => "denied",
+            Err(_) => "refused",
+        };
+        access::audit(
+            &caller,
+            "submit-batch",
+            &algorithm,
+            &format!("{n} runs"),
+            outcome,
+        );
+        let admitted = admitted.map_err(|e| admit_status(&e))?;
+        Ok(tonic::Response::new(CreateRunsResponse {
+            runs: admitted
+                .ids
+                .iter()
+                .map(|id| RunRef {
+                    request_id: id.to_string(),
+                    algorithm: algorithm.clone(),
+                })
+                .collect(),
         }))
     }
 

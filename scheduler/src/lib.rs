@@ -32,6 +32,8 @@ pub mod console;
 pub mod dispatch;
 pub mod edge;
 pub mod explain;
+pub mod external;
+pub mod fanout;
 pub mod grpc;
 pub mod limiter;
 pub mod listing;
@@ -98,6 +100,10 @@ pub struct SchedulerConfig {
     pub max_tree_depth: u32,
     /// Most children one run may create.
     pub max_children_per_run: usize,
+    /// Most runs in one batch submit (`POST /algorithm/v1/runs/{alg}`, gRPC `CreateRuns`).
+    pub max_batch_runs: usize,
+    /// Maximum body of a batch submit, in bytes (413 above). A batch is parsed in memory.
+    pub max_batch_bytes: usize,
     /// Deepest nesting of arrays and objects in a run request (the request object is level 1).
     pub max_json_depth: usize,
     /// Highest `runtimeEnvironment.maximumRetries` a template or a run may ask for.
@@ -134,6 +140,8 @@ impl Default for SchedulerConfig {
             lease_ttl: Duration::from_secs(15),
             max_tree_depth: 16,
             max_children_per_run: 10_000,
+            max_batch_runs: 1_000,
+            max_batch_bytes: 16 * 1024 * 1024,
             max_json_depth: 128,
             max_retries: 100,
             max_deadline: Duration::from_secs(7 * 24 * 3600),
@@ -196,6 +204,18 @@ impl SchedulerConfig {
         }
         if self.max_children_per_run == 0 {
             e.push("scheduler.max_children_per_run: must be at least 1".to_owned());
+        }
+        if !(1..=nexus_store::MAX_BATCH_RUNS).contains(&self.max_batch_runs) {
+            e.push(format!(
+                "scheduler.max_batch_runs: must be between 1 and {}",
+                nexus_store::MAX_BATCH_RUNS
+            ));
+        }
+        if !(1024..=256 * 1024 * 1024).contains(&self.max_batch_bytes) {
+            e.push(
+                "scheduler.max_batch_bytes: must be between 1024 and 268435456 (256 MiB)"
+                    .to_owned(),
+            );
         }
         if !(2..=10_000).contains(&self.max_json_depth) {
             e.push("scheduler.max_json_depth: must be between 2 and 10000".to_owned());

@@ -245,6 +245,7 @@ pub async fn summary(s: &Scheduler, run: &Run) -> RunSummary {
         } else {
             String::new()
         },
+        external: run.external,
     }
 }
 

@@ -342,6 +342,12 @@ impl VirtualQueue {
         self.len() < self.bound
     }
 
+    /// Returns true when `n` more runs fit under the bound (a batch is queued whole or refused).
+    #[must_use]
+    pub fn has_room_for(&self, n: usize) -> bool {
+        self.len().saturating_add(n) <= self.bound
+    }
+
     /// Runs queued over all lanes.
     #[must_use]
     pub fn len(&self) -> usize {

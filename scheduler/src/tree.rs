@@ -113,7 +113,10 @@ pub async fn cancel(
             .await
         {
             Ok(_) => {
-                if let Some(shard) = s.shards.route(&run.shard)
+                // An external run has no process here: its engine learns of the cancel by
+                // reading the run.
+                if !run.external
+                    && let Some(shard) = s.shards.route(&run.shard)
                     && let Err(e) = shard.cancel(run.id, policy).await
                 {
                     tracing::warn!(

@@ -30,7 +30,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use nexus_proto::grpc::run_service_client::RunServiceClient;
 use nexus_proto::grpc::{
-    CancelRunRequest, CreateRunRequest, GetRunRequest, ListRunsRequest, WatchRunRequest,
+    CancelRunRequest, CreateRunRequest, CreateRunsRequest, GetRunRequest, ListRunsRequest,
+    WatchRunRequest,
 };
 pub use nexus_proto::grpc::{RunRef, RunStatus};
 use tonic::transport::{Channel, Endpoint};
@@ -282,6 +283,82 @@ impl Nexus {
         .await
     }
 
+    /// Creates one run of `algorithm` per entry of `parameters`, all or none, in one request
+    /// (children of the calling run, or roots for a client); returns their refs in order.
+    /// Retried safely: the same batch idempotency key is sent on every attempt. At most the
+    /// server's `scheduler.max_batch_runs` (1,000 by default) per call.
+    ///
+    /// # Errors
+    /// Invalid input (unknown algorithm, an invalid entry, named by its index; too many runs),
+    /// permanent failures, retries exhausted.
+    pub async fn create_many(
+        &self,
+        algorithm: &str,
+        parameters: &[serde_json::Value],
+        tag: &str,
+    ) -> Result<Vec<RunRef>, SdkError> {
+        let key = format!("sdk-{:016x}{:016x}", rand_u64(), rand_u64());
+        let msg = CreateRunsRequest {
+            algorithm: algorithm.to_owned(),
+            parameters_json: parameters.iter().map(ToString::to_string).collect(),
+            tag: tag.to_owned(),
+            custom_configuration_json: String::new(),
+            idempotency_key: key,
+        };
+        self.retry(|mut c| {
+            let req = self.request(msg.clone());
+            async move { c.create_runs(req).await.map(|r| r.into_inner().runs) }
+        })
+        .await
+    }
+
+    /// Runs `algorithm` once per entry of `parameters` and returns the results in the same
+    /// order: the runs are created in batches of at most `MapOptions::chunk` (each batch all or
+    /// none), then awaited with at most `MapOptions::concurrency` waits in flight.
+    ///
+    /// # Errors
+    /// Creation failures; the first run (in order) that did not complete, with its index, or
+    /// whose result is not JSON.
+    pub async fn map(
+        &self,
+        algorithm: &str,
+        parameters: &[serde_json::Value],
+    ) -> Result<Vec<serde_json::Value>, SdkError> {
+        self.map_with(algorithm, parameters, &MapOptions::default())
+            .await
+    }
+
+    /// As [`Nexus::map`], with options.
+    ///
+    /// # Errors
+    /// As [`Nexus::map`]; `MapOptions` of zero are refused.
+    pub async fn map_with(
+        &self,
+        algorithm: &str,
+        parameters: &[serde_json::Value],
+        options: &MapOptions,
+    ) -> Result<Vec<serde_json::Value>, SdkError> {
+        if options.chunk == 0 || options.concurrency == 0 {
+            return Err(SdkError::Result(
+                "map: chunk and concurrency must be at least 1".to_owned(),
+            ));
+        }
+        let mut runs = Vec::with_capacity(parameters.len());
+        for chunk in parameters.chunks(options.chunk) {
+            runs.extend(self.create_many(algorithm, chunk, &options.tag).await?);
+        }
+        let results = futures::stream::iter(runs.iter().enumerate())
+            .map(|(i, run)| async move {
+                let status = self.wait(run).await?;
+                self.result_json(&status).await.map_err(|e| match e {
+                    SdkError::Result(m) => SdkError::Result(format!("map: entry {i}: {m}")),
+                    other => other,
+                })
+            })
+            .buffered(options.concurrency);
+        results.collect::<Vec<_>>().await.into_iter().collect()
+    }
+
     /// The run's status now.
     ///
     /// # Errors
@@ -402,6 +479,28 @@ impl Nexus {
             async move { c.list_runs(req).await.map(|r| r.into_inner().runs) }
         })
         .await
+    }
+}
+
+/// Options of [`Nexus::map_with`].
+#[derive(Debug, Clone)]
+pub struct MapOptions {
+    /// Runs created per request (each request all or none): at most the server's
+    /// `scheduler.max_batch_runs`. Default 1,000.
+    pub chunk: usize,
+    /// Waits in flight at once. Default 64.
+    pub concurrency: usize,
+    /// Tag of every run (empty: none).
+    pub tag: String,
+}
+
+impl Default for MapOptions {
+    fn default() -> Self {
+        Self {
+            chunk: 1_000,
+            concurrency: 64,
+            tag: String::new(),
+        }
     }
 }
 

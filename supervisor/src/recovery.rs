@@ -41,6 +41,10 @@ use crate::metrics;
 /// The leadership supervisors contend for: only its holder runs recovery passes.
 pub const LEADER: &str = "supervisor";
 
+/// Age after which a batch still being written is taken as abandoned by its submitter and
+/// finished by recovery ([`RunStore::resume_batches`]).
+const BATCH_GRACE_MS: Millis = 60_000;
+
 /// Prefix of receiver lease / owner ids (`receiver/<shard>/<instance>`).
 pub const RECEIVER_PREFIX: &str = "receiver/";
 
@@ -294,6 +298,16 @@ impl Recovery {
             Policy::Shards { .. } => HashSet::new(),
         };
         let local = matches!(self.policy, Policy::Local { .. });
+        // Batches whose submitter died while writing their runs are finished first, so their
+        // runs are then claimed like any other orphan (stores writing a batch in one
+        // transaction have none).
+        let resumed = self
+            .store
+            .resume_batches(now.saturating_sub(BATCH_GRACE_MS), 64)
+            .await?;
+        if resumed > 0 {
+            tracing::info!(batches = resumed, "finished batches left half-written");
+        }
         let mut report = PassReport::default();
         for stage in [Stage::Buffered, Stage::Running] {
             for owner in self.store.owners_in_stage(stage).await? {
@@ -348,6 +362,11 @@ impl Recovery {
         active: &HashSet<nexus_model::run::RunId>,
     ) -> Result<PassReport, StoreError> {
         let mut report = PassReport::default();
+        // An external run is executed elsewhere: nothing here launched it, nothing relaunches
+        // it (it has no owner; this guards against one given by mistake).
+        if run.external {
+            return Ok(report);
+        }
         let relaunch = run.stage == Stage::Running;
         let claim = RunPatch {
             owner: Some(Some(self.instance_id.clone())),
@@ -791,6 +810,51 @@ mod tests {
         assert!(s.failure_details.unwrap().contains("receiver/a/dead"));
         let d = store.get(dead_b.id).await.unwrap().unwrap();
         assert_eq!(d.owner.as_deref(), Some("supervisor/s1"));
+    }
+
+    #[tokio::test]
+    async fn external_runs_are_never_claimed_or_launched() {
+        let (store, shard, r, _) = fixture();
+        // External runs have no owner: recovery never meets them.
+        let mut ownerless = run_in("x");
+        ownerless.owner = None;
+        ownerless.external = true;
+        store.insert(ownerless.clone()).await.unwrap();
+        // Even one given a lapsed owner by mistake, BUFFERED or RUNNING, is left alone.
+        for stage in [Stage::Buffered, Stage::Running] {
+            let mut ext = run_in("scheduler-dead");
+            ext.external = true;
+            store.insert(ext.clone()).await.unwrap();
+            if stage == Stage::Running {
+                store
+                    .transition(ext.id, Stage::Buffered, Stage::Running, RunPatch::default())
+                    .await
+                    .unwrap();
+            }
+        }
+        let ordinary = put(&store, Stage::Buffered, "scheduler-dead", 0).await;
+        let rep = r.pass().await.unwrap();
+        assert_eq!(
+            (rep.claimed, rep.submitted, rep.failed),
+            (1, 1, 0),
+            "{rep:?}"
+        );
+        assert_eq!(shard.submitted(), vec![ordinary.id]);
+        let again = r.pass().await.unwrap();
+        assert_eq!((again.claimed, again.failed), (0, 0), "{again:?}");
+        let runs = store
+            .by_owner_stage("scheduler-dead", Stage::Buffered, 10)
+            .await
+            .unwrap();
+        assert!(
+            runs.iter().all(|r| r.external && r.attempts == 0),
+            "{runs:?}"
+        );
+        assert_eq!(
+            store.get(ownerless.id).await.unwrap().unwrap(),
+            ownerless,
+            "untouched"
+        );
     }
 
     #[tokio::test]

@@ -413,6 +413,10 @@ async fn bad_input_table() {
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     for path in [
         "/algorithm/v1/run/{algorithmName}",
+        "/algorithm/v1/batch/{algorithmName}",
+        "/algorithm/v1/external/{algorithmName}",
+        "/algorithm/v1/external/{algorithmName}/requests/{requestId}/stage",
+        "/algorithm/v1/external/{algorithmName}/requests/{requestId}/upload",
         "/algorithm/v1/results/{algorithmName}/requests/{requestId}",
         "/algorithm/v1/results/tags/{requestTag}",
         "/algorithm/v1/metadata/{algorithmName}/requests/{requestId}",

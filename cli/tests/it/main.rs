@@ -15,6 +15,7 @@ mod distributed_e2e;
 mod distributed_inproc;
 mod docs;
 mod execution_tree;
+mod fanout;
 mod hostile;
 mod kill9;
 #[cfg(feature = "kube-tests")]

@@ -37,7 +37,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::db::{Db, DbError, Options};
 use nexus_model::error::ErrorKind;
 use nexus_model::run::{Millis, Run, RunId, RunPatch, Stage, now_millis};
-use nexus_store::{Inserted, Lease, ListPage, Position, RunFilter, RunStore, StoreError};
+use nexus_store::{
+    BatchInserted, Inserted, Lease, ListPage, Position, RunBatch, RunFilter, RunStore, StoreError,
+    batch_run_key,
+};
 
 /// Most write commands committed in one transaction.
 pub const MAX_BATCH: usize = 512;
@@ -219,6 +222,47 @@ fn update(conn: &Connection, run: &Run) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Inserts `runs` (encoded as `records`), refusing the first id already present. Runs inside
+/// the caller's savepoint.
+fn insert_all(conn: &Connection, runs: &[Run], records: Vec<Vec<u8>>) -> Result<(), StoreError> {
+    let mut exists = conn
+        .prepare_cached("SELECT 1 FROM runs WHERE id = ?1")
+        .map_err(sql_err)?;
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT INTO runs (id, seq, algorithm, stage, tag, owner, parent, idem_key, record, shard, root)
+             VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM runs), ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )
+        .map_err(sql_err)?;
+    for (run, record) in runs.iter().zip(records) {
+        let found: Option<i64> = exists
+            .query_row([run.id.to_string()], |r| r.get(0))
+            .optional()
+            .map_err(sql_err)?;
+        if found.is_some() {
+            return Err(StoreError::backend(
+                ErrorKind::Conflict,
+                format!("run {} already exists", run.id),
+            ));
+        }
+        insert
+            .execute(params![
+                run.id.to_string(),
+                run.algorithm,
+                run.stage.as_str(),
+                run.tag,
+                run.owner,
+                run.parent.as_ref().map(|p| p.request_id.to_string()),
+                run.idempotency_key,
+                record,
+                run.shard,
+                run.root.to_string(),
+            ])
+            .map_err(sql_err)?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl RunStore for SqliteRunStore {
     async fn insert(&self, run: Run) -> Result<Inserted, StoreError> {
@@ -264,6 +308,55 @@ impl RunStore for SqliteRunStore {
             ])
             .map_err(sql_err)?;
             Ok(Inserted::Created)
+        })
+        .await
+    }
+
+    /// One write command in one transaction. Unlike every other command it makes several
+    /// modifying statements (one per run), so it runs inside a SAVEPOINT of its own: a run that
+    /// fails (a duplicate id) rolls back the runs written before it, and the other commands of
+    /// the same group commit are unaffected. A crash before the group's COMMIT leaves no run.
+    async fn insert_batch(&self, batch: RunBatch) -> Result<BatchInserted, StoreError> {
+        batch.check()?;
+        let records = batch
+            .runs
+            .iter()
+            .map(encode)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.write(move |conn| {
+            if let Some(key) = &batch.key {
+                let mut find = conn
+                    .prepare_cached(
+                        "SELECT record FROM runs WHERE algorithm = ?1 AND idem_key = ?2",
+                    )
+                    .map_err(sql_err)?;
+                let mut existing = Vec::new();
+                for i in 0.. {
+                    let found: Option<Vec<u8>> = find
+                        .query_row(params![batch.algorithm, batch_run_key(key, i)], |r| {
+                            r.get(0)
+                        })
+                        .optional()
+                        .map_err(sql_err)?;
+                    match found {
+                        Some(b) => existing.push(decode(&b)?),
+                        None => break,
+                    }
+                }
+                if !existing.is_empty() {
+                    return Ok(BatchInserted::Existing(existing));
+                }
+            }
+            conn.execute_batch("SAVEPOINT insert_batch")
+                .map_err(sql_err)?;
+            let written = insert_all(conn, &batch.runs, records);
+            let end = if written.is_ok() {
+                "RELEASE insert_batch"
+            } else {
+                "ROLLBACK TO insert_batch; RELEASE insert_batch"
+            };
+            conn.execute_batch(end).map_err(sql_err)?;
+            written.map(|()| BatchInserted::Created)
         })
         .await
     }

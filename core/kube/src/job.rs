@@ -705,6 +705,7 @@ mod tests {
             finished_at: None,
             last_modified: 0,
             timeline: Vec::new(),
+            external: false,
         }
     }
 

@@ -280,6 +280,12 @@ pub struct Run {
     /// compare-and-set as the change itself, so it costs no extra write.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub timeline: Vec<StageChange>,
+    /// True for a run executed outside Nexus and registered through the external-runs API
+    /// (`POST /algorithm/v1/external/{alg}`). Such a run has no owner and is never queued,
+    /// dispatched, launched or claimed by recovery; its stages come from the external engine's
+    /// reports. Records written before the field existed read as `false`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub external: bool,
 }
 
 /// Most entries a run's timeline keeps (a run re-queued many times keeps its acceptance and

@@ -18,6 +18,8 @@
 //! writing the run is completed by the next submitter with the same key (roll-forward), and both
 //! write the run with `IF version = null`, so exactly one record is ever stored.
 //!
+//! Batches (all runs or none) are written, decided, then expanded: see the `batch` module.
+//!
 //! # Lookup tables: hints written first, verified on read
 //! Lookups by owner+stage, tag and parent read tables keyed for them (no `ALLOW FILTERING`, no
 //! secondary index). They are kept consistent with `runs` without logged batches:
@@ -73,10 +75,13 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlValue, Row};
 use uuid::Uuid;
 
-use super::{Inserted, Lease, ListPage, Position, RunFilter, RunStore, StoreError};
+use super::{
+    BatchInserted, Inserted, Lease, ListPage, Position, RunBatch, RunFilter, RunStore, StoreError,
+};
 use nexus_model::error::ErrorKind;
 use nexus_model::run::{Millis, Run, RunId, RunPatch, Stage, now_millis};
 
+mod batch;
 pub mod config;
 mod listing;
 pub mod schema;
@@ -537,6 +542,8 @@ pub struct CassandraRunStore {
     registered: Mutex<HashMap<(String, Stage), Instant>>,
     /// The listing's statements.
     ls: listing::Statements,
+    /// The batch statements.
+    bst: batch::Statements,
     /// (dimension, hour) registered in `run_buckets` by this process, and when.
     buckets_seen: listing::Registered,
     /// Last client timestamp handed out (microseconds), kept strictly increasing.
@@ -578,8 +585,10 @@ impl CassandraRunStore {
     ) -> Result<Self, StoreError> {
         let st = Statements::prepare(&session, &config.keyspace, config.serial_consistency).await?;
         let ls = listing::Statements::prepare(&session, &config.keyspace).await?;
+        let bst = batch::Statements::prepare(&session, &config.keyspace).await?;
         Ok(Self {
             ls,
+            bst,
             buckets_seen: listing::Registered::default(),
             session,
             keyspace: config.keyspace.clone(),
@@ -1048,6 +1057,14 @@ impl RunStore for CassandraRunStore {
         )
         .await?;
         Ok(Inserted::Created)
+    }
+
+    async fn insert_batch(&self, batch: RunBatch) -> Result<BatchInserted, StoreError> {
+        self.insert_batch_cql(batch).await
+    }
+
+    async fn resume_batches(&self, older_than: Millis, limit: usize) -> Result<usize, StoreError> {
+        self.resume(older_than, limit).await
     }
 
     async fn get(&self, id: RunId) -> Result<Option<Run>, StoreError> {

@@ -7,6 +7,9 @@
 //!   stored stage equals `from` and `from → to` is legal ([`nexus_model::run::Stage::can_transition_to`]);
 //!   otherwise it changes nothing and returns [`StoreError::Conflict`] with the stored stage.
 //!   Unknown ids return [`StoreError::NotFound`]. A terminal stage is never left.
+//! * [`RunStore::insert_batch`] stores every run of a [`RunBatch`] or none of them, durably when
+//!   it returns; with a batch key already used for the same algorithm it stores nothing and
+//!   returns the first batch's runs in order ([`BatchInserted::Existing`]).
 //! * Lookups by tag, by owner+stage and by parent return runs in acceptance order.
 //! * [`RunStore::list`] pages through the runs matching a [`RunFilter`], newest first (by id:
 //!   UUIDv7, submission order), each run exactly once across pages (see [`listing`]).
@@ -152,6 +155,92 @@ pub enum Inserted {
     Existing(Run),
 }
 
+/// Most runs in one [`RunBatch`] any backend accepts (admission bounds batches far lower, by
+/// configuration; this is the store's own guard).
+pub const MAX_BATCH_RUNS: usize = 10_000;
+
+/// Runs of one algorithm to be stored all or none ([`RunStore::insert_batch`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunBatch {
+    /// The algorithm of every run.
+    pub algorithm: String,
+    /// The batch's idempotency key, if any: a repeated batch with the same key (and algorithm)
+    /// returns the first batch's runs.
+    pub key: Option<String>,
+    /// The runs, in the order the client gave them.
+    pub runs: Vec<Run>,
+}
+
+impl RunBatch {
+    /// Returns a batch of `runs` (all of `algorithm`) under `key`. With a key, each run's
+    /// idempotency key becomes [`batch_run_key`]`(key, index)`, so the runs of a batch can be
+    /// found again by the key alone, and never collide with the key of a single submission.
+    #[must_use]
+    pub fn new(algorithm: impl Into<String>, key: Option<String>, mut runs: Vec<Run>) -> Self {
+        if let Some(k) = &key {
+            for (i, run) in runs.iter_mut().enumerate() {
+                run.idempotency_key = Some(batch_run_key(k, i));
+            }
+        }
+        Self {
+            algorithm: algorithm.into(),
+            key,
+            runs,
+        }
+    }
+
+    /// Checks the batch's shape: 1 to [`MAX_BATCH_RUNS`] runs, all of its algorithm, with the
+    /// idempotency keys [`RunBatch::new`] gives and distinct ids.
+    ///
+    /// # Errors
+    /// `Backend{InvalidInput}` naming what is wrong (a caller bug: admission builds batches).
+    pub fn check(&self) -> Result<(), StoreError> {
+        let bad = |m: String| Err(StoreError::backend(ErrorKind::InvalidInput, m));
+        if self.runs.is_empty() || self.runs.len() > MAX_BATCH_RUNS {
+            return bad(format!(
+                "a batch holds 1 to {MAX_BATCH_RUNS} runs, got {}",
+                self.runs.len()
+            ));
+        }
+        let mut seen = std::collections::HashSet::with_capacity(self.runs.len());
+        for (i, run) in self.runs.iter().enumerate() {
+            if run.algorithm != self.algorithm {
+                return bad(format!(
+                    "run {} of a batch of {} is of algorithm {}",
+                    run.id, self.algorithm, run.algorithm
+                ));
+            }
+            let want = self.key.as_deref().map(|k| batch_run_key(k, i));
+            if run.idempotency_key != want {
+                return bad(format!(
+                    "run {} of a batch carries idempotency key {:?}, expected {want:?}",
+                    run.id, run.idempotency_key
+                ));
+            }
+            if !seen.insert(run.id) {
+                return bad(format!("run {} appears twice in a batch", run.id));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The idempotency key of run `index` of the batch keyed `key`: `"<key> #<index>"`. The space
+/// keeps it apart from every single-submission key (those are visible ASCII only).
+#[must_use]
+pub fn batch_run_key(key: &str, index: usize) -> String {
+    format!("{key} #{index}")
+}
+
+/// Result of [`RunStore::insert_batch`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum BatchInserted {
+    /// Every run was stored.
+    Created,
+    /// A batch with the same (algorithm, key) exists; nothing was written. Its runs, in order.
+    Existing(Vec<Run>),
+}
+
 /// An owner's lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -169,6 +258,25 @@ pub trait RunStore: Send + Sync + std::fmt::Debug + 'static {
     /// # Errors
     /// [`StoreError::Backend`]; a duplicate id is `Conflict`.
     async fn insert(&self, run: Run) -> Result<Inserted, StoreError>;
+
+    /// Stores every run of `batch` durably, or none (all or nothing, also across a crash of the
+    /// caller or of the store's process: see each backend's docs for how).
+    ///
+    /// # Errors
+    /// [`RunBatch::check`]'s; a duplicate id is `Conflict` (and nothing is stored);
+    /// [`StoreError::Backend`].
+    async fn insert_batch(&self, batch: RunBatch) -> Result<BatchInserted, StoreError>;
+
+    /// Completes batches whose insert was decided but not finished (their writer died half-way)
+    /// and that are older than `older_than`, at most `limit`; returns how many were completed.
+    /// Backends that store a batch in one transaction have none and return 0.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn resume_batches(&self, older_than: Millis, limit: usize) -> Result<usize, StoreError> {
+        let _ = (older_than, limit);
+        Ok(0)
+    }
 
     /// Returns the run, or `None` when unknown.
     ///

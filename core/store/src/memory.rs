@@ -8,7 +8,10 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use super::{Inserted, Lease, ListPage, Position, RunFilter, RunStore, StoreError};
+use super::{
+    BatchInserted, Inserted, Lease, ListPage, Position, RunBatch, RunFilter, RunStore, StoreError,
+    batch_run_key,
+};
 use nexus_model::error::ErrorKind;
 use nexus_model::run::{Millis, Run, RunId, RunPatch, Stage, now_millis};
 
@@ -86,6 +89,41 @@ impl RunStore for InMemoryRunStore {
         st.next_seq += 1;
         st.runs.insert(run.id, (seq, run));
         Ok(Inserted::Created)
+    }
+
+    async fn insert_batch(&self, batch: RunBatch) -> Result<BatchInserted, StoreError> {
+        batch.check()?;
+        // One lock for the checks and the writes: all or nothing.
+        let mut st = self.lock();
+        if let Some(key) = &batch.key {
+            let first = (batch.algorithm.clone(), batch_run_key(key, 0));
+            if st.idem.contains_key(&first) {
+                let mut runs = Vec::new();
+                for i in 0.. {
+                    let k = (batch.algorithm.clone(), batch_run_key(key, i));
+                    match st.idem.get(&k).and_then(|id| st.runs.get(id)) {
+                        Some((_, r)) => runs.push(r.clone()),
+                        None => break,
+                    }
+                }
+                return Ok(BatchInserted::Existing(runs));
+            }
+        }
+        if let Some(dup) = batch.runs.iter().find(|r| st.runs.contains_key(&r.id)) {
+            return Err(StoreError::backend(
+                ErrorKind::Conflict,
+                format!("run {} already exists", dup.id),
+            ));
+        }
+        for run in batch.runs {
+            if let Some(key) = &run.idempotency_key {
+                st.idem.insert((run.algorithm.clone(), key.clone()), run.id);
+            }
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            st.runs.insert(run.id, (seq, run));
+        }
+        Ok(BatchInserted::Created)
     }
 
     async fn get(&self, id: RunId) -> Result<Option<Run>, StoreError> {

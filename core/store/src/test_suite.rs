@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Inserted, Position, RunFilter, RunStore, StoreError};
+use super::{BatchInserted, Inserted, Position, RunBatch, RunFilter, RunStore, StoreError};
 use nexus_model::run::{Millis, PayloadLocation, Run, RunId, RunPatch, Stage, now_millis};
 use nexus_model::spec::AlgorithmSpec;
 
@@ -51,6 +51,7 @@ pub fn sample_run(algorithm: &str) -> Run {
         finished_at: None,
         last_modified: now,
         timeline: Vec::new(),
+        external: false,
     }
 }
 
@@ -59,6 +60,9 @@ pub async fn run_all<S: RunStore>(make: impl Fn() -> S) {
     insert_get_round_trip(make()).await;
     idempotency_key(make()).await;
     duplicate_id_conflicts(make()).await;
+    batch_insert(make()).await;
+    batch_is_all_or_nothing(make()).await;
+    batch_key(make()).await;
     cas_success(make()).await;
     cas_conflict(make()).await;
     illegal_transition(make()).await;
@@ -107,6 +111,111 @@ pub async fn idempotency_key<S: RunStore>(store: S) {
     let mut other = sample_run("other-algo");
     other.idempotency_key = Some("k1".into());
     insert(&store, &other).await;
+}
+
+/// Runs of `algorithm`, `n` of them, each with its own payload and an owner and tag (so their
+/// lookup rows are written too).
+#[must_use]
+pub fn sample_batch(algorithm: &str, n: usize) -> Vec<Run> {
+    (0..n)
+        .map(|i| {
+            let mut r = sample_run(algorithm);
+            r.payload = PayloadLocation::Inline {
+                bytes: format!("{{\"i\":{i}}}").into_bytes(),
+            };
+            r.owner = Some("sched-batch".into());
+            r.tag = Some("batch-tag".into());
+            r
+        })
+        .collect()
+}
+
+/// A batch stores every run, each readable by id and through its lookups, in order.
+pub async fn batch_insert<S: RunStore>(store: S) {
+    let runs = sample_batch("algo", 5);
+    let got = store
+        .insert_batch(RunBatch::new("algo", None, runs.clone()))
+        .await
+        .expect("insert batch");
+    assert_eq!(got, BatchInserted::Created);
+    for r in &runs {
+        assert_eq!(store.get(r.id).await.expect("get").as_ref(), Some(r));
+    }
+    assert_eq!(
+        ids(&store.by_tag("batch-tag", 100).await.expect("by tag")),
+        ids(&runs)
+    );
+    assert_eq!(
+        ids(&store
+            .by_owner_stage("sched-batch", Stage::Buffered, 100)
+            .await
+            .expect("by owner")),
+        ids(&runs)
+    );
+    // Shape errors are refused before anything is written.
+    let empty = store
+        .insert_batch(RunBatch::new("algo", None, Vec::new()))
+        .await
+        .expect_err("an empty batch");
+    assert_eq!(empty.kind(), nexus_model::error::ErrorKind::InvalidInput);
+    let mixed = vec![sample_run("algo"), sample_run("other")];
+    let ids_mixed = ids(&mixed);
+    store
+        .insert_batch(RunBatch::new("algo", None, mixed))
+        .await
+        .expect_err("a batch of two algorithms");
+    for id in ids_mixed {
+        assert_eq!(store.get(id).await.expect("get"), None);
+    }
+}
+
+/// A batch holding one id that exists already stores none of its runs.
+pub async fn batch_is_all_or_nothing<S: RunStore>(store: S) {
+    let taken = sample_run("algo");
+    insert(&store, &taken).await;
+    let mut runs = sample_batch("algo", 4);
+    runs[2] = taken.clone();
+    let err = store
+        .insert_batch(RunBatch::new("algo", None, runs.clone()))
+        .await
+        .expect_err("a batch with a duplicate id");
+    assert_eq!(err.kind(), nexus_model::error::ErrorKind::Conflict, "{err}");
+    for r in runs.iter().filter(|r| r.id != taken.id) {
+        assert_eq!(
+            store.get(r.id).await.expect("get"),
+            None,
+            "run {} leaked",
+            r.id
+        );
+    }
+    assert_eq!(store.get(taken.id).await.expect("get"), Some(taken));
+}
+
+/// A batch key: the repeat stores nothing and returns the first batch's runs in order; the key
+/// is per algorithm and apart from single-submission keys.
+pub async fn batch_key<S: RunStore>(store: S) {
+    let first = RunBatch::new("algo", Some("bk".into()), sample_batch("algo", 3));
+    assert_eq!(
+        store.insert_batch(first.clone()).await.expect("first"),
+        BatchInserted::Created
+    );
+    let again = RunBatch::new("algo", Some("bk".into()), sample_batch("algo", 3));
+    match store.insert_batch(again.clone()).await.expect("repeat") {
+        BatchInserted::Existing(runs) => assert_eq!(runs, first.runs),
+        BatchInserted::Created => panic!("a repeated batch key created runs"),
+    }
+    for r in &again.runs {
+        assert_eq!(store.get(r.id).await.expect("get"), None);
+    }
+    // The same key under another algorithm, and as a single-submission key: new runs.
+    let other = RunBatch::new("other", Some("bk".into()), sample_batch("other", 2));
+    assert_eq!(
+        store.insert_batch(other).await.expect("other algorithm"),
+        BatchInserted::Created
+    );
+    let mut single = sample_run("algo");
+    single.idempotency_key = Some("bk".into());
+    insert(&store, &single).await;
 }
 
 /// Inserting an existing id is a conflict.

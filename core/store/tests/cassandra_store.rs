@@ -62,7 +62,7 @@ async fn drop_keyspace(store: &CassandraRunStore, ks: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn conformance() {
     // One fresh keyspace per aspect of the suite, created up front (the suite's factory is sync).
-    let names: Vec<String> = (0..18).map(|_| keyspace("conf")).collect();
+    let names: Vec<String> = (0..21).map(|_| keyspace("conf")).collect();
     let mut stores = Vec::new();
     for ks in &names {
         stores.push(open(ks).await);
@@ -107,7 +107,7 @@ async fn concurrent_migrations_converge() {
         .collect::<Vec<_>>();
     let mut versions = versions;
     versions.sort_unstable();
-    assert_eq!(versions, vec![1, 2, 3]);
+    assert_eq!(versions, vec![1, 2, 3, 4]);
     let run = sample_run("algo");
     assert_eq!(
         stores[1].insert(run.clone()).await.unwrap(),
@@ -521,5 +521,74 @@ async fn stale_owner_lookup_rows_are_swept() {
         .unwrap();
     assert!(store.purge(r.id).await.unwrap());
     assert_eq!(store.get(r.id).await.unwrap(), None);
+    drop_keyspace(&store, &ks).await;
+}
+
+/// A batch whose submitter died after deciding it and before expanding it: none of its runs is
+/// visible; `resume_batches` (recovery) makes them all visible, once; a repeat of a keyed batch
+/// finishes it at once and returns its runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_left_half_way_is_finished_by_recovery() {
+    use nexus_store::{BatchInserted, RunBatch, RunStore};
+    let ks = keyspace("batch");
+    let store = open(&ks).await;
+    let runs = test_suite::sample_batch("algo", 3);
+    store
+        .insert_batch_without_expanding(RunBatch::new("algo", None, runs.clone()))
+        .await
+        .unwrap();
+    for r in &runs {
+        assert_eq!(
+            store.get(r.id).await.unwrap(),
+            None,
+            "not visible before expansion"
+        );
+    }
+    // Too young for recovery: left to its submitter.
+    let young = nexus_model::run::now_millis() - 60_000;
+    assert_eq!(store.resume_batches(young, 10).await.unwrap(), 0);
+    let later = nexus_model::run::now_millis() + 1;
+    assert_eq!(store.resume_batches(later, 10).await.unwrap(), 1);
+    for r in &runs {
+        assert_eq!(store.get(r.id).await.unwrap().as_ref(), Some(r));
+    }
+    assert_eq!(
+        store.resume_batches(later, 10).await.unwrap(),
+        0,
+        "finished once"
+    );
+    // Keyed: the repeat finishes it and returns the first batch's runs.
+    let keyed = RunBatch::new(
+        "algo",
+        Some("bk".into()),
+        test_suite::sample_batch("algo", 2),
+    );
+    store
+        .insert_batch_without_expanding(keyed.clone())
+        .await
+        .unwrap();
+    let again = RunBatch::new(
+        "algo",
+        Some("bk".into()),
+        test_suite::sample_batch("algo", 2),
+    );
+    match store.insert_batch(again).await.unwrap() {
+        BatchInserted::Existing(found) => assert_eq!(found, keyed.runs),
+        BatchInserted::Created => panic!("a decided batch key created new runs"),
+    }
+    // A keyed batch that lost its key to another is never expanded.
+    let loser = RunBatch::new(
+        "algo",
+        Some("bk".into()),
+        test_suite::sample_batch("algo", 2),
+    );
+    store
+        .insert_batch_without_expanding(loser.clone())
+        .await
+        .unwrap();
+    assert_eq!(store.resume_batches(later + 10_000, 10).await.unwrap(), 0);
+    for r in &loser.runs {
+        assert_eq!(store.get(r.id).await.unwrap(), None);
+    }
     drop_keyspace(&store, &ks).await;
 }

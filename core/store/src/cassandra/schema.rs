@@ -22,7 +22,11 @@
 //! * `owners_by_stage`: which owners may have runs in a stage (the orphan finder's entry point).
 //! * `runs_by_time`, `run_buckets`: the listing's index (newest first by dimension and hour,
 //!   and the hours each dimension has rows in); see the store's `listing` module.
-//! * `idempotency_keys`: (algorithm, key) → run id and its first record, claimed by LWT.
+//! * `idempotency_keys`: (algorithm, key) → run id and its first record, claimed by LWT (a batch
+//!   key claims `(algorithm, "<key> #batch")` → the batch id).
+//! * `run_batches`: the records of a batch submit, written before the batch is decided, and
+//!   `pending_batches`: the batches decided but not yet expanded into `runs` (see the store's
+//!   `batch` module).
 //! * `leases`: owner → expiry, all in one partition.
 //! * `leaders`: leadership name → holder and expiry, changed only by lightweight transactions.
 //! * `schema_migrations`: applied versions.
@@ -121,6 +125,26 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     bucket bigint,
     PRIMARY KEY ((dim), bucket)
 ) WITH ID = {id:run_buckets} AND CLUSTERING ORDER BY (bucket DESC)",
+        ],
+    },
+    Migration {
+        version: 4,
+        description: "run batches (all-or-none batch submit) and the batches to complete",
+        statements: &[
+            "CREATE TABLE IF NOT EXISTS {ks}.run_batches (
+    batch_id uuid,
+    idx int,
+    record blob,
+    algorithm text static,
+    idem_key text static,
+    size int static,
+    PRIMARY KEY ((batch_id), idx)
+) WITH ID = {id:run_batches}",
+            "CREATE TABLE IF NOT EXISTS {ks}.pending_batches (
+    scope text,
+    batch_id uuid,
+    PRIMARY KEY ((scope), batch_id)
+) WITH ID = {id:pending_batches}",
         ],
     },
 ];

@@ -9,6 +9,8 @@ Client::
         run = nexus.submit("knapsack", {"capacity": 10, "items": []}, tag="nightly")
         done = nexus.wait(run, timeout=300)
         print(nexus.result_json(done))
+        # Fan-out: one run per parameter set, submitted all or none, results in order.
+        squares = nexus.map("py-squares", [{"numbers": [n]} for n in range(1000)])
 
 Algorithm (a process Nexus launches for a run)::
 
@@ -51,7 +53,14 @@ from ._errors import (
     UnauthorizedError,
 )
 from ._http import Retry
-from ._models import TERMINAL_STAGES, CancellationPolicy, RunMetadata, RunRef, RunResult
+from ._models import (
+    TERMINAL_STAGES,
+    CancellationPolicy,
+    ExternalStage,
+    RunMetadata,
+    RunRef,
+    RunResult,
+)
 from ._version import __version__
 
 __all__ = [
@@ -64,6 +73,7 @@ __all__ = [
     "CancellationPolicy",
     "ConfigurationError",
     "ConflictError",
+    "ExternalStage",
     "ForbiddenError",
     "IdempotencyKeyReusedError",
     "NexusClient",

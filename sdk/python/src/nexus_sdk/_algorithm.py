@@ -332,6 +332,27 @@ class NexusRun:
             parent=self.context.ref,
         )
 
+    def map(
+        self,
+        algorithm: str,
+        parameters: Sequence[Any],
+        *,
+        tag: str | None = None,
+        timeout: float | None = 600.0,
+        concurrency: int = 32,
+    ) -> list[Any]:
+        """Runs ``algorithm`` once per entry of ``parameters`` as children of this run (each
+        batch of children all or none) and returns their results in order; see
+        :meth:`NexusClient.map`."""
+        return self.client.map(
+            algorithm,
+            parameters,
+            tag=tag,
+            timeout=timeout,
+            concurrency=concurrency,
+            parent=self.context.ref,
+        )
+
     def wait(self, child: RunRef | RunResult, *, timeout: float | None = 600.0) -> RunResult:
         """Waits for a run (a child) to finish; see :meth:`NexusClient.wait`."""
         return self.client.wait(child, timeout=timeout)
@@ -479,6 +500,25 @@ class AsyncNexusRun:
             idempotency_key=idempotency_key,
             custom_configuration=custom_configuration,
             payload_valid_for=payload_valid_for,
+            parent=self.context.ref,
+        )
+
+    async def map(
+        self,
+        algorithm: str,
+        parameters: Sequence[Any],
+        *,
+        tag: str | None = None,
+        timeout: float | None = 600.0,
+        concurrency: int = 32,
+    ) -> list[Any]:
+        """As :meth:`NexusRun.map`."""
+        return await self.client.map(
+            algorithm,
+            parameters,
+            tag=tag,
+            timeout=timeout,
+            concurrency=concurrency,
             parent=self.context.ref,
         )
 

@@ -6,7 +6,8 @@ import base64
 import binascii
 import json
 import uuid
-from datetime import timedelta
+from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import quote, unquote_to_bytes
 
@@ -14,7 +15,7 @@ import httpx
 
 from ._errors import NexusError
 from ._http import Call
-from ._models import CancellationPolicy, RunMetadata, RunRef, RunResult
+from ._models import CancellationPolicy, ExternalStage, RunMetadata, RunRef, RunResult
 
 API = "/algorithm/v1"
 
@@ -87,6 +88,161 @@ def submit(
         json=body,
         headers={"Idempotency-Key": idempotency_key or new_idempotency_key()},
         params={"dryRun": "true"} if dry_run else None,
+    )
+
+
+def submit_many(
+    algorithm: str,
+    parameters: Sequence[Any],
+    *,
+    tag: str | None,
+    idempotency_key: str | None,
+    custom_configuration: dict[str, Any] | None,
+    payload_valid_for: timedelta | str | None,
+    parent: RunRef | None,
+    dry_run: bool,
+    api_version: str | None,
+) -> Call[list[RunRef]]:
+    """``POST /algorithm/v1/batch/{alg}``: ``202 {requestIds}`` once every run is durable (all
+    or none)."""
+    body: dict[str, Any] = {"runs": [{"algorithmParameters": p} for p in parameters]}
+    if tag is not None:
+        body["tag"] = tag
+    if custom_configuration is not None:
+        body["customConfiguration"] = custom_configuration
+    if payload_valid_for is not None:
+        body["payloadValidFor"] = go_duration(payload_valid_for)
+    if parent is not None:
+        body["parentRequest"] = {
+            "requestId": parent.request_id,
+            "algorithmName": parent.algorithm,
+        }
+    if api_version is not None:
+        body["requestApiVersion"] = api_version
+    what = f"submitting {len(parameters)} runs of {algorithm}"
+
+    def parse(resp: httpx.Response) -> list[RunRef]:
+        doc = _json(resp, what)
+        ids = doc.get("requestIds") if isinstance(doc, dict) else None
+        if not isinstance(ids, list) or len(ids) != len(parameters):
+            raise NexusError(f"{what}: no requestIds for every run in the answer")
+        return [RunRef(algorithm, str(i)) for i in ids]
+
+    return Call(
+        "POST",
+        f"{API}/batch/{_seg(algorithm)}",
+        parse,
+        what,
+        json=body,
+        headers={"Idempotency-Key": idempotency_key or new_idempotency_key()},
+        params={"dryRun": "true"} if dry_run else None,
+    )
+
+
+def _rfc3339(t: datetime | None) -> str | None:
+    if t is None:
+        return None
+    if t.tzinfo is None:
+        raise NexusError(f"{t!r}: a naive datetime; give one with a time zone")
+    return t.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def register_external(
+    algorithm: str,
+    parameters: Any,
+    *,
+    stage: ExternalStage,
+    result: Any,
+    result_uri: str | None,
+    error_cause: str | None,
+    error_details: str | None,
+    received_at: datetime | None,
+    started_at: datetime | None,
+    finished_at: datetime | None,
+    engine: str | None,
+    tag: str | None,
+    parent: RunRef | None,
+    idempotency_key: str | None,
+) -> Call[RunRef]:
+    """``POST /algorithm/v1/external/{alg}``: records a run executed outside Nexus."""
+    body: dict[str, Any] = {"algorithmParameters": parameters, "stage": stage}
+    optional = {
+        "resultUri": result_uri,
+        "errorCause": error_cause,
+        "errorDetails": error_details,
+        "receivedAt": _rfc3339(received_at),
+        "startedAt": _rfc3339(started_at),
+        "finishedAt": _rfc3339(finished_at),
+        "engine": engine,
+        "tag": tag,
+    }
+    body.update({k: v for k, v in optional.items() if v is not None})
+    if result is not None:
+        body["result"] = result
+    if parent is not None:
+        body["parentRequest"] = {
+            "requestId": parent.request_id,
+            "algorithmName": parent.algorithm,
+        }
+    what = f"registering an external run of {algorithm}"
+
+    def parse(resp: httpx.Response) -> RunRef:
+        doc = _json(resp, what)
+        if not isinstance(doc, dict) or not doc.get("requestId"):
+            raise NexusError(f"{what}: no requestId in the answer: {resp.text[:200]}")
+        return RunRef(algorithm, str(doc["requestId"]))
+
+    return Call(
+        "POST",
+        f"{API}/external/{_seg(algorithm)}",
+        parse,
+        what,
+        json=body,
+        headers={"Idempotency-Key": idempotency_key or new_idempotency_key()},
+    )
+
+
+def report_stage(
+    run: RunRef,
+    stage: ExternalStage,
+    *,
+    result: Any,
+    result_uri: str | None,
+    error_cause: str | None,
+    error_details: str | None,
+) -> Call[str]:
+    """``POST /algorithm/v1/external/{alg}/requests/{id}/stage``: an external run's stage."""
+    body: dict[str, Any] = {"stage": stage}
+    optional = {"resultUri": result_uri, "errorCause": error_cause, "errorDetails": error_details}
+    body.update({k: v for k, v in optional.items() if v is not None})
+    if result is not None:
+        body["result"] = result
+    return Call(
+        "POST",
+        f"{API}/external/{_seg(run.algorithm)}/requests/{_seg(run.request_id)}/stage",
+        lambda r: r.text,
+        f"reporting {stage} for run {run}",
+        json=body,
+    )
+
+
+def upload_url(run: RunRef) -> Call[str]:
+    """``POST /algorithm/v1/external/{alg}/requests/{id}/upload``: a signed PUT URL for the
+    external run's result (short-lived)."""
+    what = f"asking for an upload URL of run {run}"
+
+    def parse(resp: httpx.Response) -> str:
+        doc = _json(resp, what)
+        url = doc.get("resultUploadUrl") if isinstance(doc, dict) else None
+        if not isinstance(url, str) or not url:
+            raise NexusError(f"{what}: no resultUploadUrl in the answer")
+        return url
+
+    return Call(
+        "POST",
+        f"{API}/external/{_seg(run.algorithm)}/requests/{_seg(run.request_id)}/upload",
+        parse,
+        what,
     )
 
 

@@ -10,8 +10,10 @@ import os
 import socket
 import ssl
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -21,7 +23,7 @@ import httpx
 from . import _calls as calls
 from ._errors import ConfigurationError, NexusError, RunFailedError, RunTimeoutError
 from ._http import AsyncTransport, Call, Retry, SyncTransport, error_from_response, redact
-from ._models import CancellationPolicy, RunMetadata, RunRef, RunResult
+from ._models import CancellationPolicy, ExternalStage, RunMetadata, RunRef, RunResult
 from ._version import __version__
 
 #: Environment variable: the server's base URL (as the ``nexus`` CLI reads it).
@@ -32,6 +34,12 @@ TOKEN_ENV = "NEXUS_TOKEN"  # noqa: S105 - the name of a variable, not a secret
 CA_FILE_ENV = "NEXUS_CA_FILE"
 #: The standalone server's default address.
 DEFAULT_SERVER = "http://127.0.0.1:8090"
+
+#: Runs per batch request of :meth:`NexusClient.map` (the server's default
+#: ``scheduler.max_batch_runs``).
+MAP_CHUNK = 1000
+#: Waits in flight at once in :meth:`NexusClient.map`.
+MAP_CONCURRENCY = 32
 
 #: Header naming the calling run (with its run token as the bearer).
 RUN_ID_HEADER = "x-nexus-run-id"
@@ -147,6 +155,11 @@ class _Waiting:
         return pause
 
 
+def _check_map(chunk_size: int, concurrency: int) -> None:
+    if chunk_size < 1 or concurrency < 1:
+        raise ConfigurationError("map: chunk_size and concurrency must be at least 1")
+
+
 def _result_call(result: RunResult) -> Call[bytes] | bytes:
     """How to read a finished run's result: bytes at once for a ``data:`` URL, else a call."""
     if not result.succeeded:
@@ -254,6 +267,156 @@ class NexusClient:
                 api_version=api_version,
             )
         )
+
+    def submit_many(
+        self,
+        algorithm: str,
+        parameters: Sequence[Any],
+        *,
+        tag: str | None = None,
+        idempotency_key: str | None = None,
+        custom_configuration: dict[str, Any] | None = None,
+        payload_valid_for: timedelta | str | None = None,
+        parent: RunRef | None = None,
+        dry_run: bool = False,
+        api_version: str | None = None,
+    ) -> list[RunRef]:
+        """Submits one run of ``algorithm`` per entry of ``parameters`` in one request, all or
+        none (fan-out), and returns them in order once every one is durable. At most the
+        server's ``scheduler.max_batch_runs`` (1,000 by default) per call; the other arguments
+        are shared by every run, as in :meth:`submit`. A retry sends the same batch key, so a
+        retried batch never makes runs twice."""
+        return self._t.execute(
+            calls.submit_many(
+                algorithm,
+                parameters,
+                tag=tag,
+                idempotency_key=idempotency_key,
+                custom_configuration=custom_configuration,
+                payload_valid_for=payload_valid_for,
+                parent=parent,
+                dry_run=dry_run,
+                api_version=api_version,
+            )
+        )
+
+    def map(
+        self,
+        algorithm: str,
+        parameters: Sequence[Any],
+        *,
+        tag: str | None = None,
+        timeout: float | None = 600.0,
+        chunk_size: int = MAP_CHUNK,
+        concurrency: int = MAP_CONCURRENCY,
+        parent: RunRef | None = None,
+    ) -> list[Any]:
+        """Runs ``algorithm`` once per entry of ``parameters`` and returns their results (JSON)
+        in the same order.
+
+        The runs are submitted in batches of ``chunk_size`` (each batch all or none, see
+        :meth:`submit_many`), then awaited with at most ``concurrency`` waits in flight, each
+        bounded by ``timeout`` seconds. Raises :class:`~nexus_sdk.RunFailedError` for the first
+        run (in order) that did not complete; the runs stay as they are (cancel them if needed).
+        ``parent`` makes them children of that run (execution trees; :meth:`NexusRun.map` passes
+        the calling run).
+        """
+        _check_map(chunk_size, concurrency)
+        runs: list[RunRef] = []
+        for i in range(0, len(parameters), chunk_size):
+            runs.extend(
+                self.submit_many(algorithm, parameters[i : i + chunk_size], tag=tag, parent=parent)
+            )
+        if not runs:
+            return []
+
+        def one(run: RunRef) -> Any:
+            return self.result_json(self.wait(run, timeout=timeout))
+
+        pool = ThreadPoolExecutor(max_workers=min(concurrency, len(runs)))
+        try:
+            return list(pool.map(one, runs))
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def register_external(
+        self,
+        algorithm: str,
+        parameters: Any,
+        *,
+        stage: ExternalStage = "COMPLETED",
+        result: Any = None,
+        result_uri: str | None = None,
+        error_cause: str | None = None,
+        error_details: str | None = None,
+        received_at: datetime | None = None,
+        started_at: datetime | None = None,
+        finished_at: datetime | None = None,
+        engine: str | None = None,
+        tag: str | None = None,
+        parent: RunRef | None = None,
+        idempotency_key: str | None = None,
+    ) -> RunRef:
+        """Records a run executed outside Nexus (a Spark job, a notebook): its input, its stage
+        (``CREATED``, ``RUNNING``, ``COMPLETED``, ``FAILED``), its ``result`` (any JSON, stored
+        as the run's result) or ``result_uri``, or its error, its times (timezone-aware) and the
+        ``engine`` that ran it. It then appears in results, tags, metadata and listings like any
+        run, marked external; Nexus never runs it. Report later stages with
+        :meth:`report_stage`."""
+        return self._t.execute(
+            calls.register_external(
+                algorithm,
+                parameters,
+                stage=stage,
+                result=result,
+                result_uri=result_uri,
+                error_cause=error_cause,
+                error_details=error_details,
+                received_at=received_at,
+                started_at=started_at,
+                finished_at=finished_at,
+                engine=engine,
+                tag=tag,
+                parent=parent,
+                idempotency_key=idempotency_key,
+            )
+        )
+
+    def report_stage(
+        self,
+        run: RunRef | RunResult,
+        stage: ExternalStage,
+        *,
+        result: Any = None,
+        result_uri: str | None = None,
+        error_cause: str | None = None,
+        error_details: str | None = None,
+    ) -> str:
+        """Reports a stage of an external run as it happens: ``RUNNING``, then ``COMPLETED``
+        (with ``result``, ``result_uri``, or after :meth:`upload_result`) or ``FAILED`` (with
+        ``error_cause``). Repeating the current stage is a no-op; an illegal move raises
+        :class:`~nexus_sdk.ConflictError`."""
+        return self._t.execute(
+            calls.report_stage(
+                _ref(run),
+                stage,
+                result=result,
+                result_uri=result_uri,
+                error_cause=error_cause,
+                error_details=error_details,
+            )
+        )
+
+    def upload_result(
+        self,
+        run: RunRef | RunResult,
+        data: bytes,
+        content_type: str = "application/json",
+    ) -> None:
+        """Uploads the result of an external run that has not finished, through a signed,
+        short-lived URL for that run's result only; then report ``COMPLETED``."""
+        url = self._t.execute(calls.upload_url(_ref(run)))
+        self._t.execute(calls.put_result(url, data, content_type))
 
     def get(self, run: RunRef | RunResult) -> RunResult:
         """Returns the run's status now (stage, result URI, error message)."""
@@ -434,6 +597,137 @@ class AsyncNexusClient:
                 api_version=api_version,
             )
         )
+
+    async def submit_many(
+        self,
+        algorithm: str,
+        parameters: Sequence[Any],
+        *,
+        tag: str | None = None,
+        idempotency_key: str | None = None,
+        custom_configuration: dict[str, Any] | None = None,
+        payload_valid_for: timedelta | str | None = None,
+        parent: RunRef | None = None,
+        dry_run: bool = False,
+        api_version: str | None = None,
+    ) -> list[RunRef]:
+        """As :meth:`NexusClient.submit_many`."""
+        return await self._t.execute(
+            calls.submit_many(
+                algorithm,
+                parameters,
+                tag=tag,
+                idempotency_key=idempotency_key,
+                custom_configuration=custom_configuration,
+                payload_valid_for=payload_valid_for,
+                parent=parent,
+                dry_run=dry_run,
+                api_version=api_version,
+            )
+        )
+
+    async def map(
+        self,
+        algorithm: str,
+        parameters: Sequence[Any],
+        *,
+        tag: str | None = None,
+        timeout: float | None = 600.0,
+        chunk_size: int = MAP_CHUNK,
+        concurrency: int = MAP_CONCURRENCY,
+        parent: RunRef | None = None,
+    ) -> list[Any]:
+        """As :meth:`NexusClient.map` (waits are tasks, at most ``concurrency`` at once)."""
+        _check_map(chunk_size, concurrency)
+        runs: list[RunRef] = []
+        for i in range(0, len(parameters), chunk_size):
+            runs.extend(
+                await self.submit_many(
+                    algorithm, parameters[i : i + chunk_size], tag=tag, parent=parent
+                )
+            )
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(run: RunRef) -> Any:
+            async with gate:
+                return await self.result_json(await self.wait(run, timeout=timeout))
+
+        tasks = [asyncio.ensure_future(one(r)) for r in runs]
+        try:
+            return list(await asyncio.gather(*tasks))
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    async def register_external(
+        self,
+        algorithm: str,
+        parameters: Any,
+        *,
+        stage: ExternalStage = "COMPLETED",
+        result: Any = None,
+        result_uri: str | None = None,
+        error_cause: str | None = None,
+        error_details: str | None = None,
+        received_at: datetime | None = None,
+        started_at: datetime | None = None,
+        finished_at: datetime | None = None,
+        engine: str | None = None,
+        tag: str | None = None,
+        parent: RunRef | None = None,
+        idempotency_key: str | None = None,
+    ) -> RunRef:
+        """As :meth:`NexusClient.register_external`."""
+        return await self._t.execute(
+            calls.register_external(
+                algorithm,
+                parameters,
+                stage=stage,
+                result=result,
+                result_uri=result_uri,
+                error_cause=error_cause,
+                error_details=error_details,
+                received_at=received_at,
+                started_at=started_at,
+                finished_at=finished_at,
+                engine=engine,
+                tag=tag,
+                parent=parent,
+                idempotency_key=idempotency_key,
+            )
+        )
+
+    async def report_stage(
+        self,
+        run: RunRef | RunResult,
+        stage: ExternalStage,
+        *,
+        result: Any = None,
+        result_uri: str | None = None,
+        error_cause: str | None = None,
+        error_details: str | None = None,
+    ) -> str:
+        """As :meth:`NexusClient.report_stage`."""
+        return await self._t.execute(
+            calls.report_stage(
+                _ref(run),
+                stage,
+                result=result,
+                result_uri=result_uri,
+                error_cause=error_cause,
+                error_details=error_details,
+            )
+        )
+
+    async def upload_result(
+        self,
+        run: RunRef | RunResult,
+        data: bytes,
+        content_type: str = "application/json",
+    ) -> None:
+        """As :meth:`NexusClient.upload_result`."""
+        url = await self._t.execute(calls.upload_url(_ref(run)))
+        await self._t.execute(calls.put_result(url, data, content_type))
 
     async def get(self, run: RunRef | RunResult) -> RunResult:
         """As :meth:`NexusClient.get`."""

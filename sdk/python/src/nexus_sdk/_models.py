@@ -13,6 +13,10 @@ TERMINAL_STAGES: frozenset[str] = frozenset(
 #: How the cluster deletes a cancelled run's workload (``cancellationPolicy``).
 CancellationPolicy = Literal["Background", "Foreground", "Orphan"]
 
+#: The stages an external engine reports for a run it executes (``CREATED`` is stored as
+#: ``BUFFERED``: known to Nexus, not started).
+ExternalStage = Literal["CREATED", "RUNNING", "COMPLETED", "FAILED"]
+
 
 @dataclass(frozen=True)
 class RunRef:
@@ -92,6 +96,7 @@ class RunMetadata:
     failure_details: str | None
     logs_uri: str | None
     raw: dict[str, Any] = field(repr=False)
+    external: bool = False
 
     @classmethod
     def from_json(cls, doc: Any) -> RunMetadata:
@@ -123,4 +128,5 @@ class RunMetadata:
             failure_details=text("algorithm_failure_details"),
             logs_uri=text("logs_uri"),
             raw=doc,
+            external=doc.get("external") is True,
         )

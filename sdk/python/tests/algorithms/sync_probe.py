@@ -8,7 +8,8 @@ The payload's ``mode`` picks what it does, so one template covers the algorithm 
 * ``raise``: raises an exception (reported with its traceback);
 * ``bytes``: returns bytes (uploaded as they are);
 * ``explicit``: writes the result and completes in two steps, then returns nothing;
-* ``sleep``: sleeps ``seconds``, then echoes (a run to cancel or to time out on).
+* ``sleep``: sleeps ``seconds``, then echoes (a run to cancel or to time out on);
+* ``map``: maps ``py-squares`` over ``lists`` as children (one batch), returns the results.
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ def main(run: NexusRun, params: Any) -> Any:
         run.write_result({"explicit": True})
         run.complete()
         return None
+    if mode == "map":
+        lists = params["lists"]
+        results = run.map("py-squares", [{"numbers": n, "leaf": 100} for n in lists], timeout=120)
+        return {"results": results, "children": len(run.children())}
     if mode == "sleep":
         time.sleep(float(params["seconds"]))
         return {"slept": params["seconds"]}
