@@ -89,6 +89,7 @@ api() {
   server=$(awk '/server:/ {print $2; exit}' "$kc")
   token=$(awk '/token:/ {print $2; exit}' "$kc")
   ca="$C_DIR/ca.crt"
+  mkdir -p "$C_DIR"   # a teardown of a previous cluster's state may have removed it
   [[ -s "$ca" ]] || awk '/certificate-authority-data:/ {print $2; exit}' "$kc" | base64 -d >"$ca"
   local -a body=()
   [[ $# -ge 3 ]] && body=(-H 'Content-Type: application/json' --data-binary "$3")
