@@ -303,32 +303,13 @@ async fn create_run(
         return Err(AdmitError::parameters_required().into());
     };
     let dry_run = parse_dry_run(q.dry_run.as_deref())?;
-    let idempotency_key = headers
-        .get("idempotency-key")
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    let mut parent = req.parent_request.map(|p| ParentRef {
-        request_id: p.request_id,
-        algorithm: p.algorithm_name,
-    });
-    // A run creates only children of its own, as over gRPC.
-    if let Caller::Run(me) = caller.as_ref() {
-        match &parent {
-            Some(p) if p.request_id != me.id.to_string() => {
-                access::audit(&caller, "submit", &alg, "-", "denied");
-                return Err(access::Refusal::Forbidden(format!(
-                    "run {} may create only its own children; parentRequest names {}",
-                    me.id, p.request_id
-                ))
-                .into());
-            }
-            _ => {
-                parent = Some(ParentRef {
-                    request_id: me.id.to_string(),
-                    algorithm: me.algorithm.clone(),
-                });
-            }
-        }
-    }
+    let idempotency_key = idempotency_key(&headers);
+    let parent = parent_for(
+        &caller,
+        req.parent_request.map(|p| (p.request_id, p.algorithm_name)),
+        "submit",
+        &alg,
+    )?;
     let authorize = access::submit_check(&s, &caller);
     let algorithm = alg.clone();
     let admitted = Admission::new(s)
@@ -484,6 +465,47 @@ async fn list_runs(
 #[serde(deny_unknown_fields)]
 struct LogsQuery {
     follow: Option<String>,
+}
+
+/// The `Idempotency-Key` header, when given.
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("idempotency-key")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+}
+
+/// The parent of runs `caller` creates from `requested` (`(request id, algorithm)`): a run
+/// creates only children of its own (as over gRPC), whatever it names; others get what they ask.
+///
+/// # Errors
+/// 403 when a run names another parent (audited as `action` on `alg`).
+pub(crate) fn parent_for(
+    caller: &Caller,
+    requested: Option<(String, String)>,
+    action: &str,
+    alg: &str,
+) -> Result<Option<ParentRef>, ApiError> {
+    let parent = requested.map(|(request_id, algorithm)| ParentRef {
+        request_id,
+        algorithm,
+    });
+    let Caller::Run(me) = caller else {
+        return Ok(parent);
+    };
+    if let Some(p) = &parent
+        && p.request_id != me.id.to_string()
+    {
+        access::audit(caller, action, alg, "-", "denied");
+        return Err(access::Refusal::Forbidden(format!(
+            "run {} may create only its own children; parentRequest names {}",
+            me.id, p.request_id
+        ))
+        .into());
+    }
+    Ok(Some(ParentRef {
+        request_id: me.id.to_string(),
+        algorithm: me.algorithm.clone(),
+    }))
 }
 
 /// `GET /algorithm/v1/logs/{alg}/requests/{id}[?follow=true]`: the run's captured output,

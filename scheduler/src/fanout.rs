@@ -29,8 +29,8 @@ use serde_json::value::RawValue;
 
 use crate::Scheduler;
 use crate::access::{self, Caller};
-use crate::admission::{Admission, AdmitError, BatchItem, BatchRequest, Parameters, ParentRef};
-use crate::api::{RunQuery, parse_dry_run, require_json};
+use crate::admission::{Admission, AdmitError, BatchItem, BatchRequest, Parameters};
+use crate::api::{RunQuery, idempotency_key, parent_for, parse_dry_run, require_json};
 use crate::metrics;
 
 /// The batch request body.
@@ -123,32 +123,13 @@ pub(crate) async fn create_runs(
         });
     }
     let dry_run = parse_dry_run(q.dry_run.as_deref())?;
-    let batch_key = headers
-        .get("idempotency-key")
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    let mut parent = req.parent_request.map(|p| ParentRef {
-        request_id: p.request_id,
-        algorithm: p.algorithm_name,
-    });
-    // A run creates only children of its own.
-    if let Caller::Run(me) = caller.as_ref() {
-        match &parent {
-            Some(p) if p.request_id != me.id.to_string() => {
-                access::audit(&caller, "submit-batch", &alg, "-", "denied");
-                return Err(access::Refusal::Forbidden(format!(
-                    "run {} may create only its own children; parentRequest names {}",
-                    me.id, p.request_id
-                ))
-                .into());
-            }
-            _ => {
-                parent = Some(ParentRef {
-                    request_id: me.id.to_string(),
-                    algorithm: me.algorithm.clone(),
-                });
-            }
-        }
-    }
+    let batch_key = idempotency_key(&headers);
+    let parent = parent_for(
+        &caller,
+        req.parent_request.map(|p| (p.request_id, p.algorithm_name)),
+        "submit-batch",
+        &alg,
+    )?;
     let n = items.len();
     let admitted = Admission::new(s.clone())
         .admit_batch(BatchRequest {
