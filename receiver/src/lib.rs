@@ -277,6 +277,22 @@ impl Receiver {
         facts
     }
 
+    /// Run `id`'s output read from where it runs, when this receiver's executor can read it
+    /// (see [`nexus_executor::Executor::logs`]).
+    ///
+    /// # Errors
+    /// The executor's (over its limit of log streams, backend failures).
+    pub async fn logs(
+        &self,
+        id: RunId,
+        follow: bool,
+    ) -> Result<Option<nexus_link::shard::LogStream>, ShardError> {
+        self.executor
+            .logs(id, follow)
+            .await
+            .map_err(|e| ShardError::new(e.kind, e.message))
+    }
+
     /// Stops a run's process (idempotent).
     ///
     /// # Errors
@@ -360,6 +376,14 @@ impl Shard for LocalShard {
 
     async fn describe(&self, run_id: RunId) -> Vec<String> {
         self.0.describe(run_id).await
+    }
+
+    async fn logs(
+        &self,
+        run_id: RunId,
+        follow: bool,
+    ) -> Result<Option<nexus_link::shard::LogStream>, ShardError> {
+        self.0.logs(run_id, follow).await
     }
 }
 
