@@ -62,6 +62,7 @@ pub struct ShardServer {
     receiver: Arc<Receiver>,
     creds: LinkCredentials,
     readiness: Readiness,
+    stop: CancellationToken,
 }
 
 impl ShardServer {
@@ -72,7 +73,16 @@ impl ShardServer {
             receiver,
             creds,
             readiness,
+            stop: CancellationToken::new(),
         }
+    }
+
+    /// Ends every `Logs` stream when `stop` is cancelled (the server's shutdown): a follow must
+    /// not hold the graceful shutdown, whatever the executor does.
+    #[must_use]
+    pub fn stopping_on(mut self, stop: CancellationToken) -> Self {
+        self.stop = stop;
+        self
     }
 }
 
@@ -109,6 +119,7 @@ impl ShardService for ShardServer {
             )));
         };
         let chunks = stream
+            .take_until(self.stop.clone().cancelled_owned())
             .flat_map(|b| {
                 let pieces: Vec<Result<LogsChunk, Status>> = (0..b.len())
                     .step_by(MAX_LOG_CHUNK)
@@ -367,8 +378,9 @@ pub async fn serve(
             .map_err(|e| format!("grpc TLS configuration refused: {e}"))?;
     }
     let (reporter, health) = tonic_health::server::health_reporter();
-    let shard =
-        ShardServiceServer::new(ShardServer::new(receiver.clone(), creds, readiness.clone()));
+    let shard = ShardServiceServer::new(
+        ShardServer::new(receiver.clone(), creds, readiness.clone()).stopping_on(shutdown.clone()),
+    );
     let completion = CompletionServiceServer::new(CompletionServer::new(receiver.clone()))
         .max_decoding_message_size(receiver.config.max_completion_bytes);
 
