@@ -625,7 +625,8 @@ async fn a_running_pods_log_is_followed_and_kept_after_the_pod_is_gone() {
         "followed for {:?} after the first lines:\n{got}",
         followed_at.elapsed()
     );
-    assert!(got.starts_with("[chaos] action: Sleep(15)\n"), "{got}");
+    assert!(got.contains("[nexus-demo] fetched payload"), "{got}");
+    assert!(got.contains("[chaos] action: Sleep(15)\n"), "{got}");
     assert!(got.contains("[chaos] woke up after 15s\n"), "{got}");
     assert!(!got.contains("[nexus:"), "no note: {got}");
     let r = k.terminal("chaos", &id).await;
