@@ -12,6 +12,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    // Log chunks are handed on as they came, without a copy.
+    config.bytes([".nexus.v1.LogsChunk.data"]);
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -212,10 +212,11 @@ pub enum RunCommand {
     },
     /// Print a run's captured output (stdout and stderr); `-f` follows it while it runs.
     ///
-    /// Output is captured for runs executed as local processes (standalone and local
-    /// receivers): published every few seconds while the run runs and kept with the run
-    /// afterwards. With `--follow`, new output is printed as it comes until the run finished
-    /// (like `tail -f`); Ctrl-C stops following, not the run.
+    /// A local process's output (standalone and local receivers) is published every few
+    /// seconds while the run runs and kept with the run afterwards. A Kubernetes run's output is
+    /// read from its pod while the pod exists, and a copy is kept with the run once its Job
+    /// finished. With `--follow`, new output is printed as it comes until the run finished (like
+    /// `tail -f`); Ctrl-C stops following, not the run.
     #[command(after_help = "Examples:\n  \
         nexus run logs knapsack $ID\n  \
         nexus run logs knapsack $ID -f\n  \

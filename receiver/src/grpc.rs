@@ -21,8 +21,8 @@ use nexus_proto::grpc::completion_service_server::{CompletionService, Completion
 use nexus_proto::grpc::shard_service_server::{ShardService, ShardServiceServer};
 use nexus_proto::grpc::{
     CancelRequest, CancelResponse, CapacityRequest, CapacityResponse, Code, CompleteRequest,
-    CompleteResponse, DescribeRequest, DescribeResponse, RETRY_AFTER_MS, SubmitRequest,
-    SubmitResponse, SubmitResult,
+    CompleteResponse, DescribeRequest, DescribeResponse, LogsChunk, LogsRequest, RETRY_AFTER_MS,
+    SubmitRequest, SubmitResponse, SubmitResult,
 };
 use nexus_proto::v1::AlgorithmResult;
 use tokio_util::sync::CancellationToken;
@@ -62,6 +62,7 @@ pub struct ShardServer {
     receiver: Arc<Receiver>,
     creds: LinkCredentials,
     readiness: Readiness,
+    stop: CancellationToken,
 }
 
 impl ShardServer {
@@ -72,12 +73,68 @@ impl ShardServer {
             receiver,
             creds,
             readiness,
+            stop: CancellationToken::new(),
         }
+    }
+
+    /// Ends every `Logs` stream when `stop` is cancelled (the server's shutdown): a follow must
+    /// not hold the graceful shutdown, whatever the executor does.
+    #[must_use]
+    pub fn stopping_on(mut self, stop: CancellationToken) -> Self {
+        self.stop = stop;
+        self
     }
 }
 
+/// Most bytes in one `LogsChunk` (an executor's chunks are split to fit).
+pub const MAX_LOG_CHUNK: usize = 64 * 1024;
+
+/// The answer stream of `Logs`.
+pub type LogsStream = futures::stream::BoxStream<'static, Result<LogsChunk, Status>>;
+
 #[tonic::async_trait]
 impl ShardService for ShardServer {
+    type LogsStream = LogsStream;
+
+    #[tracing::instrument(skip_all, fields(run_id = %request.get_ref().run_id, follow = request.get_ref().follow))]
+    async fn logs(&self, request: Request<LogsRequest>) -> Result<Response<LogsStream>, Status> {
+        use futures::StreamExt as _;
+        authorize_component(&self.creds, &request)?;
+        let req = request.into_inner();
+        let id: RunId = req.run_id.parse().map_err(|_| {
+            Status::invalid_argument(format!(
+                "'{}' is not a valid request id (expected a UUID)",
+                req.run_id.escape_default()
+            ))
+        })?;
+        let Some(stream) = self
+            .receiver
+            .logs(id, req.follow)
+            .await
+            .map_err(|e| Status::new(e.kind.grpc_code(), e.message))?
+        else {
+            return Err(Status::not_found(format!(
+                "receiver {} has no output of run {id} to read",
+                self.receiver.instance_id
+            )));
+        };
+        let chunks = stream
+            .take_until(self.stop.clone().cancelled_owned())
+            .flat_map(|b| {
+                let pieces: Vec<Result<LogsChunk, Status>> = (0..b.len())
+                    .step_by(MAX_LOG_CHUNK)
+                    .map(|at| {
+                        Ok(LogsChunk {
+                            data: b.slice(at..b.len().min(at + MAX_LOG_CHUNK)),
+                        })
+                    })
+                    .collect();
+                futures::stream::iter(pieces)
+            })
+            .boxed();
+        Ok(Response::new(chunks))
+    }
+
     #[tracing::instrument(skip_all, fields(runs = request.get_ref().runs.len()))]
     async fn submit(
         &self,
@@ -321,8 +378,9 @@ pub async fn serve(
             .map_err(|e| format!("grpc TLS configuration refused: {e}"))?;
     }
     let (reporter, health) = tonic_health::server::health_reporter();
-    let shard =
-        ShardServiceServer::new(ShardServer::new(receiver.clone(), creds, readiness.clone()));
+    let shard = ShardServiceServer::new(
+        ShardServer::new(receiver.clone(), creds, readiness.clone()).stopping_on(shutdown.clone()),
+    );
     let completion = CompletionServiceServer::new(CompletionServer::new(receiver.clone()))
         .max_decoding_message_size(receiver.config.max_completion_bytes);
 

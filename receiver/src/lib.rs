@@ -279,6 +279,22 @@ impl Receiver {
         facts
     }
 
+    /// Run `id`'s output read from where it runs, when this receiver's executor can read it
+    /// (see [`nexus_executor::Executor::logs`]).
+    ///
+    /// # Errors
+    /// The executor's (over its limit of log streams, backend failures).
+    pub async fn logs(
+        &self,
+        id: RunId,
+        follow: bool,
+    ) -> Result<Option<nexus_link::shard::LogStream>, ShardError> {
+        self.executor
+            .logs(id, follow)
+            .await
+            .map_err(|e| ShardError::new(e.kind, e.message))
+    }
+
     /// Stops a run's process (idempotent).
     ///
     /// # Errors
@@ -362,6 +378,14 @@ impl Shard for LocalShard {
 
     async fn describe(&self, run_id: RunId) -> Vec<String> {
         self.0.describe(run_id).await
+    }
+
+    async fn logs(
+        &self,
+        run_id: RunId,
+        follow: bool,
+    ) -> Result<Option<nexus_link::shard::LogStream>, ShardError> {
+        self.0.logs(run_id, follow).await
     }
 }
 
@@ -636,6 +660,128 @@ mod tests {
     #[async_trait::async_trait]
     impl EventHandler for Ignore {
         async fn handle(&self, _event: ExecutorEvent) {}
+    }
+
+    /// An executor that reads one run's output where it runs: a 200 KiB burst, then (following)
+    /// nothing more until the caller or the server goes.
+    #[derive(Debug)]
+    struct PodExecutor {
+        inner: RecordingExecutor,
+        run: RunId,
+    }
+
+    #[async_trait]
+    impl Executor for PodExecutor {
+        async fn launch(
+            &self,
+            spec: nexus_executor::LaunchSpec,
+        ) -> Result<(), nexus_executor::ExecutorError> {
+            self.inner.launch(spec).await
+        }
+        async fn cancel(
+            &self,
+            id: RunId,
+            p: CancellationPolicy,
+        ) -> Result<(), nexus_executor::ExecutorError> {
+            self.inner.cancel(id, p).await
+        }
+        async fn active(&self) -> Vec<RunId> {
+            self.inner.active().await
+        }
+        async fn logs(
+            &self,
+            id: RunId,
+            follow: bool,
+        ) -> Result<Option<nexus_executor::LogStream>, nexus_executor::ExecutorError> {
+            use futures::StreamExt as _;
+            if id != self.run {
+                return Ok(None);
+            }
+            let burst = futures::stream::iter([bytes::Bytes::from(vec![b'x'; 200 * 1024])]);
+            Ok(Some(if follow {
+                burst.chain(futures::stream::pending()).boxed()
+            } else {
+                burst.boxed()
+            }))
+        }
+    }
+
+    /// `Logs` over the receiver's gRPC server: chunks of at most 64 KiB, an unknown run is
+    /// nobody's output, and a follow that never ends does not hold the shutdown.
+    #[tokio::test]
+    async fn logs_are_served_in_bounded_chunks_and_cut_at_shutdown() {
+        use futures::StreamExt as _;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let run = RunId::new();
+        let shutdown = CancellationToken::new();
+        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", grpc.local_addr().unwrap());
+        let h = serve(
+            ServeConfig {
+                receiver: ReceiverConfig::default(),
+                shard: "a".into(),
+                instance_id: String::new(),
+                lease_ttl: Duration::from_secs(15),
+                drain_grace: Duration::from_secs(1),
+                server: ServerConfig::default(),
+            },
+            Deps {
+                store: Arc::new(InMemoryRunStore::default()),
+                payloads: Arc::new(InMemoryPayloadStore::default()),
+                executor: Arc::new(PodExecutor {
+                    inner: RecordingExecutor::new(tx),
+                    run,
+                }),
+                events: Some((rx, Arc::new(Ignore))),
+                executor_stop: CancellationToken::new(),
+                signer: Signer::random(),
+                credentials: Some(LinkCredentials::none()),
+                readiness: Readiness::default(),
+            },
+            Listeners {
+                grpc: Some(grpc),
+                ..Listeners::default()
+            },
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        let shard = nexus_link::grpc::GrpcShard::new(
+            "a",
+            &[url],
+            &LinkCredentials::none(),
+            nexus_link::grpc::GrpcShardOptions::default(),
+        )
+        .unwrap();
+        assert!(shard.logs(RunId::new(), false).await.unwrap().is_none());
+        let chunks: Vec<bytes::Bytes> = shard
+            .logs(run, false)
+            .await
+            .unwrap()
+            .expect("the run's output")
+            .collect()
+            .await;
+        assert_eq!(
+            chunks.iter().map(bytes::Bytes::len).collect::<Vec<_>>(),
+            vec![65536, 65536, 65536, 8192]
+        );
+        let mut follow = shard.logs(run, true).await.unwrap().expect("a follow");
+        let mut got = 0;
+        while got < 200 * 1024 {
+            got += tokio::time::timeout(Duration::from_secs(10), follow.next())
+                .await
+                .expect("the burst arrives")
+                .expect("more")
+                .len();
+        }
+        shutdown.cancel();
+        let end = tokio::time::timeout(Duration::from_secs(10), follow.next())
+            .await
+            .expect("the follow ends at shutdown");
+        assert!(end.is_none(), "{end:?}");
+        tokio::time::timeout(Duration::from_secs(10), h.wait())
+            .await
+            .expect("an open follow does not hold the shutdown");
     }
 
     /// The ordered drain of a distributed receiver: it holds its lease while serving (on port 0

@@ -1349,6 +1349,15 @@ pub(crate) mod tests {
         config: SchedulerConfig,
         auth: nexus_auth::Authenticator,
     ) -> (Arc<Scheduler>, Arc<InMemoryRunStore>) {
+        scheduler_with(config, auth, ShardMap::default())
+    }
+
+    /// As [`scheduler_with_auth`], with `shards`.
+    pub(crate) fn scheduler_with(
+        config: SchedulerConfig,
+        auth: nexus_auth::Authenticator,
+        shards: ShardMap,
+    ) -> (Arc<Scheduler>, Arc<InMemoryRunStore>) {
         let mut snap = Snapshot::default();
         snap.workgroups
             .insert("wg".into(), Workgroup::on_cluster("wg", "local"));
@@ -1376,7 +1385,7 @@ pub(crate) mod tests {
                 store: store.clone(),
                 payloads: Arc::new(InMemoryPayloadStore::default()),
                 catalog: Catalog::new(snap),
-                shards: ShardMap::default(),
+                shards,
                 signer: Signer::random(),
                 instance_id: "me".into(),
                 readiness: nexus_http::Readiness::default(),

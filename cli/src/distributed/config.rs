@@ -14,6 +14,7 @@ use nexus_http::server::ServerConfig;
 use nexus_kube::classify::FailureConfig;
 use nexus_kube::client::KubeClientConfig;
 use nexus_kube::job::JobOptions;
+use nexus_kube::logs::PodLogOptions;
 use nexus_link::grpc::{GrpcLinkConfig, RESOLVE_INTERVAL_MAX, RESOLVE_INTERVAL_MIN};
 use nexus_receiver::ReceiverConfig;
 use nexus_scheduler::SchedulerConfig;
@@ -195,6 +196,9 @@ pub struct ReceiverProcess {
     /// How long a pod may be stuck before its container runs (image pull, unschedulable,
     /// configuration) before the run is given up as SCHEDULING_FAILED (`runtime: kubernetes`).
     pub failures: FailureConfig,
+    /// Runs' pod logs: read live for the logs route, and a copy kept in the payload store when
+    /// a run's Job finishes (`runtime: kubernetes`).
+    pub pod_logs: PodLogOptions,
     /// Connection limit and timeouts of the HTTP server (completions, probes).
     pub server: ServerConfig,
 }
@@ -221,6 +225,7 @@ impl Default for ReceiverProcess {
             kubernetes: KubeClientConfig::default(),
             job: JobOptions::default(),
             failures: FailureConfig::default(),
+            pod_logs: PodLogOptions::default(),
             server: ServerConfig::default(),
         }
     }
@@ -579,7 +584,11 @@ impl ReceiverProcess {
             e.push(m);
         }
         if self.runtime == Runtime::Kubernetes {
-            for r in [self.kubernetes.validate(), self.job.validate()] {
+            for r in [
+                self.kubernetes.validate(),
+                self.job.validate(),
+                self.pod_logs.validate(),
+            ] {
                 if let Err(m) = r {
                     e.push(m);
                 }

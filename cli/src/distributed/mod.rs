@@ -371,10 +371,18 @@ pub async fn kube_executor(
     client.default_namespace().clone_into(&mut opts.namespace);
     env!("CARGO_PKG_VERSION").clone_into(&mut opts.nexus_version);
     let failures = c.failures.clone();
-    tracing::info!(namespace = %opts.namespace, "runs execute as Kubernetes Jobs");
+    let logs = c.pod_logs.clone();
+    tracing::info!(namespace = %opts.namespace, keep_pod_logs = logs.keep, "runs execute as Kubernetes Jobs");
     Ok(
-        move |_: &ReceiverProcess, events, _, stop| -> Arc<dyn Executor> {
-            Arc::new(KubeExecutor::new(client, opts, failures, events, stop))
+        move |_: &ReceiverProcess, events, payloads, stop| -> Arc<dyn Executor> {
+            Arc::new(KubeExecutor::with_logs(
+                client,
+                opts,
+                failures,
+                (logs, Some(payloads)),
+                events,
+                stop,
+            ))
         },
     )
 }

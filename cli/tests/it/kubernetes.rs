@@ -569,6 +569,114 @@ async fn a_run_becomes_a_job_whose_real_container_completes_it() {
     k.stop().await;
 }
 
+/// Live logs of a real pod: `GET logs?follow=true` streams the container's output while it runs
+/// (lines arrive before it ends) and ends when the run ended; a copy of the pod's log is kept
+/// when its Job finishes, and is served after the Job and its pod are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_running_pods_log_is_followed_and_kept_after_the_pod_is_gone() {
+    let k = cluster().await;
+    let id = k
+        .submit("chaos", json!({"mode": "sleep", "seconds": 15}))
+        .await;
+    let uri = format!("{}/algorithm/v1/logs/chaos/requests/{id}", k.base);
+    k.running(&id).await;
+    let mut resp = k
+        .http
+        .get(format!("{uri}?follow=true"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut got = String::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    while !got.contains("[chaos] sleeping 15s") {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let chunk = tokio::time::timeout(left, resp.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no sleeping line after {WAIT:?}: {got:?}"))
+            .unwrap()
+            .unwrap_or_else(|| panic!("the stream ended before the sleeping line: {got:?}"));
+        got.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    // The line came while the run runs (it sleeps 15 s after printing it).
+    let status = crate::common::get_json(
+        &k.http,
+        &format!("{}/algorithm/v1/results/chaos/requests/{id}", k.base),
+    )
+    .await;
+    assert_eq!(
+        status["status"], "RUNNING",
+        "{status}
+{got}"
+    );
+    let followed_at = std::time::Instant::now();
+    // The rest, until the stream ends with the run.
+    loop {
+        let chunk = tokio::time::timeout(WAIT, resp.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("the follow did not end after {WAIT:?}: {got:?}"))
+            .unwrap();
+        match chunk {
+            Some(c) => got.push_str(&String::from_utf8_lossy(&c)),
+            None => break,
+        }
+    }
+    eprintln!(
+        "followed for {:?} after the first lines:\n{got}",
+        followed_at.elapsed()
+    );
+    assert!(got.contains("[nexus-demo] fetched payload"), "{got}");
+    assert!(got.contains("[chaos] action: Sleep(15)\n"), "{got}");
+    assert!(got.contains("[chaos] woke up after 15s\n"), "{got}");
+    assert!(!got.contains("[nexus:"), "no note: {got}");
+    let r = k.terminal("chaos", &id).await;
+    assert_eq!(r["status"], "COMPLETED", "{r}");
+
+    // Kept: the copy appears as logs_uri once the Job finished.
+    crate::common::eventually(WAIT, "the run's metadata names its kept logs", || async {
+        k.metadata("chaos", &id).await["logs_uri"].is_string()
+    })
+    .await;
+    // The Job and its pod go (as the TTL controller or a node drain would take them).
+    k.jobs
+        .delete(&id, &DeleteParams::background())
+        .await
+        .unwrap();
+    for p in k.pods_of(&id).await {
+        let _ = k
+            .pods
+            .delete(
+                p.metadata.name.as_deref().unwrap(),
+                &DeleteParams {
+                    grace_period_seconds: Some(0),
+                    ..DeleteParams::default()
+                },
+            )
+            .await;
+    }
+    crate::common::eventually(WAIT, "the run's Job and pod are gone", || async {
+        k.pods_of(&id).await.is_empty() && k.jobs.get_opt(&id).await.unwrap().is_none()
+    })
+    .await;
+    for u in [uri.clone(), format!("{uri}?follow=true")] {
+        let resp = k.http.get(&u).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{u}");
+        let text = resp.text().await.unwrap();
+        assert!(
+            text.contains("[chaos] sleeping 15s") && text.contains("[chaos] woke up after 15s"),
+            "{u}: {text}"
+        );
+    }
+    let logs_uri = k.metadata("chaos", &id).await["logs_uri"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let kept = k.http.get(&logs_uri).send().await.unwrap();
+    assert_eq!(kept.status(), 200);
+    assert!(kept.text().await.unwrap().contains("[chaos] woke up"));
+    k.stop().await;
+}
+
 /// A cancel deletes the run's Job with the propagation policy asked for, and the cluster's
 /// garbage collector carries it out on the running pod: `Background` deletes the Job at once and
 /// its pod after; `Foreground` keeps the Job (with the `foregroundDeletion` finalizer) until its

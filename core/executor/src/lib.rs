@@ -230,7 +230,26 @@ pub trait Executor: Send + Sync + std::fmt::Debug + 'static {
         let _ = run_id;
         Vec::new()
     }
+
+    /// A run's output read from where it runs (a Kubernetes run: its pod's log), for executors
+    /// whose output is not published to the payload store while the run runs. Without `follow`,
+    /// the output there is now (bounded: its tail); with `follow`, that and then new output as it
+    /// comes, until the run's process ends (for every attempt), the executor shuts down or its
+    /// longest follow. `Ok(None)`: this executor has no output of the run to read (not its kind
+    /// of run, unknown, or not started and `follow` not asked); the default. A failure while
+    /// streaming ends the stream with a line saying so.
+    ///
+    /// # Errors
+    /// `ResourceExhausted` when the executor serves as many log streams as it allows; backend
+    /// failures.
+    async fn logs(&self, run_id: RunId, follow: bool) -> Result<Option<LogStream>, ExecutorError> {
+        let _ = (run_id, follow);
+        Ok(None)
+    }
 }
+
+/// A run's output in chunks, as [`Executor::logs`] reads it.
+pub type LogStream = futures::stream::BoxStream<'static, bytes::Bytes>;
 
 /// Turns executor events into stage transitions: the supervisor's job (`nexus_supervisor`
 /// implements it). A receiver hands its own executor's events to one (a local process can only

@@ -33,9 +33,13 @@ use crate::classify::{FailureConfig, PodProblem, job_failure, pod_problem};
 use crate::job::{
     COMPONENT_ALGORITHM_RUN, JobOptions, LABEL_COMPONENT, LABEL_REQUEST_ID, render_job,
 };
-use nexus_executor::{Executor, ExecutorError, ExecutorEvent, ExitInfo, LaunchSpec, Outcome};
+use crate::logs::{PodLogOptions, PodLogs};
+use nexus_executor::{
+    Executor, ExecutorError, ExecutorEvent, ExitInfo, LaunchSpec, LogStream, Outcome,
+};
 use nexus_model::error::ErrorKind;
 use nexus_model::run::{CancellationPolicy, RunId};
+use nexus_payload::PayloadStore;
 
 /// What the executor remembers of a launched Job.
 #[derive(Debug, Clone)]
@@ -48,15 +52,18 @@ struct Tracked {
     problem: Option<(PodProblem, tokio::time::Instant)>,
     /// This executor is deleting the Job (a cancel): its deletion is expected.
     cancelling: bool,
+    /// Where a copy of its pod's log is kept when it finishes ([`LaunchSpec::logs_key`]).
+    logs_key: Option<String>,
 }
 
 impl Tracked {
-    fn new(deadline: Duration) -> Self {
+    fn new(deadline: Duration, logs_key: Option<String>) -> Self {
         Self {
             deadline,
             pods: HashMap::new(),
             problem: None,
             cancelling: false,
+            logs_key,
         }
     }
 }
@@ -70,6 +77,7 @@ pub struct KubeExecutor {
     failures: FailureConfig,
     events: UnboundedSender<ExecutorEvent>,
     active: Arc<Mutex<HashMap<RunId, Tracked>>>,
+    logs: PodLogs,
 }
 
 /// How often the executor looks for finished Jobs past their TTL.
@@ -78,7 +86,9 @@ pub(crate) const JOB_GC_INTERVAL: Duration = Duration::from_secs(60);
 pub(crate) const JOB_GC_SLACK: Duration = Duration::from_secs(60);
 
 /// When a Job finished: the transition time of its `Complete` or `Failed` condition.
-fn finished_at(job: &Job) -> Option<k8s_openapi::chrono::DateTime<k8s_openapi::chrono::Utc>> {
+pub(crate) fn finished_at(
+    job: &Job,
+) -> Option<k8s_openapi::chrono::DateTime<k8s_openapi::chrono::Utc>> {
     job.status
         .as_ref()?
         .conditions
@@ -90,7 +100,7 @@ fn finished_at(job: &Job) -> Option<k8s_openapi::chrono::DateTime<k8s_openapi::c
 }
 
 /// Maps a Kubernetes API error to an executor error.
-fn kube_err(what: &str, e: &kube::Error) -> ExecutorError {
+pub(crate) fn kube_err(what: &str, e: &kube::Error) -> ExecutorError {
     let kind = match e {
         kube::Error::Api(s) => match s.code {
             400 | 422 => ErrorKind::InvalidInput,
@@ -147,7 +157,8 @@ pub(crate) fn outcome_of(job: &Job, deadline: Duration) -> Option<Outcome> {
 impl KubeExecutor {
     /// An executor creating Jobs in `opts.namespace` through `client`, reporting on `events`,
     /// giving runs up after the graces of `failures`. Starts the watches that follow its Jobs
-    /// and their pods until `shutdown`.
+    /// and their pods until `shutdown`. Pod logs are read with the default
+    /// [`PodLogOptions`] and not kept (no payload store); see [`KubeExecutor::with_logs`].
     #[must_use]
     pub fn new(
         client: Client,
@@ -156,8 +167,31 @@ impl KubeExecutor {
         events: UnboundedSender<ExecutorEvent>,
         shutdown: CancellationToken,
     ) -> Self {
+        Self::with_logs(
+            client,
+            opts,
+            failures,
+            (PodLogOptions::default(), None),
+            events,
+            shutdown,
+        )
+    }
+
+    /// [`KubeExecutor::new`] with pod logs read as `logs.0` says and, when `logs.1` is given
+    /// and `logs.0.keep`, a copy of a run's pod log kept there when its Job finishes
+    /// ([`crate::logs`]).
+    #[must_use]
+    pub fn with_logs(
+        client: Client,
+        opts: JobOptions,
+        failures: FailureConfig,
+        logs: (PodLogOptions, Option<Arc<dyn PayloadStore>>),
+        events: UnboundedSender<ExecutorEvent>,
+        shutdown: CancellationToken,
+    ) -> Self {
         let jobs: Api<Job> = Api::namespaced(client.clone(), &opts.namespace);
         let pods: Api<Pod> = Api::namespaced(client, &opts.namespace);
+        let logs = PodLogs::new(pods.clone(), jobs.clone(), logs.0, logs.1, shutdown.clone());
         let me = Self {
             jobs,
             pods,
@@ -165,6 +199,7 @@ impl KubeExecutor {
             failures,
             events,
             active: Arc::default(),
+            logs,
         };
         tokio::spawn(me.clone().follow(shutdown));
         me
@@ -364,14 +399,21 @@ impl KubeExecutor {
         );
     }
 
-    /// Reports `id` finished once (whoever removes it from the active set reports it).
+    /// Reports `id` finished once (whoever removes it from the active set reports it), then
+    /// has a copy of its pod's log kept (after the report: the copy never delays it), unless its
+    /// container never ran.
     fn finish(&self, id: RunId, outcome: Outcome) {
-        if self.active().remove(&id).is_some() {
-            let _ = self.events.send(ExecutorEvent::Finished {
-                run_id: id,
-                outcome,
-                logs_stored: false,
-            });
+        let Some(tracked) = self.active().remove(&id) else {
+            return;
+        };
+        let ran = !matches!(&outcome, Outcome::Diagnosed { kind, .. } if kind.never_started());
+        let _ = self.events.send(ExecutorEvent::Finished {
+            run_id: id,
+            outcome,
+            logs_stored: false,
+        });
+        if ran && let Some(key) = tracked.logs_key {
+            self.logs.keep(id, key);
         }
     }
 
@@ -493,7 +535,7 @@ impl Executor for KubeExecutor {
         );
         self.active()
             .entry(spec.run_id)
-            .or_insert_with(|| Tracked::new(deadline));
+            .or_insert_with(|| Tracked::new(deadline, spec.logs_key.clone()));
         crate::metrics::job_created();
         let _ = self.events.send(ExecutorEvent::Started {
             run_id: spec.run_id,
@@ -537,6 +579,10 @@ impl Executor for KubeExecutor {
 
     async fn active(&self) -> Vec<RunId> {
         self.active().keys().copied().collect()
+    }
+
+    async fn logs(&self, run_id: RunId, follow: bool) -> Result<Option<LogStream>, ExecutorError> {
+        self.logs.logs(run_id, follow).await
     }
 
     async fn describe(&self, run_id: RunId) -> Vec<String> {

@@ -3,7 +3,8 @@
 //! * [`job`]: rendering a run into its `batch/v1` Job (a pure function).
 //! * [`classify`]: why a Job or pod failed, from their status (pure functions).
 //! * [`client`]: the API client of a shard cluster, with the cluster's API budget enforced.
-//! * [`executor`]: the Kubernetes [`nexus_executor::Executor`], which renders its own Jobs.
+//! * [`executor`]: the Kubernetes [`nexus_executor::Executor`], which renders its own Jobs;
+//!   [`logs`]: its runs' pod logs, read live and kept when a Job finishes.
 //! * [`catalog`]: templates and workgroups from the cluster's custom resources.
 //! * [`crd`]: installing the CRDs; [`leader`]: leader election through a Lease.
 //! * Feature `client` (default) gates everything that talks to a cluster; without it, a crate
@@ -24,6 +25,8 @@ pub mod executor;
 pub mod job;
 #[cfg(feature = "client")]
 pub mod leader;
+#[cfg(feature = "client")]
+pub mod logs;
 #[cfg(feature = "client")]
 pub mod metrics;
 #[cfg(all(feature = "client", any(test, feature = "testsuite")))]

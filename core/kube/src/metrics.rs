@@ -29,6 +29,16 @@ pub fn describe() {
         "Runs the executor gave up on (a pod that cannot start or run), by kind."
     );
     describe_counter!("nexus_kube_jobs_created_total", "Jobs created for runs.");
+    describe_counter!(
+        "nexus_kube_pod_logs_kept_total",
+        "Copies of finished runs' pod logs, by outcome (kept, none: no container ran, failed, skipped: too many waiting)."
+    );
+}
+
+/// A copy of a finished run's pod log was made (or not), `outcome` one of kept, none, failed,
+/// skipped.
+pub(crate) fn pod_log_kept(outcome: &'static str) {
+    metrics::counter!("nexus_kube_pod_logs_kept_total", "outcome" => outcome).increment(1);
 }
 
 /// A request waited for the API budget.

@@ -94,6 +94,19 @@ pub trait Shard: Send + Sync + std::fmt::Debug + 'static {
     fn receivers(&self) -> Vec<ReceiverHealth> {
         Vec::new()
     }
+
+    /// A run's output read from where it runs, through a receiver whose executor can (a
+    /// Kubernetes run: its pod's log; `follow` streams new output until the run's process ends).
+    /// `Ok(None)` when no receiver of the shard has output of the run to read: its output, if
+    /// any, is the one published to the payload store (local processes); the default.
+    ///
+    /// # Errors
+    /// Every receiver that could have answered failed (unreachable, over its limit of log
+    /// streams); retryable kinds mean "later".
+    async fn logs(&self, run_id: RunId, follow: bool) -> Result<Option<LogStream>, ShardError> {
+        let _ = (run_id, follow);
+        Ok(None)
+    }
 }
 
 /// One receiver endpoint of a shard, as a scheduler's client sees it.
@@ -104,6 +117,9 @@ pub struct ReceiverHealth {
     /// How much longer calls to it stay paused after failures; `None` while it is in use.
     pub down_for: Option<std::time::Duration>,
 }
+
+/// A run's output in chunks, as [`Shard::logs`] reads it.
+pub type LogStream = futures::stream::BoxStream<'static, bytes::Bytes>;
 
 /// A recording [`Shard`] for unit tests: remembers submissions and cancels, and can be told to
 /// fail the next submissions with a given error kind.

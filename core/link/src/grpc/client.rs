@@ -15,8 +15,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use nexus_proto::grpc::shard_service_client::ShardServiceClient;
 use nexus_proto::grpc::{
-    CancelRequest, CapacityRequest, CapacityResponse, Code, DescribeRequest, RunDispatch,
-    SubmitRequest, SubmitResult,
+    CancelRequest, CapacityRequest, CapacityResponse, Code, DescribeRequest, LogsRequest,
+    RunDispatch, SubmitRequest, SubmitResult,
 };
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -28,12 +28,15 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use super::config::*;
 use super::resolve::{RESOLVE_INTERVAL_MAX, RESOLVE_INTERVAL_MIN, Resolver, Target};
 use super::wire::*;
-use crate::shard::{Dispatch, Shard, ShardError};
+use crate::shard::{Dispatch, LogStream, Shard, ShardError};
 use nexus_model::error::ErrorKind;
 use nexus_model::run::{CancellationPolicy, RunId};
 
 /// Longest wait for one receiver's answer to a describe (explain must answer promptly).
 const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest wait for one receiver to start answering a logs call (it looks the run's pods up
+/// first); the stream itself lasts as long as the receiver sends.
+pub const LOGS_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Tuning of a [`GrpcShard`].
 #[derive(Debug, Clone, Copy)]
 pub struct GrpcShardOptions {
@@ -403,6 +406,42 @@ impl Shard for GrpcShard {
             .collect()
     }
 
+    /// Asks the shard's receivers one after the other (each receiver of a shard reads the same
+    /// cluster, so the first that has the run's output answers for all); a receiver that does
+    /// not know the run (NOT_FOUND) or the call (an older receiver: UNIMPLEMENTED) passes to the
+    /// next. A failure of the stream after it started ends it with a line saying so.
+    async fn logs(&self, run_id: RunId, follow: bool) -> Result<Option<LogStream>, ShardError> {
+        self.inner.await_first_resolution().await;
+        let endpoints = self.inner.snapshot();
+        let mut failed: Option<ShardError> = None;
+        for ep in endpoints.iter() {
+            let mut client = ep.client.clone();
+            let asked = client.logs(LogsRequest {
+                run_id: run_id.to_string(),
+                follow,
+            });
+            match tokio::time::timeout(LOGS_OPEN_TIMEOUT, asked).await {
+                Ok(Ok(resp)) => return Ok(Some(log_chunks(ep.url.clone(), resp.into_inner()))),
+                Ok(Err(s))
+                    if matches!(s.code(), tonic::Code::NotFound | tonic::Code::Unimplemented) => {}
+                Ok(Err(s)) => {
+                    tracing::debug!(shard = %self.inner.shard, endpoint = %ep.url, error = %s.message(), "logs: the receiver refused; trying the next");
+                    failed = Some(error_of_status(&self.inner.shard, &ep.url, &s));
+                }
+                Err(_) => {
+                    failed = Some(ShardError::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "shard {}: receiver at {} did not start sending the run's output within {LOGS_OPEN_TIMEOUT:?}",
+                            self.inner.shard, ep.url
+                        ),
+                    ));
+                }
+            }
+        }
+        failed.map_or(Ok(None), Err)
+    }
+
     async fn cancel(&self, run_id: RunId, policy: CancellationPolicy) -> Result<(), ShardError> {
         let inner = &self.inner;
         inner.await_first_resolution().await;
@@ -734,6 +773,29 @@ impl Inner {
             }
         }
     }
+}
+
+/// The chunks of a receiver's `Logs` answer; an error status ends them with a line saying so.
+fn log_chunks(url: String, stream: tonic::Streaming<nexus_proto::grpc::LogsChunk>) -> LogStream {
+    use futures::StreamExt as _;
+    futures::stream::unfold(Some(stream), move |state| {
+        let url = url.clone();
+        async move {
+            let mut stream = state?;
+            match stream.message().await {
+                Ok(Some(chunk)) => Some((chunk.data, Some(stream))),
+                Ok(None) => None,
+                Err(s) => Some((
+                    bytes::Bytes::from(format!(
+                        "\n[nexus: the output stream from the receiver at {url} broke: {}]\n",
+                        s.message()
+                    )),
+                    None,
+                )),
+            }
+        }
+    })
+    .boxed()
 }
 
 /// Gathers queued submits into batches and sends them, at most `max_in_flight` at once.

@@ -183,6 +183,15 @@ mod dns {
 
     #[tonic::async_trait]
     impl ShardService for Pod {
+        type LogsStream =
+            futures::stream::BoxStream<'static, Result<nexus_proto::grpc::LogsChunk, Status>>;
+
+        async fn logs(
+            &self,
+            _: Request<nexus_proto::grpc::LogsRequest>,
+        ) -> Result<Response<Self::LogsStream>, Status> {
+            Err(Status::unimplemented("submits only"))
+        }
         async fn submit(
             &self,
             r: Request<SubmitRequest>,
@@ -449,5 +458,203 @@ mod dns {
         drop(mixed);
         tokio::time::sleep(Duration::from_secs(30)).await;
         assert!(dns.asked.load(Ordering::SeqCst) <= 3);
+    }
+}
+
+/// `Logs` across the link: receivers that do not know the run or the call are passed over, the
+/// one that has the output streams it as it comes.
+mod logs {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use futures::StreamExt as _;
+    use nexus_proto::grpc::shard_service_server::{ShardService, ShardServiceServer};
+    use nexus_proto::grpc::{
+        CancelRequest, CancelResponse, CapacityRequest, CapacityResponse, DescribeRequest,
+        DescribeResponse, LogsChunk, LogsRequest, SubmitRequest, SubmitResponse,
+    };
+    use tokio::sync::Notify;
+    use tonic::{Request, Response, Status};
+
+    use super::super::client::*;
+    use super::super::config::*;
+    use crate::shard::Shard;
+    use nexus_model::error::ErrorKind;
+    use nexus_model::run::RunId;
+
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Kind {
+        /// An older receiver: no `Logs` call.
+        Old,
+        /// A receiver whose executor has no output of the run.
+        Unknowing,
+        /// The one with the output: a first line, then (following) a second once released.
+        Knowing,
+        /// Sends a line, then fails.
+        Breaking,
+        /// Over its limit of log streams.
+        Busy,
+    }
+
+    #[derive(Clone)]
+    struct Receiver {
+        kind: Kind,
+        release: Arc<Notify>,
+    }
+
+    type Chunks = futures::stream::BoxStream<'static, Result<LogsChunk, Status>>;
+
+    fn chunk(s: &'static str) -> Result<LogsChunk, Status> {
+        Ok(LogsChunk {
+            data: bytes::Bytes::from_static(s.as_bytes()),
+        })
+    }
+
+    #[tonic::async_trait]
+    impl ShardService for Receiver {
+        type LogsStream = Chunks;
+
+        async fn logs(&self, r: Request<LogsRequest>) -> Result<Response<Chunks>, Status> {
+            let follow = r.into_inner().follow;
+            let release = self.release.clone();
+            match self.kind {
+                Kind::Old => Err(Status::unimplemented("no Logs here")),
+                Kind::Unknowing => Err(Status::not_found("no output of that run here")),
+                Kind::Busy => Err(Status::resource_exhausted("64 log streams already")),
+                Kind::Breaking => Ok(Response::new(
+                    futures::stream::iter([chunk("one\n"), Err(Status::internal("pod gone"))])
+                        .boxed(),
+                )),
+                Kind::Knowing => {
+                    let first = futures::stream::iter([chunk("line 1\n")]);
+                    if !follow {
+                        return Ok(Response::new(first.boxed()));
+                    }
+                    let later = futures::stream::once(async move {
+                        release.notified().await;
+                        chunk("line 2\n")
+                    });
+                    Ok(Response::new(first.chain(later).boxed()))
+                }
+            }
+        }
+        async fn submit(
+            &self,
+            _: Request<SubmitRequest>,
+        ) -> Result<Response<SubmitResponse>, Status> {
+            Err(Status::unimplemented("logs only"))
+        }
+        async fn cancel(
+            &self,
+            _: Request<CancelRequest>,
+        ) -> Result<Response<CancelResponse>, Status> {
+            Ok(Response::new(CancelResponse {}))
+        }
+        async fn capacity(
+            &self,
+            _: Request<CapacityRequest>,
+        ) -> Result<Response<CapacityResponse>, Status> {
+            Ok(Response::new(CapacityResponse::default()))
+        }
+        async fn describe(
+            &self,
+            _: Request<DescribeRequest>,
+        ) -> Result<Response<DescribeResponse>, Status> {
+            Ok(Response::new(DescribeResponse::default()))
+        }
+    }
+
+    /// One receiver of each kind given, on loopback; the shard over them, in that order.
+    async fn shard(
+        kinds: &[Kind],
+        release: &Arc<Notify>,
+    ) -> (GrpcShard, Vec<tokio::task::JoinHandle<()>>) {
+        let mut urls = Vec::new();
+        let mut servers = Vec::new();
+        for &kind in kinds {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            urls.push(format!("http://{}", l.local_addr().unwrap()));
+            let svc = Receiver {
+                kind,
+                release: release.clone(),
+            };
+            servers.push(tokio::spawn(async move {
+                let _ = tonic::transport::Server::builder()
+                    .add_service(ShardServiceServer::new(svc))
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l))
+                    .await;
+            }));
+        }
+        let s = GrpcShard::new(
+            "s",
+            &urls,
+            &LinkCredentials::none(),
+            GrpcShardOptions::default(),
+        )
+        .unwrap();
+        (s, servers)
+    }
+
+    async fn next_text(s: &mut crate::shard::LogStream) -> Option<String> {
+        tokio::time::timeout(Duration::from_secs(10), s.next())
+            .await
+            .expect("a chunk or the end within 10 s")
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    }
+
+    #[tokio::test]
+    async fn the_receiver_with_the_output_streams_it_live_past_old_and_unknowing_ones() {
+        let release = Arc::new(Notify::new());
+        let (s, _servers) = shard(&[Kind::Old, Kind::Unknowing, Kind::Knowing], &release).await;
+        let mut stream = s.logs(RunId::new(), true).await.unwrap().expect("a stream");
+        // The first line arrives while the run still runs (the second is not released yet).
+        assert_eq!(next_text(&mut stream).await.as_deref(), Some("line 1\n"));
+        release.notify_one();
+        assert_eq!(next_text(&mut stream).await.as_deref(), Some("line 2\n"));
+        assert_eq!(
+            next_text(&mut stream).await,
+            None,
+            "ends when the receiver's stream ends"
+        );
+
+        // Without follow: what there is now, then the end.
+        let mut stream = s
+            .logs(RunId::new(), false)
+            .await
+            .unwrap()
+            .expect("a stream");
+        assert_eq!(next_text(&mut stream).await.as_deref(), Some("line 1\n"));
+        assert_eq!(next_text(&mut stream).await, None);
+    }
+
+    #[tokio::test]
+    async fn no_receiver_with_output_is_none_and_a_refusal_is_an_error() {
+        let release = Arc::new(Notify::new());
+        let (s, _servers) = shard(&[Kind::Old, Kind::Unknowing], &release).await;
+        assert!(s.logs(RunId::new(), true).await.unwrap().is_none());
+
+        let (s, _servers) = shard(&[Kind::Busy, Kind::Unknowing], &release).await;
+        let e = s.logs(RunId::new(), true).await.err().expect("an error");
+        assert_eq!(e.kind, ErrorKind::ResourceExhausted);
+        assert!(e.message.contains("64 log streams"), "{}", e.message);
+        // A busy receiver is passed over when another has the output.
+        let (s, _servers) = shard(&[Kind::Busy, Kind::Knowing], &release).await;
+        let mut stream = s
+            .logs(RunId::new(), false)
+            .await
+            .unwrap()
+            .expect("a stream");
+        assert_eq!(next_text(&mut stream).await.as_deref(), Some("line 1\n"));
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_breaks_ends_with_a_line_saying_so() {
+        let release = Arc::new(Notify::new());
+        let (s, _servers) = shard(&[Kind::Breaking], &release).await;
+        let mut stream = s.logs(RunId::new(), true).await.unwrap().expect("a stream");
+        assert_eq!(next_text(&mut stream).await.as_deref(), Some("one\n"));
+        let note = next_text(&mut stream).await.expect("a note");
+        assert!(note.contains("broke: pod gone"), "{note}");
+        assert_eq!(next_text(&mut stream).await, None);
     }
 }
