@@ -1137,7 +1137,9 @@ pub fn exit_code_for_status(status: &str) -> Option<u8> {
 
 fn format_elapsed(d: Duration) -> String {
     let secs = d.as_secs_f64();
-    if secs < 60.0 {
+    if secs < 1.0 {
+        format!("{}ms", d.as_millis())
+    } else if secs < 60.0 {
         format!("{secs:.1}s")
     } else {
         let whole = d.as_secs();
@@ -1635,7 +1637,7 @@ mod tests {
         let out = format_final(&r, Some(&meta), Duration::from_millis(10));
         assert_eq!(
             out,
-            "abc FAILED in 2.0s (queued 0.2s, ran 1.8s)\nerror:   OOMKilled\n\
+            "abc FAILED in 2.0s (queued 250ms, ran 1.8s)\nerror:   OOMKilled\n\
              details: container OOMKilled (limit 256Mi)\nlogs:    http://h/logs?sig=x\n"
         );
         let retried = serde_json::json!({
