@@ -169,13 +169,7 @@ impl Runs {
             custom_configuration,
             api_version: None,
             payload_valid_for: None,
-            parent: match caller {
-                Caller::Run(parent) => Some(ParentRef {
-                    request_id: parent.id.to_string(),
-                    algorithm: parent.algorithm.clone(),
-                }),
-                _ => None,
-            },
+            parent: parent_of(caller),
             idempotency_key: (!r.idempotency_key.is_empty()).then_some(r.idempotency_key),
             dry_run: false,
             received,
@@ -260,13 +254,7 @@ impl Runs {
             custom_configuration,
             api_version: None,
             payload_valid_for: None,
-            parent: match caller {
-                Caller::Run(parent) => Some(ParentRef {
-                    request_id: parent.id.to_string(),
-                    algorithm: parent.algorithm.clone(),
-                }),
-                _ => None,
-            },
+            parent: parent_of(caller),
             batch_key: (!r.idempotency_key.is_empty()).then_some(r.idempotency_key),
             dry_run: false,
             received,
@@ -774,5 +762,16 @@ mod tests {
                 .contains("limit: must be a whole number from 1 to 1000"),
             "{e}"
         );
+    }
+}
+
+/// Runs created over gRPC with a run's credential are that run's children; others are roots.
+fn parent_of(caller: &Caller) -> Option<ParentRef> {
+    match caller {
+        Caller::Run(parent) => Some(ParentRef {
+            request_id: parent.id.to_string(),
+            algorithm: parent.algorithm.clone(),
+        }),
+        _ => None,
     }
 }
