@@ -584,6 +584,17 @@ async fn fallback(req: axum::extract::Request) -> axum::response::Response {
     }
 }
 
+/// Runs created over gRPC with a run's credential are that run's children; others are roots.
+fn parent_of(caller: &Caller) -> Option<ParentRef> {
+    match caller {
+        Caller::Run(parent) => Some(ParentRef {
+            request_id: parent.id.to_string(),
+            algorithm: parent.algorithm.clone(),
+        }),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use axum::body::Body;
@@ -762,16 +773,5 @@ mod tests {
                 .contains("limit: must be a whole number from 1 to 1000"),
             "{e}"
         );
-    }
-}
-
-/// Runs created over gRPC with a run's credential are that run's children; others are roots.
-fn parent_of(caller: &Caller) -> Option<ParentRef> {
-    match caller {
-        Caller::Run(parent) => Some(ParentRef {
-            request_id: parent.id.to_string(),
-            algorithm: parent.algorithm.clone(),
-        }),
-        _ => None,
     }
 }
