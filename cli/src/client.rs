@@ -910,6 +910,8 @@ impl Client {
         let start = Instant::now();
         let live = std::io::stderr().is_terminal();
         let mut progress = Progress::new(live);
+        let mut detail: Option<String> = None;
+        let mut last_meta = start.checked_sub(Duration::from_secs(2)).unwrap_or(start);
         let last_status = loop {
             let result = match self.result(algorithm, id).await {
                 Ok(r) => r,
@@ -928,7 +930,16 @@ impl Client {
                 flush_stdout();
                 return Ok(ExitCode::from(code));
             }
-            progress.update(id, &result.status, elapsed);
+            // A running run's reported progress, read at most every 2 s (terminals only).
+            if live && result.status == "RUNNING" && last_meta.elapsed() >= Duration::from_secs(2) {
+                last_meta = Instant::now();
+                detail = self
+                    .metadata(algorithm, id)
+                    .await
+                    .ok()
+                    .and_then(|m| format_progress(&m));
+            }
+            progress.update(id, &result.status, detail.as_deref(), elapsed);
             if elapsed >= timeout {
                 break result.status;
             }
@@ -960,10 +971,15 @@ impl Progress {
         }
     }
 
-    fn update(&mut self, id: &str, status: &str, elapsed: Duration) {
+    /// Draws the run's state; `detail` (its reported progress) shows on a terminal only.
+    fn update(&mut self, id: &str, status: &str, detail: Option<&str>, elapsed: Duration) {
         let mut err = std::io::stderr().lock();
         if self.live {
-            let line = progress_line(self.tick, id, status, elapsed);
+            let shown = match detail {
+                Some(d) => format!("{status} {d}"),
+                None => status.to_owned(),
+            };
+            let line = progress_line(self.tick, id, &shown, elapsed);
             self.tick = self.tick.wrapping_add(1);
             // \x1b[2K clears the line, so a shorter status leaves no residue.
             let _ = write!(err, "\r\x1b[2K{line}");
@@ -1153,6 +1169,32 @@ fn progress_line(tick: usize, id: &str, status: &str, elapsed: Duration) -> Stri
     format!("{frame} {id} {status}  {}", format_elapsed(elapsed))
 }
 
+/// A run's reported progress from its metadata: `40% epoch 4 of 10 (at 10:00:05)`.
+fn format_progress(meta: &serde_json::Value) -> Option<String> {
+    let p = meta.get("progress")?;
+    let mut parts = Vec::new();
+    if let Some(f) = p.get("fraction").and_then(serde_json::Value::as_f64) {
+        parts.push(format!("{:.0}%", (f * 100.0).clamp(0.0, 100.0)));
+    }
+    if let Some(m) = meta_str(p, "message") {
+        // One line, bounded: a message is the algorithm's text.
+        let one: String = m
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(120)
+            .collect();
+        parts.push(one);
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    if let Some(at) = meta_str(p, "reported_at") {
+        let t = short_time(at);
+        parts.push(format!("(at {})", t.get(11..).unwrap_or(&t)));
+    }
+    Some(parts.join(" "))
+}
+
 /// A field of a metadata document, when it is a non-empty string.
 fn meta_str<'a>(meta: &'a serde_json::Value, key: &str) -> Option<&'a str> {
     meta.get(key)
@@ -1223,6 +1265,9 @@ fn format_result(r: &RequestResult, meta: Option<&serde_json::Value>) -> String 
         }
         if let Some(n) = m.get("attempts").and_then(serde_json::Value::as_u64) {
             let _ = writeln!(out, "attempts: {n}");
+        }
+        if let Some(p) = format_progress(m) {
+            let _ = writeln!(out, "progress: {p}");
         }
     }
     if !r.result_uri.is_empty() {
@@ -1662,6 +1707,22 @@ mod tests {
         let msg = timeout_message("knapsack", "abc", "RUNNING", Duration::from_secs(600));
         assert!(msg.contains("nexus run wait knapsack abc"));
         assert!(msg.contains("10m"));
+    }
+
+    #[test]
+    fn progress_reads_as_percent_message_and_time() {
+        let meta = serde_json::json!({"progress": {
+            "fraction": 0.404, "message": "epoch 4\nof 10", "reported_at": "2026-12-07T10:00:05.123Z"
+        }});
+        assert_eq!(
+            format_progress(&meta).as_deref(),
+            Some("40% epoch 4 of 10 (at 10:00:05)")
+        );
+        let only = serde_json::json!({"progress": {"fraction": 1.0, "reported_at": "x"}});
+        assert_eq!(format_progress(&only).as_deref(), Some("100% (at x)"));
+        assert_eq!(format_progress(&serde_json::json!({})), None);
+        let long = serde_json::json!({"progress": {"message": "m".repeat(500)}});
+        assert_eq!(format_progress(&long).unwrap().len(), 120);
     }
 
     #[test]

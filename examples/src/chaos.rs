@@ -24,7 +24,8 @@ pub const MAX_MEGABYTES: u64 = 16 * 1024;
 pub enum Action {
     /// `{"mode": "exit", "code": n}`: exit with `n` without completing.
     Exit(i32),
-    /// `{"mode": "sleep", "seconds": n}`: sleep, then succeed with `{"slept": n}`.
+    /// `{"mode": "sleep", "seconds": n}`: sleep (reporting its progress every second), then
+    /// succeed with `{"slept": n}`.
     Sleep(u64),
     /// `{"mode": "crash"}`: abort (SIGABRT).
     Crash,
@@ -120,7 +121,7 @@ pub fn record_attempt(path: &Path) -> std::io::Result<u64> {
 }
 
 /// Entry point used by `main`. May not return (exit / crash modes).
-pub fn run(payload: &[u8], request_id: &str) -> Outcome {
+pub fn run(payload: &[u8], request_id: &str, progress: &dyn Fn(f64, &str)) -> Outcome {
     let action = match plan(payload) {
         Ok(a) => a,
         Err(e) => {
@@ -138,7 +139,13 @@ pub fn run(payload: &[u8], request_id: &str) -> Outcome {
             println!(
                 "[chaos] sleeping {seconds}s (a deadline shorter than this should kill the run)"
             );
-            std::thread::sleep(Duration::from_secs(seconds));
+            // A second at a time, reporting how far it is.
+            for slept in 1..=seconds {
+                std::thread::sleep(Duration::from_secs(1));
+                #[allow(clippy::cast_precision_loss)]
+                let fraction = slept as f64 / seconds as f64;
+                progress(fraction, &format!("slept {slept}s of {seconds}s"));
+            }
             println!("[chaos] woke up after {seconds}s");
             Outcome::Success(json!({ "slept": seconds }))
         }
@@ -245,34 +252,51 @@ mod tests {
         assert!(plan(br#"{"mode": 1}"#).is_err());
         assert!(plan(br#"{"mode": "exit", "code": 256}"#).is_err());
         assert!(plan(br#"{"mode": "sleep", "seconds": -1}"#).is_err());
-        match run(b"nope", "x") {
+        match run(b"nope", "x", &|_, _| {}) {
             Outcome::Failure { cause, .. } => assert!(cause.starts_with("invalid input: ")),
             other => panic!("{other:?}"),
         }
     }
 
     #[test]
+    fn sleep_reports_its_progress_every_second() {
+        let seen = std::cell::RefCell::new(Vec::new());
+        let record = |f: f64, m: &str| seen.borrow_mut().push((f, m.to_owned()));
+        assert_eq!(
+            run(br#"{"mode": "sleep", "seconds": 2}"#, "x", &record),
+            Outcome::Success(json!({"slept": 2}))
+        );
+        assert_eq!(
+            seen.into_inner(),
+            vec![
+                (0.5, "slept 1s of 2s".to_owned()),
+                (1.0, "slept 2s of 2s".to_owned())
+            ]
+        );
+    }
+
+    #[test]
     fn non_exiting_modes() {
         assert_eq!(
-            run(br#"{"mode": "succeed"}"#, "x"),
+            run(br#"{"mode": "succeed"}"#, "x", &|_, _| {}),
             Outcome::Success(json!({"ok": true}))
         );
         assert_eq!(
-            run(br#"{"mode": "sleep", "seconds": 0}"#, "x"),
+            run(br#"{"mode": "sleep", "seconds": 0}"#, "x", &|_, _| {}),
             Outcome::Success(json!({"slept": 0}))
         );
         assert_eq!(
-            run(br#"{"mode": "memory", "megabytes": 2}"#, "x"),
+            run(br#"{"mode": "memory", "megabytes": 2}"#, "x", &|_, _| {}),
             Outcome::Success(json!({"megabytes": 2}))
         );
-        match run(br#"{"mode": "error"}"#, "x") {
+        match run(br#"{"mode": "error"}"#, "x", &|_, _| {}) {
             Outcome::Failure { cause, details } => {
                 assert_eq!(cause, "demo failure requested");
                 assert!(!details.is_empty());
             }
             other => panic!("{other:?}"),
         }
-        match run(br#"{"mode": "dance"}"#, "x") {
+        match run(br#"{"mode": "dance"}"#, "x", &|_, _| {}) {
             Outcome::Failure { cause, .. } => assert!(cause.contains("no-complete")),
             other => panic!("{other:?}"),
         }

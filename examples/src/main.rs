@@ -134,10 +134,16 @@ fn execute(run: RunArgs) -> ExitCode {
     }
 }
 
-fn compute(algorithm: Algorithm, payload: &[u8], request_id: &str, sas_uri: &str) -> Outcome {
+fn compute(
+    algorithm: Algorithm,
+    payload: &[u8],
+    request_id: &str,
+    sas_uri: &str,
+    progress: &dyn Fn(f64, &str),
+) -> Outcome {
     match algorithm {
         Algorithm::Knapsack => knapsack::run(payload),
-        Algorithm::Chaos => chaos::run(payload, request_id),
+        Algorithm::Chaos => chaos::run(payload, request_id, progress),
         Algorithm::Fanout => fanout::run(payload),
         Algorithm::Hostile => hostile::run(payload, &hostile::Own::from_env(request_id, sas_uri)),
         Algorithm::Hello => hello::run(payload),
@@ -154,7 +160,8 @@ fn execute_local(run: &RunArgs, path: &str) -> Result<(), String> {
         run.algorithm.name(),
         payload.len()
     );
-    match compute(run.algorithm, &payload, &request_id, "") {
+    let progress = |f: f64, m: &str| println!("[nexus-demo] progress {:.0}% {m}", f * 100.0);
+    match compute(run.algorithm, &payload, &request_id, "", &progress) {
         Outcome::Success(value) => {
             println!("{value}");
             Ok(())
@@ -182,7 +189,8 @@ fn execute_remote(run: &RunArgs, sas_uri: &str) -> Result<(), String> {
     let client = nexus::Client::new()?;
     let payload = client.fetch_payload(sas_uri)?;
     println!("[nexus-demo] fetched payload ({} bytes)", payload.len());
-    let outcome = compute(run.algorithm, &payload, &ctx.request_id, sas_uri);
+    let progress = |f: f64, m: &str| client.report_progress(&ctx, f, m);
+    let outcome = compute(run.algorithm, &payload, &ctx.request_id, sas_uri, &progress);
     client.finish(&ctx, &outcome)?;
     match outcome {
         Outcome::Success(_) => {

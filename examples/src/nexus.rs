@@ -97,6 +97,16 @@ impl RunContext {
     pub fn completion_url(&self) -> String {
         completion_url(&self.receiver_url, &self.algorithm, &self.request_id)
     }
+
+    /// `{receiver}/algorithm/v1/progress/{algorithm}/requests/{id}`.
+    pub fn progress_url(&self) -> String {
+        format!(
+            "{}/algorithm/v1/progress/{}/requests/{}",
+            self.receiver_url.trim_end_matches('/'),
+            self.algorithm,
+            self.request_id
+        )
+    }
 }
 
 /// `{receiver}/algorithm/v1/complete/{algorithm}/requests/{id}`.
@@ -277,6 +287,33 @@ impl Client {
         let answer = self.send_with_retries(&format!("completion call to {shown}"), &call)?;
         println!("[nexus-demo] completion accepted (HTTP {})", answer.status);
         Ok(())
+    }
+
+    /// Reports progress (`fraction` 0..1 and a message), once and without retrying: progress is
+    /// advisory, so a failure or a refusal (the receiver keeps one report a second) is printed
+    /// and the run goes on.
+    pub fn report_progress(&self, ctx: &RunContext, fraction: f64, message: &str) {
+        let url = ctx.progress_url();
+        let body = json!({"fraction": fraction.clamp(0.0, 1.0), "message": message});
+        let Ok(bytes) = encode(&body) else { return };
+        let bearer = format!("Bearer {}", ctx.run_token);
+        let sent = self.rt.block_on(self.http.send(
+            Method::POST,
+            &url,
+            &[("authorization", bearer.as_str())],
+            Some((Bytes::from(bytes), "application/json")),
+        ));
+        match sent {
+            Ok(a) if a.status.is_success() => {
+                println!("[nexus-demo] progress {:.0}% {message}", fraction * 100.0);
+            }
+            Ok(a) => eprintln!(
+                "[nexus-demo] progress report not kept: HTTP {}{}",
+                a.status,
+                body_snippet(&a)
+            ),
+            Err(e) => eprintln!("[nexus-demo] progress report failed: {e}"),
+        }
     }
 
     /// POSTs a JSON body with no credential of its own (retried like every call); returns the

@@ -106,6 +106,33 @@ pub struct AlgorithmResult {
     pub error_details: Option<String>,
 }
 
+/// Body of the receiver's `POST /algorithm/v1/progress/{alg}/requests/{id}` (Nexus addition):
+/// a running algorithm's progress. At least one field; the latest report wins.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProgressReport {
+    /// How much is done, from 0 to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fraction: Option<f64>,
+    /// What the algorithm is doing (at most 512 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A run's latest progress as served in its metadata and in listings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunProgress {
+    /// How much is done, from 0 to 1, when the algorithm said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fraction: Option<f64>,
+    /// What the algorithm said it is doing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When it reported (RFC 3339).
+    pub reported_at: String,
+}
+
 /// Environment variable names of the algorithm-container contract.
 pub mod env {
     /// The run's algorithm name (reference).
@@ -136,7 +163,7 @@ pub mod env {
 }
 
 /// An element of `GET /algorithm/v1/runs` (a run's summary; `/metadata` has the whole record).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RunSummary {
     /// Run id.
@@ -174,10 +201,13 @@ pub struct RunSummary {
     /// True for a run executed outside Nexus and registered through the external-runs API.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub external: bool,
+    /// The latest progress the run reported (see `ProgressReport`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<RunProgress>,
 }
 
 /// `GET /algorithm/v1/runs`: one page of runs, newest first.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RunPage {
     /// The runs of this page that the caller may read.

@@ -52,6 +52,11 @@ pub fn router(r: Arc<Receiver>) -> Router {
             "/run-token/{token}/algorithm/v1.2/complete/{alg}/requests/{id}",
             post(complete_with_path_token),
         )
+        .route("/algorithm/v1/progress/{alg}/requests/{id}", post(progress))
+        .route(
+            "/run-token/{token}/algorithm/v1/progress/{alg}/requests/{id}",
+            post(progress_with_path_token),
+        )
         .layer(DefaultBodyLimit::max(limit))
         .with_state(r);
     nexus_http::telemetry::track("nexus_receiver", routes)
@@ -225,6 +230,212 @@ impl Receiver {
     }
 }
 
+/// Least time between two recorded progress reports of one run.
+pub const PROGRESS_INTERVAL_MS: i64 = 1_000;
+
+/// Largest progress report body accepted, in bytes.
+const MAX_PROGRESS_BYTES: usize = 4_096;
+
+impl Receiver {
+    /// Records an authorized run's progress report (see [`Receiver::authorize_completion`]) on
+    /// its record, in place: no stage change, no timeline entry. At most one report per
+    /// [`PROGRESS_INTERVAL_MS`] is written; a faster one is refused with the wait left (ms).
+    ///
+    /// # Errors
+    /// `InvalidInput` (no field, a fraction outside 0..1, a message too long), `NotFound`,
+    /// `AlreadyFinished`, `Backend`; `Err(Throttled(wait_ms))` is the caller's 429.
+    pub async fn apply_progress(
+        &self,
+        alg: &str,
+        rid: RunId,
+        report: &v1::ProgressReport,
+    ) -> Result<(), ProgressError> {
+        let progress = checked_progress(report).map_err(CompletionError::InvalidInput)?;
+        let id = rid.to_string();
+        let not_found =
+            || CompletionError::NotFound(format!("run {id} of algorithm {alg} not found"));
+        let backend = |e: StoreError| CompletionError::Backend {
+            kind: e.kind(),
+            message: e.to_string(),
+        };
+        // A run that starts (or goes back to the queue) meanwhile changes its stage under the
+        // compare-and-set: read again, a bounded number of times.
+        for _ in 0..3 {
+            let run = match self.store.get(rid).await {
+                Ok(Some(run)) if run.algorithm == alg => run,
+                Ok(_) => return Err(not_found().into()),
+                Err(e) => return Err(backend(e).into()),
+            };
+            if run.stage.is_terminal() {
+                return Err(CompletionError::AlreadyFinished {
+                    id: rid,
+                    stage: run.stage,
+                }
+                .into());
+            }
+            if let Some(last) = &run.progress {
+                let wait = last.at + PROGRESS_INTERVAL_MS - progress.at;
+                if wait > 0 {
+                    return Err(ProgressError::Throttled(wait));
+                }
+            }
+            let patch = RunPatch {
+                progress: Some(progress.clone()),
+                ..RunPatch::default()
+            };
+            match self
+                .store
+                .transition(rid, run.stage, run.stage, patch)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(StoreError::Conflict { .. }) => {}
+                Err(StoreError::NotFound(_)) => return Err(not_found().into()),
+                Err(e) => return Err(backend(e).into()),
+            }
+        }
+        Err(ProgressError::Throttled(PROGRESS_INTERVAL_MS))
+    }
+}
+
+/// Why a progress report was not recorded.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProgressError {
+    /// As for a completion.
+    #[error(transparent)]
+    Refused(#[from] CompletionError),
+    /// Sent too soon after the previous one: try again after this many milliseconds.
+    #[error("progress was reported less than a second ago; report at most once a second")]
+    Throttled(i64),
+}
+
+/// The stored form of a report, validated.
+fn checked_progress(report: &v1::ProgressReport) -> Result<nexus_model::run::Progress, String> {
+    use nexus_model::run::MAX_PROGRESS_MESSAGE_CHARS;
+    if report.fraction.is_none() && report.message.is_none() {
+        return Err("a progress report needs 'fraction' (0 to 1) or 'message', or both".into());
+    }
+    if let Some(f) = report.fraction
+        && !(f.is_finite() && (0.0..=1.0).contains(&f))
+    {
+        return Err(format!("fraction: {f} is not a number from 0 to 1"));
+    }
+    if let Some(m) = &report.message {
+        let n = m.chars().count();
+        if n > MAX_PROGRESS_MESSAGE_CHARS {
+            return Err(format!(
+                "message: {n} characters; at most {MAX_PROGRESS_MESSAGE_CHARS}"
+            ));
+        }
+    }
+    Ok(nexus_model::run::Progress {
+        fraction: report.fraction,
+        message: report.message.clone().filter(|m| !m.is_empty()),
+        at: nexus_model::run::now_millis(),
+    })
+}
+
+/// `POST /algorithm/v1/progress/{alg}/requests/{id}`: the token in the `Authorization` header.
+async fn progress(
+    State(r): State<Arc<Receiver>>,
+    Path((alg, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let token = bearer(&headers).map(str::to_owned);
+    report_progress(&r, alg, id, token, &headers, &body).await
+}
+
+/// `POST /run-token/{token}/algorithm/v1/progress/{alg}/requests/{id}`: the token in the path
+/// (the receiver URL handed to the run).
+async fn progress_with_path_token(
+    State(r): State<Arc<Receiver>>,
+    Path((token, alg, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    report_progress(&r, alg, id, Some(token), &headers, &body).await
+}
+
+#[tracing::instrument(skip_all, fields(alg = %alg, run_id = %id))]
+async fn report_progress(
+    r: &Receiver,
+    alg: String,
+    id: String,
+    token: Option<String>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    let refused = |e: ApiError| {
+        crate::metrics::progress("refused");
+        e
+    };
+    let rid = r
+        .authorize_completion(&id, token.as_deref())
+        .map_err(|e| refused(e.into()))?;
+    require_json(headers).map_err(refused)?;
+    if body.len() > MAX_PROGRESS_BYTES {
+        return Err(refused(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "a progress report is at most {MAX_PROGRESS_BYTES} bytes; this one has {}",
+                body.len()
+            ),
+        )));
+    }
+    let report: v1::ProgressReport = serde_json::from_slice(body).map_err(|e| {
+        refused(ApiError::bad_request(format!(
+            "progress report is invalid: {e} (expected {{\"fraction\": 0.5, \"message\": \"…\"}})"
+        )))
+    })?;
+    match r.apply_progress(&alg, rid, &report).await {
+        Ok(()) => {
+            crate::metrics::progress("recorded");
+            Ok((StatusCode::ACCEPTED, axum::Json(serde_json::json!({}))).into_response())
+        }
+        Err(ProgressError::Throttled(wait_ms)) => {
+            crate::metrics::progress("throttled");
+            let secs = (wait_ms.max(0) as u64).div_ceil(1000).max(1);
+            let mut resp = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "progress of run {id} was reported less than a second ago: it is kept, this report is not; report at most once a second"
+                ),
+            )
+            .into_response();
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+            Ok(resp)
+        }
+        Err(ProgressError::Refused(e)) => Err(refused(e.into())),
+    }
+}
+
+/// Refuses a body that is not declared as JSON.
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .eq_ignore_ascii_case("application/json")
+    {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "expected Content-Type: application/json, got '{}'",
+                if ct.is_empty() { "(none)" } else { ct }
+            ),
+        ))
+    }
+}
+
 /// `POST /algorithm/v1/complete/{alg}/requests/{id}` (and `v1.2`): the token in the
 /// `Authorization` header.
 async fn complete(
@@ -270,25 +481,7 @@ async fn complete_run(
     body: &Bytes,
 ) -> Result<Response, ApiError> {
     let rid = r.authorize_completion(&id, token.as_deref())?;
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .eq_ignore_ascii_case("application/json")
-    {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!(
-                "expected Content-Type: application/json, got '{}'",
-                if ct.is_empty() { "(none)" } else { ct }
-            ),
-        ));
-    }
+    require_json(headers)?;
     let result: v1::AlgorithmResult = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("Submitted result is invalid: {e}")))?;
     r.apply_completion(&alg, rid, &result).await?;

@@ -653,6 +653,84 @@ mod tests {
         assert!(env[nexus_proto::v1::env::RESULT_UPLOAD_URL].contains("results/alg/"));
     }
 
+    /// Progress reports: validated, kept in place, at most one a second, none after the end.
+    #[tokio::test]
+    async fn progress_is_kept_in_place_bounded_and_refused_after_the_end() {
+        use crate::api::{CompletionError, ProgressError};
+        use nexus_proto::v1::ProgressReport;
+        let store = Arc::new(InMemoryRunStore::default());
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let r = Receiver::new(
+            ReceiverConfig::default(),
+            store.clone(),
+            Arc::new(InMemoryPayloadStore::default()),
+            Arc::new(RecordingExecutor::new(tx)),
+            Signer::random(),
+        );
+        let run = sample_run("alg");
+        store.insert(run.clone()).await.unwrap();
+        let report = |f: Option<f64>, m: Option<&str>| ProgressReport {
+            fraction: f,
+            message: m.map(str::to_owned),
+        };
+        for bad in [
+            report(None, None),
+            report(Some(f64::NAN), None),
+            report(Some(-0.1), None),
+            report(Some(1.01), None),
+            report(None, Some(&"é".repeat(513))),
+        ] {
+            assert!(
+                matches!(
+                    r.apply_progress("alg", run.id, &bad).await,
+                    Err(ProgressError::Refused(CompletionError::InvalidInput(_)))
+                ),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            r.apply_progress("other", run.id, &report(Some(0.5), None))
+                .await,
+            Err(ProgressError::Refused(CompletionError::NotFound(_)))
+        ));
+        // A run still BUFFERED (its start event not applied yet) takes reports too.
+        r.apply_progress("alg", run.id, &report(Some(0.5), Some("half")))
+            .await
+            .unwrap();
+        let stored = store.get(run.id).await.unwrap().unwrap();
+        assert_eq!(stored.stage, Stage::Buffered);
+        let p = stored.progress.clone().unwrap();
+        assert_eq!(
+            (p.fraction, p.message.as_deref()),
+            (Some(0.5), Some("half"))
+        );
+        assert_eq!(stored.timeline, run.timeline);
+        match r
+            .apply_progress("alg", run.id, &report(Some(0.6), None))
+            .await
+        {
+            Err(ProgressError::Throttled(ms)) => assert!((1..=1_000).contains(&ms), "{ms}"),
+            other => panic!("expected throttled, got {other:?}"),
+        }
+        assert_eq!(store.get(run.id).await.unwrap().unwrap().progress, Some(p));
+        store
+            .transition(
+                run.id,
+                Stage::Buffered,
+                Stage::Cancelled,
+                RunPatch::default(),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(
+            r.apply_progress("alg", run.id, &report(Some(1.0), None))
+                .await,
+            Err(ProgressError::Refused(
+                CompletionError::AlreadyFinished { .. }
+            ))
+        ));
+    }
+
     /// Drops events (this test is about the lease, not about outcomes).
     #[derive(Debug)]
     struct Ignore;

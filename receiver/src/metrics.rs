@@ -13,6 +13,10 @@ pub fn describe() {
         "nexus_receiver_completions_total",
         "Completions reported by algorithms (HTTP and gRPC), by outcome."
     );
+    metrics::describe_counter!(
+        "nexus_receiver_progress_reports_total",
+        "Progress reports of running algorithms, by outcome (recorded, throttled: sent within a second of the previous one, refused: invalid, unauthorized or finished run)."
+    );
     // Present from the first scrape after a start, at zero.
     for o in [
         "accepted",
@@ -26,6 +30,9 @@ pub fn describe() {
     for o in ["completed", "failed", "conflict", "unauthorized"] {
         metrics::counter!("nexus_receiver_completions_total", "outcome" => o).absolute(0);
     }
+    for o in ["recorded", "throttled", "refused"] {
+        metrics::counter!("nexus_receiver_progress_reports_total", "outcome" => o).absolute(0);
+    }
 }
 
 /// Counts `n` runs of one gRPC submission with the same `outcome`.
@@ -36,4 +43,9 @@ pub fn submitted(outcome: &'static str, n: usize) {
 /// Counts one completion by `outcome`.
 pub fn completion(outcome: &'static str) {
     metrics::counter!("nexus_receiver_completions_total", "outcome" => outcome).increment(1);
+}
+
+/// Counts one progress report by `outcome`.
+pub fn progress(outcome: &'static str) {
+    metrics::counter!("nexus_receiver_progress_reports_total", "outcome" => outcome).increment(1);
 }

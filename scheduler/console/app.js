@@ -31,6 +31,16 @@ function el(tag, attrs = {}, ...children) {
 }
 const stage = (s) => el("span", { class: `stage ${s}`, text: s, "data-stage": s });
 // Runs executed outside Nexus and registered through the external-runs API carry this mark.
+// A run's latest progress report: a bar when it gave a fraction, its message, when it said so.
+function progressView(p, withMessage) {
+  if (!p) return "";
+  const pct = typeof p.fraction === "number" ? Math.round(Math.min(1, Math.max(0, p.fraction)) * 100) : null;
+  const parts = [];
+  if (pct !== null) parts.push(el("progress", { max: "100", value: String(pct), "aria-label": `${pct}% done` }), ` ${pct}%`);
+  if (withMessage && p.message) parts.push(` ${p.message}`);
+  const at = p.reported_at || p.reportedAt;
+  return el("span", { class: "run-progress", title: at ? `reported ${at}` : null }, ...parts);
+}
 const externalMark = (on) => (on ? el("span", { class: "external-mark", title: "executed outside Nexus, registered through the external-runs API", text: "external" }) : "");
 const when = (t) => (t ? new Date(t).toLocaleString() : "");
 // With milliseconds: the stage changes of a quick run are a few milliseconds apart.
@@ -198,7 +208,7 @@ async function runsView(main, params, v) {
   const row = (r) => el("tr", { "data-id": r.requestId },
     el("td", { class: "id" }, el("a", { href: `#/run/${enc(r.algorithmName)}/${enc(r.requestId)}`, text: r.requestId })),
     el("td", { text: r.algorithmName }),
-    el("td", { title: r.runErrorMessage || null }, stage(r.status), " ", externalMark(r.external)),
+    el("td", { title: r.runErrorMessage || null }, stage(r.status), " ", externalMark(r.external), TERMINAL.has(r.status) ? "" : progressView(r.progress, false)),
     el("td", { text: r.tag || "" }),
     el("td", { text: when(r.submittedAt) }),
     el("td", { text: duration(r.startedAt || r.submittedAt, r.finishedAt) }),
@@ -391,6 +401,7 @@ async function runView(main, alg, id, v) {
       ...(m.started_at || m.finished_at
         ? fact("duration", duration(m.started_at || m.received_at, m.finished_at))
         : fact("waiting for", duration(m.received_at, null))),
+      ...fact("progress", m.progress ? progressView(m.progress, true) : undefined),
       ...fact("attempts", m.attempts),
       ...fact("workgroup", m.workgroup),
       ...fact("shard", m.shard),

@@ -859,6 +859,7 @@ impl Admission {
                 },
             }],
             external: false,
+            progress: None,
         }
     }
 

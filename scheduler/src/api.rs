@@ -692,6 +692,12 @@ pub async fn checkpointed_request(s: &Scheduler, run: &Run) -> serde_json::Value
     if run.external {
         put("external", true.into());
     }
+    if let Some(p) = crate::listing::progress(run) {
+        put(
+            "progress",
+            json!({"fraction": p.fraction, "message": p.message, "reported_at": p.reported_at}),
+        );
+    }
     if let Some(t) = run.started_at {
         put("started_at", format_millis(t).into());
     }

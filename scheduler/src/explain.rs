@@ -222,6 +222,23 @@ pub fn explain_here(s: &Scheduler, run: &Run) -> RunExplanation {
             run.workgroup
         ));
     }
+    if !run.stage.is_terminal()
+        && let Some(p) = &run.progress
+    {
+        let done = p
+            .fraction
+            .map(|f| format!(" {:.0}%", f * 100.0))
+            .unwrap_or_default();
+        let said = p
+            .message
+            .as_deref()
+            .map(|m| format!(" ({m})"))
+            .unwrap_or_default();
+        reasons.push(format!(
+            "the algorithm reported{done}{said} at {}",
+            format_millis(p.at)
+        ));
+    }
     if let Some(c) = run.timeline.last() {
         reasons.push(format!(
             "last change: {} -> {} by {} at {}{}",
@@ -381,6 +398,67 @@ mod http_tests {
         )
         .await;
         assert_eq!(e["queue"]["position"], 1, "{e}");
+
+        // A progress report (as the receiver records it) shows among the reasons and in the
+        // metadata and listing.
+        let rid: nexus_model::run::RunId = second.parse().unwrap();
+        let patch = nexus_model::run::RunPatch {
+            progress: Some(nexus_model::run::Progress {
+                fraction: Some(0.4),
+                message: Some("epoch 4 of 10".into()),
+                at: 1_700_000_000_000,
+            }),
+            ..Default::default()
+        };
+        s.store
+            .transition(
+                rid,
+                nexus_model::run::Stage::Buffered,
+                nexus_model::run::Stage::Buffered,
+                patch,
+            )
+            .await
+            .unwrap();
+        let (_, e) = get(
+            &s,
+            &format!("/algorithm/v1/explain/knapsack/requests/{second}"),
+        )
+        .await;
+        assert!(
+            e["reasons"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r
+                    == "the algorithm reported 40% (epoch 4 of 10) at 2023-11-14T22:13:20.000Z"),
+            "{e}"
+        );
+        let (_, m) = get(
+            &s,
+            &format!("/algorithm/v1/metadata/knapsack/requests/{second}"),
+        )
+        .await;
+        assert_eq!(
+            m["progress"],
+            serde_json::json!({"fraction": 0.4, "message": "epoch 4 of 10", "reported_at": "2023-11-14T22:13:20.000Z"})
+        );
+        let (_, page) = get(&s, "/algorithm/v1/runs?algorithm=knapsack").await;
+        let listed = page["runs"].as_array().unwrap();
+        let row = listed
+            .iter()
+            .find(|r| r["requestId"] == second.as_str())
+            .unwrap();
+        assert_eq!(
+            row["progress"]["reportedAt"], "2023-11-14T22:13:20.000Z",
+            "{row}"
+        );
+        assert!(
+            listed
+                .iter()
+                .find(|r| r["requestId"] == first.as_str())
+                .unwrap()["progress"]
+                .is_null()
+        );
 
         // Unknown runs and algorithms: 404, as every per-run read.
         let (status, _) = get(&s, &format!("/algorithm/v1/explain/other/requests/{first}")).await;

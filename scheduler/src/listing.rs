@@ -15,7 +15,7 @@
 //!   to its tree at the store already.
 
 use nexus_model::run::{Millis, Run, RunId, Stage, format_millis};
-use nexus_proto::v1::{RunPage, RunSummary};
+use nexus_proto::v1::{RunPage, RunProgress, RunSummary};
 use nexus_store::listing::{MAX_PAGE, submitted_at};
 use nexus_store::{Position, RunFilter};
 
@@ -246,7 +246,17 @@ pub async fn summary(s: &Scheduler, run: &Run) -> RunSummary {
             String::new()
         },
         external: run.external,
+        progress: progress(run),
     }
+}
+
+/// The run's latest progress report as served (listings and metadata).
+pub fn progress(run: &Run) -> Option<RunProgress> {
+    run.progress.as_ref().map(|p| RunProgress {
+        fraction: p.fraction,
+        message: p.message.clone(),
+        reported_at: format_millis(p.at),
+    })
 }
 
 /// The HTTP answer for a page.

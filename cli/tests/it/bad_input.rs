@@ -433,6 +433,7 @@ async fn bad_input_table() {
         "/algorithm/v1/shards",
         "/console/",
         "/algorithm/v1/complete/{algorithmName}/requests/{requestId}",
+        "/algorithm/v1/progress/{algorithmName}/requests/{requestId}",
         "/data/v1/objects/{key}",
         "/data/v1/payloads/{algorithmName}/{requestId}",
         "/health/livez",

@@ -880,6 +880,100 @@ mod cases {
         assert_eq!(r["runErrorMessage"], "boom");
     }
 
+    /// A running algorithm's progress: recorded in place, shown in metadata and listings, at
+    /// most once a second, refused with a reason when malformed, unauthenticated or too late.
+    pub async fn progress_202_shown_in_metadata_and_listing(t: &Target) {
+        let id = sleeping_run(t).await;
+        let url = format!(
+            "{}/run-token/{}/algorithm/v1/progress/chaos/requests/{id}",
+            t.receiver,
+            token(t, &id)
+        );
+        let post = |body: Value| http().post(url.clone()).json(&body).send();
+        let r = post(json!({"fraction": 0.25, "message": "epoch 1 of 4"}))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+        let meta = crate::common::get_json(
+            &http(),
+            &format!("{}/algorithm/v1/metadata/chaos/requests/{id}", t.scheduler),
+        )
+        .await;
+        assert_eq!(meta["progress"]["fraction"], 0.25, "{meta}");
+        assert_eq!(meta["progress"]["message"], "epoch 1 of 4");
+        assert!(meta["progress"]["reported_at"].is_string(), "{meta}");
+        let page = crate::common::get_json(
+            &http(),
+            &format!(
+                "{}/algorithm/v1/runs?algorithm=chaos&limit=1000",
+                t.scheduler
+            ),
+        )
+        .await;
+        let listed = page["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["requestId"] == id.as_str())
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} not listed: {page}"));
+        assert_eq!(listed["progress"]["fraction"], 0.25, "{listed}");
+        // Within a second of the previous report: 429, not kept.
+        let r = post(json!({"fraction": 0.5})).await.unwrap();
+        assert_eq!(r.status(), 429);
+        assert!(r.headers().contains_key("retry-after"));
+        assert!(r.text().await.unwrap().contains("at most once a second"));
+        // Malformed reports name what is wrong.
+        for (body, says) in [
+            (json!({}), "needs 'fraction'"),
+            (json!({"fraction": 1.5}), "from 0 to 1"),
+            (json!({"progress": 0.5}), "unknown field"),
+            (json!({"message": "x".repeat(513)}), "at most 512"),
+        ] {
+            let r = post(body.clone()).await.unwrap();
+            assert_eq!(r.status(), 400, "{body}");
+            let text = r.text().await.unwrap();
+            assert!(text.contains(says), "{body}: {text}");
+        }
+        let plain = http().post(url.clone()).body("0.5").send().await.unwrap();
+        assert_eq!(plain.status(), 415);
+        let bare = format!("{}/algorithm/v1/progress/chaos/requests/{id}", t.receiver);
+        let r = http()
+            .post(&bare)
+            .json(&json!({"fraction": 0.5}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        let other = token(t, &RunId::new().to_string());
+        let r = http()
+            .post(&bare)
+            .bearer_auth(other)
+            .json(&json!({"fraction": 0.5}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "another run's token opens nothing");
+        // A finished run takes no more reports.
+        let done = format!("{}/algorithm/v1/complete/chaos/requests/{id}", t.receiver);
+        let r = complete(
+            done,
+            Some(token(t, &id)),
+            json!({"resultUri": "https://r.example/p"}),
+        )
+        .await;
+        assert_eq!(r.status(), 202);
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        let r = post(json!({"fraction": 1.0})).await.unwrap();
+        assert_eq!(r.status(), 409);
+        assert!(
+            r.text()
+                .await
+                .unwrap()
+                .contains("already finished as COMPLETED")
+        );
+    }
+
     pub async fn complete_202_v12_alias(t: &Target) {
         let id = sleeping_run(t).await;
         let url = format!("{}/algorithm/v1.2/complete/chaos/requests/{id}", t.receiver);
@@ -1128,6 +1222,8 @@ mod cases {
             format!("/algorithm/v1.2/complete/{id}"),
             format!("/run-token/{{token}}/algorithm/v1/complete/{id}"),
             format!("/run-token/{{token}}/algorithm/v1.2/complete/{id}"),
+            format!("/algorithm/v1/progress/{id}"),
+            format!("/run-token/{{token}}/algorithm/v1/progress/{id}"),
         ] {
             assert!(op(&p, "post")["responses"]["202"].is_object(), "{p}");
         }
@@ -1182,6 +1278,7 @@ macro_rules! contract_tests {
 
 contract_tests!(
     submit_202,
+    progress_202_shown_in_metadata_and_listing,
     submit_400_invalid_body,
     submit_400_unknown_algorithm,
     submit_413,

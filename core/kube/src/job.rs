@@ -706,6 +706,7 @@ mod tests {
             last_modified: 0,
             timeline: Vec::new(),
             external: false,
+            progress: None,
         }
     }
 

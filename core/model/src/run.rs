@@ -286,7 +286,29 @@ pub struct Run {
     /// reports. Records written before the field existed read as `false`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub external: bool,
+    /// The latest progress the algorithm reported (by any attempt: a relaunched attempt's first
+    /// report replaces it). Written in place, without a timeline entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
 }
+
+/// A run's latest progress report (`POST /algorithm/v1/progress/{alg}/requests/{id}` on the
+/// receiver).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    /// How much is done, from 0 to 1, when the algorithm can tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fraction: Option<f64>,
+    /// What it is doing (at most [`MAX_PROGRESS_MESSAGE_CHARS`] characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When it was reported.
+    pub at: Millis,
+}
+
+/// Longest progress message kept, in characters.
+pub const MAX_PROGRESS_MESSAGE_CHARS: usize = 512;
 
 /// Most entries a run's timeline keeps (a run re-queued many times keeps its acceptance and
 /// its latest changes).
@@ -367,6 +389,8 @@ pub struct RunPatch {
     pub failure_details: Option<String>,
     /// Launch time of the current attempt.
     pub started_at: Option<Millis>,
+    /// The latest progress report.
+    pub progress: Option<Progress>,
     /// Who makes the change and why, for the run's timeline. Stage changes are always recorded
     /// (without a note: by `nexus`, with the failure cause if any); changes within a stage only
     /// with a note.
@@ -433,6 +457,9 @@ impl RunPatch {
         }
         if let Some(s) = self.started_at {
             run.started_at = Some(s);
+        }
+        if let Some(p) = &self.progress {
+            run.progress = Some(p.clone());
         }
         if to.is_terminal() {
             run.finished_at = Some(now);

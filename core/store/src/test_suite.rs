@@ -52,6 +52,7 @@ pub fn sample_run(algorithm: &str) -> Run {
         last_modified: now,
         timeline: Vec::new(),
         external: false,
+        progress: None,
     }
 }
 
@@ -64,6 +65,7 @@ pub async fn run_all<S: RunStore>(make: impl Fn() -> S) {
     batch_is_all_or_nothing(make()).await;
     batch_key(make()).await;
     cas_success(make()).await;
+    progress_in_place(make()).await;
     cas_conflict(make()).await;
     illegal_transition(make()).await;
     terminal_never_left(make()).await;
@@ -263,6 +265,50 @@ pub async fn cas_success<S: RunStore>(store: S) {
     assert!(done.finished_at.is_some());
     assert_eq!(done.result_uri.as_deref(), Some("r"));
     assert_eq!(store.get(run.id).await.expect("get"), Some(done));
+}
+
+/// A same-stage CAS carrying a progress report keeps the stage and adds no timeline entry; the
+/// report survives the round trip and later changes.
+pub async fn progress_in_place<S: RunStore>(store: S) {
+    use nexus_model::run::Progress;
+    let run = sample_run("algo");
+    insert(&store, &run).await;
+    let running = store
+        .transition(run.id, Stage::Buffered, Stage::Running, RunPatch::default())
+        .await
+        .expect("start");
+    let report = Progress {
+        fraction: Some(0.375),
+        message: Some("epoch 3 of 8 — ünïcode".into()),
+        at: 1_700_000_000_123,
+    };
+    let updated = store
+        .transition(
+            run.id,
+            Stage::Running,
+            Stage::Running,
+            RunPatch {
+                progress: Some(report.clone()),
+                ..RunPatch::default()
+            },
+        )
+        .await
+        .expect("progress");
+    assert_eq!(updated.stage, Stage::Running);
+    assert_eq!(updated.progress.as_ref(), Some(&report));
+    assert_eq!(updated.timeline, running.timeline, "no timeline entry");
+    assert_eq!(store.get(run.id).await.expect("get"), Some(updated));
+    // Later changes keep it.
+    let done = store
+        .transition(
+            run.id,
+            Stage::Running,
+            Stage::Completed,
+            RunPatch::default(),
+        )
+        .await
+        .expect("complete");
+    assert_eq!(done.progress, Some(report));
 }
 
 /// A CAS whose `from` differs reports the stored stage and changes nothing.

@@ -195,6 +195,9 @@ test("run page updates live: a sleeping run goes RUNNING -> COMPLETED, its logs 
   assert.match(await page.textContent("#logs-live"), /live/);
   assert.doesNotMatch(await page.textContent("#logs-text"), /woke up/);
   assert.match(await page.textContent("#run-stage"), /RUNNING/);
+  // The progress the algorithm reports (chaos: every second it sleeps) shows as a bar.
+  await eventually("reported progress", async () => Number((await page.locator("#facts .run-progress progress").getAttribute("value").catch(() => "0")) || 0) > 0);
+  assert.match(await page.textContent("#facts .run-progress"), /\d+% slept \d+s of 8s/);
   await shot(page, "run-running");
   await stageIs(page, "COMPLETED");
   assert.equal(await page.evaluate(() => window.notReloaded), true, "the page was not reloaded");
@@ -204,6 +207,27 @@ test("run page updates live: a sleeping run goes RUNNING -> COMPLETED, its logs 
   await page.locator("#logs-text").waitFor();
   assert.match(await page.textContent("#logs-text"), /woke up/);
   assert.equal(await page.textContent("#run-live"), "final");
+  clean(problems);
+});
+
+test("external runs: a run executed elsewhere is listed and shown with its mark", async (t) => {
+  const tag = unique("external");
+  const body = { algorithmParameters: { capacity: 1, items: [] }, stage: "COMPLETED", result: { total: 0 }, engine: "spark", tag };
+  const { requestId: id } = await call(OPEN, "/algorithm/v1/external/knapsack", { method: "POST", body });
+  const local = await submit(OPEN, "knapsack", payload("knapsack.json"), { tag });
+  await eventually("the Nexus run to complete", async () => (await stageOf(OPEN, "knapsack", local)) === "COMPLETED");
+  const { page, problems } = await open(t);
+  await page.goto(`${OPEN}/console/#/runs?tag=${tag}`);
+  await eventually("both runs listed", async () => (await rowsOf(page).count()) === 2);
+  const marked = rowsOf(page).filter({ has: page.locator(".external-mark") });
+  assert.equal(await marked.count(), 1, "only the external run carries the mark");
+  assert.match(await marked.textContent(), new RegExp(id.slice(0, 8)));
+  await page.goto(`${OPEN}/console/#/run/knapsack/${id}`);
+  await stageIs(page, "COMPLETED");
+  await page.locator("#run-stage .external-mark").waitFor();
+  assert.match(await page.textContent("#facts"), /outside Nexus \(external run\)/);
+  await page.locator("#result-link").waitFor();
+  await shot(page, "run-external");
   clean(problems);
 });
 

@@ -119,6 +119,31 @@ def test_sync_run_results_as_bytes_and_in_two_steps(client: NexusClient) -> None
     assert client.result_json(explicit) == {"explicit": True}
 
 
+def test_sync_run_reports_progress_seen_while_it_runs(client: NexusClient) -> None:
+    run = client.submit("sync-probe", {"mode": "progress", "seconds": 3})
+    deadline = time.monotonic() + 60
+    seen = None
+    while time.monotonic() < deadline:
+        meta = client.metadata(run)
+        if meta.progress is not None and meta.progress.fraction == 0.75:
+            seen = meta
+            break
+        time.sleep(0.1)
+    assert seen is not None, "progress 0.75 never showed while the run ran"
+    assert seen.stage in ("BUFFERED", "RUNNING")
+    assert seen.progress is not None
+    assert seen.progress.message == "three quarters"
+    assert seen.progress.reported_at
+    listed = [r for r in client.list_runs(algorithm="sync-probe") if r.request_id == run.request_id]
+    assert listed, "the run is listed"
+    done = client.wait(run, timeout=180)
+    assert done.status == "COMPLETED"
+    # The second report came within a second of the first: dropped, not sent.
+    assert client.result_json(done) == {"sent": [True, False, True]}
+    final = client.metadata(run).progress
+    assert final is not None and final.fraction == 0.75
+
+
 def test_context_reads_arguments_and_environment() -> None:
     rid = str(uuid.uuid4())
     env = {

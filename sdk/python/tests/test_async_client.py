@@ -38,6 +38,8 @@ def test_every_call(url: str, tmp_path: Path) -> None:
                 == runs[0]
             )
             done = await asyncio.gather(*(c.wait(r, timeout=120) for r in runs))
+            listed = await c.list_runs(tag=t)
+            assert {r.request_id for r in listed} == {r.request_id for r in runs}
             assert [d.status for d in done] == ["COMPLETED"] * 3
             assert await c.result_json(done[1]) == {"sumOfSquares": 5, "runs": 1, "depth": 0}
             assert json.loads(await c.result_bytes(runs[2])) == {

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import nexus_sdk._client as nexus_client_module
 from nexus_sdk import (
     BadRequestError,
     IdempotencyKeyReusedError,
@@ -121,6 +122,28 @@ def test_tags_set_list_and_clear(client: NexusClient) -> None:
     client.set_tag(other, "")
     assert other.request_id not in {r.request_id for r in client.runs_by_tag(t)}
     assert client.runs_by_tag(tag()) == []
+
+
+def test_list_runs_filters_and_follows_the_cursor(
+    client: NexusClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t = tag()
+    runs = [client.submit("py-squares", SQUARES, tag=t) for _ in range(3)]
+    for r in runs:
+        client.wait(r, timeout=120)
+    listed = client.list_runs(tag=t)
+    # Newest first.
+    assert [r.request_id for r in listed] == [r.request_id for r in reversed(runs)]
+    assert all(r.algorithm == "py-squares" and r.tag == t for r in listed)
+    assert all(r.status == "COMPLETED" and r.result_uri for r in listed)
+    assert listed[0].ref == runs[-1]
+    assert len(client.list_runs(tag=t, limit=2)) == 2
+    assert client.list_runs(tag=t, stage="FAILED") == []
+    # Page by page (one run a page): the cursor carries on to the end.
+    monkeypatch.setattr(nexus_client_module, "LIST_PAGE", 1)
+    assert [r.request_id for r in client.list_runs(tag=t)] == [r.request_id for r in listed]
+    with pytest.raises(BadRequestError, match="stage"):
+        client.list_runs(stage="DONE")
 
 
 def test_children_of_a_tree(client: NexusClient) -> None:

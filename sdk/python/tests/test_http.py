@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 
@@ -10,6 +11,7 @@ import httpx
 import pytest
 
 from nexus_sdk import (
+    AsyncNexusRun,
     ConflictError,
     ForbiddenError,
     NexusClient,
@@ -165,3 +167,55 @@ def test_children_are_created_as_the_run() -> None:
     assert req.headers["idempotency-key"] == "k-1"
     body = json.loads(req.content)
     assert body["parentRequest"] == {"requestId": RUN.request_id, "algorithmName": "alg"}
+
+
+def test_progress_is_sent_at_most_once_a_second_and_a_429_is_not_retried() -> None:
+    seen: list[httpx.Request] = []
+
+    def handle(req: httpx.Request) -> httpx.Response:
+        seen.append(req)
+        if len(seen) == 1 or "/complete/" in req.url.path:
+            return httpx.Response(202, json={})
+        return httpx.Response(429, headers={"retry-after": "1"}, text="at most once a second")
+
+    run = NexusRun(context(), retry=FAST, transport=httpx.MockTransport(handle))
+    assert run.report_progress(0.25, "a quarter") is True
+    assert run.report_progress(0.5) is False  # within the second: not sent
+    assert len(seen) == 1
+    req = seen[0]
+    assert req.url.path == f"/run-token/tok/algorithm/v1/progress/alg/requests/{RUN.request_id}"
+    assert req.headers["authorization"] == "Bearer tok"
+    assert json.loads(req.content) == {"fraction": 0.25, "message": "a quarter"}
+    run._state.progress_sent -= 2  # as if a second had passed
+    assert run.report_progress(message="still going") is False  # the receiver's 429
+    assert len(seen) == 2, "a 429 is an answer, not retried"
+    assert json.loads(seen[1].content) == {"message": "still going"}
+    for bad, says in [
+        ({}, "needs a fraction"),
+        ({"fraction": 1.5}, "from 0 to 1"),
+        ({"fraction": -0.1}, "from 0 to 1"),
+        ({"message": "x" * 513}, "at most 512"),
+    ]:
+        with pytest.raises(ValueError, match=says):
+            run.report_progress(**bad)  # type: ignore[arg-type]
+    run.complete()
+    run._state.progress_sent -= 2
+    assert run.report_progress(1.0) is False, "nothing is sent after the outcome"
+    assert len(seen) == 3
+
+
+def test_async_progress_reports() -> None:
+    seen: list[httpx.Request] = []
+
+    def handle(req: httpx.Request) -> httpx.Response:
+        seen.append(req)
+        return httpx.Response(202, json={})
+
+    async def go() -> None:
+        run = AsyncNexusRun(context(), retry=FAST, transport=httpx.MockTransport(handle))
+        assert await run.report_progress(0.1) is True
+        assert await run.report_progress(0.2) is False
+        await run.aclose()
+
+    asyncio.run(go())
+    assert [json.loads(r.content) for r in seen] == [{"fraction": 0.1}]

@@ -57,9 +57,11 @@ from ._models import (
     TERMINAL_STAGES,
     CancellationPolicy,
     ExternalStage,
+    Progress,
     RunMetadata,
     RunRef,
     RunResult,
+    RunSummary,
 )
 from ._version import __version__
 
@@ -81,6 +83,7 @@ __all__ = [
     "NexusRun",
     "NotFoundError",
     "PayloadTooLargeError",
+    "Progress",
     "RateLimitedError",
     "Retry",
     "RunContext",
@@ -89,6 +92,7 @@ __all__ = [
     "RunMetadata",
     "RunRef",
     "RunResult",
+    "RunSummary",
     "RunTimeoutError",
     "ServerError",
     "TransportError",

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import sys
+import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -151,6 +152,11 @@ class RunContext:
             f"{quote(self.request_id, safe='')}"
         )
 
+    @property
+    def progress_url(self) -> str:
+        """``{receiver}/algorithm/v1/progress/{algorithm}/requests/{id}``."""
+        return self.completion_url.replace("/algorithm/v1/complete/", "/algorithm/v1/progress/", 1)
+
     def scheduler(self) -> str:
         """The schedulers' URL, or an error saying why children cannot be created."""
         if not self.scheduler_url:
@@ -174,11 +180,34 @@ def _encode_result(result: Any, content_type: str | None) -> tuple[bytes, str]:
     return calls.dumps(result), content_type or "application/json"
 
 
+PROGRESS_INTERVAL = 1.0
+"""Least time between two progress reports sent (the receiver keeps at most one a second)."""
+
+
+def _progress_args(fraction: float | None, message: str | None) -> None:
+    """Checks a progress report before it is sent (the receiver checks again)."""
+    if fraction is None and message is None:
+        raise ValueError("report_progress needs a fraction (0 to 1) or a message, or both")
+    if fraction is not None and not (0.0 <= fraction <= 1.0):
+        raise ValueError(f"fraction must be from 0 to 1, got {fraction!r}")
+    if message is not None and len(message) > 512:
+        raise ValueError(f"message is {len(message)} characters; at most 512")
+
+
 class _Reporting:
-    """Which outcome a run reported (at most one)."""
+    """Which outcome a run reported (at most one), and when progress was last sent."""
 
     def __init__(self) -> None:
         self.reported: str | None = None
+        self.progress_sent = float("-inf")
+
+    def progress_due(self) -> bool:
+        """True when a progress report may be sent now (and notes it as sent)."""
+        now = time.monotonic()
+        if now - self.progress_sent < PROGRESS_INTERVAL:
+            return False
+        self.progress_sent = now
+        return True
 
     def check(self) -> None:
         if self.reported is not None:
@@ -308,6 +337,20 @@ class NexusRun:
             calls.complete(self.context.completion_url, self.context.run_token, cause, details)
         )
         self._state.reported = "FAILED"
+
+    def report_progress(self, fraction: float | None = None, message: str | None = None) -> bool:
+        """Reports how far the run is: ``fraction`` from 0 to 1 and/or a ``message`` (at most
+        512 characters). It shows in the run's metadata, in listings and in the console.
+
+        Cheap to call in a loop: at most one report a second is sent, others are dropped (the
+        latest sent wins). Returns ``True`` when this report was recorded.
+        """
+        _progress_args(fraction, message)
+        if self._state.reported is not None or not self._state.progress_due():
+            return False
+        return self._t.execute(
+            calls.progress(self.context.progress_url, self.context.run_token, fraction, message)
+        )
 
     def create_child(
         self,
@@ -481,6 +524,17 @@ class AsyncNexusRun:
             calls.complete(self.context.completion_url, self.context.run_token, cause, details)
         )
         self._state.reported = "FAILED"
+
+    async def report_progress(
+        self, fraction: float | None = None, message: str | None = None
+    ) -> bool:
+        """As :meth:`NexusRun.report_progress`."""
+        _progress_args(fraction, message)
+        if self._state.reported is not None or not self._state.progress_due():
+            return False
+        return await self._t.execute(
+            calls.progress(self.context.progress_url, self.context.run_token, fraction, message)
+        )
 
     async def create_child(
         self,

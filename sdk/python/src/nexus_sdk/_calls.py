@@ -15,7 +15,14 @@ import httpx
 
 from ._errors import NexusError
 from ._http import Call
-from ._models import CancellationPolicy, ExternalStage, RunMetadata, RunRef, RunResult
+from ._models import (
+    CancellationPolicy,
+    ExternalStage,
+    RunMetadata,
+    RunRef,
+    RunResult,
+    RunSummary,
+)
 
 API = "/algorithm/v1"
 
@@ -281,6 +288,61 @@ def children(run: RunRef) -> Call[list[RunResult]]:
     )
 
 
+def list_page(
+    filters: dict[str, str], cursor: str | None, limit: int
+) -> Call[tuple[list[RunSummary], str | None]]:
+    """``GET /algorithm/v1/runs``: one page (newest first) and the cursor of the next."""
+    what = "listing runs"
+    params = {k: v for k, v in filters.items() if v}
+    params["limit"] = str(limit)
+    if cursor:
+        params["cursor"] = cursor
+
+    def parse(resp: httpx.Response) -> tuple[list[RunSummary], str | None]:
+        doc = _json(resp, what)
+        if not isinstance(doc, dict) or not isinstance(doc.get("runs"), list):
+            raise NexusError(f"{what}: expected an object with 'runs'")
+        nxt = doc.get("nextCursor")
+        return (
+            [RunSummary.from_json(d) for d in doc["runs"] if isinstance(d, dict)],
+            str(nxt) if nxt else None,
+        )
+
+    return Call("GET", f"{API}/runs", parse, what, params=params)
+
+
+def list_filters(
+    algorithm: str | None,
+    stage: str | None,
+    tag: str | None,
+    since: datetime | str | None,
+    until: datetime | str | None,
+    parent: RunRef | str | None,
+    root: RunRef | str | None,
+    shard: str | None,
+) -> dict[str, str]:
+    """The query of a listing (times as RFC 3339; runs as their ids)."""
+
+    def when(t: datetime | str | None) -> str:
+        if isinstance(t, datetime):
+            return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).isoformat()
+        return t or ""
+
+    def rid(r: RunRef | str | None) -> str:
+        return r.request_id if isinstance(r, RunRef) else (r or "")
+
+    return {
+        "algorithm": algorithm or "",
+        "stage": stage or "",
+        "tag": tag or "",
+        "from": when(since),
+        "to": when(until),
+        "parent": rid(parent),
+        "root": rid(root),
+        "shard": shard or "",
+    }
+
+
 def metadata(run: RunRef) -> Call[RunMetadata]:
     """``GET /algorithm/v1/metadata/{alg}/requests/{id}``."""
     what = f"reading the metadata of run {run}"
@@ -393,6 +455,26 @@ def complete(url: str, run_token: str, cause: str | None, details: str | None) -
         headers={"Authorization": f"Bearer {run_token}"},
         authenticated=False,
         conflict_ok_on_retry=True,
+    )
+
+
+def progress(url: str, run_token: str, fraction: float | None, message: str | None) -> Call[bool]:
+    """``POST`` a progress report to the receiver; ``True`` when recorded, ``False`` when the
+    receiver dropped it (reported less than a second after the previous one)."""
+    body: dict[str, Any] = {}
+    if fraction is not None:
+        body["fraction"] = fraction
+    if message is not None:
+        body["message"] = message
+    return Call(
+        "POST",
+        url,
+        lambda r: r.status_code != 429,
+        "reporting the run's progress",
+        json=body,
+        headers={"Authorization": f"Bearer {run_token}"},
+        authenticated=False,
+        throttle_is_answer=True,
     )
 
 

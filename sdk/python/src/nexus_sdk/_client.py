@@ -23,7 +23,14 @@ import httpx
 from . import _calls as calls
 from ._errors import ConfigurationError, NexusError, RunFailedError, RunTimeoutError
 from ._http import AsyncTransport, Call, Retry, SyncTransport, error_from_response, redact
-from ._models import CancellationPolicy, ExternalStage, RunMetadata, RunRef, RunResult
+from ._models import (
+    CancellationPolicy,
+    ExternalStage,
+    RunMetadata,
+    RunRef,
+    RunResult,
+    RunSummary,
+)
 from ._version import __version__
 
 #: Environment variable: the server's base URL (as the ``nexus`` CLI reads it).
@@ -40,6 +47,9 @@ DEFAULT_SERVER = "http://127.0.0.1:8090"
 MAP_CHUNK = 1000
 #: Waits in flight at once in :meth:`NexusClient.map`.
 MAP_CONCURRENCY = 32
+
+#: Runs per page when listing (the server's most is 1,000).
+LIST_PAGE = 500
 
 #: Header naming the calling run (with its run token as the bearer).
 RUN_ID_HEADER = "x-nexus-run-id"
@@ -506,6 +516,34 @@ class NexusClient:
         """Every run with ``tag`` that the caller may read."""
         return self._t.execute(calls.by_tag(tag))
 
+    def list_runs(
+        self,
+        *,
+        algorithm: str | None = None,
+        stage: str | None = None,
+        tag: str | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        parent: RunRef | str | None = None,
+        root: RunRef | str | None = None,
+        shard: str | None = None,
+        limit: int = 1000,
+    ) -> list[RunSummary]:
+        """Runs the caller may read, newest first, matching every filter given (``since``
+        inclusive, ``until`` exclusive, on submission time); at most ``limit``, read page by
+        page."""
+        filters = calls.list_filters(algorithm, stage, tag, since, until, parent, root, shard)
+        out: list[RunSummary] = []
+        cursor: str | None = None
+        while len(out) < limit:
+            page, cursor = self._t.execute(
+                calls.list_page(filters, cursor, min(LIST_PAGE, limit - len(out)))
+            )
+            out.extend(page)
+            if cursor is None:
+                break
+        return out[:limit]
+
     def children(self, run: RunRef | RunResult) -> list[RunResult]:
         """The run's direct children."""
         return self._t.execute(calls.children(_ref(run)))
@@ -808,6 +846,32 @@ class AsyncNexusClient:
     async def runs_by_tag(self, tag: str) -> list[RunResult]:
         """As :meth:`NexusClient.runs_by_tag`."""
         return await self._t.execute(calls.by_tag(tag))
+
+    async def list_runs(
+        self,
+        *,
+        algorithm: str | None = None,
+        stage: str | None = None,
+        tag: str | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        parent: RunRef | str | None = None,
+        root: RunRef | str | None = None,
+        shard: str | None = None,
+        limit: int = 1000,
+    ) -> list[RunSummary]:
+        """As :meth:`NexusClient.list_runs`."""
+        filters = calls.list_filters(algorithm, stage, tag, since, until, parent, root, shard)
+        out: list[RunSummary] = []
+        cursor: str | None = None
+        while len(out) < limit:
+            page, cursor = await self._t.execute(
+                calls.list_page(filters, cursor, min(LIST_PAGE, limit - len(out)))
+            )
+            out.extend(page)
+            if cursor is None:
+                break
+        return out[:limit]
 
     async def children(self, run: RunRef | RunResult) -> list[RunResult]:
         """As :meth:`NexusClient.children`."""

@@ -69,6 +69,9 @@ class Call(Generic[T]):
     #: was lost): treat it as success.
     conflict_ok_on_retry: bool = False
     follow_redirects: bool = False
+    #: A 429 is an answer, not a reason to retry: ``parse`` reads it (advisory calls such as
+    #: progress reports, which are dropped rather than delayed).
+    throttle_is_answer: bool = False
 
 
 def retry_after(resp: httpx.Response) -> float | None:
@@ -130,7 +133,7 @@ class _Attempts(Generic[T]):
         call = self.call
         err: NexusError
         if resp is not None:
-            if resp.is_success:
+            if resp.is_success or (resp.status_code == 429 and call.throttle_is_answer):
                 return _Done(call.parse(resp))
             err = error_from_response(resp, call.method, str(resp.request.url))
             if isinstance(err, ConflictError) and call.conflict_ok_on_retry and self.attempt > 1:

@@ -77,6 +77,90 @@ class RunResult:
 
 
 @dataclass(frozen=True)
+class Progress:
+    """The latest progress a run reported (:meth:`NexusRun.report_progress`).
+
+    Attributes:
+        fraction: how much is done, from 0 to 1, when the algorithm said.
+        message: what it said it is doing.
+        reported_at: when (RFC 3339).
+    """
+
+    fraction: float | None
+    message: str | None
+    reported_at: str
+
+    @classmethod
+    def from_json(cls, doc: Any) -> Progress | None:
+        """Reads the ``progress`` object of a run's metadata (``None`` when absent)."""
+        if not isinstance(doc, dict):
+            return None
+        f = doc.get("fraction")
+        m = doc.get("message")
+        return cls(
+            fraction=float(f) if isinstance(f, (int, float)) else None,
+            message=str(m) if m else None,
+            reported_at=str(doc.get("reported_at") or doc.get("reportedAt") or ""),
+        )
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One run of a listing (``GET /algorithm/v1/runs``)."""
+
+    algorithm: str
+    request_id: str
+    status: str
+    submitted_at: str
+    shard: str
+    workgroup: str
+    attempts: int
+    root: str
+    tag: str | None = None
+    parent: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    result_uri: str = ""
+    error_message: str = ""
+    external: bool = False
+    progress: Progress | None = None
+
+    @property
+    def ref(self) -> RunRef:
+        """This run as a :class:`RunRef`."""
+        return RunRef(self.algorithm, self.request_id)
+
+    @classmethod
+    def from_json(cls, doc: Any) -> RunSummary:
+        """Reads one element of a listing's ``runs``."""
+        if not isinstance(doc, dict):
+            raise ValueError(f"expected a JSON object, got {type(doc).__name__}")
+
+        def text(key: str) -> str | None:
+            v = doc.get(key)
+            return str(v) if v not in (None, "") else None
+
+        return cls(
+            algorithm=str(doc.get("algorithmName", "")),
+            request_id=str(doc.get("requestId", "")),
+            status=str(doc.get("status", "")),
+            submitted_at=str(doc.get("submittedAt", "")),
+            shard=str(doc.get("shard", "")),
+            workgroup=str(doc.get("workgroup", "")),
+            attempts=int(doc.get("attempts") or 0),
+            root=str(doc.get("rootRequestId", "")),
+            tag=text("tag"),
+            parent=text("parentRequestId"),
+            started_at=text("startedAt"),
+            finished_at=text("finishedAt"),
+            result_uri=str(doc.get("resultUri") or ""),
+            error_message=str(doc.get("runErrorMessage") or ""),
+            external=doc.get("external") is True,
+            progress=Progress.from_json(doc.get("progress")),
+        )
+
+
+@dataclass(frozen=True)
 class RunMetadata:
     """Everything the server knows about a run (``GET /algorithm/v1/metadata/…``, Go's
     ``CheckpointedRequest`` plus Nexus' additions). The common fields are attributes; ``raw``
@@ -97,6 +181,7 @@ class RunMetadata:
     logs_uri: str | None
     raw: dict[str, Any] = field(repr=False)
     external: bool = False
+    progress: Progress | None = None
 
     @classmethod
     def from_json(cls, doc: Any) -> RunMetadata:
@@ -129,4 +214,5 @@ class RunMetadata:
             logs_uri=text("logs_uri"),
             raw=doc,
             external=doc.get("external") is True,
+            progress=Progress.from_json(doc.get("progress")),
         )

@@ -9,7 +9,9 @@ The payload's ``mode`` picks what it does, so one template covers the algorithm 
 * ``bytes``: returns bytes (uploaded as they are);
 * ``explicit``: writes the result and completes in two steps, then returns nothing;
 * ``sleep``: sleeps ``seconds``, then echoes (a run to cancel or to time out on);
-* ``map``: maps ``py-squares`` over ``lists`` as children (one batch), returns the results.
+* ``map``: maps ``py-squares`` over ``lists`` as children (one batch), returns the results;
+* ``progress``: reports progress three times (the second too soon, so dropped), holds
+  ``seconds`` so its progress can be seen while it runs, returns what was recorded.
 """
 
 from __future__ import annotations
@@ -58,6 +60,12 @@ def main(run: NexusRun, params: Any) -> Any:
         lists = params["lists"]
         results = run.map("py-squares", [{"numbers": n, "leaf": 100} for n in lists], timeout=120)
         return {"results": results, "children": len(run.children())}
+    if mode == "progress":
+        sent = [run.report_progress(0.5, "halfway"), run.report_progress(0.6)]
+        time.sleep(1.1)
+        sent.append(run.report_progress(0.75, "three quarters"))
+        time.sleep(float(params["seconds"]))
+        return {"sent": sent}
     if mode == "sleep":
         time.sleep(float(params["seconds"]))
         return {"slept": params["seconds"]}
