@@ -368,6 +368,7 @@ pub async fn start_with_executor(
         nexus_supervisor::ServeConfig {
             instance_id: id.clone(),
             recovery_interval: config.supervisor.recovery_interval,
+            recovery_rate: config.supervisor.recovery_rate,
             gc_interval: config.supervisor.gc_interval,
             retention: config.supervisor.retention,
             on_parent_failure: config.supervisor.on_parent_failure,

@@ -511,11 +511,6 @@ pub async fn serve(
     nexus_link::metrics::describe();
     let readiness = deps.readiness.clone();
     let scheduler = Scheduler::with_auth(config.scheduler, deps, config.auth);
-    // A stable instance id picks up the BUFFERED runs its previous life left queued.
-    let own = requeue_own(&scheduler).await?;
-    if own > 0 {
-        tracing::info!(requeued = own, "picked up this scheduler's queued runs");
-    }
     // Limited before merging: the scheduler API only, not gRPC, probes or metrics.
     let routes = Router::new()
         .merge(nexus_http::telemetry::track(
@@ -598,6 +593,9 @@ pub async fn run(s: Arc<Scheduler>, shutdown: CancellationToken) {
     let dispatch_stop = CancellationToken::new();
     let dispatcher = tokio::spawn(dispatch::run(s.clone(), dispatch_stop.clone()));
     let hb = tokio::spawn(heartbeat(s.clone(), shutdown.clone()));
+    // A stable instance id picks up the BUFFERED runs its previous life left queued: in the
+    // background, page by page, so a large backlog neither delays serving nor a shutdown.
+    let own = tokio::spawn(requeue_own_in_background(s.clone(), shutdown.clone()));
     let sweep = tokio::spawn(requeue_stranded(s.clone(), shutdown.clone()));
     shutdown.cancelled().await;
     s.readiness.set(false);
@@ -608,6 +606,7 @@ pub async fn run(s: Arc<Scheduler>, shutdown: CancellationToken) {
     dispatch_stop.cancel();
     let _ = dispatcher.await;
     let _ = hb.await;
+    let _ = own.await;
     let _ = sweep.await;
     let left = s.queue.drain().len();
     if let Err(e) = s.store.release_lease(&s.instance_id).await {
@@ -746,18 +745,144 @@ pub fn is_scheduler_lease(owner: &str) -> bool {
 /// Delay of the first re-count of live schedulers after start.
 const FIRST_RECOUNT: Duration = Duration::from_millis(500);
 
-/// Returns the runs this instance owns in BUFFERED (startup: re-queue what a previous life of the
-/// same instance id left).
+/// Runs read per page when picking up a previous life's backlog.
+pub const OWN_PAGE: usize = 2_000;
+
+/// Queues the BUFFERED runs a previous life of this instance id left, page by page (by
+/// ascending id, [`RunStore::by_owner_stage_after`]), until the end or `shutdown`; logs what it
+/// picked up. Runs already queued or handed over (accepted by this life) are skipped.
+async fn requeue_own_in_background(s: Arc<Scheduler>, shutdown: CancellationToken) {
+    let started = tokio::time::Instant::now();
+    let since = now_millis();
+    let mut total = 0;
+    let mut after = None;
+    let mut failures = 0u32;
+    loop {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        match requeue_own_page(&s, after, since).await {
+            Ok((n, next)) => {
+                failures = 0;
+                total += n;
+                match next {
+                    Some(id) => after = Some(id),
+                    None => break,
+                }
+            }
+            Err(e) => {
+                // The stranded-run sweep covers the rest if the store stays down.
+                failures += 1;
+                tracing::warn!(error = %e, "reading this scheduler's queued runs failed; retrying");
+                if failures >= 10 {
+                    break;
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+    if total > 0 {
+        tracing::info!(
+            requeued = total,
+            seconds = started.elapsed().as_secs_f64(),
+            "picked up this scheduler's queued runs"
+        );
+    }
+}
+
+/// Queues one page of this instance's BUFFERED runs with ids above `after` that were accepted
+/// before `since` (by a previous life); returns how many were queued and where the next page
+/// starts (`None` at the end).
+///
+/// # Errors
+/// Store failures.
+pub async fn requeue_own_page(
+    s: &Scheduler,
+    after: Option<nexus_model::run::RunId>,
+    since: nexus_model::run::Millis,
+) -> Result<(usize, Option<nexus_model::run::RunId>), nexus_store::StoreError> {
+    let runs = s
+        .store
+        .by_owner_stage_after(&s.instance_id, Stage::Buffered, after, OWN_PAGE)
+        .await?;
+    let next = (runs.len() == OWN_PAGE)
+        .then(|| runs.last().map(|r| r.id))
+        .flatten();
+    let handed = s
+        .handed_over
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .keys()
+        .copied()
+        .collect::<std::collections::HashSet<_>>();
+    let mut n = 0;
+    for r in &runs {
+        if r.received_at >= since || s.queue.holds(&r.shard, r.id) || handed.contains(&r.id) {
+            continue;
+        }
+        s.enqueue_recovered(r);
+        n += 1;
+    }
+    Ok((n, next))
+}
+
+/// Queues every BUFFERED run this instance owns (what a previous life of the same instance id
+/// left), page by page; returns how many were queued. [`serve`] does this in the background.
 ///
 /// # Errors
 /// Store failures.
 pub async fn requeue_own(s: &Scheduler) -> Result<usize, nexus_store::StoreError> {
-    let runs = s
-        .store
-        .by_owner_stage(&s.instance_id, Stage::Buffered, usize::MAX)
-        .await?;
-    for r in &runs {
-        s.enqueue_recovered(r);
+    let (mut total, mut after, since) = (0, None, now_millis());
+    loop {
+        let (n, next) = requeue_own_page(s, after, since).await?;
+        total += n;
+        match next {
+            Some(id) => after = Some(id),
+            None => return Ok(total),
+        }
     }
-    Ok(runs.len())
+}
+
+#[cfg(test)]
+mod own_backlog_tests {
+    use nexus_model::run::{Stage, now_millis};
+    use nexus_store::RunStore;
+
+    use crate::SchedulerConfig;
+    use crate::admission::tests::scheduler;
+
+    /// A previous life's backlog (more than a page) is queued page by page, each run once; runs
+    /// accepted by this life are left to admission.
+    #[tokio::test]
+    async fn a_previous_lifes_backlog_is_queued_page_by_page_once() {
+        let (s, store) = scheduler(SchedulerConfig::default());
+        let n = super::OWN_PAGE * 2 + 17;
+        for _ in 0..n {
+            let mut run = nexus_store::test_suite::sample_run("knapsack");
+            run.owner = Some(s.instance_id.clone());
+            run.shard = "local".into();
+            run.received_at = now_millis() - 60_000;
+            store.insert(run).await.unwrap();
+        }
+        let mut fresh = nexus_store::test_suite::sample_run("knapsack");
+        fresh.owner = Some(s.instance_id.clone());
+        fresh.received_at = now_millis() + 1_000;
+        store.insert(fresh.clone()).await.unwrap();
+        assert_eq!(super::requeue_own(&s).await.unwrap(), n);
+        assert_eq!(s.queue.len(), n);
+        assert!(!s.queue.holds(&fresh.shard, fresh.id));
+        // Again: everything is held already.
+        assert_eq!(super::requeue_own(&s).await.unwrap(), 0);
+        assert_eq!(
+            store
+                .by_owner_stage(&s.instance_id, Stage::Buffered, usize::MAX)
+                .await
+                .unwrap()
+                .len(),
+            n + 1
+        );
+    }
 }

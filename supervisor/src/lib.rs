@@ -63,6 +63,9 @@ pub struct SupervisorConfig {
     /// How often to look for orphaned runs.
     #[serde(with = "humantime_serde")]
     pub recovery_interval: Duration,
+    /// Most orphaned runs recovery settles (claims and hands over) per second: a large backlog is
+    /// worked off at this pace, leaving the store room for new submissions.
+    pub recovery_rate: u32,
     /// Treat every other owner as dead at once (standalone: the embedded store is locked by this
     /// process, so nobody else can be alive).
     pub exclusive_store: bool,
@@ -82,6 +85,7 @@ impl Default for SupervisorConfig {
     fn default() -> Self {
         Self {
             recovery_interval: Duration::from_secs(5),
+            recovery_rate: 1_000,
             exclusive_store: false,
             retention: Duration::from_secs(7 * 24 * 3600),
             gc_interval: Duration::from_secs(600),
@@ -98,6 +102,12 @@ impl SupervisorConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.recovery_interval < Duration::from_millis(100) {
             return Err("supervisor.recovery_interval: must be at least 100ms".into());
+        }
+        if !(10..=100_000).contains(&self.recovery_rate) {
+            return Err(format!(
+                "supervisor.recovery_rate: {} runs/s is out of range; give 10 to 100000 (default 1000)",
+                self.recovery_rate
+            ));
         }
         if self.retention < Duration::from_secs(60) {
             return Err(format!(
@@ -352,6 +362,8 @@ pub struct ServeConfig {
     pub instance_id: String,
     /// How often to look for orphaned runs and unfinished trees.
     pub recovery_interval: Duration,
+    /// Most orphaned runs settled per second.
+    pub recovery_rate: u32,
     /// How often garbage collection runs.
     pub gc_interval: Duration,
     /// How long finished runs are kept.
@@ -475,7 +487,8 @@ pub async fn serve(
         .run(config.recovery_interval, work_stop.clone()),
     );
     // One recoverer (standalone): its first pass is noted on the readiness probe, before any
-    // probe can answer; the pass clears it. Several (distributed) leave the probe alone: a
+    // probe can answer; the pass clears it, or a few seconds into a long one (a large backlog
+    // is recovered in the background while the process serves). Several (distributed) leave the probe alone: a
     // standby makes no pass.
     let note = deps.leading.is_none().then(|| deps.readiness.clone());
     if let Some(r) = &note {
@@ -486,6 +499,7 @@ pub async fn serve(
         instance_id: config.instance_id.clone(),
         policy: deps.policy,
         handoff: deps.handoff,
+        rate: config.recovery_rate,
     });
     let recovery_stop = CancellationToken::new();
     let recovery_task = tasks.spawn(recovery.run(
@@ -553,6 +567,7 @@ mod tests {
         let q = requeued.clone();
         let sup = recovery::Recovery {
             store: store.clone(),
+            rate: 100_000,
             instance_id: "me".into(),
             policy: recovery::Policy::Local {
                 exclusive_store: true,
@@ -754,6 +769,7 @@ mod tests {
             ServeConfig {
                 instance_id: "supervisor/one".into(),
                 recovery_interval: Duration::from_millis(100),
+                recovery_rate: 100_000,
                 gc_interval: Duration::from_secs(600),
                 retention: Duration::from_secs(3600),
                 on_parent_failure: nexus_link::tree::OnParentFailure::Cancel,

@@ -258,7 +258,15 @@ pub struct Recovery {
     pub policy: Policy,
     /// Where claimed runs go.
     pub handoff: Arc<dyn Handoff>,
+    /// Most runs settled per second (`supervisor.recovery_rate`).
+    pub rate: u32,
 }
+
+/// How long a first pass may hold the readiness note before it is cleared (the pass goes on).
+const FIRST_PASS_NOTE_FOR: Duration = Duration::from_secs(3);
+
+/// Runs settled between two checks of the pace and of a shutdown.
+const CHUNK: usize = 256;
 
 /// How a recoverer keeps its own lease and contends for leading (distributed mode; several
 /// supervisors may run, one leads).
@@ -277,7 +285,19 @@ impl Recovery {
     /// # Errors
     /// Store failures (the pass stops; nothing is decided on a store error).
     pub async fn pass(&self) -> Result<PassReport, StoreError> {
+        self.pass_until(&CancellationToken::new()).await
+    }
+
+    /// One recovery pass that ends early (what it did so far reported) when `stop` is cancelled,
+    /// and settles at most [`Recovery::rate`] runs per second.
+    ///
+    /// # Errors
+    /// Store failures (the pass stops; nothing is decided on a store error).
+    pub async fn pass_until(&self, stop: &CancellationToken) -> Result<PassReport, StoreError> {
         let now = now_millis();
+        let started = tokio::time::Instant::now();
+        let per_run = Duration::from_secs(1) / self.rate.max(1);
+        let mut settled_total: u32 = 0;
         let exclusive = matches!(
             self.policy,
             Policy::Local {
@@ -324,14 +344,32 @@ impl Recovery {
                     continue;
                 }
                 loop {
+                    if stop.is_cancelled() {
+                        return Ok(report);
+                    }
                     let runs = self.store.by_owner_stage(&owner, stage, PAGE).await?;
                     let full = runs.len() == PAGE;
-                    let mut settled = futures::stream::iter(runs)
-                        .map(|run| self.settle(run, &owner, mine, &active))
-                        .buffer_unordered(PASS_CONCURRENCY);
                     let mut page = PassReport::default();
-                    while let Some(r) = settled.next().await {
-                        page += r?;
+                    let mut runs = runs.into_iter().peekable();
+                    while runs.peek().is_some() {
+                        // Paced: the pass is at most `rate` runs per second ahead of its start.
+                        let due = started + per_run * settled_total;
+                        tokio::select! {
+                            () = stop.cancelled() => {
+                                report += page;
+                                return Ok(report);
+                            }
+                            () = tokio::time::sleep_until(due) => {}
+                        }
+                        let chunk: Vec<Run> = runs.by_ref().take(CHUNK).collect();
+                        settled_total = settled_total
+                            .saturating_add(u32::try_from(chunk.len()).unwrap_or(u32::MAX));
+                        let mut settled = futures::stream::iter(chunk)
+                            .map(|run| self.settle(run, &owner, mine, &active))
+                            .buffer_unordered(PASS_CONCURRENCY);
+                        while let Some(r) = settled.next().await {
+                            page += r?;
+                        }
                     }
                     let progress = page.claimed + page.failed > 0;
                     report += page;
@@ -566,7 +604,20 @@ impl Recovery {
                 }
                 let started = tokio::time::Instant::now();
                 let mut due = started + interval;
-                match self.pass().await {
+                let pass = self.pass_until(&shutdown);
+                tokio::pin!(pass);
+                let outcome = match (&readiness, first) {
+                    (Some(r), true) => tokio::select! {
+                        out = &mut pass => out,
+                        () = tokio::time::sleep(FIRST_PASS_NOTE_FOR) => {
+                            r.set_note(None);
+                            tracing::info!("recovering runs left by a previous process in the background; serving meanwhile");
+                            pass.await
+                        }
+                    },
+                    _ => pass.await,
+                };
+                match outcome {
                     Ok(r) => {
                         metrics::pass("ok");
                         if first && r.recovered() > 0 {
@@ -715,6 +766,7 @@ mod tests {
         id: &str,
     ) -> Recovery {
         Recovery {
+            rate: 100_000,
             store: store.clone(),
             instance_id: id.into(),
             policy: Policy::Shards { max_relaunches: 1 },
@@ -776,6 +828,33 @@ mod tests {
                 .unwrap();
         }
         r
+    }
+
+    /// A large backlog is settled at `rate` runs per second, a chunk at a time, and a stop ends
+    /// a pass between chunks with what it did (virtual time: no wall-clock assertion).
+    #[tokio::test(start_paused = true)]
+    async fn a_backlog_is_settled_at_the_rate_and_a_stop_ends_the_pass() {
+        let (store, shard, mut r, _) = fixture();
+        r.rate = 100;
+        for _ in 0..1_000 {
+            put(&store, Stage::Buffered, "scheduler-dead", 0).await;
+        }
+        let r = Arc::new(r);
+        let stop = CancellationToken::new();
+        let pass = tokio::spawn({
+            let (r, stop) = (r.clone(), stop.clone());
+            async move { r.pass_until(&stop).await }
+        });
+        // The first chunk goes at once; the next is due 2.56 s later (256 runs at 100/s).
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        stop.cancel();
+        let rep = pass.await.unwrap().unwrap();
+        assert_eq!(rep.claimed, CHUNK);
+        assert_eq!(rep.submitted, CHUNK);
+        // The next pass picks up the rest.
+        let rest = r.pass().await.unwrap();
+        assert_eq!(rest.claimed, 1_000 - CHUNK);
+        assert_eq!(shard.submitted().len(), 1_000);
     }
 
     #[tokio::test]

@@ -238,6 +238,9 @@ pub struct ResubmitSection {
     /// How often to look for orphaned runs.
     #[serde(with = "humantime_serde")]
     pub recovery_interval: Duration,
+    /// Most orphaned runs settled (claimed and handed over) per second: a large backlog is worked
+    /// off at this pace, leaving the store room for new submissions.
+    pub recovery_rate: u32,
     /// The supervisor's own lease and its leadership period: several supervisors may run, one
     /// leads and the others stand by; a standby takes over (with the leader's pending claims) at
     /// once when the leader stops, within ~1.1 × this (~1.2 × on a Kubernetes Lease) when it is
@@ -269,6 +272,7 @@ impl Default for ResubmitSection {
     fn default() -> Self {
         Self {
             recovery_interval: Duration::from_secs(5),
+            recovery_rate: 1_000,
             lease_ttl: Duration::from_secs(15),
             leader_election: LeaderElection::Store,
             max_relaunches: 3,
@@ -648,6 +652,12 @@ impl SupervisorProcess {
         let s = &self.supervisor;
         if s.recovery_interval < Duration::from_millis(100) {
             e.push("supervisor.recovery_interval: must be at least 100ms".into());
+        }
+        if !(10..=100_000).contains(&s.recovery_rate) {
+            e.push(format!(
+                "supervisor.recovery_rate: {} runs/s is out of range; give 10 to 100000 (default 1000)",
+                s.recovery_rate
+            ));
         }
         if s.lease_ttl < Duration::from_secs(1) {
             e.push("supervisor.lease_ttl: must be at least 1s".into());

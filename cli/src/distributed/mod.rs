@@ -571,6 +571,7 @@ pub async fn start_supervisor_with(
         nexus_supervisor::ServeConfig {
             instance_id: id.clone(),
             recovery_interval: s.recovery_interval,
+            recovery_rate: s.recovery_rate,
             gc_interval: s.gc_interval,
             retention: Duration::from_secs(7 * 24 * 3600),
             on_parent_failure: s.on_parent_failure,

@@ -66,6 +66,7 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE UNIQUE INDEX IF NOT EXISTS runs_seq ON runs(seq);
 CREATE INDEX IF NOT EXISTS runs_tag ON runs(tag, seq);
 CREATE INDEX IF NOT EXISTS runs_owner_stage ON runs(owner, stage, seq);
+CREATE INDEX IF NOT EXISTS runs_owner_stage_id ON runs(owner, stage, id);
 CREATE INDEX IF NOT EXISTS runs_parent ON runs(parent, seq);
 CREATE INDEX IF NOT EXISTS runs_stage_id ON runs(stage, id);
 CREATE INDEX IF NOT EXISTS runs_algorithm_id ON runs(algorithm, id);
@@ -415,6 +416,26 @@ impl RunStore for SqliteRunStore {
         self.query_runs(
             "SELECT record FROM runs WHERE owner = ?1 AND stage = ?2 ORDER BY seq LIMIT ?3",
             vec![owner.to_owned(), stage.as_str().to_owned()],
+            limit,
+        )
+        .await
+    }
+
+    async fn by_owner_stage_after(
+        &self,
+        owner: &str,
+        stage: Stage,
+        after: Option<RunId>,
+        limit: usize,
+    ) -> Result<Vec<Run>, StoreError> {
+        // Ids are lowercase hyphenated UUIDs: their text order is their byte order.
+        self.query_runs(
+            "SELECT record FROM runs WHERE owner = ?1 AND stage = ?2 AND id > ?3 ORDER BY id LIMIT ?4",
+            vec![
+                owner.to_owned(),
+                stage.as_str().to_owned(),
+                after.map(|a| a.to_string()).unwrap_or_default(),
+            ],
             limit,
         )
         .await

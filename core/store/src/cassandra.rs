@@ -1004,8 +1004,18 @@ impl CassandraRunStore {
 
     /// Runs under `lookup`, oldest first, at most `limit`, each verified against its row.
     async fn scan(&self, lookup: Lookup, limit: usize) -> Result<Vec<Run>, StoreError> {
+        self.scan_after(lookup, Vec::new(), limit).await
+    }
+
+    /// As [`Self::scan`], from the lookup rows whose id sorts after `after` (raw id bytes).
+    async fn scan_after(
+        &self,
+        lookup: Lookup,
+        after: Vec<u8>,
+        limit: usize,
+    ) -> Result<Vec<Run>, StoreError> {
         let mut out = Vec::new();
-        let mut after: Vec<u8> = Vec::new();
+        let mut after = after;
         while out.len() < limit {
             let want = i32::try_from(limit - out.len()).unwrap_or(i32::MAX);
             let n = want.clamp(16, PAGE);
@@ -1112,6 +1122,18 @@ impl RunStore for CassandraRunStore {
         limit: usize,
     ) -> Result<Vec<Run>, StoreError> {
         self.scan(Lookup::OwnerStage(owner.to_owned(), stage), limit)
+            .await
+    }
+
+    async fn by_owner_stage_after(
+        &self,
+        owner: &str,
+        stage: Stage,
+        after: Option<RunId>,
+        limit: usize,
+    ) -> Result<Vec<Run>, StoreError> {
+        let from = after.map(|a| a.0.as_bytes().to_vec()).unwrap_or_default();
+        self.scan_after(Lookup::OwnerStage(owner.to_owned(), stage), from, limit)
             .await
     }
 

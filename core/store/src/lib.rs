@@ -320,6 +320,27 @@ pub trait RunStore: Send + Sync + std::fmt::Debug + 'static {
         limit: usize,
     ) -> Result<Vec<Run>, StoreError>;
 
+    /// Returns up to `limit` runs owned by `owner` in `stage` with ids above `after` (from the
+    /// first when `None`), by ascending id: a cursor over a large set (a restarted scheduler's
+    /// backlog) that runs staying in the stage do not hold up. The next page starts after the
+    /// last id returned; a page shorter than `limit` is the last.
+    ///
+    /// # Errors
+    /// `Backend`.
+    async fn by_owner_stage_after(
+        &self,
+        owner: &str,
+        stage: Stage,
+        after: Option<RunId>,
+        limit: usize,
+    ) -> Result<Vec<Run>, StoreError> {
+        let mut runs = self.by_owner_stage(owner, stage, usize::MAX).await?;
+        runs.retain(|r| after.is_none_or(|a| r.id.0 > a.0));
+        runs.sort_by_key(|r| r.id.0);
+        runs.truncate(limit);
+        Ok(runs)
+    }
+
     /// Returns the direct children of `parent`, oldest first, at most `limit`.
     ///
     /// # Errors

@@ -72,6 +72,7 @@ pub async fn run_all<S: RunStore>(make: impl Fn() -> S) {
     transition_unknown(make()).await;
     set_tag(make()).await;
     lookups(make()).await;
+    owner_stage_cursor(make()).await;
     listing(make()).await;
     listing_across_hours(make()).await;
     owners_in_stage(make()).await;
@@ -309,6 +310,52 @@ pub async fn progress_in_place<S: RunStore>(store: S) {
         .await
         .expect("complete");
     assert_eq!(done.progress, Some(report));
+}
+
+/// `by_owner_stage_after` walks an owner's runs in a stage by ascending id, page by page, while
+/// the runs stay in that stage; other owners and stages never show.
+pub async fn owner_stage_cursor<S: RunStore>(store: S) {
+    let mut mine = Vec::new();
+    for i in 0..7 {
+        let mut run = sample_run("algo");
+        run.owner = Some("cursor-owner".into());
+        if i == 3 {
+            // Another stage of the same owner.
+            run.stage = Stage::Running;
+            insert(&store, &run).await;
+            continue;
+        }
+        insert(&store, &run).await;
+        mine.push(run.id);
+    }
+    let mut other = sample_run("algo");
+    other.owner = Some("cursor-other".into());
+    insert(&store, &other).await;
+    mine.sort_by_key(|id| id.0);
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .by_owner_stage_after("cursor-owner", Stage::Buffered, after, 4)
+            .await
+            .expect("page");
+        assert!(page.len() <= 4);
+        assert!(
+            page.iter()
+                .all(|r| r.stage == Stage::Buffered && r.owner.as_deref() == Some("cursor-owner"))
+        );
+        seen.extend(page.iter().map(|r| r.id));
+        after = page.last().map(|r| r.id);
+        if page.len() < 4 {
+            break;
+        }
+    }
+    assert_eq!(seen, mine, "every run once, by ascending id");
+    let past = store
+        .by_owner_stage_after("cursor-owner", Stage::Buffered, mine.last().copied(), 4)
+        .await
+        .expect("past the end");
+    assert!(past.is_empty());
 }
 
 /// A CAS whose `from` differs reports the stored stage and changes nothing.
