@@ -26,6 +26,7 @@
 //! URL is given explicitly. Micro-benchmarks (criterion) live in `benches/micro.rs`.
 
 mod auth;
+mod backlog;
 mod big_payload;
 mod big_results;
 mod cassandra;
@@ -94,6 +95,21 @@ enum Cmd {
         /// Rounds of the three phases.
         #[arg(long, default_value_t = 2)]
         rounds: usize,
+    },
+    /// A standalone starting on a store holding `--runs` runs orphaned by a dead scheduler:
+    /// time to the first accept and to ready, accept latency while the backlog is recovered,
+    /// the recovery pace, and the time to stop; against the same start on an empty store.
+    Backlog {
+        /// Orphaned BUFFERED runs written before the start.
+        #[arg(long, default_value_t = 300_000)]
+        runs: usize,
+        /// How long to submit (20/s) and watch the recovery after the start, e.g. `20s`.
+        #[arg(long, default_value = "20s", value_parser = parse_duration)]
+        window: Duration,
+        /// Run store: a cassandra://host:9042/keyspace URL (a scratch keyspace is created and
+        /// dropped). Default: embedded SQLite in a fresh directory.
+        #[arg(long)]
+        store: Option<String>,
     },
     /// Bare axum handler (POST → 202): the reference for `accept`.
     Baseline {
@@ -1287,6 +1303,14 @@ async fn main() -> anyhow::Result<()> {
                 runs.push(big_payload::run(p, store.as_deref(), mib).await?);
             }
             big_payload::print(&runs);
+        }
+        Cmd::Backlog {
+            runs,
+            window,
+            store,
+        } => {
+            let b = backlog::run(runs, store.as_deref(), window).await?;
+            backlog::print(&b);
         }
         Cmd::BigResults { runs, mib } => {
             let m = big_results::run(runs, mib).await?;

@@ -487,8 +487,7 @@ pub async fn serve(
         .run(config.recovery_interval, work_stop.clone()),
     );
     // One recoverer (standalone): its first pass is noted on the readiness probe, before any
-    // probe can answer; the pass clears it, or a few seconds into a long one (a large backlog
-    // is recovered in the background while the process serves). Several (distributed) leave the probe alone: a
+    // probe can answer; the pass clears it. Several (distributed) leave the probe alone: a
     // standby makes no pass.
     let note = deps.leading.is_none().then(|| deps.readiness.clone());
     if let Some(r) = &note {

@@ -262,9 +262,6 @@ pub struct Recovery {
     pub rate: u32,
 }
 
-/// How long a first pass may hold the readiness note before it is cleared (the pass goes on).
-const FIRST_PASS_NOTE_FOR: Duration = Duration::from_secs(3);
-
 /// Runs settled between two checks of the pace and of a shutdown.
 const CHUNK: usize = 256;
 
@@ -604,20 +601,7 @@ impl Recovery {
                 }
                 let started = tokio::time::Instant::now();
                 let mut due = started + interval;
-                let pass = self.pass_until(&shutdown);
-                tokio::pin!(pass);
-                let outcome = match (&readiness, first) {
-                    (Some(r), true) => tokio::select! {
-                        out = &mut pass => out,
-                        () = tokio::time::sleep(FIRST_PASS_NOTE_FOR) => {
-                            r.set_note(None);
-                            tracing::info!("recovering runs left by a previous process in the background; serving meanwhile");
-                            pass.await
-                        }
-                    },
-                    _ => pass.await,
-                };
-                match outcome {
+                match self.pass_until(&shutdown).await {
                     Ok(r) => {
                         metrics::pass("ok");
                         if first && r.recovered() > 0 {
