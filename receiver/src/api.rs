@@ -46,16 +46,16 @@ pub fn router(r: Arc<Receiver>) -> Router {
         )
         .route(
             "/run-token/{token}/algorithm/v1/complete/{alg}/requests/{id}",
-            post(complete_with_path_token),
+            post(complete),
         )
         .route(
             "/run-token/{token}/algorithm/v1.2/complete/{alg}/requests/{id}",
-            post(complete_with_path_token),
+            post(complete),
         )
         .route("/algorithm/v1/progress/{alg}/requests/{id}", post(progress))
         .route(
             "/run-token/{token}/algorithm/v1/progress/{alg}/requests/{id}",
-            post(progress_with_path_token),
+            post(progress),
         )
         .layer(DefaultBodyLimit::max(limit))
         .with_state(r);
@@ -335,26 +335,17 @@ fn checked_progress(report: &v1::ProgressReport) -> Result<nexus_model::run::Pro
     })
 }
 
-/// `POST /algorithm/v1/progress/{alg}/requests/{id}`: the token in the `Authorization` header.
+/// `POST /algorithm/v1/progress/{alg}/requests/{id}` (the token in the `Authorization` header)
+/// and `POST /run-token/{token}/algorithm/v1/progress/...` (the token in the path: the receiver
+/// URL handed to the run).
 async fn progress(
     State(r): State<Arc<Receiver>>,
-    Path((alg, id)): Path<(String, String)>,
+    Path(p): Path<RunPath>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let token = bearer(&headers).map(str::to_owned);
-    report_progress(&r, alg, id, token, &headers, &body).await
-}
-
-/// `POST /run-token/{token}/algorithm/v1/progress/{alg}/requests/{id}`: the token in the path
-/// (the receiver URL handed to the run).
-async fn progress_with_path_token(
-    State(r): State<Arc<Receiver>>,
-    Path((token, alg, id)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    report_progress(&r, alg, id, Some(token), &headers, &body).await
+    let token = p.token(&headers);
+    report_progress(&r, p.alg, p.id, token, &headers, &body).await
 }
 
 #[tracing::instrument(skip_all, fields(alg = %alg, run_id = %id))]
@@ -373,7 +364,7 @@ async fn report_progress(
     let rid = r
         .authorize_completion(&id, token.as_deref())
         .map_err(|e| refused(e.into()))?;
-    require_json(headers).map_err(refused)?;
+    nexus_http::require_json(headers).map_err(refused)?;
     if body.len() > MAX_PROGRESS_BYTES {
         return Err(refused(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -411,53 +402,36 @@ async fn report_progress(
     }
 }
 
-/// Refuses a body that is not declared as JSON.
-fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .eq_ignore_ascii_case("application/json")
-    {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!(
-                "expected Content-Type: application/json, got '{}'",
-                if ct.is_empty() { "(none)" } else { ct }
-            ),
-        ))
+
+/// The path of a receiver route: the run, and the run token when the path carries it.
+#[derive(Debug, serde::Deserialize)]
+struct RunPath {
+    token: Option<String>,
+    alg: String,
+    id: String,
+}
+
+impl RunPath {
+    /// The token of the path (the receiver URL handed to the run), else of the `Authorization`
+    /// header; with a path token the header is not consulted.
+    fn token(&self, headers: &HeaderMap) -> Option<String> {
+        self.token
+            .clone()
+            .or_else(|| bearer(headers).map(str::to_owned))
     }
 }
 
-/// `POST /algorithm/v1/complete/{alg}/requests/{id}` (and `v1.2`): the token in the
-/// `Authorization` header.
+/// `POST /algorithm/v1/complete/{alg}/requests/{id}` (and `v1.2`), the token in the
+/// `Authorization` header, and `POST /run-token/{token}/algorithm/v1/complete/...` (and `v1.2`),
+/// the token in the path (the receiver URL handed to the run).
 async fn complete(
     State(r): State<Arc<Receiver>>,
-    Path((alg, id)): Path<(String, String)>,
+    Path(p): Path<RunPath>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let token = bearer(&headers).map(str::to_owned);
-    complete_run(&r, alg, id, token, &headers, &body).await
-}
-
-/// `POST /run-token/{token}/algorithm/v1/complete/{alg}/requests/{id}` (and `v1.2`): the token
-/// in the path (the receiver URL handed to the run); an `Authorization` header, if also sent, is
-/// not needed and not consulted.
-async fn complete_with_path_token(
-    State(r): State<Arc<Receiver>>,
-    Path((token, alg, id)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    complete_run(&r, alg, id, Some(token), &headers, &body).await
+    let token = p.token(&headers);
+    complete_run(&r, p.alg, p.id, token, &headers, &body).await
 }
 
 /// The bearer token of the `Authorization` header, if any.
@@ -481,7 +455,7 @@ async fn complete_run(
     body: &Bytes,
 ) -> Result<Response, ApiError> {
     let rid = r.authorize_completion(&id, token.as_deref())?;
-    require_json(headers)?;
+    nexus_http::require_json(headers)?;
     let result: v1::AlgorithmResult = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("Submitted result is invalid: {e}")))?;
     r.apply_completion(&alg, rid, &result).await?;

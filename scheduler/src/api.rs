@@ -228,23 +228,7 @@ pub(crate) async fn load_for(
 }
 
 pub(crate) fn require_json(headers: &HeaderMap) -> ApiResult<()> {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let mime = ct.split(';').next().unwrap_or("").trim();
-    if mime.eq_ignore_ascii_case("application/json") || mime.to_ascii_lowercase().ends_with("+json")
-    {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!(
-                "expected Content-Type: application/json, got '{}'",
-                if ct.is_empty() { "(none)" } else { ct }
-            ),
-        ))
-    }
+    nexus_http::require_json(headers)
 }
 
 #[derive(Debug, Deserialize)]

@@ -221,6 +221,31 @@ pub fn health_routes(ready: Readiness) -> axum::Router {
         )
 }
 
+/// Refuses a body that is not declared as JSON (`application/json` or `…+json`) with 415 and a
+/// message naming what was sent.
+///
+/// # Errors
+/// As above.
+pub fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    if mime.eq_ignore_ascii_case("application/json") || mime.to_ascii_lowercase().ends_with("+json")
+    {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "expected Content-Type: application/json, got '{}'",
+                if ct.is_empty() { "(none)" } else { ct }
+            ),
+        ))
+    }
+}
+
 /// Fallback of every HTTP app: `404 text/plain` for a path no route serves (a known path with
 /// another method stays 405). The path is not echoed, so that a credential in it (a receiver
 /// URL's `/run-token/...` prefix) is not repeated.
