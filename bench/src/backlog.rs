@@ -156,11 +156,10 @@ async fn start(orphans: usize, cassandra: Option<&str>, window: Duration) -> any
         }
         None => {
             let db = data.path().join("runs.db");
-            let store = tokio::task::spawn_blocking(move || {
-                nexus_embedded::SqliteRunStore::open(&db)
-            })
-            .await?
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let store =
+                tokio::task::spawn_blocking(move || nexus_embedded::SqliteRunStore::open(&db))
+                    .await?
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
             orphan(&store, orphans).await?;
             None
         }
@@ -276,7 +275,11 @@ async fn start(orphans: usize, cassandra: Option<&str>, window: Duration) -> any
 ///
 /// # Errors
 /// Setup failures, a start that never accepts, a stop past 120 s.
-pub async fn run(runs: usize, cassandra: Option<&str>, window: Duration) -> anyhow::Result<Backlog> {
+pub async fn run(
+    runs: usize,
+    cassandra: Option<&str>,
+    window: Duration,
+) -> anyhow::Result<Backlog> {
     anyhow::ensure!(
         (1..=2_000_000).contains(&runs),
         "--runs must be from 1 to 2000000"

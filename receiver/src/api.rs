@@ -402,7 +402,6 @@ async fn report_progress(
     }
 }
 
-
 /// The path of a receiver route: the run, and the run token when the path carries it.
 #[derive(Debug, serde::Deserialize)]
 struct RunPath {

@@ -90,6 +90,11 @@ pub struct ServerConfig {
     /// On shutdown, how long requests in flight get to finish before their connections close.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// On shutdown, how long the listener keeps accepting (readiness already off) before it
+    /// closes: the time a load balancer or kube-proxy takes to stop sending new connections to a
+    /// stopping pod. 0 (the default) closes at once; the Helm chart sets 5s.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_delay: Duration,
     /// TLS of the listener (section `server.tls`; off unless `cert_file` and `key_file` are set).
     pub tls: TlsConfig,
 }
@@ -104,6 +109,7 @@ impl Default for ServerConfig {
             body_min_rate: 1024,
             idle_timeout: Duration::from_secs(90),
             shutdown_grace: Duration::from_secs(10),
+            shutdown_delay: Duration::ZERO,
             tls: TlsConfig::default(),
         }
     }
@@ -139,6 +145,12 @@ impl ServerConfig {
                     humantime::format_duration(v)
                 ));
             }
+        }
+        if self.shutdown_delay > Duration::from_secs(300) {
+            e.push(format!(
+                "{section}.shutdown_delay: {} must be at most 5m",
+                humantime::format_duration(self.shutdown_delay)
+            ));
         }
         if self.shutdown_grace > Duration::from_secs(3600) {
             e.push(format!(
@@ -683,9 +695,23 @@ pub async fn serve(
     let hard = CancellationToken::new();
     let mut backoff = ACCEPT_BACKOFF.0;
     let mut failing_since: Option<(Instant, u64)> = None;
+    // Stop accepting `shutdown_delay` after `stop`: new connections routed here meanwhile
+    // (endpoints not yet updated) are still served.
+    let delay = shared.config.shutdown_delay;
+    let closing = async move {
+        stop.cancelled().await;
+        if !delay.is_zero() {
+            tracing::info!(
+                seconds = delay.as_secs_f64(),
+                "stopping: still accepting connections for server.shutdown_delay"
+            );
+            tokio::time::sleep(delay).await;
+        }
+    };
+    tokio::pin!(closing);
     loop {
         let accepted = tokio::select! {
-            () = stop.cancelled() => break,
+            () = &mut closing => break,
             r = listener.accept() => r,
         };
         let (stream, peer) = match accepted {
@@ -706,7 +732,7 @@ pub async fn serve(
                 }
                 Shared::evict_longest_idle(&mut lock(&shared.conns));
                 tokio::select! {
-                    () = stop.cancelled() => break,
+                    () = &mut closing => break,
                     () = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
@@ -937,6 +963,28 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    /// After a stop, new connections are still accepted and answered for `shutdown_delay`
+    /// (load balancers still routing here); then the listener closes and `serve` returns.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_are_still_accepted_for_the_shutdown_delay() {
+        let (addr, stop, task) = start(ServerConfig {
+            shutdown_delay: Duration::from_secs(5),
+            ..ServerConfig::default()
+        })
+        .await;
+        stop.cancel();
+        let answer = exchange(addr, READYZ).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("serve returns after the delay")
+            .unwrap();
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "the listener is closed once serve returned"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -170,8 +170,10 @@ nexus.sneaksanddata.com/shard: {{ .shard }}
 
 {{- define "nexus.commonConfig" -}}
 {{- $c := dict "store" (required "store: the Cassandra run store URL (cassandra://host:9042/keyspace) is required" .Values.store) "log_format" .Values.logFormat "signing_key_file" "/etc/nexus/secrets/signing.key" "grpc" (include "nexus.grpcConfig" . | fromYaml) -}}
+{{- $srv := dict "shutdown_delay" .Values.shutdownDelay -}}
+{{- $_ := set $c "server" $srv -}}
 {{- if .Values.tls.enabled -}}
-{{- $_ := set $c "server" (dict "tls" (dict "cert_file" "/etc/nexus/http-tls/tls.crt" "key_file" "/etc/nexus/http-tls/tls.key")) -}}
+{{- $_ := set $srv "tls" (dict "cert_file" "/etc/nexus/http-tls/tls.crt" "key_file" "/etc/nexus/http-tls/tls.key") -}}
 {{- else if (include "nexus.algorithmCaConfigMap" .) -}}
 {{- fail "tls.algorithmCa: only with tls.enabled (algorithms trust the CA of the HTTP listeners' certificate)" -}}
 {{- end -}}
