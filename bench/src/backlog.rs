@@ -8,9 +8,10 @@
 //! * shutdown → stopped, against the drain grace (goal: the first shutdown stops it within it).
 //!
 //! The server runs in-process with the instant algorithm ([`crate::instant::InstantExecutor`]:
-//! each launch uploads a result and completes at once), counted, and a shard budget high enough
-//! (100,000/s) that dispatch is not what is measured: the figures are the scheduler's,
-//! supervisor's and store's, not process spawning. Shutdown is the same token the SIGTERM
+//! each launch uploads a result and completes at once), counted, and the default configuration
+//! (the shard's dispatch budget of 200 runs/s included: recovered runs go to the cluster no faster
+//! than new ones): the figures are the scheduler's, supervisor's and store's, not process
+//! spawning. Shutdown is the same token the SIGTERM
 //! handler cancels.
 
 use std::sync::Arc;
@@ -178,10 +179,6 @@ async fn start(orphans: usize, cassandra: Option<&str>, window: Duration) -> any
                 None => c.data_dir = data_dir,
             }
             c.scheduler.drain_grace = DRAIN_GRACE;
-            c.scheduler.shard_budget = nexus_scheduler::BudgetConfig {
-                rate: 100_000.0,
-                burst: 1_000,
-            };
         },
         move |tx, _| {
             Arc::new(Counting {

@@ -426,6 +426,8 @@ pub async fn start_with_executor(
     tasks.spawn(async move {
         sd.cancelled().await;
         r2.set(false);
+        // Recovery stops feeding the queue while it drains.
+        supervisor.stop_recovery.cancel();
         scheduler.shutdown.cancel();
         scheduler.wait().await;
         http_stop.cancel();

@@ -687,7 +687,11 @@ async fn requeue_stranded(s: Arc<Scheduler>, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match requeue_stranded_once(&s).await {
+        let pass = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = requeue_stranded_once(&s) => r,
+        };
+        match pass {
             Ok(0) => {}
             Ok(n) => tracing::warn!(
                 requeued = n,
@@ -758,10 +762,12 @@ async fn requeue_own_in_background(s: Arc<Scheduler>, shutdown: CancellationToke
     let mut after = None;
     let mut failures = 0u32;
     loop {
-        if shutdown.is_cancelled() {
-            break;
-        }
-        match requeue_own_page(&s, after, since).await {
+        // A shutdown does not wait for a page (reading it changes nothing).
+        let page = tokio::select! {
+            () = shutdown.cancelled() => break,
+            p = requeue_own_page(&s, after, since) => p,
+        };
+        match page {
             Ok((n, next)) => {
                 failures = 0;
                 total += n;

@@ -49,7 +49,13 @@ pub async fn every<F, Fut, T>(
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = pass().await {
+        // A shutdown does not wait for a pass (each step is a store operation that the next
+        // pass, or the next process, does again if it did not complete).
+        let outcome = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = pass() => r,
+        };
+        if let Err(e) = outcome {
             tracing::warn!(pass = what, error = %e, "pass skipped, store unavailable");
         }
     }
@@ -427,6 +433,9 @@ pub struct Handle {
     pub addr: Option<SocketAddr>,
     /// Cancel to stop it (ordered drain).
     pub shutdown: CancellationToken,
+    /// Cancel to stop orphan recovery only (a process that stops its scheduler first stops
+    /// feeding it at once); `shutdown` stops it too.
+    pub stop_recovery: CancellationToken,
     tasks: TaskTracker,
 }
 
@@ -501,6 +510,7 @@ pub async fn serve(
         rate: config.recovery_rate,
     });
     let recovery_stop = CancellationToken::new();
+    let stop_recovery = recovery_stop.clone();
     let recovery_task = tasks.spawn(recovery.run(
         config.recovery_interval,
         deps.leading,
@@ -544,6 +554,7 @@ pub async fn serve(
     Ok(Handle {
         addr,
         shutdown,
+        stop_recovery,
         tasks,
     })
 }

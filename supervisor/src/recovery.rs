@@ -361,9 +361,12 @@ impl Recovery {
                         let chunk: Vec<Run> = runs.by_ref().take(CHUNK).collect();
                         settled_total = settled_total
                             .saturating_add(u32::try_from(chunk.len()).unwrap_or(u32::MAX));
-                        let mut settled = futures::stream::iter(chunk)
+                        // After a stop no settle starts; those in flight finish.
+                        let settled = futures::stream::iter(chunk)
+                            .take_until(stop.cancelled())
                             .map(|run| self.settle(run, &owner, mine, &active))
                             .buffer_unordered(PASS_CONCURRENCY);
+                        tokio::pin!(settled);
                         while let Some(r) = settled.next().await {
                             page += r?;
                         }
