@@ -1063,8 +1063,10 @@ mod tests {
             ..LocalExecutorConfig::default()
         };
         let exec = LocalProcessExecutor::new(config, payloads, tx);
-        let first = test_suite::spec(&["-c", "sleep 5"]);
-        let second = test_suite::spec(&["-c", "sleep 5"]);
+        // Long enough that the first still holds the slot on a loaded machine (both are
+        // cancelled at the end).
+        let first = test_suite::spec(&["-c", "sleep 120"]);
+        let second = test_suite::spec(&["-c", "sleep 120"]);
         exec.launch(first.clone()).await.unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while exec.describe(first.run_id).await
