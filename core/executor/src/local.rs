@@ -295,6 +295,9 @@ impl Executor for LocalProcessExecutor {
                 ),
             ));
         }
+        // The workgroup's limiter exists from now on, and the run waits for a slot until its
+        // task takes one: `describe` never says "runs" of a run that has no slot yet.
+        self.inner.semaphore(&spec);
         let token = {
             let mut runs = lock(&self.inner.runs);
             if runs.contains_key(&spec.run_id) {
@@ -302,6 +305,7 @@ impl Executor for LocalProcessExecutor {
             }
             let token = CancellationToken::new();
             runs.insert(spec.run_id, token.clone());
+            lock(&self.inner.waiting).insert(spec.run_id, spec.workgroup.clone());
             token
         };
         let inner = Arc::clone(&self.inner);
@@ -418,7 +422,6 @@ impl Inner {
             .clone()
             .map(|key| self.publish_logs(key, Arc::clone(&logs), stop_publishing.clone()));
         let semaphore = self.semaphore(&spec);
-        lock(&self.waiting).insert(spec.run_id, spec.workgroup.clone());
         let permit = tokio::select! {
             biased;
             () = cancel.cancelled() => None,
@@ -1092,7 +1095,11 @@ mod tests {
                 );
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "{facts:?}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "second: {facts:?}; first: {:?}",
+                exec.describe(first.run_id).await
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(exec.describe(RunId::new()).await.is_empty());
