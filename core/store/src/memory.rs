@@ -308,7 +308,17 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn conformance() {
-        crate::test_suite::run_all(InMemoryRunStore::new).await;
+        let made = std::sync::atomic::AtomicUsize::new(0);
+        crate::test_suite::run_all(|| {
+            made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            InMemoryRunStore::new()
+        })
+        .await;
+        assert_eq!(
+            made.into_inner(),
+            crate::test_suite::ASPECTS,
+            "test_suite::ASPECTS is how many stores run_all makes"
+        );
         crate::test_suite::expired_offers_finished_runs(InMemoryRunStore::new()).await;
     }
 }

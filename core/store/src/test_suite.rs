@@ -56,6 +56,9 @@ pub fn sample_run(algorithm: &str) -> Run {
     }
 }
 
+/// How many stores [`run_all`] makes (one per aspect), for backends that prepare them up front.
+pub const ASPECTS: usize = 23;
+
 /// Runs every aspect of the contract, each against a fresh store from `make`.
 pub async fn run_all<S: RunStore>(make: impl Fn() -> S) {
     insert_get_round_trip(make()).await;

@@ -61,8 +61,9 @@ async fn drop_keyspace(store: &CassandraRunStore, ks: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn conformance() {
-    // One fresh keyspace per aspect of the suite, created up front (the suite's factory is sync).
-    let names: Vec<String> = (0..21).map(|_| keyspace("conf")).collect();
+    // One fresh keyspace per aspect of the suite, created up front (the suite's factory is sync):
+    // as many as `run_all` makes stores.
+    let names: Vec<String> = (0..test_suite::ASPECTS).map(|_| keyspace("conf")).collect();
     let mut stores = Vec::new();
     for ks in &names {
         stores.push(open(ks).await);
