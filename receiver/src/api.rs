@@ -162,14 +162,9 @@ impl Receiver {
         result: &v1::AlgorithmResult,
     ) -> Result<Stage, CompletionError> {
         let id = rid.to_string();
-        let not_found =
-            || CompletionError::NotFound(format!("run {id} of algorithm {alg} not found"));
+        let not_found = || not_found(alg, rid);
         let backend = |kind: ErrorKind, message: String| CompletionError::Backend { kind, message };
-        let run = match self.store.get(rid).await {
-            Ok(Some(run)) if run.algorithm == alg => run,
-            Ok(_) => return Err(not_found()),
-            Err(e) => return Err(backend(e.kind(), e.to_string())),
-        };
+        let run = self.run_of(alg, rid).await?;
         if run.stage.is_terminal() {
             metric("conflict");
             return Err(CompletionError::AlreadyFinished {
@@ -236,7 +231,33 @@ pub const PROGRESS_INTERVAL_MS: i64 = 1_000;
 /// Largest progress report body accepted, in bytes.
 const MAX_PROGRESS_BYTES: usize = 4_096;
 
+/// No run `rid` of algorithm `alg`.
+fn not_found(alg: &str, rid: RunId) -> CompletionError {
+    CompletionError::NotFound(format!("run {rid} of algorithm {alg} not found"))
+}
+
+/// A store failure, with its kind (retryable kinds mean "retry").
+fn backend(e: &StoreError) -> CompletionError {
+    CompletionError::Backend {
+        kind: e.kind(),
+        message: e.to_string(),
+    }
+}
+
 impl Receiver {
+    /// Run `rid` when it is of algorithm `alg` (completions and progress reports name both).
+    async fn run_of(
+        &self,
+        alg: &str,
+        rid: RunId,
+    ) -> Result<nexus_model::run::Run, CompletionError> {
+        match self.store.get(rid).await {
+            Ok(Some(run)) if run.algorithm == alg => Ok(run),
+            Ok(_) => Err(not_found(alg, rid)),
+            Err(e) => Err(backend(&e)),
+        }
+    }
+
     /// Records an authorized run's progress report (see [`Receiver::authorize_completion`]) on
     /// its record, in place: no stage change, no timeline entry. At most one report per
     /// [`PROGRESS_INTERVAL_MS`] is written; a faster one is refused with the wait left (ms).
@@ -251,21 +272,10 @@ impl Receiver {
         report: &v1::ProgressReport,
     ) -> Result<(), ProgressError> {
         let progress = checked_progress(report).map_err(CompletionError::InvalidInput)?;
-        let id = rid.to_string();
-        let not_found =
-            || CompletionError::NotFound(format!("run {id} of algorithm {alg} not found"));
-        let backend = |e: StoreError| CompletionError::Backend {
-            kind: e.kind(),
-            message: e.to_string(),
-        };
         // A run that starts (or goes back to the queue) meanwhile changes its stage under the
         // compare-and-set: read again, a bounded number of times.
         for _ in 0..3 {
-            let run = match self.store.get(rid).await {
-                Ok(Some(run)) if run.algorithm == alg => run,
-                Ok(_) => return Err(not_found().into()),
-                Err(e) => return Err(backend(e).into()),
-            };
+            let run = self.run_of(alg, rid).await?;
             if run.stage.is_terminal() {
                 return Err(CompletionError::AlreadyFinished {
                     id: rid,
@@ -290,8 +300,8 @@ impl Receiver {
             {
                 Ok(_) => return Ok(()),
                 Err(StoreError::Conflict { .. }) => {}
-                Err(StoreError::NotFound(_)) => return Err(not_found().into()),
-                Err(e) => return Err(backend(e).into()),
+                Err(StoreError::NotFound(_)) => return Err(not_found(alg, rid).into()),
+                Err(e) => return Err(backend(&e).into()),
             }
         }
         Err(ProgressError::Throttled(PROGRESS_INTERVAL_MS))
