@@ -119,6 +119,7 @@ async fn drive_as(
         errors,
         elapsed,
         latencies,
+        cpu: crate::cpu::Used::default(),
     })
 }
 

@@ -6,11 +6,15 @@
 //! 1. **raw insert**: one prepared `INSERT INTO raw_insert (id, record)` per op, with a record of
 //!    the size an accepted run's record has: the limit of this driver on this node.
 //! 2. **accept**: `POST /algorithm/v1/run/knapsack` (1 KiB payload) to standalone Nexus using
-//!    this store, closed loop (right after the raw phase: their ratio is the target).
+//!    this store, closed loop (right after the raw phase: their ratio is the target); then the
+//!    same against an in-memory store that writes nothing (the no-write baseline).
 //! 3. **LWT insert**: the same with `IF NOT EXISTS` (what a Paxos round costs, for reference).
 //! 4. **unlogged batches**: the raw insert in batches of 16 rows (what coalescing would buy).
-//! 5. **store insert**: `CassandraRunStore::insert` of a BUFFERED run with an owner, as the
-//!    scheduler does on accept (id check + owner lookup row, then the run row).
+//! 5. **store insert**: `CassandraRunStore::insert_minted` of a BUFFERED run with an owner, as
+//!    the scheduler does on accept (lookup rows grouped per partition, then the run row).
+//!
+//! Every phase reports CPU per operation (`/proc`): this process apart from the load
+//! generator's threads, the load generator, and the local Cassandra node.
 //! 6. **store transition**: BUFFERED → RUNNING compare-and-sets (LWT) on the runs just inserted.
 //! 7. **e2e** (with `--e2e`): submit → COMPLETED → result, instant in-process algorithm.
 
@@ -86,6 +90,8 @@ pub struct Phase {
     pub errors: usize,
     pub elapsed: Duration,
     pub latencies: Vec<Duration>,
+    /// CPU the phase used.
+    pub cpu: crate::cpu::Used,
 }
 
 impl Phase {
@@ -108,6 +114,7 @@ where
 {
     let op = Arc::new(op);
     let next = Arc::new(AtomicUsize::new(0));
+    let meter = crate::cpu::Meter::start(true);
     let start = Instant::now();
     let deadline = start + duration.min(PHASE_LIMIT);
     let mut tasks = Vec::new();
@@ -137,6 +144,7 @@ where
         errors += e;
     }
     let elapsed = start.elapsed();
+    let cpu = meter.stop();
     latencies.sort_unstable();
     Phase {
         name: name.to_owned(),
@@ -145,6 +153,7 @@ where
         errors,
         elapsed,
         latencies,
+        cpu,
     }
 }
 
@@ -167,7 +176,7 @@ pub async fn store_phases(
     scratch: &Scratch,
     concurrency: usize,
     duration: Duration,
-    after_raw: impl std::future::Future<Output = anyhow::Result<Phase>>,
+    after_raw: impl std::future::Future<Output = anyhow::Result<Vec<Phase>>>,
 ) -> anyhow::Result<Vec<Phase>> {
     let mut after_raw = Some(after_raw);
     let session = scratch.store.session().clone();
@@ -214,7 +223,7 @@ pub async fn store_phases(
             .await,
         );
         if let Some(f) = after_raw.take() {
-            out.push(f.await?);
+            out.extend(f.await?);
         }
     }
     // What coalescing writes would buy: unlogged batches of 16 rows (one request each).
@@ -269,7 +278,7 @@ pub async fn store_phases(
                     run.id = RunId::new();
                     run.root = run.id;
                     let id = run.id;
-                    let ok = store.insert(run).await.is_ok();
+                    let ok = store.insert_minted(run).await.is_ok();
                     if ok {
                         ids.lock().expect("ids").push(id);
                     }
@@ -312,6 +321,7 @@ pub fn print(phases: &[Phase]) {
     let rows: Vec<Vec<String>> = phases
         .iter()
         .map(|p| {
+            let (nexus, load, cassandra) = p.cpu.per_op_us(p.ok + p.errors);
             vec![
                 p.name.clone(),
                 p.concurrency.to_string(),
@@ -322,13 +332,27 @@ pub fn print(phases: &[Phase]) {
                 ms(pct(&p.latencies, 0.5)),
                 ms(pct(&p.latencies, 0.99)),
                 p.errors.to_string(),
+                f0(nexus),
+                f0(load),
+                cassandra.map_or_else(|| "-".to_owned(), f0),
             ]
         })
         .collect();
     print_table(
         "run store on Cassandra (same node, same driver, same run)",
         &[
-            "phase", "conc", "seconds", "ok", "ops/s", "× raw", "p50 ms", "p99 ms", "errors",
+            "phase",
+            "conc",
+            "seconds",
+            "ok",
+            "ops/s",
+            "× raw",
+            "p50 ms",
+            "p99 ms",
+            "errors",
+            "Nexus/driver CPU µs/op",
+            "load gen µs/op",
+            "Cassandra CPU µs/op",
         ],
         &rows,
     );
@@ -343,5 +367,6 @@ pub fn from_load(l: &crate::Load) -> Phase {
         errors: l.non_202 + l.errors,
         elapsed: l.elapsed,
         latencies: l.latencies.clone(),
+        cpu: l.cpu,
     }
 }

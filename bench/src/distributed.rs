@@ -98,7 +98,14 @@ pub async fn run(
             "distributed: baseline, standalone on {} …",
             nexus.handle.url
         );
-        let r = e2e::drive(&nexus.handle.url, "knapsack", concurrency, duration).await;
+        let r = e2e::drive(
+            &nexus.handle.url,
+            "knapsack",
+            concurrency,
+            duration,
+            e2e::Wait::LongPoll,
+        )
+        .await;
         nexus.stop().await;
         r?
     };
@@ -192,8 +199,20 @@ async fn distributed_phase(
     );
     let half = (concurrency / 2).max(1);
     let (a, b) = tokio::join!(
-        e2e::drive(&schedulers[0].url, "knapsack", half, duration),
-        e2e::drive(&schedulers[1].url, "knapsack", concurrency - half, duration),
+        e2e::drive(
+            &schedulers[0].url,
+            "knapsack",
+            half,
+            duration,
+            e2e::Wait::LongPoll
+        ),
+        e2e::drive(
+            &schedulers[1].url,
+            "knapsack",
+            concurrency - half,
+            duration,
+            e2e::Wait::LongPoll
+        ),
     );
     let r = e2e::merge(a?, b?);
     for s in schedulers {

@@ -1,6 +1,8 @@
 //! `e2e`: the whole pipeline with an in-process algorithm. Closed-loop clients each submit a run,
-//! poll `GET /algorithm/v1/results/{alg}/requests/{id}` (back-off 1 ms doubling to 20 ms) until
-//! it is COMPLETED, fetch the result through the returned signed URL and check its content. The
+//! wait for it with `GET /algorithm/v1/results/{alg}/requests/{id}` until it is COMPLETED, fetch
+//! the result through the returned signed URL and check its content. Two ways to wait
+//! ([`Wait`]): polling (back-off 1 ms doubling to 20 ms), as a client of the Go API does, or one
+//! long poll (`?wait=10s`, answered when the run ends). The
 //! standalone under test uses [`crate::instant::InstantExecutor`], which uploads the result and
 //! reports completion over HTTP as an algorithm does.
 
@@ -17,6 +19,26 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(30);
 /// First and longest wait between two status polls.
 const POLL_FIRST: Duration = Duration::from_millis(1);
 const POLL_MAX: Duration = Duration::from_millis(20);
+
+/// How a client waits for its run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Status reads with a back-off ([`POLL_FIRST`] doubling to [`POLL_MAX`]).
+    Poll,
+    /// `?wait=10s`: one read, answered when the run ends.
+    LongPoll,
+}
+
+impl Wait {
+    /// How the table names it.
+    #[must_use]
+    pub fn label(self) -> &'static str {
+        match self {
+            Wait::Poll => "polling",
+            Wait::LongPoll => "long poll (?wait=)",
+        }
+    }
+}
 
 /// What the `e2e` phase measured.
 #[derive(Debug, Default)]
@@ -60,7 +82,7 @@ enum One {
     Error(usize),
 }
 
-async fn one(client: &reqwest::Client, base: &str, alg: &str, body: &str) -> One {
+async fn one(client: &reqwest::Client, base: &str, alg: &str, body: &str, how: Wait) -> One {
     let t0 = Instant::now();
     let created = client
         .post(format!("{base}/algorithm/v1/run/{alg}"))
@@ -76,7 +98,10 @@ async fn one(client: &reqwest::Client, base: &str, alg: &str, body: &str) -> One
         _ => return One::Error(0),
     };
     let submitted = t0.elapsed();
-    let status_url = format!("{base}/algorithm/v1/results/{alg}/requests/{id}");
+    let status_url = match how {
+        Wait::Poll => format!("{base}/algorithm/v1/results/{alg}/requests/{id}"),
+        Wait::LongPoll => format!("{base}/algorithm/v1/results/{alg}/requests/{id}?wait=10s"),
+    };
     let mut wait = POLL_FIRST;
     let mut polls = 0usize;
     let uri = loop {
@@ -98,6 +123,7 @@ async fn one(client: &reqwest::Client, base: &str, alg: &str, body: &str) -> One
             {
                 return One::Failed(polls);
             }
+            Ok(_) if how == Wait::LongPoll => continue,
             Ok(_) => {}
             Err(_) => return One::Error(polls),
         }
@@ -129,6 +155,7 @@ pub async fn drive(
     alg: &str,
     concurrency: usize,
     duration: Duration,
+    how: Wait,
 ) -> anyhow::Result<E2e> {
     anyhow::ensure!(
         (1..=4096).contains(&concurrency),
@@ -154,7 +181,7 @@ pub async fn drive(
             while Instant::now() < deadline
                 && started.fetch_add(1, Ordering::Relaxed) < MAX_REQUESTS
             {
-                match one(&client, &base, &alg, &body).await {
+                match one(&client, &base, &alg, &body, how).await {
                     One::Ok(parts, p) => {
                         r.ok += 1;
                         r.polls += p;

@@ -65,8 +65,8 @@ struct Shared {
 /// # Errors
 /// Arguments out of range, or the HTTP client cannot be built.
 pub async fn drive(
-    name: &str,
-    url: &str,
+    name: &'static str,
+    url: String,
     body: Arc<String>,
     rate: f64,
     duration: Duration,
@@ -81,7 +81,7 @@ pub async fn drive(
         "--max-outstanding must be between 1 and 65536"
     );
     let client = crate::load_client(max_outstanding)?;
-    let url = Arc::new(url.to_owned());
+    let url = Arc::new(url);
     let duration = duration.min(PHASE_LIMIT);
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // bounded above
     let total = ((rate * duration.as_secs_f64()) as usize).min(MAX_REQUESTS);

@@ -119,7 +119,8 @@ pub enum RunCommand {
         /// With `--wait`: give up waiting after this long (e.g. `30s`, `10m`, `1h`).
         #[arg(long, default_value = "10m", value_parser = humantime::parse_duration, requires = "wait")]
         timeout: Duration,
-        /// With `--wait`: time between two status polls.
+        /// With `--wait`: how often the status line refreshes (each status read is held by the
+        /// server until the run ends or this long passes, so the end shows at once).
         #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration, requires = "wait")]
         interval: Duration,
     },
@@ -162,7 +163,8 @@ pub enum RunCommand {
         /// Give up waiting after this long (e.g. `30s`, `10m`, `1h`); the run keeps going.
         #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
         timeout: Duration,
-        /// Time between two status polls.
+        /// How often the status line refreshes (each status read is held by the server until the
+        /// run ends or this long passes, so the end shows at once).
         #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
         interval: Duration,
     },
@@ -753,6 +755,28 @@ impl Client {
             .with_context(|| format!("unexpected answer when {what}"))
     }
 
+    /// [`Client::result`] that the server holds until the run ends or `wait` is over
+    /// (`?wait=`), so an end is seen at once without polling.
+    async fn result_within(
+        &self,
+        algorithm: &str,
+        id: &str,
+        wait: Duration,
+    ) -> anyhow::Result<RequestResult> {
+        let what = format!("fetching run {id} of algorithm {algorithm:?}");
+        let mut url = endpoint(
+            &self.base,
+            &["algorithm", "v1", "results", algorithm, "requests", id],
+        )?;
+        url.query_pairs_mut()
+            .append_pair("wait", &format!("{}ms", wait.as_millis().max(1)));
+        let resp = self
+            .send_to(Method::GET, url, None::<&()>, &[], &what)
+            .await?;
+        resp.json::<RequestResult>()
+            .with_context(|| format!("unexpected answer when {what}"))
+    }
+
     async fn metadata(&self, algorithm: &str, id: &str) -> anyhow::Result<serde_json::Value> {
         let what = format!("fetching metadata of run {id} of algorithm {algorithm:?}");
         let resp = self
@@ -898,7 +922,9 @@ impl Client {
         Ok(resp.text().trim().to_owned())
     }
 
-    /// Polls the run until it is terminal or `timeout` elapses; returns the exit code.
+    /// Waits until the run is terminal or `timeout` elapses; returns the exit code. Each status
+    /// read is held by the server for up to `interval` (`?wait=`): the end is seen the moment
+    /// it happens, and the progress line still refreshes every `interval`.
     async fn wait(
         &self,
         algorithm: &str,
@@ -913,7 +939,17 @@ impl Client {
         let mut detail: Option<String> = None;
         let mut last_meta = start.checked_sub(Duration::from_secs(2)).unwrap_or(start);
         let last_status = loop {
-            let result = match self.result(algorithm, id).await {
+            let asked = Instant::now();
+            // The server holds a read for at most 60 s.
+            let hold = interval
+                .min(Duration::from_secs(50))
+                .min(timeout.saturating_sub(start.elapsed()));
+            let read = if hold.is_zero() {
+                self.result(algorithm, id).await
+            } else {
+                self.result_within(algorithm, id, hold).await
+            };
+            let result = match read {
                 Ok(r) => r,
                 Err(e) => {
                     progress.finish();
@@ -943,8 +979,10 @@ impl Client {
             if elapsed >= timeout {
                 break result.status;
             }
-            let remaining = timeout.saturating_sub(elapsed);
-            tokio::time::sleep(interval.min(remaining)).await;
+            // A server that answered before `interval` without an end (one that does not
+            // hold reads, or one shutting down) is asked again only after the interval.
+            let remaining = timeout.saturating_sub(start.elapsed());
+            tokio::time::sleep(interval.saturating_sub(asked.elapsed()).min(remaining)).await;
         };
         progress.finish();
         eprintln!("{}", timeout_message(algorithm, id, &last_status, timeout));

@@ -205,8 +205,24 @@ pub async fn start(config: StandaloneConfig, listener: TcpListener) -> anyhow::R
 /// # Errors
 /// As [`start`].
 pub async fn start_with_executor(
+    config: StandaloneConfig,
+    listener: TcpListener,
+    make: impl FnOnce(UnboundedSender<ExecutorEvent>, Arc<dyn PayloadStore>) -> Arc<dyn Executor>,
+) -> anyhow::Result<Handle> {
+    start_with_parts(config, listener, None, make).await
+}
+
+/// [`start_with_executor`] on `store` instead of the one `config.store` names: for benchmarks
+/// that compare the accept path with a store that keeps runs in memory only (never for a
+/// deployment: such runs do not survive the process).
+///
+/// # Errors
+/// As [`start`].
+#[doc(hidden)]
+pub async fn start_with_parts(
     mut config: StandaloneConfig,
     listener: TcpListener,
+    store: Option<Arc<dyn RunStore>>,
     make: impl FnOnce(UnboundedSender<ExecutorEvent>, Arc<dyn PayloadStore>) -> Arc<dyn Executor>,
 ) -> anyhow::Result<Handle> {
     // The metrics recorder first: whatever starts below describes and counts into it (a counter
@@ -239,8 +255,12 @@ pub async fn start_with_executor(
     nexus_model::private_fs::tighten(&data)
         .with_context(|| format!("cannot make the data directory {} private", data.display()))?;
 
-    let store: Arc<dyn RunStore> = match config.store_kind().map_err(|e| anyhow::anyhow!("{e}"))? {
-        StoreKind::Embedded => {
+    let store: Arc<dyn RunStore> = match (
+        store,
+        config.store_kind().map_err(|e| anyhow::anyhow!("{e}"))?,
+    ) {
+        (Some(store), _) => store,
+        (None, StoreKind::Embedded) => {
             let db = data.join("runs.db");
             Arc::new(
                 tokio::task::spawn_blocking(move || SqliteRunStore::open(&db))
@@ -249,7 +269,7 @@ pub async fn start_with_executor(
                     .context("cannot open the run store")?,
             )
         }
-        StoreKind::Cassandra(c) => {
+        (None, StoreKind::Cassandra(c)) => {
             // A shared store: other processes may own runs in it, so only lapsed leases are
             // recovered at start (not every owner but this one, as with the locked SQLite file).
             config.supervisor.exclusive_store = false;

@@ -678,7 +678,7 @@ impl Admission {
         // run stored BUFFERED but never queued would wait for the next restart).
         let s2 = Arc::clone(s);
         let inserted = tokio::spawn(async move {
-            let r = s2.store.insert(run).await;
+            let r = s2.store.insert_minted(run).await;
             if matches!(r, Ok(Inserted::Created)) && !dry_run {
                 s2.queue.push(Queued {
                     id,
@@ -1154,7 +1154,7 @@ impl Admission {
         }
         let fingerprint = Fingerprint::of(&run);
         let stored_result = run.result_stored;
-        let inserted = s.store.insert(run).await?;
+        let inserted = s.store.insert_minted(run).await?;
         let admitted = match inserted {
             Inserted::Created => Admitted { id, created: true },
             Inserted::Existing(existing) => {

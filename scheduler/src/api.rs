@@ -363,12 +363,83 @@ fn error_message(run: &Run) -> String {
     }
 }
 
+/// Longest `?wait=` of a result read.
+pub const MAX_RESULT_WAIT: Duration = Duration::from_secs(60);
+/// First and longest pause between the store reads of a waiting result read: runs that end in
+/// this process are announced at once ([`nexus_store::watch`]); these reads catch the ones that
+/// end elsewhere (a receiver in another cluster).
+const WAIT_READ_FIRST: Duration = Duration::from_millis(10);
+const WAIT_READ_MAX: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ResultQuery {
+    wait: Option<String>,
+}
+
+/// `?wait=`: a duration up to [`MAX_RESULT_WAIT`].
+fn parse_wait(v: Option<&str>) -> ApiResult<Option<Duration>> {
+    let Some(v) = v else { return Ok(None) };
+    let bad = |why: String| {
+        metrics::rejected("invalid_query");
+        ApiError::bad_request(format!(
+            "wait: {why}; give how long to wait for the run to end, e.g. wait=30s (at most {}s)",
+            MAX_RESULT_WAIT.as_secs()
+        ))
+    };
+    let d = nexus_model::spec::parse_duration(v).map_err(bad)?;
+    if d > MAX_RESULT_WAIT {
+        return Err(bad(format!(
+            "'{}' is longer than the limit",
+            v.escape_default()
+        )));
+    }
+    Ok(Some(d))
+}
+
+/// Waits up to `wait` for `run` to end: woken when it ends in this process, re-read now and
+/// then for ends elsewhere; stops early when the scheduler shuts down. Returns the latest record.
+async fn wait_for_end(s: &Scheduler, mut run: Run, wait: Duration) -> ApiResult<Run> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let Some(watch) = nexus_store::watch::watch(run.id) else {
+        return Ok(run);
+    };
+    let mut pause = WAIT_READ_FIRST;
+    while !run.stage.is_terminal() && s.readiness.is_ready() {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            break;
+        }
+        // Registered before the read: an end between the read and the wait still wakes us.
+        let changed = watch.changed();
+        if let Some(latest) = s.store.get(run.id).await.map_err(|e| store_err(&e))? {
+            run = latest;
+        }
+        if run.stage.is_terminal() {
+            break;
+        }
+        let sleep = pause.min(deadline - now);
+        tokio::select! {
+            () = changed => {}
+            () = tokio::time::sleep(sleep) => pause = (pause * 2).min(WAIT_READ_MAX),
+        }
+    }
+    Ok(run)
+}
+
+/// `GET /algorithm/v1/results/{alg}/requests/{id}`: the run's status and result. With
+/// `?wait=30s`, a run that has not ended yet is answered when it ends (or when the wait is
+/// over, with its status then): one request instead of a polling loop.
 async fn get_result(
     State(s): S,
     Extension(caller): Who,
     Path((alg, id)): Path<(String, String)>,
+    Query(q): Query<ResultQuery>,
 ) -> ApiResult<axum::Json<v1::RequestResult>> {
-    let run = load_for(&s, &caller, Action::Read, &alg, &id).await?;
+    let wait = parse_wait(q.wait.as_deref())?;
+    let mut run = load_for(&s, &caller, Action::Read, &alg, &id).await?;
+    if let Some(wait) = wait {
+        run = wait_for_end(&s, run, wait).await?;
+    }
     Ok(axum::Json(v1::RequestResult {
         request_id: run.id.to_string(),
         status: run.stage.to_string(),

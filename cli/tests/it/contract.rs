@@ -493,6 +493,50 @@ mod cases {
         assert!(v["resultUri"].as_str().unwrap().starts_with("http"));
     }
 
+    /// `?wait=`: a read of a running run is held until the run ends and answered with its end;
+    /// a wait that runs out answers with the status then; bad waits are 400 with the limit.
+    pub async fn results_wait_answers_when_the_run_ends(t: &Target) {
+        let id = sleeping_run(t).await;
+        let status = format!("{}/algorithm/v1/results/chaos/requests/{id}", t.scheduler);
+        // A short wait on a run that goes on: its status then.
+        let r = get(format!("{status}?wait=200ms")).await;
+        let v: Value = serde_json::from_str(&expect("results_200", r).await).unwrap();
+        assert!(
+            ["BUFFERED", "RUNNING"].contains(&v["status"].as_str().unwrap()),
+            "{v}"
+        );
+        for bad in ["0s", "61s", "soon", "-1s"] {
+            let r = get(format!("{status}?wait={bad}")).await;
+            assert_eq!(r.status(), 400, "wait={bad}");
+            let text = r.text().await.unwrap();
+            assert!(
+                text.contains("wait") && text.contains("60s"),
+                "{bad}: {text}"
+            );
+        }
+        // A held read, then the run ends (its algorithm reports a failure): the held read
+        // answers with the end, not with the stage it had when it was asked.
+        let held = tokio::spawn(get(format!("{status}?wait=30s")));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!held.is_finished(), "a read of a running run is held");
+        let done = format!("{}/algorithm/v1/complete/chaos/requests/{id}", t.receiver);
+        let r = complete(
+            done,
+            Some(token(t, &id)),
+            json!({"resultUri": "", "errorCause": "ended while a client waited"}),
+        )
+        .await;
+        expect("complete_202", r).await;
+        let v: Value =
+            serde_json::from_str(&expect("results_200", held.await.unwrap()).await).unwrap();
+        assert_eq!(v["status"], "FAILED", "{v}");
+        assert_eq!(v["runErrorMessage"], "ended while a client waited");
+        // A finished run is answered at once, wait or not.
+        let r = get(format!("{status}?wait=30s")).await;
+        let v: Value = serde_json::from_str(&expect("results_200", r).await).unwrap();
+        assert_eq!(v["status"], "FAILED");
+    }
+
     pub async fn results_404(t: &Target) {
         let r = get(format!(
             "{}/algorithm/v1/results/knapsack/requests/{}",
@@ -1284,6 +1328,7 @@ contract_tests!(
     submit_413,
     submit_415,
     results_200,
+    results_wait_answers_when_the_run_ends,
     results_404,
     tags_200,
     metadata_200,

@@ -383,7 +383,7 @@ impl RunStore for SqliteRunStore {
                 Ok(run)
             })
             .await?;
-        nexus_store::stage_changed(from, to, by);
+        nexus_store::stage_changed(id, from, to, by);
         Ok(run)
     }
 

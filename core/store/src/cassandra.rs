@@ -11,9 +11,13 @@
 //! timing out has an unknown outcome; the store then reads the row at SERIAL consistency (which
 //! completes any in-flight Paxos round) and reports success if its own write is the one stored.
 //!
-//! Creation is one plain write (no Paxos: an accept costs what an ordinary insert costs), after a
-//! read that rejects an id already present (ids are UUIDv7 minted by the scheduler, so this only
-//! catches bugs). Runs with an idempotency key first claim `(algorithm, key)` by
+//! Creation is one plain write (no Paxos: an accept costs what an ordinary insert costs). An
+//! accept ([`RunStore::insert_minted`]: the scheduler minted the UUIDv7 id) reads nothing first;
+//! [`RunStore::insert`] of an id from elsewhere first reads the row to refuse a duplicate. The
+//! lookup rows written before the run's row are grouped with other writers' rows of the same
+//! partition into unlogged single-partition batches (see the `coalesce` module), so under load
+//! an accept's only write of its own is its row. Runs with an idempotency key first claim
+//! `(algorithm, key)` by
 //! `INSERT … IF NOT EXISTS`, storing the record with the claim; a claimant that died before
 //! writing the run is completed by the next submitter with the same key (roll-forward), and both
 //! write the run with `IF version = null`, so exactly one record is ever stored.
@@ -75,6 +79,8 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlValue, Row};
 use uuid::Uuid;
 
+use coalesce::Coalescer;
+
 use super::{
     BatchInserted, Inserted, Lease, ListPage, Position, RunBatch, RunFilter, RunStore, StoreError,
 };
@@ -82,6 +88,7 @@ use nexus_model::error::ErrorKind;
 use nexus_model::run::{Millis, Run, RunId, RunPatch, Stage, now_millis};
 
 mod batch;
+mod coalesce;
 pub mod config;
 mod listing;
 pub mod schema;
@@ -334,11 +341,12 @@ struct Statements {
     create: PreparedStatement,
     create_if_absent: PreparedStatement,
     cas: PreparedStatement,
-    hint_owner: PreparedStatement,
+    /// Lookup rows, grouped per partition (see the `coalesce` module).
+    hint_owner: Arc<Coalescer<(String, String), OwnerRow>>,
     unhint_owner: PreparedStatement,
-    hint_tag: PreparedStatement,
+    hint_tag: Arc<Coalescer<String, TagRow>>,
     unhint_tag: PreparedStatement,
-    hint_parent: PreparedStatement,
+    hint_parent: Arc<Coalescer<Uuid, ParentRow>>,
     register_owner: PreparedStatement,
     owners: PreparedStatement,
     page_owner: PreparedStatement,
@@ -360,7 +368,7 @@ struct Statements {
 
 impl Statements {
     async fn prepare(
-        session: &Session,
+        session: &Arc<Session>,
         ks: &str,
         serial: SerialConsistency,
     ) -> Result<Self, StoreError> {
@@ -399,31 +407,43 @@ impl Statements {
                 false,
             )
             .await?,
-            hint_owner: p(
-                format!("INSERT INTO {ks}.runs_by_owner_stage (owner, stage, id, version) VALUES (?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?"),
-                true,
-            )
-            .await?,
+            hint_owner: Coalescer::new(
+                Arc::clone(session),
+                p(
+                    format!("INSERT INTO {ks}.runs_by_owner_stage (owner, stage, id, version) VALUES (?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?"),
+                    true,
+                )
+                .await?,
+                "writing an owner lookup row",
+            ),
             unhint_owner: p(
                 format!("DELETE FROM {ks}.runs_by_owner_stage USING TIMESTAMP ? WHERE owner = ? AND stage = ? AND id = ?"),
                 true,
             )
             .await?,
-            hint_tag: p(
-                format!("INSERT INTO {ks}.runs_by_tag (tag, id) VALUES (?, ?) USING TTL ? AND TIMESTAMP ?"),
-                true,
-            )
-            .await?,
+            hint_tag: Coalescer::new(
+                Arc::clone(session),
+                p(
+                    format!("INSERT INTO {ks}.runs_by_tag (tag, id) VALUES (?, ?) USING TTL ? AND TIMESTAMP ?"),
+                    true,
+                )
+                .await?,
+                "writing a tag lookup row",
+            ),
             unhint_tag: p(
                 format!("DELETE FROM {ks}.runs_by_tag USING TIMESTAMP ? WHERE tag = ? AND id = ?"),
                 true,
             )
             .await?,
-            hint_parent: p(
-                format!("INSERT INTO {ks}.runs_by_parent (parent, id) VALUES (?, ?) USING TTL ? AND TIMESTAMP ?"),
-                true,
-            )
-            .await?,
+            hint_parent: Coalescer::new(
+                Arc::clone(session),
+                p(
+                    format!("INSERT INTO {ks}.runs_by_parent (parent, id) VALUES (?, ?) USING TTL ? AND TIMESTAMP ?"),
+                    true,
+                )
+                .await?,
+                "writing a parent lookup row",
+            ),
             register_owner: p(
                 format!("INSERT INTO {ks}.owners_by_stage (stage, owner) VALUES (?, ?) USING TTL ?"),
                 true,
@@ -512,6 +532,13 @@ impl Statements {
         })
     }
 }
+
+/// A `runs_by_owner_stage` row: owner, stage, id, version, TTL, write timestamp.
+type OwnerRow = (String, String, Vec<u8>, i64, i32, i64);
+/// A `runs_by_tag` row: tag, id, TTL, write timestamp.
+type TagRow = (String, Vec<u8>, i32, i64);
+/// A `runs_by_parent` row: parent, id, TTL, write timestamp.
+type ParentRow = (Uuid, Vec<u8>, i32, i64);
 
 /// Which lookup table, and the key in it.
 #[derive(Debug, Clone)]
@@ -724,13 +751,14 @@ impl CassandraRunStore {
                 let id = id.clone();
                 writes.push(Box::pin(async move {
                     self.register(&owner, new.stage).await?;
-                    self.exec(
-                        &self.st.hint_owner,
-                        (owner.as_str(), new.stage.as_str(), id, version, ttl, ts),
-                        "writing an owner lookup row",
-                    )
-                    .await
-                    .map(drop)
+                    let stage = new.stage.as_str().to_owned();
+                    self.st
+                        .hint_owner
+                        .write(
+                            (owner.clone(), stage.clone()),
+                            (owner, stage, id, version, ttl, ts),
+                        )
+                        .await
                 })
                     as futures::future::BoxFuture<'_, Result<(), StoreError>>);
             }
@@ -740,13 +768,10 @@ impl CassandraRunStore {
             if !same || expiring {
                 let id = id.clone();
                 writes.push(Box::pin(async move {
-                    self.exec(
-                        &self.st.hint_tag,
-                        (tag.as_str(), id, ttl, ts),
-                        "writing a tag lookup row",
-                    )
-                    .await
-                    .map(drop)
+                    self.st
+                        .hint_tag
+                        .write(tag.clone(), (tag.clone(), id, ttl, ts))
+                        .await
                 }));
             }
         }
@@ -755,13 +780,8 @@ impl CassandraRunStore {
         {
             let id = id.clone();
             writes.push(Box::pin(async move {
-                self.exec(
-                    &self.st.hint_parent,
-                    (parent.request_id.0, id, ttl, ts),
-                    "writing a parent lookup row",
-                )
-                .await
-                .map(drop)
+                let p = parent.request_id.0;
+                self.st.hint_parent.write(p, (p, id, ttl, ts)).await
             }));
         }
         writes.extend(self.listing_writes(old, new, ttl, ts));
@@ -886,10 +906,13 @@ impl CassandraRunStore {
         ))
     }
 
-    /// Writes a new run's lookup rows, then its row; `if_absent` makes the row write a
-    /// transaction (idempotency-keyed runs, which two submitters may write).
-    async fn create(&self, run: &Run, if_absent: bool) -> Result<bool, StoreError> {
-        self.write_hints(None, run, 1).await?;
+    /// Writes a new run's lookup rows (unless `hints` is false: the caller wrote them), then its
+    /// row; `if_absent` makes the row write a transaction (idempotency-keyed runs, which two
+    /// submitters may write).
+    async fn create(&self, run: &Run, if_absent: bool, hints: bool) -> Result<bool, StoreError> {
+        if hints {
+            self.write_hints(None, run, 1).await?;
+        }
         let (stage, owner, tag, v, record) = Self::row_values(run, 1)?;
         let values = (self.ttl_for(run), stage, owner, tag, v, record, run.id.0);
         if if_absent {
@@ -915,7 +938,13 @@ impl CassandraRunStore {
     }
 
     /// Insert of a run carrying an idempotency key (see the module docs).
-    async fn insert_keyed(&self, run: Run, key: &str) -> Result<Inserted, StoreError> {
+    /// `check_id`: refuse an id already stored (off for minted ids).
+    async fn insert_keyed(
+        &self,
+        run: Run,
+        key: &str,
+        check_id: bool,
+    ) -> Result<Inserted, StoreError> {
         let record = encode(&run)?;
         let claim = self
             .exec(
@@ -925,10 +954,10 @@ impl CassandraRunStore {
             )
             .await?;
         if applied(claim, "claiming an idempotency key")? {
-            if self.exists(run.id).await? {
+            if check_id && self.exists(run.id).await? {
                 return Err(Self::duplicate(run.id));
             }
-            self.create(&run, true).await?;
+            self.create(&run, true, true).await?;
             return Ok(Inserted::Created);
         }
         // Taken: return its run, completing its insert if the first submitter died half-way.
@@ -956,7 +985,7 @@ impl CassandraRunStore {
             return Ok(Inserted::Existing(existing));
         }
         let first = decode(&record)?;
-        self.create(&first, true).await?;
+        self.create(&first, true, true).await?;
         match self.load(id, true).await? {
             Some((_, existing)) => Ok(Inserted::Existing(existing)),
             None => Err(internal(format!(
@@ -1050,7 +1079,7 @@ impl CassandraRunStore {
 impl RunStore for CassandraRunStore {
     async fn insert(&self, run: Run) -> Result<Inserted, StoreError> {
         if let Some(key) = run.idempotency_key.clone() {
-            return self.insert_keyed(run, &key).await;
+            return self.insert_keyed(run, &key, true).await;
         }
         // The id check and the lookup rows are independent: one round trip for both.
         let (exists, hints) =
@@ -1059,13 +1088,17 @@ impl RunStore for CassandraRunStore {
             return Err(Self::duplicate(run.id));
         }
         hints?;
-        let (stage, owner, tag, v, record) = Self::row_values(&run, 1)?;
-        self.exec(
-            &self.st.create,
-            (self.ttl_for(&run), stage, owner, tag, v, record, run.id.0),
-            "creating a run",
-        )
-        .await?;
+        self.create(&run, false, false).await?;
+        Ok(Inserted::Created)
+    }
+
+    async fn insert_minted(&self, run: Run) -> Result<Inserted, StoreError> {
+        // No existence read: the id is fresh. The lookup rows (grouped with other writers' in
+        // single-partition batches), then the run's row: one write of its own per accept.
+        if let Some(key) = run.idempotency_key.clone() {
+            return self.insert_keyed(run, &key, false).await;
+        }
+        self.create(&run, false, true).await?;
         Ok(Inserted::Created)
     }
 
@@ -1097,7 +1130,7 @@ impl RunStore for CassandraRunStore {
                 Ok(run)
             })
             .await?;
-        super::stage_changed(from, to, by);
+        super::stage_changed(id, from, to, by);
         Ok(run)
     }
 

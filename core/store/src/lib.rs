@@ -30,6 +30,7 @@ pub mod listing;
 pub mod memory;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod test_suite;
+pub mod watch;
 
 #[cfg(feature = "cassandra")]
 pub use cassandra::CassandraRunStore;
@@ -104,9 +105,13 @@ pub fn describe() {
     );
 }
 
-/// Counts one stored stage change (called by each backend after a successful compare-and-set;
-/// changes within a stage are not counted).
-pub fn stage_changed(from: Stage, to: Stage, by: &'static str) {
+/// Counts one stored stage change of run `id` (called by each backend after a successful
+/// compare-and-set; changes within a stage are not counted) and announces an end to the run's
+/// waiters in this process ([`watch`]).
+pub fn stage_changed(id: RunId, from: Stage, to: Stage, by: &'static str) {
+    if to.is_terminal() {
+        watch::finished(id);
+    }
     if from != to {
         metrics::counter!(STAGE_CHANGES, "from" => from.as_str(), "to" => to.as_str(), "by" => by)
             .increment(1);
@@ -258,6 +263,17 @@ pub trait RunStore: Send + Sync + std::fmt::Debug + 'static {
     /// # Errors
     /// [`StoreError::Backend`]; a duplicate id is `Conflict`.
     async fn insert(&self, run: Run) -> Result<Inserted, StoreError>;
+
+    /// Stores a new run whose id the caller has just minted ([`RunId::new`]: a UUIDv7 with 74
+    /// random bits, never handed out before). As [`RunStore::insert`], except that a store may
+    /// skip its duplicate-id check, which for such ids can only catch bugs: on Cassandra that
+    /// check is a read on the hot path of every accept.
+    ///
+    /// # Errors
+    /// As [`RunStore::insert`] (a store that skips the check reports no duplicate).
+    async fn insert_minted(&self, run: Run) -> Result<Inserted, StoreError> {
+        self.insert(run).await
+    }
 
     /// Stores every run of `batch` durably, or none (all or nothing, also across a crash of the
     /// caller or of the store's process: see each backend's docs for how).

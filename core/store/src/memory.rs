@@ -141,7 +141,7 @@ impl RunStore for InMemoryRunStore {
         let (_, run) = st.runs.get_mut(&id).ok_or(StoreError::NotFound(id))?;
         super::check_transition(id, run.stage, from, to)?;
         patch.apply(run, to, now_millis());
-        super::stage_changed(from, to, super::changed_by(&patch));
+        super::stage_changed(id, from, to, super::changed_by(&patch));
         Ok(run.clone())
     }
 

@@ -57,13 +57,14 @@ pub fn sample_run(algorithm: &str) -> Run {
 }
 
 /// How many stores [`run_all`] makes (one per aspect), for backends that prepare them up front.
-pub const ASPECTS: usize = 23;
+pub const ASPECTS: usize = 24;
 
 /// Runs every aspect of the contract, each against a fresh store from `make`.
 pub async fn run_all<S: RunStore>(make: impl Fn() -> S) {
     insert_get_round_trip(make()).await;
     idempotency_key(make()).await;
     duplicate_id_conflicts(make()).await;
+    minted_inserts(Arc::new(make())).await;
     batch_insert(make()).await;
     batch_is_all_or_nothing(make()).await;
     batch_key(make()).await;
@@ -230,6 +231,94 @@ pub async fn duplicate_id_conflicts<S: RunStore>(store: S) {
     insert(&store, &run).await;
     let err = store.insert(run.clone()).await.expect_err("duplicate id");
     assert_eq!(err.kind(), nexus_model::error::ErrorKind::Conflict, "{err}");
+}
+
+/// Many concurrent [`RunStore::insert_minted`] (the accept path): every run is stored and found
+/// through every lookup (owner+stage, tag, parent, listing), however the store groups their
+/// writes; a minted run with a used idempotency key returns the first run.
+pub async fn minted_inserts<S: RunStore>(store: Arc<S>) {
+    const N: usize = 150;
+    let parent = sample_run("minted");
+    insert(&*store, &parent).await;
+    let runs: Vec<Run> = (0..N)
+        .map(|i| {
+            let mut r = sample_run("minted");
+            r.owner = Some("scheduler-1".into());
+            r.tag = Some(format!("t{}", i % 3));
+            if i % 2 == 0 {
+                r.parent = Some(parent.as_ref());
+                r.root = parent.id;
+                r.depth = 1;
+            }
+            r
+        })
+        .collect();
+    let tasks: Vec<_> = runs
+        .iter()
+        .cloned()
+        .map(|r| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.insert_minted(r).await })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(
+            t.await.expect("task").expect("insert_minted"),
+            Inserted::Created
+        );
+    }
+    for r in &runs {
+        assert_eq!(store.get(r.id).await.expect("get").as_ref(), Some(r));
+    }
+    let mut all: Vec<RunId> = runs.iter().map(|r| r.id).collect();
+    all.sort();
+    let mut owned = ids(&store
+        .by_owner_stage("scheduler-1", Stage::Buffered, 1000)
+        .await
+        .expect("owner"));
+    owned.sort();
+    assert_eq!(owned, all, "owner+stage lookup");
+    let mut tagged = ids(&store.by_tag("t1", 1000).await.expect("by_tag"));
+    tagged.sort();
+    let mut want: Vec<RunId> = runs
+        .iter()
+        .filter(|r| r.tag.as_deref() == Some("t1"))
+        .map(|r| r.id)
+        .collect();
+    want.sort();
+    assert_eq!(tagged, want, "tag lookup");
+    let kids = store.by_parent(parent.id, 1000).await.expect("by_parent");
+    assert_eq!(kids.len(), N / 2, "parent lookup");
+    let filter = RunFilter {
+        algorithm: Some("minted".into()),
+        stage: Some(Stage::Buffered),
+        ..RunFilter::default()
+    };
+    let mut listed = Vec::new();
+    let mut after = None;
+    for _ in 0..100 {
+        let page = store.list(&filter, after, 100).await.expect("list");
+        listed.extend(page.runs.iter().map(|r| r.id));
+        match page.next {
+            Some(p) => after = Some(p),
+            None => break,
+        }
+    }
+    listed.retain(|id| *id != parent.id);
+    listed.sort();
+    assert_eq!(listed, all, "listing");
+    let mut first = sample_run("minted");
+    first.idempotency_key = Some("mk".into());
+    assert_eq!(
+        store.insert_minted(first.clone()).await.expect("keyed"),
+        Inserted::Created
+    );
+    let mut second = sample_run("minted");
+    second.idempotency_key = Some("mk".into());
+    match store.insert_minted(second).await.expect("keyed again") {
+        Inserted::Existing(r) => assert_eq!(r.id, first.id),
+        Inserted::Created => panic!("a used idempotency key created a run"),
+    }
 }
 
 /// A legal CAS applies the patch and stamps timestamps.

@@ -246,7 +246,7 @@ impl CassandraRunStore {
         // By index: a closure over `&Run` would need a higher-ranked lifetime the Send bound
         // of the trait's futures cannot express.
         let mut creates = futures::stream::iter(0..runs.len())
-            .map(|i| self.create(&runs[i], true))
+            .map(|i| self.create(&runs[i], true, true))
             .buffer_unordered(CONCURRENCY);
         while let Some(r) = creates.next().await {
             r?;

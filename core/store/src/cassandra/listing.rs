@@ -25,7 +25,7 @@
 //! [`BUCKET_BUDGET`] hours, returning where it stopped so the next page goes on from there.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures::future::{join_all, try_join_all};
@@ -33,6 +33,7 @@ use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 use uuid::Uuid;
 
+use super::coalesce::Coalescer;
 use super::{CassandraRunStore, internal};
 use crate::StoreError;
 use crate::listing::{ListPage, Position, RunFilter, id_floor, page_size, submitted_at};
@@ -57,7 +58,8 @@ const TOP: [u8; 16] = [0xff; 16];
 /// The listing's prepared statements.
 #[derive(Debug)]
 pub(crate) struct Statements {
-    hint: PreparedStatement,
+    /// `runs_by_time` rows, grouped per partition (see the `coalesce` module).
+    pub(crate) rows: Arc<Coalescer<ListingKey, ListingRow>>,
     unhint: PreparedStatement,
     register: PreparedStatement,
     buckets: PreparedStatement,
@@ -67,7 +69,7 @@ pub(crate) struct Statements {
 }
 
 impl Statements {
-    pub(crate) async fn prepare(session: &Session, ks: &str) -> Result<Self, StoreError> {
+    pub(crate) async fn prepare(session: &Arc<Session>, ks: &str) -> Result<Self, StoreError> {
         let p = |cql: String, idempotent: bool| async move {
             let mut st = session.prepare(cql.as_str()).await.map_err(|e| {
                 StoreError::backend(
@@ -79,7 +81,11 @@ impl Statements {
             Ok::<_, StoreError>(st)
         };
         Ok(Self {
-            hint: p(format!("INSERT INTO {ks}.runs_by_time (dim, bucket, spread, id) VALUES (?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?"), true).await?,
+            rows: Coalescer::new(
+                Arc::clone(session),
+                p(format!("INSERT INTO {ks}.runs_by_time (dim, bucket, spread, id) VALUES (?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?"), true).await?,
+                "writing a listing row",
+            ),
             unhint: p(format!("DELETE FROM {ks}.runs_by_time USING TIMESTAMP ? WHERE dim = ? AND bucket = ? AND spread = ? AND id = ?"), true).await?,
             register: p(format!("INSERT INTO {ks}.run_buckets (dim, bucket) VALUES (?, ?) USING TTL ?"), true).await?,
             buckets: p(format!("SELECT bucket FROM {ks}.run_buckets WHERE dim = ? AND bucket <= ? AND bucket >= ? LIMIT ?"), true).await?,
@@ -89,6 +95,11 @@ impl Statements {
         })
     }
 }
+
+/// The partition of a `runs_by_time` row: dimension, bucket, spread.
+pub(crate) type ListingKey = (String, i64, i8);
+/// A `runs_by_time` row: dimension, bucket, spread, id, TTL, write timestamp.
+pub(crate) type ListingRow = (String, i64, i8, Vec<u8>, i32, i64);
 
 /// Which `(dim, bucket)` this process registered in `run_buckets`, and when.
 #[derive(Debug, Default)]
@@ -218,13 +229,11 @@ impl CassandraRunStore {
                     if !slot.dim.starts_with("root/") {
                         self.register_bucket(&slot.dim, slot.bucket).await?;
                     }
-                    self.exec(
-                        &self.ls.hint,
-                        (slot.dim.as_str(), slot.bucket, slot.spread, id, ttl, ts),
-                        "writing a listing row",
-                    )
-                    .await
-                    .map(drop)
+                    let key = (slot.dim.clone(), slot.bucket, slot.spread);
+                    self.ls
+                        .rows
+                        .write(key, (slot.dim, slot.bucket, slot.spread, id, ttl, ts))
+                        .await
                 }) as futures::future::BoxFuture<'a, Result<(), StoreError>>
             })
             .collect()

@@ -253,14 +253,16 @@ def upload_url(run: RunRef) -> Call[str]:
     )
 
 
-def get(run: RunRef) -> Call[RunResult]:
-    """``GET /algorithm/v1/results/{alg}/requests/{id}``."""
+def get(run: RunRef, wait: float | None = None) -> Call[RunResult]:
+    """``GET /algorithm/v1/results/{alg}/requests/{id}``; with ``wait`` (seconds), the server
+    answers when the run ends or after that long (``?wait=``)."""
     what = f"reading the status of run {run}"
     return Call(
         "GET",
         f"{API}/results/{_seg(run.algorithm)}/requests/{_seg(run.request_id)}",
         lambda r: RunResult.from_json(_json(r, what), run.algorithm),
         what,
+        params=None if wait is None else {"wait": f"{max(1, int(wait * 1000))}ms"},
     )
 
 

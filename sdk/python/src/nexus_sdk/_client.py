@@ -142,16 +142,44 @@ def _ref(run: RunRef | RunResult) -> RunRef:
     return run
 
 
+#: Longest a status read asks the server to hold it (``?wait=``); the server's limit is 60 s.
+_MAX_HOLD = 20.0
+
+
 class _Waiting:
-    """Deadline and poll interval of one :meth:`NexusClient.wait` (shared by both clients)."""
+    """Deadline and poll interval of one :meth:`NexusClient.wait` (shared by both clients).
+
+    Each status read asks the server to hold it until the run ends (``?wait=``, at most
+    :data:`_MAX_HOLD` and well within the request timeout), so an end is seen at once; the
+    poll interval only paces reads a server answered early (one that does not hold them)."""
 
     def __init__(
-        self, timeout: float | None, poll_interval: float, max_poll_interval: float
+        self,
+        timeout: float | None,
+        poll_interval: float,
+        max_poll_interval: float,
+        request_timeout: httpx.Timeout,
     ) -> None:
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.timeout = timeout
         self.interval = poll_interval
         self.max_interval = max(max_poll_interval, poll_interval)
+        read = request_timeout.read
+        self.max_hold = _MAX_HOLD if read is None else min(_MAX_HOLD, read / 2)
+        self.asked = time.monotonic()
+
+    def hold(self) -> float | None:
+        """How long the next read may be held (``None``: not at all); marks when it was asked."""
+        self.asked = time.monotonic()
+        hold = self.max_hold
+        if self.deadline is not None:
+            hold = min(hold, self.deadline - self.asked)
+        return hold if hold >= 0.05 else None
+
+    def pause(self, run: RunRef, last: RunResult) -> float:
+        """The pause after a read that saw no end: what the poll interval asks beyond the time
+        the read was held; raises :class:`RunTimeoutError` past the deadline."""
+        return max(0.0, self.next_sleep(run, last) - (time.monotonic() - self.asked))
 
     def next_sleep(self, run: RunRef, last: RunResult) -> float:
         """The pause before the next poll; raises :class:`RunTimeoutError` past the deadline."""
@@ -222,6 +250,7 @@ class NexusClient:
             transport=transport,
         )
         self._t = SyncTransport(self._http, s.auth_headers, s.retry)
+        self._timeout = s.timeout
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> NexusClient:
@@ -442,16 +471,18 @@ class NexusClient:
     ) -> RunResult:
         """Polls the run until it is in a terminal stage and returns its final status.
 
-        Polls start every ``poll_interval`` seconds and back off (1.5 times longer each poll) to
-        ``max_poll_interval``. Raises :class:`~nexus_sdk.RunTimeoutError` (with the last
+        Each status read is held by the server until the run ends (``?wait=``, up to 20 s at a
+        time), so the end is seen the moment it happens. Against a server that answers at once,
+        reads start every ``poll_interval`` seconds and back off (1.5 times longer each time)
+        to ``max_poll_interval``. Raises :class:`~nexus_sdk.RunTimeoutError` (with the last
         status) when ``timeout`` seconds pass first (``None``: wait for ever).
         """
-        waiting = _Waiting(timeout, poll_interval, max_poll_interval)
+        waiting = _Waiting(timeout, poll_interval, max_poll_interval, self._timeout)
         while True:
-            last = self.get(run)
+            last = self._t.execute(calls.get(_ref(run), waiting.hold()))
             if last.finished:
                 return last
-            time.sleep(waiting.next_sleep(_ref(run), last))
+            time.sleep(waiting.pause(_ref(run), last))
 
     def result_bytes(self, run: RunRef | RunResult) -> bytes:
         """The result of a COMPLETED run, downloaded through its signed URL.
@@ -587,6 +618,7 @@ class AsyncNexusClient:
             transport=transport,
         )
         self._t = AsyncTransport(self._http, s.auth_headers, s.retry)
+        self._timeout = s.timeout
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> AsyncNexusClient:
@@ -780,12 +812,12 @@ class AsyncNexusClient:
         max_poll_interval: float = 5.0,
     ) -> RunResult:
         """As :meth:`NexusClient.wait`."""
-        waiting = _Waiting(timeout, poll_interval, max_poll_interval)
+        waiting = _Waiting(timeout, poll_interval, max_poll_interval, self._timeout)
         while True:
-            last = await self.get(run)
+            last = await self._t.execute(calls.get(_ref(run), waiting.hold()))
             if last.finished:
                 return last
-            await asyncio.sleep(waiting.next_sleep(_ref(run), last))
+            await asyncio.sleep(waiting.pause(_ref(run), last))
 
     async def result_bytes(self, run: RunRef | RunResult) -> bytes:
         """As :meth:`NexusClient.result_bytes`."""
