@@ -385,6 +385,13 @@ impl Statements {
             st.set_is_idempotent(idempotent);
             Ok::<_, StoreError>(st)
         };
+        // A lookup row's upsert: `INSERT INTO <table (columns) VALUES (…)> USING TTL, TIMESTAMP`.
+        let hint = |into: String| {
+            p(
+                format!("INSERT INTO {into} USING TTL ? AND TIMESTAMP ?"),
+                true,
+            )
+        };
         let set = "stage = ?, owner = ?, tag = ?, version = ?, record = ?";
         let mut get_serial = p(
             format!("SELECT version, record FROM {ks}.runs WHERE id = ?"),
@@ -409,11 +416,7 @@ impl Statements {
             .await?,
             hint_owner: Coalescer::new(
                 Arc::clone(session),
-                p(
-                    format!("INSERT INTO {ks}.runs_by_owner_stage (owner, stage, id, version) VALUES (?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?"),
-                    true,
-                )
-                .await?,
+                hint(format!("{ks}.runs_by_owner_stage (owner, stage, id, version) VALUES (?, ?, ?, ?)")).await?,
                 "writing an owner lookup row",
             ),
             unhint_owner: p(
@@ -423,11 +426,7 @@ impl Statements {
             .await?,
             hint_tag: Coalescer::new(
                 Arc::clone(session),
-                p(
-                    format!("INSERT INTO {ks}.runs_by_tag (tag, id) VALUES (?, ?) USING TTL ? AND TIMESTAMP ?"),
-                    true,
-                )
-                .await?,
+                hint(format!("{ks}.runs_by_tag (tag, id) VALUES (?, ?)")).await?,
                 "writing a tag lookup row",
             ),
             unhint_tag: p(
@@ -437,11 +436,7 @@ impl Statements {
             .await?,
             hint_parent: Coalescer::new(
                 Arc::clone(session),
-                p(
-                    format!("INSERT INTO {ks}.runs_by_parent (parent, id) VALUES (?, ?) USING TTL ? AND TIMESTAMP ?"),
-                    true,
-                )
-                .await?,
+                hint(format!("{ks}.runs_by_parent (parent, id) VALUES (?, ?)")).await?,
                 "writing a parent lookup row",
             ),
             register_owner: p(
