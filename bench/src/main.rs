@@ -20,6 +20,8 @@
 //! * `kube-scale` — runs through schedulers and receivers into Kubernetes Jobs (and, with the
 //!   controllers and kwok's simulated nodes, Pods that complete) under API budgets: Jobs created
 //!   per second, API-server 429s, the AIMD, time to drain, CPU (issue #20).
+//! * `receiver-memory` — a `nexus receiver` process's resident memory with 10,000 Jobs in its
+//!   namespace (issue #24 item 5).
 //! * `all`      — everything in sequence and a summary against the issue #3 targets.
 //!
 //! Every loop is bounded in time and in count; the HTTP scenarios only target loopback unless a
@@ -39,6 +41,7 @@ mod limiter;
 mod memory;
 mod open_loop;
 mod orphans;
+mod receiver_memory;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -332,6 +335,46 @@ enum Cmd {
         /// Requests in flight of the baseline.
         #[arg(long, default_value_t = 256)]
         baseline_concurrency: usize,
+    },
+    /// A `nexus receiver` process's VmRSS with 10,000 Jobs in its runs' namespace, against its
+    /// VmRSS with the namespace empty (issue #24 item 5; Cassandra, S3, a cluster with kwok).
+    ReceiverMemory {
+        /// Kubeconfig of the cluster (its user creates the namespace and is the receiver's).
+        #[arg(long)]
+        kubeconfig: std::path::PathBuf,
+        /// Run store URL; a scratch keyspace is derived from it and dropped at the end.
+        #[arg(long)]
+        store: String,
+        /// Payload store URL (`s3://bucket/prefix?endpoint=…`; keys from NEXUS_S3_* env).
+        #[arg(long)]
+        payloads: String,
+        /// `nexus` binaries, one phase each (default: `nexus` next to this binary).
+        #[arg(long, value_delimiter = ',')]
+        nexus: Vec<std::path::PathBuf>,
+        /// Jobs in the namespace in all.
+        #[arg(long, default_value_t = 10_000)]
+        jobs: usize,
+        /// Of them, launched by the receiver for runs.
+        #[arg(long, default_value_t = 1_000)]
+        runs: usize,
+        /// Of them, without Nexus labels.
+        #[arg(long, default_value_t = 1_000)]
+        foreign: usize,
+        /// kwok nodes that must be Ready (0: do not check).
+        #[arg(long, default_value_t = 0)]
+        nodes: usize,
+        /// Idle time before the baseline.
+        #[arg(long, default_value = "15s", value_parser = parse_long_duration)]
+        settle: Duration,
+        /// Time held with every Job in place (≥ 2 GC passes: 150s).
+        #[arg(long, default_value = "150s", value_parser = parse_long_duration)]
+        hold: Duration,
+        /// Sampling period of /proc/<pid>/status.
+        #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+        sample_every: Duration,
+        /// Bound on each phase.
+        #[arg(long, default_value = "900s", value_parser = parse_long_duration)]
+        timeout: Duration,
     },
     /// Every scenario in sequence, then a summary against the issue #3 targets.
     All {
@@ -1442,6 +1485,43 @@ async fn main() -> anyhow::Result<()> {
             };
             let phases = kube_scale::run(&o).await?;
             kube_scale::print(&o, &phases);
+        }
+        Cmd::ReceiverMemory {
+            kubeconfig,
+            store,
+            payloads,
+            nexus,
+            jobs,
+            runs,
+            foreign,
+            nodes,
+            settle,
+            hold,
+            sample_every,
+            timeout,
+        } => {
+            let nexus = if nexus.is_empty() {
+                let exe = std::env::current_exe()?;
+                vec![exe.with_file_name("nexus")]
+            } else {
+                nexus
+            };
+            let o = receiver_memory::Options {
+                kubeconfig,
+                store,
+                payloads,
+                nexus,
+                jobs,
+                runs,
+                foreign,
+                nodes,
+                settle,
+                hold,
+                sample_every,
+                timeout,
+            };
+            let phases = receiver_memory::run(&o).await?;
+            receiver_memory::print(&o, &phases);
         }
         Cmd::All {
             duration,

@@ -14,6 +14,12 @@
 //! container configuration) past its grace ends the run SCHEDULING_FAILED and deletes its Job; a
 //! Job's `Failed` condition is refined by its pods' last termination (OOM-killed at the memory
 //! limit, the fatal exit code, the last exit code).
+//!
+//! Memory stays flat however many Jobs share the namespace (issue #24 item 5): the watches keep
+//! no objects (each event is looked at and dropped), read their initial lists in pages of
+//! [`WATCH_PAGE`], the garbage collection reads Jobs in pages of [`JOB_GC_PAGE`], and of a
+//! tracked run's pods only what classification reads is kept ([`trim_pod`]), never whole objects
+//! with their `managedFields`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -46,7 +52,8 @@ use nexus_payload::PayloadStore;
 struct Tracked {
     /// `activeDeadlineSeconds`, for the outcome.
     deadline: Duration,
-    /// The latest status of each of its pods (for the cause of a Job failure).
+    /// The latest status of each of its pods (for the cause of a Job failure), trimmed to what
+    /// classification reads ([`trim_pod`]).
     pods: HashMap<String, Pod>,
     /// A problem its latest pod shows before running, and since when.
     problem: Option<(PodProblem, tokio::time::Instant)>,
@@ -84,6 +91,75 @@ pub struct KubeExecutor {
 pub(crate) const JOB_GC_INTERVAL: Duration = Duration::from_secs(60);
 /// How long past `ttlSecondsAfterFinished` a finished Job is left to the TTL controller.
 pub(crate) const JOB_GC_SLACK: Duration = Duration::from_secs(60);
+/// Jobs per page of the garbage collection's list: at most this many whole Jobs are held at a
+/// time, whatever the namespace holds (an unpaginated list of 10,000 Jobs is a body of tens of
+/// MiB, parsed into several times that).
+pub(crate) const JOB_GC_PAGE: u32 = 100;
+/// Upper bound on the pages of one garbage collection pass (10 million Jobs): the loop ends even
+/// if the API server kept answering continue tokens.
+const JOB_GC_MAX_PAGES: usize = 100_000;
+/// Objects per page of the watches' initial lists (and re-lists after a watch expired).
+pub(crate) const WATCH_PAGE: u32 = 100;
+
+/// What of a pod the executor keeps for a tracked run: what [`pod_problem`] and
+/// [`job_failure`] read (name, phase, conditions, container statuses, the first container's
+/// image) and no more. A whole pod carries its `managedFields`, volumes, environment and
+/// scheduling constraints: kilobytes each that nothing here reads.
+#[must_use]
+pub(crate) fn trim_pod(pod: Pod) -> Pod {
+    use k8s_openapi::api::core::v1::{Container, PodSpec};
+    let meta = pod.metadata;
+    let containers = pod
+        .spec
+        .map(|s| {
+            s.containers
+                .into_iter()
+                .map(|c| Container {
+                    name: c.name,
+                    image: c.image,
+                    ..Container::default()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Pod {
+        metadata: kube::api::ObjectMeta {
+            name: meta.name,
+            namespace: meta.namespace,
+            labels: meta.labels,
+            creation_timestamp: meta.creation_timestamp,
+            deletion_timestamp: meta.deletion_timestamp,
+            ..kube::api::ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            containers,
+            ..PodSpec::default()
+        }),
+        status: pod.status,
+    }
+}
+
+/// The name of `job` if the garbage collection deletes it at `now`: it finished more than its
+/// `ttlSecondsAfterFinished` (else `default_ttl`) + [`JOB_GC_SLACK`] ago and is not being
+/// deleted already.
+pub(crate) fn expired_job(
+    job: &Job,
+    now: k8s_openapi::chrono::DateTime<k8s_openapi::chrono::Utc>,
+    default_ttl: i32,
+) -> Option<String> {
+    if job.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let finished = finished_at(job)?;
+    let ttl = job
+        .spec
+        .as_ref()
+        .and_then(|s| s.ttl_seconds_after_finished)
+        .unwrap_or(default_ttl);
+    let keep = Duration::from_secs(u64::try_from(ttl).unwrap_or(0)) + JOB_GC_SLACK;
+    let age = (now - finished).to_std().unwrap_or_default();
+    (age >= keep).then(|| job.metadata.name.clone().unwrap_or_default())
+}
 
 /// When a Job finished: the transition time of its `Complete` or `Failed` condition.
 pub(crate) fn finished_at(
@@ -215,13 +291,17 @@ impl KubeExecutor {
         let selector = format!("{LABEL_COMPONENT}={COMPONENT_ALGORITHM_RUN}");
         let mut jobs = watcher(
             self.jobs.clone(),
-            watcher::Config::default().labels(&selector),
+            watcher::Config::default()
+                .labels(&selector)
+                .page_size(WATCH_PAGE),
         )
         .default_backoff()
         .boxed();
         let mut pods = watcher(
             self.pods.clone(),
-            watcher::Config::default().labels(&selector),
+            watcher::Config::default()
+                .labels(&selector)
+                .page_size(WATCH_PAGE),
         )
         .default_backoff()
         .applied_objects()
@@ -275,47 +355,48 @@ impl KubeExecutor {
     /// Deletes this executor's Jobs that finished more than `ttlSecondsAfterFinished` +
     /// [`JOB_GC_SLACK`] ago: a backstop for Jobs the TTL controller did not remove (a cluster
     /// without it, a Job whose TTL was removed by hand, Jobs left by an orphaning cancel). Jobs
-    /// that have not finished are never touched. Returns how many were deleted.
+    /// that have not finished are never touched. Reads the Jobs in pages of [`JOB_GC_PAGE`] (a
+    /// pass over 10,000 Jobs holds 100 at a time); a pass whose list fails (its continue token
+    /// expired, the API server is away) stops there, the next one starts over. Returns how many
+    /// were deleted.
     pub async fn collect_finished_jobs(&self) -> usize {
-        let lp = kube::api::ListParams::default()
-            .labels(&format!("{LABEL_COMPONENT}={COMPONENT_ALGORITHM_RUN}"));
-        let list = match self.jobs.list(&lp).await {
-            Ok(l) => l.items,
-            Err(e) => {
-                tracing::warn!(error = %e, "job garbage collection skipped, cannot list Jobs");
-                return 0;
-            }
-        };
-        let now = k8s_openapi::chrono::Utc::now();
+        let mut lp = kube::api::ListParams::default()
+            .labels(&format!("{LABEL_COMPONENT}={COMPONENT_ALGORITHM_RUN}"))
+            .limit(JOB_GC_PAGE);
         let mut deleted = 0;
-        for job in list {
-            if job.metadata.deletion_timestamp.is_some() {
-                continue;
-            }
-            let Some(finished) = finished_at(&job) else {
-                continue;
-            };
-            let ttl = job
-                .spec
-                .as_ref()
-                .and_then(|s| s.ttl_seconds_after_finished)
-                .unwrap_or(self.opts.ttl_seconds_after_finished);
-            let keep = Duration::from_secs(u64::try_from(ttl).unwrap_or(0)) + JOB_GC_SLACK;
-            let age = (now - finished).to_std().unwrap_or_default();
-            if age < keep {
-                continue;
-            }
-            let name = job.metadata.name.clone().unwrap_or_default();
-            let dp = DeleteParams {
-                propagation_policy: Some(PropagationPolicy::Background),
-                ..DeleteParams::default()
-            };
-            match self.jobs.delete(&name, &dp).await {
-                Ok(_) => deleted += 1,
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
+        for _ in 0..JOB_GC_MAX_PAGES {
+            let page = match self.jobs.list(&lp).await {
+                Ok(l) => l,
                 Err(e) => {
-                    tracing::warn!(job = %name, error = %e, "could not delete a finished Job")
+                    tracing::warn!(error = %e, "job garbage collection stopped, cannot list Jobs");
+                    break;
                 }
+            };
+            let now = k8s_openapi::chrono::Utc::now();
+            let expired: Vec<String> = page
+                .items
+                .iter()
+                .filter_map(|j| expired_job(j, now, self.opts.ttl_seconds_after_finished))
+                .collect();
+            let next = page.metadata.continue_.filter(|c| !c.is_empty());
+            // The page's Jobs are dropped before the deletes wait on the API budget.
+            drop(page.items);
+            for name in expired {
+                let dp = DeleteParams {
+                    propagation_policy: Some(PropagationPolicy::Background),
+                    ..DeleteParams::default()
+                };
+                match self.jobs.delete(&name, &dp).await {
+                    Ok(_) => deleted += 1,
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => {
+                        tracing::warn!(job = %name, error = %e, "could not delete a finished Job")
+                    }
+                }
+            }
+            match next {
+                Some(c) => lp = lp.continue_token(&c),
+                None => break,
             }
         }
         if deleted > 0 {
@@ -429,7 +510,7 @@ impl KubeExecutor {
             };
             tracked
                 .pods
-                .insert(pod.metadata.name.clone().unwrap_or_default(), pod);
+                .insert(pod.metadata.name.clone().unwrap_or_default(), trim_pod(pod));
             match problem {
                 None => {
                     tracked.problem = None;
@@ -748,6 +829,159 @@ mod describe_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testkit::{PodState, pod_status};
+
+    const IMAGE: &str = "registry.example/ml/trainer:2025.1";
+
+    /// A pod as the API server sends it: managedFields, annotations, owner, volumes, environment,
+    /// scheduling constraints, and the status of `state`.
+    fn whole_pod(state: &PodState) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "r1-abc", "namespace": "runs", "uid": "u-1", "resourceVersion": "42",
+                "creationTimestamp": "2026-01-01T00:00:00Z",
+                "labels": {"science.sneaksanddata.com/request-id": "r1", "job-name": "r1"},
+                "annotations": {"a": "x".repeat(1000)},
+                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "r1", "uid": "j-1"}],
+                "managedFields": [{"manager": "kube-controller-manager", "operation": "Update",
+                    "apiVersion": "v1", "fieldsType": "FieldsV1",
+                    "fieldsV1": {"f:metadata": {"f:labels": {"f:job-name": {}}}}}]
+            },
+            "spec": {
+                "restartPolicy": "Never",
+                "volumes": [{"name": "v", "emptyDir": {}}],
+                "tolerations": [{"key": "k", "operator": "Exists"}],
+                "containers": [{"name": "c", "image": IMAGE, "args": ["--a"],
+                    "env": [{"name": "E", "value": "x".repeat(1000)}],
+                    "resources": {"limits": {"memory": "256Mi"}}}]
+            },
+            "status": pod_status(state, "c", IMAGE),
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_trimmed_pod_classifies_as_the_whole_pod() {
+        let states = [
+            PodState::Unschedulable("0/3 nodes are available".into()),
+            PodState::ImagePullBackOff,
+            PodState::ErrImagePull,
+            PodState::ConfigError("secret \"db\" not found".into()),
+            PodState::Running,
+            PodState::Succeeded,
+            PodState::Failed(3),
+            PodState::OomKilled,
+        ];
+        let failed: Job = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "r1"},
+            "spec": {"backoffLimit": 0, "template": {"spec": {"containers": [{"name": "c",
+                "image": IMAGE, "resources": {"limits": {"memory": "256Mi"}}}]}}},
+            "status": {"failed": 1, "conditions": [
+                {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}
+        }))
+        .unwrap();
+        let d = Duration::from_secs(60);
+        for state in &states {
+            let whole = whole_pod(state);
+            let trimmed = trim_pod(whole.clone());
+            assert_eq!(
+                pod_problem(&trimmed),
+                pod_problem(&whole),
+                "pod problem of {state:?}"
+            );
+            assert_eq!(
+                job_failure(&failed, std::slice::from_ref(&trimmed), d),
+                job_failure(&failed, std::slice::from_ref(&whole), d),
+                "job failure with a pod {state:?}"
+            );
+            assert_eq!(describe_pod(&trimmed), describe_pod(&whole), "{state:?}");
+        }
+    }
+
+    #[test]
+    fn a_trimmed_pod_keeps_no_managed_fields_or_spec_beyond_the_image() {
+        let t = trim_pod(whole_pod(&PodState::ImagePullBackOff));
+        assert_eq!(t.metadata.name.as_deref(), Some("r1-abc"));
+        assert_eq!(
+            t.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("science.sneaksanddata.com/request-id"))
+                .map(String::as_str),
+            Some("r1")
+        );
+        assert!(t.metadata.managed_fields.is_none());
+        assert!(t.metadata.annotations.is_none());
+        assert!(t.metadata.owner_references.is_none());
+        let spec = t.spec.unwrap();
+        assert!(spec.volumes.is_none() && spec.tolerations.is_none());
+        assert_eq!(spec.containers.len(), 1);
+        assert_eq!(spec.containers[0].image.as_deref(), Some(IMAGE));
+        assert!(spec.containers[0].env.is_none() && spec.containers[0].args.is_none());
+        assert!(t.status.is_some());
+        let whole = serde_json::to_vec(&whole_pod(&PodState::Running)).unwrap();
+        let trimmed = serde_json::to_vec(&trim_pod(whole_pod(&PodState::Running))).unwrap();
+        assert!(
+            trimmed.len() * 3 < whole.len(),
+            "{} of {} bytes kept",
+            trimmed.len(),
+            whole.len()
+        );
+    }
+
+    fn finished_job(name: &str, finished: &str, ttl: Option<i32>, deleting: bool) -> Job {
+        let mut v = serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"template": {}},
+            "status": {"conditions": [
+                {"type": "Complete", "status": "True", "lastTransitionTime": finished}]}
+        });
+        if let Some(t) = ttl {
+            v["spec"]["ttlSecondsAfterFinished"] = t.into();
+        }
+        if deleting {
+            v["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z".into();
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn the_garbage_collection_deletes_only_jobs_finished_past_ttl_and_slack() {
+        let now = "2026-01-01T01:00:00Z"
+            .parse::<k8s_openapi::chrono::DateTime<k8s_openapi::chrono::Utc>>()
+            .unwrap();
+        // 300 s TTL + 60 s slack = 6 minutes.
+        let old = "2026-01-01T00:53:59Z";
+        let recent = "2026-01-01T00:54:30Z";
+        assert_eq!(
+            expired_job(&finished_job("a", old, Some(300), false), now, 300).as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            expired_job(&finished_job("b", recent, Some(300), false), now, 300),
+            None
+        );
+        assert_eq!(
+            expired_job(&finished_job("c", old, Some(300), true), now, 300),
+            None,
+            "being deleted already"
+        );
+        assert_eq!(
+            expired_job(&finished_job("d", old, Some(86_400), false), now, 300),
+            None,
+            "its own TTL wins"
+        );
+        assert_eq!(
+            expired_job(&finished_job("e", recent, None, false), now, 0).as_deref(),
+            Some("e"),
+            "no TTL on the Job: the configured one"
+        );
+        assert_eq!(
+            expired_job(&job(serde_json::json!([]), 0), now, 0),
+            None,
+            "not finished"
+        );
+    }
 
     fn job(conditions: serde_json::Value, failed: i32) -> Job {
         serde_json::from_value(serde_json::json!({
