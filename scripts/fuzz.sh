@@ -3,7 +3,8 @@
 # the request splitter, the template manifest parser, and signed-URL / run-token verification.
 # Installs cargo-fuzz (crates.io) and uses the nightly toolchain rustup has (libFuzzer needs it).
 # Exits non-zero on the first crash or failed property; the crashing input is kept under
-# fuzz/artifacts/<target>/ and printed.
+# fuzz/artifacts/<target>/ and printed. `scripts/fuzz.sh --build-only` stops after the build
+# (scripts/prebuild.sh builds the targets in the background).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${FUZZ_SECONDS:-45}"
@@ -20,6 +21,7 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 echo "fuzz: building the targets (nightly, no sanitizer: coverage-guided only, a shorter build)"
 cargo +nightly fuzz build -s none
+[[ "${1:-}" == --build-only ]] && exit 0
 for t in "${targets[@]}"; do
   mkdir -p "fuzz/corpus/$t"
   echo "fuzz: $t for ${seconds}s"

@@ -12,6 +12,7 @@
 #      not apply are skipped below, each with its reason).
 #
 # Usage: scripts/helm-check.sh          (exit 0: all good; any failure names itself and exits 1)
+#        scripts/helm-check.sh --tools-only   step 1 only (scripts/prebuild.sh)
 # Environment: NEXUS_HELM_CHECK_OUT  where rendered manifests go (default target/helm-check)
 #              NEXUS_TOOLS_DIR       tools dir (default target/tools)
 # Requires: go (for the first run), bash, cmp, grep. Server-side dry-run, install, upgrade and
@@ -60,6 +61,7 @@ built_from "$KUBE_SCORE" github.com/zegl/kube-score "$KUBE_SCORE_VERSION" \
   || go_install "github.com/zegl/kube-score/cmd/kube-score@$KUBE_SCORE_VERSION"
 built_from "$KUBE_SCORE" github.com/zegl/kube-score "$KUBE_SCORE_VERSION" || die "$KUBE_SCORE is not kube-score $KUBE_SCORE_VERSION"
 log "tools ready after $(( $(date +%s) - START ))s: helm $HELM_VERSION, kube-score $KUBE_SCORE_VERSION"
+[[ "${1:-}" == --tools-only ]] && exit 0
 
 # --- 2. CRDs --------------------------------------------------------------------------------------
 cmp -s "$ROOT/deploy/crds/nexus-crds.yaml" "$CHART/crds/nexus-crds.yaml" \

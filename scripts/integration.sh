@@ -85,8 +85,10 @@ export NEXUS_DEX_DIR="$work/dex"
 export NEXUS_DEX_GOMODCACHE="${NEXUS_KUBE_GOMODCACHE:-$NEXUS_KUBE_DIR/gomod}"
 export NEXUS_SEAWEED_S3_PORT="${NEXUS_SEAWEED_S3_PORT:-28333}"
 pids=()
+prebuild_pid=0
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  if ((prebuild_pid > 0)); then kill -- "-$prebuild_pid" 2>/dev/null || true; fi
   scripts/kwok.sh stop >/dev/null 2>&1 || true
   scripts/dex.sh stop || true
   scripts/kube-cluster.sh stop || true
@@ -97,6 +99,18 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+
+# What later steps build (Kubernetes binaries, Dex, helm, CoreDNS, fuzz targets, the release
+# binaries, kwok) is built meanwhile in the background on idle CPU (scripts/prebuild.sh); a step
+# waits for its build's mark with `prebuilt NAME`.
+prebuilt="$work/prebuilt"
+setsid bash scripts/prebuild.sh "$prebuilt" &
+prebuild_pid=$!
+prebuilt() { # NAME: waits until the background build of NAME is done (or the builder is gone)
+  local t0=$SECONDS
+  while [[ ! -e "$prebuilt/$1.done" ]] && kill -0 "$prebuild_pid" 2>/dev/null; do sleep 1; done
+  if ((SECONDS - t0 > 0)); then echo "integration: waited $((SECONDS - t0))s for the background build of $1"; fi
+}
 
 echo "integration: starting Apache Cassandra 5 on 127.0.0.1:$NEXUS_CASSANDRA_PORT"
 scripts/cassandra.sh start
@@ -125,20 +139,8 @@ echo "integration: distributed mode end to end (2 schedulers, 2 receivers, a sup
 NEXUS_TEST_S3="$s3_url&access_key=nexus&secret_key=nexus-secret-key" \
   itest --test it distributed_e2e:: -- --nocapture --test-threads=1
 
-echo "integration: the Nexus image from the debug binaries, for the cluster's pods (scripts/image.sh)"
-cargo build --quiet --workspace --features "$it_features" --bin nexus --bin nexus-demo
-NEXUS_BIN_DIR="$target_dir/debug" NEXUS_IMAGE="$it_image" NEXUS_IMAGE_SMOKE=0 bash scripts/image.sh
-echo "integration: building and starting a single-node Kubernetes cluster (scripts/kube-cluster.sh)"
-kubeconfig=$(scripts/kube-cluster.sh start)
-scripts/kube-cluster.sh load-image "$it_image"
-echo "integration: CRDs, rendered Jobs, the Kubernetes executor and the catalog against the API server"
-NEXUS_TEST_KUBECONFIG="$kubeconfig" NEXUS_TEST_IMAGE="$it_image" itest --test kube_api
-echo "integration: runs as Jobs, Pods and containers on the node: complete, cancel, OOMKilled, image pull, unschedulable, deadline"
-NEXUS_TEST_KUBECONFIG="$kubeconfig" NEXUS_TEST_IMAGE="$it_image" NEXUS_TEST_NODE_IP="$node_ip" \
-  itest --test it kubernetes::
-scripts/kube-cluster.sh stop
-
 echo "integration: authentication against a real OIDC provider (Dex from the Go module proxy: password-grant tokens, two teams, wrong audience, expiry, key rotation)"
+prebuilt dex
 dex_issuer=$(scripts/dex.sh start)
 NEXUS_TEST_DEX_ISSUER="$dex_issuer" itest --test it auth_dex::
 scripts/dex.sh stop
@@ -149,30 +151,51 @@ NEXUS_BIN="$target_dir/debug/nexus" NEXUS_PYSDK_WORK="$work/python-sdk" bash scr
 echo "integration: the web console in a real browser (Debian chromium driven by Playwright; 100,000 runs) (scripts/console-test.sh)"
 NEXUS_BIN="$target_dir/debug/nexus" NEXUS_CONSOLE_WORK="$work/console" bash scripts/console-test.sh
 
+echo "integration: the Nexus image from the debug binaries, for the cluster's pods (scripts/image.sh)"
+# From the tests' build (the same feature resolution, so nothing is compiled twice): `nexus` is
+# built for cli's tests, `nexus-demo` for examples' tests (demo_cli).
+itest --quiet --no-run --test it --test demo_cli
+NEXUS_BIN_DIR="$target_dir/debug" NEXUS_IMAGE="$it_image" NEXUS_IMAGE_SMOKE=0 bash scripts/image.sh
+echo "integration: building and starting a single-node Kubernetes cluster (scripts/kube-cluster.sh)"
+prebuilt kube
+kubeconfig=$(scripts/kube-cluster.sh start)
+scripts/kube-cluster.sh load-image "$it_image"
+echo "integration: CRDs, rendered Jobs, the Kubernetes executor and the catalog against the API server"
+NEXUS_TEST_KUBECONFIG="$kubeconfig" NEXUS_TEST_IMAGE="$it_image" itest --test kube_api
+echo "integration: runs as Jobs, Pods and containers on the node: complete, cancel, OOMKilled, image pull, unschedulable, deadline"
+NEXUS_TEST_KUBECONFIG="$kubeconfig" NEXUS_TEST_IMAGE="$it_image" NEXUS_TEST_NODE_IP="$node_ip" \
+  itest --test it kubernetes::
+scripts/kube-cluster.sh stop
+
 echo "integration: the Helm chart: lint, render, kube-score (scripts/helm-check.sh)"
+prebuilt helm-tools
 bash scripts/helm-check.sh
 echo "integration: the Helm chart on an RBAC API server: dry-runs, install, a run on the ServiceAccounts' tokens, upgrade, uninstall"
 # Its own API server (same NEXUS_KUBE_DIR, so the same binary; the one above is stopped).
 NEXUS_TEST_S3="$s3_url&access_key=nexus&secret_key=nexus-secret-key" \
   NEXUS_BIN_DIR="${CARGO_TARGET_DIR:-$PWD/target}/debug" bash scripts/helm-install-test.sh
 echo "integration: the Helm chart on the single-node cluster: pods of the image, a run, the Lease, a rolling upgrade, uninstall"
+prebuilt coredns
 NEXUS_BIN_DIR="$target_dir/debug" NEXUS_HELM_IMAGE="$it_image" NEXUS_HELM_IMAGE_BUILD=0 \
   bash scripts/helm-cluster-test.sh
 
 echo "integration: fuzzing the request splitter, template manifests and signed URLs (cargo-fuzz, bounded)"
+prebuilt fuzz
 FUZZ_SECONDS="${FUZZ_SECONDS:-40}" bash scripts/fuzz.sh
 rm -rf fuzz/target
 
 disk_report "after the debug integration tests"
 if [[ "${NEXUS_PRUNE_DEBUG_TARGET:-0}" == 1 ]]; then
-  # Set by .ci/run: the debug tests are done; their artifacts make room for the release build.
+  # Set by .ci/run: the debug tests are done; their artifacts make room for what follows.
   echo "integration: removing target/debug before the release build (NEXUS_PRUNE_DEBUG_TARGET=1)"
   rm -rf "${CARGO_TARGET_DIR:-target}/debug"
 fi
 echo "integration: building the release binary and smoke-testing the README run command"
+prebuilt release
 cargo build --release --quiet
 
 echo "integration: Jobs at scale: 1,000 runs through schedulers and receivers into Jobs on 20 kwok nodes (scripts/kwok-scale-check.sh)"
+prebuilt kwok
 bash scripts/kwok-scale-check.sh
 
 # smoke NAME PORT [nexus standalone flags...]: the README's run command, then one run of the demo

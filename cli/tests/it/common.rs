@@ -16,11 +16,15 @@ pub fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// Returns the directory holding `nexus-demo`, building it (a no-op when it is up to date: a
-/// stale demo from an older checkout would otherwise be used).
+/// Returns the directory holding `nexus-demo`, building it first unless it is newer than every
+/// source of the workspace. `cargo test --workspace` builds it (for nexus-examples' own tests), so
+/// the usual run finds it fresh; a `cargo build -p nexus-examples` there would resolve features
+/// for that package alone and rebuild most dependencies. After an edit, or when only this
+/// package's tests were built, it is built here (a stale demo would otherwise be used).
 pub fn demo_dir() -> PathBuf {
     let dir = bin_dir();
-    {
+    let demo = dir.join("nexus-demo");
+    if !built_after_sources(&demo) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let st = std::process::Command::new(cargo)
             .args(["build", "-p", "nexus-examples", "--bin", "nexus-demo"])
@@ -28,12 +32,47 @@ pub fn demo_dir() -> PathBuf {
             .expect("run cargo build for the demo algorithm");
         assert!(st.success(), "building nexus-demo failed");
     }
-    assert!(
-        dir.join("nexus-demo").exists(),
-        "nexus-demo not found in {}",
-        dir.display()
-    );
+    assert!(demo.exists(), "nexus-demo not found in {}", dir.display());
     dir
+}
+
+/// Whether `bin` exists and was written after every `*.rs`, `*.proto`, `Cargo.toml` and
+/// `Cargo.lock` of the workspace (build outputs, hidden directories and fuzz/ are not sources).
+fn built_after_sources(bin: &Path) -> bool {
+    fn newest(dir: &Path, limit: std::time::SystemTime) -> bool {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return false;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            let Ok(kind) = e.file_type() else {
+                return false;
+            };
+            if kind.is_dir() {
+                // fuzz/ is a workspace of its own (its build rewrites fuzz/Cargo.lock).
+                let skip = name.starts_with('.')
+                    || matches!(&*name, "target" | "node_modules" | "fuzz");
+                if !skip && !newest(&e.path(), limit) {
+                    return false;
+                }
+            } else if name.ends_with(".rs")
+                || name.ends_with(".proto")
+                || name == "Cargo.toml"
+                || name == "Cargo.lock"
+            {
+                match e.metadata().and_then(|m| m.modified()) {
+                    Ok(t) if t < limit => {}
+                    _ => return false,
+                }
+            }
+        }
+        true
+    }
+    let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else {
+        return false;
+    };
+    newest(&Path::new(env!("CARGO_MANIFEST_DIR")).join(".."), built)
 }
 
 /// Path of the repository's example templates.

@@ -380,24 +380,30 @@ test("authorization: a key granted only knapsack sees neither hello's runs nor h
 });
 
 // --- scale -----------------------------------------------------------------------------------
-// Seeds RUNS dry-run runs (stored COMPLETED, nothing executed) over HTTP with a bounded number of
-// requests in flight: tag seed-<i mod 1000>, so every tag names RUNS/1000 runs.
-async function seed(base, n, concurrency = 48) {
+// Seeds RUNS dry-run runs (stored COMPLETED, nothing executed) over HTTP, in batches of 1,000
+// (POST /algorithm/v1/batch, one store transaction each) with a bounded number of requests in
+// flight: tag seed-<i mod 1000>, so every tag names RUNS/1000 runs.
+async function seed(base, n, concurrency = 4, batch = 1000) {
   let next = 0;
   let failed = 0;
   const deadline = Date.now() + 20 * 60_000;
   async function worker() {
     for (;;) {
-      const i = next++;
-      if (i >= n) return;
-      if (Date.now() > deadline) throw new Error(`seeding ${n} runs took over 20 minutes (${i} sent)`);
-      const r = await fetch(`${base}/algorithm/v1/run/knapsack?dryRun=true`, {
+      const first = next;
+      if (first >= n) return;
+      next = Math.min(n, first + batch);
+      if (Date.now() > deadline) throw new Error(`seeding ${n} runs took over 20 minutes (${first} sent)`);
+      const runs = [];
+      for (let i = first; i < next; i++) {
+        runs.push({ algorithmParameters: { capacity: 1, items: [] }, tag: `seed-${i % 1000}` });
+      }
+      const r = await fetch(`${base}/algorithm/v1/batch/knapsack?dryRun=true`, {
         method: "POST",
         headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ algorithmParameters: { capacity: 1, items: [] }, tag: `seed-${i % 1000}` }),
+        body: JSON.stringify({ runs }),
       });
-      await r.arrayBuffer();
-      if (r.status !== 202) failed += 1;
+      const body = await r.json();
+      if (r.status !== 202 || body.requestIds?.length !== runs.length) failed += runs.length;
     }
   }
   await Promise.all(Array.from({ length: concurrency }, worker));

@@ -1,5 +1,7 @@
 """Fixtures: a real ``nexus standalone`` on a free loopback port with the embedded store, the
-Python example algorithm (``py-squares``) and the test algorithm ``sync-probe`` as templates.
+Python example algorithm (``py-squares``), the test algorithm ``sync-probe`` and ``demo-squares``
+(the same sums of squares by the native ``nexus-demo fanout``, for tests of many runs, where a
+Python interpreter per run would dominate) as templates.
 
 ``NEXUS_BIN`` names the binary (default ``<repo>/target/debug/nexus``). Nothing is skipped:
 a missing binary, interpreter or console script fails the session with what to do.
@@ -87,6 +89,27 @@ spec:
 """
 
 
+def _demo_squares_template(demo_dir: Path) -> str:
+    if not (demo_dir / "nexus-demo").is_file():
+        pytest.fail(
+            f"nexus-demo not found next to the nexus binary in {demo_dir}: "
+            "cargo build -p nexus-examples",
+            pytrace=False,
+        )
+    return """apiVersion: science.sneaksanddata.com/v1
+kind: NexusAlgorithmTemplate
+metadata:
+  name: demo-squares
+spec:
+  container: {image: nexus-demo, registry: local, versionTag: latest}
+  computeResources: {cpuLimit: "1", memoryLimit: 256Mi}
+  workgroupRef: {name: local, group: science.sneaksanddata.com, kind: NexusAlgorithmWorkgroup}
+  command: nexus-demo
+  args: ["fanout", "--sas-uri=%s", "--request-id=%s"]
+  runtimeEnvironment: {deadlineSeconds: 120, maximumRetries: 0}
+"""
+
+
 def start_standalone(root: Path, extra_config: dict[str, Any] | None = None) -> Standalone:
     """Starts a standalone in ``root`` and waits until it is ready."""
     binary = nexus_bin()
@@ -102,6 +125,7 @@ def start_standalone(root: Path, extra_config: dict[str, Any] | None = None) -> 
     for f in EXAMPLE_TEMPLATES.glob("*.yaml"):
         shutil.copy(f, templates / f.name)
     (templates / "sync-probe.yaml").write_text(_sync_probe_template(sys.executable))
+    (templates / "demo-squares.yaml").write_text(_demo_squares_template(binary.parent))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     config: dict[str, Any] = {
@@ -109,7 +133,7 @@ def start_standalone(root: Path, extra_config: dict[str, Any] | None = None) -> 
         "data_dir": str(root / "data"),
         "templates_dir": str(templates),
         "executor": {
-            "extra_path": [str(venv_bin)],
+            "extra_path": [str(venv_bin), str(binary.parent)],
             # The venv, its base interpreter, the test algorithm, and the package itself (outside
             # the venv when installed in editable mode).
             "read_only_paths": sorted(
