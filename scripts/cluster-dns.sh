@@ -68,7 +68,7 @@ cmd_install() {
   log "go build of CoreDNS (tools/coredns; cold: 2-5 minutes on 2 cores, ~650 MB of build cache)…"
   (cd "$SRC_DIR" && go_env mod download) || die "go mod download failed"
   # Static: the image is FROM scratch.
-  (cd "$SRC_DIR" && CGO_ENABLED=0 go_env build -trimpath -ldflags '-s -w' -o "$BIN.new" .) \
+  (cd "$SRC_DIR" && CGO_ENABLED=0 go_env build -trimpath -gcflags=all=-dwarf=false -ldflags '-s -w' -o "$BIN.new" .) \
     || die "go build failed"
   mv -f "$BIN.new" "$BIN"
   log "  built in $(elapsed_since "$t0")s: $BIN ($(du -m "$BIN" | cut -f1) MiB)"

@@ -84,7 +84,7 @@ import _ "github.com/dexidp/dex/cmd/dex"
 EOF
   log "building Dex $DEX_VERSION (first build: a few minutes)"
   (cd "$SRC_DIR" && GOMODCACHE="$GOMODCACHE_DIR" GOCACHE="$GOCACHE_DIR" GOFLAGS=-mod=mod \
-    GOTOOLCHAIN=local "$GO" build -o "$BIN" github.com/dexidp/dex/cmd/dex) \
+    GOTOOLCHAIN=local "$GO" build -gcflags=all=-dwarf=false -ldflags="-s -w" -o "$BIN" github.com/dexidp/dex/cmd/dex) \
     >"$DEX_DIR/build.log" 2>&1 || { tail -20 "$DEX_DIR/build.log" >&2; die "go build failed ($DEX_DIR/build.log)"; }
   echo "$DEX_VERSION" >"$DEX_DIR/bin/version"
   echo "$BIN"

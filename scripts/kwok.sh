@@ -77,7 +77,7 @@ cmd_install() {
   [[ -f "$KWOK_DIR/.gitignore" ]] || printf '# created by scripts/kwok.sh\n*\n' >"$KWOK_DIR/.gitignore"
   log "go install sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION (module cache $GOMODCACHE_DIR)…"
   local t0=$EPOCHREALTIME
-  (cd "$KWOK_DIR" && GOBIN="$KWOK_DIR/bin" go_env install "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION") \
+  (cd "$KWOK_DIR" && GOBIN="$KWOK_DIR/bin" go_env install -gcflags=all=-dwarf=false -ldflags="-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION") \
     || die "go install failed"
   log "  built in $(elapsed_since "$t0")s: $BIN"
   echo "$BIN"
