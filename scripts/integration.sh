@@ -68,7 +68,9 @@ target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 # The image the cluster's pods run (debug binaries; the release image is tested at the end).
 it_image=localhost/nexus:it
 node_ip="${NEXUS_CLUSTER_NODE_IP:-10.254.254.1}"
-work=$(mktemp -d)
+# .ci/run makes the directory and starts the background builds before tier 1 (NEXUS_IT_WORK,
+# NEXUS_PREBUILD_PID); run alone, this script does both itself.
+work="${NEXUS_IT_WORK:-$(mktemp -d)}"
 cassandra_dir="$work/cassandra"
 export NEXUS_CASSANDRA_DIR="$cassandra_dir"
 export NEXUS_CASSANDRA_PORT="${NEXUS_CASSANDRA_PORT:-19042}"
@@ -104,8 +106,12 @@ trap cleanup EXIT
 # binaries, kwok) is built meanwhile in the background on idle CPU (scripts/prebuild.sh); a step
 # waits for its build's mark with `prebuilt NAME`.
 prebuilt="$work/prebuilt"
-setsid bash scripts/prebuild.sh "$prebuilt" &
-prebuild_pid=$!
+if [[ -n "${NEXUS_PREBUILD_PID:-}" ]]; then
+  prebuild_pid=$NEXUS_PREBUILD_PID
+else
+  setsid bash scripts/prebuild.sh "$prebuilt" &
+  prebuild_pid=$!
+fi
 prebuilt() { # NAME: waits until the background build of NAME is done (or the builder is gone)
   local t0=$SECONDS
   while [[ ! -e "$prebuilt/$1.done" ]] && kill -0 "$prebuild_pid" 2>/dev/null; do sleep 1; done
