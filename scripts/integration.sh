@@ -187,7 +187,7 @@ NEXUS_BIN_DIR="$target_dir/debug" NEXUS_HELM_IMAGE="$it_image" NEXUS_HELM_IMAGE_
 
 echo "integration: fuzzing the request splitter, template manifests and signed URLs (cargo-fuzz, bounded)"
 prebuilt fuzz
-FUZZ_SECONDS="${FUZZ_SECONDS:-40}" bash scripts/fuzz.sh
+FUZZ_SECONDS="${FUZZ_SECONDS:-25}" bash scripts/fuzz.sh
 rm -rf fuzz/target
 
 disk_report "after the debug integration tests"
